@@ -1,0 +1,6 @@
+"""routeplane: an Envoy xDS control plane fed by a replica registry.
+
+Data flows one way: registry -> routing (pure) -> translate (pure) -> xds.snapshot -> xds.cache
+-> xds.server -> Envoy. ``reconcile`` drives the first half, ``app`` wires concrete classes,
+``cli`` is click on top of it all.
+"""

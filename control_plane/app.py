@@ -1,0 +1,97 @@
+"""The one place that wires concrete classes: registry, reconciler, cache, xDS and admin servers.
+
+``serve()`` runs everything in one TaskGroup until cancelled (SIGINT/SIGTERM), then stops the
+gRPC server with a grace period so streams end cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from control_plane.admin.http import AdminHttp
+from control_plane.reconcile import Reconciler
+from control_plane.registry import open_registry
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.server import XdsServer
+
+log = structlog.get_logger("routeplane.app")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeConfig:
+    registry_url: str
+    xds_listen: str
+    admin_listen: str
+    control_plane_id: str = ""
+    poll_interval: float = 0.005
+    grace_seconds: float = 5.0
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve(config: ServeConfig) -> None:
+    registry = await asyncio.to_thread(open_registry, config.registry_url)
+    cache = SnapshotCache()
+    reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
+    identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
+    xds = XdsServer(cache=cache, control_plane_id=identifier)
+
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server.add_generic_rpc_handlers(xds.generic_handlers())
+    xds_port = server.add_insecure_port(config.xds_listen)
+    if xds_port == 0:
+        raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
+    await server.start()
+
+    def ready() -> tuple[bool, str]:
+        if not reconciler.health.ready:
+            return False, "waiting for the first registry read"
+        if reconciler.health.degraded:
+            return False, f"registry degraded: {reconciler.health.last_error}"
+        return True, "ready"
+
+    admin_host, admin_port = split_host_port(config.admin_listen)
+    admin = await AdminHttp(ready=ready).start(admin_host, admin_port)
+    log.info(
+        "control_plane_started",
+        xds=config.xds_listen,
+        admin=config.admin_listen,
+        registry=config.registry_url,
+        identifier=identifier,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(reconciler.run())
+            await stop.wait()
+            log.info("shutdown_started", grace_seconds=config.grace_seconds)
+            watcher.cancel()
+    finally:
+        admin.close()
+        await server.stop(config.grace_seconds)
+        await asyncio.to_thread(registry.close)
+        log.info("shutdown_completed")

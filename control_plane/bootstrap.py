@@ -1,0 +1,60 @@
+"""Render an Envoy bootstrap that points a proxy at routeplane over ADS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+from control_plane.registry import validate
+from control_plane.registry.errors import ValidationError
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+
+
+def render(
+    *,
+    node_id: str,
+    cluster: str,
+    region: str,
+    zone: str = "",
+    xds: list[str],
+    listen: str,
+    admin: str,
+    delta: bool = True,
+) -> str:
+    """The bootstrap YAML; raises ValidationError naming the flag on bad input."""
+
+    def address(flag: str, value: str) -> tuple[str, int]:
+        try:
+            return validate.address(value)
+        except ValidationError as exc:
+            raise ValidationError(flag, value, exc.reason) from None
+
+    if not node_id:
+        raise ValidationError("--node-id", node_id, "must not be empty")
+    validate.name("--cluster", cluster)
+    validate.region("--region", region)
+    validate.region("--zone", zone, required=False)
+    if not xds:
+        raise ValidationError("--xds", "", "give at least one control-plane address")
+    endpoints = []
+    for value in xds:
+        host, port = address("--xds", value)
+        endpoints.append(
+            "        - endpoint:\n            address:\n              socket_address: "
+            + json.dumps({"address": host, "port_value": port})
+        )
+    listen_host, listen_port = address("--listen", listen)
+    admin_host, admin_port = address("--admin", admin)
+    return Template(TEMPLATE.read_text()).substitute(
+        node_id=json.dumps(node_id),
+        cluster=json.dumps(cluster),
+        region=json.dumps(region),
+        zone=json.dumps(zone),
+        listen=f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"{listen_host}:{listen_port}",
+        api_type="DELTA_GRPC" if delta else "GRPC",
+        xds_endpoints="\n".join(endpoints),
+        admin_host=admin_host,
+        admin_port=admin_port,
+    )

@@ -1,0 +1,237 @@
+"""The ``routeplane`` command line: click on top of the registry, the bootstrap and ``app``.
+
+Every command prints a one-line error and exits non-zero on bad input; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from control_plane import logs
+from control_plane.registry import Registry, RegistryError, open_registry
+
+DEFAULT_REGISTRY_ENV = "ROUTEPLANE_REGISTRY"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def registry_option(func: F) -> F:
+    return click.option(
+        "--registry",
+        envvar=DEFAULT_REGISTRY_ENV,
+        required=True,
+        help=f"Registry URL (sqlite:///PATH or spanner://...); default from ${DEFAULT_REGISTRY_ENV}.",
+    )(func)
+
+
+def user_errors(func: F) -> F:
+    """Turn registry and validation errors into one-line messages and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RegistryError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(str(exc))
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _open(url: str) -> Registry:
+    return open_registry(url)
+
+
+@click.group()
+@click.version_option(package_name="routeplane")
+def main() -> None:
+    """routeplane: an Envoy xDS control plane fed by a replica registry."""
+
+
+@main.command()
+@registry_option
+@click.option("--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address.")
+@click.option(
+    "--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address."
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal).")
+@user_errors
+def serve(
+    registry: str, xds_listen: str, admin_listen: str, log_level: str, log_json: bool | None
+) -> None:
+    """Run the control plane: watch the registry and serve xDS to Envoy."""
+    from control_plane.app import ServeConfig
+    from control_plane.app import serve as run_serve
+
+    logs.configure(level=log_level, json=log_json)
+    for flag, value in (("--xds-listen", xds_listen), ("--admin-listen", admin_listen)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            fail(f"invalid {flag} {value!r}: expected HOST:PORT")
+    config = ServeConfig(registry_url=registry, xds_listen=xds_listen, admin_listen=admin_listen)
+    asyncio.run(run_serve(config))
+
+
+@main.command()
+@click.option("--node-id", required=True, help="Envoy node id (unique per proxy).")
+@click.option("--cluster", default="edge", show_default=True, help="Envoy node cluster (the fleet).")
+@click.option("--region", required=True, help="The proxy's region, e.g. us-west.")
+@click.option("--zone", default="", help="The proxy's zone (optional).")
+@click.option(
+    "--xds", "xds", multiple=True, default=["127.0.0.1:18000"], show_default=True,
+    help="Control-plane address; repeat for several replicas.",
+)
+@click.option("--listen", default="127.0.0.1:10000", show_default=True, help="Proxy listener.")
+@click.option("--admin", default="127.0.0.1:9901", show_default=True, help="Envoy admin address.")
+@click.option(
+    "--ads", type=click.Choice(["delta", "sotw"]), default="delta", show_default=True,
+    help="xDS protocol variant.",
+)
+@user_errors
+def bootstrap(
+    node_id: str, cluster: str, region: str, zone: str, xds: tuple[str, ...], listen: str,
+    admin: str, ads: str,
+) -> None:
+    """Print an Envoy bootstrap (YAML) that points a proxy at routeplane."""
+    from control_plane.bootstrap import render
+
+    click.echo(
+        render(
+            node_id=node_id, cluster=cluster, region=region, zone=zone, xds=list(xds),
+            listen=listen, admin=admin, delta=ads == "delta",
+        ),
+        nl=False,
+    )
+
+
+@main.group()
+def servers() -> None:
+    """Create, list and delete servers."""
+
+
+@servers.command("create")
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, required=True, help="Hostname; repeat for several.")
+@click.option("--protocol", default="http", show_default=True, help="http, http2 or grpc.")
+@click.option("--workspace", default="default", show_default=True)
+@registry_option
+@user_errors
+def servers_create(
+    name: str, hosts: tuple[str, ...], protocol: str, workspace: str, registry: str
+) -> None:
+    """Create server NAME reachable at --host."""
+    server = _open(registry).create_server(
+        name=name, hostnames=list(hosts), protocol=protocol, workspace=workspace
+    )
+    click.echo(f"created server {server.name} ({server.protocol}; {', '.join(server.hostnames)})")
+
+
+@servers.command("list")
+@registry_option
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def servers_list(registry: str, as_json: bool) -> None:
+    """List servers."""
+    rows = _open(registry).list_servers()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": s.name, "workspace": s.workspace, "hostnames": list(s.hostnames),
+             "protocol": s.protocol} for s in rows
+        ], indent=2))
+        return
+    click.echo(f"{'NAME':20} {'WORKSPACE':12} {'PROTOCOL':8} HOSTNAMES")
+    for s in rows:
+        click.echo(f"{s.name:20} {s.workspace:12} {s.protocol:8} {','.join(s.hostnames)}")
+
+
+@servers.command("delete")
+@click.argument("name")
+@registry_option
+@user_errors
+def servers_delete(name: str, registry: str) -> None:
+    """Delete server NAME and its replicas."""
+    _open(registry).delete_server(name)
+    click.echo(f"deleted server {name}")
+
+
+@main.group()
+def replicas() -> None:
+    """Register, drain, deregister and list replicas."""
+
+
+@replicas.command("register")
+@click.argument("server")
+@click.option("--address", required=True, help="HOST:PORT the replica listens on.")
+@click.option("--region", required=True)
+@click.option("--zone", default="")
+@click.option("--weight", default=100, show_default=True, type=int)
+@click.option(
+    "--state", default="READY", show_default=True, help="STARTING (no traffic yet) or READY."
+)
+@registry_option
+@user_errors
+def replicas_register(
+    server: str, address: str, region: str, zone: str, weight: int, state: str, registry: str
+) -> None:
+    """Register a replica of SERVER; prints its id."""
+    replica = _open(registry).register_replica(
+        server=server, address=address, region=region, zone=zone, weight=weight, state=state
+    )
+    click.echo(replica.id)
+
+
+def _state_command(name: str, state: str, help_text: str) -> None:
+    @replicas.command(name, help=help_text)
+    @click.argument("replica_id")
+    @registry_option
+    @user_errors
+    def command(replica_id: str, registry: str) -> None:
+        replica = _open(registry).set_replica_state(replica_id, state)
+        click.echo(f"{replica.id} {replica.state}")
+
+
+_state_command("drain", "DRAINING", "Stop new requests to REPLICA_ID; open streams finish.")
+_state_command("ready", "READY", "Send traffic to REPLICA_ID.")
+
+
+@replicas.command("deregister")
+@click.argument("replica_id")
+@registry_option
+@user_errors
+def replicas_deregister(replica_id: str, registry: str) -> None:
+    """Remove REPLICA_ID from the registry."""
+    _open(registry).deregister_replica(replica_id)
+    click.echo(f"{replica_id} deregistered")
+
+
+@replicas.command("list")
+@click.argument("server", required=False)
+@registry_option
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
+    """List replicas (of SERVER, if given)."""
+    rows = _open(registry).list_replicas(server)
+    if as_json:
+        click.echo(json.dumps([
+            {"id": r.id, "server": r.server, "address": r.address, "region": r.region,
+             "zone": r.zone, "weight": r.weight, "state": r.state} for r in rows
+        ], indent=2))
+        return
+    click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
+    for r in rows:
+        click.echo(f"{r.id:14} {r.server:16} {r.address:22} {r.region:10} {r.weight:>6} {r.state}")

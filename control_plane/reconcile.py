@@ -1,0 +1,129 @@
+"""The reconciler: registry watch -> routing -> translate -> snapshot -> cache.
+
+One pass turns one RegistryState into one snapshot per node group. A failed pass is logged and
+the last good snapshot stays published. Groups appear when a proxy of a new group connects
+(the cache asks for them) and are built at once from the last routing table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from control_plane.registry.errors import RegistryError
+from control_plane.registry.model import Registry, RegistryState
+from control_plane.routing import RoutingTable, to_routing_table
+from control_plane.translate import ProxyView, Translator
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.nodes import NodeGroup
+from control_plane.xds.snapshot import build_snapshot
+
+log = structlog.get_logger("routeplane.reconcile")
+
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+
+
+@dataclass(slots=True)
+class Health:
+    """Readiness as the admin endpoints report it."""
+
+    ready: bool = False
+    degraded: bool = False
+    last_error: str = ""
+
+
+def view_of(group_key: str) -> ProxyView:
+    group = NodeGroup.from_key(group_key)
+    host, _, port = group.listen.rpartition(":")
+    return ProxyView(
+        region=group.region, listen_host=host.strip("[]"), listen_port=int(port or 10000)
+    )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        cache: SnapshotCache,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 0.005,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.health = Health()
+        self.table: RoutingTable | None = None
+        self._translator = Translator()
+        self._groups: set[str] = set()
+        cache.set_group_wanted_callback(self.want_group)
+
+    def want_group(self, group_key: str) -> None:
+        if group_key in self._groups:
+            return
+        self._groups.add(group_key)
+        if self.table is not None:
+            self._publish(group_key, self.table)
+
+    async def run(self) -> None:
+        """Follow the registry until cancelled; reconnect with backoff when it fails."""
+        backoff = BACKOFF_INITIAL
+        while True:
+            try:
+                async for state in self.registry.watch(poll_interval=self.poll_interval):
+                    if self.health.degraded:
+                        log.info("registry_recovered")
+                    self.health.degraded = False
+                    backoff = BACKOFF_INITIAL
+                    self.apply(state)
+            except RegistryError as exc:
+                self.health.degraded = True
+                self.health.last_error = str(exc)
+                log.warning("registry_degraded", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def apply(self, state: RegistryState) -> None:
+        """One reconcile pass. Never raises: a failed pass keeps the last good snapshots."""
+        started = time.perf_counter()
+        try:
+            table = to_routing_table(state, now=self.clock())
+        except Exception as exc:  # noqa: BLE001 - task boundary: one pass, last good kept
+            log.exception("routing_failed", revision=state.revision, error=str(exc))
+            return
+        if self.table is None or table.problems != self.table.problems:
+            for problem in table.problems:
+                log.warning("registry_row_rejected", problem=str(problem))
+        self.table = table
+        for group_key in sorted(self._groups):
+            self._publish(group_key, table)
+        self._translator.forget_unused(table, [view_of(g) for g in self._groups])
+        self.health.ready = True
+        log.debug(
+            "reconcile_completed",
+            revision=state.revision,
+            groups=len(self._groups),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _publish(self, group_key: str, table: RoutingTable) -> None:
+        started = time.perf_counter()
+        try:
+            snapshot = build_snapshot(self._translator.to_resources(table, view_of(group_key)))
+        except Exception as exc:  # noqa: BLE001 - task boundary: one group, last good kept
+            log.exception("snapshot_build_failed", group=group_key, error=str(exc))
+            return
+        if self.cache.set_snapshot(group_key, snapshot):
+            log.info(
+                "snapshot_published",
+                group=group_key,
+                version=snapshot.version,
+                revision=table.revision,
+                build_ms=round((time.perf_counter() - started) * 1000, 3),
+            )

@@ -1,0 +1,111 @@
+"""Registry rows as values, and the :class:`Registry` boundary every store implements.
+
+Rows are stored as written (after validation at write time); ``routing`` still checks them,
+since a row may have been written by an older or foreign writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol as TypingProtocol
+
+
+class Protocol(StrEnum):
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+
+
+class ReplicaState(StrEnum):
+    STARTING = "STARTING"
+    READY = "READY"
+    DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    name: str
+    workspace: str = "default"
+    hostnames: tuple[str, ...]
+    protocol: str
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replica:
+    id: str
+    server: str
+    host: str
+    port: int
+    region: str
+    zone: str = ""
+    weight: int = 100
+    state: str = ReplicaState.READY
+    lease_expires_at: float | None = None
+    updated_at: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryState:
+    """Every row at one registry revision. ``committed_at`` is the wall-clock time of the
+    newest commit included (for convergence measurements)."""
+
+    servers: tuple[Server, ...]
+    replicas: tuple[Replica, ...]
+    revision: int
+    committed_at: float
+
+
+class Registry(TypingProtocol):
+    """A replica registry. Every write is one transaction, validated before it is written.
+
+    Methods are blocking (callers on an event loop use a thread); ``watch`` is the exception.
+    """
+
+    url: str
+
+    def init(self) -> list[str]:
+        """Create or migrate the schema; returns what was changed (empty when up to date)."""
+        ...
+
+    def create_server(
+        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
+    ) -> Server: ...
+
+    def delete_server(self, name: str) -> None: ...
+
+    def list_servers(self) -> list[Server]: ...
+
+    def register_replica(
+        self,
+        *,
+        server: str,
+        address: str,
+        region: str,
+        zone: str = "",
+        weight: int = 100,
+        state: str = ReplicaState.READY,
+        lease_seconds: float | None = None,
+    ) -> Replica: ...
+
+    def set_replica_state(self, replica_id: str, state: str) -> Replica: ...
+
+    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica: ...
+
+    def deregister_replica(self, replica_id: str) -> None: ...
+
+    def list_replicas(self, server: str | None = None) -> list[Replica]: ...
+
+    def read_state(self) -> RegistryState: ...
+
+    def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
+        """Yield the full state now and again after every committed change."""
+        ...
+
+    def close(self) -> None: ...

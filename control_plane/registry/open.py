@@ -1,0 +1,18 @@
+"""Pick the registry implementation for a URL."""
+
+from __future__ import annotations
+
+from control_plane.registry.errors import RegistryError
+from control_plane.registry.model import Registry
+
+
+def open_registry(url: str) -> Registry:
+    if url.startswith("sqlite://"):
+        from control_plane.registry.sqlite import SqliteRegistry
+
+        return SqliteRegistry(url)
+    if url.startswith("spanner://"):
+        raise RegistryError(f"registry {url!r}: the Spanner registry is not available yet")
+    raise RegistryError(
+        f"registry {url!r}: unknown scheme; expected sqlite:///PATH or spanner://projects/..."
+    )

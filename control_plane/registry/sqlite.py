@@ -1,0 +1,353 @@
+"""The embedded SQLite registry: the default, needing nothing installed.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revision`` and
+``meta.committed_at``. The watch polls that revision (one tiny indexed read per tick) and reads
+the full state only when it moved, so other processes' commits are seen within a tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from control_plane.registry import validate
+from control_plane.registry.errors import (
+    ConflictError,
+    NotFoundError,
+    RegistryUnavailableError,
+)
+from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+
+# Versioned migrations, applied in order; each is one transaction.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "create servers, replicas and meta",
+        """
+        CREATE TABLE servers (
+            name       TEXT PRIMARY KEY,
+            workspace  TEXT NOT NULL DEFAULT 'default',
+            hostnames  TEXT NOT NULL,            -- JSON array of strings
+            protocol   TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE replicas (
+            id               TEXT PRIMARY KEY,
+            server           TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
+            host             TEXT NOT NULL,
+            port             INTEGER NOT NULL,
+            region           TEXT NOT NULL,
+            zone             TEXT NOT NULL DEFAULT '',
+            weight           INTEGER NOT NULL DEFAULT 100,
+            state            TEXT NOT NULL,
+            lease_expires_at REAL,
+            updated_at       REAL NOT NULL
+        );
+        CREATE INDEX replicas_by_server ON replicas(server);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+        INSERT INTO meta VALUES ('revision', 0), ('committed_at', 0.0);
+        """,
+    ),
+)
+
+
+def path_of(url: str) -> str:
+    """``sqlite:///tmp/rp.db`` -> ``/tmp/rp.db``; ``sqlite://rp.db`` -> ``rp.db``."""
+    return url.removeprefix("sqlite://")
+
+
+class SqliteRegistry:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_of(url)
+        if not self.path:
+            raise RegistryUnavailableError(f"registry {url!r}: no database path in the URL")
+        parent = Path(self.path).parent
+        if not parent.is_dir():
+            raise RegistryUnavailableError(
+                f"registry {url!r}: directory {str(parent)!r} does not exist"
+            )
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"registry {url!r}: cannot open: {exc}") from exc
+        self._lock = threading.Lock()
+        self.init()
+
+    # -- schema -------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        changed: list[str] = []
+        with self._tx() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for version, description, ddl in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in ddl.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (version, description, time.time()),
+                )
+                changed.append(f"applied migration {version}: {description}")
+        return changed
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise RegistryUnavailableError(f"registry {self.url!r}: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _bump(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'committed_at'", (now,))
+
+    # -- servers ------------------------------------------------------------------------
+
+    def create_server(
+        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
+    ) -> Server:
+        server = Server(
+            name=validate.name("name", name),
+            workspace=validate.name("workspace", workspace),
+            hostnames=validate.hostnames(hostnames),
+            protocol=validate.protocol(protocol),
+            updated_at=time.time(),
+        )
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM servers WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"server {name!r} already exists")
+            claimed = self._hostname_owners(db)
+            for hostname in server.hostnames:
+                owner = claimed.get(hostname)
+                if owner is not None:
+                    raise ConflictError(f"hostname {hostname!r} already belongs to server {owner!r}")
+            db.execute(
+                "INSERT INTO servers VALUES (?, ?, ?, ?, ?)",
+                (
+                    server.name,
+                    server.workspace,
+                    json.dumps(list(server.hostnames)),
+                    server.protocol,
+                    server.updated_at,
+                ),
+            )
+            self._bump(db, server.updated_at)
+        return server
+
+    @staticmethod
+    def _hostname_owners(db: sqlite3.Connection) -> dict[str, str]:
+        owners: dict[str, str] = {}
+        for name, hostnames in db.execute("SELECT name, hostnames FROM servers"):
+            for hostname in json.loads(hostnames):
+                owners[hostname] = name
+        return owners
+
+    def delete_server(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM servers WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"unknown server {name!r}")
+            self._bump(db, time.time())
+
+    def list_servers(self) -> list[Server]:
+        with self._tx(write=False) as db:
+            return self._servers(db)
+
+    @staticmethod
+    def _servers(db: sqlite3.Connection) -> list[Server]:
+        return [
+            Server(
+                name=name,
+                workspace=workspace,
+                hostnames=tuple(_json_list(hostnames)),
+                protocol=protocol,
+                updated_at=updated_at,
+            )
+            for name, workspace, hostnames, protocol, updated_at in db.execute(
+                "SELECT name, workspace, hostnames, protocol, updated_at FROM servers ORDER BY name"
+            )
+        ]
+
+    # -- replicas -----------------------------------------------------------------------
+
+    def register_replica(
+        self,
+        *,
+        server: str,
+        address: str,
+        region: str,
+        zone: str = "",
+        weight: int = 100,
+        state: str = ReplicaState.READY,
+        lease_seconds: float | None = None,
+    ) -> Replica:
+        host, port = validate.address(address)
+        now = time.time()
+        replica = Replica(
+            id="r-" + secrets.token_hex(5),
+            server=validate.name("server", server),
+            host=host,
+            port=port,
+            region=validate.region("region", region),
+            zone=validate.region("zone", zone, required=False),
+            weight=validate.weight(weight),
+            state=validate.state(state),
+            lease_expires_at=None if lease_seconds is None else now + lease_seconds,
+            updated_at=now,
+        )
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM servers WHERE name = ?", (server,)).fetchone():
+                raise NotFoundError(f"unknown server {server!r}")
+            db.execute(
+                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    replica.id,
+                    replica.server,
+                    replica.host,
+                    replica.port,
+                    replica.region,
+                    replica.zone,
+                    replica.weight,
+                    replica.state,
+                    replica.lease_expires_at,
+                    replica.updated_at,
+                ),
+            )
+            self._bump(db, now)
+        return replica
+
+    def set_replica_state(self, replica_id: str, state: str) -> Replica:
+        new_state = validate.state(state)
+        now = time.time()
+        with self._tx() as db:
+            updated = db.execute(
+                "UPDATE replicas SET state = ?, updated_at = ? WHERE id = ?",
+                (new_state, now, replica_id),
+            ).rowcount
+            if not updated:
+                raise NotFoundError(f"unknown replica {replica_id!r}")
+            self._bump(db, now)
+            return self._replica(db, replica_id)
+
+    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
+        now = time.time()
+        with self._tx() as db:
+            updated = db.execute(
+                "UPDATE replicas SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                (now + lease_seconds, now, replica_id),
+            ).rowcount
+            if not updated:
+                raise NotFoundError(f"unknown replica {replica_id!r}")
+            self._bump(db, now)
+            return self._replica(db, replica_id)
+
+    def deregister_replica(self, replica_id: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM replicas WHERE id = ?", (replica_id,)).rowcount == 0:
+                raise NotFoundError(f"unknown replica {replica_id!r}")
+            self._bump(db, time.time())
+
+    def list_replicas(self, server: str | None = None) -> list[Replica]:
+        with self._tx(write=False) as db:
+            replicas = self._replicas(db)
+        return [r for r in replicas if server is None or r.server == server]
+
+    _REPLICA_COLUMNS = (
+        "id, server, host, port, region, zone, weight, state, lease_expires_at, updated_at"
+    )
+
+    def _replica(self, db: sqlite3.Connection, replica_id: str) -> Replica:
+        row = db.execute(
+            f"SELECT {self._REPLICA_COLUMNS} FROM replicas WHERE id = ?", (replica_id,)
+        ).fetchone()
+        return _to_replica(row)
+
+    def _replicas(self, db: sqlite3.Connection) -> list[Replica]:
+        return [
+            _to_replica(row)
+            for row in db.execute(f"SELECT {self._REPLICA_COLUMNS} FROM replicas ORDER BY id")
+        ]
+
+    # -- state and watch ----------------------------------------------------------------
+
+    def revision(self) -> int:
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+            except sqlite3.Error as exc:
+                raise RegistryUnavailableError(f"registry {self.url!r}: {exc}") from exc
+        return int(row[0])
+
+    def read_state(self) -> RegistryState:
+        with self._tx(write=False) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            return RegistryState(
+                servers=tuple(self._servers(db)),
+                replicas=tuple(self._replicas(db)),
+                revision=int(meta["revision"]),
+                committed_at=float(meta["committed_at"]),
+            )
+
+    async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
+        seen = -1
+        while True:
+            revision = await asyncio.to_thread(self.revision)
+            if revision != seen:
+                state = await asyncio.to_thread(self.read_state)
+                seen = state.revision
+                yield state
+            await asyncio.sleep(poll_interval)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [text]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _to_replica(row: tuple[object, ...]) -> Replica:
+    (rid, server, host, port, region, zone, weight, state, lease, updated_at) = row
+    return Replica(
+        id=str(rid),
+        server=str(server),
+        host=str(host),
+        port=int(port),  # type: ignore[call-overload]
+        region=str(region),
+        zone=str(zone or ""),
+        weight=int(weight),  # type: ignore[call-overload]
+        state=str(state),
+        lease_expires_at=None if lease is None else float(lease),  # type: ignore[arg-type]
+        updated_at=float(updated_at),  # type: ignore[arg-type]
+    )

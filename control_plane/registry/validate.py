@@ -1,0 +1,100 @@
+"""Write-time validation. Every failure is a ValidationError naming the field and the value."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+from control_plane.registry.errors import ValidationError
+from control_plane.registry.model import Protocol, ReplicaState
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+REGION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOSTNAME_RE = re.compile(
+    r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+WEIGHT_MIN, WEIGHT_MAX = 1, 10_000
+
+
+def name(field: str, value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValidationError(
+            field, value, "use 1-63 lowercase letters, digits and '-', not starting with '-'"
+        )
+    return value
+
+
+def hostnames(values: Sequence[str]) -> tuple[str, ...]:
+    if not values:
+        raise ValidationError("hostnames", list(values), "a server needs at least one hostname")
+    out: list[str] = []
+    for value in values:
+        lowered = value.strip().lower()
+        if len(lowered) > 253 or not HOSTNAME_RE.match(lowered):
+            raise ValidationError(
+                "hostname", value, "expected a DNS name such as api.example.com or *.example.com"
+            )
+        if lowered not in out:
+            out.append(lowered)
+    return tuple(out)
+
+
+def protocol(value: str) -> str:
+    try:
+        return Protocol(value).value
+    except ValueError:
+        choices = ", ".join(p.value for p in Protocol)
+        raise ValidationError("protocol", value, f"expected one of {choices}") from None
+
+
+def state(value: str) -> str:
+    try:
+        return ReplicaState(value.upper()).value
+    except ValueError:
+        choices = ", ".join(s.value for s in ReplicaState)
+        raise ValidationError("state", value, f"expected one of {choices}") from None
+
+
+def region(field: str, value: str, *, required: bool = True) -> str:
+    if not value and not required:
+        return ""
+    if not REGION_RE.match(value):
+        raise ValidationError(field, value, "expected a region name such as us-west")
+    return value
+
+
+def weight(value: int) -> int:
+    if not WEIGHT_MIN <= value <= WEIGHT_MAX:
+        raise ValidationError("weight", value, f"must be between {WEIGHT_MIN} and {WEIGHT_MAX}")
+    return value
+
+
+def port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValidationError("port", value, "must be between 1 and 65535")
+    return value
+
+
+def host(value: str) -> str:
+    """An IP address (v4 or v6) or a DNS name."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    lowered = value.lower()
+    if not lowered or len(lowered) > 253 or not HOSTNAME_RE.match(lowered) or "*" in lowered:
+        raise ValidationError("address", value, "expected an IP address or a DNS name")
+    return lowered
+
+
+def address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host_part, sep, port_part = text[1:].partition("]:")
+    else:
+        host_part, sep, port_part = text.rpartition(":")
+    if not sep or not host_part or not port_part.isdigit():
+        raise ValidationError("address", value, "expected HOST:PORT, e.g. 10.0.0.7:8080")
+    return host(host_part), port(int(port_part))

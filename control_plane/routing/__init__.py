@@ -1,0 +1,10 @@
+"""Routing decisions: pure functions of registry state and time.
+
+Never does I/O, reads the clock, logs or touches asyncio; time is an argument. Bad rows become
+:class:`Problem` values, never exceptions that stop the rest. Imports ``registry.model`` only.
+"""
+
+from control_plane.routing.build import to_routing_table
+from control_plane.routing.model import Endpoint, Problem, RoutedServer, RoutingTable
+
+__all__ = ["Endpoint", "Problem", "RoutedServer", "RoutingTable", "to_routing_table"]

@@ -1,0 +1,47 @@
+"""The Envoy-free routing model that ``translate`` turns into resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    replica_id: str
+    host: str
+    port: int
+    region: str
+    zone: str
+    weight: int
+    draining: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutedServer:
+    name: str
+    workspace: str
+    hostnames: tuple[str, ...]
+    protocol: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """A registry row left out of routing (or partly), and why."""
+
+    kind: str  # "server" or "replica"
+    name: str
+    field: str
+    value: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}: {self.field} {self.value!r}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingTable:
+    servers: tuple[RoutedServer, ...]
+    problems: tuple[Problem, ...]
+    revision: int
+    committed_at: float

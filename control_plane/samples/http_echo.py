@@ -1,0 +1,53 @@
+"""An HTTP/1.1 echo server that names the replica that answered.
+
+``GET /`` answers ``<name>\\n``; ``GET /slow?ms=N`` answers after N milliseconds (to hold a
+request in flight during a drain). Runs in a thread (tests) or as ``routeplane samples http-echo``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+            url = urlsplit(self.path)
+            if url.path == "/slow":
+                delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
+                time.sleep(delay_ms / 1000)
+            body = f"{name}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Replica", name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+class EchoThread:
+    """An echo server on a free loopback port, in a daemon thread; ``stop()`` ends it."""
+
+    def __init__(self, *, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self.server = make_server(name=name, host=host, port=port)
+        self.port = self.server.server_address[1]
+        self.address = f"{host}:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,25 @@
+"""Every Envoy resource name routeplane emits, in one place.
+
+Stats, dashboards and CSDS output depend on these names: they are pinned by golden tests.
+Server and workspace names are ``[a-z0-9-]``, so ``_`` is an unambiguous separator and no name
+contains the ``.`` that Envoy's stat tag extraction splits on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+LISTENER: Final = "ingress_http"
+ROUTE_CONFIG: Final = "ingress_http"
+HTTP_STAT_PREFIX: Final = "ingress_http"
+XDS_CLUSTER: Final = "routeplane_xds"
+
+
+def cluster(*, workspace: str, server: str) -> str:
+    """The Cluster (and its ClusterLoadAssignment) of one server: ``<workspace>_<server>``."""
+    return f"{workspace}_{server}"
+
+
+def virtual_host(*, workspace: str, server: str, hostname: str) -> str:
+    """One virtual host per server hostname: ``<workspace>_<server>_<hostname>``."""
+    return f"{workspace}_{server}_{hostname}"

@@ -1,0 +1,46 @@
+"""Which node group an Envoy belongs to, read from its ``Node`` message.
+
+The default key is the node's ``cluster`` and ``locality.region``; the listen address the
+bootstrap declares (metadata ``routeplane.listen``) is part of the group too, since the listener
+that LDS sends binds to it. Proxies of one fleet share all three, so groups stay few.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+LISTEN_METADATA_KEY: Final = "routeplane.listen"
+DEFAULT_LISTEN: Final = "127.0.0.1:10000"
+DEFAULT_CLUSTER: Final = "default"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeGroup:
+    cluster: str
+    region: str
+    listen: str = DEFAULT_LISTEN
+
+    @property
+    def key(self) -> str:
+        """``cluster/region@listen``, the group's name in the cache, logs and the CLI."""
+        return f"{self.cluster}/{self.region}@{self.listen}"
+
+    @classmethod
+    def from_key(cls, key: str) -> NodeGroup:
+        head, _, listen = key.partition("@")
+        cluster, _, region = head.partition("/")
+        return cls(cluster=cluster, region=region, listen=listen or DEFAULT_LISTEN)
+
+
+def to_node_group(node: Any) -> NodeGroup:
+    """The group of an ``envoy.config.core.v3.Node``; missing fields fall back to defaults."""
+    listen = DEFAULT_LISTEN
+    fields = node.metadata.fields
+    if LISTEN_METADATA_KEY in fields:
+        listen = fields[LISTEN_METADATA_KEY].string_value or DEFAULT_LISTEN
+    return NodeGroup(
+        cluster=node.cluster or DEFAULT_CLUSTER,
+        region=node.locality.region,
+        listen=listen,
+    )

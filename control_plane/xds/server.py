@@ -1,0 +1,215 @@
+"""The xDS gRPC services: ADS and per-type CDS/EDS/LDS/RDS, state-of-the-world and delta.
+
+Every stream follows the same shape: read the first request (it carries the node), find the
+node group, watch that group in the cache, then run a reader (requests -> protocol state) and
+a writer (latest snapshot -> responses) until either side ends. Responses are assembled from
+pre-encoded bytes (``response_serializer`` is the identity), so a push never re-serializes a
+resource. gRPC status codes live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.nodes import NodeGroup, to_node_group
+from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
+from control_plane.xds.stream import DeltaStream, Outgoing, RequestOutcome, SotwStream
+
+log = structlog.get_logger("routeplane.xds")
+
+_SERVICES: dict[str, dict[str, tuple[bool, str]]] = {
+    # service -> method -> (delta, the one type it serves or "" for all)
+    "envoy.service.discovery.v3.AggregatedDiscoveryService": {
+        "StreamAggregatedResources": (False, ""),
+        "DeltaAggregatedResources": (True, ""),
+    },
+    "envoy.service.cluster.v3.ClusterDiscoveryService": {
+        "StreamClusters": (False, CLUSTER),
+        "DeltaClusters": (True, CLUSTER),
+    },
+    "envoy.service.endpoint.v3.EndpointDiscoveryService": {
+        "StreamEndpoints": (False, ENDPOINT),
+        "DeltaEndpoints": (True, ENDPOINT),
+    },
+    "envoy.service.listener.v3.ListenerDiscoveryService": {
+        "StreamListeners": (False, LISTENER),
+        "DeltaListeners": (True, LISTENER),
+    },
+    "envoy.service.route.v3.RouteDiscoveryService": {
+        "StreamRoutes": (False, ROUTE),
+        "DeltaRoutes": (True, ROUTE),
+    },
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class Proxy:
+    """One connected xDS stream, as the admin API and tests see it."""
+
+    stream_id: int
+    node_id: str
+    group: NodeGroup
+    peer: str
+    delta: bool
+    only_type: str
+    connected_at: float
+    protocol: SotwStream | DeltaStream
+    acked_at: dict[str, float] = field(default_factory=dict)
+
+
+AckListener = Callable[[Proxy, str, str], None]
+
+
+class XdsServer:
+    """Serves snapshots from ``cache`` to every proxy that connects."""
+
+    def __init__(self, *, cache: SnapshotCache, control_plane_id: str) -> None:
+        self.cache = cache
+        self.control_plane_id = control_plane_id
+        self.proxies: dict[int, Proxy] = {}
+        self._ids = itertools.count(1)
+        self._ack_listeners: list[AckListener] = []
+
+    def add_ack_listener(self, listener: AckListener) -> None:
+        self._ack_listeners.append(listener)
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        handlers = []
+        for service, methods in _SERVICES.items():
+            table = {}
+            for method, (delta, only_type) in methods.items():
+                table[method] = grpc.stream_stream_rpc_method_handler(
+                    self._behaviour(delta=delta, only_type=only_type),
+                    request_deserializer=(
+                        discovery_pb2.DeltaDiscoveryRequest.FromString
+                        if delta
+                        else discovery_pb2.DiscoveryRequest.FromString
+                    ),
+                    response_serializer=None,
+                )
+            handlers.append(grpc.method_handlers_generic_handler(service, table))
+        return handlers
+
+    def _behaviour(
+        self, *, delta: bool, only_type: str
+    ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Any]:
+        async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+            await self._serve_stream(requests, context, delta=delta, only_type=only_type)
+
+        return behaviour
+
+    async def _serve_stream(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        *,
+        delta: bool,
+        only_type: str,
+    ) -> None:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        if only_type and first.type_url and first.type_url != only_type:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"type_url {first.type_url!r} is not served by this service (expects {only_type})",
+            )
+        protocol: SotwStream | DeltaStream = (
+            DeltaStream(control_plane_id=self.control_plane_id, only_type=only_type)
+            if delta
+            else SotwStream(control_plane_id=self.control_plane_id, only_type=only_type)
+        )
+        group = to_node_group(first.node)
+        proxy = Proxy(
+            stream_id=next(self._ids),
+            node_id=first.node.id,
+            group=group,
+            peer=context.peer(),
+            delta=delta,
+            only_type=only_type,
+            connected_at=time.time(),
+            protocol=protocol,
+        )
+        bound = log.bind(node_id=proxy.node_id, group=group.key, stream_id=proxy.stream_id)
+        self.proxies[proxy.stream_id] = proxy
+        wake = asyncio.Event()
+        cancel_watch = self.cache.watch(group.key, wake.set)
+        bound.info("proxy_connected", peer=proxy.peer, delta=delta, type_url=only_type or "ads")
+        self._handle(proxy, first, wake, bound)
+        reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
+        try:
+            while not reader.done():
+                await wake.wait()
+                wake.clear()
+                if reader.done():
+                    break
+                for outgoing in protocol.responses(self.cache.get(group.key)):
+                    await context.write(outgoing.payload)
+                    self._log_push(bound, outgoing)
+            if not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            cancel_watch()
+            reader.cancel()
+            del self.proxies[proxy.stream_id]
+            bound.info("proxy_disconnected")
+
+    async def _read(
+        self,
+        proxy: Proxy,
+        requests: AsyncIterator[Any],
+        wake: asyncio.Event,
+        bound: Any,
+    ) -> None:
+        try:
+            async for request in requests:
+                self._handle(proxy, request, wake, bound)
+        finally:
+            wake.set()
+
+    def _handle(self, proxy: Proxy, request: Any, wake: asyncio.Event, bound: Any) -> None:
+        outcome: RequestOutcome = proxy.protocol.on_request(request)
+        short = SHORT_NAMES.get(outcome.type_url, outcome.type_url)
+        if outcome.stale:
+            bound.debug("stale_nonce_ignored", type_url=short, nonce=_nonce_of(request))
+            return
+        if outcome.nack is not None:
+            bound.warning(
+                "nack_received",
+                type_url=short,
+                version=outcome.nack.version,
+                error=outcome.nack.message,
+            )
+        elif outcome.ack is not None:
+            proxy.acked_at[outcome.type_url] = time.time()
+            for listener in self._ack_listeners:
+                listener(proxy, outcome.type_url, outcome.ack)
+        if outcome.resubscribed:
+            wake.set()
+
+    @staticmethod
+    def _log_push(bound: Any, outgoing: Outgoing) -> None:
+        bound.debug(
+            "response_sent",
+            type_url=SHORT_NAMES.get(outgoing.type_url, outgoing.type_url),
+            version=outgoing.version,
+            nonce=outgoing.nonce,
+            resources=len(outgoing.resource_names),
+            removed=len(outgoing.removed),
+            bytes=len(outgoing.payload),
+        )
+
+
+def _nonce_of(request: Any) -> str:
+    return str(request.response_nonce)

@@ -1,0 +1,393 @@
+"""Per-stream xDS protocol state: what a proxy asked for, what it was sent, what it accepted.
+
+Pure state machines, no I/O: :class:`SotwStream` and :class:`DeltaStream` take parsed requests
+(``on_request``) and a snapshot (``responses``) and return encoded responses to send, in push
+order (CDS, EDS, LDS, RDS). ``xds.server`` owns the gRPC side. Rules implemented here:
+
+- a request whose nonce is not the latest one sent for its type (SotW) or not one awaiting an
+  answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
+- an ACK records the accepted version; a NACK records the error and the rejected version, which
+  is never re-sent: only content that differs from what was last sent is ever sent;
+- wildcard CDS/LDS; named EDS/RDS; EDS/RDS SotW responses carry only the resources that changed
+  (they are not state-of-the-world types), CDS/LDS responses carry all;
+- a Cluster sent is always followed by its ClusterLoadAssignment in the same push, changed or
+  not: Envoy re-creates an updated cluster, and the new one warms until it gets endpoints, but it
+  does not ask again for a name it is already subscribed to.
+"""
+
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from control_plane.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    WILDCARD_TYPES,
+    Resource,
+    control_plane_field,
+    delta_response,
+    sotw_response,
+)
+from control_plane.xds.snapshot import Snapshot, eds_name, type_version
+
+
+def _forget_endpoints_of(clusters: list[Resource], sent_endpoints: dict[str, str] | None) -> None:
+    if not sent_endpoints:
+        return
+    for cluster in clusters:
+        name = eds_name(cluster.message)
+        if name is not None:
+            sent_endpoints.pop(name, None)
+
+
+@dataclass(slots=True)
+class Nack:
+    version: str
+    message: str
+    nonce: str
+
+
+@dataclass(slots=True)
+class TypeStatus:
+    """What one proxy has of one type; read by the admin API and tests."""
+
+    subscribed: bool = False
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    sent_version: str = ""
+    acked_version: str = ""
+    last_nack: Nack | None = None
+    pushes: int = 0
+    acks: int = 0
+    nacks: int = 0
+
+    @property
+    def state(self) -> str:
+        if self.last_nack is not None and self.last_nack.version == self.sent_version:
+            return "NACKED"
+        if self.sent_version and self.sent_version == self.acked_version:
+            return "SYNCED"
+        return "STALE" if self.sent_version else "WAITING"
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One encoded response and what it carries (for logs and metrics)."""
+
+    type_url: str
+    payload: bytes
+    nonce: str
+    version: str
+    resource_names: list[str]
+    removed: list[str]
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """What a request meant: ``stale`` requests changed nothing."""
+
+    type_url: str
+    stale: bool = False
+    # True when the request changed what the proxy subscribes to: a push may be due.
+    resubscribed: bool = False
+    ack: str | None = None
+    nack: Nack | None = None
+
+
+def _matches(type_url: str, wanted: str) -> bool:
+    return not wanted or type_url == wanted
+
+
+class _Base:
+    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
+        self.only_type = only_type
+        self.status: dict[str, TypeStatus] = {}
+        self._nonces = itertools.count(1)
+        self._control_plane_id = control_plane_id
+
+    def _type_of(self, request_type_url: str) -> str:
+        return request_type_url or self.only_type
+
+    def _next_nonce(self) -> str:
+        return str(next(self._nonces))
+
+    def _status(self, type_url: str) -> TypeStatus:
+        status = self.status.get(type_url)
+        if status is None:
+            status = self.status[type_url] = TypeStatus()
+        return status
+
+
+class SotwStream(_Base):
+    """State-of-the-world xDS (ADS or one type)."""
+
+    _CP_FIELD = 6
+
+    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
+        super().__init__(control_plane_id=control_plane_id, only_type=only_type)
+        self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
+        self._last_nonce: dict[str, str] = {}
+        # Per type: resource name -> version last sent (what the proxy has, or rejected).
+        self._sent: dict[str, dict[str, str]] = {}
+        # Per type: the version_info the proxy said it has on its first request.
+        self._claimed: dict[str, str] = {}
+
+    def on_request(self, request: Any) -> RequestOutcome:
+        type_url = self._type_of(request.type_url)
+        outcome = RequestOutcome(type_url=type_url)
+        status = self._status(type_url)
+        last_nonce = self._last_nonce.get(type_url, "")
+        if request.response_nonce and request.response_nonce != last_nonce:
+            outcome.stale = True
+            return outcome
+        if request.response_nonce:
+            if request.HasField("error_detail"):
+                nack = Nack(
+                    version=status.sent_version,
+                    message=request.error_detail.message,
+                    nonce=request.response_nonce,
+                )
+                status.last_nack = nack
+                status.nacks += 1
+                outcome.nack = nack
+            else:
+                status.acked_version = request.version_info
+                status.acks += 1
+                outcome.ack = request.version_info
+        names = set(request.resource_names)
+        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+        names.discard("*")
+        if not status.subscribed:
+            status.subscribed = True
+            outcome.resubscribed = True
+            if request.version_info:
+                self._claimed[type_url] = request.version_info
+        if wildcard != status.wildcard:
+            status.wildcard = wildcard
+            outcome.resubscribed = True
+        if names != status.names:
+            outcome.resubscribed = True
+            sent = self._sent.get(type_url)
+            if sent is not None:
+                for gone in [n for n in sent if n not in names]:
+                    del sent[gone]
+            status.names = names
+        return outcome
+
+    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
+        if snapshot is None:
+            return []
+        out: list[Outgoing] = []
+        for type_url in PUSH_ORDER:
+            if not _matches(type_url, self.only_type):
+                continue
+            status = self.status.get(type_url)
+            if status is None or not status.subscribed:
+                continue
+            response = self._response_for(type_url, status, snapshot)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _response_for(
+        self, type_url: str, status: TypeStatus, snapshot: Snapshot
+    ) -> Outgoing | None:
+        available = snapshot.of_type(type_url)
+        if status.wildcard:
+            selected = list(available.values())
+            version = snapshot.versions.get(type_url) or type_version(selected)
+        else:
+            selected = [available[n] for n in sorted(status.names) if n in available]
+            version = type_version(selected)
+        sent = self._sent.setdefault(type_url, {})
+        claimed = self._claimed.pop(type_url, None)
+        if claimed is not None and claimed == version:
+            # Reconnected proxy that already has exactly this: nothing to send.
+            status.sent_version = status.acked_version = version
+            sent.update((r.name, r.version) for r in selected)
+            return None
+        if type_url in WILDCARD_TYPES:
+            if version == status.sent_version:
+                return None
+            to_send = selected
+            sent.clear()
+        else:
+            to_send = [r for r in selected if sent.get(r.name) != r.version]
+            if not to_send:
+                return None
+        sent.update((r.name, r.version) for r in to_send)
+        if type_url == CLUSTER:
+            _forget_endpoints_of(to_send, self._sent.get(ENDPOINT))
+        nonce = self._next_nonce()
+        self._last_nonce[type_url] = nonce
+        status.sent_version = version
+        status.pushes += 1
+        payload = sotw_response(
+            version_info=version,
+            resources=to_send,
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=version,
+            resource_names=[r.name for r in to_send],
+            removed=[],
+        )
+
+
+@dataclass(slots=True)
+class _Pending:
+    sent: dict[str, str]
+    removed: list[str]
+    version: str
+
+
+_MAX_PENDING = 32
+
+
+class DeltaStream(_Base):
+    """Incremental (delta) xDS (ADS or one type)."""
+
+    _CP_FIELD = 7
+
+    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
+        super().__init__(control_plane_id=control_plane_id, only_type=only_type)
+        self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
+        # Per type: name -> version the proxy has been sent (or said it has).
+        self._known: dict[str, dict[str, str]] = {}
+        # Per type: name -> version the proxy ACKed.
+        self.acked: dict[str, dict[str, str]] = {}
+        self._pending: dict[str, dict[str, _Pending]] = {}
+
+    def on_request(self, request: Any) -> RequestOutcome:
+        type_url = self._type_of(request.type_url)
+        outcome = RequestOutcome(type_url=type_url)
+        status = self._status(type_url)
+        known = self._known.setdefault(type_url, {})
+        acked = self.acked.setdefault(type_url, {})
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if subscribe or unsubscribe:
+            outcome.resubscribed = True
+        if not status.subscribed:
+            status.subscribed = True
+            outcome.resubscribed = True
+            status.wildcard = type_url in WILDCARD_TYPES and not subscribe
+            for name, version in request.initial_resource_versions.items():
+                known[name] = version
+                acked[name] = version
+        if "*" in subscribe:
+            status.wildcard = True
+        if "*" in unsubscribe:
+            status.wildcard = False
+        subscribe.discard("*")
+        unsubscribe.discard("*")
+        status.names |= subscribe
+        status.names -= unsubscribe
+        for name in unsubscribe:
+            known.pop(name, None)
+            acked.pop(name, None)
+        if request.response_nonce:
+            pending = self._pending.setdefault(type_url, {}).pop(request.response_nonce, None)
+            if pending is None:
+                outcome.stale = True
+            elif request.HasField("error_detail"):
+                nack = Nack(
+                    version=pending.version,
+                    message=request.error_detail.message,
+                    nonce=request.response_nonce,
+                )
+                status.last_nack = nack
+                status.nacks += 1
+                outcome.nack = nack
+            else:
+                acked.update(pending.sent)
+                for name in pending.removed:
+                    acked.pop(name, None)
+                status.acked_version = pending.version
+                status.acks += 1
+                outcome.ack = pending.version
+        return outcome
+
+    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
+        if snapshot is None:
+            return []
+        out: list[Outgoing] = []
+        for type_url in PUSH_ORDER:
+            if not _matches(type_url, self.only_type):
+                continue
+            status = self.status.get(type_url)
+            if status is None or not status.subscribed:
+                continue
+            response = self._response_for(type_url, status, snapshot)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _wanted(self, status: TypeStatus, available: Iterable[str]) -> set[str]:
+        if status.wildcard:
+            return set(available) | status.names
+        return set(status.names)
+
+    def _response_for(
+        self, type_url: str, status: TypeStatus, snapshot: Snapshot
+    ) -> Outgoing | None:
+        available = snapshot.of_type(type_url)
+        known = self._known.setdefault(type_url, {})
+        wanted = self._wanted(status, available)
+        to_send: list[Resource] = [
+            available[n]
+            for n in sorted(wanted)
+            if n in available and known.get(n) != available[n].version
+        ]
+        # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
+        removed = sorted(n for n in known if n not in available)
+        version = snapshot.versions.get(type_url, "")
+        if not to_send and not removed:
+            if not status.sent_version:
+                # Nothing differs from what the proxy told us it has: it is in sync.
+                status.sent_version = version
+                if not status.acked_version:
+                    status.acked_version = version
+            return None
+        for resource in to_send:
+            known[resource.name] = resource.version
+        if type_url == CLUSTER:
+            _forget_endpoints_of(to_send, self._known.get(ENDPOINT))
+        for name in removed:
+            del known[name]
+        nonce = self._next_nonce()
+        pending = self._pending.setdefault(type_url, {})
+        if len(pending) >= _MAX_PENDING:
+            # A proxy that never answers must not grow our memory: forget the oldest.
+            del pending[next(iter(pending))]
+        pending[nonce] = _Pending(
+            sent={r.name: r.version for r in to_send}, removed=removed, version=version
+        )
+        status.sent_version = version
+        status.pushes += 1
+        payload = delta_response(
+            system_version_info=version,
+            resources=to_send,
+            removed=removed,
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=version,
+            resource_names=[r.name for r in to_send],
+            removed=removed,
+        )
