@@ -52,7 +52,9 @@ def render(
         cluster=json.dumps(cluster),
         region=json.dumps(region),
         zone=json.dumps(zone),
-        listen=f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"{listen_host}:{listen_port}",
+        listen=f"[{listen_host}]:{listen_port}"
+        if ":" in listen_host
+        else f"{listen_host}:{listen_port}",
         api_type="DELTA_GRPC" if delta else "GRPC",
         xds_endpoints="\n".join(endpoints),
         admin_host=admin_host,

@@ -31,7 +31,7 @@ def registry_option(func: F) -> F:
         "--registry",
         envvar=DEFAULT_REGISTRY_ENV,
         required=True,
-        help=f"Registry URL (sqlite:///PATH or spanner://...); default from ${DEFAULT_REGISTRY_ENV}.",
+        help=f"Registry URL (sqlite:///PATH or spanner://...); default ${DEFAULT_REGISTRY_ENV}.",
     )(func)
 
 
@@ -63,12 +63,14 @@ def main() -> None:
 
 @main.command()
 @registry_option
-@click.option("--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address.")
 @click.option(
-    "--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address."
+    "--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address."
 )
+@click.option("--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address.")
 @click.option("--log-level", default="info", show_default=True)
-@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal).")
+@click.option(
+    "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
+)
 @user_errors
 def serve(
     registry: str, xds_listen: str, admin_listen: str, log_level: str, log_json: bool | None
@@ -88,31 +90,52 @@ def serve(
 
 @main.command()
 @click.option("--node-id", required=True, help="Envoy node id (unique per proxy).")
-@click.option("--cluster", default="edge", show_default=True, help="Envoy node cluster (the fleet).")
+@click.option(
+    "--cluster", default="edge", show_default=True, help="Envoy node cluster (the fleet)."
+)
 @click.option("--region", required=True, help="The proxy's region, e.g. us-west.")
 @click.option("--zone", default="", help="The proxy's zone (optional).")
 @click.option(
-    "--xds", "xds", multiple=True, default=["127.0.0.1:18000"], show_default=True,
+    "--xds",
+    "xds",
+    multiple=True,
+    default=["127.0.0.1:18000"],
+    show_default=True,
     help="Control-plane address; repeat for several replicas.",
 )
 @click.option("--listen", default="127.0.0.1:10000", show_default=True, help="Proxy listener.")
 @click.option("--admin", default="127.0.0.1:9901", show_default=True, help="Envoy admin address.")
 @click.option(
-    "--ads", type=click.Choice(["delta", "sotw"]), default="delta", show_default=True,
+    "--ads",
+    type=click.Choice(["delta", "sotw"]),
+    default="delta",
+    show_default=True,
     help="xDS protocol variant.",
 )
 @user_errors
 def bootstrap(
-    node_id: str, cluster: str, region: str, zone: str, xds: tuple[str, ...], listen: str,
-    admin: str, ads: str,
+    node_id: str,
+    cluster: str,
+    region: str,
+    zone: str,
+    xds: tuple[str, ...],
+    listen: str,
+    admin: str,
+    ads: str,
 ) -> None:
     """Print an Envoy bootstrap (YAML) that points a proxy at routeplane."""
     from control_plane.bootstrap import render
 
     click.echo(
         render(
-            node_id=node_id, cluster=cluster, region=region, zone=zone, xds=list(xds),
-            listen=listen, admin=admin, delta=ads == "delta",
+            node_id=node_id,
+            cluster=cluster,
+            region=region,
+            zone=zone,
+            xds=list(xds),
+            listen=listen,
+            admin=admin,
+            delta=ads == "delta",
         ),
         nl=False,
     )
@@ -148,10 +171,20 @@ def servers_list(registry: str, as_json: bool) -> None:
     """List servers."""
     rows = _open(registry).list_servers()
     if as_json:
-        click.echo(json.dumps([
-            {"name": s.name, "workspace": s.workspace, "hostnames": list(s.hostnames),
-             "protocol": s.protocol} for s in rows
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "workspace": s.workspace,
+                        "hostnames": list(s.hostnames),
+                        "protocol": s.protocol,
+                    }
+                    for s in rows
+                ],
+                indent=2,
+            )
+        )
         return
     click.echo(f"{'NAME':20} {'WORKSPACE':12} {'PROTOCOL':8} HOSTNAMES")
     for s in rows:
@@ -227,11 +260,88 @@ def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
     """List replicas (of SERVER, if given)."""
     rows = _open(registry).list_replicas(server)
     if as_json:
-        click.echo(json.dumps([
-            {"id": r.id, "server": r.server, "address": r.address, "region": r.region,
-             "zone": r.zone, "weight": r.weight, "state": r.state} for r in rows
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "server": r.server,
+                        "address": r.address,
+                        "region": r.region,
+                        "zone": r.zone,
+                        "weight": r.weight,
+                        "state": r.state,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return
     click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
     for r in rows:
         click.echo(f"{r.id:14} {r.server:16} {r.address:22} {r.region:10} {r.weight:>6} {r.state}")
+
+
+@main.group()
+def mesh() -> None:
+    """The local demo mesh."""
+
+
+@mesh.command("up")
+@click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
+@click.option("--xds-port", default=18000, show_default=True)
+@click.option("--admin-port", default=18001, show_default=True)
+@click.option("--envoy-port", default=10000, show_default=True)
+@click.option("--envoy-admin-port", default=9901, show_default=True)
+@click.option("--echo-port", default=8081, show_default=True)
+def mesh_up(
+    workdir: str,
+    xds_port: int,
+    admin_port: int,
+    envoy_port: int,
+    envoy_admin_port: int,
+    echo_port: int,
+) -> None:
+    """Start the local mesh in the foreground; Ctrl-C stops it."""
+    from pathlib import Path
+
+    from control_plane.mesh import MeshConfig, MeshError, run_foreground
+
+    config = MeshConfig(
+        workdir=Path(workdir),
+        xds_port=xds_port,
+        admin_port=admin_port,
+        envoy_port=envoy_port,
+        envoy_admin_port=envoy_admin_port,
+        echo_port=echo_port,
+    )
+    try:
+        run_foreground(config)
+    except (MeshError, RegistryError, OSError) as exc:
+        fail(str(exc))
+
+
+@main.group()
+def samples() -> None:
+    """Sample upstreams for the mesh, tests and benchmarks."""
+
+
+@samples.command("http-echo")
+@click.option("--name", required=True, help="Replica name the server answers with.")
+@click.option("--listen", default="127.0.0.1:8081", show_default=True)
+def samples_http_echo(name: str, listen: str) -> None:
+    """An HTTP echo server that names the replica that answered."""
+    import signal
+
+    from control_plane.samples.http_echo import make_server
+
+    host, _, port = listen.rpartition(":")
+    server = make_server(name=name, host=host, port=int(port))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

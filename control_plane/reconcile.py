@@ -94,7 +94,7 @@ class Reconciler:
         started = time.perf_counter()
         try:
             table = to_routing_table(state, now=self.clock())
-        except Exception as exc:  # noqa: BLE001 - task boundary: one pass, last good kept
+        except Exception as exc:
             log.exception("routing_failed", revision=state.revision, error=str(exc))
             return
         if self.table is None or table.problems != self.table.problems:
@@ -116,7 +116,7 @@ class Reconciler:
         started = time.perf_counter()
         try:
             snapshot = build_snapshot(self._translator.to_resources(table, view_of(group_key)))
-        except Exception as exc:  # noqa: BLE001 - task boundary: one group, last good kept
+        except Exception as exc:
             log.exception("snapshot_build_failed", group=group_key, error=str(exc))
             return
         if self.cache.set_snapshot(group_key, snapshot):

@@ -1,10 +1,10 @@
 """Registry errors, one tree::
 
-    RegistryError
-    ├── ValidationError          bad input; names the field and the value
-    ├── NotFoundError            unknown server or replica
-    ├── ConflictError            the write contradicts a row already there
-    └── RegistryUnavailableError the store cannot be reached or opened
+RegistryError
+├── ValidationError          bad input; names the field and the value
+├── NotFoundError            unknown server or replica
+├── ConflictError            the write contradicts a row already there
+└── RegistryUnavailableError the store cannot be reached or opened
 """
 
 from __future__ import annotations

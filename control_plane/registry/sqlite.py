@@ -147,7 +147,9 @@ class SqliteRegistry:
             for hostname in server.hostnames:
                 owner = claimed.get(hostname)
                 if owner is not None:
-                    raise ConflictError(f"hostname {hostname!r} already belongs to server {owner!r}")
+                    raise ConflictError(
+                        f"hostname {hostname!r} already belongs to server {owner!r}"
+                    )
             db.execute(
                 "INSERT INTO servers VALUES (?, ?, ?, ?, ?)",
                 (

@@ -16,7 +16,7 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path == "/slow":
                 delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
@@ -29,7 +29,7 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)

@@ -83,7 +83,9 @@ def to_resource(type_url: str, name: str, message: Any) -> Resource:
     # DiscoveryResponse.resources = 2 (repeated Any).
     sotw_field = length_delimited(2, any_bytes)
     # DeltaDiscoveryResponse.resources = 2 (repeated Resource{name=3, version=1, resource=2}).
-    delta_resource = string_field(1, version) + length_delimited(2, any_bytes) + string_field(3, name)
+    delta_resource = (
+        string_field(1, version) + length_delimited(2, any_bytes) + string_field(3, name)
+    )
     delta_field = length_delimited(2, delta_resource)
     return Resource(
         type_url=type_url,

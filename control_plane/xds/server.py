@@ -103,7 +103,9 @@ class XdsServer:
     def _behaviour(
         self, *, delta: bool, only_type: str
     ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Any]:
-        async def behaviour(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        async def behaviour(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> None:
             await self._serve_stream(requests, context, delta=delta, only_type=only_type)
 
         return behaviour

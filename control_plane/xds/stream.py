@@ -15,7 +15,6 @@ order (CDS, EDS, LDS, RDS). ``xds.server`` owns the gRPC side. Rules implemented
   does not ask again for a name it is already subscribed to.
 """
 
-
 from __future__ import annotations
 
 import itertools
@@ -215,14 +214,16 @@ class SotwStream(_Base):
             if version == status.sent_version:
                 return None
             to_send = selected
+            changed = [r for r in selected if sent.get(r.name) != r.version]
             sent.clear()
         else:
-            to_send = [r for r in selected if sent.get(r.name) != r.version]
+            to_send = changed = [r for r in selected if sent.get(r.name) != r.version]
             if not to_send:
                 return None
         sent.update((r.name, r.version) for r in to_send)
         if type_url == CLUSTER:
-            _forget_endpoints_of(to_send, self._sent.get(ENDPOINT))
+            # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
+            _forget_endpoints_of(changed, self._sent.get(ENDPOINT))
         nonce = self._next_nonce()
         self._last_nonce[type_url] = nonce
         status.sent_version = version
@@ -352,13 +353,10 @@ class DeltaStream(_Base):
         # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
         removed = sorted(n for n in known if n not in available)
         version = snapshot.versions.get(type_url, "")
-        if not to_send and not removed:
-            if not status.sent_version:
-                # Nothing differs from what the proxy told us it has: it is in sync.
-                status.sent_version = version
-                if not status.acked_version:
-                    status.acked_version = version
+        if not to_send and not removed and status.sent_version:
             return None
+        # The first response of a subscription always goes out, even empty: Envoy waits for
+        # it before it finishes initializing (e.g. wildcard CDS while no server exists yet).
         for resource in to_send:
             known[resource.name] = resource.version
         if type_url == CLUSTER:

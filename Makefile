@@ -1,0 +1,40 @@
+# routeplane: every target installs what it needs into .venv first (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install test lint format run bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("routeplane needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff format --check control_plane tests bench
+	$(BIN)/ruff check control_plane tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format control_plane tests bench
+	$(BIN)/ruff check --fix control_plane tests bench
+
+test: lint
+	$(BIN)/pytest -q
+
+run: install
+	$(BIN)/routeplane mesh up
+
+bench: install
+	$(BIN)/python -m bench.propagation --tries 50
+
+bench-quick: install
+	$(BIN)/python -m bench.propagation --tries 10
+
+clean:
+	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,92 @@
+"""Shared test helpers: free ports, waiting on conditions with a deadline, small builders."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from control_plane.routing.model import Endpoint, RoutedServer, RoutingTable
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+        last = condition()
+    return last
+
+
+async def async_wait_until(  # noqa: ASYNC109 - a deadline for polling, not an I/O timeout
+    condition: Callable[[], Awaitable[T]] | Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.005,
+    what: str = "",
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
+
+
+def endpoint(
+    replica_id: str,
+    port: int,
+    *,
+    region: str = "us-west",
+    draining: bool = False,
+    weight: int = 100,
+    zone: str = "",
+) -> Endpoint:
+    return Endpoint(
+        replica_id=replica_id,
+        host="127.0.0.1",
+        port=port,
+        region=region,
+        zone=zone,
+        weight=weight,
+        draining=draining,
+    )
+
+
+def server(
+    name: str,
+    *endpoints: Endpoint,
+    hostnames: tuple[str, ...] = (),
+    protocol: str = "http",
+    workspace: str = "default",
+) -> RoutedServer:
+    return RoutedServer(
+        name=name,
+        workspace=workspace,
+        hostnames=hostnames or (f"{name}.local",),
+        protocol=protocol,
+        endpoints=tuple(endpoints),
+    )
+
+
+def table(*servers: RoutedServer, revision: int = 1) -> RoutingTable:
+    return RoutingTable(servers=tuple(servers), problems=(), revision=revision, committed_at=0.0)

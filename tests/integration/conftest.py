@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from control_plane.samples.http_echo import EchoThread
+from tests.processes import ControlPlane
+
+
+@pytest.fixture
+def control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane.create(tmp_path)
+    cp.start()
+    try:
+        cp.wait_ready()
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def echo_factory() -> Iterator[object]:
+    started: list[EchoThread] = []
+
+    def make(name: str) -> EchoThread:
+        echo = EchoThread(name=name)
+        started.append(echo)
+        return echo
+
+    yield make
+    for echo in started:
+        echo.stop()

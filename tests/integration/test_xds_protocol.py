@@ -1,0 +1,306 @@
+"""The xDS server over real gRPC streams, driven by a raw client that asserts every response.
+
+Nothing here sleeps to prove a negative: to show that something was *not* sent, the test makes
+the server send something else and checks that it is the very next message on the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.cluster.v3 import cds_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from google.rpc import status_pb2
+
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control_plane.xds.server import XdsServer
+from tests.helpers import async_wait_until, endpoint, server
+from tests.unit.xds.conftest import snapshot, two_servers
+
+GROUP = "edge/us-west@127.0.0.1:10000"
+NODE = base_pb2.Node(id="proxy-1", cluster="edge", locality=base_pb2.Locality(region="us-west"))
+TIMEOUT = 5
+
+
+@dataclass
+class Harness:
+    cache: SnapshotCache
+    xds: XdsServer
+    channel: grpc.aio.Channel
+
+    @property
+    def ads(self) -> ads_pb2_grpc.AggregatedDiscoveryServiceStub:
+        return ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    cache = SnapshotCache()
+    cache.set_snapshot(GROUP, two_servers())
+    xds = XdsServer(cache=cache, control_plane_id="cp-test")
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield Harness(cache=cache, xds=xds, channel=channel)
+    await channel.close()
+    await grpc_server.stop(0)
+
+
+def req(
+    type_url: str,
+    *,
+    names: tuple[str, ...] = (),
+    nonce: str = "",
+    version: str = "",
+    error: str | None = None,
+    node: bool = False,
+) -> discovery_pb2.DiscoveryRequest:
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
+    )
+    if node:
+        request.node.CopyFrom(NODE)
+    if error is not None:
+        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    return request
+
+
+def dreq(
+    type_url: str,
+    *,
+    subscribe: tuple[str, ...] = (),
+    nonce: str = "",
+    initial: dict[str, str] | None = None,
+    error: str | None = None,
+    node: bool = False,
+) -> discovery_pb2.DeltaDiscoveryRequest:
+    request = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
+    if node:
+        request.node.CopyFrom(NODE)
+    if error is not None:
+        request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+    return request
+
+
+class Client:
+    """A raw stream that checks protocol invariants on every response it reads."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.nonces: set[str] = set()
+
+    async def send(self, request: Any) -> None:
+        await self.call.write(request)
+
+    async def recv(self) -> Any:
+        import asyncio
+
+        response = await asyncio.wait_for(self.call.read(), timeout=TIMEOUT)
+        assert response is not grpc.aio.EOF, "stream ended"
+        assert response.nonce, "every response carries a nonce"
+        assert response.nonce not in self.nonces, "nonces must be fresh"
+        self.nonces.add(response.nonce)
+        assert response.type_url in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+        assert response.control_plane.identifier == "cp-test"
+        return response
+
+
+def names_of(response: Any) -> list[str]:
+    return (
+        sorted(r.name for r in response.resources)
+        if hasattr(response, "system_version_info")
+        else sorted(_any_name(a) for a in response.resources)
+    )
+
+
+def _ports(response: Any) -> list[int]:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    return [
+        lb.endpoint.address.socket_address.port_value
+        for any_msg in response.resources
+        for locality in endpoint_pb2.ClusterLoadAssignment.FromString(any_msg.value).endpoints
+        for lb in locality.lb_endpoints
+    ]
+
+
+def _any_name(any_msg: Any) -> str:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    if any_msg.type_url == CLUSTER:
+        return str(cluster_pb2.Cluster.FromString(any_msg.value).name)
+    return str(endpoint_pb2.ClusterLoadAssignment.FromString(any_msg.value).cluster_name)
+
+
+async def test_sotw_ack_is_recorded_per_proxy_and_type(harness: Harness) -> None:
+    client = Client(harness.ads.StreamAggregatedResources())
+    await client.send(req(CLUSTER, node=True))
+    cds = await client.recv()
+    assert cds.version_info == harness.cache.get(GROUP).versions[CLUSTER]  # type: ignore[union-attr]
+    assert names_of(cds) == ["default_api", "default_echo"]
+    await client.send(req(CLUSTER, nonce=cds.nonce, version=cds.version_info))
+    [proxy] = await async_wait_until(lambda: list(harness.xds.proxies.values()))
+    await async_wait_until(lambda: proxy.protocol.status[CLUSTER].state == "SYNCED")
+    assert proxy.node_id == "proxy-1"
+    assert proxy.group.key == GROUP
+    assert proxy.protocol.status[CLUSTER].acked_version == cds.version_info
+
+
+async def test_sotw_nack_is_recorded_and_not_resent(harness: Harness) -> None:
+    client = Client(harness.ads.StreamAggregatedResources())
+    await client.send(req(CLUSTER, node=True))
+    cds = await client.recv()
+    await client.send(req(CLUSTER, nonce=cds.nonce, error="cluster rejected: bad"))
+    # Make the server push something else: if CDS were re-sent it would come first.
+    await client.send(req(LISTENER))
+    assert (await client.recv()).type_url == LISTENER
+    [proxy] = list(harness.xds.proxies.values())
+    status = proxy.protocol.status[CLUSTER]
+    assert status.state == "NACKED"
+    assert status.last_nack is not None
+    assert status.last_nack.message == "cluster rejected: bad"
+    # New content is sent again.
+    harness.cache.set_snapshot(
+        GROUP, snapshot(server("echo", endpoint("r1", 8081), protocol="grpc"))
+    )
+    assert (await client.recv()).type_url == CLUSTER
+
+
+async def test_sotw_stale_nonce_requests_are_ignored(harness: Harness) -> None:
+    client = Client(harness.ads.StreamAggregatedResources())
+    await client.send(req(ENDPOINT, names=("default_echo",), node=True))
+    eds = await client.recv()
+    assert names_of(eds) == ["default_echo"]
+    # A subscription change carrying a nonce the server never sent is ignored ...
+    await client.send(req(ENDPOINT, names=("default_echo", "default_api"), nonce="bogus"))
+    await client.send(req(LISTENER))
+    assert (await client.recv()).type_url == LISTENER
+    # ... while the same change with the current nonce is honoured.
+    await client.send(
+        req(
+            ENDPOINT,
+            names=("default_echo", "default_api"),
+            nonce=eds.nonce,
+            version=eds.version_info,
+        )
+    )
+    added = await client.recv()
+    assert added.type_url == ENDPOINT
+    assert names_of(added) == ["default_api"]
+
+
+async def test_sotw_pushes_coalesce_to_the_latest_snapshot(harness: Harness) -> None:
+    client = Client(harness.ads.StreamAggregatedResources())
+    await client.send(req(ENDPOINT, names=("default_echo",), node=True))
+    eds = await client.recv()
+    await client.send(
+        req(ENDPOINT, names=("default_echo",), nonce=eds.nonce, version=eds.version_info)
+    )
+    for port in range(9000, 9010):  # ten snapshots before the stream gets to run
+        harness.cache.set_snapshot(GROUP, two_servers(echo_port=port))
+    latest = await client.recv()
+    assert _ports(latest) == [9009]
+    await client.send(req(LISTENER))
+    assert (await client.recv()).type_url == LISTENER
+
+
+async def test_ads_pushes_in_order_cds_eds_lds_rds(harness: Harness) -> None:
+    harness.cache.set_snapshot(GROUP, snapshot())
+    client = Client(harness.ads.StreamAggregatedResources())
+    for type_url in (CLUSTER, LISTENER, ROUTE):
+        await client.send(
+            req(
+                type_url,
+                names=("ingress_http",) if type_url == ROUTE else (),
+                node=type_url == CLUSTER,
+            )
+        )
+    await client.send(req(ENDPOINT, names=("default_echo",)))
+    seen = [(await client.recv()).type_url for _ in range(3)]
+    assert seen == [CLUSTER, LISTENER, ROUTE]
+    harness.cache.set_snapshot(GROUP, two_servers())
+    seen = [(await client.recv()).type_url for _ in range(3)]
+    assert seen == [CLUSTER, ENDPOINT, ROUTE]
+
+
+async def test_delta_reconnect_resends_only_what_differs(harness: Harness) -> None:
+    first = Client(harness.ads.DeltaAggregatedResources())
+    await first.send(dreq(CLUSTER, node=True))
+    cds = await first.recv()
+    versions = {r.name: r.version for r in cds.resources}
+    first.call.cancel()
+    # The api server changes while the proxy is away.
+    harness.cache.set_snapshot(
+        GROUP, snapshot(server("echo", endpoint("r1", 8081)), server("api", protocol="grpc"))
+    )
+    second = Client(harness.ads.DeltaAggregatedResources())
+    await second.send(dreq(CLUSTER, node=True, initial=versions | {"default_gone": "v0"}))
+    update = await second.recv()
+    assert [r.name for r in update.resources] == ["default_api"]
+    assert list(update.removed_resources) == ["default_gone"]
+
+
+async def test_delta_nack_is_parked_and_acks_are_recorded(harness: Harness) -> None:
+    client = Client(harness.ads.DeltaAggregatedResources())
+    await client.send(dreq(CLUSTER, node=True))
+    cds = await client.recv()
+    await client.send(dreq(CLUSTER, nonce=cds.nonce))
+    await client.send(dreq(ENDPOINT, subscribe=("default_echo",)))
+    eds = await client.recv()
+    await client.send(dreq(ENDPOINT, nonce=eds.nonce, error="endpoint rejected"))
+    await client.send(dreq(LISTENER))
+    assert (await client.recv()).type_url == LISTENER
+    [proxy] = list(harness.xds.proxies.values())
+    assert proxy.protocol.status[ENDPOINT].state == "NACKED"
+    harness.cache.set_snapshot(GROUP, two_servers(echo_port=9999))
+    retry = await client.recv()
+    assert retry.type_url == ENDPOINT
+    assert [r.name for r in retry.resources] == ["default_echo"]
+    await client.send(dreq(ENDPOINT, nonce=retry.nonce))
+    await async_wait_until(lambda: proxy.protocol.status[ENDPOINT].state == "SYNCED")
+
+
+async def test_per_type_services_serve_their_type(harness: Harness) -> None:
+    cds = Client(cds_pb2_grpc.ClusterDiscoveryServiceStub(harness.channel).StreamClusters())
+    await cds.send(req("", node=True))
+    response = await cds.recv()
+    assert response.type_url == CLUSTER
+    assert names_of(response) == ["default_api", "default_echo"]
+    eds = Client(eds_pb2_grpc.EndpointDiscoveryServiceStub(harness.channel).DeltaEndpoints())
+    await eds.send(dreq(ENDPOINT, subscribe=("default_api",), node=True))
+    response = await eds.recv()
+    assert [r.name for r in response.resources] == ["default_api"]
+
+
+async def test_a_per_type_service_refuses_another_type(harness: Harness) -> None:
+    call = cds_pb2_grpc.ClusterDiscoveryServiceStub(harness.channel).StreamClusters()
+    await call.write(req(LISTENER, node=True))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not served by this service" in (info.value.details() or "")
+
+
+async def test_a_closed_stream_is_forgotten(harness: Harness) -> None:
+    client = Client(harness.ads.StreamAggregatedResources())
+    await client.send(req(CLUSTER, node=True))
+    await client.recv()
+    assert len(harness.xds.proxies) == 1
+    await client.call.done_writing()
+    await async_wait_until(lambda: not harness.xds.proxies, what="stream cleanup")
+    assert harness.cache.watcher_count(GROUP) == 0

@@ -1,0 +1,137 @@
+"""The registry contract: every implementation passes these."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from control_plane.registry import (
+    NotFoundError,
+    Registry,
+    RegistryError,
+    ValidationError,
+)
+from control_plane.registry.errors import ConflictError
+
+
+def test_init_is_idempotent(registry: Registry) -> None:
+    assert registry.init() == []
+
+
+def test_create_and_list_servers(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["Echo.Local", "*.echo.dev"], protocol="http")
+    [server] = registry.list_servers()
+    assert server.name == "echo"
+    assert server.hostnames == ("echo.local", "*.echo.dev")
+    assert server.workspace == "default"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        pytest.param({"name": "Bad_Name"}, "name", id="name-with-underscore"),
+        pytest.param({"hostnames": ["no spaces allowed"]}, "hostname", id="bad-hostname"),
+        pytest.param({"hostnames": []}, "hostnames", id="no-hostname"),
+        pytest.param({"protocol": "ftp"}, "protocol", id="unknown-protocol"),
+    ],
+)
+def test_invalid_servers_are_refused_naming_the_field(
+    registry: Registry, kwargs: dict[str, object], field: str
+) -> None:
+    args: dict[str, object] = {"name": "echo", "hostnames": ["echo.local"], "protocol": "http"}
+    args.update(kwargs)
+    with pytest.raises(ValidationError) as info:
+        registry.create_server(**args)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert registry.list_servers() == []
+
+
+def test_a_hostname_belongs_to_one_server(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    with pytest.raises(ConflictError, match=r"echo\.local"):
+        registry.create_server(name="other", hostnames=["echo.local"], protocol="http")
+
+
+def test_register_drain_ready_deregister(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    replica = registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    assert replica.state == "READY"
+    assert registry.set_replica_state(replica.id, "DRAINING").state == "DRAINING"
+    assert registry.set_replica_state(replica.id, "ready").state == "READY"
+    registry.deregister_replica(replica.id)
+    assert registry.list_replicas() == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        pytest.param({"address": "127.0.0.1"}, "address", id="no-port"),
+        pytest.param({"address": "127.0.0.1:0"}, "port", id="port-zero"),
+        pytest.param({"address": "127.0.0.1:70000"}, "port", id="port-too-big"),
+        pytest.param({"address": "not an address:80"}, "address", id="bad-host"),
+        pytest.param({"region": "US West"}, "region", id="bad-region"),
+        pytest.param({"weight": 0}, "weight", id="weight-zero"),
+        pytest.param({"weight": 10_001}, "weight", id="weight-too-big"),
+        pytest.param({"state": "GONE"}, "state", id="unknown-state"),
+    ],
+)
+def test_invalid_replicas_are_refused_naming_the_field(
+    registry: Registry, kwargs: dict[str, object], field: str
+) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    args: dict[str, object] = {"server": "echo", "address": "127.0.0.1:8081", "region": "us-west"}
+    args.update(kwargs)
+    with pytest.raises(ValidationError) as info:
+        registry.register_replica(**args)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert registry.list_replicas() == []
+
+
+def test_ipv6_replica_addresses(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    replica = registry.register_replica(server="echo", address="[::1]:8081", region="us-west")
+    assert (replica.host, replica.port, replica.address) == ("::1", 8081, "[::1]:8081")
+
+
+def test_unknown_server_and_replica_are_not_found(registry: Registry) -> None:
+    with pytest.raises(NotFoundError, match="unknown server 'nope'"):
+        registry.register_replica(server="nope", address="127.0.0.1:1", region="us-west")
+    with pytest.raises(NotFoundError, match="unknown replica 'r-x'"):
+        registry.set_replica_state("r-x", "DRAINING")
+    with pytest.raises(NotFoundError):
+        registry.deregister_replica("r-x")
+
+
+def test_every_write_moves_the_revision_and_commit_time(registry: Registry) -> None:
+    before = registry.read_state()
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    after = registry.read_state()
+    assert after.revision > before.revision
+    assert after.committed_at >= before.committed_at > 0 or after.committed_at > 0
+
+
+def test_deleting_a_server_removes_its_replicas(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    registry.delete_server("echo")
+    state = registry.read_state()
+    assert state.servers == ()
+    assert state.replicas == ()
+
+
+async def test_watch_yields_the_state_then_every_change(registry: Registry) -> None:
+    states = registry.watch(poll_interval=0.002)
+    first = await asyncio.wait_for(anext(states), timeout=5)
+    assert first.servers == ()
+    await asyncio.to_thread(
+        registry.create_server, name="echo", hostnames=["echo.local"], protocol="http"
+    )
+    second = await asyncio.wait_for(anext(states), timeout=5)
+    assert [s.name for s in second.servers] == ["echo"]
+    await states.aclose()
+
+
+def test_errors_are_registry_errors(registry: Registry) -> None:
+    with pytest.raises(RegistryError):
+        registry.delete_server("nope")

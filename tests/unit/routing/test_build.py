@@ -1,0 +1,96 @@
+"""Routing decisions from registry rows; bad rows become problems, the rest is routed."""
+
+from __future__ import annotations
+
+import pytest
+
+from control_plane.registry.model import RegistryState, Replica, Server
+from control_plane.routing import to_routing_table
+
+NOW = 1_000.0
+
+
+def srv(name: str, *hosts: str, protocol: str = "http") -> Server:
+    return Server(name=name, hostnames=hosts or (f"{name}.local",), protocol=protocol)
+
+
+def rep(rid: str, server: str = "echo", **overrides: object) -> Replica:
+    values: dict[str, object] = {
+        "id": rid,
+        "server": server,
+        "host": "127.0.0.1",
+        "port": 8081,
+        "region": "us-west",
+    }
+    values.update(overrides)
+    return Replica(**values)  # type: ignore[arg-type]
+
+
+def state(servers: list[Server], replicas: list[Replica]) -> RegistryState:
+    return RegistryState(
+        servers=tuple(servers), replicas=tuple(replicas), revision=1, committed_at=0.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("replica", "routed", "draining"),
+    [
+        pytest.param(rep("r1"), True, False, id="ready-routed"),
+        pytest.param(rep("r1", state="STARTING"), False, False, id="starting-not-routed"),
+        pytest.param(rep("r1", state="DRAINING"), True, True, id="draining-kept-as-draining"),
+        pytest.param(rep("r1", lease_expires_at=NOW - 1), False, False, id="expired-lease-gone"),
+        pytest.param(rep("r1", lease_expires_at=NOW + 5), True, False, id="live-lease-routed"),
+    ],
+)
+def test_replica_states(replica: Replica, routed: bool, draining: bool) -> None:
+    table = to_routing_table(state([srv("echo")], [replica]), now=NOW)
+    endpoints = table.servers[0].endpoints
+    assert bool(endpoints) == routed
+    if routed:
+        assert endpoints[0].draining == draining
+    assert table.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("replica", "field"),
+    [
+        pytest.param(rep("bad", port=0), "port", id="port-zero"),
+        pytest.param(rep("bad", host="no such host!"), "address", id="bad-host"),
+        pytest.param(rep("bad", weight=-3), "weight", id="negative-weight"),
+        pytest.param(rep("bad", state="ZOMBIE"), "state", id="unknown-state"),
+        pytest.param(rep("bad", region=""), "region", id="no-region"),
+    ],
+)
+def test_a_malformed_replica_is_a_problem_and_the_rest_still_routes(
+    replica: Replica, field: str
+) -> None:
+    table = to_routing_table(state([srv("echo")], [replica, rep("good", port=8082)]), now=NOW)
+    assert [e.replica_id for e in table.servers[0].endpoints] == ["good"]
+    [problem] = table.problems
+    assert (problem.kind, problem.name, problem.field) == ("replica", "bad", field)
+
+
+def test_an_unknown_protocol_leaves_only_that_server_out() -> None:
+    table = to_routing_table(
+        state([srv("echo"), srv("weird", protocol="ftp")], [rep("r1")]), now=NOW
+    )
+    assert [s.name for s in table.servers] == ["echo"]
+    [problem] = table.problems
+    assert (problem.name, problem.field, problem.value) == ("weird", "protocol", "ftp")
+
+
+def test_a_hostname_claimed_twice_goes_to_the_first_server_by_name() -> None:
+    table = to_routing_table(
+        state([srv("beta", "shared.local", "beta.local"), srv("alpha", "shared.local")], []),
+        now=NOW,
+    )
+    hosts = {s.name: s.hostnames for s in table.servers}
+    assert hosts == {"alpha": ("shared.local",), "beta": ("beta.local",)}
+    [problem] = table.problems
+    assert (problem.name, problem.field, problem.value) == ("beta", "hostname", "shared.local")
+
+
+def test_replicas_of_unknown_servers_are_problems() -> None:
+    table = to_routing_table(state([], [rep("r1", server="ghost")]), now=NOW)
+    [problem] = table.problems
+    assert (problem.name, problem.field, problem.value) == ("r1", "server", "ghost")

@@ -1,0 +1,117 @@
+"""Translation: names are pinned, listeners never change with routing, changes stay local."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+
+from control_plane.translate import ProxyView, Translator, names, to_resources
+from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.helpers import endpoint, server, table
+
+VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
+
+
+def by_type(resources: list) -> dict[str, dict[str, object]]:  # type: ignore[type-arg]
+    out: dict[str, dict[str, object]] = {}
+    for r in resources:
+        out.setdefault(r.type_url, {})[r.name] = r
+    return out
+
+
+def test_resource_names_are_pinned() -> None:
+    assert names.LISTENER == "ingress_http"
+    assert names.ROUTE_CONFIG == "ingress_http"
+    assert names.cluster(workspace="default", server="echo") == "default_echo"
+    assert (
+        names.virtual_host(workspace="acme", server="chat", hostname="*.chat.dev")
+        == "acme_chat_*.chat.dev"
+    )
+
+
+def test_listener_bytes_never_change_with_servers_or_replicas() -> None:
+    states = [
+        table(),
+        table(server("echo", endpoint("r1", 8081))),
+        table(server("echo", endpoint("r1", 8081, draining=True)), server("api", protocol="grpc")),
+    ]
+    listeners = {by_type(to_resources(s, VIEW))[LISTENER]["ingress_http"].any_bytes for s in states}
+    assert len(listeners) == 1
+
+
+def test_one_replica_change_touches_only_that_servers_endpoints() -> None:
+    before = by_type(
+        to_resources(
+            table(server("echo", endpoint("r1", 8081)), server("api", endpoint("r2", 8082))), VIEW
+        )
+    )
+    after = by_type(
+        to_resources(
+            table(
+                server("echo", endpoint("r1", 8081)),
+                server("api", endpoint("r2", 8082), endpoint("r3", 8083)),
+            ),
+            VIEW,
+        )
+    )
+    changed = {
+        (type_url, name)
+        for type_url, resources in after.items()
+        for name, resource in resources.items()
+        if before[type_url][name].version != resource.version  # type: ignore[attr-defined]
+    }
+    assert changed == {(ENDPOINT, "default_api")}
+
+
+def test_one_server_change_touches_only_its_cluster_and_the_route_table() -> None:
+    before = by_type(to_resources(table(server("echo"), server("api")), VIEW))
+    after = by_type(to_resources(table(server("echo"), server("api", protocol="grpc")), VIEW))
+    changed = {
+        (type_url, name)
+        for type_url, resources in after.items()
+        for name, resource in resources.items()
+        if before[type_url][name].version != resource.version  # type: ignore[attr-defined]
+    }
+    assert changed == {(CLUSTER, "default_api")}
+
+
+def test_draining_replicas_are_sent_as_draining() -> None:
+    resources = by_type(
+        to_resources(
+            table(server("echo", endpoint("r1", 8081), endpoint("r2", 8082, draining=True))), VIEW
+        )
+    )
+    assignment = resources[ENDPOINT]["default_echo"].message  # type: ignore[attr-defined]
+    statuses = {
+        lb.endpoint.address.socket_address.port_value: lb.health_status
+        for locality in assignment.endpoints
+        for lb in locality.lb_endpoints
+    }
+    assert statuses == {8081: health_check_pb2.HEALTHY, 8082: health_check_pb2.DRAINING}
+
+
+def test_http2_and_grpc_servers_speak_http2_upstream() -> None:
+    resources = by_type(to_resources(table(server("g", protocol="grpc"), server("h")), VIEW))
+    grpc_cluster = resources[CLUSTER]["default_g"].message  # type: ignore[attr-defined]
+    http_cluster = resources[CLUSTER]["default_h"].message  # type: ignore[attr-defined]
+    assert grpc_cluster.typed_extension_protocol_options
+    assert not http_cluster.typed_extension_protocol_options
+    assert grpc_cluster.type == cluster_pb2.Cluster.EDS
+
+
+def test_one_virtual_host_per_hostname() -> None:
+    resources = by_type(
+        to_resources(table(server("echo", hostnames=("echo.local", "*.echo.dev"))), VIEW)
+    )
+    config = resources[ROUTE]["ingress_http"].message  # type: ignore[attr-defined]
+    assert [(v.name, list(v.domains)) for v in config.virtual_hosts] == [
+        ("default_echo_*.echo.dev", ["*.echo.dev"]),
+        ("default_echo_echo.local", ["echo.local"]),
+    ]
+
+
+def test_the_translator_reuses_unchanged_resources() -> None:
+    translator = Translator()
+    first = translator.to_resources(table(server("echo", endpoint("r1", 8081))), VIEW)
+    second = translator.to_resources(table(server("echo", endpoint("r1", 8081))), VIEW)
+    assert all(a is b for a, b in zip(first, second, strict=True))
