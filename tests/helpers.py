@@ -33,10 +33,10 @@ def wait_until(
     return last
 
 
-async def async_wait_until(  # noqa: ASYNC109 - a deadline for polling, not an I/O timeout
+async def async_wait_until(
     condition: Callable[[], Awaitable[T]] | Callable[[], T],
     *,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not an I/O timeout
     interval: float = 0.005,
     what: str = "",
 ) -> T:
