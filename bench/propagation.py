@@ -74,8 +74,9 @@ def run_variant(workdir: Path, *, ads: str, tries: int) -> dict[str, object]:
     replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
     try:
         cp.wait_ready()
-        envoy = Envoy.create(workdir, node_id=f"bench-{ads}", region="us-west", xds=[cp.xds],
-                             ads=ads)
+        envoy = Envoy.create(
+            workdir, node_id=f"bench-{ads}", region="us-west", xds=[cp.xds], ads=ads
+        )
         envoy.start()
         envoy.wait_live()
         registry = open_registry(cp.registry)
@@ -87,20 +88,33 @@ def run_variant(workdir: Path, *, ads: str, tries: int) -> dict[str, object]:
             nonlocal current
             if current is not None:
                 registry.deregister_replica(current)
-                wait_until(lambda: poller.get()[0] == 503, timeout=10, interval=0.001,
-                           what="503 after deregistering")
+                wait_until(
+                    lambda: poller.get()[0] == 503,
+                    timeout=10,
+                    interval=0.001,
+                    what="503 after deregistering",
+                )
             replica = replicas[attempt % 2]
             if via_cli:
-                current = routeplane("replicas", "register", "echo", "--address",
-                                     replica.address, "--region", "us-west",
-                                     registry=cp.registry).stdout.strip()
+                current = routeplane(
+                    "replicas",
+                    "register",
+                    "echo",
+                    "--address",
+                    replica.address,
+                    "--region",
+                    "us-west",
+                    registry=cp.registry,
+                ).stdout.strip()
             else:
-                current = registry.register_replica(server="echo", address=replica.address,
-                                                    region="us-west").id
+                current = registry.register_replica(
+                    server="echo", address=replica.address, region="us-west"
+                ).id
             started = time.perf_counter()
             wanted = (200, f"{replica.name}\n")
-            wait_until(lambda: poller.get() == wanted, timeout=10, interval=0.0005,
-                       what="the new replica")
+            wait_until(
+                lambda: poller.get() == wanted, timeout=10, interval=0.0005, what="the new replica"
+            )
             return (time.perf_counter() - started) * 1000
 
         one_try(0, via_cli=True)  # warm-up: the first change also warms the cluster
@@ -123,8 +137,9 @@ def run_variant(workdir: Path, *, ads: str, tries: int) -> dict[str, object]:
 
 def git_revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -143,14 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\npropagation to a real Envoy (SQLite registry, 1 Envoy, loopback)")
     print("  cli: `routeplane replicas register` returned -> first request answered by it")
     print("  api: register_replica() committed and returned -> first request answered by it")
-    print(f"{'ADS':6} {'WRITE':5} {'TRIES':>5} {'P50 ms':>8} {'P90 ms':>8} {'P99 ms':>8}"
-          f" {'MAX ms':>8}")
+    print(
+        f"{'ADS':6} {'WRITE':5} {'TRIES':>5} {'P50 ms':>8} {'P90 ms':>8} {'P99 ms':>8}"
+        f" {'MAX ms':>8}"
+    )
     for row in rows:
         for kind in ("cli", "api"):
             stats = row[kind]
             assert isinstance(stats, dict)
-            print(f"{row['ads']:6} {kind:5} {row['tries']:>5} {stats['p50_ms']:>8} "
-                  f"{stats['p90_ms']:>8} {stats['p99_ms']:>8} {stats['max_ms']:>8}")
+            print(
+                f"{row['ads']:6} {kind:5} {row['tries']:>5} {stats['p50_ms']:>8} "
+                f"{stats['p90_ms']:>8} {stats['p99_ms']:>8} {stats['max_ms']:>8}"
+            )
     RESULTS.mkdir(exist_ok=True)
     out = {
         "benchmark": "propagation",

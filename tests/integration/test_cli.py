@@ -37,8 +37,17 @@ def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
             id="malformed-address",
         ),
         pytest.param(
-            ["replicas", "register", "echo", "--address", "1.2.3.4:80", "--region", "us-west",
-             "--weight", "0"],
+            [
+                "replicas",
+                "register",
+                "echo",
+                "--address",
+                "1.2.3.4:80",
+                "--region",
+                "us-west",
+                "--weight",
+                "0",
+            ],
             "error: invalid weight 0",
             id="weight-out-of-range",
         ),
@@ -69,7 +78,9 @@ def test_bad_input_is_one_line_and_exits_non_zero(
 def test_an_unreachable_registry_is_one_line() -> None:
     result = subprocess.run(
         [ROUTEPLANE, "servers", "list", "--registry", "sqlite:///no/such/dir/rp.db"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
@@ -80,8 +91,16 @@ def test_an_unreachable_registry_is_one_line() -> None:
 def test_the_registry_defaults_from_the_environment(registry: str) -> None:
     env = {"ROUTEPLANE_REGISTRY": registry}
     assert run("servers", "create", "echo", "--host", "echo.local", env=env)[0] == 0
-    code, output = run("replicas", "register", "echo", "--address", "127.0.0.1:8081",
-                       "--region", "us-west", env=env)
+    code, output = run(
+        "replicas",
+        "register",
+        "echo",
+        "--address",
+        "127.0.0.1:8081",
+        "--region",
+        "us-west",
+        env=env,
+    )
     assert code == 0
     assert output.strip().startswith("r-")
     code, output = run("replicas", "list", "--json", env=env)
@@ -90,8 +109,17 @@ def test_the_registry_defaults_from_the_environment(registry: str) -> None:
 
 def test_register_prints_only_the_replica_id(registry: str) -> None:
     run("servers", "create", "echo", "--host", "echo.local", "--registry", registry)
-    code, output = run("replicas", "register", "echo", "--address", "127.0.0.1:8081",
-                       "--region", "us-west", "--registry", registry)
+    code, output = run(
+        "replicas",
+        "register",
+        "echo",
+        "--address",
+        "127.0.0.1:8081",
+        "--region",
+        "us-west",
+        "--registry",
+        registry,
+    )
     assert code == 0
     assert output.count("\n") == 1
     assert output.startswith("r-")
@@ -99,9 +127,25 @@ def test_register_prints_only_the_replica_id(registry: str) -> None:
 
 @pytest.mark.parametrize("ads", ["delta", "sotw"])
 def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, ads: str) -> None:
-    code, output = run("bootstrap", "--node-id", "edge-1", "--cluster", "edge", "--region",
-                       "us-west", "--xds", "127.0.0.1:18000", "--xds", "127.0.0.2:18000",
-                       "--listen", "127.0.0.1:10000", "--admin", "127.0.0.1:9901", "--ads", ads)
+    code, output = run(
+        "bootstrap",
+        "--node-id",
+        "edge-1",
+        "--cluster",
+        "edge",
+        "--region",
+        "us-west",
+        "--xds",
+        "127.0.0.1:18000",
+        "--xds",
+        "127.0.0.2:18000",
+        "--listen",
+        "127.0.0.1:10000",
+        "--admin",
+        "127.0.0.1:9901",
+        "--ads",
+        ads,
+    )
     assert code == 0
     config = yaml.safe_load(output)
     assert config["node"]["locality"]["region"] == "us-west"
@@ -110,8 +154,13 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, ads: str) -> None:
     )
     path = tmp_path / "bootstrap.yaml"
     path.write_text(output)
-    result = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path)],
-                            capture_output=True, text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
