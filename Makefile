@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# xds-protos ships its own google/longrunning/operations_pb2.py without the gRPC stubs and
+	# overwrites googleapis-common-protos' copy, which google-cloud-spanner's admin calls need.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps googleapis-common-protos==1.76.0
 	touch $(STAMP)
 
 lint: install

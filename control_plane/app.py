@@ -41,7 +41,7 @@ class ServeConfig:
     xds_listen: str
     admin_listen: str
     control_plane_id: str = ""
-    poll_interval: float = 0.005
+    poll_interval: float | None = None
     grace_seconds: float = 5.0
 
 
@@ -86,10 +86,14 @@ async def serve(config: ServeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(reconciler.run())
+            workers = [
+                tasks.create_task(reconciler.run()),
+                tasks.create_task(reconciler.run_cleanup()),
+            ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)
-            watcher.cancel()
+            for worker in workers:
+                worker.cancel()
     finally:
         admin.close()
         await server.stop(config.grace_seconds)

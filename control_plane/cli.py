@@ -215,16 +215,65 @@ def replicas() -> None:
 @click.option(
     "--state", default="READY", show_default=True, help="STARTING (no traffic yet) or READY."
 )
+@click.option(
+    "--lease-seconds",
+    type=float,
+    default=None,
+    help="Expire the replica unless renewed (replicas heartbeat) within this time.",
+)
 @registry_option
 @user_errors
 def replicas_register(
-    server: str, address: str, region: str, zone: str, weight: int, state: str, registry: str
+    server: str,
+    address: str,
+    region: str,
+    zone: str,
+    weight: int,
+    state: str,
+    lease_seconds: float | None,
+    registry: str,
 ) -> None:
     """Register a replica of SERVER; prints its id."""
     replica = _open(registry).register_replica(
-        server=server, address=address, region=region, zone=zone, weight=weight, state=state
+        server=server,
+        address=address,
+        region=region,
+        zone=zone,
+        weight=weight,
+        state=state,
+        lease_seconds=lease_seconds,
     )
     click.echo(replica.id)
+
+
+@replicas.command("heartbeat")
+@click.argument("replica_id")
+@click.option("--lease-seconds", type=float, required=True, help="New lease, from now.")
+@registry_option
+@user_errors
+def replicas_heartbeat(replica_id: str, lease_seconds: float, registry: str) -> None:
+    """Renew REPLICA_ID's lease."""
+    replica = _open(registry).renew_lease(replica_id, lease_seconds=lease_seconds)
+    click.echo(f"{replica.id} lease renewed for {lease_seconds:g}s")
+
+
+@main.group("registry")
+def registry_group() -> None:
+    """Registry schema."""
+
+
+@registry_group.command("init")
+@registry_option
+@user_errors
+def registry_init(registry: str) -> None:
+    """Create or migrate the registry schema (idempotent); on the Spanner emulator, also the
+    instance and database. Prints what it changed."""
+    reg = _open(registry)
+    changes = getattr(reg, "applied_on_open", []) + reg.init()
+    for change in changes:
+        click.echo(change)
+    if not changes:
+        click.echo("registry schema is up to date")
 
 
 def _state_command(name: str, state: str, help_text: str) -> None:

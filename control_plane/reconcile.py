@@ -26,6 +26,7 @@ log = structlog.get_logger("routeplane.reconcile")
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
+CLEANUP_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
@@ -52,12 +53,15 @@ class Reconciler:
         registry: Registry,
         cache: SnapshotCache,
         clock: Callable[[], float] = time.time,
-        poll_interval: float = 0.005,
+        poll_interval: float | None = None,
+        cleanup_interval: float = CLEANUP_INTERVAL,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.clock = clock
-        self.poll_interval = poll_interval
+        default = float(getattr(registry, "default_poll_interval", 0.005))
+        self.poll_interval = poll_interval or default
+        self.cleanup_interval = cleanup_interval
         self.health = Health()
         self.table: RoutingTable | None = None
         self._translator = Translator()
@@ -83,11 +87,30 @@ class Reconciler:
                     backoff = BACKOFF_INITIAL
                     self.apply(state)
             except RegistryError as exc:
-                self.health.degraded = True
-                self.health.last_error = str(exc)
-                log.warning("registry_degraded", error=str(exc), retry_in=backoff)
+                self._degraded(exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _degraded(self, exc: Exception, retry_in: float) -> None:
+        if not self.health.degraded or self.health.last_error != str(exc):
+            log.warning("registry_degraded", error=str(exc), retry_in=retry_in)
+        self.health.degraded = True
+        self.health.last_error = str(exc)
+
+    async def run_cleanup(self) -> None:
+        """Remove replicas whose lease expired, every ``cleanup_interval``, until cancelled.
+
+        Every control-plane replica may run this; the deletes are idempotent transactions.
+        """
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            try:
+                removed = await asyncio.to_thread(self.registry.remove_expired, now=self.clock())
+            except RegistryError as exc:
+                log.warning("lease_cleanup_failed", error=str(exc))
+                continue
+            if removed:
+                log.info("replicas_expired", replicas=removed)
 
     def apply(self, state: RegistryState) -> None:
         """One reconcile pass. Never raises: a failed pass keeps the last good snapshots."""

@@ -96,7 +96,16 @@ class Registry(TypingProtocol):
 
     def set_replica_state(self, replica_id: str, state: str) -> Replica: ...
 
-    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica: ...
+    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
+        """Extend a replica's lease. Changes no routing, so the watch does not report it."""
+        ...
+
+    def remove_expired(self, *, now: float) -> list[str]:
+        """Delete replicas whose lease ended at or before ``now``; returns their ids.
+
+        The control plane runs this periodically (every replica of it may; it is idempotent).
+        """
+        ...
 
     def deregister_replica(self, replica_id: str) -> None: ...
 

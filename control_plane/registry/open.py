@@ -12,7 +12,9 @@ def open_registry(url: str) -> Registry:
 
         return SqliteRegistry(url)
     if url.startswith("spanner://"):
-        raise RegistryError(f"registry {url!r}: the Spanner registry is not available yet")
+        from control_plane.registry.spanner import SpannerRegistry
+
+        return SpannerRegistry(url)
     raise RegistryError(
         f"registry {url!r}: unknown scheme; expected sqlite:///PATH or spanner://projects/..."
     )

@@ -17,45 +17,13 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from control_plane.registry import validate
+from control_plane.registry import migrations, validate
 from control_plane.registry.errors import (
     ConflictError,
     NotFoundError,
     RegistryUnavailableError,
 )
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
-
-# Versioned migrations, applied in order; each is one transaction.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
-    (
-        1,
-        "create servers, replicas and meta",
-        """
-        CREATE TABLE servers (
-            name       TEXT PRIMARY KEY,
-            workspace  TEXT NOT NULL DEFAULT 'default',
-            hostnames  TEXT NOT NULL,            -- JSON array of strings
-            protocol   TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        );
-        CREATE TABLE replicas (
-            id               TEXT PRIMARY KEY,
-            server           TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
-            host             TEXT NOT NULL,
-            port             INTEGER NOT NULL,
-            region           TEXT NOT NULL,
-            zone             TEXT NOT NULL DEFAULT '',
-            weight           INTEGER NOT NULL DEFAULT 100,
-            state            TEXT NOT NULL,
-            lease_expires_at REAL,
-            updated_at       REAL NOT NULL
-        );
-        CREATE INDEX replicas_by_server ON replicas(server);
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value);
-        INSERT INTO meta VALUES ('revision', 0), ('committed_at', 0.0);
-        """,
-    ),
-)
 
 
 def path_of(url: str) -> str:
@@ -84,7 +52,8 @@ class SqliteRegistry:
         except sqlite3.Error as exc:
             raise RegistryUnavailableError(f"registry {url!r}: cannot open: {exc}") from exc
         self._lock = threading.Lock()
-        self.init()
+        # The embedded registry migrates itself on open; `registry init` reports what it did.
+        self.applied_on_open = self.init()
 
     # -- schema -------------------------------------------------------------------------
 
@@ -96,17 +65,16 @@ class SqliteRegistry:
                 "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
             applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            for version, description, ddl in MIGRATIONS:
-                if version in applied:
+            for migration in migrations.load("sqlite"):
+                if migration.version in applied:
                     continue
-                for statement in ddl.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in migration.statements:
+                    db.execute(statement)
                 db.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (version, description, time.time()),
+                    (migration.version, migration.description, time.time()),
                 )
-                changed.append(f"applied migration {version}: {description}")
+                changed.append(f"applied migration {migration.version}: {migration.description}")
         return changed
 
     @contextmanager
@@ -151,12 +119,13 @@ class SqliteRegistry:
                         f"hostname {hostname!r} already belongs to server {owner!r}"
                     )
             db.execute(
-                "INSERT INTO servers VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     server.name,
                     server.workspace,
                     json.dumps(list(server.hostnames)),
                     server.protocol,
+                    None,
                     server.updated_at,
                 ),
             )
@@ -210,6 +179,8 @@ class SqliteRegistry:
         lease_seconds: float | None = None,
     ) -> Replica:
         host, port = validate.address(address)
+        if lease_seconds is not None:
+            validate.lease(lease_seconds)
         now = time.time()
         replica = Replica(
             id="r-" + secrets.token_hex(5),
@@ -258,16 +229,32 @@ class SqliteRegistry:
             return self._replica(db, replica_id)
 
     def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
+        validate.lease(lease_seconds)
         now = time.time()
         with self._tx() as db:
+            # A renewal changes no routing: it does not move the revision the watch follows.
             updated = db.execute(
-                "UPDATE replicas SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
-                (now + lease_seconds, now, replica_id),
+                "UPDATE replicas SET lease_expires_at = ? WHERE id = ?",
+                (now + lease_seconds, replica_id),
             ).rowcount
             if not updated:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
-            self._bump(db, now)
             return self._replica(db, replica_id)
+
+    def remove_expired(self, *, now: float) -> list[str]:
+        with self._tx() as db:
+            expired = [
+                str(row[0])
+                for row in db.execute(
+                    "SELECT id FROM replicas WHERE lease_expires_at IS NOT NULL"
+                    " AND lease_expires_at <= ? ORDER BY id",
+                    (now,),
+                )
+            ]
+            if expired:
+                db.executemany("DELETE FROM replicas WHERE id = ?", [(i,) for i in expired])
+                self._bump(db, time.time())
+        return expired
 
     def deregister_replica(self, replica_id: str) -> None:
         with self._tx() as db:

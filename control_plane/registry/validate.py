@@ -98,3 +98,14 @@ def address(value: str) -> tuple[str, int]:
     if not sep or not host_part or not port_part.isdigit():
         raise ValidationError("address", value, "expected HOST:PORT, e.g. 10.0.0.7:8080")
     return host(host_part), port(int(port_part))
+
+
+LEASE_MIN, LEASE_MAX = 1.0, 3600.0
+
+
+def lease(seconds: float) -> float:
+    if not LEASE_MIN <= seconds <= LEASE_MAX:
+        raise ValidationError(
+            "lease_seconds", seconds, f"must be between {LEASE_MIN:g} and {LEASE_MAX:g}"
+        )
+    return seconds

@@ -1,8 +1,10 @@
 """RegistryState -> RoutingTable.
 
 Rules: STARTING replicas get no traffic, READY do, DRAINING stay listed as draining (no new
-requests, open streams finish), expired leases vanish. A malformed row (unknown protocol, bad
-address, weight out of range, a hostname two servers claim) becomes a Problem and is left out.
+requests, open streams finish). Expired leases are the registry clean-up's job: the control
+plane deletes such rows (``Registry.remove_expired``), so they vanish like deregistered ones.
+A malformed row (unknown protocol, bad address, weight out of range, a hostname two servers
+claim) becomes a Problem and is left out.
 """
 
 from __future__ import annotations
@@ -105,8 +107,6 @@ def _to_endpoint(replica: Replica, problems: list[Problem], now: float) -> Endpo
         problems.append(_problem("replica", replica.id, exc))
         return None
     if state == ReplicaState.STARTING:
-        return None
-    if replica.lease_expires_at is not None and replica.lease_expires_at <= now:
         return None
     return Endpoint(
         replica_id=replica.id,

@@ -38,8 +38,6 @@ def state(servers: list[Server], replicas: list[Replica]) -> RegistryState:
         pytest.param(rep("r1"), True, False, id="ready-routed"),
         pytest.param(rep("r1", state="STARTING"), False, False, id="starting-not-routed"),
         pytest.param(rep("r1", state="DRAINING"), True, True, id="draining-kept-as-draining"),
-        pytest.param(rep("r1", lease_expires_at=NOW - 1), False, False, id="expired-lease-gone"),
-        pytest.param(rep("r1", lease_expires_at=NOW + 5), True, False, id="live-lease-routed"),
     ],
 )
 def test_replica_states(replica: Replica, routed: bool, draining: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -135,3 +136,110 @@ async def test_watch_yields_the_state_then_every_change(registry: Registry) -> N
 def test_errors_are_registry_errors(registry: Registry) -> None:
     with pytest.raises(RegistryError):
         registry.delete_server("nope")
+
+
+async def _latest(states: object, until: object, *, deadline_s: float = 10.0) -> object:
+    """Read states from the watch until ``until(state)`` holds."""
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        assert remaining > 0, "watch did not reach the expected state"
+        state = await asyncio.wait_for(anext(states), timeout=remaining)  # type: ignore[call-overload]
+        if until(state):  # type: ignore[operator]
+            return state
+
+
+async def test_watch_sees_deletes(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    replica = registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    states = registry.watch(poll_interval=0.002)
+    first = await asyncio.wait_for(anext(states), timeout=5)
+    assert [r.id for r in first.replicas] == [replica.id]
+    await asyncio.to_thread(registry.deregister_replica, replica.id)
+    await _latest(states, lambda s: s.replicas == ())
+    await asyncio.to_thread(registry.delete_server, "echo")
+    await _latest(states, lambda s: s.servers == ())
+    await states.aclose()
+
+
+async def test_a_lease_renewal_is_not_a_routing_change(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    replica = registry.register_replica(
+        server="echo", address="127.0.0.1:8081", region="us-west", lease_seconds=30
+    )
+    states = registry.watch(poll_interval=0.002)
+    await asyncio.wait_for(anext(states), timeout=5)
+    renewed = await asyncio.to_thread(registry.renew_lease, replica.id, lease_seconds=60)
+    assert renewed.lease_expires_at is not None
+    assert replica.lease_expires_at is not None
+    assert renewed.lease_expires_at > replica.lease_expires_at
+    # The next state the watch yields is the drain, not the renewal.
+    await asyncio.to_thread(registry.set_replica_state, replica.id, "DRAINING")
+    state = await asyncio.wait_for(anext(states), timeout=5)
+    assert [r.state for r in state.replicas] == ["DRAINING"]
+    await states.aclose()
+
+
+async def test_expired_leases_are_removed_and_the_watch_sees_it(registry: Registry) -> None:
+    import time
+
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    keep = registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    doomed = registry.register_replica(
+        server="echo", address="127.0.0.1:8082", region="us-west", lease_seconds=1
+    )
+    states = registry.watch(poll_interval=0.002)
+    await asyncio.wait_for(anext(states), timeout=5)
+    assert registry.remove_expired(now=time.time()) == []
+    assert registry.remove_expired(now=time.time() + 2) == [doomed.id]
+    state = await _latest(states, lambda s: len(s.replicas) == 1)
+    assert [r.id for r in state.replicas] == [keep.id]  # type: ignore[attr-defined]
+    await states.aclose()
+
+
+async def test_the_watch_misses_no_commit_under_concurrent_writes(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    states = registry.watch(poll_interval=0.001)
+    await asyncio.wait_for(anext(states), timeout=5)
+
+    def churn() -> None:
+        ids = []
+        for i in range(30):
+            ids.append(
+                registry.register_replica(
+                    server="echo", address=f"127.0.0.1:{9000 + i}", region="us-west"
+                ).id
+            )
+            if i % 3 == 0:
+                registry.set_replica_state(ids[-1], "DRAINING")
+            if i % 4 == 0:
+                registry.deregister_replica(ids.pop(0))
+
+    writer = asyncio.create_task(asyncio.to_thread(churn))
+    latest = None
+    while not writer.done() or latest is None:
+        try:
+            latest = await asyncio.wait_for(anext(states), timeout=0.5)
+        except TimeoutError:
+            continue
+    await writer
+    truth = registry.read_state()
+    final = await _latest(
+        states if latest.replicas != truth.replicas else _just(latest),
+        lambda s: s.replicas == truth.replicas,
+    )
+    assert final.replicas == truth.replicas  # type: ignore[attr-defined]
+    await states.aclose()
+
+
+async def _just(value: object) -> AsyncIterator[object]:
+    yield value
+
+
+async def test_a_new_watch_resumes_from_the_current_state(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    states = registry.watch(poll_interval=0.002)
+    first = await asyncio.wait_for(anext(states), timeout=5)
+    assert len(first.replicas) == 1
+    await states.aclose()

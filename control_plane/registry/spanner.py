@@ -1,0 +1,584 @@
+"""The Cloud Spanner registry: the production store. The only module that imports
+``google.cloud.spanner``.
+
+Watch design (measured on the emulator: point read ~4 ms, 10,000-row scan ~690 ms, empty index
+range read ~7 ms; change streams p99 1.9 s, so not used):
+
+- a full read at a strong read timestamp T0 builds the in-memory state;
+- every tick opens one strong read-only snapshot, learns its read timestamp T1, and reads, through
+  the ``UpdatedAt``/``DeletedAt`` indexes, only rows committed in (T0, T1]: servers, replicas and
+  tombstones. Spanner's external consistency means a strong read at T0 saw every commit <= T0,
+  so resuming from the *read timestamp* (never from the largest ``UpdatedAt`` seen) misses none;
+- deletes leave tombstones (same transaction), so no delete is missed; the control plane removes
+  tombstones older than ``TOMBSTONE_RETENTION`` and expired leases itself (the emulator enforces
+  no row deletion policy);
+- a full reconcile runs periodically, after any error, and whenever the resume point is older
+  than the tombstone retention; a restart starts with one.
+
+Lease renewals do not touch ``UpdatedAt``: 10,000 replicas heartbeating must not make the watch
+re-route. Every blocking call runs in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+# The emulator allows one read-write transaction at a time; with multiplexed sessions,
+# concurrent read-write transactions in one process fail with "Invalid transaction ID".
+os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW", "false")
+
+from google.api_core import exceptions as gexc
+from google.longrunning import operations_pb2
+from google.cloud import spanner
+from google.cloud.spanner_v1 import param_types
+
+from control_plane.registry import migrations, validate
+from control_plane.registry.errors import (
+    ConflictError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from control_plane.registry.model import (
+    RegistryState,
+    Replica,
+    ReplicaState,
+    Server,
+)
+
+if not hasattr(operations_pb2, "OperationsStub"):  # pragma: no cover - an install problem
+    raise ImportError(
+        "google/longrunning/operations_pb2.py was overwritten (by xds-protos); run "
+        "`pip install --force-reinstall --no-deps googleapis-common-protos==1.76.0` "
+        "(make install does this)"
+    )
+
+URL_RE = re.compile(r"^spanner://projects/([^/]+)/instances/([^/]+)/databases/([^/]+)$")
+TOMBSTONE_RETENTION = 3600.0
+FULL_RECONCILE_EVERY = 300.0
+RPC_TIMEOUT = 10.0
+T = TypeVar("T")
+
+_SERVER_COLUMNS = "ServerName, Workspace, Hostnames, Protocol, UpdatedAt"
+_REPLICA_COLUMNS = (
+    "ServerName, Id, Host, Port, Region, Zone, Weight, State, LeaseExpiresAt, UpdatedAt"
+)
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    match = URL_RE.match(url)
+    if not match:
+        raise RegistryError(
+            f"registry {url!r}: expected spanner://projects/P/instances/I/databases/D"
+        )
+    project, instance, database = match.groups()
+    return project, instance, database
+
+
+def _ts(value: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _to_server(row: Sequence[Any]) -> Server:
+    name, workspace, hostnames, protocol, updated_at = row
+    return Server(
+        name=name,
+        workspace=workspace,
+        hostnames=tuple(hostnames or ()),
+        protocol=protocol,
+        updated_at=updated_at.timestamp(),
+    )
+
+
+def _to_replica(row: Sequence[Any]) -> Replica:
+    server, rid, host, port, region, zone, weight, state, lease, updated_at = row
+    return Replica(
+        id=rid,
+        server=server,
+        host=host,
+        port=int(port),
+        region=region,
+        zone=zone or "",
+        weight=int(weight),
+        state=state,
+        lease_expires_at=_epoch(lease),
+        updated_at=updated_at.timestamp(),
+    )
+
+
+class SpannerRegistry:
+    default_poll_interval = 0.01
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.project, self.instance_id, self.database_id = parse_url(url)
+        self.emulator = bool(os.environ.get("SPANNER_EMULATOR_HOST"))
+        try:
+            self._client = spanner.Client(project=self.project)
+        except Exception as exc:
+            raise RegistryUnavailableError(f"registry {url!r}: {exc}") from exc
+        self._instance = self._client.instance(self.instance_id)
+        self._db = self._instance.database(self.database_id)
+        self._revision = 0
+        self._lock = threading.Lock()
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _call(self, what: str, func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except RegistryError:
+            raise
+        except gexc.NotFound as exc:
+            raise RegistryUnavailableError(
+                f"registry {self.url!r}: {what}: not found ({exc.message}); "
+                "run `routeplane registry init`"
+            ) from exc
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise RegistryUnavailableError(f"registry {self.url!r}: {what}: {exc}") from exc
+
+    # -- schema -------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        return self._call("init", self._init)
+
+    def _init(self) -> list[str]:
+        changed: list[str] = []
+        if self.emulator and not self._instance.exists():
+            config = f"projects/{self.project}/instanceConfigs/emulator-config"
+            instance = self._client.instance(
+                self.instance_id,
+                configuration_name=config,
+                display_name=self.instance_id,
+                node_count=1,
+            )
+            try:
+                instance.create().result(RPC_TIMEOUT * 3)
+                changed.append(f"created instance {self.instance_id} (emulator)")
+            except gexc.AlreadyExists:
+                pass
+        if not self._db.exists():
+            if not self.emulator:
+                raise RegistryUnavailableError(
+                    f"registry {self.url!r}: database does not exist; create it first "
+                    "(init only creates instances and databases on the emulator)"
+                )
+            try:
+                self._db.create().result(RPC_TIMEOUT * 3)
+                changed.append(f"created database {self.database_id}")
+            except gexc.AlreadyExists:
+                pass
+        applied = self._applied_migrations()
+        for migration in migrations.load("spanner"):
+            if migration.version in applied:
+                continue
+            self._db.update_ddl(list(migration.statements)).result(RPC_TIMEOUT * 12)
+
+            def record(
+                tx: Any, version: int = migration.version, description: str = migration.description
+            ) -> None:
+                tx.insert(
+                    "SchemaMigrations",
+                    columns=("Version", "Description", "AppliedAt"),
+                    values=[(version, description, spanner.COMMIT_TIMESTAMP)],
+                )
+
+            self._db.run_in_transaction(record)
+            changed.append(f"applied migration {migration.version}: {migration.description}")
+        return changed
+
+    def _applied_migrations(self) -> set[int]:
+        tables = {t.table_id for t in self._db.list_tables()}
+        if "SchemaMigrations" not in tables:
+            self._db.update_ddl(
+                [
+                    "CREATE TABLE SchemaMigrations (Version INT64 NOT NULL, "
+                    "Description STRING(MAX) NOT NULL, "
+                    "AppliedAt TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true)) "
+                    "PRIMARY KEY (Version)"
+                ]
+            ).result(RPC_TIMEOUT * 6)
+            return set()
+        with self._db.snapshot() as snap:
+            return {int(row[0]) for row in snap.execute_sql("SELECT Version FROM SchemaMigrations")}
+
+    # -- servers ------------------------------------------------------------------------
+
+    def create_server(
+        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
+    ) -> Server:
+        server = Server(
+            name=validate.name("name", name),
+            workspace=validate.name("workspace", workspace),
+            hostnames=validate.hostnames(hostnames),
+            protocol=validate.protocol(protocol),
+        )
+
+        def write(tx: Any) -> None:
+            owners: dict[str, str] = {}
+            for other, hosts in tx.execute_sql("SELECT ServerName, Hostnames FROM Servers"):
+                if other == server.name:
+                    raise ConflictError(f"server {server.name!r} already exists")
+                for host in hosts or ():
+                    owners[host] = other
+            for hostname in server.hostnames:
+                if hostname in owners:
+                    raise ConflictError(
+                        f"hostname {hostname!r} already belongs to server {owners[hostname]!r}"
+                    )
+            tx.insert(
+                "Servers",
+                columns=("ServerName", "Workspace", "Hostnames", "Protocol", "Spec", "UpdatedAt"),
+                values=[
+                    (
+                        server.name,
+                        server.workspace,
+                        list(server.hostnames),
+                        server.protocol,
+                        json.dumps({}),
+                        spanner.COMMIT_TIMESTAMP,
+                    )
+                ],
+            )
+
+        self._call("create server", lambda: self._db.run_in_transaction(write))
+        return server
+
+    def delete_server(self, name: str) -> None:
+        def write(tx: Any) -> None:
+            rows = list(tx.read("Servers", ("ServerName",), spanner.KeySet(keys=[[name]])))
+            if not rows:
+                raise NotFoundError(f"unknown server {name!r}")
+            tx.delete("Servers", spanner.KeySet(keys=[[name]]))
+            tx.insert_or_update(
+                "Tombstones",
+                columns=("Kind", "Key", "DeletedAt"),
+                values=[("server", name, spanner.COMMIT_TIMESTAMP)],
+            )
+
+        self._call("delete server", lambda: self._db.run_in_transaction(write))
+
+    def list_servers(self) -> list[Server]:
+        def read() -> list[Server]:
+            with self._db.snapshot() as snap:
+                rows = snap.execute_sql(
+                    f"SELECT {_SERVER_COLUMNS} FROM Servers ORDER BY ServerName"
+                )
+                return [_to_server(r) for r in rows]
+
+        return self._call("list servers", read)
+
+    # -- replicas -----------------------------------------------------------------------
+
+    def register_replica(
+        self,
+        *,
+        server: str,
+        address: str,
+        region: str,
+        zone: str = "",
+        weight: int = 100,
+        state: str = ReplicaState.READY,
+        lease_seconds: float | None = None,
+    ) -> Replica:
+        host, port = validate.address(address)
+        if lease_seconds is not None:
+            validate.lease(lease_seconds)
+        replica = Replica(
+            id="r-" + secrets.token_hex(5),
+            server=validate.name("server", server),
+            host=host,
+            port=port,
+            region=validate.region("region", region),
+            zone=validate.region("zone", zone, required=False),
+            weight=validate.weight(weight),
+            state=validate.state(state),
+            lease_expires_at=None if lease_seconds is None else time.time() + lease_seconds,
+        )
+
+        def write(tx: Any) -> None:
+            if not list(tx.read("Servers", ("ServerName",), spanner.KeySet(keys=[[server]]))):
+                raise NotFoundError(f"unknown server {server!r}")
+            tx.insert(
+                "Replicas",
+                columns=(
+                    "ServerName",
+                    "Id",
+                    "Host",
+                    "Port",
+                    "Region",
+                    "Zone",
+                    "Weight",
+                    "State",
+                    "LeaseExpiresAt",
+                    "UpdatedAt",
+                ),
+                values=[
+                    (
+                        replica.server,
+                        replica.id,
+                        replica.host,
+                        replica.port,
+                        replica.region,
+                        replica.zone,
+                        replica.weight,
+                        replica.state,
+                        None if replica.lease_expires_at is None else _ts(replica.lease_expires_at),
+                        spanner.COMMIT_TIMESTAMP,
+                    )
+                ],
+            )
+
+        self._call("register replica", lambda: self._db.run_in_transaction(write))
+        return replica
+
+    def _find(self, tx: Any, replica_id: str) -> Replica:
+        rows = list(
+            tx.execute_sql(
+                f"SELECT {_REPLICA_COLUMNS} FROM Replicas@{{FORCE_INDEX=ReplicasById}} "
+                "WHERE Id = @id",
+                params={"id": replica_id},
+                param_types={"id": param_types.STRING},
+            )
+        )
+        if not rows:
+            raise NotFoundError(f"unknown replica {replica_id!r}")
+        return _to_replica(rows[0])
+
+    def set_replica_state(self, replica_id: str, state: str) -> Replica:
+        new_state = validate.state(state)
+
+        def write(tx: Any) -> Replica:
+            replica = self._find(tx, replica_id)
+            tx.update(
+                "Replicas",
+                columns=("ServerName", "Id", "State", "UpdatedAt"),
+                values=[(replica.server, replica.id, new_state, spanner.COMMIT_TIMESTAMP)],
+            )
+            return replica
+
+        replica = self._call("set replica state", lambda: self._db.run_in_transaction(write))
+        return Replica(**{**_fields(replica), "state": new_state})
+
+    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
+        validate.lease(lease_seconds)
+        expires = time.time() + lease_seconds
+
+        def write(tx: Any) -> Replica:
+            replica = self._find(tx, replica_id)
+            tx.update(
+                "Replicas",
+                columns=("ServerName", "Id", "LeaseExpiresAt"),
+                values=[(replica.server, replica.id, _ts(expires))],
+            )
+            return replica
+
+        replica = self._call("renew lease", lambda: self._db.run_in_transaction(write))
+        return Replica(**{**_fields(replica), "lease_expires_at": expires})
+
+    def deregister_replica(self, replica_id: str) -> None:
+        def write(tx: Any) -> None:
+            replica = self._find(tx, replica_id)
+            tx.delete("Replicas", spanner.KeySet(keys=[[replica.server, replica.id]]))
+            tx.insert_or_update(
+                "Tombstones",
+                columns=("Kind", "Key", "DeletedAt"),
+                values=[("replica", replica.id, spanner.COMMIT_TIMESTAMP)],
+            )
+
+        self._call("deregister replica", lambda: self._db.run_in_transaction(write))
+
+    def remove_expired(self, *, now: float) -> list[str]:
+        def write(tx: Any) -> list[str]:
+            rows = list(
+                tx.execute_sql(
+                    # The hint only tells the emulator what real Spanner works out itself.
+                    "SELECT ServerName, Id FROM Replicas@{FORCE_INDEX=ReplicasByLease,"
+                    "spanner_emulator.disable_query_null_filtered_index_check=true} "
+                    "WHERE LeaseExpiresAt IS NOT NULL AND LeaseExpiresAt <= @now",
+                    params={"now": _ts(now)},
+                    param_types={"now": param_types.TIMESTAMP},
+                )
+            )
+            if rows:
+                tx.delete("Replicas", spanner.KeySet(keys=[list(r) for r in rows]))
+                tx.insert_or_update(
+                    "Tombstones",
+                    columns=("Kind", "Key", "DeletedAt"),
+                    values=[("replica", r[1], spanner.COMMIT_TIMESTAMP) for r in rows],
+                )
+            horizon = _ts(now - TOMBSTONE_RETENTION)
+            old = list(
+                tx.execute_sql(
+                    "SELECT Kind, Key FROM Tombstones@{FORCE_INDEX=TombstonesByDeletedAt} "
+                    "WHERE DeletedAt < @horizon",
+                    params={"horizon": horizon},
+                    param_types={"horizon": param_types.TIMESTAMP},
+                )
+            )
+            if old:
+                tx.delete("Tombstones", spanner.KeySet(keys=[list(r) for r in old]))
+            return sorted(str(r[1]) for r in rows)
+
+        return self._call("remove expired", lambda: self._db.run_in_transaction(write))
+
+    def list_replicas(self, server: str | None = None) -> list[Replica]:
+        def read() -> list[Replica]:
+            with self._db.snapshot() as snap:
+                rows = snap.execute_sql(f"SELECT {_REPLICA_COLUMNS} FROM Replicas ORDER BY Id")
+                return [_to_replica(r) for r in rows if server is None or r[0] == server]
+
+        return self._call("list replicas", read)
+
+    # -- state and watch ----------------------------------------------------------------
+
+    def read_state(self) -> RegistryState:
+        return self._call("read state", lambda: self._full_read()[0])
+
+    def _full_read(self) -> tuple[RegistryState, dt.datetime]:
+        with self._db.snapshot(multi_use=True) as snap:
+            read_at = _begin(snap)
+            servers = [
+                _to_server(r) for r in snap.execute_sql(f"SELECT {_SERVER_COLUMNS} FROM Servers")
+            ]
+            replicas = [
+                _to_replica(r) for r in snap.execute_sql(f"SELECT {_REPLICA_COLUMNS} FROM Replicas")
+            ]
+        self._revision += 1
+        newest = max([s.updated_at for s in servers] + [r.updated_at for r in replicas] + [0.0])
+        state = RegistryState(
+            servers=tuple(sorted(servers, key=lambda s: s.name)),
+            replicas=tuple(sorted(replicas, key=lambda r: r.id)),
+            revision=self._revision,
+            committed_at=newest,
+        )
+        return state, read_at
+
+    async def watch(self, *, poll_interval: float = 0.01) -> AsyncIterator[RegistryState]:
+        follower = _Follower(self)
+        state = await asyncio.to_thread(self._call, "full read", follower.full)
+        yield state
+        while True:
+            await asyncio.sleep(poll_interval)
+            changed = await asyncio.to_thread(self._call, "watch", follower.tick)
+            if changed is not None:
+                yield changed
+
+    def close(self) -> None:
+        self._client.close() if hasattr(self._client, "close") else None
+
+
+def _fields(replica: Replica) -> dict[str, Any]:
+    return {name: getattr(replica, name) for name in Replica.__slots__}
+
+
+def _begin(snap: Any) -> dt.datetime:
+    """Start the read-only transaction and return its strong read timestamp."""
+    snap.begin()
+    read_at = snap._transaction_read_timestamp
+    if read_at is None:
+        raise RegistryUnavailableError("spanner did not return a read timestamp")
+    return read_at  # type: ignore[no-any-return]
+
+
+class _Follower:
+    """The in-memory registry state, moved forward from one read timestamp to the next."""
+
+    def __init__(self, registry: SpannerRegistry) -> None:
+        self.registry = registry
+        self.servers: dict[str, Server] = {}
+        self.replicas: dict[str, Replica] = {}
+        self.since: dt.datetime | None = None
+        self.full_at = 0.0
+        self.committed_at = 0.0
+
+    def full(self) -> RegistryState:
+        state, read_at = self.registry._full_read()
+        self.servers = {s.name: s for s in state.servers}
+        self.replicas = {r.id: r for r in state.replicas}
+        self.since = read_at
+        self.full_at = time.monotonic()
+        self.committed_at = state.committed_at
+        return state
+
+    def tick(self) -> RegistryState | None:
+        assert self.since is not None
+        horizon = time.time() - TOMBSTONE_RETENTION / 2
+        if (
+            time.monotonic() - self.full_at > FULL_RECONCILE_EVERY
+            or self.since.timestamp() < horizon
+        ):
+            before = (self.servers, self.replicas)
+            state = self.full()
+            return state if (self.servers, self.replicas) != before else None
+        db = self.registry._db
+        since = {"since": self.since}
+        types = {"since": param_types.TIMESTAMP}
+        with db.snapshot(multi_use=True) as snap:
+            read_at = _begin(snap)
+            servers = [
+                _to_server(r)
+                for r in snap.execute_sql(
+                    f"SELECT {_SERVER_COLUMNS} FROM Servers@{{FORCE_INDEX=ServersByUpdatedAt}} "
+                    "WHERE UpdatedAt > @since",
+                    params=since,
+                    param_types=types,
+                )
+            ]
+            replicas = [
+                _to_replica(r)
+                for r in snap.execute_sql(
+                    f"SELECT {_REPLICA_COLUMNS} FROM Replicas@{{FORCE_INDEX=ReplicasByUpdatedAt}} "
+                    "WHERE UpdatedAt > @since",
+                    params=since,
+                    param_types=types,
+                )
+            ]
+            tombstones = list(
+                snap.execute_sql(
+                    "SELECT Kind, Key, DeletedAt FROM "
+                    "Tombstones@{FORCE_INDEX=TombstonesByDeletedAt} WHERE DeletedAt > @since",
+                    params=since,
+                    param_types=types,
+                )
+            )
+        self.since = read_at
+        if not servers and not replicas and not tombstones:
+            return None
+        alive_servers = {s.name for s in servers}
+        alive_replicas = {r.id for r in replicas}
+        for kind, key, deleted_at in tombstones:
+            self.committed_at = max(self.committed_at, deleted_at.timestamp())
+            if kind == "server" and key not in alive_servers:
+                self.servers.pop(key, None)
+                for rid in [rid for rid, r in self.replicas.items() if r.server == key]:
+                    if rid not in alive_replicas:
+                        del self.replicas[rid]
+            elif kind == "replica" and key not in alive_replicas:
+                self.replicas.pop(key, None)
+        for server in servers:
+            self.servers[server.name] = server
+            self.committed_at = max(self.committed_at, server.updated_at)
+        for replica in replicas:
+            self.replicas[replica.id] = replica
+            self.committed_at = max(self.committed_at, replica.updated_at)
+        self.registry._revision += 1
+        return RegistryState(
+            servers=tuple(sorted(self.servers.values(), key=lambda s: s.name)),
+            replicas=tuple(sorted(self.replicas.values(), key=lambda r: r.id)),
+            revision=self.registry._revision,
+            committed_at=self.committed_at,
+        )
