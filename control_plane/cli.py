@@ -52,7 +52,11 @@ def user_errors(func: F) -> F:
 
 
 def _open(url: str) -> Registry:
-    return open_registry(url)
+    registry = open_registry(url)
+    check = getattr(registry, "check_reachable", None)
+    if check is not None:
+        check()  # fail in a moment with one line, not after the client's long retries
+    return registry
 
 
 @click.group()
@@ -268,7 +272,7 @@ def registry_group() -> None:
 def registry_init(registry: str) -> None:
     """Create or migrate the registry schema (idempotent); on the Spanner emulator, also the
     instance and database. Prints what it changed."""
-    reg = _open(registry)
+    reg = open_registry(registry)
     changes = getattr(reg, "applied_on_open", []) + reg.init()
     for change in changes:
         click.echo(change)

@@ -12,8 +12,10 @@ def open_registry(url: str) -> Registry:
 
         return SqliteRegistry(url)
     if url.startswith("spanner://"):
-        from control_plane.registry.spanner import SpannerRegistry
-
+        try:
+            from control_plane.registry.spanner import SpannerRegistry
+        except ImportError as exc:
+            raise RegistryError(f"registry {url!r}: the Spanner client cannot load: {exc}") from exc
         return SpannerRegistry(url)
     raise RegistryError(
         f"registry {url!r}: unknown scheme; expected sqlite:///PATH or spanner://projects/..."

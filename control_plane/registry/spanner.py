@@ -37,9 +37,18 @@ from typing import Any, TypeVar
 os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW", "false")
 
 from google.api_core import exceptions as gexc
-from google.longrunning import operations_pb2
+from google.api_core.retry import Retry
 from google.cloud import spanner
 from google.cloud.spanner_v1 import param_types
+from google.cloud.spanner_v1.types import (
+    ExecuteSqlRequest,
+    TransactionOptions,
+    TransactionSelector,
+    TypeCode,
+)
+from google.cloud.spanner_v1.types import Type as SpannerType
+from google.longrunning import operations_pb2
+from google.protobuf import struct_pb2
 
 from control_plane.registry import migrations, validate
 from control_plane.registry.errors import (
@@ -66,6 +75,13 @@ URL_RE = re.compile(r"^spanner://projects/([^/]+)/instances/([^/]+)/databases/([
 TOMBSTONE_RETENTION = 3600.0
 FULL_RECONCILE_EVERY = 300.0
 RPC_TIMEOUT = 10.0
+# Reads fail fast (the watch retries with backoff itself) instead of the client's 30 s default.
+READ_TIMEOUT = 3.0
+_READ = {
+    "retry": Retry(initial=0.05, maximum=0.5, multiplier=2.0, timeout=READ_TIMEOUT),
+    "timeout": READ_TIMEOUT,
+}
+TRANSACTION_TIMEOUT = 15.0
 T = TypeVar("T")
 
 _SERVER_COLUMNS = "ServerName, Workspace, Hostnames, Protocol, UpdatedAt"
@@ -130,14 +146,34 @@ class SpannerRegistry:
             self._client = spanner.Client(project=self.project)
         except Exception as exc:
             raise RegistryUnavailableError(f"registry {url!r}: {exc}") from exc
-        self._instance = self._client.instance(self.instance_id)
-        self._db = self._instance.database(self.database_id)
+        self._connect()
+        self._reader = _Reader(self)
         self._revision = 0
         self._lock = threading.Lock()
+
+    def _connect(self) -> None:
+        self._instance = self._client.instance(self.instance_id)
+        self._db = self._instance.database(self.database_id)
+        if hasattr(self, "_reader"):
+            self._reader.session = None
+
+    def check_reachable(self) -> None:
+        """Fail fast (one short RPC) when Spanner cannot be reached or the database is missing."""
+        self._call("connect", self._reader.session_name)
 
     # -- errors -------------------------------------------------------------------------
 
     def _call(self, what: str, func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except RegistryError:
+            raise
+        except (gexc.GoogleAPICallError, gexc.RetryError):
+            # Sessions may be gone with the server (an emulator restart): start afresh.
+            self._connect()
+            return self._classify(what, func)
+
+    def _classify(self, what: str, func: Callable[[], T]) -> T:
         try:
             return func()
         except RegistryError:
@@ -254,7 +290,10 @@ class SpannerRegistry:
                 ],
             )
 
-        self._call("create server", lambda: self._db.run_in_transaction(write))
+        self._call(
+            "create server",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
         return server
 
     def delete_server(self, name: str) -> None:
@@ -269,15 +308,17 @@ class SpannerRegistry:
                 values=[("server", name, spanner.COMMIT_TIMESTAMP)],
             )
 
-        self._call("delete server", lambda: self._db.run_in_transaction(write))
+        self._call(
+            "delete server",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
 
     def list_servers(self) -> list[Server]:
         def read() -> list[Server]:
-            with self._db.snapshot() as snap:
-                rows = snap.execute_sql(
-                    f"SELECT {_SERVER_COLUMNS} FROM Servers ORDER BY ServerName"
-                )
-                return [_to_server(r) for r in rows]
+            _, (rows,) = self._reader.read(
+                [(f"SELECT {_SERVER_COLUMNS} FROM Servers ORDER BY ServerName", None)]
+            )
+            return [_to_server(r) for r in rows]
 
         return self._call("list servers", read)
 
@@ -342,7 +383,10 @@ class SpannerRegistry:
                 ],
             )
 
-        self._call("register replica", lambda: self._db.run_in_transaction(write))
+        self._call(
+            "register replica",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
         return replica
 
     def _find(self, tx: Any, replica_id: str) -> Replica:
@@ -370,7 +414,10 @@ class SpannerRegistry:
             )
             return replica
 
-        replica = self._call("set replica state", lambda: self._db.run_in_transaction(write))
+        replica = self._call(
+            "set replica state",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
         return Replica(**{**_fields(replica), "state": new_state})
 
     def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
@@ -386,7 +433,10 @@ class SpannerRegistry:
             )
             return replica
 
-        replica = self._call("renew lease", lambda: self._db.run_in_transaction(write))
+        replica = self._call(
+            "renew lease",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
         return Replica(**{**_fields(replica), "lease_expires_at": expires})
 
     def deregister_replica(self, replica_id: str) -> None:
@@ -399,7 +449,10 @@ class SpannerRegistry:
                 values=[("replica", replica.id, spanner.COMMIT_TIMESTAMP)],
             )
 
-        self._call("deregister replica", lambda: self._db.run_in_transaction(write))
+        self._call(
+            "deregister replica",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
 
     def remove_expired(self, *, now: float) -> list[str]:
         def write(tx: Any) -> list[str]:
@@ -433,13 +486,17 @@ class SpannerRegistry:
                 tx.delete("Tombstones", spanner.KeySet(keys=[list(r) for r in old]))
             return sorted(str(r[1]) for r in rows)
 
-        return self._call("remove expired", lambda: self._db.run_in_transaction(write))
+        return self._call(
+            "remove expired",
+            lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
+        )
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         def read() -> list[Replica]:
-            with self._db.snapshot() as snap:
-                rows = snap.execute_sql(f"SELECT {_REPLICA_COLUMNS} FROM Replicas ORDER BY Id")
-                return [_to_replica(r) for r in rows if server is None or r[0] == server]
+            _, (rows,) = self._reader.read(
+                [(f"SELECT {_REPLICA_COLUMNS} FROM Replicas ORDER BY Id", None)]
+            )
+            return [_to_replica(r) for r in rows if server is None or r[0] == server]
 
         return self._call("list replicas", read)
 
@@ -449,14 +506,14 @@ class SpannerRegistry:
         return self._call("read state", lambda: self._full_read()[0])
 
     def _full_read(self) -> tuple[RegistryState, dt.datetime]:
-        with self._db.snapshot(multi_use=True) as snap:
-            read_at = _begin(snap)
-            servers = [
-                _to_server(r) for r in snap.execute_sql(f"SELECT {_SERVER_COLUMNS} FROM Servers")
+        read_at, (servers_rows, replica_rows) = self._reader.read(
+            [
+                (f"SELECT {_SERVER_COLUMNS} FROM Servers", None),
+                (f"SELECT {_REPLICA_COLUMNS} FROM Replicas", None),
             ]
-            replicas = [
-                _to_replica(r) for r in snap.execute_sql(f"SELECT {_REPLICA_COLUMNS} FROM Replicas")
-            ]
+        )
+        servers = [_to_server(r) for r in servers_rows]
+        replicas = [_to_replica(r) for r in replica_rows]
         self._revision += 1
         newest = max([s.updated_at for s in servers] + [r.updated_at for r in replicas] + [0.0])
         state = RegistryState(
@@ -485,13 +542,109 @@ def _fields(replica: Replica) -> dict[str, Any]:
     return {name: getattr(replica, name) for name in Replica.__slots__}
 
 
-def _begin(snap: Any) -> dt.datetime:
-    """Start the read-only transaction and return its strong read timestamp."""
-    snap.begin()
-    read_at = snap._transaction_read_timestamp
-    if read_at is None:
-        raise RegistryUnavailableError("spanner did not return a read timestamp")
-    return read_at  # type: ignore[no-any-return]
+class _Reader:
+    """Strong read-only queries through the raw Spanner API with a hard deadline per call.
+
+    The client library's streaming reads retry UNAVAILABLE without end, which would stall the
+    watch for as long as Spanner is away; here every call fails within ``READ_TIMEOUT`` and the
+    watch's own backoff takes over. Queries of one ``read`` share one read-only transaction
+    (begun inline by the first), whose strong read timestamp is returned.
+    """
+
+    def __init__(self, registry: SpannerRegistry) -> None:
+        self.registry = registry
+        self.session: str | None = None
+
+    def session_name(self) -> str:
+        if self.session is None:
+            db = self.registry._db
+            created = db.spanner_api.create_session(
+                database=db.name, timeout=READ_TIMEOUT, retry=None
+            )
+            self.session = str(created.name)
+        return self.session
+
+    def read(
+        self, queries: list[tuple[str, dict[str, dt.datetime] | None]]
+    ) -> tuple[dt.datetime, list[list[list[Any]]]]:
+        api = self.registry._db.spanner_api
+        selector = TransactionSelector(
+            begin=TransactionOptions(
+                read_only=TransactionOptions.ReadOnly(strong=True, return_read_timestamp=True)
+            )
+        )
+        read_at: dt.datetime | None = None
+        results: list[list[list[Any]]] = []
+        try:
+            for sql, params in queries:
+                request = ExecuteSqlRequest(
+                    session=self.session_name(), transaction=selector, sql=sql
+                )
+                if params:
+                    request.params = struct_pb2.Struct(
+                        fields={
+                            k: struct_pb2.Value(string_value=_rfc3339(v)) for k, v in params.items()
+                        }
+                    )
+                    request.param_types = {k: SpannerType(code=TypeCode.TIMESTAMP) for k in params}
+                result = api.execute_sql(request=request, timeout=READ_TIMEOUT, retry=None)
+                if read_at is None:
+                    transaction = result.metadata.transaction
+                    read_at = transaction.read_timestamp
+                    selector = TransactionSelector(id=transaction.id)
+                results.append(_decode(result))
+        except gexc.NotFound:
+            self.session = None  # the session (or the server holding it) is gone
+            raise
+        if read_at is None:
+            raise RegistryUnavailableError("spanner did not return a read timestamp")
+        return read_at, results
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    rfc = getattr(value, "rfc3339", None)  # keeps nanoseconds when Spanner gave them
+    if rfc is not None:
+        return str(rfc())
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_timestamp(text: str) -> dt.datetime:
+    head, _, frac = text.rstrip("Z").partition(".")
+    micros = int((frac + "000000")[:6]) if frac else 0
+    return dt.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(
+        microsecond=micros, tzinfo=dt.UTC
+    )
+
+
+def _decode_value(value: struct_pb2.Value, code: int, element: int) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "null_value" or kind is None:
+        return None
+    if code == TypeCode.ARRAY:
+        return [_decode_value(v, element, 0) for v in value.list_value.values]
+    text = value.string_value
+    if code == TypeCode.INT64:
+        return int(text)
+    if code == TypeCode.TIMESTAMP:
+        return _parse_timestamp(text)
+    if code == TypeCode.BOOL:
+        return value.bool_value
+    return text
+
+
+def _decode(result: Any) -> list[list[Any]]:
+    fields = result.metadata.row_type.fields
+    codes = [
+        (f.type_.code, f.type_.array_element_type.code if f.type_.array_element_type else 0)
+        for f in fields
+    ]
+    return [
+        [
+            _decode_value(v, code, element)
+            for v, (code, element) in zip(row.values, codes, strict=True)
+        ]
+        for row in result._pb.rows
+    ]
 
 
 class _Follower:
@@ -524,37 +677,28 @@ class _Follower:
             before = (self.servers, self.replicas)
             state = self.full()
             return state if (self.servers, self.replicas) != before else None
-        db = self.registry._db
         since = {"since": self.since}
-        types = {"since": param_types.TIMESTAMP}
-        with db.snapshot(multi_use=True) as snap:
-            read_at = _begin(snap)
-            servers = [
-                _to_server(r)
-                for r in snap.execute_sql(
+        read_at, (server_rows, replica_rows, tombstones) = self.registry._reader.read(
+            [
+                (
                     f"SELECT {_SERVER_COLUMNS} FROM Servers@{{FORCE_INDEX=ServersByUpdatedAt}} "
                     "WHERE UpdatedAt > @since",
-                    params=since,
-                    param_types=types,
-                )
-            ]
-            replicas = [
-                _to_replica(r)
-                for r in snap.execute_sql(
+                    since,
+                ),
+                (
                     f"SELECT {_REPLICA_COLUMNS} FROM Replicas@{{FORCE_INDEX=ReplicasByUpdatedAt}} "
                     "WHERE UpdatedAt > @since",
-                    params=since,
-                    param_types=types,
-                )
-            ]
-            tombstones = list(
-                snap.execute_sql(
+                    since,
+                ),
+                (
                     "SELECT Kind, Key, DeletedAt FROM "
                     "Tombstones@{FORCE_INDEX=TombstonesByDeletedAt} WHERE DeletedAt > @since",
-                    params=since,
-                    param_types=types,
-                )
-            )
+                    since,
+                ),
+            ]
+        )
+        servers = [_to_server(r) for r in server_rows]
+        replicas = [_to_replica(r) for r in replica_rows]
         self.since = read_at
         if not servers and not replicas and not tombstones:
             return None
