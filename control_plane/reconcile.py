@@ -20,13 +20,14 @@ from control_plane.routing import RoutingTable, to_routing_table
 from control_plane.translate import ProxyView, Translator
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
-from control_plane.xds.snapshot import build_snapshot
+from control_plane.xds.snapshot import build_from_types
 
 log = structlog.get_logger("routeplane.reconcile")
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 CLEANUP_INTERVAL = 1.0
+PRUNE_EVERY_PASSES = 100
 
 
 @dataclass(slots=True)
@@ -66,6 +67,7 @@ class Reconciler:
         self.table: RoutingTable | None = None
         self._translator = Translator()
         self._groups: set[str] = set()
+        self._passes = 0
         cache.set_group_wanted_callback(self.want_group)
 
     def want_group(self, group_key: str) -> None:
@@ -116,7 +118,7 @@ class Reconciler:
         """One reconcile pass. Never raises: a failed pass keeps the last good snapshots."""
         started = time.perf_counter()
         try:
-            table = to_routing_table(state, now=self.clock())
+            table = to_routing_table(state, now=self.clock(), previous=self.table)
         except Exception as exc:
             log.exception("routing_failed", revision=state.revision, error=str(exc))
             return
@@ -126,7 +128,9 @@ class Reconciler:
         self.table = table
         for group_key in sorted(self._groups):
             self._publish(group_key, table)
-        self._translator.forget_unused(table, [view_of(g) for g in self._groups])
+        self._passes += 1
+        if self._passes % PRUNE_EVERY_PASSES == 0 or state.changed is None:
+            self._translator.forget_unused(sorted(self._groups))
         self.health.ready = True
         log.debug(
             "reconcile_completed",
@@ -138,8 +142,15 @@ class Reconciler:
     def _publish(self, group_key: str, table: RoutingTable) -> None:
         started = time.perf_counter()
         try:
-            snapshot = build_snapshot(self._translator.to_resources(table, view_of(group_key)))
+            by_type, changed = self._translator.translate(table, view_of(group_key), key=group_key)
+            previous = self.cache.get(group_key)
+            if changed is not None and previous is not None:
+                snapshot = build_from_types(by_type, previous=previous, changed=changed)
+            else:
+                snapshot = build_from_types(by_type)
         except Exception as exc:
+            # The translator moved on but the cache did not: rebuild from scratch next time.
+            self._translator.forget(group_key)
             log.exception("snapshot_build_failed", group=group_key, error=str(exc))
             return
         if self.cache.set_snapshot(group_key, snapshot):

@@ -6,9 +6,10 @@ since a row may have been written by an older or foreign writer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain
 from typing import Protocol as TypingProtocol
 
 
@@ -53,13 +54,52 @@ class Replica:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryState:
-    """Every row at one registry revision. ``committed_at`` is the wall-clock time of the
-    newest commit included (for convergence measurements)."""
+    """Every row at one registry revision; must not be altered.
+
+    ``replicas_by_server`` maps a server name to its replicas sorted by id (replicas of an
+    unknown server are kept under that name, for routing to report). ``changed`` names the
+    servers whose row or replicas differ from the previous state the same watch yielded; None
+    means unknown (everything may have changed). ``committed_at`` is the wall-clock time of the
+    newest commit included (for convergence measurements).
+    """
 
     servers: tuple[Server, ...]
-    replicas: tuple[Replica, ...]
+    replicas_by_server: Mapping[str, tuple[Replica, ...]]
     revision: int
     committed_at: float
+    changed: frozenset[str] | None = None
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        """Every replica, sorted by id (O(n log n): for tools and tests, not hot paths)."""
+        return tuple(
+            sorted(chain.from_iterable(self.replicas_by_server.values()), key=lambda r: r.id)
+        )
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        servers: Iterable[Server],
+        replicas: Iterable[Replica],
+        revision: int,
+        committed_at: float,
+        changed: frozenset[str] | None = None,
+    ) -> RegistryState:
+        return cls(
+            servers=tuple(sorted(servers, key=lambda s: s.name)),
+            replicas_by_server=group_replicas(replicas),
+            revision=revision,
+            committed_at=committed_at,
+            changed=changed,
+        )
+
+
+def group_replicas(replicas: Iterable[Replica]) -> dict[str, tuple[Replica, ...]]:
+    grouped: dict[str, list[Replica]] = {}
+    for replica in replicas:
+        grouped.setdefault(replica.server, []).append(replica)
+    return {name: tuple(sorted(rows, key=lambda r: r.id)) for name, rows in grouped.items()}
 
 
 class Registry(TypingProtocol):

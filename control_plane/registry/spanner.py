@@ -30,6 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 # The emulator allows one read-write transaction at a time; with multiplexed sessions,
@@ -39,9 +40,11 @@ os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW", "false
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import spanner
-from google.cloud.spanner_v1 import param_types
 from google.cloud.spanner_v1.types import (
     ExecuteSqlRequest,
+    KeyRange,
+    KeySet,
+    ReadRequest,
     TransactionOptions,
     TransactionSelector,
     TypeCode,
@@ -84,10 +87,21 @@ _READ = {
 TRANSACTION_TIMEOUT = 15.0
 T = TypeVar("T")
 
-_SERVER_COLUMNS = "ServerName, Workspace, Hostnames, Protocol, UpdatedAt"
-_REPLICA_COLUMNS = (
-    "ServerName, Id, Host, Port, Region, Zone, Weight, State, LeaseExpiresAt, UpdatedAt"
+_SERVER_FIELDS = ("ServerName", "Workspace", "Hostnames", "Protocol", "UpdatedAt")
+_REPLICA_FIELDS = (
+    "ServerName",
+    "Id",
+    "Host",
+    "Port",
+    "Region",
+    "Zone",
+    "Weight",
+    "State",
+    "LeaseExpiresAt",
+    "UpdatedAt",
 )
+_SERVER_COLUMNS = ", ".join(_SERVER_FIELDS)
+_REPLICA_COLUMNS = ", ".join(_REPLICA_FIELDS)
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
@@ -390,16 +404,18 @@ class SpannerRegistry:
         return replica
 
     def _find(self, tx: Any, replica_id: str) -> Replica:
-        rows = list(
-            tx.execute_sql(
-                f"SELECT {_REPLICA_COLUMNS} FROM Replicas@{{FORCE_INDEX=ReplicasById}} "
-                "WHERE Id = @id",
-                params={"id": replica_id},
-                param_types={"id": param_types.STRING},
+        # Read API by key (a seek) rather than SQL (a scan on the emulator).
+        keys = list(
+            tx.read(
+                "Replicas",
+                ("ServerName", "Id"),
+                spanner.KeySet(keys=[[replica_id]]),
+                index="ReplicasById",
             )
         )
-        if not rows:
+        if not keys:
             raise NotFoundError(f"unknown replica {replica_id!r}")
+        rows = list(tx.read("Replicas", _REPLICA_FIELDS, spanner.KeySet(keys=[list(keys[0])])))
         return _to_replica(rows[0])
 
     def set_replica_state(self, replica_id: str, state: str) -> Replica:
@@ -455,36 +471,50 @@ class SpannerRegistry:
         )
 
     def remove_expired(self, *, now: float) -> list[str]:
+        # Look first in a read-only snapshot (cheap, no lock): the emulator runs one read-write
+        # transaction at a time, and most ticks find nothing to do.
+        def look() -> tuple[list[list[Any]], list[list[Any]]]:
+            _, (expired, old) = self._reader.read(
+                [
+                    TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease", until=_ts(now)),
+                    TableRead(
+                        "Tombstones",
+                        ("Kind", "Key"),
+                        "TombstonesByDeletedAt",
+                        until=_ts(now - TOMBSTONE_RETENTION),
+                    ),
+                ]
+            )
+            return expired, old
+
+        expired, old = self._call("look for expired leases", look)
+        if not expired and not old:
+            return []
+
         def write(tx: Any) -> list[str]:
-            rows = list(
-                tx.execute_sql(
-                    # The hint only tells the emulator what real Spanner works out itself.
-                    "SELECT ServerName, Id FROM Replicas@{FORCE_INDEX=ReplicasByLease,"
-                    "spanner_emulator.disable_query_null_filtered_index_check=true} "
-                    "WHERE LeaseExpiresAt IS NOT NULL AND LeaseExpiresAt <= @now",
-                    params={"now": _ts(now)},
-                    param_types={"now": param_types.TIMESTAMP},
+            removed: list[str] = []
+            if expired:
+                keys = [list(r) for r in expired]
+                current = list(
+                    tx.read(
+                        "Replicas",
+                        ("ServerName", "Id", "LeaseExpiresAt"),
+                        spanner.KeySet(keys=keys),
+                    )
                 )
-            )
-            if rows:
-                tx.delete("Replicas", spanner.KeySet(keys=[list(r) for r in rows]))
-                tx.insert_or_update(
-                    "Tombstones",
-                    columns=("Kind", "Key", "DeletedAt"),
-                    values=[("replica", r[1], spanner.COMMIT_TIMESTAMP) for r in rows],
-                )
-            horizon = _ts(now - TOMBSTONE_RETENTION)
-            old = list(
-                tx.execute_sql(
-                    "SELECT Kind, Key FROM Tombstones@{FORCE_INDEX=TombstonesByDeletedAt} "
-                    "WHERE DeletedAt < @horizon",
-                    params={"horizon": horizon},
-                    param_types={"horizon": param_types.TIMESTAMP},
-                )
-            )
+                # Renewed since we looked? Then it stays.
+                gone = [r for r in current if r[2] is not None and r[2].timestamp() <= now]
+                if gone:
+                    tx.delete("Replicas", spanner.KeySet(keys=[[r[0], r[1]] for r in gone]))
+                    tx.insert_or_update(
+                        "Tombstones",
+                        columns=("Kind", "Key", "DeletedAt"),
+                        values=[("replica", r[1], spanner.COMMIT_TIMESTAMP) for r in gone],
+                    )
+                    removed = sorted(str(r[1]) for r in gone)
             if old:
                 tx.delete("Tombstones", spanner.KeySet(keys=[list(r) for r in old]))
-            return sorted(str(r[1]) for r in rows)
+            return removed
 
         return self._call(
             "remove expired",
@@ -507,20 +537,14 @@ class SpannerRegistry:
 
     def _full_read(self) -> tuple[RegistryState, dt.datetime]:
         read_at, (servers_rows, replica_rows) = self._reader.read(
-            [
-                (f"SELECT {_SERVER_COLUMNS} FROM Servers", None),
-                (f"SELECT {_REPLICA_COLUMNS} FROM Replicas", None),
-            ]
+            [TableRead("Servers", _SERVER_FIELDS), TableRead("Replicas", _REPLICA_FIELDS)]
         )
         servers = [_to_server(r) for r in servers_rows]
         replicas = [_to_replica(r) for r in replica_rows]
         self._revision += 1
         newest = max([s.updated_at for s in servers] + [r.updated_at for r in replicas] + [0.0])
-        state = RegistryState(
-            servers=tuple(sorted(servers, key=lambda s: s.name)),
-            replicas=tuple(sorted(replicas, key=lambda r: r.id)),
-            revision=self._revision,
-            committed_at=newest,
+        state = RegistryState.of(
+            servers=servers, replicas=replicas, revision=self._revision, committed_at=newest
         )
         return state, read_at
 
@@ -540,6 +564,39 @@ class SpannerRegistry:
 
 def _fields(replica: Replica) -> dict[str, Any]:
     return {name: getattr(replica, name) for name in Replica.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class TableRead:
+    """A read by key range through the Read API: the emulator seeks for these, while its SQL
+    scans the whole table or index (~3 us a row: 30 ms at 10,000 replicas per query)."""
+
+    table: str
+    columns: tuple[str, ...]
+    index: str = ""
+    after: dt.datetime | None = None  # keys strictly after this first index key
+    until: dt.datetime | None = None  # keys up to and including this first index key
+
+    def request(self, session: str, selector: TransactionSelector) -> ReadRequest:
+        if self.until is not None:
+            end = struct_pb2.ListValue(values=[struct_pb2.Value(string_value=_rfc3339(self.until))])
+            key_set = KeySet(ranges=[KeyRange(start_closed=struct_pb2.ListValue(), end_closed=end)])
+        elif self.after is None:
+            key_set = KeySet(all_=True)
+        else:
+            start = struct_pb2.ListValue(
+                values=[struct_pb2.Value(string_value=_rfc3339(self.after))]
+            )
+            # An empty closed end is the prefix every key has: "to the end of the index".
+            key_set = KeySet(ranges=[KeyRange(start_open=start, end_closed=struct_pb2.ListValue())])
+        return ReadRequest(
+            session=session,
+            transaction=selector,
+            table=self.table,
+            index=self.index,
+            columns=list(self.columns),
+            key_set=key_set,
+        )
 
 
 class _Reader:
@@ -565,7 +622,7 @@ class _Reader:
         return self.session
 
     def read(
-        self, queries: list[tuple[str, dict[str, dt.datetime] | None]]
+        self, queries: list[tuple[str, dict[str, dt.datetime] | None] | TableRead]
     ) -> tuple[dt.datetime, list[list[list[Any]]]]:
         api = self.registry._db.spanner_api
         selector = TransactionSelector(
@@ -576,7 +633,20 @@ class _Reader:
         read_at: dt.datetime | None = None
         results: list[list[list[Any]]] = []
         try:
-            for sql, params in queries:
+            for query in queries:
+                if isinstance(query, TableRead):
+                    result = api.read(
+                        request=query.request(self.session_name(), selector),
+                        timeout=READ_TIMEOUT,
+                        retry=None,
+                    )
+                    if read_at is None:
+                        transaction = result.metadata.transaction
+                        read_at = transaction.read_timestamp
+                        selector = TransactionSelector(id=transaction.id)
+                    results.append(_decode(result))
+                    continue
+                sql, params = query
                 request = ExecuteSqlRequest(
                     session=self.session_name(), transaction=selector, sql=sql
                 )
@@ -653,7 +723,8 @@ class _Follower:
     def __init__(self, registry: SpannerRegistry) -> None:
         self.registry = registry
         self.servers: dict[str, Server] = {}
-        self.replicas: dict[str, Replica] = {}
+        self.by_server: dict[str, tuple[Replica, ...]] = {}
+        self.server_of: dict[str, str] = {}  # replica id -> server name
         self.since: dt.datetime | None = None
         self.full_at = 0.0
         self.committed_at = 0.0
@@ -661,7 +732,8 @@ class _Follower:
     def full(self) -> RegistryState:
         state, read_at = self.registry._full_read()
         self.servers = {s.name: s for s in state.servers}
-        self.replicas = {r.id: r for r in state.replicas}
+        self.by_server = dict(state.replicas_by_server)
+        self.server_of = {r.id: r.server for rows in self.by_server.values() for r in rows}
         self.since = read_at
         self.full_at = time.monotonic()
         self.committed_at = state.committed_at
@@ -674,55 +746,63 @@ class _Follower:
             time.monotonic() - self.full_at > FULL_RECONCILE_EVERY
             or self.since.timestamp() < horizon
         ):
-            before = (self.servers, self.replicas)
+            before = (self.servers, self.by_server)
             state = self.full()
-            return state if (self.servers, self.replicas) != before else None
-        since = {"since": self.since}
+            return state if (self.servers, self.by_server) != before else None
         read_at, (server_rows, replica_rows, tombstones) = self.registry._reader.read(
             [
-                (
-                    f"SELECT {_SERVER_COLUMNS} FROM Servers@{{FORCE_INDEX=ServersByUpdatedAt}} "
-                    "WHERE UpdatedAt > @since",
-                    since,
-                ),
-                (
-                    f"SELECT {_REPLICA_COLUMNS} FROM Replicas@{{FORCE_INDEX=ReplicasByUpdatedAt}} "
-                    "WHERE UpdatedAt > @since",
-                    since,
-                ),
-                (
-                    "SELECT Kind, Key, DeletedAt FROM "
-                    "Tombstones@{FORCE_INDEX=TombstonesByDeletedAt} WHERE DeletedAt > @since",
-                    since,
+                TableRead("Servers", _SERVER_FIELDS, "ServersByUpdatedAt", self.since),
+                TableRead("Replicas", _REPLICA_FIELDS, "ReplicasByUpdatedAt", self.since),
+                TableRead(
+                    "Tombstones", ("Kind", "Key", "DeletedAt"), "TombstonesByDeletedAt", self.since
                 ),
             ]
         )
+        self.since = read_at
+        if not server_rows and not replica_rows and not tombstones:
+            return None
         servers = [_to_server(r) for r in server_rows]
         replicas = [_to_replica(r) for r in replica_rows]
-        self.since = read_at
-        if not servers and not replicas and not tombstones:
-            return None
         alive_servers = {s.name for s in servers}
         alive_replicas = {r.id for r in replicas}
+        changed: set[str] = set()
+        edits: dict[str, dict[str, Replica | None]] = {}
         for kind, key, deleted_at in tombstones:
             self.committed_at = max(self.committed_at, deleted_at.timestamp())
             if kind == "server" and key not in alive_servers:
                 self.servers.pop(key, None)
-                for rid in [rid for rid, r in self.replicas.items() if r.server == key]:
-                    if rid not in alive_replicas:
-                        del self.replicas[rid]
-            elif kind == "replica" and key not in alive_replicas:
-                self.replicas.pop(key, None)
+                changed.add(key)
+                for replica in self.by_server.get(key, ()):
+                    if replica.id not in alive_replicas:
+                        edits.setdefault(key, {})[replica.id] = None
+            elif kind == "replica" and key not in alive_replicas and key in self.server_of:
+                edits.setdefault(self.server_of[key], {})[key] = None
         for server in servers:
             self.servers[server.name] = server
+            changed.add(server.name)
             self.committed_at = max(self.committed_at, server.updated_at)
         for replica in replicas:
-            self.replicas[replica.id] = replica
+            edits.setdefault(replica.server, {})[replica.id] = replica
             self.committed_at = max(self.committed_at, replica.updated_at)
+        for name, rows in edits.items():
+            current = {r.id: r for r in self.by_server.get(name, ())}
+            for rid, row in rows.items():
+                if row is None:
+                    current.pop(rid, None)
+                    self.server_of.pop(rid, None)
+                else:
+                    current[rid] = row
+                    self.server_of[rid] = name
+            if current:
+                self.by_server[name] = tuple(sorted(current.values(), key=lambda r: r.id))
+            else:
+                self.by_server.pop(name, None)
+            changed.add(name)
         self.registry._revision += 1
         return RegistryState(
             servers=tuple(sorted(self.servers.values(), key=lambda s: s.name)),
-            replicas=tuple(sorted(self.replicas.values(), key=lambda r: r.id)),
+            replicas_by_server=dict(self.by_server),
             revision=self.registry._revision,
             committed_at=self.committed_at,
+            changed=frozenset(changed),
         )

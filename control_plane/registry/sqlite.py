@@ -23,7 +23,16 @@ from control_plane.registry.errors import (
     NotFoundError,
     RegistryUnavailableError,
 )
-from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.model import (
+    RegistryState,
+    Replica,
+    ReplicaState,
+    Server,
+    group_replicas,
+)
+
+CHANGE_LOG_KEEP = 10_000
+CHANGE_LOG_PRUNE_EVERY = 1_000
 
 
 def path_of(url: str) -> str:
@@ -92,9 +101,16 @@ class SqliteRegistry:
             else:
                 self._db.execute("COMMIT")
 
-    def _bump(self, db: sqlite3.Connection, now: float) -> None:
+    def _bump(self, db: sqlite3.Connection, now: float, *servers: str) -> None:
+        """Move the revision and log which servers this transaction touched."""
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
         db.execute("UPDATE meta SET value = ? WHERE key = 'committed_at'", (now,))
+        revision = int(db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+        db.executemany(
+            "INSERT OR IGNORE INTO changes VALUES (?, ?)", [(revision, s) for s in set(servers)]
+        )
+        if revision % CHANGE_LOG_PRUNE_EVERY == 0:
+            db.execute("DELETE FROM changes WHERE revision <= ?", (revision - CHANGE_LOG_KEEP,))
 
     # -- servers ------------------------------------------------------------------------
 
@@ -129,7 +145,7 @@ class SqliteRegistry:
                     server.updated_at,
                 ),
             )
-            self._bump(db, server.updated_at)
+            self._bump(db, server.updated_at, server.name)
         return server
 
     @staticmethod
@@ -144,14 +160,16 @@ class SqliteRegistry:
         with self._tx() as db:
             if db.execute("DELETE FROM servers WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"unknown server {name!r}")
-            self._bump(db, time.time())
+            self._bump(db, time.time(), name)
 
     def list_servers(self) -> list[Server]:
         with self._tx(write=False) as db:
             return self._servers(db)
 
     @staticmethod
-    def _servers(db: sqlite3.Connection) -> list[Server]:
+    def _servers(
+        db: sqlite3.Connection, where: str = "", params: Sequence[object] = ()
+    ) -> list[Server]:
         return [
             Server(
                 name=name,
@@ -161,7 +179,9 @@ class SqliteRegistry:
                 updated_at=updated_at,
             )
             for name, workspace, hostnames, protocol, updated_at in db.execute(
-                "SELECT name, workspace, hostnames, protocol, updated_at FROM servers ORDER BY name"
+                f"SELECT name, workspace, hostnames, protocol, updated_at FROM servers {where} "
+                "ORDER BY name",
+                params,
             )
         ]
 
@@ -212,7 +232,7 @@ class SqliteRegistry:
                     replica.updated_at,
                 ),
             )
-            self._bump(db, now)
+            self._bump(db, now, replica.server)
         return replica
 
     def set_replica_state(self, replica_id: str, state: str) -> Replica:
@@ -225,8 +245,9 @@ class SqliteRegistry:
             ).rowcount
             if not updated:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
-            self._bump(db, now)
-            return self._replica(db, replica_id)
+            replica = self._replica(db, replica_id)
+            self._bump(db, now, replica.server)
+            return replica
 
     def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
         validate.lease(lease_seconds)
@@ -243,24 +264,23 @@ class SqliteRegistry:
 
     def remove_expired(self, *, now: float) -> list[str]:
         with self._tx() as db:
-            expired = [
-                str(row[0])
-                for row in db.execute(
-                    "SELECT id FROM replicas WHERE lease_expires_at IS NOT NULL"
-                    " AND lease_expires_at <= ? ORDER BY id",
-                    (now,),
-                )
-            ]
-            if expired:
-                db.executemany("DELETE FROM replicas WHERE id = ?", [(i,) for i in expired])
-                self._bump(db, time.time())
-        return expired
+            rows = db.execute(
+                "SELECT id, server FROM replicas WHERE lease_expires_at IS NOT NULL"
+                " AND lease_expires_at <= ? ORDER BY id",
+                (now,),
+            ).fetchall()
+            if rows:
+                db.executemany("DELETE FROM replicas WHERE id = ?", [(r[0],) for r in rows])
+                self._bump(db, time.time(), *(str(r[1]) for r in rows))
+        return [str(r[0]) for r in rows]
 
     def deregister_replica(self, replica_id: str) -> None:
         with self._tx() as db:
-            if db.execute("DELETE FROM replicas WHERE id = ?", (replica_id,)).rowcount == 0:
+            row = db.execute("SELECT server FROM replicas WHERE id = ?", (replica_id,)).fetchone()
+            if row is None:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
-            self._bump(db, time.time())
+            db.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
+            self._bump(db, time.time(), str(row[0]))
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         with self._tx(write=False) as db:
@@ -296,22 +316,64 @@ class SqliteRegistry:
     def read_state(self) -> RegistryState:
         with self._tx(write=False) as db:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            return RegistryState(
-                servers=tuple(self._servers(db)),
-                replicas=tuple(self._replicas(db)),
+            return RegistryState.of(
+                servers=self._servers(db),
+                replicas=self._replicas(db),
                 revision=int(meta["revision"]),
                 committed_at=float(meta["committed_at"]),
             )
 
+    def _read_changes(self, previous: RegistryState) -> RegistryState:
+        """The state after ``previous``, reading only the servers the change log names."""
+        with self._tx(write=False) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            revision = int(meta["revision"])
+            oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
+            if oldest is None or oldest > previous.revision + 1:
+                pass  # the log was pruned past us (or is empty): read everything below
+            else:
+                names = sorted(
+                    str(r[0])
+                    for r in db.execute(
+                        "SELECT DISTINCT server FROM changes WHERE revision > ?",
+                        (previous.revision,),
+                    )
+                )
+                marks = ",".join("?" * len(names))
+                servers = {s.name: s for s in previous.servers}
+                by_server = dict(previous.replicas_by_server)
+                for name in names:
+                    servers.pop(name, None)
+                    by_server.pop(name, None)
+                for server in self._servers(db, f"WHERE name IN ({marks})", names):
+                    servers[server.name] = server
+                fresh = [
+                    _to_replica(row)
+                    for row in db.execute(
+                        f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
+                        f"WHERE server IN ({marks}) ORDER BY id",
+                        names,
+                    )
+                ]
+                by_server.update(group_replicas(fresh))
+                return RegistryState(
+                    servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
+                    replicas_by_server=by_server,
+                    revision=revision,
+                    committed_at=float(meta["committed_at"]),
+                    changed=frozenset(names),
+                )
+        return self.read_state()
+
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
-        seen = -1
+        state = await asyncio.to_thread(self.read_state)
+        yield state
         while True:
-            revision = await asyncio.to_thread(self.revision)
-            if revision != seen:
-                state = await asyncio.to_thread(self.read_state)
-                seen = state.revision
-                yield state
             await asyncio.sleep(poll_interval)
+            revision = await asyncio.to_thread(self.revision)
+            if revision != state.revision:
+                state = await asyncio.to_thread(self._read_changes, state)
+                yield state
 
     def close(self) -> None:
         with self._lock:

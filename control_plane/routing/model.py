@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,8 +41,21 @@ class Problem:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerEval:
+    """One server judged on its own (validation, endpoints); reused while it is unchanged."""
+
+    protocol: str | None  # None: the server is left out (see problems)
+    hostnames: tuple[str, ...]
+    problems: tuple[Problem, ...]
+    endpoints: tuple[Endpoint, ...]
+    replica_problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RoutingTable:
     servers: tuple[RoutedServer, ...]
     problems: tuple[Problem, ...]
     revision: int
     committed_at: float
+    # Per-server evaluations, kept for the next incremental pass; not part of the table's value.
+    evals: Mapping[str, ServerEval] = field(default_factory=dict, compare=False, repr=False)

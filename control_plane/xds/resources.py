@@ -32,6 +32,19 @@ def content_hash(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
+MASK64 = (1 << 64) - 1
+
+
+def pair_hash(name: str, version: str) -> int:
+    digest = hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def version_of_sum(total: int) -> str:
+    """The version string of a set of resources whose pair hashes add up to ``total``."""
+    return f"{total & MASK64:016x}"
+
+
 def varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -67,6 +80,9 @@ class Resource:
     version: str
     message: Any = field(repr=False, compare=False)
     any_bytes: bytes = field(repr=False)
+    # 64-bit hash of (name, version): type versions are sums of these, so updating a type's
+    # version for one changed resource is O(1).
+    pair_hash: int = field(repr=False, compare=False)
     sotw_field: bytes = field(repr=False, compare=False)
     delta_field: bytes = field(repr=False, compare=False)
 
@@ -93,6 +109,7 @@ def to_resource(type_url: str, name: str, message: Any) -> Resource:
         version=version,
         message=message,
         any_bytes=any_bytes,
+        pair_hash=pair_hash(name, version),
         sotw_field=sotw_field,
         delta_field=delta_field,
     )

@@ -2,13 +2,18 @@
 
 A snapshot is checked for consistency before anyone can publish it: every ClusterLoadAssignment
 that a Cluster references and every RouteConfiguration that a Listener references must be in it.
-Versions are derived from content only (per resource, per type, and for the whole snapshot).
+Versions are derived from content only: a resource's version hashes its bytes; a type's version
+is the sum (mod 2**64) of the hashes of its (name, version) pairs, so it is the same for the same
+content wherever it is computed, and updating it for one changed resource is O(1).
+
+Built from a previous snapshot plus the names that changed, the work is proportional to the
+change, not to the size of the snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -20,10 +25,12 @@ from control_plane.xds.resources import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
+    MASK64,
     PUSH_ORDER,
     ROUTE,
     Resource,
     content_hash,
+    version_of_sum,
 )
 
 _HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
@@ -34,18 +41,24 @@ class InconsistentSnapshotError(ValueError):
 
 
 def type_version(resources: Iterable[Resource]) -> str:
-    """The version of a set of resources: a hash of their sorted (name, version) pairs."""
-    pairs = sorted((r.name, r.version) for r in resources)
-    return content_hash(*(f"{name}\0{version}".encode() for name, version in pairs))
+    """The version of a set of resources (order does not matter)."""
+    return version_of_sum(sum(r.pair_hash for r in resources))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
-    """Every resource of one node group at one moment. Must not be altered once built."""
+    """Every resource of one node group at one moment. Must not be altered once built.
+
+    ``changed`` names, per type, what differs from ``parent_version`` (the snapshot it was built
+    from), removals included; None when it was built from scratch.
+    """
 
     resources: Mapping[str, Mapping[str, Resource]]
     versions: Mapping[str, str]
     version: str
+    sums: Mapping[str, int] = field(repr=False, compare=False)
+    parent_version: str | None = None
+    changed: Mapping[str, frozenset[str]] | None = field(default=None, compare=False)
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, _EMPTY)
@@ -59,7 +72,7 @@ _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 
 
 def build_snapshot(resources: Iterable[Resource]) -> Snapshot:
-    """Group ``resources`` by type, version them, and check references.
+    """Group ``resources`` by type, version them, and check every reference.
 
     Raises :class:`InconsistentSnapshotError` naming every dangling reference or duplicate.
     """
@@ -70,22 +83,83 @@ def build_snapshot(resources: Iterable[Resource]) -> Snapshot:
         if resource.name in bucket:
             problems.append(f"duplicate {resource.type_url.rsplit('.', 1)[-1]} {resource.name!r}")
         bucket[resource.name] = resource
-    for name, cluster in by_type[CLUSTER].items():
-        wanted = eds_name(cluster.message)
-        if wanted is not None and wanted not in by_type[ENDPOINT]:
-            problems.append(f"cluster {name!r} references missing endpoints {wanted!r}")
-    for name, listener in by_type[LISTENER].items():
-        for route_name in rds_names(listener.message):
-            if route_name not in by_type[ROUTE]:
-                problems.append(f"listener {name!r} references missing route {route_name!r}")
     if problems:
         raise InconsistentSnapshotError("; ".join(problems))
-    versions = {type_url: type_version(bucket.values()) for type_url, bucket in by_type.items()}
-    frozen = MappingProxyType(
-        {type_url: MappingProxyType(bucket) for type_url, bucket in by_type.items()}
-    )
+    return build_from_types(by_type)
+
+
+def build_from_types(
+    by_type: dict[str, dict[str, Resource]],
+    *,
+    previous: Snapshot | None = None,
+    changed: Mapping[str, set[str]] | None = None,
+) -> Snapshot:
+    """A snapshot of ``by_type`` (which it takes ownership of). With ``previous`` and the names
+    that ``changed`` since it (per type, removals included), versions and checks cost only the
+    change; removals of EDS/RDS resources still check every reference to them."""
+    for type_url in PUSH_ORDER:
+        by_type.setdefault(type_url, {})
+    incremental = previous is not None and changed is not None
+    if incremental:
+        assert previous is not None
+        assert changed is not None
+        sums = dict(previous.sums)
+        for type_url, names in changed.items():
+            old = previous.of_type(type_url)
+            new = by_type[type_url]
+            total = sums.get(type_url, 0)
+            for name in names:
+                if name in old:
+                    total -= old[name].pair_hash
+                if name in new:
+                    total += new[name].pair_hash
+            sums[type_url] = total & MASK64
+        removed_targets = any(
+            name not in by_type[t] for t in (ENDPOINT, ROUTE) for name in changed.get(t, ())
+        )
+        clusters = (
+            by_type[CLUSTER].values()
+            if removed_targets
+            else [by_type[CLUSTER][n] for n in changed.get(CLUSTER, ()) if n in by_type[CLUSTER]]
+        )
+        listeners = (
+            by_type[LISTENER].values()
+            if removed_targets
+            else [by_type[LISTENER][n] for n in changed.get(LISTENER, ()) if n in by_type[LISTENER]]
+        )
+    else:
+        sums = {t: sum(r.pair_hash for r in b.values()) & MASK64 for t, b in by_type.items()}
+        clusters = by_type[CLUSTER].values()
+        listeners = by_type[LISTENER].values()
+    problems: list[str] = []
+    for cluster in clusters:
+        wanted = eds_name(cluster.message)
+        if wanted is not None and wanted not in by_type[ENDPOINT]:
+            problems.append(f"cluster {cluster.name!r} references missing endpoints {wanted!r}")
+    for listener in listeners:
+        for route_name in rds_names(listener.message):
+            if route_name not in by_type[ROUTE]:
+                problems.append(
+                    f"listener {listener.name!r} references missing route {route_name!r}"
+                )
+    if problems:
+        raise InconsistentSnapshotError("; ".join(problems))
+    versions = {type_url: version_of_sum(total) for type_url, total in sums.items()}
     overall = content_hash(*(f"{t}\0{v}".encode() for t, v in sorted(versions.items())))
-    return Snapshot(resources=frozen, versions=MappingProxyType(versions), version=overall)
+    return Snapshot(
+        resources=MappingProxyType(
+            {type_url: MappingProxyType(bucket) for type_url, bucket in by_type.items()}
+        ),
+        versions=MappingProxyType(versions),
+        version=overall,
+        sums=MappingProxyType(sums),
+        parent_version=previous.version if incremental and previous is not None else None,
+        changed=(
+            MappingProxyType({t: frozenset(n) for t, n in changed.items()})
+            if incremental and changed is not None
+            else None
+        ),
+    )
 
 
 def eds_name(cluster: cluster_pb2.Cluster) -> str | None:

@@ -27,9 +27,7 @@ def rep(rid: str, server: str = "echo", **overrides: object) -> Replica:
 
 
 def state(servers: list[Server], replicas: list[Replica]) -> RegistryState:
-    return RegistryState(
-        servers=tuple(servers), replicas=tuple(replicas), revision=1, committed_at=0.0
-    )
+    return RegistryState.of(servers=servers, replicas=replicas, revision=1, committed_at=0.0)
 
 
 @pytest.mark.parametrize(
@@ -92,3 +90,30 @@ def test_replicas_of_unknown_servers_are_problems() -> None:
     table = to_routing_table(state([], [rep("r1", server="ghost")]), now=NOW)
     [problem] = table.problems
     assert (problem.name, problem.field, problem.value) == ("r1", "server", "ghost")
+
+
+def test_an_incremental_pass_reuses_unchanged_servers_and_equals_a_full_one() -> None:
+    servers = [srv("echo"), srv("api")]
+    replicas = [rep("r1"), rep("r2", server="api")]
+    first = to_routing_table(state(servers, replicas), now=NOW)
+    after = RegistryState.of(
+        servers=servers,
+        replicas=[*replicas, rep("r3", server="api", port=9000)],
+        revision=2,
+        committed_at=0.0,
+        changed=frozenset({"api"}),
+    )
+    incremental = to_routing_table(after, now=NOW, previous=first)
+    full = to_routing_table(after, now=NOW)
+    assert incremental == full
+    echo_before = next(s for s in first.servers if s.name == "echo")
+    echo_after = next(s for s in incremental.servers if s.name == "echo")
+    assert echo_after is echo_before
+    assert [e.replica_id for e in incremental.servers[0].endpoints] == ["r2", "r3"]
+
+
+def test_unknown_change_sets_mean_a_full_pass() -> None:
+    first = to_routing_table(state([srv("echo")], [rep("r1")]), now=NOW)
+    after = state([srv("echo")], [rep("r1", state="DRAINING")])  # changed=None
+    table = to_routing_table(after, now=NOW, previous=first)
+    assert table.servers[0].endpoints[0].draining

@@ -8,7 +8,8 @@ CREATE TABLE Servers (
   UpdatedAt  TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),
 ) PRIMARY KEY (ServerName);
 
-CREATE INDEX ServersByUpdatedAt ON Servers(UpdatedAt);
+-- The watch reads changed rows straight from these indexes (STORING), by key range.
+CREATE INDEX ServersByUpdatedAt ON Servers(UpdatedAt) STORING (Workspace, Hostnames, Protocol);
 
 CREATE TABLE Replicas (
   ServerName      STRING(63) NOT NULL,
@@ -25,7 +26,8 @@ CREATE TABLE Replicas (
   INTERLEAVE IN PARENT Servers ON DELETE CASCADE;
 
 CREATE UNIQUE NULL_FILTERED INDEX ReplicasById ON Replicas(Id);
-CREATE INDEX ReplicasByUpdatedAt ON Replicas(UpdatedAt);
+CREATE INDEX ReplicasByUpdatedAt ON Replicas(UpdatedAt)
+  STORING (Host, Port, Region, Zone, Weight, State, LeaseExpiresAt);
 CREATE NULL_FILTERED INDEX ReplicasByLease ON Replicas(LeaseExpiresAt);
 
 -- A delete leaves a tombstone so the watch sees it; the control plane removes old ones.

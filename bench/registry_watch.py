@@ -1,0 +1,309 @@
+"""Registry -> control plane -> Envoy ACK, at scale, on the SQLite or Spanner (emulator) registry.
+
+The control plane runs in this process (so every stage can be timed), Envoys are real
+processes. For each change (a replica registered among N): write returned -> the watch yielded
+a state containing it -> snapshot published -> every Envoy ACKed the ClusterLoadAssignment that
+contains it. Also: CPU of one reconcile pass for one change, a full read of the registry and a
+full rebuild. Run: ``python -m bench.registry_watch --registry spanner --replicas 10000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from control_plane import logs
+from control_plane.reconcile import Reconciler
+from control_plane.registry import Registry, RegistryState, open_registry
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.resources import ENDPOINT
+from control_plane.xds.server import XdsServer
+from tests.helpers import free_port
+from tests.processes import Envoy
+from tests.spanner_emulator import Emulator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(values), 2),
+        "p90": round(pct(values, 90), 2),
+        "p99": round(pct(values, 99), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def bulk_load(registry: Registry, *, servers: int, replicas: int) -> None:
+    """Fill the registry fast (store-specific batch writes; benchmarks only)."""
+    names = [f"s{i:04d}" for i in range(servers)]
+    rows = [
+        (f"r-bulk{i:06d}", names[i % servers], 10_000 + i % 50_000, ["us-west", "us-east"][i % 2])
+        for i in range(replicas)
+    ]
+    kind = type(registry).__name__
+    if kind == "SqliteRegistry":
+        now = time.time()
+        with registry._tx() as db:  # type: ignore[attr-defined]
+            db.executemany(
+                "INSERT INTO servers VALUES (?, 'default', ?, 'http', NULL, ?)",
+                [(n, json.dumps([f"{n}.bench.local"]), now) for n in names],
+            )
+            db.executemany(
+                "INSERT INTO replicas VALUES (?, ?, '127.0.0.1', ?, ?, '', 100, 'READY', NULL, ?)",
+                [(rid, srv, port, region, now) for rid, srv, port, region in rows],
+            )
+            registry._bump(db, now, *names)  # type: ignore[attr-defined]
+        return
+    from google.cloud import spanner
+
+    db = registry._db  # type: ignore[attr-defined]
+    with db.batch() as batch:
+        batch.insert(
+            "Servers",
+            columns=("ServerName", "Workspace", "Hostnames", "Protocol", "Spec", "UpdatedAt"),
+            values=[
+                (n, "default", [f"{n}.bench.local"], "http", "{}", spanner.COMMIT_TIMESTAMP)
+                for n in names
+            ],
+        )
+    for start in range(0, len(rows), 2000):
+        with db.batch() as batch:
+            batch.insert(
+                "Replicas",
+                columns=(
+                    "ServerName",
+                    "Id",
+                    "Host",
+                    "Port",
+                    "Region",
+                    "Zone",
+                    "Weight",
+                    "State",
+                    "LeaseExpiresAt",
+                    "UpdatedAt",
+                ),
+                values=[
+                    (
+                        srv,
+                        rid,
+                        "127.0.0.1",
+                        port,
+                        region,
+                        "",
+                        100,
+                        "READY",
+                        None,
+                        spanner.COMMIT_TIMESTAMP,
+                    )
+                    for rid, srv, port, region in rows[start : start + 2000]
+                ],
+            )
+
+
+class Timeline:
+    """Records when the reconciler applied which state, and how long each pass took."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.applied: list[tuple[float, RegistryState]] = []
+        self.pass_ms: list[float] = []
+        self.changed = asyncio.Event()
+        original = reconciler.apply
+
+        def apply(state: RegistryState) -> None:
+            entered = time.perf_counter()
+            cpu = time.thread_time()
+            original(state)
+            self.pass_ms.append((time.thread_time() - cpu) * 1000)
+            self.applied.append((entered, state))
+            self.changed.set()
+
+        reconciler.apply = apply  # type: ignore[method-assign]
+
+    async def wait_for(self, predicate: Callable[[RegistryState], bool]) -> float:
+        while True:
+            for at, state in reversed(self.applied[-5:]):
+                if predicate(state):
+                    return at
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), timeout=30)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    emulator = None
+    if args.registry == "spanner":
+        emulator = Emulator.create(workdir)
+        emulator.start()
+        os.environ["SPANNER_EMULATOR_HOST"] = emulator.host
+        url = "spanner://projects/bench/instances/rp/databases/registry"
+    else:
+        url = f"sqlite://{workdir / 'registry.db'}"
+    envoys: list[Envoy] = []
+    try:
+        registry = open_registry(url)
+        registry.init()
+        loaded = time.perf_counter()
+        bulk_load(registry, servers=args.servers, replicas=args.replicas)
+        load_s = time.perf_counter() - loaded
+
+        started = time.perf_counter()
+        state = registry.read_state()
+        full_read_ms = (time.perf_counter() - started) * 1000
+        rebuild = Reconciler(registry=registry, cache=SnapshotCache())
+        rebuild.want_group("edge/us-west@127.0.0.1:10000")
+        started = time.perf_counter()
+        rebuild.apply(state)
+        full_rebuild_ms = (time.perf_counter() - started) * 1000
+
+        cache = SnapshotCache()
+        reconciler = Reconciler(registry=registry, cache=cache)
+        timeline = Timeline(reconciler)
+        xds = XdsServer(cache=cache, control_plane_id="bench")
+        acked = asyncio.Event()
+        xds.add_ack_listener(lambda proxy, type_url, version: acked.set())
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(xds.generic_handlers())
+        port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+        await server.start()
+        watcher = asyncio.create_task(reconciler.run())
+        for i in range(args.envoys):
+            envoy = Envoy.create(
+                workdir,
+                node_id=f"bench-{i}",
+                region="us-west",
+                xds=[f"127.0.0.1:{port}"],
+                ads="delta",
+            )
+            envoy.start()
+            envoys.append(envoy)
+        for envoy in envoys:
+            await asyncio.to_thread(envoy.wait_live, 120)
+
+        def proxies_acked(cluster: str, version: str) -> bool:
+            proxies = [p for p in xds.proxies.values() if not p.only_type]
+            return len(proxies) == args.envoys and all(
+                p.protocol.acked.get(ENDPOINT, {}).get(cluster) == version  # type: ignore[union-attr]
+                for p in proxies
+            )
+
+        rng = random.Random(7)
+        write_ms, seen_ms, ack_ms, change_cpu_ms = [], [], [], []
+        for i in range(args.changes):
+            name = f"s{rng.randrange(args.servers):04d}"
+            cluster = f"default_{name}"
+            t0 = time.perf_counter()
+            replica = await asyncio.to_thread(
+                registry.register_replica,
+                server=name,
+                address=f"127.0.0.2:{20000 + i}",
+                region="us-west",
+            )
+            committed = time.perf_counter()
+            passes_before = len(timeline.pass_ms)
+            seen = await timeline.wait_for(
+                lambda s, rid=replica.id, srv=name: any(
+                    r.id == rid for r in s.replicas_by_server.get(srv, ())
+                )
+            )
+            change_cpu_ms.extend(timeline.pass_ms[passes_before:])
+            versions = {
+                group: snap.of_type(ENDPOINT)[cluster].version
+                for group in cache.groups()
+                if (snap := cache.get(group)) is not None
+            }
+            target = set(versions.values())
+            while not all(
+                any(
+                    p.protocol.acked.get(ENDPOINT, {}).get(cluster) in target  # type: ignore[union-attr]
+                    for p in xds.proxies.values()
+                    if p.node_id == e.node_id
+                )
+                for e in envoys
+            ):
+                acked.clear()
+                await asyncio.wait_for(acked.wait(), timeout=30)
+            done = time.perf_counter()
+            write_ms.append((committed - t0) * 1000)
+            seen_ms.append((seen - committed) * 1000)
+            ack_ms.append((done - committed) * 1000)
+        watcher.cancel()
+        await server.stop(0)
+        registry.close()
+        return {
+            "registry": args.registry,
+            "replicas": args.replicas,
+            "servers": args.servers,
+            "envoys": args.envoys,
+            "changes": args.changes,
+            "load_s": round(load_s, 2),
+            "write_ms": summary(write_ms),
+            "commit_to_seen_ms": summary(seen_ms),
+            "commit_to_all_acked_ms": summary(ack_ms),
+            "reconcile_cpu_per_change_ms": summary(change_cpu_ms),
+            "full_read_ms": round(full_read_ms, 1),
+            "full_rebuild_ms": round(full_rebuild_ms, 1),
+        }
+    finally:
+        for envoy in envoys:
+            envoy.stop()
+        if emulator is not None:
+            emulator.stop()
+
+
+def print_table(row: dict[str, Any]) -> None:
+    print(
+        f"\nregistry watch: {row['registry']}, {row['replicas']} replicas / {row['servers']}"
+        f" servers, {row['envoys']} Envoy(s), {row['changes']} changes"
+    )
+    print(f"{'STAGE':42} {'P50':>8} {'P90':>8} {'P99':>8} {'MAX':>8}")
+    for key, label in [
+        ("write_ms", "write call (commit returned), ms"),
+        ("commit_to_seen_ms", "commit -> control plane sees it, ms"),
+        ("commit_to_all_acked_ms", "commit -> every Envoy ACKed the EDS, ms"),
+        ("reconcile_cpu_per_change_ms", "CPU per reconcile pass (one change), ms"),
+    ]:
+        s = row[key]
+        print(f"{label:42} {s['p50']:>8} {s['p90']:>8} {s['p99']:>8} {s['max']:>8}")
+    print(
+        f"full registry read: {row['full_read_ms']} ms; full rebuild (1 group): "
+        f"{row['full_rebuild_ms']} ms; bulk load: {row['load_s']} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--registry", choices=["sqlite", "spanner"], default="spanner")
+    parser.add_argument("--replicas", type=int, default=10_000)
+    parser.add_argument("--servers", type=int, default=1_000)
+    parser.add_argument("--envoys", type=int, default=1)
+    parser.add_argument("--changes", type=int, default=50)
+    args = parser.parse_args(argv)
+    logs.configure(level="warning", json=True)
+    with tempfile.TemporaryDirectory(prefix="routeplane-bench-") as tmp:
+        row = asyncio.run(run(args, Path(tmp)))
+    print_table(row)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"registry_watch_{args.registry}.json"
+    path.write_text(json.dumps(row, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
