@@ -35,9 +35,12 @@ run: install
 
 bench: install
 	$(BIN)/python -m bench.propagation --tries 50
+	$(BIN)/python -m bench.registry_watch --registry sqlite --replicas 10000 --servers 1000 --changes 50
+	$(BIN)/python -m bench.registry_watch --registry spanner --replicas 10000 --servers 1000 --changes 50
 
 bench-quick: install
 	$(BIN)/python -m bench.propagation --tries 10
+	$(BIN)/python -m bench.registry_watch --registry spanner --replicas 1000 --servers 100 --changes 10
 
 clean:
 	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -71,13 +71,24 @@ def main() -> None:
     "--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address."
 )
 @click.option("--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=None,
+    help="Seconds between registry watch polls (default: 0.005 SQLite, 0.01 Spanner).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
 )
 @user_errors
 def serve(
-    registry: str, xds_listen: str, admin_listen: str, log_level: str, log_json: bool | None
+    registry: str,
+    xds_listen: str,
+    admin_listen: str,
+    poll_interval: float | None,
+    log_level: str,
+    log_json: bool | None,
 ) -> None:
     """Run the control plane: watch the registry and serve xDS to Envoy."""
     from control_plane.app import ServeConfig
@@ -88,7 +99,14 @@ def serve(
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit():
             fail(f"invalid {flag} {value!r}: expected HOST:PORT")
-    config = ServeConfig(registry_url=registry, xds_listen=xds_listen, admin_listen=admin_listen)
+    if poll_interval is not None and not 0.001 <= poll_interval <= 60:
+        fail(f"invalid --poll-interval {poll_interval!r}: expected 0.001 to 60 seconds")
+    config = ServeConfig(
+        registry_url=registry,
+        xds_listen=xds_listen,
+        admin_listen=admin_listen,
+        poll_interval=poll_interval,
+    )
     asyncio.run(run_serve(config))
 
 

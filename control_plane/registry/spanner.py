@@ -37,7 +37,9 @@ from typing import Any, TypeVar
 # concurrent read-write transactions in one process fail with "Invalid transaction ID".
 os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW", "false")
 
+import grpc
 from google.api_core import exceptions as gexc
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.api_core.retry import Retry
 from google.cloud import spanner
 from google.cloud.spanner_v1.types import (
@@ -45,6 +47,7 @@ from google.cloud.spanner_v1.types import (
     KeyRange,
     KeySet,
     ReadRequest,
+    ResultSet,
     TransactionOptions,
     TransactionSelector,
     TypeCode,
@@ -577,19 +580,23 @@ class TableRead:
     after: dt.datetime | None = None  # keys strictly after this first index key
     until: dt.datetime | None = None  # keys up to and including this first index key
 
-    def request(self, session: str, selector: TransactionSelector) -> ReadRequest:
+    def request(self, session: str, selector: Any) -> Any:
         if self.until is not None:
             end = struct_pb2.ListValue(values=[struct_pb2.Value(string_value=_rfc3339(self.until))])
-            key_set = KeySet(ranges=[KeyRange(start_closed=struct_pb2.ListValue(), end_closed=end)])
+            key_set = _KeySetPb(
+                ranges=[_KeyRangePb(start_closed=struct_pb2.ListValue(), end_closed=end)]
+            )
         elif self.after is None:
-            key_set = KeySet(all_=True)
+            key_set = _KeySetPb(all_=True)
         else:
             start = struct_pb2.ListValue(
                 values=[struct_pb2.Value(string_value=_rfc3339(self.after))]
             )
             # An empty closed end is the prefix every key has: "to the end of the index".
-            key_set = KeySet(ranges=[KeyRange(start_open=start, end_closed=struct_pb2.ListValue())])
-        return ReadRequest(
+            key_set = _KeySetPb(
+                ranges=[_KeyRangePb(start_open=start, end_closed=struct_pb2.ListValue())]
+            )
+        return _ReadRequestPb(
             session=session,
             transaction=selector,
             table=self.table,
@@ -597,6 +604,17 @@ class TableRead:
             columns=list(self.columns),
             key_set=key_set,
         )
+
+
+# Raw protobuf classes: the proto-plus wrappers cost more CPU than the RPC itself.
+_ReadRequestPb = ReadRequest.pb()
+_ExecuteSqlRequestPb = ExecuteSqlRequest.pb()
+_ResultSetPb = ResultSet.pb()
+_KeySetPb = KeySet.pb()
+_KeyRangePb = KeyRange.pb()
+_SelectorPb = TransactionSelector.pb()
+_OptionsPb = TransactionOptions.pb()
+_TypePb = SpannerType.pb()
 
 
 class _Reader:
@@ -611,6 +629,9 @@ class _Reader:
     def __init__(self, registry: SpannerRegistry) -> None:
         self.registry = registry
         self.session: str | None = None
+        self._channel: Any = None
+        self._read: Any = None
+        self._sql: Any = None
 
     def session_name(self) -> str:
         if self.session is None:
@@ -621,51 +642,58 @@ class _Reader:
             self.session = str(created.name)
         return self.session
 
+    def _callables(self) -> tuple[Any, Any]:
+        channel = self.registry._db.spanner_api.transport.grpc_channel
+        if self._channel is not channel:
+            self._channel = channel
+            self._read = channel.unary_unary(
+                "/google.spanner.v1.Spanner/Read",
+                request_serializer=_ReadRequestPb.SerializeToString,
+                response_deserializer=_ResultSetPb.FromString,
+            )
+            self._sql = channel.unary_unary(
+                "/google.spanner.v1.Spanner/ExecuteSql",
+                request_serializer=_ExecuteSqlRequestPb.SerializeToString,
+                response_deserializer=_ResultSetPb.FromString,
+            )
+        return self._read, self._sql
+
     def read(
         self, queries: list[tuple[str, dict[str, dt.datetime] | None] | TableRead]
     ) -> tuple[dt.datetime, list[list[list[Any]]]]:
-        api = self.registry._db.spanner_api
-        selector = TransactionSelector(
-            begin=TransactionOptions(
-                read_only=TransactionOptions.ReadOnly(strong=True, return_read_timestamp=True)
-            )
+        read_rpc, sql_rpc = self._callables()
+        session = self.session_name()
+        metadata = (
+            ("google-cloud-resource-prefix", self.registry._db.name),
+            ("x-goog-request-params", f"session={session}"),
+        )
+        selector = _SelectorPb(
+            begin=_OptionsPb(read_only=_OptionsPb.ReadOnly(strong=True, return_read_timestamp=True))
         )
         read_at: dt.datetime | None = None
         results: list[list[list[Any]]] = []
         try:
             for query in queries:
                 if isinstance(query, TableRead):
-                    result = api.read(
-                        request=query.request(self.session_name(), selector),
-                        timeout=READ_TIMEOUT,
-                        retry=None,
-                    )
-                    if read_at is None:
-                        transaction = result.metadata.transaction
-                        read_at = transaction.read_timestamp
-                        selector = TransactionSelector(id=transaction.id)
-                    results.append(_decode(result))
-                    continue
-                sql, params = query
-                request = ExecuteSqlRequest(
-                    session=self.session_name(), transaction=selector, sql=sql
-                )
-                if params:
-                    request.params = struct_pb2.Struct(
-                        fields={
-                            k: struct_pb2.Value(string_value=_rfc3339(v)) for k, v in params.items()
-                        }
-                    )
-                    request.param_types = {k: SpannerType(code=TypeCode.TIMESTAMP) for k in params}
-                result = api.execute_sql(request=request, timeout=READ_TIMEOUT, retry=None)
+                    request = query.request(session, selector)
+                    result = read_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
+                else:
+                    sql, params = query
+                    request = _ExecuteSqlRequestPb(session=session, transaction=selector, sql=sql)
+                    for key, value in (params or {}).items():
+                        request.params.fields[key].string_value = _rfc3339(value)
+                        request.param_types[key].code = TypeCode.TIMESTAMP
+                    result = sql_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
                 if read_at is None:
                     transaction = result.metadata.transaction
-                    read_at = transaction.read_timestamp
-                    selector = TransactionSelector(id=transaction.id)
+                    read_at = DatetimeWithNanoseconds.from_timestamp_pb(transaction.read_timestamp)
+                    selector = _SelectorPb(id=transaction.id)
                 results.append(_decode(result))
-        except gexc.NotFound:
-            self.session = None  # the session (or the server holding it) is gone
-            raise
+        except grpc.RpcError as exc:
+            error = gexc.from_grpc_error(exc)
+            if isinstance(error, gexc.NotFound):
+                self.session = None  # the session (or the server holding it) is gone
+            raise error from exc
         if read_at is None:
             raise RegistryUnavailableError("spanner did not return a read timestamp")
         return read_at, results
@@ -704,16 +732,13 @@ def _decode_value(value: struct_pb2.Value, code: int, element: int) -> Any:
 
 def _decode(result: Any) -> list[list[Any]]:
     fields = result.metadata.row_type.fields
-    codes = [
-        (f.type_.code, f.type_.array_element_type.code if f.type_.array_element_type else 0)
-        for f in fields
-    ]
+    codes = [(f.type_.code, f.type_.array_element_type.code) for f in fields]
     return [
         [
             _decode_value(v, code, element)
             for v, (code, element) in zip(row.values, codes, strict=True)
         ]
-        for row in result._pb.rows
+        for row in result.rows
     ]
 
 
