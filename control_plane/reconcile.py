@@ -43,7 +43,10 @@ def view_of(group_key: str) -> ProxyView:
     group = NodeGroup.from_key(group_key)
     host, _, port = group.listen.rpartition(":")
     return ProxyView(
-        region=group.region, listen_host=host.strip("[]"), listen_port=int(port or 10000)
+        region=group.region,
+        zone=group.zone,
+        listen_host=host.strip("[]"),
+        listen_port=int(port or 10000),
     )
 
 

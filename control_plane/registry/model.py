@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 
@@ -31,7 +32,16 @@ class Server:
     workspace: str = "default"
     hostnames: tuple[str, ...]
     protocol: str
+    spec: str = "{}"  # the routing policy, canonical JSON (see registry/spec.py)
     updated_at: float = 0.0
+
+    def same_config(self, other: Server) -> bool:
+        return (self.workspace, self.hostnames, self.protocol, self.spec) == (
+            other.workspace,
+            other.hostnames,
+            other.protocol,
+            other.spec,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,8 +125,29 @@ class Registry(TypingProtocol):
         ...
 
     def create_server(
-        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
-    ) -> Server: ...
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> Server:
+        """Create a server; ConflictError if it exists or a hostname+prefix is taken."""
+        ...
+
+    def put_server(
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> tuple[Server, str]:
+        """Create or update a server (idempotent); returns it and "created", "updated" or
+        "unchanged"."""
+        ...
 
     def delete_server(self, name: str) -> None: ...
 

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,6 +68,7 @@ from control_plane.registry.model import (
     ReplicaState,
     Server,
 )
+from control_plane.registry.servers import check_conflicts, checked_server
 
 if not hasattr(operations_pb2, "OperationsStub"):  # pragma: no cover - an install problem
     raise ImportError(
@@ -90,7 +90,7 @@ _READ = {
 TRANSACTION_TIMEOUT = 15.0
 T = TypeVar("T")
 
-_SERVER_FIELDS = ("ServerName", "Workspace", "Hostnames", "Protocol", "UpdatedAt")
+_SERVER_FIELDS = ("ServerName", "Workspace", "Hostnames", "Protocol", "Spec", "UpdatedAt")
 _REPLICA_FIELDS = (
     "ServerName",
     "Id",
@@ -126,12 +126,13 @@ def _epoch(value: dt.datetime | None) -> float | None:
 
 
 def _to_server(row: Sequence[Any]) -> Server:
-    name, workspace, hostnames, protocol, updated_at = row
+    name, workspace, hostnames, protocol, spec, updated_at = row
     return Server(
         name=name,
         workspace=workspace,
         hostnames=tuple(hostnames or ()),
         protocol=protocol,
+        spec=spec or "{}",
         updated_at=updated_at.timestamp(),
     )
 
@@ -271,28 +272,49 @@ class SpannerRegistry:
     # -- servers ------------------------------------------------------------------------
 
     def create_server(
-        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
     ) -> Server:
-        server = Server(
-            name=validate.name("name", name),
-            workspace=validate.name("workspace", workspace),
-            hostnames=validate.hostnames(hostnames),
-            protocol=validate.protocol(protocol),
+        server = checked_server(
+            name=name, hostnames=hostnames, protocol=protocol, workspace=workspace, spec=spec
         )
+        return self._put_server(server, create_only=True)[0]
 
-        def write(tx: Any) -> None:
-            owners: dict[str, str] = {}
-            for other, hosts in tx.execute_sql("SELECT ServerName, Hostnames FROM Servers"):
-                if other == server.name:
-                    raise ConflictError(f"server {server.name!r} already exists")
-                for host in hosts or ():
-                    owners[host] = other
-            for hostname in server.hostnames:
-                if hostname in owners:
-                    raise ConflictError(
-                        f"hostname {hostname!r} already belongs to server {owners[hostname]!r}"
-                    )
-            tx.insert(
+    def put_server(
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> tuple[Server, str]:
+        server = checked_server(
+            name=name, hostnames=hostnames, protocol=protocol, workspace=workspace, spec=spec
+        )
+        return self._put_server(server, create_only=False)
+
+    def _put_server(self, server: Server, *, create_only: bool) -> tuple[Server, str]:
+        def write(tx: Any) -> tuple[Server, str]:
+            existing = {
+                s.name: s
+                for s in (
+                    _to_server(r)
+                    for r in tx.read("Servers", _SERVER_FIELDS, spanner.KeySet(all_=True))
+                )
+            }
+            current = existing.get(server.name)
+            if current is not None and create_only:
+                raise ConflictError(f"server {server.name!r} already exists")
+            if current is not None and current.same_config(server):
+                return current, "unchanged"
+            check_conflicts(server, existing.values())
+            tx.insert_or_update(
                 "Servers",
                 columns=("ServerName", "Workspace", "Hostnames", "Protocol", "Spec", "UpdatedAt"),
                 values=[
@@ -301,17 +323,18 @@ class SpannerRegistry:
                         server.workspace,
                         list(server.hostnames),
                         server.protocol,
-                        json.dumps({}),
+                        server.spec,
                         spanner.COMMIT_TIMESTAMP,
                     )
                 ],
             )
+            return server, "created" if current is None else "updated"
 
-        self._call(
-            "create server",
+        result: tuple[Server, str] = self._call(
+            "put server",
             lambda: self._db.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT),
         )
-        return server
+        return result
 
     def delete_server(self, name: str) -> None:
         def write(tx: Any) -> None:

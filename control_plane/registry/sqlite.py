@@ -13,9 +13,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from control_plane.registry import migrations, validate
 from control_plane.registry.errors import (
@@ -30,6 +31,7 @@ from control_plane.registry.model import (
     Server,
     group_replicas,
 )
+from control_plane.registry.servers import check_conflicts, checked_server
 
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
@@ -115,46 +117,71 @@ class SqliteRegistry:
     # -- servers ------------------------------------------------------------------------
 
     def create_server(
-        self, *, name: str, hostnames: Sequence[str], protocol: str, workspace: str = "default"
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
     ) -> Server:
-        server = Server(
-            name=validate.name("name", name),
-            workspace=validate.name("workspace", workspace),
-            hostnames=validate.hostnames(hostnames),
-            protocol=validate.protocol(protocol),
-            updated_at=time.time(),
+        server, _ = self._put_server(
+            checked_server(
+                name=name,
+                hostnames=hostnames,
+                protocol=protocol,
+                workspace=workspace,
+                spec=spec,
+                updated_at=time.time(),
+            ),
+            create_only=True,
         )
+        return server
+
+    def put_server(
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> tuple[Server, str]:
+        return self._put_server(
+            checked_server(
+                name=name,
+                hostnames=hostnames,
+                protocol=protocol,
+                workspace=workspace,
+                spec=spec,
+                updated_at=time.time(),
+            ),
+            create_only=False,
+        )
+
+    def _put_server(self, server: Server, *, create_only: bool) -> tuple[Server, str]:
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM servers WHERE name = ?", (name,)).fetchone():
-                raise ConflictError(f"server {name!r} already exists")
-            claimed = self._hostname_owners(db)
-            for hostname in server.hostnames:
-                owner = claimed.get(hostname)
-                if owner is not None:
-                    raise ConflictError(
-                        f"hostname {hostname!r} already belongs to server {owner!r}"
-                    )
+            existing = {s.name: s for s in self._servers(db)}
+            current = existing.get(server.name)
+            if current is not None and create_only:
+                raise ConflictError(f"server {server.name!r} already exists")
+            if current is not None and current.same_config(server):
+                return current, "unchanged"
+            check_conflicts(server, existing.values())
             db.execute(
-                "INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO servers (name, workspace, hostnames, protocol, spec,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     server.name,
                     server.workspace,
                     json.dumps(list(server.hostnames)),
                     server.protocol,
-                    None,
+                    server.spec,
                     server.updated_at,
                 ),
             )
             self._bump(db, server.updated_at, server.name)
-        return server
-
-    @staticmethod
-    def _hostname_owners(db: sqlite3.Connection) -> dict[str, str]:
-        owners: dict[str, str] = {}
-        for name, hostnames in db.execute("SELECT name, hostnames FROM servers"):
-            for hostname in json.loads(hostnames):
-                owners[hostname] = name
-        return owners
+        return server, "created" if current is None else "updated"
 
     def delete_server(self, name: str) -> None:
         with self._tx() as db:
@@ -176,11 +203,12 @@ class SqliteRegistry:
                 workspace=workspace,
                 hostnames=tuple(_json_list(hostnames)),
                 protocol=protocol,
+                spec=spec or "{}",
                 updated_at=updated_at,
             )
-            for name, workspace, hostnames, protocol, updated_at in db.execute(
-                f"SELECT name, workspace, hostnames, protocol, updated_at FROM servers {where} "
-                "ORDER BY name",
+            for name, workspace, hostnames, protocol, spec, updated_at in db.execute(
+                "SELECT name, workspace, hostnames, protocol, spec, updated_at FROM servers "
+                f"{where} ORDER BY name",
                 params,
             )
         ]

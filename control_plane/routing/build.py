@@ -13,11 +13,15 @@ so one replica change among 10,000 costs one server's work plus a walk over serv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from control_plane.registry import validate
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.spec import DEFAULT as DEFAULT_SPEC
+from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import Endpoint, Problem, RoutedServer, RoutingTable, ServerEval
 
 
@@ -38,7 +42,7 @@ def to_routing_table(
         else:
             evals[server.name] = evaluate(server, state.replicas_by_server.get(server.name, ()))
     before = {s.name: s for s in previous.servers} if previous is not None else {}
-    claimed: dict[str, str] = {}
+    claimed: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     routed: list[RoutedServer] = []
     for server in state.servers:
@@ -46,7 +50,7 @@ def to_routing_table(
         problems.extend(ev.problems)
         if ev.protocol is None:
             continue
-        mine = _claim(server.name, ev.hostnames, claimed, problems)
+        mine = _claim(server.name, ev.hostnames, ev.spec.path_prefix, claimed, problems)
         problems.extend(ev.replica_problems)
         if not mine:
             continue
@@ -57,6 +61,7 @@ def to_routing_table(
             and old_routed.hostnames == mine
             and old_routed.protocol == ev.protocol
             and old_routed.workspace == server.workspace
+            and old_routed.spec == ev.spec
         ):
             routed.append(old_routed)
         else:
@@ -67,6 +72,7 @@ def to_routing_table(
                     hostnames=mine,
                     protocol=ev.protocol,
                     endpoints=ev.endpoints,
+                    spec=ev.spec,
                 )
             )
     for name in sorted(set(state.replicas_by_server) - set(evals)):
@@ -114,6 +120,7 @@ def _only_endpoints_changed(
             or ev.replica_problems
             or ev.protocol != old.protocol
             or ev.hostnames != old.hostnames
+            or ev.spec != old.spec
             or server.workspace != routed[position].workspace
         ):
             return None
@@ -125,6 +132,7 @@ def _only_endpoints_changed(
             hostnames=old_routed.hostnames,
             protocol=old_routed.protocol,
             endpoints=ev.endpoints,
+            spec=old_routed.spec,
         )
     return RoutingTable(
         servers=tuple(routed),
@@ -136,23 +144,27 @@ def _only_endpoints_changed(
 
 
 def _claim(
-    name: str, hostnames: tuple[str, ...], claimed: dict[str, str], problems: list[Problem]
+    name: str,
+    hostnames: tuple[str, ...],
+    prefix: str,
+    claimed: dict[tuple[str, str], str],
+    problems: list[Problem],
 ) -> tuple[str, ...]:
     mine: list[str] = []
     for hostname in hostnames:
-        owner = claimed.get(hostname)
+        owner = claimed.get((hostname, prefix))
         if owner is not None:
             problems.append(
                 Problem(
                     kind="server",
                     name=name,
                     field="hostname",
-                    value=hostname,
+                    value=hostname if prefix == "/" else f"{hostname}{prefix}",
                     message=f"already claimed by server {owner!r}; left out for this server",
                 )
             )
             continue
-        claimed[hostname] = name
+        claimed[(hostname, prefix)] = name
         mine.append(hostname)
     return tuple(mine)
 
@@ -164,23 +176,39 @@ def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
         validate.name("workspace", server.workspace)
         protocol = validate.protocol(server.protocol)
         hostnames = validate.hostnames(server.hostnames)
+        spec = parse_spec(_spec_dict(server.spec), protocol=protocol)
     except ValidationError as exc:
         return ServerEval(
             protocol=None,
             hostnames=(),
+            spec=DEFAULT_SPEC,
             problems=(_problem("server", server.name, exc),),
             endpoints=(),
             replica_problems=(),
         )
     endpoints: list[Endpoint] = []
     replica_problems: list[Problem] = []
+    allowed = frozenset(spec.regions)
     for replica in replicas:
         endpoint = _to_endpoint(replica, replica_problems)
-        if endpoint is not None:
-            endpoints.append(endpoint)
+        if endpoint is None:
+            continue
+        if allowed and endpoint.region not in allowed:
+            replica_problems.append(
+                Problem(
+                    kind="replica",
+                    name=replica.id,
+                    field="region",
+                    value=endpoint.region,
+                    message=f"server {server.name!r} routes only to {', '.join(spec.regions)}",
+                )
+            )
+            continue
+        endpoints.append(endpoint)
     return ServerEval(
         protocol=protocol,
         hostnames=hostnames,
+        spec=spec,
         problems=(),
         endpoints=tuple(endpoints),
         replica_problems=tuple(replica_problems),
@@ -209,6 +237,16 @@ def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
         weight=weight,
         draining=state == ReplicaState.DRAINING,
     )
+
+
+def _spec_dict(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        raise ValidationError("spec", text, "not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValidationError("spec", text, "expected a JSON object")
+    return value
 
 
 def _problem(kind: str, name: str, exc: ValidationError) -> Problem:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from control_plane.registry.spec import DEFAULT as DEFAULT_SPEC
+from control_plane.registry.spec import ServerSpec
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
@@ -24,6 +27,7 @@ class RoutedServer:
     hostnames: tuple[str, ...]
     protocol: str
     endpoints: tuple[Endpoint, ...]
+    spec: ServerSpec = DEFAULT_SPEC
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +50,7 @@ class ServerEval:
 
     protocol: str | None  # None: the server is left out (see problems)
     hostnames: tuple[str, ...]
+    spec: ServerSpec
     problems: tuple[Problem, ...]
     endpoints: tuple[Endpoint, ...]
     replica_problems: tuple[Problem, ...]

@@ -1,4 +1,12 @@
-"""ClusterLoadAssignments (EDS): one per server, endpoints grouped by locality."""
+"""ClusterLoadAssignments (EDS): one per server, with priorities that follow the proxy.
+
+For a proxy in region R (zone Z, when known): priority 0 holds the replicas in R/Z, then the
+rest of R, then other regions (only if the server allows cross-region failover). Envoy sends
+all traffic to priority 0 while it has enough healthy replicas (overprovisioning factor 1.4:
+at least ~72% of it healthy) and spills the shortfall to the next priority: traffic leaves the
+region only when the region runs short. DRAINING replicas are sent with health status DRAINING:
+no new requests, their open streams finish.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,39 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from control_plane.routing.model import Endpoint, RoutedServer
 from control_plane.translate import names
 
+_HEALTHY = health_check_pb2.HealthStatus.HEALTHY
+_DRAINING = health_check_pb2.HealthStatus.DRAINING
 
-def to_load_assignment(server: RoutedServer) -> endpoint_pb2.ClusterLoadAssignment:
+
+def level(endpoint: Endpoint, *, region: str, zone: str) -> int:
+    """0: same zone, 1: same region, 2: elsewhere (a proxy with no region: all 0)."""
+    if not region:
+        return 0
+    if endpoint.region != region:
+        return 2
+    if zone and endpoint.zone and endpoint.zone != zone:
+        return 1
+    return 0
+
+
+def to_load_assignment(
+    server: RoutedServer, *, region: str = "", zone: str = ""
+) -> endpoint_pb2.ClusterLoadAssignment:
     assignment = endpoint_pb2.ClusterLoadAssignment(
         cluster_name=names.cluster(workspace=server.workspace, server=server.name)
     )
-    by_locality: dict[tuple[str, str], list[Endpoint]] = defaultdict(list)
+    by_locality: dict[tuple[int, str, str], list[Endpoint]] = defaultdict(list)
     for endpoint in server.endpoints:
-        by_locality[(endpoint.region, endpoint.zone)].append(endpoint)
-    for (region, zone), endpoints in sorted(by_locality.items()):
+        rank = level(endpoint, region=region, zone=zone)
+        if rank == 2 and not server.spec.cross_region:
+            continue
+        by_locality[(rank, endpoint.region, endpoint.zone)].append(endpoint)
+    # Envoy wants priorities without gaps: number the levels that are present.
+    priorities = {rank: i for i, rank in enumerate(sorted({key[0] for key in by_locality}))}
+    for (rank, ep_region, ep_zone), endpoints in sorted(by_locality.items()):
         locality = assignment.endpoints.add()
-        locality.locality.CopyFrom(base_pb2.Locality(region=region, zone=zone))
+        locality.locality.CopyFrom(base_pb2.Locality(region=ep_region, zone=ep_zone))
+        locality.priority = priorities[rank]
         for endpoint in endpoints:
             _fill_lb_endpoint(locality.lb_endpoints.add(), endpoint)
     return assignment
@@ -35,20 +65,7 @@ def _fill_lb_endpoint(lb_endpoint: endpoint_components_pb2.LbEndpoint, endpoint:
     socket.port_value = endpoint.port
 
 
-_HEALTHY = health_check_pb2.HealthStatus.HEALTHY
-_DRAINING = health_check_pb2.HealthStatus.DRAINING
-
-
 def to_lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
-    lb_endpoint = endpoint_components_pb2.LbEndpoint(
-        health_status=(
-            health_check_pb2.HealthStatus.DRAINING
-            if endpoint.draining
-            else health_check_pb2.HealthStatus.HEALTHY
-        ),
-    )
-    lb_endpoint.load_balancing_weight.value = endpoint.weight
-    socket = lb_endpoint.endpoint.address.socket_address
-    socket.address = endpoint.host
-    socket.port_value = endpoint.port
+    lb_endpoint = endpoint_components_pb2.LbEndpoint()
+    _fill_lb_endpoint(lb_endpoint, endpoint)
     return lb_endpoint

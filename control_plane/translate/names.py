@@ -20,6 +20,11 @@ def cluster(*, workspace: str, server: str) -> str:
     return f"{workspace}_{server}"
 
 
-def virtual_host(*, workspace: str, server: str, hostname: str) -> str:
-    """One virtual host per server hostname: ``<workspace>_<server>_<hostname>``."""
-    return f"{workspace}_{server}_{hostname}"
+def virtual_host(*, hostname: str) -> str:
+    """One virtual host per hostname (servers under different path prefixes share it)."""
+    return hostname
+
+
+def route(*, workspace: str, server: str, variant: str) -> str:
+    """A server's route: ``<workspace>_<server>/<variant>`` (``default`` or ``websocket``)."""
+    return f"{cluster(workspace=workspace, server=server)}/{variant}"

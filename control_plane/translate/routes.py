@@ -1,35 +1,96 @@
-"""Route configurations (RDS): one virtual host per server hostname."""
+"""Route configurations (RDS): one virtual host per hostname, one route set per server.
+
+Servers sharing a hostname under different path prefixes share its virtual host; longer
+prefixes match first. Plain HTTP gets the request timeout, except WebSocket upgrades (their own
+route, matched first) which, like gRPC, get no request timeout and an idle timeout instead.
+Retries only where nothing can have reached the replica: connect failure, refused stream,
+reset before any byte was sent, each on another replica.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.type.matcher.v3 import string_pb2
 
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
 
+RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+_PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+
+
+def _ms(duration: object, seconds: float) -> None:
+    duration.FromMilliseconds(round(seconds * 1000))  # type: ignore[attr-defined]
+
+
+def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
+    """The routes of one server (the same for each of its hostnames)."""
+    spec = server.spec
+    cluster = names.cluster(workspace=server.workspace, server=server.name)
+    streaming = server.protocol == "grpc"
+    routes = []
+    variants = [("websocket", True)] if server.protocol == "http" else []
+    variants.append(("default", streaming))
+    for variant, no_request_timeout in variants:
+        route = route_components_pb2.Route(
+            name=names.route(workspace=server.workspace, server=server.name, variant=variant)
+        )
+        if spec.path_prefix == "/":
+            route.match.prefix = "/"
+        else:
+            route.match.path_separated_prefix = spec.path_prefix.rstrip("/")
+        if variant == "websocket":
+            header = route.match.headers.add(name="upgrade")
+            header.string_match.CopyFrom(
+                string_pb2.StringMatcher(exact="websocket", ignore_case=True)
+            )
+        action = route.route
+        action.cluster = cluster
+        _ms(action.timeout, 0.0 if no_request_timeout else spec.request_timeout)
+        _ms(action.idle_timeout, spec.idle_timeout)
+        if spec.retries:
+            action.retry_policy.retry_on = RETRY_ON
+            action.retry_policy.num_retries.value = spec.retries
+            action.retry_policy.retry_host_predicate.add(name=_PREVIOUS_HOSTS)
+            action.retry_policy.host_selection_retry_max_attempts = 3
+        if spec.hash_on is not None:
+            policy = action.hash_policy.add()
+            if spec.hash_on.header:
+                policy.header.header_name = spec.hash_on.header
+            else:
+                policy.cookie.name = spec.hash_on.cookie
+                if spec.hash_on.cookie_ttl:
+                    _ms(policy.cookie.ttl, spec.hash_on.cookie_ttl)
+        routes.append(route)
+    return routes
+
 
 def to_virtual_hosts(server: RoutedServer) -> list[route_components_pb2.VirtualHost]:
-    cluster = names.cluster(workspace=server.workspace, server=server.name)
-    hosts = []
-    for hostname in server.hostnames:
-        host = route_components_pb2.VirtualHost(
-            name=names.virtual_host(
-                workspace=server.workspace, server=server.name, hostname=hostname
-            ),
+    """Kept for callers that want one server's hosts alone: one virtual host per hostname."""
+    return [
+        route_components_pb2.VirtualHost(
+            name=names.virtual_host(hostname=hostname),
             domains=[hostname],
+            routes=to_routes(server),
         )
-        route = host.routes.add()
-        route.match.prefix = "/"
-        route.route.cluster = cluster
-        hosts.append(host)
-    return hosts
+        for hostname in server.hostnames
+    ]
 
 
-def to_route_configuration(
-    virtual_hosts: Iterable[route_components_pb2.VirtualHost],
-) -> route_pb2.RouteConfiguration:
+def to_route_configuration(servers: Iterable[RoutedServer]) -> route_pb2.RouteConfiguration:
+    by_host: dict[str, list[tuple[int, str, list[route_components_pb2.Route]]]] = {}
+    for server in servers:
+        routes = to_routes(server)
+        for hostname in server.hostnames:
+            by_host.setdefault(hostname, []).append(
+                (len(server.spec.path_prefix), server.name, routes)
+            )
     config = route_pb2.RouteConfiguration(name=names.ROUTE_CONFIG)
-    config.virtual_hosts.extend(sorted(virtual_hosts, key=lambda h: h.name))
+    for hostname in sorted(by_host):
+        host = config.virtual_hosts.add(name=names.virtual_host(hostname=hostname))
+        host.domains.append(hostname)
+        for _, _, routes in sorted(by_host[hostname], key=lambda item: (-item[0], item[1])):
+            host.routes.extend(routes)
     return config

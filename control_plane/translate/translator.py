@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envoy.config.route.v3 import route_components_pb2
-
+from control_plane.registry.spec import ServerSpec
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.clusters import to_cluster
 from control_plane.translate.endpoints import to_load_assignment
 from control_plane.translate.listeners import to_listener
-from control_plane.translate.routes import to_route_configuration, to_virtual_hosts
+from control_plane.translate.routes import to_route_configuration
 from control_plane.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -28,7 +27,7 @@ from control_plane.xds.resources import (
     to_resource,
 )
 
-Spec = tuple[str, str, tuple[str, ...], str]
+Spec = tuple[str, str, tuple[str, ...], str, ServerSpec]
 ByType = dict[str, dict[str, Resource]]
 Changed = dict[str, set[str]]
 
@@ -40,11 +39,12 @@ class ProxyView:
     region: str
     listen_host: str
     listen_port: int
+    zone: str = ""
 
 
 def _spec_key(server: RoutedServer) -> Spec:
     """Everything of a server except its endpoints: what CDS and RDS depend on."""
-    return (server.name, server.workspace, server.hostnames, server.protocol)
+    return (server.name, server.workspace, server.hostnames, server.protocol, server.spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,6 @@ class _ServerOut:
     spec: Spec
     cluster: Resource
     endpoints: Resource
-    virtual_hosts: tuple[route_components_pb2.VirtualHost, ...]
 
 
 @dataclass(slots=True)
@@ -68,11 +67,9 @@ class Translator:
 
     def __init__(self) -> None:
         self._views: dict[str, _ViewState] = {}
-        self._configs: dict[
-            Spec, tuple[Resource, tuple[route_components_pb2.VirtualHost, ...]]
-        ] = {}
+        self._configs: dict[Spec, Resource] = {}
         # (server name, region) -> (the RoutedServer translated, its ClusterLoadAssignment)
-        self._endpoints: dict[tuple[str, str], tuple[RoutedServer, Resource]] = {}
+        self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, Resource]] = {}
 
     def translate(
         self, table: RoutingTable, view: ProxyView, *, key: str = ""
@@ -114,8 +111,8 @@ class Translator:
         old_route = previous.by_type[ROUTE][names.ROUTE_CONFIG] if previous is not None else None
         route = old_route
         if shape_changed or route is None:
-            hosts = [h for out in servers.values() for h in out.virtual_hosts]
-            route = to_resource(ROUTE, names.ROUTE_CONFIG, to_route_configuration(hosts))
+            message = to_route_configuration(out.server for out in servers.values())
+            route = to_resource(ROUTE, names.ROUTE_CONFIG, message)
             if old_route is not None and old_route.version == route.version:
                 route = old_route
             else:
@@ -141,26 +138,27 @@ class Translator:
     ) -> _ServerOut:
         spec = _spec_key(server)
         if old is not None and old.spec == spec:
-            cluster, hosts = old.cluster, old.virtual_hosts
+            cluster = old.cluster
         else:
             config = self._configs.get(spec)
             if config is None:
                 cluster_name = names.cluster(workspace=server.workspace, server=server.name)
-                config = self._configs[spec] = (
-                    to_resource(CLUSTER, cluster_name, to_cluster(server)),
-                    tuple(to_virtual_hosts(server)),
+                config = self._configs[spec] = to_resource(
+                    CLUSTER, cluster_name, to_cluster(server)
                 )
-            cluster, hosts = config
-        key = (server.name, view.region)
+            cluster = config
+        key = (server.name, view.region, view.zone)
         cached = self._endpoints.get(key)
         if cached is not None and (cached[0] is server or cached[0] == server):
             endpoints = cached[1]
         else:
-            endpoints = to_resource(ENDPOINT, cluster.name, to_load_assignment(server))
+            endpoints = to_resource(
+                ENDPOINT,
+                cluster.name,
+                to_load_assignment(server, region=view.region, zone=view.zone),
+            )
             self._endpoints[key] = (server, endpoints)
-        return _ServerOut(
-            server=server, spec=spec, cluster=cluster, endpoints=endpoints, virtual_hosts=hosts
-        )
+        return _ServerOut(server=server, spec=spec, cluster=cluster, endpoints=endpoints)
 
     def to_resources(self, table: RoutingTable, view: ProxyView) -> list[Resource]:
         by_type, _ = self.translate(table, view)
@@ -175,7 +173,9 @@ class Translator:
         now and then, not on every pass."""
         self._views = {k: s for k, s in self._views.items() if k in keys}
         specs = {out.spec for s in self._views.values() for out in s.servers.values()}
-        used = {(name, s.view.region) for s in self._views.values() for name in s.servers}
+        used = {
+            (name, s.view.region, s.view.zone) for s in self._views.values() for name in s.servers
+        }
         self._configs = {k: c for k, c in self._configs.items() if k in specs}
         self._endpoints = {k: e for k, e in self._endpoints.items() if k in used}
 

@@ -1,6 +1,7 @@
 """Which node group an Envoy belongs to, read from its ``Node`` message.
 
-The default key is the node's ``cluster`` and ``locality.region``; the listen address the
+The default key is the node's ``cluster``, ``locality.region`` and (when set) ``locality.zone``,
+since endpoint priorities follow the proxy's region and zone; the listen address the
 bootstrap declares (metadata ``routeplane.listen``) is part of the group too, since the listener
 that LDS sends binds to it. Proxies of one fleet share all three, so groups stay few.
 """
@@ -19,18 +20,21 @@ DEFAULT_CLUSTER: Final = "default"
 class NodeGroup:
     cluster: str
     region: str
+    zone: str = ""
     listen: str = DEFAULT_LISTEN
 
     @property
     def key(self) -> str:
-        """``cluster/region@listen``, the group's name in the cache, logs and the CLI."""
-        return f"{self.cluster}/{self.region}@{self.listen}"
+        """``cluster/region[/zone]@listen``: the group's name in the cache, logs and the CLI."""
+        zone = f"/{self.zone}" if self.zone else ""
+        return f"{self.cluster}/{self.region}{zone}@{self.listen}"
 
     @classmethod
     def from_key(cls, key: str) -> NodeGroup:
         head, _, listen = key.partition("@")
-        cluster, _, region = head.partition("/")
-        return cls(cluster=cluster, region=region, listen=listen or DEFAULT_LISTEN)
+        cluster, _, rest = head.partition("/")
+        region, _, zone = rest.partition("/")
+        return cls(cluster=cluster, region=region, zone=zone, listen=listen or DEFAULT_LISTEN)
 
 
 def to_node_group(node: Any) -> NodeGroup:
@@ -42,5 +46,6 @@ def to_node_group(node: Any) -> NodeGroup:
     return NodeGroup(
         cluster=node.cluster or DEFAULT_CLUSTER,
         region=node.locality.region,
+        zone=node.locality.zone,
         listen=listen,
     )

@@ -23,9 +23,9 @@ def test_resource_names_are_pinned() -> None:
     assert names.LISTENER == "ingress_http"
     assert names.ROUTE_CONFIG == "ingress_http"
     assert names.cluster(workspace="default", server="echo") == "default_echo"
-    assert (
-        names.virtual_host(workspace="acme", server="chat", hostname="*.chat.dev")
-        == "acme_chat_*.chat.dev"
+    assert names.virtual_host(hostname="*.chat.dev") == "*.chat.dev"
+    assert names.route(workspace="acme", server="chat", variant="websocket") == (
+        "acme_chat/websocket"
     )
 
 
@@ -72,7 +72,7 @@ def test_one_server_change_touches_only_its_cluster_and_the_route_table() -> Non
         for name, resource in resources.items()
         if before[type_url][name].version != resource.version  # type: ignore[attr-defined]
     }
-    assert changed == {(CLUSTER, "default_api")}
+    assert changed == {(CLUSTER, "default_api"), (ROUTE, "ingress_http")}
 
 
 def test_draining_replicas_are_sent_as_draining() -> None:
@@ -105,8 +105,8 @@ def test_one_virtual_host_per_hostname() -> None:
     )
     config = resources[ROUTE]["ingress_http"].message  # type: ignore[attr-defined]
     assert [(v.name, list(v.domains)) for v in config.virtual_hosts] == [
-        ("default_echo_*.echo.dev", ["*.echo.dev"]),
-        ("default_echo_echo.local", ["echo.local"]),
+        ("*.echo.dev", ["*.echo.dev"]),
+        ("echo.local", ["echo.local"]),
     ]
 
 

@@ -9,7 +9,7 @@ CREATE TABLE Servers (
 ) PRIMARY KEY (ServerName);
 
 -- The watch reads changed rows straight from these indexes (STORING), by key range.
-CREATE INDEX ServersByUpdatedAt ON Servers(UpdatedAt) STORING (Workspace, Hostnames, Protocol);
+CREATE INDEX ServersByUpdatedAt ON Servers(UpdatedAt) STORING (Workspace, Hostnames, Protocol, Spec);
 
 CREATE TABLE Replicas (
   ServerName      STRING(63) NOT NULL,

@@ -1,0 +1,261 @@
+"""A server's routing policy: the ``spec`` a server row carries, parsed and checked.
+
+Pure; used at write time (``servers apply`` refuses a bad spec, naming the field) and again by
+routing (a row written by anything else is checked before it is routed). Every field has a
+default; ``ServerSpec()`` is what ``servers create`` gives.
+
+    path_prefix: /                      # route only this prefix (and below)
+    regions: []                         # regions whose replicas may serve; [] = any
+    failover: cross_region              # or local_only: never leave the proxy's region
+    load_balancing: least_request       # or {consistent_hash: {header: H} | {cookie: C, ttl: 1h}}
+    timeouts: {request: 60s, idle: 300s, connect: 1s}   # request applies to plain HTTP only
+    retries: 2                          # only where safe: connect failure, refused stream,
+                                        # reset before any byte was sent
+    max_requests_per_replica: 0         # 0 = no limit (circuit breaker)
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s,
+                        max_ejection_percent: 50}          # or off
+    health_check: off                   # or {http: /healthz} | {grpc: ""}; interval 5s,
+                                        # timeout 1s, unhealthy_threshold 2, healthy_threshold 1
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.registry.errors import ValidationError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashOn:
+    header: str = ""
+    cookie: str = ""
+    cookie_ttl: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    consecutive_5xx: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    kind: str  # "http" or "grpc"
+    target: str  # HTTP path or gRPC service name
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSpec:
+    path_prefix: str = "/"
+    regions: tuple[str, ...] = ()
+    cross_region: bool = True
+    hash_on: HashOn | None = None
+    request_timeout: float = 60.0
+    idle_timeout: float = 300.0
+    connect_timeout: float = 1.0
+    retries: int = 2
+    max_requests_per_replica: int = 0
+    outlier_detection: OutlierDetection | None = OutlierDetection()
+    health_check: HealthCheck | None = None
+
+
+DEFAULT = ServerSpec()
+KNOWN_FIELDS = frozenset(
+    {
+        "path_prefix",
+        "regions",
+        "failover",
+        "load_balancing",
+        "timeouts",
+        "retries",
+        "max_requests_per_replica",
+        "outlier_detection",
+        "health_check",
+    }
+)
+
+
+def duration(field: str, value: Any) -> float:
+    """``"300s"``, ``"1.5s"``, ``"250ms"``, ``"5m"``, ``"1h"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValidationError(field, value, "expected a duration such as 30s or 250ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValidationError(field, value, "expected a duration such as 30s or 250ms")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 <= seconds <= 86_400:
+        raise ValidationError(field, value, "must be between 0s and 24h")
+    return seconds
+
+
+def integer(field: str, value: Any, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(field, value, f"expected a whole number from {low} to {high}")
+    return value
+
+
+def _mapping(field: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, "expected a mapping")
+    return value
+
+
+def _no_extra(field: str, value: Mapping[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(value) - allowed)
+    if extra:
+        raise ValidationError(f"{field}.{extra[0]}", value[extra[0]], "unknown field")
+
+
+def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> ServerSpec:
+    """A checked ServerSpec; raises ValidationError naming the field (``spec.<path>``)."""
+    if not raw:
+        return DEFAULT
+    spec = _mapping("spec", raw)
+    _no_extra("spec", spec, set(KNOWN_FIELDS))
+    from control_plane.registry import validate
+
+    prefix = str(spec.get("path_prefix", "/"))
+    if not prefix.startswith("/") or " " in prefix or "?" in prefix or "#" in prefix:
+        raise ValidationError("spec.path_prefix", prefix, "expected a path starting with /")
+    regions_raw = spec.get("regions", [])
+    if not isinstance(regions_raw, list | tuple):
+        raise ValidationError("spec.regions", regions_raw, "expected a list of regions")
+    regions = tuple(validate.region("spec.regions", str(r)) for r in regions_raw)
+    failover = spec.get("failover", "cross_region")
+    if failover not in ("cross_region", "local_only"):
+        raise ValidationError("spec.failover", failover, "expected cross_region or local_only")
+    hash_on = _hash_on(spec.get("load_balancing", "least_request"))
+    timeouts = _mapping("spec.timeouts", spec.get("timeouts", {}))
+    _no_extra("spec.timeouts", timeouts, {"request", "idle", "connect"})
+    request = duration("spec.timeouts.request", timeouts.get("request", DEFAULT.request_timeout))
+    idle = duration("spec.timeouts.idle", timeouts.get("idle", DEFAULT.idle_timeout))
+    connect = duration("spec.timeouts.connect", timeouts.get("connect", DEFAULT.connect_timeout))
+    if connect <= 0:
+        raise ValidationError("spec.timeouts.connect", timeouts.get("connect"), "must be > 0")
+    return ServerSpec(
+        path_prefix=prefix,
+        regions=regions,
+        cross_region=failover == "cross_region",
+        hash_on=hash_on,
+        request_timeout=request,
+        idle_timeout=idle,
+        connect_timeout=connect,
+        retries=integer("spec.retries", spec.get("retries", DEFAULT.retries), low=0, high=10),
+        max_requests_per_replica=integer(
+            "spec.max_requests_per_replica",
+            spec.get("max_requests_per_replica", 0),
+            low=0,
+            high=1_000_000,
+        ),
+        outlier_detection=_outlier(spec.get("outlier_detection", {})),
+        health_check=_health_check(spec.get("health_check", "off"), protocol=protocol),
+    )
+
+
+def _hash_on(value: Any) -> HashOn | None:
+    if value == "least_request":
+        return None
+    lb = _mapping("spec.load_balancing", value)
+    _no_extra("spec.load_balancing", lb, {"consistent_hash"})
+    if "consistent_hash" not in lb:
+        raise ValidationError(
+            "spec.load_balancing", value, "expected least_request or {consistent_hash: ...}"
+        )
+    on = _mapping("spec.load_balancing.consistent_hash", lb["consistent_hash"])
+    _no_extra("spec.load_balancing.consistent_hash", on, {"header", "cookie", "ttl"})
+    header = str(on.get("header", "")).lower()
+    cookie = str(on.get("cookie", ""))
+    if bool(header) == bool(cookie):
+        raise ValidationError(
+            "spec.load_balancing.consistent_hash", dict(on), "give exactly one of header, cookie"
+        )
+    if header and not _HEADER.match(header):
+        raise ValidationError("spec.load_balancing.consistent_hash.header", header, "bad name")
+    if cookie and not re.match(r"^[A-Za-z0-9_.-]+$", cookie):
+        raise ValidationError("spec.load_balancing.consistent_hash.cookie", cookie, "bad name")
+    ttl = duration("spec.load_balancing.consistent_hash.ttl", on.get("ttl", "0s"))
+    return HashOn(header=header, cookie=cookie, cookie_ttl=ttl)
+
+
+def _outlier(value: Any) -> OutlierDetection | None:
+    if value in ("off", False, None):
+        return None
+    raw = _mapping("spec.outlier_detection", value)
+    _no_extra(
+        "spec.outlier_detection",
+        raw,
+        {"consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent"},
+    )
+    base = OutlierDetection()
+    return OutlierDetection(
+        consecutive_5xx=integer(
+            "spec.outlier_detection.consecutive_5xx",
+            raw.get("consecutive_5xx", base.consecutive_5xx),
+            low=1,
+            high=1000,
+        ),
+        interval=duration("spec.outlier_detection.interval", raw.get("interval", base.interval)),
+        base_ejection_time=duration(
+            "spec.outlier_detection.base_ejection_time",
+            raw.get("base_ejection_time", base.base_ejection_time),
+        ),
+        max_ejection_percent=integer(
+            "spec.outlier_detection.max_ejection_percent",
+            raw.get("max_ejection_percent", base.max_ejection_percent),
+            low=0,
+            high=100,
+        ),
+    )
+
+
+def _health_check(value: Any, *, protocol: str) -> HealthCheck | None:
+    if value in ("off", False, None):
+        return None
+    raw = _mapping("spec.health_check", value)
+    _no_extra(
+        "spec.health_check",
+        raw,
+        {"http", "grpc", "interval", "timeout", "unhealthy_threshold", "healthy_threshold"},
+    )
+    if ("http" in raw) == ("grpc" in raw):
+        raise ValidationError("spec.health_check", dict(raw), "give exactly one of http, grpc")
+    kind = "http" if "http" in raw else "grpc"
+    target = str(raw[kind] or "")
+    if kind == "http" and not target.startswith("/"):
+        raise ValidationError("spec.health_check.http", target, "expected a path such as /healthz")
+    if kind == "grpc" and protocol == "http":
+        raise ValidationError("spec.health_check.grpc", target, "needs protocol grpc or http2")
+    return HealthCheck(
+        kind=kind,
+        target=target,
+        interval=duration("spec.health_check.interval", raw.get("interval", 5.0)),
+        timeout=duration("spec.health_check.timeout", raw.get("timeout", 1.0)),
+        unhealthy_threshold=integer(
+            "spec.health_check.unhealthy_threshold",
+            raw.get("unhealthy_threshold", 2),
+            low=1,
+            high=100,
+        ),
+        healthy_threshold=integer(
+            "spec.health_check.healthy_threshold",
+            raw.get("healthy_threshold", 1),
+            low=1,
+            high=100,
+        ),
+    )
