@@ -3,13 +3,14 @@
 ``/routeplane.sample.Echo/Unary``: request bytes -> ``<name>:<request>``.
 ``/routeplane.sample.Echo/Stream``: request ``"<count>:<interval_ms>"`` -> ``count`` messages
 ``<name>:<i>``, one every ``interval_ms``. Raw bytes, no generated code needed on either side.
+A thread-pool server, so tests can run it beside their own event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from concurrent import futures
 
 import grpc
 
@@ -19,15 +20,17 @@ STREAM = f"/{SERVICE}/Stream"
 
 
 def handlers(name: str) -> grpc.GenericRpcHandler:
-    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         return f"{name}:".encode() + request
 
-    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         count_text, _, interval_text = request.decode().partition(":")
         interval = int(interval_text or "0") / 1000
+        stop = threading.Event()
+        context.add_callback(stop.set)
         for i in range(int(count_text or "1")):
-            if i and interval:
-                await asyncio.sleep(interval)
+            if i and interval and stop.wait(interval):
+                return
             yield f"{name}:{i}".encode()
 
     return grpc.method_handlers_generic_handler(
@@ -39,45 +42,21 @@ def handlers(name: str) -> grpc.GenericRpcHandler:
     )
 
 
-async def run(*, name: str, host: str, port: int) -> None:
-    server = grpc.aio.server()
+def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers([handlers(name)])
-    server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return server, bound
 
 
 class GrpcEchoThread:
-    """The sample service on a free loopback port, in a daemon thread with its own loop."""
+    """The sample service on a free loopback port (its own thread pool)."""
 
     def __init__(self, *, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
-        holder: dict[str, object] = {}
-
-        def main() -> None:
-            asyncio.set_event_loop(self._loop)
-
-            async def go() -> None:
-                server = grpc.aio.server()
-                server.add_generic_rpc_handlers([handlers(name)])
-                holder["port"] = server.add_insecure_port(f"{host}:0")
-                holder["server"] = server
-                await server.start()
-                started.set()
-                await server.wait_for_termination()
-
-            self._loop.run_until_complete(go())
-
-        self._thread = threading.Thread(target=main, daemon=True)
-        self._thread.start()
-        started.wait(10)
-        self.port = int(holder["port"])  # type: ignore[call-overload]
+        self._server, self.port = make_server(name=name, host=host)
         self.address = f"{host}:{self.port}"
-        self._server = holder["server"]
+        self._server.start()
 
     def stop(self) -> None:
-        server = self._server
-        asyncio.run_coroutine_threadsafe(server.stop(0), self._loop).result(10)  # type: ignore[attr-defined]
-        self._thread.join(timeout=5)
+        self._server.stop(grace=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from control_plane.routing.model import RoutedServer
@@ -53,7 +54,8 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
         if spec.retries:
             action.retry_policy.retry_on = RETRY_ON
             action.retry_policy.num_retries.value = spec.retries
-            action.retry_policy.retry_host_predicate.add(name=_PREVIOUS_HOSTS)
+            predicate = action.retry_policy.retry_host_predicate.add(name=_PREVIOUS_HOSTS)
+            predicate.typed_config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
             action.retry_policy.host_selection_retry_max_attempts = 3
         if spec.hash_on is not None:
             policy = action.hash_policy.add()

@@ -115,3 +115,20 @@ def test_the_translator_reuses_unchanged_resources() -> None:
     first = translator.to_resources(table(server("echo", endpoint("r1", 8081))), VIEW)
     second = translator.to_resources(table(server("echo", endpoint("r1", 8081))), VIEW)
     assert all(a is b for a, b in zip(first, second, strict=True))
+
+
+def test_priorities_follow_the_proxy_region_and_zone() -> None:
+    from control_plane.translate.endpoints import level
+
+    same_zone = endpoint("a", 1, region="us-west", zone="a")
+    other_zone = endpoint("b", 2, region="us-west", zone="b")
+    no_zone = endpoint("c", 3, region="us-west")
+    remote = endpoint("d", 4, region="us-east", zone="a")
+    cases = [
+        ("us-west", "a", [0, 1, 0, 2]),
+        ("us-west", "", [0, 0, 0, 2]),
+        ("", "", [0, 0, 0, 0]),
+    ]
+    for region, zone, expected in cases:
+        got = [level(e, region=region, zone=zone) for e in (same_zone, other_zone, no_zone, remote)]
+        assert got == expected, (region, zone)

@@ -1,0 +1,278 @@
+"""Routing decisions proven by requests through real Envoys in two regions."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from control_plane.registry import Registry, open_registry
+from control_plane.samples.grpc_echo import STREAM, UNARY, GrpcEchoThread
+from control_plane.samples.http_echo import EchoThread
+from control_plane.samples.ws_echo import WsEchoThread
+from tests.helpers import wait_until
+from tests.processes import ControlPlane, Envoy
+
+pytestmark = pytest.mark.envoy
+
+
+@dataclass
+class Mesh:
+    cp: ControlPlane
+    registry: Registry
+    west: Envoy
+    east: Envoy
+
+
+@pytest.fixture
+def mesh(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Mesh]:
+    west = Envoy.create(tmp_path, node_id="edge-west", region="us-west", xds=[control_plane.xds])
+    east = Envoy.create(tmp_path, node_id="edge-east", region="us-east", xds=[control_plane.xds])
+    registry = open_registry(control_plane.registry)
+    try:
+        for envoy in (west, east):
+            envoy.start()
+        for envoy in (west, east):
+            envoy.wait_live()
+        yield Mesh(cp=control_plane, registry=registry, west=west, east=east)
+    finally:
+        registry.close()
+        west.stop()
+        east.stop()
+
+
+def body(envoy: Envoy, host: str, **headers: str) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{envoy.listen}/", headers={"Host": host, **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return str(response.read().decode().strip())
+    except OSError as exc:
+        return f"error:{getattr(exc, 'code', exc)}"
+
+
+def test_a_proxy_prefers_its_region_and_fails_over_when_it_drains(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    west, east = echo_factory("west-1"), echo_factory("east-1")
+    reg = mesh.registry
+    reg.put_server(name="echo", hostnames=["echo.local"], protocol="http")
+    reg.put_server(
+        name="pinned", hostnames=["pinned.local"], protocol="http", spec={"failover": "local_only"}
+    )
+    w = reg.register_replica(server="echo", address=west.address, region="us-west")
+    reg.register_replica(server="echo", address=east.address, region="us-east")
+    pw = reg.register_replica(server="pinned", address=west.address, region="us-west")
+    reg.register_replica(server="pinned", address=east.address, region="us-east")
+    wait_until(lambda: body(mesh.west, "echo.local") == "west-1", what="west routes locally")
+    wait_until(lambda: body(mesh.east, "echo.local") == "east-1", what="east routes locally")
+    assert Counter(body(mesh.west, "echo.local") for _ in range(30)) == {"west-1": 30}
+    assert Counter(body(mesh.east, "echo.local") for _ in range(30)) == {"east-1": 30}
+
+    reg.set_replica_state(w.id, "DRAINING")
+    reg.set_replica_state(pw.id, "DRAINING")
+    wait_until(lambda: body(mesh.west, "echo.local") == "east-1", what="failover to us-east")
+    assert Counter(body(mesh.west, "echo.local") for _ in range(20)) == {"east-1": 20}
+    # A local_only server never leaves the proxy's region.
+    wait_until(lambda: body(mesh.west, "pinned.local") == "error:503", what="no failover")
+
+    reg.set_replica_state(w.id, "READY")
+    wait_until(lambda: body(mesh.west, "echo.local") == "west-1", what="back to us-west")
+
+
+def test_session_affinity_holds_across_requests(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    reg = mesh.registry
+    reg.put_server(
+        name="chat",
+        hostnames=["chat.local"],
+        protocol="http",
+        spec={"load_balancing": {"consistent_hash": {"header": "x-session-id"}}},
+    )
+    for i in range(3):
+        replica = echo_factory(f"chat-{i}")
+        reg.register_replica(server="chat", address=replica.address, region="us-west")
+    wait_until(
+        lambda: mesh.west.stat("cluster.default_chat.membership_healthy") == 3,
+        what="three healthy replicas",
+    )
+    chosen = {}
+    for session in range(20):
+        answers = {
+            body(mesh.west, "chat.local", **{"x-session-id": f"s{session}"}) for _ in range(8)
+        }
+        assert len(answers) == 1, f"session s{session} moved between {answers}"
+        chosen[session] = answers.pop()
+    assert len(set(chosen.values())) >= 2
+
+
+def test_weights_shift_traffic_in_proportion(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    reg = mesh.registry
+    light, heavy = echo_factory("light"), echo_factory("heavy")
+    reg.put_server(name="weighted", hostnames=["weighted.local"], protocol="http")
+    reg.register_replica(server="weighted", address=light.address, region="us-west", weight=100)
+    reg.register_replica(server="weighted", address=heavy.address, region="us-west", weight=300)
+    wait_until(
+        lambda: mesh.west.stat("cluster.default_weighted.membership_healthy") == 2,
+        what="two replicas",
+    )
+    counts = Counter(body(mesh.west, "weighted.local") for _ in range(400))
+    share = counts["heavy"] / 400
+    assert 0.65 <= share <= 0.85, counts
+
+
+def ws_open(envoy: Envoy, host: str) -> object:
+    listen_host, _, port = envoy.listen.rpartition(":")
+    sock = socket.create_connection((listen_host, int(port)), timeout=5)
+    return ws_connect(f"ws://{host}/", sock=sock, open_timeout=5, legacy=True)
+
+
+def grpc_channel(envoy: Envoy, authority: str) -> grpc.Channel:
+    return grpc.insecure_channel(envoy.listen, options=[("grpc.default_authority", authority)])
+
+
+def test_websocket_and_grpc_through_envoy(mesh: Mesh) -> None:
+    ws, rpc = WsEchoThread(name="ws-1"), GrpcEchoThread(name="g-1")
+    try:
+        reg = mesh.registry
+        reg.put_server(name="ws", hostnames=["ws.local"], protocol="http")
+        reg.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+        reg.register_replica(server="ws", address=ws.address, region="us-west")
+        reg.register_replica(server="tokens", address=rpc.address, region="us-west")
+        wait_until(
+            lambda: (
+                mesh.west.stat("cluster.default_tokens.membership_healthy") == 1
+                and mesh.west.stat("cluster.default_ws.membership_healthy") == 1
+            ),
+            what="both servers routed",
+        )
+        connection = ws_open(mesh.west, "ws.local")
+        connection.send("hello")  # type: ignore[attr-defined]
+        assert connection.recv(timeout=5) == "ws-1:hello"  # type: ignore[attr-defined]
+        connection.close()  # type: ignore[attr-defined]
+        with grpc_channel(mesh.west, "tokens.local") as channel:
+            unary = channel.unary_unary(UNARY)
+            assert unary(b"ping", timeout=5) == b"g-1:ping"
+            stream = channel.unary_stream(STREAM)
+            assert list(stream(b"5:0", timeout=5)) == [f"g-1:{i}".encode() for i in range(5)]
+    finally:
+        ws.stop()
+        rpc.stop()
+
+
+def test_a_drain_lets_open_streams_finish_while_new_requests_go_elsewhere(mesh: Mesh) -> None:
+    ws_a, ws_b = WsEchoThread(name="ws-a"), WsEchoThread(name="ws-b")
+    rpc_a, rpc_b = GrpcEchoThread(name="g-a"), GrpcEchoThread(name="g-b")
+    try:
+        reg = mesh.registry
+        reg.put_server(name="ws", hostnames=["ws.local"], protocol="http")
+        reg.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+        ws_id = reg.register_replica(server="ws", address=ws_a.address, region="us-west").id
+        rpc_id = reg.register_replica(server="tokens", address=rpc_a.address, region="us-west").id
+        wait_until(
+            lambda: (
+                mesh.west.stat("cluster.default_tokens.membership_healthy") == 1
+                and mesh.west.stat("cluster.default_ws.membership_healthy") == 1
+            ),
+            what="both servers routed",
+        )
+        connection = ws_open(mesh.west, "ws.local")
+        connection.send("before")  # type: ignore[attr-defined]
+        assert connection.recv(timeout=5) == "ws-a:before"  # type: ignore[attr-defined]
+        channel = grpc_channel(mesh.west, "tokens.local")
+        tokens: list[bytes] = []
+        streaming = threading.Thread(
+            target=lambda: tokens.extend(channel.unary_stream(STREAM)(b"20:100", timeout=30))
+        )
+        streaming.start()
+        wait_until(
+            lambda: mesh.west.stat("cluster.default_tokens.upstream_rq_active") == 1,
+            what="the token stream in flight",
+        )
+
+        reg.register_replica(server="ws", address=ws_b.address, region="us-west")
+        reg.register_replica(server="tokens", address=rpc_b.address, region="us-west")
+        reg.set_replica_state(ws_id, "DRAINING")
+        reg.set_replica_state(rpc_id, "DRAINING")
+        wait_until(
+            lambda: (
+                mesh.west.stat("cluster.default_tokens.membership_healthy") == 1
+                and mesh.west.stat("cluster.default_tokens.membership_total") == 2
+            ),
+            what="g-a draining, g-b healthy",
+        )
+        with grpc_channel(mesh.west, "tokens.local") as fresh:
+            assert fresh.unary_unary(UNARY)(b"new", timeout=5) == b"g-b:new"
+        new_ws = ws_open(mesh.west, "ws.local")
+        new_ws.send("new")  # type: ignore[attr-defined]
+        assert new_ws.recv(timeout=5) == "ws-b:new"  # type: ignore[attr-defined]
+        new_ws.close()  # type: ignore[attr-defined]
+        # The open WebSocket still reaches its replica; the stream finishes every token.
+        connection.send("after")  # type: ignore[attr-defined]
+        assert connection.recv(timeout=5) == "ws-a:after"  # type: ignore[attr-defined]
+        connection.close()  # type: ignore[attr-defined]
+        streaming.join(timeout=30)
+        assert tokens == [f"g-a:{i}".encode() for i in range(20)]
+        channel.close()
+    finally:
+        for server in (ws_a, ws_b, rpc_a, rpc_b):
+            server.stop()
+
+
+def test_every_option_is_accepted_by_envoy(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    reg = mesh.registry
+    replica = echo_factory("kitchen")
+    reg.put_server(
+        name="kitchen",
+        workspace="acme",
+        hostnames=["kitchen.local", "*.kitchen.dev"],
+        protocol="http",
+        spec={
+            "regions": ["us-west", "us-east"],
+            "failover": "cross_region",
+            "load_balancing": {"consistent_hash": {"cookie": "session", "ttl": "1h"}},
+            "timeouts": {"request": "120s", "idle": "10m", "connect": "500ms"},
+            "retries": 3,
+            "max_requests_per_replica": 16,
+            "outlier_detection": {
+                "consecutive_5xx": 3,
+                "interval": "5s",
+                "base_ejection_time": "10s",
+                "max_ejection_percent": 30,
+            },
+            "health_check": {"http": "/", "interval": "1s", "timeout": "500ms"},
+        },
+    )
+    reg.put_server(
+        name="grpc-kitchen",
+        hostnames=["grpc.kitchen.local"],
+        protocol="grpc",
+        spec={
+            "load_balancing": {"consistent_hash": {"header": "x-user"}},
+            "max_requests_per_replica": 4,
+            "outlier_detection": "off",
+            "health_check": {"grpc": ""},
+        },
+    )
+    reg.put_server(
+        name="prefixed", hostnames=["kitchen.local"], protocol="http2", spec={"path_prefix": "/v2"}
+    )
+    reg.register_replica(server="kitchen", address=replica.address, region="us-west")
+    wait_until(lambda: body(mesh.west, "kitchen.local") == "kitchen", what="kitchen routed")
+    for envoy in (mesh.west, mesh.east):
+        assert envoy.stat("cluster_manager.cds.update_rejected") == 0
+        assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
+        assert envoy.stat("cluster_manager.cds.update_success") >= 1

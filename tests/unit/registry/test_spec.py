@@ -1,0 +1,102 @@
+"""Server specs: defaults, every option, and errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from control_plane.registry.errors import ValidationError
+from control_plane.registry.spec import (
+    DEFAULT,
+    HashOn,
+    HealthCheck,
+    OutlierDetection,
+    duration,
+    parse_spec,
+)
+
+
+def test_empty_spec_is_the_default() -> None:
+    assert parse_spec({}) is DEFAULT
+    assert DEFAULT.request_timeout == 60.0
+    assert DEFAULT.idle_timeout == 300.0
+    assert DEFAULT.retries == 2
+    assert DEFAULT.hash_on is None
+    assert DEFAULT.outlier_detection == OutlierDetection()
+    assert DEFAULT.health_check is None
+    assert DEFAULT.cross_region
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0), (2, 2.0), ("1.5s", 1.5)],
+)
+def test_durations(text: Any, seconds: float) -> None:
+    assert duration("f", text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        pytest.param(
+            {"load_balancing": {"consistent_hash": {"header": "X-Session"}}},
+            {"hash_on": HashOn(header="x-session")},
+            id="hash-header",
+        ),
+        pytest.param(
+            {"load_balancing": {"consistent_hash": {"cookie": "sid", "ttl": "1h"}}},
+            {"hash_on": HashOn(cookie="sid", cookie_ttl=3600.0)},
+            id="hash-cookie",
+        ),
+        pytest.param({"failover": "local_only"}, {"cross_region": False}, id="local-only"),
+        pytest.param({"regions": ["us-west"]}, {"regions": ("us-west",)}, id="regions"),
+        pytest.param({"outlier_detection": "off"}, {"outlier_detection": None}, id="no-outlier"),
+        pytest.param(
+            {"health_check": {"http": "/healthz"}},
+            {"health_check": HealthCheck(kind="http", target="/healthz")},
+            id="hc-http",
+        ),
+        pytest.param({"timeouts": {"request": "0s"}}, {"request_timeout": 0.0}, id="no-timeout"),
+        pytest.param({"path_prefix": "/v1"}, {"path_prefix": "/v1"}, id="prefix"),
+    ],
+)
+def test_options(spec: dict[str, Any], expected: dict[str, Any]) -> None:
+    parsed = parse_spec(spec)
+    for key, value in expected.items():
+        assert getattr(parsed, key) == value
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param({"colour": "blue"}, "spec.colour", id="unknown-field"),
+        pytest.param({"timeouts": {"idle": "soon"}}, "spec.timeouts.idle", id="bad-duration"),
+        pytest.param({"timeouts": {"connect": "0s"}}, "spec.timeouts.connect", id="zero-connect"),
+        pytest.param({"retries": 11}, "spec.retries", id="too-many-retries"),
+        pytest.param({"failover": "sometimes"}, "spec.failover", id="bad-failover"),
+        pytest.param({"regions": ["US West"]}, "spec.regions", id="bad-region"),
+        pytest.param({"path_prefix": "v1"}, "spec.path_prefix", id="relative-prefix"),
+        pytest.param({"load_balancing": "random"}, "spec.load_balancing", id="bad-lb"),
+        pytest.param(
+            {"load_balancing": {"consistent_hash": {}}},
+            "spec.load_balancing.consistent_hash",
+            id="hash-on-nothing",
+        ),
+        pytest.param(
+            {"max_requests_per_replica": -1}, "spec.max_requests_per_replica", id="negative-limit"
+        ),
+        pytest.param(
+            {"health_check": {"grpc": ""}}, "spec.health_check.grpc", id="grpc-check-on-http"
+        ),
+        pytest.param(
+            {"outlier_detection": {"consecutive_5xx": 0}},
+            "spec.outlier_detection.consecutive_5xx",
+            id="zero-5xx",
+        ),
+    ],
+)
+def test_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_spec(spec, protocol="http")
+    assert info.value.field == field
