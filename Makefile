@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint format run bench bench-quick clean
+.PHONY: install test lint format run bench bench-quick clean protos
+
+PROTO_OUT := control_plane/admin/pb
 
 install: $(STAMP)
 
@@ -41,6 +43,10 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m bench.propagation --tries 10
 	$(BIN)/python -m bench.registry_watch --registry spanner --replicas 1000 --servers 100 --changes 10
+
+# Regenerate the admin API's Python code from protos/ (the committed copy is checked by a test).
+protos: install
+	$(BIN)/python -m control_plane.admin.protos $(PROTO_OUT)
 
 clean:
 	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache *.egg-info

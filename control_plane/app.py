@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from prometheus_client import REGISTRY, disable_created_metrics
 
-from control_plane.admin.http import AdminHttp
+from control_plane import metrics
+from control_plane.admin.server import AdminServer
+from control_plane.admin.service import AdminService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
+from control_plane.xds import csds
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.server import XdsServer
 
@@ -51,6 +55,7 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 
 async def serve(config: ServeConfig) -> None:
+    disable_created_metrics()
     registry = await asyncio.to_thread(open_registry, config.registry_url)
     cache = SnapshotCache()
     reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
@@ -58,7 +63,7 @@ async def serve(config: ServeConfig) -> None:
     xds = XdsServer(cache=cache, control_plane_id=identifier)
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers(xds.generic_handlers())
+    server.add_generic_rpc_handlers([*xds.generic_handlers(), csds.generic_handler(xds)])
     xds_port = server.add_insecure_port(config.xds_listen)
     if xds_port == 0:
         raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
@@ -72,7 +77,13 @@ async def serve(config: ServeConfig) -> None:
         return True, "ready"
 
     admin_host, admin_port = split_host_port(config.admin_listen)
-    admin = await AdminHttp(ready=ready).start(admin_host, admin_port)
+    admin = AdminServer(
+        service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table), ready=ready
+    )
+    await admin.start(admin_host, admin_port)
+    REGISTRY.register(
+        metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
+    )
     log.info(
         "control_plane_started",
         xds=config.xds_listen,
@@ -95,7 +106,7 @@ async def serve(config: ServeConfig) -> None:
             for worker in workers:
                 worker.cancel()
     finally:
-        admin.close()
+        await admin.stop()
         await server.stop(config.grace_seconds)
         await asyncio.to_thread(registry.close)
         log.info("shutdown_completed")

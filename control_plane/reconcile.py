@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from control_plane import metrics
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry, RegistryState
 from control_plane.routing import RoutingTable, to_routing_table
@@ -37,6 +38,15 @@ class Health:
     ready: bool = False
     degraded: bool = False
     last_error: str = ""
+
+
+def _cause(state: RegistryState) -> str:
+    """Why a snapshot was built, for `snapshot history`."""
+    if state.changed is None:
+        return f"registry revision {state.revision}: full read"
+    names = sorted(state.changed)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"registry revision {state.revision}: servers {shown}"
 
 
 def view_of(group_key: str) -> ProxyView:
@@ -71,6 +81,7 @@ class Reconciler:
         self._translator = Translator()
         self._groups: set[str] = set()
         self._passes = 0
+        self._cause = "start"
         cache.set_group_wanted_callback(self.want_group)
 
     def want_group(self, group_key: str) -> None:
@@ -89,6 +100,7 @@ class Reconciler:
                     if self.health.degraded:
                         log.info("registry_recovered")
                     self.health.degraded = False
+                    metrics.DEGRADED.set(0)
                     backoff = BACKOFF_INITIAL
                     self.apply(state)
             except RegistryError as exc:
@@ -101,6 +113,7 @@ class Reconciler:
             log.warning("registry_degraded", error=str(exc), retry_in=retry_in)
         self.health.degraded = True
         self.health.last_error = str(exc)
+        metrics.DEGRADED.set(1)
 
     async def run_cleanup(self) -> None:
         """Remove replicas whose lease expired, every ``cleanup_interval``, until cancelled.
@@ -127,7 +140,18 @@ class Reconciler:
             return
         if self.table is None or table.problems != self.table.problems:
             for problem in table.problems:
-                log.warning("registry_row_rejected", problem=str(problem))
+                log.warning(
+                    "registry_row_rejected",
+                    kind=problem.kind,
+                    name=problem.name,
+                    field=problem.field,
+                    value=problem.value,
+                    error=problem.message,
+                )
+        metrics.PROBLEMS.set(len(table.problems))
+        if state.committed_at:
+            metrics.WATCH_LAG.observe(max(0.0, self.clock() - state.committed_at))
+        self._cause = _cause(state)
         self.table = table
         for group_key in sorted(self._groups):
             self._publish(group_key, table)
@@ -147,20 +171,27 @@ class Reconciler:
         try:
             by_type, changed = self._translator.translate(table, view_of(group_key), key=group_key)
             previous = self.cache.get(group_key)
-            if changed is not None and previous is not None:
-                snapshot = build_from_types(by_type, previous=previous, changed=changed)
-            else:
-                snapshot = build_from_types(by_type)
-        except Exception as exc:
+            incremental = changed is not None and previous is not None
+            snapshot = build_from_types(
+                by_type,
+                previous=previous if incremental else None,
+                changed=changed if incremental else None,
+                committed_at=table.committed_at,
+                revision=table.revision,
+                cause=self._cause,
+            )
+        except Exception as exc:  # task boundary: one group; the last good snapshot stays
             # The translator moved on but the cache did not: rebuild from scratch next time.
             self._translator.forget(group_key)
             log.exception("snapshot_build_failed", group=group_key, error=str(exc))
             return
+        metrics.SNAPSHOT_BUILD.observe(time.perf_counter() - started)
         if self.cache.set_snapshot(group_key, snapshot):
             log.info(
                 "snapshot_published",
                 group=group_key,
                 version=snapshot.version,
                 revision=table.revision,
+                cause=snapshot.cause,
                 build_ms=round((time.perf_counter() - started) * 1000, 3),
             )

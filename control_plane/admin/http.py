@@ -24,11 +24,14 @@ class AdminHttp:
         return (200 if ready else 503), "text/plain", (reason + "\n").encode()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, host, port)
+        return await asyncio.start_server(lambda r, w: self.handle(b"", r, w), host, port)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve one HTTP/1.1 request; ``head`` is what was already read from the socket."""
         try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            request_line = head + await asyncio.wait_for(reader.readline(), timeout=5)
             while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
                 b"\r\n",
                 b"\n",

@@ -8,16 +8,27 @@ All methods run on the event loop thread; none of them blocks.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from control_plane.xds.snapshot import Snapshot
 
 Notify = Callable[[], None]
+HISTORY = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    snapshot: Snapshot
+    published_at: float
 
 
 class SnapshotCache:
     def __init__(self, *, on_group_wanted: Callable[[str], None] | None = None) -> None:
         self._snapshots: dict[str, Snapshot] = {}
+        self._history: dict[str, deque[Published]] = {}
         self._watchers: dict[str, set[Notify]] = {}
         self._on_group_wanted = on_group_wanted
 
@@ -37,6 +48,9 @@ class SnapshotCache:
         if previous is not None and previous.version == snapshot.version:
             return False
         self._snapshots[group] = snapshot
+        self._history.setdefault(group, deque(maxlen=HISTORY)).append(
+            Published(snapshot=snapshot, published_at=time.time())
+        )
         for notify in list(self._watchers.get(group, ())):
             notify()
         return True
@@ -58,6 +72,10 @@ class SnapshotCache:
                 del self._watchers[group]
 
         return cancel
+
+    def history(self, group: str) -> list[Published]:
+        """The last snapshots published for ``group``, oldest first (at most 50)."""
+        return list(self._history.get(group, ()))
 
     def watcher_count(self, group: str) -> int:
         return len(self._watchers.get(group, ()))

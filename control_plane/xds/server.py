@@ -20,6 +20,7 @@ import grpc
 import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
+from control_plane import metrics
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
@@ -65,6 +66,8 @@ class Proxy:
     connected_at: float
     protocol: SotwStream | DeltaStream
     acked_at: dict[str, float] = field(default_factory=dict)
+    # Per type: the newest source commit time already counted in the convergence histogram.
+    observed: dict[str, float] = field(default_factory=dict)
 
 
 AckListener = Callable[[Proxy, str, str], None]
@@ -187,6 +190,7 @@ class XdsServer:
             bound.debug("stale_nonce_ignored", type_url=short, nonce=_nonce_of(request))
             return
         if outcome.nack is not None:
+            metrics.NACKS.labels(short).inc()
             bound.warning(
                 "nack_received",
                 type_url=short,
@@ -194,7 +198,13 @@ class XdsServer:
                 error=outcome.nack.message,
             )
         elif outcome.ack is not None:
-            proxy.acked_at[outcome.type_url] = time.time()
+            now = time.time()
+            proxy.acked_at[outcome.type_url] = now
+            metrics.ACKS.labels(short).inc()
+            if not outcome.first_ack and outcome.committed_at > proxy.observed.get(short, 0.0):
+                metrics.CONVERGENCE.labels(short).observe(max(0.0, now - outcome.committed_at))
+            if outcome.committed_at:
+                proxy.observed[short] = max(proxy.observed.get(short, 0.0), outcome.committed_at)
             for listener in self._ack_listeners:
                 listener(proxy, outcome.type_url, outcome.ack)
         if outcome.resubscribed:
@@ -202,6 +212,9 @@ class XdsServer:
 
     @staticmethod
     def _log_push(bound: Any, outgoing: Outgoing) -> None:
+        short = SHORT_NAMES.get(outgoing.type_url, outgoing.type_url)
+        metrics.PUSHES.labels(short).inc()
+        metrics.PUSH_BYTES.labels(short).inc(len(outgoing.payload))
         bound.debug(
             "response_sent",
             type_url=SHORT_NAMES.get(outgoing.type_url, outgoing.type_url),

@@ -59,6 +59,11 @@ class Snapshot:
     sums: Mapping[str, int] = field(repr=False, compare=False)
     parent_version: str | None = None
     changed: Mapping[str, frozenset[str]] | None = field(default=None, compare=False)
+    # Where it came from: the newest source commit it reflects (unix seconds; for convergence
+    # measurements), the source revision, and a short human reason.
+    committed_at: float = field(default=0.0, compare=False)
+    revision: int = field(default=0, compare=False)
+    cause: str = field(default="", compare=False)
 
     def of_type(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources.get(type_url, _EMPTY)
@@ -93,6 +98,9 @@ def build_from_types(
     *,
     previous: Snapshot | None = None,
     changed: Mapping[str, set[str]] | None = None,
+    committed_at: float = 0.0,
+    revision: int = 0,
+    cause: str = "",
 ) -> Snapshot:
     """A snapshot of ``by_type`` (which it takes ownership of). With ``previous`` and the names
     that ``changed`` since it (per type, removals included), versions and checks cost only the
@@ -159,6 +167,9 @@ def build_from_types(
             if incremental and changed is not None
             else None
         ),
+        committed_at=committed_at,
+        revision=revision,
+        cause=cause,
     )
 
 

@@ -64,6 +64,9 @@ class TypeStatus:
     pushes: int = 0
     acks: int = 0
     nacks: int = 0
+    # The source commit time of the snapshot behind the last response sent / ACKed.
+    sent_committed_at: float = 0.0
+    acked_committed_at: float = 0.0
 
     @property
     def state(self) -> str:
@@ -94,6 +97,10 @@ class RequestOutcome:
     stale: bool = False
     # True when the request changed what the proxy subscribes to: a push may be due.
     resubscribed: bool = False
+    # For an ACK: the source commit time of what was ACKed, and whether it was the stream's
+    # first ACK of the type (the initial sync, not a change).
+    committed_at: float = 0.0
+    first_ack: bool = False
     ack: str | None = None
     nack: Nack | None = None
 
@@ -158,6 +165,9 @@ class SotwStream(_Base):
                 status.acked_version = request.version_info
                 status.acks += 1
                 outcome.ack = request.version_info
+                outcome.committed_at = status.sent_committed_at
+                outcome.first_ack = status.acked_committed_at == 0.0
+                status.acked_committed_at = status.sent_committed_at
         names = set(request.resource_names)
         wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
         names.discard("*")
@@ -227,6 +237,7 @@ class SotwStream(_Base):
         nonce = self._next_nonce()
         self._last_nonce[type_url] = nonce
         status.sent_version = version
+        status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
         status.pushes += 1
         payload = sotw_response(
             version_info=version,
@@ -250,6 +261,7 @@ class _Pending:
     sent: dict[str, str]
     removed: list[str]
     version: str
+    committed_at: float = 0.0
 
 
 _MAX_PENDING = 32
@@ -317,6 +329,9 @@ class DeltaStream(_Base):
                 status.acked_version = pending.version
                 status.acks += 1
                 outcome.ack = pending.version
+                outcome.committed_at = pending.committed_at
+                outcome.first_ack = status.acked_committed_at == 0.0
+                status.acked_committed_at = pending.committed_at or 1e-9
         return outcome
 
     def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
@@ -369,7 +384,10 @@ class DeltaStream(_Base):
             # A proxy that never answers must not grow our memory: forget the oldest.
             del pending[next(iter(pending))]
         pending[nonce] = _Pending(
-            sent={r.name: r.version for r in to_send}, removed=removed, version=version
+            sent={r.name: r.version for r in to_send},
+            removed=removed,
+            version=version,
+            committed_at=snapshot.committed_at,
         )
         status.sent_version = version
         status.pushes += 1

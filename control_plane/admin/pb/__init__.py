@@ -1,0 +1,1 @@
+"""Generated from protos/routeplane/admin/v1/admin.proto by `make protos`."""

@@ -1,0 +1,78 @@
+"""The admin address: the admin gRPC API and plain HTTP (``/metrics``, ``/healthz``,
+``/readyz``) on one port.
+
+A connection that opens with the HTTP/2 preface is spliced to the admin gRPC server (bound to
+an ephemeral loopback port); anything else is served as HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import grpc
+
+from control_plane.admin.http import AdminHttp
+from control_plane.admin.pb import admin_pb2_grpc
+from control_plane.admin.service import AdminService
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class AdminServer:
+    def __init__(self, *, service: AdminService, ready: Callable[[], tuple[bool, str]]) -> None:
+        self._service = service
+        self._http = AdminHttp(ready=ready)
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._grpc = grpc.aio.server()
+        admin_pb2_grpc.add_AdminServicer_to_server(self._service, self._grpc)
+        self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        await self._grpc.start()
+        self._server = await asyncio.start_server(self._accept, host, port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._grpc is not None:
+            await self._grpc.stop(1)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.read(len(PREFACE)), timeout=10)
+            while head and len(head) < len(PREFACE) and PREFACE.startswith(head):
+                more = await asyncio.wait_for(reader.read(len(PREFACE) - len(head)), timeout=10)
+                if not more:
+                    break
+                head += more
+        except (TimeoutError, ConnectionError):
+            writer.close()
+            return
+        if head == PREFACE:
+            await self._splice(head, reader, writer)
+        else:
+            await self._http.handle(head, reader, writer)
+
+    async def _splice(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._grpc_port)
+        except OSError:
+            writer.close()
+            return
+        up_writer.write(head)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

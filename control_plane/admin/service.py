@@ -1,0 +1,233 @@
+"""The admin gRPC API (``protos/routeplane/admin/v1/admin.proto``) over the running state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
+from control_plane.routing.model import RoutingTable
+from control_plane.xds.cache import Published, SnapshotCache
+from control_plane.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    SHORT_NAMES,
+    TYPE_BY_SHORT_NAME,
+    Resource,
+)
+from control_plane.xds.server import XdsServer
+from control_plane.xds.snapshot import Snapshot
+
+
+def summary(resource: Resource) -> str:
+    """One line a person can read about a resource."""
+    message = resource.message
+    if resource.type_url == CLUSTER:
+        lb = message.LbPolicy.Name(message.lb_policy).lower()
+        h2 = "http2" if message.typed_extension_protocol_options else "http1"
+        timeout = message.connect_timeout.ToMilliseconds()
+        return f"eds, {lb}, {h2} upstream, connect {timeout}ms"
+    if resource.type_url == ENDPOINT:
+        total = draining = 0
+        priorities = set()
+        for locality in message.endpoints:
+            priorities.add(locality.priority)
+            for lb in locality.lb_endpoints:
+                total += 1
+                draining += lb.health_status == 4  # DRAINING
+        plural = "" if total == 1 else "s"
+        return (
+            f"{total} endpoint{plural} ({draining} draining), "
+            f"{len(priorities)} priorit{'y' if len(priorities) == 1 else 'ies'}"
+        )
+    if resource.type_url == LISTENER:
+        socket = message.address.socket_address
+        return f"listens on {socket.address}:{socket.port_value}"
+    if resource.type_url == ROUTE:
+        routes = sum(len(host.routes) for host in message.virtual_hosts)
+        return f"{len(message.virtual_hosts)} virtual hosts, {routes} routes"
+    return ""
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        xds: XdsServer,
+        cache: SnapshotCache,
+        table: Callable[[], RoutingTable | None],
+    ) -> None:
+        self.xds = xds
+        self.cache = cache
+        self.table = table
+
+    async def ListProxies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = admin_pb2.ListProxiesResponse()
+        for proxy in sorted(self.xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id)):
+            item = response.proxies.add(
+                node_id=proxy.node_id,
+                group=proxy.group.key,
+                address=proxy.peer,
+                connected_since=proxy.connected_at,
+                protocol="delta" if proxy.delta else "sotw",
+                service=SHORT_NAMES.get(proxy.only_type, "ads"),
+            )
+            for type_url in PUSH_ORDER:
+                status = proxy.protocol.status.get(type_url)
+                if status is None or not status.subscribed:
+                    continue
+                item.types.add(
+                    type=SHORT_NAMES[type_url],
+                    sent_version=status.sent_version,
+                    acked_version=status.acked_version,
+                    state=status.state,
+                    last_error=status.last_nack.message if status.last_nack else "",
+                    pushes=status.pushes,
+                    acks=status.acks,
+                    nacks=status.nacks,
+                )
+        return response
+
+    def _group(self, request: Any, context: grpc.aio.ServicerContext) -> str:
+        if request.node_id:
+            for proxy in self.xds.proxies.values():
+                if proxy.node_id == request.node_id:
+                    return proxy.group.key
+            raise LookupError(f"no connected proxy with node id {request.node_id!r}")
+        if request.node_group:
+            return str(request.node_group)
+        groups = self.cache.groups()
+        if len(groups) == 1:
+            return groups[0]
+        raise LookupError(f"name a node group, one of: {', '.join(groups) or '(none yet)'}")
+
+    async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            group = self._group(request, context)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        history = self.cache.history(group)
+        if not history:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no snapshot for group {group!r}")
+        wanted = TYPE_BY_SHORT_NAME.get(request.type) if request.type else None
+        if request.type and wanted is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown type {request.type!r}: expected cds, eds, lds or rds",
+            )
+        return _snapshot_message(group, history[-1], wanted, with_json=request.include_json)
+
+    async def DiffSnapshots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        history = self.cache.history(request.node_group)
+        if not history:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no snapshot for group {request.node_group!r}"
+            )
+        old = _find(history, request.from_version)
+        new = _find(history, request.to_version) if request.to_version else history[-1]
+        for label, found, version in (
+            ("from", old, request.from_version),
+            ("to", new, request.to_version),
+        ):
+            if found is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"--{label} {version!r} is not in the last {len(history)} versions",
+                )
+        assert old is not None
+        assert new is not None
+        diff = admin_pb2.SnapshotDiff(
+            node_group=request.node_group,
+            from_version=old.snapshot.version,
+            to_version=new.snapshot.version,
+        )
+        for type_url in PUSH_ORDER:
+            before, after = old.snapshot.of_type(type_url), new.snapshot.of_type(type_url)
+            for name in sorted(set(before) | set(after)):
+                a, b = before.get(name), after.get(name)
+                if a is not None and b is not None and a.version == b.version:
+                    continue
+                diff.changes.add(
+                    type=SHORT_NAMES[type_url],
+                    name=name,
+                    change="added" if a is None else "removed" if b is None else "changed",
+                    from_version=a.version if a else "",
+                    to_version=b.version if b else "",
+                )
+        return diff
+
+    async def SnapshotHistory(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = admin_pb2.SnapshotHistoryResponse()
+        groups = [request.node_group] if request.node_group else self.cache.groups()
+        for group in groups:
+            for published in self.cache.history(group):
+                snap = published.snapshot
+                changed = (
+                    sum(len(names) for names in snap.changed.values())
+                    if snap.changed is not None
+                    else sum(len(snap.of_type(t)) for t in PUSH_ORDER)
+                )
+                response.entries.add(
+                    node_group=group,
+                    version=snap.version,
+                    published_at=published.published_at,
+                    revision=snap.revision,
+                    cause=snap.cause,
+                    changed_resources=changed,
+                )
+        return response
+
+    async def ListProblems(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = admin_pb2.ListProblemsResponse()
+        table = self.table()
+        for problem in table.problems if table is not None else ():
+            response.problems.add(
+                kind=problem.kind,
+                name=problem.name,
+                field=problem.field,
+                value=problem.value,
+                message=problem.message,
+            )
+        return response
+
+
+def _find(history: list[Published], version: str) -> Published | None:
+    for published in reversed(history):
+        if version and published.snapshot.version.startswith(version):
+            return published
+    return None
+
+
+def _snapshot_message(
+    group: str, published: Published, wanted: str | None, *, with_json: bool
+) -> Any:
+    snap: Snapshot = published.snapshot
+    message = admin_pb2.Snapshot(
+        node_group=group,
+        version=snap.version,
+        published_at=published.published_at,
+        revision=snap.revision,
+        cause=snap.cause,
+    )
+    for type_url, version in snap.versions.items():
+        message.type_versions[SHORT_NAMES[type_url]] = version
+    for type_url in PUSH_ORDER:
+        if wanted is not None and type_url != wanted:
+            continue
+        for name in sorted(snap.of_type(type_url)):
+            resource = snap.of_type(type_url)[name]
+            message.resources.add(
+                type=SHORT_NAMES[type_url],
+                name=name,
+                version=resource.version,
+                bytes=resource.size,
+                summary=summary(resource),
+                json=json_format.MessageToJson(resource.message) if with_json else "",
+            )
+    return message

@@ -1,0 +1,122 @@
+"""CSDS (``envoy.service.status.v3.ClientStatusDiscoveryService``) on the xDS port.
+
+Standard CSDS clients see, per connected proxy, every resource it should have with the version
+and whether it was ACKed, is still in flight (STALE) or was rejected (ERROR, with the NACK).
+``node_matchers`` filter on the node id (exact or prefix); ``exclude_resource_contents`` leaves
+the resources themselves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from envoy.admin.v3 import config_dump_shared_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.status.v3 import csds_pb2
+from google.protobuf import any_pb2
+
+from control_plane.xds.resources import PUSH_ORDER
+from control_plane.xds.server import Proxy, XdsServer
+from control_plane.xds.stream import DeltaStream
+
+_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
+_STATUS = csds_pb2.ConfigStatus
+_CLIENT = config_dump_shared_pb2.ClientResourceStatus
+
+
+def _matches(proxy: Proxy, request: Any) -> bool:
+    if not request.node_matchers:
+        return True
+    for matcher in request.node_matchers:
+        node_id = matcher.node_id
+        if node_id.exact and node_id.exact == proxy.node_id:
+            return True
+        if node_id.prefix and proxy.node_id.startswith(node_id.prefix):
+            return True
+    return False
+
+
+def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.ClientConfig:
+    config = csds_pb2.ClientConfig(
+        node=base_pb2.Node(
+            id=proxy.node_id,
+            cluster=proxy.group.cluster,
+            locality=base_pb2.Locality(region=proxy.group.region, zone=proxy.group.zone),
+        )
+    )
+    snapshot = xds.cache.get(proxy.group.key)
+    protocol = proxy.protocol
+    for type_url in PUSH_ORDER:
+        status = protocol.status.get(type_url)
+        if status is None or not status.subscribed or snapshot is None:
+            continue
+        available = snapshot.of_type(type_url)
+        names: Iterable[str] = (
+            sorted(available) if status.wildcard else sorted(n for n in status.names)
+        )
+        acked = protocol.acked.get(type_url, {}) if isinstance(protocol, DeltaStream) else None
+        for name in names:
+            resource = available.get(name)
+            entry = config.generic_xds_configs.add(type_url=type_url, name=name)
+            if resource is None:
+                entry.config_status = _STATUS.NOT_SENT
+                entry.client_status = _CLIENT.DOES_NOT_EXIST
+                continue
+            entry.version_info = resource.version
+            if contents:
+                entry.xds_config.CopyFrom(any_pb2.Any.FromString(resource.any_bytes))
+            nack = status.last_nack
+            if acked is not None:
+                synced = acked.get(name) == resource.version
+            else:
+                synced = status.state == "SYNCED"
+            if synced:
+                entry.config_status = _STATUS.SYNCED
+                entry.client_status = _CLIENT.ACKED
+            elif nack is not None and status.state == "NACKED":
+                entry.config_status = _STATUS.ERROR
+                entry.client_status = _CLIENT.NACKED
+                entry.error_state.details = nack.message
+                entry.error_state.version_info = nack.version
+            else:
+                entry.config_status = _STATUS.STALE
+                entry.client_status = _CLIENT.REQUESTED
+    return config
+
+
+def status_response(xds: XdsServer, request: Any) -> csds_pb2.ClientStatusResponse:
+    response = csds_pb2.ClientStatusResponse()
+    contents = not request.exclude_resource_contents
+    for proxy in sorted(xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id)):
+        if _matches(proxy, request):
+            response.config.append(client_config(xds, proxy, contents=contents))
+    return response
+
+
+def generic_handler(xds: XdsServer) -> grpc.GenericRpcHandler:
+    async def fetch(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return status_response(xds, request)
+
+    async def stream(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield status_response(xds, request)
+
+    return grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
+                fetch,
+                request_deserializer=csds_pb2.ClientStatusRequest.FromString,
+                response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
+            ),
+            "StreamClientStatus": grpc.stream_stream_rpc_method_handler(
+                stream,
+                request_deserializer=csds_pb2.ClientStatusRequest.FromString,
+                response_serializer=csds_pb2.ClientStatusResponse.SerializeToString,
+            ),
+        },
+    )

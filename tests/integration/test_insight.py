@@ -1,0 +1,231 @@
+"""Insight from the CLI, CSDS and /metrics against a running control plane and real Envoys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from google.rpc import status_pb2
+
+from control_plane.admin.protos import generate
+from control_plane.registry import open_registry
+from control_plane.samples.http_echo import EchoThread
+from tests.helpers import wait_until
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+
+pytestmark = pytest.mark.envoy
+
+
+def cli(*args: str, admin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ROUTEPLANE, *args, "--admin", admin],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def cli_json(*args: str, admin: str) -> object:
+    result = cli(*args, "--json", admin=admin)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def metric(admin: str, name: str, **labels: str) -> float:
+    text = http_get(f"http://{admin}/metrics")[1]
+    wanted = name + (
+        "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    )
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == wanted:
+            return float(value)
+    return 0.0
+
+
+@pytest.fixture
+def envoys(control_plane: ControlPlane, tmp_path: Path) -> Iterator[list[Envoy]]:
+    proxies = [
+        Envoy.create(tmp_path, node_id=f"edge-{i}", region="us-west", xds=[control_plane.xds])
+        for i in range(2)
+    ]
+    try:
+        for proxy in proxies:
+            proxy.start()
+        for proxy in proxies:
+            proxy.wait_live()
+        yield proxies
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+def all_synced(admin: str, count: int) -> bool:
+    proxies = cli_json("proxies", admin=admin)
+    assert isinstance(proxies, list)
+    return len(proxies) == count and all(
+        t["state"] == "SYNCED" for p in proxies for t in p["types"].values()
+    )
+
+
+def test_proxies_show_synced_and_diff_shows_the_one_change(
+    control_plane: ControlPlane, envoys: list[Envoy], echo_factory: Callable[[str], EchoThread]
+) -> None:
+    admin = control_plane.admin
+    registry = open_registry(control_plane.registry)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.create_server(name="api", hostnames=["api.local"], protocol="http")
+    first = registry.register_replica(
+        server="echo", address=echo_factory("a").address, region="us-west"
+    )
+    wait_until(
+        lambda: all(e.get(host="echo.local") == (200, "a\n") for e in envoys), what="routing"
+    )
+    wait_until(lambda: all_synced(admin, 2), what="both proxies SYNCED")
+    group = envoys[0].listen and f"edge/us-west@{envoys[0].listen}"
+    before = cli_json("snapshot", "show", "--node-group", group, admin=admin)
+    assert isinstance(before, dict)
+    assert {r["type"] for r in before["resources"]} == {"cds", "eds", "lds", "rds"}
+
+    eds_acks = metric(admin, "routeplane_convergence_seconds_count", type="eds")
+    registry.set_replica_state(first.id, "DRAINING")
+    wait_until(
+        lambda: metric(admin, "routeplane_convergence_seconds_count", type="eds") >= eds_acks + 2,
+        what="one convergence observation per proxy",
+    )
+    wait_until(lambda: all_synced(admin, 2), what="SYNCED again")
+    assert metric(admin, "routeplane_convergence_seconds_count", type="eds") == eds_acks + 2
+    diff = cli_json(
+        "snapshot", "diff", "--node-group", group, "--from", before["version"], admin=admin
+    )
+    assert isinstance(diff, dict)
+    assert [(c["change"], c["type"], c["name"]) for c in diff["changes"]] == [
+        ("changed", "eds", "default_echo")
+    ]
+    history = cli_json("snapshot", "history", "--node-group", group, admin=admin)
+    assert isinstance(history, list)
+    assert history[-1]["cause"].endswith("servers echo")
+    human = cli("proxies", admin=admin)
+    assert "edge-0" in human.stdout
+    assert "SYNCED" in human.stdout
+    registry.close()
+
+
+def test_a_nacking_proxy_shows_nacked_with_its_message(
+    control_plane: ControlPlane, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    admin = control_plane.admin
+    registry = open_registry(control_plane.registry)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    node = base_pb2.Node(
+        id="broken-proxy", cluster="edge", locality=base_pb2.Locality(region="us-west")
+    )
+    with grpc.insecure_channel(control_plane.xds) as channel:
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            iter(_nacking_requests(node))
+        )
+        response = next(stream)
+        assert response.type_url.endswith("Cluster")
+        wait_until(lambda: _state(admin, "broken-proxy") == "NACKED", what="NACKED shown")
+        proxies = cli_json("proxies", admin=admin)
+        assert isinstance(proxies, list)
+        [broken] = [p for p in proxies if p["node_id"] == "broken-proxy"]
+        assert broken["types"]["cds"]["last_error"] == "cluster default_echo: bad field"
+        assert broken["types"]["cds"]["nacks"] == 1
+        human = cli("proxies", admin=admin)
+        assert "last NACK broken-proxy cds: cluster default_echo: bad field" in human.stdout
+        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+            csds_pb2.ClientStatusRequest(), timeout=5
+        )
+        [config] = [c for c in csds.config if c.node.id == "broken-proxy"]
+        [entry] = list(config.generic_xds_configs)
+        assert entry.config_status == csds_pb2.ConfigStatus.ERROR
+        assert entry.error_state.details == "cluster default_echo: bad field"
+        _stream_done.set()
+        stream.cancel()
+    registry.close()
+
+
+_stream_done = threading.Event()
+
+
+def _nacking_requests(node: base_pb2.Node) -> Iterator[discovery_pb2.DiscoveryRequest]:
+    yield discovery_pb2.DiscoveryRequest(
+        node=node, type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    )
+    # The first response carries nonce "1" on a fresh stream.
+    yield discovery_pb2.DiscoveryRequest(
+        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        response_nonce="1",
+        error_detail=status_pb2.Status(code=3, message="cluster default_echo: bad field"),
+    )
+    time.sleep(30)  # keep the stream open until the test cancels it
+
+
+def _state(admin: str, node_id: str) -> str:
+    proxies = cli_json("proxies", admin=admin)
+    assert isinstance(proxies, list)
+    for proxy in proxies:
+        if proxy["node_id"] == node_id and "cds" in proxy["types"]:
+            return str(proxy["types"]["cds"]["state"])
+    return ""
+
+
+def test_csds_returns_every_proxys_status(
+    control_plane: ControlPlane, envoys: list[Envoy], echo_factory: Callable[[str], EchoThread]
+) -> None:
+    registry = open_registry(control_plane.registry)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address=echo_factory("a").address, region="us-west")
+    wait_until(lambda: all_synced(control_plane.admin, 2), what="SYNCED")
+    with grpc.insecure_channel(control_plane.xds) as channel:
+        response = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+            csds_pb2.ClientStatusRequest(), timeout=5
+        )
+    assert sorted(c.node.id for c in response.config) == ["edge-0", "edge-1"]
+    for config in response.config:
+        kinds = {e.type_url.rsplit(".", 1)[-1] for e in config.generic_xds_configs}
+        assert kinds == {"Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration"}
+        assert all(
+            e.config_status == csds_pb2.ConfigStatus.SYNCED for e in config.generic_xds_configs
+        )
+    registry.close()
+
+
+def test_a_control_plane_that_is_not_running_is_one_line(tmp_path: Path) -> None:
+    from tests.helpers import free_port
+
+    result = cli("proxies", admin=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no control plane answering at 127.0.0.1:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_health_and_readiness_answer(control_plane: ControlPlane) -> None:
+    assert http_get(f"http://{control_plane.admin}/healthz") == (200, "ok\n")
+    assert http_get(f"http://{control_plane.admin}/readyz")[0] == 200
+    text = http_get(f"http://{control_plane.admin}/metrics")[1]
+    for name in (
+        "routeplane_registry_problems",
+        "routeplane_registry_degraded",
+        "routeplane_snapshot_build_seconds",
+        "routeplane_registry_watch_lag_seconds",
+    ):
+        assert name in text
+
+
+def test_generated_admin_code_is_up_to_date(tmp_path: Path) -> None:
+    committed = Path(__file__).resolve().parents[2] / "control_plane" / "admin" / "pb"
+    for path in generate(tmp_path):
+        assert path.read_text() == (committed / path.name).read_text(), (
+            f"{path.name} is stale: run `make protos`"
+        )
