@@ -168,7 +168,7 @@ def _nacking_requests(node: base_pb2.Node) -> Iterator[discovery_pb2.DiscoveryRe
         response_nonce="1",
         error_detail=status_pb2.Status(code=3, message="cluster default_echo: bad field"),
     )
-    time.sleep(30)  # keep the stream open until the test cancels it
+    _stream_done.wait(30)  # keep the stream open until the test is done with it
 
 
 def _state(admin: str, node_id: str) -> str:
