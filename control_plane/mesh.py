@@ -1,75 +1,127 @@
-"""``routeplane mesh up``: the local demo mesh on loopback, nothing needed but Python.
+"""``routeplane mesh``: the local demo mesh on loopback, nothing needed but Python.
 
-Starts the control plane on an embedded SQLite registry, one sample HTTP echo replica and one
-Envoy configured by ``routeplane bootstrap``; registers the server and replica; prints a guide;
-stops every process it started (by PID) on Ctrl-C or SIGTERM.
+One topology, described here once, drives ``mesh up`` (processes on this machine) and
+``mesh compose`` (the committed ``docker-compose.yml``): a registry (the Spanner emulator when
+installed, else embedded SQLite), the control plane, an Envoy in us-west and one in us-east,
+and sample replicas in both regions (HTTP echo, WebSocket echo, gRPC token streaming) that
+register themselves, renew a lease and deregister on exit. Every process is started in its
+own session and stopped by PID (``mesh down`` checks each PID still runs what it started).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
-from control_plane.registry import open_registry
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS_FILE = ROOT / "mesh" / "servers.yaml"
+EMULATOR_PATHS = (
+    "/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator/emulator_main",
+    "/usr/lib/google-cloud-sdk/platform/cloud-spanner-emulator/emulator_main",
+)
+SPANNER_URL = "spanner://projects/routeplane/instances/local/databases/registry"
+LEASE_SECONDS = 5.0
 
 
 class MeshError(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    name: str
+    kind: str  # http, ws, grpc
+    server: str
+    region: str
+    zone: str
+    offset: int  # port = replica_port + offset
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyPlan:
+    name: str
+    region: str
+    offset: int  # port = envoy_port + offset, admin = envoy_admin_port + offset
+
+
+REPLICAS = (
+    ReplicaPlan("echo-us-west-1", "http", "echo", "us-west", "us-west-a", 0),
+    ReplicaPlan("echo-us-west-2", "http", "echo", "us-west", "us-west-b", 1),
+    ReplicaPlan("echo-us-east-1", "http", "echo", "us-east", "us-east-a", 2),
+    ReplicaPlan("ws-us-west-1", "ws", "ws", "us-west", "us-west-a", 3),
+    ReplicaPlan("ws-us-east-1", "ws", "ws", "us-east", "us-east-a", 4),
+    ReplicaPlan("tokens-us-west-1", "grpc", "tokens", "us-west", "us-west-a", 5),
+    ReplicaPlan("tokens-us-east-1", "grpc", "tokens", "us-east", "us-east-a", 6),
+)
+ENVOYS = (EnvoyPlan("envoy-us-west", "us-west", 0), EnvoyPlan("envoy-us-east", "us-east", 1))
+
+
 @dataclass(slots=True, kw_only=True)
 class MeshConfig:
     workdir: Path
+    registry: str = "auto"  # auto, spanner, sqlite
     xds_port: int = 18000
     admin_port: int = 18001
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
-    echo_port: int = 8081
+    replica_port: int = 8100
+    emulator_port: int = 9010
+
+    def ports(self, *, spanner: bool) -> dict[str, int]:
+        ports = {"--xds-port": self.xds_port, "--admin-port": self.admin_port}
+        for envoy in ENVOYS:
+            ports[f"--envoy-port (+{envoy.offset}, {envoy.name})"] = self.envoy_port + envoy.offset
+            ports[f"--envoy-admin-port (+{envoy.offset}, {envoy.name})"] = (
+                self.envoy_admin_port + envoy.offset
+            )
+        for replica in REPLICAS:
+            ports[f"--replica-port (+{replica.offset}, {replica.name})"] = (
+                self.replica_port + replica.offset
+            )
+        if spanner:
+            ports["--emulator-port"] = self.emulator_port
+        return ports
 
 
 @dataclass(slots=True)
-class Mesh:
-    config: MeshConfig
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+class Started:
+    name: str
+    pid: int
+    program: str
+    log: str
 
-    @property
-    def registry_url(self) -> str:
-        return f"sqlite://{self.config.workdir.resolve() / 'registry.db'}"
 
-    def start(self, name: str, argv: list[str]) -> None:
-        log_path = self.config.workdir / "logs" / f"{name}.log"
-        log_file = log_path.open("ab")
-        process = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        self.processes.append((name, process))
+@dataclass(slots=True)
+class MeshState:
+    registry_url: str
+    processes: list[Started] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
-    def stop(self) -> None:
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + 10
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
+
+def emulator_binary() -> str | None:
+    for candidate in (shutil.which("emulator_main"), *EMULATOR_PATHS):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -97,132 +149,303 @@ def http_get(url: str, *, host: str | None = None, timeout: float = 2.0) -> tupl
         return 0, ""
 
 
-def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> Mesh:
+def _state_path(workdir: Path) -> Path:
+    return workdir / "mesh.json"
+
+
+def _save(workdir: Path, state: MeshState) -> None:
+    _state_path(workdir).write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+
+def load_state(workdir: Path) -> MeshState | None:
+    path = _state_path(workdir)
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    return MeshState(
+        registry_url=raw["registry_url"],
+        processes=[Started(**p) for p in raw["processes"]],
+        env=raw.get("env", {}),
+    )
+
+
+def _start(state: MeshState, workdir: Path, name: str, argv: list[str]) -> None:
+    log_path = workdir / "logs" / f"{name}.log"
+    env = {**os.environ, **state.env}
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches `mesh up` only; it stops the rest in order
+        )
+    state.processes.append(Started(name=name, pid=process.pid, program=argv[0], log=str(log_path)))
+    _save(workdir, state)
+
+
+def _runs(started: Started) -> bool:
+    """Is that PID still the process we started (not a reused PID)?"""
+    try:
+        cmdline = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and started.program.encode() in cmdline[:2]
+
+
+def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshState:
+    """Start the whole mesh and return once Envoy routes every sample server."""
     cfg = config
-    ports = {
-        "--xds-port": cfg.xds_port,
-        "--admin-port": cfg.admin_port,
-        "--envoy-port": cfg.envoy_port,
-        "--envoy-admin-port": cfg.envoy_admin_port,
-        "--echo-port": cfg.echo_port,
-    }
-    for flag, port in ports.items():
+    binary = emulator_binary() if cfg.registry in ("auto", "spanner") else None
+    if cfg.registry == "spanner" and binary is None:
+        raise MeshError("--registry spanner: the Spanner emulator (emulator_main) is not installed")
+    spanner = binary is not None
+    for flag, port in cfg.ports(spanner=spanner).items():
         if not port_free(port):
             raise MeshError(f"port {port} ({flag}) is already in use on 127.0.0.1")
+    existing = load_state(cfg.workdir)
+    if existing is not None and any(_runs(p) for p in existing.processes):
+        raise MeshError(f"a mesh is already running from {cfg.workdir} (`routeplane mesh down`)")
     (cfg.workdir / "logs").mkdir(parents=True, exist_ok=True)
     for stale in cfg.workdir.glob("registry.db*"):
         stale.unlink()
-    mesh = Mesh(cfg)
     bindir = Path(sys.executable).parent
     routeplane = str(bindir / "routeplane")
+    if spanner:
+        state = MeshState(
+            registry_url=SPANNER_URL,
+            env={"SPANNER_EMULATOR_HOST": f"127.0.0.1:{cfg.emulator_port}"},
+        )
+    else:
+        state = MeshState(registry_url=f"sqlite://{cfg.workdir.resolve() / 'registry.db'}")
     try:
-        registry = open_registry(mesh.registry_url)
-        registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
-        mesh.start(
+        if spanner:
+            assert binary is not None
+            _start(
+                state,
+                cfg.workdir,
+                "spanner-emulator",
+                [binary, f"--host_port=127.0.0.1:{cfg.emulator_port}"],
+            )
+            wait_for(
+                lambda: not port_free(cfg.emulator_port), timeout=20, what="the Spanner emulator"
+            )
+        os.environ.update(state.env)
+        _init_registry(state.registry_url)
+        _start(
+            state,
+            cfg.workdir,
             "control-plane",
             [
                 routeplane,
                 "serve",
                 "--registry",
-                mesh.registry_url,
+                state.registry_url,
                 "--xds-listen",
                 f"127.0.0.1:{cfg.xds_port}",
                 "--admin-listen",
                 f"127.0.0.1:{cfg.admin_port}",
             ],
         )
-        mesh.start(
-            "echo-us-west-1",
-            [
-                routeplane,
-                "samples",
-                "http-echo",
-                "--name",
-                "echo-us-west-1",
-                "--listen",
-                f"127.0.0.1:{cfg.echo_port}",
-            ],
-        )
-        bootstrap = subprocess.run(
-            [
-                routeplane,
-                "bootstrap",
-                "--node-id",
-                "edge-us-west-1",
-                "--cluster",
-                "edge",
-                "--region",
-                "us-west",
-                "--xds",
-                f"127.0.0.1:{cfg.xds_port}",
-                "--listen",
-                f"127.0.0.1:{cfg.envoy_port}",
-                "--admin",
-                f"127.0.0.1:{cfg.envoy_admin_port}",
-            ],
-            check=True,
-            capture_output=True,
-        ).stdout
-        bootstrap_path = cfg.workdir / "edge-us-west-1.yaml"
-        bootstrap_path.write_bytes(bootstrap)
-        mesh.start(
-            "envoy-us-west-1",
-            [
-                str(bindir / "envoy"),
-                "-c",
-                str(bootstrap_path),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-            ],
-        )
         wait_for(
-            lambda: http_get(f"http://127.0.0.1:{cfg.echo_port}/")[0] == 200,
-            timeout=20,
-            what="the echo replica",
-        )
-        replica = registry.register_replica(
-            server="echo", address=f"127.0.0.1:{cfg.echo_port}", region="us-west"
-        )
-        registry.close()
-        wait_for(
-            lambda: http_get(f"http://127.0.0.1:{cfg.envoy_port}/", host="echo.local")[0] == 200,
+            lambda: http_get(f"http://127.0.0.1:{cfg.admin_port}/readyz")[0] == 200,
             timeout=30,
-            what="Envoy to route echo.local",
+            what="the control plane",
         )
+        for replica in REPLICAS:
+            _start(
+                state,
+                cfg.workdir,
+                replica.name,
+                [
+                    routeplane,
+                    "samples",
+                    "replica",
+                    "--kind",
+                    replica.kind,
+                    "--name",
+                    replica.name,
+                    "--listen",
+                    f"127.0.0.1:{cfg.replica_port + replica.offset}",
+                    "--server",
+                    replica.server,
+                    "--region",
+                    replica.region,
+                    "--zone",
+                    replica.zone,
+                    "--registry",
+                    state.registry_url,
+                    "--lease-seconds",
+                    str(LEASE_SECONDS),
+                ],
+            )
+        for envoy in ENVOYS:
+            path = cfg.workdir / f"{envoy.name}.yaml"
+            path.write_text(bootstrap_for(envoy, cfg))
+            _start(
+                state,
+                cfg.workdir,
+                envoy.name,
+                [
+                    str(bindir / "envoy"),
+                    "-c",
+                    str(path),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warn",
+                    "--base-id",
+                    str(cfg.envoy_admin_port + envoy.offset),
+                ],
+            )
+        _wait_routed(cfg, state)
     except BaseException:
-        mesh.stop()
+        down(cfg.workdir, announce=lambda _: None)
         raise
-    announce(guide(mesh, replica_id=replica.id))
-    return mesh
+    announce(guide(cfg, state))
+    return state
 
 
-def guide(mesh: Mesh, *, replica_id: str) -> str:
-    cfg = mesh.config
-    reg = mesh.registry_url
+def bootstrap_for(
+    envoy: EnvoyPlan, cfg: MeshConfig, *, xds: str | None = None, listen_host: str = "127.0.0.1"
+) -> str:
+    from control_plane.bootstrap import render
+
+    return render(
+        node_id=f"edge-{envoy.region}-1",
+        cluster="edge",
+        region=envoy.region,
+        xds=[xds or f"127.0.0.1:{cfg.xds_port}"],
+        listen=f"{listen_host}:{cfg.envoy_port + envoy.offset}",
+        admin=f"{listen_host}:{cfg.envoy_admin_port + envoy.offset}",
+        delta=True,
+    )
+
+
+def _init_registry(url: str) -> None:
+    from control_plane.registry import open_registry
+
+    registry = open_registry(url)
+    try:
+        registry.init()
+        for item in yaml.safe_load(SERVERS_FILE.read_text())["servers"]:
+            spec = {
+                k: v
+                for k, v in item.items()
+                if k not in ("name", "hostnames", "protocol", "workspace")
+            }
+            registry.put_server(
+                name=item["name"], hostnames=item["hostnames"], protocol=item["protocol"], spec=spec
+            )
+    finally:
+        registry.close()
+
+
+def _stat(admin_port: int, name: str) -> int:
+    status, text = http_get(f"http://127.0.0.1:{admin_port}/stats?filter=^{name}$")
+    if status != 200:
+        return 0
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
+    counts = {
+        server: sum(r.server == server for r in REPLICAS) for server in {r.server for r in REPLICAS}
+    }
+
+    def routed() -> bool:
+        for process in state.processes:
+            if not _runs(process):
+                raise MeshError(f"{process.name} exited; see {process.log}")
+        return all(
+            _stat(
+                cfg.envoy_admin_port + envoy.offset, f"cluster.default_{server}.membership_healthy"
+            )
+            == count
+            for envoy in ENVOYS
+            for server, count in counts.items()
+        )
+
+    wait_for(routed, timeout=60, what="both Envoys to route to every sample replica")
+
+
+def down(workdir: Path, *, announce: Callable[[str], None] = print) -> int:
+    """Stop every process the mesh in ``workdir`` started; returns how many were running."""
+    state = load_state(workdir)
+    if state is None:
+        announce(f"no mesh state in {workdir}; nothing to stop")
+        return 0
+    running = [p for p in state.processes if _runs(p)]
+    # Replicas first (they deregister cleanly), the registry last.
+    for process in reversed(running):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for process in reversed(running):
+        while _runs(process) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(process.pid, os.WNOHANG)
+            time.sleep(0.05)
+        if _runs(process):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(process.pid, 0)
+    _state_path(workdir).unlink(missing_ok=True)
+    announce(f"stopped {len(running)} processes")
+    return len(running)
+
+
+def status(workdir: Path) -> list[tuple[str, int, bool]]:
+    state = load_state(workdir)
+    if state is None:
+        return []
+    return [(p.name, p.pid, _runs(p)) for p in state.processes]
+
+
+def guide(cfg: MeshConfig, state: MeshState) -> str:
+    west, east = (cfg.envoy_port + e.offset for e in ENVOYS)
+    admin = f"127.0.0.1:{cfg.admin_port}"
+    reg = state.registry_url
+    env = "".join(f"{k}={v} " for k, v in state.env.items())
     return f"""
-routeplane local mesh is up (registry: {reg})
+routeplane mesh is up: registry {reg}
+  Envoy us-west 127.0.0.1:{west}   Envoy us-east 127.0.0.1:{east}   control plane admin {admin}
 
-  curl -H 'Host: echo.local' http://127.0.0.1:{cfg.envoy_port}/     # answered by echo-us-west-1
+Traffic:
+  curl -H 'Host: echo.local' http://127.0.0.1:{west}/      # names the replica that answered
+  curl -H 'Host: echo.local' http://127.0.0.1:{east}/
+  WebSocket echo at Host ws.local, gRPC at authority tokens.local (methods
+  /routeplane.sample.Echo/Unary and /Stream, raw bytes; see control_plane/samples/) on both
 
-Try next:
-  .venv/bin/routeplane replicas list --registry {reg}
-  .venv/bin/routeplane replicas drain {replica_id} --registry {reg}       # then curl: 503
-  .venv/bin/routeplane replicas ready {replica_id} --registry {reg}       # back to 200
-  curl http://127.0.0.1:{cfg.envoy_admin_port}/clusters                 # what Envoy has
-  curl http://127.0.0.1:{cfg.admin_port}/readyz                    # control plane health
+Look:
+  .venv/bin/routeplane proxies                 # every Envoy, per type SYNCED / STALE / NACKED
+  .venv/bin/routeplane snapshot show --node edge-us-west-1
+  .venv/bin/routeplane snapshot history
+  curl http://{admin}/metrics | grep routeplane_convergence
+  {env}.venv/bin/routeplane replicas list --registry {reg}
 
-Logs: {cfg.workdir / "logs"}/   Ctrl-C stops everything this started.
+Break things:
+  {env}.venv/bin/routeplane replicas drain REPLICA_ID --registry {reg}
+  kill -9 $(pgrep -f 'name echo-us-west-1')     # lease ({LEASE_SECONDS:g}s) runs out, traffic moves
+  drain both us-west echo replicas and watch us-west traffic fail over to us-east
+
+Logs: {cfg.workdir / "logs"}/   State: {_state_path(cfg.workdir)}
+Stop: Ctrl-C (or `routeplane mesh down` after --detach)
 """
 
 
 def run_foreground(config: MeshConfig) -> None:
-    mesh = up(config)
+    up(config)
     stopping = False
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         nonlocal stopping
         stopping = True
 
@@ -230,12 +453,124 @@ def run_foreground(config: MeshConfig) -> None:
     signal.signal(signal.SIGINT, on_signal)
     try:
         while not stopping:
-            for name, process in mesh.processes:
-                if process.poll() is not None:
-                    print(f"{name} exited with code {process.returncode}; stopping the mesh")
-                    stopping = True
-            with contextlib.suppress(InterruptedError):
-                signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
+            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
     finally:
-        mesh.stop()
-        print("mesh stopped")
+        down(config.workdir)
+
+
+def compose(cfg: MeshConfig) -> dict[str, Any]:
+    """The same mesh as a Compose file (docker-compose.yml is this, committed)."""
+    subnet = "172.28.0"
+    ip = {"spanner": f"{subnet}.2", "control-plane": f"{subnet}.3"}
+    for i, replica in enumerate(REPLICAS):
+        ip[replica.name] = f"{subnet}.{10 + i}"
+    for i, envoy in enumerate(ENVOYS):
+        ip[envoy.name] = f"{subnet}.{30 + i}"
+    env = {"SPANNER_EMULATOR_HOST": f"spanner:{cfg.emulator_port}"}
+
+    def net(name: str) -> dict[str, Any]:
+        return {"mesh": {"ipv4_address": ip[name]}}
+
+    services: dict[str, Any] = {
+        "spanner": {
+            "image": "gcr.io/cloud-spanner-emulator/emulator:1.5.28",
+            "ports": [f"{cfg.emulator_port}:9010"],
+            "networks": net("spanner"),
+        },
+        "init": {
+            "build": ".",
+            "command": [
+                "sh",
+                "-c",
+                f"routeplane registry init --registry {SPANNER_URL} && "
+                f"routeplane servers apply -f /app/mesh/servers.yaml "
+                f"--registry {SPANNER_URL}",
+            ],
+            "environment": env,
+            "depends_on": ["spanner"],
+            "networks": {"mesh": {}},
+        },
+        "control-plane": {
+            "build": ".",
+            "command": [
+                "routeplane",
+                "serve",
+                "--registry",
+                SPANNER_URL,
+                "--xds-listen",
+                f"0.0.0.0:{cfg.xds_port}",
+                "--admin-listen",
+                f"0.0.0.0:{cfg.admin_port}",
+            ],
+            "environment": env,
+            "ports": [f"{cfg.xds_port}:{cfg.xds_port}", f"{cfg.admin_port}:{cfg.admin_port}"],
+            "depends_on": {"init": {"condition": "service_completed_successfully"}},
+            "networks": net("control-plane"),
+        },
+    }
+    for replica in REPLICAS:
+        port = cfg.replica_port + replica.offset
+        services[replica.name] = {
+            "build": ".",
+            "command": [
+                "routeplane",
+                "samples",
+                "replica",
+                "--kind",
+                replica.kind,
+                "--name",
+                replica.name,
+                "--listen",
+                f"0.0.0.0:{port}",
+                "--advertise",
+                f"{ip[replica.name]}:{port}",
+                "--server",
+                replica.server,
+                "--region",
+                replica.region,
+                "--zone",
+                replica.zone,
+                "--registry",
+                SPANNER_URL,
+                "--lease-seconds",
+                str(LEASE_SECONDS),
+            ],
+            "environment": env,
+            "depends_on": {"init": {"condition": "service_completed_successfully"}},
+            "networks": net(replica.name),
+        }
+    for envoy in ENVOYS:
+        port, admin = cfg.envoy_port + envoy.offset, cfg.envoy_admin_port + envoy.offset
+        services[envoy.name] = {
+            "image": "envoyproxy/envoy:v1.40.0",
+            "command": ["envoy", "-c", f"/etc/routeplane/{envoy.name}.yaml", "--concurrency", "1"],
+            "volumes": [f"./envoy/compose/{envoy.name}.yaml:/etc/routeplane/{envoy.name}.yaml:ro"],
+            "ports": [f"{port}:{port}", f"{admin}:{admin}"],
+            "depends_on": ["control-plane"],
+            "networks": net(envoy.name),
+        }
+    return {
+        "name": "routeplane",
+        "services": services,
+        "networks": {"mesh": {"ipam": {"config": [{"subnet": f"{subnet}.0/24"}]}}},
+    }
+
+
+def compose_files(cfg: MeshConfig) -> dict[Path, str]:
+    """Every generated file of the Compose version of the mesh, by path from the repo root."""
+    header = (
+        "# Generated by `routeplane mesh compose --write` from control_plane/mesh.py:\n"
+        "# the same mesh as `make run`. Edit the topology there, not here.\n"
+    )
+
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    text = yaml.dump(compose(cfg), Dumper=NoAliases, sort_keys=False)
+    files = {Path("docker-compose.yml"): header + text}
+    for envoy in ENVOYS:
+        files[Path("envoy/compose") / f"{envoy.name}.yaml"] = bootstrap_for(
+            envoy, cfg, xds=f"control-plane:{cfg.xds_port}", listen_host="0.0.0.0"
+        )
+    return files

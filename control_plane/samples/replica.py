@@ -1,0 +1,94 @@
+"""A sample replica process: serve, register with the registry, renew the lease, deregister.
+
+``routeplane samples replica --kind http|ws|grpc --name N --listen ADDR --server S --region R
+--registry URL``. SIGTERM/SIGINT deregisters (a clean exit); SIGKILL leaves the lease to run
+out, and the control plane removes the replica when it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+from control_plane.agent import ReplicaAgent
+
+
+def run(
+    *,
+    kind: str,
+    name: str,
+    listen: str,
+    advertise: str,
+    server: str,
+    region: str,
+    zone: str,
+    registry: str,
+    lease_seconds: float,
+) -> None:
+    host, _, port_text = listen.rpartition(":")
+    port = int(port_text)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    shutdown = _start(kind, name=name, host=host, port=port)
+    agent = ReplicaAgent(
+        registry_url=registry,
+        server=server,
+        address=advertise,
+        region=region,
+        zone=zone,
+        lease_seconds=lease_seconds,
+    )
+    agent.register(ready=True)
+    try:
+        stop.wait()
+    finally:
+        try:
+            agent.deregister()
+        finally:
+            shutdown()
+
+
+def _start(kind: str, *, name: str, host: str, port: int):  # type: ignore[no-untyped-def]
+    if kind == "http":
+        from control_plane.samples.http_echo import make_server
+
+        http = make_server(name=name, host=host, port=port)
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+
+        def stop_http() -> None:
+            http.shutdown()
+            http.server_close()
+
+        return stop_http
+    if kind == "grpc":
+        from control_plane.samples.grpc_echo import make_server as make_grpc
+
+        rpc, _ = make_grpc(name=name, host=host, port=port)
+        rpc.start()
+        return lambda: rpc.stop(grace=1)
+    if kind == "ws":
+        from websockets.asyncio.server import serve
+
+        from control_plane.samples.ws_echo import handler_for
+
+        loop = asyncio.new_event_loop()
+        done = asyncio.Event()
+        ready = threading.Event()
+
+        async def main() -> None:
+            async with serve(handler_for(name), host, port):
+                ready.set()
+                await done.wait()
+
+        thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+        thread.start()
+        ready.wait(10)
+
+        def stop_ws() -> None:
+            loop.call_soon_threadsafe(done.set)
+            thread.join(5)
+
+        return stop_ws
+    raise ValueError(f"unknown kind {kind!r}")

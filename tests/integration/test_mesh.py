@@ -1,0 +1,166 @@
+"""`routeplane mesh up --detach` as a user runs it: traffic of every kind through both Envoys,
+a killed replica leaves within its lease, a drained region fails over, `mesh down` leaves no
+process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from control_plane.mesh import ENVOYS, LEASE_SECONDS, load_state
+from control_plane.registry import open_registry
+from control_plane.samples.grpc_echo import STREAM, UNARY
+from tests.helpers import wait_until
+from tests.processes import ROUTEPLANE, http_get
+
+pytestmark = pytest.mark.envoy
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
+    workdir = tmp_path / "mesh"
+    last = ""
+    for _ in range(5):  # pick port ranges until one is free
+        base = random.randrange(20_000, 60_000, 100)
+        ports = {
+            "xds": base,
+            "admin": base + 1,
+            "envoy": base + 10,
+            "envoy_admin": base + 20,
+            "replica": base + 30,
+            "emulator": base + 50,
+        }
+        result = subprocess.run(
+            [
+                ROUTEPLANE,
+                "mesh",
+                "up",
+                "--detach",
+                "--workdir",
+                str(workdir),
+                "--xds-port",
+                str(ports["xds"]),
+                "--admin-port",
+                str(ports["admin"]),
+                "--envoy-port",
+                str(ports["envoy"]),
+                "--envoy-admin-port",
+                str(ports["envoy_admin"]),
+                "--replica-port",
+                str(ports["replica"]),
+                "--emulator-port",
+                str(ports["emulator"]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode == 0:
+            break
+        last = result.stderr
+        assert "already in use" in last, last
+    else:
+        pytest.fail(f"no free port range: {last}")
+    assert "routeplane mesh is up" in result.stdout
+    try:
+        yield workdir, ports
+    finally:
+        subprocess.run(
+            [ROUTEPLANE, "mesh", "down", "--workdir", str(workdir)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def answer(port: int, host: str) -> str:
+    status, text = http_get(f"http://127.0.0.1:{port}/", host=host)
+    return text.strip() if status == 200 else f"status {status}"
+
+
+def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
+    mesh: tuple[Path, dict[str, int]],
+) -> None:
+    workdir, ports = mesh
+    west, east = ports["envoy"], ports["envoy"] + 1
+    assert answer(west, "echo.local").startswith("echo-us-west-")
+    assert answer(east, "echo.local") == "echo-us-east-1"
+    for port, region in ((west, "us-west"), (east, "us-east")):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with ws_connect("ws://ws.local/", sock=sock, open_timeout=5) as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=5) == f"ws-{region}-1:hi"
+        options = [("grpc.default_authority", "tokens.local")]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            assert channel.unary_unary(UNARY)(b"x", timeout=5) == f"tokens-{region}-1:x".encode()
+            tokens = list(channel.unary_stream(STREAM)(b"3:10", timeout=5))
+            assert tokens == [f"tokens-{region}-1:{i}".encode() for i in range(3)]
+
+    state = load_state(workdir)
+    assert state is not None
+    pids = {p.name: p.pid for p in state.processes}
+    # A replica that dies without deregistering leaves when its lease runs out.
+    os.kill(pids["echo-us-west-1"], signal.SIGKILL)
+    wait_until(
+        lambda: "echo-us-west-1" not in Counter(answer(west, "echo.local") for _ in range(20)),
+        timeout=LEASE_SECONDS + 10,
+        interval=0.2,
+        what="the killed replica to leave",
+    )
+    # While it was dying, outlier detection ejected it and part of us-west's traffic spilled to
+    # us-east; once it is gone, us-west serves everything again.
+    wait_until(
+        lambda: Counter(answer(west, "echo.local") for _ in range(20)) == {"echo-us-west-2": 20},
+        timeout=15,
+        interval=0.2,
+        what="us-west traffic back on the surviving replica",
+    )
+
+    # Draining the region's last echo replica moves us-west traffic to us-east.
+    os.environ["SPANNER_EMULATOR_HOST"] = state.env.get("SPANNER_EMULATOR_HOST", "")
+    registry = open_registry(state.registry_url)
+    [last_west] = [r for r in registry.list_replicas("echo") if r.region == "us-west"]
+    registry.set_replica_state(last_west.id, "DRAINING")
+    registry.close()
+    wait_until(lambda: answer(west, "echo.local") == "echo-us-east-1", what="failover")
+
+    status = subprocess.run(
+        [ROUTEPLANE, "proxies", "--json", "--admin", f"127.0.0.1:{ports['admin']}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert {p["node_id"] for p in json.loads(status.stdout)} == {
+        f"edge-{e.region}-1" for e in ENVOYS
+    }
+
+    down = subprocess.run(
+        [ROUTEPLANE, "mesh", "down", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "stopped" in down.stdout
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{name} ({pid}) still runs"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
