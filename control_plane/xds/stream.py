@@ -31,17 +31,22 @@ from control_plane.xds.resources import (
     control_plane_field,
     delta_response,
     sotw_response,
+    version_of_sum,
 )
 from control_plane.xds.snapshot import Snapshot, eds_name, type_version
 
 
-def _forget_endpoints_of(clusters: list[Resource], sent_endpoints: dict[str, str] | None) -> None:
+def _forget_endpoints_of(
+    clusters: list[Resource], sent_endpoints: dict[str, str] | None
+) -> list[str]:
     if not sent_endpoints:
-        return
+        return []
+    forgotten = []
     for cluster in clusters:
         name = eds_name(cluster.message)
-        if name is not None:
-            sent_endpoints.pop(name, None)
+        if name is not None and sent_endpoints.pop(name, None) is not None:
+            forgotten.append(name)
+    return forgotten
 
 
 @dataclass(slots=True)
@@ -113,6 +118,10 @@ class _Base:
     def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
         self.only_type = only_type
         self.status: dict[str, TypeStatus] = {}
+        # Per type: the snapshot version this stream's per-type state was last computed for.
+        self._synced: dict[str, str] = {}
+        # Per type: names to re-examine on the next push besides what the snapshot changed.
+        self._extra: dict[str, set[str]] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
 
@@ -121,6 +130,29 @@ class _Base:
 
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
+
+    def _candidates(self, type_url: str, snapshot: Snapshot) -> set[str] | None:
+        """The names worth looking at for this push, or None for "all of them".
+
+        When this type was last computed against the snapshot this one was built from, only
+        what that build changed (plus names set aside by the cluster rule) can differ: a push
+        then costs O(changes), not O(resources), per stream.
+        """
+        synced = self._synced.get(type_url)
+        extra = self._extra.pop(type_url, set())
+        if synced is None or (snapshot.changed is None and synced != snapshot.version):
+            return None
+        if synced == snapshot.version:
+            return extra
+        if snapshot.parent_version != synced:
+            return None  # fell behind by more than one snapshot: compare everything
+        assert snapshot.changed is not None
+        return set(snapshot.changed.get(type_url, ())) | extra
+
+    def _forget_endpoints(self, clusters: list[Resource], sent: dict[str, str] | None) -> None:
+        names = _forget_endpoints_of(clusters, sent)
+        if names:
+            self._extra.setdefault(ENDPOINT, set()).update(names)
 
     def _status(self, type_url: str) -> TypeStatus:
         status = self.status.get(type_url)
@@ -142,6 +174,38 @@ class SotwStream(_Base):
         self._sent: dict[str, dict[str, str]] = {}
         # Per type: the version_info the proxy said it has on its first request.
         self._claimed: dict[str, str] = {}
+        # Named subscriptions: pair hashes of the subscribed resources and their sum (the
+        # version_info), kept up to date push by push.
+        self._selected: dict[str, dict[str, int]] = {}
+        self._selected_sum: dict[str, int] = {}
+
+    def _named_version(
+        self,
+        type_url: str,
+        status: TypeStatus,
+        available: Any,
+        candidates: set[str] | None,
+    ) -> str:
+        hashes = self._selected.setdefault(type_url, {})
+        if candidates is None:
+            hashes.clear()
+            for name in status.names:
+                resource = available.get(name)
+                if resource is not None:
+                    hashes[name] = resource.pair_hash
+            total = sum(hashes.values())
+        else:
+            total = self._selected_sum.get(type_url, 0)
+            for name in candidates:
+                if name not in status.names:
+                    continue
+                total -= hashes.pop(name, 0)
+                resource = available.get(name)
+                if resource is not None:
+                    hashes[name] = resource.pair_hash
+                    total += resource.pair_hash
+        self._selected_sum[type_url] = total
+        return version_of_sum(total)
 
     def on_request(self, request: Any) -> RequestOutcome:
         type_url = self._type_of(request.type_url)
@@ -179,8 +243,10 @@ class SotwStream(_Base):
         if wildcard != status.wildcard:
             status.wildcard = wildcard
             outcome.resubscribed = True
+            self._synced.pop(type_url, None)
         if names != status.names:
             outcome.resubscribed = True
+            self._synced.pop(type_url, None)
             sent = self._sent.get(type_url)
             if sent is not None:
                 for gone in [n for n in sent if n not in names]:
@@ -207,33 +273,52 @@ class SotwStream(_Base):
         self, type_url: str, status: TypeStatus, snapshot: Snapshot
     ) -> Outgoing | None:
         available = snapshot.of_type(type_url)
-        if status.wildcard:
-            selected = list(available.values())
-            version = snapshot.versions.get(type_url) or type_version(selected)
-        else:
-            selected = [available[n] for n in sorted(status.names) if n in available]
-            version = type_version(selected)
         sent = self._sent.setdefault(type_url, {})
+        candidates = self._candidates(type_url, snapshot)
+        if status.wildcard:
+            version = snapshot.versions.get(type_url) or type_version(available.values())
+        else:
+            version = self._named_version(type_url, status, available, candidates)
+        self._synced[type_url] = snapshot.version
         claimed = self._claimed.pop(type_url, None)
         if claimed is not None and claimed == version:
             # Reconnected proxy that already has exactly this: nothing to send.
             status.sent_version = status.acked_version = version
-            sent.update((r.name, r.version) for r in selected)
+            names = available if status.wildcard else status.names
+            sent.update((n, available[n].version) for n in names if n in available)
             return None
         if type_url in WILDCARD_TYPES:
             if version == status.sent_version:
                 return None
-            to_send = selected
-            changed = [r for r in selected if sent.get(r.name) != r.version]
-            sent.clear()
+            to_send = list(available.values())
+            if candidates is None:
+                changed = [r for r in to_send if sent.get(r.name) != r.version]
+                sent.clear()
+                sent.update((r.name, r.version) for r in to_send)
+            else:
+                changed = [
+                    available[n]
+                    for n in candidates
+                    if n in available and sent.get(n) != available[n].version
+                ]
+                for name in candidates:
+                    if name in available:
+                        sent[name] = available[name].version
+                    else:
+                        sent.pop(name, None)
         else:
-            to_send = changed = [r for r in selected if sent.get(r.name) != r.version]
+            names = status.names if candidates is None else candidates & status.names
+            to_send = changed = [
+                available[n]
+                for n in sorted(names)
+                if n in available and sent.get(n) != available[n].version
+            ]
             if not to_send:
                 return None
-        sent.update((r.name, r.version) for r in to_send)
+            sent.update((r.name, r.version) for r in to_send)
         if type_url == CLUSTER:
             # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
-            _forget_endpoints_of(changed, self._sent.get(ENDPOINT))
+            self._forget_endpoints(changed, self._sent.get(ENDPOINT))
         nonce = self._next_nonce()
         self._last_nonce[type_url] = nonce
         status.sent_version = version
@@ -302,6 +387,8 @@ class DeltaStream(_Base):
             status.wildcard = True
         if "*" in unsubscribe:
             status.wildcard = False
+        if outcome.resubscribed:
+            self._synced.pop(type_url, None)
         subscribe.discard("*")
         unsubscribe.discard("*")
         status.names |= subscribe
@@ -359,14 +446,20 @@ class DeltaStream(_Base):
     ) -> Outgoing | None:
         available = snapshot.of_type(type_url)
         known = self._known.setdefault(type_url, {})
-        wanted = self._wanted(status, available)
+        candidates = self._candidates(type_url, snapshot)
+        if candidates is None:
+            wanted = self._wanted(status, available)
+            # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
+            removed = sorted(n for n in known if n not in available)
+        else:
+            wanted = {n for n in candidates if status.wildcard or n in status.names}
+            removed = sorted(n for n in wanted if n in known and n not in available)
+        self._synced[type_url] = snapshot.version
         to_send: list[Resource] = [
             available[n]
             for n in sorted(wanted)
             if n in available and known.get(n) != available[n].version
         ]
-        # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
-        removed = sorted(n for n in known if n not in available)
         version = snapshot.versions.get(type_url, "")
         if not to_send and not removed and status.sent_version:
             return None
@@ -375,7 +468,7 @@ class DeltaStream(_Base):
         for resource in to_send:
             known[resource.name] = resource.version
         if type_url == CLUSTER:
-            _forget_endpoints_of(to_send, self._known.get(ENDPOINT))
+            self._forget_endpoints(to_send, self._known.get(ENDPOINT))
         for name in removed:
             del known[name]
         nonce = self._next_nonce()

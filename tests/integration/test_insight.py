@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,46 +129,50 @@ def test_a_nacking_proxy_shows_nacked_with_its_message(
     node = base_pb2.Node(
         id="broken-proxy", cluster="edge", locality=base_pb2.Locality(region="us-west")
     )
-    with grpc.insecure_channel(control_plane.xds) as channel:
-        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-            iter(_nacking_requests(node))
-        )
-        response = next(stream)
-        assert response.type_url.endswith("Cluster")
-        wait_until(lambda: _state(admin, "broken-proxy") == "NACKED", what="NACKED shown")
-        proxies = cli_json("proxies", admin=admin)
-        assert isinstance(proxies, list)
-        [broken] = [p for p in proxies if p["node_id"] == "broken-proxy"]
-        assert broken["types"]["cds"]["last_error"] == "cluster default_echo: bad field"
-        assert broken["types"]["cds"]["nacks"] == 1
-        human = cli("proxies", admin=admin)
-        assert "last NACK broken-proxy cds: cluster default_echo: bad field" in human.stdout
-        csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
-            csds_pb2.ClientStatusRequest(), timeout=5
-        )
-        [config] = [c for c in csds.config if c.node.id == "broken-proxy"]
-        [entry] = list(config.generic_xds_configs)
-        assert entry.config_status == csds_pb2.ConfigStatus.ERROR
-        assert entry.error_state.details == "cluster default_echo: bad field"
-        _stream_done.set()
-        stream.cancel()
-    registry.close()
-
-
-_stream_done = threading.Event()
-
-
-def _nacking_requests(node: base_pb2.Node) -> Iterator[discovery_pb2.DiscoveryRequest]:
-    yield discovery_pb2.DiscoveryRequest(
-        node=node, type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster"
-    )
-    # The first response carries nonce "1" on a fresh stream.
-    yield discovery_pb2.DiscoveryRequest(
-        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        response_nonce="1",
-        error_detail=status_pb2.Status(code=3, message="cluster default_echo: bad field"),
-    )
-    _stream_done.wait(30)  # keep the stream open until the test is done with it
+    requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    requests.put(discovery_pb2.DiscoveryRequest(node=node, type_url=cds))
+    try:
+        with grpc.insecure_channel(control_plane.xds) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            stream = stub.StreamAggregatedResources(iter(requests.get, None))
+            response = next(stream)
+            while not response.resources:  # the server may not have seen `echo` yet
+                requests.put(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=cds,
+                        response_nonce=response.nonce,
+                        version_info=response.version_info,
+                    )
+                )
+                response = next(stream)
+            requests.put(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=cds,
+                    response_nonce=response.nonce,
+                    error_detail=status_pb2.Status(
+                        code=3, message="cluster default_echo: bad field"
+                    ),
+                )
+            )
+            wait_until(lambda: _state(admin, "broken-proxy") == "NACKED", what="NACKED shown")
+            proxies = cli_json("proxies", admin=admin)
+            assert isinstance(proxies, list)
+            [broken] = [p for p in proxies if p["node_id"] == "broken-proxy"]
+            assert broken["types"]["cds"]["last_error"] == "cluster default_echo: bad field"
+            assert broken["types"]["cds"]["nacks"] == 1
+            human = cli("proxies", admin=admin)
+            assert "last NACK broken-proxy cds: cluster default_echo: bad field" in human.stdout
+            csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+                csds_pb2.ClientStatusRequest(), timeout=5
+            )
+            [config] = [c for c in csds.config if c.node.id == "broken-proxy"]
+            [entry] = list(config.generic_xds_configs)
+            assert entry.config_status == csds_pb2.ConfigStatus.ERROR
+            assert entry.error_state.details == "cluster default_echo: bad field"
+    finally:
+        requests.put(None)
+        registry.close()
 
 
 def _state(admin: str, node_id: str) -> str:

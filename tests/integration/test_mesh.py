@@ -91,7 +91,7 @@ def answer(port: int, host: str) -> str:
 
 
 def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
-    mesh: tuple[Path, dict[str, int]],
+    mesh: tuple[Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workdir, ports = mesh
     west, east = ports["envoy"], ports["envoy"] + 1
@@ -129,7 +129,8 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
     )
 
     # Draining the region's last echo replica moves us-west traffic to us-east.
-    os.environ["SPANNER_EMULATOR_HOST"] = state.env.get("SPANNER_EMULATOR_HOST", "")
+    for key, value in state.env.items():
+        monkeypatch.setenv(key, value)
     registry = open_registry(state.registry_url)
     [last_west] = [r for r in registry.list_replicas("echo") if r.region == "us-west"]
     registry.set_replica_state(last_west.id, "DRAINING")
