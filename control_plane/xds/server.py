@@ -10,6 +10,7 @@ resource. gRPC status codes live here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -212,9 +213,9 @@ class XdsServer:
 
     @staticmethod
     def _log_push(bound: Any, outgoing: Outgoing) -> None:
-        short = SHORT_NAMES.get(outgoing.type_url, outgoing.type_url)
-        metrics.PUSHES.labels(short).inc()
-        metrics.PUSH_BYTES.labels(short).inc(len(outgoing.payload))
+        pushes, push_bytes = _push_counters(outgoing.type_url)
+        pushes.inc()
+        push_bytes.inc(len(outgoing.payload))
         bound.debug(
             "response_sent",
             type_url=SHORT_NAMES.get(outgoing.type_url, outgoing.type_url),
@@ -224,6 +225,12 @@ class XdsServer:
             removed=len(outgoing.removed),
             bytes=len(outgoing.payload),
         )
+
+
+@functools.cache
+def _push_counters(type_url: str) -> tuple[Any, Any]:
+    short = SHORT_NAMES.get(type_url, type_url)
+    return metrics.PUSHES.labels(short), metrics.PUSH_BYTES.labels(short)
 
 
 def _nonce_of(request: Any) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,7 +132,7 @@ class _Base:
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
 
-    def _candidates(self, type_url: str, snapshot: Snapshot) -> set[str] | None:
+    def _candidates(self, type_url: str, snapshot: Snapshot) -> AbstractSet[str] | None:
         """The names worth looking at for this push, or None for "all of them".
 
         When this type was last computed against the snapshot this one was built from, only
@@ -139,7 +140,7 @@ class _Base:
         then costs O(changes), not O(resources), per stream.
         """
         synced = self._synced.get(type_url)
-        extra = self._extra.pop(type_url, set())
+        extra: AbstractSet[str] = self._extra.pop(type_url, None) or frozenset()
         if synced is None or (snapshot.changed is None and synced != snapshot.version):
             return None
         if synced == snapshot.version:
@@ -147,7 +148,8 @@ class _Base:
         if snapshot.parent_version != synced:
             return None  # fell behind by more than one snapshot: compare everything
         assert snapshot.changed is not None
-        return set(snapshot.changed.get(type_url, ())) | extra
+        changed = snapshot.changed.get(type_url, frozenset())
+        return changed | extra if extra else changed
 
     def _forget_endpoints(self, clusters: list[Resource], sent: dict[str, str] | None) -> None:
         names = _forget_endpoints_of(clusters, sent)
@@ -184,7 +186,7 @@ class SotwStream(_Base):
         type_url: str,
         status: TypeStatus,
         available: Any,
-        candidates: set[str] | None,
+        candidates: AbstractSet[str] | None,
     ) -> str:
         hashes = self._selected.setdefault(type_url, {})
         if candidates is None:
@@ -307,10 +309,12 @@ class SotwStream(_Base):
                     else:
                         sent.pop(name, None)
         else:
-            names = status.names if candidates is None else candidates & status.names
+            subscribed: AbstractSet[str] = (
+                status.names if candidates is None else candidates & status.names
+            )
             to_send = changed = [
                 available[n]
-                for n in sorted(names)
+                for n in sorted(subscribed)
                 if n in available and sent.get(n) != available[n].version
             ]
             if not to_send:

@@ -1,0 +1,207 @@
+"""A simulated Envoy fleet: N real xDS streams (delta or SotW ADS) over gRPC that subscribe and
+ACK like Envoy, against a real `routeplane serve` process.
+
+Measures, for N streams: the reconnect storm (all N connect at once: time until every stream
+has the full config, and errors), fan-out (one endpoint change: time until all N have ACKed it),
+control-plane CPU per stream per push (from /proc of the server process), and resident memory
+per connected stream. Usable as a library (``run_fleet``) and as
+``python -m bench.fleet --streams 1000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from control_plane.registry import open_registry
+from tests.processes import ControlPlane
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Fleet:
+    streams: int
+    clusters: int
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    complete_count: int = 0
+    watched: str = ""
+    watched_done: asyncio.Event = field(default_factory=asyncio.Event)
+    watched_count: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def saw_change(self) -> None:
+        self.watched_count += 1
+        if self.watched_count >= self.streams:
+            self.watched_done.set()
+
+
+async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Event) -> None:
+    node = base_pb2.Node(id=f"sim-{index}", cluster="fleet",
+                         locality=base_pb2.Locality(region="us-west"))
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+    versions: dict[str, str] = {}
+    clusters: set[str] = set()
+    have_rds = False
+    complete = False
+    try:
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=CDS))
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
+        while not stop.is_set():
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                break
+            subscribe: list[str] = []
+            for resource in response.resources:
+                if response.type_url == CDS and resource.name not in clusters:
+                    clusters.add(resource.name)
+                    subscribe.append(resource.name)
+                if response.type_url == EDS:
+                    before = versions.get(resource.name)
+                    versions[resource.name] = resource.version
+                    if (resource.name == fleet.watched and before is not None
+                            and before != resource.version):
+                        fleet.saw_change()
+                if response.type_url == RDS:
+                    have_rds = True
+            await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                type_url=response.type_url, response_nonce=response.nonce))
+            if response.type_url == CDS and subscribe:
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=EDS, resource_names_subscribe=subscribe))
+            if response.type_url == LDS and response.resources:
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=RDS, resource_names_subscribe=["ingress_http"]))
+            if not complete and have_rds and len(versions) >= fleet.clusters:
+                complete = True
+                fleet.complete_count += 1
+                if fleet.complete_count >= fleet.streams:
+                    fleet.complete.set()
+    except grpc.aio.AioRpcError as exc:
+        if not stop.is_set():
+            fleet.errors.append(f"sim-{index}: {exc.code().name} {exc.details()}")
+    finally:
+        call.cancel()
+        await channel.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+async def run_fleet(*, streams: int, servers: int, replicas: int, changes: int,
+                    workdir: Path) -> dict[str, Any]:
+    from bench.registry_watch import bulk_load
+
+    cp = ControlPlane.create(workdir)
+    registry = open_registry(cp.registry)
+    bulk_load(registry, servers=servers, replicas=replicas)
+    cp.start()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.to_thread(cp.wait_ready)
+        rss_before = proc_rss(cp.pid)
+        fleet = Fleet(streams=streams, clusters=servers)
+        started = time.perf_counter()
+        cpu_before = proc_cpu(cp.pid)
+        tasks = [asyncio.create_task(delta_client(i, cp.xds, fleet, stop)) for i in range(streams)]
+        await asyncio.wait_for(fleet.complete.wait(), timeout=600)
+        storm_s = time.perf_counter() - started
+        storm_cpu = proc_cpu(cp.pid) - cpu_before
+        await asyncio.sleep(1.0)  # let the last ACKs land before measuring memory
+        rss_after = proc_rss(cp.pid)
+        # The idle cost (registry polling) is measured first and taken out of the push cost.
+        idle_started, idle_cpu = time.perf_counter(), proc_cpu(cp.pid)
+        await asyncio.sleep(2.0)
+        idle_rate = (proc_cpu(cp.pid) - idle_cpu) / (time.perf_counter() - idle_started)
+        fanout_ms: list[float] = []
+        cpu_total = 0.0
+        for i in range(changes):
+            name = f"s{(i * 7) % servers:04d}"
+            fleet.watched = f"default_{name}"
+            fleet.watched_count = 0
+            fleet.watched_done.clear()
+            cpu_before, window_started = proc_cpu(cp.pid), time.perf_counter()
+            await asyncio.to_thread(registry.register_replica, server=name,
+                                    address=f"127.0.0.3:{30000 + i}", region="us-west")
+            committed = time.perf_counter()
+            await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
+            fanout_ms.append((time.perf_counter() - committed) * 1000)
+            await asyncio.sleep(0.2)  # ACKs processed: count their CPU too
+            window = time.perf_counter() - window_started
+            cpu_total += max(0.0, proc_cpu(cp.pid) - cpu_before - idle_rate * window)
+        return {
+            "streams": streams,
+            "servers": servers,
+            "replicas": replicas,
+            "storm_s": round(storm_s, 2),
+            "storm_cpu_s": round(storm_cpu, 2),
+            "storm_errors": len(fleet.errors),
+            "fanout_ms": {
+                "p50": round(statistics.median(fanout_ms), 1),
+                "p99": round(pct(fanout_ms, 99), 1),
+                "max": round(max(fanout_ms), 1),
+            },
+            "cpu_us_per_stream_per_push": round(cpu_total / changes / streams * 1e6, 1),
+            "idle_cpu_percent": round(idle_rate * 100, 1),
+            "rss_per_stream_kb": round((rss_after - rss_before) / streams / 1024, 1),
+            "errors": fleet.errors[:5],
+        }
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        registry.close()
+        cp.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--servers", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=20)
+    args = parser.parse_args(argv)
+    rows = []
+    for streams in args.streams:
+        with tempfile.TemporaryDirectory(prefix="routeplane-fleet-") as tmp:
+            rows.append(asyncio.run(run_fleet(streams=streams, servers=args.servers,
+                                              replicas=args.replicas, changes=args.changes,
+                                              workdir=Path(tmp))))
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
