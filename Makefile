@@ -36,13 +36,10 @@ run: install
 	$(BIN)/routeplane mesh up
 
 bench: install
-	$(BIN)/python -m bench.propagation --tries 50
-	$(BIN)/python -m bench.registry_watch --registry sqlite --replicas 10000 --servers 1000 --changes 50
-	$(BIN)/python -m bench.registry_watch --registry spanner --replicas 10000 --servers 1000 --changes 50
+	$(BIN)/python -m bench.run --plan full
 
 bench-quick: install
-	$(BIN)/python -m bench.propagation --tries 10
-	$(BIN)/python -m bench.registry_watch --registry spanner --replicas 1000 --servers 100 --changes 10
+	$(BIN)/python -m bench.run --plan quick
 
 # Regenerate the admin API's Python code from protos/ (the committed copy is checked by a test).
 protos: install

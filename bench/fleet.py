@@ -64,8 +64,9 @@ class Fleet:
 
 
 async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Event) -> None:
-    node = base_pb2.Node(id=f"sim-{index}", cluster="fleet",
-                         locality=base_pb2.Locality(region="us-west"))
+    node = base_pb2.Node(
+        id=f"sim-{index}", cluster="fleet", locality=base_pb2.Locality(region="us-west")
+    )
     channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
     versions: dict[str, str] = {}
@@ -87,19 +88,31 @@ async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Even
                 if response.type_url == EDS:
                     before = versions.get(resource.name)
                     versions[resource.name] = resource.version
-                    if (resource.name == fleet.watched and before is not None
-                            and before != resource.version):
+                    if (
+                        resource.name == fleet.watched
+                        and before is not None
+                        and before != resource.version
+                    ):
                         fleet.saw_change()
                 if response.type_url == RDS:
                     have_rds = True
-            await call.write(discovery_pb2.DeltaDiscoveryRequest(
-                type_url=response.type_url, response_nonce=response.nonce))
+            await call.write(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=response.type_url, response_nonce=response.nonce
+                )
+            )
             if response.type_url == CDS and subscribe:
-                await call.write(discovery_pb2.DeltaDiscoveryRequest(
-                    type_url=EDS, resource_names_subscribe=subscribe))
+                await call.write(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=EDS, resource_names_subscribe=subscribe
+                    )
+                )
             if response.type_url == LDS and response.resources:
-                await call.write(discovery_pb2.DeltaDiscoveryRequest(
-                    type_url=RDS, resource_names_subscribe=["ingress_http"]))
+                await call.write(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=RDS, resource_names_subscribe=["ingress_http"]
+                    )
+                )
             if not complete and have_rds and len(versions) >= fleet.clusters:
                 complete = True
                 fleet.complete_count += 1
@@ -118,8 +131,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-async def run_fleet(*, streams: int, servers: int, replicas: int, changes: int,
-                    workdir: Path) -> dict[str, Any]:
+async def run_fleet(
+    *, streams: int, servers: int, replicas: int, changes: int, workdir: Path
+) -> dict[str, Any]:
     from bench.registry_watch import bulk_load
 
     cp = ControlPlane.create(workdir)
@@ -152,8 +166,12 @@ async def run_fleet(*, streams: int, servers: int, replicas: int, changes: int,
             fleet.watched_count = 0
             fleet.watched_done.clear()
             cpu_before, window_started = proc_cpu(cp.pid), time.perf_counter()
-            await asyncio.to_thread(registry.register_replica, server=name,
-                                    address=f"127.0.0.3:{30000 + i}", region="us-west")
+            await asyncio.to_thread(
+                registry.register_replica,
+                server=name,
+                address=f"127.0.0.3:{30000 + i}",
+                region="us-west",
+            )
             committed = time.perf_counter()
             await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
             fanout_ms.append((time.perf_counter() - committed) * 1000)
@@ -196,9 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for streams in args.streams:
         with tempfile.TemporaryDirectory(prefix="routeplane-fleet-") as tmp:
-            rows.append(asyncio.run(run_fleet(streams=streams, servers=args.servers,
-                                              replicas=args.replicas, changes=args.changes,
-                                              workdir=Path(tmp))))
+            rows.append(
+                asyncio.run(
+                    run_fleet(
+                        streams=streams,
+                        servers=args.servers,
+                        replicas=args.replicas,
+                        changes=args.changes,
+                        workdir=Path(tmp),
+                    )
+                )
+            )
     print(json.dumps(rows, indent=2))
     return 0
 

@@ -140,7 +140,7 @@ class _Base:
         then costs O(changes), not O(resources), per stream.
         """
         synced = self._synced.get(type_url)
-        extra: AbstractSet[str] = self._extra.pop(type_url, None) or frozenset()
+        extra: AbstractSet[str] = self._extra.pop(type_url, frozenset())
         if synced is None or (snapshot.changed is None and synced != snapshot.version):
             return None
         if synced == snapshot.version:

@@ -1,0 +1,274 @@
+"""Data plane: a request through Envoy configured by routeplane, versus the same Envoy binary
+with an equivalent static configuration, versus straight to the upstream; at a fixed rate.
+
+The static configuration is built from the very resources routeplane serves (its listener with
+the route configuration inlined instead of RDS, its clusters as STATIC clusters with the
+endpoints inlined instead of EDS), so the only difference left is xDS itself. HTTP/1.1 (a
+minimal upstream), gRPC unary over HTTP/2 (the sample service) and WebSocket round trips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from websockets.asyncio.client import connect as ws_connect
+
+from bench.loadgen import http_fixed_rate
+from control_plane.admin.client import admin_pb2, call
+from control_plane.registry import open_registry
+from control_plane.samples.grpc_echo import UNARY
+from tests.helpers import free_port, wait_until
+from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def stats(latencies: list[float], errors: int) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(latencies), 3),
+        "p99_ms": round(pct(latencies, 99), 3),
+        "p999_ms": round(pct(latencies, 99.9), 3),
+        "requests": len(latencies),
+        "errors": errors,
+    }
+
+
+def static_bootstrap(snapshot: Any, *, listen_port: int, admin_port: int) -> str:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in snapshot.resources:
+        by_type.setdefault(resource.type, []).append(json.loads(resource.json))
+    route = by_type["rds"][0]
+    endpoints = {cla["clusterName"]: cla for cla in by_type["eds"]}
+    [listener] = by_type["lds"]
+    listener["address"]["socketAddress"]["portValue"] = listen_port
+    for chain in listener["filterChains"]:
+        for network_filter in chain["filters"]:
+            manager = network_filter["typedConfig"]
+            manager.pop("rds", None)
+            manager["routeConfig"] = route
+    clusters = []
+    for cluster in by_type["cds"]:
+        cluster["type"] = "STATIC"
+        cluster.pop("edsClusterConfig", None)
+        cluster["loadAssignment"] = endpoints[cluster["name"]]
+        clusters.append(cluster)
+    return yaml.safe_dump(
+        {
+            "static_resources": {"listeners": [listener], "clusters": clusters},
+            "admin": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+            },
+        }
+    )
+
+
+async def grpc_fixed_rate(
+    target: str, authority: str, *, rate: float, seconds: float
+) -> tuple[list[float], int]:
+    options = [("grpc.default_authority", authority)] if authority else []
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        unary = channel.unary_unary(UNARY)
+        await unary(b"warm", timeout=5)
+        latencies: list[float] = []
+        errors = 0
+
+        async def fire(scheduled: float) -> None:
+            nonlocal errors
+            try:
+                await unary(b"x", timeout=5)
+                latencies.append((time.perf_counter() - scheduled) * 1000)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i in range(int(rate * seconds)):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(fire(scheduled)))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def ws_round_trips(
+    address: tuple[str, int], host: str, *, count: int
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    url = f"ws://{host or address[0]}/"
+    async with ws_connect(url, host=address[0], port=address[1]) as ws:
+        for i in range(count):
+            started = time.perf_counter()
+            await ws.send(f"m{i}")
+            await ws.recv()
+            latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.002)
+    return latencies, 0
+
+
+def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
+    upstream_port = free_port()
+    upstream = Process(
+        [sys.executable, "-m", "bench.upstream", "--port", str(upstream_port)],
+        workdir / "upstream.log",
+    )
+    cp = ControlPlane.create(workdir)
+    processes: list[Process] = [upstream, cp]
+    try:
+        upstream.start()
+        cp.start()
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.create_server(name="dp", hostnames=["dp.local"], protocol="http")
+        registry.create_server(name="g", hostnames=["g.local"], protocol="grpc")
+        registry.create_server(name="ws", hostnames=["ws.local"], protocol="http")
+        registry.register_replica(
+            server="dp", address=f"127.0.0.1:{upstream_port}", region="us-west"
+        )
+        registry.close()
+        grpc_port, ws_port = free_port(), free_port()
+        for kind, server, port in (("grpc", "g", grpc_port), ("ws", "ws", ws_port)):
+            replica = Process(
+                [
+                    ROUTEPLANE,
+                    "samples",
+                    "replica",
+                    "--kind",
+                    kind,
+                    "--name",
+                    kind,
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--server",
+                    server,
+                    "--region",
+                    "us-west",
+                    "--registry",
+                    cp.registry,
+                    "--lease-seconds",
+                    "30",
+                ],
+                workdir / f"{kind}.log",
+            )
+            replica.start()
+            processes.append(replica)
+        dynamic = Envoy.create(workdir, node_id="dp-dynamic", region="us-west", xds=[cp.xds])
+        dynamic.start()
+        processes.append(dynamic)
+        dynamic.wait_live()
+        wait_until(lambda: dynamic.get(host="dp.local")[0] == 200, what="dynamic Envoy routes")
+        wait_until(
+            lambda: (
+                dynamic.stat("cluster.default_g.membership_healthy") == 1
+                and dynamic.stat("cluster.default_ws.membership_healthy") == 1
+            ),
+            what="grpc and ws replicas",
+            timeout=30,
+        )
+        snapshot = call(
+            cp.admin,
+            "GetSnapshot",
+            admin_pb2.GetSnapshotRequest(node_id="dp-dynamic", include_json=True),
+        )
+        static_port, static_admin = free_port(), free_port()
+        path = workdir / "static.yaml"
+        path.write_text(
+            static_bootstrap(snapshot, listen_port=static_port, admin_port=static_admin)
+        )
+        static = Process(
+            [
+                ENVOY,
+                "-c",
+                str(path),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ],
+            workdir / "static.log",
+        )
+        static.start()
+        processes.append(static)
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{static_port}/", host="dp.local")[0] == 200,
+            what="static Envoy routes",
+            timeout=30,
+        )
+        dyn_port = dynamic.listen.rsplit(":", 1)[1]
+        targets = {
+            "routeplane": ("127.0.0.1", int(dyn_port)),
+            "static": ("127.0.0.1", static_port),
+        }
+        rows: list[dict[str, Any]] = []
+
+        async def measure() -> None:
+            for name, (host, port) in [*targets.items(), ("direct", ("127.0.0.1", upstream_port))]:
+                await http_fixed_rate(
+                    host=host,
+                    port=port,
+                    host_header="dp.local",
+                    rate=rate,
+                    seconds=min(1.0, seconds),
+                )  # warm-up
+                latencies, errors = await http_fixed_rate(
+                    host=host, port=port, host_header="dp.local", rate=rate, seconds=seconds
+                )
+                rows.append({"protocol": "http/1.1", "target": name, **stats(latencies, errors)})
+            for name, (host, port) in [*targets.items(), ("direct", ("127.0.0.1", grpc_port))]:
+                authority = "" if name == "direct" else "g.local"
+                latencies, errors = await grpc_fixed_rate(
+                    f"{host}:{port}", authority, rate=rate, seconds=seconds
+                )
+                rows.append(
+                    {"protocol": "grpc unary (h2)", "target": name, **stats(latencies, errors)}
+                )
+            for name, (host, port) in [*targets.items(), ("direct", ("127.0.0.1", ws_port))]:
+                header = "" if name == "direct" else "ws.local"
+                latencies, errors = await ws_round_trips(
+                    (host, port), header, count=int(rate * seconds / 4)
+                )
+                rows.append(
+                    {"protocol": "websocket rtt", "target": name, **stats(latencies, errors)}
+                )
+
+        asyncio.run(measure())
+        for row in rows:
+            base = next(
+                r for r in rows if r["protocol"] == row["protocol"] and r["target"] == "static"
+            )
+            row["vs_static_p50"] = round(row["p50_ms"] / base["p50_ms"], 3)
+            row["vs_static_p99"] = round(row["p99_ms"] / base["p99_ms"], 3)
+        return {"rate_per_s": rate, "seconds": seconds, "rows": rows}
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="routeplane-dp-") as tmp:
+        result = run(rate=args.rate, seconds=args.seconds, workdir=Path(tmp))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The floor: Envoy applying an endpoint change from its own filesystem subscription.
+
+One Envoy reads a cluster's endpoints (EDS) from a file it watches; a change is written to a
+temporary file and atomically renamed over it (the documented way). Time from the rename to the
+first request answered by the new replica, over the same keep-alive poller as the propagation
+benchmark, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.propagation import Poller, percentile
+from control_plane.samples.http_echo import EchoThread
+from tests.helpers import free_port, wait_until
+from tests.processes import ENVOY, Process
+
+HOST = "echo.local"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def _eds(address: str) -> dict[str, Any]:
+    host, port = address.rsplit(":", 1)
+    return {
+        "version_info": str(time.time_ns()),
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": "fs",
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": host, "port_value": int(port)}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def run(*, tries: int, workdir: Path) -> dict[str, Any]:
+    replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
+    eds_path = workdir / "eds.json"
+    eds_path.write_text(json.dumps(_eds(replicas[0].address)))
+    listen, admin = free_port(), free_port()
+    bootstrap = {
+        "node": {"id": "fs-baseline", "cluster": "edge"},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "ingress_http",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": HCM + "HttpConnectionManager",
+                                        "stat_prefix": "ingress_http",
+                                        "strip_any_host_port": True,
+                                        "route_config": {
+                                            "name": "r",
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": HOST,
+                                                    "domains": [HOST],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {"cluster": "fs"},
+                                                        }
+                                                    ],
+                                                }
+                                            ],
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {"@type": ROUTER},
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "fs",
+                    "type": "EDS",
+                    "connect_timeout": "1s",
+                    "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+                    "eds_cluster_config": {
+                        "eds_config": {
+                            "path_config_source": {
+                                "path": str(eds_path),
+                                "watched_directory": {"path": str(workdir)},
+                            }
+                        }
+                    },
+                }
+            ],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+    }
+    config = workdir / "fs-envoy.yaml"
+    config.write_text(yaml.safe_dump(bootstrap))
+    envoy = Process(
+        [
+            ENVOY,
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ],
+        workdir / "fs-envoy.log",
+    )
+    envoy.start()
+    try:
+        poller = Poller(f"127.0.0.1:{listen}")
+        wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=30, what="fs Envoy")
+        samples = []
+        for attempt in range(tries + 1):
+            replica = replicas[(attempt + 1) % 2]
+            tmp = workdir / "eds.json.tmp"
+            tmp.write_text(json.dumps(_eds(replica.address)))
+            os.rename(tmp, eds_path)
+            started = time.perf_counter()
+            wanted = (200, f"{replica.name}\n")
+            wait_until(
+                lambda w=wanted: poller.get() == w,
+                timeout=10,
+                interval=0.0005,
+                what="the renamed file to apply",
+            )
+            if attempt:
+                samples.append((time.perf_counter() - started) * 1000)
+        return {
+            "tries": len(samples),
+            "p50_ms": round(statistics.median(samples), 2),
+            "p90_ms": round(percentile(samples, 90), 2),
+            "p99_ms": round(percentile(samples, 99), 2),
+        }
+    finally:
+        envoy.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="routeplane-fs-") as tmp:
+        print(json.dumps(run(tries=20, workdir=Path(tmp)), indent=2))
