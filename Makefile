@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint format run bench bench-quick clean protos
+.PHONY: install test lint format run bench bench-quick soak clean protos
 
 PROTO_OUT := control_plane/admin/pb
 
@@ -40,6 +40,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --plan quick
+
+soak: install
+	$(BIN)/python -m bench.soak --seconds 120 --streams 200
 
 # Regenerate the admin API's Python code from protos/ (the committed copy is checked by a test).
 protos: install

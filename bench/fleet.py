@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -55,6 +56,7 @@ class Fleet:
     watched: str = ""
     watched_done: asyncio.Event = field(default_factory=asyncio.Event)
     watched_count: int = 0
+    refusals: int = 0
     errors: list[str] = field(default_factory=list)
 
     def saw_change(self) -> None:
@@ -64,6 +66,18 @@ class Fleet:
 
 
 async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Event) -> None:
+    """One simulated proxy; like Envoy, it retries with jittered backoff when refused."""
+    backoff = 0.25
+    while not stop.is_set():
+        refused = await _delta_stream(index, target, fleet, stop)
+        if not refused:
+            return
+        fleet.refusals += 1
+        await asyncio.sleep(backoff * (0.5 + random.random()))
+        backoff = min(backoff * 2, 5.0)
+
+
+async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Event) -> bool:
     node = base_pb2.Node(
         id=f"sim-{index}", cluster="fleet", locality=base_pb2.Locality(region="us-west")
     )
@@ -119,11 +133,14 @@ async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Even
                 if fleet.complete_count >= fleet.streams:
                     fleet.complete.set()
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return True
         if not stop.is_set():
             fleet.errors.append(f"sim-{index}: {exc.code().name} {exc.details()}")
     finally:
         call.cancel()
         await channel.close()
+    return False
 
 
 def pct(values: list[float], q: float) -> float:
@@ -185,6 +202,7 @@ async def run_fleet(
             "storm_s": round(storm_s, 2),
             "storm_cpu_s": round(storm_cpu, 2),
             "storm_errors": len(fleet.errors),
+            "storm_refusals_retried": fleet.refusals,
             "fanout_ms": {
                 "p50": round(statistics.median(fanout_ms), 1),
                 "p99": round(pct(fanout_ms, 99), 1),

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import structlog
@@ -47,6 +48,33 @@ class ServeConfig:
     control_plane_id: str = ""
     poll_interval: float | None = None
     grace_seconds: float = 5.0
+    new_streams_per_second: float = 500.0
+    max_concurrent_pushes: int = 256
+    max_connection_age_seconds: float = 1800.0
+    admin_token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+
+
+def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
+    """mTLS: our certificate, and the CA every proxy's client certificate must chain to."""
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=Path(config.client_ca).read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -60,11 +88,27 @@ async def serve(config: ServeConfig) -> None:
     cache = SnapshotCache()
     reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
     identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
-    xds = XdsServer(cache=cache, control_plane_id=identifier)
-
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    xds = XdsServer(
+        cache=cache,
+        control_plane_id=identifier,
+        new_streams_per_second=config.new_streams_per_second,
+        max_concurrent_pushes=config.max_concurrent_pushes,
+        require_identity=bool(config.tls_cert),
+    )
+    options = [
+        *GRPC_OPTIONS,
+        # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
+        # across control-plane replicas; the grace lets an in-flight push finish.
+        ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", 10_000),
+    ]
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers([*xds.generic_handlers(), csds.generic_handler(xds)])
-    xds_port = server.add_insecure_port(config.xds_listen)
+    if config.tls_cert:
+        credentials = await asyncio.to_thread(_server_credentials, config)
+        xds_port = server.add_secure_port(config.xds_listen, credentials)
+    else:
+        xds_port = server.add_insecure_port(config.xds_listen)
     if xds_port == 0:
         raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
     await server.start()
@@ -77,8 +121,22 @@ async def serve(config: ServeConfig) -> None:
         return True, "ready"
 
     admin_host, admin_port = split_host_port(config.admin_listen)
+    if not _loopback(admin_host) and not config.admin_token:
+        raise OSError(
+            f"--admin-listen {config.admin_listen} is not loopback: set --admin-token-file "
+            "(or ROUTEPLANE_ADMIN_TOKEN) so the admin API and /metrics need a bearer token"
+        )
+    xds_host, _ = split_host_port(config.xds_listen)
+    if not _loopback(xds_host) and not config.tls_cert:
+        log.warning(
+            "xds_plaintext_exposed",
+            address=config.xds_listen,
+            advice="xDS is plaintext; keep it on loopback or a private network",
+        )
     admin = AdminServer(
-        service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table), ready=ready
+        service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table),
+        ready=ready,
+        token=config.admin_token,
     )
     await admin.start(admin_host, admin_port)
     REGISTRY.register(

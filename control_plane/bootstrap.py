@@ -22,6 +22,7 @@ def render(
     listen: str,
     admin: str,
     delta: bool = True,
+    tls: tuple[str, str, str] | None = None,
 ) -> str:
     """The bootstrap YAML; raises ValidationError naming the flag on bad input."""
 
@@ -59,4 +60,25 @@ def render(
         xds_endpoints="\n".join(endpoints),
         admin_host=admin_host,
         admin_port=admin_port,
+        transport_socket=_transport_socket(tls),
+    )
+
+
+def _transport_socket(tls: tuple[str, str, str] | None) -> str:
+    """mTLS to the control plane: our client certificate, and its CA to check the server."""
+    if tls is None:
+        return ""
+    cert, key, ca = (json.dumps(str(Path(p).resolve())) for p in tls)
+    return (
+        "    transport_socket:\n"
+        "      name: envoy.transport_sockets.tls\n"
+        "      typed_config:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.'
+        "UpstreamTlsContext\n"
+        "        common_tls_context:\n"
+        "          tls_certificates:\n"
+        f"          - certificate_chain: {{filename: {cert}}}\n"
+        f"            private_key: {{filename: {key}}}\n"
+        "          validation_context:\n"
+        f"            trusted_ca: {{filename: {ca}}}\n"
     )

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -77,6 +79,41 @@ def main() -> None:
     default=None,
     help="Seconds between registry watch polls (default: 0.005 SQLite, 0.01 Spanner).",
 )
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding a bearer token the admin API and /metrics require (needed when "
+    "--admin-listen is not loopback); or set ROUTEPLANE_ADMIN_TOKEN.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serve xDS over mTLS with this certificate (PEM).",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CA that signs proxies' client certificates (required with --tls-cert).",
+)
+@click.option(
+    "--new-streams-per-second",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Admission control: new xDS streams let in per second (burst the same).",
+)
+@click.option("--max-concurrent-pushes", type=int, default=256, show_default=True)
+@click.option(
+    "--max-connection-age",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Seconds before a proxy's connection is closed (+-10% jitter) to rebalance.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
@@ -87,6 +124,13 @@ def serve(
     xds_listen: str,
     admin_listen: str,
     poll_interval: float | None,
+    admin_token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    client_ca: str | None,
+    new_streams_per_second: float,
+    max_concurrent_pushes: int,
+    max_connection_age: float,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -101,11 +145,30 @@ def serve(
             fail(f"invalid {flag} {value!r}: expected HOST:PORT")
     if poll_interval is not None and not 0.001 <= poll_interval <= 60:
         fail(f"invalid --poll-interval {poll_interval!r}: expected 0.001 to 60 seconds")
+    token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")
+    if admin_token_file:
+        try:
+            token = Path(admin_token_file).read_text().strip()
+        except OSError as exc:
+            fail(f"--admin-token-file {admin_token_file}: {exc.strerror}")
+    tls = [tls_cert, tls_key, client_ca]
+    if any(tls) and not all(tls):
+        fail("--tls-cert, --tls-key and --client-ca go together")
+    for flag, tls_path in zip(("--tls-cert", "--tls-key", "--client-ca"), tls, strict=True):
+        if tls_path and not Path(tls_path).is_file():
+            fail(f"{flag} {tls_path}: no such file")
     config = ServeConfig(
         registry_url=registry,
         xds_listen=xds_listen,
         admin_listen=admin_listen,
         poll_interval=poll_interval,
+        admin_token=token,
+        tls_cert=tls_cert or "",
+        tls_key=tls_key or "",
+        client_ca=client_ca or "",
+        new_streams_per_second=new_streams_per_second,
+        max_concurrent_pushes=max_concurrent_pushes,
+        max_connection_age_seconds=max_connection_age,
     )
     asyncio.run(run_serve(config))
 
@@ -134,6 +197,9 @@ def serve(
     show_default=True,
     help="xDS protocol variant.",
 )
+@click.option("--tls-cert", default="", help="Client certificate for mTLS to the control plane.")
+@click.option("--tls-key", default="")
+@click.option("--ca", "tls_ca", default="", help="CA that signed the control plane's cert.")
 @user_errors
 def bootstrap(
     node_id: str,
@@ -144,10 +210,15 @@ def bootstrap(
     listen: str,
     admin: str,
     ads: str,
+    tls_cert: str,
+    tls_key: str,
+    tls_ca: str,
 ) -> None:
     """Print an Envoy bootstrap (YAML) that points a proxy at routeplane."""
     from control_plane.bootstrap import render
 
+    if any((tls_cert, tls_key, tls_ca)) and not all((tls_cert, tls_key, tls_ca)):
+        fail("--tls-cert, --tls-key and --ca go together")
     click.echo(
         render(
             node_id=node_id,
@@ -158,6 +229,7 @@ def bootstrap(
             listen=listen,
             admin=admin,
             delta=ads == "delta",
+            tls=(tls_cert, tls_key, tls_ca) if tls_cert else None,
         ),
         nl=False,
     )
@@ -848,3 +920,26 @@ def snapshot_history(admin: str, node_group: str, as_json: bool) -> None:
             for e in entries
         ],
     )
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for mTLS between Envoy and the control plane."""
+
+
+@certs.command("dev")
+@click.option("--out", default=".mesh/certs", show_default=True, type=click.Path())
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    default=["edge"],
+    show_default=True,
+    help="Envoy fleet (node cluster) to issue a client certificate for; repeat.",
+)
+def certs_dev(out: str, clusters: tuple[str, ...]) -> None:
+    """A throwaway CA, a server certificate for loopback and client certificates (dev only)."""
+    from control_plane.certs import dev_certs
+
+    for path in dev_certs(Path(out), clusters=list(clusters)):
+        click.echo(f"wrote {path}")

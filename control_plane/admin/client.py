@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
@@ -16,10 +17,13 @@ class AdminError(Exception):
 
 
 def call(admin: str, method: str, request: Any, *, timeout: float = 10.0) -> Any:
+    """One admin call; the bearer token comes from ROUTEPLANE_ADMIN_TOKEN when set."""
+    token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")
+    metadata = [("authorization", f"Bearer {token}")] if token else []
     with grpc.insecure_channel(admin) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
-            return getattr(stub, method)(request, timeout=timeout)
+            return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             code = exc.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,12 +12,14 @@ Route = Callable[[], tuple[int, str, bytes]]
 
 
 class AdminHttp:
-    def __init__(self, *, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(self, *, ready: Callable[[], tuple[bool, str]], token: str = "") -> None:
         self._ready = ready
+        self._token = token
         self._routes: dict[str, Route] = {
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self._readyz,
             "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest()),
+            "/unauthorized": lambda: (401, "text/plain", b"a valid admin token is needed\n"),
         }
 
     def _readyz(self) -> tuple[int, str, bytes]:
@@ -31,25 +34,39 @@ class AdminHttp:
     ) -> None:
         """Serve one HTTP/1.1 request; ``head`` is what was already read from the socket."""
         try:
-            request_line = head + await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-                b"\r\n",
-                b"\n",
-                b"",
-            ):
-                pass
-            parts = request_line.decode("latin-1").split()
+            data = head
+            if b"\r\n\r\n" not in data:
+                data += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            parts = lines[0].split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:])
+            }
+            if (
+                self._token
+                and path not in ("/healthz", "/readyz")
+                and not hmac.compare_digest(
+                    headers.get("authorization", ""), f"Bearer {self._token}"
+                )
+            ):
+                path = "/unauthorized"
             route = self._routes.get(path)
             status, content_type, body = route() if route else (404, "text/plain", b"not found\n")
-            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 503: "Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
             pass
         finally:
             writer.close()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -20,16 +22,41 @@ from control_plane.admin.service import AdminService
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class BearerToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every admin call must carry ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        metadata = dict(details.invocation_metadata or ())
+        if hmac.compare_digest(str(metadata.get("authorization", "")), self._expected):
+            return await continuation(details)
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid admin token is needed")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
 class AdminServer:
-    def __init__(self, *, service: AdminService, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        *,
+        service: AdminService,
+        ready: Callable[[], tuple[bool, str]],
+        token: str = "",
+    ) -> None:
         self._service = service
-        self._http = AdminHttp(ready=ready)
+        self._token = token
+        self._http = AdminHttp(ready=ready, token=token)
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port = 0
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._grpc = grpc.aio.server()
+        interceptors = [BearerToken(self._token)] if self._token else []
+        self._grpc = grpc.aio.server(interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(self._service, self._grpc)
         self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         await self._grpc.start()

@@ -77,12 +77,29 @@ AckListener = Callable[[Proxy, str, str], None]
 class XdsServer:
     """Serves snapshots from ``cache`` to every proxy that connects."""
 
-    def __init__(self, *, cache: SnapshotCache, control_plane_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        cache: SnapshotCache,
+        control_plane_id: str,
+        new_streams_per_second: float = 500.0,
+        max_concurrent_pushes: int = 256,
+        require_identity: bool = False,
+    ) -> None:
         self.cache = cache
+        # With mTLS: a proxy gets only the node group its client certificate allows.
+        self.require_identity = require_identity
         self.control_plane_id = control_plane_id
         self.proxies: dict[int, Proxy] = {}
         self._ids = itertools.count(1)
         self._ack_listeners: list[AckListener] = []
+        # Admission control: a reconnect storm is let in at a steady rate (refused streams are
+        # told to retry; Envoy backs off and comes back), and at most this many pushes run at
+        # once so the loop keeps answering ACKs, the admin API and /metrics.
+        self._admission = TokenBucket(
+            rate=new_streams_per_second, burst=max(1.0, new_streams_per_second)
+        )
+        self._pushes = asyncio.Semaphore(max_concurrent_pushes)
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
@@ -122,6 +139,12 @@ class XdsServer:
         delta: bool,
         only_type: str,
     ) -> None:
+        if not self._admission.take():
+            metrics.STREAMS_REFUSED.labels("rate").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many new xDS streams right now; retry with backoff",
+            )
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -137,6 +160,15 @@ class XdsServer:
             else SotwStream(control_plane_id=self.control_plane_id, only_type=only_type)
         )
         group = to_node_group(first.node)
+        if self.require_identity:
+            allowed = certificate_clusters(context.auth_context())
+            if group.cluster not in allowed:
+                metrics.STREAMS_REFUSED.labels("identity").inc()
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the client certificate allows node cluster(s) {sorted(allowed)}, "
+                    f"not {group.cluster!r}",
+                )
         proxy = Proxy(
             stream_id=next(self._ids),
             node_id=first.node.id,
@@ -160,9 +192,10 @@ class XdsServer:
                 wake.clear()
                 if reader.done():
                     break
-                for outgoing in protocol.responses(self.cache.get(group.key)):
-                    await context.write(outgoing.payload)
-                    self._log_push(bound, outgoing)
+                async with self._pushes:
+                    for outgoing in protocol.responses(self.cache.get(group.key)):
+                        await context.write(outgoing.payload)
+                        self._log_push(bound, outgoing)
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
@@ -225,6 +258,38 @@ class XdsServer:
             removed=len(outgoing.removed),
             bytes=len(outgoing.payload),
         )
+
+
+SPIFFE_PREFIX = "spiffe://routeplane/fleet/"
+
+
+def certificate_clusters(auth: dict[str, list[bytes]]) -> set[str]:
+    """The fleet clusters a peer certificate allows: its ``spiffe://routeplane/fleet/<c>`` URI
+    SANs, or its common name when it has none."""
+    sans = [v.decode() for v in auth.get("x509_subject_alternative_name", [])]
+    clusters = {s.removeprefix(SPIFFE_PREFIX) for s in sans if s.startswith(SPIFFE_PREFIX)}
+    if clusters:
+        return clusters
+    return {v.decode() for v in auth.get("x509_common_name", [])}
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` never waits."""
+
+    def __init__(self, *, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 @functools.cache

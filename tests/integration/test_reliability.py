@@ -1,0 +1,296 @@
+"""Reliability: control-plane restarts, graceful shutdown, admission control, admin auth."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from control_plane.registry import open_registry
+from control_plane.samples.http_echo import EchoThread
+from tests.helpers import free_port, wait_until
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+
+pytestmark = pytest.mark.envoy
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def restart_on_same_ports(cp: ControlPlane, tmp_path: Path, **extra: str) -> ControlPlane:
+    again = ControlPlane(
+        argv=cp.argv,
+        log_path=tmp_path / "control-plane-again.log",
+        registry=cp.registry,
+        xds=cp.xds,
+        admin=cp.admin,
+    )
+    again.start()
+    again.wait_ready()
+    return again
+
+
+@pytest.mark.parametrize("ads", ["delta", "sotw"])
+def test_envoy_keeps_routing_through_a_restart_and_gets_nothing_it_already_has(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread], ads: str
+) -> None:
+    cp = ControlPlane.create(tmp_path)
+    cp.start()
+    envoy = Envoy.create(tmp_path, node_id=f"edge-{ads}", region="us-west", xds=[cp.xds], ads=ads)
+    again = None
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+        registry.register_replica(
+            server="echo", address=echo_factory("a").address, region="us-west"
+        )
+        registry.close()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing")
+        connected = envoy.stat("control_plane.connected_state")
+        assert connected == 1
+        before = {
+            name: envoy.stat(name)
+            for name in (
+                "cluster_manager.cluster_added",
+                "cluster_manager.cluster_modified",
+                "listener_manager.listener_added",
+                "listener_manager.listener_modified",
+            )
+        }
+
+        cp.stop()  # SIGTERM: graceful
+        wait_until(
+            lambda: envoy.stat("control_plane.connected_state") == 0,
+            what="Envoy to notice the control plane is gone",
+        )
+        for _ in range(50):
+            assert envoy.get(host="echo.local") == (200, "a\n")
+
+        again = restart_on_same_ports(cp, tmp_path)
+        wait_until(
+            lambda: envoy.stat("control_plane.connected_state") == 1,
+            timeout=40,
+            what="Envoy to reconnect",
+        )
+        wait_until(lambda: http_get(f"http://{again.admin}/readyz")[0] == 200, what="ready")
+        # Give the first responses time to land, then check nothing was re-applied.
+        wait_until(
+            lambda: (
+                "SYNCED"
+                in subprocess.run(
+                    [ROUTEPLANE, "proxies", "--admin", again.admin],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+            ),
+            what="resynced",
+        )
+        after = {name: envoy.stat(name) for name in before}
+        assert after == before
+        assert envoy.get(host="echo.local") == (200, "a\n")
+    finally:
+        envoy.stop()
+        cp.stop()
+        if again is not None:
+            again.stop()
+
+
+def test_sigterm_stops_the_control_plane_promptly_and_cleanly(tmp_path: Path) -> None:
+    cp = ControlPlane.create(tmp_path)
+    cp.start()
+    try:
+        cp.wait_ready()
+        channel = grpc.insecure_channel(cp.xds)
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            iter(
+                [
+                    discovery_pb2.DiscoveryRequest(
+                        node=base_pb2.Node(id="held", cluster="edge"),
+                        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                    )
+                ]
+            )
+        )
+        next(stream)
+        assert cp.process is not None
+        started = time.monotonic()
+        cp.process.send_signal(signal.SIGTERM)
+        assert cp.process.wait(timeout=20) == 0
+        assert time.monotonic() - started < 15
+        log = cp.log()
+        assert "shutdown_started" in log
+        assert "shutdown_completed" in log
+        channel.close()
+    finally:
+        cp.stop()
+
+
+def test_a_stream_storm_is_admitted_at_the_configured_rate(tmp_path: Path) -> None:
+    cp = ControlPlane.create(tmp_path, extra=["--new-streams-per-second", "5"])
+    cp.start()
+    try:
+        cp.wait_ready()
+        refused = served = 0
+        with grpc.insecure_channel(cp.xds) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            for i in range(20):
+                stream = stub.StreamAggregatedResources(
+                    iter(
+                        [
+                            discovery_pb2.DiscoveryRequest(
+                                node=base_pb2.Node(id=f"storm-{i}", cluster="edge"),
+                                type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                            )
+                        ]
+                    )
+                )
+                errors: list[tuple[object, str]] = []
+                try:
+                    next(stream)
+                    served += 1
+                except grpc.RpcError as exc:
+                    errors.append((exc.code(), exc.details() or ""))
+                    refused += 1
+                stream.cancel()
+                for code, details in errors:
+                    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "retry" in details
+        assert served >= 5
+        assert refused >= 1
+        # The process stays responsive to operators meanwhile.
+        assert http_get(f"http://{cp.admin}/healthz")[0] == 200
+        assert "routeplane_xds_streams_refused_total" in http_get(f"http://{cp.admin}/metrics")[1]
+    finally:
+        cp.stop()
+
+
+def test_the_admin_api_needs_the_token_when_one_is_set(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    cp = ControlPlane.create(tmp_path, extra=["--admin-token-file", str(token_file)])
+    cp.start()
+    try:
+        cp.wait_ready()
+        denied = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert denied.returncode == 1
+        assert "admin token" in denied.stderr
+        allowed = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+            env={"ROUTEPLANE_ADMIN_TOKEN": "s3cret", "PATH": "/usr/bin:/bin"},
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        assert http_get(f"http://{cp.admin}/metrics")[0] == 401
+        assert http_get(f"http://{cp.admin}/healthz")[0] == 200
+    finally:
+        cp.stop()
+
+
+def test_a_non_loopback_admin_address_without_a_token_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            ROUTEPLANE,
+            "serve",
+            "--registry",
+            f"sqlite://{tmp_path / 'r.db'}",
+            "--xds-listen",
+            f"127.0.0.1:{free_port()}",
+            "--admin-listen",
+            f"0.0.0.0:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "is not loopback: set --admin-token-file" in result.stderr
+
+
+def test_two_replicas_serve_the_same_versions_and_a_proxy_fails_over_without_errors(
+    spanner_url: str, tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    registry = open_registry(spanner_url)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address=echo_factory("a").address, region="us-west")
+    registry.close()
+    first = ControlPlane.create(tmp_path, registry=spanner_url)
+    second = ControlPlane.create(tmp_path, registry=spanner_url)
+    envoy = Envoy.create(tmp_path, node_id="edge-ha", region="us-west", xds=[first.xds, second.xds])
+    try:
+        for cp in (first, second):
+            cp.start()
+        for cp in (first, second):
+            cp.wait_ready()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing")
+
+        def versions(cp: ControlPlane) -> tuple[str, ...]:
+            """What a proxy of the same group gets from this replica, type by type."""
+            node = base_pb2.Node(
+                id="probe", cluster="edge", locality=base_pb2.Locality(region="us-west")
+            )
+            node.metadata.fields["routeplane.listen"].string_value = envoy.listen
+            requests = [
+                discovery_pb2.DiscoveryRequest(node=node, type_url=CDS),
+                discovery_pb2.DiscoveryRequest(type_url=LDS),
+            ]
+            with grpc.insecure_channel(cp.xds) as channel:
+                stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+                stream = stub.StreamAggregatedResources(iter(requests), timeout=10)
+                got = tuple(next(stream).version_info for _ in requests)
+                stream.cancel()
+            return got
+
+        assert versions(first) == versions(second)
+
+        def serving(cp: ControlPlane) -> bool:
+            out = subprocess.run(
+                [ROUTEPLANE, "proxies", "--admin", cp.admin, "--json"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            return out.returncode == 0 and "edge-ha" in out.stdout
+
+        connected = wait_until(
+            lambda: first if serving(first) else second if serving(second) else None,
+            what="the proxy connected somewhere",
+        )
+        other = second if connected is first else first
+        modified = envoy.stat("cluster_manager.cluster_modified")
+        connected.stop()
+        failures = 0
+        deadline = time.monotonic() + 30
+        while not serving(other):
+            failures += envoy.get(host="echo.local") != (200, "a\n")
+            assert time.monotonic() < deadline, "the proxy did not move to the other replica"
+        for _ in range(20):
+            failures += envoy.get(host="echo.local") != (200, "a\n")
+        assert failures == 0
+        assert envoy.stat("cluster_manager.cluster_modified") == modified
+    finally:
+        envoy.stop()
+        first.stop()
+        second.stop()
