@@ -57,11 +57,18 @@ class Fleet:
     watched_done: asyncio.Event = field(default_factory=asyncio.Event)
     watched_count: int = 0
     refusals: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+    def give_up(self) -> None:
+        """A stream that failed for good counts as finished (and as an error)."""
+        self.complete_count += 1
+        if self.complete_count >= self.streams:
+            self.complete.set()
 
     def saw_change(self) -> None:
         self.watched_count += 1
-        if self.watched_count >= self.streams:
+        if self.watched_count >= self.streams - len(self.errors):
             self.watched_done.set()
 
 
@@ -133,14 +140,32 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
                 if fleet.complete_count >= fleet.streams:
                     fleet.complete.set()
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # Like Envoy, reconnect with backoff on any stream failure; refusals are expected in a
+        # storm (admission control) and are counted, not treated as errors.
+        if not stop.is_set() and not complete:
+            fleet.codes[exc.code().name] = fleet.codes.get(exc.code().name, 0) + 1
             return True
-        if not stop.is_set():
-            fleet.errors.append(f"sim-{index}: {exc.code().name} {exc.details()}")
+    except Exception as exc:  # noqa: BLE001 - a simulated proxy reports, never hangs the run
+        fleet.errors.append(f"sim-{index}: {type(exc).__name__}: {exc}")
+        if not complete:
+            fleet.give_up()
     finally:
         call.cancel()
         await channel.close()
     return False
+
+
+async def _probe_admin(admin: str, done: asyncio.Event) -> list[float]:
+    """GET /metrics every 100 ms until ``done``: the process must stay responsive."""
+    from tests.processes import http_get
+
+    latencies = []
+    while not done.is_set():
+        started = time.perf_counter()
+        status, _ = await asyncio.to_thread(http_get, f"http://{admin}/metrics", timeout=10)
+        latencies.append((time.perf_counter() - started) * 1000 if status == 200 else 10_000.0)
+        await asyncio.sleep(0.1)
+    return latencies
 
 
 def pct(values: list[float], q: float) -> float:
@@ -148,11 +173,23 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+def raise_fd_limit() -> int:
+    """Thousands of streams need thousands of sockets, in this process and in the server it
+    starts (which inherits the limit): lift the soft limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def run_fleet(
     *, streams: int, servers: int, replicas: int, changes: int, workdir: Path
 ) -> dict[str, Any]:
     from bench.registry_watch import bulk_load
 
+    fd_limit = raise_fd_limit()
     cp = ControlPlane.create(workdir)
     registry = open_registry(cp.registry)
     bulk_load(registry, servers=servers, replicas=replicas)
@@ -166,8 +203,10 @@ async def run_fleet(
         started = time.perf_counter()
         cpu_before = proc_cpu(cp.pid)
         tasks = [asyncio.create_task(delta_client(i, cp.xds, fleet, stop)) for i in range(streams)]
+        probes = asyncio.create_task(_probe_admin(cp.admin, fleet.complete))
         await asyncio.wait_for(fleet.complete.wait(), timeout=600)
         storm_s = time.perf_counter() - started
+        admin_ms = await probes
         storm_cpu = proc_cpu(cp.pid) - cpu_before
         await asyncio.sleep(1.0)  # let the last ACKs land before measuring memory
         rss_after = proc_rss(cp.pid)
@@ -202,7 +241,10 @@ async def run_fleet(
             "storm_s": round(storm_s, 2),
             "storm_cpu_s": round(storm_cpu, 2),
             "storm_errors": len(fleet.errors),
+            "fd_limit": fd_limit,
             "storm_refusals_retried": fleet.refusals,
+            "storm_retry_codes": dict(fleet.codes),
+            "admin_during_storm_max_ms": round(max(admin_ms, default=0.0), 1),
             "fanout_ms": {
                 "p50": round(statistics.median(fanout_ms), 1),
                 "p99": round(pct(fanout_ms, 99), 1),

@@ -242,6 +242,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             write_ms.append((committed - t0) * 1000)
             seen_ms.append((seen - committed) * 1000)
             ack_ms.append((done - committed) * 1000)
+        snapshot_bytes = max(
+            (snap.size for group in cache.groups() if (snap := cache.get(group)) is not None),
+            default=0,
+        )
         watcher.cancel()
         await server.stop(0)
         registry.close()
@@ -258,6 +262,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "reconcile_cpu_per_change_ms": summary(change_cpu_ms),
             "full_read_ms": round(full_read_ms, 1),
             "full_rebuild_ms": round(full_rebuild_ms, 1),
+            "snapshot_bytes_per_group": snapshot_bytes,
         }
     finally:
         for envoy in envoys:

@@ -166,8 +166,8 @@ def table(result: dict[str, Any]) -> str:
         "Registry commit -> control plane -> every Envoy ACKed (control plane "
         "in-process, real Envoys, delta), ms (p50 / p99)",
         "| registry | replicas | envoys | sees it | all ACKed | CPU per pass | "
-        "full read | full rebuild |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "full read | full rebuild | snapshot bytes per group |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["registry_watch"]:
         seen, ack, cpu = (
@@ -178,18 +178,21 @@ def table(result: dict[str, Any]) -> str:
             f"| {row['registry']} | {row['replicas']} | {row['envoys']} | "
             f"{seen['p50']} / {seen['p99']} | {ack['p50']} / {ack['p99']} | "
             f"{cpu['p50']} / {cpu['p99']} | {row['full_read_ms']} | "
-            f"{row['full_rebuild_ms']} |"
+            f"{row['full_rebuild_ms']} | {row.get('snapshot_bytes_per_group', '-')} |"
         )
     lines += [
         "",
         "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas)",
-        "| streams | reconnect storm: all served | errors | one change: all ACKed p50 / "
-        "p99 ms | CPU per stream per push | memory per stream | idle CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| streams | reconnect storm: all served | errors | refused, retried | /metrics "
+        "during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream per push "
+        "| memory per stream | idle CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fleet"]:
         lines.append(
             f"| {row['streams']} | {row['storm_s']} s | {row['storm_errors']} | "
+            f"{row.get('storm_refusals_retried', '-')} | "
+            f"{row.get('admin_during_storm_max_ms', '-')} ms | "
             f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
             f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
             f"{row['idle_cpu_percent']}% |"

@@ -139,16 +139,18 @@ class XdsServer:
         delta: bool,
         only_type: str,
     ) -> None:
-        if not self._admission.take():
-            metrics.STREAMS_REFUSED.labels("rate").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "too many new xDS streams right now; retry with backoff",
-            )
         try:
             first = await anext(requests)
         except StopAsyncIteration:
             return
+        if not self._admission.take():
+            # Refused after the first request is read, so the client gets a clean status.
+            metrics.STREAMS_REFUSED.labels("rate").inc()
+            log.debug("stream_refused", reason="rate", node_id=first.node.id)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many new xDS streams right now; retry with backoff",
+            )
         if only_type and first.type_url and first.type_url != only_type:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
