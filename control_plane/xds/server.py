@@ -85,6 +85,7 @@ class XdsServer:
         new_streams_per_second: float = 500.0,
         max_concurrent_pushes: int = 256,
         require_identity: bool = False,
+        write_timeout: float = 10.0,
     ) -> None:
         self.cache = cache
         # With mTLS: a proxy gets only the node group its client certificate allows.
@@ -100,6 +101,9 @@ class XdsServer:
             rate=new_streams_per_second, burst=max(1.0, new_streams_per_second)
         )
         self._pushes = asyncio.Semaphore(max_concurrent_pushes)
+        # A proxy that stops reading fills its flow-control window and its writes stall; after
+        # this long it is disconnected, so it holds no push slot and no memory for long.
+        self.write_timeout = write_timeout
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
@@ -189,14 +193,27 @@ class XdsServer:
         self._handle(proxy, first, wake, bound)
         reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
         try:
-            while not reader.done():
+            finished = False
+            while not finished:
                 await wake.wait()
                 wake.clear()
-                if reader.done():
+                # A client that half-closed still gets what its requests asked for.
+                finished = reader.done()
+                if finished and (reader.cancelled() or reader.exception() is not None):
                     break
                 async with self._pushes:
                     for outgoing in protocol.responses(self.cache.get(group.key)):
-                        await context.write(outgoing.payload)
+                        try:
+                            await asyncio.wait_for(
+                                context.write(outgoing.payload), timeout=self.write_timeout
+                            )
+                        except TimeoutError:
+                            metrics.STREAMS_REFUSED.labels("stalled").inc()
+                            bound.warning("stream_stalled", write_timeout=self.write_timeout)
+                            await context.abort(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "the proxy stopped reading; reconnect",
+                            )
                         self._log_push(bound, outgoing)
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]

@@ -6,6 +6,7 @@ the server send something else and checks that it is the very next message on th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -304,3 +305,60 @@ async def test_a_closed_stream_is_forgotten(harness: Harness) -> None:
     await client.call.done_writing()
     await async_wait_until(lambda: not harness.xds.proxies, what="stream cleanup")
     assert harness.cache.watcher_count(GROUP) == 0
+
+
+async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() -> None:
+    from control_plane.translate import ProxyView, to_resources
+    from control_plane.xds.snapshot import build_snapshot
+    from tests.helpers import table
+
+    cache = SnapshotCache()
+    big = [
+        server(f"s{i}", *(endpoint(f"r{i}-{j}", 10_000 + j) for j in range(50))) for i in range(40)
+    ]
+    view = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
+    cache.set_snapshot(GROUP, build_snapshot(to_resources(table(*big), view)))
+    xds = XdsServer(
+        cache=cache, control_plane_id="cp-test", write_timeout=1.0, max_concurrent_pushes=1
+    )
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    # A tiny receive window: the silent stream's writes stall almost at once.
+    options = [
+        ("grpc.http2.lookahead_bytes", 1024),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.max_receive_message_length", -1),
+    ]
+    silent_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        silent = ads_pb2_grpc.AggregatedDiscoveryServiceStub(silent_channel)
+        call = silent.DeltaAggregatedResources()
+        await call.write(dreq(CLUSTER, node=True))
+        await call.write(dreq(ENDPOINT, subscribe=tuple(f"default_s{i}" for i in range(40))))
+        for i in range(40):  # keep pushing big endpoint sets it never reads
+            big = [
+                server(
+                    f"s{k}", *(endpoint(f"n{i}-{k}-{j}", 20_000 + i * 50 + j) for j in range(50))
+                )
+                for k in range(40)
+            ]
+            cache.set_snapshot(GROUP, build_snapshot(to_resources(table(*big), view)))
+            await asyncio.sleep(0.01)
+        await async_wait_until(
+            lambda: not any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
+            timeout=15,
+            what="the stalled stream to be dropped",
+        )
+        # Meanwhile and after, another proxy is served as usual.
+        client = Client(
+            ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        )
+        await client.send(req(LISTENER, node=True))
+        assert (await client.recv()).type_url == LISTENER
+    finally:
+        await silent_channel.close()
+        await channel.close()
+        await grpc_server.stop(0)
