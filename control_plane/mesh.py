@@ -186,12 +186,17 @@ def _start(state: MeshState, workdir: Path, name: str, argv: list[str]) -> None:
 
 
 def _runs(started: Started) -> bool:
-    """Is that PID still the process we started (not a reused PID)?"""
+    """Is that PID still the process we started (not a reused PID, not a zombie)?"""
     try:
-        cmdline = Path(f"/proc/{started.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        raw = Path(f"/proc/{started.pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{started.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return bool(cmdline) and started.program.encode() in cmdline[:2]
+    if state == "Z":
+        return False
+    if not raw:
+        return True  # mid-exec (Envoy's launcher execs the binary): cmdline is briefly empty
+    return started.program.encode() in raw.split(b"\0")[:2]
 
 
 def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshState:
