@@ -1,14 +1,16 @@
-"""Server writes shared by every store: validation and the hostname rule."""
+"""Writes shared by every store: validation of servers and replicas, and the hostname rule."""
 
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from control_plane.registry import validate
 from control_plane.registry.errors import ConflictError
-from control_plane.registry.model import Server
+from control_plane.registry.model import Replica, Server
 from control_plane.registry.spec import parse_spec
 
 
@@ -54,3 +56,32 @@ def check_conflicts(server: Server, others: Iterable[Server]) -> None:
             hostname, prefix = sorted(taken)[0]
             where = hostname if prefix == "/" else f"{hostname}{prefix}"
             raise ConflictError(f"hostname {where!r} already belongs to server {other.name!r}")
+
+
+def checked_replica(
+    *,
+    server: str,
+    address: str,
+    region: str,
+    zone: str,
+    weight: int,
+    state: str,
+    lease_seconds: float | None,
+) -> Replica:
+    """A new, validated Replica with a fresh id; raises ValidationError naming the field."""
+    host, port = validate.address(address)
+    if lease_seconds is not None:
+        validate.lease(lease_seconds)
+    now = time.time()
+    return Replica(
+        id="r-" + secrets.token_hex(5),
+        server=validate.name("server", server),
+        host=host,
+        port=port,
+        region=validate.region("region", region),
+        zone=validate.region("zone", zone, required=False),
+        weight=validate.weight(weight),
+        state=validate.state(state),
+        lease_expires_at=None if lease_seconds is None else now + lease_seconds,
+        updated_at=now,
+    )

@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -68,7 +67,7 @@ from control_plane.registry.model import (
     ReplicaState,
     Server,
 )
-from control_plane.registry.servers import check_conflicts, checked_server
+from control_plane.registry.servers import check_conflicts, checked_replica, checked_server
 
 if not hasattr(operations_pb2, "OperationsStub"):  # pragma: no cover - an install problem
     raise ImportError(
@@ -375,19 +374,14 @@ class SpannerRegistry:
         state: str = ReplicaState.READY,
         lease_seconds: float | None = None,
     ) -> Replica:
-        host, port = validate.address(address)
-        if lease_seconds is not None:
-            validate.lease(lease_seconds)
-        replica = Replica(
-            id="r-" + secrets.token_hex(5),
-            server=validate.name("server", server),
-            host=host,
-            port=port,
-            region=validate.region("region", region),
-            zone=validate.region("zone", zone, required=False),
-            weight=validate.weight(weight),
-            state=validate.state(state),
-            lease_expires_at=None if lease_seconds is None else time.time() + lease_seconds,
+        replica = checked_replica(
+            server=server,
+            address=address,
+            region=region,
+            zone=zone,
+            weight=weight,
+            state=state,
+            lease_seconds=lease_seconds,
         )
 
         def write(tx: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sqlite3
 import threading
 import time
@@ -31,7 +30,7 @@ from control_plane.registry.model import (
     Server,
     group_replicas,
 )
-from control_plane.registry.servers import check_conflicts, checked_server
+from control_plane.registry.servers import check_conflicts, checked_replica, checked_server
 
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
@@ -226,22 +225,16 @@ class SqliteRegistry:
         state: str = ReplicaState.READY,
         lease_seconds: float | None = None,
     ) -> Replica:
-        host, port = validate.address(address)
-        if lease_seconds is not None:
-            validate.lease(lease_seconds)
-        now = time.time()
-        replica = Replica(
-            id="r-" + secrets.token_hex(5),
-            server=validate.name("server", server),
-            host=host,
-            port=port,
-            region=validate.region("region", region),
-            zone=validate.region("zone", zone, required=False),
-            weight=validate.weight(weight),
-            state=validate.state(state),
-            lease_expires_at=None if lease_seconds is None else now + lease_seconds,
-            updated_at=now,
+        replica = checked_replica(
+            server=server,
+            address=address,
+            region=region,
+            zone=zone,
+            weight=weight,
+            state=state,
+            lease_seconds=lease_seconds,
         )
+        now = replica.updated_at
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM servers WHERE name = ?", (server,)).fetchone():
                 raise NotFoundError(f"unknown server {server!r}")
