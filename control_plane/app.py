@@ -7,6 +7,8 @@ gRPC server with a grace period so streams end cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -40,6 +42,10 @@ GRPC_OPTIONS = [
 ]
 
 
+class ConfigError(ValueError):
+    """A serve setting that cannot work, named by its flag and value."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeConfig:
     registry_url: str
@@ -56,6 +62,44 @@ class ServeConfig:
     tls_key: str = ""
     client_ca: str = ""
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
+        and opens nothing but checks that the TLS files exist."""
+        for flag, value in (
+            ("--xds-listen", self.xds_listen),
+            ("--admin-listen", self.admin_listen),
+        ):
+            split_host_port(value, flag=flag)
+        if self.poll_interval is not None and not 0.001 <= self.poll_interval <= 60:
+            raise ConfigError(
+                f"invalid --poll-interval {self.poll_interval!r}: expected 0.001 to 60 seconds"
+            )
+        for flag, number in (
+            ("--new-streams-per-second", self.new_streams_per_second),
+            ("--max-concurrent-pushes", self.max_concurrent_pushes),
+            ("--max-connection-age", self.max_connection_age_seconds),
+        ):
+            if not number > 0:
+                raise ConfigError(f"invalid {flag} {number!r}: expected a number above 0")
+        if self.grace_seconds < 0:
+            raise ConfigError(f"invalid grace {self.grace_seconds!r}: expected 0 or more seconds")
+        tls = (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--client-ca", self.client_ca),
+        )
+        if any(path for _, path in tls) and not all(path for _, path in tls):
+            raise ConfigError("--tls-cert, --tls-key and --client-ca go together")
+        for flag, path in tls:
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
+        admin_host, _ = split_host_port(self.admin_listen)
+        if not _loopback(admin_host) and not self.admin_token.strip():
+            raise ConfigError(
+                f"--admin-listen {self.admin_listen} is not loopback: set --admin-token-file "
+                "(or ROUTEPLANE_ADMIN_TOKEN) so the admin API and /metrics need a bearer token"
+            )
+
 
 def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
     """mTLS: our certificate, and the CA every proxy's client certificate must chain to."""
@@ -67,93 +111,98 @@ def _server_credentials(config: ServeConfig) -> grpc.ServerCredentials:
 
 
 def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host in ("localhost", ""):
-        return host == "localhost"
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
+def split_host_port(value: str, *, flag: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ConfigError naming ``flag`` if not."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid {flag} {value!r}: expected HOST:PORT with a port 1-65535")
+    return host, int(port)
 
 
 async def serve(config: ServeConfig) -> None:
+    """Validate ``config``, then open everything under one exit stack: whatever fails or is
+    refused on the way closes what was already opened."""
+    config.validate()
     disable_created_metrics()
-    registry = await asyncio.to_thread(open_registry, config.registry_url)
-    cache = SnapshotCache()
-    reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
-    identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
-    xds = XdsServer(
-        cache=cache,
-        control_plane_id=identifier,
-        new_streams_per_second=config.new_streams_per_second,
-        max_concurrent_pushes=config.max_concurrent_pushes,
-        require_identity=bool(config.tls_cert),
-    )
-    options = [
-        *GRPC_OPTIONS,
-        # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
-        # across control-plane replicas; the grace lets an in-flight push finish.
-        ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", 10_000),
-    ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers([*xds.generic_handlers(), csds.generic_handler(xds)])
-    if config.tls_cert:
-        credentials = await asyncio.to_thread(_server_credentials, config)
-        xds_port = server.add_secure_port(config.xds_listen, credentials)
-    else:
-        xds_port = server.add_insecure_port(config.xds_listen)
-    if xds_port == 0:
-        raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
-    await server.start()
-
-    def ready() -> tuple[bool, str]:
-        if not reconciler.health.ready:
-            return False, "waiting for the first registry read"
-        if reconciler.health.degraded:
-            return False, f"registry degraded: {reconciler.health.last_error}"
-        return True, "ready"
-
-    admin_host, admin_port = split_host_port(config.admin_listen)
-    if not _loopback(admin_host) and not config.admin_token:
-        raise OSError(
-            f"--admin-listen {config.admin_listen} is not loopback: set --admin-token-file "
-            "(or ROUTEPLANE_ADMIN_TOKEN) so the admin API and /metrics need a bearer token"
+    async with contextlib.AsyncExitStack() as stack:
+        registry = await asyncio.to_thread(open_registry, config.registry_url)
+        stack.push_async_callback(asyncio.to_thread, registry.close)
+        cache = SnapshotCache()
+        reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
+        identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
+        xds = XdsServer(
+            cache=cache,
+            control_plane_id=identifier,
+            new_streams_per_second=config.new_streams_per_second,
+            max_concurrent_pushes=config.max_concurrent_pushes,
+            require_identity=bool(config.tls_cert),
         )
-    xds_host, _ = split_host_port(config.xds_listen)
-    if not _loopback(xds_host) and not config.tls_cert:
-        log.warning(
-            "xds_plaintext_exposed",
-            address=config.xds_listen,
-            advice="xDS is plaintext; keep it on loopback or a private network",
+        options = [
+            *GRPC_OPTIONS,
+            # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
+            # across control-plane replicas; the grace lets an in-flight push finish.
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", 10_000),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers([*xds.generic_handlers(), csds.generic_handler(xds)])
+        if config.tls_cert:
+            credentials = await asyncio.to_thread(_server_credentials, config)
+            xds_port = server.add_secure_port(config.xds_listen, credentials)
+        else:
+            xds_port = server.add_insecure_port(config.xds_listen)
+        if xds_port == 0:
+            raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
+        await server.start()
+        stack.push_async_callback(server.stop, config.grace_seconds)
+
+        def ready() -> tuple[bool, str]:
+            if not reconciler.health.ready:
+                return False, "waiting for the first registry read"
+            if reconciler.health.degraded:
+                return False, f"registry degraded: {reconciler.health.last_error}"
+            return True, "ready"
+
+        xds_host, _ = split_host_port(config.xds_listen)
+        if not _loopback(xds_host) and not config.tls_cert:
+            log.warning(
+                "xds_plaintext_exposed",
+                address=config.xds_listen,
+                advice="xDS is plaintext; keep it on loopback or a private network",
+            )
+        admin = AdminServer(
+            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table),
+            ready=ready,
+            token=config.admin_token,
         )
-    admin = AdminServer(
-        service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table),
-        ready=ready,
-        token=config.admin_token,
-    )
-    await admin.start(admin_host, admin_port)
-    REGISTRY.register(
-        metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
-    )
-    log.info(
-        "control_plane_started",
-        xds=config.xds_listen,
-        admin=config.admin_listen,
-        registry=config.registry_url,
-        identifier=identifier,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+        admin_host, admin_port = split_host_port(config.admin_listen)
+        await admin.start(admin_host, admin_port)
+        stack.push_async_callback(admin.stop)
+        collector = metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
+        REGISTRY.register(collector)
+        stack.callback(REGISTRY.unregister, collector)
+        log.info(
+            "control_plane_started",
+            xds=config.xds_listen,
+            admin=config.admin_listen,
+            registry=config.registry_url,
+            identifier=identifier,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        stack.callback(log.info, "shutdown_completed")
         async with asyncio.TaskGroup() as tasks:
             workers = [
                 tasks.create_task(reconciler.run()),
@@ -163,8 +212,3 @@ async def serve(config: ServeConfig) -> None:
             log.info("shutdown_started", grace_seconds=config.grace_seconds)
             for worker in workers:
                 worker.cancel()
-    finally:
-        await admin.stop()
-        await server.stop(config.grace_seconds)
-        await asyncio.to_thread(registry.close)
-        log.info("shutdown_completed")

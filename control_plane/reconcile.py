@@ -1,13 +1,18 @@
-"""The reconciler: registry watch -> routing -> translate -> snapshot -> cache.
+"""The reconciler: the async driver of the pipeline.
 
-One pass turns one RegistryState into one snapshot per node group. A failed pass is logged and
-the last good snapshot stays published. Groups appear when a proxy of a new group connects
-(the cache asks for them) and are built at once from the last routing table.
+It follows the registry (keeping only the latest state) and the cache's wanted groups, and
+whenever either changed it runs one :meth:`~control_plane.pipeline.Pipeline.step` and publishes
+what changed. It logs, counts and measures; the step itself is pure. A failed step is logged,
+the last good snapshots stay published, and the next step starts from scratch.
+
+Groups that no stream has watched for the cache's grace period are dropped here (counted in
+``routeplane_node_groups_dropped``), so a pass builds only what some proxy can receive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,20 +20,18 @@ from dataclasses import dataclass
 import structlog
 
 from control_plane import metrics
+from control_plane.pipeline import Pipeline, Step
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry, RegistryState
-from control_plane.routing import RoutingTable, to_routing_table
-from control_plane.translate import ProxyView, Translator
+from control_plane.routing import RoutingTable
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
-from control_plane.xds.snapshot import build_from_types
 
 log = structlog.get_logger("routeplane.reconcile")
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 CLEANUP_INTERVAL = 1.0
-PRUNE_EVERY_PASSES = 100
 
 
 @dataclass(slots=True)
@@ -40,24 +43,16 @@ class Health:
     last_error: str = ""
 
 
-def _cause(state: RegistryState) -> str:
-    """Why a snapshot was built, for `snapshot history`."""
-    if state.changed is None:
-        return f"registry revision {state.revision}: full read"
-    names = sorted(state.changed)
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"registry revision {state.revision}: servers {shown}"
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassReport:
+    """One driven pass, for benchmarks and tests (``Reconciler(on_pass=...)``)."""
 
-
-def view_of(group_key: str) -> ProxyView:
-    group = NodeGroup.from_key(group_key)
-    host, _, port = group.listen.rpartition(":")
-    return ProxyView(
-        region=group.region,
-        zone=group.zone,
-        listen_host=host.strip("[]"),
-        listen_port=int(port or 10000),
-    )
+    state: RegistryState
+    step: Step | None  # None when the step failed
+    # When the pass began (time.perf_counter()), and what it cost: wall and this thread's CPU.
+    started: float
+    wall_seconds: float
+    cpu_seconds: float
 
 
 class Reconciler:
@@ -69,6 +64,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         poll_interval: float | None = None,
         cleanup_interval: float = CLEANUP_INTERVAL,
+        on_pass: Callable[[PassReport], None] | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -77,22 +73,26 @@ class Reconciler:
         self.poll_interval = poll_interval or default
         self.cleanup_interval = cleanup_interval
         self.health = Health()
-        self.table: RoutingTable | None = None
-        self._translator = Translator()
-        self._groups: set[str] = set()
-        self._passes = 0
-        self._cause = "start"
-        cache.set_group_wanted_callback(self.want_group)
+        self.pipeline = Pipeline()
+        self._on_pass = on_pass
+        self._state: RegistryState | None = None
+        # Groups whose snapshot cannot be built, and the error last logged for each.
+        self._failed: dict[NodeGroup, str] = {}
+        self._wake = asyncio.Event()
+        cache.add_wanted_listener(self._wake.set)
 
-    def want_group(self, group_key: str) -> None:
-        if group_key in self._groups:
-            return
-        self._groups.add(group_key)
-        if self.table is not None:
-            self._publish(group_key, self.table)
+    @property
+    def table(self) -> RoutingTable | None:
+        return self.pipeline.table
 
     async def run(self) -> None:
-        """Follow the registry until cancelled; reconnect with backoff when it fails."""
+        """Follow the registry and drive the pipeline until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow())
+            tasks.create_task(self._drive())
+
+    async def _follow(self) -> None:
+        """Keep the newest registry state; reconnect with backoff when the registry fails."""
         backoff = BACKOFF_INITIAL
         while True:
             try:
@@ -102,11 +102,29 @@ class Reconciler:
                     self.health.degraded = False
                     metrics.DEGRADED.set(0)
                     backoff = BACKOFF_INITIAL
-                    self.apply(state)
+                    self._state = state
+                    self._wake.set()
             except RegistryError as exc:
                 self._degraded(exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _drive(self) -> None:
+        """One pass per wake-up (registry changed, a group became wanted, or the grace timer);
+        a burst of changes while a pass runs is taken in one pass."""
+        grace = self.cache.grace_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(grace / 2, 0.05))
+            self._wake.clear()
+            self.expire_groups()
+            if self._state is not None:
+                self.apply(self._state)
+
+    def expire_groups(self) -> None:
+        for group in self.cache.expire():
+            metrics.GROUPS_DROPPED.inc()
+            log.info("node_group_dropped", group=group.key, grace_seconds=self.cache.grace_seconds)
 
     def _degraded(self, exc: Exception, retry_in: float) -> None:
         if not self.health.degraded or self.health.last_error != str(exc):
@@ -130,15 +148,35 @@ class Reconciler:
             if removed:
                 log.info("replicas_expired", replicas=removed)
 
-    def apply(self, state: RegistryState) -> None:
-        """One reconcile pass. Never raises: a failed pass keeps the last good snapshots."""
+    def apply(self, state: RegistryState) -> Step | None:
+        """One pass over ``state`` for the wanted groups. Never raises: a failed pass keeps
+        the last good snapshots published."""
         started = time.perf_counter()
+        cpu = time.thread_time()
+        previous = self.pipeline.table
         try:
-            table = to_routing_table(state, now=self.clock(), previous=self.table)
-        except Exception as exc:
-            log.exception("routing_failed", revision=state.revision, error=str(exc))
-            return
-        if self.table is None or table.problems != self.table.problems:
+            step: Step | None = self.pipeline.step(state, self.cache.wanted())
+        except Exception as exc:  # task boundary: one pass; the last good snapshots stay
+            self.pipeline.reset()
+            log.exception("snapshot_build_failed", revision=state.revision, error=str(exc))
+            step = None
+        if step is not None:
+            self._publish(step, previous)
+        if self._on_pass is not None:
+            self._on_pass(
+                PassReport(
+                    state=state,
+                    step=step,
+                    started=started,
+                    wall_seconds=time.perf_counter() - started,
+                    cpu_seconds=time.thread_time() - cpu,
+                )
+            )
+        return step
+
+    def _publish(self, step: Step, previous: RoutingTable | None) -> None:
+        table = step.table
+        if previous is None or table.problems != previous.problems:
             for problem in table.problems:
                 log.warning(
                     "registry_row_rejected",
@@ -149,49 +187,21 @@ class Reconciler:
                     error=problem.message,
                 )
         metrics.PROBLEMS.set(len(table.problems))
-        if state.committed_at:
-            metrics.WATCH_LAG.observe(max(0.0, self.clock() - state.committed_at))
-        self._cause = _cause(state)
-        self.table = table
-        for group_key in sorted(self._groups):
-            self._publish(group_key, table)
-        self._passes += 1
-        if self._passes % PRUNE_EVERY_PASSES == 0 or state.changed is None:
-            self._translator.forget_unused(sorted(self._groups))
+        if table.committed_at and (previous is None or table.revision != previous.revision):
+            metrics.WATCH_LAG.observe(max(0.0, self.clock() - table.committed_at))
+        for group, error in step.failures.items():
+            if self._failed.get(group) != error:
+                log.warning("snapshot_build_failed", group=group.key, error=error)
+        self._failed = dict(step.failures)
+        for group, snapshot in step.snapshots.items():
+            if group not in step.changed and self.cache.get(group) is not None:
+                continue
+            if self.cache.set_snapshot(group, snapshot):
+                log.info(
+                    "snapshot_published",
+                    group=group.key,
+                    version=snapshot.version,
+                    revision=table.revision,
+                    cause=snapshot.cause,
+                )
         self.health.ready = True
-        log.debug(
-            "reconcile_completed",
-            revision=state.revision,
-            groups=len(self._groups),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-
-    def _publish(self, group_key: str, table: RoutingTable) -> None:
-        started = time.perf_counter()
-        try:
-            by_type, changed = self._translator.translate(table, view_of(group_key), key=group_key)
-            previous = self.cache.get(group_key)
-            incremental = changed is not None and previous is not None
-            snapshot = build_from_types(
-                by_type,
-                previous=previous if incremental else None,
-                changed=changed if incremental else None,
-                committed_at=table.committed_at,
-                revision=table.revision,
-                cause=self._cause,
-            )
-        except Exception as exc:  # task boundary: one group; the last good snapshot stays
-            # The translator moved on but the cache did not: rebuild from scratch next time.
-            self._translator.forget(group_key)
-            log.exception("snapshot_build_failed", group=group_key, error=str(exc))
-            return
-        metrics.SNAPSHOT_BUILD.observe(time.perf_counter() - started)
-        if self.cache.set_snapshot(group_key, snapshot):
-            log.info(
-                "snapshot_published",
-                group=group_key,
-                version=snapshot.version,
-                revision=table.revision,
-                cause=snapshot.cause,
-                build_ms=round((time.perf_counter() - started) * 1000, 3),
-            )

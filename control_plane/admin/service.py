@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.routing.model import RoutingTable
 from control_plane.xds.cache import Published, SnapshotCache
+from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -94,18 +95,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 )
         return response
 
-    def _group(self, request: Any, context: grpc.aio.ServicerContext) -> str:
+    def _group(self, request: Any, context: grpc.aio.ServicerContext) -> NodeGroup:
         if request.node_id:
             for proxy in self.xds.proxies.values():
                 if proxy.node_id == request.node_id:
-                    return proxy.group.key
+                    return proxy.group
             raise LookupError(f"no connected proxy with node id {request.node_id!r}")
         if request.node_group:
-            return str(request.node_group)
+            return self._named_group(request.node_group)
         groups = self.cache.groups()
         if len(groups) == 1:
             return groups[0]
-        raise LookupError(f"name a node group, one of: {', '.join(groups) or '(none yet)'}")
+        keys = ", ".join(g.key for g in groups)
+        raise LookupError(f"name a node group, one of: {keys or '(none yet)'}")
+
+    def _named_group(self, key: str) -> NodeGroup:
+        group = self.cache.group(key)
+        if group is None:
+            raise LookupError(f"no snapshot for group {key!r}")
+        return group
 
     async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -114,17 +122,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         history = self.cache.history(group)
         if not history:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no snapshot for group {group!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no snapshot for group {group.key!r}")
         wanted = TYPE_BY_SHORT_NAME.get(request.type) if request.type else None
         if request.type and wanted is None:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown type {request.type!r}: expected cds, eds, lds or rds",
             )
-        return _snapshot_message(group, history[-1], wanted, with_json=request.include_json)
+        return _snapshot_message(group.key, history[-1], wanted, with_json=request.include_json)
 
     async def DiffSnapshots(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        history = self.cache.history(request.node_group)
+        group = self.cache.group(request.node_group)
+        history = self.cache.history(group) if group is not None else []
         if not history:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no snapshot for group {request.node_group!r}"
@@ -164,7 +173,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def SnapshotHistory(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = admin_pb2.SnapshotHistoryResponse()
-        groups = [request.node_group] if request.node_group else self.cache.groups()
+        if request.node_group:
+            named = self.cache.group(request.node_group)
+            groups = [named] if named is not None else []
+        else:
+            groups = self.cache.groups()
         for group in groups:
             for published in self.cache.history(group):
                 snap = published.snapshot
@@ -174,7 +187,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     else sum(len(snap.of_type(t)) for t in PUSH_ORDER)
                 )
                 response.entries.add(
-                    node_group=group,
+                    node_group=group.key,
                     version=snap.version,
                     published_at=published.published_at,
                     revision=snap.revision,

@@ -1,4 +1,4 @@
-"""RegistryState -> RoutingTable.
+"""RegistryState -> RoutingTable, as pure pieces the pipeline composes.
 
 Rules: STARTING replicas get no traffic, READY do, DRAINING stay listed as draining (no new
 requests, open streams finish). Expired leases are the registry clean-up's job: the control
@@ -6,15 +6,15 @@ plane deletes such rows (``Registry.remove_expired``), so they vanish like dereg
 A malformed row (unknown protocol, bad address, weight out of range, a hostname two servers
 claim) becomes a Problem and is left out.
 
-Incremental: given the previous table and a state that names what changed, only the changed
-servers are evaluated again; everything else (including the RoutedServer objects) is reused,
-so one replica change among 10,000 costs one server's work plus a walk over server names.
+Three steps: :func:`evaluate` judges one server on its own (the expensive part, memoized by the
+pipeline by value); :func:`claim_hostnames` settles who owns each hostname across servers;
+:func:`to_routed` joins the two. :func:`to_routing_table` runs all three from scratch.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from control_plane.registry import validate
@@ -22,151 +22,106 @@ from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
 from control_plane.registry.spec import DEFAULT as DEFAULT_SPEC
 from control_plane.registry.spec import parse_spec
-from control_plane.routing.model import Endpoint, Problem, RoutedServer, RoutingTable, ServerEval
+from control_plane.routing.model import (
+    Claim,
+    Endpoint,
+    Problem,
+    RoutedServer,
+    RoutingTable,
+    ServerEval,
+)
 
 
-def to_routing_table(
-    state: RegistryState, *, now: float, previous: RoutingTable | None = None
-) -> RoutingTable:
-    reusable = previous.evals if previous is not None and state.changed is not None else {}
-    changed = state.changed or frozenset()
-    if previous is not None and reusable:
-        fast = _only_endpoints_changed(state, previous, changed)
-        if fast is not None:
-            return fast
-    evals: dict[str, ServerEval] = {}
-    for server in state.servers:
-        old = reusable.get(server.name)
-        if old is not None and server.name not in changed:
-            evals[server.name] = old
-        else:
-            evals[server.name] = evaluate(server, state.replicas_by_server.get(server.name, ()))
-    before = {s.name: s for s in previous.servers} if previous is not None else {}
-    claimed: dict[tuple[str, str], str] = {}
-    problems: list[Problem] = []
+def to_routing_table(state: RegistryState) -> RoutingTable:
+    """The routing table of ``state``, computed from scratch."""
+    evals = {s.name: evaluate(s, state.replicas_by_server.get(s.name, ())) for s in state.servers}
+    claims = claim_hostnames(claim_of(s.name, evals[s.name]) for s in state.servers)
     routed: list[RoutedServer] = []
+    problems: list[Problem] = []
     for server in state.servers:
         ev = evals[server.name]
-        problems.extend(ev.problems)
-        if ev.protocol is None:
-            continue
-        mine = _claim(server.name, ev.hostnames, ev.spec.path_prefix, claimed, problems)
-        problems.extend(ev.replica_problems)
-        if not mine:
-            continue
-        old_routed = before.get(server.name)
-        if (
-            old_routed is not None
-            and old_routed.endpoints is ev.endpoints
-            and old_routed.hostnames == mine
-            and old_routed.protocol == ev.protocol
-            and old_routed.workspace == server.workspace
-            and old_routed.spec == ev.spec
-        ):
-            routed.append(old_routed)
-        else:
-            routed.append(
-                RoutedServer(
-                    name=server.name,
-                    workspace=server.workspace,
-                    hostnames=mine,
-                    protocol=ev.protocol,
-                    endpoints=ev.endpoints,
-                    spec=ev.spec,
-                )
-            )
-    for name in sorted(set(state.replicas_by_server) - set(evals)):
-        for replica in state.replicas_by_server[name]:
-            problems.append(
-                Problem(
-                    kind="replica",
-                    name=replica.id,
-                    field="server",
-                    value=name,
-                    message="unknown server",
-                )
-            )
+        mine, lost = claims.get(server.name, ((), ()))
+        problems.extend(server_problems(ev, lost))
+        if mine:
+            routed.append(to_routed(server, ev, mine))
+    problems.extend(unknown_server_problems(state.replicas_by_server, evals))
     return RoutingTable(
         servers=tuple(routed),
         problems=tuple(problems),
         revision=state.revision,
         committed_at=state.committed_at,
-        evals=evals,
     )
 
 
-def _only_endpoints_changed(
-    state: RegistryState, previous: RoutingTable, changed: frozenset[str]
-) -> RoutingTable | None:
-    """The common case, in time proportional to the change: only replicas of existing servers
-    changed, no problems before or after. None when the full walk is needed."""
-    if previous.problems or len(state.servers) != len(previous.evals):
+def claim_of(name: str, ev: ServerEval) -> Claim | None:
+    """What ``ev`` asks for in the hostname space (None: a server left out claims nothing)."""
+    if ev.protocol is None:
         return None
-    positions = {s.name: i for i, s in enumerate(previous.servers)}
-    evals = dict(previous.evals)
-    routed = list(previous.servers)
-    names = {s.name for s in state.servers} if changed else set()
-    for name in changed:
-        old = previous.evals.get(name)
-        position = positions.get(name)
-        if old is None or position is None or name not in names:
-            return None
-        server = next((s for s in state.servers if s.name == name), None)
-        if server is None:
-            return None
-        ev = evaluate(server, state.replicas_by_server.get(name, ()))
-        if (
-            ev.problems
-            or ev.replica_problems
-            or ev.protocol != old.protocol
-            or ev.hostnames != old.hostnames
-            or ev.spec != old.spec
-            or server.workspace != routed[position].workspace
-        ):
-            return None
-        evals[name] = ev
-        old_routed = routed[position]
-        routed[position] = RoutedServer(
-            name=old_routed.name,
-            workspace=old_routed.workspace,
-            hostnames=old_routed.hostnames,
-            protocol=old_routed.protocol,
-            endpoints=ev.endpoints,
-            spec=old_routed.spec,
-        )
-    return RoutingTable(
-        servers=tuple(routed),
-        problems=(),
-        revision=state.revision,
-        committed_at=state.committed_at,
-        evals=evals,
+    return Claim(server=name, hostnames=ev.hostnames, path_prefix=ev.spec.path_prefix)
+
+
+def claim_hostnames(
+    claims: Iterable[Claim | None],
+) -> dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]]:
+    """Per server: the hostnames it owns and the problems for those it lost. ``claims`` come in
+    priority order: the first to claim a hostname under a path prefix owns it."""
+    owners: dict[tuple[str, str], str] = {}
+    result: dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
+    for claim in claims:
+        if claim is None:
+            continue
+        mine: list[str] = []
+        lost: list[Problem] = []
+        prefix = claim.path_prefix
+        for hostname in claim.hostnames:
+            owner = owners.get((hostname, prefix))
+            if owner is not None:
+                lost.append(
+                    Problem(
+                        kind="server",
+                        name=claim.server,
+                        field="hostname",
+                        value=hostname if prefix == "/" else f"{hostname}{prefix}",
+                        message=f"already claimed by server {owner!r}; left out for this server",
+                    )
+                )
+                continue
+            owners[(hostname, prefix)] = claim.server
+            mine.append(hostname)
+        result[claim.server] = (tuple(mine), tuple(lost))
+    return result
+
+
+def server_problems(ev: ServerEval, lost: Sequence[Problem]) -> tuple[Problem, ...]:
+    """A server's problems in report order: its own, its lost hostnames, its replicas'."""
+    if ev.protocol is None:
+        return ev.problems
+    return (*ev.problems, *lost, *ev.replica_problems)
+
+
+def to_routed(server: Server, ev: ServerEval, hostnames: tuple[str, ...]) -> RoutedServer:
+    assert ev.protocol is not None
+    return RoutedServer(
+        name=server.name,
+        workspace=server.workspace,
+        hostnames=hostnames,
+        protocol=ev.protocol,
+        endpoints=ev.endpoints,
+        spec=ev.spec,
     )
 
 
-def _claim(
-    name: str,
-    hostnames: tuple[str, ...],
-    prefix: str,
-    claimed: dict[tuple[str, str], str],
-    problems: list[Problem],
-) -> tuple[str, ...]:
-    mine: list[str] = []
-    for hostname in hostnames:
-        owner = claimed.get((hostname, prefix))
-        if owner is not None:
-            problems.append(
-                Problem(
-                    kind="server",
-                    name=name,
-                    field="hostname",
-                    value=hostname if prefix == "/" else f"{hostname}{prefix}",
-                    message=f"already claimed by server {owner!r}; left out for this server",
-                )
-            )
-            continue
-        claimed[(hostname, prefix)] = name
-        mine.append(hostname)
-    return tuple(mine)
+def unknown_server_problems(
+    replicas_by_server: Mapping[str, Sequence[Replica]], servers: Mapping[str, object]
+) -> list[Problem]:
+    """One problem per replica whose server does not exist."""
+    return [
+        Problem(
+            kind="replica", name=replica.id, field="server", value=name, message="unknown server"
+        )
+        for name in sorted(set(replicas_by_server) - set(servers))
+        for replica in replicas_by_server[name]
+    ]
 
 
 def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from control_plane.registry.spec import DEFAULT as DEFAULT_SPEC
 from control_plane.registry.spec import ServerSpec
@@ -28,6 +27,22 @@ class RoutedServer:
     protocol: str
     endpoints: tuple[Endpoint, ...]
     spec: ServerSpec = DEFAULT_SPEC
+
+
+def same_except_endpoints(a: RoutedServer, b: RoutedServer) -> bool:
+    """Whether two routed servers differ at most in their endpoints: what a Cluster and the
+    RouteConfiguration depend on. Written once, over every field, so a new field cannot be
+    left out of the comparison."""
+    return replace(a, endpoints=()) == replace(b, endpoints=())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """What one server asks for in the hostname space."""
+
+    server: str
+    hostnames: tuple[str, ...]
+    path_prefix: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,5 +77,3 @@ class RoutingTable:
     problems: tuple[Problem, ...]
     revision: int
     committed_at: float
-    # Per-server evaluations, kept for the next incremental pass; not part of the table's value.
-    evals: Mapping[str, ServerEval] = field(default_factory=dict, compare=False, repr=False)

@@ -1,10 +1,24 @@
 """RoutingTable -> Envoy resources, one module per xDS type; every name from ``names``.
 
-Pure: no I/O, no clock, no logging, no asyncio. :class:`Translator` memoizes per-server results
-by value, so one replica change re-translates (and re-serializes) one ClusterLoadAssignment.
-May import ``routing.model``, ``xds.resources`` and Envoy proto modules.
+Pure: no I/O, no clock, no logging, no asyncio, no memo (reuse is the pipeline's job). May
+import ``routing.model``, ``registry.spec`` (the values a routed server carries),
+``xds.resources`` and Envoy proto modules.
 """
 
-from control_plane.translate.translator import ProxyView, Translator, to_resources
+from control_plane.translate.translator import (
+    ProxyView,
+    cluster_resource,
+    endpoints_resource,
+    listener_resource,
+    route_resource,
+    to_resources,
+)
 
-__all__ = ["ProxyView", "Translator", "to_resources"]
+__all__ = [
+    "ProxyView",
+    "cluster_resource",
+    "endpoints_resource",
+    "listener_resource",
+    "route_resource",
+    "to_resources",
+]

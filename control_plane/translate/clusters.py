@@ -17,6 +17,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
+from control_plane.translate.durations import set_duration
 
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CLUSTER_WIDE_LIMIT = 1_000_000
@@ -29,10 +30,6 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def _ms(duration: object, seconds: float) -> None:
-    duration.FromMilliseconds(round(seconds * 1000))  # type: ignore[attr-defined]
-
-
 def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
     spec = server.spec
     cluster = cluster_pb2.Cluster(
@@ -42,7 +39,7 @@ def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
             cluster_pb2.Cluster.MAGLEV if spec.hash_on else cluster_pb2.Cluster.LEAST_REQUEST
         ),
     )
-    _ms(cluster.connect_timeout, spec.connect_timeout)
+    set_duration(cluster.connect_timeout, spec.connect_timeout)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     cluster.common_lb_config.healthy_panic_threshold.value = 0.0
     thresholds = cluster.circuit_breakers.thresholds.add(priority=base_pb2.RoutingPriority.DEFAULT)
@@ -69,15 +66,15 @@ def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
         od = spec.outlier_detection
         detection = outlier_detection_pb2.OutlierDetection()
         detection.consecutive_5xx.value = od.consecutive_5xx
-        _ms(detection.interval, od.interval)
-        _ms(detection.base_ejection_time, od.base_ejection_time)
+        set_duration(detection.interval, od.interval)
+        set_duration(detection.base_ejection_time, od.base_ejection_time)
         detection.max_ejection_percent.value = od.max_ejection_percent
         cluster.outlier_detection.CopyFrom(detection)
     if spec.health_check is not None:
         hc = spec.health_check
         check = health_check_pb2.HealthCheck()
-        _ms(check.interval, hc.interval)
-        _ms(check.timeout, hc.timeout)
+        set_duration(check.interval, hc.interval)
+        set_duration(check.timeout, hc.timeout)
         check.unhealthy_threshold.value = hc.unhealthy_threshold
         check.healthy_threshold.value = hc.healthy_threshold
         if hc.kind == "http":

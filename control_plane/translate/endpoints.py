@@ -63,9 +63,3 @@ def _fill_lb_endpoint(lb_endpoint: endpoint_components_pb2.LbEndpoint, endpoint:
     socket = lb_endpoint.endpoint.address.socket_address
     socket.address = endpoint.host
     socket.port_value = endpoint.port
-
-
-def to_lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
-    lb_endpoint = endpoint_components_pb2.LbEndpoint()
-    _fill_lb_endpoint(lb_endpoint, endpoint)
-    return lb_endpoint

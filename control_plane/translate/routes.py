@@ -17,13 +17,10 @@ from envoy.type.matcher.v3 import string_pb2
 
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
+from control_plane.translate.durations import set_duration
 
 RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 _PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
-
-
-def _ms(duration: object, seconds: float) -> None:
-    duration.FromMilliseconds(round(seconds * 1000))  # type: ignore[attr-defined]
 
 
 def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
@@ -49,8 +46,8 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
             )
         action = route.route
         action.cluster = cluster
-        _ms(action.timeout, 0.0 if no_request_timeout else spec.request_timeout)
-        _ms(action.idle_timeout, spec.idle_timeout)
+        set_duration(action.timeout, 0.0 if no_request_timeout else spec.request_timeout)
+        set_duration(action.idle_timeout, spec.idle_timeout)
         if spec.retries:
             action.retry_policy.retry_on = RETRY_ON
             action.retry_policy.num_retries.value = spec.retries
@@ -64,21 +61,9 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
             else:
                 policy.cookie.name = spec.hash_on.cookie
                 if spec.hash_on.cookie_ttl:
-                    _ms(policy.cookie.ttl, spec.hash_on.cookie_ttl)
+                    set_duration(policy.cookie.ttl, spec.hash_on.cookie_ttl)
         routes.append(route)
     return routes
-
-
-def to_virtual_hosts(server: RoutedServer) -> list[route_components_pb2.VirtualHost]:
-    """Kept for callers that want one server's hosts alone: one virtual host per hostname."""
-    return [
-        route_components_pb2.VirtualHost(
-            name=names.virtual_host(hostname=hostname),
-            domains=[hostname],
-            routes=to_routes(server),
-        )
-        for hostname in server.hostnames
-    ]
 
 
 def to_route_configuration(servers: Iterable[RoutedServer]) -> route_pb2.RouteConfiguration:

@@ -1,9 +1,17 @@
-"""The snapshot cache: the one narrow interface between snapshot producers and xDS streams.
+"""The snapshot cache: the one narrow interface between the pipeline's driver and xDS streams.
 
-One :class:`~control_plane.xds.snapshot.Snapshot` per node group key. Streams register a
-callback per group and are told (never given data) when the group's snapshot changes; they
-then read the latest snapshot themselves, so a slow stream only ever sees the newest state.
-All methods run on the event loop thread; none of them blocks.
+It holds one :class:`~control_plane.xds.snapshot.Snapshot` per node group and knows which
+groups are *wanted*: a group is wanted while at least one stream watches it (reference counts
+keyed by the :class:`~control_plane.xds.nodes.NodeGroup` value) and for ``grace_seconds``
+after its last stream left, so a proxy that reconnects finds its snapshot waiting. The driver
+reads :meth:`wanted`, builds, and publishes with :meth:`set_snapshot`; :meth:`expire` drops
+groups nobody watched for longer than the grace (with their snapshots and history).
+
+The cache never calls up into the producer and never builds anything: when a stream watches a
+group that has no snapshot yet, the cache only notifies its wanted-listeners (no data), and the
+stream waits until the driver publishes. Streams are told (never given data) when their group's
+snapshot changes; they read the latest snapshot themselves, so a slow stream only ever sees the
+newest state. All methods run on the event loop thread; none of them blocks.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.snapshot import Snapshot
 
 Notify = Callable[[], None]
 HISTORY = 50
+GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,28 +36,52 @@ class Published:
 
 
 class SnapshotCache:
-    def __init__(self, *, on_group_wanted: Callable[[str], None] | None = None) -> None:
-        self._snapshots: dict[str, Snapshot] = {}
-        self._history: dict[str, deque[Published]] = {}
-        self._watchers: dict[str, set[Notify]] = {}
-        self._on_group_wanted = on_group_wanted
+    def __init__(
+        self,
+        *,
+        grace_seconds: float = GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.grace_seconds = grace_seconds
+        self._clock = clock
+        self._snapshots: dict[NodeGroup, Snapshot] = {}
+        self._history: dict[NodeGroup, deque[Published]] = {}
+        self._watchers: dict[NodeGroup, set[Notify]] = {}
+        # Groups no stream watches any more, and since when (the clock's time).
+        self._unwatched: dict[NodeGroup, float] = {}
+        self._by_key: dict[str, NodeGroup] = {}
+        self._wanted_listeners: list[Notify] = []
 
-    def set_group_wanted_callback(self, callback: Callable[[str], None]) -> None:
-        self._on_group_wanted = callback
+    # The driver's side.
 
-    def get(self, group: str) -> Snapshot | None:
-        return self._snapshots.get(group)
+    def add_wanted_listener(self, notify: Notify) -> None:
+        """Call ``notify`` (no arguments, must not block) whenever a group becomes wanted."""
+        self._wanted_listeners.append(notify)
 
-    def groups(self) -> list[str]:
-        """Every group that has a snapshot or a watcher."""
-        return sorted(set(self._snapshots) | set(self._watchers))
+    def wanted(self) -> frozenset[NodeGroup]:
+        """Every group a stream watches or watched less than ``grace_seconds`` ago."""
+        return frozenset(self._watchers) | frozenset(self._unwatched)
 
-    def set_snapshot(self, group: str, snapshot: Snapshot) -> bool:
+    def expire(self) -> list[NodeGroup]:
+        """Forget groups unwatched for longer than the grace; returns them."""
+        if not self._unwatched:
+            return []
+        deadline = self._clock() - self.grace_seconds
+        gone = [group for group, since in self._unwatched.items() if since <= deadline]
+        for group in gone:
+            del self._unwatched[group]
+            self._snapshots.pop(group, None)
+            self._history.pop(group, None)
+            self._by_key.pop(group.key, None)
+        return gone
+
+    def set_snapshot(self, group: NodeGroup, snapshot: Snapshot) -> bool:
         """Publish ``snapshot`` for ``group``; returns False (and tells no one) if unchanged."""
         previous = self._snapshots.get(group)
         if previous is not None and previous.version == snapshot.version:
             return False
         self._snapshots[group] = snapshot
+        self._by_key[group.key] = group
         self._history.setdefault(group, deque(maxlen=HISTORY)).append(
             Published(snapshot=snapshot, published_at=time.time())
         )
@@ -55,27 +89,55 @@ class SnapshotCache:
             notify()
         return True
 
-    def watch(self, group: str, notify: Notify) -> Callable[[], None]:
+    # The streams' side.
+
+    def get(self, group: NodeGroup) -> Snapshot | None:
+        return self._snapshots.get(group)
+
+    def watch(self, group: NodeGroup, notify: Notify) -> Callable[[], None]:
         """Call ``notify`` whenever ``group``'s snapshot changes. Returns a cancel function that
         may be called more than once."""
-        watchers = self._watchers.setdefault(group, set())
+        watchers = self._watchers.get(group)
+        newly_wanted = watchers is None and group not in self._unwatched
+        if watchers is None:
+            watchers = self._watchers[group] = set()
+            self._unwatched.pop(group, None)
+            self._by_key[group.key] = group
         watchers.add(notify)
-        if group not in self._snapshots and self._on_group_wanted is not None:
-            self._on_group_wanted(group)
+        if newly_wanted or group not in self._snapshots:
+            for listener in self._wanted_listeners:
+                listener()
+        cancelled = False
 
         def cancel() -> None:
+            nonlocal cancelled
+            if cancelled:
+                return
+            cancelled = True
             current = self._watchers.get(group)
             if current is None:
                 return
             current.discard(notify)
             if not current:
                 del self._watchers[group]
+                self._unwatched[group] = self._clock()
 
         return cancel
 
-    def history(self, group: str) -> list[Published]:
+    # Inspection.
+
+    def groups(self) -> list[NodeGroup]:
+        """Every group that is wanted or has a snapshot, by key."""
+        known = set(self._snapshots) | set(self._watchers) | set(self._unwatched)
+        return sorted(known, key=lambda g: g.key)
+
+    def group(self, key: str) -> NodeGroup | None:
+        """The known group whose key is ``key`` (as the admin API names groups)."""
+        return self._by_key.get(key)
+
+    def history(self, group: NodeGroup) -> list[Published]:
         """The last snapshots published for ``group``, oldest first (at most 50)."""
         return list(self._history.get(group, ()))
 
-    def watcher_count(self, group: str) -> int:
+    def watcher_count(self, group: NodeGroup) -> int:
         return len(self._watchers.get(group, ()))

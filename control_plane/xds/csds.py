@@ -46,7 +46,7 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
             locality=base_pb2.Locality(region=proxy.group.region, zone=proxy.group.zone),
         )
     )
-    snapshot = xds.cache.get(proxy.group.key)
+    snapshot = xds.cache.get(proxy.group)
     protocol = proxy.protocol
     for type_url in PUSH_ORDER:
         status = protocol.status.get(type_url)

@@ -29,13 +29,6 @@ class NodeGroup:
         zone = f"/{self.zone}" if self.zone else ""
         return f"{self.cluster}/{self.region}{zone}@{self.listen}"
 
-    @classmethod
-    def from_key(cls, key: str) -> NodeGroup:
-        head, _, listen = key.partition("@")
-        cluster, _, rest = head.partition("/")
-        region, _, zone = rest.partition("/")
-        return cls(cluster=cluster, region=region, zone=zone, listen=listen or DEFAULT_LISTEN)
-
 
 def to_node_group(node: Any) -> NodeGroup:
     """The group of an ``envoy.config.core.v3.Node``; missing fields fall back to defaults."""

@@ -188,7 +188,7 @@ class XdsServer:
         bound = log.bind(node_id=proxy.node_id, group=group.key, stream_id=proxy.stream_id)
         self.proxies[proxy.stream_id] = proxy
         wake = asyncio.Event()
-        cancel_watch = self.cache.watch(group.key, wake.set)
+        cancel_watch = self.cache.watch(group, wake.set)
         bound.info("proxy_connected", peer=proxy.peer, delta=delta, type_url=only_type or "ads")
         self._handle(proxy, first, wake, bound)
         reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
@@ -202,7 +202,7 @@ class XdsServer:
                 if finished and (reader.cancelled() or reader.exception() is not None):
                     break
                 async with self._pushes:
-                    for outgoing in protocol.responses(self.cache.get(group.key)):
+                    for outgoing in protocol.responses(self.cache.get(group)):
                         try:
                             await asyncio.wait_for(
                                 context.write(outgoing.payload), timeout=self.write_timeout

@@ -6,13 +6,15 @@ Versions are derived from content only: a resource's version hashes its bytes; a
 is the sum (mod 2**64) of the hashes of its (name, version) pairs, so it is the same for the same
 content wherever it is computed, and updating it for one changed resource is O(1).
 
-Built from a previous snapshot plus the names that changed, the work is proportional to the
-change, not to the size of the snapshot.
+Built from a previous snapshot plus the names that may have changed, the work is proportional
+to the change, not to the size of the snapshot; the snapshot then records exactly which names
+differ from its parent, so a stream synced to the parent pushes in O(changes) too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -97,31 +99,42 @@ def build_from_types(
     by_type: dict[str, dict[str, Resource]],
     *,
     previous: Snapshot | None = None,
-    changed: Mapping[str, set[str]] | None = None,
+    candidates: Mapping[str, AbstractSet[str]] | None = None,
     committed_at: float = 0.0,
     revision: int = 0,
     cause: str = "",
 ) -> Snapshot:
-    """A snapshot of ``by_type`` (which it takes ownership of). With ``previous`` and the names
-    that ``changed`` since it (per type, removals included), versions and checks cost only the
-    change; removals of EDS/RDS resources still check every reference to them."""
+    """A snapshot of ``by_type`` (which it takes ownership of).
+
+    With ``previous`` and, per type, the ``candidates``: the names that may differ from it
+    (removals included; names that did not change are allowed), versions and checks cost only
+    the candidates, and the snapshot's ``changed`` is exactly the names whose version differs.
+    Removals of EDS/RDS resources still check every reference to them.
+    """
     for type_url in PUSH_ORDER:
         by_type.setdefault(type_url, {})
-    incremental = previous is not None and changed is not None
-    if incremental:
-        assert previous is not None
-        assert changed is not None
+    if previous is not None and candidates is not None:
         sums = dict(previous.sums)
-        for type_url, names in changed.items():
+        changed: dict[str, frozenset[str]] = {}
+        for type_url, names in candidates.items():
             old = previous.of_type(type_url)
             new = by_type[type_url]
             total = sums.get(type_url, 0)
+            differ = []
             for name in names:
-                if name in old:
-                    total -= old[name].pair_hash
-                if name in new:
-                    total += new[name].pair_hash
+                before, after = old.get(name), new.get(name)
+                if before is after or (
+                    before is not None and after is not None and before.version == after.version
+                ):
+                    continue
+                differ.append(name)
+                if before is not None:
+                    total -= before.pair_hash
+                if after is not None:
+                    total += after.pair_hash
             sums[type_url] = total & MASK64
+            if differ:
+                changed[type_url] = frozenset(differ)
         removed_targets = any(
             name not in by_type[t] for t in (ENDPOINT, ROUTE) for name in changed.get(t, ())
         )
@@ -135,10 +148,14 @@ def build_from_types(
             if removed_targets
             else [by_type[LISTENER][n] for n in changed.get(LISTENER, ()) if n in by_type[LISTENER]]
         )
+        parent_version: str | None = previous.version
+        changed_view: Mapping[str, frozenset[str]] | None = MappingProxyType(changed)
     else:
         sums = {t: sum(r.pair_hash for r in b.values()) & MASK64 for t, b in by_type.items()}
         clusters = by_type[CLUSTER].values()
         listeners = by_type[LISTENER].values()
+        parent_version = None
+        changed_view = None
     problems: list[str] = []
     for cluster in clusters:
         wanted = eds_name(cluster.message)
@@ -161,12 +178,8 @@ def build_from_types(
         versions=MappingProxyType(versions),
         version=overall,
         sums=MappingProxyType(sums),
-        parent_version=previous.version if incremental and previous is not None else None,
-        changed=(
-            MappingProxyType({t: frozenset(n) for t, n in changed.items()})
-            if incremental and changed is not None
-            else None
-        ),
+        parent_version=parent_version,
+        changed=changed_view,
         committed_at=committed_at,
         revision=revision,
         cause=cause,

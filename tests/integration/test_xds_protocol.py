@@ -20,12 +20,13 @@ from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.rpc import status_pb2
 
 from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.server import XdsServer
 from tests.helpers import async_wait_until, endpoint, server
 from tests.unit.xds.conftest import snapshot, two_servers
 
-GROUP = "edge/us-west@127.0.0.1:10000"
+GROUP = NodeGroup(cluster="edge", region="us-west")
 NODE = base_pb2.Node(id="proxy-1", cluster="edge", locality=base_pb2.Locality(region="us-west"))
 TIMEOUT = 5
 
@@ -157,7 +158,7 @@ async def test_sotw_ack_is_recorded_per_proxy_and_type(harness: Harness) -> None
     [proxy] = await async_wait_until(lambda: list(harness.xds.proxies.values()))
     await async_wait_until(lambda: proxy.protocol.status[CLUSTER].state == "SYNCED")
     assert proxy.node_id == "proxy-1"
-    assert proxy.group.key == GROUP
+    assert proxy.group == GROUP
     assert proxy.protocol.status[CLUSTER].acked_version == cds.version_info
 
 

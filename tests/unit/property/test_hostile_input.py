@@ -73,7 +73,7 @@ def test_any_registry_rows_give_a_consistent_snapshot_that_keeps_the_good_rows(
         revision=1,
         committed_at=0.0,
     )
-    routing = to_routing_table(state, now=0.0)
+    routing = to_routing_table(state)
     snapshot = build_snapshot(to_resources(routing, VIEW))  # raises if inconsistent
     assert "default_good" in snapshot.of_type(CLUSTER)
     [good_routed] = [s for s in routing.servers if s.name == "good"]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.pipeline import Pipeline
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
-
-NOW = 1_000.0
 
 
 def srv(name: str, *hosts: str, protocol: str = "http") -> Server:
@@ -39,7 +38,7 @@ def state(servers: list[Server], replicas: list[Replica]) -> RegistryState:
     ],
 )
 def test_replica_states(replica: Replica, routed: bool, draining: bool) -> None:
-    table = to_routing_table(state([srv("echo")], [replica]), now=NOW)
+    table = to_routing_table(state([srv("echo")], [replica]))
     endpoints = table.servers[0].endpoints
     assert bool(endpoints) == routed
     if routed:
@@ -60,16 +59,14 @@ def test_replica_states(replica: Replica, routed: bool, draining: bool) -> None:
 def test_a_malformed_replica_is_a_problem_and_the_rest_still_routes(
     replica: Replica, field: str
 ) -> None:
-    table = to_routing_table(state([srv("echo")], [replica, rep("good", port=8082)]), now=NOW)
+    table = to_routing_table(state([srv("echo")], [replica, rep("good", port=8082)]))
     assert [e.replica_id for e in table.servers[0].endpoints] == ["good"]
     [problem] = table.problems
     assert (problem.kind, problem.name, problem.field) == ("replica", "bad", field)
 
 
 def test_an_unknown_protocol_leaves_only_that_server_out() -> None:
-    table = to_routing_table(
-        state([srv("echo"), srv("weird", protocol="ftp")], [rep("r1")]), now=NOW
-    )
+    table = to_routing_table(state([srv("echo"), srv("weird", protocol="ftp")], [rep("r1")]))
     assert [s.name for s in table.servers] == ["echo"]
     [problem] = table.problems
     assert (problem.name, problem.field, problem.value) == ("weird", "protocol", "ftp")
@@ -78,7 +75,6 @@ def test_an_unknown_protocol_leaves_only_that_server_out() -> None:
 def test_a_hostname_claimed_twice_goes_to_the_first_server_by_name() -> None:
     table = to_routing_table(
         state([srv("beta", "shared.local", "beta.local"), srv("alpha", "shared.local")], []),
-        now=NOW,
     )
     hosts = {s.name: s.hostnames for s in table.servers}
     assert hosts == {"alpha": ("shared.local",), "beta": ("beta.local",)}
@@ -87,33 +83,36 @@ def test_a_hostname_claimed_twice_goes_to_the_first_server_by_name() -> None:
 
 
 def test_replicas_of_unknown_servers_are_problems() -> None:
-    table = to_routing_table(state([], [rep("r1", server="ghost")]), now=NOW)
+    table = to_routing_table(state([], [rep("r1", server="ghost")]))
     [problem] = table.problems
     assert (problem.name, problem.field, problem.value) == ("r1", "server", "ghost")
 
 
-def test_an_incremental_pass_reuses_unchanged_servers_and_equals_a_full_one() -> None:
+def test_a_pipeline_step_reuses_unchanged_servers_and_equals_a_full_build() -> None:
     servers = [srv("echo"), srv("api")]
     replicas = [rep("r1"), rep("r2", server="api")]
-    first = to_routing_table(state(servers, replicas), now=NOW)
+    pipeline = Pipeline()
+    first = pipeline.step(state(servers, replicas), ()).table
     after = RegistryState.of(
         servers=servers,
         replicas=[*replicas, rep("r3", server="api", port=9000)],
         revision=2,
         committed_at=0.0,
-        changed=frozenset({"api"}),
     )
-    incremental = to_routing_table(after, now=NOW, previous=first)
-    full = to_routing_table(after, now=NOW)
-    assert incremental == full
+    step = pipeline.step(after, ())
+    assert step.table == to_routing_table(after)
+    assert step.changed_servers == {"api"}
     echo_before = next(s for s in first.servers if s.name == "echo")
-    echo_after = next(s for s in incremental.servers if s.name == "echo")
+    echo_after = next(s for s in step.table.servers if s.name == "echo")
     assert echo_after is echo_before
-    assert [e.replica_id for e in incremental.servers[0].endpoints] == ["r2", "r3"]
+    assert [e.replica_id for e in step.table.servers[0].endpoints] == ["r2", "r3"]
 
 
-def test_unknown_change_sets_mean_a_full_pass() -> None:
-    first = to_routing_table(state([srv("echo")], [rep("r1")]), now=NOW)
-    after = state([srv("echo")], [rep("r1", state="DRAINING")])  # changed=None
-    table = to_routing_table(after, now=NOW, previous=first)
-    assert table.servers[0].endpoints[0].draining
+def test_rows_equal_by_value_are_not_evaluated_again() -> None:
+    pipeline = Pipeline()
+    pipeline.step(state([srv("echo")], [rep("r1")]), ())
+    # New objects, same values: nothing changed.
+    assert pipeline.step(state([srv("echo")], [rep("r1")]), ()).changed_servers == frozenset()
+    drained = pipeline.step(state([srv("echo")], [rep("r1", state="DRAINING")]), ())
+    assert drained.changed_servers == {"echo"}
+    assert drained.table.servers[0].endpoints[0].draining

@@ -1,0 +1,391 @@
+"""The pipeline: registry state + wanted node groups -> one snapshot per wanted group.
+
+:meth:`Pipeline.step` is the whole of it, as one pure step: no I/O, no clock, no logging, no
+asyncio. It owns every piece of incremental reuse, and every reuse is decided by comparing
+values, never by object identity:
+
+- a server is evaluated again (``routing.evaluate``) only when its row or its replica rows
+  differ by value from the last step's;
+- hostname claims are settled again only when some server's claim differs;
+- a Cluster is translated again only when its routed server differs in more than its endpoints
+  (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
+  differs at all (per proxy region and zone), the RouteConfiguration only when some server's
+  Cluster-relevant part changed, a Listener per listen address once;
+- groups with the same view (region, zone, listen address) share one snapshot, and groups of
+  one region and zone share every ClusterLoadAssignment: built and encoded once.
+
+The result equals a fresh pipeline's build from scratch, resource by resource, bytes and
+versions: ``tests/unit/property/test_pipeline_differential.py`` checks it over random
+registry edit sequences. Imports ``registry.model``, ``routing``, ``translate`` and ``xds``
+(snapshots, node groups); the driver (``reconcile``) does the waiting and the logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from control_plane.registry.model import RegistryState, Replica, Server
+from control_plane.routing.build import (
+    claim_hostnames,
+    claim_of,
+    evaluate,
+    server_problems,
+    to_routed,
+    unknown_server_problems,
+)
+from control_plane.routing.model import (
+    Claim,
+    Problem,
+    RoutedServer,
+    RoutingTable,
+    ServerEval,
+    same_except_endpoints,
+)
+from control_plane.translate import (
+    ProxyView,
+    cluster_resource,
+    endpoints_resource,
+    listener_resource,
+    route_resource,
+)
+from control_plane.translate import names as resource_names
+from control_plane.xds.nodes import NodeGroup
+from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
+
+DEFAULT_LISTEN_PORT = 10000
+
+
+class ViewError(ValueError):
+    """A node group whose view cannot be built (e.g. a listen address that is no address)."""
+
+
+def view_of(group: NodeGroup) -> ProxyView:
+    """The view of ``group``: its region, zone and the address its listener binds."""
+    host, sep, port = group.listen.rpartition(":")
+    if not sep:
+        host, port = group.listen, str(DEFAULT_LISTEN_PORT)
+    host = host.strip("[]")
+    if not host:
+        raise ViewError(f"node metadata routeplane.listen {group.listen!r}: no host")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ViewError(
+            f"node metadata routeplane.listen {group.listen!r}: port {port!r} is not a number"
+        ) from None
+    if not 0 < number < 65536:
+        raise ViewError(
+            f"node metadata routeplane.listen {group.listen!r}: port {number} is out of range"
+        )
+    return ProxyView(region=group.region, zone=group.zone, listen_host=host, listen_port=number)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """What one step produced. ``snapshots`` has every wanted group that has one (a group that
+    failed keeps none here; its last good snapshot stays wherever it was published)."""
+
+    table: RoutingTable
+    snapshots: Mapping[NodeGroup, Snapshot]
+    # Groups whose snapshot differs from the one the previous step returned for them.
+    changed: frozenset[NodeGroup]
+    # Groups whose snapshot could not be built, and why.
+    failures: Mapping[NodeGroup, str]
+    # Servers whose rows differ from the previous step's (added and removed included).
+    changed_servers: frozenset[str]
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ServerMemo:
+    """One server as the last step saw it: its rows and what routing made of them."""
+
+    row: Server
+    replicas: tuple[Replica, ...]
+    eval: ServerEval
+    claim: Claim | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """What routing made of one server, given the claims of every other one."""
+
+    routed: RoutedServer | None
+    problems: tuple[Problem, ...]
+
+
+class Pipeline:
+    """Not thread-safe; one per driver. After :meth:`step` raised, call :meth:`reset`."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next step builds from scratch."""
+        self._servers: dict[str, _ServerMemo] = {}
+        self._order: tuple[str, ...] = ()
+        self._claims: dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
+        self._routed: dict[str, _Routed] = {}
+        self._unknown: tuple[Problem, ...] = ()
+        self._table: RoutingTable | None = None
+        # server name -> (the routed server it was built from, its Cluster)
+        self._clusters: dict[str, tuple[RoutedServer, Resource]] = {}
+        # (server name, region, zone) -> (the routed server it was built from, its CLA)
+        self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, Resource]] = {}
+        self._route: Resource | None = None
+        self._listeners: dict[ProxyView, Resource] = {}
+        self._views: dict[ProxyView, Snapshot] = {}
+        self._localities: frozenset[tuple[str, str]] = frozenset()
+        self._last: dict[NodeGroup, Snapshot] = {}
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return self._table
+
+    def step(self, state: RegistryState, wanted: Collection[NodeGroup]) -> Step:
+        """The snapshot of every group in ``wanted`` for ``state``."""
+        first = self._table is None
+        dirty = self._route_servers(state)
+        table = self._table
+        assert table is not None
+        cluster_names = self._translate_shared(dirty)
+        views: dict[NodeGroup, ProxyView] = {}
+        failures: dict[NodeGroup, str] = {}
+        for group in wanted:
+            try:
+                views[group] = view_of(group)
+            except ViewError as exc:
+                failures[group] = str(exc)
+        cause = _cause(state, None if first else dirty)
+        built: dict[ProxyView, Snapshot] = {}
+        for view in set(views.values()):
+            try:
+                built[view] = self._snapshot(view, dirty, cluster_names, table, cause)
+            except InconsistentSnapshotError as exc:
+                for group, group_view in views.items():
+                    if group_view == view:
+                        failures[group] = str(exc)
+        self._views = built
+        self._forget_unused_views(built)
+        snapshots = {group: built[view] for group, view in views.items() if view in built}
+        changed = frozenset(
+            group
+            for group, snapshot in snapshots.items()
+            if (last := self._last.get(group)) is None or last.version != snapshot.version
+        )
+        self._last = snapshots
+        return Step(
+            table=table,
+            snapshots=MappingProxyType(snapshots),
+            changed=changed,
+            failures=MappingProxyType(failures),
+            changed_servers=frozenset(dirty),
+            cause=cause,
+        )
+
+    # Routing: rows -> RoutingTable, re-evaluating only servers whose rows changed.
+
+    def _route_servers(self, state: RegistryState) -> set[str]:
+        """Update the routing table for ``state``; returns the servers whose routed form or
+        problems changed (added and removed included)."""
+        old = self._servers
+        memo: dict[str, _ServerMemo] = {}
+        changed: set[str] = set()
+        claims_dirty = False
+        for server in state.servers:
+            replicas = state.replicas_by_server.get(server.name, ())
+            entry = old.get(server.name)
+            if entry is not None and entry.row == server and entry.replicas == replicas:
+                memo[server.name] = entry
+                continue
+            ev = evaluate(server, replicas)
+            claim = claim_of(server.name, ev)
+            claims_dirty = claims_dirty or entry is None or entry.claim != claim
+            memo[server.name] = _ServerMemo(row=server, replicas=replicas, eval=ev, claim=claim)
+            changed.add(server.name)
+        order = tuple(server.name for server in state.servers)
+        if order != self._order:
+            claims_dirty = True
+            changed.update(name for name in old if name not in memo)
+        if claims_dirty:
+            claims = claim_hostnames(memo[name].claim for name in order)
+            changed.update(name for name in order if claims.get(name) != self._claims.get(name))
+        else:
+            claims = self._claims
+        routed_memo: dict[str, _Routed] = {}
+        dirty: set[str] = set()
+        for name in order:
+            before = self._routed.get(name)
+            if name not in changed and before is not None:
+                routed_memo[name] = before
+                continue
+            entry = memo[name]
+            mine, lost = claims.get(name, ((), ()))
+            routed = to_routed(entry.row, entry.eval, mine) if mine else None
+            own = server_problems(entry.eval, lost)
+            if before is not None and before.routed == routed and before.problems == own:
+                routed_memo[name] = before
+                continue
+            if before is not None and before.routed == routed:
+                routed = before.routed  # equal value: keep one object downstream
+            routed_memo[name] = _Routed(routed=routed, problems=own)
+            dirty.add(name)
+        dirty.update(name for name in self._routed if name not in routed_memo)
+        previous = self._table
+        orphans = state.replicas_by_server.keys() - memo.keys()
+        unknown = tuple(unknown_server_problems(state.replicas_by_server, memo)) if orphans else ()
+        if previous is not None and not dirty:
+            servers = previous.servers
+        else:
+            servers = tuple(r.routed for name in order if (r := routed_memo[name]).routed)
+        if previous is not None and not dirty and unknown == self._unknown:
+            problems: tuple[Problem, ...] = previous.problems
+        else:
+            problems = (*(p for name in order for p in routed_memo[name].problems), *unknown)
+            if previous is not None and problems == previous.problems:
+                problems = previous.problems
+        self._servers, self._order, self._claims, self._routed = memo, order, claims, routed_memo
+        self._unknown = unknown
+        self._table = RoutingTable(
+            servers=servers,
+            problems=problems,
+            revision=state.revision,
+            committed_at=state.committed_at,
+        )
+        return dirty
+
+    # Translation shared by every view: Clusters and the RouteConfiguration.
+
+    def _translate_shared(self, dirty: set[str]) -> set[str]:
+        """Update Clusters and the route for the ``dirty`` servers; returns every resource name
+        those servers had or have (the names a view must look at again)."""
+        touched: set[str] = set()
+        route_dirty = self._route is None
+        for name in dirty:
+            routed = self._routed.get(name)
+            server = routed.routed if routed is not None else None
+            before = self._clusters.get(name)
+            if before is not None:
+                touched.add(before[1].name)
+            if server is None:
+                if before is not None:
+                    del self._clusters[name]
+                    route_dirty = True
+                    self._drop_endpoints(name)
+                continue
+            if before is None or not same_except_endpoints(before[0], server):
+                cluster = cluster_resource(server)
+                route_dirty = True
+                if before is not None and before[1].name != cluster.name:
+                    self._drop_endpoints(name)
+            else:
+                cluster = before[1]
+            self._clusters[name] = (server, cluster)
+            touched.add(cluster.name)
+        if route_dirty:
+            assert self._table is not None
+            route = route_resource(self._table.servers)
+            if self._route is None or self._route.version != route.version:
+                self._route = route
+        return touched
+
+    def _drop_endpoints(self, server: str) -> None:
+        for key in [k for k in self._endpoints if k[0] == server]:
+            del self._endpoints[key]
+
+    def _endpoints_for(self, server: RoutedServer, view: ProxyView) -> Resource:
+        key = (server.name, view.region, view.zone)
+        cached = self._endpoints.get(key)
+        if cached is not None and cached[0] == server:
+            return cached[1]
+        resource = endpoints_resource(server, region=view.region, zone=view.zone)
+        self._endpoints[key] = (server, resource)
+        return resource
+
+    def _listener_for(self, view: ProxyView) -> Resource:
+        listener = self._listeners.get(view)
+        if listener is None:
+            listener = self._listeners[view] = listener_resource(view)
+        return listener
+
+    # Per view: one snapshot, built from the previous one in time proportional to the change.
+
+    def _snapshot(
+        self,
+        view: ProxyView,
+        dirty: set[str],
+        touched: set[str],
+        table: RoutingTable,
+        cause: str,
+    ) -> Snapshot:
+        previous = self._views.get(view)
+        assert self._route is not None
+        route = self._route
+        listener = self._listener_for(view)
+        if previous is None:
+            clusters = {c.name: c for _, c in (self._clusters[s.name] for s in table.servers)}
+            endpoints = {
+                (e := self._endpoints_for(server, view)).name: e for server in table.servers
+            }
+            return build_from_types(
+                {
+                    CLUSTER: clusters,
+                    ENDPOINT: endpoints,
+                    LISTENER: {listener.name: listener},
+                    ROUTE: {route.name: route},
+                },
+                committed_at=table.committed_at,
+                revision=table.revision,
+                cause=cause,
+            )
+        old_route = previous.of_type(ROUTE).get(resource_names.ROUTE_CONFIG)
+        if not dirty and old_route is route:
+            return previous
+        clusters = dict(previous.of_type(CLUSTER))
+        endpoints = dict(previous.of_type(ENDPOINT))
+        for name in touched:
+            clusters.pop(name, None)
+            endpoints.pop(name, None)
+        for name in dirty:
+            entry = self._clusters.get(name)
+            if entry is None:
+                continue
+            server, cluster = entry
+            clusters[cluster.name] = cluster
+            resource = self._endpoints_for(server, view)
+            endpoints[resource.name] = resource
+        return build_from_types(
+            {
+                CLUSTER: clusters,
+                ENDPOINT: endpoints,
+                LISTENER: {listener.name: listener},
+                ROUTE: {route.name: route},
+            },
+            previous=previous,
+            candidates={CLUSTER: touched, ENDPOINT: touched, ROUTE: {route.name}},
+            committed_at=table.committed_at,
+            revision=table.revision,
+            cause=cause,
+        )
+
+    def _forget_unused_views(self, live: Iterable[ProxyView]) -> None:
+        views = set(live)
+        self._listeners = {v: r for v, r in self._listeners.items() if v in views}
+        localities = frozenset((v.region, v.zone) for v in views)
+        if localities != self._localities:
+            self._endpoints = {
+                key: value for key, value in self._endpoints.items() if key[1:] in localities
+            }
+            self._localities = localities
+
+
+def _cause(state: RegistryState, changed: set[str] | None) -> str:
+    """Why a snapshot was built, for `snapshot history`."""
+    if changed is None:
+        return f"registry revision {state.revision}: full read"
+    names = sorted(changed)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"registry revision {state.revision}: servers {shown}"
