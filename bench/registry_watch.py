@@ -75,7 +75,10 @@ def bulk_load(registry: Registry, *, servers: int, replicas: int) -> None:
         return
     from google.cloud import spanner
 
-    db = registry._db  # type: ignore[attr-defined]
+    from control_plane.registry.spanner import SpannerRegistry
+
+    assert isinstance(registry, SpannerRegistry), kind
+    db = registry.database
     with db.batch() as batch:
         batch.insert(
             "Servers",

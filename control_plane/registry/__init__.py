@@ -1,7 +1,7 @@
 """The replica registry: schema, reads, writes and the watch.
 
 ``open_registry(url)`` returns the implementation for a URL (``sqlite:///path``; ``spanner://``
-later). Only ``registry/spanner.py`` may import ``google.cloud.spanner``. Never imports
+later). Only the ``registry/spanner`` package may import ``google.cloud.spanner``. Never imports
 ``routing``, ``translate`` or ``xds``.
 """
 

@@ -1,0 +1,113 @@
+"""The connection to one Spanner database: URL parsing, client creation, reconnecting, and the
+mapping of client errors to ``RegistryError``s.
+
+Owns ``parse_url``, ``new_client`` (the one place a ``spanner.Client`` is created, and the one
+place the process-wide multiplexed-sessions switch is set), and ``Connection``: the client,
+instance and database handles, the ``reads.Reader`` bound to them, ``call`` (retry once after
+reconnecting, then classify) and ``transact`` (one read-write transaction with a deadline).
+
+May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
+``registry/spanner`` may). From this package it imports only ``reads``; never ``store``,
+``routing``, ``translate`` or ``xds``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud import spanner
+
+from control_plane.registry.errors import RegistryError, RegistryUnavailableError
+from control_plane.registry.spanner.reads import Reader
+
+URL_RE = re.compile(r"^spanner://projects/([^/]+)/instances/([^/]+)/databases/([^/]+)$")
+TRANSACTION_TIMEOUT = 15.0
+MULTIPLEXED_SESSIONS_FOR_RW = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
+T = TypeVar("T")
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    match = URL_RE.match(url)
+    if not match:
+        raise RegistryError(
+            f"registry {url!r}: expected spanner://projects/P/instances/I/databases/D"
+        )
+    project, instance, database = match.groups()
+    return project, instance, database
+
+
+def new_client(project: str) -> Any:
+    """A ``spanner.Client`` whose read-write transactions use regular (pooled) sessions.
+
+    The emulator allows one read-write transaction at a time; with multiplexed sessions,
+    concurrent read-write transactions in one process fail with "Invalid transaction ID".
+    google-cloud-spanner 3.71 offers no client, instance or database option for this: its
+    ``DatabaseSessionsManager._use_multiplexed`` reads this environment variable (default
+    "true") each time it hands out a session for a read-write transaction. So it is set here,
+    right before the client is created (never at import); ``setdefault`` leaves an operator's
+    explicit value alone. Like the library's switch, it is process-wide.
+    """
+    os.environ.setdefault(MULTIPLEXED_SESSIONS_FOR_RW, "false")
+    return spanner.Client(project=project)
+
+
+class Connection:
+    """The handles for the database at ``url``, replaced when its sessions are gone."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.project, self.instance_id, self.database_id = parse_url(url)
+        self.emulator = bool(os.environ.get("SPANNER_EMULATOR_HOST"))
+        try:
+            self.client: Any = new_client(self.project)
+        except Exception as exc:
+            raise RegistryUnavailableError(f"registry {url!r}: {exc}") from exc
+        self.reader = Reader(lambda: self.database)
+        self.instance: Any = None
+        self.database: Any = None
+        self.connect()
+
+    def connect(self) -> None:
+        """Fresh instance and database handles (and so fresh sessions)."""
+        self.instance = self.client.instance(self.instance_id)
+        self.database = self.instance.database(self.database_id)
+        self.reader.reset_session()
+
+    def call(self, what: str, func: Callable[[], T]) -> T:
+        """``func()``; after a client error, reconnect and try once more, then raise a
+        ``RegistryUnavailableError`` saying ``what`` failed. ``RegistryError``s pass through."""
+        try:
+            return func()
+        except RegistryError:
+            raise
+        except (gexc.GoogleAPICallError, gexc.RetryError):
+            # Sessions may be gone with the server (an emulator restart): start afresh.
+            self.connect()
+            return self._classify(what, func)
+
+    def _classify(self, what: str, func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except RegistryError:
+            raise
+        except gexc.NotFound as exc:
+            raise RegistryUnavailableError(
+                f"registry {self.url!r}: {what}: not found ({exc.message}); "
+                "run `routeplane registry init`"
+            ) from exc
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise RegistryUnavailableError(f"registry {self.url!r}: {what}: {exc}") from exc
+
+    def transact(self, what: str, write: Callable[[Any], T]) -> T:
+        """``write(tx)`` in one read-write transaction (the client retries aborts), by ``call``."""
+        result: T = self.call(
+            what, lambda: self.database.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT)
+        )
+        return result
+
+    def close(self) -> None:
+        self.client.close() if hasattr(self.client, "close") else None

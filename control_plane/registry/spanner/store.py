@@ -1,0 +1,365 @@
+"""The Cloud Spanner registry's store: ``SpannerRegistry``, the ``Registry`` implementation.
+
+Owns the read-write transactions (servers, replicas, leases, expiry), the list and state reads
+and the watch loop. The connection and error mapping are ``connection``, the raw reads are
+``reads``, the schema is ``schema``, the watch's follower is ``follow``: this module uses them
+through their public names and hands them what they need (the reader, a revision counter)
+instead of letting them reach into it.
+
+Lease renewals do not touch ``UpdatedAt``: 10,000 replicas heartbeating must not make the watch
+re-route. Every blocking call runs in a thread, never on the event loop.
+
+May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
+``registry/spanner`` may). Never imports ``routing``, ``translate`` or ``xds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from google.cloud import spanner
+
+from control_plane.registry import validate
+from control_plane.registry.errors import ConflictError, NotFoundError
+from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.servers import check_conflicts, checked_replica, checked_server
+from control_plane.registry.spanner import schema
+from control_plane.registry.spanner.connection import Connection
+from control_plane.registry.spanner.follow import TOMBSTONE_RETENTION, Follower
+from control_plane.registry.spanner.reads import (
+    REPLICA_COLUMNS,
+    REPLICA_FIELDS,
+    SERVER_COLUMNS,
+    SERVER_FIELDS,
+    TableRead,
+    read_full_state,
+    to_replica,
+    to_server,
+    ts,
+)
+
+
+class SpannerRegistry:
+    default_poll_interval = 0.01
+
+    def __init__(self, url: str) -> None:
+        self._conn = Connection(url)
+        self.url = url
+        self.project = self._conn.project
+        self.instance_id = self._conn.instance_id
+        self.database_id = self._conn.database_id
+        self.emulator = self._conn.emulator
+        self._reader = self._conn.reader
+        self._revision = 0
+        self._lock = threading.Lock()
+
+    @property
+    def database(self) -> Any:
+        """The current ``google.cloud.spanner`` ``Database`` (replaced on reconnect)."""
+        return self._conn.database
+
+    def _next_revision(self) -> int:
+        with self._lock:
+            self._revision += 1
+            return self._revision
+
+    def check_reachable(self) -> None:
+        """Fail fast (one short RPC) when Spanner cannot be reached or the database is missing."""
+        self._conn.call("connect", self._reader.session_name)
+
+    # -- schema -------------------------------------------------------------------------
+
+    def init(self) -> list[str]:
+        conn = self._conn
+        return conn.call(
+            "init",
+            lambda: schema.init(
+                client=conn.client,
+                instance=conn.instance,
+                database=conn.database,
+                url=conn.url,
+                project=conn.project,
+                instance_id=conn.instance_id,
+                database_id=conn.database_id,
+                emulator=conn.emulator,
+            ),
+        )
+
+    # -- servers ------------------------------------------------------------------------
+
+    def create_server(
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> Server:
+        server = checked_server(
+            name=name, hostnames=hostnames, protocol=protocol, workspace=workspace, spec=spec
+        )
+        return self._put_server(server, create_only=True)[0]
+
+    def put_server(
+        self,
+        *,
+        name: str,
+        hostnames: Sequence[str],
+        protocol: str,
+        workspace: str = "default",
+        spec: Mapping[str, Any] | None = None,
+    ) -> tuple[Server, str]:
+        server = checked_server(
+            name=name, hostnames=hostnames, protocol=protocol, workspace=workspace, spec=spec
+        )
+        return self._put_server(server, create_only=False)
+
+    def _put_server(self, server: Server, *, create_only: bool) -> tuple[Server, str]:
+        def write(tx: Any) -> tuple[Server, str]:
+            existing = {
+                s.name: s
+                for s in (
+                    to_server(r)
+                    for r in tx.read("Servers", SERVER_FIELDS, spanner.KeySet(all_=True))
+                )
+            }
+            current = existing.get(server.name)
+            if current is not None and create_only:
+                raise ConflictError(f"server {server.name!r} already exists")
+            if current is not None and current.same_config(server):
+                return current, "unchanged"
+            check_conflicts(server, existing.values())
+            tx.insert_or_update(
+                "Servers",
+                columns=SERVER_FIELDS,
+                values=[
+                    (
+                        server.name,
+                        server.workspace,
+                        list(server.hostnames),
+                        server.protocol,
+                        server.spec,
+                        spanner.COMMIT_TIMESTAMP,
+                    )
+                ],
+            )
+            return server, "created" if current is None else "updated"
+
+        return self._conn.transact("put server", write)
+
+    def delete_server(self, name: str) -> None:
+        def write(tx: Any) -> None:
+            rows = list(tx.read("Servers", ("ServerName",), spanner.KeySet(keys=[[name]])))
+            if not rows:
+                raise NotFoundError(f"unknown server {name!r}")
+            tx.delete("Servers", spanner.KeySet(keys=[[name]]))
+            tx.insert_or_update(
+                "Tombstones",
+                columns=("Kind", "Key", "DeletedAt"),
+                values=[("server", name, spanner.COMMIT_TIMESTAMP)],
+            )
+
+        self._conn.transact("delete server", write)
+
+    def list_servers(self) -> list[Server]:
+        def read() -> list[Server]:
+            _, (rows,) = self._reader.read(
+                [(f"SELECT {SERVER_COLUMNS} FROM Servers ORDER BY ServerName", None)]
+            )
+            return [to_server(r) for r in rows]
+
+        return self._conn.call("list servers", read)
+
+    # -- replicas -----------------------------------------------------------------------
+
+    def register_replica(
+        self,
+        *,
+        server: str,
+        address: str,
+        region: str,
+        zone: str = "",
+        weight: int = 100,
+        state: str = ReplicaState.READY,
+        lease_seconds: float | None = None,
+    ) -> Replica:
+        replica = checked_replica(
+            server=server,
+            address=address,
+            region=region,
+            zone=zone,
+            weight=weight,
+            state=state,
+            lease_seconds=lease_seconds,
+        )
+
+        def write(tx: Any) -> None:
+            if not list(tx.read("Servers", ("ServerName",), spanner.KeySet(keys=[[server]]))):
+                raise NotFoundError(f"unknown server {server!r}")
+            tx.insert(
+                "Replicas",
+                columns=REPLICA_FIELDS,
+                values=[
+                    (
+                        replica.server,
+                        replica.id,
+                        replica.host,
+                        replica.port,
+                        replica.region,
+                        replica.zone,
+                        replica.weight,
+                        replica.state,
+                        None if replica.lease_expires_at is None else ts(replica.lease_expires_at),
+                        spanner.COMMIT_TIMESTAMP,
+                    )
+                ],
+            )
+
+        self._conn.transact("register replica", write)
+        return replica
+
+    def _find(self, tx: Any, replica_id: str) -> Replica:
+        # Read API by key (a seek) rather than SQL (a scan on the emulator).
+        keys = list(
+            tx.read(
+                "Replicas",
+                ("ServerName", "Id"),
+                spanner.KeySet(keys=[[replica_id]]),
+                index="ReplicasById",
+            )
+        )
+        if not keys:
+            raise NotFoundError(f"unknown replica {replica_id!r}")
+        rows = list(tx.read("Replicas", REPLICA_FIELDS, spanner.KeySet(keys=[list(keys[0])])))
+        return to_replica(rows[0])
+
+    def set_replica_state(self, replica_id: str, state: str) -> Replica:
+        new_state = validate.state(state)
+
+        def write(tx: Any) -> Replica:
+            replica = self._find(tx, replica_id)
+            tx.update(
+                "Replicas",
+                columns=("ServerName", "Id", "State", "UpdatedAt"),
+                values=[(replica.server, replica.id, new_state, spanner.COMMIT_TIMESTAMP)],
+            )
+            return replica
+
+        replica = self._conn.transact("set replica state", write)
+        return Replica(**{**_fields(replica), "state": new_state})
+
+    def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
+        validate.lease(lease_seconds)
+        expires = time.time() + lease_seconds
+
+        def write(tx: Any) -> Replica:
+            replica = self._find(tx, replica_id)
+            tx.update(
+                "Replicas",
+                columns=("ServerName", "Id", "LeaseExpiresAt"),
+                values=[(replica.server, replica.id, ts(expires))],
+            )
+            return replica
+
+        replica = self._conn.transact("renew lease", write)
+        return Replica(**{**_fields(replica), "lease_expires_at": expires})
+
+    def deregister_replica(self, replica_id: str) -> None:
+        def write(tx: Any) -> None:
+            replica = self._find(tx, replica_id)
+            tx.delete("Replicas", spanner.KeySet(keys=[[replica.server, replica.id]]))
+            tx.insert_or_update(
+                "Tombstones",
+                columns=("Kind", "Key", "DeletedAt"),
+                values=[("replica", replica.id, spanner.COMMIT_TIMESTAMP)],
+            )
+
+        self._conn.transact("deregister replica", write)
+
+    def remove_expired(self, *, now: float) -> list[str]:
+        # Look first in a read-only snapshot (cheap, no lock): the emulator runs one read-write
+        # transaction at a time, and most ticks find nothing to do.
+        def look() -> tuple[list[list[Any]], list[list[Any]]]:
+            _, (expired, old) = self._reader.read(
+                [
+                    TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease", until=ts(now)),
+                    TableRead(
+                        "Tombstones",
+                        ("Kind", "Key"),
+                        "TombstonesByDeletedAt",
+                        until=ts(now - TOMBSTONE_RETENTION),
+                    ),
+                ]
+            )
+            return expired, old
+
+        expired, old = self._conn.call("look for expired leases", look)
+        if not expired and not old:
+            return []
+
+        def write(tx: Any) -> list[str]:
+            removed: list[str] = []
+            if expired:
+                keys = [list(r) for r in expired]
+                current = list(
+                    tx.read(
+                        "Replicas",
+                        ("ServerName", "Id", "LeaseExpiresAt"),
+                        spanner.KeySet(keys=keys),
+                    )
+                )
+                # Renewed since we looked? Then it stays.
+                gone = [r for r in current if r[2] is not None and r[2].timestamp() <= now]
+                if gone:
+                    tx.delete("Replicas", spanner.KeySet(keys=[[r[0], r[1]] for r in gone]))
+                    tx.insert_or_update(
+                        "Tombstones",
+                        columns=("Kind", "Key", "DeletedAt"),
+                        values=[("replica", r[1], spanner.COMMIT_TIMESTAMP) for r in gone],
+                    )
+                    removed = sorted(str(r[1]) for r in gone)
+            if old:
+                tx.delete("Tombstones", spanner.KeySet(keys=[list(r) for r in old]))
+            return removed
+
+        return self._conn.transact("remove expired", write)
+
+    def list_replicas(self, server: str | None = None) -> list[Replica]:
+        def read() -> list[Replica]:
+            _, (rows,) = self._reader.read(
+                [(f"SELECT {REPLICA_COLUMNS} FROM Replicas ORDER BY Id", None)]
+            )
+            return [to_replica(r) for r in rows if server is None or r[0] == server]
+
+        return self._conn.call("list replicas", read)
+
+    # -- state and watch ----------------------------------------------------------------
+
+    def read_state(self) -> RegistryState:
+        return self._conn.call("read state", lambda: self._full_read()[0])
+
+    def _full_read(self) -> tuple[RegistryState, dt.datetime]:
+        return read_full_state(self._reader, self._next_revision)
+
+    async def watch(self, *, poll_interval: float = 0.01) -> AsyncIterator[RegistryState]:
+        follower = Follower(self._reader, self._next_revision)
+        state = await asyncio.to_thread(self._conn.call, "full read", follower.full)
+        yield state
+        while True:
+            await asyncio.sleep(poll_interval)
+            changed = await asyncio.to_thread(self._conn.call, "watch", follower.tick)
+            if changed is not None:
+                yield changed
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _fields(replica: Replica) -> dict[str, Any]:
+    return {name: getattr(replica, name) for name in Replica.__slots__}
