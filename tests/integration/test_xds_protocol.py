@@ -23,7 +23,7 @@ from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.server import XdsServer
 from tests.helpers import async_wait_until, endpoint, server
-from tests.unit.xds.conftest import snapshot, two_servers
+from tests.xds_helpers import snapshot, two_servers
 
 GROUP = "edge/us-west@127.0.0.1:10000"
 NODE = base_pb2.Node(id="proxy-1", cluster="edge", locality=base_pb2.Locality(region="us-west"))
