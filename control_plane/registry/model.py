@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
-from typing import Any
-from typing import Protocol as TypingProtocol
+from typing import Any, Protocol
 
 
-class Protocol(StrEnum):
+class ServerProtocol(StrEnum):
     HTTP = "http"
     HTTP2 = "http2"
     GRPC = "grpc"
@@ -112,7 +111,7 @@ def group_replicas(replicas: Iterable[Replica]) -> dict[str, tuple[Replica, ...]
     return {name: tuple(sorted(rows, key=lambda r: r.id)) for name, rows in grouped.items()}
 
 
-class Registry(TypingProtocol):
+class Registry(Protocol):
     """A replica registry. Every write is one transaction, validated before it is written.
 
     Methods are blocking (callers on an event loop use a thread); ``watch`` is the exception.
