@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SPIFFE_PREFIX = "spiffe://routeplane/fleet/"
+from control_plane.identity import SPIFFE_PREFIX
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
