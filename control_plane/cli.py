@@ -55,9 +55,7 @@ def user_errors(func: F) -> F:
 
 def _open(url: str) -> Registry:
     registry = open_registry(url)
-    check = getattr(registry, "check_reachable", None)
-    if check is not None:
-        check()  # fail in a moment with one line, not after the client's long retries
+    registry.check_reachable()  # fail in a moment with one line, not after long retries
     return registry
 
 
@@ -435,7 +433,7 @@ def registry_init(registry: str) -> None:
     """Create or migrate the registry schema (idempotent); on the Spanner emulator, also the
     instance and database. Prints what it changed."""
     reg = open_registry(registry)
-    changes = getattr(reg, "applied_on_open", []) + reg.init()
+    changes = [*reg.applied_on_open, *reg.init()]
     for change in changes:
         click.echo(change)
     if not changes:

@@ -119,6 +119,22 @@ class Registry(Protocol):
 
     url: str
 
+    @property
+    def default_poll_interval(self) -> float:
+        """Seconds between watch polls when the operator sets none (``serve --poll-interval``)."""
+        ...
+
+    @property
+    def applied_on_open(self) -> Sequence[str]:
+        """Schema changes the store made while opening (an embedded store migrates itself);
+        ``registry init`` reports them before its own. Empty when only ``init`` migrates."""
+        ...
+
+    def check_reachable(self) -> None:
+        """Raise RegistryUnavailableError within moments (one short round trip, not a client's
+        long retries) when the store cannot be reached or its database is missing."""
+        ...
+
     def init(self) -> list[str]:
         """Create or migrate the schema; returns what was changed (empty when up to date)."""
         ...
