@@ -255,9 +255,6 @@ def servers_create(
     click.echo(f"created server {server.name} ({server.protocol}; {', '.join(server.hostnames)})")
 
 
-SERVER_FIELDS = {"name", "workspace", "hostnames", "protocol"}
-
-
 @servers.command("apply")
 @click.option(
     "-f",
@@ -271,60 +268,13 @@ SERVER_FIELDS = {"name", "workspace", "hostnames", "protocol"}
 @user_errors
 def servers_apply(path: str, registry: str) -> None:
     """Create or update every server in a YAML file (idempotent)."""
-    import yaml
+    from control_plane.registry.servers import apply_servers, read_servers_file, server_documents
 
-    from control_plane.registry.errors import ValidationError
-    from control_plane.registry.servers import checked_server
-    from control_plane.registry.spec import KNOWN_FIELDS
-
-    try:
-        with open(path) as handle:
-            document = yaml.safe_load(handle)
-    except OSError as exc:
-        fail(f"{path}: {exc.strerror}")
-    except yaml.YAMLError as exc:
-        fail(f"{path}: not valid YAML: {str(exc).splitlines()[0]}")
-    items = document.get("servers") if isinstance(document, dict) else document
-    if not isinstance(items, list):
-        fail(f"{path}: expected a `servers:` list")
-        return
+    items = read_servers_file(path)
     reg = _open(registry)
-    specs = []
-    for index, item in enumerate(items):
-        label = f"{path}: servers[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            fail(f"{label}: expected a mapping with a name")
-        label = f"{path}: server {item['name']!r}"
-        unknown = sorted(set(item) - SERVER_FIELDS - KNOWN_FIELDS)
-        if unknown:
-            fail(f"{label}: unknown field {unknown[0]!r}")
-        hostnames = item.get("hostnames", [])
-        if isinstance(hostnames, str):
-            hostnames = [hostnames]
-        spec = {k: v for k, v in item.items() if k in KNOWN_FIELDS}
-        try:  # every server is checked before any is written
-            checked_server(
-                name=item["name"],
-                hostnames=hostnames,
-                protocol=str(item.get("protocol", "http")),
-                workspace=str(item.get("workspace", "default")),
-                spec=spec,
-            )
-        except ValidationError as exc:
-            fail(f"{label}: {exc}")
-        specs.append((label, item, hostnames, spec))
-    for label, item, hostnames, spec in specs:
-        try:
-            server, outcome = reg.put_server(
-                name=item["name"],
-                hostnames=hostnames,
-                protocol=str(item.get("protocol", "http")),
-                workspace=str(item.get("workspace", "default")),
-                spec=spec,
-            )
-        except (ValidationError, RegistryError) as exc:
-            fail(f"{label}: {exc}")
-        click.echo(f"{server.name}: {outcome}")
+    # Every server is checked before any is written.
+    documents = server_documents(items, source=path)
+    apply_servers(reg, documents, on_applied=lambda name, outcome: click.echo(f"{name}: {outcome}"))
 
 
 @servers.command("list")

@@ -331,19 +331,12 @@ def bootstrap_for(
 
 def _init_registry(url: str) -> None:
     from control_plane.registry import open_registry
+    from control_plane.registry.servers import apply_servers, load_servers_file
 
     registry = open_registry(url)
     try:
         registry.init()
-        for item in yaml.safe_load(SERVERS_FILE.read_text())["servers"]:
-            spec = {
-                k: v
-                for k, v in item.items()
-                if k not in ("name", "hostnames", "protocol", "workspace")
-            }
-            registry.put_server(
-                name=item["name"], hostnames=item["hostnames"], protocol=item["protocol"], spec=spec
-            )
+        apply_servers(registry, load_servers_file(SERVERS_FILE))
     finally:
         registry.close()
 
