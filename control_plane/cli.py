@@ -454,7 +454,7 @@ def mesh() -> None:
 def _mesh_config(**kwargs: Any) -> Any:
     from pathlib import Path
 
-    from control_plane.mesh import MeshConfig
+    from control_plane.dev.mesh import MeshConfig
 
     kwargs["workdir"] = Path(kwargs["workdir"])
     return MeshConfig(**kwargs)
@@ -478,7 +478,7 @@ def _mesh_config(**kwargs: Any) -> Any:
 @click.option("--emulator-port", default=9010, show_default=True)
 def mesh_up(detach: bool, **options: Any) -> None:
     """Start the local mesh (foreground unless --detach; Ctrl-C stops everything)."""
-    from control_plane.mesh import MeshError, run_foreground, up
+    from control_plane.dev.mesh import MeshError, run_foreground, up
 
     config = _mesh_config(**options)
     try:
@@ -496,7 +496,7 @@ def mesh_down(workdir: str) -> None:
     """Stop every process a detached mesh started."""
     from pathlib import Path
 
-    from control_plane.mesh import down
+    from control_plane.dev.mesh import down
 
     down(Path(workdir))
 
@@ -507,7 +507,7 @@ def mesh_status(workdir: str) -> None:
     """The mesh's processes and whether they run."""
     from pathlib import Path
 
-    from control_plane.mesh import status
+    from control_plane.dev.mesh import status
 
     rows = status(Path(workdir))
     if not rows:
@@ -523,7 +523,7 @@ def mesh_compose(write: bool) -> None:
     """The same mesh as a Compose file (docker-compose.yml)."""
     from pathlib import Path
 
-    from control_plane.mesh import ROOT, MeshConfig, compose_files
+    from control_plane.dev.mesh import ROOT, MeshConfig, compose_files
 
     files = compose_files(MeshConfig(workdir=Path(".mesh")))
     for path, text in files.items():
@@ -564,7 +564,7 @@ def samples_replica(
     registry: str,
 ) -> None:
     """A sample replica that registers itself, renews its lease and deregisters on exit."""
-    from control_plane.samples.replica import run
+    from control_plane.dev.samples.replica import run
 
     run(
         kind=kind,
@@ -586,7 +586,7 @@ def samples_http_echo(name: str, listen: str) -> None:
     """An HTTP echo server that names the replica that answered."""
     import signal
 
-    from control_plane.samples.http_echo import make_server
+    from control_plane.dev.samples.http_echo import make_server
 
     host, _, port = listen.rpartition(":")
     server = make_server(name=name, host=host, port=int(port))
@@ -887,7 +887,7 @@ def certs() -> None:
 )
 def certs_dev(out: str, clusters: tuple[str, ...]) -> None:
     """A throwaway CA, a server certificate for loopback and client certificates (dev only)."""
-    from control_plane.certs import dev_certs
+    from control_plane.dev.certs import dev_certs
 
     for path in dev_certs(Path(out), clusters=list(clusters)):
         click.echo(f"wrote {path}")

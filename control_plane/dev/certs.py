@@ -4,6 +4,9 @@ control plane on a developer machine. Never use them in production.
 The client certificate carries the Envoy fleet it may serve as a URI SAN
 ``spiffe://routeplane/fleet/<cluster>`` (and as its CN); the control plane only sends a proxy
 the node group of that cluster.
+
+Dev tooling: the product never imports it. The SPIFFE prefix comes from the product's
+``control_plane.identity``, which the xDS server checks against.
 """
 
 from __future__ import annotations
