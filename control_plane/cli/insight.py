@@ -11,7 +11,16 @@ import json
 import click
 
 from control_plane.cli.common import admin_call, admin_option, fail
-from control_plane.cli.output import ago, table
+from control_plane.cli.output import (
+    ago,
+    diff_json,
+    echo_json,
+    history_json,
+    problem_json,
+    proxy_json,
+    snapshot_json,
+    table,
+)
 
 
 @click.command()
@@ -23,34 +32,7 @@ def proxies(admin: str, as_json: bool) -> None:
 
     response = admin_call(admin, "ListProxies", admin_pb2.ListProxiesRequest())
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "node_id": p.node_id,
-                        "group": p.group,
-                        "address": p.address,
-                        "connected_since": p.connected_since,
-                        "protocol": p.protocol,
-                        "service": p.service,
-                        "types": {
-                            t.type: {
-                                "sent_version": t.sent_version,
-                                "acked_version": t.acked_version,
-                                "state": t.state,
-                                "last_error": t.last_error,
-                                "pushes": t.pushes,
-                                "acks": t.acks,
-                                "nacks": t.nacks,
-                            }
-                            for t in p.types
-                        },
-                    }
-                    for p in response.proxies
-                ],
-                indent=2,
-            )
-        )
+        echo_json([proxy_json(p) for p in response.proxies])
         return
     rows = []
     errors: list[str] = []
@@ -80,19 +62,15 @@ def problems(admin: str, as_json: bool) -> None:
     from control_plane.admin.client import admin_pb2
 
     response = admin_call(admin, "ListProblems", admin_pb2.ListProblemsRequest())
-    items = [
-        {"kind": p.kind, "name": p.name, "field": p.field, "value": p.value, "message": p.message}
-        for p in response.problems
-    ]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        echo_json([problem_json(p) for p in response.problems])
         return
-    if not items:
+    if not response.problems:
         click.echo("no problems: every registry row is routed")
         return
     table(
         ["KIND", "NAME", "FIELD", "VALUE", "PROBLEM"],
-        [[i["kind"], i["name"], i["field"], i["value"], i["message"]] for i in items],
+        [[p.kind, p.name, p.field, p.value, p.message] for p in response.problems],
     )
 
 
@@ -127,31 +105,9 @@ def snapshot_show(
     )
     if as_json:
         if type_:
-            click.echo(json.dumps([json.loads(r.json) for r in snap.resources], indent=2))
+            echo_json([json.loads(r.json) for r in snap.resources])
         else:
-            click.echo(
-                json.dumps(
-                    {
-                        "node_group": snap.node_group,
-                        "version": snap.version,
-                        "type_versions": dict(snap.type_versions),
-                        "revision": snap.revision,
-                        "published_at": snap.published_at,
-                        "cause": snap.cause,
-                        "resources": [
-                            {
-                                "type": r.type,
-                                "name": r.name,
-                                "version": r.version,
-                                "bytes": r.bytes,
-                                "summary": r.summary,
-                            }
-                            for r in snap.resources
-                        ],
-                    },
-                    indent=2,
-                )
-            )
+            echo_json(snapshot_json(snap))
         return
     click.echo(
         f"group {snap.node_group}  version {snap.version}  revision {snap.revision}  "
@@ -182,30 +138,16 @@ def snapshot_diff(
             node_group=node_group, from_version=from_version, to_version=to_version
         ),
     )
-    changes = [
-        {
-            "change": c.change,
-            "type": c.type,
-            "name": c.name,
-            "from_version": c.from_version,
-            "to_version": c.to_version,
-        }
-        for c in diff.changes
-    ]
     if as_json:
-        click.echo(
-            json.dumps(
-                {"from": diff.from_version, "to": diff.to_version, "changes": changes}, indent=2
-            )
-        )
+        echo_json(diff_json(diff))
         return
     click.echo(
         f"{diff.node_group}: {diff.from_version} -> {diff.to_version}, "
-        f"{len(changes)} resources changed"
+        f"{len(diff.changes)} resources changed"
     )
     table(
         ["CHANGE", "TYPE", "NAME", "FROM", "TO"],
-        [[c["change"], c["type"], c["name"], c["from_version"], c["to_version"]] for c in changes],
+        [[c.change, c.type, c.name, c.from_version, c.to_version] for c in diff.changes],
     )
 
 
@@ -220,31 +162,20 @@ def snapshot_history(admin: str, node_group: str, as_json: bool) -> None:
     response = admin_call(
         admin, "SnapshotHistory", admin_pb2.SnapshotHistoryRequest(node_group=node_group)
     )
-    entries = [
-        {
-            "node_group": e.node_group,
-            "version": e.version,
-            "published_at": e.published_at,
-            "revision": e.revision,
-            "changed_resources": e.changed_resources,
-            "cause": e.cause,
-        }
-        for e in response.entries
-    ]
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        echo_json([history_json(e) for e in response.entries])
         return
     table(
         ["PUBLISHED", "GROUP", "VERSION", "REVISION", "CHANGED", "CAUSE"],
         [
             [
-                ago(e["published_at"]),
-                e["node_group"],
-                e["version"],
-                str(e["revision"]),
-                str(e["changed_resources"]),
-                e["cause"],
+                ago(e.published_at),
+                e.node_group,
+                e.version,
+                str(e.revision),
+                str(e.changed_resources),
+                e.cause,
             ]
-            for e in entries
+            for e in response.entries
         ],
     )

@@ -6,11 +6,10 @@ Part of the CLI: imports ``registry`` only; nothing from ``control_plane.dev``.
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from control_plane.cli.common import open_reachable, registry_option, user_errors
+from control_plane.cli.output import echo_json, replica_json, server_json
 from control_plane.registry import open_registry
 
 
@@ -66,20 +65,7 @@ def servers_list(registry: str, as_json: bool) -> None:
     """List servers."""
     rows = open_reachable(registry).list_servers()
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": s.name,
-                        "workspace": s.workspace,
-                        "hostnames": list(s.hostnames),
-                        "protocol": s.protocol,
-                    }
-                    for s in rows
-                ],
-                indent=2,
-            )
-        )
+        echo_json([server_json(s) for s in rows])
         return
     click.echo(f"{'NAME':20} {'WORKSPACE':12} {'PROTOCOL':8} HOSTNAMES")
     for s in rows:
@@ -204,23 +190,7 @@ def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
     """List replicas (of SERVER, if given)."""
     rows = open_reachable(registry).list_replicas(server)
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "server": r.server,
-                        "address": r.address,
-                        "region": r.region,
-                        "zone": r.zone,
-                        "weight": r.weight,
-                        "state": r.state,
-                    }
-                    for r in rows
-                ],
-                indent=2,
-            )
-        )
+        echo_json([replica_json(r) for r in rows])
         return
     click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
     for r in rows:
