@@ -144,12 +144,15 @@ def server_documents(items: Sequence[Any], *, source: str) -> list[ServerDocumen
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ServersFileError(f"{source}: servers[{index}]: expected a mapping with a name")
         label = f"{source}: server {item['name']!r}"
-        unknown = sorted(set(item) - SERVER_FIELDS - KNOWN_FIELDS)
+        unknown = sorted(set(item) - SERVER_FIELDS - KNOWN_FIELDS, key=str)
         if unknown:
             raise ServersFileError(f"{label}: unknown field {unknown[0]!r}")
         hostnames = item.get("hostnames", [])
         if isinstance(hostnames, str):
             hostnames = [hostnames]
+        if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
+            error = ValidationError("hostnames", hostnames, "expected a hostname or a list of them")
+            raise ServersFileError(f"{label}: {error}")
         document = ServerDocument(
             source=label,
             name=item["name"],

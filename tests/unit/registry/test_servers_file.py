@@ -53,6 +53,10 @@ def test_apply_reports_each_outcome_and_is_idempotent(registry: Registry, tmp_pa
         ("servers:\n  - just-a-string\n", "servers[0]: expected a mapping with a name"),
         ("servers:\n  - {name: u, hostnames: [u.local], colour: red}\n", "unknown field 'colour'"),
         ("servers:\n  - {name: p, hostnames: [p.local], protocol: ftp}\n", "invalid protocol"),
+        ("servers:\n  - {name: h, hostnames: 5}\n", "invalid hostnames 5: expected a hostname"),
+        ("servers:\n  - {name: h, hostnames: [1]}\n", "invalid hostnames [1]: expected"),
+        ("servers:\n  - {name: h, hostnames: {a: 1}}\n", "invalid hostnames {'a': 1}"),
+        ("servers:\n  - {name: u, hostnames: [u.local], 1: 2}\n", "unknown field 1"),
     ],
 )
 def test_a_bad_file_names_the_file_and_the_entry(tmp_path: Path, text: str, message: str) -> None:
