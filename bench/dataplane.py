@@ -25,8 +25,8 @@ from websockets.asyncio.client import connect as ws_connect
 
 from bench.loadgen import http_fixed_rate
 from control_plane.admin.client import admin_pb2, call
+from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
-from control_plane.samples.grpc_echo import UNARY
 from tests.helpers import free_port, wait_until
 from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from bench.propagation import Poller, percentile
-from control_plane.samples.http_echo import EchoThread
+from control_plane.dev.samples.http_echo import EchoThread
 from tests.helpers import free_port, wait_until
 from tests.processes import ENVOY, Process
 

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy, routeplane
 

@@ -22,8 +22,8 @@ from typing import Any
 from bench.fleet import Fleet, delta_client, proc_rss
 from control_plane import logs
 from control_plane.admin.client import admin_pb2, call
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy, http_get
 

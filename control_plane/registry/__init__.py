@@ -12,18 +12,17 @@ from control_plane.registry.errors import (
     ValidationError,
 )
 from control_plane.registry.model import (
-    Protocol,
     Registry,
     RegistryState,
     Replica,
     ReplicaState,
     Server,
+    ServerProtocol,
 )
 from control_plane.registry.open import open_registry
 
 __all__ = [
     "NotFoundError",
-    "Protocol",
     "Registry",
     "RegistryError",
     "RegistryState",
@@ -31,6 +30,7 @@ __all__ = [
     "Replica",
     "ReplicaState",
     "Server",
+    "ServerProtocol",
     "ValidationError",
     "open_registry",
 ]

@@ -4,7 +4,9 @@ RegistryError
 ├── ValidationError          bad input; names the field and the value
 ├── NotFoundError            unknown server or replica
 ├── ConflictError            the write contradicts a row already there
-└── RegistryUnavailableError the store cannot be reached or opened
+├── RegistryUnavailableError the store cannot be reached or opened
+└── ServersFileError         a servers file cannot be read, checked or applied; names the
+                             file (and the server)
 """
 
 from __future__ import annotations
@@ -31,4 +33,8 @@ class ConflictError(RegistryError):
 
 
 class RegistryUnavailableError(RegistryError):
+    pass
+
+
+class ServersFileError(RegistryError):
     pass

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain
-from typing import Any
-from typing import Protocol as TypingProtocol
+from typing import Any, Protocol
 
 
-class Protocol(StrEnum):
+class ServerProtocol(StrEnum):
     HTTP = "http"
     HTTP2 = "http2"
     GRPC = "grpc"
@@ -112,13 +111,29 @@ def group_replicas(replicas: Iterable[Replica]) -> dict[str, tuple[Replica, ...]
     return {name: tuple(sorted(rows, key=lambda r: r.id)) for name, rows in grouped.items()}
 
 
-class Registry(TypingProtocol):
+class Registry(Protocol):
     """A replica registry. Every write is one transaction, validated before it is written.
 
     Methods are blocking (callers on an event loop use a thread); ``watch`` is the exception.
     """
 
     url: str
+
+    @property
+    def default_poll_interval(self) -> float:
+        """Seconds between watch polls when the operator sets none (``serve --poll-interval``)."""
+        ...
+
+    @property
+    def applied_on_open(self) -> Sequence[str]:
+        """Schema changes the store made while opening (an embedded store migrates itself);
+        ``registry init`` reports them before its own. Empty when only ``init`` migrates."""
+        ...
+
+    def check_reachable(self) -> None:
+        """Raise RegistryUnavailableError within moments (one short round trip, not a client's
+        long retries) when the store cannot be reached or its database is missing."""
+        ...
 
     def init(self) -> list[str]:
         """Create or migrate the schema; returns what was changed (empty when up to date)."""

@@ -1,17 +1,31 @@
-"""Writes shared by every store: validation of servers and replicas, and the hostname rule."""
+"""Writes shared by every store (validation of servers and replicas, the hostname rule) and
+servers files: the YAML ``servers:`` list that ``routeplane servers apply`` and the dev mesh
+apply through one function, :func:`apply_servers`.
+
+Imports only ``registry`` modules (and PyYAML); never the CLI, ``dev`` or the serving path.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from control_plane.registry import validate
-from control_plane.registry.errors import ConflictError
-from control_plane.registry.model import Replica, Server
-from control_plane.registry.spec import parse_spec
+from control_plane.registry.errors import (
+    ConflictError,
+    RegistryError,
+    ServersFileError,
+    ValidationError,
+)
+from control_plane.registry.model import Registry, Replica, Server
+from control_plane.registry.spec import KNOWN_FIELDS, parse_spec
 
 
 def checked_server(
@@ -85,3 +99,112 @@ def checked_replica(
         lease_expires_at=None if lease_seconds is None else now + lease_seconds,
         updated_at=now,
     )
+
+
+# -- servers files ----------------------------------------------------------------------
+
+SERVER_FIELDS = frozenset({"name", "workspace", "hostnames", "protocol"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerDocument:
+    """One checked entry of a servers file: the arguments of ``Registry.put_server``."""
+
+    source: str  # names it in messages: "<file>: server '<name>'"
+    name: str
+    hostnames: Sequence[str]
+    protocol: str
+    workspace: str
+    spec: Mapping[str, Any]
+
+
+def read_servers_file(path: str | os.PathLike[str]) -> list[Any]:
+    """The raw entries of a YAML servers file (a ``servers:`` list, or a bare list).
+
+    Raises ServersFileError naming the file when it cannot be read or parsed, or is no list.
+    """
+    try:
+        with open(path) as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ServersFileError(f"{path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ServersFileError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    items = document.get("servers") if isinstance(document, dict) else document
+    if not isinstance(items, list):
+        raise ServersFileError(f"{path}: expected a `servers:` list")
+    return items
+
+
+def server_documents(items: Sequence[Any], *, source: str) -> list[ServerDocument]:
+    """Check every entry of a servers file (``source`` names it in messages) and write
+    nothing; raises ServersFileError naming the entry and, for a bad value, the field."""
+    documents = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ServersFileError(f"{source}: servers[{index}]: expected a mapping with a name")
+        label = f"{source}: server {item['name']!r}"
+        unknown = sorted(set(item) - SERVER_FIELDS - KNOWN_FIELDS, key=str)
+        if unknown:
+            raise ServersFileError(f"{label}: unknown field {unknown[0]!r}")
+        hostnames = item.get("hostnames", [])
+        if isinstance(hostnames, str):
+            hostnames = [hostnames]
+        if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
+            error = ValidationError("hostnames", hostnames, "expected a hostname or a list of them")
+            raise ServersFileError(f"{label}: {error}")
+        document = ServerDocument(
+            source=label,
+            name=item["name"],
+            hostnames=hostnames,
+            protocol=str(item.get("protocol", "http")),
+            workspace=str(item.get("workspace", "default")),
+            spec={k: v for k, v in item.items() if k in KNOWN_FIELDS},
+        )
+        try:
+            checked_server(
+                name=document.name,
+                hostnames=document.hostnames,
+                protocol=document.protocol,
+                workspace=document.workspace,
+                spec=document.spec,
+            )
+        except ValidationError as exc:
+            raise ServersFileError(f"{label}: {exc}") from exc
+        documents.append(document)
+    return documents
+
+
+def load_servers_file(path: str | os.PathLike[str]) -> list[ServerDocument]:
+    """Read and check a servers file; see :func:`read_servers_file` and
+    :func:`server_documents`."""
+    return server_documents(read_servers_file(path), source=str(path))
+
+
+def apply_servers(
+    registry: Registry,
+    documents: Iterable[ServerDocument],
+    *,
+    on_applied: Callable[[str, str], None] | None = None,
+) -> list[tuple[str, str]]:
+    """Create or update each server, in order (idempotent); returns (name, outcome) pairs,
+    outcome "created", "updated" or "unchanged", and tells ``on_applied`` each as it is
+    written. Check every document first (:func:`server_documents`) so that a bad one writes
+    nothing; a write the store refuses raises ServersFileError naming the server, after the
+    ones before it were written."""
+    applied = []
+    for document in documents:
+        try:
+            server, outcome = registry.put_server(
+                name=document.name,
+                hostnames=document.hostnames,
+                protocol=document.protocol,
+                workspace=document.workspace,
+                spec=document.spec,
+            )
+        except RegistryError as exc:
+            raise ServersFileError(f"{document.source}: {exc}") from exc
+        applied.append((server.name, outcome))
+        if on_applied is not None:
+            on_applied(server.name, outcome)
+    return applied

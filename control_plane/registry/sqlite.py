@@ -42,6 +42,8 @@ def path_of(url: str) -> str:
 
 
 class SqliteRegistry:
+    default_poll_interval = 0.005
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_of(url)
@@ -63,7 +65,10 @@ class SqliteRegistry:
             raise RegistryUnavailableError(f"registry {url!r}: cannot open: {exc}") from exc
         self._lock = threading.Lock()
         # The embedded registry migrates itself on open; `registry init` reports what it did.
-        self.applied_on_open = self.init()
+        self.applied_on_open: list[str] = self.init()
+
+    def check_reachable(self) -> None:
+        """Nothing to do: the constructor already opened (and migrated) the database file."""
 
     # -- schema -------------------------------------------------------------------------
 

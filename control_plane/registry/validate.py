@@ -8,7 +8,7 @@ import socket
 from collections.abc import Sequence
 
 from control_plane.registry.errors import ValidationError
-from control_plane.registry.model import Protocol, ReplicaState
+from control_plane.registry.model import ReplicaState, ServerProtocol
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -43,9 +43,9 @@ def hostnames(values: Sequence[str]) -> tuple[str, ...]:
 
 def protocol(value: str) -> str:
     try:
-        return Protocol(value).value
+        return ServerProtocol(value).value
     except ValueError:
-        choices = ", ".join(p.value for p in Protocol)
+        choices = ", ".join(p.value for p in ServerProtocol)
         raise ValidationError("protocol", value, f"expected one of {choices}") from None
 
 

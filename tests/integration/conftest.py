@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.samples.http_echo import EchoThread
+from control_plane.dev.samples.http_echo import EchoThread
 from tests.processes import ControlPlane
 
 

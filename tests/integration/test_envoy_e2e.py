@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.samples.http_echo import EchoThread
+from control_plane.dev.samples.http_echo import EchoThread
 from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy, routeplane
 

@@ -16,8 +16,8 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.rpc import status_pb2
 
 from control_plane.admin.protos import generate
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import wait_until
 from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 

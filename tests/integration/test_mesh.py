@@ -18,9 +18,9 @@ import grpc
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from control_plane.mesh import ENVOYS, LEASE_SECONDS, load_state
+from control_plane.dev.mesh import ENVOYS, LEASE_SECONDS, load_state
+from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
-from control_plane.samples.grpc_echo import STREAM, UNARY
 from tests.helpers import wait_until
 from tests.processes import ROUTEPLANE, http_get
 

@@ -13,8 +13,8 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import free_port, wait_until
 from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 

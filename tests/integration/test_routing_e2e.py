@@ -13,10 +13,10 @@ import grpc
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from control_plane.dev.samples.grpc_echo import STREAM, UNARY, GrpcEchoThread
+from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.dev.samples.ws_echo import WsEchoThread
 from control_plane.registry import Registry, open_registry
-from control_plane.samples.grpc_echo import STREAM, UNARY, GrpcEchoThread
-from control_plane.samples.http_echo import EchoThread
-from control_plane.samples.ws_echo import WsEchoThread
 from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy, http_get, routeplane
 from tests.spanner_emulator import Emulator

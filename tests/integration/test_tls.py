@@ -12,9 +12,9 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control_plane.certs import dev_certs
+from control_plane.dev.certs import dev_certs
+from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from control_plane.samples.http_echo import EchoThread
 from tests.helpers import free_port, wait_until
 from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy
 

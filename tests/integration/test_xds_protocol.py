@@ -24,7 +24,7 @@ from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.server import XdsServer
 from tests.helpers import async_wait_until, endpoint, server
-from tests.unit.xds.conftest import snapshot, two_servers
+from tests.xds_helpers import snapshot, two_servers
 
 GROUP = NodeGroup(cluster="edge", region="us-west")
 NODE = base_pb2.Node(id="proxy-1", cluster="edge", locality=base_pb2.Locality(region="us-west"))

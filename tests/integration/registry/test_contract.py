@@ -20,6 +20,12 @@ def test_init_is_idempotent(registry: Registry) -> None:
     assert registry.init() == []
 
 
+def test_the_members_tools_rely_on(registry: Registry) -> None:
+    registry.check_reachable()  # an open, initialized store is reachable
+    assert 0 < registry.default_poll_interval <= 1
+    assert all(isinstance(change, str) for change in registry.applied_on_open)
+
+
 def test_create_and_list_servers(registry: Registry) -> None:
     registry.create_server(name="echo", hostnames=["Echo.Local", "*.echo.dev"], protocol="http")
     [server] = registry.list_servers()

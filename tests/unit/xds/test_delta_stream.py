@@ -5,7 +5,7 @@ from __future__ import annotations
 from control_plane.xds.resources import CLUSTER, ENDPOINT
 from control_plane.xds.stream import DeltaStream
 from tests.helpers import endpoint, server
-from tests.unit.xds.conftest import delta_request, parse_delta, snapshot, two_servers
+from tests.xds_helpers import delta_request, parse_delta, snapshot, two_servers
 
 
 def new_stream() -> DeltaStream:

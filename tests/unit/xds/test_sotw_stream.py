@@ -5,7 +5,7 @@ from __future__ import annotations
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.stream import SotwStream
 from tests.helpers import endpoint, server
-from tests.unit.xds.conftest import parse_sotw, snapshot, sotw_request, two_servers
+from tests.xds_helpers import parse_sotw, snapshot, sotw_request, two_servers
 
 
 def new_stream() -> SotwStream:

@@ -1,3 +1,8 @@
+"""xDS test helpers: snapshots of sample servers and raw SotW/delta requests and responses.
+
+A plain module (not a conftest), so unit and integration tests can both import it.
+"""
+
 from __future__ import annotations
 
 from typing import Any

@@ -52,7 +52,7 @@ def run(
 
 def _start(kind: str, *, name: str, host: str, port: int):  # type: ignore[no-untyped-def]
     if kind == "http":
-        from control_plane.samples.http_echo import make_server
+        from control_plane.dev.samples.http_echo import make_server
 
         http = make_server(name=name, host=host, port=port)
         threading.Thread(target=http.serve_forever, daemon=True).start()
@@ -63,7 +63,7 @@ def _start(kind: str, *, name: str, host: str, port: int):  # type: ignore[no-un
 
         return stop_http
     if kind == "grpc":
-        from control_plane.samples.grpc_echo import make_server as make_grpc
+        from control_plane.dev.samples.grpc_echo import make_server as make_grpc
 
         rpc, _ = make_grpc(name=name, host=host, port=port)
         rpc.start()
@@ -71,7 +71,7 @@ def _start(kind: str, *, name: str, host: str, port: int):  # type: ignore[no-un
     if kind == "ws":
         from websockets.asyncio.server import serve
 
-        from control_plane.samples.ws_echo import handler_for
+        from control_plane.dev.samples.ws_echo import handler_for
 
         loop = asyncio.new_event_loop()
         done = asyncio.Event()

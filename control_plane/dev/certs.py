@@ -4,6 +4,9 @@ control plane on a developer machine. Never use them in production.
 The client certificate carries the Envoy fleet it may serve as a URI SAN
 ``spiffe://routeplane/fleet/<cluster>`` (and as its CN); the control plane only sends a proxy
 the node group of that cluster.
+
+Dev tooling: the product never imports it. The SPIFFE prefix comes from the product's
+``control_plane.identity``, which the xDS server checks against.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SPIFFE_PREFIX = "spiffe://routeplane/fleet/"
+from control_plane.identity import SPIFFE_PREFIX
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

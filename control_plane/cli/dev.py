@@ -1,0 +1,183 @@
+"""``routeplane mesh``, ``routeplane samples`` and ``routeplane certs``: the commands over the dev
+tooling in ``control_plane.dev`` (the demo mesh, sample upstreams, dev certificates).
+
+The only CLI module that imports ``control_plane.dev``, and only inside its commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from control_plane.cli.common import fail, registry_option, user_errors
+from control_plane.registry import RegistryError
+
+
+@click.group()
+def mesh() -> None:
+    """The local demo mesh (`make run`)."""
+
+
+def _mesh_config(**kwargs: Any) -> Any:
+    from control_plane.dev.mesh import MeshConfig
+
+    kwargs["workdir"] = Path(kwargs["workdir"])
+    return MeshConfig(**kwargs)
+
+
+@mesh.command("up")
+@click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
+@click.option(
+    "--registry",
+    type=click.Choice(["auto", "spanner", "sqlite"]),
+    default="auto",
+    show_default=True,
+    help="auto: the Spanner emulator when installed, else SQLite.",
+)
+@click.option("--detach", is_flag=True, help="Start, print the guide and return.")
+@click.option("--xds-port", default=18000, show_default=True)
+@click.option("--admin-port", default=18001, show_default=True)
+@click.option("--envoy-port", default=10000, show_default=True, help="us-west; us-east is +1.")
+@click.option("--envoy-admin-port", default=9901, show_default=True, help="us-east is +1.")
+@click.option("--replica-port", default=8100, show_default=True, help="First of 7 ports.")
+@click.option("--emulator-port", default=9010, show_default=True)
+def mesh_up(detach: bool, **options: Any) -> None:
+    """Start the local mesh (foreground unless --detach; Ctrl-C stops everything)."""
+    from control_plane.dev.mesh import MeshError, run_foreground, up
+
+    config = _mesh_config(**options)
+    try:
+        if detach:
+            up(config)
+        else:
+            run_foreground(config)
+    except (MeshError, RegistryError, OSError) as exc:
+        fail(str(exc))
+
+
+@mesh.command("down")
+@click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
+def mesh_down(workdir: str) -> None:
+    """Stop every process a detached mesh started."""
+    from control_plane.dev.mesh import down
+
+    down(Path(workdir))
+
+
+@mesh.command("status")
+@click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
+def mesh_status(workdir: str) -> None:
+    """The mesh's processes and whether they run."""
+    from control_plane.dev.mesh import status
+
+    rows = status(Path(workdir))
+    if not rows:
+        click.echo(f"no mesh running from {workdir}")
+        return
+    for name, pid, alive in rows:
+        click.echo(f"{name:20} {pid:>8} {'running' if alive else 'stopped'}")
+
+
+@mesh.command("compose")
+@click.option("--write", is_flag=True, help="Write docker-compose.yml and envoy/compose/*.")
+def mesh_compose(write: bool) -> None:
+    """The same mesh as a Compose file (docker-compose.yml)."""
+    from control_plane.dev.mesh import ROOT, MeshConfig, compose_files
+
+    files = compose_files(MeshConfig(workdir=Path(".mesh")))
+    for path, text in files.items():
+        if write:
+            target = ROOT / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            click.echo(f"wrote {path}")
+        elif path.name == "docker-compose.yml":
+            click.echo(text, nl=False)
+
+
+@click.group()
+def samples() -> None:
+    """Sample upstreams for the mesh, tests and benchmarks."""
+
+
+@samples.command("replica")
+@click.option("--kind", type=click.Choice(["http", "ws", "grpc"]), required=True)
+@click.option("--name", required=True, help="The name it answers with.")
+@click.option("--listen", required=True, help="HOST:PORT to serve on.")
+@click.option("--advertise", default="", help="HOST:PORT to register (default: --listen).")
+@click.option("--server", required=True)
+@click.option("--region", required=True)
+@click.option("--zone", default="")
+@click.option("--lease-seconds", type=float, default=5.0, show_default=True)
+@registry_option
+@user_errors
+def samples_replica(
+    kind: str,
+    name: str,
+    listen: str,
+    advertise: str,
+    server: str,
+    region: str,
+    zone: str,
+    lease_seconds: float,
+    registry: str,
+) -> None:
+    """A sample replica that registers itself, renews its lease and deregisters on exit."""
+    from control_plane.dev.samples.replica import run
+
+    run(
+        kind=kind,
+        name=name,
+        listen=listen,
+        advertise=advertise or listen,
+        server=server,
+        region=region,
+        zone=zone,
+        registry=registry,
+        lease_seconds=lease_seconds,
+    )
+
+
+@samples.command("http-echo")
+@click.option("--name", required=True, help="Replica name the server answers with.")
+@click.option("--listen", default="127.0.0.1:8081", show_default=True)
+def samples_http_echo(name: str, listen: str) -> None:
+    """An HTTP echo server that names the replica that answered."""
+    import signal
+
+    from control_plane.dev.samples.http_echo import make_server
+
+    host, _, port = listen.rpartition(":")
+    server = make_server(name=name, host=host, port=int(port))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@click.group()
+def certs() -> None:
+    """Certificates for mTLS between Envoy and the control plane."""
+
+
+@certs.command("dev")
+@click.option("--out", default=".mesh/certs", show_default=True, type=click.Path())
+@click.option(
+    "--cluster",
+    "clusters",
+    multiple=True,
+    default=["edge"],
+    show_default=True,
+    help="Envoy fleet (node cluster) to issue a client certificate for; repeat.",
+)
+def certs_dev(out: str, clusters: tuple[str, ...]) -> None:
+    """A throwaway CA, a server certificate for loopback and client certificates (dev only)."""
+    from control_plane.dev.certs import dev_certs
+
+    for path in dev_certs(Path(out), clusters=list(clusters)):
+        click.echo(f"wrote {path}")

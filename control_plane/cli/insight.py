@@ -1,0 +1,181 @@
+"""``routeplane proxies``, ``routeplane problems`` and ``routeplane snapshot``: what a running
+control plane knows, through its admin API.
+
+Part of the CLI: imports ``admin.client`` only; nothing from ``control_plane.dev``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from control_plane.cli.common import admin_call, admin_option, fail
+from control_plane.cli.output import (
+    ago,
+    diff_json,
+    echo_json,
+    history_json,
+    problem_json,
+    proxy_json,
+    snapshot_json,
+    table,
+)
+
+
+@click.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (see README).")
+def proxies(admin: str, as_json: bool) -> None:
+    """Every connected proxy and what it has, per type."""
+    from control_plane.admin.client import admin_pb2
+
+    response = admin_call(admin, "ListProxies", admin_pb2.ListProxiesRequest())
+    if as_json:
+        echo_json([proxy_json(p) for p in response.proxies])
+        return
+    rows = []
+    errors: list[str] = []
+    for p in response.proxies:
+        states = {t.type: t.state for t in p.types}
+        rows.append(
+            [
+                p.node_id,
+                p.group,
+                p.address,
+                p.protocol,
+                ago(p.connected_since),
+                *(states.get(t, "-") for t in ("cds", "eds", "lds", "rds")),
+            ]
+        )
+        errors.extend(f"{p.node_id} {t.type}: {t.last_error}" for t in p.types if t.last_error)
+    table(["NODE", "GROUP", "ADDRESS", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
+    for error in errors:
+        click.echo(f"last NACK {error}")
+
+
+@click.command()
+@admin_option
+@click.option("--json", "as_json", is_flag=True)
+def problems(admin: str, as_json: bool) -> None:
+    """Registry rows left out of routing, and why."""
+    from control_plane.admin.client import admin_pb2
+
+    response = admin_call(admin, "ListProblems", admin_pb2.ListProblemsRequest())
+    if as_json:
+        echo_json([problem_json(p) for p in response.problems])
+        return
+    if not response.problems:
+        click.echo("no problems: every registry row is routed")
+        return
+    table(
+        ["KIND", "NAME", "FIELD", "VALUE", "PROBLEM"],
+        [[p.kind, p.name, p.field, p.value, p.message] for p in response.problems],
+    )
+
+
+@click.group()
+def snapshot() -> None:
+    """What proxies get: current snapshots, their history and differences."""
+
+
+@snapshot.command("show")
+@admin_option
+@click.option("--node-group", default="", help="Node group, e.g. edge/us-west@127.0.0.1:10000.")
+@click.option("--node", "node_id", default="", help="A connected proxy's node id.")
+@click.option("--type", "type_", type=click.Choice(["cds", "eds", "rds", "lds"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="With --type: the resources as JSON.")
+def snapshot_show(
+    admin: str, node_group: str, node_id: str, type_: str | None, as_json: bool
+) -> None:
+    """What a node group (or a proxy's group) would get right now."""
+    from control_plane.admin.client import admin_pb2
+
+    if node_group and node_id:
+        fail("give --node-group or --node, not both")
+    snap = admin_call(
+        admin,
+        "GetSnapshot",
+        admin_pb2.GetSnapshotRequest(
+            node_group=node_group,
+            node_id=node_id,
+            type=type_ or "",
+            include_json=bool(as_json and type_),
+        ),
+    )
+    if as_json:
+        if type_:
+            echo_json([json.loads(r.json) for r in snap.resources])
+        else:
+            echo_json(snapshot_json(snap))
+        return
+    click.echo(
+        f"group {snap.node_group}  version {snap.version}  revision {snap.revision}  "
+        f"published {ago(snap.published_at)}  ({snap.cause})"
+    )
+    table(
+        ["TYPE", "NAME", "VERSION", "BYTES", "SUMMARY"],
+        [[r.type, r.name, r.version, str(r.bytes), r.summary] for r in snap.resources],
+    )
+
+
+@snapshot.command("diff")
+@admin_option
+@click.option("--node-group", required=True)
+@click.option("--from", "from_version", required=True, help="A version (or its prefix).")
+@click.option("--to", "to_version", default="", help="Default: the current version.")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_diff(
+    admin: str, node_group: str, from_version: str, to_version: str, as_json: bool
+) -> None:
+    """What changed between two versions of a group's snapshot."""
+    from control_plane.admin.client import admin_pb2
+
+    diff = admin_call(
+        admin,
+        "DiffSnapshots",
+        admin_pb2.DiffSnapshotsRequest(
+            node_group=node_group, from_version=from_version, to_version=to_version
+        ),
+    )
+    if as_json:
+        echo_json(diff_json(diff))
+        return
+    click.echo(
+        f"{diff.node_group}: {diff.from_version} -> {diff.to_version}, "
+        f"{len(diff.changes)} resources changed"
+    )
+    table(
+        ["CHANGE", "TYPE", "NAME", "FROM", "TO"],
+        [[c.change, c.type, c.name, c.from_version, c.to_version] for c in diff.changes],
+    )
+
+
+@snapshot.command("history")
+@admin_option
+@click.option("--node-group", default="")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_history(admin: str, node_group: str, as_json: bool) -> None:
+    """Recent snapshot versions: when, and which registry change caused them."""
+    from control_plane.admin.client import admin_pb2
+
+    response = admin_call(
+        admin, "SnapshotHistory", admin_pb2.SnapshotHistoryRequest(node_group=node_group)
+    )
+    if as_json:
+        echo_json([history_json(e) for e in response.entries])
+        return
+    table(
+        ["PUBLISHED", "GROUP", "VERSION", "REVISION", "CHANGED", "CAUSE"],
+        [
+            [
+                ago(e.published_at),
+                e.node_group,
+                e.version,
+                str(e.revision),
+                str(e.changed_resources),
+                e.cause,
+            ]
+            for e in response.entries
+        ],
+    )

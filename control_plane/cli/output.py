@@ -1,0 +1,158 @@
+"""How commands print: aligned tables, relative times and the stable ``--json`` output.
+
+``--json`` output is public (see README): each value type has one function giving its JSON
+object, keys in a fixed order, and ``echo_json`` prints any of them the same way. Admin API
+messages (``admin_pb2``) arrive untyped, hence ``Any``.
+
+Part of the CLI: imports ``registry.model`` (for types) only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from control_plane.registry.model import Replica, Server
+
+JsonObject = dict[str, Any]
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+# -- registry rows ---------------------------------------------------------------------------
+
+
+def server_json(server: Server) -> JsonObject:
+    return {
+        "name": server.name,
+        "workspace": server.workspace,
+        "hostnames": list(server.hostnames),
+        "protocol": server.protocol,
+    }
+
+
+def replica_json(replica: Replica) -> JsonObject:
+    return {
+        "id": replica.id,
+        "server": replica.server,
+        "address": replica.address,
+        "region": replica.region,
+        "zone": replica.zone,
+        "weight": replica.weight,
+        "state": replica.state,
+    }
+
+
+# -- admin API messages ----------------------------------------------------------------------
+
+
+def type_status_json(status: Any) -> JsonObject:
+    """A proxy's state for one resource type (keyed by the type in ``proxy_json``)."""
+    return {
+        "sent_version": status.sent_version,
+        "acked_version": status.acked_version,
+        "state": status.state,
+        "last_error": status.last_error,
+        "pushes": status.pushes,
+        "acks": status.acks,
+        "nacks": status.nacks,
+    }
+
+
+def proxy_json(proxy: Any) -> JsonObject:
+    return {
+        "node_id": proxy.node_id,
+        "group": proxy.group,
+        "address": proxy.address,
+        "connected_since": proxy.connected_since,
+        "protocol": proxy.protocol,
+        "service": proxy.service,
+        "types": {t.type: type_status_json(t) for t in proxy.types},
+    }
+
+
+def problem_json(problem: Any) -> JsonObject:
+    return {
+        "kind": problem.kind,
+        "name": problem.name,
+        "field": problem.field,
+        "value": problem.value,
+        "message": problem.message,
+    }
+
+
+def resource_json(resource: Any) -> JsonObject:
+    """A snapshot's resource, summarised (``snapshot show --type T --json`` prints the
+    resources themselves)."""
+    return {
+        "type": resource.type,
+        "name": resource.name,
+        "version": resource.version,
+        "bytes": resource.bytes,
+        "summary": resource.summary,
+    }
+
+
+def snapshot_json(snapshot: Any) -> JsonObject:
+    return {
+        "node_group": snapshot.node_group,
+        "version": snapshot.version,
+        "type_versions": dict(snapshot.type_versions),
+        "revision": snapshot.revision,
+        "published_at": snapshot.published_at,
+        "cause": snapshot.cause,
+        "resources": [resource_json(r) for r in snapshot.resources],
+    }
+
+
+def change_json(change: Any) -> JsonObject:
+    return {
+        "change": change.change,
+        "type": change.type,
+        "name": change.name,
+        "from_version": change.from_version,
+        "to_version": change.to_version,
+    }
+
+
+def diff_json(diff: Any) -> JsonObject:
+    return {
+        "from": diff.from_version,
+        "to": diff.to_version,
+        "changes": [change_json(c) for c in diff.changes],
+    }
+
+
+def history_json(entry: Any) -> JsonObject:
+    return {
+        "node_group": entry.node_group,
+        "version": entry.version,
+        "published_at": entry.published_at,
+        "revision": entry.revision,
+        "changed_resources": entry.changed_resources,
+        "cause": entry.cause,
+    }
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def ago(then: float) -> str:
+    import time
+
+    seconds = max(0, int(time.time() - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,197 @@
+"""``routeplane servers``, ``routeplane replicas`` and ``routeplane registry``: registry writes
+and reads, straight against the store (no control plane needed).
+
+Part of the CLI: imports ``registry`` only; nothing from ``control_plane.dev``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from control_plane.cli.common import open_reachable, registry_option, user_errors
+from control_plane.cli.output import echo_json, replica_json, server_json
+from control_plane.registry import open_registry
+
+
+@click.group()
+def servers() -> None:
+    """Create, list and delete servers."""
+
+
+@servers.command("create")
+@click.argument("name")
+@click.option("--host", "hosts", multiple=True, required=True, help="Hostname; repeat for several.")
+@click.option("--protocol", default="http", show_default=True, help="http, http2 or grpc.")
+@click.option("--workspace", default="default", show_default=True)
+@registry_option
+@user_errors
+def servers_create(
+    name: str, hosts: tuple[str, ...], protocol: str, workspace: str, registry: str
+) -> None:
+    """Create server NAME reachable at --host."""
+    server = open_reachable(registry).create_server(
+        name=name, hostnames=list(hosts), protocol=protocol, workspace=workspace
+    )
+    click.echo(f"created server {server.name} ({server.protocol}; {', '.join(server.hostnames)})")
+
+
+@servers.command("apply")
+@click.option(
+    "-f",
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="YAML file with a `servers:` list (see README).",
+)
+@registry_option
+@user_errors
+def servers_apply(path: str, registry: str) -> None:
+    """Create or update every server in a YAML file (idempotent)."""
+    from control_plane.registry.servers import apply_servers, read_servers_file, server_documents
+
+    items = read_servers_file(path)
+    reg = open_reachable(registry)
+    # Every server is checked before any is written.
+    documents = server_documents(items, source=path)
+    apply_servers(reg, documents, on_applied=lambda name, outcome: click.echo(f"{name}: {outcome}"))
+
+
+@servers.command("list")
+@registry_option
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def servers_list(registry: str, as_json: bool) -> None:
+    """List servers."""
+    rows = open_reachable(registry).list_servers()
+    if as_json:
+        echo_json([server_json(s) for s in rows])
+        return
+    click.echo(f"{'NAME':20} {'WORKSPACE':12} {'PROTOCOL':8} HOSTNAMES")
+    for s in rows:
+        click.echo(f"{s.name:20} {s.workspace:12} {s.protocol:8} {','.join(s.hostnames)}")
+
+
+@servers.command("delete")
+@click.argument("name")
+@registry_option
+@user_errors
+def servers_delete(name: str, registry: str) -> None:
+    """Delete server NAME and its replicas."""
+    open_reachable(registry).delete_server(name)
+    click.echo(f"deleted server {name}")
+
+
+@click.group()
+def replicas() -> None:
+    """Register, drain, deregister and list replicas."""
+
+
+@replicas.command("register")
+@click.argument("server")
+@click.option("--address", required=True, help="HOST:PORT the replica listens on.")
+@click.option("--region", required=True)
+@click.option("--zone", default="")
+@click.option("--weight", default=100, show_default=True, type=int)
+@click.option(
+    "--state", default="READY", show_default=True, help="STARTING (no traffic yet) or READY."
+)
+@click.option(
+    "--lease-seconds",
+    type=float,
+    default=None,
+    help="Expire the replica unless renewed (replicas heartbeat) within this time.",
+)
+@registry_option
+@user_errors
+def replicas_register(
+    server: str,
+    address: str,
+    region: str,
+    zone: str,
+    weight: int,
+    state: str,
+    lease_seconds: float | None,
+    registry: str,
+) -> None:
+    """Register a replica of SERVER; prints its id."""
+    replica = open_reachable(registry).register_replica(
+        server=server,
+        address=address,
+        region=region,
+        zone=zone,
+        weight=weight,
+        state=state,
+        lease_seconds=lease_seconds,
+    )
+    click.echo(replica.id)
+
+
+@replicas.command("heartbeat")
+@click.argument("replica_id")
+@click.option("--lease-seconds", type=float, required=True, help="New lease, from now.")
+@registry_option
+@user_errors
+def replicas_heartbeat(replica_id: str, lease_seconds: float, registry: str) -> None:
+    """Renew REPLICA_ID's lease."""
+    replica = open_reachable(registry).renew_lease(replica_id, lease_seconds=lease_seconds)
+    click.echo(f"{replica.id} lease renewed for {lease_seconds:g}s")
+
+
+@click.group("registry")
+def registry_group() -> None:
+    """Registry schema."""
+
+
+@registry_group.command("init")
+@registry_option
+@user_errors
+def registry_init(registry: str) -> None:
+    """Create or migrate the registry schema (idempotent); on the Spanner emulator, also the
+    instance and database. Prints what it changed."""
+    reg = open_registry(registry)
+    changes = [*reg.applied_on_open, *reg.init()]
+    for change in changes:
+        click.echo(change)
+    if not changes:
+        click.echo("registry schema is up to date")
+
+
+def _state_command(name: str, state: str, help_text: str) -> None:
+    @replicas.command(name, help=help_text)
+    @click.argument("replica_id")
+    @registry_option
+    @user_errors
+    def command(replica_id: str, registry: str) -> None:
+        replica = open_reachable(registry).set_replica_state(replica_id, state)
+        click.echo(f"{replica.id} {replica.state}")
+
+
+_state_command("drain", "DRAINING", "Stop new requests to REPLICA_ID; open streams finish.")
+_state_command("ready", "READY", "Send traffic to REPLICA_ID.")
+
+
+@replicas.command("deregister")
+@click.argument("replica_id")
+@registry_option
+@user_errors
+def replicas_deregister(replica_id: str, registry: str) -> None:
+    """Remove REPLICA_ID from the registry."""
+    open_reachable(registry).deregister_replica(replica_id)
+    click.echo(f"{replica_id} deregistered")
+
+
+@replicas.command("list")
+@click.argument("server", required=False)
+@registry_option
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
+    """List replicas (of SERVER, if given)."""
+    rows = open_reachable(registry).list_replicas(server)
+    if as_json:
+        echo_json([replica_json(r) for r in rows])
+        return
+    click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
+    for r in rows:
+        click.echo(f"{r.id:14} {r.server:16} {r.address:22} {r.region:10} {r.weight:>6} {r.state}")

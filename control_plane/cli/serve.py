@@ -1,0 +1,185 @@
+"""``routeplane serve`` (run the control plane) and ``routeplane bootstrap`` (an Envoy bootstrap
+pointing at it).
+
+Part of the CLI: imports ``app`` and ``bootstrap`` lazily, inside the commands; nothing from
+``control_plane.dev``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import click
+
+from control_plane import logs
+from control_plane.cli.common import fail, registry_option, user_errors
+
+
+@click.command()
+@registry_option
+@click.option(
+    "--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address."
+)
+@click.option("--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=None,
+    help="Seconds between registry watch polls (default: 0.005 SQLite, 0.01 Spanner).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding a bearer token the admin API and /metrics require (needed when "
+    "--admin-listen is not loopback); or set ROUTEPLANE_ADMIN_TOKEN.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serve xDS over mTLS with this certificate (PEM).",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None)
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CA that signs proxies' client certificates (required with --tls-cert).",
+)
+@click.option(
+    "--new-streams-per-second",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="Admission control: new xDS streams let in per second (burst the same).",
+)
+@click.option("--max-concurrent-pushes", type=int, default=256, show_default=True)
+@click.option(
+    "--max-connection-age",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Seconds before a proxy's connection is closed (+-10% jitter) to rebalance.",
+)
+@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
+)
+@user_errors
+def serve(
+    registry: str,
+    xds_listen: str,
+    admin_listen: str,
+    poll_interval: float | None,
+    admin_token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    client_ca: str | None,
+    new_streams_per_second: float,
+    max_concurrent_pushes: int,
+    max_connection_age: float,
+    log_level: str,
+    log_json: bool | None,
+) -> None:
+    """Run the control plane: watch the registry and serve xDS to Envoy."""
+    from control_plane.app import ServeConfig
+    from control_plane.app import serve as run_serve
+
+    logs.configure(level=log_level, json=log_json)
+    for flag, value in (("--xds-listen", xds_listen), ("--admin-listen", admin_listen)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            fail(f"invalid {flag} {value!r}: expected HOST:PORT")
+    if poll_interval is not None and not 0.001 <= poll_interval <= 60:
+        fail(f"invalid --poll-interval {poll_interval!r}: expected 0.001 to 60 seconds")
+    token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")
+    if admin_token_file:
+        try:
+            token = Path(admin_token_file).read_text().strip()
+        except OSError as exc:
+            fail(f"--admin-token-file {admin_token_file}: {exc.strerror}")
+    tls = [tls_cert, tls_key, client_ca]
+    if any(tls) and not all(tls):
+        fail("--tls-cert, --tls-key and --client-ca go together")
+    for flag, tls_path in zip(("--tls-cert", "--tls-key", "--client-ca"), tls, strict=True):
+        if tls_path and not Path(tls_path).is_file():
+            fail(f"{flag} {tls_path}: no such file")
+    config = ServeConfig(
+        registry_url=registry,
+        xds_listen=xds_listen,
+        admin_listen=admin_listen,
+        poll_interval=poll_interval,
+        admin_token=token,
+        tls_cert=tls_cert or "",
+        tls_key=tls_key or "",
+        client_ca=client_ca or "",
+        new_streams_per_second=new_streams_per_second,
+        max_concurrent_pushes=max_concurrent_pushes,
+        max_connection_age_seconds=max_connection_age,
+    )
+    asyncio.run(run_serve(config))
+
+
+@click.command()
+@click.option("--node-id", required=True, help="Envoy node id (unique per proxy).")
+@click.option(
+    "--cluster", default="edge", show_default=True, help="Envoy node cluster (the fleet)."
+)
+@click.option("--region", required=True, help="The proxy's region, e.g. us-west.")
+@click.option("--zone", default="", help="The proxy's zone (optional).")
+@click.option(
+    "--xds",
+    "xds",
+    multiple=True,
+    default=["127.0.0.1:18000"],
+    show_default=True,
+    help="Control-plane address; repeat for several replicas.",
+)
+@click.option("--listen", default="127.0.0.1:10000", show_default=True, help="Proxy listener.")
+@click.option("--admin", default="127.0.0.1:9901", show_default=True, help="Envoy admin address.")
+@click.option(
+    "--ads",
+    type=click.Choice(["delta", "sotw"]),
+    default="delta",
+    show_default=True,
+    help="xDS protocol variant.",
+)
+@click.option("--tls-cert", default="", help="Client certificate for mTLS to the control plane.")
+@click.option("--tls-key", default="")
+@click.option("--ca", "tls_ca", default="", help="CA that signed the control plane's cert.")
+@user_errors
+def bootstrap(
+    node_id: str,
+    cluster: str,
+    region: str,
+    zone: str,
+    xds: tuple[str, ...],
+    listen: str,
+    admin: str,
+    ads: str,
+    tls_cert: str,
+    tls_key: str,
+    tls_ca: str,
+) -> None:
+    """Print an Envoy bootstrap (YAML) that points a proxy at routeplane."""
+    from control_plane.bootstrap import render
+
+    if any((tls_cert, tls_key, tls_ca)) and not all((tls_cert, tls_key, tls_ca)):
+        fail("--tls-cert, --tls-key and --ca go together")
+    click.echo(
+        render(
+            node_id=node_id,
+            cluster=cluster,
+            region=region,
+            zone=zone,
+            xds=list(xds),
+            listen=listen,
+            admin=admin,
+            delta=ads == "delta",
+            tls=(tls_cert, tls_key, tls_ca) if tls_cert else None,
+        ),
+        nl=False,
+    )

@@ -1,0 +1,7 @@
+"""Dev tooling: the local demo mesh (``mesh``), sample upstreams (``samples``) and throwaway
+mTLS certificates (``certs``), for ``make run``, tests and benchmarks. Not the product.
+
+The product (``registry``, ``routing``, ``translate``, ``xds``, ``reconcile``, ``app``,
+``admin``) never imports ``control_plane.dev``; only the CLI's dev commands, tests and
+``bench/`` do. Dev code may import the product (and ``cryptography`` for ``certs``).
+"""

@@ -1,0 +1,95 @@
+"""The stable `--json` shapes (README, "Insight"): one function per value type, keys in order."""
+
+from __future__ import annotations
+
+from control_plane.admin.client import admin_pb2
+from control_plane.cli import output
+from control_plane.registry import Replica, Server
+
+
+def keys(value: dict[str, object]) -> list[str]:
+    return list(value)
+
+
+def test_registry_rows() -> None:
+    server = Server(name="echo", hostnames=("echo.local",), protocol="http", spec='{"x":1}')
+    assert output.server_json(server) == {
+        "name": "echo",
+        "workspace": "default",
+        "hostnames": ["echo.local"],
+        "protocol": "http",
+    }
+    replica = Replica(id="r-1", server="echo", host="::1", port=80, region="us-west")
+    assert keys(output.replica_json(replica)) == [
+        "id",
+        "server",
+        "address",
+        "region",
+        "zone",
+        "weight",
+        "state",
+    ]
+    assert output.replica_json(replica)["address"] == "[::1]:80"
+
+
+def test_admin_messages() -> None:
+    proxy = admin_pb2.Proxy(node_id="n", types=[admin_pb2.TypeStatus(type="cds", pushes=2)])
+    assert keys(output.proxy_json(proxy)) == [
+        "node_id",
+        "group",
+        "address",
+        "connected_since",
+        "protocol",
+        "service",
+        "types",
+    ]
+    assert keys(output.proxy_json(proxy)["types"]["cds"]) == [
+        "sent_version",
+        "acked_version",
+        "state",
+        "last_error",
+        "pushes",
+        "acks",
+        "nacks",
+    ]
+    assert keys(output.problem_json(admin_pb2.Problem())) == [
+        "kind",
+        "name",
+        "field",
+        "value",
+        "message",
+    ]
+    snapshot = admin_pb2.Snapshot(resources=[admin_pb2.Resource(type="cds", json="{}")])
+    assert keys(output.snapshot_json(snapshot)) == [
+        "node_group",
+        "version",
+        "type_versions",
+        "revision",
+        "published_at",
+        "cause",
+        "resources",
+    ]
+    assert keys(output.snapshot_json(snapshot)["resources"][0]) == [
+        "type",
+        "name",
+        "version",
+        "bytes",
+        "summary",
+    ]
+    diff = admin_pb2.SnapshotDiff(changes=[admin_pb2.ResourceChange(change="added")])
+    assert keys(output.diff_json(diff)) == ["from", "to", "changes"]
+    assert keys(output.diff_json(diff)["changes"][0]) == [
+        "change",
+        "type",
+        "name",
+        "from_version",
+        "to_version",
+    ]
+    assert keys(output.history_json(admin_pb2.HistoryEntry())) == [
+        "node_group",
+        "version",
+        "published_at",
+        "revision",
+        "changed_resources",
+        "cause",
+    ]
