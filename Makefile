@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff format --check control_plane tests bench
 	$(BIN)/ruff check control_plane tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff format control_plane tests bench

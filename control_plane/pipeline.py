@@ -127,6 +127,9 @@ class Pipeline:
         """Forget everything: the next step builds from scratch."""
         self._servers: dict[str, _ServerMemo] = {}
         self._order: tuple[str, ...] = ()
+        self._rows: tuple[Server, ...] = ()
+        # server name -> its index in the table's servers (routed servers only)
+        self._positions: dict[str, int] = {}
         self._claims: dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
         self._routed: dict[str, _Routed] = {}
         self._unknown: tuple[Problem, ...] = ()
@@ -192,62 +195,89 @@ class Pipeline:
         """Update the routing table for ``state``; returns the servers whose routed form or
         problems changed (added and removed included)."""
         old = self._servers
-        memo: dict[str, _ServerMemo] = {}
+        memo = dict(old)
         changed: set[str] = set()
         claims_dirty = False
+        by_server = state.replicas_by_server
         for server in state.servers:
-            replicas = state.replicas_by_server.get(server.name, ())
+            replicas = by_server.get(server.name, ())
             entry = old.get(server.name)
-            if entry is not None and entry.row == server and entry.replicas == replicas:
-                memo[server.name] = entry
+            # Equal values, compared field by field (``is`` only short-cuts equal objects).
+            if (
+                entry is not None
+                and (entry.row is server or entry.row == server)
+                and (entry.replicas is replicas or entry.replicas == replicas)
+            ):
                 continue
             ev = evaluate(server, replicas)
             claim = claim_of(server.name, ev)
             claims_dirty = claims_dirty or entry is None or entry.claim != claim
             memo[server.name] = _ServerMemo(row=server, replicas=replicas, eval=ev, claim=claim)
             changed.add(server.name)
-        order = tuple(server.name for server in state.servers)
-        if order != self._order:
+        order = self._order
+        if state.servers is not self._rows and state.servers != self._rows:
+            order = tuple(server.name for server in state.servers)
+        reordered = order != self._order
+        if reordered:
             claims_dirty = True
-            changed.update(name for name in old if name not in memo)
+            gone = [name for name in old if name not in set(order)]
+            for name in gone:
+                del memo[name]
+            changed.update(gone)
         if claims_dirty:
             claims = claim_hostnames(memo[name].claim for name in order)
             changed.update(name for name in order if claims.get(name) != self._claims.get(name))
         else:
             claims = self._claims
-        routed_memo: dict[str, _Routed] = {}
+        routed_memo = dict(self._routed)
         dirty: set[str] = set()
-        for name in order:
+        problems_dirty = reordered
+        shape_dirty = reordered
+        for name in changed:
             before = self._routed.get(name)
-            if name not in changed and before is not None:
-                routed_memo[name] = before
+            entry = memo.get(name)
+            if entry is None:
+                del routed_memo[name]
+                dirty.add(name)
                 continue
-            entry = memo[name]
             mine, lost = claims.get(name, ((), ()))
             routed = to_routed(entry.row, entry.eval, mine) if mine else None
             own = server_problems(entry.eval, lost)
             if before is not None and before.routed == routed and before.problems == own:
-                routed_memo[name] = before
                 continue
             if before is not None and before.routed == routed:
                 routed = before.routed  # equal value: keep one object downstream
             routed_memo[name] = _Routed(routed=routed, problems=own)
             dirty.add(name)
-        dirty.update(name for name in self._routed if name not in routed_memo)
+            problems_dirty = problems_dirty or before is None or before.problems != own
+            shape_dirty = (
+                shape_dirty or before is None or (before.routed is None) != (routed is None)
+            )
         previous = self._table
-        orphans = state.replicas_by_server.keys() - memo.keys()
-        unknown = tuple(unknown_server_problems(state.replicas_by_server, memo)) if orphans else ()
-        if previous is not None and not dirty:
+        orphans = by_server.keys() - memo.keys()
+        unknown = tuple(unknown_server_problems(by_server, memo)) if orphans else ()
+        if previous is None or shape_dirty:
+            routed_servers = [r for name in order if (r := routed_memo[name].routed)]
+            servers = tuple(routed_servers)
+            self._positions = {server.name: i for i, server in enumerate(servers)}
+        elif dirty:
+            replaced = list(previous.servers)
+            for name in dirty:
+                # The shape is unchanged: routed before and after, or neither.
+                routed = routed_memo[name].routed
+                if routed is not None:
+                    replaced[self._positions[name]] = routed
+            servers = tuple(replaced)
+        else:
             servers = previous.servers
-        else:
-            servers = tuple(r.routed for name in order if (r := routed_memo[name]).routed)
-        if previous is not None and not dirty and unknown == self._unknown:
-            problems: tuple[Problem, ...] = previous.problems
-        else:
+        if previous is None or problems_dirty or unknown != self._unknown:
             problems = (*(p for name in order for p in routed_memo[name].problems), *unknown)
             if previous is not None and problems == previous.problems:
                 problems = previous.problems
+        else:
+            problems = previous.problems
         self._servers, self._order, self._claims, self._routed = memo, order, claims, routed_memo
+        self._rows = state.servers
         self._unknown = unknown
         self._table = RoutingTable(
             servers=servers,

@@ -69,8 +69,7 @@ class Reconciler:
         self.registry = registry
         self.cache = cache
         self.clock = clock
-        default = float(getattr(registry, "default_poll_interval", 0.005))
-        self.poll_interval = poll_interval or default
+        self.poll_interval = poll_interval or registry.default_poll_interval
         self.cleanup_interval = cleanup_interval
         self.health = Health()
         self.pipeline = Pipeline()

@@ -85,28 +85,16 @@ def serve(
     log_json: bool | None,
 ) -> None:
     """Run the control plane: watch the registry and serve xDS to Envoy."""
-    from control_plane.app import ServeConfig
+    from control_plane.app import ConfigError, ServeConfig
     from control_plane.app import serve as run_serve
 
     logs.configure(level=log_level, json=log_json)
-    for flag, value in (("--xds-listen", xds_listen), ("--admin-listen", admin_listen)):
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit():
-            fail(f"invalid {flag} {value!r}: expected HOST:PORT")
-    if poll_interval is not None and not 0.001 <= poll_interval <= 60:
-        fail(f"invalid --poll-interval {poll_interval!r}: expected 0.001 to 60 seconds")
     token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")
     if admin_token_file:
         try:
             token = Path(admin_token_file).read_text().strip()
         except OSError as exc:
             fail(f"--admin-token-file {admin_token_file}: {exc.strerror}")
-    tls = [tls_cert, tls_key, client_ca]
-    if any(tls) and not all(tls):
-        fail("--tls-cert, --tls-key and --client-ca go together")
-    for flag, tls_path in zip(("--tls-cert", "--tls-key", "--client-ca"), tls, strict=True):
-        if tls_path and not Path(tls_path).is_file():
-            fail(f"{flag} {tls_path}: no such file")
     config = ServeConfig(
         registry_url=registry,
         xds_listen=xds_listen,
@@ -120,6 +108,10 @@ def serve(
         max_concurrent_pushes=max_concurrent_pushes,
         max_connection_age_seconds=max_connection_age,
     )
+    try:
+        config.validate()  # all of it, before anything is opened
+    except ConfigError as exc:
+        fail(str(exc))
     asyncio.run(run_serve(config))
 
 

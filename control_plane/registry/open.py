@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry
 
@@ -18,13 +16,7 @@ def open_registry(url: str) -> Registry:
             from control_plane.registry.spanner import SpannerRegistry
         except ImportError as exc:
             raise RegistryError(f"registry {url!r}: the Spanner client cannot load: {exc}") from exc
-
-        class _SpannerRegistry(SpannerRegistry):
-            # Transitional, until registry/spanner.py (being split by its owner) declares it:
-            # the one Registry member it lacks. Spanner only migrates in ``init``, never on open.
-            applied_on_open: Sequence[str] = ()
-
-        return _SpannerRegistry(url)
+        return SpannerRegistry(url)
     raise RegistryError(
         f"registry {url!r}: unknown scheme; expected sqlite:///PATH or spanner://projects/..."
     )

@@ -1,7 +1,9 @@
 """Routing decisions: pure functions of registry state and time.
 
 Never does I/O, reads the clock, logs or touches asyncio; time is an argument. Bad rows become
-:class:`Problem` values, never exceptions that stop the rest. Imports ``registry.model`` only.
+:class:`Problem` values, never exceptions that stop the rest. Imports only the registry's
+pure modules (``model``, ``validate``, ``spec``, ``errors``); never a store, the network, asyncio
+or a logger (an import-linter contract in ``make lint``).
 """
 
 from control_plane.routing.build import to_routing_table

@@ -1,4 +1,5 @@
 """The xDS engine: versioned snapshots, the snapshot cache and the gRPC discovery services.
 
-May import Envoy proto modules; never imports ``registry``, ``routing`` or ``translate``.
+May import Envoy proto modules; never imports ``registry``, ``routing``, ``translate`` or the
+pipeline (an import-linter contract in ``make lint``).
 """

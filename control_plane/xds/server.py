@@ -22,6 +22,7 @@ import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
 from control_plane import metrics
+from control_plane.identity import SPIFFE_PREFIX
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
@@ -277,9 +278,6 @@ class XdsServer:
             removed=len(outgoing.removed),
             bytes=len(outgoing.payload),
         )
-
-
-SPIFFE_PREFIX = "spiffe://routeplane/fleet/"
 
 
 def certificate_clusters(auth: dict[str, list[bytes]]) -> set[str]:

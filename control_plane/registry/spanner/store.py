@@ -46,6 +46,8 @@ from control_plane.registry.spanner.reads import (
 
 class SpannerRegistry:
     default_poll_interval = 0.01
+    # Spanner migrates only in ``init``, never on open.
+    applied_on_open: Sequence[str] = ()
 
     def __init__(self, url: str) -> None:
         self._conn = Connection(url)

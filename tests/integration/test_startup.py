@@ -1,0 +1,89 @@
+"""Start-up: the whole serve config is checked before anything is opened, and a failure on the
+way closes everything already opened (the registry, the xDS server, the admin server)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from control_plane import app
+from control_plane.app import ConfigError, ServeConfig
+from control_plane.registry import open_registry
+from control_plane.registry.model import Registry
+from tests.helpers import free_port
+
+
+def config(tmp_path: Path, **overrides: object) -> ServeConfig:
+    values: dict[str, object] = {
+        "registry_url": f"sqlite://{tmp_path / 'registry.db'}",
+        "xds_listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+    }
+    values.update(overrides)
+    return ServeConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        pytest.param({"xds_listen": "127.0.0.1:99999"}, "--xds-listen", id="port-out-of-range"),
+        pytest.param({"xds_listen": "127.0.0.1"}, "--xds-listen", id="no-port"),
+        pytest.param({"admin_listen": ":18001"}, "--admin-listen", id="no-host"),
+        pytest.param({"poll_interval": 0.0}, "--poll-interval", id="poll-zero"),
+        pytest.param({"new_streams_per_second": -1.0}, "--new-streams-per-second", id="rate"),
+        pytest.param({"max_concurrent_pushes": 0}, "--max-concurrent-pushes", id="pushes"),
+        pytest.param({"tls_cert": "/nonexistent/cert.pem"}, "--tls-cert", id="tls-partial"),
+        pytest.param(
+            {"admin_listen": "0.0.0.0:18001", "admin_token": " "},
+            "--admin-listen",
+            id="blank-token-off-loopback",
+        ),
+    ],
+)
+def test_a_bad_setting_is_refused_by_name(
+    tmp_path: Path, overrides: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config(tmp_path, **overrides).validate()
+
+
+async def test_a_refused_config_opens_nothing(tmp_path: Path) -> None:
+    bad = config(tmp_path, admin_listen="0.0.0.0:18001")  # not loopback, no token
+    with pytest.raises(ConfigError, match="--admin-listen"):
+        await app.serve(bad)
+    assert not (tmp_path / "registry.db").exists()  # the registry was never opened
+
+
+async def test_a_failure_after_opening_closes_what_was_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[Registry] = []
+    closed: list[Registry] = []
+
+    def spy_open(url: str) -> Registry:
+        registry = open_registry(url)
+        real_close = registry.close
+
+        def close() -> None:
+            closed.append(registry)
+            real_close()
+
+        registry.close = close  # type: ignore[method-assign]
+        opened.append(registry)
+        return registry
+
+    monkeypatch.setattr(app, "open_registry", spy_open)
+    cfg = config(tmp_path)
+    with socket.socket() as taken:  # the admin port is busy: start-up fails after xDS is up
+        taken.bind(("127.0.0.1", int(cfg.admin_listen.rsplit(":", 1)[1])))
+        taken.listen()
+        with pytest.raises(OSError):  # noqa: PT011 - the OS's own message, not ours
+            await app.serve(cfg)
+    assert len(opened) == 1
+    assert closed == opened
+    # The xDS server was stopped: its port is free again.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", int(cfg.xds_listen.rsplit(":", 1)[1])))
