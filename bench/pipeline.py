@@ -53,7 +53,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(servers: int, replicas: int, changes: int) -> dict[str, Any]:
+def run(servers: int, replicas: int, *, changes: int = 50) -> dict[str, Any]:
     server_rows, replica_rows = make_state(servers, replicas)
     state = RegistryState.of(
         servers=server_rows, replicas=replica_rows.values(), revision=1, committed_at=0.0
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=50)
     args = parser.parse_args()
-    print(json.dumps(run(args.servers, args.replicas, args.changes), indent=2))
+    print(json.dumps(run(args.servers, args.replicas, changes=args.changes), indent=2))
 
 
 if __name__ == "__main__":

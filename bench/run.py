@@ -39,6 +39,7 @@ class Plan:
     fleet_changes: int
     dataplane_rate: float
     dataplane_seconds: float
+    pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
 
 
 FULL = Plan(
@@ -61,7 +62,7 @@ FULL = Plan(
     10,
 )
 QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5)
+SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,))
 
 
 def versions() -> dict[str, Any]:
@@ -87,10 +88,13 @@ def versions() -> dict[str, Any]:
 
 
 def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
-    from bench import dataplane, filesystem_baseline, fleet, propagation, registry_watch
+    from bench import dataplane, filesystem_baseline, fleet, pipeline, propagation, registry_watch
 
     out: dict[str, Any] = {"plan": plan.name, **versions()}
     started = time.monotonic()
+    out["pipeline"] = [
+        pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
+    ]
     out["propagation"] = []
     for ads in ("delta", "sotw"):
         path = workdir / f"prop-{ads}"
@@ -145,6 +149,19 @@ def table(result: dict[str, Any]) -> str:
         "",
     ]
     lines += [
+        "Pipeline step alone (no registry, no network): full rebuild = one fresh step, wall ms "
+        "(median of 3); a change = one replica moved, CPU ms of the step that follows, p50 / p99",
+        "| servers | replicas | full rebuild | change, 1 group | change, 10 groups |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in result.get("pipeline", []):
+        one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
+        lines.append(
+            f"| {row['servers']} | {row['replicas']} | {row['full_rebuild_ms']} | "
+            f"{one['p50']} / {one['p99']} | {ten['p50']} / {ten['p99']} |"
+        )
+    lines += [
+        "",
         "Propagation, registry write returned -> first request answered by the new "
         "replica (SQLite, 1 Envoy), ms",
         "| write | ADS | p50 | p90 | p99 |",
