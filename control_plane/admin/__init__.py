@@ -1,4 +1,6 @@
-"""What operators and the CLI inspect: health endpoints now, the gRPC admin API later.
+"""What operators and the CLI inspect: the gRPC admin API (``protos/``), ``/healthz``,
+``/readyz`` and ``/metrics`` on one port.
 
-May import ``xds`` and ``reconcile`` state; never writes to the registry.
+Reads the running state it is handed (the xDS server, the snapshot cache, the routing table);
+never writes to the registry and never imports a store, the CLI or the dev tooling.
 """

@@ -1,8 +1,9 @@
 """The replica registry: schema, reads, writes and the watch.
 
-``open_registry(url)`` returns the implementation for a URL (``sqlite:///path``; ``spanner://``
-later). Only the ``registry/spanner`` package may import ``google.cloud.spanner``. Never imports
-``routing``, ``translate`` or ``xds``.
+``open_registry(url)`` returns the implementation for a URL (``sqlite:///path`` or
+``spanner://projects/P/instances/I/databases/D``); only ``open`` imports a store (an
+import-linter contract). Only the ``registry/spanner`` package imports ``google.cloud.spanner``.
+Never imports ``routing``, ``translate``, ``xds``, the CLI or the dev tooling.
 """
 
 from control_plane.registry.errors import (

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from control_plane.registry import migrations, validate
+from control_plane.registry import migrations, rows, validate
 from control_plane.registry.errors import (
     ConflictError,
     NotFoundError,
@@ -203,12 +203,12 @@ class SqliteRegistry:
     ) -> list[Server]:
         return [
             Server(
-                name=name,
-                workspace=workspace,
-                hostnames=tuple(_json_list(hostnames)),
-                protocol=protocol,
-                spec=spec or "{}",
-                updated_at=updated_at,
+                name=rows.text(name),
+                workspace=rows.text(workspace),
+                hostnames=rows.json_list(hostnames),
+                protocol=rows.text(protocol),
+                spec=rows.text(spec) or "{}",
+                updated_at=rows.seconds(updated_at) or 0.0,
             )
             for name, workspace, hostnames, protocol, spec, updated_at in db.execute(
                 "SELECT name, workspace, hostnames, protocol, spec, updated_at FROM servers "
@@ -406,25 +406,18 @@ class SqliteRegistry:
             self._db.close()
 
 
-def _json_list(text: str) -> list[str]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return [text]
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
 def _to_replica(row: tuple[object, ...]) -> Replica:
+    """Never raises: a value of the wrong type is kept for routing to report (see rows.py)."""
     (rid, server, host, port, region, zone, weight, state, lease, updated_at) = row
     return Replica(
-        id=str(rid),
-        server=str(server),
-        host=str(host),
-        port=int(port),  # type: ignore[call-overload]
-        region=str(region),
-        zone=str(zone or ""),
-        weight=int(weight),  # type: ignore[call-overload]
-        state=str(state),
-        lease_expires_at=None if lease is None else float(lease),  # type: ignore[arg-type]
-        updated_at=float(updated_at),  # type: ignore[arg-type]
+        id=rows.text(rid),
+        server=rows.text(server),
+        host=rows.text(host),
+        port=rows.whole_number(port),
+        region=rows.text(region),
+        zone=rows.text(zone),
+        weight=rows.whole_number(weight),
+        state=rows.text(state),
+        lease_expires_at=rows.seconds(lease),
+        updated_at=rows.seconds(updated_at) or 0.0,
     )

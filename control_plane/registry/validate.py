@@ -6,9 +6,11 @@ import ipaddress
 import re
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import ReplicaState, ServerProtocol
+from control_plane.registry.rows import Malformed
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -26,11 +28,17 @@ def name(field: str, value: str) -> str:
     return value
 
 
-def hostnames(values: Sequence[str]) -> tuple[str, ...]:
+def hostnames(values: Sequence[Any]) -> tuple[str, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise ValidationError("hostnames", values, "expected a list of hostnames")
     if not values:
         raise ValidationError("hostnames", list(values), "a server needs at least one hostname")
     out: list[str] = []
     for value in values:
+        if isinstance(value, Malformed):
+            raise ValidationError("hostnames", value.raw, value.reason)
+        if not isinstance(value, str):
+            raise ValidationError("hostname", value, "expected a DNS name (a string)")
         lowered = value.strip().lower()
         if len(lowered) > 253 or not HOSTNAME_RE.match(lowered):
             raise ValidationError(
@@ -53,7 +61,7 @@ _STATES = frozenset(s.value for s in ReplicaState)
 
 
 def state(value: str) -> str:
-    upper = value.upper()
+    upper = value.upper() if isinstance(value, str) else ""
     if upper in _STATES:
         return upper
     choices = ", ".join(s.value for s in ReplicaState)
@@ -63,25 +71,33 @@ def state(value: str) -> str:
 def region(field: str, value: str, *, required: bool = True) -> str:
     if not value and not required:
         return ""
-    if not REGION_RE.match(value):
+    if not isinstance(value, str) or not REGION_RE.match(value):
         raise ValidationError(field, value, "expected a region name such as us-west")
     return value
 
 
+def _whole(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, value, "expected a whole number")
+    return value
+
+
 def weight(value: int) -> int:
-    if not WEIGHT_MIN <= value <= WEIGHT_MAX:
+    if not WEIGHT_MIN <= _whole("weight", value) <= WEIGHT_MAX:
         raise ValidationError("weight", value, f"must be between {WEIGHT_MIN} and {WEIGHT_MAX}")
     return value
 
 
 def port(value: int) -> int:
-    if not 1 <= value <= 65535:
+    if not 1 <= _whole("port", value) <= 65535:
         raise ValidationError("port", value, "must be between 1 and 65535")
     return value
 
 
 def host(value: str) -> str:
-    """An IP address (v4 or v6, normalized) or a DNS name."""
+    """An IP address (v4, or v6 normalized): EDS endpoints are IP literals, and Envoy rejects
+    a whole ClusterLoadAssignment that holds a name (``malformed IP address``), so names are
+    refused here, at write time and again when rows are read."""
     try:
         # The C parser is ~50x faster than ipaddress here; it accepts only canonical dotted quads.
         socket.inet_pton(socket.AF_INET, value)
@@ -89,13 +105,14 @@ def host(value: str) -> str:
     except (OSError, TypeError, ValueError):
         pass
     try:
-        return str(ipaddress.ip_address(value))
+        parsed = ipaddress.ip_address(value)
     except ValueError:
-        pass
-    lowered = value.lower()
-    if not lowered or len(lowered) > 253 or not HOSTNAME_RE.match(lowered) or "*" in lowered:
-        raise ValidationError("address", value, "expected an IP address or a DNS name")
-    return lowered
+        parsed = None
+    if parsed is None or "%" in value:
+        raise ValidationError(
+            "address", value, "expected an IP address (resolve names before registering)"
+        )
+    return str(parsed)
 
 
 def address(value: str) -> tuple[str, int]:

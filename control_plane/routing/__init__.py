@@ -1,6 +1,6 @@
-"""Routing decisions: pure functions of registry state and time.
+"""Routing decisions: pure functions of registry state.
 
-Never does I/O, reads the clock, logs or touches asyncio; time is an argument. Bad rows become
+Never does I/O, reads the clock, logs or touches asyncio. Bad rows become
 :class:`Problem` values, never exceptions that stop the rest. Imports only the registry's
 pure modules (``model``, ``validate``, ``spec``, ``errors``); never a store, the network, asyncio
 or a logger (an import-linter contract in ``make lint``).

@@ -18,7 +18,6 @@ order (CDS, EDS, LDS, RDS). ``xds.server`` owns the gRPC side. Rules implemented
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,32 +114,99 @@ def _matches(type_url: str, wanted: str) -> bool:
     return not wanted or type_url == wanted
 
 
+@dataclass(slots=True)
+class _Pending:
+    sent: dict[str, str]
+    removed: list[str]
+    version: str
+    committed_at: float = 0.0
+
+
+MAX_PENDING = 32
+
+
+@dataclass(slots=True)
+class _TypeState:
+    """Everything one stream keeps about one type. SotW uses ``last_nonce``, ``sent``,
+    ``claimed`` and ``selected``; delta uses ``known``, ``acked`` and ``pending``."""
+
+    status: TypeStatus = field(default_factory=TypeStatus)
+    # The snapshot version this type's state was last computed for.
+    synced: str | None = None
+    # Names to re-examine on the next push besides what the snapshot changed.
+    extra: set[str] = field(default_factory=set)
+    # SotW: the latest nonce sent; name -> version last sent (what the proxy has, or
+    # rejected); the version_info the proxy claimed on its first request; for named
+    # subscriptions, the pair hashes of the subscribed resources and their sum.
+    last_nonce: str = ""
+    sent: dict[str, str] = field(default_factory=dict)
+    claimed: str | None = None
+    selected: dict[str, int] = field(default_factory=dict)
+    selected_sum: int = 0
+    # Delta: name -> version the proxy has been sent (or said it has); name -> version it
+    # ACKed; responses awaiting an answer, by nonce.
+    known: dict[str, str] = field(default_factory=dict)
+    acked: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
 class _Base:
     def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
         self.only_type = only_type
-        self.status: dict[str, TypeStatus] = {}
-        # Per type: the snapshot version this stream's per-type state was last computed for.
-        self._synced: dict[str, str] = {}
-        # Per type: names to re-examine on the next push besides what the snapshot changed.
-        self._extra: dict[str, set[str]] = {}
+        self._types: dict[str, _TypeState] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
+
+    @property
+    def status(self) -> dict[str, TypeStatus]:
+        """Per type: what this proxy has (a new dict; for the admin API and tests)."""
+        return {type_url: state.status for type_url, state in self._types.items()}
 
     def _type_of(self, request_type_url: str) -> str:
         return request_type_url or self.only_type
 
+    def _state(self, type_url: str) -> _TypeState:
+        state = self._types.get(type_url)
+        if state is None:
+            state = self._types[type_url] = _TypeState()
+        return state
+
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
 
-    def _candidates(self, type_url: str, snapshot: Snapshot) -> AbstractSet[str] | None:
+    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
+        """What to send for ``snapshot``, in push order (CDS, EDS, LDS, RDS)."""
+        if snapshot is None:
+            return []
+        out: list[Outgoing] = []
+        for type_url in PUSH_ORDER:
+            if not _matches(type_url, self.only_type):
+                continue
+            state = self._types.get(type_url)
+            if state is None or not state.status.subscribed:
+                continue
+            response = self._response_for(type_url, state, snapshot)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _response_for(
+        self, type_url: str, state: _TypeState, snapshot: Snapshot
+    ) -> Outgoing | None:
+        raise NotImplementedError
+
+    def _candidates(
+        self, state: _TypeState, type_url: str, snapshot: Snapshot
+    ) -> AbstractSet[str] | None:
         """The names worth looking at for this push, or None for "all of them".
 
         When this type was last computed against the snapshot this one was built from, only
         what that build changed (plus names set aside by the cluster rule) can differ: a push
         then costs O(changes), not O(resources), per stream.
         """
-        synced = self._synced.get(type_url)
-        extra: AbstractSet[str] = self._extra.pop(type_url, frozenset())
+        synced = state.synced
+        extra: AbstractSet[str] = state.extra
+        state.extra = set()
         if synced is None or (snapshot.changed is None and synced != snapshot.version):
             return None
         if synced == snapshot.version:
@@ -154,13 +220,7 @@ class _Base:
     def _forget_endpoints(self, clusters: list[Resource], sent: dict[str, str] | None) -> None:
         names = _forget_endpoints_of(clusters, sent)
         if names:
-            self._extra.setdefault(ENDPOINT, set()).update(names)
-
-    def _status(self, type_url: str) -> TypeStatus:
-        status = self.status.get(type_url)
-        if status is None:
-            status = self.status[type_url] = TypeStatus()
-        return status
+            self._state(ENDPOINT).extra.update(names)
 
 
 class SotwStream(_Base):
@@ -171,50 +231,40 @@ class SotwStream(_Base):
     def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
         super().__init__(control_plane_id=control_plane_id, only_type=only_type)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
-        self._last_nonce: dict[str, str] = {}
-        # Per type: resource name -> version last sent (what the proxy has, or rejected).
-        self._sent: dict[str, dict[str, str]] = {}
-        # Per type: the version_info the proxy said it has on its first request.
-        self._claimed: dict[str, str] = {}
-        # Named subscriptions: pair hashes of the subscribed resources and their sum (the
-        # version_info), kept up to date push by push.
-        self._selected: dict[str, dict[str, int]] = {}
-        self._selected_sum: dict[str, int] = {}
 
+    @staticmethod
     def _named_version(
-        self,
-        type_url: str,
-        status: TypeStatus,
-        available: Any,
-        candidates: AbstractSet[str] | None,
+        state: _TypeState, available: Any, candidates: AbstractSet[str] | None
     ) -> str:
-        hashes = self._selected.setdefault(type_url, {})
+        """The version_info of a named subscription: the sum of the subscribed resources'
+        pair hashes, kept up to date push by push."""
+        hashes, names = state.selected, state.status.names
         if candidates is None:
             hashes.clear()
-            for name in status.names:
+            for name in names:
                 resource = available.get(name)
                 if resource is not None:
                     hashes[name] = resource.pair_hash
             total = sum(hashes.values())
         else:
-            total = self._selected_sum.get(type_url, 0)
+            total = state.selected_sum
             for name in candidates:
-                if name not in status.names:
+                if name not in names:
                     continue
                 total -= hashes.pop(name, 0)
                 resource = available.get(name)
                 if resource is not None:
                     hashes[name] = resource.pair_hash
                     total += resource.pair_hash
-        self._selected_sum[type_url] = total
+        state.selected_sum = total
         return version_of_sum(total)
 
     def on_request(self, request: Any) -> RequestOutcome:
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
-        status = self._status(type_url)
-        last_nonce = self._last_nonce.get(type_url, "")
-        if request.response_nonce and request.response_nonce != last_nonce:
+        state = self._state(type_url)
+        status = state.status
+        if request.response_nonce and request.response_nonce != state.last_nonce:
             outcome.stale = True
             return outcome
         if request.response_nonce:
@@ -241,48 +291,31 @@ class SotwStream(_Base):
             status.subscribed = True
             outcome.resubscribed = True
             if request.version_info:
-                self._claimed[type_url] = request.version_info
+                state.claimed = request.version_info
         if wildcard != status.wildcard:
             status.wildcard = wildcard
             outcome.resubscribed = True
-            self._synced.pop(type_url, None)
+            state.synced = None
         if names != status.names:
             outcome.resubscribed = True
-            self._synced.pop(type_url, None)
-            sent = self._sent.get(type_url)
-            if sent is not None:
-                for gone in [n for n in sent if n not in names]:
-                    del sent[gone]
+            state.synced = None
+            for gone in [n for n in state.sent if n not in names]:
+                del state.sent[gone]
             status.names = names
         return outcome
 
-    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
-        if snapshot is None:
-            return []
-        out: list[Outgoing] = []
-        for type_url in PUSH_ORDER:
-            if not _matches(type_url, self.only_type):
-                continue
-            status = self.status.get(type_url)
-            if status is None or not status.subscribed:
-                continue
-            response = self._response_for(type_url, status, snapshot)
-            if response is not None:
-                out.append(response)
-        return out
-
     def _response_for(
-        self, type_url: str, status: TypeStatus, snapshot: Snapshot
+        self, type_url: str, state: _TypeState, snapshot: Snapshot
     ) -> Outgoing | None:
+        status, sent = state.status, state.sent
         available = snapshot.of_type(type_url)
-        sent = self._sent.setdefault(type_url, {})
-        candidates = self._candidates(type_url, snapshot)
+        candidates = self._candidates(state, type_url, snapshot)
         if status.wildcard:
             version = snapshot.versions.get(type_url) or type_version(available.values())
         else:
-            version = self._named_version(type_url, status, available, candidates)
-        self._synced[type_url] = snapshot.version
-        claimed = self._claimed.pop(type_url, None)
+            version = self._named_version(state, available, candidates)
+        state.synced = snapshot.version
+        claimed, state.claimed = state.claimed, None
         if claimed is not None and claimed == version:
             # Reconnected proxy that already has exactly this: nothing to send.
             status.sent_version = status.acked_version = version
@@ -322,9 +355,10 @@ class SotwStream(_Base):
             sent.update((r.name, r.version) for r in to_send)
         if type_url == CLUSTER:
             # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
-            self._forget_endpoints(changed, self._sent.get(ENDPOINT))
+            endpoints = self._types.get(ENDPOINT)
+            self._forget_endpoints(changed, endpoints.sent if endpoints is not None else None)
         nonce = self._next_nonce()
-        self._last_nonce[type_url] = nonce
+        state.last_nonce = nonce
         status.sent_version = version
         status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
         status.pushes += 1
@@ -345,17 +379,6 @@ class SotwStream(_Base):
         )
 
 
-@dataclass(slots=True)
-class _Pending:
-    sent: dict[str, str]
-    removed: list[str]
-    version: str
-    committed_at: float = 0.0
-
-
-_MAX_PENDING = 32
-
-
 class DeltaStream(_Base):
     """Incremental (delta) xDS (ADS or one type)."""
 
@@ -364,18 +387,22 @@ class DeltaStream(_Base):
     def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
         super().__init__(control_plane_id=control_plane_id, only_type=only_type)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
-        # Per type: name -> version the proxy has been sent (or said it has).
-        self._known: dict[str, dict[str, str]] = {}
-        # Per type: name -> version the proxy ACKed.
-        self.acked: dict[str, dict[str, str]] = {}
-        self._pending: dict[str, dict[str, _Pending]] = {}
+
+    @property
+    def acked(self) -> dict[str, dict[str, str]]:
+        """Per type: name -> version the proxy ACKed (a new dict of the live per-type dicts)."""
+        return {type_url: state.acked for type_url, state in self._types.items()}
+
+    def pending(self, type_url: str) -> int:
+        """How many responses of ``type_url`` await an ACK or NACK (at most 32 are kept)."""
+        state = self._types.get(type_url)
+        return len(state.pending) if state is not None else 0
 
     def on_request(self, request: Any) -> RequestOutcome:
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
-        status = self._status(type_url)
-        known = self._known.setdefault(type_url, {})
-        acked = self.acked.setdefault(type_url, {})
+        state = self._state(type_url)
+        status, known, acked = state.status, state.known, state.acked
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
         if subscribe or unsubscribe:
@@ -392,7 +419,7 @@ class DeltaStream(_Base):
         if "*" in unsubscribe:
             status.wildcard = False
         if outcome.resubscribed:
-            self._synced.pop(type_url, None)
+            state.synced = None
         subscribe.discard("*")
         unsubscribe.discard("*")
         status.names |= subscribe
@@ -401,7 +428,7 @@ class DeltaStream(_Base):
             known.pop(name, None)
             acked.pop(name, None)
         if request.response_nonce:
-            pending = self._pending.setdefault(type_url, {}).pop(request.response_nonce, None)
+            pending = state.pending.pop(request.response_nonce, None)
             if pending is None:
                 outcome.stale = True
             elif request.HasField("error_detail"):
@@ -425,40 +452,20 @@ class DeltaStream(_Base):
                 status.acked_committed_at = pending.committed_at or 1e-9
         return outcome
 
-    def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
-        if snapshot is None:
-            return []
-        out: list[Outgoing] = []
-        for type_url in PUSH_ORDER:
-            if not _matches(type_url, self.only_type):
-                continue
-            status = self.status.get(type_url)
-            if status is None or not status.subscribed:
-                continue
-            response = self._response_for(type_url, status, snapshot)
-            if response is not None:
-                out.append(response)
-        return out
-
-    def _wanted(self, status: TypeStatus, available: Iterable[str]) -> set[str]:
-        if status.wildcard:
-            return set(available) | status.names
-        return set(status.names)
-
     def _response_for(
-        self, type_url: str, status: TypeStatus, snapshot: Snapshot
+        self, type_url: str, state: _TypeState, snapshot: Snapshot
     ) -> Outgoing | None:
+        status, known = state.status, state.known
         available = snapshot.of_type(type_url)
-        known = self._known.setdefault(type_url, {})
-        candidates = self._candidates(type_url, snapshot)
+        candidates = self._candidates(state, type_url, snapshot)
         if candidates is None:
-            wanted = self._wanted(status, available)
+            wanted = set(available) | status.names if status.wildcard else set(status.names)
             # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
             removed = sorted(n for n in known if n not in available)
         else:
             wanted = {n for n in candidates if status.wildcard or n in status.names}
             removed = sorted(n for n in wanted if n in known and n not in available)
-        self._synced[type_url] = snapshot.version
+        state.synced = snapshot.version
         to_send: list[Resource] = [
             available[n]
             for n in sorted(wanted)
@@ -472,12 +479,13 @@ class DeltaStream(_Base):
         for resource in to_send:
             known[resource.name] = resource.version
         if type_url == CLUSTER:
-            self._forget_endpoints(to_send, self._known.get(ENDPOINT))
+            endpoints = self._types.get(ENDPOINT)
+            self._forget_endpoints(to_send, endpoints.known if endpoints is not None else None)
         for name in removed:
             del known[name]
         nonce = self._next_nonce()
-        pending = self._pending.setdefault(type_url, {})
-        if len(pending) >= _MAX_PENDING:
+        pending = state.pending
+        if len(pending) >= MAX_PENDING:
             # A proxy that never answers must not grow our memory: forget the oldest.
             del pending[next(iter(pending))]
         pending[nonce] = _Pending(

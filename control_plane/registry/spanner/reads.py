@@ -34,6 +34,7 @@ from google.cloud.spanner_v1.types import (
 )
 from google.protobuf import struct_pb2
 
+from control_plane.registry import rows
 from control_plane.registry.errors import RegistryUnavailableError
 from control_plane.registry.model import RegistryState, Replica, Server
 
@@ -68,28 +69,28 @@ def epoch(value: dt.datetime | None) -> float | None:
 def to_server(row: Sequence[Any]) -> Server:
     name, workspace, hostnames, protocol, spec, updated_at = row
     return Server(
-        name=name,
-        workspace=workspace,
+        name=rows.text(name),
+        workspace=rows.text(workspace),
         hostnames=tuple(hostnames or ()),
-        protocol=protocol,
-        spec=spec or "{}",
-        updated_at=updated_at.timestamp(),
+        protocol=rows.text(protocol),
+        spec=rows.text(spec) or "{}",
+        updated_at=rows.seconds(updated_at) or 0.0,
     )
 
 
 def to_replica(row: Sequence[Any]) -> Replica:
     server, rid, host, port, region, zone, weight, state, lease, updated_at = row
     return Replica(
-        id=rid,
-        server=server,
-        host=host,
-        port=int(port),
-        region=region,
-        zone=zone or "",
-        weight=int(weight),
-        state=state,
+        id=rows.text(rid),
+        server=rows.text(server),
+        host=rows.text(host),
+        port=rows.whole_number(port),
+        region=rows.text(region),
+        zone=rows.text(zone),
+        weight=rows.whole_number(weight),
+        state=rows.text(state),
         lease_expires_at=epoch(lease),
-        updated_at=updated_at.timestamp(),
+        updated_at=rows.seconds(updated_at) or 0.0,
     )
 
 

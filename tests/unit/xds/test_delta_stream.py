@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control_plane.xds.resources import CLUSTER, ENDPOINT
-from control_plane.xds.stream import DeltaStream
+from control_plane.xds.stream import MAX_PENDING, DeltaStream
 from tests.helpers import endpoint, server
 from tests.xds_helpers import delta_request, parse_delta, snapshot, two_servers
 
@@ -136,3 +136,16 @@ def test_the_first_response_goes_out_even_when_nothing_exists() -> None:
     stream.on_request(delta_request(CLUSTER))
     [out] = stream.responses(snapshot())
     assert parse_delta(out.payload).resources == []
+
+
+def test_a_proxy_that_never_answers_holds_at_most_32_pending_responses() -> None:
+    stream = new_stream()
+    stream.on_request(delta_request(ENDPOINT, subscribe=("default_echo",)))
+    nonces = []
+    for port in range(8000, 8040):  # 40 different endpoint sets, none ACKed
+        [out] = stream.responses(snapshot(server("echo", endpoint("r1", port))))
+        nonces.append(out.nonce)
+    assert stream.pending(ENDPOINT) == MAX_PENDING
+    # The oldest were forgotten: their late ACK is stale; the newest is still answerable.
+    assert stream.on_request(delta_request(ENDPOINT, nonce=nonces[0])).stale
+    assert stream.on_request(delta_request(ENDPOINT, nonce=nonces[-1])).ack is not None

@@ -1,0 +1,5 @@
+"""``python -m control_plane.cli``: the same as the ``routeplane`` command."""
+
+from control_plane.cli import main
+
+main()

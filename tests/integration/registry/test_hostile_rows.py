@@ -1,0 +1,144 @@
+"""Rows written straight into the SQLite registry by another writer, of any type or shape:
+reads never raise, each bad row becomes a problem naming the row, field and value, and the
+good rows still route (issue 12, finding 1, 2 and 5)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from control_plane.pipeline import Pipeline
+from control_plane.registry import open_registry
+from control_plane.registry.errors import ValidationError
+from control_plane.registry.sqlite import SqliteRegistry
+from control_plane.xds.nodes import NodeGroup
+from control_plane.xds.resources import ENDPOINT, ROUTE
+
+GROUP = NodeGroup(cluster="edge", region="us-west")
+
+
+def foreign_write(path: Path, sql: str, params: tuple[object, ...], server: str) -> None:
+    """Write as another writer of the registry would: the row, the revision and the change."""
+    with sqlite3.connect(path) as db:
+        db.execute(sql, params)
+        revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
+        db.execute("UPDATE meta SET value=? WHERE key='committed_at'", (time.time(),))
+        db.execute("INSERT INTO changes VALUES (?, ?)", (revision, server))
+
+
+def replica_row(path: Path, rid: str, *, host: object = "127.0.0.1", port: object = 8181) -> None:
+    foreign_write(
+        path,
+        "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?)",
+        (rid, host, port, time.time()),
+        "echo",
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> SqliteRegistry:
+    registry = open_registry(f"sqlite://{tmp_path / 'r.db'}")
+    registry.init()
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    assert isinstance(registry, SqliteRegistry)
+    return registry
+
+
+@pytest.mark.parametrize(
+    ("columns", "field", "value"),
+    [
+        pytest.param({"port": "abc"}, "port", "abc", id="port-text"),
+        pytest.param({"port": 8181.5}, "port", "8181.5", id="port-fraction"),
+        pytest.param({"port": b"\x00"}, "port", "b'\\x00'", id="port-blob"),
+        pytest.param({"port": 70000}, "port", "70000", id="port-out-of-range"),
+        pytest.param({"host": "localhost"}, "address", "localhost", id="host-name"),
+        pytest.param({"host": "example.com"}, "address", "example.com", id="host-dns"),
+        pytest.param({"host": 42}, "address", "42", id="host-int"),
+    ],
+)
+def test_a_malformed_replica_row_is_a_problem_and_never_stops_a_read(
+    registry: SqliteRegistry,
+    tmp_path: Path,
+    columns: dict[str, object],
+    field: str,
+    value: str,
+) -> None:
+    sql_columns = {"host": "127.0.0.1", "port": 8181, **columns}
+    replica_row(tmp_path / "r.db", "r-bad", **sql_columns)
+    for state in (registry.read_state(), SqliteRegistry(registry.url).read_state()):
+        step = Pipeline().step(state, [GROUP])
+        [problem] = [p for p in step.table.problems if p.name == "r-bad"]
+        assert (problem.field, problem.value) == (field, value)
+        [good] = step.table.servers
+        assert [e.replica_id for e in good.endpoints] != []
+        assert "r-bad" not in {e.replica_id for e in good.endpoints}
+        assert "default_echo" in step.snapshots[GROUP].of_type(ENDPOINT)
+
+
+async def test_the_watch_goes_on_past_a_bad_row(registry: SqliteRegistry, tmp_path: Path) -> None:
+    states = registry.watch(poll_interval=0.002)
+    first = await anext(states)
+    replica_row(tmp_path / "r.db", "r-bad", port="abc")
+    second = await anext(states)
+    assert second.revision > first.revision
+    replica_row(tmp_path / "r.db", "r-good", port=8182)
+    third = await anext(states)
+    ids = {r.id for r in third.replicas_by_server["echo"]}
+    assert {"r-bad", "r-good"} <= ids
+    await states.aclose()
+
+
+@pytest.mark.parametrize(
+    ("hostnames", "field", "value"),
+    [
+        pytest.param("echo2.local", "hostnames", "echo2.local", id="not-json"),
+        pytest.param(json.dumps("echo2.local"), "hostnames", '"echo2.local"', id="json-string"),
+        pytest.param(json.dumps([1, None, "ok2.local"]), "hostname", "1", id="not-strings"),
+    ],
+)
+def test_a_malformed_hostnames_column_is_reported_not_routed(
+    registry: SqliteRegistry, tmp_path: Path, hostnames: str, field: str, value: str
+) -> None:
+    foreign_write(
+        tmp_path / "r.db",
+        "INSERT INTO servers VALUES ('other', 'default', ?, 'http', '{}', ?)",
+        (hostnames, time.time()),
+        "other",
+    )
+    step = Pipeline().step(registry.read_state(), [GROUP])
+    [problem] = [p for p in step.table.problems if p.name == "other"]
+    assert (problem.field, problem.value) == (field, value)
+    assert [s.name for s in step.table.servers] == ["echo"]
+    route = step.snapshots[GROUP].of_type(ROUTE)["ingress_http"].message
+    assert [v.name for v in route.virtual_hosts] == ["echo.local"]
+
+
+@pytest.mark.parametrize("address", ["localhost:8181", "example.com:80", "[fe80::1%eth0]:80"])
+def test_registering_a_name_instead_of_an_ip_is_refused(
+    registry: SqliteRegistry, address: str
+) -> None:
+    with pytest.raises(ValidationError, match="expected an IP address"):
+        registry.register_replica(server="echo", address=address, region="us-west")
+
+
+def test_replicas_list_prints_a_bad_row_instead_of_a_traceback(
+    registry: SqliteRegistry, tmp_path: Path
+) -> None:
+    replica_row(tmp_path / "r.db", "r-bad", port="abc")
+    done = subprocess.run(
+        [sys.executable, "-m", "control_plane.cli", "replicas", "list", "--registry", registry.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "r-bad" in done.stdout
