@@ -25,8 +25,9 @@ from control_plane.admin.service import AdminService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
 from control_plane.xds import csds
-from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.cache import MAX_GROUPS, MAX_GROUPS_PER_FLEET, SnapshotCache
 from control_plane.xds.server import XdsServer
+from control_plane.xds.stream import DEFAULT_LIMITS, Limits
 
 log = structlog.get_logger("routeplane.app")
 
@@ -61,6 +62,9 @@ class ServeConfig:
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
+    max_node_groups: int = MAX_GROUPS
+    max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
+    max_names_per_stream: int = DEFAULT_LIMITS.max_names
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -78,6 +82,9 @@ class ServeConfig:
             ("--new-streams-per-second", self.new_streams_per_second),
             ("--max-concurrent-pushes", self.max_concurrent_pushes),
             ("--max-connection-age", self.max_connection_age_seconds),
+            ("--max-node-groups", self.max_node_groups),
+            ("--max-groups-per-fleet", self.max_groups_per_fleet),
+            ("--max-names-per-stream", self.max_names_per_stream),
         ):
             if not number > 0:
                 raise ConfigError(f"invalid {flag} {number!r}: expected a number above 0")
@@ -136,7 +143,9 @@ async def serve(config: ServeConfig) -> None:
     async with contextlib.AsyncExitStack() as stack:
         registry = await asyncio.to_thread(open_registry, config.registry_url)
         stack.push_async_callback(asyncio.to_thread, registry.close)
-        cache = SnapshotCache()
+        cache = SnapshotCache(
+            max_groups=config.max_node_groups, max_groups_per_fleet=config.max_groups_per_fleet
+        )
         reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
         identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
         xds = XdsServer(
@@ -145,6 +154,7 @@ async def serve(config: ServeConfig) -> None:
             new_streams_per_second=config.new_streams_per_second,
             max_concurrent_pushes=config.max_concurrent_pushes,
             require_identity=bool(config.tls_cert),
+            limits=Limits(max_names=config.max_names_per_stream),
         )
         options = [
             *GRPC_OPTIONS,

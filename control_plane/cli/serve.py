@@ -64,6 +64,27 @@ from control_plane.cli.common import fail, registry_option, user_errors
     show_default=True,
     help="Seconds before a proxy's connection is closed (+-10% jitter) to rebalance.",
 )
+@click.option(
+    "--max-node-groups",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Node groups served at once; a stream of a new group past it is refused.",
+)
+@click.option(
+    "--max-groups-per-fleet",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Node groups per node cluster (fleet); a stream of a new group past it is refused.",
+)
+@click.option(
+    "--max-names-per-stream",
+    type=int,
+    default=20_000,
+    show_default=True,
+    help="Resource names one stream may subscribe to (or claim to have) per type.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
@@ -81,6 +102,9 @@ def serve(
     new_streams_per_second: float,
     max_concurrent_pushes: int,
     max_connection_age: float,
+    max_node_groups: int,
+    max_groups_per_fleet: int,
+    max_names_per_stream: int,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -107,6 +131,9 @@ def serve(
         new_streams_per_second=new_streams_per_second,
         max_concurrent_pushes=max_concurrent_pushes,
         max_connection_age_seconds=max_connection_age,
+        max_node_groups=max_node_groups,
+        max_groups_per_fleet=max_groups_per_fleet,
+        max_names_per_stream=max_names_per_stream,
     )
     try:
         config.validate()  # all of it, before anything is opened

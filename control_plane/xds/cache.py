@@ -27,6 +27,8 @@ from control_plane.xds.snapshot import Snapshot
 Notify = Callable[[], None]
 HISTORY = 50
 GRACE_SECONDS = 60.0
+MAX_GROUPS = 1000
+MAX_GROUPS_PER_FLEET = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +43,12 @@ class SnapshotCache:
         *,
         grace_seconds: float = GRACE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        max_groups: int = MAX_GROUPS,
+        max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET,
     ) -> None:
         self.grace_seconds = grace_seconds
+        self.max_groups = max_groups
+        self.max_groups_per_fleet = max_groups_per_fleet
         self._clock = clock
         self._snapshots: dict[NodeGroup, Snapshot] = {}
         self._history: dict[NodeGroup, deque[Published]] = {}
@@ -90,6 +96,23 @@ class SnapshotCache:
         return True
 
     # The streams' side.
+
+    def refusal(self, group: NodeGroup) -> str:
+        """Why a new stream of ``group`` cannot be taken ("" when it can): a group already
+        wanted always can; a new one only within ``max_groups`` in all and
+        ``max_groups_per_fleet`` per node cluster."""
+        if group in self._watchers or group in self._unwatched:
+            return ""
+        wanted = len(self._watchers) + len(self._unwatched)
+        if wanted >= self.max_groups:
+            return f"{wanted} node groups already (serve --max-node-groups {self.max_groups})"
+        fleet = sum(1 for g in (*self._watchers, *self._unwatched) if g.cluster == group.cluster)
+        if fleet >= self.max_groups_per_fleet:
+            return (
+                f"{fleet} node groups already in fleet {group.cluster[:64]!r} "
+                f"(serve --max-groups-per-fleet {self.max_groups_per_fleet})"
+            )
+        return ""
 
     def get(self, group: NodeGroup) -> Snapshot | None:
         return self._snapshots.get(group)

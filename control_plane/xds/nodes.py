@@ -30,15 +30,29 @@ class NodeGroup:
         return f"{self.cluster}/{self.region}{zone}@{self.listen}"
 
 
+MAX_FIELD = 128
+
+
 def to_node_group(node: Any) -> NodeGroup:
-    """The group of an ``envoy.config.core.v3.Node``; missing fields fall back to defaults."""
+    """The group of an ``envoy.config.core.v3.Node``; missing fields fall back to defaults.
+
+    Raises ValueError naming the field when one is longer than 128 characters."""
     listen = DEFAULT_LISTEN
     fields = node.metadata.fields
     if LISTEN_METADATA_KEY in fields:
         listen = fields[LISTEN_METADATA_KEY].string_value or DEFAULT_LISTEN
-    return NodeGroup(
+    group = NodeGroup(
         cluster=node.cluster or DEFAULT_CLUSTER,
         region=node.locality.region,
         zone=node.locality.zone,
         listen=listen,
     )
+    for name, value in (
+        ("node.cluster", group.cluster),
+        ("node.locality.region", group.region),
+        ("node.locality.zone", group.zone),
+        (f"node.metadata {LISTEN_METADATA_KEY}", group.listen),
+    ):
+        if len(value) > MAX_FIELD:
+            raise ValueError(f"{name} of {len(value)} characters; at most {MAX_FIELD}")
+    return group

@@ -26,7 +26,15 @@ from control_plane.identity import SPIFFE_PREFIX
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
-from control_plane.xds.stream import DeltaStream, Outgoing, RequestOutcome, SotwStream
+from control_plane.xds.stream import (
+    DEFAULT_LIMITS,
+    DeltaStream,
+    LimitExceededError,
+    Limits,
+    Outgoing,
+    RequestOutcome,
+    SotwStream,
+)
 
 log = structlog.get_logger("routeplane.xds")
 
@@ -70,6 +78,8 @@ class Proxy:
     acked_at: dict[str, float] = field(default_factory=dict)
     # Per type: the newest source commit time already counted in the convergence histogram.
     observed: dict[str, float] = field(default_factory=dict)
+    # Set when a request went past the stream's limits: the stream ends with this message.
+    refusal: str = ""
 
 
 AckListener = Callable[[Proxy, str, str], None]
@@ -87,8 +97,10 @@ class XdsServer:
         max_concurrent_pushes: int = 256,
         require_identity: bool = False,
         write_timeout: float = 10.0,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.cache = cache
+        self.limits = limits
         # With mTLS: a proxy gets only the node group its client certificate allows.
         self.require_identity = require_identity
         self.control_plane_id = control_plane_id
@@ -105,6 +117,14 @@ class XdsServer:
         # A proxy that stops reading fills its flow-control window and its writes stall; after
         # this long it is disconnected, so it holds no push slot and no memory for long.
         self.write_timeout = write_timeout
+        self._refusal_logged: dict[str, float] = {}
+
+    def _log_refusal(self, reason: str, message: str) -> None:
+        """At most one warning a second per reason: a flood of refusals is not a flood of logs."""
+        now = time.monotonic()
+        if now - self._refusal_logged.get(reason, -1.0) >= 1.0:
+            self._refusal_logged[reason] = now
+            log.warning("stream_refused", reason=reason, error=message)
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
@@ -159,26 +179,43 @@ class XdsServer:
         if only_type and first.type_url and first.type_url != only_type:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"type_url {first.type_url!r} is not served by this service (expects {only_type})",
+                f"type_url {shorten(first.type_url)!r} is not served by this service "
+                f"(expects {only_type})",
             )
         protocol: SotwStream | DeltaStream = (
-            DeltaStream(control_plane_id=self.control_plane_id, only_type=only_type)
+            DeltaStream(
+                control_plane_id=self.control_plane_id, only_type=only_type, limits=self.limits
+            )
             if delta
-            else SotwStream(control_plane_id=self.control_plane_id, only_type=only_type)
+            else SotwStream(
+                control_plane_id=self.control_plane_id, only_type=only_type, limits=self.limits
+            )
         )
-        group = to_node_group(first.node)
+        try:
+            group = to_node_group(first.node)
+        except ValueError as exc:
+            metrics.STREAMS_REFUSED.labels("node").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        refusal = self.cache.refusal(group)
+        if refusal:
+            metrics.STREAMS_REFUSED.labels("groups").inc()
+            self._log_refusal("groups", refusal)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"no room for a new node group: {refusal}; retry later",
+            )
         if self.require_identity:
             allowed = certificate_clusters(context.auth_context())
             if group.cluster not in allowed:
                 metrics.STREAMS_REFUSED.labels("identity").inc()
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"the client certificate allows node cluster(s) {sorted(allowed)}, "
-                    f"not {group.cluster!r}",
+                    f"the client certificate allows node cluster(s) "
+                    f"{shorten(str(sorted(allowed)))}, not {group.cluster!r}",
                 )
         proxy = Proxy(
             stream_id=next(self._ids),
-            node_id=first.node.id,
+            node_id=shorten(first.node.id, MAX_NODE_ID),
             group=group,
             peer=context.peer(),
             delta=delta,
@@ -191,13 +228,22 @@ class XdsServer:
         wake = asyncio.Event()
         cancel_watch = self.cache.watch(group, wake.set)
         bound.info("proxy_connected", peer=proxy.peer, delta=delta, type_url=only_type or "ads")
-        self._handle(proxy, first, wake, bound)
-        reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
+        reader: asyncio.Task[None] | None = None
         try:
+            try:
+                self._handle(proxy, first, wake, bound)
+            except LimitExceededError as exc:
+                proxy.refusal = str(exc)
+            reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
             finished = False
             while not finished:
-                await wake.wait()
+                if not proxy.refusal:
+                    await wake.wait()
                 wake.clear()
+                if proxy.refusal:
+                    metrics.STREAMS_REFUSED.labels("limits").inc()
+                    self._log_refusal("limits", proxy.refusal)
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, proxy.refusal)
                 # A client that half-closed still gets what its requests asked for.
                 finished = reader.done()
                 if finished and (reader.cancelled() or reader.exception() is not None):
@@ -220,7 +266,8 @@ class XdsServer:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             cancel_watch()
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             del self.proxies[proxy.stream_id]
             bound.info("proxy_disconnected")
 
@@ -234,16 +281,22 @@ class XdsServer:
         try:
             async for request in requests:
                 self._handle(proxy, request, wake, bound)
+        except LimitExceededError as exc:
+            proxy.refusal = str(exc)
         finally:
             wake.set()
 
     def _handle(self, proxy: Proxy, request: Any, wake: asyncio.Event, bound: Any) -> None:
         outcome: RequestOutcome = proxy.protocol.on_request(request)
-        short = SHORT_NAMES.get(outcome.type_url, outcome.type_url)
+        # Metric labels and log fields take only the types we serve: a client's type_url is
+        # not allowed to grow the metric's cardinality.
+        short = SHORT_NAMES.get(outcome.type_url, "other")
         if outcome.stale:
-            bound.debug("stale_nonce_ignored", type_url=short, nonce=_nonce_of(request))
+            bound.debug("stale_nonce_ignored", type_url=short, nonce=shorten(_nonce_of(request)))
             return
-        if outcome.nack is not None:
+        if outcome.nack is not None and outcome.repeated_nack:
+            pass  # the same version NACKed again: counted and logged once
+        elif outcome.nack is not None:
             metrics.NACKS.labels(short).inc()
             bound.warning(
                 "nack_received",
@@ -313,6 +366,14 @@ class TokenBucket:
 def _push_counters(type_url: str) -> tuple[Any, Any]:
     short = SHORT_NAMES.get(type_url, type_url)
     return metrics.PUSHES.labels(short), metrics.PUSH_BYTES.labels(short)
+
+
+MAX_NODE_ID = 256
+
+
+def shorten(text: str, limit: int = 128) -> str:
+    """A client-supplied string as it may appear in a status message, a log line or a table."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more)"
 
 
 def _nonce_of(request: Any) -> str:

@@ -49,6 +49,32 @@ def _forget_endpoints_of(
     return forgotten
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What one stream may hold; a request past a limit ends the stream (RESOURCE_EXHAUSTED)."""
+
+    # Names subscribed per type, and entries of ``initial_resource_versions`` per type.
+    max_names: int = 20_000
+    # Distinct type URLs on one stream (the four Envoy types and a few unknown ones).
+    max_types: int = 8
+    max_type_url_length: int = 256
+    # A NACK's message is stored and shown up to this many characters.
+    max_nack_text: int = 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class LimitExceededError(Exception):
+    """A request asked a stream to hold more than its :class:`Limits` allow."""
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 @dataclass(slots=True)
 class Nack:
     version: str
@@ -108,6 +134,12 @@ class RequestOutcome:
     first_ack: bool = False
     ack: str | None = None
     nack: Nack | None = None
+    # A NACK of the version this type already NACKed: not logged or counted again.
+    repeated_nack: bool = False
+
+
+_KNOWN = frozenset(PUSH_ORDER)
+EMPTY_VERSION = version_of_sum(0)
 
 
 def _matches(type_url: str, wanted: str) -> bool:
@@ -151,8 +183,11 @@ class _TypeState:
 
 
 class _Base:
-    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
+    def __init__(
+        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.only_type = only_type
+        self.limits = limits
         self._types: dict[str, _TypeState] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
@@ -168,8 +203,39 @@ class _Base:
     def _state(self, type_url: str) -> _TypeState:
         state = self._types.get(type_url)
         if state is None:
+            limits = self.limits
+            if len(type_url) > limits.max_type_url_length:
+                raise LimitExceededError(
+                    f"type_url of {len(type_url)} characters; at most {limits.max_type_url_length}"
+                )
+            if len(self._types) >= limits.max_types:
+                raise LimitExceededError(
+                    f"more than {limits.max_types} resource types on one stream"
+                )
             state = self._types[type_url] = _TypeState()
         return state
+
+    def _check_names(self, type_url: str, count: int, what: str) -> None:
+        if count > self.limits.max_names:
+            short = type_url.rsplit(".", 1)[-1][:64]
+            raise LimitExceededError(
+                f"{count} {what} for {short}; at most {self.limits.max_names} per type on one "
+                "stream (serve --max-names-per-stream)"
+            )
+
+    def _nack(self, state: _TypeState, version: str, request: Any) -> tuple[Nack, bool]:
+        """Record a NACK of ``version``; True when this type already NACKed that version."""
+        status = state.status
+        repeated = status.last_nack is not None and status.last_nack.version == version
+        nack = Nack(
+            version=version,
+            message=_truncate(request.error_detail.message, self.limits.max_nack_text),
+            nonce=request.response_nonce,
+        )
+        status.last_nack = nack
+        if not repeated:
+            status.nacks += 1
+        return nack, repeated
 
     def _next_nonce(self) -> str:
         return str(next(self._nonces))
@@ -188,7 +254,18 @@ class _Base:
             response = self._response_for(type_url, state, snapshot)
             if response is not None:
                 out.append(response)
+        if len(self._types) > len(out):
+            for type_url, state in self._types.items():
+                if type_url in _KNOWN or not _matches(type_url, self.only_type):
+                    continue
+                if state.status.subscribed and not state.status.sent_version:
+                    # A type we do not serve: one empty response, so the client is not left
+                    # waiting for its deadline (Envoy treats it as "no such resources").
+                    out.append(self._empty_response(type_url, state, snapshot))
         return out
+
+    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
+        raise NotImplementedError
 
     def _response_for(
         self, type_url: str, state: _TypeState, snapshot: Snapshot
@@ -228,8 +305,10 @@ class SotwStream(_Base):
 
     _CP_FIELD = 6
 
-    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
-        super().__init__(control_plane_id=control_plane_id, only_type=only_type)
+    def __init__(
+        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
 
     @staticmethod
@@ -264,19 +343,19 @@ class SotwStream(_Base):
         outcome = RequestOutcome(type_url=type_url)
         state = self._state(type_url)
         status = state.status
-        if request.response_nonce and request.response_nonce != state.last_nonce:
+        names = set(request.resource_names)
+        self._check_names(type_url, len(names), "names subscribed")
+        # A nonce this stream never issued on a type it never answered: a proxy that
+        # reconnected from another control plane. Its request is an initial one.
+        foreign = bool(request.response_nonce) and not state.last_nonce
+        if request.response_nonce and request.response_nonce != state.last_nonce and not foreign:
             outcome.stale = True
             return outcome
-        if request.response_nonce:
+        if request.response_nonce and not foreign:
             if request.HasField("error_detail"):
-                nack = Nack(
-                    version=status.sent_version,
-                    message=request.error_detail.message,
-                    nonce=request.response_nonce,
+                outcome.nack, outcome.repeated_nack = self._nack(
+                    state, status.sent_version, request
                 )
-                status.last_nack = nack
-                status.nacks += 1
-                outcome.nack = nack
             else:
                 status.acked_version = request.version_info
                 status.acks += 1
@@ -284,7 +363,6 @@ class SotwStream(_Base):
                 outcome.committed_at = status.sent_committed_at
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = status.sent_committed_at
-        names = set(request.resource_names)
         wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
         names.discard("*")
         if not status.subscribed:
@@ -303,6 +381,27 @@ class SotwStream(_Base):
                 del state.sent[gone]
             status.names = names
         return outcome
+
+    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
+        nonce = self._next_nonce()
+        state.last_nonce = nonce
+        state.status.sent_version = EMPTY_VERSION
+        state.status.pushes += 1
+        payload = sotw_response(
+            version_info=EMPTY_VERSION,
+            resources=[],
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=EMPTY_VERSION,
+            resource_names=[],
+            removed=[],
+        )
 
     def _response_for(
         self, type_url: str, state: _TypeState, snapshot: Snapshot
@@ -384,8 +483,10 @@ class DeltaStream(_Base):
 
     _CP_FIELD = 7
 
-    def __init__(self, *, control_plane_id: str, only_type: str = "") -> None:
-        super().__init__(control_plane_id=control_plane_id, only_type=only_type)
+    def __init__(
+        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
 
     @property
@@ -405,6 +506,8 @@ class DeltaStream(_Base):
         status, known, acked = state.status, state.known, state.acked
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
+        self._check_names(type_url, len(request.initial_resource_versions), "initial versions")
+        self._check_names(type_url, len(status.names | subscribe), "names subscribed")
         if subscribe or unsubscribe:
             outcome.resubscribed = True
         if not status.subscribed:
@@ -432,14 +535,7 @@ class DeltaStream(_Base):
             if pending is None:
                 outcome.stale = True
             elif request.HasField("error_detail"):
-                nack = Nack(
-                    version=pending.version,
-                    message=request.error_detail.message,
-                    nonce=request.response_nonce,
-                )
-                status.last_nack = nack
-                status.nacks += 1
-                outcome.nack = nack
+                outcome.nack, outcome.repeated_nack = self._nack(state, pending.version, request)
             else:
                 acked.update(pending.sent)
                 for name in pending.removed:
@@ -451,6 +547,30 @@ class DeltaStream(_Base):
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = pending.committed_at or 1e-9
         return outcome
+
+    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
+        nonce = self._next_nonce()
+        if len(state.pending) >= MAX_PENDING:
+            del state.pending[next(iter(state.pending))]
+        state.pending[nonce] = _Pending(sent={}, removed=[], version=EMPTY_VERSION)
+        state.status.sent_version = EMPTY_VERSION
+        state.status.pushes += 1
+        payload = delta_response(
+            system_version_info=EMPTY_VERSION,
+            resources=[],
+            removed=[],
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=EMPTY_VERSION,
+            resource_names=[],
+            removed=[],
+        )
 
     def _response_for(
         self, type_url: str, state: _TypeState, snapshot: Snapshot

@@ -1,0 +1,296 @@
+"""The three growth attacks of issue 12 against a real ``routeplane serve`` (loopback only).
+
+``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]``
+
+1. groups: many short ADS streams, each with its own ``node.cluster`` (a new node group each),
+   then registry changes while they are gone;
+2. names: one delta stream subscribing ``--names`` new EDS names per request, ``--rounds`` times;
+3. versions: ``--version-streams`` delta streams, each with ``--names`` junk
+   ``initial_resource_versions``.
+For each: the control plane's resident memory (VmRSS of the serve process) before and after,
+and the event loop's responsiveness: ``/healthz`` latency, max while the attack and a registry
+change run. Admission control is opened wide (``--new-streams-per-second 1000000``) so the
+attacks measure growth, not the rate limit. ``--code DIR`` runs another checkout's control
+plane (for a before/after comparison in one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from control_plane.registry import open_registry
+from tests.helpers import free_port
+
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+async def healthz_ms(admin: str, limit: float = 60.0) -> float:
+    host, port = admin.rsplit(":", 1)
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port)), timeout=limit
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), timeout=limit)
+        writer.close()
+    except (OSError, TimeoutError):
+        return limit * 1000
+    return (time.perf_counter() - started) * 1000
+
+
+class Probe:
+    """Samples /healthz latency every 50 ms while running; keeps the max."""
+
+    def __init__(self, admin: str) -> None:
+        self.admin = admin
+        self.max_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.max_ms = max(self.max_ms, await healthz_ms(self.admin))
+            await asyncio.sleep(0.05)
+
+    def __enter__(self) -> Probe:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def control_plane(code: Path, workdir: Path) -> AsyncIterator[dict[str, Any]]:
+    db = workdir / "registry.db"
+    url = f"sqlite://{db}"
+    registry = open_registry(url)
+    registry.init()
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    for port in (8081, 8082):
+        registry.register_replica(server="echo", address=f"127.0.0.1:{port}", region="us-west")
+    xds, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock runs
+        [
+            sys.executable,
+            "-c",
+            "from control_plane.cli import main; main()",
+            "serve",
+            "--registry",
+            url,
+            "--xds-listen",
+            xds,
+            "--admin-listen",
+            admin,
+            "--new-streams-per-second",
+            "1000000",
+            "--log-level",
+            "error",
+        ],
+        env=env,
+        cwd=code,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while await healthz_ms(admin, limit=1) >= 1000:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the control plane did not start")
+            await asyncio.sleep(0.1)
+        yield {"xds": xds, "admin": admin, "pid": process.pid, "registry": registry}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        registry.close()
+
+
+async def change(registry: Any, i: int) -> None:
+    await asyncio.to_thread(
+        registry.register_replica, server="echo", address=f"127.0.0.1:{9000 + i}", region="us-west"
+    )
+
+
+async def attack_groups(cp: dict[str, Any], groups: int) -> dict[str, Any]:
+    before = rss_mb(cp["pid"])
+    refused = 0
+    async with grpc.aio.insecure_channel(cp["xds"]) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+
+        async def one(i: int) -> None:
+            nonlocal refused
+            node = base_pb2.Node(id=f"attacker-{i}", cluster=f"fleet-{i}")
+            request = discovery_pb2.DiscoveryRequest(type_url=CDS, node=node)
+            call = stub.StreamAggregatedResources(iter([request]), timeout=10)
+            try:
+                async for _ in call:
+                    break
+            except grpc.aio.AioRpcError as exc:
+                refused += exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            call.cancel()
+
+        with Probe(cp["admin"]) as probe:
+            for start in range(0, groups, 200):
+                await asyncio.gather(*(one(i) for i in range(start, min(groups, start + 200))))
+            during = probe.max_ms
+            probe.max_ms = 0.0
+            for i in range(5):
+                await change(cp["registry"], i)
+                await asyncio.sleep(0.3)
+            after_change = probe.max_ms
+    return {
+        "attack": f"{groups} short streams, each its own node.cluster; then 5 registry changes",
+        "rss_before_mb": before,
+        "rss_after_mb": rss_mb(cp["pid"]),
+        "healthz_max_ms_during": round(during, 1),
+        "healthz_max_ms_on_change": round(after_change, 1),
+        "refused_resource_exhausted": refused,
+    }
+
+
+async def attack_names(cp: dict[str, Any], names: int, rounds: int) -> dict[str, Any]:
+    before = rss_mb(cp["pid"])
+    ended = ""
+    async with grpc.aio.insecure_channel(
+        cp["xds"], options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        node = base_pb2.Node(id="names-attacker", cluster="edge")
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[Any]:
+            while (item := await queue.get()) is not None:
+                yield item
+
+        call = stub.DeltaAggregatedResources(requests())
+        with Probe(cp["admin"]) as probe:
+            for r in range(rounds):
+                await queue.put(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=EDS,
+                        node=node,
+                        resource_names_subscribe=[f"junk-{r}-{i}" for i in range(names)],
+                    )
+                )
+            await change(cp["registry"], 100)
+            try:
+                await asyncio.wait_for(call.read(), timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                ended = exc.code().name
+            except TimeoutError:
+                ended = "no answer in 30 s"
+            await asyncio.sleep(1)
+            during = probe.max_ms
+        await queue.put(None)
+        call.cancel()
+    return {
+        "attack": f"1 delta stream, {rounds} requests of {names} new names",
+        "rss_before_mb": before,
+        "rss_after_mb": rss_mb(cp["pid"]),
+        "healthz_max_ms_during": round(during, 1),
+        "stream_ended": ended or "no",
+    }
+
+
+async def attack_versions(cp: dict[str, Any], streams: int, names: int) -> dict[str, Any]:
+    before = rss_mb(cp["pid"])
+    codes: list[str] = []
+    async with grpc.aio.insecure_channel(
+        cp["xds"], options=[("grpc.max_send_message_length", 64 << 20)]
+    ) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        junk = {f"junk-{i}": "v" for i in range(names)}
+
+        release = asyncio.Event()
+
+        async def held(request: Any) -> AsyncIterator[Any]:
+            yield request
+            await release.wait()  # keep the stream open until the measurement is taken
+
+        async def one(i: int) -> None:
+            request = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=EDS,
+                node=base_pb2.Node(id=f"versions-{i}", cluster="edge"),
+                initial_resource_versions=junk,
+            )
+            call = stub.DeltaAggregatedResources(held(request), timeout=30)
+            try:
+                async for _ in call:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code().name)
+
+        with Probe(cp["admin"]) as probe:
+            tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+            await asyncio.sleep(3)
+            peak = rss_mb(cp["pid"])
+            release.set()
+            await asyncio.gather(*tasks)
+            during = probe.max_ms
+    return {
+        "attack": f"{streams} delta streams with {names} junk initial_resource_versions",
+        "rss_before_mb": before,
+        "rss_peak_mb": peak,
+        "rss_after_mb": rss_mb(cp["pid"]),
+        "healthz_max_ms_during": round(during, 1),
+        "stream_ends": sorted(set(codes)),
+    }
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    code = Path(args.code).resolve()  # noqa: ASYNC240 - once, at start
+    for name in ("groups", "names", "versions"):
+        with tempfile.TemporaryDirectory(prefix="routeplane-attack-") as tmp:
+            async with control_plane(code, Path(tmp)) as cp:
+                if name == "groups":
+                    out.append(await attack_groups(cp, args.groups))
+                elif name == "names":
+                    out.append(await attack_names(cp, args.names, args.rounds))
+                else:
+                    out.append(await attack_versions(cp, args.version_streams, args.names))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--groups", type=int, default=10_000)
+    parser.add_argument("--names", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--version-streams", type=int, default=20)
+    parser.add_argument("--code", default=str(Path(__file__).resolve().parent.parent))
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
