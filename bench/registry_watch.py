@@ -64,7 +64,8 @@ def bulk_load(registry: Registry, *, servers: int, replicas: int) -> None:
         now = time.time()
         with registry._tx() as db:  # type: ignore[attr-defined]
             db.executemany(
-                "INSERT INTO servers VALUES (?, 'default', ?, 'http', '{}', ?)",
+                "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at)"
+                " VALUES (?, 'default', ?, 'http', '{}', ?)",
                 [(n, json.dumps([f"{n}.bench.local"]), now) for n in names],
             )
             db.executemany(

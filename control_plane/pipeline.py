@@ -210,7 +210,7 @@ class Pipeline:
             ):
                 continue
             ev = evaluate(server, replicas)
-            claim = claim_of(server.name, ev)
+            claim = claim_of(server, ev)
             claims_dirty = claims_dirty or entry is None or entry.claim != claim
             memo[server.name] = _ServerMemo(row=server, replicas=replicas, eval=ev, claim=claim)
             changed.add(server.name)

@@ -33,6 +33,9 @@ class Server:
     protocol: str
     spec: str = "{}"  # the routing policy, canonical JSON (see registry/spec.py)
     updated_at: float = 0.0
+    # When the server was first written (unix seconds; 0 for rows older than the column): the
+    # first to claim a hostname keeps it when another server claims it too.
+    created_at: float = 0.0
 
     def same_config(self, other: Server) -> bool:
         return (self.workspace, self.hostnames, self.protocol, self.spec) == (

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,14 @@ class SqliteRegistry:
             if current is not None and current.same_config(server):
                 return current, "unchanged"
             check_conflicts(server, existing.values())
+            created_at = current.created_at if current is not None else server.updated_at
+            server = replace(server, created_at=created_at)
             db.execute(
-                "INSERT OR REPLACE INTO servers (name, workspace, hostnames, protocol, spec,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " workspace = excluded.workspace, hostnames = excluded.hostnames,"
+                " protocol = excluded.protocol, spec = excluded.spec,"
+                " updated_at = excluded.updated_at",
                 (
                     server.name,
                     server.workspace,
@@ -182,6 +188,7 @@ class SqliteRegistry:
                     server.protocol,
                     server.spec,
                     server.updated_at,
+                    created_at,
                 ),
             )
             self._bump(db, server.updated_at, server.name)
@@ -209,9 +216,11 @@ class SqliteRegistry:
                 protocol=rows.text(protocol),
                 spec=rows.text(spec) or "{}",
                 updated_at=rows.seconds(updated_at) or 0.0,
+                created_at=rows.seconds(created_at) or 0.0,
             )
-            for name, workspace, hostnames, protocol, spec, updated_at in db.execute(
-                "SELECT name, workspace, hostnames, protocol, spec, updated_at FROM servers "
+            for name, workspace, hostnames, protocol, spec, updated_at, created_at in db.execute(
+                "SELECT name, workspace, hostnames, protocol, spec, updated_at, created_at "
+                "FROM servers "
                 f"{where} ORDER BY name",
                 params,
             )

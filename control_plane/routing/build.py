@@ -35,7 +35,7 @@ from control_plane.routing.model import (
 def to_routing_table(state: RegistryState) -> RoutingTable:
     """The routing table of ``state``, computed from scratch."""
     evals = {s.name: evaluate(s, state.replicas_by_server.get(s.name, ())) for s in state.servers}
-    claims = claim_hostnames(claim_of(s.name, evals[s.name]) for s in state.servers)
+    claims = claim_hostnames(claim_of(s, evals[s.name]) for s in state.servers)
     routed: list[RoutedServer] = []
     problems: list[Problem] = []
     for server in state.servers:
@@ -53,23 +53,27 @@ def to_routing_table(state: RegistryState) -> RoutingTable:
     )
 
 
-def claim_of(name: str, ev: ServerEval) -> Claim | None:
+def claim_of(server: Server, ev: ServerEval) -> Claim | None:
     """What ``ev`` asks for in the hostname space (None: a server left out claims nothing)."""
     if ev.protocol is None:
         return None
-    return Claim(server=name, hostnames=ev.hostnames, path_prefix=ev.spec.path_prefix)
+    return Claim(
+        server=server.name,
+        hostnames=ev.hostnames,
+        path_prefix=ev.spec.path_prefix,
+        since=server.created_at,
+    )
 
 
 def claim_hostnames(
     claims: Iterable[Claim | None],
 ) -> dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]]:
-    """Per server: the hostnames it owns and the problems for those it lost. ``claims`` come in
-    priority order: the first to claim a hostname under a path prefix owns it."""
+    """Per server: the hostnames it owns and the problems for those it lost. The server that
+    claimed first (earliest ``since``, then name order) owns a hostname under a path prefix."""
     owners: dict[tuple[str, str], str] = {}
     result: dict[str, tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
-    for claim in claims:
-        if claim is None:
-            continue
+    ordered = sorted((c for c in claims if c is not None), key=lambda c: (c.since, c.server))
+    for claim in ordered:
         mine: list[str] = []
         lost: list[Problem] = []
         prefix = claim.path_prefix

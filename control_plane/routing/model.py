@@ -43,6 +43,8 @@ class Claim:
     server: str
     hostnames: tuple[str, ...]
     path_prefix: str
+    # Who claimed first wins: earlier ``since`` (the server's creation), then name order.
+    since: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

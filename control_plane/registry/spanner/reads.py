@@ -41,7 +41,15 @@ from control_plane.registry.model import RegistryState, Replica, Server
 # Reads fail fast (the watch retries with backoff itself) instead of the client's 30 s default.
 READ_TIMEOUT = 3.0
 
-SERVER_FIELDS = ("ServerName", "Workspace", "Hostnames", "Protocol", "Spec", "UpdatedAt")
+SERVER_FIELDS = (
+    "ServerName",
+    "Workspace",
+    "Hostnames",
+    "Protocol",
+    "Spec",
+    "UpdatedAt",
+    "CreatedAt",
+)
 REPLICA_FIELDS = (
     "ServerName",
     "Id",
@@ -67,7 +75,7 @@ def epoch(value: dt.datetime | None) -> float | None:
 
 
 def to_server(row: Sequence[Any]) -> Server:
-    name, workspace, hostnames, protocol, spec, updated_at = row
+    name, workspace, hostnames, protocol, spec, updated_at, created_at = row
     return Server(
         name=rows.text(name),
         workspace=rows.text(workspace),
@@ -75,6 +83,7 @@ def to_server(row: Sequence[Any]) -> Server:
         protocol=rows.text(protocol),
         spec=rows.text(spec) or "{}",
         updated_at=rows.seconds(updated_at) or 0.0,
+        created_at=rows.seconds(created_at) or 0.0,
     )
 
 

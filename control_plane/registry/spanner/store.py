@@ -20,6 +20,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from google.cloud import spanner
@@ -137,21 +138,21 @@ class SpannerRegistry:
             if current is not None and current.same_config(server):
                 return current, "unchanged"
             check_conflicts(server, existing.values())
-            tx.insert_or_update(
-                "Servers",
-                columns=SERVER_FIELDS,
-                values=[
-                    (
-                        server.name,
-                        server.workspace,
-                        list(server.hostnames),
-                        server.protocol,
-                        server.spec,
-                        spanner.COMMIT_TIMESTAMP,
-                    )
-                ],
-            )
-            return server, "created" if current is None else "updated"
+            values = [
+                server.name,
+                server.workspace,
+                list(server.hostnames),
+                server.protocol,
+                server.spec,
+                spanner.COMMIT_TIMESTAMP,
+            ]
+            if current is None:  # CreatedAt is written once, by the insert
+                tx.insert(
+                    "Servers", columns=SERVER_FIELDS, values=[(*values, spanner.COMMIT_TIMESTAMP)]
+                )
+                return server, "created"
+            tx.update("Servers", columns=SERVER_FIELDS[:-1], values=[tuple(values)])
+            return replace(server, created_at=current.created_at), "updated"
 
         return self._conn.transact("put server", write)
 

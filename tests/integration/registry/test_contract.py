@@ -54,6 +54,24 @@ def test_invalid_servers_are_refused_naming_the_field(
     assert registry.list_servers() == []
 
 
+def test_an_update_keeps_the_creation_time_and_the_replicas(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    [created] = registry.list_servers()
+    assert created.created_at > 0
+    _, outcome = registry.put_server(
+        name="echo", hostnames=["echo.local", "e.local"], protocol="http"
+    )
+    assert outcome == "updated"
+    [updated] = registry.list_servers()
+    assert updated.hostnames == ("echo.local", "e.local")
+    assert updated.created_at == created.created_at
+    assert updated.updated_at >= created.updated_at
+    assert len(registry.list_replicas("echo")) == 1
+    watched = registry.read_state().servers[0]
+    assert watched.created_at == created.created_at
+
+
 def test_a_hostname_belongs_to_one_server(registry: Registry) -> None:
     registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
     with pytest.raises(ConflictError, match=r"echo\.local"):

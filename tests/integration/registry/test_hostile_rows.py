@@ -109,7 +109,8 @@ def test_a_malformed_hostnames_column_is_reported_not_routed(
 ) -> None:
     foreign_write(
         tmp_path / "r.db",
-        "INSERT INTO servers VALUES ('other', 'default', ?, 'http', '{}', ?)",
+        "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at)"
+        " VALUES ('other', 'default', ?, 'http', '{}', ?)",
         (hostnames, time.time()),
         "other",
     )
@@ -142,3 +143,30 @@ def test_replicas_list_prints_a_bad_row_instead_of_a_traceback(
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "r-bad" in done.stdout
+
+
+def test_a_newer_server_claiming_a_hostname_does_not_take_it(
+    registry: SqliteRegistry, tmp_path: Path
+) -> None:
+    # Another writer adds a server whose name sorts first, claiming echo's hostname.
+    foreign_write(
+        tmp_path / "r.db",
+        "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at, created_at)"
+        " VALUES ('aaathief', 'default', ?, 'http', '{}', ?, ?)",
+        (json.dumps(["echo.local"]), time.time(), time.time()),
+        "aaathief",
+    )
+    step = Pipeline().step(registry.read_state(), [GROUP])
+    [problem] = [p for p in step.table.problems if p.name == "aaathief"]
+    assert (problem.field, problem.value) == ("hostname", "echo.local")
+    assert "already claimed by server 'echo'" in problem.message
+    assert [(s.name, s.hostnames) for s in step.table.servers] == [("echo", ("echo.local",))]
+
+
+def test_updating_a_server_keeps_its_claim_and_its_replicas(registry: SqliteRegistry) -> None:
+    [before] = registry.list_servers()
+    registry.put_server(name="echo", hostnames=["echo.local"], protocol="http", spec={"retries": 1})
+    [after] = registry.list_servers()
+    assert after.created_at == before.created_at > 0
+    assert after.updated_at >= before.updated_at
+    assert len(registry.list_replicas("echo")) == 1
