@@ -171,7 +171,10 @@ async def serve(config: ServeConfig) -> None:
         else:
             xds_port = server.add_insecure_port(config.xds_listen)
         if xds_port == 0:
-            raise OSError(f"cannot listen on --xds-listen {config.xds_listen}")
+            raise OSError(
+                f"cannot listen on --xds-listen {config.xds_listen}: the address is taken or "
+                "not this machine's"
+            )
         await server.start()
         stack.push_async_callback(server.stop, config.grace_seconds)
 
@@ -195,7 +198,12 @@ async def serve(config: ServeConfig) -> None:
             token=config.admin_token,
         )
         admin_host, admin_port = split_host_port(config.admin_listen)
-        await admin.start(admin_host, admin_port)
+        try:
+            await admin.start(admin_host, admin_port)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on --admin-listen {config.admin_listen}: {exc.strerror or exc}"
+            ) from exc
         stack.push_async_callback(admin.stop)
         collector = metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
         REGISTRY.register(collector)

@@ -60,7 +60,11 @@ class AdminServer:
         admin_pb2_grpc.add_AdminServicer_to_server(self._service, self._grpc)
         self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         await self._grpc.start()
-        self._server = await asyncio.start_server(self._accept, host, port)
+        try:
+            self._server = await asyncio.start_server(self._accept, host, port)
+        except OSError:
+            await self.stop()  # nothing left running when the address is taken
+            raise
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -167,6 +167,13 @@ class Registry(Protocol):
         "unchanged"."""
         ...
 
+    def put_servers(self, servers: Sequence[Server]) -> list[tuple[Server, str]]:
+        """Create or update every server of ``servers`` (validated, e.g. by
+        ``servers.checked_server``) in one transaction: all are written or none. Hostname
+        conflicts are checked among them and against every other server first
+        (ConflictError naming both). Returns each with its outcome, in order."""
+        ...
+
     def delete_server(self, name: str) -> None: ...
 
     def list_servers(self) -> list[Server]: ...

@@ -56,8 +56,51 @@ def canonical_spec(spec: Mapping[str, Any] | None) -> str:
 
 def route_keys(server: Server) -> set[tuple[str, str]]:
     """What a server claims: (hostname, path prefix) pairs; two servers may not share one."""
-    prefix = str(json.loads(server.spec or "{}").get("path_prefix", "/"))
-    return {(hostname, prefix) for hostname in server.hostnames}
+    try:
+        spec = json.loads(server.spec or "{}")
+    except ValueError:
+        spec = {}  # a row another writer left malformed: routing reports it
+    prefix = str(spec.get("path_prefix", "/")) if isinstance(spec, dict) else "/"
+    return {(str(hostname), prefix) for hostname in server.hostnames}
+
+
+def check_batch(servers: Sequence[Server]) -> None:
+    """ConflictError if two entries of one batch share a name or a hostname+prefix."""
+    names: set[str] = set()
+    owners: dict[tuple[str, str], str] = {}
+    for server in servers:
+        if server.name in names:
+            raise ConflictError(f"server {server.name!r} appears twice")
+        names.add(server.name)
+        for key in sorted(route_keys(server)):
+            other = owners.setdefault(key, server.name)
+            if other != server.name:
+                hostname, prefix = key
+                where = hostname if prefix == "/" else f"{hostname}{prefix}"
+                raise ConflictError(
+                    f"hostname {where!r} is claimed by both {other!r} and {server.name!r}"
+                )
+
+
+def plan_puts(
+    servers: Sequence[Server], existing: Mapping[str, Server], *, create_only: bool = False
+) -> list[tuple[Server, str, Server | None]]:
+    """What writing ``servers`` over ``existing`` means, checked before anything is written:
+    per server (itself, its outcome, the row it replaces). Raises ConflictError."""
+    check_batch(servers)
+    incoming = {s.name for s in servers}
+    others = [s for name, s in existing.items() if name not in incoming]
+    plan: list[tuple[Server, str, Server | None]] = []
+    for server in servers:
+        current = existing.get(server.name)
+        if current is not None and create_only:
+            raise ConflictError(f"server {server.name!r} already exists")
+        check_conflicts(server, others)
+        if current is not None and current.same_config(server):
+            plan.append((current, "unchanged", current))
+        else:
+            plan.append((server, "created" if current is None else "updated", current))
+    return plan
 
 
 def check_conflicts(server: Server, others: Iterable[Server]) -> None:
@@ -124,10 +167,12 @@ def read_servers_file(path: str | os.PathLike[str]) -> list[Any]:
     Raises ServersFileError naming the file when it cannot be read or parsed, or is no list.
     """
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             document = yaml.safe_load(handle)
     except OSError as exc:
         raise ServersFileError(f"{path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ServersFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ServersFileError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     items = document.get("servers") if isinstance(document, dict) else document
@@ -187,24 +232,34 @@ def apply_servers(
     *,
     on_applied: Callable[[str, str], None] | None = None,
 ) -> list[tuple[str, str]]:
-    """Create or update each server, in order (idempotent); returns (name, outcome) pairs,
-    outcome "created", "updated" or "unchanged", and tells ``on_applied`` each as it is
-    written. Check every document first (:func:`server_documents`) so that a bad one writes
-    nothing; a write the store refuses raises ServersFileError naming the server, after the
-    ones before it were written."""
-    applied = []
+    """Create or update every server of ``documents`` (idempotent) in one transaction: all
+    or nothing. Returns (name, outcome) pairs, outcome "created", "updated" or "unchanged",
+    and tells ``on_applied`` each once they are written. A document the store refuses
+    (a hostname another server owns, two entries of one name) raises ServersFileError naming
+    it, and nothing is written."""
+    documents = list(documents)
+    servers = []
     for document in documents:
         try:
-            server, outcome = registry.put_server(
-                name=document.name,
-                hostnames=document.hostnames,
-                protocol=document.protocol,
-                workspace=document.workspace,
-                spec=document.spec,
+            servers.append(
+                checked_server(
+                    name=document.name,
+                    hostnames=document.hostnames,
+                    protocol=document.protocol,
+                    workspace=document.workspace,
+                    spec=document.spec,
+                    updated_at=time.time(),
+                )
             )
-        except RegistryError as exc:
+        except ValidationError as exc:
             raise ServersFileError(f"{document.source}: {exc}") from exc
-        applied.append((server.name, outcome))
-        if on_applied is not None:
-            on_applied(server.name, outcome)
+    try:
+        written = registry.put_servers(servers)
+    except RegistryError as exc:
+        source = documents[0].source.split(": ", 1)[0] if documents else "servers"
+        raise ServersFileError(f"{source}: {exc}; nothing was written") from exc
+    applied = [(server.name, outcome) for server, outcome in written]
+    if on_applied is not None:
+        for name, outcome in applied:
+            on_applied(name, outcome)
     return applied

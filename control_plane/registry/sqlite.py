@@ -8,6 +8,7 @@ the full state only when it moved, so other processes' commits are seen within a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -20,7 +21,6 @@ from typing import Any
 
 from control_plane.registry import migrations, rows, validate
 from control_plane.registry.errors import (
-    ConflictError,
     NotFoundError,
     RegistryUnavailableError,
 )
@@ -31,7 +31,7 @@ from control_plane.registry.model import (
     Server,
     group_replicas,
 )
-from control_plane.registry.servers import check_conflicts, checked_replica, checked_server
+from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
@@ -102,11 +102,17 @@ class SqliteRegistry:
                 raise RegistryUnavailableError(f"registry {self.url!r}: {exc}") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise RegistryUnavailableError(f"registry {self.url!r}: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # already rolled back, or the file is gone
+            self._db.execute("ROLLBACK")
 
     def _bump(self, db: sqlite3.Connection, now: float, *servers: str) -> None:
         """Move the revision and log which servers this transaction touched."""
@@ -165,34 +171,47 @@ class SqliteRegistry:
         )
 
     def _put_server(self, server: Server, *, create_only: bool) -> tuple[Server, str]:
+        [written] = self._put_servers([server], create_only=create_only)
+        return written
+
+    def put_servers(self, servers: Sequence[Server]) -> list[tuple[Server, str]]:
+        return self._put_servers(servers, create_only=False)
+
+    def _put_servers(
+        self, servers: Sequence[Server], *, create_only: bool
+    ) -> list[tuple[Server, str]]:
         with self._tx() as db:
             existing = {s.name: s for s in self._servers(db)}
-            current = existing.get(server.name)
-            if current is not None and create_only:
-                raise ConflictError(f"server {server.name!r} already exists")
-            if current is not None and current.same_config(server):
-                return current, "unchanged"
-            check_conflicts(server, existing.values())
-            created_at = current.created_at if current is not None else server.updated_at
-            server = replace(server, created_at=created_at)
-            db.execute(
-                "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
-                " workspace = excluded.workspace, hostnames = excluded.hostnames,"
-                " protocol = excluded.protocol, spec = excluded.spec,"
-                " updated_at = excluded.updated_at",
-                (
-                    server.name,
-                    server.workspace,
-                    json.dumps(list(server.hostnames)),
-                    server.protocol,
-                    server.spec,
-                    server.updated_at,
-                    created_at,
-                ),
-            )
-            self._bump(db, server.updated_at, server.name)
-        return server, "created" if current is None else "updated"
+            plan = plan_puts(servers, existing, create_only=create_only)
+            written: list[tuple[Server, str]] = []
+            touched = []
+            for server, outcome, current in plan:
+                if outcome == "unchanged":
+                    written.append((server, outcome))
+                    continue
+                created_at = current.created_at if current is not None else server.updated_at
+                server = replace(server, created_at=created_at)
+                db.execute(
+                    "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                    " workspace = excluded.workspace, hostnames = excluded.hostnames,"
+                    " protocol = excluded.protocol, spec = excluded.spec,"
+                    " updated_at = excluded.updated_at",
+                    (
+                        server.name,
+                        server.workspace,
+                        json.dumps(list(server.hostnames)),
+                        server.protocol,
+                        server.spec,
+                        server.updated_at,
+                        created_at,
+                    ),
+                )
+                touched.append(server.name)
+                written.append((server, outcome))
+            if touched:
+                self._bump(db, max(s.updated_at for s in servers), *touched)
+        return written
 
     def delete_server(self, name: str) -> None:
         with self._tx() as db:

@@ -48,6 +48,16 @@ def init(
     registry at ``url`` (``projects/{project}/instances/{instance_id}/databases/{database_id}``).
     """
     changed: list[str] = []
+    # ``Instance.exists`` and ``Database.exists`` take no deadline and retry UNAVAILABLE for
+    # minutes: one bounded call first, so an unreachable Spanner fails in seconds.
+    try:
+        client.instance_admin_api.get_instance(name=instance.name, timeout=RPC_TIMEOUT, retry=None)
+    except gexc.NotFound:
+        pass
+    except (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError) as exc:
+        raise RegistryUnavailableError(
+            f"registry {url!r}: Spanner is not reachable: {str(exc).splitlines()[0][:200]}"
+        ) from exc
     if emulator and not instance.exists():
         config = f"projects/{project}/instanceConfigs/emulator-config"
         created = client.instance(

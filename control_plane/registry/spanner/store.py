@@ -26,9 +26,9 @@ from typing import Any
 from google.cloud import spanner
 
 from control_plane.registry import validate
-from control_plane.registry.errors import ConflictError, NotFoundError
+from control_plane.registry.errors import NotFoundError
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
-from control_plane.registry.servers import check_conflicts, checked_replica, checked_server
+from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 from control_plane.registry.spanner import schema
 from control_plane.registry.spanner.connection import Connection
 from control_plane.registry.spanner.follow import TOMBSTONE_RETENTION, Follower
@@ -124,7 +124,16 @@ class SpannerRegistry:
         return self._put_server(server, create_only=False)
 
     def _put_server(self, server: Server, *, create_only: bool) -> tuple[Server, str]:
-        def write(tx: Any) -> tuple[Server, str]:
+        [written] = self._put_servers([server], create_only=create_only)
+        return written
+
+    def put_servers(self, servers: Sequence[Server]) -> list[tuple[Server, str]]:
+        return self._put_servers(servers, create_only=False)
+
+    def _put_servers(
+        self, servers: Sequence[Server], *, create_only: bool
+    ) -> list[tuple[Server, str]]:
+        def write(tx: Any) -> list[tuple[Server, str]]:
             existing = {
                 s.name: s
                 for s in (
@@ -132,29 +141,30 @@ class SpannerRegistry:
                     for r in tx.read("Servers", SERVER_FIELDS, spanner.KeySet(all_=True))
                 )
             }
-            current = existing.get(server.name)
-            if current is not None and create_only:
-                raise ConflictError(f"server {server.name!r} already exists")
-            if current is not None and current.same_config(server):
-                return current, "unchanged"
-            check_conflicts(server, existing.values())
-            values = [
-                server.name,
-                server.workspace,
-                list(server.hostnames),
-                server.protocol,
-                server.spec,
-                spanner.COMMIT_TIMESTAMP,
-            ]
-            if current is None:  # CreatedAt is written once, by the insert
-                tx.insert(
-                    "Servers", columns=SERVER_FIELDS, values=[(*values, spanner.COMMIT_TIMESTAMP)]
+            written: list[tuple[Server, str]] = []
+            for server, outcome, current in plan_puts(servers, existing, create_only=create_only):
+                values = (
+                    server.name,
+                    server.workspace,
+                    list(server.hostnames),
+                    server.protocol,
+                    server.spec,
+                    spanner.COMMIT_TIMESTAMP,
                 )
-                return server, "created"
-            tx.update("Servers", columns=SERVER_FIELDS[:-1], values=[tuple(values)])
-            return replace(server, created_at=current.created_at), "updated"
+                if outcome == "created":  # CreatedAt is written once, by the insert
+                    tx.insert(
+                        "Servers",
+                        columns=SERVER_FIELDS,
+                        values=[(*values, spanner.COMMIT_TIMESTAMP)],
+                    )
+                elif outcome == "updated":
+                    assert current is not None
+                    tx.update("Servers", columns=SERVER_FIELDS[:-1], values=[values])
+                    server = replace(server, created_at=current.created_at)
+                written.append((server, outcome))
+            return written
 
-        return self._conn.transact("put server", write)
+        return self._conn.transact("put servers", write)
 
     def delete_server(self, name: str) -> None:
         def write(tx: Any) -> None:
