@@ -22,7 +22,7 @@ from control_plane.xds.resources import (
     TYPE_BY_SHORT_NAME,
     Resource,
 )
-from control_plane.xds.server import XdsServer
+from control_plane.xds.server import XdsServer, shorten
 from control_plane.xds.snapshot import Snapshot
 
 
@@ -100,7 +100,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             for proxy in self.xds.proxies.values():
                 if proxy.node_id == request.node_id:
                     return proxy.group
-            raise LookupError(f"no connected proxy with node id {request.node_id!r}")
+            raise LookupError(f"no connected proxy with node id {shorten(request.node_id)!r}")
         if request.node_group:
             return self._named_group(request.node_group)
         groups = self.cache.groups()
@@ -112,7 +112,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def _named_group(self, key: str) -> NodeGroup:
         group = self.cache.group(key)
         if group is None:
-            raise LookupError(f"no snapshot for group {key!r}")
+            raise LookupError(f"no snapshot for group {shorten(key)!r}")
         return group
 
     async def GetSnapshot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -127,7 +127,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         if request.type and wanted is None:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown type {request.type!r}: expected cds, eds, lds or rds",
+                f"unknown type {shorten(request.type)!r}: expected cds, eds, lds or rds",
             )
         return _snapshot_message(group.key, history[-1], wanted, with_json=request.include_json)
 
@@ -136,7 +136,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         history = self.cache.history(group) if group is not None else []
         if not history:
             await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no snapshot for group {request.node_group!r}"
+                grpc.StatusCode.NOT_FOUND, f"no snapshot for group {shorten(request.node_group)!r}"
             )
         old = _find(history, request.from_version)
         new = _find(history, request.to_version) if request.to_version else history[-1]
@@ -147,7 +147,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if found is None:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND,
-                    f"--{label} {version!r} is not in the last {len(history)} versions",
+                    f"--{label} {shorten(version)!r} is not in the last {len(history)} versions",
                 )
         assert old is not None
         assert new is not None

@@ -16,6 +16,7 @@ from control_plane.cli.output import (
     diff_json,
     echo_json,
     history_json,
+    printable,
     problem_json,
     proxy_json,
     snapshot_json,
@@ -48,7 +49,11 @@ def proxies(admin: str, as_json: bool) -> None:
                 *(states.get(t, "-") for t in ("cds", "eds", "lds", "rds")),
             ]
         )
-        errors.extend(f"{p.node_id} {t.type}: {t.last_error}" for t in p.types if t.last_error)
+        errors.extend(
+            f"{printable(p.node_id)} {t.type}: {printable(t.last_error, 200)}"
+            for t in p.types
+            if t.last_error
+        )
     table(["NODE", "GROUP", "ADDRESS", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
     for error in errors:
         click.echo(f"last NACK {error}")

@@ -30,7 +30,7 @@ def server_json(server: Server) -> JsonObject:
     return {
         "name": server.name,
         "workspace": server.workspace,
-        "hostnames": list(server.hostnames),
+        "hostnames": [h if isinstance(h, str) else str(h) for h in server.hostnames],
         "protocol": server.protocol,
     }
 
@@ -151,7 +151,22 @@ def ago(then: float) -> str:
     return f"{seconds}s ago"
 
 
+CELL_LIMIT = 64
+
+
+def printable(value: object, limit: int = CELL_LIMIT) -> str:
+    """``value`` safe for a terminal line: control characters (newlines, escape sequences)
+    shown escaped, and at most ``limit`` characters (the rest elided; ``--json`` has it all)."""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 def table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:

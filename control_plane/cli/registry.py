@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from control_plane.cli.common import open_reachable, registry_option, user_errors
-from control_plane.cli.output import echo_json, replica_json, server_json
+from control_plane.cli.output import echo_json, printable, replica_json, server_json
 from control_plane.registry import open_registry
 
 
@@ -69,7 +69,11 @@ def servers_list(registry: str, as_json: bool) -> None:
         return
     click.echo(f"{'NAME':20} {'WORKSPACE':12} {'PROTOCOL':8} HOSTNAMES")
     for s in rows:
-        click.echo(f"{s.name:20} {s.workspace:12} {s.protocol:8} {','.join(s.hostnames)}")
+        hostnames = ",".join(str(h) for h in s.hostnames)
+        click.echo(
+            f"{printable(s.name):20} {printable(s.workspace):12} {printable(s.protocol):8} "
+            f"{printable(hostnames, 200)}"
+        )
 
 
 @servers.command("delete")
@@ -194,4 +198,7 @@ def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
         return
     click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
     for r in rows:
-        click.echo(f"{r.id:14} {r.server:16} {r.address:22} {r.region:10} {r.weight:>6} {r.state}")
+        click.echo(
+            f"{printable(r.id):14} {printable(r.server):16} {printable(r.address):22} "
+            f"{printable(r.region):10} {printable(r.weight):>6} {printable(r.state)}"
+        )

@@ -233,3 +233,20 @@ def test_generated_admin_code_is_up_to_date(tmp_path: Path) -> None:
         assert path.read_text() == (committed / path.name).read_text(), (
             f"{path.name} is stale: run `make protos`"
         )
+
+
+def test_a_huge_argument_is_echoed_short_in_a_one_line_error(
+    control_plane: ControlPlane,
+) -> None:
+    huge = "g" * 100_000
+    for args in (
+        ("snapshot", "show", "--node-group", huge),
+        ("snapshot", "diff", "--node-group", huge, "--from", "x"),
+        ("snapshot", "show", "--node", huge),
+    ):
+        result = cli(*args, admin=control_plane.admin)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("error: ")
+        assert "more)" in line and len(line) < 400, line

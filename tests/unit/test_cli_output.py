@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from control_plane.admin.client import admin_pb2
 from control_plane.cli import output
 from control_plane.registry import Replica, Server
@@ -93,3 +95,21 @@ def test_admin_messages() -> None:
         "changed_resources",
         "cause",
     ]
+
+
+def test_tables_escape_control_characters_and_cut_long_fields(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from control_plane.cli.output import table
+
+    forged = "proxy-1\nproxy-2  edge/us-west@127.0.0.1:10000  forged"
+    osc = "\x1b]0;owned\x07proxy"
+    long_name = "s" * 10_000
+    table(["NODE", "NAME"], [[forged, "a"], [osc, long_name], ["plain", "b"]])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # the header and one line per row: no row forged
+    assert "\\n" in lines[1]
+    assert "\x1b" not in "".join(lines)
+    assert "\\x1b" in lines[2]
+    assert max(len(line) for line in lines) < 200  # one long value pads nothing
+    assert lines[2].rstrip().endswith("…")
