@@ -112,7 +112,10 @@ def check_conflicts(server: Server, others: Iterable[Server]) -> None:
         if taken:
             hostname, prefix = sorted(taken)[0]
             where = hostname if prefix == "/" else f"{hostname}{prefix}"
-            raise ConflictError(f"hostname {where!r} already belongs to server {other.name!r}")
+            raise ConflictError(
+                f"server {server.name!r}: hostname {where!r} already belongs to server "
+                f"{other.name!r}"
+            )
 
 
 def checked_replica(

@@ -27,6 +27,7 @@ from typing import Any
 
 from control_plane.registry.errors import ValidationError
 
+_PATH = re.compile(r"^/[\x21-\x7e]*$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -88,8 +89,11 @@ KNOWN_FIELDS = frozenset(
 )
 
 
-def duration(field: str, value: Any) -> float:
-    """``"300s"``, ``"1.5s"``, ``"250ms"``, ``"5m"``, ``"1h"`` or a number of seconds."""
+def duration(field: str, value: Any, *, positive: bool = False) -> float:
+    """``"300s"``, ``"1.5s"``, ``"250ms"``, ``"5m"``, ``"1h"`` or a number of seconds.
+
+    Envoy takes whole milliseconds: a duration is 0 or at least 1ms (a fraction below would
+    silently become 0, which means "none" or is refused). ``positive``: Envoy wants > 0."""
     if isinstance(value, bool):
         raise ValidationError(field, value, "expected a duration such as 30s or 250ms")
     if isinstance(value, int | float):
@@ -101,6 +105,8 @@ def duration(field: str, value: Any) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not 0 <= seconds <= 86_400:
         raise ValidationError(field, value, "must be between 0s and 24h")
+    if 0 < seconds < 0.001 or (positive and seconds < 0.001):
+        raise ValidationError(field, value, "must be at least 1ms" + ("" if positive else " or 0"))
     return seconds
 
 
@@ -131,8 +137,16 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
     from control_plane.registry import validate
 
     prefix = str(spec.get("path_prefix", "/"))
-    if not prefix.startswith("/") or " " in prefix or "?" in prefix or "#" in prefix:
-        raise ValidationError("spec.path_prefix", prefix, "expected a path starting with /")
+    if (
+        not _PATH.match(prefix)
+        or len(prefix) > 1024
+        or "?" in prefix
+        or "#" in prefix
+        or "//" in prefix
+    ):
+        raise ValidationError(
+            "spec.path_prefix", prefix, "expected a path starting with / (printable ASCII)"
+        )
     regions_raw = spec.get("regions", [])
     if not isinstance(regions_raw, list | tuple):
         raise ValidationError("spec.regions", regions_raw, "expected a list of regions")
@@ -145,9 +159,9 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
     _no_extra("spec.timeouts", timeouts, {"request", "idle", "connect"})
     request = duration("spec.timeouts.request", timeouts.get("request", DEFAULT.request_timeout))
     idle = duration("spec.timeouts.idle", timeouts.get("idle", DEFAULT.idle_timeout))
-    connect = duration("spec.timeouts.connect", timeouts.get("connect", DEFAULT.connect_timeout))
-    if connect <= 0:
-        raise ValidationError("spec.timeouts.connect", timeouts.get("connect"), "must be > 0")
+    connect = duration(
+        "spec.timeouts.connect", timeouts.get("connect", DEFAULT.connect_timeout), positive=True
+    )
     return ServerSpec(
         path_prefix=prefix,
         regions=regions,
@@ -210,10 +224,13 @@ def _outlier(value: Any) -> OutlierDetection | None:
             low=1,
             high=1000,
         ),
-        interval=duration("spec.outlier_detection.interval", raw.get("interval", base.interval)),
+        interval=duration(
+            "spec.outlier_detection.interval", raw.get("interval", base.interval), positive=True
+        ),
         base_ejection_time=duration(
             "spec.outlier_detection.base_ejection_time",
             raw.get("base_ejection_time", base.base_ejection_time),
+            positive=True,
         ),
         max_ejection_percent=integer(
             "spec.outlier_detection.max_ejection_percent",
@@ -244,8 +261,8 @@ def _health_check(value: Any, *, protocol: str) -> HealthCheck | None:
     return HealthCheck(
         kind=kind,
         target=target,
-        interval=duration("spec.health_check.interval", raw.get("interval", 5.0)),
-        timeout=duration("spec.health_check.timeout", raw.get("timeout", 1.0)),
+        interval=duration("spec.health_check.interval", raw.get("interval", 5.0), positive=True),
+        timeout=duration("spec.health_check.timeout", raw.get("timeout", 1.0), positive=True),
         unhealthy_threshold=integer(
             "spec.health_check.unhealthy_threshold",
             raw.get("unhealthy_threshold", 2),

@@ -249,4 +249,5 @@ def test_a_huge_argument_is_echoed_short_in_a_one_line_error(
         assert "Traceback" not in result.stderr
         [line] = result.stderr.strip().splitlines()
         assert line.startswith("error: ")
-        assert "more)" in line and len(line) < 400, line
+        assert "more)" in line, line
+        assert len(line) < 400, line

@@ -276,3 +276,54 @@ def test_every_option_is_accepted_by_envoy(
         assert envoy.stat("cluster_manager.cds.update_rejected") == 0
         assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
         assert envoy.stat("cluster_manager.cds.update_success") >= 1
+
+
+def test_boundary_values_are_accepted_by_envoy(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    """Every field at the edge of what routeplane accepts: Envoy accepts all of it."""
+    reg = mesh.registry
+    replica = echo_factory("edges")
+    label = "a" * 63
+    reg.put_server(
+        name="e" * 63,
+        workspace="w" * 63,
+        hostnames=[f"{label}.{label}.edges.local", "*.edges.dev"],
+        protocol="http",
+        spec={
+            "path_prefix": "/" + "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "?#/"),
+            "timeouts": {"request": "24h", "idle": "0s", "connect": "1ms"},
+            "retries": 10,
+            "max_requests_per_replica": 1_000_000,
+            "load_balancing": {"consistent_hash": {"cookie": "s", "ttl": "0s"}},
+            "outlier_detection": {
+                "consecutive_5xx": 1000,
+                "interval": "1ms",
+                "base_ejection_time": "24h",
+                "max_ejection_percent": 0,
+            },
+            "health_check": {"http": "/", "interval": "1ms", "timeout": "24h"},
+        },
+    )
+    reg.put_server(
+        name="edges",
+        hostnames=["edges.local"],
+        protocol="http",
+        spec={"retries": 0, "max_requests_per_replica": 1, "failover": "local_only"},
+    )
+    for address, weight in (
+        ("127.0.0.1:1", 1),
+        ("127.0.0.1:65535", 10_000),
+        ("[::1]:8080", 5000),
+        ("[2001:db8::1]:443", 1),
+    ):
+        reg.register_replica(
+            server="e" * 63, address=address, region="us-west", zone="z" * 63, weight=weight
+        )
+    reg.register_replica(server="edges", address=replica.address, region="us-west")
+    wait_until(lambda: body(mesh.west, "edges.local") == "edges", what="edges routed")
+    for envoy in (mesh.west, mesh.east):
+        assert envoy.stat("cluster_manager.cds.update_rejected") == 0
+        assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
+        assert envoy.stat(f"cluster.{'w' * 63}_{'e' * 63}.update_rejected") == 0
+        assert envoy.stat(f"cluster.{'w' * 63}_{'e' * 63}.update_success") >= 1

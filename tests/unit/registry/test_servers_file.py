@@ -66,7 +66,7 @@ def test_a_bad_file_names_the_file_and_the_entry(tmp_path: Path, text: str, mess
     assert str(raised.value).startswith(f"{path}: ")
 
 
-def test_a_refused_write_names_the_server_after_the_ones_before_it(
+def test_a_refused_write_names_the_server_and_writes_nothing(
     registry: Registry, tmp_path: Path
 ) -> None:
     registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
@@ -78,7 +78,8 @@ def test_a_refused_write_names_the_server_after_the_ones_before_it(
     seen: list[tuple[str, str]] = []
     with pytest.raises(ServersFileError, match=re.escape("server 'second': hostname 'echo.local'")):
         apply_servers(registry, load_servers_file(path), on_applied=lambda *p: seen.append(p))
-    assert seen == [("first", "created")]
+    assert seen == []
+    assert [s.name for s in registry.list_servers()] == ["echo"]
 
 
 def test_the_mesh_servers_file_loads() -> None:
