@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from control_plane.pipeline import Pipeline
 from control_plane.registry import open_registry
@@ -170,3 +172,70 @@ def test_updating_a_server_keeps_its_claim_and_its_replicas(registry: SqliteRegi
     assert after.created_at == before.created_at > 0
     assert after.updated_at >= before.updated_at
     assert len(registry.list_replicas("echo")) == 1
+
+
+# Any value SQLite can hold, in any column: the shapes another writer could leave behind.
+any_value = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.binary(max_size=8),
+    st.sampled_from(["127.0.0.1", "::1", "READY", "DRAINING", "us-west", "[1, null]", "{}"]),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    replica_rows=st.lists(st.tuples(*(any_value for _ in range(9))), max_size=4),
+    server_rows=st.lists(st.tuples(*(any_value for _ in range(5))), max_size=3),
+)
+def test_rows_of_any_type_never_stop_a_read_and_the_good_server_still_routes(
+    tmp_path_factory: pytest.TempPathFactory,
+    replica_rows: list[tuple[object, ...]],
+    server_rows: list[tuple[object, ...]],
+) -> None:
+    path = tmp_path_factory.mktemp("rows") / "r.db"
+    registry = open_registry(f"sqlite://{path}")
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+
+    def nn(value: object) -> object:
+        # A NOT NULL column: the store itself refuses a null (and SQLite stores NaN as null).
+        return "" if value is None or (isinstance(value, float) and value != value) else value
+
+    with sqlite3.connect(path) as db:
+        for i, (name, workspace, hostnames, protocol, spec) in enumerate(server_rows):
+            db.execute(
+                "INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (f"x{i}-{name!s}"[:40], nn(workspace), nn(hostnames), nn(protocol), spec, i, None),
+            )
+        for i, (server, host, port, region, zone, weight, state, lease, updated) in enumerate(
+            replica_rows
+        ):
+            db.execute(
+                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    f"bad{i}",
+                    *map(nn, (server, host, port, region, zone, weight, state)),
+                    lease,
+                    nn(updated),
+                ),
+            )
+    try:
+        for state in (registry.read_state(), SqliteRegistry(registry.url).read_state()):
+            step = Pipeline().step(state, [GROUP])
+            echo = [s for s in step.table.servers if s.name == "echo"]
+            assert [e.replica_id for e in echo[0].endpoints][:1] != []
+            assert "default_echo" in step.snapshots[GROUP].of_type(ENDPOINT)
+            for problem in step.table.problems:
+                assert problem.field
+                assert problem.message
+        registry.list_replicas()
+        registry.list_servers()
+    finally:
+        registry.close()
