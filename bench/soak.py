@@ -2,9 +2,12 @@
 
 For ``--seconds`` (default 120): replicas of a few servers are registered, drained, made ready
 and deregistered at random, while requests flow through two real Envoys to READY replicas only
-and 200 simulated delta streams follow along. At the end every proxy's config equals what the
-registry says, the control plane's memory did not grow without bound, and no request to a READY
-replica failed. Exits non-zero on any violation.
+and 200 simulated delta streams follow along. A hostile phase is mixed into the churn: junk rows
+written straight into the registry (a port that is no number, a host name instead of an IP,
+hostnames that are not JSON), short streams each claiming a new node group, streams asking for
+too many names, NACK floods and unknown types. At the end every proxy's config equals what the
+registry routes, the control plane's memory did not grow without bound, and no request to a
+READY replica failed. Exits non-zero on any violation.
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ import argparse
 import asyncio
 import json
 import random
+import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from bench.fleet import Fleet, delta_client, proc_rss
 from control_plane import logs
@@ -28,6 +36,104 @@ from tests.helpers import wait_until
 from tests.processes import ControlPlane, Envoy, http_get
 
 SERVERS = ("alpha", "beta", "gamma")
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+def foreign_write(path: Path, sql: str, params: tuple[object, ...], server: str) -> None:
+    """Write as another writer of the registry would: the row, the revision and the change."""
+    with sqlite3.connect(path) as db:
+        db.execute(sql, params)
+        revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
+        db.execute("UPDATE meta SET value=? WHERE key='committed_at'", (time.time(),))
+        db.execute("INSERT INTO changes VALUES (?, ?)", (revision, server))
+
+
+JUNK_REPLICAS = (
+    ("abc", "127.0.0.1"),
+    (8181.5, "127.0.0.1"),
+    (80, "localhost"),
+    (80, "example.com"),
+)
+
+
+def junk_row(path: Path, rng: random.Random, n: int) -> tuple[str, str]:
+    """One malformed row (a replica of a real server, or a server); returns (table, key)."""
+    if rng.random() < 0.7:
+        port, host = rng.choice(JUNK_REPLICAS)
+        server = rng.choice(SERVERS)
+        foreign_write(
+            path,
+            "INSERT INTO replicas VALUES (?, ?, ?, ?, 'us-west', '', 100, 'READY', NULL, ?)",
+            (f"junk-{n}", server, host, port, time.time()),
+            server,
+        )
+        return "replicas", f"junk-{n}"
+    name = f"junk-{n}"
+    hostnames = rng.choice(["not json", '"alpha.local"', '[1, null, "x.local"]', '["alpha.local"]'])
+    foreign_write(
+        path,
+        "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at, created_at)"
+        " VALUES (?, 'default', ?, 'http', '{}', ?, ?)",
+        (name, hostnames, time.time(), time.time()),
+        name,
+    )
+    return "servers", name
+
+
+def remove_junk(path: Path, table: str, key: str) -> None:
+    column = "id" if table == "replicas" else "name"
+    with sqlite3.connect(path) as db:
+        server = key
+        if table == "replicas":
+            row = db.execute("SELECT server FROM replicas WHERE id = ?", (key,)).fetchone()
+            server = row[0] if row else key
+    foreign_write(path, f"DELETE FROM {table} WHERE {column} = ?", (key,), server)
+
+
+async def hostile_stream(xds: str, kind: str, n: int) -> str:
+    """One hostile client; returns how its stream ended (a status code name or "open")."""
+    async with grpc.aio.insecure_channel(xds) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        node = base_pb2.Node(
+            id=f"hostile-{n}", cluster=f"hostile-{n}" if kind == "group" else "edge"
+        )
+        node.locality.region = "us-west"
+        if kind == "names":
+            request: Any = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=EDS, node=node, resource_names_subscribe=[f"j{i}" for i in range(30_000)]
+            )
+            call: Any = stub.DeltaAggregatedResources(iter([request]), timeout=5)
+        elif kind == "unknown":
+            request = discovery_pb2.DiscoveryRequest(
+                type_url="type.googleapis.com/x.Nope", node=node
+            )
+            call = stub.StreamAggregatedResources(iter([request]), timeout=5)
+        elif kind == "nack":  # the same NACK, 200 times, 100 KB each
+            call = stub.StreamAggregatedResources(timeout=5)
+            try:
+                await call.write(discovery_pb2.DiscoveryRequest(type_url=CDS, node=node))
+                first = await call.read()
+                nack = discovery_pb2.DiscoveryRequest(type_url=CDS, response_nonce=first.nonce)
+                nack.error_detail.message = "x" * 100_000
+                for _ in range(200):
+                    await call.write(nack)
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "OK"
+        else:  # a short stream of a new node group
+            request = discovery_pb2.DiscoveryRequest(type_url=CDS, node=node)
+            call = stub.StreamAggregatedResources(iter([request]), timeout=5)
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+        return "OK"
 
 
 async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]:
@@ -54,11 +160,23 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
         await asyncio.wait_for(fleet.complete.wait(), timeout=120)
         rss = [proc_rss(cp.pid)]
         rng = random.Random(11)
+        db_path = Path(cp.registry.removeprefix("sqlite://"))
+        junk: list[tuple[str, str]] = []
+        hostile: list[asyncio.Task[str]] = []
+        hostile_ends: dict[str, int] = {}
         live: dict[str, tuple[str, EchoThread, str]] = {}  # id -> (server, echo, state)
         changed_at = dict.fromkeys(SERVERS, 0.0)
         requests = changes = 0
         ends = time.monotonic() + seconds
         while time.monotonic() < ends:
+            if rng.random() < 0.25:  # the hostile phase, mixed into the churn
+                if junk and rng.random() < 0.4:
+                    remove_junk(db_path, *junk.pop(rng.randrange(len(junk))))
+                elif rng.random() < 0.5:
+                    junk.append(junk_row(db_path, rng, changes))
+                else:
+                    kind = rng.choice(["group", "group", "names", "nack", "unknown"])
+                    hostile.append(asyncio.create_task(hostile_stream(cp.xds, kind, len(hostile))))
             action = rng.random()
             free = [e for e in pool if all(e is not used for _, used, _ in live.values())]
             if (action < 0.4 or not live) and free:
@@ -102,6 +220,11 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
                     failures.append(f"{server} via {envoy.node_id}: HTTP {status}")
             if changes % 20 == 0:
                 rss.append(proc_rss(cp.pid))
+        for table, key in junk:
+            remove_junk(db_path, table, key)
+        for ended in await asyncio.gather(*hostile, return_exceptions=True):
+            name = ended if isinstance(ended, str) else type(ended).__name__
+            hostile_ends[name] = hostile_ends.get(name, 0) + 1
         # At the end: every proxy converged on exactly what the registry says.
         wait_until(
             lambda: all(
@@ -136,6 +259,7 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
             "requests": requests,
             "streams": streams,
             "rss_mb": [round(r / 2**20, 1) for r in rss[::5]],
+            "hostile_streams": hostile_ends,
             "failures": failures,
         }
     finally:
