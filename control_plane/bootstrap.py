@@ -26,9 +26,11 @@ def render(
 ) -> str:
     """The bootstrap YAML; raises ValidationError naming the flag on bad input."""
 
-    def address(flag: str, value: str) -> tuple[str, int]:
+    def address(flag: str, value: str, *, names: bool = False) -> tuple[str, int]:
+        # Envoy resolves the control plane's address itself (a name is fine); its listener and
+        # admin addresses must be IP literals.
         try:
-            return validate.address(value)
+            return validate.address(value, names=names)
         except ValidationError as exc:
             raise ValidationError(flag, value, exc.reason) from None
 
@@ -41,7 +43,7 @@ def render(
         raise ValidationError("--xds", "", "give at least one control-plane address")
     endpoints = []
     for value in xds:
-        host, port = address("--xds", value)
+        host, port = address("--xds", value, names=True)
         endpoints.append(
             "        - endpoint:\n            address:\n              socket_address: "
             + json.dumps({"address": host, "port_value": port})

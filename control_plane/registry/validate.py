@@ -115,8 +115,22 @@ def host(value: str) -> str:
     return str(parsed)
 
 
-def address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port)."""
+def host_or_name(value: str) -> str:
+    """An IP address (normalized) or a DNS name (lowercased): for addresses Envoy resolves
+    itself (a bootstrap's control-plane cluster), never for EDS endpoints."""
+    try:
+        return host(value)
+    except ValidationError:
+        pass
+    lowered = value.lower()
+    if not lowered or len(lowered) > 253 or not HOSTNAME_RE.match(lowered) or "*" in lowered:
+        raise ValidationError("address", value, "expected an IP address or a DNS name")
+    return lowered
+
+
+def address(value: str, *, names: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); HOST an IP literal, or also a DNS
+    name with ``names``."""
     text = value.strip()
     if text.startswith("["):
         host_part, sep, port_part = text[1:].partition("]:")
@@ -124,7 +138,7 @@ def address(value: str) -> tuple[str, int]:
         host_part, sep, port_part = text.rpartition(":")
     if not sep or not host_part or not port_part.isdigit():
         raise ValidationError("address", value, "expected HOST:PORT, e.g. 10.0.0.7:8080")
-    return host(host_part), port(int(port_part))
+    return (host_or_name(host_part) if names else host(host_part)), port(int(port_part))
 
 
 LEASE_MIN, LEASE_MAX = 1.0, 3600.0

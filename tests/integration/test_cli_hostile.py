@@ -198,3 +198,15 @@ def test_registry_init_against_an_unreachable_spanner_fails_in_seconds(tmp_path:
         env={"SPANNER_EMULATOR_HOST": f"127.0.0.1:{port}", "PATH": "/usr/bin:/bin"},
     )
     assert_one_line_error(done, "registry")
+
+
+def test_bootstrap_takes_a_name_for_the_control_plane_but_not_for_the_listener() -> None:
+    ok = routeplane(
+        "bootstrap", "--node-id", "n", "--region", "us-west", "--xds", "control-plane:18000"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "control-plane" in ok.stdout
+    done = routeplane(
+        "bootstrap", "--node-id", "n", "--region", "us-west", "--listen", "localhost:10000"
+    )
+    assert_one_line_error(done, "--listen", "localhost:10000", "expected an IP address")
