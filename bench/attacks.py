@@ -205,7 +205,7 @@ async def attack_names(cp: dict[str, Any], names: int, rounds: int) -> dict[str,
             try:
                 await asyncio.wait_for(call.read(), timeout=30)
             except grpc.aio.AioRpcError as exc:
-                ended = exc.code().name
+                ended = f"{exc.code().name}: {(exc.details() or '')[:120]}"
             except TimeoutError:
                 ended = "no answer in 30 s"
             await asyncio.sleep(1)
