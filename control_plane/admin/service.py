@@ -90,6 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     state=status.state,
                     last_error=status.last_nack.message if status.last_nack else "",
                     pushes=status.pushes,
+                    resources_sent=status.resources_sent,
                     acks=status.acks,
                     nacks=status.nacks,
                 )

@@ -58,6 +58,7 @@ def type_status_json(status: Any) -> JsonObject:
         "state": status.state,
         "last_error": status.last_error,
         "pushes": status.pushes,
+        "resources_sent": status.resources_sent,
         "acks": status.acks,
         "nacks": status.nacks,
     }

@@ -397,6 +397,11 @@ def down(workdir: Path, *, announce: Callable[[str], None] = print) -> int:
         if _runs(process):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)
+            killed = time.monotonic() + 5
+            while _runs(process) and time.monotonic() < killed:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(process.pid, os.WNOHANG)
+                time.sleep(0.05)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(process.pid, 0)
     _state_path(workdir).unlink(missing_ok=True)

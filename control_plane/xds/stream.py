@@ -93,6 +93,8 @@ class TypeStatus:
     acked_version: str = ""
     last_nack: Nack | None = None
     pushes: int = 0
+    # Resources carried by those responses: what "sends nothing it already has" is judged by.
+    resources_sent: int = 0
     acks: int = 0
     nacks: int = 0
     # The source commit time of the snapshot behind the last response sent / ACKed.
@@ -461,6 +463,7 @@ class SotwStream(_Base):
         status.sent_version = version
         status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
         status.pushes += 1
+        status.resources_sent += len(to_send)
         payload = sotw_response(
             version_info=version,
             resources=to_send,
@@ -616,6 +619,7 @@ class DeltaStream(_Base):
         )
         status.sent_version = version
         status.pushes += 1
+        status.resources_sent += len(to_send)
         payload = delta_response(
             system_version_info=version,
             resources=to_send,

@@ -18,6 +18,8 @@ from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.rpc import status_pb2
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
@@ -334,16 +336,34 @@ async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() 
     silent_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        silent = ads_pb2_grpc.AggregatedDiscoveryServiceStub(silent_channel)
-        call = silent.DeltaAggregatedResources()
-        await call.write(dreq(CLUSTER, node=True))
-        await call.write(dreq(ENDPOINT, subscribe=tuple(f"default_s{i}" for i in range(40))))
-        # The initial endpoint push (40 x 50 endpoints) is already larger than its window.
-        await async_wait_until(
-            lambda: not any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
-            timeout=15,
-            what="the stalled stream to be dropped",
+        stalled_before = (
+            REGISTRY.get_sample_value("routeplane_xds_streams_refused_total", {"reason": "stalled"})
+            or 0.0
         )
+        silent = ads_pb2_grpc.AggregatedDiscoveryServiceStub(silent_channel)
+        with capture_logs() as logs:
+            call = silent.DeltaAggregatedResources()
+            await call.write(dreq(CLUSTER, node=True))
+            await call.write(dreq(ENDPOINT, subscribe=tuple(f"default_s{i}" for i in range(40))))
+            await async_wait_until(
+                lambda: any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
+                what="the silent stream to be served",
+            )
+            # The initial endpoint push (40 x 50 endpoints) is already larger than its window.
+            await async_wait_until(
+                lambda: not any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
+                timeout=15,
+                what="the stalled stream to be dropped",
+            )
+            # Judged on the server's side: the DEADLINE_EXCEEDED status it ends the stream with
+            # queues behind the data the proxy never read (HTTP/2 trailers follow DATA frames), so
+            # a proxy that never reads never sees it; the count and the log line are what show.
+            [stalled] = [e for e in logs if e["event"] == "stream_stalled"]
+            assert stalled["write_timeout"] == 1.0
+            stalled_after = REGISTRY.get_sample_value(
+                "routeplane_xds_streams_refused_total", {"reason": "stalled"}
+            )
+            assert stalled_after == stalled_before + 1
         # Meanwhile and after, another proxy is served as usual.
         client = Client(
             ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()

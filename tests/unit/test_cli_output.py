@@ -51,6 +51,7 @@ def test_admin_messages() -> None:
         "state",
         "last_error",
         "pushes",
+        "resources_sent",
         "acks",
         "nacks",
     ]

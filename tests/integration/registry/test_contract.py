@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -130,10 +131,15 @@ def test_unknown_server_and_replica_are_not_found(registry: Registry) -> None:
 
 def test_every_write_moves_the_revision_and_commit_time(registry: Registry) -> None:
     before = registry.read_state()
+    started = time.time()
     registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
-    after = registry.read_state()
-    assert after.revision > before.revision
-    assert after.committed_at >= before.committed_at > 0 or after.committed_at > 0
+    created = registry.read_state()
+    registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    registered = registry.read_state()
+    assert before.revision < created.revision < registered.revision
+    assert before.committed_at < created.committed_at < registered.committed_at
+    # The commit time is the wall clock of the commit, not some counter.
+    assert started - 5 <= created.committed_at <= time.time() + 5
 
 
 def test_deleting_a_server_removes_its_replicas(registry: Registry) -> None:
