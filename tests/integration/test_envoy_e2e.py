@@ -88,7 +88,7 @@ def test_envoy_follows_register_drain_deregister_without_restarting(
     # A request in flight on replica-a while it drains must finish on replica-a.
     in_flight: dict[str, tuple[int, str]] = {}
     slow = threading.Thread(
-        target=lambda: in_flight.update(result=envoy.get("/slow?ms=1500", host=HOST, timeout=10))
+        target=lambda: in_flight.update(result=envoy.get("/slow?ms=5000", host=HOST, timeout=20))
     )
     slow.start()
     wait_until(
@@ -110,9 +110,13 @@ def test_envoy_follows_register_drain_deregister_without_restarting(
         lambda: health_flags(envoy, first.port) == "/eds_status_draining",
         what="replica-a draining in Envoy",
     )
+    # Still in flight when the drain reached Envoy: what follows tests a request that
+    # outlives the drain, not one that had already finished.
+    assert slow.is_alive()
+    assert envoy.stat("cluster.default_echo.upstream_rq_active") == 1
     for _ in range(20):
         assert answered_by(envoy, "replica-b")
-    slow.join(timeout=10)
+    slow.join(timeout=20)
     assert in_flight["result"] == (200, "replica-a\n")
     # config_dump shows the coarse health of a draining host; /clusters (above) the EDS flag.
     dumped = dict(endpoints_in_config_dump(envoy))

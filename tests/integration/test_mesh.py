@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import grpc
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from control_plane.dev.mesh import ENVOYS, LEASE_SECONDS, load_state
+from control_plane.dev.mesh import ENVOYS, LEASE_SECONDS, REPLICAS, load_state
 from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
@@ -111,13 +112,32 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
     state = load_state(workdir)
     assert state is not None
     pids = {p.name: p.pid for p in state.processes}
-    # A replica that dies without deregistering leaves when its lease runs out.
+    # A replica that dies without deregistering leaves when its lease runs out: its row stays
+    # until then, and `serve`'s own clean-up loop deletes it after (lease + one sweep).
+    for key, value in state.env.items():
+        monkeypatch.setenv(key, value)
+    registry = open_registry(state.registry_url)
+    dying_port = ports["replica"] + next(r.offset for r in REPLICAS if r.name == "echo-us-west-1")
+    [dying] = [r for r in registry.list_replicas("echo") if r.port == dying_port]
     os.kill(pids["echo-us-west-1"], signal.SIGKILL)
+    killed_at = time.time()
+    assert dying.lease_expires_at is not None
+    assert any(r.id == dying.id for r in registry.list_replicas("echo"))  # still leased
+    wait_until(
+        lambda: all(r.id != dying.id for r in registry.list_replicas("echo")),
+        timeout=LEASE_SECONDS + 10,
+        interval=0.1,
+        what="serve's clean-up to delete the expired replica",
+    )
+    removed_at = time.time()
+    registry.close()
+    # Not before its lease ended (the last heartbeat may have come just before the kill).
+    assert removed_at >= min(dying.lease_expires_at, killed_at + LEASE_SECONDS) - 0.5
     wait_until(
         lambda: "echo-us-west-1" not in Counter(answer(west, "echo.local") for _ in range(20)),
-        timeout=LEASE_SECONDS + 10,
+        timeout=10,
         interval=0.2,
-        what="the killed replica to leave",
+        what="the expired replica out of Envoy",
     )
     # While it was dying, outlier detection ejected it and part of us-west's traffic spilled to
     # us-east; once it is gone, us-west serves everything again.
@@ -129,8 +149,6 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
     )
 
     # Draining the region's last echo replica moves us-west traffic to us-east.
-    for key, value in state.env.items():
-        monkeypatch.setenv(key, value)
     registry = open_registry(state.registry_url)
     [last_west] = [r for r in registry.list_replicas("echo") if r.region == "us-west"]
     registry.set_replica_state(last_west.id, "DRAINING")

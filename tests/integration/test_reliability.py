@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -113,31 +114,47 @@ def test_envoy_keeps_routing_through_a_restart_and_gets_nothing_it_already_has(
 
 def test_sigterm_stops_the_control_plane_promptly_and_cleanly(tmp_path: Path) -> None:
     cp = ControlPlane.create(tmp_path)
+    envoy = Envoy.create(tmp_path, node_id="edge-term", region="us-west", xds=[cp.xds])
     cp.start()
+    release = threading.Event()
+
+    def held_requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
+        yield discovery_pb2.DiscoveryRequest(
+            node=base_pb2.Node(id="held", cluster="edge"),
+            type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        )
+        release.wait(60)  # never half-closes: the stream stays open until the server ends it
+
     try:
         cp.wait_ready()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.stat("control_plane.connected_state") == 1, what="connected")
         channel = grpc.insecure_channel(cp.xds)
         stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-            iter(
-                [
-                    discovery_pb2.DiscoveryRequest(
-                        node=base_pb2.Node(id="held", cluster="edge"),
-                        type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                    )
-                ]
-            )
+            held_requests()
         )
         next(stream)
+        goaways = envoy.stat("cluster.routeplane_xds.upstream_cx_close_notify")
         assert cp.process is not None
         started = time.monotonic()
         cp.process.send_signal(signal.SIGTERM)
+        # The held stream ends with a status from the server (not by our hand), promptly.
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert time.monotonic() - started < 10
         assert cp.process.wait(timeout=20) == 0
         assert time.monotonic() - started < 15
+        # Envoy was told to go: its connection to the control plane closed by GOAWAY.
+        assert envoy.stat("cluster.routeplane_xds.upstream_cx_close_notify") == goaways + 1
         log = cp.log()
         assert "shutdown_started" in log
         assert "shutdown_completed" in log
         channel.close()
     finally:
+        release.set()
+        envoy.stop()
         cp.stop()
 
 

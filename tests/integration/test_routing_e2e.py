@@ -193,7 +193,7 @@ def test_a_drain_lets_open_streams_finish_while_new_requests_go_elsewhere(mesh: 
         channel = grpc_channel(mesh.west, "tokens.local")
         tokens: list[bytes] = []
         streaming = threading.Thread(
-            target=lambda: tokens.extend(channel.unary_stream(STREAM)(b"20:100", timeout=30))
+            target=lambda: tokens.extend(channel.unary_stream(STREAM)(b"50:100", timeout=30))
         )
         streaming.start()
         wait_until(
@@ -212,6 +212,10 @@ def test_a_drain_lets_open_streams_finish_while_new_requests_go_elsewhere(mesh: 
             ),
             what="g-a draining, g-b healthy",
         )
+        # The stream (5 s of tokens) is still open now that its replica drains: the test
+        # below is about a stream that outlives the drain, not one that ended before it.
+        assert streaming.is_alive()
+        assert mesh.west.stat("cluster.default_tokens.upstream_rq_active") == 1
         with grpc_channel(mesh.west, "tokens.local") as fresh:
             assert fresh.unary_unary(UNARY)(b"new", timeout=5) == b"g-b:new"
         new_ws = ws_open(mesh.west, "ws.local")
@@ -223,7 +227,7 @@ def test_a_drain_lets_open_streams_finish_while_new_requests_go_elsewhere(mesh: 
         assert connection.recv(timeout=5) == "ws-a:after"  # type: ignore[attr-defined]
         connection.close()  # type: ignore[attr-defined]
         streaming.join(timeout=30)
-        assert tokens == [f"g-a:{i}".encode() for i in range(20)]
+        assert tokens == [f"g-a:{i}".encode() for i in range(50)]
         channel.close()
     finally:
         for server in (ws_a, ws_b, rpc_a, rpc_b):
