@@ -135,6 +135,12 @@ def split_host_port(value: str, *, flag: str = "address") -> tuple[str, int]:
     return host, int(port)
 
 
+def plaintext_exposed(config: ServeConfig) -> bool:
+    """Whether xDS would be served in plaintext on an address other than loopback."""
+    host, _ = split_host_port(config.xds_listen)
+    return not config.tls_cert and not _loopback(host)
+
+
 async def serve(config: ServeConfig) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened."""
@@ -185,8 +191,7 @@ async def serve(config: ServeConfig) -> None:
                 return False, f"registry degraded: {reconciler.health.last_error}"
             return True, "ready"
 
-        xds_host, _ = split_host_port(config.xds_listen)
-        if not _loopback(xds_host) and not config.tls_cert:
+        if plaintext_exposed(config):
             log.warning(
                 "xds_plaintext_exposed",
                 address=config.xds_listen,

@@ -40,9 +40,13 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def dev_certs(out: Path, *, clusters: list[str], days: int = 30) -> list[Path]:
+def dev_certs(
+    out: Path, *, clusters: list[str], days: int = 30, cn_only: tuple[str, ...] = ()
+) -> list[Path]:
     """Write ca.pem, server.pem/-key.pem (127.0.0.1, ::1, localhost) and one client pair per
-    fleet cluster; returns the paths written."""
+    fleet cluster; returns the paths written. ``cn_only`` clusters also get a client pair
+    ``client-<cluster>-cn`` that names the fleet by its common name alone (no URI SAN), as
+    certificates from older tooling do."""
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = _key()
@@ -63,7 +67,7 @@ def dev_certs(out: Path, *, clusters: list[str], days: int = 30) -> list[Path]:
 
     def leaf(name: str, common_name: str, sans: list[x509.GeneralName], usage: object) -> None:
         key = _key()
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(ca_name)
@@ -71,10 +75,11 @@ def dev_certs(out: Path, *, clusters: list[str], days: int = 30) -> list[Path]:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)  # type: ignore[list-item]
-            .sign(ca_key, hashes.SHA256())
         )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
         _write(out / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
         _write(out / f"{name}-key.pem", _pem_key(key))
         written.extend([out / f"{name}.pem", out / f"{name}-key.pem"])
@@ -96,4 +101,6 @@ def dev_certs(out: Path, *, clusters: list[str], days: int = 30) -> list[Path]:
             [x509.UniformResourceIdentifier(SPIFFE_PREFIX + cluster)],
             ExtendedKeyUsageOID.CLIENT_AUTH,
         )
+    for cluster in cn_only:
+        leaf(f"client-{cluster}-cn", cluster, [], ExtendedKeyUsageOID.CLIENT_AUTH)
     return written

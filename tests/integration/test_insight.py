@@ -69,6 +69,9 @@ def envoys(control_plane: ControlPlane, tmp_path: Path) -> Iterator[list[Envoy]]
             proxy.stop()
 
 
+TYPES = ("cds", "eds", "lds", "rds")
+
+
 def all_synced(admin: str, count: int) -> bool:
     proxies = cli_json("proxies", admin=admin)
     assert isinstance(proxies, list)
@@ -251,3 +254,57 @@ def test_a_huge_argument_is_echoed_short_in_a_one_line_error(
         assert line.startswith("error: ")
         assert "more)" in line, line
         assert len(line) < 400, line
+
+
+def test_problems_lists_a_bad_row_by_field_and_value(control_plane: ControlPlane) -> None:
+    import sqlite3
+    import time
+
+    registry = open_registry(control_plane.registry)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.close()
+    path = control_plane.registry.removeprefix("sqlite://")
+    with sqlite3.connect(path) as db:  # as another writer of the registry would
+        db.execute(
+            "INSERT INTO replicas VALUES ('r-bad', 'echo', 'localhost', 'abc', 'us-west', '',"
+            " 100, 'READY', NULL, ?)",
+            (time.time(),),
+        )
+        revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision + 1,))
+        db.execute("INSERT INTO changes VALUES (?, 'echo')", (revision + 1,))
+    problems = wait_until(
+        lambda: cli_json("problems", admin=control_plane.admin), what="the problem reported"
+    )
+    assert problems == [
+        {
+            "kind": "replica",
+            "name": "r-bad",
+            "field": "address",
+            "value": "localhost",
+            "message": "expected an IP address (resolve names before registering)",
+        }
+    ]
+    table = cli("problems", admin=control_plane.admin)
+    assert table.returncode == 0
+    assert "r-bad" in table.stdout
+    assert "localhost" in table.stdout
+
+
+def test_the_initial_sync_is_not_counted_as_convergence(
+    control_plane: ControlPlane, envoys: list[Envoy]
+) -> None:
+    admin = control_plane.admin
+    wait_until(lambda: all_synced(admin, len(envoys)), what="initial sync")
+    counts = {t: metric(admin, "routeplane_convergence_seconds_count", type=t) for t in TYPES}
+    assert counts == dict.fromkeys(TYPES, 0.0)  # connecting is not a change
+    registry = open_registry(control_plane.registry)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.close()
+    wait_until(
+        lambda: metric(admin, "routeplane_convergence_seconds_count", type="cds") == len(envoys),
+        what="one CDS convergence per proxy",
+    )
+    wait_until(lambda: all_synced(admin, len(envoys)), what="synced after the change")
+    assert metric(admin, "routeplane_convergence_seconds_count", type="cds") == len(envoys)
+    assert metric(admin, "routeplane_convergence_seconds_count", type="lds") == 0

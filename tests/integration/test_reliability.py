@@ -324,3 +324,36 @@ def test_two_replicas_serve_the_same_versions_and_a_proxy_fails_over_without_err
         envoy.stop()
         first.stop()
         second.stop()
+
+
+def test_max_connection_age_closes_the_connection_and_envoy_reconnects(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    cp = ControlPlane.create(tmp_path, extra=["--max-connection-age", "2"])
+    envoy = Envoy.create(tmp_path, node_id="edge-aged", region="us-west", xds=[cp.xds])
+    cp.start()
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+        registry.register_replica(
+            server="echo", address=echo_factory("a").address, region="us-west"
+        )
+        registry.close()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing")
+        # gRPC sends GOAWAY at the age (+-10%); the open ADS stream gets the 10 s grace, then
+        # Envoy is on a new connection. Twice, so it is the age and not a one-off.
+        wait_until(
+            lambda: envoy.stat("cluster.routeplane_xds.upstream_cx_close_notify") >= 2,
+            timeout=40,
+            what="two connections closed by age",
+        )
+        assert envoy.stat("cluster.routeplane_xds.upstream_cx_total") >= 2
+        wait_until(lambda: envoy.stat("control_plane.connected_state") == 1, what="reconnected")
+        for _ in range(20):
+            assert envoy.get(host="echo.local") == (200, "a\n")
+    finally:
+        envoy.stop()
+        cp.stop()

@@ -87,3 +87,23 @@ async def test_a_failure_after_opening_closes_what_was_opened(
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", int(cfg.xds_listen.rsplit(":", 1)[1])))
+
+
+@pytest.mark.parametrize(
+    ("xds_listen", "tls", "exposed"),
+    [
+        pytest.param("0.0.0.0:18000", False, True, id="all-interfaces"),
+        pytest.param("10.1.2.3:18000", False, True, id="private-address"),
+        pytest.param("127.0.0.1:18000", False, False, id="loopback"),
+        pytest.param("127.0.0.2:18000", False, False, id="loopback-range"),
+        pytest.param("[::1]:18000", False, False, id="loopback-v6"),
+        pytest.param("localhost:18000", False, False, id="localhost"),
+        pytest.param("0.0.0.0:18000", True, False, id="tls"),
+    ],
+)
+def test_plaintext_xds_off_loopback_is_flagged(
+    tmp_path: Path, xds_listen: str, tls: bool, exposed: bool
+) -> None:
+    tls_files = {"tls_cert": "c", "tls_key": "k", "client_ca": "a"} if tls else {}
+    cfg = config(tmp_path, xds_listen=xds_listen, **tls_files)
+    assert app.plaintext_exposed(cfg) is exposed

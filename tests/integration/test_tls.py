@@ -44,7 +44,7 @@ def test_envoy_converges_over_mtls_and_identity_limits_the_group(
     tmp_path: Path, echo_factory: Callable[[str], EchoThread]
 ) -> None:
     certs = tmp_path / "certs"
-    dev_certs(certs, clusters=["edge", "other"])
+    dev_certs(certs, clusters=["edge", "other"], cn_only=("edge",))
     cp = ControlPlane.create(
         tmp_path,
         extra=[
@@ -131,6 +131,21 @@ def test_envoy_converges_over_mtls_and_identity_limits_the_group(
         assert "not 'edge'" in details
         response = _first_response(cp.xds, client("edge"), "edge")
         assert getattr(response, "type_url", "") == CDS
+        # A certificate naming its fleet by CN alone (no URI SAN) is judged by the CN.
+        response = _first_response(cp.xds, client("edge-cn"), "edge")
+        assert getattr(response, "type_url", "") == CDS
+        code, details = _first_response(cp.xds, client("edge-cn"), "other")  # type: ignore[misc]
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "['edge'], not 'other'" in details
+        # A plaintext client gets no stream at all.
+        with grpc.insecure_channel(cp.xds) as plain:
+            stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(plain).StreamAggregatedResources(
+                iter([discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="p"), type_url=CDS)]),
+                timeout=10,
+            )
+            with pytest.raises(grpc.RpcError) as plaintext:
+                next(stream)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
         # No client certificate: no handshake.
         refused = _first_response(
             cp.xds, grpc.ssl_channel_credentials(root_certificates=ca), "edge"
