@@ -292,19 +292,33 @@ def test_problems_lists_a_bad_row_by_field_and_value(control_plane: ControlPlane
 
 
 def test_the_initial_sync_is_not_counted_as_convergence(
-    control_plane: ControlPlane, envoys: list[Envoy]
+    control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     admin = control_plane.admin
-    wait_until(lambda: all_synced(admin, len(envoys)), what="initial sync")
-    counts = {t: metric(admin, "routeplane_convergence_seconds_count", type=t) for t in TYPES}
-    assert counts == dict.fromkeys(TYPES, 0.0)  # connecting is not a change
     registry = open_registry(control_plane.registry)
-    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
-    registry.close()
-    wait_until(
-        lambda: metric(admin, "routeplane_convergence_seconds_count", type="cds") == len(envoys),
-        what="one CDS convergence per proxy",
-    )
-    wait_until(lambda: all_synced(admin, len(envoys)), what="synced after the change")
-    assert metric(admin, "routeplane_convergence_seconds_count", type="cds") == len(envoys)
-    assert metric(admin, "routeplane_convergence_seconds_count", type="lds") == 0
+    # A registry with history: the snapshots proxies first receive carry a real commit time.
+    registry.create_server(name="first", hostnames=["first.local"], protocol="http")
+    proxies = [
+        Envoy.create(tmp_path, node_id=f"late-{i}", region="us-west", xds=[control_plane.xds])
+        for i in range(2)
+    ]
+    try:
+        for proxy in proxies:
+            proxy.start()
+        for proxy in proxies:
+            proxy.wait_live()
+        wait_until(lambda: all_synced(admin, len(proxies)), what="initial sync")
+        counts = {t: metric(admin, "routeplane_convergence_seconds_count", type=t) for t in TYPES}
+        assert counts == dict.fromkeys(TYPES, 0.0)  # connecting is not a change
+        registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+        wait_until(
+            lambda: metric(admin, "routeplane_convergence_seconds_count", type="cds") == 2,
+            what="one CDS convergence per proxy",
+        )
+        wait_until(lambda: all_synced(admin, len(proxies)), what="synced after the change")
+        assert metric(admin, "routeplane_convergence_seconds_count", type="cds") == 2
+        assert metric(admin, "routeplane_convergence_seconds_count", type="lds") == 0
+    finally:
+        registry.close()
+        for proxy in proxies:
+            proxy.stop()

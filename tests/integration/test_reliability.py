@@ -38,7 +38,6 @@ def restart_on_same_ports(cp: ControlPlane, tmp_path: Path, **extra: str) -> Con
     return again
 
 
-@pytest.mark.parametrize("ads", ["delta", "sotw"])
 def synced_types(admin: str, node_id: str) -> dict[str, dict[str, object]] | None:
     """The proxy's per-type status from ``routeplane proxies --json`` once all four types are
     SYNCED, else None."""
@@ -61,6 +60,7 @@ def synced_types(admin: str, node_id: str) -> dict[str, dict[str, object]] | Non
     return None
 
 
+@pytest.mark.parametrize("ads", ["delta", "sotw"])
 def test_envoy_keeps_routing_through_a_restart_and_gets_nothing_it_already_has(
     tmp_path: Path, echo_factory: Callable[[str], EchoThread], ads: str
 ) -> None:
