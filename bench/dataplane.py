@@ -1,5 +1,7 @@
 """Data plane: a request through Envoy configured by routeplane, versus the same Envoy binary
-with an equivalent static configuration, versus straight to the upstream; at a fixed rate.
+with an equivalent static configuration, versus straight to the upstream. HTTP/1.1 and gRPC at a
+fixed rate (open loop); WebSocket round trips on one connection, one message at a time (closed
+loop). Ratios are per interleaved round, reported as the median of the rounds and their spread.
 
 The static configuration is built from the very resources routeplane serves (its listener with
 the route configuration inlined instead of RDS, its clusters as STATIC clusters with the
@@ -29,6 +31,8 @@ from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
 from tests.helpers import free_port, wait_until
 from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
+
+ROUNDS = 5
 
 
 def pct(values: list[float], q: float) -> float:
@@ -216,11 +220,10 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
         }
         rows: list[dict[str, Any]] = []
 
-        direct = {"http/1.1": upstream_port, "grpc unary (h2)": grpc_port, "websocket rtt": ws_port}
-        hosts = {"http/1.1": "dp.local", "grpc unary (h2)": "g.local", "websocket rtt": "ws.local"}
-        # Two rounds in mirrored order, pooled: drift on a shared 2-core machine (the control
-        # plane, the load generator and both Envoys compete) hits every target alike.
-        order = ["routeplane", "static", "direct", "direct", "static", "routeplane"]
+        ws_label = "websocket rtt (closed loop)"
+        direct = {"http/1.1": upstream_port, "grpc unary (h2)": grpc_port, ws_label: ws_port}
+        hosts = {"http/1.1": "dp.local", "grpc unary (h2)": "g.local", ws_label: "ws.local"}
+        names = ("routeplane", "static", "direct")
 
         async def one(protocol: str, target: str, part: float) -> tuple[list[float], int]:
             if target == "direct":
@@ -236,27 +239,50 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
             return await ws_round_trips((host, port), header, count=max(1, int(rate * part / 4)))
 
         async def measure() -> None:
+            # ROUNDS interleaved rounds, each target in a rotated order: drift on a shared
+            # 2-core machine (control plane, load generator and both Envoys compete) hits every
+            # target alike. A ratio is taken per round, and reported as the median of the
+            # rounds with their spread; the latency columns pool every round.
+            part = seconds / ROUNDS
             for protocol in direct:
-                for target in ("routeplane", "static", "direct"):
-                    await one(protocol, target, min(1.0, seconds / 2))  # warm-up
+                for target in names:
+                    await one(protocol, target, min(1.0, part))  # warm-up
                 pooled: dict[str, tuple[list[float], int]] = {}
-                for target in order:
-                    latencies, errors = await one(protocol, target, seconds / 2)
-                    before = pooled.get(target, ([], 0))
-                    pooled[target] = (before[0] + latencies, before[1] + errors)
-                for target in ("routeplane", "static", "direct"):
+                per_round: dict[str, list[tuple[float, float]]] = {t: [] for t in names}
+                for index in range(ROUNDS):
+                    order = names[index % 3 :] + names[: index % 3]
+                    order = order[::-1] if index % 2 else order
+                    measured: dict[str, list[float]] = {}
+                    for target in order:
+                        latencies, errors = await one(protocol, target, part)
+                        measured[target] = latencies
+                        before = pooled.get(target, ([], 0))
+                        pooled[target] = (before[0] + latencies, before[1] + errors)
+                    base = measured["static"]
+                    for target in names:
+                        per_round[target].append(
+                            (
+                                statistics.median(measured[target]) / statistics.median(base),
+                                pct(measured[target], 99) / pct(base, 99),
+                            )
+                        )
+                for target in names:
                     latencies, errors = pooled[target]
+                    p50s = [r[0] for r in per_round[target]]
+                    p99s = [r[1] for r in per_round[target]]
                     rows.append(
-                        {"protocol": protocol, "target": target, **stats(latencies, errors)}
+                        {
+                            "protocol": protocol,
+                            "target": target,
+                            **stats(latencies, errors),
+                            "vs_static_p50": round(statistics.median(p50s), 3),
+                            "vs_static_p50_spread": [round(min(p50s), 3), round(max(p50s), 3)],
+                            "vs_static_p99": round(statistics.median(p99s), 3),
+                            "vs_static_p99_spread": [round(min(p99s), 3), round(max(p99s), 3)],
+                        }
                     )
 
         asyncio.run(measure())
-        for row in rows:
-            base = next(
-                r for r in rows if r["protocol"] == row["protocol"] and r["target"] == "static"
-            )
-            row["vs_static_p50"] = round(row["p50_ms"] / base["p50_ms"], 3)
-            row["vs_static_p99"] = round(row["p99_ms"] / base["p99_ms"], 3)
         return {"rate_per_s": rate, "seconds": seconds, "rows": rows}
     finally:
         for process in reversed(processes):

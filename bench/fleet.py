@@ -35,6 +35,15 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
+def commit_time(registry_url: str) -> float:
+    """The newest commit's wall-clock time, as the SQLite registry recorded it in the commit."""
+    import sqlite3
+
+    with sqlite3.connect(registry_url.removeprefix("sqlite://")) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'committed_at'").fetchone()
+    return float(row[0])
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -56,9 +65,17 @@ class Fleet:
     watched: str = ""
     watched_done: asyncio.Event = field(default_factory=asyncio.Event)
     watched_count: int = 0
+    # Streams the server refused with RESOURCE_EXHAUSTED (admission control), retried.
     refusals: int = 0
+    # Every other stream failure, by status code (also retried, like Envoy): these are errors.
     codes: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # Wall time at which the last stream wrote its ACK of the watched change.
+    last_ack_at: float = 0.0
+
+    @property
+    def stream_errors(self) -> int:
+        return sum(self.codes.values())
 
     def give_up(self) -> None:
         """A stream that failed for good counts as finished (and as an error)."""
@@ -67,6 +84,8 @@ class Fleet:
             self.complete.set()
 
     def saw_change(self) -> None:
+        """Called once a stream has written its ACK of the watched change."""
+        self.last_ack_at = time.time()
         self.watched_count += 1
         if self.watched_count >= self.streams - len(self.errors):
             self.watched_done.set()
@@ -76,10 +95,9 @@ async def delta_client(index: int, target: str, fleet: Fleet, stop: asyncio.Even
     """One simulated proxy; like Envoy, it retries with jittered backoff when refused."""
     backoff = 0.25
     while not stop.is_set():
-        refused = await _delta_stream(index, target, fleet, stop)
-        if not refused:
+        retry = await _delta_stream(index, target, fleet, stop)
+        if not retry:
             return
-        fleet.refusals += 1
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, 5.0)
 
@@ -102,6 +120,7 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
             if response is grpc.aio.EOF:
                 break
             subscribe: list[str] = []
+            changed = False
             for resource in response.resources:
                 if response.type_url == CDS and resource.name not in clusters:
                     clusters.add(resource.name)
@@ -114,7 +133,7 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
                         and before is not None
                         and before != resource.version
                     ):
-                        fleet.saw_change()
+                        changed = True
                 if response.type_url == RDS:
                     have_rds = True
             await call.write(
@@ -122,6 +141,8 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
                     type_url=response.type_url, response_nonce=response.nonce
                 )
             )
+            if changed:
+                fleet.saw_change()  # after the ACK is written, not on receipt
             if response.type_url == CDS and subscribe:
                 await call.write(
                     discovery_pb2.DeltaDiscoveryRequest(
@@ -140,10 +161,13 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
                 if fleet.complete_count >= fleet.streams:
                     fleet.complete.set()
     except grpc.aio.AioRpcError as exc:
-        # Like Envoy, reconnect with backoff on any stream failure; refusals are expected in a
-        # storm (admission control) and are counted, not treated as errors.
+        # Like Envoy, reconnect with backoff on any stream failure. Only RESOURCE_EXHAUSTED is
+        # a refusal (admission control saying "retry"); any other status is an error.
         if not stop.is_set() and not complete:
-            fleet.codes[exc.code().name] = fleet.codes.get(exc.code().name, 0) + 1
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                fleet.refusals += 1
+            else:
+                fleet.codes[exc.code().name] = fleet.codes.get(exc.code().name, 0) + 1
             return True
     except Exception as exc:  # noqa: BLE001 - a simulated proxy reports, never hangs the run
         fleet.errors.append(f"sim-{index}: {type(exc).__name__}: {exc}")
@@ -228,9 +252,9 @@ async def run_fleet(
                 address=f"127.0.0.3:{30000 + i}",
                 region="us-west",
             )
-            committed = time.perf_counter()
+            committed_at = commit_time(cp.registry)  # the registry's own commit timestamp
             await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
-            fanout_ms.append((time.perf_counter() - committed) * 1000)
+            fanout_ms.append((fleet.last_ack_at - committed_at) * 1000)
             await asyncio.sleep(0.2)  # ACKs processed: count their CPU too
             window = time.perf_counter() - window_started
             cpu_total += max(0.0, proc_cpu(cp.pid) - cpu_before - idle_rate * window)
@@ -240,10 +264,10 @@ async def run_fleet(
             "replicas": replicas,
             "storm_s": round(storm_s, 2),
             "storm_cpu_s": round(storm_cpu, 2),
-            "storm_errors": len(fleet.errors),
+            "storm_errors": len(fleet.errors) + fleet.stream_errors,
             "fd_limit": fd_limit,
             "storm_refusals_retried": fleet.refusals,
-            "storm_retry_codes": dict(fleet.codes),
+            "storm_error_codes": dict(fleet.codes),
             "admin_during_storm_max_ms": round(max(admin_ms, default=0.0), 1),
             "fanout_ms": {
                 "p50": round(statistics.median(fanout_ms), 1),

@@ -162,8 +162,9 @@ def table(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Propagation, registry write returned -> first request answered by the new "
-        "replica (SQLite, 1 Envoy), ms",
+        "Propagation, registry commit (its own commit timestamp) -> first request answered "
+        "by the new replica (SQLite, 1 Envoy), ms; cli: written by `routeplane replicas "
+        "register`, api: by the registry API in-process",
         "| write | ADS | p50 | p90 | p99 |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -180,26 +181,38 @@ def table(result: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        "Registry commit -> control plane -> every Envoy ACKed (control plane "
-        "in-process, real Envoys, delta), ms (p50 / p99)",
-        "| registry | replicas | envoys | sees it | all ACKed | CPU per pass | "
+        "Registry commit -> control plane -> every Envoy ACKed (control plane in-process, real "
+        "Envoys, delta), ms (p50 / p99). Clocks start at the registry's own commit timestamp "
+        "(SQLite: written in the commit; Spanner: the commit timestamp): sees it = the pass "
+        "that holds the change begins; all ACKed = the last Envoy's ACK of the new EDS is "
+        "read. Pass CPU = the loop thread's CPU in that pass; process CPU = the whole "
+        "process from the write call's return to the last ACK (watch read, pass, pushes, "
+        "ACKs, and the benchmark's own waiting)",
+        "| registry | replicas | envoys | sees it | all ACKed | pass CPU | process CPU | "
         "full read | full rebuild | snapshot bytes per group |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["registry_watch"]:
         seen, ack, cpu = (
             row[k]
             for k in ("commit_to_seen_ms", "commit_to_all_acked_ms", "reconcile_cpu_per_change_ms")
         )
+        process = row.get("process_cpu_per_change_ms", {"p50": "-", "p99": "-"})
         lines.append(
             f"| {row['registry']} | {row['replicas']} | {row['envoys']} | "
             f"{seen['p50']} / {seen['p99']} | {ack['p50']} / {ack['p99']} | "
-            f"{cpu['p50']} / {cpu['p99']} | {row['full_read_ms']} | "
+            f"{cpu['p50']} / {cpu['p99']} | {process['p50']} / {process['p99']} | "
+            f"{row['full_read_ms']} | "
             f"{row['full_rebuild_ms']} | {row.get('snapshot_bytes_per_group', '-')} |"
         )
     lines += [
         "",
-        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas)",
+        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas). "
+        "Errors: every stream that ended with a status other than RESOURCE_EXHAUSTED, by code; "
+        "refused: RESOURCE_EXHAUSTED only (admission control), retried with backoff. One "
+        "change: the registry's commit timestamp -> the last stream has written its ACK. CPU "
+        "per stream per push: the server process's CPU over the change window, less its idle "
+        "rate, per stream",
         "| streams | reconnect storm: all served | errors | refused, retried | /metrics "
         "during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream per push "
         "| memory per stream | idle CPU |",
@@ -207,7 +220,8 @@ def table(result: dict[str, Any]) -> str:
     ]
     for row in result["fleet"]:
         lines.append(
-            f"| {row['streams']} | {row['storm_s']} s | {row['storm_errors']} | "
+            f"| {row['streams']} | {row['storm_s']} s | {row['storm_errors']}"
+            f"{_codes(row.get('storm_error_codes', {}))} | "
             f"{row.get('storm_refusals_retried', '-')} | "
             f"{row.get('admin_during_storm_max_ms', '-')} ms | "
             f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
@@ -217,8 +231,11 @@ def table(result: dict[str, Any]) -> str:
     dp = result["dataplane"]
     lines += [
         "",
-        f"Data plane at a fixed {dp['rate_per_s']:g} requests/s for "
-        f"{dp['seconds']:g} s each (latency in ms; ratio against the static Envoy)",
+        f"Data plane: HTTP/1.1 and gRPC at a fixed {dp['rate_per_s']:g} requests/s (open "
+        f"loop), WebSocket round trips one at a time on one connection (closed loop); "
+        f"{dp['seconds']:g} s per target in 5 interleaved rounds. Latency in ms over all "
+        "rounds; ratio against the static Envoy = median of the 5 per-round ratios "
+        "[min-max]",
         "| protocol | target | p50 | p99 | p99.9 | errors | p50 ratio | p99 ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -226,9 +243,19 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {row['protocol']} | {row['target']} | {row['p50_ms']} | "
             f"{row['p99_ms']} | {row['p999_ms']} | {row['errors']} | "
-            f"{row['vs_static_p50']} | {row['vs_static_p99']} |"
+            f"{row['vs_static_p50']} {_spread(row, 'p50')} | "
+            f"{row['vs_static_p99']} {_spread(row, 'p99')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _spread(row: dict[str, Any], which: str) -> str:
+    low_high = row.get(f"vs_static_{which}_spread")
+    return f"[{low_high[0]}-{low_high[1]}]" if low_high else ""
+
+
+def _codes(codes: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(codes.items()))})" if codes else ""
 
 
 def write_benchmarks_md(result: dict[str, Any], rendered: str) -> None:
