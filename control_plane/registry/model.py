@@ -69,17 +69,16 @@ class RegistryState:
     """Every row at one registry revision; must not be altered.
 
     ``replicas_by_server`` maps a server name to its replicas sorted by id (replicas of an
-    unknown server are kept under that name, for routing to report). ``changed`` names the
-    servers whose row or replicas differ from the previous state the same watch yielded; None
-    means unknown (everything may have changed). ``committed_at`` is the wall-clock time of the
-    newest commit included (for convergence measurements).
+    unknown server are kept under that name, for routing to report). ``committed_at`` is the
+    wall-clock time of the newest commit included (for convergence measurements). What changed
+    since another state is not carried: the pipeline finds it by comparing values (a watch that
+    reuses the tuples of unchanged servers makes that comparison cheap).
     """
 
     servers: tuple[Server, ...]
     replicas_by_server: Mapping[str, tuple[Replica, ...]]
     revision: int
     committed_at: float
-    changed: frozenset[str] | None = None
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
@@ -96,14 +95,12 @@ class RegistryState:
         replicas: Iterable[Replica],
         revision: int,
         committed_at: float,
-        changed: frozenset[str] | None = None,
     ) -> RegistryState:
         return cls(
             servers=tuple(sorted(servers, key=lambda s: s.name)),
             replicas_by_server=group_replicas(replicas),
             revision=revision,
             committed_at=committed_at,
-            changed=changed,
         )
 
 

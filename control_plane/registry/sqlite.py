@@ -415,7 +415,6 @@ class SqliteRegistry:
                     replicas_by_server=by_server,
                     revision=revision,
                     committed_at=float(meta["committed_at"]),
-                    changed=frozenset(names),
                 )
         return self.read_state()
 

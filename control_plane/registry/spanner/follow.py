@@ -94,13 +94,11 @@ class Follower:
         replicas = [to_replica(r) for r in replica_rows]
         alive_servers = {s.name for s in servers}
         alive_replicas = {r.id for r in replicas}
-        changed: set[str] = set()
         edits: dict[str, dict[str, Replica | None]] = {}
         for kind, key, deleted_at in tombstones:
             self.committed_at = max(self.committed_at, deleted_at.timestamp())
             if kind == "server" and key not in alive_servers:
                 self.servers.pop(key, None)
-                changed.add(key)
                 for replica in self.by_server.get(key, ()):
                     if replica.id not in alive_replicas:
                         edits.setdefault(key, {})[replica.id] = None
@@ -108,7 +106,6 @@ class Follower:
                 edits.setdefault(self.server_of[key], {})[key] = None
         for server in servers:
             self.servers[server.name] = server
-            changed.add(server.name)
             self.committed_at = max(self.committed_at, server.updated_at)
         for replica in replicas:
             edits.setdefault(replica.server, {})[replica.id] = replica
@@ -126,11 +123,9 @@ class Follower:
                 self.by_server[name] = tuple(sorted(current.values(), key=lambda r: r.id))
             else:
                 self.by_server.pop(name, None)
-            changed.add(name)
         return RegistryState(
             servers=tuple(sorted(self.servers.values(), key=lambda s: s.name)),
             replicas_by_server=dict(self.by_server),
             revision=self._next_revision(),
             committed_at=self.committed_at,
-            changed=frozenset(changed),
         )
