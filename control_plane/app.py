@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, disable_created_metrics
 from control_plane import metrics
 from control_plane.admin.server import AdminServer
 from control_plane.admin.service import AdminService
+from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
 from control_plane.xds import csds
@@ -65,6 +66,7 @@ class ServeConfig:
     max_node_groups: int = MAX_GROUPS
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
+    load_report_interval: float = 1.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -85,6 +87,7 @@ class ServeConfig:
             ("--max-node-groups", self.max_node_groups),
             ("--max-groups-per-fleet", self.max_groups_per_fleet),
             ("--max-names-per-stream", self.max_names_per_stream),
+            ("--load-report-interval", self.load_report_interval),
         ):
             if not number > 0:
                 raise ConfigError(f"invalid {flag} {number!r}: expected a number above 0")
@@ -169,8 +172,15 @@ async def serve(config: ServeConfig) -> None:
             ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", 10_000),
         ]
+        load = LoadService(
+            table=lambda: reconciler.table,
+            interval=config.load_report_interval,
+            require_identity=bool(config.tls_cert),
+        )
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers([*xds.generic_handlers(), csds.generic_handler(xds)])
+        server.add_generic_rpc_handlers(
+            [*xds.generic_handlers(), csds.generic_handler(xds), load.generic_handler()]
+        )
         if config.tls_cert:
             credentials = await asyncio.to_thread(_server_credentials, config)
             xds_port = server.add_secure_port(config.xds_listen, credentials)
@@ -198,7 +208,7 @@ async def serve(config: ServeConfig) -> None:
                 advice="xDS is plaintext; keep it on loopback or a private network",
             )
         admin = AdminServer(
-            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table),
+            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table, load=load),
             ready=ready,
             token=config.admin_token,
         )
@@ -213,6 +223,9 @@ async def serve(config: ServeConfig) -> None:
         collector = metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
         REGISTRY.register(collector)
         stack.callback(REGISTRY.unregister, collector)
+        load_collector = metrics.LoadCollector(lambda: load.rows)
+        REGISTRY.register(load_collector)
+        stack.callback(REGISTRY.unregister, load_collector)
         log.info(
             "control_plane_started",
             xds=config.xds_listen,
@@ -230,6 +243,7 @@ async def serve(config: ServeConfig) -> None:
             workers = [
                 tasks.create_task(reconciler.run()),
                 tasks.create_task(reconciler.run_cleanup()),
+                tasks.create_task(load.run()),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)

@@ -8,3 +8,13 @@ writes it). Imports nothing from ``control_plane``.
 from __future__ import annotations
 
 SPIFFE_PREFIX = "spiffe://routeplane/fleet/"
+
+
+def certificate_clusters(auth: dict[str, list[bytes]]) -> set[str]:
+    """The fleet clusters a peer certificate allows: its ``spiffe://routeplane/fleet/<c>`` URI
+    SANs, or its common name when it has none."""
+    sans = [v.decode() for v in auth.get("x509_subject_alternative_name", [])]
+    clusters = {s.removeprefix(SPIFFE_PREFIX) for s in sans if s.startswith(SPIFFE_PREFIX)}
+    if clusters:
+        return clusters
+    return {v.decode() for v in auth.get("x509_common_name", [])}

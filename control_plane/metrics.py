@@ -40,7 +40,50 @@ DEGRADED = Gauge("routeplane_registry_degraded", "1 while the registry cannot be
 GROUPS_DROPPED = Counter(
     "routeplane_node_groups_dropped", "Node groups forgotten after no stream watched them"
 )
+LOAD_REPORTS = Counter("routeplane_load_reports", "Load reports taken (LRS)")
+LOAD_REPORTS_REJECTED = Counter(
+    "routeplane_load_reports_rejected", "Load reports or streams refused", ["reason"]
+)
+LOAD_REPORT_SECONDS = Histogram(
+    "routeplane_load_report_seconds",
+    "CPU-side time to take one load report",
+    buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+)
+LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report counts now")
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
+
+
+class LoadCollector(Collector):  # type: ignore[misc]
+    """Per server and region: requests in flight, requests/s and desired replicas, read from
+    the load service at scrape time (rows with region "*" are the server's totals)."""
+
+    def __init__(self, rows: Callable[[], Iterable[object]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        labels = ["server", "region"]
+        in_flight = GaugeMetricFamily(
+            "routeplane_server_requests_in_flight",
+            "Requests in flight, summed over proxies",
+            labels=labels,
+        )
+        rate = GaugeMetricFamily(
+            "routeplane_server_requests_per_second",
+            "Requests per second, summed over proxies",
+            labels=labels,
+        )
+        desired = GaugeMetricFamily(
+            "routeplane_server_desired_replicas",
+            "Replicas the autoscaling rule recommends (servers with autoscaling only)",
+            labels=labels,
+        )
+        for row in self._rows():
+            key = [row.server, row.region]  # type: ignore[attr-defined]
+            in_flight.add_metric(key, row.in_flight)  # type: ignore[attr-defined]
+            rate.add_metric(key, row.requests_per_second)  # type: ignore[attr-defined]
+            if row.desired_replicas is not None:  # type: ignore[attr-defined]
+                desired.add_metric(key, row.desired_replicas)  # type: ignore[attr-defined]
+        yield from (in_flight, rate, desired)
 
 
 class LiveCollector(Collector):  # type: ignore[misc]

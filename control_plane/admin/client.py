@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -33,4 +34,20 @@ def call(admin: str, method: str, request: Any, *, timeout: float = 10.0) -> Any
             raise AdminError(str(exc.details())) from None
 
 
-__all__ = ["DEFAULT_ADMIN", "AdminError", "admin_pb2", "call"]
+def stream(admin: str, method: str, request: Any) -> Iterator[Any]:
+    """A server-streaming admin call, until the server ends it or the caller stops."""
+    token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(admin) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        try:
+            yield from getattr(stub, method)(request, metadata=metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise AdminError(
+                    f"no control plane answering at {admin} (is `routeplane serve` running?)"
+                ) from None
+            raise AdminError(str(exc.details())) from None
+
+
+__all__ = ["DEFAULT_ADMIN", "AdminError", "admin_pb2", "call", "stream"]

@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import json_format
 
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
+from control_plane.load.server import LoadRow, LoadService
 from control_plane.routing.model import RoutingTable
 from control_plane.xds.cache import Published, SnapshotCache
 from control_plane.xds.nodes import NodeGroup
@@ -63,10 +64,43 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         xds: XdsServer,
         cache: SnapshotCache,
         table: Callable[[], RoutingTable | None],
+        load: LoadService | None = None,
     ) -> None:
         self.xds = xds
         self.cache = cache
         self.table = table
+        self.load = load
+
+    def _load_response(self, rows: list[LoadRow], server: str) -> Any:
+        response = admin_pb2.LoadResponse(
+            reporting_proxies=self.load.book.proxies if self.load is not None else 0,
+            report_interval_seconds=self.load.interval if self.load is not None else 0.0,
+        )
+        for row in rows:
+            if server and row.server != server:
+                continue
+            response.servers.add(
+                server=row.server,
+                region=row.region,
+                ready_replicas=row.ready_replicas,
+                in_flight=row.in_flight,
+                requests_per_second=row.requests_per_second,
+                errors_per_second=row.errors_per_second,
+                dropped_per_second=row.dropped_per_second,
+                desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
+            )
+        return response
+
+    async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = self.load.rows if self.load is not None else []
+        return self._load_response(rows, request.server)
+
+    async def WatchLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.load is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "load reporting is off")
+        assert self.load is not None
+        async for rows in self.load.watch():
+            await context.write(self._load_response(rows, request.server))
 
     async def ListProxies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = admin_pb2.ListProxiesResponse()

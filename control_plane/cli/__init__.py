@@ -18,7 +18,7 @@ from __future__ import annotations
 import click
 
 from control_plane.cli.dev import certs, mesh, samples
-from control_plane.cli.insight import problems, proxies, snapshot
+from control_plane.cli.insight import load, problems, proxies, snapshot
 from control_plane.cli.registry import registry_group, replicas, servers
 from control_plane.cli.serve import bootstrap, serve
 
@@ -36,6 +36,7 @@ main.add_command(replicas)
 main.add_command(registry_group)
 main.add_command(proxies)
 main.add_command(problems)
+main.add_command(load)
 main.add_command(snapshot)
 main.add_command(mesh)
 main.add_command(samples)

@@ -7,6 +7,8 @@ Part of the CLI: imports ``admin.client`` only; nothing from ``control_plane.dev
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 import click
 
@@ -16,6 +18,7 @@ from control_plane.cli.output import (
     diff_json,
     echo_json,
     history_json,
+    load_json,
     printable,
     problem_json,
     proxy_json,
@@ -57,6 +60,57 @@ def proxies(admin: str, as_json: bool) -> None:
     table(["NODE", "GROUP", "ADDRESS", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
     for error in errors:
         click.echo(f"last NACK {error}")
+
+
+@click.command()
+@admin_option
+@click.option("--server", default="", help="Only this server's rows.")
+@click.option("--watch", is_flag=True, help="Print again after every update, until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="A list of objects (one line per update).")
+def load(admin: str, server: str, watch: bool, as_json: bool) -> None:
+    """Load per server and region from every proxy's reports, and desired replicas."""
+    from control_plane.admin.client import AdminError, admin_pb2, stream
+
+    request = admin_pb2.GetLoadRequest(server=server)
+    if not watch:
+        _print_load(admin_call(admin, "GetLoad", request), as_json=as_json, compact=False)
+        return
+    try:
+        for response in stream(admin, "WatchLoad", request):
+            _print_load(response, as_json=as_json, compact=True)
+    except AdminError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return
+
+
+def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
+    rows = [load_json(r) for r in response.servers]
+    if as_json:
+        click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
+        return
+    if compact:
+        click.echo(
+            f"-- {time.strftime('%H:%M:%S')}, {response.reporting_proxies} proxies reporting"
+        )
+    if not rows:
+        click.echo("no servers")
+        return
+    table(
+        ["SERVER", "REGION", "READY", "IN FLIGHT", "REQ/S", "ERR/S", "DESIRED"],
+        [
+            [
+                r["server"],
+                r["region"],
+                str(r["ready_replicas"]),
+                f"{r['in_flight']:g}",
+                f"{r['requests_per_second']:.1f}",
+                f"{r['errors_per_second']:.1f}",
+                "-" if r["desired_replicas"] is None else str(r["desired_replicas"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 @click.command()

@@ -76,6 +76,19 @@ def proxy_json(proxy: Any) -> JsonObject:
     }
 
 
+def load_json(row: Any) -> JsonObject:
+    """One ``routeplane load --json`` object (a ``ServerLoad`` message)."""
+    return {
+        "server": row.server,
+        "region": row.region,
+        "ready_replicas": row.ready_replicas,
+        "in_flight": round(row.in_flight, 3),
+        "requests_per_second": round(row.requests_per_second, 3),
+        "errors_per_second": round(row.errors_per_second, 3),
+        "desired_replicas": None if row.desired_replicas < 0 else row.desired_replicas,
+    }
+
+
 def problem_json(problem: Any) -> JsonObject:
     return {
         "kind": problem.kind,

@@ -85,6 +85,13 @@ from control_plane.cli.common import fail, registry_option, user_errors
     show_default=True,
     help="Resource names one stream may subscribe to (or claim to have) per type.",
 )
+@click.option(
+    "--load-report-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between the load reports every proxy sends (LRS).",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
@@ -105,6 +112,7 @@ def serve(
     max_node_groups: int,
     max_groups_per_fleet: int,
     max_names_per_stream: int,
+    load_report_interval: float,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -134,6 +142,7 @@ def serve(
         max_node_groups=max_node_groups,
         max_groups_per_fleet=max_groups_per_fleet,
         max_names_per_stream=max_names_per_stream,
+        load_report_interval=load_report_interval,
     )
     try:
         config.validate()  # all of it, before anything is opened

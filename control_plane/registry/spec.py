@@ -59,6 +59,18 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Autoscaling:
+    """How many replicas a server should run for its load (see ``load/autoscale.py``)."""
+
+    target_concurrency: float = 0.0  # in-flight requests per replica; 0 = no recommendation
+    min_replicas: int = 0
+    max_replicas: int = 20
+    buffer_replicas: int = 0
+    scale_up_window: float = 0.0
+    scale_down_window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSpec:
     path_prefix: str = "/"
     regions: tuple[str, ...] = ()
@@ -71,6 +83,7 @@ class ServerSpec:
     max_requests_per_replica: int = 0
     outlier_detection: OutlierDetection | None = OutlierDetection()
     health_check: HealthCheck | None = None
+    autoscaling: Autoscaling | None = None
 
 
 DEFAULT = ServerSpec()
@@ -85,6 +98,7 @@ KNOWN_FIELDS = frozenset(
         "max_requests_per_replica",
         "outlier_detection",
         "health_check",
+        "autoscaling",
     }
 )
 
@@ -179,6 +193,62 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         ),
         outlier_detection=_outlier(spec.get("outlier_detection", {})),
         health_check=_health_check(spec.get("health_check", "off"), protocol=protocol),
+        autoscaling=_autoscaling(spec.get("autoscaling")),
+    )
+
+
+def _autoscaling(value: Any) -> Autoscaling | None:
+    if value is None:
+        return None
+    raw = _mapping("spec.autoscaling", value)
+    fields = {
+        "target_concurrency",
+        "min_replicas",
+        "max_replicas",
+        "buffer_replicas",
+        "scale_up_window",
+        "scale_down_window",
+    }
+    _no_extra("spec.autoscaling", raw, fields)
+    base = Autoscaling()
+    target = raw.get("target_concurrency", base.target_concurrency)
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or not 0 <= target <= 1_000_000
+    ):
+        raise ValidationError(
+            "spec.autoscaling.target_concurrency", target, "expected a number from 0 to 1000000"
+        )
+    low = integer(
+        "spec.autoscaling.min_replicas",
+        raw.get("min_replicas", base.min_replicas),
+        low=0,
+        high=10_000,
+    )
+    high = integer(
+        "spec.autoscaling.max_replicas",
+        raw.get("max_replicas", max(base.max_replicas, low)),
+        low=max(1, low),
+        high=10_000,
+    )
+    return Autoscaling(
+        target_concurrency=float(target),
+        min_replicas=low,
+        max_replicas=high,
+        buffer_replicas=integer(
+            "spec.autoscaling.buffer_replicas",
+            raw.get("buffer_replicas", base.buffer_replicas),
+            low=0,
+            high=10_000,
+        ),
+        scale_up_window=duration(
+            "spec.autoscaling.scale_up_window", raw.get("scale_up_window", base.scale_up_window)
+        ),
+        scale_down_window=duration(
+            "spec.autoscaling.scale_down_window",
+            raw.get("scale_down_window", base.scale_down_window),
+        ),
     )
 
 

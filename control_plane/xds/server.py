@@ -22,7 +22,7 @@ import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 
 from control_plane import metrics
-from control_plane.identity import SPIFFE_PREFIX
+from control_plane.identity import certificate_clusters
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
@@ -331,16 +331,6 @@ class XdsServer:
             removed=len(outgoing.removed),
             bytes=len(outgoing.payload),
         )
-
-
-def certificate_clusters(auth: dict[str, list[bytes]]) -> set[str]:
-    """The fleet clusters a peer certificate allows: its ``spiffe://routeplane/fleet/<c>`` URI
-    SANs, or its common name when it has none."""
-    sans = [v.decode() for v in auth.get("x509_subject_alternative_name", [])]
-    clusters = {s.removeprefix(SPIFFE_PREFIX) for s in sans if s.startswith(SPIFFE_PREFIX)}
-    if clusters:
-        return clusters
-    return {v.decode() for v in auth.get("x509_common_name", [])}
 
 
 class TokenBucket:

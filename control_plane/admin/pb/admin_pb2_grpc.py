@@ -59,6 +59,16 @@ class AdminStub:
                 request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsRequest.SerializeToString,
                 response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsResponse.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/routeplane.admin.v1.Admin/GetLoad',
+                request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
+                _registered_method=True)
+        self.WatchLoad = channel.unary_stream(
+                '/routeplane.admin.v1.Admin/WatchLoad',
+                request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -99,6 +109,22 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """Load per server and region, from every proxy's load reports, and the replicas the
+        autoscaling rule recommends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLoad(self, request, context):
+        """The same, now and after every update (every half load-report interval): what an
+        autoscaler subscribes to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +152,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListProblems,
                     request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsRequest.FromString,
                     response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsResponse.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.FromString,
+                    response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.SerializeToString,
+            ),
+            'WatchLoad': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLoad,
+                    request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.FromString,
+                    response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +299,60 @@ class Admin:
             '/routeplane.admin.v1.Admin/ListProblems',
             routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsRequest.SerializeToString,
             routeplane_dot_admin_dot_v1_dot_admin__pb2.ListProblemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routeplane.admin.v1.Admin/GetLoad',
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/routeplane.admin.v1.Admin/WatchLoad',
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ import pytest
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.spec import (
     DEFAULT,
+    Autoscaling,
     HashOn,
     HealthCheck,
     OutlierDetection,
@@ -59,6 +60,27 @@ def test_durations(text: Any, seconds: float) -> None:
         ),
         pytest.param({"timeouts": {"request": "0s"}}, {"request_timeout": 0.0}, id="no-timeout"),
         pytest.param({"path_prefix": "/v1"}, {"path_prefix": "/v1"}, id="prefix"),
+        pytest.param(
+            {
+                "autoscaling": {
+                    "target_concurrency": 4,
+                    "min_replicas": 0,
+                    "max_replicas": 20,
+                    "buffer_replicas": 1,
+                    "scale_up_window": "0s",
+                    "scale_down_window": "60s",
+                }
+            },
+            {
+                "autoscaling": Autoscaling(
+                    target_concurrency=4.0,
+                    max_replicas=20,
+                    buffer_replicas=1,
+                    scale_down_window=60.0,
+                )
+            },
+            id="autoscaling",
+        ),
     ],
 )
 def test_options(spec: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -71,6 +93,22 @@ def test_options(spec: dict[str, Any], expected: dict[str, Any]) -> None:
     ("spec", "field"),
     [
         pytest.param({"colour": "blue"}, "spec.colour", id="unknown-field"),
+        pytest.param(
+            {"autoscaling": {"target_concurrency": -1}},
+            "spec.autoscaling.target_concurrency",
+            id="negative-target",
+        ),
+        pytest.param(
+            {"autoscaling": {"min_replicas": 5, "max_replicas": 2}},
+            "spec.autoscaling.max_replicas",
+            id="max-below-min",
+        ),
+        pytest.param(
+            {"autoscaling": {"scale_down_window": "soon"}},
+            "spec.autoscaling.scale_down_window",
+            id="bad-window",
+        ),
+        pytest.param({"autoscaling": {"speed": 1}}, "spec.autoscaling.speed", id="unknown"),
         pytest.param({"timeouts": {"idle": "soon"}}, "spec.timeouts.idle", id="bad-duration"),
         pytest.param({"timeouts": {"connect": "0s"}}, "spec.timeouts.connect", id="zero-connect"),
         pytest.param({"retries": 11}, "spec.retries", id="too-many-retries"),

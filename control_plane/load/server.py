@@ -1,0 +1,261 @@
+"""The Load Reporting Service (``envoy.service.load_stats.v3.LoadReportingService``) on the xDS
+port, and the load view built from it.
+
+Each proxy opens one stream; routeplane answers its first request by asking for every cluster
+(``send_all_clusters``) at ``--load-report-interval``, per endpoint, and takes each report into
+the :class:`~control_plane.load.reports.LoadBook`. Under mTLS the same node authorization as
+xDS applies. A malformed request ends that stream with INVALID_ARGUMENT; a proxy reporting far
+more often than asked has the extra reports dropped. Reports never block xDS pushes: taking one
+costs a walk over its counters on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.load_stats.v3 import lrs_pb2
+
+from control_plane import metrics
+from control_plane.identity import certificate_clusters
+from control_plane.load.autoscale import Recommender
+from control_plane.load.reports import Catalog, Load, LoadBook
+from control_plane.registry.spec import Autoscaling
+from control_plane.routing.model import RoutingTable
+from control_plane.translate import names
+
+log = structlog.get_logger("routeplane.load")
+
+SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
+MAX_CLUSTER_STATS = 10_000
+MAX_NODE_ID = 256
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadRow:
+    """One line of ``routeplane load``: a server in a region ("*": the server's total)."""
+
+    server: str
+    region: str
+    ready_replicas: int
+    in_flight: float
+    requests_per_second: float
+    errors_per_second: float
+    dropped_per_second: float
+    desired_replicas: int | None  # None: the server asks for no recommendation
+
+
+def catalog_of(table: RoutingTable) -> Catalog:
+    servers: dict[str, str] = {}
+    regions: dict[str, frozenset[str]] = {}
+    endpoints: dict[str, dict[str, tuple[str, str]]] = {}
+    for server in table.servers:
+        name = names.cluster(workspace=server.workspace, server=server.name)
+        servers[name] = server.name
+        regions[name] = frozenset(e.region for e in server.endpoints) | frozenset(
+            server.spec.regions
+        )
+        endpoints[name] = {
+            (f"{e.host}:{e.port}"): (e.replica_id, e.region) for e in server.endpoints
+        }
+    return Catalog(servers=servers, regions=regions, endpoints=endpoints)
+
+
+class LoadService:
+    """The LRS streams, the book of reports and the recommendation; one per control plane."""
+
+    def __init__(
+        self,
+        *,
+        table: Callable[[], RoutingTable | None],
+        interval: float = 1.0,
+        require_identity: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.require_identity = require_identity
+        self.book = LoadBook()
+        self._table = table
+        self._clock = clock
+        self._catalog_for: RoutingTable | None = None
+        self._catalog = Catalog(servers={}, regions={}, endpoints={})
+        self._recommender = Recommender()
+        self._streams = itertools.count(1)
+        self._rows: list[LoadRow] = []
+        self._version = 0
+        self._changed = asyncio.Condition()
+
+    # The view.
+
+    @property
+    def rows(self) -> list[LoadRow]:
+        return self._rows
+
+    def catalog(self) -> Catalog:
+        table = self._table()
+        if table is not None and table is not self._catalog_for:
+            self._catalog, self._catalog_for = catalog_of(table), table
+        return self._catalog
+
+    def tick(self) -> list[LoadRow]:
+        """Recompute every row and recommendation now; wakes ``watch``ers."""
+        now = self._clock()
+        for node in self.book.expire(now):
+            log.info("load_reporter_expired", node_id=node)
+        table = self._table()
+        totals, _ = self.book.loads()
+        rows: list[LoadRow] = []
+        keep: set[object] = set()
+        for server in table.servers if table is not None else ():
+            ready_by_region: dict[str, int] = {}
+            for endpoint in server.endpoints:
+                if not endpoint.draining:
+                    ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+            regions = sorted(
+                set(server.spec.regions)
+                | set(ready_by_region)
+                | {region for (name, region) in totals if name == server.name and region != "*"}
+            )
+            scaling = server.spec.autoscaling
+            for region in ["*", *regions]:
+                load = totals.get((server.name, region)) or _NO_LOAD
+                ready = (
+                    sum(ready_by_region.values())
+                    if region == "*"
+                    else ready_by_region.get(region, 0)
+                )
+                desired = None
+                # A recommendation for the server, and per region when it lists its regions.
+                wanted = region == "*" or bool(server.spec.regions)
+                if scaling is not None and scaling.target_concurrency > 0 and wanted:
+                    key = (server.name, region)
+                    keep.add(key)
+                    desired = self._recommender.update(
+                        key, in_flight=load.in_flight, ready=ready, spec=scaling, now=now
+                    )
+                rows.append(
+                    LoadRow(
+                        server=server.name,
+                        region=region,
+                        ready_replicas=ready,
+                        in_flight=load.in_flight,
+                        requests_per_second=load.requests_per_second,
+                        errors_per_second=load.errors_per_second,
+                        dropped_per_second=load.dropped_per_second,
+                        desired_replicas=desired,
+                    )
+                )
+        self._recommender.forget(keep)
+        self._rows = rows
+        self._version += 1
+        metrics.LOAD_REPORTERS.set(self.book.proxies)
+        return rows
+
+    async def run(self) -> None:
+        """Tick every half interval until cancelled, waking ``watch``ers each time."""
+        while True:
+            self.tick()
+            async with self._changed:
+                self._changed.notify_all()
+            await asyncio.sleep(self.interval / 2)
+
+    async def watch(self) -> AsyncIterator[list[LoadRow]]:
+        """The rows now, then after every tick."""
+        seen = -1
+        while True:
+            if self._version != seen:
+                seen = self._version
+                yield self._rows
+            async with self._changed:
+                await self._changed.wait()
+
+    # The gRPC side.
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamLoadStats": grpc.stream_stream_rpc_method_handler(
+                    self._stream,
+                    request_deserializer=lrs_pb2.LoadStatsRequest.FromString,
+                    response_serializer=lrs_pb2.LoadStatsResponse.SerializeToString,
+                )
+            },
+        )
+
+    async def _stream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        node_id = first.node.id
+        if not node_id or len(node_id) > MAX_NODE_ID:
+            metrics.LOAD_REPORTS_REJECTED.labels("node").inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first LoadStatsRequest needs a node id of 1-{MAX_NODE_ID} characters",
+            )
+        if self.require_identity:
+            allowed = certificate_clusters(context.auth_context())
+            if (first.node.cluster or "default") not in allowed:
+                metrics.LOAD_REPORTS_REJECTED.labels("identity").inc()
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "the client certificate does not allow this node cluster",
+                )
+        stream = next(self._streams)
+        response = lrs_pb2.LoadStatsResponse(
+            send_all_clusters=True, report_endpoint_granularity=True
+        )
+        response.load_reporting_interval.FromNanoseconds(int(self.interval * 1e9))
+        yield response
+        log.info("load_reporter_connected", node_id=node_id, interval=self.interval)
+        try:
+            self._take(node_id, first, stream)
+            async for request in requests:
+                if len(request.cluster_stats) > MAX_CLUSTER_STATS:
+                    metrics.LOAD_REPORTS_REJECTED.labels("size").inc()
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{len(request.cluster_stats)} cluster stats in one report; at most "
+                        f"{MAX_CLUSTER_STATS}",
+                    )
+                self._take(node_id, request, stream)
+        finally:
+            self.book.forget(node_id, stream=stream)
+            log.info("load_reporter_disconnected", node_id=node_id)
+
+    def _take(self, node_id: str, request: Any, stream: int) -> None:
+        if not request.cluster_stats:
+            return
+        now = self._clock()
+        last = self.book.last_report(node_id)
+        if last is not None and now - last < self.interval / 4:
+            metrics.LOAD_REPORTS_REJECTED.labels("rate").inc()  # far more often than asked
+            return
+        started = time.perf_counter()
+        self.book.record(
+            node_id,
+            request.cluster_stats,
+            stream=stream,
+            now=now,
+            asked_interval=self.interval,
+            catalog=self.catalog(),
+        )
+        metrics.LOAD_REPORTS.inc()
+        metrics.LOAD_REPORT_SECONDS.observe(time.perf_counter() - started)
+
+
+_NO_LOAD = Load(
+    in_flight=0.0, requests_per_second=0.0, errors_per_second=0.0, dropped_per_second=0.0
+)
+
+__all__ = ["Autoscaling", "LoadRow", "LoadService", "catalog_of"]

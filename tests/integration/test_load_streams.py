@@ -1,0 +1,120 @@
+"""The LRS service over real gRPC streams: what it asks for, and hostile reporters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
+from prometheus_client import REGISTRY
+
+from control_plane.load.server import MAX_CLUSTER_STATS, LoadService
+from tests.helpers import endpoint, server, table
+
+TIMEOUT = 5
+TABLE = table(server("echo", endpoint("r1", 8081)))
+
+
+@pytest.fixture
+async def lrs() -> AsyncIterator[tuple[LoadService, lrs_pb2_grpc.LoadReportingServiceStub]]:
+    service = LoadService(table=lambda: TABLE, interval=1.0)
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers([service.generic_handler()])
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield service, lrs_pb2_grpc.LoadReportingServiceStub(channel)
+    await channel.close()
+    await grpc_server.stop(0)
+
+
+def report(node: str = "", in_flight: int = 1, clusters: int = 1) -> lrs_pb2.LoadStatsRequest:
+    request = lrs_pb2.LoadStatsRequest(node=base_pb2.Node(id=node) if node else None)
+    for _ in range(clusters):
+        stats = request.cluster_stats.add(cluster_name="default_echo")
+        stats.load_report_interval.FromSeconds(1)
+        stats.upstream_locality_stats.add(
+            locality=base_pb2.Locality(region="us-west"), total_requests_in_progress=in_flight
+        )
+    return request
+
+
+def rejected(reason: str) -> float:
+    value = REGISTRY.get_sample_value("routeplane_load_reports_rejected_total", {"reason": reason})
+    return value or 0.0
+
+
+async def until(condition: Any) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_first_answer_asks_for_every_cluster_per_endpoint_at_the_interval(
+    lrs: tuple[LoadService, Any],
+) -> None:
+    service, stub = lrs
+    call = stub.StreamLoadStats()
+    await call.write(report("edge-1", in_flight=3))
+    answer = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    assert answer.send_all_clusters
+    assert answer.report_endpoint_granularity
+    assert answer.load_reporting_interval.ToNanoseconds() == 1_000_000_000
+    await until(lambda: service.book.proxies == 1)
+    service.tick()
+    [total] = [r for r in service.rows if r.region == "*"]
+    assert total.in_flight == 3
+    call.cancel()
+    await until(lambda: service.book.proxies == 0)  # its stream ended: it stops counting
+
+
+async def test_a_first_request_without_a_node_ends_that_stream_only(
+    lrs: tuple[LoadService, Any],
+) -> None:
+    service, stub = lrs
+    good = stub.StreamLoadStats()
+    await good.write(report("edge-1", in_flight=2))
+    await asyncio.wait_for(good.read(), timeout=TIMEOUT)
+    bad = stub.StreamLoadStats()
+    await bad.write(report(""))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(bad.read(), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node id" in (info.value.details() or "")
+    await until(lambda: service.book.proxies == 1)
+    good.cancel()
+
+
+async def test_reports_far_more_often_than_asked_are_dropped(
+    lrs: tuple[LoadService, Any],
+) -> None:
+    service, stub = lrs
+    before = rejected("rate")
+    call = stub.StreamLoadStats()
+    await call.write(report("edge-1", in_flight=1))
+    await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    for _ in range(50):
+        await call.write(report(in_flight=9))
+    await until(lambda: rejected("rate") >= before + 50)
+    service.tick()
+    [total] = [r for r in service.rows if r.region == "*"]
+    assert total.in_flight == 1  # the flood did not replace the report in force
+    call.cancel()
+
+
+async def test_a_report_of_too_many_clusters_ends_the_stream(
+    lrs: tuple[LoadService, Any],
+) -> None:
+    _, stub = lrs
+    call = stub.StreamLoadStats()
+    await call.write(report("edge-1"))
+    await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    await call.write(report(clusters=MAX_CLUSTER_STATS + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
