@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from control_plane.cli.common import fail, registry_option, user_errors
+from control_plane.cli.common import admin_option, fail, registry_option, user_errors
 from control_plane.registry import RegistryError
 
 
@@ -41,7 +41,12 @@ def _mesh_config(**kwargs: Any) -> Any:
 @click.option("--admin-port", default=18001, show_default=True)
 @click.option("--envoy-port", default=10000, show_default=True, help="us-west; us-east is +1.")
 @click.option("--envoy-admin-port", default=9901, show_default=True, help="us-east is +1.")
-@click.option("--replica-port", default=8100, show_default=True, help="First of 7 ports.")
+@click.option(
+    "--replica-port",
+    default=8100,
+    show_default=True,
+    help="First of 11 ports (7 replicas, 4 autoscaled).",
+)
 @click.option("--emulator-port", default=9010, show_default=True)
 def mesh_up(detach: bool, **options: Any) -> None:
     """Start the local mesh (foreground unless --detach; Ctrl-C stops everything)."""
@@ -100,6 +105,42 @@ def mesh_compose(write: bool) -> None:
 @click.group()
 def samples() -> None:
     """Sample upstreams for the mesh, tests and benchmarks."""
+
+
+@samples.command("autoscaler")
+@click.option("--server", required=True, help="The server to scale.")
+@click.option("--region", required=True, help="Where its replicas register.")
+@click.option("--ports", required=True, help="Loopback ports for its replicas, e.g. 8150-8159.")
+@admin_option
+@registry_option
+@user_errors
+def samples_autoscaler(server: str, region: str, ports: str, admin: str, registry: str) -> None:
+    """Start or stop sample replicas of SERVER to match routeplane's recommendation (WatchLoad)."""
+    import signal
+    import sys
+
+    from control_plane.admin.client import AdminError, admin_pb2, stream
+    from control_plane.dev.autoscaler import Autoscaler, parse_ports
+
+    try:
+        port_list = parse_ports(ports)
+    except ValueError as exc:
+        fail(str(exc))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    scaler = Autoscaler(
+        server=server,
+        region=region,
+        ports=port_list,
+        registry=registry,
+        admin=admin,
+        announce=lambda line: click.echo(line, err=True),
+    )
+    try:
+        scaler.follow(stream(admin, "WatchLoad", admin_pb2.GetLoadRequest(server=server)))
+    except AdminError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return
 
 
 @samples.command("replica")

@@ -73,6 +73,9 @@ REPLICAS = (
     ReplicaPlan("tokens-us-east-1", "grpc", "tokens", "us-east", "us-east-a", 6),
 )
 ENVOYS = (EnvoyPlan("envoy-us-west", "us-west", 0), EnvoyPlan("envoy-us-east", "us-east", 1))
+# The sample autoscaler scales echo in us-west with replicas on these replica-port offsets.
+AUTOSCALED_SERVER, AUTOSCALED_REGION = "echo", "us-west"
+AUTOSCALER_OFFSETS = range(7, 11)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -97,6 +100,8 @@ class MeshConfig:
             ports[f"--replica-port (+{replica.offset}, {replica.name})"] = (
                 self.replica_port + replica.offset
             )
+        for offset in AUTOSCALER_OFFSETS:
+            ports[f"--replica-port (+{offset}, autoscaled)"] = self.replica_port + offset
         if spanner:
             ports["--emulator-port"] = self.emulator_port
         return ports
@@ -310,6 +315,29 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                 ],
             )
         _wait_routed(cfg, state)
+        first, last = (
+            cfg.replica_port + o for o in (AUTOSCALER_OFFSETS[0], AUTOSCALER_OFFSETS[-1])
+        )
+        _start(
+            state,
+            cfg.workdir,
+            "autoscaler",
+            [
+                routeplane,
+                "samples",
+                "autoscaler",
+                "--server",
+                AUTOSCALED_SERVER,
+                "--region",
+                AUTOSCALED_REGION,
+                "--ports",
+                f"{first}-{last}",
+                "--admin",
+                f"127.0.0.1:{cfg.admin_port}",
+                "--registry",
+                state.registry_url,
+            ],
+        )
     except BaseException:
         down(cfg.workdir, announce=lambda _: None)
         raise
@@ -437,6 +465,13 @@ Look:
   .venv/bin/routeplane snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
   {env}.venv/bin/routeplane replicas list --registry {reg}
+
+Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;
+the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane recommends):
+  .venv/bin/routeplane load --watch            # in flight, requests/s, desired replicas
+  for i in $(seq 6); do curl -s -o /dev/null -H 'Host: echo.local' \
+    'http://127.0.0.1:{west}/slow?ms=20000' & done
+  curl -H 'Host: echo.local' http://127.0.0.1:{west}/   # an echo-auto-* replica answers too
 
 Break things:
   {env}.venv/bin/routeplane replicas drain REPLICA_ID --registry {reg}

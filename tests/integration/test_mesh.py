@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ import grpc
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from control_plane.dev.mesh import ENVOYS, LEASE_SECONDS, REPLICAS, load_state
+from control_plane.dev.mesh import (
+    AUTOSCALER_OFFSETS,
+    ENVOYS,
+    LEASE_SECONDS,
+    REPLICAS,
+    load_state,
+)
 from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
@@ -117,6 +124,36 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
     for key, value in state.env.items():
         monkeypatch.setenv(key, value)
     registry = open_registry(state.registry_url)
+
+    # The serverless loop: load through Envoy -> load reports -> recommendation (WatchLoad) ->
+    # the sample autoscaler starts echo replicas -> they take traffic -> quiet -> they go.
+    auto_ports = {ports["replica"] + offset for offset in AUTOSCALER_OFFSETS}
+
+    def autoscaled() -> list[str]:
+        return [r.id for r in registry.list_replicas("echo") if r.port in auto_ports]
+
+    held = [
+        threading.Thread(
+            target=http_get,
+            args=(f"http://127.0.0.1:{west}/slow?ms=12000",),
+            kwargs={"host": "echo.local", "timeout": 30},
+        )
+        for _ in range(6)
+    ]
+    for thread in held:
+        thread.start()
+    wait_until(lambda: len(autoscaled()) == 3, timeout=20, what="3 replicas started for the load")
+    wait_until(
+        lambda: any(answer(west, "echo.local").startswith("echo-auto-") for _ in range(10)),
+        timeout=10,
+        what="an autoscaled replica answering",
+    )
+    for thread in held:
+        thread.join(timeout=30)
+    wait_until(
+        lambda: autoscaled() == [], timeout=30, interval=0.2, what="autoscaled replicas gone"
+    )
+
     dying_port = ports["replica"] + next(r.offset for r in REPLICAS if r.name == "echo-us-west-1")
     [dying] = [r for r in registry.list_replicas("echo") if r.port == dying_port]
     os.kill(pids["echo-us-west-1"], signal.SIGKILL)
