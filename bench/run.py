@@ -40,6 +40,7 @@ class Plan:
     dataplane_rate: float
     dataplane_seconds: float
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
+    load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
 
 
 FULL = Plan(
@@ -62,7 +63,7 @@ FULL = Plan(
     10,
 )
 QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,))
+SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2))
 
 
 def versions() -> dict[str, Any]:
@@ -88,13 +89,25 @@ def versions() -> dict[str, Any]:
 
 
 def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
-    from bench import dataplane, filesystem_baseline, fleet, pipeline, propagation, registry_watch
+    from bench import (
+        dataplane,
+        filesystem_baseline,
+        fleet,
+        load,
+        pipeline,
+        propagation,
+        registry_watch,
+    )
 
     out: dict[str, Any] = {"plan": plan.name, **versions()}
     started = time.monotonic()
     out["pipeline"] = [
         pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
     ]
+    path = workdir / "load"
+    path.mkdir()
+    proxies, clusters, tries = plan.load
+    out["load"] = load.run(proxies=proxies, clusters=clusters, tries=tries, workdir=path)
     out["propagation"] = []
     for ads in ("delta", "sotw"):
         path = workdir / f"prop-{ads}"
@@ -159,6 +172,30 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {row['servers']} | {row['replicas']} | {row['full_rebuild_ms']} | "
             f"{one['p50']} / {one['p99']} | {ten['p50']} / {ten['p99']} |"
+        )
+    if "load" in result:
+        latency = result["load"]["latency"]
+        lines += [
+            "",
+            "Load reports. Aggregation: synthetic LRS reports (each cluster one locality, 10 "
+            "endpoints) taken through the LRS stream's own step, then one tick (sums, "
+            "recommendations); CPU per report per cluster, and the share of one core projected "
+            "for 1,000 proxies x 100 clusters reporting every second. Report -> recommendation: "
+            f"a real Envoy reporting every {latency['interval_ms']:g} ms; {latency['held']} "
+            "requests held open start at once, the clock stops when WatchLoad shows them all "
+            f"in flight ({latency['tries']} tries)",
+            "| clusters with traffic | CPU per report per cluster | tick | projected share of "
+            "a core |",
+            "| --- | --- | --- | --- |",
+        ]
+        for agg in result["load"]["aggregation"]:
+            lines.append(
+                f"| {agg['active_share']:.0%} | {agg['cpu_us_per_report_per_cluster']} us | "
+                f"{agg['tick_ms']} ms | {agg['projected_core_share_1000x100_at_1s']:.0%} |"
+            )
+        lines.append(
+            f"\nLoad step -> visible in WatchLoad: p50 {latency['p50_ms']} ms, max "
+            f"{latency['max_ms']} ms (report interval {latency['interval_ms']:g} ms)"
         )
     lines += [
         "",

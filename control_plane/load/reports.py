@@ -27,11 +27,11 @@ STALE_INTERVALS = 3.0
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Catalog:
     """What routeplane serves, as reports name it: cluster name -> server, the server's
-    regions, and endpoint ``ip:port`` -> (replica id, region) per cluster."""
+    regions, and endpoint (ip, port) -> (replica id, region) per cluster."""
 
     servers: Mapping[str, str]
     regions: Mapping[str, frozenset[str]]
-    endpoints: Mapping[str, Mapping[str, tuple[str, str]]]
+    endpoints: Mapping[str, Mapping[tuple[str, int], tuple[str, str]]]
 
 
 @dataclass(slots=True)
@@ -80,11 +80,15 @@ class _ProxyReport:
     dropped: dict[str, float] = field(default_factory=dict)  # server -> dropped / s
 
 
-def _count(value: int, ignored: Ignored) -> float:
+def _clip(value: int, ignored: Ignored) -> float:
     if value > MAX_COUNT:
         ignored.clipped += 1
         return float(MAX_COUNT)
     return float(value)
+
+
+_NO_REGIONS: frozenset[str] = frozenset()
+_NO_ENDPOINTS: Mapping[tuple[str, int], tuple[str, str]] = {}
 
 
 class LoadBook:
@@ -93,6 +97,10 @@ class LoadBook:
     def __init__(self) -> None:
         self._proxies: dict[str, _ProxyReport] = {}
         self.ignored = Ignored()
+        # Running sums of every proxy's report: (server, region) and replica -> [in flight,
+        # requests/s, errors/s, dropped/s].
+        self._totals: dict[tuple[str, str], list[float]] = {}
+        self._replica_totals: dict[str, list[float]] = {}
 
     def record(
         self,
@@ -104,39 +112,61 @@ class LoadBook:
         asked_interval: float,
         catalog: Catalog,
     ) -> None:
-        """Take one LoadStatsRequest's ``cluster_stats`` from ``node_id`` (on ``stream``)."""
+        """Take one LoadStatsRequest's ``cluster_stats`` from ``node_id`` (on ``stream``).
+
+        The hot path of load reporting: idle localities and endpoints (all counters zero) are
+        skipped before anything else is read, and counters are read once each."""
         report = _ProxyReport(stream=stream, at=now, interval=asked_interval)
         ignored = self.ignored
+        servers, all_regions, all_endpoints = catalog.servers, catalog.regions, catalog.endpoints
+        localities, replicas = report.localities, report.replicas
         for stats in cluster_stats:
             name = stats.cluster_service_name or stats.cluster_name  # type: ignore[attr-defined]
-            server = catalog.servers.get(name)
+            server = servers.get(name)
             if server is None:
                 ignored.clusters += 1
                 continue
             interval = _seconds(stats.load_report_interval)  # type: ignore[attr-defined]
             if 0 < interval <= MAX_INTERVAL:
                 report.interval = interval
-            regions = catalog.regions.get(name, frozenset())
-            endpoints = catalog.endpoints.get(name, {})
-            dropped = _count(stats.total_dropped_requests, ignored)  # type: ignore[attr-defined]
-            report.dropped[server] = report.dropped.get(server, 0.0) + dropped
+            dropped = stats.total_dropped_requests  # type: ignore[attr-defined]
+            if dropped:
+                report.dropped[server] = report.dropped.get(server, 0.0) + _clip(dropped, ignored)
+            regions = all_regions.get(name, _NO_REGIONS)
+            endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
             for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
+                in_flight = locality.total_requests_in_progress
+                issued = locality.total_issued_requests
+                errors = locality.total_error_requests
+                if not (in_flight or issued or errors):
+                    continue  # idle: nothing to add
                 region = locality.locality.region
                 if region not in regions:
                     ignored.localities += 1
                     continue
-                counters = report.localities.setdefault((server, region), Counters())
-                counters.add(_counters(locality, ignored))
-                for endpoint in locality.upstream_endpoint_stats:
-                    socket = endpoint.address.socket_address
-                    replica = endpoints.get(f"{socket.address}:{socket.port_value}")
+                counters = localities.get((server, region))
+                if counters is None:
+                    counters = localities[(server, region)] = Counters()
+                counters.in_flight += _clip(in_flight, ignored)
+                counters.issued += _clip(issued, ignored)
+                counters.errors += _clip(errors, ignored)
+                for point in locality.upstream_endpoint_stats:
+                    point_in_flight = point.total_requests_in_progress
+                    point_issued = point.total_issued_requests
+                    if not (point_in_flight or point_issued):
+                        continue
+                    socket = point.address.socket_address
+                    replica = endpoints.get((socket.address, socket.port_value))
                     if replica is None:
                         ignored.endpoints += 1
                         continue
-                    report.replicas.setdefault(replica[0], Counters()).add(
-                        _counters(endpoint, ignored)
-                    )
-        self._proxies[node_id] = report
+                    counted = replicas.get(replica[0])
+                    if counted is None:
+                        counted = replicas[replica[0]] = Counters()
+                    counted.in_flight += _clip(point_in_flight, ignored)
+                    counted.issued += _clip(point_issued, ignored)
+                    counted.errors += _clip(point.total_error_requests, ignored)
+        self._replace(node_id, report)
 
     def last_report(self, node_id: str) -> float | None:
         report = self._proxies.get(node_id)
@@ -147,7 +177,7 @@ class LoadBook:
         stream of the same node already replaced it)."""
         report = self._proxies.get(node_id)
         if report is not None and report.stream == stream:
-            del self._proxies[node_id]
+            self._apply(self._proxies.pop(node_id), sign=-1.0)
 
     def expire(self, now: float) -> list[str]:
         """Forget proxies silent for three of their intervals; returns their node ids."""
@@ -157,7 +187,7 @@ class LoadBook:
             if now - report.at > STALE_INTERVALS * report.interval
         ]
         for node in gone:
-            del self._proxies[node]
+            self._apply(self._proxies.pop(node), sign=-1.0)
         return gone
 
     @property
@@ -165,51 +195,68 @@ class LoadBook:
         return len(self._proxies)
 
     def loads(self) -> tuple[dict[tuple[str, str], Load], dict[str, Load]]:
-        """Per (server, region), with (server, "*") the server's total; and per replica id."""
-        totals: dict[Any, tuple[Counters, float]] = {}
-        replicas: dict[Any, tuple[Counters, float]] = {}
-        for report in self._proxies.values():
-            seconds = max(report.interval, 1e-3)
-            for (server, region), counters in report.localities.items():
-                for key in ((server, region), (server, "*")):
-                    _accumulate(totals, key, counters, seconds)
-            for server, dropped in report.dropped.items():
-                entry = totals.setdefault((server, "*"), (Counters(), 0.0))
-                totals[(server, "*")] = (entry[0], entry[1] + dropped / seconds)
-            for replica, counters in report.replicas.items():
-                _accumulate(replicas, replica, counters, seconds)
+        """Per (server, region), with (server, "*") the server's total; and per replica id.
+        Kept up to date report by report, so this costs the number of keys, not of proxies."""
         return (
-            {key: _load(*value) for key, value in totals.items()},
-            {key: _load(*value) for key, value in replicas.items()},
+            {key: _load(*rates) for key, rates in self._totals.items() if any(rates)},
+            {key: _load(*rates) for key, rates in self._replica_totals.items() if any(rates)},
         )
 
+    def _replace(self, node_id: str, report: _ProxyReport) -> None:
+        previous = self._proxies.get(node_id)
+        if previous is not None:
+            self._apply(previous, sign=-1.0)
+        self._proxies[node_id] = report
+        self._apply(report, sign=1.0)
 
-def _accumulate(
-    into: dict[Any, tuple[Counters, float]], key: object, counters: Counters, seconds: float
-) -> None:
-    entry = into.get(key)
-    rates = entry[0] if entry is not None else Counters()
-    rates.in_flight += counters.in_flight
-    rates.issued += counters.issued / seconds
-    rates.errors += counters.errors / seconds
-    into[key] = (rates, entry[1] if entry is not None else 0.0)
+    def _apply(self, report: _ProxyReport, *, sign: float) -> None:
+        """Add (``sign`` 1) or take away (-1) one report's rates from the running totals."""
+        per_second = sign / max(report.interval, 1e-3)
+        totals = self._totals
+        for (server, region), counters in report.localities.items():
+            for key in ((server, region), (server, "*")):
+                rates = totals.get(key)
+                if rates is None:
+                    rates = totals[key] = [0.0, 0.0, 0.0, 0.0]
+                rates[0] += sign * counters.in_flight
+                rates[1] += per_second * counters.issued
+                rates[2] += per_second * counters.errors
+        for server, dropped in report.dropped.items():
+            rates = totals.get((server, "*"))
+            if rates is None:
+                rates = totals[(server, "*")] = [0.0, 0.0, 0.0, 0.0]
+            rates[3] += per_second * dropped
+        replica_totals = self._replica_totals
+        for replica, counters in report.replicas.items():
+            rates = replica_totals.get(replica)
+            if rates is None:
+                rates = replica_totals[replica] = [0.0, 0.0, 0.0, 0.0]
+            rates[0] += sign * counters.in_flight
+            rates[1] += per_second * counters.issued
+            rates[2] += per_second * counters.errors
+        if sign < 0:  # keep the totals small and exact at zero
+            for table in (totals, replica_totals):
+                for key in set(_keys(report, table is totals)):
+                    rates = table.get(key)
+                    if rates is not None and all(abs(v) < 1e-9 for v in rates):
+                        del table[key]
 
 
-def _load(rates: Counters, dropped_per_second: float) -> Load:
+def _keys(report: _ProxyReport, totals: bool) -> list[Any]:
+    if not totals:
+        return list(report.replicas)
+    keys: list[Any] = [(server, "*") for server in report.dropped]
+    for server, region in report.localities:
+        keys.extend(((server, region), (server, "*")))
+    return keys
+
+
+def _load(in_flight: float, issued: float, errors: float, dropped: float) -> Load:
     return Load(
-        in_flight=rates.in_flight,
-        requests_per_second=rates.issued,
-        errors_per_second=rates.errors,
-        dropped_per_second=dropped_per_second,
-    )
-
-
-def _counters(stats: object, ignored: Ignored) -> Counters:
-    return Counters(
-        in_flight=_count(stats.total_requests_in_progress, ignored),  # type: ignore[attr-defined]
-        issued=_count(stats.total_issued_requests, ignored),  # type: ignore[attr-defined]
-        successful=_count(stats.total_successful_requests, ignored),  # type: ignore[attr-defined]
-        errors=_count(stats.total_error_requests, ignored),  # type: ignore[attr-defined]
+        in_flight=max(0.0, in_flight),
+        requests_per_second=max(0.0, issued),
+        errors_per_second=max(0.0, errors),
+        dropped_per_second=max(0.0, dropped),
     )
 
 

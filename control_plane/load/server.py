@@ -54,16 +54,14 @@ class LoadRow:
 def catalog_of(table: RoutingTable) -> Catalog:
     servers: dict[str, str] = {}
     regions: dict[str, frozenset[str]] = {}
-    endpoints: dict[str, dict[str, tuple[str, str]]] = {}
+    endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     for server in table.servers:
         name = names.cluster(workspace=server.workspace, server=server.name)
         servers[name] = server.name
         regions[name] = frozenset(e.region for e in server.endpoints) | frozenset(
             server.spec.regions
         )
-        endpoints[name] = {
-            (f"{e.host}:{e.port}"): (e.replica_id, e.region) for e in server.endpoints
-        }
+        endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in server.endpoints}
     return Catalog(servers=servers, regions=regions, endpoints=endpoints)
 
 

@@ -13,7 +13,7 @@ from control_plane.load.reports import MAX_COUNT, Catalog, LoadBook
 CATALOG = Catalog(
     servers={"default_echo": "echo"},
     regions={"default_echo": frozenset({"us-west", "us-east"})},
-    endpoints={"default_echo": {"127.0.0.1:8081": ("r1", "us-west")}},
+    endpoints={"default_echo": {("127.0.0.1", 8081): ("r1", "us-west")}},
 )
 
 

@@ -1,0 +1,172 @@
+"""Load reports: what aggregating them costs, and how soon a load step shows.
+
+``python -m bench.load``
+
+1. Aggregation: synthetic LRS reports (one per proxy, ``--clusters`` clusters each with one
+   locality and 10 endpoints) taken by a real :class:`LoadService` (the code path of the LRS
+   stream, minus the transport), then one tick (sums and recommendations). Reported: CPU per
+   report per cluster, and the projected share of one core for 1,000 proxies x 100 clusters
+   reporting every second.
+2. Report -> recommendation: a real control plane and a real Envoy (LRS every 0.5 s); N
+   requests held open by the upstream start at once; the clock runs from the moment they are
+   all sent until ``WatchLoad`` shows N in flight. Against the goal of two report intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.service.load_stats.v3 import lrs_pb2
+
+from control_plane.admin.client import admin_pb2, stream
+from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.load.server import LoadService
+from control_plane.registry import open_registry
+from tests.helpers import endpoint, server, table, wait_until
+from tests.processes import ControlPlane, Envoy
+
+
+def aggregation(*, proxies: int, clusters: int, active: float = 1.0) -> dict[str, Any]:
+    """``active``: the share of clusters with traffic in a report (the rest report zeros, as
+    Envoy does for an idle cluster)."""
+    servers = [
+        server(f"s{c:03d}", *(endpoint(f"r{c}-{e}", 20000 + e) for e in range(10)))
+        for c in range(clusters)
+    ]
+    routing = table(*servers)
+    service = LoadService(table=lambda: routing, interval=1.0, clock=lambda: clock[0])
+    clock = [0.0]
+    report = lrs_pb2.LoadStatsRequest()
+    for c in range(clusters):
+        busy = c < round(clusters * active)
+        stats = report.cluster_stats.add(cluster_name=f"default_s{c:03d}")
+        stats.load_report_interval.FromSeconds(1)
+        locality = stats.upstream_locality_stats.add(
+            locality=base_pb2.Locality(region="us-west"),
+            total_requests_in_progress=3 if busy else 0,
+            total_issued_requests=100 if busy else 0,
+            total_successful_requests=99 if busy else 0,
+            total_error_requests=1 if busy else 0,
+        )
+        for e in range(10):
+            locality.upstream_endpoint_stats.add(
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(
+                        address="127.0.0.1", port_value=20000 + e
+                    )
+                ),
+                total_requests_in_progress=1 if busy else 0,
+                total_issued_requests=10 if busy else 0,
+            )
+    started = time.process_time()
+    for p in range(proxies):
+        service._take(f"proxy-{p}", report, stream=p)
+    took = time.process_time() - started
+    tick_started = time.process_time()
+    service.tick()
+    tick = time.process_time() - tick_started
+    per_report_cluster_us = took / (proxies * clusters) * 1e6
+    return {
+        "proxies": proxies,
+        "clusters": clusters,
+        "active_share": active,
+        "cpu_us_per_report_per_cluster": round(per_report_cluster_us, 2),
+        "tick_ms": round(tick * 1000, 2),
+        "projected_core_share_1000x100_at_1s": round(
+            (per_report_cluster_us * 1000 * 100 / 1e6) + tick * 2, 3
+        ),
+    }
+
+
+def report_to_recommendation(*, tries: int, held: int, workdir: Path) -> dict[str, Any]:
+    interval = 0.5
+    cp = ControlPlane.create(workdir, extra=["--load-report-interval", str(interval)])
+    cp.start()
+    echo = EchoThread(name="a")
+    envoy = Envoy.create(workdir, node_id="bench-load", region="us-west", xds=[cp.xds])
+    latencies: list[float] = []
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+        registry.register_replica(server="echo", address=echo.address, region="us-west")
+        registry.close()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local")[0] == 200, what="routing")
+        updates = stream(cp.admin, "WatchLoad", admin_pb2.GetLoadRequest(server="echo"))
+
+        def in_flight() -> float:
+            while True:
+                response = next(updates)
+                for row in response.servers:
+                    if row.region == "*":
+                        return float(row.in_flight)
+
+        for _ in range(tries):
+            while in_flight() != 0:
+                pass
+            threads = [
+                threading.Thread(
+                    target=envoy.get,
+                    kwargs={"path": "/slow?ms=2500", "host": "echo.local", "timeout": 10},
+                )
+                for _ in range(held)
+            ]
+            for thread in threads:
+                thread.start()
+            sent = time.monotonic()
+            while in_flight() < held:
+                pass
+            latencies.append((time.monotonic() - sent) * 1000)
+            for thread in threads:
+                thread.join()
+        return {
+            "interval_ms": interval * 1000,
+            "held": held,
+            "tries": tries,
+            "p50_ms": round(statistics.median(latencies), 1),
+            "max_ms": round(max(latencies), 1),
+        }
+    finally:
+        envoy.stop()
+        cp.stop()
+        echo.stop()
+
+
+def run(*, proxies: int, clusters: int, tries: int, workdir: Path) -> dict[str, Any]:
+    return {
+        "aggregation": [
+            aggregation(proxies=proxies, clusters=clusters, active=share) for share in (1.0, 0.1)
+        ],
+        "latency": report_to_recommendation(tries=tries, held=5, workdir=workdir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--proxies", type=int, default=200)
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--tries", type=int, default=10)
+    args = parser.parse_args()
+    out: dict[str, Any] = {
+        "aggregation": [
+            aggregation(proxies=args.proxies, clusters=args.clusters, active=share)
+            for share in (1.0, 0.1)
+        ]
+    }
+    with tempfile.TemporaryDirectory(prefix="routeplane-load-") as tmp:
+        out["latency"] = report_to_recommendation(tries=args.tries, held=5, workdir=Path(tmp))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
