@@ -76,8 +76,12 @@ class ServerSpec:
     regions: tuple[str, ...] = ()
     cross_region: bool = True
     hash_on: HashOn | None = None
+    # Per try: time to the first response byte and between bytes (Envoy per_try_idle_timeout);
+    # a response that keeps sending is never cut by it. 0 = none.
     request_timeout: float = 60.0
     idle_timeout: float = 300.0
+    # The whole stream, request and response (Envoy max_stream_duration); 0 = none.
+    max_stream: float = 0.0
     connect_timeout: float = 1.0
     retries: int = 2
     max_requests_per_replica: int = 0
@@ -170,7 +174,7 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         raise ValidationError("spec.failover", failover, "expected cross_region or local_only")
     hash_on = _hash_on(spec.get("load_balancing", "least_request"))
     timeouts = _mapping("spec.timeouts", spec.get("timeouts", {}))
-    _no_extra("spec.timeouts", timeouts, {"request", "idle", "connect"})
+    _no_extra("spec.timeouts", timeouts, {"request", "idle", "connect", "max_stream"})
     request = duration("spec.timeouts.request", timeouts.get("request", DEFAULT.request_timeout))
     idle = duration("spec.timeouts.idle", timeouts.get("idle", DEFAULT.idle_timeout))
     connect = duration(
@@ -183,6 +187,7 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         hash_on=hash_on,
         request_timeout=request,
         idle_timeout=idle,
+        max_stream=duration("spec.timeouts.max_stream", timeouts.get("max_stream", 0.0)),
         connect_timeout=connect,
         retries=integer("spec.retries", spec.get("retries", DEFAULT.retries), low=0, high=10),
         max_requests_per_replica=integer(

@@ -1,8 +1,11 @@
 """Route configurations (RDS): one virtual host per hostname, one route set per server.
 
 Servers sharing a hostname under different path prefixes share its virtual host; longer
-prefixes match first. Plain HTTP gets the request timeout, except WebSocket upgrades (their own
-route, matched first) which, like gRPC, get no request timeout and an idle timeout instead.
+prefixes match first. No route gets Envoy's route `timeout` (it bounds the whole response and
+would cut a response that is still streaming): plain HTTP gets `timeouts.request` as the per-try
+idle timeout (time to the first byte, and between bytes), every route the idle timeout, and
+`timeouts.max_stream` when set; WebSocket upgrades (their own route, matched first) and gRPC get
+no request timeout.
 Retries only where nothing can have reached the replica: connect failure, refused stream,
 reset before any byte was sent, each on another replica.
 """
@@ -46,8 +49,15 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
             )
         action = route.route
         action.cluster = cluster
-        set_duration(action.timeout, 0.0 if no_request_timeout else spec.request_timeout)
+        # No route timeout: it would bound the whole response, cutting a token stream that is
+        # still sending. `timeouts.request` bounds each try's time to first byte and between
+        # bytes instead; `idle` the stream's quiet time; `max_stream` (optional) the whole.
+        set_duration(action.timeout, 0.0)
         set_duration(action.idle_timeout, spec.idle_timeout)
+        if spec.max_stream:
+            set_duration(action.max_stream_duration.max_stream_duration, spec.max_stream)
+        if spec.request_timeout and not no_request_timeout:
+            set_duration(action.retry_policy.per_try_idle_timeout, spec.request_timeout)
         if spec.retries:
             action.retry_policy.retry_on = RETRY_ON
             action.retry_policy.num_retries.value = spec.retries

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -331,3 +332,51 @@ def test_boundary_values_are_accepted_by_envoy(
         assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
         assert envoy.stat(f"cluster.{'w' * 63}_{'e' * 63}.update_rejected") == 0
         assert envoy.stat(f"cluster.{'w' * 63}_{'e' * 63}.update_success") >= 1
+
+
+def _get_events(envoy: Envoy, path: str, host: str) -> tuple[int, list[str], float]:
+    """GET through Envoy: status, the server-sent events received (even if cut), seconds."""
+    import http.client
+
+    address, port = envoy.listen.rsplit(":", 1)
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(address, int(port), timeout=15)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        try:
+            body = response.read()
+        except http.client.IncompleteRead as exc:
+            body = exc.partial
+        events = [line for line in body.decode().splitlines() if line.startswith("data: ")]
+        return response.status, events, time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def test_a_token_stream_outlives_the_request_timeout_but_a_stalled_one_is_cut(
+    mesh: Mesh, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    replica = echo_factory("sse")
+    mesh.registry.put_server(
+        name="sse",
+        hostnames=["sse.local"],
+        protocol="http",
+        spec={"timeouts": {"request": "1s", "idle": "1s"}, "retries": 0},
+    )
+    mesh.registry.register_replica(server="sse", address=replica.address, region="us-west")
+    wait_until(lambda: body(mesh.west, "sse.local") == "sse", what="sse routed")
+    # 15 events 200 ms apart: 2.8 s of streaming, well past `request: 1s`, never idle for 1 s.
+    status, events, took = _get_events(mesh.west, "/stream?chunks=15&ms=200", "sse.local")
+    assert status == 200
+    assert events == [f"data: sse {i}" for i in range(15)]
+    assert took >= 2.8
+    # One event, then silence: cut once it has been quiet for 1 s.
+    status, events, took = _get_events(mesh.west, "/stall?chunks=3&ms=5000", "sse.local")
+    assert status == 200
+    assert events == ["data: sse 0"]
+    assert 0.9 <= took < 4.0
+    # No byte at all within `request`: 504 from Envoy, after about a second.
+    status, _, took = _get_events(mesh.west, "/slow?ms=5000", "sse.local")
+    assert status == 504
+    assert 0.9 <= took < 4.0

@@ -1,7 +1,9 @@
 """An HTTP/1.1 echo server that names the replica that answered.
 
 ``GET /`` answers ``<name>\\n``; ``GET /slow?ms=N`` answers after N milliseconds (to hold a
-request in flight during a drain). Runs in a thread (tests) or as ``routeplane samples http-echo``.
+request in flight during a drain); ``GET /stream?chunks=N&ms=M`` sends N server-sent events M
+milliseconds apart (a token stream), and ``GET /stall?ms=M`` sends one event and then nothing
+for M milliseconds before the rest. Runs in a thread (tests) or as ``routeplane samples http-echo``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if url.path in ("/stream", "/stall"):
+                self._events(url.path, query)
+                return
             if url.path == "/slow":
                 delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
                 time.sleep(delay_ms / 1000)
@@ -28,6 +34,27 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
             self.send_header("X-Replica", name)
             self.end_headers()
             self.wfile.write(body)
+
+        def _events(self, path: str, query: dict[str, list[str]]) -> None:
+            chunks = int(query.get("chunks", ["10"])[0])
+            gap = int(query.get("ms", ["200"])[0]) / 1000
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("X-Replica", name)
+            self.end_headers()
+            try:
+                for i in range(chunks):
+                    if i and path == "/stream":
+                        time.sleep(gap)
+                    if i == 1 and path == "/stall":
+                        time.sleep(gap)
+                    event = f"data: {name} {i}\n\n".encode()
+                    self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                return  # the proxy cut the stream
 
         def log_message(self, format: str, *args: object) -> None:
             return
