@@ -17,9 +17,10 @@ from prometheus_client import REGISTRY
 
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
-from control_plane.xds.resources import CLUSTER, ENDPOINT
+from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER
 from control_plane.xds.server import XdsServer
 from control_plane.xds.stream import EMPTY_VERSION, Limits
+from tests.helpers import async_wait_until
 from tests.xds_helpers import two_servers
 
 GROUP = NodeGroup(cluster="edge", region="us-west")
@@ -68,13 +69,6 @@ async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
         return exc.code(), exc.details() or ""
 
 
-async def until(condition: Any) -> None:
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def sample(name: str, labels: dict[str, str]) -> float:
     value = REGISTRY.get_sample_value(name, labels)
     return value or 0.0
@@ -112,7 +106,7 @@ async def test_new_node_groups_past_the_cap_are_refused_and_known_ones_still_ser
         request.node.locality.region = region
         await call.write(request)
         held.append(call)
-    await until(lambda: len(xds.proxies) == len(groups))
+    await async_wait_until(lambda: len(xds.proxies) == len(groups), what="streams held")
     refused = ads(channel).StreamAggregatedResources()
     request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node(extra[0]))
     request.node.locality.region = extra[1]
@@ -193,16 +187,11 @@ async def test_a_repeated_nack_is_counted_once_and_its_text_is_truncated(
     )
     for _ in range(200):
         await call.write(nack)
+    # Requests are handled in order: once the LDS answer arrives, all 200 NACKs were handled.
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
+    while (await asyncio.wait_for(call.read(), timeout=TIMEOUT)).type_url != LISTENER:
+        pass
     [proxy] = xds.proxies.values()
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while proxy.protocol.status[CLUSTER].last_nack is None:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
-    # Everything sent before the ping below has been handled once the ping is.
-    await call.write(nack)
-    while sample("routeplane_xds_nacks_total", {"type": "cds"}) < before + 1:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
     status = proxy.protocol.status[CLUSTER]
     assert status.nacks == 1
     assert sample("routeplane_xds_nacks_total", {"type": "cds"}) == before + 1

@@ -13,7 +13,7 @@ from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from prometheus_client import REGISTRY
 
 from control_plane.load.server import MAX_CLUSTER_STATS, LoadService
-from tests.helpers import endpoint, server, table
+from tests.helpers import async_wait_until, endpoint, server, table
 
 TIMEOUT = 5
 TABLE = table(server("echo", endpoint("r1", 8081)))
@@ -48,13 +48,6 @@ def rejected(reason: str) -> float:
     return value or 0.0
 
 
-async def until(condition: Any) -> None:
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_first_answer_asks_for_every_cluster_per_endpoint_at_the_interval(
     lrs: tuple[LoadService, Any],
 ) -> None:
@@ -65,12 +58,12 @@ async def test_the_first_answer_asks_for_every_cluster_per_endpoint_at_the_inter
     assert answer.send_all_clusters
     assert answer.report_endpoint_granularity
     assert answer.load_reporting_interval.ToNanoseconds() == 1_000_000_000
-    await until(lambda: service.book.proxies == 1)
+    await async_wait_until(lambda: service.book.proxies == 1)
     service.tick()
     [total] = [r for r in service.rows if r.region == "*"]
     assert total.in_flight == 3
     call.cancel()
-    await until(lambda: service.book.proxies == 0)  # its stream ended: it stops counting
+    await async_wait_until(lambda: service.book.proxies == 0)  # its stream ended: it stops counting
 
 
 async def test_a_first_request_without_a_node_ends_that_stream_only(
@@ -86,7 +79,7 @@ async def test_a_first_request_without_a_node_ends_that_stream_only(
         await asyncio.wait_for(bad.read(), timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node id" in (info.value.details() or "")
-    await until(lambda: service.book.proxies == 1)
+    await async_wait_until(lambda: service.book.proxies == 1)
     good.cancel()
 
 
@@ -100,7 +93,7 @@ async def test_reports_far_more_often_than_asked_are_dropped(
     await asyncio.wait_for(call.read(), timeout=TIMEOUT)
     for _ in range(50):
         await call.write(report(in_flight=9))
-    await until(lambda: rejected("rate") >= before + 50)
+    await async_wait_until(lambda: rejected("rate") >= before + 50)
     service.tick()
     [total] = [r for r in service.rows if r.region == "*"]
     assert total.in_flight == 1  # the flood did not replace the report in force
