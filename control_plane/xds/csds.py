@@ -17,9 +17,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
 from google.protobuf import any_pb2
 
+from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import PUSH_ORDER
 from control_plane.xds.server import Proxy, XdsServer
-from control_plane.xds.stream import DeltaStream
 
 _SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _STATUS = csds_pb2.ConfigStatus

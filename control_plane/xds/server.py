@@ -24,16 +24,16 @@ from envoy.service.discovery.v3 import discovery_pb2
 from control_plane import metrics
 from control_plane.identity import certificate_clusters
 from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.delta import DeltaStream
 from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES
+from control_plane.xds.sotw import SotwStream
 from control_plane.xds.stream import (
     DEFAULT_LIMITS,
-    DeltaStream,
     LimitExceededError,
     Limits,
     Outgoing,
     RequestOutcome,
-    SotwStream,
 )
 
 log = structlog.get_logger("routeplane.xds")

@@ -1,8 +1,9 @@
 """Per-stream xDS protocol state: what a proxy asked for, what it was sent, what it accepted.
 
-Pure state machines, no I/O: :class:`SotwStream` and :class:`DeltaStream` take parsed requests
-(``on_request``) and a snapshot (``responses``) and return encoded responses to send, in push
-order (CDS, EDS, LDS, RDS). ``xds.server`` owns the gRPC side. Rules implemented here:
+Pure state machines, no I/O: ``xds.sotw.SotwStream`` and ``xds.delta.DeltaStream`` take parsed
+requests (``on_request``) and a snapshot (``responses``) and return encoded responses to send, in
+push order (CDS, EDS, LDS, RDS). This module holds what both share (per-type state, limits,
+statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two implement:
 
 - a request whose nonce is not the latest one sent for its type (SotW) or not one awaiting an
   answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
@@ -23,17 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.xds.resources import (
-    CLUSTER,
     ENDPOINT,
     PUSH_ORDER,
-    WILDCARD_TYPES,
     Resource,
-    control_plane_field,
-    delta_response,
-    sotw_response,
     version_of_sum,
 )
-from control_plane.xds.snapshot import Snapshot, eds_name, type_version
+from control_plane.xds.snapshot import Snapshot, eds_name
 
 
 def _forget_endpoints_of(
@@ -149,7 +145,7 @@ def _matches(type_url: str, wanted: str) -> bool:
 
 
 @dataclass(slots=True)
-class _Pending:
+class Pending:
     sent: dict[str, str]
     removed: list[str]
     version: str
@@ -160,7 +156,7 @@ MAX_PENDING = 32
 
 
 @dataclass(slots=True)
-class _TypeState:
+class TypeState:
     """Everything one stream keeps about one type. SotW uses ``last_nonce``, ``sent``,
     ``claimed`` and ``selected``; delta uses ``known``, ``acked`` and ``pending``."""
 
@@ -181,16 +177,16 @@ class _TypeState:
     # ACKed; responses awaiting an answer, by nonce.
     known: dict[str, str] = field(default_factory=dict)
     acked: dict[str, str] = field(default_factory=dict)
-    pending: dict[str, _Pending] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
 
 
-class _Base:
+class BaseStream:
     def __init__(
         self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
     ) -> None:
         self.only_type = only_type
         self.limits = limits
-        self._types: dict[str, _TypeState] = {}
+        self._types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
 
@@ -202,7 +198,7 @@ class _Base:
     def _type_of(self, request_type_url: str) -> str:
         return request_type_url or self.only_type
 
-    def _state(self, type_url: str) -> _TypeState:
+    def _state(self, type_url: str) -> TypeState:
         state = self._types.get(type_url)
         if state is None:
             limits = self.limits
@@ -214,7 +210,7 @@ class _Base:
                 raise LimitExceededError(
                     f"more than {limits.max_types} resource types on one stream"
                 )
-            state = self._types[type_url] = _TypeState()
+            state = self._types[type_url] = TypeState()
         return state
 
     def _check_names(self, type_url: str, count: int, what: str) -> None:
@@ -225,7 +221,7 @@ class _Base:
                 "stream (serve --max-names-per-stream)"
             )
 
-    def _nack(self, state: _TypeState, version: str, request: Any) -> tuple[Nack, bool]:
+    def _nack(self, state: TypeState, version: str, request: Any) -> tuple[Nack, bool]:
         """Record a NACK of ``version``; True when this type already NACKed that version."""
         status = state.status
         repeated = status.last_nack is not None and status.last_nack.version == version
@@ -266,16 +262,14 @@ class _Base:
                     out.append(self._empty_response(type_url, state, snapshot))
         return out
 
-    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
+    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
         raise NotImplementedError
 
-    def _response_for(
-        self, type_url: str, state: _TypeState, snapshot: Snapshot
-    ) -> Outgoing | None:
+    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
         raise NotImplementedError
 
     def _candidates(
-        self, state: _TypeState, type_url: str, snapshot: Snapshot
+        self, state: TypeState, type_url: str, snapshot: Snapshot
     ) -> AbstractSet[str] | None:
         """The names worth looking at for this push, or None for "all of them".
 
@@ -300,339 +294,3 @@ class _Base:
         names = _forget_endpoints_of(clusters, sent)
         if names:
             self._state(ENDPOINT).extra.update(names)
-
-
-class SotwStream(_Base):
-    """State-of-the-world xDS (ADS or one type)."""
-
-    _CP_FIELD = 6
-
-    def __init__(
-        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
-    ) -> None:
-        super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
-        self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
-
-    @staticmethod
-    def _named_version(
-        state: _TypeState, available: Any, candidates: AbstractSet[str] | None
-    ) -> str:
-        """The version_info of a named subscription: the sum of the subscribed resources'
-        pair hashes, kept up to date push by push."""
-        hashes, names = state.selected, state.status.names
-        if candidates is None:
-            hashes.clear()
-            for name in names:
-                resource = available.get(name)
-                if resource is not None:
-                    hashes[name] = resource.pair_hash
-            total = sum(hashes.values())
-        else:
-            total = state.selected_sum
-            for name in candidates:
-                if name not in names:
-                    continue
-                total -= hashes.pop(name, 0)
-                resource = available.get(name)
-                if resource is not None:
-                    hashes[name] = resource.pair_hash
-                    total += resource.pair_hash
-        state.selected_sum = total
-        return version_of_sum(total)
-
-    def on_request(self, request: Any) -> RequestOutcome:
-        type_url = self._type_of(request.type_url)
-        outcome = RequestOutcome(type_url=type_url)
-        state = self._state(type_url)
-        status = state.status
-        names = set(request.resource_names)
-        self._check_names(type_url, len(names), "names subscribed")
-        # A nonce this stream never issued on a type it never answered: a proxy that
-        # reconnected from another control plane. Its request is an initial one.
-        foreign = bool(request.response_nonce) and not state.last_nonce
-        if request.response_nonce and request.response_nonce != state.last_nonce and not foreign:
-            outcome.stale = True
-            return outcome
-        if request.response_nonce and not foreign:
-            if request.HasField("error_detail"):
-                outcome.nack, outcome.repeated_nack = self._nack(
-                    state, status.sent_version, request
-                )
-            else:
-                status.acked_version = request.version_info
-                status.acks += 1
-                outcome.ack = request.version_info
-                outcome.committed_at = status.sent_committed_at
-                outcome.first_ack = status.acked_committed_at == 0.0
-                status.acked_committed_at = status.sent_committed_at
-        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
-        names.discard("*")
-        if not status.subscribed:
-            status.subscribed = True
-            outcome.resubscribed = True
-            if request.version_info:
-                state.claimed = request.version_info
-        if wildcard != status.wildcard:
-            status.wildcard = wildcard
-            outcome.resubscribed = True
-            state.synced = None
-        if names != status.names:
-            outcome.resubscribed = True
-            state.synced = None
-            for gone in [n for n in state.sent if n not in names]:
-                del state.sent[gone]
-            status.names = names
-        return outcome
-
-    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
-        nonce = self._next_nonce()
-        state.last_nonce = nonce
-        state.status.sent_version = EMPTY_VERSION
-        state.status.pushes += 1
-        payload = sotw_response(
-            version_info=EMPTY_VERSION,
-            resources=[],
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
-        )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
-            version=EMPTY_VERSION,
-            resource_names=[],
-            removed=[],
-        )
-
-    def _response_for(
-        self, type_url: str, state: _TypeState, snapshot: Snapshot
-    ) -> Outgoing | None:
-        status, sent = state.status, state.sent
-        available = snapshot.of_type(type_url)
-        candidates = self._candidates(state, type_url, snapshot)
-        if status.wildcard:
-            version = snapshot.versions.get(type_url) or type_version(available.values())
-        else:
-            version = self._named_version(state, available, candidates)
-        state.synced = snapshot.version
-        claimed, state.claimed = state.claimed, None
-        if claimed is not None and claimed == version:
-            # Reconnected proxy that already has exactly this: nothing to send.
-            status.sent_version = status.acked_version = version
-            names = available if status.wildcard else status.names
-            sent.update((n, available[n].version) for n in names if n in available)
-            return None
-        if type_url in WILDCARD_TYPES:
-            if version == status.sent_version:
-                return None
-            to_send = list(available.values())
-            if candidates is None:
-                changed = [r for r in to_send if sent.get(r.name) != r.version]
-                sent.clear()
-                sent.update((r.name, r.version) for r in to_send)
-            else:
-                changed = [
-                    available[n]
-                    for n in candidates
-                    if n in available and sent.get(n) != available[n].version
-                ]
-                for name in candidates:
-                    if name in available:
-                        sent[name] = available[name].version
-                    else:
-                        sent.pop(name, None)
-        else:
-            subscribed: AbstractSet[str] = (
-                status.names if candidates is None else candidates & status.names
-            )
-            to_send = changed = [
-                available[n]
-                for n in sorted(subscribed)
-                if n in available and sent.get(n) != available[n].version
-            ]
-            if not to_send:
-                return None
-            sent.update((r.name, r.version) for r in to_send)
-        if type_url == CLUSTER:
-            # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
-            endpoints = self._types.get(ENDPOINT)
-            self._forget_endpoints(changed, endpoints.sent if endpoints is not None else None)
-        nonce = self._next_nonce()
-        state.last_nonce = nonce
-        status.sent_version = version
-        status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
-        status.pushes += 1
-        status.resources_sent += len(to_send)
-        payload = sotw_response(
-            version_info=version,
-            resources=to_send,
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
-        )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
-            version=version,
-            resource_names=[r.name for r in to_send],
-            removed=[],
-        )
-
-
-class DeltaStream(_Base):
-    """Incremental (delta) xDS (ADS or one type)."""
-
-    _CP_FIELD = 7
-
-    def __init__(
-        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
-    ) -> None:
-        super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
-        self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
-
-    @property
-    def acked(self) -> dict[str, dict[str, str]]:
-        """Per type: name -> version the proxy ACKed (a new dict of the live per-type dicts)."""
-        return {type_url: state.acked for type_url, state in self._types.items()}
-
-    def pending(self, type_url: str) -> int:
-        """How many responses of ``type_url`` await an ACK or NACK (at most 32 are kept)."""
-        state = self._types.get(type_url)
-        return len(state.pending) if state is not None else 0
-
-    def on_request(self, request: Any) -> RequestOutcome:
-        type_url = self._type_of(request.type_url)
-        outcome = RequestOutcome(type_url=type_url)
-        state = self._state(type_url)
-        status, known, acked = state.status, state.known, state.acked
-        subscribe = set(request.resource_names_subscribe)
-        unsubscribe = set(request.resource_names_unsubscribe)
-        self._check_names(type_url, len(request.initial_resource_versions), "initial versions")
-        self._check_names(type_url, len(status.names | subscribe), "names subscribed")
-        if subscribe or unsubscribe:
-            outcome.resubscribed = True
-        if not status.subscribed:
-            status.subscribed = True
-            outcome.resubscribed = True
-            status.wildcard = type_url in WILDCARD_TYPES and not subscribe
-            for name, version in request.initial_resource_versions.items():
-                known[name] = version
-                acked[name] = version
-        if "*" in subscribe:
-            status.wildcard = True
-        if "*" in unsubscribe:
-            status.wildcard = False
-        if outcome.resubscribed:
-            state.synced = None
-        subscribe.discard("*")
-        unsubscribe.discard("*")
-        status.names |= subscribe
-        status.names -= unsubscribe
-        for name in unsubscribe:
-            known.pop(name, None)
-            acked.pop(name, None)
-        if request.response_nonce:
-            pending = state.pending.pop(request.response_nonce, None)
-            if pending is None:
-                outcome.stale = True
-            elif request.HasField("error_detail"):
-                outcome.nack, outcome.repeated_nack = self._nack(state, pending.version, request)
-            else:
-                acked.update(pending.sent)
-                for name in pending.removed:
-                    acked.pop(name, None)
-                status.acked_version = pending.version
-                status.acks += 1
-                outcome.ack = pending.version
-                outcome.committed_at = pending.committed_at
-                outcome.first_ack = status.acked_committed_at == 0.0
-                status.acked_committed_at = pending.committed_at or 1e-9
-        return outcome
-
-    def _empty_response(self, type_url: str, state: _TypeState, snapshot: Snapshot) -> Outgoing:
-        nonce = self._next_nonce()
-        if len(state.pending) >= MAX_PENDING:
-            del state.pending[next(iter(state.pending))]
-        state.pending[nonce] = _Pending(sent={}, removed=[], version=EMPTY_VERSION)
-        state.status.sent_version = EMPTY_VERSION
-        state.status.pushes += 1
-        payload = delta_response(
-            system_version_info=EMPTY_VERSION,
-            resources=[],
-            removed=[],
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
-        )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
-            version=EMPTY_VERSION,
-            resource_names=[],
-            removed=[],
-        )
-
-    def _response_for(
-        self, type_url: str, state: _TypeState, snapshot: Snapshot
-    ) -> Outgoing | None:
-        status, known = state.status, state.known
-        available = snapshot.of_type(type_url)
-        candidates = self._candidates(state, type_url, snapshot)
-        if candidates is None:
-            wanted = set(available) | status.names if status.wildcard else set(status.names)
-            # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
-            removed = sorted(n for n in known if n not in available)
-        else:
-            wanted = {n for n in candidates if status.wildcard or n in status.names}
-            removed = sorted(n for n in wanted if n in known and n not in available)
-        state.synced = snapshot.version
-        to_send: list[Resource] = [
-            available[n]
-            for n in sorted(wanted)
-            if n in available and known.get(n) != available[n].version
-        ]
-        version = snapshot.versions.get(type_url, "")
-        if not to_send and not removed and status.sent_version:
-            return None
-        # The first response of a subscription always goes out, even empty: Envoy waits for
-        # it before it finishes initializing (e.g. wildcard CDS while no server exists yet).
-        for resource in to_send:
-            known[resource.name] = resource.version
-        if type_url == CLUSTER:
-            endpoints = self._types.get(ENDPOINT)
-            self._forget_endpoints(to_send, endpoints.known if endpoints is not None else None)
-        for name in removed:
-            del known[name]
-        nonce = self._next_nonce()
-        pending = state.pending
-        if len(pending) >= MAX_PENDING:
-            # A proxy that never answers must not grow our memory: forget the oldest.
-            del pending[next(iter(pending))]
-        pending[nonce] = _Pending(
-            sent={r.name: r.version for r in to_send},
-            removed=removed,
-            version=version,
-            committed_at=snapshot.committed_at,
-        )
-        status.sent_version = version
-        status.pushes += 1
-        status.resources_sent += len(to_send)
-        payload = delta_response(
-            system_version_info=version,
-            resources=to_send,
-            removed=removed,
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
-        )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
-            version=version,
-            resource_names=[r.name for r in to_send],
-            removed=removed,
-        )

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
 from control_plane.translate import ProxyView, to_resources
+from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.snapshot import build_snapshot
-from control_plane.xds.stream import MAX_PENDING, DeltaStream, SotwStream
+from control_plane.xds.sotw import SotwStream
+from control_plane.xds.stream import MAX_PENDING
 from tests.helpers import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)

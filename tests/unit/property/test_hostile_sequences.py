@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from control_plane.pipeline import Pipeline
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.delta import DeltaStream
 from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT
-from control_plane.xds.stream import DeltaStream, LimitExceededError, Limits
+from control_plane.xds.stream import LimitExceededError, Limits
 from tests.xds_helpers import two_servers
 
 LIMITS = Limits(max_names=500)

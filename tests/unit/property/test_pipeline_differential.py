@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from control_plane.pipeline import Pipeline, Step
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
+from control_plane.xds.delta import DeltaStream
 from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from control_plane.xds.snapshot import Snapshot, eds_name, rds_names
-from control_plane.xds.stream import DeltaStream, SotwStream
+from control_plane.xds.sotw import SotwStream
 
 # Small pools, so edits collide: the same server edited twice, a hostname claimed by two.
 SERVER_NAMES = ["echo", "api", "chat", "echo", "api", "chat", "Bad_Name"]

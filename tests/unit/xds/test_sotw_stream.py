@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from control_plane.xds.stream import SotwStream
+from control_plane.xds.sotw import SotwStream
 from tests.helpers import endpoint, server
 from tests.xds_helpers import parse_sotw, snapshot, sotw_request, two_servers
 

@@ -1,0 +1,202 @@
+"""State-of-the-world xDS (ADS or one type): the stream rules of ``xds.stream`` for SotW."""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from control_plane.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    WILDCARD_TYPES,
+    control_plane_field,
+    sotw_response,
+    version_of_sum,
+)
+from control_plane.xds.snapshot import Snapshot, type_version
+from control_plane.xds.stream import (
+    DEFAULT_LIMITS,
+    EMPTY_VERSION,
+    BaseStream,
+    Limits,
+    Outgoing,
+    RequestOutcome,
+    TypeState,
+)
+
+
+class SotwStream(BaseStream):
+    """State-of-the-world xDS (ADS or one type)."""
+
+    _CP_FIELD = 6
+
+    def __init__(
+        self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
+        self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
+
+    @staticmethod
+    def _named_version(
+        state: TypeState, available: Any, candidates: AbstractSet[str] | None
+    ) -> str:
+        """The version_info of a named subscription: the sum of the subscribed resources'
+        pair hashes, kept up to date push by push."""
+        hashes, names = state.selected, state.status.names
+        if candidates is None:
+            hashes.clear()
+            for name in names:
+                resource = available.get(name)
+                if resource is not None:
+                    hashes[name] = resource.pair_hash
+            total = sum(hashes.values())
+        else:
+            total = state.selected_sum
+            for name in candidates:
+                if name not in names:
+                    continue
+                total -= hashes.pop(name, 0)
+                resource = available.get(name)
+                if resource is not None:
+                    hashes[name] = resource.pair_hash
+                    total += resource.pair_hash
+        state.selected_sum = total
+        return version_of_sum(total)
+
+    def on_request(self, request: Any) -> RequestOutcome:
+        type_url = self._type_of(request.type_url)
+        outcome = RequestOutcome(type_url=type_url)
+        state = self._state(type_url)
+        status = state.status
+        names = set(request.resource_names)
+        self._check_names(type_url, len(names), "names subscribed")
+        # A nonce this stream never issued on a type it never answered: a proxy that
+        # reconnected from another control plane. Its request is an initial one.
+        foreign = bool(request.response_nonce) and not state.last_nonce
+        if request.response_nonce and request.response_nonce != state.last_nonce and not foreign:
+            outcome.stale = True
+            return outcome
+        if request.response_nonce and not foreign:
+            if request.HasField("error_detail"):
+                outcome.nack, outcome.repeated_nack = self._nack(
+                    state, status.sent_version, request
+                )
+            else:
+                status.acked_version = request.version_info
+                status.acks += 1
+                outcome.ack = request.version_info
+                outcome.committed_at = status.sent_committed_at
+                outcome.first_ack = status.acked_committed_at == 0.0
+                status.acked_committed_at = status.sent_committed_at
+        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+        names.discard("*")
+        if not status.subscribed:
+            status.subscribed = True
+            outcome.resubscribed = True
+            if request.version_info:
+                state.claimed = request.version_info
+        if wildcard != status.wildcard:
+            status.wildcard = wildcard
+            outcome.resubscribed = True
+            state.synced = None
+        if names != status.names:
+            outcome.resubscribed = True
+            state.synced = None
+            for gone in [n for n in state.sent if n not in names]:
+                del state.sent[gone]
+            status.names = names
+        return outcome
+
+    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
+        nonce = self._next_nonce()
+        state.last_nonce = nonce
+        state.status.sent_version = EMPTY_VERSION
+        state.status.pushes += 1
+        payload = sotw_response(
+            version_info=EMPTY_VERSION,
+            resources=[],
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=EMPTY_VERSION,
+            resource_names=[],
+            removed=[],
+        )
+
+    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
+        status, sent = state.status, state.sent
+        available = snapshot.of_type(type_url)
+        candidates = self._candidates(state, type_url, snapshot)
+        if status.wildcard:
+            version = snapshot.versions.get(type_url) or type_version(available.values())
+        else:
+            version = self._named_version(state, available, candidates)
+        state.synced = snapshot.version
+        claimed, state.claimed = state.claimed, None
+        if claimed is not None and claimed == version:
+            # Reconnected proxy that already has exactly this: nothing to send.
+            status.sent_version = status.acked_version = version
+            names = available if status.wildcard else status.names
+            sent.update((n, available[n].version) for n in names if n in available)
+            return None
+        if type_url in WILDCARD_TYPES:
+            if version == status.sent_version:
+                return None
+            to_send = list(available.values())
+            if candidates is None:
+                changed = [r for r in to_send if sent.get(r.name) != r.version]
+                sent.clear()
+                sent.update((r.name, r.version) for r in to_send)
+            else:
+                changed = [
+                    available[n]
+                    for n in candidates
+                    if n in available and sent.get(n) != available[n].version
+                ]
+                for name in candidates:
+                    if name in available:
+                        sent[name] = available[name].version
+                    else:
+                        sent.pop(name, None)
+        else:
+            subscribed: AbstractSet[str] = (
+                status.names if candidates is None else candidates & status.names
+            )
+            to_send = changed = [
+                available[n]
+                for n in sorted(subscribed)
+                if n in available and sent.get(n) != available[n].version
+            ]
+            if not to_send:
+                return None
+            sent.update((r.name, r.version) for r in to_send)
+        if type_url == CLUSTER:
+            # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
+            endpoints = self._types.get(ENDPOINT)
+            self._forget_endpoints(changed, endpoints.sent if endpoints is not None else None)
+        nonce = self._next_nonce()
+        state.last_nonce = nonce
+        status.sent_version = version
+        status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
+        status.pushes += 1
+        status.resources_sent += len(to_send)
+        payload = sotw_response(
+            version_info=version,
+            resources=to_send,
+            type_url=type_url,
+            nonce=nonce,
+            control_plane=self._cp,
+        )
+        return Outgoing(
+            type_url=type_url,
+            payload=payload,
+            nonce=nonce,
+            version=version,
+            resource_names=[r.name for r in to_send],
+            removed=[],
+        )
