@@ -89,7 +89,8 @@ def mesh_status(workdir: str) -> None:
 @click.option("--write", is_flag=True, help="Write docker-compose.yml and envoy/compose/*.")
 def mesh_compose(write: bool) -> None:
     """The same mesh as a Compose file (docker-compose.yml)."""
-    from control_plane.dev.mesh import ROOT, MeshConfig, compose_files
+    from control_plane.dev.compose import compose_files
+    from control_plane.dev.mesh import ROOT, MeshConfig
 
     files = compose_files(MeshConfig(workdir=Path(".mesh")))
     for path, text in files.items():

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from compose_pydantic import ComposeSpecification
 
-from control_plane.dev.mesh import ENVOYS, REPLICAS, ROOT, MeshConfig, compose_files
+from control_plane.dev.compose import compose_files
+from control_plane.dev.mesh import ENVOYS, REPLICAS, ROOT, MeshConfig
 
 
 def test_the_committed_compose_files_are_generated_from_the_mesh_topology() -> None:
