@@ -220,7 +220,8 @@ class Pipeline:
         reordered = order != self._order
         if reordered:
             claims_dirty = True
-            gone = [name for name in old if name not in set(order)]
+            present = set(order)
+            gone = [name for name in old if name not in present]
             for name in gone:
                 del memo[name]
             changed.update(gone)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.registry.model import Replica, Server
+
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
@@ -75,3 +77,51 @@ def json_list(value: Any) -> tuple[Any, ...]:
     if not isinstance(decoded, list):
         return (Malformed(raw, "not a JSON list"),)
     return tuple(decoded)
+
+
+def server(
+    name: Any,
+    workspace: Any,
+    hostnames: Any,
+    protocol: Any,
+    spec: Any,
+    updated_at: Any,
+    created_at: Any,
+) -> Server:
+    """A servers row, from either store, as read: never raises."""
+    return Server(
+        name=text(name),
+        workspace=text(workspace),
+        hostnames=json_list(hostnames),
+        protocol=text(protocol),
+        spec=text(spec) or "{}",
+        updated_at=seconds(updated_at) or 0.0,
+        created_at=seconds(created_at) or 0.0,
+    )
+
+
+def replica(
+    rid: Any,
+    server: Any,
+    host: Any,
+    port: Any,
+    region: Any,
+    zone: Any,
+    weight: Any,
+    state: Any,
+    lease: Any,
+    updated_at: Any,
+) -> Replica:
+    """A replicas row, from either store, as read: never raises."""
+    return Replica(
+        id=text(rid),
+        server=text(server),
+        host=text(host),
+        port=whole_number(port),
+        region=text(region),
+        zone=text(zone),
+        weight=whole_number(weight),
+        state=text(state),
+        lease_expires_at=seconds(lease),
+        updated_at=seconds(updated_at) or 0.0,
+    )

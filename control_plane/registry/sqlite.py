@@ -228,16 +228,8 @@ class SqliteRegistry:
         db: sqlite3.Connection, where: str = "", params: Sequence[object] = ()
     ) -> list[Server]:
         return [
-            Server(
-                name=rows.text(name),
-                workspace=rows.text(workspace),
-                hostnames=rows.json_list(hostnames),
-                protocol=rows.text(protocol),
-                spec=rows.text(spec) or "{}",
-                updated_at=rows.seconds(updated_at) or 0.0,
-                created_at=rows.seconds(created_at) or 0.0,
-            )
-            for name, workspace, hostnames, protocol, spec, updated_at, created_at in db.execute(
+            rows.server(*row)
+            for row in db.execute(
                 "SELECT name, workspace, hostnames, protocol, spec, updated_at, created_at "
                 "FROM servers "
                 f"{where} ORDER BY name",
@@ -435,16 +427,4 @@ class SqliteRegistry:
 
 def _to_replica(row: tuple[object, ...]) -> Replica:
     """Never raises: a value of the wrong type is kept for routing to report (see rows.py)."""
-    (rid, server, host, port, region, zone, weight, state, lease, updated_at) = row
-    return Replica(
-        id=rows.text(rid),
-        server=rows.text(server),
-        host=rows.text(host),
-        port=rows.whole_number(port),
-        region=rows.text(region),
-        zone=rows.text(zone),
-        weight=rows.whole_number(weight),
-        state=rows.text(state),
-        lease_expires_at=rows.seconds(lease),
-        updated_at=rows.seconds(updated_at) or 0.0,
-    )
+    return rows.replica(*row)

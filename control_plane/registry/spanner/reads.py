@@ -76,31 +76,12 @@ def epoch(value: dt.datetime | None) -> float | None:
 
 def to_server(row: Sequence[Any]) -> Server:
     name, workspace, hostnames, protocol, spec, updated_at, created_at = row
-    return Server(
-        name=rows.text(name),
-        workspace=rows.text(workspace),
-        hostnames=tuple(hostnames or ()),
-        protocol=rows.text(protocol),
-        spec=rows.text(spec) or "{}",
-        updated_at=rows.seconds(updated_at) or 0.0,
-        created_at=rows.seconds(created_at) or 0.0,
-    )
+    return rows.server(name, workspace, hostnames, protocol, spec, updated_at, created_at)
 
 
 def to_replica(row: Sequence[Any]) -> Replica:
     server, rid, host, port, region, zone, weight, state, lease, updated_at = row
-    return Replica(
-        id=rows.text(rid),
-        server=rows.text(server),
-        host=rows.text(host),
-        port=rows.whole_number(port),
-        region=rows.text(region),
-        zone=rows.text(zone),
-        weight=rows.whole_number(weight),
-        state=rows.text(state),
-        lease_expires_at=epoch(lease),
-        updated_at=rows.seconds(updated_at) or 0.0,
-    )
+    return rows.replica(rid, server, host, port, region, zone, weight, state, lease, updated_at)
 
 
 @dataclass(frozen=True, slots=True)
