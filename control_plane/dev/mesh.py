@@ -4,8 +4,9 @@ One topology, described here once, drives ``mesh up`` (processes on this machine
 ``mesh compose`` (``dev/compose.py``: the committed ``docker-compose.yml``): a registry (the
 Spanner emulator when installed, else embedded SQLite), the control plane, an Envoy in us-west
 and one in us-east, and sample replicas in both regions (HTTP echo, WebSocket echo, gRPC token
-streaming) that register themselves, renew a lease and deregister on exit. Every process is started in its
-own session and stopped by PID (``mesh down`` checks each PID still runs what it started).
+streaming) that register themselves, renew a lease and deregister on exit. Every process is
+started in its own session and stopped by PID (``mesh down`` checks each PID still runs what it
+started).
 
 Dev tooling: the product never imports it. It drives the product from outside, as processes
 (``routeplane serve``, ``routeplane samples replica``), and writes the registry through
