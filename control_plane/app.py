@@ -177,6 +177,9 @@ async def serve(config: ServeConfig) -> None:
             interval=config.load_report_interval,
             require_identity=bool(config.tls_cert),
         )
+        xds.add_subscribe_listener(
+            lambda _proxy, type_url, names: load.note_subscribed(type_url, names)
+        )
         server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(
             [*xds.generic_handlers(), csds.generic_handler(xds), load.generic_handler()]

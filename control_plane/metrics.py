@@ -49,6 +49,11 @@ LOAD_REPORT_SECONDS = Histogram(
     "CPU-side time to take one load report",
     buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
 )
+COLD_STARTS = Counter(
+    "routeplane_cold_starts",
+    "Requests that met a server with no replica (dropped in reject mode, held in hold mode)",
+    ["server", "mode"],
+)
 LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report counts now")
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
 

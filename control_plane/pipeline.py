@@ -23,7 +23,7 @@ registry edit sequences. Imports ``registry.model``, ``routing``, ``translate`` 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from control_plane.registry.model import RegistryState, Replica, Server
@@ -120,7 +120,11 @@ class _Routed:
 class Pipeline:
     """Not thread-safe; one per driver. After :meth:`step` raised, call :meth:`reset`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cold_epochs: Mapping[str, tuple[int, bool]] | None = None) -> None:
+        # Hold-mode servers: name -> (epoch, held). The one piece of history the output
+        # depends on (a held server's cluster name is new for every cold period), kept across
+        # ``reset``; a pipeline given another's epochs builds what that one builds.
+        self.cold_epochs: dict[str, tuple[int, bool]] = dict(cold_epochs or {})
         self.reset()
 
     def reset(self) -> None:
@@ -224,6 +228,7 @@ class Pipeline:
             gone = [name for name in old if name not in present]
             for name in gone:
                 del memo[name]
+                self.cold_epochs.pop(name, None)
             changed.update(gone)
         if claims_dirty:
             claims = claim_hostnames(memo[name].claim for name in order)
@@ -243,6 +248,8 @@ class Pipeline:
                 continue
             mine, lost = claims.get(name, ((), ()))
             routed = to_routed(entry.row, entry.eval, mine) if mine else None
+            if routed is not None:
+                routed = self._cold_start(routed, state.revision)
             own = server_problems(entry.eval, lost)
             if before is not None and before.routed == routed and before.problems == own:
                 continue
@@ -288,6 +295,20 @@ class Pipeline:
         )
         return dirty
 
+    def _cold_start(self, routed: RoutedServer, revision: int) -> RoutedServer:
+        """``routed`` with its hold-mode fields: held while it has no replica at all (not even
+        a draining one, whose open streams still use the cluster); a new cold period takes
+        the registry revision that started it as its epoch."""
+        if routed.spec.cold_start.mode != "hold":
+            self.cold_epochs.pop(routed.name, None)
+            return routed
+        held = not routed.endpoints
+        epoch, was_held = self.cold_epochs.get(routed.name, (0, False))
+        if held and not was_held:
+            epoch = revision
+        self.cold_epochs[routed.name] = (epoch, held)
+        return replace(routed, held=held, cold_epoch=epoch)
+
     # Translation shared by every view: Clusters and the RouteConfiguration.
 
     def _translate_shared(self, dirty: set[str]) -> set[str]:
@@ -301,11 +322,13 @@ class Pipeline:
             before = self._clusters.get(name)
             if before is not None:
                 touched.add(before[1].name)
-            if server is None:
+            if server is None or server.held:
+                # Gone, or held: a held server's route names a cluster no snapshot carries.
                 if before is not None:
                     del self._clusters[name]
-                    route_dirty = True
                     self._drop_endpoints(name)
+                # Its route went, or changed (held routes are in no cluster memo to tell).
+                route_dirty = True
                 continue
             if before is None or not same_except_endpoints(before[0], server):
                 cluster = cluster_resource(server)
@@ -357,10 +380,9 @@ class Pipeline:
         route = self._route
         listener = self._listener_for(view)
         if previous is None:
-            clusters = {c.name: c for _, c in (self._clusters[s.name] for s in table.servers)}
-            endpoints = {
-                (e := self._endpoints_for(server, view)).name: e for server in table.servers
-            }
+            live = [s for s in table.servers if not s.held]
+            clusters = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
+            endpoints = {(e := self._endpoints_for(server, view)).name: e for server in live}
             return build_from_types(
                 {
                     CLUSTER: clusters,

@@ -88,6 +88,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 errors_per_second=row.errors_per_second,
                 dropped_per_second=row.dropped_per_second,
                 desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
+                cold_starts=row.cold_starts,
+                cold_start_mode=row.cold_start_mode,
             )
         return response
 

@@ -97,7 +97,7 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
         click.echo("no servers")
         return
     table(
-        ["SERVER", "REGION", "READY", "IN FLIGHT", "REQ/S", "ERR/S", "DESIRED"],
+        ["SERVER", "REGION", "READY", "IN FLIGHT", "REQ/S", "ERR/S", "DESIRED", "COLD STARTS"],
         [
             [
                 r["server"],
@@ -107,6 +107,7 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
                 f"{r['requests_per_second']:.1f}",
                 f"{r['errors_per_second']:.1f}",
                 "-" if r["desired_replicas"] is None else str(r["desired_replicas"]),
+                f"{r['cold_starts']} ({r['cold_start_mode']})" if r["region"] == "*" else "",
             ]
             for r in rows
         ],

@@ -86,6 +86,8 @@ def load_json(row: Any) -> JsonObject:
         "requests_per_second": round(row.requests_per_second, 3),
         "errors_per_second": round(row.errors_per_second, 3),
         "desired_replicas": None if row.desired_replicas < 0 else row.desired_replicas,
+        "cold_starts": row.cold_starts,
+        "cold_start_mode": row.cold_start_mode,
     }
 
 

@@ -14,6 +14,10 @@ and the recommendation moves like the Kubernetes HPA's stabilization windows:
   quiet server at 3 replicas is recommended fewer only after ``scale_down_window``.
 
 ``target_concurrency: 0`` (the default) means no recommendation.
+
+Scale from zero: a request that met no replica (a cold start, ``wake``) makes the raw value at
+least 1 and moves the recommendation up at once, whatever the scale-up window; it then stays
+for the scale-down window like any other demand.
 """
 
 from __future__ import annotations
@@ -39,10 +43,20 @@ class Recommender:
         self._desired: dict[Hashable, int] = {}
 
     def update(
-        self, key: Hashable, *, in_flight: float, ready: int, spec: Autoscaling, now: float
+        self,
+        key: Hashable,
+        *,
+        in_flight: float,
+        ready: int,
+        spec: Autoscaling,
+        now: float,
+        wake: bool = False,
     ) -> int:
-        """Record the load of ``key`` at ``now``; returns its recommendation."""
+        """Record the load of ``key`` at ``now``; returns its recommendation. ``wake``: a
+        request met no replica since the last update."""
         raw = raw_desired(in_flight, spec)
+        if wake:
+            raw = max(raw, min(1, spec.max_replicas))
         history = self._history.get(key)
         if history is None:
             start = max(spec.min_replicas, min(spec.max_replicas, ready))
@@ -58,7 +72,9 @@ class Recommender:
         up = min(value for at, value in _covering(history, up_from))
         down = max(value for at, value in _covering(history, down_from))
         current = self._desired[key]
-        if up > current:
+        if wake and raw > current:
+            current = raw
+        elif up > current:
             current = up
         elif down < current:
             current = down

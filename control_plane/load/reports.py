@@ -101,6 +101,11 @@ class LoadBook:
         # requests/s, errors/s, dropped/s].
         self._totals: dict[tuple[str, str], list[float]] = {}
         self._replica_totals: dict[str, list[float]] = {}
+        # Per server: requests that met no replica since the book began (cold starts), and
+        # when the last one was seen. Reported drops are all cold starts (routeplane drops
+        # only there); held requests are told by the control plane (``note_cold_start``).
+        self.cold_starts: dict[str, int] = {}
+        self.last_cold_start: dict[str, float] = {}
 
     def record(
         self,
@@ -131,7 +136,9 @@ class LoadBook:
                 report.interval = interval
             dropped = stats.total_dropped_requests  # type: ignore[attr-defined]
             if dropped:
-                report.dropped[server] = report.dropped.get(server, 0.0) + _clip(dropped, ignored)
+                clipped = _clip(dropped, ignored)
+                report.dropped[server] = report.dropped.get(server, 0.0) + clipped
+                self.note_cold_start(server, now=now, count=int(clipped))
             regions = all_regions.get(name, _NO_REGIONS)
             endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
             for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
@@ -167,6 +174,11 @@ class LoadBook:
                     counted.issued += _clip(point_issued, ignored)
                     counted.errors += _clip(point.total_error_requests, ignored)
         self._replace(node_id, report)
+
+    def note_cold_start(self, server: str, *, now: float, count: int = 1) -> None:
+        """``count`` requests for ``server`` met no replica."""
+        self.cold_starts[server] = self.cold_starts.get(server, 0) + count
+        self.last_cold_start[server] = now
 
     def last_report(self, node_id: str) -> float | None:
         report = self._proxies.get(node_id)

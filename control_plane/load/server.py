@@ -29,6 +29,7 @@ from control_plane.load.reports import Catalog, Load, LoadBook
 from control_plane.registry.spec import Autoscaling
 from control_plane.routing.model import RoutingTable
 from control_plane.translate import names
+from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
 log = structlog.get_logger("routeplane.load")
 
@@ -49,6 +50,10 @@ class LoadRow:
     errors_per_second: float
     dropped_per_second: float
     desired_replicas: int | None  # None: the server asks for no recommendation
+    # "*" rows: requests that met no replica since the control plane started (dropped at once
+    # in reject mode, held in hold mode), and the server's cold-start mode.
+    cold_starts: int = 0
+    cold_start_mode: str = ""
 
 
 def catalog_of(table: RoutingTable) -> Catalog:
@@ -56,7 +61,9 @@ def catalog_of(table: RoutingTable) -> Catalog:
     regions: dict[str, frozenset[str]] = {}
     endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     for server in table.servers:
-        name = names.cluster(workspace=server.workspace, server=server.name)
+        name = names.cluster(
+            workspace=server.workspace, server=server.name, epoch=server.cold_epoch
+        )
         servers[name] = server.name
         regions[name] = frozenset(e.region for e in server.endpoints) | frozenset(
             server.spec.regions
@@ -86,6 +93,10 @@ class LoadService:
         self._recommender = Recommender()
         self._streams = itertools.count(1)
         self._rows: list[LoadRow] = []
+        # Per server: the cold starts the last tick saw, so a new one is told apart.
+        self._cold_seen: dict[str, int] = {}
+        self._held: dict[str, str] = {}  # held cluster name -> server
+        self._held_for: RoutingTable | None = None
         self._version = 0
         self._changed = asyncio.Condition()
 
@@ -94,6 +105,26 @@ class LoadService:
     @property
     def rows(self) -> list[LoadRow]:
         return self._rows
+
+    def note_subscribed(self, type_url: str, cluster_names: frozenset[str]) -> None:
+        """A proxy asked for clusters: a held server's cluster means a held request."""
+        if type_url != CLUSTER_TYPE:
+            return
+        table = self._table()
+        if table is None:
+            return
+        if table is not self._held_for:
+            self._held = {
+                names.cluster(workspace=s.workspace, server=s.name, epoch=s.cold_epoch): s.name
+                for s in table.servers
+                if s.held
+            }
+            self._held_for = table
+        now = self._clock()
+        for name in cluster_names:
+            server = self._held.get(name)
+            if server is not None:
+                self.book.note_cold_start(server, now=now)
 
     def catalog(self) -> Catalog:
         table = self._table()
@@ -121,6 +152,13 @@ class LoadService:
                 | {region for (name, region) in totals if name == server.name and region != "*"}
             )
             scaling = server.spec.autoscaling
+            cold_starts = self.book.cold_starts.get(server.name, 0)
+            # Demand with no replica: scale from zero now, whatever the scale-up window.
+            new_cold = cold_starts - self._cold_seen.get(server.name, 0)
+            woken = new_cold > 0 and not ready_by_region
+            if new_cold > 0:
+                metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
+            self._cold_seen[server.name] = cold_starts
             for region in ["*", *regions]:
                 load = totals.get((server.name, region)) or _NO_LOAD
                 ready = (
@@ -135,7 +173,12 @@ class LoadService:
                     key = (server.name, region)
                     keep.add(key)
                     desired = self._recommender.update(
-                        key, in_flight=load.in_flight, ready=ready, spec=scaling, now=now
+                        key,
+                        in_flight=load.in_flight,
+                        ready=ready,
+                        spec=scaling,
+                        now=now,
+                        wake=woken and region == "*",
                     )
                 rows.append(
                     LoadRow(
@@ -147,6 +190,8 @@ class LoadService:
                         errors_per_second=load.errors_per_second,
                         dropped_per_second=load.dropped_per_second,
                         desired_replicas=desired,
+                        cold_starts=cold_starts if region == "*" else 0,
+                        cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
                     )
                 )
         self._recommender.forget(keep)

@@ -16,6 +16,9 @@ default; ``ServerSpec()`` is what ``servers create`` gives.
                         max_ejection_percent: 50}          # or off
     health_check: off                   # or {http: /healthz} | {grpc: ""}; interval 5s,
                                         # timeout 1s, unhealthy_threshold 2, healthy_threshold 1
+    cold_start: {mode: reject, timeout: 30s}   # no READY replica: reject = 503 at once with
+                                        # retry-after; hold = Envoy holds the request until a
+                                        # replica is READY, 503 after timeout
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ class Autoscaling:
     scale_down_window: float = 60.0
 
 
+COLD_START_MODES = ("reject", "hold")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ColdStart:
+    """What a request meets when the server has no READY replica (see ``translate``)."""
+
+    mode: str = "reject"  # reject: 503 at once; hold: Envoy holds it until a replica is READY
+    timeout: float = 30.0  # hold: how long a request may wait for a replica
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSpec:
     path_prefix: str = "/"
@@ -88,6 +102,7 @@ class ServerSpec:
     outlier_detection: OutlierDetection | None = OutlierDetection()
     health_check: HealthCheck | None = None
     autoscaling: Autoscaling | None = None
+    cold_start: ColdStart = ColdStart()
 
 
 DEFAULT = ServerSpec()
@@ -103,6 +118,7 @@ KNOWN_FIELDS = frozenset(
         "outlier_detection",
         "health_check",
         "autoscaling",
+        "cold_start",
     }
 )
 
@@ -199,7 +215,20 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         outlier_detection=_outlier(spec.get("outlier_detection", {})),
         health_check=_health_check(spec.get("health_check", "off"), protocol=protocol),
         autoscaling=_autoscaling(spec.get("autoscaling")),
+        cold_start=_cold_start(spec.get("cold_start", {})),
     )
+
+
+def _cold_start(value: Any) -> ColdStart:
+    raw = _mapping("spec.cold_start", value)
+    _no_extra("spec.cold_start", raw, {"mode", "timeout"})
+    mode = raw.get("mode", "reject")
+    if mode not in COLD_START_MODES:
+        raise ValidationError("spec.cold_start.mode", mode, "expected reject or hold")
+    timeout = duration("spec.cold_start.timeout", raw.get("timeout", 30.0), positive=True)
+    if timeout > 3600:
+        raise ValidationError("spec.cold_start.timeout", raw.get("timeout"), "at most 1h")
+    return ColdStart(mode=mode, timeout=timeout)
 
 
 def _autoscaling(value: Any) -> Autoscaling | None:

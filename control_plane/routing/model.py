@@ -27,6 +27,11 @@ class RoutedServer:
     protocol: str
     endpoints: tuple[Endpoint, ...]
     spec: ServerSpec = DEFAULT_SPEC
+    # Cold start in hold mode only (see ``translate.routes``): ``held`` while the server has no
+    # replica at all, so its route waits for a cluster Envoy does not have yet; ``cold_epoch``
+    # names that cluster, new for every cold period (0: the server was never seen held).
+    held: bool = False
+    cold_epoch: int = 0
 
 
 def same_except_endpoints(a: RoutedServer, b: RoutedServer) -> bool:

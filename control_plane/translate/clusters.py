@@ -33,7 +33,7 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
 def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
     spec = server.spec
     cluster = cluster_pb2.Cluster(
-        name=names.cluster(workspace=server.workspace, server=server.name),
+        name=names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch),
         type=cluster_pb2.Cluster.EDS,
         lb_policy=(
             cluster_pb2.Cluster.MAGLEV if spec.hash_on else cluster_pb2.Cluster.LEAST_REQUEST

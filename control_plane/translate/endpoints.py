@@ -6,6 +6,11 @@ all traffic to priority 0 while it has enough healthy replicas (overprovisioning
 at least ~72% of it healthy) and spills the shortfall to the next priority: traffic leaves the
 region only when the region runs short. DRAINING replicas are sent with health status DRAINING:
 no new requests, their open streams finish.
+
+A ClusterLoadAssignment with no READY replica drops every request (``policy.drop_overloads``,
+category ``cold_start``, 100%): Envoy answers 503 at once (response flag ``DO``; the listener
+adds ``retry-after`` and the cause header) and counts the drop in its load report, which is how
+routeplane learns that the server had demand with no replica.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections import defaultdict
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.type.v3 import percent_pb2
 
 from control_plane.routing.model import Endpoint, RoutedServer
 from control_plane.translate import names
@@ -37,7 +43,9 @@ def to_load_assignment(
     server: RoutedServer, *, region: str = "", zone: str = ""
 ) -> endpoint_pb2.ClusterLoadAssignment:
     assignment = endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=names.cluster(workspace=server.workspace, server=server.name)
+        cluster_name=names.cluster(
+            workspace=server.workspace, server=server.name, epoch=server.cold_epoch
+        )
     )
     by_locality: dict[tuple[int, str, str], list[Endpoint]] = defaultdict(list)
     for endpoint in server.endpoints:
@@ -45,6 +53,10 @@ def to_load_assignment(
         if rank == 2 and not server.spec.cross_region:
             continue
         by_locality[(rank, endpoint.region, endpoint.zone)].append(endpoint)
+    if not any(not e.draining for group in by_locality.values() for e in group):
+        drop = assignment.policy.drop_overloads.add(category=names.COLD_START_CATEGORY)
+        drop.drop_percentage.numerator = 100
+        drop.drop_percentage.denominator = percent_pb2.FractionalPercent.HUNDRED
     # Envoy wants priorities without gaps: number the levels that are present.
     priorities = {rank: i for i, rank in enumerate(sorted({key[0] for key in by_locality}))}
     for (rank, ep_region, ep_zone), endpoints in sorted(by_locality.items()):

@@ -15,9 +15,18 @@ HTTP_STAT_PREFIX: Final = "ingress_http"
 XDS_CLUSTER: Final = "routeplane_xds"
 
 
-def cluster(*, workspace: str, server: str) -> str:
-    """The Cluster (and its ClusterLoadAssignment) of one server: ``<workspace>_<server>``."""
+def cluster(*, workspace: str, server: str, epoch: int = 0) -> str:
+    """The Cluster (and its ClusterLoadAssignment) of one server: ``<workspace>_<server>``, or
+    ``<workspace>_<server>_cold<epoch>`` for a hold-mode server that has been held: Envoy asks
+    for an on-demand cluster name only once, so each cold period gets a name of its own."""
+    if epoch:
+        return f"{workspace}_{server}_cold{epoch}"
     return f"{workspace}_{server}"
+
+
+METADATA_NAMESPACE: Final = "routeplane"
+COLD_START_CATEGORY: Final = "cold_start"
+COLD_START_HEADER: Final = "x-routeplane-cold-start"
 
 
 def virtual_host(*, hostname: str) -> str:

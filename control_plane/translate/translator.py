@@ -37,13 +37,13 @@ class ProxyView:
 
 def cluster_resource(server: RoutedServer) -> Resource:
     """The server's Cluster: depends on everything but its endpoints."""
-    name = names.cluster(workspace=server.workspace, server=server.name)
+    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
     return to_resource(CLUSTER, name, to_cluster(server))
 
 
 def endpoints_resource(server: RoutedServer, *, region: str, zone: str) -> Resource:
     """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it."""
-    name = names.cluster(workspace=server.workspace, server=server.name)
+    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
     return to_resource(ENDPOINT, name, to_load_assignment(server, region=region, zone=zone))
 
 

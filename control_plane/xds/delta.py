@@ -73,6 +73,8 @@ class DeltaStream(BaseStream):
             state.synced = None
         subscribe.discard("*")
         unsubscribe.discard("*")
+        if subscribe - status.names:
+            outcome.subscribed = frozenset(subscribe - status.names)
         status.names |= subscribe
         status.names -= unsubscribe
         for name in unsubscribe:

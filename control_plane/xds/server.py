@@ -83,6 +83,8 @@ class Proxy:
 
 
 AckListener = Callable[[Proxy, str, str], None]
+# (proxy, type_url, names it newly subscribed to)
+SubscribeListener = Callable[[Proxy, str, frozenset[str]], None]
 
 
 class XdsServer:
@@ -107,6 +109,7 @@ class XdsServer:
         self.proxies: dict[int, Proxy] = {}
         self._ids = itertools.count(1)
         self._ack_listeners: list[AckListener] = []
+        self._subscribe_listeners: list[SubscribeListener] = []
         # Admission control: a reconnect storm is let in at a steady rate (refused streams are
         # told to retry; Envoy backs off and comes back), and at most this many pushes run at
         # once so the loop keeps answering ACKs, the admin API and /metrics.
@@ -128,6 +131,11 @@ class XdsServer:
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
+
+    def add_subscribe_listener(self, listener: SubscribeListener) -> None:
+        """Called with the names a request subscribes to that its stream had not (bounded by
+        the stream's name limit); e.g. an on-demand cluster asked for by a held request."""
+        self._subscribe_listeners.append(listener)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = []
@@ -314,6 +322,9 @@ class XdsServer:
                 proxy.observed[short] = max(proxy.observed.get(short, 0.0), outcome.committed_at)
             for listener in self._ack_listeners:
                 listener(proxy, outcome.type_url, outcome.ack)
+        if outcome.subscribed:
+            for subscribed in self._subscribe_listeners:
+                subscribed(proxy, outcome.type_url, outcome.subscribed)
         if outcome.resubscribed:
             wake.set()
 

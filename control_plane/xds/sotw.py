@@ -99,6 +99,8 @@ class SotwStream(BaseStream):
             status.wildcard = wildcard
             outcome.resubscribed = True
             state.synced = None
+        if names - status.names:
+            outcome.subscribed = frozenset(names - status.names)
         if names != status.names:
             outcome.resubscribed = True
             state.synced = None

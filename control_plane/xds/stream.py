@@ -134,6 +134,8 @@ class RequestOutcome:
     nack: Nack | None = None
     # A NACK of the version this type already NACKed: not logged or counted again.
     repeated_nack: bool = False
+    # Names the request subscribed to that the stream did not subscribe to before.
+    subscribed: frozenset[str] = frozenset()
 
 
 _KNOWN = frozenset(PUSH_ORDER)

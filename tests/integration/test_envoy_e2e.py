@@ -127,8 +127,8 @@ def test_envoy_follows_register_drain_deregister_without_restarting(
     routeplane("replicas", "deregister", a_id, registry=reg)
     routeplane("replicas", "deregister", b_id, registry=reg)
     wait_until(
-        lambda: envoy.get(host=HOST) == (503, "no healthy upstream"),
-        what="503 once every replica is gone",
+        lambda: envoy.get(host=HOST) == (503, "server echo has no ready replica; retry in 1s\n"),
+        what="503 (cold start: reject) once every replica is gone",
     )
     assert endpoints_in_config_dump(envoy) == []
 

@@ -3,11 +3,13 @@
 ``GET /`` answers ``<name>\\n``; ``GET /slow?ms=N`` answers after N milliseconds (to hold a
 request in flight during a drain); ``GET /stream?chunks=N&ms=M`` sends N server-sent events M
 milliseconds apart (a token stream), and ``GET /stall?ms=M`` sends one event and then nothing
-for M milliseconds before the rest. Runs in a thread (tests) or as ``routeplane samples http-echo``.
+for M milliseconds before the rest; ``POST`` answers ``<name> <length> <sha256 of the body>``.
+Runs in a thread (tests) or as ``routeplane samples http-echo``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +30,23 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
                 delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
                 time.sleep(delay_ms / 1000)
             body = f"{name}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Replica", name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            digest, left = hashlib.sha256(), length
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            body = f"{name} {length - left} {digest.hexdigest()}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
