@@ -41,6 +41,7 @@ class Plan:
     dataplane_seconds: float
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
+    cold_start_tries: int = 20
 
 
 FULL = Plan(
@@ -63,7 +64,7 @@ FULL = Plan(
     10,
 )
 QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2))
+SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2), 2)
 
 
 def versions() -> dict[str, Any]:
@@ -90,6 +91,7 @@ def versions() -> dict[str, Any]:
 
 def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     from bench import (
+        cold_start,
         dataplane,
         filesystem_baseline,
         fleet,
@@ -115,6 +117,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         out["propagation"].append(
             propagation.run_variant(path, ads=ads, tries=plan.propagation_tries)
         )
+    path = workdir / "cold-start"
+    path.mkdir()
+    out["cold_start"] = cold_start.run(path, tries=plan.cold_start_tries)
     path = workdir / "fs"
     path.mkdir()
     out["filesystem_baseline"] = filesystem_baseline.run(tries=plan.baseline_tries, workdir=path)
@@ -216,6 +221,13 @@ def table(result: dict[str, Any]) -> str:
         f"| file rename (baseline: Envoy's own filesystem EDS) | - | {fs['p50_ms']} | "
         f"{fs['p90_ms']} | {fs['p99_ms']} |"
     )
+    if "cold_start" in result:
+        cold = result["cold_start"]["commit_to_held_answered"]
+        lines.append(
+            f"| api, cold start in hold mode: commit -> the held request answered "
+            f"({result['cold_start']['tries']} tries) | delta | {cold['p50_ms']} | "
+            f"{cold['p90_ms']} | {cold['p99_ms']} |"
+        )
     lines += [
         "",
         "Registry commit -> control plane -> every Envoy ACKed (control plane in-process, real "

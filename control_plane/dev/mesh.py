@@ -72,9 +72,25 @@ REPLICAS = (
     ReplicaPlan("tokens-us-east-1", "grpc", "tokens", "us-east", "us-east-a", 6),
 )
 ENVOYS = (EnvoyPlan("envoy-us-west", "us-west", 0), EnvoyPlan("envoy-us-east", "us-east", 1))
-# The sample autoscaler scales echo in us-west with replicas on these replica-port offsets.
-AUTOSCALED_SERVER, AUTOSCALED_REGION = "echo", "us-west"
-AUTOSCALER_OFFSETS = range(7, 11)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerPlan:
+    """A sample autoscaler: scales ``server`` in ``region`` with replicas on these offsets."""
+
+    name: str
+    server: str
+    region: str
+    offsets: range
+
+
+AUTOSCALERS = (
+    # echo: replicas of its own, plus these under load.
+    AutoscalerPlan("autoscaler", "echo", "us-west", range(7, 11)),
+    # gpu: no replica until a request asks (cold_start: hold), back to none when quiet.
+    AutoscalerPlan("autoscaler-gpu", "gpu", "us-west", range(11, 13)),
+)
+AUTOSCALER_OFFSETS = AUTOSCALERS[0].offsets
 
 
 @dataclass(slots=True, kw_only=True)
@@ -99,8 +115,11 @@ class MeshConfig:
             ports[f"--replica-port (+{replica.offset}, {replica.name})"] = (
                 self.replica_port + replica.offset
             )
-        for offset in AUTOSCALER_OFFSETS:
-            ports[f"--replica-port (+{offset}, autoscaled)"] = self.replica_port + offset
+        for plan in AUTOSCALERS:
+            for offset in plan.offsets:
+                ports[f"--replica-port (+{offset}, {plan.server} autoscaled)"] = (
+                    self.replica_port + offset
+                )
         if spanner:
             ports["--emulator-port"] = self.emulator_port
         return ports
@@ -314,29 +333,28 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                 ],
             )
         _wait_routed(cfg, state)
-        first, last = (
-            cfg.replica_port + o for o in (AUTOSCALER_OFFSETS[0], AUTOSCALER_OFFSETS[-1])
-        )
-        _start(
-            state,
-            cfg.workdir,
-            "autoscaler",
-            [
-                routeplane,
-                "samples",
-                "autoscaler",
-                "--server",
-                AUTOSCALED_SERVER,
-                "--region",
-                AUTOSCALED_REGION,
-                "--ports",
-                f"{first}-{last}",
-                "--admin",
-                f"127.0.0.1:{cfg.admin_port}",
-                "--registry",
-                state.registry_url,
-            ],
-        )
+        for plan in AUTOSCALERS:
+            first, last = (cfg.replica_port + o for o in (plan.offsets[0], plan.offsets[-1]))
+            _start(
+                state,
+                cfg.workdir,
+                plan.name,
+                [
+                    routeplane,
+                    "samples",
+                    "autoscaler",
+                    "--server",
+                    plan.server,
+                    "--region",
+                    plan.region,
+                    "--ports",
+                    f"{first}-{last}",
+                    "--admin",
+                    f"127.0.0.1:{cfg.admin_port}",
+                    "--registry",
+                    state.registry_url,
+                ],
+            )
     except BaseException:
         down(cfg.workdir, announce=lambda _: None)
         raise
@@ -471,6 +489,11 @@ the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane 
   for i in $(seq 6); do curl -s -o /dev/null -H 'Host: echo.local' \
     'http://127.0.0.1:{west}/slow?ms=20000' & done
   curl -H 'Host: echo.local' http://127.0.0.1:{west}/   # an echo-auto-* replica answers too
+
+Cold start (gpu has no replica until asked; cold_start: hold, so Envoy holds the request while
+the sample autoscaler starts gpu-auto-PORT, and the replica goes again after 10 s of quiet):
+  curl -H 'Host: gpu.local' http://127.0.0.1:{west}/    # answered by gpu-auto-*, ~1 s later
+  .venv/bin/routeplane load --server gpu                # COLD STARTS: requests that waited
 
 Break things:
   {env}.venv/bin/routeplane replicas drain REPLICA_ID --registry {reg}

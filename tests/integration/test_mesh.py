@@ -154,6 +154,21 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
         lambda: autoscaled() == [], timeout=30, interval=0.2, what="autoscaled replicas gone"
     )
 
+    # Scale from zero and back: gpu has no replica of its own (cold_start: hold, min_replicas:
+    # 0). A request is held by Envoy while the sample autoscaler, told of the cold start,
+    # starts one; quiet, it goes back to none; the next request brings one back.
+    def gpu_answer() -> str:
+        status, text = http_get(f"http://127.0.0.1:{west}/", host="gpu.local", timeout=40)
+        return text.strip() if status == 200 else f"error:{status}"
+
+    assert registry.list_replicas("gpu") == []
+    assert gpu_answer().startswith("gpu-auto-")
+    wait_until(
+        lambda: registry.list_replicas("gpu") == [], timeout=40, interval=0.2, what="gpu at zero"
+    )
+    # A request racing the route's switch back to hold meets the reject answer; clients retry.
+    wait_until(lambda: gpu_answer().startswith("gpu-auto-"), timeout=40, what="gpu back from 0")
+
     dying_port = ports["replica"] + next(r.offset for r in REPLICAS if r.name == "echo-us-west-1")
     [dying] = [r for r in registry.list_replicas("echo") if r.port == dying_port]
     os.kill(pids["echo-us-west-1"], signal.SIGKILL)
