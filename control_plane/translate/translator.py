@@ -59,9 +59,9 @@ def listener_resource(view: ProxyView) -> Resource:
 
 
 def to_resources(table: RoutingTable, view: ProxyView) -> list[Resource]:
-    """Every resource ``view`` gets from ``table``, in push order, from scratch."""
-    clusters = [cluster_resource(server) for server in table.servers]
-    endpoints = [
-        endpoints_resource(server, region=view.region, zone=view.zone) for server in table.servers
-    ]
+    """Every resource ``view`` gets from ``table``, in push order, from scratch. A held
+    server has a route but no cluster yet (see ``routes``)."""
+    live = [server for server in table.servers if not server.held]
+    clusters = [cluster_resource(server) for server in live]
+    endpoints = [endpoints_resource(server, region=view.region, zone=view.zone) for server in live]
     return [*clusters, *endpoints, listener_resource(view), route_resource(table.servers)]

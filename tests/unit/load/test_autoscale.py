@@ -52,3 +52,21 @@ def test_a_forgotten_key_starts_again_from_ready() -> None:
     assert rec.update("s", in_flight=5, ready=1, spec=spec, now=0) == 5
     rec.forget(set())
     assert rec.update("s", in_flight=0, ready=2, spec=spec, now=1) == 2
+
+
+def test_a_cold_start_wakes_a_server_at_zero_whatever_the_up_window() -> None:
+    spec = Autoscaling(target_concurrency=1, scale_up_window=30, scale_down_window=10)
+    rec = Recommender()
+    assert rec.update("s", in_flight=0, ready=0, spec=spec, now=0) == 0
+    assert rec.update("s", in_flight=0, ready=0, spec=spec, now=1, wake=True) == 1
+    # The woken replica stays for the down window like any other demand, then goes.
+    assert rec.update("s", in_flight=0, ready=1, spec=spec, now=5) == 1
+    assert rec.update("s", in_flight=0, ready=1, spec=spec, now=14) == 1  # 1 was in force at 4
+    assert rec.update("s", in_flight=0, ready=1, spec=spec, now=15.5) == 0
+
+
+def test_a_cold_start_never_goes_past_max_replicas() -> None:
+    spec = Autoscaling(target_concurrency=1, min_replicas=0, max_replicas=1)
+    rec = Recommender()
+    assert rec.update("s", in_flight=0, ready=0, spec=spec, now=0, wake=True) == 1
+    assert rec.update("s", in_flight=9, ready=1, spec=spec, now=1, wake=True) == 1

@@ -10,6 +10,7 @@ from control_plane.registry.errors import ValidationError
 from control_plane.registry.spec import (
     DEFAULT,
     Autoscaling,
+    ColdStart,
     HashOn,
     HealthCheck,
     OutlierDetection,
@@ -60,6 +61,12 @@ def test_durations(text: Any, seconds: float) -> None:
         ),
         pytest.param({"timeouts": {"request": "0s"}}, {"request_timeout": 0.0}, id="no-timeout"),
         pytest.param({"path_prefix": "/v1"}, {"path_prefix": "/v1"}, id="prefix"),
+        pytest.param({}, {"cold_start": ColdStart(mode="reject", timeout=30.0)}, id="cold-default"),
+        pytest.param(
+            {"cold_start": {"mode": "hold", "timeout": "45s"}},
+            {"cold_start": ColdStart(mode="hold", timeout=45.0)},
+            id="cold-hold",
+        ),
         pytest.param(
             {
                 "autoscaling": {
@@ -93,6 +100,12 @@ def test_options(spec: dict[str, Any], expected: dict[str, Any]) -> None:
     ("spec", "field"),
     [
         pytest.param({"colour": "blue"}, "spec.colour", id="unknown-field"),
+        pytest.param({"cold_start": {"mode": "wait"}}, "spec.cold_start.mode", id="cold-mode"),
+        pytest.param({"cold_start": {"mode": ["hold"]}}, "spec.cold_start.mode", id="cold-list"),
+        pytest.param({"cold_start": {"timeout": "0s"}}, "spec.cold_start.timeout", id="cold-0s"),
+        pytest.param({"cold_start": {"timeout": "2h"}}, "spec.cold_start.timeout", id="cold-2h"),
+        pytest.param({"cold_start": "hold"}, "spec.cold_start", id="cold-not-a-mapping"),
+        pytest.param({"cold_start": {"after": 1}}, "spec.cold_start.after", id="cold-unknown"),
         pytest.param(
             {"autoscaling": {"target_concurrency": -1}},
             "spec.autoscaling.target_concurrency",

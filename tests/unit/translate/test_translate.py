@@ -133,3 +133,40 @@ def test_priorities_follow_the_proxy_region_and_zone() -> None:
     for region, zone, expected in cases:
         got = [level(e, region=region, zone=zone) for e in (same_zone, other_zone, no_zone, remote)]
         assert got == expected, (region, zone)
+
+
+def test_no_ready_replica_drops_every_request_as_a_cold_start() -> None:
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    for endpoints in ((), (endpoint("r1", 8081, draining=True),)):
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        resources = by_type(to_resources(table(server("echo", *endpoints)), VIEW))
+        cla.ParseFromString(resources[ENDPOINT]["default_echo"].message.SerializeToString())
+        [drop] = cla.policy.drop_overloads
+        assert drop.category == names.COLD_START_CATEGORY
+        assert drop.drop_percentage.numerator == 100
+    ready = by_type(to_resources(table(server("echo", endpoint("r1", 8081))), VIEW))
+    assert not ready[ENDPOINT]["default_echo"].message.policy.drop_overloads
+
+
+def test_a_held_server_routes_to_its_cold_name_through_the_on_demand_filter() -> None:
+    from dataclasses import replace
+
+    from control_plane.registry.spec import ColdStart, ServerSpec
+
+    spec = ServerSpec(cold_start=ColdStart(mode="hold", timeout=12.0))
+    held = replace(server("gpu"), spec=spec, held=True, cold_epoch=7)
+    resources = by_type(to_resources(table(held), VIEW))
+    assert "default_gpu_cold7" not in resources.get(CLUSTER, {})
+    assert "default_gpu_cold7" not in resources.get(ENDPOINT, {})
+    route = resources[ROUTE]["ingress_http"].message
+    assert not route.validate_clusters.value
+    routes = [r for vh in route.virtual_hosts for r in vh.routes]  # websocket and default
+    assert len(routes) == 2
+    for action in routes:
+        assert action.route.cluster == "default_gpu_cold7"
+        assert "envoy.filters.http.on_demand" in action.typed_per_filter_config
+    warm = by_type(to_resources(table(replace(held, held=False)), VIEW))
+    warm_routes = [r for vh in warm[ROUTE]["ingress_http"].message.virtual_hosts for r in vh.routes]
+    assert {r.route.cluster for r in warm_routes} == {"default_gpu_cold7"}
+    assert not any(r.typed_per_filter_config for r in warm_routes)
