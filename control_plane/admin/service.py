@@ -31,7 +31,12 @@ def summary(resource: Resource) -> str:
     """One line a person can read about a resource."""
     message = resource.message
     if resource.type_url == CLUSTER:
-        lb = message.LbPolicy.Name(message.lb_policy).lower()
+        policies = message.load_balancing_policy.policies
+        lb = (
+            "/".join(p.typed_extension_config.name.rsplit(".", 1)[-1] for p in policies)
+            if policies
+            else message.LbPolicy.Name(message.lb_policy).lower()
+        )
         h2 = "http2" if message.typed_extension_protocol_options else "http1"
         timeout = message.connect_timeout.ToMilliseconds()
         return f"eds, {lb}, {h2} upstream, connect {timeout}ms"
@@ -48,6 +53,8 @@ def summary(resource: Resource) -> str:
             f"{total} endpoint{plural} ({draining} draining), "
             f"{len(priorities)} priorit{'y' if len(priorities) == 1 else 'ies'}"
         )
+    if resource.type_url == LISTENER and message.HasField("api_listener"):
+        return "API listener (gRPC clients)"
     if resource.type_url == LISTENER:
         socket = message.address.socket_address
         return f"listens on {socket.address}:{socket.port_value}"

@@ -6,6 +6,11 @@ all traffic to priority 0 while it has enough healthy replicas (overprovisioning
 at least ~72% of it healthy) and spills the shortfall to the next priority: traffic leaves the
 region only when the region runs short. DRAINING replicas are sent with health status DRAINING:
 no new requests, their open streams finish.
+
+Every locality carries a ``load_balancing_weight`` (Envoy ignores it without locality-weighted
+balancing; gRPC drops a locality without one): the sum of its replicas' weights, so gRPC's
+round robin within weighted localities sends each locality its share; 1 for consistent-hash
+servers, whose ring multiplies locality and replica weights.
 """
 
 from __future__ import annotations
@@ -51,9 +56,19 @@ def to_load_assignment(
         locality = assignment.endpoints.add()
         locality.locality.CopyFrom(base_pb2.Locality(region=ep_region, zone=ep_zone))
         locality.priority = priorities[rank]
+        locality.load_balancing_weight.value = locality_weight(
+            endpoints, hashed=server.spec.hash_on is not None
+        )
         for endpoint in endpoints:
             _fill_lb_endpoint(locality.lb_endpoints.add(), endpoint)
     return assignment
+
+
+def locality_weight(endpoints: list[Endpoint], *, hashed: bool) -> int:
+    """A locality's weight: above 0 always (gRPC drops a locality of weight 0)."""
+    if hashed:
+        return 1
+    return max(1, min(sum(max(0, e.weight) for e in endpoints), 0xFFFFFFFF))
 
 
 def _fill_lb_endpoint(lb_endpoint: endpoint_components_pb2.LbEndpoint, endpoint: Endpoint) -> None:

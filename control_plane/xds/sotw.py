@@ -1,4 +1,9 @@
-"""State-of-the-world xDS (ADS or one type): the stream rules of ``xds.stream`` for SotW."""
+"""State-of-the-world xDS (ADS or one type): the stream rules of ``xds.stream`` for SotW.
+
+CDS and LDS are state-of-the-world types: a wildcard subscription (Envoy) gets every resource
+of the snapshot; a named one (gRPC's xDS client) gets exactly the named resources that exist,
+all of them in every response, so a name left out is one that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -88,7 +93,12 @@ class SotwStream(BaseStream):
                 outcome.committed_at = status.sent_committed_at
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = status.sent_committed_at
-        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+        # Empty names mean wildcard only on the first request of a type (the legacy form
+        # Envoy uses) or while already wildcard: a named subscriber that drops its last name
+        # (gRPC closing its last channel to a target) subscribes to nothing.
+        wildcard = type_url in WILDCARD_TYPES and (
+            "*" in names or (not names and (status.wildcard or not status.subscribed))
+        )
         names.discard("*")
         if not status.subscribed:
             status.subscribed = True
@@ -144,7 +154,16 @@ class SotwStream(BaseStream):
             names = available if status.wildcard else status.names
             sent.update((n, available[n].version) for n in names if n in available)
             return None
-        if type_url in WILDCARD_TYPES:
+        if type_url in WILDCARD_TYPES and not status.wildcard:
+            # Named CDS/LDS (gRPC clients): every subscribed resource that exists, and nothing
+            # else (gRPC validates every resource it is sent); absence means "does not exist".
+            if version == status.sent_version:
+                return None
+            to_send = [available[n] for n in sorted(status.names) if n in available]
+            changed = [r for r in to_send if sent.get(r.name) != r.version]
+            sent.clear()
+            sent.update((r.name, r.version) for r in to_send)
+        elif type_url in WILDCARD_TYPES:
             if version == status.sent_version:
                 return None
             to_send = list(available.values())

@@ -9,8 +9,9 @@ statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two imple
   answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
 - an ACK records the accepted version; a NACK records the error and the rejected version, which
   is never re-sent: only content that differs from what was last sent is ever sent;
-- wildcard CDS/LDS; named EDS/RDS; EDS/RDS SotW responses carry only the resources that changed
-  (they are not state-of-the-world types), CDS/LDS responses carry all;
+- wildcard CDS/LDS (Envoy; a named CDS/LDS subscription, as gRPC's client makes, gets exactly
+  the named resources); named EDS/RDS; EDS/RDS SotW responses carry only the resources that
+  changed (they are not state-of-the-world types), CDS/LDS responses carry all;
 - a Cluster sent is always followed by its ClusterLoadAssignment in the same push, changed or
   not: Envoy re-creates an updated cluster, and the new one warms until it gets endpoints, but it
   does not ask again for a name it is already subscribed to.
