@@ -59,8 +59,8 @@ def run(
                     out(unary(message.encode(), timeout=timeout, metadata=headers).decode())
             except grpc.RpcError as exc:
                 failures += 1
-                code = exc.code()  # type: ignore[attr-defined]
-                details = exc.details()  # type: ignore[attr-defined]
+                code = exc.code()
+                details = exc.details()
                 out(f"error {code.name if code else 'UNKNOWN'}: {details}")
     return failures
 
