@@ -26,6 +26,8 @@ from control_plane.xds.resources import (
 from control_plane.xds.server import XdsServer, shorten
 from control_plane.xds.snapshot import Snapshot
 
+MISSING_SHOWN = 10
+
 
 def summary(resource: Resource) -> str:
     """One line a person can read about a resource."""
@@ -119,6 +121,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 connected_since=proxy.connected_at,
                 protocol="delta" if proxy.delta else "sotw",
                 service=SHORT_NAMES.get(proxy.only_type, "ads"),
+                client=proxy.group.kind,
+                user_agent=proxy.user_agent,
             )
             for type_url in PUSH_ORDER:
                 status = proxy.protocol.status.get(type_url)
@@ -134,6 +138,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     resources_sent=status.resources_sent,
                     acks=status.acks,
                     nacks=status.nacks,
+                    missing=len(status.missing),
+                    missing_names=[shorten(n) for n in sorted(status.missing)[:MISSING_SHOWN]],
                 )
         return response
 

@@ -46,14 +46,18 @@ class SotwStream(BaseStream):
         state: TypeState, available: Any, candidates: AbstractSet[str] | None
     ) -> str:
         """The version_info of a named subscription: the sum of the subscribed resources'
-        pair hashes, kept up to date push by push."""
+        pair hashes, kept up to date push by push (with the names that do not exist)."""
         hashes, names = state.selected, state.status.names
+        missing = state.status.missing
         if candidates is None:
             hashes.clear()
+            missing.clear()
             for name in names:
                 resource = available.get(name)
                 if resource is not None:
                     hashes[name] = resource.pair_hash
+                else:
+                    missing.add(name)
             total = sum(hashes.values())
         else:
             total = state.selected_sum
@@ -65,6 +69,9 @@ class SotwStream(BaseStream):
                 if resource is not None:
                     hashes[name] = resource.pair_hash
                     total += resource.pair_hash
+                    missing.discard(name)
+                else:
+                    missing.add(name)
         state.selected_sum = total
         return version_of_sum(total)
 
@@ -115,6 +122,8 @@ class SotwStream(BaseStream):
             for gone in [n for n in state.sent if n not in names]:
                 del state.sent[gone]
             status.names = names
+        # Names no longer asked for are no longer missing (new ones are judged on the push).
+        status.missing.intersection_update(() if status.wildcard else status.names)
         return outcome
 
     def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:

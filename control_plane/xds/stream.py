@@ -97,13 +97,16 @@ class TypeStatus:
     # The source commit time of the snapshot behind the last response sent / ACKed.
     sent_committed_at: float = 0.0
     acked_committed_at: float = 0.0
+    # Named subscriptions (SotW): names asked for that the snapshot does not have. A proxy
+    # that ACKed everything it was sent still lacks these: MISSING, not SYNCED.
+    missing: set[str] = field(default_factory=set)
 
     @property
     def state(self) -> str:
         if self.last_nack is not None and self.last_nack.version == self.sent_version:
             return "NACKED"
         if self.sent_version and self.sent_version == self.acked_version:
-            return "SYNCED"
+            return "MISSING" if self.missing else "SYNCED"
         return "STALE" if self.sent_version else "WAITING"
 
 
