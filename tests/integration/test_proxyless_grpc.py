@@ -1,0 +1,204 @@
+"""Proxyless gRPC: real grpcio clients on ``xds:///`` targets reading routeplane's xDS directly.
+
+Each client runs in its own process (``routeplane samples grpc-client``), since gRPC's xDS
+bootstrap is process-wide. The replicas are the gRPC Echo sample, which names itself in every
+reply, so each line a client prints says which replica answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from control_plane.bootstrap import render_grpc
+from control_plane.dev.samples.grpc_echo import GrpcEchoThread
+from control_plane.registry import Registry, open_registry
+from tests.helpers import wait_until
+from tests.processes import ControlPlane, GrpcClient
+
+TOKENS = "xds:///tokens.local"
+
+
+@pytest.fixture
+def registry(control_plane: ControlPlane) -> Iterator[Registry]:
+    reg = open_registry(control_plane.registry)
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture
+def replicas() -> Iterator[Callable[[str], GrpcEchoThread]]:
+    started: list[GrpcEchoThread] = []
+
+    def make(name: str) -> GrpcEchoThread:
+        echo = GrpcEchoThread(name=name)
+        started.append(echo)
+        return echo
+
+    yield make
+    for echo in started:
+        echo.stop()
+
+
+@pytest.fixture
+def clients(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Callable[..., GrpcClient]]:
+    started: list[GrpcClient] = []
+
+    def make(node_id: str, *, region: str = "us-west", **options: object) -> GrpcClient:
+        client = GrpcClient.create(
+            tmp_path,
+            target=str(options.pop("target", TOKENS)),
+            xds=control_plane.xds,
+            region=region,
+            node_id=node_id,
+            **options,  # type: ignore[arg-type]
+        )
+        client.start()
+        started.append(client)
+        return client
+
+    yield make
+    for client in started:
+        client.stop()
+
+
+def answered_by(client: GrpcClient, start: int = 0) -> list[str]:
+    """The replica behind each reply from line ``start`` on (errors left out)."""
+    return [
+        line.split(":", 1)[0] for line in list(client.lines)[start:] if not line.startswith("error")
+    ]
+
+
+def test_a_grpc_client_reaches_a_new_replica_unary_and_streaming(
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+) -> None:
+    first, second = replicas("t-1"), replicas("t-2")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    registry.register_replica(server="tokens", address=first.address, region="us-west")
+    unary = clients("grpc-unary")
+    wait_until(lambda: "t-1" in answered_by(unary), what="the first replica answers")
+    registry.register_replica(server="tokens", address=second.address, region="us-west")
+    wait_until(lambda: "t-2" in answered_by(unary), what="the new replica answers")
+    stream = clients("grpc-stream", calls=1, stream=5, stream_interval_ms=10)
+    assert stream.wait() == 0, stream.log()
+    assert len(stream.lines) == 6
+    assert stream.lines[-1] == "stream done"
+    replica = stream.lines[0].split(":")[0]
+    assert stream.lines[:5] == [f"{replica}:{i}" for i in range(5)]
+    assert unary.errors() == []
+
+
+def test_a_draining_replica_gets_no_new_rpcs_and_its_open_stream_finishes(
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+) -> None:
+    old, new = replicas("old"), replicas("new")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    draining = registry.register_replica(server="tokens", address=old.address, region="us-west")
+    stream = clients("grpc-long-stream", calls=1, stream=60, stream_interval_ms=50)
+    wait_until(lambda: "old:0" in stream.lines, what="the stream starts on the old replica")
+    unary = clients("grpc-unary")
+    wait_until(lambda: "old" in answered_by(unary), what="unary calls reach the old replica")
+    registry.register_replica(server="tokens", address=new.address, region="us-west")
+    wait_until(lambda: "new" in answered_by(unary), what="unary calls reach the new replica")
+    registry.set_replica_state(draining.id, "DRAINING")
+    mark = len(unary.lines)
+    wait_until(
+        lambda: answered_by(unary, mark)[-20:] == ["new"] * 20,
+        what="20 calls in a row answered by the new replica",
+    )
+    settled = len(unary.lines)
+    wait_until(lambda: len(unary.lines) >= settled + 30, what="30 more calls")
+    assert set(answered_by(unary, settled)) == {"new"}
+    assert stream.wait() == 0, stream.log()
+    assert stream.lines == [f"old:{i}" for i in range(60)] + ["stream done"]
+    assert unary.errors() == []
+
+
+def test_region_failover_and_local_only_hold_for_grpc_clients(
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+) -> None:
+    west, east = replicas("west"), replicas("east")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    registry.put_server(
+        name="pinned",
+        hostnames=["pinned.local"],
+        protocol="grpc",
+        spec={"failover": "local_only"},
+    )
+    w = registry.register_replica(server="tokens", address=west.address, region="us-west")
+    registry.register_replica(server="tokens", address=east.address, region="us-east")
+    pw = registry.register_replica(server="pinned", address=west.address, region="us-west")
+    registry.register_replica(server="pinned", address=east.address, region="us-east")
+    tokens = clients("grpc-west", region="us-west")
+    pinned = clients("grpc-west-pinned", region="us-west", target="xds:///pinned.local")
+    for client in (tokens, pinned):
+        wait_until(lambda c=client: len(answered_by(c)) >= 30, what="30 replies")  # type: ignore[misc]
+        assert Counter(answered_by(client)) == {"west": len(answered_by(client))}
+    registry.deregister_replica(w.id)
+    registry.deregister_replica(pw.id)
+    mark = len(tokens.lines)
+    wait_until(lambda: "east" in answered_by(tokens, mark), what="failover to us-east")
+    pinned_mark = len(pinned.lines)
+    wait_until(lambda: len(pinned.errors()) > 0, what="local_only: no replica left")
+    assert "east" not in answered_by(pinned, pinned_mark)
+    assert tokens.errors() == []
+
+
+def test_header_affinity_sends_a_session_to_one_replica(
+    control_plane: ControlPlane,
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+) -> None:
+    registry.put_server(
+        name="tokens",
+        hostnames=["tokens.local"],
+        protocol="grpc",
+        spec={"load_balancing": {"consistent_hash": {"header": "x-session"}}},
+    )
+    for name in ("a", "b", "c"):
+        echo = replicas(name)
+        registry.register_replica(server="tokens", address=echo.address, region="us-west")
+    bootstrap = render_grpc(
+        node_id="grpc-affinity", cluster="apps", region="us-west", xds=[control_plane.xds]
+    )
+    # One process, many sessions. It first calls until all three replicas have answered (so
+    # all three are in its ring), then each session's calls, in order, name their replica.
+    code = (
+        "import grpc, json, time\n"
+        "ch = grpc.insecure_channel('xds:///tokens.local')\n"
+        "call = ch.unary_unary('/routeplane.sample.Echo/Unary')\n"
+        "def ask(session):\n"
+        "    reply = call(b'x', timeout=30, metadata=[('x-session', session)])\n"
+        "    return reply.decode().split(':')[0]\n"
+        "deadline, warm, i = time.monotonic() + 30, set(), 0\n"
+        "while len(warm) < 3 and time.monotonic() < deadline:\n"
+        "    warm.add(ask(f'warm{i}'))\n"
+        "    i += 1\n"
+        "seen = {f's{n}': [ask(f's{n}') for _ in range(5)] for n in range(12)}\n"
+        "print(json.dumps({'warm': sorted(warm), 'seen': seen}))\n"
+    )
+    env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=bootstrap)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout)
+    assert outcome["warm"] == ["a", "b", "c"]
+    for session, names in outcome["seen"].items():
+        assert len(set(names)) == 1, f"session {session} moved: {names}"
+    assert len({names[0] for names in outcome["seen"].values()}) > 1, outcome
