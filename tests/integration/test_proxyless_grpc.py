@@ -14,14 +14,16 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from control_plane.bootstrap import render_grpc
-from control_plane.dev.samples.grpc_echo import GrpcEchoThread
+from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import Registry, open_registry
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, GrpcClient
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, http_get
 
 TOKENS = "xds:///tokens.local"
 
@@ -202,3 +204,133 @@ def test_header_affinity_sends_a_session_to_one_replica(
     for session, names in outcome["seen"].items():
         assert len(set(names)) == 1, f"session {session} moved: {names}"
     assert len({names[0] for names in outcome["seen"].values()}) > 1, outcome
+
+
+def metric_total(admin: str, name: str) -> float:
+    text = http_get(f"http://{admin}/metrics")[1]
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+def listed_proxies(admin: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [ROUTEPLANE, "proxies", "--json", "--admin", admin],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    proxies: list[dict[str, Any]] = json.loads(result.stdout)
+    return proxies
+
+
+@pytest.mark.envoy
+def test_a_mixed_fleet_of_envoys_and_grpc_clients_is_all_synced_with_no_nack(
+    control_plane: ControlPlane,
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+    tmp_path: Path,
+) -> None:
+    west, east = replicas("west"), replicas("east")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    registry.put_server(
+        name="chat",
+        hostnames=["chat.local"],
+        protocol="grpc",
+        spec={"load_balancing": {"consistent_hash": {"header": "x-session"}}},
+    )
+    registry.put_server(name="web", hostnames=["web.local"], protocol="http")
+    for name in ("tokens", "chat"):
+        registry.register_replica(server=name, address=west.address, region="us-west")
+        registry.register_replica(server=name, address=east.address, region="us-east")
+    envoys = [
+        Envoy.create(
+            tmp_path, node_id="edge-sotw", region="us-west", xds=[control_plane.xds], ads="sotw"
+        ),
+        Envoy.create(tmp_path, node_id="edge-delta", region="us-east", xds=[control_plane.xds]),
+    ]
+    try:
+        for envoy in envoys:
+            envoy.start()
+        grpc_west = clients("grpc-west", region="us-west")
+        grpc_east = clients(
+            "grpc-east", region="us-east", target="xds:///chat.local", headers=("x-session=s1",)
+        )
+        for envoy in envoys:
+            envoy.wait_live()
+        wait_until(lambda: "west" in answered_by(grpc_west), what="west client answered")
+        wait_until(lambda: "east" in answered_by(grpc_east), what="east client answered")
+        # Through each Envoy too: gRPC over its listener, on the same servers.
+        for envoy, expected in zip(envoys, ("west", "east"), strict=True):
+            with grpc.insecure_channel(
+                envoy.listen, options=[("grpc.default_authority", "tokens.local")]
+            ) as channel:
+                reply = channel.unary_unary(UNARY)(b"x", timeout=10, wait_for_ready=True)
+            assert reply.decode().split(":")[0] == expected
+
+        def all_synced() -> bool:
+            proxies = listed_proxies(control_plane.admin)
+            if len(proxies) != 4:
+                return False
+            return all(t["state"] == "SYNCED" for p in proxies for t in p["types"].values())
+
+        wait_until(all_synced, what="two Envoys and two gRPC clients all SYNCED")
+        proxies = {p["node_id"]: p for p in listed_proxies(control_plane.admin)}
+        assert {n: p["client"] for n, p in proxies.items()} == {
+            "edge-sotw": "envoy",
+            "edge-delta": "envoy",
+            "grpc-west": "grpc",
+            "grpc-east": "grpc",
+        }
+        assert sorted(proxies["grpc-west"]["types"]) == ["cds", "eds", "lds"]
+        assert metric_total(control_plane.admin, "routeplane_xds_nacks_total") == 0
+        assert grpc_west.errors() == []
+        assert grpc_east.errors() == []
+    finally:
+        for envoy in envoys:
+            envoy.stop()
+
+
+def test_a_name_that_is_no_grpc_server_does_not_exist_for_the_client(
+    control_plane: ControlPlane,
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+) -> None:
+    echo = replicas("r1")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    registry.put_server(name="web", hostnames=["web.local"], protocol="http")
+    registry.register_replica(server="tokens", address=echo.address, region="us-west")
+    registry.register_replica(server="web", address=echo.address, region="us-west")
+    # gRPC declares a never-seen resource absent after its own 15 s timer, not at once.
+    web = clients("grpc-web", target="xds:///web.local", calls=1, timeout=60)
+    nothing = clients("grpc-nothing", target="xds:///nothing.local", calls=1, timeout=60)
+    good = clients("grpc-good", calls=1)
+
+    def lds_of(node_id: str) -> dict[str, Any] | None:
+        for proxy in listed_proxies(control_plane.admin):
+            if proxy["node_id"] == node_id:
+                types: dict[str, Any] = proxy["types"]
+                return types.get("lds")
+        return None
+
+    for node_id, name in (("grpc-web", "web.local"), ("grpc-nothing", "nothing.local")):
+        wait_until(
+            lambda n=node_id: (lds_of(n) or {}).get("state") == "MISSING",  # type: ignore[misc]
+            what=f"{node_id}'s LDS shown as MISSING",
+        )
+        lds = lds_of(node_id)
+        assert lds is not None
+        assert lds["missing"] == [name]
+        assert lds["resources_sent"] == 0  # never someone else's listener
+    assert good.wait() == 0
+    for client, name in ((web, "web.local"), (nothing, "nothing.local")):
+        assert client.wait(timeout=90) == 1
+        [line] = client.lines
+        assert line.startswith("error UNAVAILABLE")
+        assert f"{name}: does not exist" in line
+    assert metric_total(control_plane.admin, "routeplane_xds_nacks_total") == 0
