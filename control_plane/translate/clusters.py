@@ -72,6 +72,9 @@ def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
         type=cluster_pb2.Cluster.EDS,
     )
     set_load_balancing(cluster, hashed=spec.hash_on is not None)
+    # gRPC clients report load (LRS) to the control plane they got the cluster from; Envoy
+    # ignores this field and reports as its bootstrap says.
+    cluster.lrs_server.self.SetInParent()
     set_duration(cluster.connect_timeout, spec.connect_timeout)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     cluster.common_lb_config.healthy_panic_threshold.value = 0.0

@@ -334,3 +334,34 @@ def test_a_name_that_is_no_grpc_server_does_not_exist_for_the_client(
         assert line.startswith("error UNAVAILABLE")
         assert f"{name}: does not exist" in line
     assert metric_total(control_plane.admin, "routeplane_xds_nacks_total") == 0
+
+
+def test_grpc_clients_report_their_load(
+    control_plane: ControlPlane,
+    registry: Registry,
+    replicas: Callable[[str], GrpcEchoThread],
+    clients: Callable[..., GrpcClient],
+) -> None:
+    echo = replicas("r1")
+    registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    registry.register_replica(server="tokens", address=echo.address, region="us-west")
+    client = clients("grpc-load", interval=0.01)
+
+    def requests_per_second() -> float:
+        result = subprocess.run(
+            [ROUTEPLANE, "load", "--json", "--admin", control_plane.admin],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        rows = json.loads(result.stdout)
+        return sum(
+            r["requests_per_second"]
+            for r in rows
+            if r["server"] == "tokens" and r["region"] == "us-west"
+        )
+
+    # No Envoy anywhere: the load counted is the gRPC client's own report (LRS).
+    wait_until(lambda: requests_per_second() > 0, what="the gRPC client's load counted")
+    assert client.errors() == []
