@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from control_plane.bootstrap import render_grpc
+from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import Registry, open_registry
 from tests.helpers import wait_until
@@ -365,3 +366,86 @@ def test_grpc_clients_report_their_load(
     # No Envoy anywhere: the load counted is the gRPC client's own report (LRS).
     wait_until(lambda: requests_per_second() > 0, what="the gRPC client's load counted")
     assert client.errors() == []
+
+
+def test_grpc_bootstrap_over_mtls_and_node_authorization(
+    tmp_path: Path, replicas: Callable[[str], GrpcEchoThread]
+) -> None:
+    certs = tmp_path / "certs"
+    dev_certs(certs, clusters=["apps", "other"])
+    cp = ControlPlane.create(
+        tmp_path,
+        extra=[
+            "--tls-cert",
+            str(certs / "server.pem"),
+            "--tls-key",
+            str(certs / "server-key.pem"),
+            "--client-ca",
+            str(certs / "ca.pem"),
+        ],
+    )
+    cp.start()
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+        registry.register_replica(server="tokens", address=replicas("r1").address, region="us-west")
+        registry.close()
+
+        def call_as(fleet: str, certificate: str) -> subprocess.CompletedProcess[str]:
+            bootstrap = subprocess.run(
+                [
+                    ROUTEPLANE,
+                    "bootstrap",
+                    "--grpc",
+                    "--node-id",
+                    f"grpc-{certificate}",
+                    "--cluster",
+                    fleet,
+                    "--region",
+                    "us-west",
+                    "--xds",
+                    cp.xds,
+                    "--tls-cert",
+                    str(certs / f"client-{certificate}.pem"),
+                    "--tls-key",
+                    str(certs / f"client-{certificate}-key.pem"),
+                    "--ca",
+                    str(certs / "ca.pem"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            document = json.loads(bootstrap)
+            assert document["xds_servers"][0]["channel_creds"][0]["type"] == "tls"
+            assert document["certificate_providers"]["routeplane"]["plugin_name"] == "file_watcher"
+            path = tmp_path / f"grpc-{certificate}.json"
+            path.write_text(bootstrap)
+            return subprocess.run(
+                [
+                    ROUTEPLANE,
+                    "samples",
+                    "grpc-client",
+                    "--bootstrap",
+                    str(path),
+                    "--target",
+                    TOKENS,
+                    "--timeout",
+                    "20",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        allowed = call_as("apps", "apps")
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr[-2000:]
+        assert allowed.stdout == "r1:hello\n"
+        # A certificate for fleet "other" gets no configuration of fleet "apps".
+        denied = call_as("apps", "other")
+        assert denied.returncode == 1
+        assert "PERMISSION_DENIED" in denied.stdout
+        assert "allows node cluster(s) ['other'], not 'apps'" in denied.stdout
+    finally:
+        cp.stop()
