@@ -3,8 +3,9 @@
 A gRPC client on ``xds:///<hostname>`` asks LDS for a Listener named ``<hostname>``; it must hold
 an ``api_listener``: an HttpConnectionManager with the route configuration (inlined here, so the
 client needs no RDS) and the router as its only, and last, HTTP filter. Only servers of protocol
-``grpc`` and ``http2`` are served this way; a hostname with neither has no listener, so a client
-naming it is told it does not exist.
+``grpc`` and ``http2`` are served this way, under exact hostnames (a ``*.suffix`` hostname is no
+name a target can ask for); a hostname with neither has no listener, so a client naming it is
+told it does not exist.
 
 The routes are the servers' Envoy routes (``routes.to_routes``) in the form gRPC accepts: a
 path-separated prefix ``/p`` becomes the prefix ``/p/`` (gRPC paths are ``/service/method``, so the
@@ -50,6 +51,8 @@ def to_api_listeners(servers: Iterable[RoutedServer]) -> dict[str, listener_pb2.
             continue
         routes = to_grpc_routes(server)
         for hostname in server.hostnames:
+            if hostname.startswith("*"):
+                continue  # a gRPC target names one host: a wildcard is no listener name
             by_host.setdefault(hostname, []).append(
                 (len(server.spec.path_prefix), server.name, routes)
             )

@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.admin.v3 import config_dump_shared_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control_plane.bootstrap import render_grpc
 from control_plane.dev.certs import dev_certs
@@ -288,6 +290,20 @@ def test_a_mixed_fleet_of_envoys_and_grpc_clients_is_all_synced_with_no_nack(
             "grpc-east": "grpc",
         }
         assert sorted(proxies["grpc-west"]["types"]) == ["cds", "eds", "lds"]
+        with grpc.insecure_channel(control_plane.xds) as channel:
+            status = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+                csds_pb2.ClientStatusRequest(), timeout=10
+            )
+        [config] = [c for c in status.config if c.node.id == "grpc-west"]
+        synced = csds_pb2.ConfigStatus.SYNCED
+        assert {
+            (e.type_url.rsplit(".", 1)[-1], e.name, e.config_status)
+            for e in config.generic_xds_configs
+        } == {
+            ("Listener", "tokens.local", synced),
+            ("Cluster", "default_tokens", synced),
+            ("ClusterLoadAssignment", "default_tokens", synced),
+        }
         assert metric_total(control_plane.admin, "routeplane_xds_nacks_total") == 0
         assert grpc_west.errors() == []
         assert grpc_east.errors() == []
@@ -328,6 +344,16 @@ def test_a_name_that_is_no_grpc_server_does_not_exist_for_the_client(
         assert lds is not None
         assert lds["missing"] == [name]
         assert lds["resources_sent"] == 0  # never someone else's listener
+    # CSDS tells the same: the name it asked for does not exist.
+    with grpc.insecure_channel(control_plane.xds) as channel:
+        status = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+            csds_pb2.ClientStatusRequest(), timeout=10
+        )
+    [config] = [c for c in status.config if c.node.id == "grpc-web"]
+    assert config.node.user_agent_name.startswith("gRPC")
+    [entry] = [e for e in config.generic_xds_configs if e.type_url.endswith("Listener")]
+    assert entry.name == "web.local"
+    assert entry.client_status == config_dump_shared_pb2.ClientResourceStatus.DOES_NOT_EXIST
     assert good.wait() == 0
     for client, name in ((web, "web.local"), (nothing, "nothing.local")):
         assert client.wait(timeout=90) == 1

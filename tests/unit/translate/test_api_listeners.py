@@ -25,10 +25,15 @@ def manager_of(listener: object) -> hcm_pb2.HttpConnectionManager:
     return manager
 
 
-def test_only_grpc_and_http2_hostnames_get_an_api_listener_named_as_the_target() -> None:
+def test_only_exact_grpc_and_http2_hostnames_get_an_api_listener_named_as_the_target() -> None:
     listeners = to_api_listeners(
         [
-            server("tokens", endpoint("r1", 9000), protocol="grpc"),
+            server(
+                "tokens",
+                endpoint("r1", 9000),
+                protocol="grpc",
+                hostnames=("tokens.local", "*.tokens.dev"),
+            ),
             server("h2", endpoint("r2", 9001), protocol="http2"),
             server("web", endpoint("r3", 8080), protocol="http"),
         ]
