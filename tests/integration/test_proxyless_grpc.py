@@ -154,10 +154,14 @@ def test_region_failover_and_local_only_hold_for_grpc_clients(
     for client in (tokens, pinned):
         wait_until(lambda c=client: len(answered_by(c)) >= 30, what="30 replies")  # type: ignore[misc]
         assert Counter(answered_by(client)) == {"west": len(answered_by(client))}
-    registry.deregister_replica(w.id)
+    # The region's only replica drains: its priority has none left for new calls.
+    registry.set_replica_state(w.id, "DRAINING")
     registry.deregister_replica(pw.id)
     mark = len(tokens.lines)
     wait_until(lambda: "east" in answered_by(tokens, mark), what="failover to us-east")
+    settled = len(tokens.lines)
+    wait_until(lambda: len(tokens.lines) >= settled + 20, what="20 more calls")
+    assert set(answered_by(tokens, settled)) == {"east"}
     pinned_mark = len(pinned.lines)
     wait_until(lambda: len(pinned.errors()) > 0, what="local_only: no replica left")
     assert "east" not in answered_by(pinned, pinned_mark)
