@@ -9,8 +9,9 @@ told it does not exist.
 
 The routes are the servers' Envoy routes (``routes.to_routes``) in the form gRPC accepts: a
 path-separated prefix ``/p`` becomes the prefix ``/p/`` (gRPC paths are ``/service/method``, so the
-two match the same calls) and the retry policy is dropped (gRPC retries on status codes only; an
-RPC that never reached a replica is retried transparently by gRPC itself).
+two match the same calls); the retry policy is dropped (gRPC retries on status codes only; an
+RPC that never reached a replica is retried transparently by gRPC itself), and so are per-route
+configs of Envoy's HTTP filters.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def to_grpc_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
         if separated:
             route.match.prefix = f"{separated}/"
         route.route.ClearField("retry_policy")
+        # Per-route configs of Envoy-only HTTP filters: gRPC rejects a config for a filter it
+        # does not know (and its listener has only the router).
+        route.ClearField("typed_per_filter_config")
     return routes
 
 
