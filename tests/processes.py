@@ -280,11 +280,15 @@ class GrpcClient(Process):
             for line in stdout:
                 self.lines.append(line.rstrip("\n"))
 
-        threading.Thread(target=follow, daemon=True).start()
+        self._reader = threading.Thread(target=follow, daemon=True)
+        self._reader.start()
 
     def wait(self, timeout: float = 60.0) -> int:
+        """Its exit code, once it exited and every line it printed is in ``lines``."""
         assert self.process is not None
-        return self.process.wait(timeout=timeout)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return code
 
     def errors(self) -> list[str]:
         return [line for line in list(self.lines) if line.startswith("error")]
