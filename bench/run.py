@@ -98,6 +98,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         load,
         pipeline,
         propagation,
+        proxyless,
         registry_watch,
     )
 
@@ -120,6 +121,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "cold-start"
     path.mkdir()
     out["cold_start"] = cold_start.run(path, tries=plan.cold_start_tries)
+    path = workdir / "proxyless"
+    path.mkdir()
+    out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)
     path = workdir / "fs"
     path.mkdir()
     out["filesystem_baseline"] = filesystem_baseline.run(tries=plan.baseline_tries, workdir=path)
@@ -228,6 +232,19 @@ def table(result: dict[str, Any]) -> str:
             f"({result['cold_start']['tries']} tries) | delta | {cold['p50_ms']} | "
             f"{cold['p90_ms']} | {cold['p99_ms']} |"
         )
+    if "proxyless" in result:
+        lines += [
+            "",
+            "Proxyless gRPC: registry commit (its own commit timestamp) -> first RPC answered by "
+            "the new replica, for gRPC's own xDS client (xds:///, SotW ADS) and, for the same "
+            "changes, a gRPC caller through an Envoy (delta ADS); SQLite, api writes, "
+            f"{result['proxyless']['tries']} tries, ms",
+            "| caller | p50 | p90 | p99 |",
+            "| --- | --- | --- | --- |",
+        ]
+        for caller, label in (("proxyless", "proxyless gRPC client"), ("envoy", "via Envoy")):
+            s = result["proxyless"][caller]
+            lines.append(f"| {label} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |")
     lines += [
         "",
         "Registry commit -> control plane -> every Envoy ACKed (control plane in-process, real "

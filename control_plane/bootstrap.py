@@ -84,3 +84,58 @@ def _transport_socket(tls: tuple[str, str, str] | None) -> str:
         "          validation_context:\n"
         f"            trusted_ca: {{filename: {ca}}}\n"
     )
+
+
+def render_grpc(
+    *,
+    node_id: str,
+    cluster: str,
+    region: str,
+    zone: str = "",
+    xds: list[str],
+    tls: tuple[str, str, str] | None = None,
+) -> str:
+    """A gRPC xDS bootstrap (JSON, for ``GRPC_XDS_BOOTSTRAP`` or ``GRPC_XDS_BOOTSTRAP_CONFIG``)
+    for gRPC's own xDS client; raises ValidationError naming the flag on bad input.
+
+    gRPC talks to the first control plane listed and falls back to the next ones. With ``tls``
+    (certificate, key, CA files) it connects over mTLS (``channel_creds`` "tls", whose client
+    certificate is what node authorization reads) and declares the same files as the
+    ``file_watcher`` certificate provider "routeplane" for xDS-managed security.
+    """
+    if not node_id:
+        raise ValidationError("--node-id", node_id, "must not be empty")
+    validate.name("--cluster", cluster)
+    validate.region("--region", region, required=False)
+    validate.region("--zone", zone, required=False)
+    if not xds:
+        raise ValidationError("--xds", "", "give at least one control-plane address")
+    uris = []
+    for value in xds:
+        try:
+            host, port = validate.address(value, names=True)
+        except ValidationError as exc:
+            raise ValidationError("--xds", value, exc.reason) from None
+        uris.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    creds: dict[str, object] = {"type": "insecure"}
+    document: dict[str, object] = {}
+    if tls is not None:
+        cert, key, ca = (str(Path(p).resolve()) for p in tls)
+        files = {"certificate_file": cert, "private_key_file": key, "ca_certificate_file": ca}
+        creds = {"type": "tls", "config": files}
+        document["certificate_providers"] = {
+            "routeplane": {
+                "plugin_name": "file_watcher",
+                "config": {**files, "refresh_interval": "600s"},
+            }
+        }
+    locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
+    document = {
+        "xds_servers": [
+            {"server_uri": uri, "channel_creds": [creds], "server_features": ["xds_v3"]}
+            for uri in uris
+        ],
+        "node": {"id": node_id, "cluster": cluster, "locality": locality},
+        **document,
+    }
+    return json.dumps(document, indent=2) + "\n"

@@ -10,7 +10,8 @@ values, never by object identity:
 - a Cluster is translated again only when its routed server differs in more than its endpoints
   (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
   differs at all (per proxy region and zone), the RouteConfiguration only when some server's
-  Cluster-relevant part changed, a Listener per listen address once;
+  Cluster-relevant part changed, a Listener per listen address once, gRPC clients' API listeners
+  only when the RouteConfiguration was rebuilt (and only while a gRPC group is wanted);
 - groups with the same view (region, zone, listen address) share one snapshot, and groups of
   one region and zone share every ClusterLoadAssignment: built and encoded once.
 
@@ -45,13 +46,14 @@ from control_plane.routing.model import (
 )
 from control_plane.translate import (
     ProxyView,
+    api_listener_resources,
     cluster_resource,
     endpoints_resource,
     listener_resource,
     route_resource,
 )
 from control_plane.translate import names as resource_names
-from control_plane.xds.nodes import NodeGroup
+from control_plane.xds.nodes import GRPC, NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
 
@@ -63,7 +65,12 @@ class ViewError(ValueError):
 
 
 def view_of(group: NodeGroup) -> ProxyView:
-    """The view of ``group``: its region, zone and the address its listener binds."""
+    """The view of ``group``: its region, zone and the address its listener binds (gRPC
+    clients bind nothing: their view is their region and zone)."""
+    if group.kind == GRPC:
+        return ProxyView(
+            region=group.region, zone=group.zone, listen_host="", listen_port=0, kind=GRPC
+        )
     host, sep, port = group.listen.rpartition(":")
     if not sep:
         host, port = group.listen, str(DEFAULT_LISTEN_PORT)
@@ -144,6 +151,9 @@ class Pipeline:
         self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, Resource]] = {}
         self._route: Resource | None = None
         self._listeners: dict[ProxyView, Resource] = {}
+        # The API listeners of gRPC views, and the route they were built beside.
+        self._api_listeners: dict[str, Resource] | None = None
+        self._api_listeners_of = ""
         self._views: dict[ProxyView, Snapshot] = {}
         self._localities: frozenset[tuple[str, str]] = frozenset()
         self._last: dict[NodeGroup, Snapshot] = {}
@@ -376,26 +386,32 @@ class Pipeline:
         cause: str,
     ) -> Snapshot:
         previous = self._views.get(view)
-        assert self._route is not None
-        route = self._route
-        listener = self._listener_for(view)
+        listeners: dict[str, Resource]
+        routes: dict[str, Resource]
+        if view.kind == GRPC:
+            listeners, routes = self._grpc_listeners(table), {}
+            unchanged = not dirty
+        else:
+            assert self._route is not None
+            route = self._route
+            listener = self._listener_for(view)
+            listeners, routes = {listener.name: listener}, {route.name: route}
+            unchanged = (
+                previous is not None
+                and not dirty
+                and previous.of_type(ROUTE).get(resource_names.ROUTE_CONFIG) is route
+            )
         if previous is None:
             live = [s for s in table.servers if not s.held]
             clusters = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
             endpoints = {(e := self._endpoints_for(server, view)).name: e for server in live}
             return build_from_types(
-                {
-                    CLUSTER: clusters,
-                    ENDPOINT: endpoints,
-                    LISTENER: {listener.name: listener},
-                    ROUTE: {route.name: route},
-                },
+                {CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: listeners, ROUTE: routes},
                 committed_at=table.committed_at,
                 revision=table.revision,
                 cause=cause,
             )
-        old_route = previous.of_type(ROUTE).get(resource_names.ROUTE_CONFIG)
-        if not dirty and old_route is route:
+        if unchanged:
             return previous
         clusters = dict(previous.of_type(CLUSTER))
         endpoints = dict(previous.of_type(ENDPOINT))
@@ -410,19 +426,37 @@ class Pipeline:
             clusters[cluster.name] = cluster
             resource = self._endpoints_for(server, view)
             endpoints[resource.name] = resource
+        if view.kind == GRPC:
+            # API listeners depend on every grpc/http2 server: compare them all (few, small).
+            listener_names = set(previous.of_type(LISTENER)) | set(listeners)
+            candidates = {CLUSTER: touched, ENDPOINT: touched, LISTENER: listener_names}
+        else:
+            candidates = {CLUSTER: touched, ENDPOINT: touched, ROUTE: set(routes)}
         return build_from_types(
-            {
-                CLUSTER: clusters,
-                ENDPOINT: endpoints,
-                LISTENER: {listener.name: listener},
-                ROUTE: {route.name: route},
-            },
+            {CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: dict(listeners), ROUTE: routes},
             previous=previous,
-            candidates={CLUSTER: touched, ENDPOINT: touched, ROUTE: {route.name}},
+            candidates=candidates,
             committed_at=table.committed_at,
             revision=table.revision,
             cause=cause,
         )
+
+    def _grpc_listeners(self, table: RoutingTable) -> dict[str, Resource]:
+        """The API listeners of gRPC views: a function of the RouteConfiguration's content (both
+        are built from every server's routes and hostnames), so built again only when its
+        version changed, keeping each listener whose bytes are equal."""
+        route_version = self._route.version if self._route is not None else ""
+        if self._api_listeners is None or self._api_listeners_of != route_version:
+            built = api_listener_resources(table.servers)
+            old = self._api_listeners or {}
+            self._api_listeners = {
+                name: old[name]
+                if name in old and old[name].version == resource.version
+                else resource
+                for name, resource in built.items()
+            }
+            self._api_listeners_of = route_version
+        return self._api_listeners
 
     def _forget_unused_views(self, live: Iterable[ProxyView]) -> None:
         views = set(live)

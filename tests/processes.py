@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -210,3 +211,84 @@ class Envoy(Process):
 
 def envoy_available() -> bool:
     return os.path.exists(ENVOY) or shutil.which(ENVOY) is not None
+
+
+@dataclass
+class GrpcClient(Process):
+    """A proxyless gRPC client (``routeplane samples grpc-client``) in its own process, since
+    gRPC's xDS bootstrap is process-wide; its output lines are collected as they come."""
+
+    lines: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        workdir: Path,
+        *,
+        target: str,
+        xds: str,
+        region: str,
+        node_id: str,
+        zone: str = "",
+        cluster: str = "apps",
+        calls: int = 0,
+        interval: float = 0.02,
+        stream: int = 0,
+        stream_interval_ms: int = 100,
+        headers: tuple[str, ...] = (),
+        timeout: float = 30.0,
+    ) -> GrpcClient:
+        argv = [
+            ROUTEPLANE,
+            "samples",
+            "grpc-client",
+            "--target",
+            target,
+            "--xds",
+            xds,
+            "--region",
+            region,
+            "--zone",
+            zone,
+            "--cluster",
+            cluster,
+            "--node-id",
+            node_id,
+            "--calls",
+            str(calls),
+            "--interval",
+            str(interval),
+            "--stream",
+            str(stream),
+            "--stream-interval-ms",
+            str(stream_interval_ms),
+            "--timeout",
+            str(timeout),
+            *(flag for header in headers for flag in ("--header", header)),
+        ]
+        return cls(argv=argv, log_path=workdir / f"{node_id}.log")
+
+    def start(self) -> None:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+
+        def follow() -> None:
+            for line in stdout:
+                self.lines.append(line.rstrip("\n"))
+
+        self._reader = threading.Thread(target=follow, daemon=True)
+        self._reader.start()
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Its exit code, once it exited and every line it printed is in ``lines``."""
+        assert self.process is not None
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return code
+
+    def errors(self) -> list[str]:
+        return [line for line in list(self.lines) if line.startswith("error")]

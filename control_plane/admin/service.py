@@ -26,12 +26,19 @@ from control_plane.xds.resources import (
 from control_plane.xds.server import XdsServer, shorten
 from control_plane.xds.snapshot import Snapshot
 
+MISSING_SHOWN = 10
+
 
 def summary(resource: Resource) -> str:
     """One line a person can read about a resource."""
     message = resource.message
     if resource.type_url == CLUSTER:
-        lb = message.LbPolicy.Name(message.lb_policy).lower()
+        policies = message.load_balancing_policy.policies
+        lb = (
+            "/".join(p.typed_extension_config.name.rsplit(".", 1)[-1] for p in policies)
+            if policies
+            else message.LbPolicy.Name(message.lb_policy).lower()
+        )
         h2 = "http2" if message.typed_extension_protocol_options else "http1"
         timeout = message.connect_timeout.ToMilliseconds()
         return f"eds, {lb}, {h2} upstream, connect {timeout}ms"
@@ -48,6 +55,8 @@ def summary(resource: Resource) -> str:
             f"{total} endpoint{plural} ({draining} draining), "
             f"{len(priorities)} priorit{'y' if len(priorities) == 1 else 'ies'}"
         )
+    if resource.type_url == LISTENER and message.HasField("api_listener"):
+        return "API listener (gRPC clients)"
     if resource.type_url == LISTENER:
         socket = message.address.socket_address
         return f"listens on {socket.address}:{socket.port_value}"
@@ -114,6 +123,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 connected_since=proxy.connected_at,
                 protocol="delta" if proxy.delta else "sotw",
                 service=SHORT_NAMES.get(proxy.only_type, "ads"),
+                client=proxy.group.kind,
+                user_agent=proxy.user_agent,
             )
             for type_url in PUSH_ORDER:
                 status = proxy.protocol.status.get(type_url)
@@ -129,6 +140,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     resources_sent=status.resources_sent,
                     acks=status.acks,
                     nacks=status.nacks,
+                    missing=len(status.missing),
+                    missing_names=[shorten(n) for n in sorted(status.missing)[:MISSING_SHOWN]],
                 )
         return response
 

@@ -182,6 +182,98 @@ def samples_replica(
     )
 
 
+@samples.command("grpc-client")
+@click.option("--target", required=True, help="xds:///<hostname>, e.g. xds:///tokens.local.")
+@click.option(
+    "--xds",
+    "xds",
+    multiple=True,
+    default=["127.0.0.1:18000"],
+    show_default=True,
+    help="Control-plane address; repeat for several replicas.",
+)
+@click.option("--region", default="", help="The client's region (its locality).")
+@click.option("--zone", default="")
+@click.option("--cluster", default="apps", show_default=True, help="Its node cluster.")
+@click.option("--node-id", default="", help="Default: grpc-client-<pid>.")
+@click.option(
+    "--bootstrap",
+    "bootstrap_file",
+    default="",
+    help="A gRPC xDS bootstrap file instead of --xds/--region/--zone/--cluster/--node-id.",
+)
+@click.option("--calls", default=1, show_default=True, help="How many calls; 0: until stopped.")
+@click.option("--interval", default=0.2, show_default=True, help="Seconds between calls.")
+@click.option(
+    "--stream",
+    default=0,
+    show_default=True,
+    help="Make server-streaming calls of this many messages instead of unary calls.",
+)
+@click.option("--stream-interval-ms", default=100, show_default=True)
+@click.option("--message", default="hello", show_default=True)
+@click.option("--header", "headers", multiple=True, help="NAME=VALUE metadata; repeat.")
+@click.option("--timeout", default=30.0, show_default=True, help="Deadline per call (seconds).")
+@user_errors
+def samples_grpc_client(
+    target: str,
+    xds: tuple[str, ...],
+    region: str,
+    zone: str,
+    cluster: str,
+    node_id: str,
+    bootstrap_file: str,
+    calls: int,
+    interval: float,
+    stream: int,
+    stream_interval_ms: int,
+    message: str,
+    headers: tuple[str, ...],
+    timeout: float,
+) -> None:
+    """A proxyless gRPC client of the Echo sample: routeplane's xDS picks its replicas."""
+    import os
+    import sys
+
+    from control_plane.bootstrap import render_grpc
+    from control_plane.dev.samples.grpc_client import load_bootstrap, run
+
+    if not target.startswith("xds:///"):
+        fail(f"--target {target!r}: expected xds:///<hostname>")
+    pairs = []
+    for header in headers:
+        name, sep, value = header.partition("=")
+        if not sep or not name:
+            fail(f"--header {header!r}: expected NAME=VALUE")
+        pairs.append((name.lower(), value))
+    if bootstrap_file:
+        try:
+            bootstrap = load_bootstrap(bootstrap_file)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+    else:
+        bootstrap = render_grpc(
+            node_id=node_id or f"grpc-client-{os.getpid()}",
+            cluster=cluster,
+            region=region,
+            zone=zone,
+            xds=list(xds),
+        )
+    failures = run(
+        target=target,
+        bootstrap=bootstrap,
+        calls=calls,
+        interval=interval,
+        stream=stream,
+        stream_interval_ms=stream_interval_ms,
+        message=message,
+        headers=pairs,
+        timeout=timeout,
+        out=lambda line: click.echo(line),
+    )
+    sys.exit(1 if failures else 0)
+
+
 @samples.command("http-echo")
 @click.option("--name", required=True, help="Replica name the server answers with.")
 @click.option("--listen", default="127.0.0.1:8081", show_default=True)

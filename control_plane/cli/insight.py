@@ -40,6 +40,7 @@ def proxies(admin: str, as_json: bool) -> None:
         return
     rows = []
     errors: list[str] = []
+    missing: list[str] = []
     for p in response.proxies:
         states = {t.type: t.state for t in p.types}
         rows.append(
@@ -47,6 +48,7 @@ def proxies(admin: str, as_json: bool) -> None:
                 p.node_id,
                 p.group,
                 p.address,
+                p.client or "envoy",
                 p.protocol,
                 ago(p.connected_since),
                 *(states.get(t, "-") for t in ("cds", "eds", "lds", "rds")),
@@ -57,9 +59,23 @@ def proxies(admin: str, as_json: bool) -> None:
             for t in p.types
             if t.last_error
         )
-    table(["NODE", "GROUP", "ADDRESS", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
+        missing.extend(
+            f"{printable(p.node_id)} {t.type}: {', '.join(printable(n) for n in t.missing_names)}"
+            + (
+                f" and {t.missing - len(t.missing_names)} more"
+                if t.missing > len(t.missing_names)
+                else ""
+            )
+            for t in p.types
+            if t.missing
+        )
+    table(
+        ["NODE", "GROUP", "ADDRESS", "CLIENT", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows
+    )
     for error in errors:
         click.echo(f"last NACK {error}")
+    for line in missing:
+        click.echo(f"does not exist {line}")
 
 
 @click.command()

@@ -61,6 +61,7 @@ def type_status_json(status: Any) -> JsonObject:
         "resources_sent": status.resources_sent,
         "acks": status.acks,
         "nacks": status.nacks,
+        "missing": list(status.missing_names),
     }
 
 
@@ -73,6 +74,7 @@ def proxy_json(proxy: Any) -> JsonObject:
         "protocol": proxy.protocol,
         "service": proxy.service,
         "types": {t.type: type_status_json(t) for t in proxy.types},
+        "client": proxy.client or "envoy",
     }
 
 

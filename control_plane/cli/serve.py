@@ -178,6 +178,13 @@ def serve(
 @click.option("--tls-cert", default="", help="Client certificate for mTLS to the control plane.")
 @click.option("--tls-key", default="")
 @click.option("--ca", "tls_ca", default="", help="CA that signed the control plane's cert.")
+@click.option(
+    "--grpc",
+    "grpc_client",
+    is_flag=True,
+    help="A gRPC xDS bootstrap (JSON) for proxyless gRPC clients instead (--listen, --admin "
+    "and --ads do not apply).",
+)
 @user_errors
 def bootstrap(
     node_id: str,
@@ -191,12 +198,27 @@ def bootstrap(
     tls_cert: str,
     tls_key: str,
     tls_ca: str,
+    grpc_client: bool,
 ) -> None:
-    """Print an Envoy bootstrap (YAML) that points a proxy at routeplane."""
-    from control_plane.bootstrap import render
+    """Print an Envoy bootstrap (YAML) that points a proxy at routeplane, or with --grpc a gRPC
+    xDS bootstrap (JSON) for gRPC clients on xds:/// targets."""
+    from control_plane.bootstrap import render, render_grpc
 
     if any((tls_cert, tls_key, tls_ca)) and not all((tls_cert, tls_key, tls_ca)):
         fail("--tls-cert, --tls-key and --ca go together")
+    if grpc_client:
+        click.echo(
+            render_grpc(
+                node_id=node_id,
+                cluster=cluster,
+                region=region,
+                zone=zone,
+                xds=list(xds),
+                tls=(tls_cert, tls_key, tls_ca) if tls_cert else None,
+            ),
+            nl=False,
+        )
+        return
     click.echo(
         render(
             node_id=node_id,

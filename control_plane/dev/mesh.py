@@ -476,8 +476,12 @@ Traffic:
   WebSocket echo at Host ws.local, gRPC at authority tokens.local (methods
   /routeplane.sample.Echo/Unary and /Stream, raw bytes; see control_plane/dev/samples/) on both
 
+Proxyless gRPC (no Envoy on the path: gRPC's own xDS client picks the replica):
+  .venv/bin/routeplane samples grpc-client --target xds:///tokens.local \\
+    --xds 127.0.0.1:{cfg.xds_port} --region us-west --calls 3 --header x-session-id=s1
+
 Look:
-  .venv/bin/routeplane proxies                 # every Envoy, per type SYNCED / STALE / NACKED
+  .venv/bin/routeplane proxies                 # every Envoy and gRPC client, per type SYNCED / ...
   .venv/bin/routeplane snapshot show --node edge-us-west-1
   .venv/bin/routeplane snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence

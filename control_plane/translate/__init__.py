@@ -1,4 +1,4 @@
-"""RoutingTable -> Envoy resources, one module per xDS type; every name from ``names``.
+"""RoutingTable -> Envoy resources (and gRPC clients' API listeners); every name from ``names``.
 
 Pure: no I/O, no clock, no logging, no asyncio, no memo (reuse is the pipeline's job). May
 import ``routing.model``, ``registry.spec`` (the values a routed server carries),
@@ -7,6 +7,7 @@ import ``routing.model``, ``registry.spec`` (the values a routed server carries)
 
 from control_plane.translate.translator import (
     ProxyView,
+    api_listener_resources,
     cluster_resource,
     endpoints_resource,
     listener_resource,
@@ -16,6 +17,7 @@ from control_plane.translate.translator import (
 
 __all__ = [
     "ProxyView",
+    "api_listener_resources",
     "cluster_resource",
     "endpoints_resource",
     "listener_resource",

@@ -1,7 +1,10 @@
-"""Clusters (CDS): one EDS cluster per server.
+"""Clusters (CDS): one EDS cluster per server, one form for Envoy and gRPC clients.
 
 Least-request (power of two choices) by default; Maglev consistent hashing for session
-affinity. No panic routing (a DRAINING or unhealthy replica never gets new requests because
+affinity. The policy is a ``load_balancing_policy`` list, since each client takes the first
+entry it supports: Envoy takes least_request (or maglev); gRPC's xDS client, which supports
+neither, falls back to round_robin within weighted localities (or ring_hash, hashing the same
+header). No panic routing (a DRAINING or unhealthy replica never gets new requests because
 too few healthy ones are left). Circuit breakers: cluster-wide limits set out of the way
 (Envoy's default of 1,024 requests per cluster is far below an inference fleet's streams);
 ``max_requests_per_replica`` limits each replica: connections per host over HTTP/1.1, streams
@@ -13,6 +16,11 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
+from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
+from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from control_plane.routing.model import RoutedServer
@@ -30,15 +38,43 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
+def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
+    """The policy list: Envoy uses the first entry, gRPC the first it supports (the second).
+
+    gRPC's ring_hash hashes the route's header hash policy (random without one, as Envoy's
+    maglev does); its round_robin is wrapped in wrr_locality so locality weights hold.
+    """
+    policies = cluster.load_balancing_policy.policies
+    if hashed:
+        envoy = policies.add().typed_extension_config
+        envoy.name = "envoy.load_balancing_policies.maglev"
+        envoy.typed_config.Pack(maglev_pb2.Maglev())
+        grpc = policies.add().typed_extension_config
+        grpc.name = "envoy.load_balancing_policies.ring_hash"
+        grpc.typed_config.Pack(ring_hash_pb2.RingHash())
+        return
+    envoy = policies.add().typed_extension_config
+    envoy.name = "envoy.load_balancing_policies.least_request"
+    envoy.typed_config.Pack(least_request_pb2.LeastRequest())
+    child = wrr_locality_pb2.WrrLocality()
+    endpoint_picking = child.endpoint_picking_policy.policies.add().typed_extension_config
+    endpoint_picking.name = "envoy.load_balancing_policies.round_robin"
+    endpoint_picking.typed_config.Pack(round_robin_pb2.RoundRobin())
+    grpc = policies.add().typed_extension_config
+    grpc.name = "envoy.load_balancing_policies.wrr_locality"
+    grpc.typed_config.Pack(child)
+
+
 def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
     spec = server.spec
     cluster = cluster_pb2.Cluster(
         name=names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch),
         type=cluster_pb2.Cluster.EDS,
-        lb_policy=(
-            cluster_pb2.Cluster.MAGLEV if spec.hash_on else cluster_pb2.Cluster.LEAST_REQUEST
-        ),
     )
+    set_load_balancing(cluster, hashed=spec.hash_on is not None)
+    # gRPC clients report load (LRS) to the control plane they got the cluster from; Envoy
+    # ignores this field and reports as its bootstrap says.
+    cluster.lrs_server.self.SetInParent()
     set_duration(cluster.connect_timeout, spec.connect_timeout)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     cluster.common_lb_config.healthy_panic_threshold.value = 0.0

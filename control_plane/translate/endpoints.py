@@ -11,6 +11,11 @@ A ClusterLoadAssignment with no READY replica drops every request (``policy.drop
 category ``cold_start``, 100%): Envoy answers 503 at once (response flag ``DO``; the listener
 adds ``retry-after`` and the cause header) and counts the drop in its load report, which is how
 routeplane learns that the server had demand with no replica.
+
+Every locality carries a ``load_balancing_weight`` (Envoy ignores it without locality-weighted
+balancing; gRPC drops a locality without one): the sum of its replicas' weights, so gRPC's
+round robin within weighted localities sends each locality its share; 1 for consistent-hash
+servers, whose ring multiplies locality and replica weights.
 """
 
 from __future__ import annotations
@@ -63,9 +68,19 @@ def to_load_assignment(
         locality = assignment.endpoints.add()
         locality.locality.CopyFrom(base_pb2.Locality(region=ep_region, zone=ep_zone))
         locality.priority = priorities[rank]
+        locality.load_balancing_weight.value = locality_weight(
+            endpoints, hashed=server.spec.hash_on is not None
+        )
         for endpoint in endpoints:
             _fill_lb_endpoint(locality.lb_endpoints.add(), endpoint)
     return assignment
+
+
+def locality_weight(endpoints: list[Endpoint], *, hashed: bool) -> int:
+    """A locality's weight: above 0 always (gRPC drops a locality of weight 0)."""
+    if hashed:
+        return 1
+    return max(1, min(sum(max(0, e.weight) for e in endpoints), 0xFFFFFFFF))
 
 
 def _fill_lb_endpoint(lb_endpoint: endpoint_components_pb2.LbEndpoint, endpoint: Endpoint) -> None:

@@ -37,3 +37,14 @@ def virtual_host(*, hostname: str) -> str:
 def route(*, workspace: str, server: str, variant: str) -> str:
     """A server's route: ``<workspace>_<server>/<variant>`` (``default`` or ``websocket``)."""
     return f"{cluster(workspace=workspace, server=server)}/{variant}"
+
+
+def api_listener(*, hostname: str) -> str:
+    """A gRPC client's Listener: named exactly as the host of its target (``xds:///<hostname>``),
+    since that is the name gRPC asks for. Only gRPC nodes get these (never an Envoy)."""
+    return hostname
+
+
+def api_route_config(*, hostname: str) -> str:
+    """The route configuration inlined in that Listener."""
+    return hostname

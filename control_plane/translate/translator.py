@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
+from control_plane.translate.api_listeners import to_api_listeners
 from control_plane.translate.clusters import to_cluster
 from control_plane.translate.endpoints import to_load_assignment
 from control_plane.translate.listeners import to_listener
@@ -27,12 +28,16 @@ from control_plane.xds.resources import (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyView:
-    """What a node group's config depends on besides the routing table."""
+    """What a node group's config depends on besides the routing table.
+
+    ``kind`` "grpc": gRPC's own xDS client, which gets API listeners (one per hostname) and no
+    RouteConfiguration or listen address."""
 
     region: str
     listen_host: str
     listen_port: int
     zone: str = ""
+    kind: str = "envoy"
 
 
 def cluster_resource(server: RoutedServer) -> Resource:
@@ -58,10 +63,20 @@ def listener_resource(view: ProxyView) -> Resource:
     return to_resource(LISTENER, names.LISTENER, message)
 
 
+def api_listener_resources(servers: Iterable[RoutedServer]) -> dict[str, Resource]:
+    """The API listeners gRPC clients get, by name: they depend on no server's endpoints."""
+    return {
+        name: to_resource(LISTENER, name, message)
+        for name, message in sorted(to_api_listeners(servers).items())
+    }
+
+
 def to_resources(table: RoutingTable, view: ProxyView) -> list[Resource]:
     """Every resource ``view`` gets from ``table``, in push order, from scratch. A held
     server has a route but no cluster yet (see ``routes``)."""
     live = [server for server in table.servers if not server.held]
     clusters = [cluster_resource(server) for server in live]
     endpoints = [endpoints_resource(server, region=view.region, zone=view.zone) for server in live]
+    if view.kind == "grpc":
+        return [*clusters, *endpoints, *api_listener_resources(table.servers).values()]
     return [*clusters, *endpoints, listener_resource(view), route_resource(table.servers)]

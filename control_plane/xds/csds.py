@@ -44,6 +44,7 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
             id=proxy.node_id,
             cluster=proxy.group.cluster,
             locality=base_pb2.Locality(region=proxy.group.region, zone=proxy.group.zone),
+            user_agent_name=proxy.user_agent,
         )
     )
     snapshot = xds.cache.get(proxy.group)
@@ -71,7 +72,8 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
             if acked is not None:
                 synced = acked.get(name) == resource.version
             else:
-                synced = status.state == "SYNCED"
+                # SotW: everything sent was ACKed (names it lacks are DOES_NOT_EXIST above).
+                synced = status.state in ("SYNCED", "MISSING")
             if synced:
                 entry.config_status = _STATUS.SYNCED
                 entry.client_status = _CLIENT.ACKED

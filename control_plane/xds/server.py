@@ -75,6 +75,8 @@ class Proxy:
     only_type: str
     connected_at: float
     protocol: SotwStream | DeltaStream
+    # The node's user_agent_name (shortened): "envoy", "gRPC C-core ...".
+    user_agent: str = ""
     acked_at: dict[str, float] = field(default_factory=dict)
     # Per type: the newest source commit time already counted in the convergence histogram.
     observed: dict[str, float] = field(default_factory=dict)
@@ -230,12 +232,19 @@ class XdsServer:
             only_type=only_type,
             connected_at=time.time(),
             protocol=protocol,
+            user_agent=shorten(first.node.user_agent_name, 64),
         )
         bound = log.bind(node_id=proxy.node_id, group=group.key, stream_id=proxy.stream_id)
         self.proxies[proxy.stream_id] = proxy
         wake = asyncio.Event()
         cancel_watch = self.cache.watch(group, wake.set)
-        bound.info("proxy_connected", peer=proxy.peer, delta=delta, type_url=only_type or "ads")
+        bound.info(
+            "proxy_connected",
+            peer=proxy.peer,
+            delta=delta,
+            type_url=only_type or "ads",
+            client=group.kind,
+        )
         reader: asyncio.Task[None] | None = None
         try:
             try:

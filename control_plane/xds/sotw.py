@@ -1,4 +1,9 @@
-"""State-of-the-world xDS (ADS or one type): the stream rules of ``xds.stream`` for SotW."""
+"""State-of-the-world xDS (ADS or one type): the stream rules of ``xds.stream`` for SotW.
+
+CDS and LDS are state-of-the-world types: a wildcard subscription (Envoy) gets every resource
+of the snapshot; a named one (gRPC's xDS client) gets exactly the named resources that exist,
+all of them in every response, so a name left out is one that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -41,14 +46,18 @@ class SotwStream(BaseStream):
         state: TypeState, available: Any, candidates: AbstractSet[str] | None
     ) -> str:
         """The version_info of a named subscription: the sum of the subscribed resources'
-        pair hashes, kept up to date push by push."""
+        pair hashes, kept up to date push by push (with the names that do not exist)."""
         hashes, names = state.selected, state.status.names
+        missing = state.status.missing
         if candidates is None:
             hashes.clear()
+            missing.clear()
             for name in names:
                 resource = available.get(name)
                 if resource is not None:
                     hashes[name] = resource.pair_hash
+                else:
+                    missing.add(name)
             total = sum(hashes.values())
         else:
             total = state.selected_sum
@@ -60,6 +69,9 @@ class SotwStream(BaseStream):
                 if resource is not None:
                     hashes[name] = resource.pair_hash
                     total += resource.pair_hash
+                    missing.discard(name)
+                else:
+                    missing.add(name)
         state.selected_sum = total
         return version_of_sum(total)
 
@@ -88,7 +100,12 @@ class SotwStream(BaseStream):
                 outcome.committed_at = status.sent_committed_at
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = status.sent_committed_at
-        wildcard = type_url in WILDCARD_TYPES and (not names or "*" in names)
+        # Empty names mean wildcard only on the first request of a type (the legacy form
+        # Envoy uses) or while already wildcard: a named subscriber that drops its last name
+        # (gRPC closing its last channel to a target) subscribes to nothing.
+        wildcard = type_url in WILDCARD_TYPES and (
+            "*" in names or (not names and (status.wildcard or not status.subscribed))
+        )
         names.discard("*")
         if not status.subscribed:
             status.subscribed = True
@@ -107,6 +124,8 @@ class SotwStream(BaseStream):
             for gone in [n for n in state.sent if n not in names]:
                 del state.sent[gone]
             status.names = names
+        # Names no longer asked for are no longer missing (new ones are judged on the push).
+        status.missing.intersection_update(() if status.wildcard else status.names)
         return outcome
 
     def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
@@ -146,7 +165,16 @@ class SotwStream(BaseStream):
             names = available if status.wildcard else status.names
             sent.update((n, available[n].version) for n in names if n in available)
             return None
-        if type_url in WILDCARD_TYPES:
+        if type_url in WILDCARD_TYPES and not status.wildcard:
+            # Named CDS/LDS (gRPC clients): every subscribed resource that exists, and nothing
+            # else (gRPC validates every resource it is sent); absence means "does not exist".
+            if version == status.sent_version:
+                return None
+            to_send = [available[n] for n in sorted(status.names) if n in available]
+            changed = [r for r in to_send if sent.get(r.name) != r.version]
+            sent.clear()
+            sent.update((r.name, r.version) for r in to_send)
+        elif type_url in WILDCARD_TYPES:
             if version == status.sent_version:
                 return None
             to_send = list(available.values())

@@ -9,8 +9,9 @@ statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two imple
   answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
 - an ACK records the accepted version; a NACK records the error and the rejected version, which
   is never re-sent: only content that differs from what was last sent is ever sent;
-- wildcard CDS/LDS; named EDS/RDS; EDS/RDS SotW responses carry only the resources that changed
-  (they are not state-of-the-world types), CDS/LDS responses carry all;
+- wildcard CDS/LDS (Envoy; a named CDS/LDS subscription, as gRPC's client makes, gets exactly
+  the named resources); named EDS/RDS; EDS/RDS SotW responses carry only the resources that
+  changed (they are not state-of-the-world types), CDS/LDS responses carry all;
 - a Cluster sent is always followed by its ClusterLoadAssignment in the same push, changed or
   not: Envoy re-creates an updated cluster, and the new one warms until it gets endpoints, but it
   does not ask again for a name it is already subscribed to.
@@ -96,13 +97,16 @@ class TypeStatus:
     # The source commit time of the snapshot behind the last response sent / ACKed.
     sent_committed_at: float = 0.0
     acked_committed_at: float = 0.0
+    # Named subscriptions (SotW): names asked for that the snapshot does not have. A proxy
+    # that ACKed everything it was sent still lacks these: MISSING, not SYNCED.
+    missing: set[str] = field(default_factory=set)
 
     @property
     def state(self) -> str:
         if self.last_nack is not None and self.last_nack.version == self.sent_version:
             return "NACKED"
         if self.sent_version and self.sent_version == self.acked_version:
-            return "SYNCED"
+            return "MISSING" if self.missing else "SYNCED"
         return "STALE" if self.sent_version else "WAITING"
 
 

@@ -16,6 +16,8 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     rendered = table(result)
     assert result["filesystem_baseline"]["tries"] == SMOKE.baseline_tries
     assert [row["ads"] for row in result["propagation"]] == ["delta", "sotw"]
+    assert result["proxyless"]["tries"] == SMOKE.propagation_tries
+    assert "Proxyless gRPC" in rendered
     assert result["fleet"][0]["storm_errors"] == 0
     assert {row["target"] for row in result["dataplane"]["rows"]} == {
         "routeplane",

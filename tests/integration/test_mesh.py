@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -82,6 +83,7 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     else:
         pytest.fail(f"no free port range: {last}")
     assert "routeplane mesh is up" in result.stdout
+    (tmp_path / "guide.txt").write_text(result.stdout)
     try:
         yield workdir, ports
     finally:
@@ -99,7 +101,7 @@ def answer(port: int, host: str) -> str:
 
 
 def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
-    mesh: tuple[Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch
+    mesh: tuple[Path, dict[str, int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     workdir, ports = mesh
     west, east = ports["envoy"], ports["envoy"] + 1
@@ -115,6 +117,19 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
             assert channel.unary_unary(UNARY)(b"x", timeout=5) == f"tokens-{region}-1:x".encode()
             tokens = list(channel.unary_stream(STREAM)(b"3:10", timeout=5))
             assert tokens == [f"tokens-{region}-1:{i}".encode() for i in range(3)]
+
+    # The guide's proxyless call works as typed (from the repository root; two lines).
+    lines = (tmp_path / "guide.txt").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "grpc-client" in line)
+    assert lines[start].endswith("\\")
+    typed = lines[start][:-1] + lines[start + 1]
+    argv = shlex.split(typed)
+    assert argv[0] == ".venv/bin/routeplane"
+    proxyless = subprocess.run(
+        [ROUTEPLANE, *argv[1:]], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proxyless.returncode == 0, proxyless.stdout + proxyless.stderr[-2000:]
+    assert proxyless.stdout.splitlines() == ["tokens-us-west-1:hello"] * 3
 
     state = load_state(workdir)
     assert state is not None

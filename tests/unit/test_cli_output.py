@@ -44,6 +44,7 @@ def test_admin_messages() -> None:
         "protocol",
         "service",
         "types",
+        "client",
     ]
     assert keys(output.proxy_json(proxy)["types"]["cds"]) == [
         "sent_version",
@@ -54,6 +55,7 @@ def test_admin_messages() -> None:
         "resources_sent",
         "acks",
         "nacks",
+        "missing",
     ]
     assert keys(output.problem_json(admin_pb2.Problem())) == [
         "kind",

@@ -6,7 +6,8 @@ appearing and disappearing; specs changed) and random sets of wanted node groups
 step, one long-lived :class:`Pipeline` must produce exactly what a fresh one builds from the same
 state, resource by resource (bytes and versions), and each snapshot's ``changed`` must be the
 exact difference from its parent. A simulated proxy fed every snapshot in turn, over SotW and
-delta, must end holding exactly what a proxy that connects at the end receives.
+delta, must end holding exactly what a proxy that connects at the end receives; a simulated
+gRPC client (named LDS, then the clusters its routes name) holds exactly what it asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.service.discovery.v3 import discovery_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,8 +68,11 @@ GROUPS = [
     NodeGroup(cluster="edge", region="us-east", listen="127.0.0.1:10001"),
     NodeGroup(cluster="edge", region="", listen="[::1]:10002"),
     NodeGroup(cluster="edge", region="us-west", listen="127.0.0.1:notaport"),  # cannot build
+    NodeGroup(cluster="apps", region="us-west", listen="", kind="grpc"),  # gRPC clients
+    NodeGroup(cluster="apps", region="us-east", zone="a", listen="", kind="grpc"),
 ]
 WATCHED = GROUPS[0]
+WATCHED_GRPC = GROUPS[6]
 # Every sequence starts from a live registry, so edits change what is routed.
 SEED_SERVERS = {
     name: Server(name=name, hostnames=(f"{name}.local",), protocol="http")
@@ -157,7 +164,7 @@ class Model:
 
     servers: dict[str, Server] = field(default_factory=lambda: dict(SEED_SERVERS))
     replicas: dict[str, Replica] = field(default_factory=lambda: dict(SEED_REPLICAS))
-    wanted: set[NodeGroup] = field(default_factory=lambda: {WATCHED, GROUPS[3]})
+    wanted: set[NodeGroup] = field(default_factory=lambda: {WATCHED, GROUPS[3], WATCHED_GRPC})
     revision: int = 0
 
     def apply(self, edit: tuple[Any, ...]) -> None:
@@ -172,7 +179,7 @@ class Model:
         elif kind == "deregister":
             self.replicas.pop(edit[1], None)
         elif kind == "want":
-            self.wanted = {WATCHED, *edit[1]}
+            self.wanted = {WATCHED, WATCHED_GRPC, *edit[1]}
         elif kind in ("spec", "hostnames") and edit[1] in self.servers:
             server = self.servers[edit[1]]
             self.servers[server.name] = (
@@ -333,6 +340,73 @@ class DeltaProxy:
         )
 
 
+class GrpcProxy(SotwProxy):
+    """What gRPC's xDS client does: named LDS for its targets, then named CDS for the clusters
+    their routes name, then named EDS."""
+
+    TARGETS = ("echo.local", "shared.local", "chat.local", "nothing.local")
+
+    def __init__(self) -> None:
+        self.stream = SotwStream(control_plane_id="cp")
+        self.held = {t: {} for t in PUSH_ORDER}
+        self.names = {LISTENER: list(self.TARGETS), CLUSTER: [], ENDPOINT: []}
+        self.stream.on_request(self._request(LISTENER))
+
+    def _follow(self, snapshot: Snapshot, type_url: str) -> None:
+        available = snapshot.of_type(type_url)
+        if type_url == LISTENER:
+            wanted_type = CLUSTER
+            names = sorted(
+                {
+                    c
+                    for n in self.held[LISTENER]
+                    if n in available
+                    for c in _route_clusters(available[n].message)
+                }
+            )
+        elif type_url == CLUSTER:
+            wanted_type, names = _references(snapshot, type_url, self.held[type_url])
+            assert wanted_type is not None
+        else:
+            return
+        if names == self.names[wanted_type]:
+            return
+        self.names[wanted_type] = names
+        held = self.held[wanted_type]
+        for gone in [n for n in held if n not in names]:
+            del held[gone]
+        self.stream.on_request(self._request(wanted_type))
+
+    def expected(self, snapshot: Snapshot) -> dict[str, dict[str, str]]:
+        """What it must hold: its targets that exist, what they reference, nothing else."""
+        listeners = {
+            n: r.version for n, r in snapshot.of_type(LISTENER).items() if n in self.TARGETS
+        }
+        clusters = {
+            c for n in listeners for c in _route_clusters(snapshot.of_type(LISTENER)[n].message)
+        }
+        found = {
+            c: snapshot.of_type(CLUSTER)[c] for c in clusters if c in snapshot.of_type(CLUSTER)
+        }
+        endpoints = {eds_name(r.message) for r in found.values()}
+        return {
+            LISTENER: listeners,
+            CLUSTER: {n: r.version for n, r in found.items()},
+            ENDPOINT: {
+                n: r.version for n, r in snapshot.of_type(ENDPOINT).items() if n in endpoints
+            },
+            ROUTE: {},
+        }
+
+
+def _route_clusters(listener: Any) -> set[str]:
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.api_listener.api_listener.Unpack(manager)
+    return {
+        route.route.cluster for host in manager.route_config.virtual_hosts for route in host.routes
+    }
+
+
 def _name_and_version(snapshot: Snapshot, type_url: str, any_message: Any) -> tuple[str, str]:
     for name, resource in snapshot.of_type(type_url).items():
         if resource.any_bytes == any_message.SerializeToString(deterministic=True):
@@ -365,7 +439,7 @@ def test_incremental_steps_equal_a_rebuild_and_proxies_converge(
 ) -> None:
     model = Model()
     pipeline = Pipeline()
-    sotw, delta = SotwProxy(), DeltaProxy()
+    sotw, delta, grpc = SotwProxy(), DeltaProxy(), GrpcProxy()
     last: dict[NodeGroup, Snapshot] = {}
     for edit in sequence:
         model.apply(edit)
@@ -384,9 +458,14 @@ def test_incremental_steps_equal_a_rebuild_and_proxies_converge(
         watched = step.snapshots[WATCHED]
         sotw.sync(watched)
         delta.sync(watched)
+        grpc.sync(step.snapshots[WATCHED_GRPC])
     final = last[WATCHED]
     for proxy, fresh in ((sotw, SotwProxy()), (delta, DeltaProxy())):
         fresh.sync(final)
         assert proxy.held == fresh.held
         expected = {t: {n: r.version for n, r in final.of_type(t).items()} for t in PUSH_ORDER}
         assert proxy.held == expected
+    final_grpc = last[WATCHED_GRPC]
+    fresh_grpc = GrpcProxy()
+    fresh_grpc.sync(final_grpc)
+    assert grpc.held == fresh_grpc.held == grpc.expected(final_grpc)

@@ -52,14 +52,17 @@ def _table():  # type: ignore[no-untyped-def]
     return table(chat, tokens)
 
 
-@pytest.mark.parametrize("zone", ["", "a"])
-def test_resources_match_the_golden_files(zone: str) -> None:
-    view = ProxyView(region="us-west", zone=zone, listen_host="127.0.0.1", listen_port=10000)
+@pytest.mark.parametrize(("zone", "kind"), [("", "envoy"), ("a", "envoy"), ("", "grpc")])
+def test_resources_match_the_golden_files(zone: str, kind: str) -> None:
+    view = ProxyView(
+        region="us-west", zone=zone, listen_host="127.0.0.1", listen_port=10000, kind=kind
+    )
     rendered = {
         f"{r.type_url.rsplit('.', 1)[-1]}/{r.name}": json_format.MessageToDict(r.message)
         for r in to_resources(_table(), view)
     }
-    path = GOLDEN / f"resources-us-west{'-' + zone if zone else ''}.json"
+    suffix = ("-" + zone if zone else "") + ("-grpc" if kind == "grpc" else "")
+    path = GOLDEN / f"resources-us-west{suffix}.json"
     text = json.dumps(rendered, indent=2, sort_keys=True) + "\n"
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
