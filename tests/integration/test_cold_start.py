@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
+from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, http_get
 
 pytestmark = pytest.mark.envoy
 HOLD = {"cold_start": {"mode": "hold", "timeout": "3s"}}
@@ -208,3 +209,46 @@ def test_hold_answers_503_at_the_timeout_and_asks_again_in_the_next_cold_period(
         again = echo_factory("gpu-2")
         setup.registry.register_replica(server="gpu", address=again.address, region="us-west")
         assert later.result(timeout=30).body.strip() == "gpu-2"
+
+
+def test_grpc_clients_with_no_proxy_are_rejected_or_held_too(setup: Setup, tmp_path: Path) -> None:
+    """Proxyless: the drop reaches gRPC's own xDS client as UNAVAILABLE (counted from its
+    load report); a held server's cluster is asked for by name (counted) and the RPC waits for
+    it, within gRPC's own 15 s wait for a resource."""
+    setup.registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
+    setup.registry.put_server(name="chat", hostnames=["chat.local"], protocol="grpc", spec=HOLD)
+    # Calls for a few report intervals, so its load reports carry the drops before it exits.
+    rejected = GrpcClient.create(
+        tmp_path,
+        target="xds:///tokens.local",
+        xds=setup.cp.xds,
+        region="us-west",
+        node_id="grpc-rejected",
+        calls=8,
+        interval=0.5,
+        timeout=10,
+    )
+    rejected.start()
+    wait_until(lambda: cold_starts(setup.cp.admin, "tokens") >= 1, what="the drops counted")
+    assert rejected.wait() == 1
+    assert rejected.errors() == ["error UNAVAILABLE: EDS-configured drop: cold_start"] * 8
+
+    replica = GrpcEchoThread(name="chat-1")
+    try:
+        held = GrpcClient.create(
+            tmp_path,
+            target="xds:///chat.local",
+            xds=setup.cp.xds,
+            region="us-west",
+            node_id="grpc-held",
+            calls=1,
+            timeout=20,
+        )
+        held.start()
+        wait_until(lambda: cold_starts(setup.cp.admin, "chat") >= 1, what="the held RPC's demand")
+        assert held.alive()
+        setup.registry.register_replica(server="chat", address=replica.address, region="us-west")
+        assert held.wait() == 0, held.log()
+        assert held.lines[0].startswith("chat-1")
+    finally:
+        replica.stop()
