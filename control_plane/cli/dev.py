@@ -127,7 +127,8 @@ def mesh_compose(write: bool) -> None:
 @click.option("--namespace", default=None, help="[default: routeplane]")
 def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None:
     """routeplane on Kubernetes: manifests and a Grafana dashboard (deploy/). Without --write
-    or --out, prints the manifests to apply (routeplane, Envoy, Prometheus scrape config)."""
+    or --out, prints the manifests to apply (namespace, routeplane, Envoy, Prometheus scrape
+    config; not the init Job or cert-manager's)."""
     from control_plane.dev.kube import KubeConfig, kubernetes_files
     from control_plane.dev.mesh import ROOT, MeshConfig
 
@@ -144,7 +145,7 @@ def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None
             target.write_text(text)
             click.echo(f"wrote {target if out else path}")
         return
-    names = ("routeplane.yaml", "envoy.yaml", "prometheus.yaml")
+    names = ("namespace.yaml", "routeplane.yaml", "envoy.yaml", "prometheus.yaml")
     click.echo("---\n".join(files[Path("deploy/kubernetes") / name] for name in names), nl=False)
 
 

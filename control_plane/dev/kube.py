@@ -199,8 +199,26 @@ def _control_plane_pod(cfg: MeshConfig, kube: KubeConfig, command: list[str]) ->
     }
 
 
+def namespace(kube: KubeConfig) -> list[dict[str, Any]]:
+    """The Namespace and the ServiceAccount the control plane and the init Job run as, bound to
+    a Google service account by GKE workload identity (no key file)."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kube.namespace}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(
+                "routeplane",
+                kube,
+                "control-plane",
+                annotations={"iam.gke.io/gcp-service-account": kube.gcp_service_account},
+            ),
+        },
+    ]
+
+
 def control_plane(cfg: MeshConfig, kube: KubeConfig) -> list[dict[str, Any]]:
-    """Namespace, workload-identity ServiceAccount, the Deployment, its PDB and Services."""
+    """The control plane's Deployment, its PodDisruptionBudget and Services."""
     component = "control-plane"
     selector = _labels(component)
     pod = _control_plane_pod(cfg, kube, serve_command(cfg, kube))
@@ -261,17 +279,6 @@ def control_plane(cfg: MeshConfig, kube: KubeConfig) -> list[dict[str, Any]]:
         }
 
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kube.namespace}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _meta(
-                "routeplane",
-                kube,
-                component,
-                annotations={"iam.gke.io/gcp-service-account": kube.gcp_service_account},
-            ),
-        },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -557,6 +564,7 @@ def manifests(cfg: MeshConfig, kube: KubeConfig) -> dict[str, list[dict[str, Any
     for envoy in ENVOYS:
         envoys.extend(envoy_fleet(envoy, cfg, kube))
     return {
+        "namespace.yaml": namespace(kube),
         "routeplane.yaml": control_plane(cfg, kube),
         "registry-init.yaml": [registry_init_job(cfg, kube)],
         "envoy.yaml": envoys,

@@ -318,8 +318,12 @@ def test_the_command_generates_manifests_for_an_operators_own_project(tmp_path: 
         check=True,
     )
     assert "deploy/kubernetes/routeplane.yaml" in result.stdout
-    text = (tmp_path / "deploy/kubernetes/routeplane.yaml").read_text()
+    text = "---\n".join(
+        (tmp_path / "deploy/kubernetes" / name).read_text()
+        for name in ("namespace.yaml", "routeplane.yaml")
+    )
     assert "PROJECT_ID" not in text
+    assert "rp@acme.iam.gserviceaccount.com" in text
     assert url in text
     assert "ghcr.io/acme/rp:1" in text
     envoy = (tmp_path / "deploy/kubernetes/envoy.yaml").read_text()
