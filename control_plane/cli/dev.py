@@ -103,6 +103,52 @@ def mesh_compose(write: bool) -> None:
             click.echo(text, nl=False)
 
 
+@mesh.command("kubernetes")
+@click.option("--write", is_flag=True, help="Write deploy/ in this repository.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the files under DIR (DIR/deploy/...) instead.",
+)
+@click.option("--image", default=None, help="The routeplane image [default: routeplane:0.1.0].")
+@click.option(
+    "--registry",
+    default=None,
+    help="spanner:// URL [default: spanner://projects/PROJECT_ID/instances/routeplane/"
+    "databases/registry].",
+)
+@click.option(
+    "--gcp-service-account",
+    default=None,
+    help="Google service account for workload identity "
+    "[default: routeplane@PROJECT_ID.iam.gserviceaccount.com].",
+)
+@click.option("--namespace", default=None, help="[default: routeplane]")
+def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None:
+    """routeplane on Kubernetes: manifests and a Grafana dashboard (deploy/). Without --write
+    or --out, prints the manifests to apply (namespace, routeplane, Envoy, Prometheus scrape
+    config; not the init Job or cert-manager's)."""
+    from control_plane.dev.kube import KubeConfig, kubernetes_files
+    from control_plane.dev.mesh import ROOT, MeshConfig
+
+    try:
+        kube = KubeConfig(**{k: v for k, v in options.items() if v is not None})
+        files = kubernetes_files(MeshConfig(workdir=Path(".mesh")), kube)
+    except ValueError as exc:
+        fail(str(exc))
+    if write or out:
+        base = Path(out) if out else ROOT
+        for path, text in files.items():
+            target = base / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            click.echo(f"wrote {target if out else path}")
+        return
+    names = ("namespace.yaml", "routeplane.yaml", "envoy.yaml", "prometheus.yaml")
+    click.echo("---\n".join(files[Path("deploy/kubernetes") / name] for name in names), nl=False)
+
+
 @click.group()
 def samples() -> None:
     """Sample upstreams for the mesh, tests and benchmarks."""
