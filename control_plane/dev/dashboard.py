@@ -120,6 +120,16 @@ PANELS: tuple[Panel, ...] = (
             (f"sum(routeplane_load_reporters{SELECTOR})", "reporting proxies"),
         ],
     ),
+    (
+        "Cold starts per second: requests that met a server with no replica",
+        "reqps",
+        [
+            (
+                f"sum by (server, mode) (rate(routeplane_cold_starts_total{SELECTOR}[{RATE}]))",
+                "{{server}} ({{mode}})",
+            )
+        ],
+    ),
 )
 
 
