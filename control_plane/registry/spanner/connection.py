@@ -1,5 +1,6 @@
 """The connection to one Spanner database: URL parsing, client creation, reconnecting, and the
-mapping of client errors to ``RegistryError``s.
+mapping of client errors to ``RegistryError``s (the "run `routeplane registry init`" hint only
+when the instance, database or a table, column or index really is missing).
 
 Owns ``parse_url``, ``new_client`` (the one place a ``spanner.Client`` is created, and the one
 place the process-wide multiplexed-sessions switch is set), and ``Connection``: the client,
@@ -55,6 +56,18 @@ def new_client(project: str) -> Any:
     return spanner.Client(project=project)
 
 
+# What `routeplane registry init` creates: an instance (on the emulator), the database, its
+# tables, columns and indexes. A transaction or session that is not found is none of these.
+_SCHEMA_MISSING = re.compile(
+    r"^(Instance|Database|Table|Column) not found\b|^No index '", re.IGNORECASE
+)
+
+
+def schema_missing(exc: gexc.GoogleAPICallError) -> bool:
+    """Does ``exc`` say that something `registry init` creates is missing?"""
+    return bool(_SCHEMA_MISSING.match(str(exc.message)))
+
+
 class Connection:
     """The handles for the database at ``url``, replaced when its sessions are gone."""
 
@@ -94,7 +107,9 @@ class Connection:
             return func()
         except RegistryError:
             raise
-        except gexc.NotFound as exc:
+        except (gexc.NotFound, gexc.InvalidArgument) as exc:
+            if not schema_missing(exc):
+                raise RegistryUnavailableError(f"registry {self.url!r}: {what}: {exc}") from exc
             raise RegistryUnavailableError(
                 f"registry {self.url!r}: {what}: not found ({exc.message}); "
                 "run `routeplane registry init`"
