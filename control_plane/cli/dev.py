@@ -62,6 +62,17 @@ def mesh_up(detach: bool, **options: Any) -> None:
         fail(str(exc))
 
 
+@mesh.command("init")
+@registry_option
+@user_errors
+def mesh_init(registry: str) -> None:
+    """Create the registry schema and the mesh's sample servers (idempotent): what `mesh up`
+    and the Compose `init` service do first."""
+    from control_plane.dev.mesh import init_registry
+
+    init_registry(registry, announce=click.echo)
+
+
 @mesh.command("down")
 @click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
 def mesh_down(workdir: str) -> None:
