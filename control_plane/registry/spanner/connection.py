@@ -5,7 +5,8 @@ when the instance, database or a table, column or index really is missing).
 Owns ``parse_url``, ``new_client`` (the one place a ``spanner.Client`` is created, and the one
 place the process-wide multiplexed-sessions switch is set), and ``Connection``: the client,
 instance and database handles, the ``reads.Reader`` bound to them, ``call`` (retry once after
-reconnecting, then classify) and ``transact`` (one read-write transaction with a deadline).
+reconnecting, then classify) and ``transact`` (one read-write transaction with a deadline,
+aborts retried promptly on the emulator).
 
 May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
 ``registry/spanner`` may). From this package it imports only ``reads``; never ``store``,
@@ -15,6 +16,7 @@ May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,6 +27,12 @@ from google.cloud import spanner
 from control_plane.registry.errors import RegistryError, RegistryUnavailableError
 from control_plane.registry.spanner.reads import Reader
 
+# The emulator runs one read-write transaction at a time and aborts any other at once, without
+# the retry delay Spanner sends with an abort; the client then sleeps 2^n + rand seconds (2, 4,
+# 8...). Replicas renewing leases and deregistering at once then wait long enough for a 5 s lease
+# to run out. On the emulator an aborted transaction is retried after a few tens of ms instead;
+# Spanner's own delay (RetryInfo) always takes precedence over this default.
+EMULATOR_RETRY_DELAY = (0.01, 0.05)
 URL_RE = re.compile(r"^spanner://projects/([^/]+)/instances/([^/]+)/databases/([^/]+)$")
 TRANSACTION_TIMEOUT = 15.0
 MULTIPLEXED_SESSIONS_FOR_RW = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
@@ -119,9 +127,10 @@ class Connection:
 
     def transact(self, what: str, write: Callable[[Any], T]) -> T:
         """``write(tx)`` in one read-write transaction (the client retries aborts), by ``call``."""
-        result: T = self.call(
-            what, lambda: self.database.run_in_transaction(write, timeout_secs=TRANSACTION_TIMEOUT)
-        )
+        options: dict[str, float] = {"timeout_secs": TRANSACTION_TIMEOUT}
+        if self.emulator:
+            options["default_retry_delay"] = random.uniform(*EMULATOR_RETRY_DELAY)
+        result: T = self.call(what, lambda: self.database.run_in_transaction(write, **options))
         return result
 
     def close(self) -> None:
