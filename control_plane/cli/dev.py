@@ -55,9 +55,9 @@ def mesh_up(detach: bool, **options: Any) -> None:
     config = _mesh_config(**options)
     try:
         if detach:
-            up(config)
+            up(config, announce=click.echo)
         else:
-            run_foreground(config)
+            run_foreground(config, announce=click.echo)  # click.echo flushes: a pipe sees it
     except (MeshError, RegistryError, OSError) as exc:
         fail(str(exc))
 
@@ -79,7 +79,7 @@ def mesh_down(workdir: str) -> None:
     """Stop every process a detached mesh started."""
     from control_plane.dev.mesh import down
 
-    down(Path(workdir))
+    down(Path(workdir), announce=click.echo)
 
 
 @mesh.command("status")
