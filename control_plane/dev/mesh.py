@@ -487,6 +487,7 @@ def guide(cfg: MeshConfig, state: MeshState) -> str:
     admin = f"127.0.0.1:{cfg.admin_port}"
     reg = state.registry_url
     env = "".join(f"{k}={v} " for k, v in state.env.items())
+    rp = _command("routeplane")
     return f"""
 routeplane mesh is up: registry {reg}
   Envoy us-west 127.0.0.1:{west}   Envoy us-east 127.0.0.1:{east}   control plane admin {admin}
@@ -498,21 +499,21 @@ Traffic:
   /routeplane.sample.Echo/Unary and /Stream, raw bytes; see control_plane/dev/samples/) on both
 
 Look:
-  .venv/bin/routeplane proxies                 # every Envoy, per type SYNCED / STALE / NACKED
-  .venv/bin/routeplane snapshot show --node edge-us-west-1
-  .venv/bin/routeplane snapshot history
+  {rp} proxies                 # every Envoy, per type SYNCED / STALE / NACKED
+  {rp} snapshot show --node edge-us-west-1
+  {rp} snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
-  {env}.venv/bin/routeplane replicas list --registry {reg}
+  {env}{rp} replicas list --registry {reg}
 
 Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;
 the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane recommends):
-  .venv/bin/routeplane load --watch            # in flight, requests/s, desired replicas
+  {rp} load --watch            # in flight, requests/s, desired replicas
   for i in $(seq 6); do curl -s -o /dev/null -H 'Host: echo.local' \
     'http://127.0.0.1:{west}/slow?ms=20000' & done
   curl -H 'Host: echo.local' http://127.0.0.1:{west}/   # an echo-auto-* replica answers too
 
 Break things:
-  {env}.venv/bin/routeplane replicas drain REPLICA_ID --registry {reg}
+  {env}{rp} replicas drain REPLICA_ID --registry {reg}
   kill -9 $(pgrep -f 'name echo-us-west-1')     # lease ({LEASE_SECONDS:g}s) runs out, traffic moves
   drain both us-west echo replicas and watch us-west traffic fail over to us-east
 
@@ -522,6 +523,14 @@ Stop: Ctrl-C (or `routeplane mesh down` after --detach)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _command(name: str) -> str:
+    """How to call this environment's ``name`` from here: relative below the current
+    directory (``.venv/bin/routeplane`` in a checkout), else absolute (an installed wheel)."""
+    path = Path(sys.executable).parent / name
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = print) -> None:
