@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ EVERYTHING_GONE = 15.0  # seconds: the issue's bound for Ctrl-C
 
 def _echo(port: int) -> tuple[int, str]:
     return http_get(f"http://127.0.0.1:{port}/", host="echo.local")
+
+
+def _report(what: str, sent: float, exited: dict[str, float], output: str) -> None:
+    """What a reader of `pytest -s` sees: the order things went in, and mesh up's last line."""
+    order = sorted(exited, key=lambda name: exited[name])
+    print(f"\n{what} to the process group; gone, in order (s after the signal):")
+    for name in order:
+        print(f"  {exited[name] - sent:5.2f}  {name}")
+    print(f"mesh up printed: {output.rstrip().splitlines()[-1]!r}")
 
 
 def test_a_port_in_time_wait_is_free_and_a_listening_port_is_not() -> None:
@@ -65,11 +75,12 @@ def test_ctrl_c_stops_the_whole_mesh_mesh_down_ends_the_foreground_up_and_it_res
         pids = again.wait_up()
         assert _echo(ports.west)[0] == 200
         pids["mesh up"] = again.process.pid
+        sent = time.monotonic()
         again.signal_group(signal.SIGINT)  # Ctrl-C in the terminal: the foreground group
-        wait_all_gone(pids, timeout=EVERYTHING_GONE)
-        again.process.wait(timeout=5)
-        print(again.text()[-2000:])
-        assert "stopped" in again.text()
+        exited = wait_all_gone(pids, timeout=EVERYTHING_GONE)
+        assert again.process.wait(timeout=5) == 0
+        _report("SIGINT", sent, exited, again.text())
+        assert again.text().rstrip().endswith(f"stopped {len(pids) - 1} processes")
     finally:
         again.stop()
 
@@ -83,9 +94,10 @@ def test_sigterm_to_the_process_group_deregisters_every_replica_before_the_regis
         pids = mesh.wait_up()
         assert "spanner-emulator" in pids
         pids["mesh up"] = mesh.process.pid
+        sent = time.monotonic()
         mesh.signal_group(signal.SIGTERM)  # what `timeout make run` does
         exited = wait_all_gone(pids, timeout=EVERYTHING_GONE)
-        print(mesh.text()[-1000:])
+        _report("SIGTERM", sent, exited, mesh.text())
         logs = {r.name: (workdir / "logs" / f"{r.name}.log").read_text() for r in REPLICAS}
         for name, log in logs.items():
             assert f"{name}: deregistered" in log, f"{name} did not deregister:\n{log}"
