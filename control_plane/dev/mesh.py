@@ -8,7 +8,7 @@ streaming) that register themselves, renew a lease and deregister on exit. Every
 started in its own session and stopped by PID (``mesh down`` checks each PID still runs what it
 started), in stages, the reverse of the start: the autoscaler and replicas first (they deregister
 while the registry still runs), then the Envoys, the control plane, and the registry last. The
-foreground ``mesh up`` stops the same way on SIGINT or SIGTERM, and returns by itself when
+foreground ``mesh up`` stops the same way on SIGINT, SIGTERM or SIGHUP, and returns by itself when
 ``mesh down`` from elsewhere has stopped what it started. The sample servers are package data
 (``servers.yaml`` here), so an installed wheel runs the mesh from any directory.
 
@@ -544,6 +544,7 @@ def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = prin
     """
     stopping: list[int] = []
     starting = True
+    elsewhere = False
 
     def on_signal(signum: int, frame: Any) -> None:
         stopping.append(signum)
@@ -558,6 +559,7 @@ def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = prin
         while not stopping:
             if not _still_up(config.workdir):
                 announce("the mesh was stopped from elsewhere (`routeplane mesh down`)")
+                elsewhere = True
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
@@ -565,5 +567,5 @@ def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = prin
     finally:
         for signum in STOP_SIGNALS:  # a second Ctrl-C does not cut the ordered stop short
             signal.signal(signum, signal.SIG_IGN)
-        if load_state(config.workdir) is not None:
+        if not elsewhere and load_state(config.workdir) is not None:
             down(config.workdir, announce=announce)

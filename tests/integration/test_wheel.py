@@ -1,7 +1,12 @@
 """Installs anywhere: the wheel, built and installed (not editable) into a fresh virtualenv as
 the Dockerfile does (``tests/images.py``), used from a directory outside the repository as a
 new user would: `bootstrap`, `certs dev`, `mesh up --registry sqlite --detach`, traffic through
-both Envoys, `mesh down`."""
+both Envoys, `mesh down`.
+
+The virtualenv gets the wheel's declared dependencies from the package index, as a user's would,
+not the development venv's packages beside it: only then does an undeclared dependency show.
+CI reaches the index too, and the machine's local mirror makes the install take ~10 s.
+"""
 
 from __future__ import annotations
 
