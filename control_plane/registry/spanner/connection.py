@@ -4,9 +4,10 @@ when the instance, database or a table, column or index really is missing).
 
 Owns ``parse_url``, ``new_client`` (the one place a ``spanner.Client`` is created, and the one
 place the process-wide multiplexed-sessions switch is set), and ``Connection``: the client,
-instance and database handles, the ``reads.Reader`` bound to them, ``call`` (retry once after
-reconnecting, then classify) and ``transact`` (one read-write transaction with a deadline,
-aborts retried promptly on the emulator).
+instance and database handles, the ``reads.Reader``s bound to them (one for the watch and
+the other reads, one for the lease sweep), ``call`` (retry once after reconnecting, then
+classify) and ``transact`` (one read-write transaction with a deadline, aborts retried promptly
+on the emulator).
 
 May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
 ``registry/spanner`` may). From this package it imports only ``reads``; never ``store``,
@@ -88,6 +89,9 @@ class Connection:
         except Exception as exc:
             raise RegistryUnavailableError(f"registry {url!r}: {exc}") from exc
         self.reader = Reader(lambda: self.database)
+        # The lease sweep reads on a session of its own, so it never waits for the watch's
+        # reads (nor they for it): one session runs one transaction at a time.
+        self.sweep_reader = Reader(lambda: self.database)
         self.instance: Any = None
         self.database: Any = None
         self.connect()
@@ -97,6 +101,7 @@ class Connection:
         self.instance = self.client.instance(self.instance_id)
         self.database = self.instance.database(self.database_id)
         self.reader.reset_session()
+        self.sweep_reader.reset_session()
 
     def call(self, what: str, func: Callable[[], T]) -> T:
         """``func()``; after a client error, reconnect and try once more, then raise a

@@ -145,9 +145,10 @@ class Reader:
     (begun inline by the first), whose strong read timestamp is returned.
 
     One session holds one transaction at a time: beginning another on it ends the first (the
-    emulator forgets it, and its next query fails with "Transaction not found"). The watch and
-    the lease sweep read from different threads, so ``read`` holds a lock for its whole
-    transaction: safe to call from several threads at once, one transaction after the other.
+    emulator forgets it, and its next query fails with "Transaction not found"). So ``read``
+    holds a lock for its whole transaction: safe to call from several threads at once, one
+    transaction after the other. Readers that must not wait for each other (the watch and the
+    lease sweep) each have their own, hence their own session.
 
     ``database`` returns the current ``google.cloud.spanner`` ``Database``: its owner may swap it
     (a reconnect), and then calls ``reset_session``.
