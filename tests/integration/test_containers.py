@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,14 @@ except Exception as exc:
 """
 
 
+def _programs(command: list[str]) -> list[list[str]]:
+    """The programs a command runs: itself, or each of a `sh -c "a && b"` (the base image's
+    shell)."""
+    if command[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in command[2].split("&&")]
+    return [command]
+
+
 def _volumes(service: dict[str, Any]) -> dict[str, Path]:
     """Container path -> the repository file mounted there."""
     mounts = {}
@@ -71,12 +80,12 @@ def test_every_file_a_compose_service_references_exists_in_its_image(
     for name in BUILT:
         service = SERVICES[name]
         assert service["build"] == ".", name
-        argv = service["command"]
-        assert image_install.image_path(f"/usr/local/bin/{argv[0]}"), f"{name}: no {argv[0]}"
-        values = [*argv, *service.get("environment", {}).values()]
-        for value in values:
-            if str(value).startswith("/"):
-                assert image_install.image_path(str(value)), f"{name}: {value} is not in the image"
+        for argv in _programs(service["command"]):
+            assert image_install.image_path(f"/usr/local/bin/{argv[0]}"), f"{name}: no {argv[0]}"
+            values = [*argv, *service.get("environment", {}).values()]
+            for value in values:
+                if str(value).startswith("/"):
+                    assert image_install.image_path(str(value)), f"{name}: no {value} in the image"
     for envoy in ENVOYS:
         service = SERVICES[envoy.name]
         mounts = _volumes(service)
