@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from string import Template
 
 from control_plane.registry import validate
 from control_plane.registry.errors import ValidationError
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+# Shipped inside the package (package data), so an installed wheel renders it too.
+TEMPLATE = "bootstrap.yaml"
 
 
 def render(
@@ -50,7 +52,8 @@ def render(
         )
     listen_host, listen_port = address("--listen", listen)
     admin_host, admin_port = address("--admin", admin)
-    return Template(TEMPLATE.read_text()).substitute(
+    template = resources.files("control_plane").joinpath(TEMPLATE).read_text()
+    return Template(template).substitute(
         node_id=json.dumps(node_id),
         cluster=json.dumps(cluster),
         region=json.dumps(region),

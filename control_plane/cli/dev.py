@@ -55,11 +55,22 @@ def mesh_up(detach: bool, **options: Any) -> None:
     config = _mesh_config(**options)
     try:
         if detach:
-            up(config)
+            up(config, announce=click.echo)
         else:
-            run_foreground(config)
+            run_foreground(config, announce=click.echo)  # click.echo flushes: a pipe sees it
     except (MeshError, RegistryError, OSError) as exc:
         fail(str(exc))
+
+
+@mesh.command("init")
+@registry_option
+@user_errors
+def mesh_init(registry: str) -> None:
+    """Create the registry schema and the mesh's sample servers (idempotent): what `mesh up`
+    and the Compose `init` service do first."""
+    from control_plane.dev.mesh import init_registry
+
+    init_registry(registry, announce=click.echo)
 
 
 @mesh.command("down")
@@ -68,7 +79,7 @@ def mesh_down(workdir: str) -> None:
     """Stop every process a detached mesh started."""
     from control_plane.dev.mesh import down
 
-    down(Path(workdir))
+    down(Path(workdir), announce=click.echo)
 
 
 @mesh.command("status")

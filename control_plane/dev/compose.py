@@ -19,6 +19,8 @@ from control_plane.dev.mesh import (
     bootstrap_for,
 )
 
+ADMIN_TOKEN = "routeplane-local-demo"  # a published demo value, never a secret
+
 
 def compose(cfg: MeshConfig) -> dict[str, Any]:
     """The same mesh as a Compose file (docker-compose.yml is this, committed)."""
@@ -41,13 +43,7 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
         },
         "init": {
             "build": ".",
-            "command": [
-                "sh",
-                "-c",
-                f"routeplane registry init --registry {SPANNER_URL} && "
-                f"routeplane servers apply -f /app/mesh/servers.yaml "
-                f"--registry {SPANNER_URL}",
-            ],
+            "command": ["routeplane", "mesh", "init", "--registry", SPANNER_URL],
             "environment": env,
             "depends_on": ["spanner"],
             "networks": {"mesh": {}},
@@ -64,7 +60,9 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
                 "--admin-listen",
                 f"0.0.0.0:{cfg.admin_port}",
             ],
-            "environment": env,
+            # The admin API off loopback needs a token (`serve` refuses to start without one):
+            # a fixed one for this local demo, sent by the CLI from the same variable.
+            "environment": {**env, "ROUTEPLANE_ADMIN_TOKEN": ADMIN_TOKEN},
             "ports": [f"{cfg.xds_port}:{cfg.xds_port}", f"{cfg.admin_port}:{cfg.admin_port}"],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "networks": net("control-plane"),

@@ -6,7 +6,11 @@ Spanner emulator when installed, else embedded SQLite), the control plane, an En
 and one in us-east, and sample replicas in both regions (HTTP echo, WebSocket echo, gRPC token
 streaming) that register themselves, renew a lease and deregister on exit. Every process is
 started in its own session and stopped by PID (``mesh down`` checks each PID still runs what it
-started).
+started), in stages, the reverse of the start: the autoscaler and replicas first (they deregister
+while the registry still runs), then the Envoys, the control plane, and the registry last. The
+foreground ``mesh up`` stops the same way on SIGINT, SIGTERM or SIGHUP, and returns by itself when
+``mesh down`` from elsewhere has stopped what it started. The sample servers are package data
+(``servers.yaml`` here), so an installed wheel runs the mesh from any directory.
 
 Dev tooling: the product never imports it. It drives the product from outside, as processes
 (``routeplane serve``, ``routeplane samples replica``), and writes the registry through
@@ -28,11 +32,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+# The repository root, for `mesh compose --write` run from a checkout; nothing else reads it.
 ROOT = Path(__file__).resolve().parents[2]
-SERVERS_FILE = ROOT / "mesh" / "servers.yaml"
+SERVERS_FILE = "servers.yaml"  # package data of control_plane.dev
 EMULATOR_PATHS = (
     "/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator/emulator_main",
     "/usr/lib/google-cloud-sdk/platform/cloud-spanner-emulator/emulator_main",
@@ -148,7 +154,11 @@ def emulator_binary() -> str | None:
 
 
 def port_free(port: int) -> bool:
+    """Could a server listen on 127.0.0.1:``port`` now? Bound the way servers bind (Envoy,
+    gRPC and Python's servers all set SO_REUSEADDR): connections of a mesh just stopped, in
+    TIME_WAIT, do not count; a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -264,7 +274,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                 lambda: not port_free(cfg.emulator_port), timeout=20, what="the Spanner emulator"
             )
         os.environ.update(state.env)
-        _init_registry(state.registry_url)
+        init_registry(state.registry_url)
         _start(
             state,
             cfg.workdir,
@@ -378,14 +388,18 @@ def bootstrap_for(
     )
 
 
-def _init_registry(url: str) -> None:
+def init_registry(url: str, *, announce: Callable[[str], None] = lambda _: None) -> None:
+    """The registry's schema and the mesh's sample servers (idempotent): `mesh init`."""
     from control_plane.registry import open_registry
     from control_plane.registry.servers import apply_servers, load_servers_file
 
     registry = open_registry(url)
     try:
-        registry.init()
-        apply_servers(registry, load_servers_file(SERVERS_FILE))
+        for change in [*registry.applied_on_open, *registry.init()]:
+            announce(change)
+        with resources.as_file(resources.files("control_plane.dev") / SERVERS_FILE) as path:
+            documents = load_servers_file(path)
+        apply_servers(registry, documents, on_applied=lambda name, how: announce(f"{how} {name}"))
     finally:
         registry.close()
 
@@ -423,35 +437,60 @@ def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
 
 
 def down(workdir: Path, *, announce: Callable[[str], None] = print) -> int:
-    """Stop every process the mesh in ``workdir`` started; returns how many were running."""
+    """Stop every process the mesh in ``workdir`` started, in stages (see the module docstring);
+    returns how many were running."""
     state = load_state(workdir)
     if state is None:
         announce(f"no mesh state in {workdir}; nothing to stop")
         return 0
     running = [p for p in state.processes if _runs(p)]
-    # Replicas first (they deregister cleanly), the registry last.
-    for process in reversed(running):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for process in reversed(running):
-        while _runs(process) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(process.pid, os.WNOHANG)
-            time.sleep(0.05)
-        if _runs(process):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            killed = time.monotonic() + 5
-            while _runs(process) and time.monotonic() < killed:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(process.pid, os.WNOHANG)
-                time.sleep(0.05)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(process.pid, 0)
+    for stage in sorted({_stage(p.name) for p in running}, reverse=True):
+        _stop([p for p in running if _stage(p.name) == stage])
     _state_path(workdir).unlink(missing_ok=True)
     announce(f"stopped {len(running)} processes")
     return len(running)
+
+
+def _stage(name: str) -> int:
+    """Stop order, highest first: whatever uses the registry stops before it. The autoscaler
+    goes first: it stops the replicas it started itself (they deregister) and starts no more."""
+    if name == "spanner-emulator":
+        return 0
+    if name == "control-plane":
+        return 1
+    if name in {e.name for e in ENVOYS}:
+        return 2
+    if name == "autoscaler":
+        return 4
+    return 3  # the sample replicas
+
+
+def _stop(processes: list[Started], *, grace: float = 10.0) -> None:
+    """SIGTERM to all of ``processes`` at once; SIGKILL to any still running after ``grace``."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        _wait_gone(process, deadline)
+        if _runs(process):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            _wait_gone(process, time.monotonic() + 5)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(process.pid, os.WNOHANG)  # reaped if it was ours (the foreground up)
+
+
+def _wait_gone(process: Started, deadline: float) -> None:
+    while _runs(process) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(process.pid, os.WNOHANG)
+        time.sleep(0.02)
+
+
+def _still_up(workdir: Path) -> bool:
+    state = load_state(workdir)
+    return state is not None and any(_runs(p) for p in state.processes)
 
 
 def status(workdir: Path) -> list[tuple[str, int, bool]]:
@@ -466,6 +505,7 @@ def guide(cfg: MeshConfig, state: MeshState) -> str:
     admin = f"127.0.0.1:{cfg.admin_port}"
     reg = state.registry_url
     env = "".join(f"{k}={v} " for k, v in state.env.items())
+    rp = _command("routeplane")
     return f"""
 routeplane mesh is up: registry {reg}
   Envoy us-west 127.0.0.1:{west}   Envoy us-east 127.0.0.1:{east}   control plane admin {admin}
@@ -477,19 +517,19 @@ Traffic:
   /routeplane.sample.Echo/Unary and /Stream, raw bytes; see control_plane/dev/samples/) on both
 
 Proxyless gRPC (no Envoy on the path: gRPC's own xDS client picks the replica):
-  .venv/bin/routeplane samples grpc-client --target xds:///tokens.local \\
+  {rp} samples grpc-client --target xds:///tokens.local \\
     --xds 127.0.0.1:{cfg.xds_port} --region us-west --calls 3 --header x-session-id=s1
 
 Look:
-  .venv/bin/routeplane proxies                 # every Envoy and gRPC client, per type SYNCED / ...
-  .venv/bin/routeplane snapshot show --node edge-us-west-1
-  .venv/bin/routeplane snapshot history
+  {rp} proxies                 # every Envoy and gRPC client, per type SYNCED / ...
+  {rp} snapshot show --node edge-us-west-1
+  {rp} snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
-  {env}.venv/bin/routeplane replicas list --registry {reg}
+  {env}{rp} replicas list --registry {reg}
 
 Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;
 the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane recommends):
-  .venv/bin/routeplane load --watch            # in flight, requests/s, desired replicas
+  {rp} load --watch            # in flight, requests/s, desired replicas
   for i in $(seq 6); do curl -s -o /dev/null -H 'Host: echo.local' \
     'http://127.0.0.1:{west}/slow?ms=20000' & done
   curl -H 'Host: echo.local' http://127.0.0.1:{west}/   # an echo-auto-* replica answers too
@@ -497,10 +537,10 @@ the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane 
 Cold start (gpu has no replica until asked; cold_start: hold, so Envoy holds the request while
 the sample autoscaler starts gpu-auto-PORT, and the replica goes again after 10 s of quiet):
   curl -H 'Host: gpu.local' http://127.0.0.1:{west}/    # answered by gpu-auto-*, ~1 s later
-  .venv/bin/routeplane load --server gpu                # COLD STARTS: requests that waited
+  {rp} load --server gpu                # COLD STARTS: requests that waited
 
 Break things:
-  {env}.venv/bin/routeplane replicas drain REPLICA_ID --registry {reg}
+  {env}{rp} replicas drain REPLICA_ID --registry {reg}
   kill -9 $(pgrep -f 'name echo-us-west-1')     # lease ({LEASE_SECONDS:g}s) runs out, traffic moves
   drain both us-west echo replicas and watch us-west traffic fail over to us-east
 
@@ -509,18 +549,50 @@ Stop: Ctrl-C (or `routeplane mesh down` after --detach)
 """
 
 
-def run_foreground(config: MeshConfig) -> None:
-    up(config)
-    stopping = False
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _command(name: str) -> str:
+    """How to call this environment's ``name`` from here: relative below the current
+    directory (``.venv/bin/routeplane`` in a checkout), else absolute (an installed wheel)."""
+    path = Path(sys.executable).parent / name
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = print) -> None:
+    """`mesh up` in the foreground: start the mesh, then stop it in order on SIGINT (Ctrl-C),
+    SIGTERM or SIGHUP, or return once `mesh down` from elsewhere has stopped it.
+
+    A signal during start-up raises KeyboardInterrupt, and ``up`` stops what it had started.
+    After that a handler only records the signal and the main loop notices it within 0.2 s
+    (no ``sigtimedwait``: it takes a pending signal off the queue without running the handler).
+    SIGINT is handled even when this process inherited it ignored: Ctrl-C is how this stops.
+    """
+    stopping: list[int] = []
+    starting = True
+    elsewhere = False
 
     def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.append(signum)
+        if starting and len(stopping) == 1:
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     try:
+        up(config, announce=announce)
+        starting = False
         while not stopping:
-            signal.sigtimedwait([signal.SIGTERM, signal.SIGINT], 0.5)
+            if not _still_up(config.workdir):
+                announce("the mesh was stopped from elsewhere (`routeplane mesh down`)")
+                elsewhere = True
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass  # during start-up: up() has already stopped what it started
     finally:
-        down(config.workdir)
+        for signum in STOP_SIGNALS:  # a second Ctrl-C does not cut the ordered stop short
+            signal.signal(signum, signal.SIG_IGN)
+        if not elsewhere and load_state(config.workdir) is not None:
+            down(config.workdir, announce=announce)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
+from tests.images import Installed, install_like_the_image
 from tests.processes import ControlPlane
 
 
@@ -32,3 +33,9 @@ def echo_factory() -> Iterator[object]:
     yield make
     for echo in started:
         echo.stop()
+
+
+@pytest.fixture(scope="session")
+def image_install(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel built and installed as the Dockerfile does, in a fresh virtualenv (once)."""
+    return install_like_the_image(tmp_path_factory.mktemp("image"))

@@ -1,14 +1,16 @@
 """A sample replica process: serve, register with the registry, renew the lease, deregister.
 
 ``routeplane samples replica --kind http|ws|grpc --name N --listen ADDR --server S --region R
---registry URL``. SIGTERM/SIGINT deregisters (a clean exit); SIGKILL leaves the lease to run
-out, and the control plane removes the replica when it does.
+--registry URL``. SIGTERM/SIGINT deregisters (a clean exit, which prints ``NAME: deregistered
+ID`` on stderr); SIGKILL leaves the lease to run out, and the control plane removes the replica
+when it does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 
 from control_plane.agent import ReplicaAgent
@@ -40,12 +42,13 @@ def run(
         zone=zone,
         lease_seconds=lease_seconds,
     )
-    agent.register(ready=True)
+    replica_id = agent.register(ready=True)
     try:
         stop.wait()
     finally:
         try:
             agent.deregister()
+            print(f"{name}: deregistered {replica_id}", file=sys.stderr, flush=True)
         finally:
             shutdown()
 

@@ -15,6 +15,7 @@ the owner's attributes.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,12 @@ class Reader:
     watch's own backoff takes over. Queries of one ``read`` share one read-only transaction
     (begun inline by the first), whose strong read timestamp is returned.
 
+    One session holds one transaction at a time: beginning another on it ends the first (the
+    emulator forgets it, and its next query fails with "Transaction not found"). So ``read``
+    holds a lock for its whole transaction: safe to call from several threads at once, one
+    transaction after the other. Readers that must not wait for each other (the watch and the
+    lease sweep) each have their own, hence their own session.
+
     ``database`` returns the current ``google.cloud.spanner`` ``Database``: its owner may swap it
     (a reconnect), and then calls ``reset_session``.
     """
@@ -153,6 +160,7 @@ class Reader:
         self._channel: Any = None
         self._read: Any = None
         self._sql: Any = None
+        self._lock = threading.Lock()
 
     def reset_session(self) -> None:
         """Forget the session: the next call creates one (after a reconnect)."""
@@ -184,6 +192,10 @@ class Reader:
         return self._read, self._sql
 
     def read(self, queries: list[Query]) -> tuple[dt.datetime, list[list[list[Any]]]]:
+        with self._lock:
+            return self._read_locked(queries)
+
+    def _read_locked(self, queries: list[Query]) -> tuple[dt.datetime, list[list[list[Any]]]]:
         read_rpc, sql_rpc = self._callables()
         session = self.session_name()
         metadata = (

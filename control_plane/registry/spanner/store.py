@@ -297,9 +297,10 @@ class SpannerRegistry:
 
     def remove_expired(self, *, now: float) -> list[str]:
         # Look first in a read-only snapshot (cheap, no lock): the emulator runs one read-write
-        # transaction at a time, and most ticks find nothing to do.
+        # transaction at a time, and most ticks find nothing to do. On the sweep's own session:
+        # the watch polls on the other one meanwhile.
         def look() -> tuple[list[list[Any]], list[list[Any]]]:
-            _, (expired, old) = self._reader.read(
+            _, (expired, old) = self._conn.sweep_reader.read(
                 [
                     TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease", until=ts(now)),
                     TableRead(

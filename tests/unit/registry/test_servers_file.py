@@ -12,7 +12,7 @@ from control_plane.registry import Registry, open_registry
 from control_plane.registry.errors import ServersFileError
 from control_plane.registry.servers import apply_servers, load_servers_file
 
-MESH_SERVERS = Path(__file__).resolve().parents[3] / "mesh" / "servers.yaml"
+MESH_SERVERS = Path(__file__).resolve().parents[3] / "control_plane" / "dev" / "servers.yaml"
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Spanner specifics that need no emulator: URL parsing, and the multiplexed-sessions switch
-being set when a client is created, never by importing the package."""
+"""Spanner specifics that need no emulator: URL parsing, the multiplexed-sessions switch being
+set when a client is created, never by importing the package, and which errors are worth the
+"run `routeplane registry init`" hint."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from google.api_core import exceptions as gexc
 
 from control_plane.registry import RegistryError
 from control_plane.registry.spanner import SpannerRegistry, parse_url
+from control_plane.registry.spanner.connection import schema_missing
 
 SWITCH = "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW"
 URL = "spanner://projects/p/instances/rp/databases/db"
@@ -56,3 +59,26 @@ def test_an_explicit_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(SWITCH, "true")
     SpannerRegistry(URL).close()
     assert os.environ[SWITCH] == "true"
+
+
+@pytest.mark.parametrize(
+    ("message", "missing"),
+    [
+        pytest.param("Database not found: projects/p/instances/i/databases/d", True, id="database"),
+        pytest.param("Instance not found: projects/p/instances/i", True, id="instance"),
+        pytest.param("Table not found: Replicas", True, id="table"),
+        pytest.param("Table not found: Nope [at 1:15]", True, id="table-in-sql"),
+        pytest.param("Column not found in table Replicas: Zone", True, id="column"),
+        pytest.param(
+            "No index 'ReplicasByLease' was found for table 'Replicas'.", True, id="index"
+        ),
+        pytest.param("Transaction not found: 51", False, id="transaction"),
+        pytest.param(
+            "Session not found: projects/p/instances/i/databases/d/sessions/s", False, id="session"
+        ),
+    ],
+)
+def test_registry_init_is_suggested_only_when_the_schema_is_missing(
+    message: str, missing: bool
+) -> None:
+    assert schema_missing(gexc.NotFound(message)) is missing
