@@ -217,34 +217,28 @@ def test_grpc_clients_with_no_proxy_are_rejected_or_held_too(setup: Setup, tmp_p
     it, within gRPC's own 15 s wait for a resource."""
     setup.registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
     setup.registry.put_server(name="chat", hostnames=["chat.local"], protocol="grpc", spec=HOLD)
+
     # Calls for a few report intervals, so its load reports carry the drops before it exits.
-    rejected = GrpcClient.create(
-        tmp_path,
-        target="xds:///tokens.local",
-        xds=setup.cp.xds,
-        region="us-west",
-        node_id="grpc-rejected",
-        calls=8,
-        interval=0.5,
-        timeout=10,
-    )
-    rejected.start()
+    def client(name: str, **options: Any) -> GrpcClient:
+        started = GrpcClient.create(
+            tmp_path,
+            target=f"xds:///{name}.local",
+            xds=setup.cp.xds,
+            region="us-west",
+            node_id=f"grpc-{name}",
+            **options,
+        )
+        started.start()
+        return started
+
+    rejected = client("tokens", calls=8, interval=0.5, timeout=10)
     wait_until(lambda: cold_starts(setup.cp.admin, "tokens") >= 1, what="the drops counted")
     assert rejected.wait() == 1
     assert rejected.errors() == ["error UNAVAILABLE: EDS-configured drop: cold_start"] * 8
 
     replica = GrpcEchoThread(name="chat-1")
     try:
-        held = GrpcClient.create(
-            tmp_path,
-            target="xds:///chat.local",
-            xds=setup.cp.xds,
-            region="us-west",
-            node_id="grpc-held",
-            calls=1,
-            timeout=20,
-        )
-        held.start()
+        held = client("chat", calls=1, timeout=20)
         wait_until(lambda: cold_starts(setup.cp.admin, "chat") >= 1, what="the held RPC's demand")
         assert held.alive()
         setup.registry.register_replica(server="chat", address=replica.address, region="us-west")

@@ -29,13 +29,7 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
             if url.path == "/slow":
                 delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
                 time.sleep(delay_ms / 1000)
-            body = f"{name}\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("X-Replica", name)
-            self.end_headers()
-            self.wfile.write(body)
+            self._text(f"{name}\n")
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -46,7 +40,10 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
                     break
                 digest.update(chunk)
                 left -= len(chunk)
-            body = f"{name} {length - left} {digest.hexdigest()}\n".encode()
+            self._text(f"{name} {length - left} {digest.hexdigest()}\n")
+
+        def _text(self, text: str) -> None:
+            body = text.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
