@@ -113,8 +113,11 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
     have_rds = False
     complete = False
     try:
+        # Like Envoy, LDS is asked for once clusters have arrived, not in the same breath as
+        # CDS: a write racing the server's refusal would make grpc.aio report INTERNAL instead
+        # of the status the server sent.
         await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=CDS))
-        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
+        asked_lds = False
         while not stop.is_set():
             response = await call.read()
             if response is grpc.aio.EOF:
@@ -143,6 +146,9 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
             )
             if changed:
                 fleet.saw_change()  # after the ACK is written, not on receipt
+            if not asked_lds:
+                asked_lds = True
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
             if response.type_url == CDS and subscribe:
                 await call.write(
                     discovery_pb2.DeltaDiscoveryRequest(
