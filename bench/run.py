@@ -41,6 +41,8 @@ class Plan:
     dataplane_seconds: float
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
+    idle: tuple[tuple[str, int], ...] = (("sqlite", 10_000), ("spanner", 10_000))
+    idle_seconds: float = 5.0
 
 
 FULL = Plan(
@@ -62,8 +64,24 @@ FULL = Plan(
     300,
     10,
 )
-QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2))
+QUICK = Plan(
+    "quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2, idle=(("sqlite", 1000),)
+)
+SMOKE = Plan(
+    "smoke",
+    2,
+    2,
+    (("sqlite", 20, 1),),
+    2,
+    (5,),
+    2,
+    50,
+    0.5,
+    (20,),
+    (5, 5, 2),
+    idle=(("sqlite", 20),),
+    idle_seconds=0.5,
+)
 
 
 def versions() -> dict[str, Any]:
@@ -93,6 +111,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         dataplane,
         filesystem_baseline,
         fleet,
+        idle,
         load,
         pipeline,
         propagation,
@@ -130,6 +149,13 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
             changes=plan.watch_changes,
         )
         out["registry_watch"].append(asyncio.run(registry_watch.run(args, path)))
+    out["idle"] = []
+    for registry, replicas in plan.idle:
+        path = workdir / f"idle-{registry}-{replicas}"
+        path.mkdir()
+        out["idle"].append(
+            idle.run(registry=registry, replicas=replicas, seconds=plan.idle_seconds, workdir=path)
+        )
     out["fleet"] = []
     for streams in plan.fleet:
         path = workdir / f"fleet-{streams}"
@@ -242,6 +268,22 @@ def table(result: dict[str, Any]) -> str:
             f"{row['full_read_ms']} | "
             f"{row['full_rebuild_ms']} | {row.get('snapshot_bytes_per_group', '-')} |"
         )
+    if result.get("idle"):
+        lines += [
+            "",
+            "Idle cost: `routeplane serve` with no proxy and nothing changing in the registry, "
+            "default watch interval (SQLite 5 ms, Spanner 10 ms); process CPU over a quiet "
+            "window (the whole process: watch, load-report ticks, timers), share of one core; "
+            "for Spanner also the emulator's",
+            "| registry | replicas | idle CPU | CPU ms per second | emulator CPU |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in result["idle"]:
+            emulator = row.get("emulator_cpu_percent")
+            lines.append(
+                f"| {row['registry']} | {row['replicas']} | {row['idle_cpu_percent']}% | "
+                f"{row['idle_cpu_ms_per_s']} | {'-' if emulator is None else f'{emulator}%'} |"
+            )
     lines += [
         "",
         "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas). "
