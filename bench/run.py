@@ -162,7 +162,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         path.mkdir()
         out["fleet"].append(
             asyncio.run(
-                fleet.run_fleet(
+                fleet.run_with_floor(
                     streams=streams,
                     servers=100,
                     replicas=1000,
@@ -286,27 +286,40 @@ def table(result: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas). "
-        "Errors: every stream that ended with a status other than RESOURCE_EXHAUSTED, by code; "
-        "refused: RESOURCE_EXHAUSTED only (admission control), retried with backoff. One "
-        "change: the registry's commit timestamp -> the last stream has written its ACK. CPU "
-        "per stream per push: the server process's CPU over the change window, less its idle "
-        "rate, per stream",
-        "| streams | reconnect storm: all served | errors | refused, retried | /metrics "
-        "during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream per push "
-        "| memory per stream | idle CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas; the "
+        "fleet in the benchmark's process, the server in its own). Each size runs twice in the "
+        "same run: against the floor (`bench.floor`: a bare grpc.aio server pushing pre-encoded "
+        "bytes of the same resources and reading the ACKs) and against `routeplane serve`; "
+        "vs floor = routeplane / floor for CPU per stream per push, one change p50 and p99, "
+        "memory per stream. Errors: every stream that ended with a status other than "
+        "RESOURCE_EXHAUSTED, by code; refused: RESOURCE_EXHAUSTED only (admission control), "
+        "retried with backoff. One change: routeplane, the registry's commit timestamp (the "
+        "floor: the push request) -> the last stream has written its ACK. CPU per stream per "
+        "push: the server process's CPU over the change window, less its idle rate, per stream",
+        "| streams | server | reconnect storm: all served | errors | refused, retried | "
+        "/metrics during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream "
+        "per push | memory per stream | idle CPU | vs floor: CPU / p50 / p99 / memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fleet"]:
-        lines.append(
-            f"| {row['streams']} | {row['storm_s']} s | {row['storm_errors']}"
-            f"{_codes(row.get('storm_error_codes', {}))} | "
-            f"{row.get('storm_refusals_retried', '-')} | "
-            f"{row.get('admin_during_storm_max_ms', '-')} ms | "
-            f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
-            f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
-            f"{row['idle_cpu_percent']}% |"
+        floor = row.get("floor")
+        if floor is not None:
+            lines.append(_fleet_row(floor, "floor (bare grpc.aio)", "-"))
+        ratios = row.get("vs_floor")
+        vs = (
+            " / ".join(
+                "-" if ratios[k] is None else f"{ratios[k]}x"
+                for k in (
+                    "cpu_per_stream_per_push",
+                    "fanout_p50",
+                    "fanout_p99",
+                    "memory_per_stream",
+                )
+            )
+            if ratios
+            else "-"
         )
+        lines.append(_fleet_row(row, "routeplane", vs))
     dp = result["dataplane"]
     lines += [
         "",
@@ -326,6 +339,20 @@ def table(result: dict[str, Any]) -> str:
             f"{row['vs_static_p99']} {_spread(row, 'p99')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fleet_row(row: dict[str, Any], server: str, vs: str) -> str:
+    admin = (
+        f"{row['admin_during_storm_max_ms']} ms" if row.get("admin_during_storm_max_ms") else "-"
+    )
+    return (
+        f"| {row['streams']} | {server} | {row['storm_s']} s | {row['storm_errors']}"
+        f"{_codes(row.get('storm_error_codes', {}))} | "
+        f"{row.get('storm_refusals_retried', '-')} | {admin} | "
+        f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
+        f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
+        f"{row['idle_cpu_percent']}% | {vs} |"
+    )
 
 
 def _spread(row: dict[str, Any], which: str) -> str:
