@@ -41,6 +41,8 @@ class Plan:
     dataplane_seconds: float
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
+    # One server of N replicas, one replica changed, 1 and 10 node groups.
+    one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
     idle: tuple[tuple[str, int], ...] = (("sqlite", 10_000), ("spanner", 10_000))
     idle_seconds: float = 5.0
 
@@ -79,6 +81,7 @@ SMOKE = Plan(
     0.5,
     (20,),
     (5, 5, 2),
+    one_server=(10,),
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
 )
@@ -123,6 +126,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     out["pipeline"] = [
         pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
     ]
+    out["pipeline_one_server"] = pipeline.one_server(plan.one_server)
     path = workdir / "load"
     path.mkdir()
     proxies, clusters, tries = plan.load
@@ -199,6 +203,22 @@ def table(result: dict[str, Any]) -> str:
             f"| {row['servers']} | {row['replicas']} | {row['full_rebuild_ms']} | "
             f"{one['p50']} / {one['p99']} | {ten['p50']} / {ten['p99']} |"
         )
+    if result.get("pipeline_one_server"):
+        lines += [
+            "",
+            "A change costs the change, not the fleet's shape: one replica moved within ONE "
+            "server of N replicas, CPU ms of the pipeline step that follows (watch event -> new "
+            "snapshots), p50 / p99, with 1 node group and with 10 (10 Envoys, each its own "
+            "listen address, sharing the same endpoints); 10 / 1 = ratio of the p50s",
+            "| replicas in the server | change, 1 group | change, 10 groups | 10 / 1 |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in result["pipeline_one_server"]:
+            one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
+            lines.append(
+                f"| {row['replicas']} | {one['p50']} / {one['p99']} | {ten['p50']} / "
+                f"{ten['p99']} | {row.get('ten_groups_vs_one_p50', '-')}x |"
+            )
     if "load" in result:
         latency = result["load"]["latency"]
         lines += [
