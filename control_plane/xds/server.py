@@ -249,23 +249,7 @@ class XdsServer:
                 if finished and (reader.cancelled() or reader.exception() is not None):
                     break
                 async with self._pushes:
-                    outgoing_all = protocol.responses(self.cache.get(group))
-                    if not outgoing_all:
-                        continue
-                    try:
-                        # One deadline for the push's writes (not a task per write, as
-                        # asyncio.wait_for would make): a stalled proxy is cut off alike.
-                        async with asyncio.timeout(self.write_timeout):
-                            for outgoing in outgoing_all:
-                                await context.write(outgoing.payload)
-                                self._log_push(bound, outgoing)
-                    except TimeoutError:
-                        metrics.STREAMS_REFUSED.labels("stalled").inc()
-                        bound.warning("stream_stalled", write_timeout=self.write_timeout)
-                        await context.abort(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            "the proxy stopped reading; reconnect",
-                        )
+                    await self._push(context, protocol.responses(self.cache.get(group)), bound)
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
@@ -274,6 +258,28 @@ class XdsServer:
                 reader.cancel()
             del self.proxies[proxy.stream_id]
             bound.info("proxy_disconnected")
+
+    async def _push(
+        self, context: grpc.aio.ServicerContext, responses: list[Outgoing], bound: Any
+    ) -> None:
+        """Write one push's responses. Its own frame, so the payloads are released when it
+        returns: a stream waiting for the next change holds none of the last push's bytes (it
+        did, as a loop variable: ~60 KB per stream at 100 clusters)."""
+        if not responses:
+            return
+        try:
+            # One deadline for the push's writes (not a task per write, as asyncio.wait_for
+            # would make): a proxy that stops reading is cut off alike.
+            async with asyncio.timeout(self.write_timeout):
+                for outgoing in responses:
+                    await context.write(outgoing.payload)
+                    self._log_push(bound, outgoing)
+        except TimeoutError:
+            metrics.STREAMS_REFUSED.labels("stalled").inc()
+            bound.warning("stream_stalled", write_timeout=self.write_timeout)
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the proxy stopped reading; reconnect"
+            )
 
     async def _read(
         self,
