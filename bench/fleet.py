@@ -1,11 +1,13 @@
-"""A simulated Envoy fleet: N real xDS streams (delta or SotW ADS) over gRPC that subscribe and
-ACK like Envoy, against a real `routeplane serve` process.
+"""A simulated Envoy fleet: N real delta-ADS streams over gRPC that subscribe and ACK like
+Envoy, against a real `routeplane serve` process, and against the floor (``bench.floor``: a bare
+grpc.aio server pushing pre-encoded bytes, the same resources) in the same run. The fleet runs
+in this process, the server in its own.
 
 Measures, for N streams: the reconnect storm (all N connect at once: time until every stream
 has the full config, and errors), fan-out (one endpoint change: time until all N have ACKed it),
-control-plane CPU per stream per push (from /proc of the server process), and resident memory
-per connected stream. Usable as a library (``run_fleet``) and as
-``python -m bench.fleet --streams 1000``.
+server CPU per stream per push (from /proc of the server process), and resident memory per
+connected stream; with the floor, routeplane's ratios to it. Usable as a library
+(``run_fleet``, ``run_with_floor``) and as ``python -m bench.fleet --streams 1000``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -113,8 +117,11 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
     have_rds = False
     complete = False
     try:
+        # Like Envoy, LDS is asked for once clusters have arrived, not in the same breath as
+        # CDS: a write racing the server's refusal would make grpc.aio report INTERNAL instead
+        # of the status the server sent.
         await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=CDS))
-        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
+        asked_lds = False
         while not stop.is_set():
             response = await call.read()
             if response is grpc.aio.EOF:
@@ -143,6 +150,9 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
             )
             if changed:
                 fleet.saw_change()  # after the ACK is written, not on receipt
+            if not asked_lds:
+                asked_lds = True
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LDS))
             if response.type_url == CDS and subscribe:
                 await call.write(
                     discovery_pb2.DeltaDiscoveryRequest(
@@ -208,36 +218,111 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+@dataclass
+class Target:
+    """The server the fleet connects to: routeplane, or the bare grpc.aio floor."""
+
+    kind: str
+    pid: int
+    xds: str
+    # One change, made visible to the server; returns its wall-clock start (SQLite: the
+    # registry's own commit timestamp; the floor: when the push was asked for).
+    change: Any
+    admin: str = ""
+
+
+def _start_floor(workdir: Path, registry_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    from tests.helpers import free_port, wait_until
+
+    xds = f"127.0.0.1:{free_port()}"
+    log_path = workdir / "floor.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor", "--listen", xds, "--registry", registry_url],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    wait_until(
+        lambda: process.poll() is not None or b"ready" in log_path.read_bytes(),
+        timeout=120,
+        what="the floor server",
+    )
+    if process.poll() is not None:
+        raise RuntimeError(f"the floor server exited: {log_path.read_text()}")
+    return process, xds
+
+
 async def run_fleet(
-    *, streams: int, servers: int, replicas: int, changes: int, workdir: Path
+    *,
+    streams: int,
+    servers: int,
+    replicas: int,
+    changes: int,
+    workdir: Path,
+    target: str = "routeplane",
 ) -> dict[str, Any]:
+    """One fleet of ``streams`` against ``target``: "routeplane" (``routeplane serve``) or
+    "floor" (``bench.floor``: the bare grpc.aio server pushing pre-encoded bytes)."""
+    from bench.floor import PUSH_METHOD
     from bench.registry_watch import bulk_load
 
     fd_limit = raise_fd_limit()
     cp = ControlPlane.create(workdir)
     registry = open_registry(cp.registry)
     bulk_load(registry, servers=servers, replicas=replicas)
-    cp.start()
+    floor: subprocess.Popen[bytes] | None = None
+    push_channel: grpc.Channel | None = None
+    if target == "floor":
+        floor, floor_xds = _start_floor(workdir, cp.registry)
+        push_channel = grpc.insecure_channel(floor_xds)
+        push = push_channel.unary_unary(PUSH_METHOD)
+
+        def floor_change(i: int, name: str) -> float:
+            started = time.time()
+            push(f"default_{name}".encode(), timeout=30)
+            return started
+
+        served = Target(kind="floor", pid=floor.pid, xds=floor_xds, change=floor_change)
+    else:
+        cp.start()
+
+        def registry_change(i: int, name: str) -> float:
+            registry.register_replica(
+                server=name, address=f"127.0.0.3:{30000 + i}", region="us-west"
+            )
+            return commit_time(cp.registry)  # the registry's own commit timestamp
+
+        served = Target(
+            kind="routeplane", pid=cp.pid, xds=cp.xds, change=registry_change, admin=cp.admin
+        )
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
-        await asyncio.to_thread(cp.wait_ready)
-        rss_before = proc_rss(cp.pid)
+        if served.kind == "routeplane":
+            await asyncio.to_thread(cp.wait_ready)
+        pid = served.pid
+        rss_before = proc_rss(pid)
         fleet = Fleet(streams=streams, clusters=servers)
         started = time.perf_counter()
-        cpu_before = proc_cpu(cp.pid)
-        tasks = [asyncio.create_task(delta_client(i, cp.xds, fleet, stop)) for i in range(streams)]
-        probes = asyncio.create_task(_probe_admin(cp.admin, fleet.complete))
+        cpu_before = proc_cpu(pid)
+        tasks = [
+            asyncio.create_task(delta_client(i, served.xds, fleet, stop)) for i in range(streams)
+        ]
+        probes = (
+            asyncio.create_task(_probe_admin(served.admin, fleet.complete))
+            if served.admin
+            else None
+        )
         await asyncio.wait_for(fleet.complete.wait(), timeout=600)
         storm_s = time.perf_counter() - started
-        admin_ms = await probes
-        storm_cpu = proc_cpu(cp.pid) - cpu_before
+        admin_ms = await probes if probes is not None else []
+        storm_cpu = proc_cpu(pid) - cpu_before
         await asyncio.sleep(1.0)  # let the last ACKs land before measuring memory
-        rss_after = proc_rss(cp.pid)
+        rss_after = proc_rss(pid)
         # The idle cost (registry polling) is measured first and taken out of the push cost.
-        idle_started, idle_cpu = time.perf_counter(), proc_cpu(cp.pid)
+        idle_started, idle_cpu = time.perf_counter(), proc_cpu(pid)
         await asyncio.sleep(2.0)
-        idle_rate = (proc_cpu(cp.pid) - idle_cpu) / (time.perf_counter() - idle_started)
+        idle_rate = (proc_cpu(pid) - idle_cpu) / (time.perf_counter() - idle_started)
         fanout_ms: list[float] = []
         cpu_total = 0.0
         for i in range(changes):
@@ -245,20 +330,15 @@ async def run_fleet(
             fleet.watched = f"default_{name}"
             fleet.watched_count = 0
             fleet.watched_done.clear()
-            cpu_before, window_started = proc_cpu(cp.pid), time.perf_counter()
-            await asyncio.to_thread(
-                registry.register_replica,
-                server=name,
-                address=f"127.0.0.3:{30000 + i}",
-                region="us-west",
-            )
-            committed_at = commit_time(cp.registry)  # the registry's own commit timestamp
+            cpu_before, window_started = proc_cpu(pid), time.perf_counter()
+            committed_at = await asyncio.to_thread(served.change, i, name)
             await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
             fanout_ms.append((fleet.last_ack_at - committed_at) * 1000)
             await asyncio.sleep(0.2)  # ACKs processed: count their CPU too
             window = time.perf_counter() - window_started
-            cpu_total += max(0.0, proc_cpu(cp.pid) - cpu_before - idle_rate * window)
+            cpu_total += max(0.0, proc_cpu(pid) - cpu_before - idle_rate * window)
         return {
+            "target": served.kind,
             "streams": streams,
             "servers": servers,
             "replicas": replicas,
@@ -285,7 +365,55 @@ async def run_fleet(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         registry.close()
+        if push_channel is not None:
+            push_channel.close()
+        if floor is not None:
+            floor.terminate()
+            try:
+                floor.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                floor.kill()
+                floor.wait()
         cp.stop()
+
+
+def with_floor(row: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (routeplane) with its ratios to the floor measured in the same run."""
+
+    def ratio(mine: float, base: float) -> float | None:
+        return round(mine / base, 2) if base > 0 else None
+
+    return {
+        **row,
+        "floor": floor,
+        "vs_floor": {
+            "cpu_per_stream_per_push": ratio(
+                row["cpu_us_per_stream_per_push"], floor["cpu_us_per_stream_per_push"]
+            ),
+            "fanout_p50": ratio(row["fanout_ms"]["p50"], floor["fanout_ms"]["p50"]),
+            "fanout_p99": ratio(row["fanout_ms"]["p99"], floor["fanout_ms"]["p99"]),
+            "memory_per_stream": ratio(row["rss_per_stream_kb"], floor["rss_per_stream_kb"]),
+        },
+    }
+
+
+async def run_with_floor(
+    *, streams: int, servers: int, replicas: int, changes: int, workdir: Path
+) -> dict[str, Any]:
+    """The floor, then routeplane, with the same fleet: routeplane's row with its ratios."""
+    rows = {}
+    for target in ("floor", "routeplane"):
+        path = workdir / target
+        path.mkdir()
+        rows[target] = await run_fleet(
+            streams=streams,
+            servers=servers,
+            replicas=replicas,
+            changes=changes,
+            workdir=path,
+            target=target,
+        )
+    return with_floor(rows["routeplane"], rows["floor"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,21 +422,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument(
+        "--target",
+        choices=["routeplane", "floor", "both"],
+        default="both",
+        help="both: the floor first, then routeplane, and routeplane's ratios to it",
+    )
     args = parser.parse_args(argv)
     rows = []
     for streams in args.streams:
         with tempfile.TemporaryDirectory(prefix="routeplane-fleet-") as tmp:
-            rows.append(
-                asyncio.run(
-                    run_fleet(
-                        streams=streams,
-                        servers=args.servers,
-                        replicas=args.replicas,
-                        changes=args.changes,
-                        workdir=Path(tmp),
-                    )
-                )
-            )
+            kwargs = {
+                "streams": streams,
+                "servers": args.servers,
+                "replicas": args.replicas,
+                "changes": args.changes,
+                "workdir": Path(tmp),
+            }
+            if args.target == "both":
+                rows.append(asyncio.run(run_with_floor(**kwargs)))  # type: ignore[arg-type]
+            else:
+                rows.append(asyncio.run(run_fleet(**kwargs, target=args.target)))  # type: ignore[arg-type]
     print(json.dumps(rows, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """The pipeline step alone, no registry or network: full rebuild and one-replica changes.
 
 ``python -m bench.pipeline [--servers 1000] [--replicas 10000] [--changes 50]``
+``python -m bench.pipeline --one-server 10 100 1000 10000``
 
 Clocks: the full rebuild is one ``Pipeline().step`` over a state of N replicas (wall time,
 median of 3 fresh pipelines, with the one group a single-region fleet has). A change is one
@@ -99,12 +100,35 @@ def run(servers: int, replicas: int, *, changes: int = 50) -> dict[str, Any]:
     return out
 
 
+def one_server(sizes: tuple[int, ...], *, changes: int = 30) -> list[dict[str, Any]]:
+    """A change costs the change, not the fleet's shape: one replica moved within one server of
+    N replicas, with 1 and 10 node groups (10 groups share one set of endpoints, so the
+    ClusterLoadAssignment must be built and encoded once, not once per group)."""
+    rows = []
+    for replicas in sizes:
+        row = run(1, replicas, changes=changes)
+        one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
+        row["ten_groups_vs_one_p50"] = round(ten["p50"] / one["p50"], 2) if one["p50"] else None
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--servers", type=int, default=1000)
     parser.add_argument("--replicas", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument(
+        "--one-server",
+        type=int,
+        nargs="*",
+        metavar="REPLICAS",
+        help="instead: one server of each of these sizes, 1 and 10 groups",
+    )
     args = parser.parse_args()
+    if args.one_server:
+        print(json.dumps(one_server(tuple(args.one_server), changes=args.changes), indent=2))
+        return
     print(json.dumps(run(args.servers, args.replicas, changes=args.changes), indent=2))
 
 

@@ -42,6 +42,10 @@ class Plan:
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
     cold_start_tries: int = 20
+    # One server of N replicas, one replica changed, 1 and 10 node groups.
+    one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
+    idle: tuple[tuple[str, int], ...] = (("sqlite", 10_000), ("spanner", 10_000))
+    idle_seconds: float = 5.0
 
 
 FULL = Plan(
@@ -63,8 +67,26 @@ FULL = Plan(
     300,
     10,
 )
-QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2), 2)
+QUICK = Plan(
+    "quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2, idle=(("sqlite", 1000),)
+)
+SMOKE = Plan(
+    "smoke",
+    2,
+    2,
+    (("sqlite", 20, 1),),
+    2,
+    (5,),
+    2,
+    50,
+    0.5,
+    (20,),
+    (5, 5, 2),
+    one_server=(10,),
+    idle=(("sqlite", 20),),
+    idle_seconds=0.5,
+    cold_start_tries=2,
+)
 
 
 def versions() -> dict[str, Any]:
@@ -95,6 +117,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         dataplane,
         filesystem_baseline,
         fleet,
+        idle,
         load,
         pipeline,
         propagation,
@@ -107,6 +130,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     out["pipeline"] = [
         pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
     ]
+    out["pipeline_one_server"] = pipeline.one_server(plan.one_server)
     path = workdir / "load"
     path.mkdir()
     proxies, clusters, tries = plan.load
@@ -139,13 +163,20 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
             changes=plan.watch_changes,
         )
         out["registry_watch"].append(asyncio.run(registry_watch.run(args, path)))
+    out["idle"] = []
+    for registry, replicas in plan.idle:
+        path = workdir / f"idle-{registry}-{replicas}"
+        path.mkdir()
+        out["idle"].append(
+            idle.run(registry=registry, replicas=replicas, seconds=plan.idle_seconds, workdir=path)
+        )
     out["fleet"] = []
     for streams in plan.fleet:
         path = workdir / f"fleet-{streams}"
         path.mkdir()
         out["fleet"].append(
             asyncio.run(
-                fleet.run_fleet(
+                fleet.run_with_floor(
                     streams=streams,
                     servers=100,
                     replicas=1000,
@@ -182,6 +213,22 @@ def table(result: dict[str, Any]) -> str:
             f"| {row['servers']} | {row['replicas']} | {row['full_rebuild_ms']} | "
             f"{one['p50']} / {one['p99']} | {ten['p50']} / {ten['p99']} |"
         )
+    if result.get("pipeline_one_server"):
+        lines += [
+            "",
+            "A change costs the change, not the fleet's shape: one replica moved within ONE "
+            "server of N replicas, CPU ms of the pipeline step that follows (watch event -> new "
+            "snapshots), p50 / p99, with 1 node group and with 10 (10 Envoys, each its own "
+            "listen address, sharing the same endpoints); 10 / 1 = ratio of the p50s",
+            "| replicas in the server | change, 1 group | change, 10 groups | 10 / 1 |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in result["pipeline_one_server"]:
+            one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
+            lines.append(
+                f"| {row['replicas']} | {one['p50']} / {one['p99']} | {ten['p50']} / "
+                f"{ten['p99']} | {row.get('ten_groups_vs_one_p50', '-')}x |"
+            )
     if "load" in result:
         latency = result["load"]["latency"]
         lines += [
@@ -271,29 +318,58 @@ def table(result: dict[str, Any]) -> str:
             f"{row['full_read_ms']} | "
             f"{row['full_rebuild_ms']} | {row.get('snapshot_bytes_per_group', '-')} |"
         )
+    if result.get("idle"):
+        lines += [
+            "",
+            "Idle cost: `routeplane serve` with no proxy and nothing changing in the registry, "
+            "default watch interval (SQLite 5 ms, Spanner 10 ms); process CPU over a quiet "
+            "window (the whole process: watch, load-report ticks, timers), share of one core; "
+            "for Spanner also the emulator's",
+            "| registry | replicas | idle CPU | CPU ms per second | emulator CPU |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in result["idle"]:
+            emulator = row.get("emulator_cpu_percent")
+            lines.append(
+                f"| {row['registry']} | {row['replicas']} | {row['idle_cpu_percent']}% | "
+                f"{row['idle_cpu_ms_per_s']} | {'-' if emulator is None else f'{emulator}%'} |"
+            )
     lines += [
         "",
-        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas). "
-        "Errors: every stream that ended with a status other than RESOURCE_EXHAUSTED, by code; "
-        "refused: RESOURCE_EXHAUSTED only (admission control), retried with backoff. One "
-        "change: the registry's commit timestamp -> the last stream has written its ACK. CPU "
-        "per stream per push: the server process's CPU over the change window, less its idle "
-        "rate, per stream",
-        "| streams | reconnect storm: all served | errors | refused, retried | /metrics "
-        "during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream per push "
-        "| memory per stream | idle CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Simulated fleet (delta ADS streams over real gRPC, 100 servers / 1,000 replicas; the "
+        "fleet in the benchmark's process, the server in its own). Each size runs twice in the "
+        "same run: against the floor (`bench.floor`: a bare grpc.aio server pushing pre-encoded "
+        "bytes of the same resources and reading the ACKs) and against `routeplane serve`; "
+        "vs floor = routeplane / floor for CPU per stream per push, one change p50 and p99, "
+        "memory per stream. Errors: every stream that ended with a status other than "
+        "RESOURCE_EXHAUSTED, by code; refused: RESOURCE_EXHAUSTED only (admission control), "
+        "retried with backoff. One change: routeplane, the registry's commit timestamp (the "
+        "floor: the push request) -> the last stream has written its ACK. CPU per stream per "
+        "push: the server process's CPU over the change window, less its idle rate, per stream",
+        "| streams | server | reconnect storm: all served | errors | refused, retried | "
+        "/metrics during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream "
+        "per push | memory per stream | idle CPU | vs floor: CPU / p50 / p99 / memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fleet"]:
-        lines.append(
-            f"| {row['streams']} | {row['storm_s']} s | {row['storm_errors']}"
-            f"{_codes(row.get('storm_error_codes', {}))} | "
-            f"{row.get('storm_refusals_retried', '-')} | "
-            f"{row.get('admin_during_storm_max_ms', '-')} ms | "
-            f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
-            f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
-            f"{row['idle_cpu_percent']}% |"
+        floor = row.get("floor")
+        if floor is not None:
+            lines.append(_fleet_row(floor, "floor (bare grpc.aio)", "-"))
+        ratios = row.get("vs_floor")
+        vs = (
+            " / ".join(
+                "-" if ratios[k] is None else f"{ratios[k]}x"
+                for k in (
+                    "cpu_per_stream_per_push",
+                    "fanout_p50",
+                    "fanout_p99",
+                    "memory_per_stream",
+                )
+            )
+            if ratios
+            else "-"
         )
+        lines.append(_fleet_row(row, "routeplane", vs))
     dp = result["dataplane"]
     lines += [
         "",
@@ -313,6 +389,20 @@ def table(result: dict[str, Any]) -> str:
             f"{row['vs_static_p99']} {_spread(row, 'p99')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _fleet_row(row: dict[str, Any], server: str, vs: str) -> str:
+    admin = (
+        f"{row['admin_during_storm_max_ms']} ms" if row.get("admin_during_storm_max_ms") else "-"
+    )
+    return (
+        f"| {row['streams']} | {server} | {row['storm_s']} s | {row['storm_errors']}"
+        f"{_codes(row.get('storm_error_codes', {}))} | "
+        f"{row.get('storm_refusals_retried', '-')} | {admin} | "
+        f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
+        f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
+        f"{row['idle_cpu_percent']}% | {vs} |"
+    )
 
 
 def _spread(row: dict[str, Any], which: str) -> str:

@@ -33,6 +33,7 @@ from control_plane.xds.stream import DEFAULT_LIMITS, Limits
 log = structlog.get_logger("routeplane.app")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_PENDING_CALLS = 20_000
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -41,6 +42,13 @@ GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
+    # gRPC core queues calls the event loop has not picked up yet and, past this backlog
+    # (default 1,000, hard 3,000), cancels new ones before routeplane sees them: a reconnect
+    # storm then ends in CANCELLED/INTERNAL instead of admission control's RESOURCE_EXHAUSTED
+    # with its retry hint. Let every attempt through to admission control, which answers it in
+    # microseconds; the core limit stays as a last bound above the 10,000-proxy storm.
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 ]
 
 

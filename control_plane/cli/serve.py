@@ -8,6 +8,7 @@ Part of the CLI: imports ``app`` and ``bootstrap`` lazily, inside the commands; 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
@@ -148,7 +149,14 @@ def serve(
         config.validate()  # all of it, before anything is opened
     except ConfigError as exc:
         fail(str(exc))
+    # Thousands of streams keep ~10^6 long-lived objects, and the default thresholds (700, 10,
+    # 10) scanned them again and again: 0.96 s of collections in a 1,000-stream storm and 20
+    # pushes, a fifth of the push CPU (py-spy, gc.callbacks). With these: 0.04 s.
+    gc.set_threshold(*GC_THRESHOLDS)
     asyncio.run(run_serve(config))
+
+
+GC_THRESHOLDS = (20_000, 20, 100)
 
 
 @click.command()

@@ -90,6 +90,8 @@ class LoadService:
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
         self._catalog = Catalog(servers={}, regions={}, endpoints={})
+        # The table the last tick computed quiet rows for (no load, no autoscaling), if any.
+        self._quiet_for: RoutingTable | None = None
         self._recommender = Recommender()
         self._streams = itertools.count(1)
         self._rows: list[LoadRow] = []
@@ -139,6 +141,11 @@ class LoadService:
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         totals, _ = self.book.loads()
+        if not totals and table is self._quiet_for:
+            # No load anywhere, the same table, no recommendation in progress: the rows are
+            # what they were (an idle control plane ticked 1,000 servers twice a second).
+            metrics.LOAD_REPORTERS.set(self.book.proxies)
+            return self._rows
         rows: list[LoadRow] = []
         keep: set[object] = set()
         for server in table.servers if table is not None else ():
@@ -197,6 +204,8 @@ class LoadService:
         self._recommender.forget(keep)
         self._rows = rows
         self._version += 1
+        # Rows without load and without autoscaling depend on the table alone.
+        self._quiet_for = table if not totals and not keep else None
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return rows
 

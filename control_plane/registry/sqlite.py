@@ -1,8 +1,13 @@
 """The embedded SQLite registry: the default, needing nothing installed.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revision`` and
-``meta.committed_at``. The watch polls that revision (one tiny indexed read per tick) and reads
-the full state only when it moved, so other processes' commits are seen within a tick.
+``meta.committed_at``. The watch asks SQLite each tick whether any connection committed since
+the last tick (``PRAGMA data_version`` on a read-only connection of its own, answered from the
+WAL index in microseconds on the event loop, no thread hop); only then does it read that
+revision (one tiny indexed read in a worker thread) and, when it moved, the servers the change
+log names. Any commit by any writer moves ``data_version``, so the probe never hides a change;
+the revision is also read once a second whatever the probe says, so a broken database is still
+noticed while idle. Other processes' commits are seen within a tick.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from control_plane.registry.servers import checked_replica, checked_server, plan
 
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
+# The watch reads the revision at least this often, even when the probe says nothing changed.
+REVISION_CHECK_EVERY = 1.0
 
 
 def path_of(url: str) -> str:
@@ -411,18 +418,49 @@ class SqliteRegistry:
         return self.read_state()
 
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
-        state = await asyncio.to_thread(self.read_state)
-        yield state
-        while True:
-            await asyncio.sleep(poll_interval)
-            revision = await asyncio.to_thread(self.revision)
-            if revision != state.revision:
-                state = await asyncio.to_thread(self._read_changes, state)
-                yield state
+        probe = self._open_probe()
+        try:
+            # Read before the state, so a commit in between shows up as a change to check.
+            seen = _data_version(probe)
+            state = await asyncio.to_thread(self.read_state)
+            yield state
+            checked = time.monotonic()
+            while True:
+                await asyncio.sleep(poll_interval)
+                version = _data_version(probe)
+                now = time.monotonic()
+                if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
+                    continue  # no connection committed anything since the last look
+                seen, checked = version, now
+                revision = await asyncio.to_thread(self.revision)
+                if revision != state.revision:
+                    state = await asyncio.to_thread(self._read_changes, state)
+                    yield state
+        finally:
+            probe.close()
+
+    def _open_probe(self) -> sqlite3.Connection:
+        """A connection that never writes, so its ``data_version`` moves on every commit (a
+        connection's own commits do not move it). ``timeout=0``: a busy database answers at
+        once (the tick then takes the threaded path) instead of blocking the event loop."""
+        try:
+            return sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"registry {self.url!r}: cannot open: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _data_version(probe: sqlite3.Connection) -> int | None:
+    """SQLite's count of commits by other connections; None when it cannot tell right now."""
+    try:
+        return int(probe.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error:
+        return None
 
 
 def _to_replica(row: tuple[object, ...]) -> Replica:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from control_plane.xds.resources import (
@@ -52,10 +53,12 @@ class DeltaStream(BaseStream):
         outcome = RequestOutcome(type_url=type_url)
         state = self._state(type_url)
         status, known, acked = state.status, state.known, state.acked
-        subscribe = set(request.resource_names_subscribe)
+        # Interned: a thousand streams subscribed to the same names hold one copy of each.
+        subscribe = {sys.intern(name) for name in request.resource_names_subscribe}
         unsubscribe = set(request.resource_names_unsubscribe)
         self._check_names(type_url, len(request.initial_resource_versions), "initial versions")
-        self._check_names(type_url, len(status.names | subscribe), "names subscribed")
+        if subscribe:  # (an ACK subscribes to nothing: no set built per ACK)
+            self._check_names(type_url, len(status.names | subscribe), "names subscribed")
         if subscribe or unsubscribe:
             outcome.resubscribed = True
         if not status.subscribed:

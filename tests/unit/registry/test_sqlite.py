@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
-from control_plane.registry import RegistryError, RegistryUnavailableError, open_registry
-from control_plane.registry.sqlite import path_of
+from control_plane.registry import RegistryError, RegistryUnavailableError, open_registry, sqlite
+from control_plane.registry.sqlite import REVISION_CHECK_EVERY, path_of
+from tests.helpers import async_wait_until
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,43 @@ async def test_a_commit_from_another_connection_is_seen_by_the_watch(tmp_path: P
         writer.create_server, name="echo", hostnames=["echo.local"], protocol="http"
     )
     state = await asyncio.wait_for(anext(states), timeout=5)
+    assert [s.name for s in state.servers] == ["echo"]
+    await states.aclose()
+    watcher.close()
+    writer.close()
+
+
+async def test_an_idle_watch_only_probes_until_another_connection_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite://{tmp_path / 'rp.db'}"
+    watcher, writer = open_registry(url), open_registry(url)
+    calls = {"probe": 0, "revision": 0}
+    probe, revision = sqlite._data_version, watcher.revision
+
+    def counted_probe(connection: object) -> int | None:
+        calls["probe"] += 1
+        return probe(connection)  # type: ignore[arg-type]
+
+    def counted_revision() -> int:
+        calls["revision"] += 1
+        return revision()
+
+    monkeypatch.setattr(sqlite, "_data_version", counted_probe)
+    monkeypatch.setattr(watcher, "revision", counted_revision)
+    states = watcher.watch(poll_interval=0.001)
+    await asyncio.wait_for(anext(states), timeout=5)
+    quiet_from = time.monotonic()
+    following = asyncio.ensure_future(anext(states))
+    await async_wait_until(lambda: calls["probe"] >= 50, what="50 ticks of the watch")
+    quiet = time.monotonic() - quiet_from
+    # Nothing committed: the ticks asked SQLite's data_version, not the registry's revision
+    # (but for the once-a-second check that notices a broken database).
+    assert calls["revision"] <= 1 + quiet / REVISION_CHECK_EVERY
+    await asyncio.to_thread(
+        writer.create_server, name="echo", hostnames=["echo.local"], protocol="http"
+    )
+    state = await asyncio.wait_for(following, timeout=5)
     assert [s.name for s in state.servers] == ["echo"]
     await states.aclose()
     watcher.close()

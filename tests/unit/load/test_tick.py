@@ -1,0 +1,41 @@
+"""The load view's tick: recomputed when anything it depends on moved, skipped when idle."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from control_plane.load.server import LoadService
+from control_plane.registry.spec import parse_spec
+from control_plane.routing.model import RoutingTable
+from tests.helpers import endpoint, server, table
+
+
+def _service(current: list[RoutingTable]) -> LoadService:
+    return LoadService(table=lambda: current[0], clock=lambda: 100.0)
+
+
+def test_an_idle_tick_keeps_the_rows_and_wakes_no_one() -> None:
+    current = [table(server("echo", endpoint("r1", 8081)))]
+    service = _service(current)
+    rows = service.tick()
+    version = service._version
+    assert service.tick() is rows
+    assert service._version == version  # watchers are not woken for the same rows
+
+
+def test_a_new_table_is_ticked_again() -> None:
+    current = [table(server("echo", endpoint("r1", 8081)))]
+    service = _service(current)
+    service.tick()
+    current[0] = table(server("echo", endpoint("r1", 8081), endpoint("r2", 8082)))
+    [row, *_] = service.tick()
+    assert row.ready_replicas == 2
+
+
+def test_a_server_with_autoscaling_is_recomputed_every_tick() -> None:
+    spec = parse_spec({"autoscaling": {"target_concurrency": 10}})
+    current = [table(replace(server("echo", endpoint("r1", 8081)), spec=spec))]
+    service = _service(current)
+    rows = service.tick()
+    assert rows[0].desired_replicas is not None
+    assert service.tick() is not rows  # recommendations move with time, load or not
