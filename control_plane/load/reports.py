@@ -105,6 +105,7 @@ class LoadBook:
         # when the last one was seen. Reported drops are all cold starts (routeplane drops
         # only there); held requests are told by the control plane (``note_cold_start``).
         self.cold_starts: dict[str, int] = {}
+        self.cold_start_events = 0  # moves with every cold start noted
         self.last_cold_start: dict[str, float] = {}
 
     def record(
@@ -179,6 +180,7 @@ class LoadBook:
         """``count`` requests for ``server`` met no replica."""
         self.cold_starts[server] = self.cold_starts.get(server, 0) + count
         self.last_cold_start[server] = now
+        self.cold_start_events += 1
 
     def last_report(self, node_id: str) -> float | None:
         report = self._proxies.get(node_id)

@@ -90,8 +90,10 @@ class LoadService:
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
         self._catalog = Catalog(servers={}, regions={}, endpoints={})
-        # The table the last tick computed quiet rows for (no load, no autoscaling), if any.
-        self._quiet_for: RoutingTable | None = None
+        # The table and cold-start count the last tick computed quiet rows for (no load, no
+        # autoscaling), if any.
+        # (The table is compared by identity: a new table is a new routing state.)
+        self._quiet_for: tuple[int, int] | None = None
         self._recommender = Recommender()
         self._streams = itertools.count(1)
         self._rows: list[LoadRow] = []
@@ -141,7 +143,8 @@ class LoadService:
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         totals, _ = self.book.loads()
-        if not totals and table is self._quiet_for:
+        events = self.book.cold_start_events
+        if not totals and self._quiet_for == (id(table), events):
             # No load anywhere, the same table, no recommendation in progress: the rows are
             # what they were (an idle control plane ticked 1,000 servers twice a second).
             metrics.LOAD_REPORTERS.set(self.book.proxies)
@@ -205,7 +208,8 @@ class LoadService:
         self._rows = rows
         self._version += 1
         # Rows without load and without autoscaling depend on the table alone.
-        self._quiet_for = table if not totals and not keep else None
+        # (A cold start moves the rows too: it is counted in them.)
+        self._quiet_for = (id(table), events) if not totals and not keep else None
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return rows
 

@@ -39,3 +39,18 @@ def test_a_server_with_autoscaling_is_recomputed_every_tick() -> None:
     rows = service.tick()
     assert rows[0].desired_replicas is not None
     assert service.tick() is not rows  # recommendations move with time, load or not
+
+
+def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    held = replace(server("gpu"), spec=spec, held=True, cold_epoch=7)
+    current = [table(held)]
+    service = _service(current)
+    assert service.tick()[0].cold_starts == 0
+    service.note_subscribed(
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        frozenset({"default_gpu_cold7", "other"}),
+    )
+    [row] = service.tick()
+    assert row.cold_starts == 1
+    assert row.cold_start_mode == "hold"
