@@ -46,6 +46,8 @@ class Plan:
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
     idle: tuple[tuple[str, int], ...] = (("sqlite", 10_000), ("spanner", 10_000))
     idle_seconds: float = 5.0
+    # A reconnect storm of this many streams against routeplane alone (0: none).
+    storm: int = 0
 
 
 FULL = Plan(
@@ -66,6 +68,7 @@ FULL = Plan(
     20,
     300,
     10,
+    storm=10_000,
 )
 QUICK = Plan(
     "quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2, idle=(("sqlite", 1000),)
@@ -184,6 +187,12 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
                     workdir=path,
                 )
             )
+        )
+    if plan.storm:
+        path = workdir / f"storm-{plan.storm}"
+        path.mkdir()
+        out["storm"] = asyncio.run(
+            fleet.run_fleet(streams=plan.storm, servers=100, replicas=1000, changes=3, workdir=path)
         )
     path = workdir / "dataplane"
     path.mkdir()
@@ -370,6 +379,8 @@ def table(result: dict[str, Any]) -> str:
             else "-"
         )
         lines.append(_fleet_row(row, "routeplane", vs))
+    if "storm" in result:
+        lines.append(_fleet_row(result["storm"], "routeplane (storm only, 3 changes)", "-"))
     dp = result["dataplane"]
     lines += [
         "",
