@@ -5,7 +5,8 @@ asyncio. It owns every piece of incremental reuse, and every reuse is decided by
 values, never by object identity:
 
 - a server is evaluated again (``routing.evaluate``) only when its row or its replica rows
-  differ by value from the last step's;
+  differ by value from the last step's, and then each replica row equal to the last step's
+  keeps its verdict (a change to one replica of a server of 1,000 judges one row);
 - hostname claims are settled again only when some server's claim differs;
 - a Cluster is translated again only when its routed server differs in more than its endpoints
   (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
@@ -29,9 +30,10 @@ from types import MappingProxyType
 
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing.build import (
+    Verdict,
     claim_hostnames,
     claim_of,
-    evaluate,
+    evaluate_with,
     server_problems,
     to_routed,
     unknown_server_problems,
@@ -114,6 +116,8 @@ class _ServerMemo:
     replicas: tuple[Replica, ...]
     eval: ServerEval
     claim: Claim | None
+    # Each replica row as judged (reused for rows equal to the next step's).
+    verdicts: Mapping[str, Verdict]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +227,14 @@ class Pipeline:
                 and (entry.replicas is replicas or entry.replicas == replicas)
             ):
                 continue
-            ev = evaluate(server, replicas)
+            ev, verdicts = evaluate_with(
+                server, replicas, entry.verdicts if entry is not None else {}
+            )
             claim = claim_of(server, ev)
             claims_dirty = claims_dirty or entry is None or entry.claim != claim
-            memo[server.name] = _ServerMemo(row=server, replicas=replicas, eval=ev, claim=claim)
+            memo[server.name] = _ServerMemo(
+                row=server, replicas=replicas, eval=ev, claim=claim, verdicts=verdicts
+            )
             changed.add(server.name)
         order = self._order
         if state.servers is not self._rows and state.servers != self._rows:

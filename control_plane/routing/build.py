@@ -128,8 +128,22 @@ def unknown_server_problems(
     ]
 
 
+# One replica row judged alone: the row, its endpoint (None: not routed) and its problem.
+Verdict = tuple[Replica, Endpoint | None, Problem | None]
+
+
 def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
     """Everything about one server that does not depend on other servers."""
+    return evaluate_with(server, replicas, {})[0]
+
+
+def evaluate_with(
+    server: Server, replicas: Sequence[Replica], known: Mapping[str, Verdict]
+) -> tuple[ServerEval, dict[str, Verdict]]:
+    """:func:`evaluate`, taking each replica's verdict from ``known`` when its row is equal to
+    the one judged there (a change to one replica of a large server judges one row); returns
+    the verdicts of this evaluation too."""
+    verdicts: dict[str, Verdict] = {}
     try:
         validate.name("name", server.name)
         validate.name("workspace", server.workspace)
@@ -144,12 +158,18 @@ def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
             problems=(_problem("server", server.name, exc),),
             endpoints=(),
             replica_problems=(),
-        )
+        ), verdicts
     endpoints: list[Endpoint] = []
     replica_problems: list[Problem] = []
     allowed = frozenset(spec.regions)
     for replica in replicas:
-        endpoint = _to_endpoint(replica, replica_problems)
+        verdict = known.get(replica.id)
+        if verdict is None or not (verdict[0] is replica or verdict[0] == replica):
+            verdict = _verdict(replica)
+        verdicts[replica.id] = verdict
+        endpoint, problem = verdict[1], verdict[2]
+        if problem is not None:
+            replica_problems.append(problem)
         if endpoint is None:
             continue
         if allowed and endpoint.region not in allowed:
@@ -171,7 +191,13 @@ def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
         problems=(),
         endpoints=tuple(endpoints),
         replica_problems=tuple(replica_problems),
-    )
+    ), verdicts
+
+
+def _verdict(replica: Replica) -> Verdict:
+    problems: list[Problem] = []
+    endpoint = _to_endpoint(replica, problems)
+    return replica, endpoint, problems[0] if problems else None
 
 
 def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
