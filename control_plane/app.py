@@ -44,6 +44,9 @@ GRPC_OPTIONS = [
 ]
 
 
+MAX_WORKERS = 256
+
+
 class ConfigError(ValueError):
     """A serve setting that cannot work, named by its flag and value."""
 
@@ -67,6 +70,13 @@ class ServeConfig:
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
+    # ``serve --workers``: processes sharing the xDS port (0: one per core; 1: this process
+    # alone). ``reuse_port`` is set by the supervisor for its workers only (workers.py).
+    workers: int = 1
+    reuse_port: bool = False
+
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -91,6 +101,10 @@ class ServeConfig:
         ):
             if not number > 0:
                 raise ConfigError(f"invalid {flag} {number!r}: expected a number above 0")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                f"invalid --workers {self.workers!r}: expected 0 (one per core) to {MAX_WORKERS}"
+            )
         if self.grace_seconds < 0:
             raise ConfigError(f"invalid grace {self.grace_seconds!r}: expected 0 or more seconds")
         tls = (
@@ -166,7 +180,10 @@ async def serve(config: ServeConfig) -> None:
             limits=Limits(max_names=config.max_names_per_stream),
         )
         options = [
-            *GRPC_OPTIONS,
+            # A lone process refuses a taken port; workers share it (the supervisor checked
+            # it was free before starting them).
+            *(o for o in GRPC_OPTIONS if not (config.reuse_port and o[0] == "grpc.so_reuseport")),
+            *([("grpc.so_reuseport", 1)] if config.reuse_port else []),
             # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
             # across control-plane replicas; the grace lets an in-flight push finish.
             ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),

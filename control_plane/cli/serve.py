@@ -92,6 +92,14 @@ from control_plane.cli.common import fail, registry_option, user_errors
     show_default=True,
     help="Seconds between the load reports every proxy sends (LRS).",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes serving the one xDS port (SO_REUSEPORT), each watching the registry, "
+    "under a supervisor that serves the admin address for all; 0: one per core.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
@@ -113,6 +121,7 @@ def serve(
     max_groups_per_fleet: int,
     max_names_per_stream: int,
     load_report_interval: float,
+    workers: int,
     log_level: str,
     log_json: bool | None,
 ) -> None:
@@ -143,12 +152,20 @@ def serve(
         max_groups_per_fleet=max_groups_per_fleet,
         max_names_per_stream=max_names_per_stream,
         load_report_interval=load_report_interval,
+        workers=workers,
     )
     try:
         config.validate()  # all of it, before anything is opened
     except ConfigError as exc:
         fail(str(exc))
-    asyncio.run(run_serve(config))
+    if config.worker_count() == 1:
+        asyncio.run(run_serve(config))
+        return
+    from control_plane.workers import supervise
+
+    code = asyncio.run(supervise(config, log_level=log_level, log_json=log_json))
+    if code:
+        raise SystemExit(code)
 
 
 @click.command()
