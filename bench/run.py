@@ -42,6 +42,8 @@ class Plan:
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
     cold_start_tries: int = 20
+    # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
+    workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
 
 
 FULL = Plan(
@@ -63,8 +65,12 @@ FULL = Plan(
     300,
     10,
 )
-QUICK = Plan("quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2)
-SMOKE = Plan("smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2), 2)
+QUICK = Plan(
+    "quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2, workers=(100, 5, ("sqlite",))
+)
+SMOKE = Plan(
+    "smoke", 2, 2, (("sqlite", 20, 1),), 2, (5,), 2, 50, 0.5, (20,), (5, 5, 2), 2, (5, 2, ())
+)
 
 
 def versions() -> dict[str, Any]:
@@ -154,6 +160,15 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
                 )
             )
         )
+    # serve --workers: 1 worker against 2 in the same run.
+    from bench import workers as workers_bench
+
+    path = workdir / "workers"
+    path.mkdir()
+    streams, changes, idle = plan.workers
+    out["workers"] = workers_bench.run(
+        streams=streams, changes=changes, idle_registries=idle, workdir=path
+    )
     path = workdir / "dataplane"
     path.mkdir()
     out["dataplane"] = dataplane.run(
@@ -294,6 +309,10 @@ def table(result: dict[str, Any]) -> str:
             f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
             f"{row['idle_cpu_percent']}% |"
         )
+    if "workers" in result:
+        from bench import workers as workers_bench
+
+        lines += workers_bench.table(result["workers"])
     dp = result["dataplane"]
     lines += [
         "",

@@ -293,3 +293,15 @@ def test_a_taken_xds_port_is_refused_before_any_worker_starts(
     )
     assert other.returncode != 0
     assert f"cannot listen on --xds-listen {group.xds}" in other.stderr
+
+
+def test_workers_stop_themselves_when_the_supervisor_is_killed(group: ControlPlane) -> None:
+    pids = worker_pids(group)
+    assert group.process is not None
+    group.process.kill()  # SIGKILL: no chance to stop anyone
+    group.process.wait(timeout=TIMEOUT)
+    wait_until(
+        lambda: not [pid for pid in pids if alive(pid)],
+        timeout=GRACE + 10,
+        what="orphaned workers to stop",
+    )
