@@ -207,6 +207,17 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
         assert any('worker="0"' in line for line in connected), connected
         assert any('worker="1"' in line for line in connected), connected
         assert text.count("# TYPE routeplane_connected_proxies gauge") == 1
+        # A node's snapshot comes from whichever worker serves it (the other says NOT_FOUND).
+        for node_id in ("edge-a", "edge-b"):
+            shown = subprocess.run(
+                [ROUTEPLANE, "snapshot", "show", "--admin", group.admin, "--node", node_id],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=TIMEOUT,
+            )
+            assert shown.returncode == 0, shown.stderr
+            assert cluster in shown.stdout
         # Each worker hears only its own proxies' load: 3 in flight on one, 4 on the other.
         for session, in_flight in ((a, 3), (b, 4)):
             assert session.channel is not None
