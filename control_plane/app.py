@@ -158,6 +158,15 @@ def plaintext_exposed(config: ServeConfig) -> bool:
     return not config.tls_cert and not _loopback(host)
 
 
+async def start_admin(admin: AdminServer, listen: str) -> None:
+    """Start ``admin`` on ``listen`` (``--admin-listen``); OSError naming it if it cannot."""
+    host, port = split_host_port(listen)
+    try:
+        await admin.start(host, port)
+    except OSError as exc:
+        raise OSError(f"cannot listen on --admin-listen {listen}: {exc.strerror or exc}") from exc
+
+
 async def serve(config: ServeConfig) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened."""
@@ -232,13 +241,7 @@ async def serve(config: ServeConfig) -> None:
             ready=ready,
             token=config.admin_token,
         )
-        admin_host, admin_port = split_host_port(config.admin_listen)
-        try:
-            await admin.start(admin_host, admin_port)
-        except OSError as exc:
-            raise OSError(
-                f"cannot listen on --admin-listen {config.admin_listen}: {exc.strerror or exc}"
-            ) from exc
+        await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
         collector = metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
         REGISTRY.register(collector)

@@ -34,7 +34,7 @@ import structlog
 from control_plane import logs
 from control_plane.admin.aggregate import AggregateService
 from control_plane.admin.server import AdminServer
-from control_plane.app import ServeConfig, serve, split_host_port
+from control_plane.app import ServeConfig, serve, split_host_port, start_admin
 
 log = structlog.get_logger("routeplane.workers")
 
@@ -135,13 +135,7 @@ async def supervise(
         admin = AdminServer(
             service=service, ready=service.ready, token=config.admin_token, metrics=service.metrics
         )
-        admin_host, admin_port = split_host_port(config.admin_listen)
-        try:
-            await admin.start(admin_host, admin_port)
-        except OSError as exc:
-            raise OSError(
-                f"cannot listen on --admin-listen {config.admin_listen}: {exc.strerror or exc}"
-            ) from exc
+        await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
         log.info(
             "workers_started",

@@ -146,29 +146,22 @@ def test_a_proxy_that_reconnects_to_another_worker_gets_nothing_it_has(
     again.close()
 
 
-def proxies(admin: str) -> list[dict[str, Any]]:
+def cli(*args: str) -> str:
+    """A ``routeplane`` command's output; it must succeed."""
     done = subprocess.run(
-        [ROUTEPLANE, "proxies", "--admin", admin, "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT,
+        [ROUTEPLANE, *args], capture_output=True, text=True, check=False, timeout=TIMEOUT
     )
     assert done.returncode == 0, done.stderr
-    result: list[dict[str, Any]] = json.loads(done.stdout)
+    return done.stdout
+
+
+def proxies(admin: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(cli("proxies", "--admin", admin, "--json"))
     return result
 
 
 def load_total(admin: str) -> dict[str, Any] | None:
-    done = subprocess.run(
-        [ROUTEPLANE, "load", "--admin", admin, "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT,
-    )
-    assert done.returncode == 0, done.stderr
-    for row in json.loads(done.stdout):
+    for row in json.loads(cli("load", "--admin", admin, "--json")):
         if row["server"] == "echo" and row["region"] == "*":
             return dict(row)
     return None
@@ -209,15 +202,7 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
         assert text.count("# TYPE routeplane_connected_proxies gauge") == 1
         # A node's snapshot comes from whichever worker serves it (the other says NOT_FOUND).
         for node_id in ("edge-a", "edge-b"):
-            shown = subprocess.run(
-                [ROUTEPLANE, "snapshot", "show", "--admin", group.admin, "--node", node_id],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=TIMEOUT,
-            )
-            assert shown.returncode == 0, shown.stderr
-            assert cluster in shown.stdout
+            assert cluster in cli("snapshot", "show", "--admin", group.admin, "--node", node_id)
         # Each worker hears only its own proxies' load: 3 in flight on one, 4 on the other.
         for session, in_flight in ((a, 3), (b, 4)):
             assert session.channel is not None
