@@ -153,7 +153,8 @@ async def supervise(
             task.cancel()
         code = 0
         for task, process in exits.items():
-            if task in done:
+            # Ctrl-C reaches the workers too: one may end before the supervisor noticed.
+            if task in done and not stop.is_set():
                 log.error("worker_exited", pid=process.pid, code=process.returncode)
                 code = 1
         log.info("shutdown_started", grace_seconds=config.grace_seconds)

@@ -10,7 +10,8 @@ Each worker is a whole control plane with its own admin address on loopback
 - ``GetLoad``/``WatchLoad``: each worker sees only the load reports of the proxies connected to
   it, so the rows are summed per server and region and ``desired_replicas`` is recomputed here
   from the summed load with the same rule (``load/autoscale.py``);
-- ``/metrics``: every worker's exposition merged, each sample labelled ``worker``;
+- ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
+  ``routeplane_worker_up`` per worker;
 - ``/readyz``: ready when every worker is.
 
 Imports the admin protos and the autoscaling rule; nothing of the xDS engine or the registry.
@@ -37,6 +38,10 @@ from control_plane.registry.spec import Autoscaling
 CALL_TIMEOUT = 10.0
 HTTP_TIMEOUT = 5.0
 MAX_HTTP_BYTES = 64 * 1024 * 1024
+UP = (
+    "# HELP routeplane_worker_up 1 if the worker answered this scrape (serve --workers)\n"
+    "# TYPE routeplane_worker_up gauge\nrouteplane_worker_up %d\n"
+)
 
 
 class WorkerUnavailable(Exception):
@@ -222,12 +227,18 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return True, f"ready ({len(self.workers)} workers)"
 
     async def metrics(self) -> bytes:
+        """Every worker's exposition, and ``routeplane_worker_up`` (0: that worker's series
+        are missing from this scrape)."""
         answers = await asyncio.gather(
-            *(http_get(address, "/metrics", token=self._token) for address in self.workers)
+            *(http_get(address, "/metrics", token=self._token) for address in self.workers),
+            return_exceptions=True,
         )
-        return merge_metrics(
-            (str(index), split_http(answer)[1].decode()) for index, answer in enumerate(answers)
-        )
+        texts = []
+        for index, answer in enumerate(answers):
+            status, body = (0, b"") if isinstance(answer, BaseException) else split_http(answer)
+            up = status == 200
+            texts.append((str(index), (body.decode() if up else "") + UP % int(up)))
+        return merge_metrics(texts)
 
     # Calls to the workers.
 

@@ -200,6 +200,7 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
         assert any('worker="0"' in line for line in connected), connected
         assert any('worker="1"' in line for line in connected), connected
         assert text.count("# TYPE routeplane_connected_proxies gauge") == 1
+        assert 'routeplane_worker_up{worker="1"} 1.0' in text
         # A node's snapshot comes from whichever worker serves it (the other says NOT_FOUND).
         for node_id in ("edge-a", "edge-b"):
             assert cluster in cli("snapshot", "show", "--admin", group.admin, "--node", node_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from control_plane.admin.aggregate import LoadSum, merge_metrics
+from control_plane.admin.aggregate import AggregateService, LoadSum, merge_metrics
 from control_plane.admin.pb import admin_pb2
 
 WORKER_TEXT = """# HELP routeplane_xds_pushes_total xDS responses sent
@@ -25,6 +26,17 @@ def test_merged_metrics_keep_one_help_and_type_per_family_and_label_every_sample
     assert 'routeplane_xds_pushes_total{type="cds",worker="0"} 3.0' in text
     assert 'routeplane_xds_pushes_total{type="cds",worker="1"} 5.0' in text
     assert 'routeplane_connected_proxies{group="edge",worker="1"} 2.0' in text
+
+
+def test_a_worker_that_did_not_answer_shows_as_down() -> None:
+    async def scrape() -> bytes:
+        service = AggregateService(workers=["127.0.0.1:1"])  # nothing listens on port 1
+        try:
+            return await service.metrics()
+        finally:
+            await service.close()
+
+    assert 'routeplane_worker_up{worker="0"} 0.0' in asyncio.run(scrape()).decode()
 
 
 def answer(*rows: dict[str, Any], proxies: int = 1) -> Any:
