@@ -3,7 +3,7 @@
 Each worker is a whole control plane with its own admin address on loopback
 (``admin/service.py``); the supervisor serves the public one with this module:
 
-- ``ListProxies``: every worker's streams, concatenated;
+- ``ListProxies``: every worker's streams, each with its worker's index;
 - ``GetSnapshot``, ``DiffSnapshots``, ``ListProblems``: the first worker that has the group or
   node (snapshots are identical across workers: versions are content hashes);
   ``SnapshotHistory``: each group's history from the first worker that has the group;
@@ -270,7 +270,9 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def ListProxies(self, request: Any, context: Any) -> Any:
         response = admin_pb2.ListProxiesResponse()
-        for answer in await self._all("ListProxies", request, context):
+        for index, answer in enumerate(await self._all("ListProxies", request, context)):
+            for proxy in answer.proxies:
+                proxy.worker = str(index)
             response.proxies.extend(answer.proxies)
         response.proxies.sort(key=lambda proxy: (proxy.node_id, proxy.connected_since))
         return response

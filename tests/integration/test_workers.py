@@ -160,6 +160,12 @@ def proxies(admin: str) -> list[dict[str, Any]]:
     return result
 
 
+def workers_of(admin: str, nodes: set[str]) -> dict[str, str] | None:
+    """Node id -> the worker serving it, once every one of ``nodes`` is listed."""
+    listed = {p["node_id"]: p.get("worker", "") for p in proxies(admin)}
+    return listed if nodes <= listed.keys() else None
+
+
 def load_total(admin: str) -> dict[str, Any] | None:
     for row in json.loads(cli("load", "--admin", admin, "--json")):
         if row["server"] == "echo" and row["region"] == "*":
@@ -188,10 +194,13 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
     loads = []
     done = threading.Event()
     try:
-        wait_until(
-            lambda: {"edge-a", "edge-b"} <= {p["node_id"] for p in proxies(group.admin)},
+        listed = wait_until(
+            lambda: workers_of(group.admin, {"edge-a", "edge-b"}),
             what="both workers' streams in `routeplane proxies`",
         )
+        assert listed is not None
+        assert sorted(listed.values()) == ["0", "1"]
+        assert "WORKER" in cli("proxies", "--admin", group.admin)
         status, text = http_get(f"http://{group.admin}/metrics")
         assert status == 200
         connected = [
