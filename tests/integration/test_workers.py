@@ -311,3 +311,27 @@ def test_workers_stop_themselves_when_the_supervisor_is_killed(group: ControlPla
         timeout=GRACE + 10,
         what="orphaned workers to stop",
     )
+
+
+@pytest.mark.parametrize("workers", ["-1", "257"])
+def test_a_worker_count_out_of_range_is_refused_with_the_flag_named(
+    tmp_path: Path, workers: str
+) -> None:
+    done = subprocess.run(
+        [
+            ROUTEPLANE,
+            "serve",
+            "--registry",
+            f"sqlite://{tmp_path / 'registry.db'}",
+            "--xds-listen",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            workers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"invalid --workers {workers}" in done.stderr
