@@ -14,7 +14,8 @@ Each worker is a whole control plane with its own admin address on loopback
   ``routeplane_worker_up`` per worker;
 - ``/readyz``: ready when every worker is.
 
-Imports the admin protos and the autoscaling rule; nothing of the xDS engine or the registry.
+Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``); nothing of
+the xDS engine, the pipeline or a store.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ async def http_get(address: str, path: str, *, token: str = "") -> bytes:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n".encode()
         )
-        data = b""
+        data = bytearray()
         async with asyncio.timeout(HTTP_TIMEOUT):
             while chunk := await reader.read(65536):
                 data += chunk
@@ -71,7 +72,7 @@ async def http_get(address: str, path: str, *, token: str = "") -> bytes:
         raise WorkerUnavailable(f"worker at {address}: {exc}") from None
     finally:
         writer.close()
-    return data
+    return bytes(data)
 
 
 def split_http(data: bytes) -> tuple[int, bytes]:
