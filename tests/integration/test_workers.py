@@ -14,6 +14,7 @@ import queue
 import signal
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,3 +336,43 @@ def test_a_worker_count_out_of_range_is_refused_with_the_flag_named(
     )
     assert done.returncode == 1
     assert f"invalid --workers {workers}" in done.stderr
+
+
+def test_with_a_token_the_group_and_its_workers_need_it(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    cp = ControlPlane.create(
+        tmp_path, extra=["--workers", "2", "--admin-token-file", str(token_file)]
+    )
+    cp.start()
+    try:
+        cp.wait_ready()  # /readyz stays open, and the supervisor reached both workers
+        assert http_get(f"http://{cp.admin}/metrics")[0] == 401
+        denied = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT,
+            env={k: v for k, v in os.environ.items() if k != "ROUTEPLANE_ADMIN_TOKEN"},
+        )
+        assert denied.returncode == 1
+        assert "admin token" in denied.stderr
+        allowed = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT,
+            env={**os.environ, "ROUTEPLANE_ADMIN_TOKEN": "s3cret"},
+        )
+        assert allowed.returncode == 0, allowed.stderr  # the supervisor's calls carry it too
+        request = urllib.request.Request(
+            f"http://{cp.admin}/metrics", headers={"Authorization": "Bearer s3cret"}
+        )
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            text = response.read().decode()
+        assert 'routeplane_worker_up{worker="0"} 1.0' in text
+        assert 'routeplane_worker_up{worker="1"} 1.0' in text
+    finally:
+        cp.stop()
