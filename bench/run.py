@@ -48,6 +48,8 @@ class Plan:
     idle_seconds: float = 5.0
     # A reconnect storm of this many streams against routeplane alone (0: none).
     storm: int = 0
+    # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
+    workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
 
 
 FULL = Plan(
@@ -71,7 +73,17 @@ FULL = Plan(
     storm=10_000,
 )
 QUICK = Plan(
-    "quick", 10, 10, (("spanner", 1000, 1),), 10, (100,), 5, 200, 2, idle=(("sqlite", 1000),)
+    "quick",
+    10,
+    10,
+    (("spanner", 1000, 1),),
+    10,
+    (100,),
+    5,
+    200,
+    2,
+    idle=(("sqlite", 1000),),
+    workers=(100, 5, ("sqlite",)),
 )
 SMOKE = Plan(
     "smoke",
@@ -89,6 +101,7 @@ SMOKE = Plan(
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
+    workers=(5, 2, ()),
 )
 
 
@@ -194,6 +207,15 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         out["storm"] = asyncio.run(
             fleet.run_fleet(streams=plan.storm, servers=100, replicas=1000, changes=3, workdir=path)
         )
+    # serve --workers: 1 worker against 2 in the same run.
+    from bench import workers as workers_bench
+
+    path = workdir / "workers"
+    path.mkdir()
+    streams, changes, idle = plan.workers
+    out["workers"] = workers_bench.run(
+        streams=streams, changes=changes, idle_registries=idle, workdir=path
+    )
     path = workdir / "dataplane"
     path.mkdir()
     out["dataplane"] = dataplane.run(
@@ -381,6 +403,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(_fleet_row(row, "routeplane", vs))
     if "storm" in result:
         lines.append(_fleet_row(result["storm"], "routeplane (storm only, 3 changes)", "-"))
+    if "workers" in result:
+        from bench import workers as workers_bench
+
+        lines += workers_bench.table(result["workers"])
     dp = result["dataplane"]
     lines += [
         "",

@@ -1,30 +1,49 @@
-"""A minimal HTTP/1.1 endpoint on the admin address: ``/healthz``, ``/readyz``, ``/metrics``."""
+"""A minimal HTTP/1.1 endpoint on the admin address: ``/healthz``, ``/readyz``, ``/metrics``.
+
+``ready`` may be a coroutine function and ``metrics`` replaces this process's exposition (the
+``serve --workers`` supervisor asks its workers, see ``admin/aggregate.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-Route = Callable[[], tuple[int, str, bytes]]
+Answer = tuple[int, str, bytes]
+Route = Callable[[], Answer | Awaitable[Answer]]
+Ready = Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]]
 
 
 class AdminHttp:
-    def __init__(self, *, ready: Callable[[], tuple[bool, str]], token: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        ready: Ready,
+        token: str = "",
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
+    ) -> None:
         self._ready = ready
         self._token = token
+        self._metrics = metrics
         self._routes: dict[str, Route] = {
             "/healthz": lambda: (200, "text/plain", b"ok\n"),
             "/readyz": self._readyz,
-            "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest()),
+            "/metrics": self._exposition,
             "/unauthorized": lambda: (401, "text/plain", b"a valid admin token is needed\n"),
         }
 
-    def _readyz(self) -> tuple[int, str, bytes]:
-        ready, reason = self._ready()
+    async def _readyz(self) -> Answer:
+        answer = self._ready()
+        ready, reason = await answer if inspect.isawaitable(answer) else answer
         return (200 if ready else 503), "text/plain", (reason + "\n").encode()
+
+    async def _exposition(self) -> Answer:
+        body = await self._metrics() if self._metrics is not None else generate_latest()
+        return 200, CONTENT_TYPE_LATEST, body
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(lambda r, w: self.handle(b"", r, w), host, port)
@@ -53,7 +72,8 @@ class AdminHttp:
             ):
                 path = "/unauthorized"
             route = self._routes.get(path)
-            status, content_type, body = route() if route else (404, "text/plain", b"not found\n")
+            answer = route() if route else (404, "text/plain", b"not found\n")
+            status, content_type, body = await answer if inspect.isawaitable(answer) else answer
             reason = {200: "OK", 401: "Unauthorized", 404: "Not Found", 503: "Unavailable"}[status]
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"

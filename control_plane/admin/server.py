@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from control_plane.admin.http import AdminHttp
+from control_plane.admin.http import AdminHttp, Ready
 from control_plane.admin.pb import admin_pb2_grpc
-from control_plane.admin.service import AdminService
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -43,13 +42,14 @@ class AdminServer:
     def __init__(
         self,
         *,
-        service: AdminService,
-        ready: Callable[[], tuple[bool, str]],
+        service: admin_pb2_grpc.AdminServicer,
+        ready: Ready,
         token: str = "",
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self._service = service
         self._token = token
-        self._http = AdminHttp(ready=ready, token=token)
+        self._http = AdminHttp(ready=ready, token=token, metrics=metrics)
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port = 0
         self._server: asyncio.Server | None = None

@@ -88,7 +88,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         for row in rows:
             if server and row.server != server:
                 continue
-            response.servers.add(
+            item = response.servers.add(
                 server=row.server,
                 region=row.region,
                 ready_replicas=row.ready_replicas,
@@ -100,6 +100,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 cold_starts=row.cold_starts,
                 cold_start_mode=row.cold_start_mode,
             )
+            if row.autoscaling is not None:
+                rule = row.autoscaling
+                item.autoscaling.target_concurrency = rule.target_concurrency
+                item.autoscaling.min_replicas = rule.min_replicas
+                item.autoscaling.max_replicas = rule.max_replicas
+                item.autoscaling.buffer_replicas = rule.buffer_replicas
+                item.autoscaling.scale_up_window_seconds = rule.scale_up_window
+                item.autoscaling.scale_down_window_seconds = rule.scale_down_window
         return response
 
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -41,6 +41,7 @@ def proxies(admin: str, as_json: bool) -> None:
     rows = []
     errors: list[str] = []
     missing: list[str] = []
+    workers = any(p.worker for p in response.proxies)  # serve --workers
     for p in response.proxies:
         states = {t.type: t.state for t in p.types}
         rows.append(
@@ -52,6 +53,7 @@ def proxies(admin: str, as_json: bool) -> None:
                 p.protocol,
                 ago(p.connected_since),
                 *(states.get(t, "-") for t in ("cds", "eds", "lds", "rds")),
+                *([p.worker] if workers else []),
             ]
         )
         errors.extend(
@@ -70,7 +72,11 @@ def proxies(admin: str, as_json: bool) -> None:
             if t.missing
         )
     table(
-        ["NODE", "GROUP", "ADDRESS", "CLIENT", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows
+        [
+            *("NODE", "GROUP", "ADDRESS", "CLIENT", "XDS", "CONNECTED", "CDS", "EDS", "LDS", "RDS"),
+            *(["WORKER"] if workers else []),
+        ],
+        rows,
     )
     for error in errors:
         click.echo(f"last NACK {error}")

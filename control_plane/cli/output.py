@@ -75,6 +75,7 @@ def proxy_json(proxy: Any) -> JsonObject:
         "service": proxy.service,
         "types": {t.type: type_status_json(t) for t in proxy.types},
         "client": proxy.client or "envoy",
+        **({"worker": proxy.worker} if proxy.worker else {}),
     }
 
 

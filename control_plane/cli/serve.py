@@ -8,7 +8,6 @@ Part of the CLI: imports ``app`` and ``bootstrap`` lazily, inside the commands; 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from pathlib import Path
 
@@ -93,6 +92,14 @@ from control_plane.cli.common import fail, registry_option, user_errors
     show_default=True,
     help="Seconds between the load reports every proxy sends (LRS).",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes serving the one xDS port (SO_REUSEPORT), each watching the registry, "
+    "under a supervisor that serves the admin address for all; 0: one per core.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-json/--log-console", default=None, help="Log format (default: JSON unless a terminal)."
@@ -114,11 +121,12 @@ def serve(
     max_groups_per_fleet: int,
     max_names_per_stream: int,
     load_report_interval: float,
+    workers: int,
     log_level: str,
     log_json: bool | None,
 ) -> None:
     """Run the control plane: watch the registry and serve xDS to Envoy."""
-    from control_plane.app import ConfigError, ServeConfig
+    from control_plane.app import ConfigError, ServeConfig, tune_gc
     from control_plane.app import serve as run_serve
 
     logs.configure(level=log_level, json=log_json)
@@ -144,19 +152,21 @@ def serve(
         max_groups_per_fleet=max_groups_per_fleet,
         max_names_per_stream=max_names_per_stream,
         load_report_interval=load_report_interval,
+        workers=workers,
     )
     try:
         config.validate()  # all of it, before anything is opened
     except ConfigError as exc:
         fail(str(exc))
-    # Thousands of streams keep ~10^6 long-lived objects, and the default thresholds (700, 10,
-    # 10) scanned them again and again: 0.96 s of collections in a 1,000-stream storm and 20
-    # pushes, a fifth of the push CPU (py-spy, gc.callbacks). With these: 0.04 s.
-    gc.set_threshold(*GC_THRESHOLDS)
-    asyncio.run(run_serve(config))
+    tune_gc()
+    if config.worker_count() == 1:
+        asyncio.run(run_serve(config))
+        return
+    from control_plane.workers import supervise
 
-
-GC_THRESHOLDS = (20_000, 20, 100)
+    code = asyncio.run(supervise(config, log_level=log_level, log_json=log_json))
+    if code:
+        raise SystemExit(code)
 
 
 @click.command()

@@ -54,6 +54,7 @@ class LoadRow:
     # in reject mode, held in hold mode), and the server's cold-start mode.
     cold_starts: int = 0
     cold_start_mode: str = ""
+    autoscaling: Autoscaling | None = None  # the rule behind desired_replicas, if any
 
 
 def catalog_of(table: RoutingTable) -> Catalog:
@@ -202,6 +203,7 @@ class LoadService:
                         desired_replicas=desired,
                         cold_starts=cold_starts if region == "*" else 0,
                         cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
+                        autoscaling=scaling if desired is not None else None,
                     )
                 )
         self._recommender.forget(keep)

@@ -1,0 +1,264 @@
+"""``serve --workers``: 1 worker against 2 in the same run, with the simulated fleet of
+``bench.fleet`` (its clients and helpers, not a copy).
+
+- Fan-out: N delta ADS streams (each on its own connection, so the kernel spreads them over the
+  workers), then one endpoint change at a time: registry commit -> the last stream has written
+  its ACK; p50/p99 and the ratio of 2 workers to 1. CPU is the whole process group's (the
+  supervisor and its workers) over the change window, less its idle rate.
+- Idle: with nothing changing and no stream, the group's CPU and the registry's load: every
+  worker polls the registry's revision once per poll interval (reads per second by design:
+  workers / interval), and on the Spanner emulator the emulator's own CPU is measured.
+
+``python -m bench.workers --streams 1000 --idle sqlite spanner``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.fleet import Fleet, commit_time, delta_client, pct, proc_cpu, raise_fd_limit
+from bench.registry_watch import bulk_load
+from control_plane.registry import open_registry
+from tests.processes import ControlPlane, http_get
+from tests.spanner_emulator import Emulator
+
+
+def group_pids(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def group_cpu(pids: list[int]) -> float:
+    return sum(proc_cpu(pid) for pid in pids)
+
+
+def streams_per_worker(admin: str) -> dict[str, int]:
+    """Connected streams per worker, from the group's merged /metrics."""
+    _, text = http_get(f"http://{admin}/metrics")
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("routeplane_connected_proxies{"):
+            labels, _, value = line.rpartition(" ")
+            worker = labels.split('worker="', 1)[1].split('"', 1)[0] if "worker=" in labels else "0"
+            counts[worker] = counts.get(worker, 0) + int(float(value))
+    return counts
+
+
+async def fanout(
+    *, workers: int, streams: int, servers: int, replicas: int, changes: int, workdir: Path
+) -> dict[str, Any]:
+    raise_fd_limit()
+    cp = ControlPlane.create(workdir, extra=["--workers", str(workers)])
+    registry = open_registry(cp.registry)
+    bulk_load(registry, servers=servers, replicas=replicas)
+    cp.start()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.to_thread(cp.wait_ready)
+        pids = group_pids(cp.pid)
+        fleet = Fleet(streams=streams, clusters=servers)
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(delta_client(i, cp.xds, fleet, stop)) for i in range(streams)]
+        await asyncio.wait_for(fleet.complete.wait(), timeout=600)
+        storm_s = time.perf_counter() - started
+        await asyncio.sleep(1.0)  # the last ACKs land
+        spread = await asyncio.to_thread(streams_per_worker, cp.admin)
+        idle_started, idle_cpu = time.perf_counter(), group_cpu(pids)
+        await asyncio.sleep(2.0)
+        idle_rate = (group_cpu(pids) - idle_cpu) / (time.perf_counter() - idle_started)
+        fanout_ms: list[float] = []
+        cpu_total = 0.0
+        client_cpu = time.process_time()  # this process: the whole simulated fleet
+        for i in range(changes):
+            name = f"s{(i * 7) % servers:04d}"
+            fleet.watched = f"default_{name}"
+            fleet.watched_count = 0
+            fleet.watched_done.clear()
+            cpu_before, window_started = group_cpu(pids), time.perf_counter()
+            await asyncio.to_thread(
+                registry.register_replica,
+                server=name,
+                address=f"127.0.0.3:{30000 + i}",
+                region="us-west",
+            )
+            committed_at = commit_time(cp.registry)
+            await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
+            fanout_ms.append((fleet.last_ack_at - committed_at) * 1000)
+            await asyncio.sleep(0.2)  # ACKs processed: count their CPU too
+            window = time.perf_counter() - window_started
+            cpu_total += max(0.0, group_cpu(pids) - cpu_before - idle_rate * window)
+        client_cpu = time.process_time() - client_cpu
+        return {
+            "workers": workers,
+            "streams": streams,
+            "streams_per_worker": spread,
+            "storm_s": round(storm_s, 2),
+            "storm_errors": len(fleet.errors) + fleet.stream_errors,
+            "fanout_ms": {
+                "p50": round(statistics.median(fanout_ms), 1),
+                "p99": round(pct(fanout_ms, 99), 1),
+            },
+            "cpu_us_per_stream_per_push": round(cpu_total / changes / streams * 1e6, 1),
+            "idle_cpu_percent": round(idle_rate * 100, 1),
+            # The fleet's own CPU per change: on a machine with as many cores as processes
+            # busy, the client and the workers each have a core; here they share.
+            "fleet_cpu_ms_per_change": round(client_cpu / changes * 1000, 1),
+        }
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        registry.close()
+        cp.stop()
+
+
+def idle(*, workers: int, registry_kind: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    """The group at rest (1,000 replicas, no stream): its CPU and the registry's load."""
+    emulator = None
+    if registry_kind == "spanner":
+        emulator = Emulator.create(workdir)
+        emulator.start()
+        os.environ["SPANNER_EMULATOR_HOST"] = emulator.host
+        url = "spanner://projects/bench/instances/rp/databases/registry"
+    else:
+        url = f"sqlite://{workdir / 'registry.db'}"
+    cp = None
+    try:
+        registry = open_registry(url)
+        registry.init()
+        bulk_load(registry, servers=100, replicas=1000)
+        interval = registry.default_poll_interval
+        registry.close()
+        cp = ControlPlane.create(workdir, registry=url, extra=["--workers", str(workers)])
+        cp.start()
+        cp.wait_ready()
+        time.sleep(1.0)  # start-up reads done
+        pids = group_pids(cp.pid)
+        emulator_pid = emulator.process.pid if emulator and emulator.process else None
+        cpu = group_cpu(pids)
+        store_cpu = proc_cpu(emulator_pid) if emulator_pid else 0.0
+        started = time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "workers": workers,
+            "registry": registry_kind,
+            "group_cpu_percent": round((group_cpu(pids) - cpu) / elapsed * 100, 1),
+            "registry_polls_per_s": round(workers / interval),
+        }
+        if emulator_pid:
+            row["emulator_cpu_percent"] = round(
+                (proc_cpu(emulator_pid) - store_cpu) / elapsed * 100, 1
+            )
+        return row
+    finally:
+        if cp is not None:
+            cp.stop()
+        if emulator is not None:
+            emulator.stop()
+            os.environ.pop("SPANNER_EMULATOR_HOST", None)
+
+
+def run(
+    *, streams: int, changes: int, idle_registries: tuple[str, ...], workdir: Path
+) -> dict[str, Any]:
+    rows = []
+    for workers in (1, 2):
+        path = workdir / f"fanout-{workers}"
+        path.mkdir()
+        rows.append(
+            asyncio.run(
+                fanout(
+                    workers=workers,
+                    streams=streams,
+                    servers=100,
+                    replicas=1000,
+                    changes=changes,
+                    workdir=path,
+                )
+            )
+        )
+    one, two = rows
+    idle_rows = []
+    for kind in idle_registries:
+        for workers in (1, 2):
+            path = workdir / f"idle-{kind}-{workers}"
+            path.mkdir()
+            idle_rows.append(idle(workers=workers, registry_kind=kind, seconds=10, workdir=path))
+    return {
+        "fanout": rows,
+        "p99_ratio_2_to_1": round(two["fanout_ms"]["p99"] / max(one["fanout_ms"]["p99"], 1e-9), 2),
+        "p50_ratio_2_to_1": round(two["fanout_ms"]["p50"] / max(one["fanout_ms"]["p50"], 1e-9), 2),
+        "idle": idle_rows,
+        "cores": os.cpu_count(),
+    }
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for bench/run.py's table."""
+    lines = [
+        "",
+        f"`serve --workers` ({result['cores']} cores): the simulated fleet against 1 worker and "
+        "against 2 in the same run, 100 servers / 1,000 replicas; one change: commit -> the "
+        "last stream has written its ACK; CPU: the whole process group's, less its idle rate. "
+        f"2 workers / 1: p50 {result['p50_ratio_2_to_1']}x, p99 {result['p99_ratio_2_to_1']}x",
+        "| workers | streams (per worker) | storm | errors | one change p50 / p99 ms | "
+        "CPU per stream per push | idle CPU | simulated fleet's CPU per change |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["fanout"]:
+        spread = ", ".join(str(v) for _, v in sorted(row["streams_per_worker"].items()))
+        lines.append(
+            f"| {row['workers']} | {row['streams']} ({spread}) | {row['storm_s']} s | "
+            f"{row['storm_errors']} | {row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
+            f"{row['cpu_us_per_stream_per_push']} us | {row['idle_cpu_percent']}% | "
+            f"{row['fleet_cpu_ms_per_change']} ms |"
+        )
+    if result["idle"]:
+        lines += [
+            "",
+            "Idle, 1,000 replicas, no stream: every worker watches the registry itself",
+            "| registry | workers | group CPU | revision polls/s (workers / interval) | "
+            "emulator CPU |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in result["idle"]:
+            lines.append(
+                f"| {row['registry']} | {row['workers']} | {row['group_cpu_percent']}% | "
+                f"{row['registry_polls_per_s']} | {row.get('emulator_cpu_percent', '-')}"
+                f"{'%' if 'emulator_cpu_percent' in row else ''} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--idle", nargs="*", default=["sqlite"], choices=["sqlite", "spanner"])
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="routeplane-workers-") as tmp:
+        result = run(
+            streams=args.streams,
+            changes=args.changes,
+            idle_registries=tuple(args.idle),
+            workdir=Path(tmp),
+        )
+    print(json.dumps(result, indent=2))
+    print("\n".join(table(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""``serve --workers 2``: real worker processes sharing one xDS port, real gRPC streams.
+
+A stream lands on whichever worker the kernel picks (SO_REUSEPORT); each worker names itself in
+``control_plane.identifier`` (``.../w0``, ``.../w1``), so a client reconnects until it reaches
+the worker it wants. A channel is one connection, so its LRS stream reaches the same worker as
+its ADS stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
+
+from control_plane.registry import open_registry
+from tests.helpers import free_port, wait_until
+from tests.processes import ROUTEPLANE, ControlPlane, http_get
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+TIMEOUT = 10
+ATTEMPTS = 60  # fresh connections tried to reach a given worker (each lands on either of 2)
+GRACE = 5.0  # serve's shutdown grace (ServeConfig.grace_seconds)
+
+
+@dataclass
+class Session:
+    """One delta ADS stream on its own connection, CDS (wildcard) then EDS of those clusters."""
+
+    xds: str
+    node_id: str
+    initial: dict[str, dict[str, str]] = field(default_factory=dict)
+    channel: grpc.Channel | None = None
+    requests: queue.Queue[Any] = field(default_factory=queue.Queue)
+    responses: Iterator[Any] | None = None
+    identifier: str = ""
+    received: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def _request(self, type_url: str, **fields: Any) -> Any:
+        return discovery_pb2.DeltaDiscoveryRequest(
+            type_url=type_url,
+            node=base_pb2.Node(
+                id=self.node_id,
+                cluster="edge",
+                locality=base_pb2.Locality(region="us-west"),
+            ),
+            initial_resource_versions=self.initial.get(type_url, {}),
+            **fields,
+        )
+
+    def _next(self) -> Any:
+        assert self.responses is not None
+        response = next(self.responses)
+        self.identifier = response.control_plane.identifier
+        self.received.setdefault(response.type_url, {}).update(
+            {r.name: r.version for r in response.resources}
+        )
+        self.requests.put(
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=response.type_url, response_nonce=response.nonce
+            )
+        )
+        return response
+
+    def open(self) -> tuple[Any, Any]:
+        """Connect and subscribe; the first CDS and EDS responses."""
+        # Its own connection: channels to one target otherwise share one.
+        self.channel = grpc.insecure_channel(
+            self.xds, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        self.responses = stub.DeltaAggregatedResources(iter(self.requests.get, None), timeout=60)
+        self.requests.put(self._request(CDS))
+        clusters = self._next()
+        names = sorted(self.initial.get(CDS, {})) or [r.name for r in clusters.resources]
+        self.requests.put(self._request(EDS, resource_names_subscribe=names))
+        endpoints = self._next()
+        return clusters, endpoints
+
+    def close(self) -> None:
+        self.requests.put(None)
+        if self.channel is not None:
+            self.channel.close()
+
+
+def session_on(xds: str, node_id: str, *, not_on: str = "", **kwargs: Any) -> Session:
+    """A session on a worker whose identifier is not ``not_on`` (any worker if empty)."""
+    for _ in range(ATTEMPTS):
+        session = Session(xds=xds, node_id=node_id, **kwargs)
+        session.open()
+        if session.identifier != not_on:
+            return session
+        session.close()
+    raise AssertionError(f"{ATTEMPTS} connections all reached {not_on}")
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[ControlPlane]:
+    registry_url = f"sqlite://{tmp_path / 'registry.db'}"
+    registry = open_registry(registry_url)
+    registry.create_server(
+        name="echo",
+        hostnames=["echo.local"],
+        protocol="http",
+        spec={"autoscaling": {"target_concurrency": 1, "max_replicas": 20}},
+    )
+    registry.register_replica(server="echo", address=f"127.0.0.1:{free_port()}", region="us-west")
+    registry.close()
+    cp = ControlPlane.create(
+        tmp_path,
+        registry=registry_url,
+        extra=["--workers", "2", "--load-report-interval", "0.5"],
+    )
+    cp.start()
+    try:
+        cp.wait_ready()
+        yield cp
+    finally:
+        cp.stop()
+
+
+def test_a_proxy_that_reconnects_to_another_worker_gets_nothing_it_has(
+    group: ControlPlane,
+) -> None:
+    first = session_on(group.xds, "edge-1")
+    assert first.received[CDS]  # the first worker sent everything
+    assert first.received[EDS]
+    first.close()
+    again = session_on(group.xds, "edge-1", not_on=first.identifier, initial=first.received)
+    assert again.identifier.rsplit("/", 1)[0] == first.identifier.rsplit("/", 1)[0]
+    # The other worker answered both subscriptions, with no resource.
+    assert again.received == {CDS: {}, EDS: {}}
+    again.close()
+
+
+def cli(*args: str) -> str:
+    """A ``routeplane`` command's output; it must succeed."""
+    done = subprocess.run(
+        [ROUTEPLANE, *args], capture_output=True, text=True, check=False, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def proxies(admin: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(cli("proxies", "--admin", admin, "--json"))
+    return result
+
+
+def workers_of(admin: str, nodes: set[str]) -> dict[str, str] | None:
+    """Node id -> the worker serving it, once every one of ``nodes`` is listed."""
+    listed = {p["node_id"]: p.get("worker", "") for p in proxies(admin)}
+    return listed if nodes <= listed.keys() else None
+
+
+def load_total(admin: str) -> dict[str, Any] | None:
+    for row in json.loads(cli("load", "--admin", admin, "--json")):
+        if row["server"] == "echo" and row["region"] == "*":
+            return dict(row)
+    return None
+
+
+def report(node_id: str, cluster: str, in_flight: int, done: threading.Event) -> Iterator[Any]:
+    """An LRS client's requests: the node, then the same load every half second until done."""
+    yield lrs_pb2.LoadStatsRequest(node=base_pb2.Node(id=node_id, cluster="edge"))
+    while not done.is_set():
+        request = lrs_pb2.LoadStatsRequest()
+        stats = request.cluster_stats.add(cluster_name=cluster)
+        stats.load_report_interval.FromMilliseconds(500)
+        stats.upstream_locality_stats.add(
+            locality=base_pb2.Locality(region="us-west"), total_requests_in_progress=in_flight
+        )
+        yield request
+        done.wait(0.5)  # the report interval: pacing, not synchronisation
+
+
+def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
+    a = session_on(group.xds, "edge-a")
+    b = session_on(group.xds, "edge-b", not_on=a.identifier)
+    [cluster] = a.received[CDS]
+    loads = []
+    done = threading.Event()
+    try:
+        listed = wait_until(
+            lambda: workers_of(group.admin, {"edge-a", "edge-b"}),
+            what="both workers' streams in `routeplane proxies`",
+        )
+        assert listed is not None
+        assert sorted(listed.values()) == ["0", "1"]
+        assert "WORKER" in cli("proxies", "--admin", group.admin)
+        status, text = http_get(f"http://{group.admin}/metrics")
+        assert status == 200
+        connected = [
+            line for line in text.splitlines() if line.startswith("routeplane_connected_proxies{")
+        ]
+        assert any('worker="0"' in line for line in connected), connected
+        assert any('worker="1"' in line for line in connected), connected
+        assert text.count("# TYPE routeplane_connected_proxies gauge") == 1
+        assert 'routeplane_worker_up{worker="1"} 1.0' in text
+        # A node's snapshot comes from whichever worker serves it (the other says NOT_FOUND).
+        for node_id in ("edge-a", "edge-b"):
+            assert cluster in cli("snapshot", "show", "--admin", group.admin, "--node", node_id)
+        # Each worker hears only its own proxies' load: 3 in flight on one, 4 on the other.
+        for session, in_flight in ((a, 3), (b, 4)):
+            assert session.channel is not None
+            stub = lrs_pb2_grpc.LoadReportingServiceStub(session.channel)
+            call = stub.StreamLoadStats(
+                report(session.node_id, cluster, in_flight, done), timeout=60
+            )
+            next(call)
+            loads.append(call)
+        total = wait_until(
+            lambda: (row := load_total(group.admin)) and row["in_flight"] == 7 and row,
+            what="load summed over both workers",
+        )
+        # Recomputed from the sum (target concurrency 1): no single worker would say 7.
+        wait_until(
+            lambda: (load_total(group.admin) or {}).get("desired_replicas") == 7,
+            what="desired replicas from the summed load",
+        )
+        assert total["ready_replicas"] == 1
+    finally:
+        done.set()
+        for call in loads:
+            call.cancel()
+        a.close()
+        b.close()
+
+
+def worker_pids(cp: ControlPlane) -> list[int]:
+    children = Path(f"/proc/{cp.pid}/task/{cp.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def test_sigterm_to_the_supervisor_stops_every_worker(group: ControlPlane) -> None:
+    pids = worker_pids(group)
+    assert len(pids) == 2
+    held = session_on(group.xds, "edge-held")
+    assert group.process is not None
+    group.process.send_signal(signal.SIGTERM)
+    # Within serve's bound: the grace, plus the margin before the supervisor kills.
+    assert group.process.wait(timeout=GRACE + 5) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    held.close()
+    assert "worker_killed" not in group.log()
+
+
+def test_a_worker_that_dies_stops_the_group_with_an_error(group: ControlPlane) -> None:
+    pids = worker_pids(group)
+    os.kill(pids[0], signal.SIGKILL)
+    assert group.process is not None
+    assert group.process.wait(timeout=GRACE + 5) == 1
+    assert not [pid for pid in pids if alive(pid)]
+    assert "worker_exited" in group.log()
+
+
+def test_a_taken_xds_port_is_refused_before_any_worker_starts(
+    tmp_path: Path, group: ControlPlane
+) -> None:
+    other = subprocess.run(
+        [
+            ROUTEPLANE,
+            "serve",
+            "--registry",
+            group.registry,
+            "--xds-listen",
+            group.xds,
+            "--admin-listen",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert other.returncode != 0
+    assert f"cannot listen on --xds-listen {group.xds}" in other.stderr
+
+
+def test_workers_stop_themselves_when_the_supervisor_is_killed(group: ControlPlane) -> None:
+    pids = worker_pids(group)
+    assert group.process is not None
+    group.process.kill()  # SIGKILL: no chance to stop anyone
+    group.process.wait(timeout=TIMEOUT)
+    wait_until(
+        lambda: not [pid for pid in pids if alive(pid)],
+        timeout=GRACE + 10,
+        what="orphaned workers to stop",
+    )
+
+
+@pytest.mark.parametrize("workers", ["-1", "257"])
+def test_a_worker_count_out_of_range_is_refused_with_the_flag_named(
+    tmp_path: Path, workers: str
+) -> None:
+    done = subprocess.run(
+        [
+            ROUTEPLANE,
+            "serve",
+            "--registry",
+            f"sqlite://{tmp_path / 'registry.db'}",
+            "--xds-listen",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            workers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"invalid --workers {workers}" in done.stderr
+
+
+def test_with_a_token_the_group_and_its_workers_need_it(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    cp = ControlPlane.create(
+        tmp_path, extra=["--workers", "2", "--admin-token-file", str(token_file)]
+    )
+    cp.start()
+    try:
+        cp.wait_ready()  # /readyz stays open, and the supervisor reached both workers
+        assert http_get(f"http://{cp.admin}/metrics")[0] == 401
+        denied = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT,
+            env={k: v for k, v in os.environ.items() if k != "ROUTEPLANE_ADMIN_TOKEN"},
+        )
+        assert denied.returncode == 1
+        assert "admin token" in denied.stderr
+        allowed = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", cp.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT,
+            env={**os.environ, "ROUTEPLANE_ADMIN_TOKEN": "s3cret"},
+        )
+        assert allowed.returncode == 0, allowed.stderr  # the supervisor's calls carry it too
+        request = urllib.request.Request(
+            f"http://{cp.admin}/metrics", headers={"Authorization": "Bearer s3cret"}
+        )
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            text = response.read().decode()
+        assert 'routeplane_worker_up{worker="0"} 1.0' in text
+        assert 'routeplane_worker_up{worker="1"} 1.0' in text
+    finally:
+        cp.stop()
