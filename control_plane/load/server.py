@@ -36,6 +36,7 @@ log = structlog.get_logger("routeplane.load")
 SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
 MAX_CLUSTER_STATS = 10_000
 MAX_NODE_ID = 256
+COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +101,7 @@ class LoadService:
         self._rows: list[LoadRow] = []
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
+        self._cold_start_seen = asyncio.Event()
         self._held: dict[str, str] = {}  # held cluster name -> server
         self._held_for: RoutingTable | None = None
         self._version = 0
@@ -130,6 +132,7 @@ class LoadService:
             server = self._held.get(name)
             if server is not None:
                 self.book.note_cold_start(server, now=now)
+                self._cold_start_seen.set()
 
     def catalog(self) -> Catalog:
         table = self._table()
@@ -216,12 +219,19 @@ class LoadService:
         return rows
 
     async def run(self) -> None:
-        """Tick every half interval until cancelled, waking ``watch``ers each time."""
+        """Tick every half interval until cancelled, waking ``watch``ers each time; a cold
+        start ticks at once (after ``COLD_START_COALESCE``, so a burst is one tick): an
+        autoscaler learns of demand for a server with no replica without waiting a period."""
         while True:
             self.tick()
             async with self._changed:
                 self._changed.notify_all()
-            await asyncio.sleep(self.interval / 2)
+            self._cold_start_seen.clear()
+            try:
+                await asyncio.wait_for(self._cold_start_seen.wait(), self.interval / 2)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(COLD_START_COALESCE)
 
     async def watch(self) -> AsyncIterator[list[LoadRow]]:
         """The rows now, then after every tick."""
@@ -300,6 +310,7 @@ class LoadService:
             metrics.LOAD_REPORTS_REJECTED.labels("rate").inc()  # far more often than asked
             return
         started = time.perf_counter()
+        events = self.book.cold_start_events
         self.book.record(
             node_id,
             request.cluster_stats,
@@ -308,6 +319,8 @@ class LoadService:
             asked_interval=self.interval,
             catalog=self.catalog(),
         )
+        if self.book.cold_start_events != events:
+            self._cold_start_seen.set()
         metrics.LOAD_REPORTS.inc()
         metrics.LOAD_REPORT_SECONDS.observe(time.perf_counter() - started)
 

@@ -54,3 +54,26 @@ def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
     [row] = service.tick()
     assert row.cold_starts == 1
     assert row.cold_start_mode == "hold"
+
+
+async def test_a_cold_start_ticks_at_once_not_at_the_next_period() -> None:
+    """With a 20 s report interval the view ticks every 10 s; a held request's demand must
+    reach watchers (an autoscaler) long before that."""
+    import asyncio
+
+    from tests.helpers import async_wait_until
+
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    current = [table(replace(server("gpu"), spec=spec, held=True, cold_epoch=7))]
+    service = LoadService(table=lambda: current[0], interval=20.0)
+    runner = asyncio.create_task(service.run())
+    try:
+        await async_wait_until(lambda: service.rows, timeout=2, what="the first tick")
+        service.note_subscribed(
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster", frozenset({"default_gpu_cold7"})
+        )
+        await async_wait_until(
+            lambda: service.rows[0].cold_starts == 1, timeout=2, what="the cold start in the rows"
+        )
+    finally:
+        runner.cancel()
