@@ -54,7 +54,20 @@ def _secret_dir(path: Path, certs: Path, cert: str) -> Path:
 
 
 CONFINE = """set -e
+# A checkout under an emptyDir's path (CI may clone into /tmp) stays visible: it is held
+# aside, the tmpfs goes on, and it is bound back at its own path (the image has no checkout).
+hold=""
+if [ -n "$RP_KEEP" ]; then
+  hold=$(mktemp -d /var/tmp/routeplane-hold.XXXXXX)
+  mount --bind "$RP_KEEP" "$hold"
+fi
 for dir in $RP_EMPTY_DIRS; do mount -t tmpfs -o size=64m,mode=1777 tmpfs "$dir"; done
+if [ -n "$hold" ]; then
+  mkdir -p "$RP_KEEP"
+  mount --bind "$hold" "$RP_KEEP"
+  umount "$hold"
+  rmdir "$hold"
+fi
 mount -o remount,bind,ro /
 exec setpriv --reuid="$RP_UID" --regid="$RP_UID" --clear-groups --no-new-privs \
   --inh-caps=-all --bounding-set=-all -- "$@"
@@ -71,7 +84,13 @@ def _confined(pod: dict[str, Any], container: dict[str, Any], argv: list[str]) -
     assert security["allowPrivilegeEscalation"] is False
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     dirs = " ".join(m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty)
-    script = f"export RP_UID={int(security['runAsUser'])} RP_EMPTY_DIRS='{dirs}'\n{CONFINE}"
+    checkout = Path(__file__).resolve().parents[2]
+    under = [d for d in dirs.split() if checkout.is_relative_to(d)]
+    keep = str(checkout) if under else ""
+    script = (
+        f"export RP_UID={int(security['runAsUser'])} RP_EMPTY_DIRS='{dirs}' RP_KEEP='{keep}'\n"
+        f"{CONFINE}"
+    )
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", *argv]
 
 
