@@ -176,16 +176,17 @@ def gone(pid: int) -> bool:
 def wait_all_gone(pids: dict[str, int], *, timeout: float) -> dict[str, float]:
     """Wait until every PID has exited; return when each was first seen gone (monotonic)."""
     seen: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < len(pids):
+
+    def all_gone() -> bool:
         now = time.monotonic()
         for name, pid in pids.items():
             if name not in seen and gone(pid):
                 seen[name] = now
-        if len(seen) == len(pids):
-            break
-        if now > deadline:
-            running = sorted(set(pids) - set(seen))
-            raise AssertionError(f"still running after {timeout}s: {running}")
-        time.sleep(0.01)
+        return len(seen) == len(pids)
+
+    try:
+        wait_until(all_gone, timeout=timeout, what="every process gone")
+    except AssertionError:
+        running = sorted(set(pids) - set(seen))
+        raise AssertionError(f"still running after {timeout}s: {running}") from None
     return seen

@@ -10,6 +10,7 @@ limit so every attempt reaches admission control, which answers it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def raise_fd_limit() -> None:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < STREAMS + 500:
-        pytest.skip(f"the file-descriptor hard limit ({hard}) is too low for {STREAMS} streams")
+        try:  # root may raise the hard limit too
+            resource.setrlimit(resource.RLIMIT_NOFILE, (STREAMS + 500, STREAMS + 500))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (OSError, ValueError):
+            reason = f"the file-descriptor hard limit ({hard}) is too low for {STREAMS} streams"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI runs the storm: {reason}")
+            pytest.skip(reason)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
