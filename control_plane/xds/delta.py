@@ -76,7 +76,7 @@ class DeltaStream(BaseStream):
             state.synced = None
         subscribe.discard("*")
         unsubscribe.discard("*")
-        if subscribe - status.names:
+        if subscribe:
             outcome.subscribed = frozenset(subscribe - status.names)
         status.names |= subscribe
         status.names -= unsubscribe

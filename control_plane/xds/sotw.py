@@ -116,9 +116,10 @@ class SotwStream(BaseStream):
             status.wildcard = wildcard
             outcome.resubscribed = True
             state.synced = None
-        if names - status.names:
-            outcome.subscribed = frozenset(names - status.names)
         if names != status.names:
+            # Only a request that changes the names pays for the difference (an ACK repeats
+            # the whole list).
+            outcome.subscribed = frozenset(names - status.names)
             outcome.resubscribed = True
             state.synced = None
             for gone in [n for n in state.sent if n not in names]:
