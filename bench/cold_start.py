@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.propagation import summary
+from bench.propagation import commit_time, summary
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
@@ -50,12 +49,6 @@ def _cold_starts(admin: str) -> int:
         timeout=30,
     )
     return sum(int(r["cold_starts"]) for r in json.loads(done.stdout) if r["region"] == "*")
-
-
-def _commit_time(registry_url: str) -> float:
-    with sqlite3.connect(registry_url.removeprefix("sqlite://")) as db:
-        row = db.execute("SELECT value FROM meta WHERE key = 'committed_at'").fetchone()
-    return float(row[0])
 
 
 def run(workdir: Path, *, tries: int) -> dict[str, Any]:
@@ -102,7 +95,7 @@ def run(workdir: Path, *, tries: int) -> dict[str, Any]:
             replica = registry.register_replica(
                 server="gpu", address=replicas[attempt % 2].address, region="us-west"
             )
-            committed = _commit_time(cp.registry)
+            committed = commit_time(cp.registry)
             sender.join(timeout=30)
             assert answered, "the held request was not answered by the new replica"
             if attempt:

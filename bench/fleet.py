@@ -30,6 +30,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from bench.propagation import commit_time
 from control_plane.registry import open_registry
 from tests.processes import ControlPlane
 
@@ -37,15 +38,6 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-
-
-def commit_time(registry_url: str) -> float:
-    """The newest commit's wall-clock time, as the SQLite registry recorded it in the commit."""
-    import sqlite3
-
-    with sqlite3.connect(registry_url.removeprefix("sqlite://")) as db:
-        row = db.execute("SELECT value FROM meta WHERE key = 'committed_at'").fetchone()
-    return float(row[0])
 
 
 def proc_cpu(pid: int) -> float:

@@ -44,9 +44,17 @@ class Plan:
     cold_start_tries: int = 20
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
-    idle: tuple[tuple[str, int], ...] = (("sqlite", 10_000), ("spanner", 10_000))
+    # Each registry at 10 replicas (the baseline: idle should not grow with the registry) and
+    # at 10,000.
+    idle: tuple[tuple[str, int], ...] = (
+        ("sqlite", 10),
+        ("sqlite", 10_000),
+        ("spanner", 10),
+        ("spanner", 10_000),
+    )
     idle_seconds: float = 5.0
-    # A reconnect storm of this many streams against routeplane alone (0: none).
+    # A reconnect storm of this many streams, against the floor and routeplane, 3 changes
+    # (0: none).
     storm: int = 0
     # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
     workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
@@ -205,7 +213,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         path = workdir / f"storm-{plan.storm}"
         path.mkdir()
         out["storm"] = asyncio.run(
-            fleet.run_fleet(streams=plan.storm, servers=100, replicas=1000, changes=3, workdir=path)
+            fleet.run_with_floor(
+                streams=plan.storm, servers=100, replicas=1000, changes=3, workdir=path
+            )
         )
     # serve --workers: 1 worker against 2 in the same run.
     from bench import workers as workers_bench
@@ -355,15 +365,23 @@ def table(result: dict[str, Any]) -> str:
             "Idle cost: `routeplane serve` with no proxy and nothing changing in the registry, "
             "default watch interval (SQLite 5 ms, Spanner 10 ms); process CPU over a quiet "
             "window (the whole process: watch, load-report ticks, timers), share of one core; "
-            "for Spanner also the emulator's",
-            "| registry | replicas | idle CPU | CPU ms per second | emulator CPU |",
-            "| --- | --- | --- | --- | --- |",
+            "for Spanner also the emulator's; vs smallest = CPU ms per second against the same "
+            "registry with the fewest replicas, in the same run (idle should not grow with the "
+            "registry)",
+            "| registry | replicas | idle CPU | CPU ms per second | emulator CPU | vs smallest |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
+        smallest: dict[str, float] = {}
+        for row in sorted(result["idle"], key=lambda r: r["replicas"]):
+            smallest.setdefault(row["registry"], row["idle_cpu_ms_per_s"])
         for row in result["idle"]:
             emulator = row.get("emulator_cpu_percent")
+            base = smallest[row["registry"]]
+            vs = f"{row['idle_cpu_ms_per_s'] / base:.2f}x" if base else "-"
             lines.append(
                 f"| {row['registry']} | {row['replicas']} | {row['idle_cpu_percent']}% | "
-                f"{row['idle_cpu_ms_per_s']} | {'-' if emulator is None else f'{emulator}%'} |"
+                f"{row['idle_cpu_ms_per_s']} | {'-' if emulator is None else f'{emulator}%'} | "
+                f"{vs} |"
             )
     lines += [
         "",
@@ -382,7 +400,8 @@ def table(result: dict[str, Any]) -> str:
         "per push | memory per stream | idle CPU | vs floor: CPU / p50 / p99 / memory |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in result["fleet"]:
+    storm = [result["storm"]] if "storm" in result else []
+    for row in [*result["fleet"], *storm]:
         floor = row.get("floor")
         if floor is not None:
             lines.append(_fleet_row(floor, "floor (bare grpc.aio)", "-"))
@@ -401,8 +420,6 @@ def table(result: dict[str, Any]) -> str:
             else "-"
         )
         lines.append(_fleet_row(row, "routeplane", vs))
-    if "storm" in result:
-        lines.append(_fleet_row(result["storm"], "routeplane (storm only, 3 changes)", "-"))
     if "workers" in result:
         from bench import workers as workers_bench
 

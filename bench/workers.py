@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fleet import Fleet, commit_time, delta_client, pct, proc_cpu, raise_fd_limit
+from bench.fleet import Fleet, delta_client, pct, proc_cpu, raise_fd_limit
+from bench.propagation import commit_time
 from bench.registry_watch import bulk_load
 from control_plane.registry import open_registry
 from tests.processes import ControlPlane, http_get
