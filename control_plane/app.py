@@ -94,6 +94,8 @@ class ServeConfig:
     # alone). ``reuse_port`` is set by the supervisor for its workers only (workers.py).
     workers: int = 1
     reuse_port: bool = False
+    # A worker's siblings' admin addresses, so its CSDS answers for the whole group.
+    siblings: tuple[str, ...] = ()
 
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)
@@ -227,8 +229,10 @@ async def serve(config: ServeConfig) -> None:
             lambda _proxy, type_url, names: load.note_subscribed(type_url, names)
         )
         server = grpc.aio.server(options=options)
+        siblings = csds.Siblings(config.siblings, token=config.admin_token)
+        stack.push_async_callback(siblings.close)
         server.add_generic_rpc_handlers(
-            [*xds.generic_handlers(), csds.generic_handler(xds), load.generic_handler()]
+            [*xds.generic_handlers(), csds.generic_handler(xds, siblings), load.generic_handler()]
         )
         if config.tls_cert:
             credentials = await asyncio.to_thread(_server_credentials, config)
@@ -260,6 +264,8 @@ async def serve(config: ServeConfig) -> None:
             service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table, load=load),
             ready=ready,
             token=config.admin_token,
+            # This process's proxies only: what a sibling worker asks for.
+            handlers=[csds.generic_handler(xds)],
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)

@@ -9,7 +9,8 @@ group's with ``/wN`` appended, so a proxy can tell which worker serves it.
 The supervisor (``supervise``, the ``serve`` the user started) checks that the xDS port is free,
 starts the workers (``python -m control_plane.workers``, the settings as JSON on stdin so a token
 never shows in ``ps``), serves the public admin address with every worker's view aggregated
-(``admin/aggregate.py``), and on SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any
+(``admin/aggregate.py``; CSDS merged by ``xds/csds.py``, which each worker also does for a CSDS
+call on the xDS port), and on SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any
 still running ``grace_seconds`` + ``STOP_MARGIN`` later. A worker that exits on its own stops the
 group with exit code 1 (no restart: a crash loop stays visible and the process manager that
 started ``serve`` restarts the whole group, with its own backoff). A worker whose supervisor
@@ -35,6 +36,7 @@ from control_plane import logs
 from control_plane.admin.aggregate import AggregateService
 from control_plane.admin.server import AdminServer
 from control_plane.app import ServeConfig, serve, split_host_port, start_admin, tune_gc
+from control_plane.xds import csds
 
 log = structlog.get_logger("routeplane.workers")
 
@@ -116,24 +118,29 @@ async def supervise(
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
         stack.push_async_callback(lambda: _stop_all(processes, grace=config.grace_seconds))
-        addresses = []
-        for index in range(count):
-            address = f"127.0.0.1:{loopback_port()}"
+        addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(count)]
+        for index, address in enumerate(addresses):
             worker = dataclasses.replace(
                 config,
                 admin_listen=address,
                 control_plane_id=f"{base}/w{index}",
                 workers=1,
                 reuse_port=True,
+                siblings=tuple(a for a in addresses if a != address),
             )
             processes.append(await _spawn(worker, log_level=log_level, log_json=log_json))
-            addresses.append(address)
+        siblings = csds.Siblings(addresses, token=config.admin_token)
+        stack.push_async_callback(siblings.close)
         service = AggregateService(
             workers=addresses, token=config.admin_token, interval=config.load_report_interval
         )
         stack.push_async_callback(service.close)
         admin = AdminServer(
-            service=service, ready=service.ready, token=config.admin_token, metrics=service.metrics
+            service=service,
+            ready=service.ready,
+            token=config.admin_token,
+            metrics=service.metrics,
+            handlers=[csds.generic_handler(None, siblings)],
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
@@ -181,7 +188,8 @@ def main() -> None:
     """A worker: the settings as JSON on stdin, then ``app.serve`` until SIGTERM."""
     settings = json.loads(sys.stdin.buffer.read(MAX_SETTINGS_BYTES))
     logs.configure(level=settings["log_level"], json=settings["log_json"])
-    config = ServeConfig(**settings["config"])
+    fields = settings["config"]
+    config = ServeConfig(**{**fields, "siblings": tuple(fields.get("siblings", ()))})
     tune_gc()
     asyncio.run(_worker(config, parent=settings["parent"]))
 

@@ -2,7 +2,8 @@
 ``/readyz``) on one port.
 
 A connection that opens with the HTTP/2 preface is spliced to the admin gRPC server (bound to
-an ephemeral loopback port); anything else is served as HTTP/1.1.
+an ephemeral loopback port); anything else is served as HTTP/1.1. Extra gRPC services (CSDS)
+can be served next to the admin API, behind the same token.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -46,8 +47,10 @@ class AdminServer:
         ready: Ready,
         token: str = "",
         metrics: Callable[[], Awaitable[bytes]] | None = None,
+        handlers: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         self._service = service
+        self._handlers = list(handlers)
         self._token = token
         self._http = AdminHttp(ready=ready, token=token, metrics=metrics)
         self._grpc: grpc.aio.Server | None = None
@@ -58,6 +61,8 @@ class AdminServer:
         interceptors = [BearerToken(self._token)] if self._token else []
         self._grpc = grpc.aio.server(interceptors=interceptors)
         admin_pb2_grpc.add_AdminServicer_to_server(self._service, self._grpc)
+        if self._handlers:
+            self._grpc.add_generic_rpc_handlers(self._handlers)
         self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         await self._grpc.start()
         try:

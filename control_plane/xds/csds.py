@@ -4,11 +4,17 @@ Standard CSDS clients see, per connected proxy, every resource it should have wi
 and whether it was ACKed, is still in flight (STALE) or was rejected (ERROR, with the NACK).
 ``node_matchers`` filter on the node id (exact or prefix); ``exclude_resource_contents`` leaves
 the resources themselves out.
+
+Under ``serve --workers`` a connection reaches one worker, which answers for the whole group:
+its own proxies and, through ``Siblings``, those of the other workers, asked on their loopback
+admin ports (where each worker answers CSDS for its own proxies only). The supervisor serves the
+same merged answer on the public admin address.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -24,6 +30,10 @@ from control_plane.xds.server import Proxy, XdsServer
 _SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _STATUS = csds_pb2.ConfigStatus
 _CLIENT = config_dump_shared_pb2.ClientResourceStatus
+SIBLING_TIMEOUT = 10.0  # seconds a sibling worker gets to answer
+# A whole worker's answer with resource contents can be large (every resource of every proxy);
+# past this the sibling's call fails and the answer names it, rather than holding without bound.
+MAX_SIBLING_ANSWER = 256 << 20
 
 
 def _matches(proxy: Proxy, request: Any) -> bool:
@@ -97,15 +107,94 @@ def status_response(xds: XdsServer, request: Any) -> csds_pb2.ClientStatusRespon
     return response
 
 
-def generic_handler(xds: XdsServer) -> grpc.GenericRpcHandler:
+class SiblingUnavailable(Exception):
+    """A worker of the group did not answer; the message names it."""
+
+
+class Siblings:
+    """The other workers of a ``serve --workers`` group, by their admin addresses (loopback,
+    behind the admin token if one is set). Create it inside the event loop; ``close()`` at the
+    end."""
+
+    def __init__(self, addresses: Sequence[str], *, token: str = "") -> None:
+        self.addresses = list(addresses)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [("grpc.max_receive_message_length", MAX_SIBLING_ANSWER)]
+        self._channels = [grpc.aio.insecure_channel(a, options=options) for a in self.addresses]
+        self._calls = [
+            channel.unary_unary(
+                f"/{_SERVICE}/FetchClientStatus",
+                request_serializer=csds_pb2.ClientStatusRequest.SerializeToString,
+                response_deserializer=csds_pb2.ClientStatusResponse.FromString,
+            )
+            for channel in self._channels
+        ]
+
+    async def fetch(self, request: Any) -> list[csds_pb2.ClientConfig]:
+        """Every sibling's proxies matching ``request``; SiblingUnavailable naming the first
+        that did not answer (a partial answer would silently hide proxies)."""
+        answers = await asyncio.gather(
+            *(
+                call(
+                    request,
+                    timeout=SIBLING_TIMEOUT,
+                    metadata=self._metadata,
+                    wait_for_ready=True,
+                )
+                for call in self._calls
+            ),
+            return_exceptions=True,
+        )
+        configs: list[csds_pb2.ClientConfig] = []
+        for address, answer in zip(self.addresses, answers, strict=True):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                raise SiblingUnavailable(
+                    f"worker at {address} did not answer: {answer.code().name} {answer.details()}"
+                )
+            if isinstance(answer, BaseException):
+                raise answer
+            configs.extend(answer.config)
+        return configs
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+async def group_response(
+    xds: XdsServer | None, siblings: Siblings | None, request: Any
+) -> csds_pb2.ClientStatusResponse:
+    """This process's proxies (none for the supervisor) and the siblings', by node id."""
+    response = status_response(xds, request) if xds is not None else csds_pb2.ClientStatusResponse()
+    if siblings is None or not siblings.addresses:
+        return response
+    configs = [*response.config, *await siblings.fetch(request)]
+    configs.sort(key=lambda config: config.node.id)
+    del response.config[:]
+    response.config.extend(configs)
+    return response
+
+
+def generic_handler(
+    xds: XdsServer | None, siblings: Siblings | None = None
+) -> grpc.GenericRpcHandler:
+    """CSDS for ``xds``'s proxies and, with ``siblings``, the rest of the worker group."""
+
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await group_response(xds, siblings, request)
+        except SiblingUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise  # abort raised
+
     async def fetch(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return status_response(xds, request)
+        return await answer(request, context)
 
     async def stream(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for request in requests:
-            yield status_response(xds, request)
+            yield await answer(request, context)
 
     return grpc.method_handlers_generic_handler(
         _SERVICE,

@@ -25,6 +25,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control_plane.registry import open_registry
 from tests.helpers import free_port, wait_until
@@ -211,6 +212,24 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
         assert any('worker="1"' in line for line in connected), connected
         assert text.count("# TYPE routeplane_connected_proxies gauge") == 1
         assert 'routeplane_worker_up{worker="1"} 1.0' in text
+        # CSDS on the xDS port answers for the group whichever worker the call lands on (each
+        # session's channel is on its own worker), and so does the admin address.
+        with grpc.insecure_channel(group.admin) as admin_channel:
+            for channel in (a.channel, b.channel, admin_channel):
+                assert channel is not None
+                status_of = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+                answer = status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
+                assert [c.node.id for c in answer.config] == ["edge-a", "edge-b"]
+                only_b = status_of.FetchClientStatus(
+                    csds_pb2.ClientStatusRequest(
+                        node_matchers=[{"node_id": {"exact": "edge-b"}}],
+                        exclude_resource_contents=True,
+                    ),
+                    timeout=15,
+                )
+                [config] = only_b.config
+                assert config.generic_xds_configs
+                assert all(not e.HasField("xds_config") for e in config.generic_xds_configs)
         # A node's snapshot comes from whichever worker serves it (the other says NOT_FOUND).
         for node_id in ("edge-a", "edge-b"):
             assert cluster in cli("snapshot", "show", "--admin", group.admin, "--node", node_id)
@@ -374,5 +393,20 @@ def test_with_a_token_the_group_and_its_workers_need_it(tmp_path: Path) -> None:
             text = response.read().decode()
         assert 'routeplane_worker_up{worker="0"} 1.0' in text
         assert 'routeplane_worker_up{worker="1"} 1.0' in text
+        # CSDS: the admin address wants the token; on the xDS port a worker asks its siblings
+        # with the token it was given.
+        with grpc.insecure_channel(cp.admin) as admin_channel:
+            status_of = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(admin_channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            status_of.FetchClientStatus(
+                csds_pb2.ClientStatusRequest(),
+                timeout=15,
+                metadata=(("authorization", "Bearer s3cret"),),
+            )
+        with grpc.insecure_channel(cp.xds) as xds_channel:
+            status_of = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(xds_channel)
+            status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
     finally:
         cp.stop()
