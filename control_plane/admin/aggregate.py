@@ -305,6 +305,9 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 raise WorkerUnavailable(f"worker {index}: {answer.details()}")
             if isinstance(answer, BaseException):
                 raise answer
+        return await self._publish(answers)
+
+    async def _publish(self, answers: Sequence[Any]) -> Any:
         self._load = self._sum.add(answers, now=self._clock())
         self._version += 1
         async with self._changed:
@@ -312,12 +315,37 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return self._load
 
     async def run(self) -> None:
-        """Sum the workers' load every half report interval until cancelled."""
-        while True:
-            # A worker starting or stopping: the next tick asks again.
-            with contextlib.suppress(WorkerUnavailable):
-                await self.tick()
-            await asyncio.sleep(self._interval / 2)
+        """Follow every worker's ``WatchLoad`` until cancelled, and sum on each worker's update
+        (a cold start reaches the group's watchers as soon as its worker's) and every half
+        report interval (the recommendation's windows move with time, not only with load)."""
+        latest: list[Any] = [None] * len(self._stubs)
+        updated = asyncio.Event()
+
+        async def follow(index: int, stub: Any) -> None:
+            metadata = self._call["metadata"]
+            while True:
+                try:
+                    async for answer in stub.WatchLoad(
+                        admin_pb2.GetLoadRequest(), metadata=metadata, wait_for_ready=True
+                    ):
+                        latest[index] = answer
+                        updated.set()
+                except grpc.aio.AioRpcError:
+                    latest[index] = None  # a worker starting or stopping: ask again
+                await asyncio.sleep(self._interval / 2)  # pacing the retry
+
+        followers = [asyncio.create_task(follow(i, s)) for i, s in enumerate(self._stubs)]
+        try:
+            while True:
+                if all(answer is not None for answer in latest):
+                    await self._publish(latest)
+                updated.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(updated.wait(), self._interval / 2)
+        finally:
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
 
     def _only(self, load: Any, server: str) -> Any:
         if not server:

@@ -410,3 +410,50 @@ def test_with_a_token_the_group_and_its_workers_need_it(tmp_path: Path) -> None:
             status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
     finally:
         cp.stop()
+
+
+def test_a_cold_start_reaches_the_groups_load_view_without_waiting_a_tick(
+    tmp_path: Path,
+) -> None:
+    """The supervisor follows every worker's WatchLoad: a cold start one worker heard shows in
+    the group's view at once, not at the group's next half-interval tick (15 s here)."""
+    registry_url = f"sqlite://{tmp_path / 'registry.db'}"
+    registry = open_registry(registry_url)
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    registry.close()  # no replica: the cluster drops every request as a cold start
+    cp = ControlPlane.create(
+        tmp_path, registry=registry_url, extra=["--workers", "2", "--load-report-interval", "30"]
+    )
+    cp.start()
+    session = None
+    try:
+        cp.wait_ready()
+        cli("load", "--admin", cp.admin, "--json")  # the group's view exists from here on
+        session = session_on(cp.xds, "edge-cold")
+        [cluster] = session.received[CDS]
+
+        def drops() -> Iterator[Any]:
+            yield lrs_pb2.LoadStatsRequest(node=base_pb2.Node(id="edge-cold", cluster="edge"))
+            request = lrs_pb2.LoadStatsRequest()
+            stats = request.cluster_stats.add(cluster_name=cluster, total_dropped_requests=3)
+            stats.load_report_interval.FromSeconds(30)
+            yield request
+
+        assert session.channel is not None
+        call = lrs_pb2_grpc.LoadReportingServiceStub(session.channel).StreamLoadStats(
+            drops(), timeout=60
+        )
+        next(call)
+        try:
+            # Well inside the 15 s between the group's own ticks.
+            wait_until(
+                lambda: (load_total(cp.admin) or {}).get("cold_starts") == 3,
+                timeout=8,
+                what="the cold start in the group's load view",
+            )
+        finally:
+            call.cancel()
+    finally:
+        if session is not None:
+            session.close()
+        cp.stop()
