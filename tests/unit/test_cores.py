@@ -1,0 +1,44 @@
+"""``--workers 0``: one worker per core this process may use, a container's CPU limit included."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from control_plane.app import ServeConfig, available_cores
+
+
+def limited(root: Path, cores: float) -> Path:
+    """A cgroup tree that limits to ``cores`` in both layouts (v2 ``cpu.max``, v1 ``cpu.cfs_*``),
+    whichever this machine's ``/proc/self/cgroup`` names."""
+    period = 100_000
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cpu.max").write_text(f"{int(cores * period)} {period}\n")
+    for v1 in ("cpu", "cpu,cpuacct"):
+        (root / v1).mkdir(exist_ok=True)
+        (root / v1 / "cpu.cfs_quota_us").write_text(f"{int(cores * period)}\n")
+        (root / v1 / "cpu.cfs_period_us").write_text(f"{period}\n")
+    return root
+
+
+def test_a_cpu_limit_caps_the_worker_count_rounded_up(tmp_path: Path) -> None:
+    assert available_cores(limited(tmp_path / "half", 0.5)) == 1
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(limited(tmp_path / "plenty", affinity + 8)) == affinity
+    if affinity >= 2:
+        assert available_cores(limited(tmp_path / "one-and-a-half", 1.5)) == 2
+
+
+def test_no_limit_means_every_core_of_the_affinity(tmp_path: Path) -> None:
+    unlimited = tmp_path / "none"
+    unlimited.mkdir()
+    (unlimited / "cpu.max").write_text("max 100000\n")
+    assert available_cores(unlimited) == len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "missing") == len(os.sched_getaffinity(0))
+
+
+def test_workers_0_is_one_per_available_core() -> None:
+    config = ServeConfig(registry_url="sqlite://x.db", xds_listen="a:1", admin_listen="a:2")
+    assert dataclasses.replace(config, workers=0).worker_count() == available_cores()
+    assert dataclasses.replace(config, workers=3).worker_count() == 3
