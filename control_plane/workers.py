@@ -52,6 +52,9 @@ def check_free(address: str) -> None:
     try:
         family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's own bind: a just-stopped group's connections in TIME_WAIT do not
+            # hold the port; a listening socket still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(where)
     except OSError as exc:
         raise OSError(f"cannot listen on --xds-listen {address}: {exc.strerror or exc}") from exc

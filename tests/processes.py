@@ -34,6 +34,19 @@ def http_get(url: str, *, host: str | None = None, timeout: float = 5.0) -> tupl
         return 0, str(exc)
 
 
+def metric_sum(admin: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples on ``admin``'s /metrics whose labels include ``labels``:
+    under ``serve --workers`` every series carries a ``worker`` label, summed over here."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(http_get(f"http://{admin}/metrics")[1]):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
 def routeplane(*args: str, registry: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [ROUTEPLANE, *args, "--registry", registry],

@@ -95,10 +95,11 @@ from control_plane.cli.common import fail, registry_option, user_errors
 @click.option(
     "--workers",
     type=int,
-    default=1,
+    default=0,
     show_default=True,
     help="Processes serving the one xDS port (SO_REUSEPORT), each watching the registry, "
-    "under a supervisor that serves the admin address for all; 0: one per core.",
+    "under a supervisor that serves the admin address for all; 0: one per core this process "
+    "may use (CPU affinity and a container's CPU limit); 1: one process, no supervisor.",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(

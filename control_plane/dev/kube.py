@@ -161,6 +161,11 @@ def serve_command(cfg: MeshConfig, kube: KubeConfig) -> list[str]:
         f"{TLS_DIR}/tls.key",
         "--client-ca",
         f"{TLS_DIR}/ca.crt",
+        # One worker per core requested: with no CPU limit the pod would see every core of its
+        # node and start a worker (and a registry watch, and its memory) for each. Raise it with
+        # the CPU request (scale by replicas first: each is a whole control plane).
+        "--workers",
+        "1",
         "--log-json",
     ]
 

@@ -28,7 +28,7 @@ from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, http_get
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
 
 pytestmark = pytest.mark.envoy
 HOLD = {"cold_start": {"mode": "hold", "timeout": "3s"}}
@@ -101,10 +101,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
 
 def load_reports(admin: str) -> float:
     """How many load reports the control plane has taken (its /metrics)."""
-    for line in http_get(f"http://{admin}/metrics")[1].splitlines():
-        if line.startswith("routeplane_load_reports_total "):
-            return float(line.split()[1])
-    return 0.0
+    return metric_sum(admin, "routeplane_load_reports_total")
 
 
 def wait_for_reports_after_now(admin: str) -> None:

@@ -19,7 +19,7 @@ from control_plane.admin.protos import generate
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
 
 pytestmark = pytest.mark.envoy
 
@@ -40,16 +40,7 @@ def cli_json(*args: str, admin: str) -> object:
     return json.loads(result.stdout)
 
 
-def metric(admin: str, name: str, **labels: str) -> float:
-    text = http_get(f"http://{admin}/metrics")[1]
-    wanted = name + (
-        "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-    )
-    for line in text.splitlines():
-        key, _, value = line.rpartition(" ")
-        if key == wanted:
-            return float(value)
-    return 0.0
+metric = metric_sum
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import Registry, open_registry
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, http_get
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
 
 TOKENS = "xds:///tokens.local"
 
@@ -213,13 +213,7 @@ def test_header_affinity_sends_a_session_to_one_replica(
     assert len({names[0] for names in outcome["seen"].values()}) > 1, outcome
 
 
-def metric_total(admin: str, name: str) -> float:
-    text = http_get(f"http://{admin}/metrics")[1]
-    return sum(
-        float(line.rpartition(" ")[2])
-        for line in text.splitlines()
-        if line.startswith((name + "{", name + " "))
-    )
+metric_total = metric_sum
 
 
 def listed_proxies(admin: str) -> list[dict[str, Any]]:
