@@ -173,6 +173,7 @@ static void buf_reserve(buf_t *b, size_t extra) {
 }
 
 static void buf_put(buf_t *b, const void *data, size_t n) {
+    if (n == 0) return;
     buf_reserve(b, n);
     memcpy(b->p + b->len, data, n);
     b->len += n;
@@ -191,6 +192,11 @@ static void buf_free(buf_t *b) {
     free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
+}
+
+/* A buffer emptied after a big message gives its memory back: thousands of streams idle. */
+static void buf_trim(buf_t *b) {
+    if (b->len == 0 && b->cap > 16384) buf_free(b);
 }
 
 /* ---- names ---- */
@@ -514,12 +520,13 @@ static int on_response(sim_t *s, const uint8_t *msg, size_t len) {
     return 0;
 }
 
-/* Parse every whole frame in s->in. -1: the stream ended (or a protocol error). */
-static int on_frames(sim_t *s) {
+/* Handle every whole frame in data[0..n): the bytes used, or -1: the stream ended (or a
+ * protocol error). */
+static long on_frames(sim_t *s, const uint8_t *data, size_t n) {
     size_t off = 0;
     int result = 0;
-    while (s->in.len - off >= 9) {
-        const uint8_t *h = s->in.p + off;
+    while (n - off >= 9) {
+        const uint8_t *h = data + off;
         uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
         uint8_t type = h[3], flags = h[4];
         uint32_t sid = get32(h + 5) & 0x7fffffff;
@@ -527,7 +534,7 @@ static int on_frames(sim_t *s) {
             result = -1;
             break;
         }
-        if (s->in.len - off < 9 + (size_t)len) break;
+        if (n - off < 9 + (size_t)len) break;
         const uint8_t *pl = h + 9;
         off += 9 + len;
         if (type == 0) { /* DATA */
@@ -565,6 +572,7 @@ static int on_frames(sim_t *s) {
                 moff += 5 + (size_t)mlen;
             }
             buf_consume(&s->msg, moff);
+            buf_trim(&s->msg);
             if (result < 0) break;
             if (flags & 0x1) {
                 result = -1;
@@ -617,9 +625,9 @@ static int on_frames(sim_t *s) {
         }
         /* PRIORITY, PUSH_PROMISE (push is off), CONTINUATION, unknown: ignored */
     }
-    buf_consume(&s->in, off);
-    return result;
+    return result < 0 ? -1 : (long)off;
 }
+
 
 static void set_out_interest(sim_t *s, int want) {
     if (s->want_out == want) return;
@@ -757,17 +765,26 @@ static void on_socket(sim_t *s, uint32_t events, double now) {
         on_open(s);
     }
     if (events & EPOLLIN || events & (EPOLLERR | EPOLLHUP)) {
+        static uint8_t chunk[1 << 18];
         for (;;) {
-            buf_reserve(&s->in, 65536);
-            ssize_t n = recv(s->fd, s->in.p + s->in.len, s->in.cap - s->in.len, 0);
+            ssize_t n = recv(s->fd, chunk, sizeof chunk, 0);
             if (n > 0) {
                 bytes_in += n;
-                s->in.len += (size_t)n;
-                if (on_frames(s) < 0) {
+                long used;
+                if (s->in.len == 0) { /* the usual case: frames straight from the chunk */
+                    used = on_frames(s, chunk, (size_t)n);
+                    if (used >= 0) buf_put(&s->in, chunk + used, (size_t)n - (size_t)used);
+                } else { /* a frame split across reads */
+                    buf_put(&s->in, chunk, (size_t)n);
+                    used = on_frames(s, s->in.p, s->in.len);
+                    if (used >= 0) buf_consume(&s->in, (size_t)used);
+                }
+                if (used < 0) {
                     stream_ended(s, now);
                     return;
                 }
-                if ((size_t)n < 65536) break;
+                buf_trim(&s->in);
+                if ((size_t)n < sizeof chunk) break;
             } else if (n < 0 && errno == EINTR) {
                 continue;
             } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
