@@ -1,15 +1,20 @@
-"""``serve --workers``: 1 worker against 2 in the same run, with the simulated fleet of
-``bench.fleet`` (its clients and helpers, not a copy).
+"""``serve --workers``: 1 worker against 2 in the same run, with a simulated fleet.
 
 - Fan-out: N delta ADS streams (each on its own connection, so the kernel spreads them over the
   workers), then one endpoint change at a time: registry commit -> the last stream has written
   its ACK; p50/p99 and the ratio of 2 workers to 1. CPU is the whole process group's (the
   supervisor and its workers) over the change window, less its idle rate.
+- The fleet: "c" is ``bench/fleetsim.c`` (``bench.fleetsim``: one thread, epoll, one connection
+  per stream, a small fraction of a core per change, so the cores go to the server), built on
+  demand with the machine's C compiler; "python" is ``bench.fleet``'s grpc.aio simulator (its
+  clients and helpers, not a copy), which spends about as much CPU per push as the server. Without
+  a C compiler the Python one stands in, and the table says so. Either runs on the same machine
+  as the server; its own CPU per change is reported.
 - Idle: with nothing changing and no stream, the group's CPU and the registry's load: every
   worker polls the registry's revision once per poll interval (reads per second by design:
   workers / interval), and on the Spanner emulator the emulator's own CPU is measured.
 
-``python -m bench.workers --streams 1000 --idle sqlite spanner``.
+``python -m bench.workers --streams 1000 --fleet c python --idle sqlite spanner``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import fleetsim
 from bench.fleet import Fleet, delta_client, pct, proc_cpu, raise_fd_limit
 from bench.propagation import commit_time
 from bench.registry_watch import bulk_load
@@ -54,9 +60,129 @@ def streams_per_worker(admin: str) -> dict[str, int]:
     return counts
 
 
-async def fanout(
+# New connections per second from the C fleet, first connects and reconnects alike: below
+# `serve`'s default admission rate (--new-streams-per-second 500), so no stream is refused.
+C_CONNECT_RATE = 400.0
+# The longest one change may take to reach every stream before the run fails.
+CHANGE_TIMEOUT_S = 120.0
+
+
+def change_name(i: int, servers: int) -> str:
+    return f"s{(i * 7) % servers:04d}"
+
+
+def fanout_row(
+    *,
+    fleet: str,
+    workers: int,
+    streams: int,
+    spread: dict[str, int],
+    storm_s: float,
+    storm_errors: int,
+    fanout_ms: list[float],
+    cpu_total: float,
+    idle_rate: float,
+    fleet_cpu: float,
+    changes: int,
+) -> dict[str, Any]:
+    return {
+        "fleet": fleet,
+        "workers": workers,
+        "streams": streams,
+        "streams_per_worker": spread,
+        "storm_s": round(storm_s, 2),
+        "storm_errors": storm_errors,
+        "fanout_ms": {
+            "p50": round(statistics.median(fanout_ms), 1),
+            "p99": round(pct(fanout_ms, 99), 1),
+        },
+        "cpu_us_per_stream_per_push": round(cpu_total / changes / streams * 1e6, 1),
+        "idle_cpu_percent": round(idle_rate * 100, 1),
+        # The fleet's own CPU per change: on a machine with as many cores as processes
+        # busy, the simulator and the workers each have a core; here they share.
+        "fleet_cpu_ms_per_change": round(fleet_cpu / changes * 1000, 1),
+    }
+
+
+def fanout_c(
+    *,
+    binary: Path,
+    workers: int,
+    streams: int,
+    servers: int,
+    replicas: int,
+    changes: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    """The C fleet (``bench.fleetsim``) against ``serve --workers N``."""
+    raise_fd_limit()
+    cp = ControlPlane.create(workdir, extra=["--workers", str(workers)])
+    registry = open_registry(cp.registry)
+    bulk_load(registry, servers=servers, replicas=replicas)
+    cp.start()
+    try:
+        cp.wait_ready()
+        pids = group_pids(cp.pid)
+        with fleetsim.FleetSim(
+            binary,
+            target=cp.xds,
+            streams=streams,
+            clusters=servers,
+            connect_rate=C_CONNECT_RATE,
+            log_path=workdir / "fleetsim.log",
+        ) as sim:
+            storm_s = sim.wait_complete(600)
+            time.sleep(1.0)  # the last ACKs land
+            spread = streams_per_worker(cp.admin)
+            idle_started, idle_cpu = time.perf_counter(), group_cpu(pids)
+            time.sleep(2.0)
+            idle_rate = (group_cpu(pids) - idle_cpu) / (time.perf_counter() - idle_started)
+            fanout_ms: list[float] = []
+            cpu_total = 0.0
+            fleet_cpu = sim.stats()["cpu_s"]
+            for i in range(changes):
+                name = change_name(i, servers)
+                sim.watch(f"default_{name}", CHANGE_TIMEOUT_S)
+                cpu_before, window_started = group_cpu(pids), time.perf_counter()
+                registry.register_replica(
+                    server=name, address=f"127.0.0.3:{30000 + i}", region="us-west"
+                )
+                committed_at = commit_time(cp.registry)
+                watched = sim.watched()
+                if not watched.complete:
+                    raise RuntimeError(
+                        f"change {i}: {watched.count} of {streams} streams ACKed it within "
+                        f"{CHANGE_TIMEOUT_S:.0f} s; simulator: {sim.stats()}"
+                    )
+                fanout_ms.append((watched.last_ack_at - committed_at) * 1000)
+                time.sleep(0.2)  # ACKs processed: count their CPU too
+                window = time.perf_counter() - window_started
+                cpu_total += max(0.0, group_cpu(pids) - cpu_before - idle_rate * window)
+            stats = sim.stats()
+            fleet_cpu = stats["cpu_s"] - fleet_cpu
+        return fanout_row(
+            fleet="c",
+            workers=workers,
+            streams=streams,
+            spread=spread,
+            storm_s=storm_s,
+            # Connecting below the admission rate, no stream should have ended or failed.
+            storm_errors=int(stats["ended"] + stats["connect_errors"]),
+            fanout_ms=fanout_ms,
+            cpu_total=cpu_total,
+            idle_rate=idle_rate,
+            fleet_cpu=fleet_cpu,
+            changes=changes,
+        )
+    finally:
+        registry.close()
+        cp.stop()
+
+
+async def fanout_python(
     *, workers: int, streams: int, servers: int, replicas: int, changes: int, workdir: Path
 ) -> dict[str, Any]:
+    """``bench.fleet``'s grpc.aio fleet (in this process) against ``serve --workers N``."""
     raise_fd_limit()
     cp = ControlPlane.create(workdir, extra=["--workers", str(workers)])
     registry = open_registry(cp.registry)
@@ -81,7 +207,7 @@ async def fanout(
         cpu_total = 0.0
         client_cpu = time.process_time()  # this process: the whole simulated fleet
         for i in range(changes):
-            name = f"s{(i * 7) % servers:04d}"
+            name = change_name(i, servers)
             fleet.watched = f"default_{name}"
             fleet.watched_count = 0
             fleet.watched_done.clear()
@@ -93,28 +219,25 @@ async def fanout(
                 region="us-west",
             )
             committed_at = commit_time(cp.registry)
-            await asyncio.wait_for(fleet.watched_done.wait(), timeout=120)
+            await asyncio.wait_for(fleet.watched_done.wait(), timeout=CHANGE_TIMEOUT_S)
             fanout_ms.append((fleet.last_ack_at - committed_at) * 1000)
             await asyncio.sleep(0.2)  # ACKs processed: count their CPU too
             window = time.perf_counter() - window_started
             cpu_total += max(0.0, group_cpu(pids) - cpu_before - idle_rate * window)
         client_cpu = time.process_time() - client_cpu
-        return {
-            "workers": workers,
-            "streams": streams,
-            "streams_per_worker": spread,
-            "storm_s": round(storm_s, 2),
-            "storm_errors": len(fleet.errors) + fleet.stream_errors,
-            "fanout_ms": {
-                "p50": round(statistics.median(fanout_ms), 1),
-                "p99": round(pct(fanout_ms, 99), 1),
-            },
-            "cpu_us_per_stream_per_push": round(cpu_total / changes / streams * 1e6, 1),
-            "idle_cpu_percent": round(idle_rate * 100, 1),
-            # The fleet's own CPU per change: on a machine with as many cores as processes
-            # busy, the client and the workers each have a core; here they share.
-            "fleet_cpu_ms_per_change": round(client_cpu / changes * 1000, 1),
-        }
+        return fanout_row(
+            fleet="python",
+            workers=workers,
+            streams=streams,
+            spread=spread,
+            storm_s=storm_s,
+            storm_errors=len(fleet.errors) + fleet.stream_errors,
+            fanout_ms=fanout_ms,
+            cpu_total=cpu_total,
+            idle_rate=idle_rate,
+            fleet_cpu=client_cpu,
+            changes=changes,
+        )
     finally:
         stop.set()
         for task in tasks:
@@ -172,25 +295,45 @@ def idle(*, workers: int, registry_kind: str, seconds: float, workdir: Path) -> 
 
 
 def run(
-    *, streams: int, changes: int, idle_registries: tuple[str, ...], workdir: Path
+    *,
+    streams: int,
+    changes: int,
+    idle_registries: tuple[str, ...],
+    workdir: Path,
+    fleets: tuple[str, ...] = ("c",),
 ) -> dict[str, Any]:
+    """The fan-out rows, 1 worker then 2, for each simulated fleet in ``fleets`` ("c",
+    "python"); without a C compiler "c" falls back to "python" (``fleet_note`` says so)."""
+    binary = fleetsim.build() if "c" in fleets else None
+    note = None
+    if "c" in fleets and binary is None:
+        note = "no C compiler found: the Python simulator stood in for the C one"
+        fleets = tuple(dict.fromkeys("python" if f == "c" else f for f in fleets))
     rows = []
-    for workers in (1, 2):
-        path = workdir / f"fanout-{workers}"
-        path.mkdir()
-        rows.append(
-            asyncio.run(
-                fanout(
-                    workers=workers,
-                    streams=streams,
-                    servers=100,
-                    replicas=1000,
-                    changes=changes,
-                    workdir=path,
-                )
-            )
-        )
-    one, two = rows
+    for fleet in fleets:
+        for workers in (1, 2):
+            path = workdir / f"fanout-{fleet}-{workers}"
+            path.mkdir()
+            kwargs: dict[str, Any] = {
+                "workers": workers,
+                "streams": streams,
+                "servers": 100,
+                "replicas": 1000,
+                "changes": changes,
+                "workdir": path,
+            }
+            if fleet == "c":
+                assert binary is not None
+                rows.append(fanout_c(binary=binary, **kwargs))
+            else:
+                rows.append(asyncio.run(fanout_python(**kwargs)))
+    ratios = {}
+    for fleet in fleets:
+        one, two = (r for r in rows if r["fleet"] == fleet)
+        ratios[fleet] = {
+            "p50": round(two["fanout_ms"]["p50"] / max(one["fanout_ms"]["p50"], 1e-9), 2),
+            "p99": round(two["fanout_ms"]["p99"] / max(one["fanout_ms"]["p99"], 1e-9), 2),
+        }
     idle_rows = []
     for kind in idle_registries:
         for workers in (1, 2):
@@ -199,30 +342,60 @@ def run(
             idle_rows.append(idle(workers=workers, registry_kind=kind, seconds=10, workdir=path))
     return {
         "fanout": rows,
-        "p99_ratio_2_to_1": round(two["fanout_ms"]["p99"] / max(one["fanout_ms"]["p99"], 1e-9), 2),
-        "p50_ratio_2_to_1": round(two["fanout_ms"]["p50"] / max(one["fanout_ms"]["p50"], 1e-9), 2),
+        "fleets": list(fleets),
+        "fleet_note": note,
+        "ratios_2_to_1": ratios,
+        # The first fleet's (the C one unless it fell back).
+        "p99_ratio_2_to_1": ratios[fleets[0]]["p99"],
+        "p50_ratio_2_to_1": ratios[fleets[0]]["p50"],
+        "c_connect_rate": C_CONNECT_RATE,
         "idle": idle_rows,
         "cores": os.cpu_count(),
     }
 
 
+FLEET_NAMES = {
+    "c": "C (bench/fleetsim.c)",
+    "python": "Python (grpc.aio)",
+}
+
+
 def table(result: dict[str, Any]) -> list[str]:
     """Markdown lines for bench/run.py's table."""
+    ratios = "; ".join(
+        f"{FLEET_NAMES[fleet]} fleet: p50 {r['p50']}x, p99 {r['p99']}x"
+        for fleet, r in result["ratios_2_to_1"].items()
+    )
+    fleets = []
+    if "c" in result["fleets"]:
+        fleets.append(
+            "the C fleet is one thread (epoll, HTTP/2 and protobuf by hand, one connection per "
+            f"stream) connecting at {result['c_connect_rate']:.0f}/s, below the server's "
+            "admission rate, so its storm time is mostly that pacing"
+        )
+    if "python" in result["fleets"]:
+        fleets.append(
+            "the Python fleet is bench/fleet.py's grpc.aio simulator (all streams at once, "
+            "refusals retried)"
+        )
+    note = f" ({result['fleet_note']})" if result.get("fleet_note") else ""
     lines = [
         "",
-        f"`serve --workers` ({result['cores']} cores): the simulated fleet against 1 worker and "
-        "against 2 in the same run, 100 servers / 1,000 replicas; one change: commit -> the "
-        "last stream has written its ACK; CPU: the whole process group's, less its idle rate. "
-        f"2 workers / 1: p50 {result['p50_ratio_2_to_1']}x, p99 {result['p99_ratio_2_to_1']}x",
-        "| workers | streams (per worker) | storm | errors | one change p50 / p99 ms | "
+        f"`serve --workers` ({result['cores']} cores): a simulated fleet{note} against 1 worker "
+        "and against 2 in the same run, 100 servers / 1,000 replicas; one change: commit -> the "
+        "last stream has written its ACK; CPU: the whole process group's, less its idle rate; "
+        f"{'; '.join(fleets)}. The fleet runs on the same cores as the server: its own CPU per "
+        f"change is the last column. 2 workers / 1: {ratios}",
+        "| fleet | workers | streams (per worker) | storm | errors | one change p50 / p99 ms | "
         "CPU per stream per push | idle CPU | simulated fleet's CPU per change |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fanout"]:
         spread = ", ".join(str(v) for _, v in sorted(row["streams_per_worker"].items()))
         lines.append(
-            f"| {row['workers']} | {row['streams']} ({spread}) | {row['storm_s']} s | "
-            f"{row['storm_errors']} | {row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
+            f"| {FLEET_NAMES[row['fleet']]} | {row['workers']} | {row['streams']} ({spread}) | "
+            f"{row['storm_s']} s | {row['storm_errors']} | "
+            f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
             f"{row['cpu_us_per_stream_per_push']} us | {row['idle_cpu_percent']}% | "
             f"{row['fleet_cpu_ms_per_change']} ms |"
         )
@@ -248,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--idle", nargs="*", default=["sqlite"], choices=["sqlite", "spanner"])
+    parser.add_argument(
+        "--fleet",
+        nargs="+",
+        default=["c"],
+        choices=["c", "python"],
+        help="simulated fleets, each against 1 and 2 workers (c: bench/fleetsim.c)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="routeplane-workers-") as tmp:
         result = run(
@@ -255,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             changes=args.changes,
             idle_registries=tuple(args.idle),
             workdir=Path(tmp),
+            fleets=tuple(dict.fromkeys(args.fleet)),
         )
     print(json.dumps(result, indent=2))
     print("\n".join(table(result)))
