@@ -110,6 +110,9 @@ async def control_plane(code: Path, workdir: Path) -> AsyncIterator[dict[str, An
             admin,
             "--new-streams-per-second",
             "1000000",
+            # One process: VmRSS is the serving process's (a checkout from before workers has
+            # no flag and is one process anyway).
+            *(["--workers", "1"] if (code / "control_plane" / "workers.py").exists() else []),
             "--log-level",
             "error",
         ],

@@ -259,7 +259,9 @@ async def run_fleet(
     from bench.registry_watch import bulk_load
 
     fd_limit = raise_fd_limit()
-    cp = ControlPlane.create(workdir)
+    # One process, as the floor is: CPU and memory per stream are a process's (the group of
+    # workers is bench.workers).
+    cp = ControlPlane.create(workdir, extra=["--workers", "1"])
     registry = open_registry(cp.registry)
     bulk_load(registry, servers=servers, replicas=replicas)
     floor: subprocess.Popen[bytes] | None = None

@@ -48,7 +48,8 @@ def run(*, registry: str, replicas: int, seconds: float, workdir: Path) -> dict[
         store.init()
         bulk_load(store, servers=max(1, replicas // 10), replicas=replicas)
         store.close()
-        cp = ControlPlane.create(workdir, registry=url)
+        # One process (bench.workers measures a group's idle cost).
+        cp = ControlPlane.create(workdir, registry=url, extra=["--workers", "1"])
         cp.start()
         cp.wait_ready(timeout=120)
         time.sleep(1.0)  # past start-up work (first read, first snapshot)

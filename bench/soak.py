@@ -137,7 +137,7 @@ async def hostile_stream(xds: str, kind: str, n: int) -> str:
 
 
 async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]:
-    cp = ControlPlane.create(workdir)
+    cp = ControlPlane.create(workdir, extra=["--workers", "1"])  # one process's memory
     cp.start()
     cp.wait_ready()
     registry = open_registry(cp.registry)
