@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from envoy.config.core.v3 import health_check_pb2
 from google.protobuf import json_format
 
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
@@ -49,7 +50,7 @@ def summary(resource: Resource) -> str:
             priorities.add(locality.priority)
             for lb in locality.lb_endpoints:
                 total += 1
-                draining += lb.health_status == 4  # DRAINING
+                draining += lb.health_status == health_check_pb2.HealthStatus.DRAINING
         plural = "" if total == 1 else "s"
         return (
             f"{total} endpoint{plural} ({draining} draining), "

@@ -36,6 +36,7 @@ log = structlog.get_logger("routeplane.load")
 SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
 MAX_CLUSTER_STATS = 10_000
 MAX_NODE_ID = 256
+COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
 
 
@@ -102,7 +103,7 @@ class LoadService:
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
         self._cold_start_seen = asyncio.Event()
-        self._held: dict[str, str] = {}  # held cluster name -> server
+        self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
         self._held_for: RoutingTable | None = None
         self._version = 0
         self._changed = asyncio.Condition()
@@ -122,14 +123,18 @@ class LoadService:
             return
         if table is not self._held_for:
             self._held = {
-                names.cluster(workspace=s.workspace, server=s.name, epoch=s.cold_epoch): s.name
+                names.cluster(workspace=s.workspace, server=s.name) + COLD_SUFFIX: s.name
                 for s in table.servers
                 if s.held
             }
             self._held_for = table
         now = self._clock()
         for name in cluster_names:
-            server = self._held.get(name)
+            # Any epoch of a held server's name: the route the proxy holds on may come from
+            # another worker or control-plane replica, whose epoch (its own count of registry
+            # revisions, on Spanner) can differ from this one's; the demand is the same.
+            base, suffix, epoch = name.rpartition(COLD_SUFFIX)
+            server = self._held.get(base + suffix) if suffix and epoch.isdigit() else None
             if server is not None:
                 self.book.note_cold_start(server, now=now)
                 self._cold_start_seen.set()

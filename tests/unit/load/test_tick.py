@@ -56,6 +56,21 @@ def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
     assert row.cold_start_mode == "hold"
 
 
+def test_a_held_request_counts_whatever_epoch_its_route_named() -> None:
+    """The route a proxy holds on may come from another worker or replica (on Spanner each
+    numbers revisions itself, so epochs differ): any epoch of a held server's name is demand;
+    a name that only looks alike is not."""
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    current = [table(replace(server("gpu"), spec=spec, held=True, cold_epoch=7))]
+    service = _service(current)
+    service.note_subscribed(
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        frozenset({"default_gpu_cold5", "default_gpu_coldX", "default_gpu", "default_gpuz_cold5"}),
+    )
+    [row] = service.tick()
+    assert row.cold_starts == 1
+
+
 async def test_a_cold_start_ticks_at_once_not_at_the_next_period() -> None:
     """With a 20 s report interval the view ticks every 10 s; a held request's demand must
     reach watchers (an autoscaler) long before that."""
