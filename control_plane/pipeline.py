@@ -119,8 +119,9 @@ class _ServerMemo:
     replicas: tuple[Replica, ...]
     eval: ServerEval
     claim: Claim | None
-    # Each replica row as judged (reused for rows equal to the next step's).
-    verdicts: Mapping[str, Verdict]
+    # Each replica row as judged, aligned with ``replicas`` (reused for rows equal to the
+    # next step's).
+    verdicts: tuple[Verdict, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,9 @@ class Pipeline:
             ):
                 continue
             ev, verdicts = evaluate_with(
-                server, replicas, entry.verdicts if entry is not None else {}
+                server,
+                replicas,
+                previous=(entry.replicas, entry.verdicts) if entry is not None else None,
             )
             claim = claim_of(server, ev)
             claims_dirty = claims_dirty or entry is None or entry.claim != claim

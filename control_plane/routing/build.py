@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, count
+from operator import is_not, itemgetter
 from typing import Any
 
 from control_plane.registry import validate
@@ -128,22 +130,27 @@ def unknown_server_problems(
     ]
 
 
-# One replica row judged alone: the row, its endpoint (None: not routed) and its problem.
-Verdict = tuple[Replica, Endpoint | None, Problem | None]
+# One replica row judged alone: its endpoint (None: not routed) and its problem.
+Verdict = tuple[Endpoint | None, Problem | None]
 
 
 def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
     """Everything about one server that does not depend on other servers."""
-    return evaluate_with(server, replicas, {})[0]
+    return evaluate_with(server, tuple(replicas))[0]
 
 
 def evaluate_with(
-    server: Server, replicas: Sequence[Replica], known: Mapping[str, Verdict]
-) -> tuple[ServerEval, dict[str, Verdict]]:
-    """:func:`evaluate`, taking each replica's verdict from ``known`` when its row is equal to
-    the one judged there (a change to one replica of a large server judges one row); returns
-    the verdicts of this evaluation too."""
-    verdicts: dict[str, Verdict] = {}
+    server: Server,
+    replicas: tuple[Replica, ...],
+    *,
+    previous: tuple[tuple[Replica, ...], tuple[Verdict, ...]] | None = None,
+) -> tuple[ServerEval, tuple[Verdict, ...]]:
+    """:func:`evaluate`, also returning each replica row's verdict (aligned with
+    ``replicas``), and taking the verdict of every row equal to one judged in ``previous`` (the
+    rows of an earlier evaluation of the same server, and their verdicts) instead of judging it
+    again: rows stay in id order, so what differs is the run between the longest common prefix
+    and suffix (compared by identity first, which only short-cuts equal rows; the run is then
+    compared by value). A change to one replica of a large server judges one row."""
     try:
         validate.name("name", server.name)
         validate.name("workspace", server.workspace)
@@ -158,46 +165,86 @@ def evaluate_with(
             problems=(_problem("server", server.name, exc),),
             endpoints=(),
             replica_problems=(),
-        ), verdicts
-    endpoints: list[Endpoint] = []
-    replica_problems: list[Problem] = []
-    allowed = frozenset(spec.regions)
-    for replica in replicas:
-        verdict = known.get(replica.id)
-        if verdict is None or not (verdict[0] is replica or verdict[0] == replica):
-            verdict = _verdict(replica)
-        verdicts[replica.id] = verdict
-        endpoint, problem = verdict[1], verdict[2]
-        if problem is not None:
-            replica_problems.append(problem)
-        if endpoint is None:
-            continue
-        if allowed and endpoint.region not in allowed:
-            replica_problems.append(
-                Problem(
-                    kind="replica",
-                    name=replica.id,
-                    field="region",
-                    value=endpoint.region,
-                    message=f"server {server.name!r} routes only to {', '.join(spec.regions)}",
-                )
-            )
-            continue
-        endpoints.append(endpoint)
+        ), ()
+    verdicts = _verdicts(replicas, previous)
+    if not spec.regions:
+        endpoints = tuple(filter(None, map(itemgetter(0), verdicts)))
+        replica_problems = tuple(filter(None, map(itemgetter(1), verdicts)))
+    else:
+        endpoints, replica_problems = _in_regions(server.name, spec.regions, replicas, verdicts)
     return ServerEval(
         protocol=protocol,
         hostnames=hostnames,
         spec=spec,
         problems=(),
-        endpoints=tuple(endpoints),
-        replica_problems=tuple(replica_problems),
+        endpoints=endpoints,
+        replica_problems=replica_problems,
     ), verdicts
+
+
+def _verdicts(
+    replicas: tuple[Replica, ...],
+    previous: tuple[tuple[Replica, ...], tuple[Verdict, ...]] | None,
+) -> tuple[Verdict, ...]:
+    if previous is None or not previous[1] or not replicas:
+        return tuple(map(_verdict, replicas))
+    rows, verdicts = previous
+    if rows is replicas or rows == replicas:
+        return verdicts
+    shorter = min(len(rows), len(replicas))
+    start = next(compress(count(), map(is_not, rows, replicas)), shorter)
+    tail = min(
+        next(compress(count(), map(is_not, reversed(rows), reversed(replicas))), shorter),
+        shorter - start,
+    )
+    old_end, new_end = len(rows) - tail, len(replicas) - tail
+    known = {
+        row.id: (row, verdict)
+        for row, verdict in zip(rows[start:old_end], verdicts[start:old_end], strict=True)
+    }
+    judged = []
+    for row in replicas[start:new_end]:
+        seen = known.get(row.id)
+        judged.append(
+            seen[1] if seen is not None and (seen[0] is row or seen[0] == row) else _verdict(row)
+        )
+    return verdicts[:start] + tuple(judged) + verdicts[old_end:]
+
+
+def _in_regions(
+    name: str,
+    regions: tuple[str, ...],
+    replicas: tuple[Replica, ...],
+    verdicts: tuple[Verdict, ...],
+) -> tuple[tuple[Endpoint, ...], tuple[Problem, ...]]:
+    """Endpoints and problems of a server that routes only to ``regions``."""
+    allowed = frozenset(regions)
+    endpoints: list[Endpoint] = []
+    problems: list[Problem] = []
+    for replica, (endpoint, problem) in zip(replicas, verdicts, strict=True):
+        if problem is not None:
+            problems.append(problem)
+        if endpoint is None:
+            continue
+        if endpoint.region not in allowed:
+            problems.append(
+                Problem(
+                    kind="replica",
+                    name=replica.id,
+                    field="region",
+                    value=endpoint.region,
+                    message=f"server {name!r} routes only to {', '.join(regions)}",
+                )
+            )
+            continue
+        endpoints.append(endpoint)
+    return tuple(endpoints), tuple(problems)
 
 
 def _verdict(replica: Replica) -> Verdict:
     problems: list[Problem] = []
     endpoint = _to_endpoint(replica, problems)
-    return replica, endpoint, problems[0] if problems else None
+    return endpoint, problems[0] if problems else None
 
 
 def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
