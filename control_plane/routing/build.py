@@ -241,13 +241,12 @@ def _in_regions(
     return tuple(endpoints), tuple(problems)
 
 
+_STARTING = ReplicaState.STARTING.value
+_DRAINING = ReplicaState.DRAINING.value
+_NOT_ROUTED: Verdict = (None, None)
+
+
 def _verdict(replica: Replica) -> Verdict:
-    problems: list[Problem] = []
-    endpoint = _to_endpoint(replica, problems)
-    return endpoint, problems[0] if problems else None
-
-
-def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
     try:
         state = validate.state(replica.state)
         host = validate.host(replica.host)
@@ -256,19 +255,19 @@ def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
         region = validate.region("region", replica.region)
         zone = validate.region("zone", replica.zone, required=False)
     except ValidationError as exc:
-        problems.append(_problem("replica", replica.id, exc))
-        return None
-    if state == ReplicaState.STARTING:
-        return None
-    return Endpoint(
+        return None, _problem("replica", replica.id, exc)
+    if state == _STARTING:
+        return _NOT_ROUTED
+    endpoint = Endpoint(
         replica_id=replica.id,
         host=host,
         port=port,
         region=region,
         zone=zone,
         weight=weight,
-        draining=state == ReplicaState.DRAINING,
+        draining=state == _DRAINING,
     )
+    return endpoint, None
 
 
 def _spec_dict(text: str) -> dict[str, Any]:

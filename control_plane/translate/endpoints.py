@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import compress, count, repeat
-from operator import eq, is_not
+from operator import attrgetter, eq, is_not, not_
 
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -194,25 +194,27 @@ def encode_endpoints(
 
 def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
     fields = tuple(map(lb_endpoint_field, endpoints))
-    wheres = tuple((e.region, e.zone) for e in endpoints)
-    groups: dict[Where, list[int]] = {}
-    for i, where in enumerate(wheres):
-        members = groups.get(where)
-        if members is None:
-            groups[where] = [i]
-        else:
-            members.append(i)
+    # One (region, zone) object per locality, shared by its endpoints.
+    found = dict.fromkeys(map(_where, endpoints))
+    shared = dict(zip(found, found, strict=True))
+    wheres = tuple(map(shared.__getitem__, map(_where, endpoints)))
     localities = {}
-    for where, members in groups.items():
-        chosen = [endpoints[i] for i in members]
+    for where in shared:
+        members = list(map(eq, wheres, repeat(where)))
+        chosen = list(compress(endpoints, members))
         localities[where] = _Locality(
-            lb_endpoints=b"".join([fields[i] for i in members]),
-            weight=sum([max(0, e.weight) for e in chosen]),
-            ready=sum([not e.draining for e in chosen]),
+            lb_endpoints=b"".join(compress(fields, members)),
+            weight=sum(map(max, map(_weight, chosen), repeat(0))),
+            ready=sum(map(not_, map(_draining, chosen))),
         )
     return EncodedEndpoints(
         endpoints=endpoints, fields=fields, wheres=wheres, localities=localities
     )
+
+
+_where = attrgetter("region", "zone")
+_weight = attrgetter("weight")
+_draining = attrgetter("draining")
 
 
 def encode_load_assignment(
