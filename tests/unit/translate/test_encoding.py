@@ -33,7 +33,14 @@ from control_plane.translate.routes import encode_route_configuration, to_routes
 from control_plane.xds.resources import ENDPOINT, content_hash, encoded_resource, to_resource
 from tests.helpers import endpoint, server
 
-HOSTS = ["127.0.0.1", "10.20.30.40", "::1", "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff", "fe80::1"]
+HOSTS = [
+    "127.0.0.1",
+    "10.20.30.40",
+    "::1",
+    "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff",
+    "fe80::1",
+    "h" * 130,  # no address, but lengths past one byte take the encoder's general path
+]
 REGIONS = ["us-west", "us-east", "eu-central"]
 ZONES = ["", "a", "b"]
 
