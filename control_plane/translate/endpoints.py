@@ -44,6 +44,10 @@ _HEALTHY = health_check_pb2.HealthStatus.HEALTHY
 _DRAINING = health_check_pb2.HealthStatus.DRAINING
 # LbEndpoint.health_status = 2 (an enum: a varint).
 _HEALTH_FIELD = {False: bytes((0x10, _HEALTHY)), True: bytes((0x10, _DRAINING))}
+_ONE = tuple(bytes((n,)) for n in range(0x80))  # the one-byte varints
+_where = attrgetter("region", "zone")
+_weight = attrgetter("weight")
+_draining = attrgetter("draining")
 
 
 def _drop_everything() -> bytes:
@@ -105,8 +109,6 @@ def lb_endpoint_field(endpoint: Endpoint) -> bytes:
     )
     return length_delimited(2, b"".join((length_delimited(1, inner), health, weight)))
 
-
-_ONE = tuple(bytes((n,)) for n in range(0x80))
 
 # Endpoints are grouped by where they are: (region, zone).
 Where = tuple[str, str]
@@ -212,11 +214,6 @@ def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
     )
 
 
-_where = attrgetter("region", "zone")
-_weight = attrgetter("weight")
-_draining = attrgetter("draining")
-
-
 def encode_load_assignment(
     server: RoutedServer,
     *,
@@ -228,7 +225,9 @@ def encode_load_assignment(
     (``encoded``: its endpoints' encoding, when the caller has it). cluster_name = 1,
     endpoints = 2 (LocalityLbEndpoints: locality = 1 {region = 1, zone = 2}, lb_endpoints = 2,
     load_balancing_weight = 3 {value = 1}, priority = 5), policy = 4."""
-    if encoded is None or encoded.endpoints != server.endpoints:
+    if encoded is None or (
+        encoded.endpoints is not server.endpoints and encoded.endpoints != server.endpoints
+    ):
         encoded = encode_endpoints(server.endpoints)
     ranked = []
     for where, locality in encoded.localities.items():
