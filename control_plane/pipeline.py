@@ -417,8 +417,9 @@ class Pipeline:
         """The Cluster map, and the CLA map of each of ``localities``, for this step: the last
         step's with the ``dirty`` servers' resources replaced (one copy per step, however many
         views share them), or built from every live server when there is none to start from."""
-        live = [s for s in table.servers if not s.held]
+        live: list[RoutedServer] | None = None  # every server with a cluster, when needed
         if self._cluster_map is None:
+            live = [s for s in table.servers if not s.held]
             self._cluster_map = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
         elif dirty:
             self._cluster_map = self._replaced(self._cluster_map, dirty, touched, None)
@@ -426,6 +427,8 @@ class Pipeline:
         for locality in localities:
             last = self._endpoint_maps.get(locality)
             if last is None:
+                if live is None:
+                    live = [s for s in table.servers if not s.held]
                 maps[locality] = {
                     (e := self._endpoints_for(server, *locality)).name: e for server in live
                 }
