@@ -35,7 +35,7 @@ from types import MappingProxyType
 
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing.build import (
-    Verdict,
+    Verdicts,
     claim_hostnames,
     claim_of,
     evaluate_with,
@@ -124,7 +124,7 @@ class _ServerMemo:
     claim: Claim | None
     # Each replica row as judged, aligned with ``replicas`` (reused for rows equal to the
     # next step's).
-    verdicts: tuple[Verdict, ...]
+    verdicts: Verdicts
 
 
 @dataclass(frozen=True, slots=True)

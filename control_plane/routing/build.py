@@ -132,6 +132,10 @@ def unknown_server_problems(
 
 # One replica row judged alone: its endpoint (None: not routed) and its problem.
 Verdict = tuple[Endpoint | None, Problem | None]
+# The verdicts of a server's rows, aligned with them: their endpoints, and their problems (two
+# tuples rather than one pair per row: a large server's memo holds two objects, not 10,000).
+Verdicts = tuple[tuple[Endpoint | None, ...], tuple[Problem | None, ...]]
+_NO_VERDICTS: Verdicts = ((), ())
 
 
 def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
@@ -143,9 +147,9 @@ def evaluate_with(
     server: Server,
     replicas: tuple[Replica, ...],
     *,
-    previous: tuple[tuple[Replica, ...], tuple[Verdict, ...]] | None = None,
-) -> tuple[ServerEval, tuple[Verdict, ...]]:
-    """:func:`evaluate`, also returning each replica row's verdict (aligned with
+    previous: tuple[tuple[Replica, ...], Verdicts] | None = None,
+) -> tuple[ServerEval, Verdicts]:
+    """:func:`evaluate`, also returning the verdicts of the replica rows (aligned with
     ``replicas``), and taking the verdict of every row equal to one judged in ``previous`` (the
     rows of an earlier evaluation of the same server, and their verdicts) instead of judging it
     again: rows stay in id order, so what differs is the run between the longest common prefix
@@ -165,11 +169,11 @@ def evaluate_with(
             problems=(_problem("server", server.name, exc),),
             endpoints=(),
             replica_problems=(),
-        ), ()
+        ), _NO_VERDICTS
     verdicts = _verdicts(replicas, previous)
     if not spec.regions:
-        endpoints = tuple(filter(None, map(itemgetter(0), verdicts)))
-        replica_problems = tuple(filter(None, map(itemgetter(1), verdicts)))
+        endpoints = tuple(filter(None, verdicts[0]))
+        replica_problems = tuple(filter(None, verdicts[1]))
     else:
         endpoints, replica_problems = _in_regions(server.name, spec.regions, replicas, verdicts)
     return ServerEval(
@@ -183,14 +187,13 @@ def evaluate_with(
 
 
 def _verdicts(
-    replicas: tuple[Replica, ...],
-    previous: tuple[tuple[Replica, ...], tuple[Verdict, ...]] | None,
-) -> tuple[Verdict, ...]:
-    if previous is None or not previous[1] or not replicas:
-        return tuple(map(_verdict, replicas))
-    rows, verdicts = previous
+    replicas: tuple[Replica, ...], previous: tuple[tuple[Replica, ...], Verdicts] | None
+) -> Verdicts:
+    rows, (endpoints, problems) = previous if previous is not None else ((), _NO_VERDICTS)
+    if len(endpoints) != len(rows) or not rows or not replicas:
+        return _split(list(map(_verdict, replicas)))
     if rows is replicas or rows == replicas:
-        return verdicts
+        return endpoints, problems
     shorter = min(len(rows), len(replicas))
     start = next(compress(count(), map(is_not, rows, replicas)), shorter)
     tail = min(
@@ -199,8 +202,8 @@ def _verdicts(
     )
     old_end, new_end = len(rows) - tail, len(replicas) - tail
     known = {
-        row.id: (row, verdict)
-        for row, verdict in zip(rows[start:old_end], verdicts[start:old_end], strict=True)
+        row.id: (row, (endpoints[i], problems[i]))
+        for i, row in enumerate(rows[start:old_end], start)
     }
     judged = []
     for row in replicas[start:new_end]:
@@ -208,20 +211,28 @@ def _verdicts(
         judged.append(
             seen[1] if seen is not None and (seen[0] is row or seen[0] == row) else _verdict(row)
         )
-    return verdicts[:start] + tuple(judged) + verdicts[old_end:]
+    middle = _split(judged)
+    return (
+        endpoints[:start] + middle[0] + endpoints[old_end:],
+        problems[:start] + middle[1] + problems[old_end:],
+    )
+
+
+def _split(verdicts: list[Verdict]) -> Verdicts:
+    return tuple(map(itemgetter(0), verdicts)), tuple(map(itemgetter(1), verdicts))
 
 
 def _in_regions(
     name: str,
     regions: tuple[str, ...],
     replicas: tuple[Replica, ...],
-    verdicts: tuple[Verdict, ...],
+    verdicts: Verdicts,
 ) -> tuple[tuple[Endpoint, ...], tuple[Problem, ...]]:
     """Endpoints and problems of a server that routes only to ``regions``."""
     allowed = frozenset(regions)
     endpoints: list[Endpoint] = []
     problems: list[Problem] = []
-    for replica, (endpoint, problem) in zip(replicas, verdicts, strict=True):
+    for replica, endpoint, problem in zip(replicas, *verdicts, strict=True):
         if problem is not None:
             problems.append(problem)
         if endpoint is None:

@@ -151,11 +151,11 @@ def test_evaluation_from_previous_verdicts_equals_a_fresh_one_and_judges_only_th
     ev, reused = evaluate_with(server, after, previous=(rows, verdicts))
     assert (ev, reused) == evaluate_with(server, after)
     # Rows equal to earlier ones kept their verdicts: the same endpoints, not judged again.
-    old = {row.id: verdict for row, verdict in zip(rows, verdicts, strict=True)}
+    old = dict(zip((row.id for row in rows), verdicts[0], strict=True))
     kept = [
-        verdict[0] is old[row.id][0]
-        for row, verdict in zip(after, reused, strict=True)
-        if row.id in old and row in rows and verdict[0] is not None
+        endpoint is old[row.id]
+        for row, endpoint in zip(after, reused[0], strict=True)
+        if row in rows and endpoint is not None
     ]
     assert kept
     assert all(kept)
