@@ -10,11 +10,16 @@ values, never by object identity:
 - hostname claims are settled again only when some server's claim differs;
 - a Cluster is translated again only when its routed server differs in more than its endpoints
   (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
-  differs at all (per proxy region and zone), the RouteConfiguration only when some server's
+  differs at all (per proxy region and zone), and then only its changed endpoints are encoded
+  again (each server's encoded endpoints are kept: one replica changed in a server of 10,000
+  encodes one endpoint and joins bytes), the RouteConfiguration only when some server's
   Cluster-relevant part changed, a Listener per listen address once, gRPC clients' API listeners
   only when the RouteConfiguration was rebuilt (and only while a gRPC group is wanted);
 - groups with the same view (region, zone, listen address) share one snapshot, and groups of
-  one region and zone share every ClusterLoadAssignment: built and encoded once.
+  one region and zone share every ClusterLoadAssignment: built and encoded once; every view's
+  snapshot holds the same map of Clusters, and views of one region and zone the same map of
+  ClusterLoadAssignments, updated once per step (a change costs one copy of each map, not
+  one per view: 10 Envoys with 10 listen addresses cost about what one does).
 
 The result equals a fresh pipeline's build from scratch, resource by resource, bytes and
 versions: ``tests/unit/property/test_pipeline_differential.py`` checks it over random
@@ -30,7 +35,7 @@ from types import MappingProxyType
 
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing.build import (
-    Verdict,
+    Verdicts,
     claim_hostnames,
     claim_of,
     evaluate_with,
@@ -55,6 +60,7 @@ from control_plane.translate import (
     route_resource,
 )
 from control_plane.translate import names as resource_names
+from control_plane.translate.endpoints import EncodedEndpoints, encode_endpoints
 from control_plane.xds.nodes import GRPC, NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
@@ -116,8 +122,9 @@ class _ServerMemo:
     replicas: tuple[Replica, ...]
     eval: ServerEval
     claim: Claim | None
-    # Each replica row as judged (reused for rows equal to the next step's).
-    verdicts: Mapping[str, Verdict]
+    # Each replica row as judged, aligned with ``replicas`` (reused for rows equal to the
+    # next step's).
+    verdicts: Verdicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,13 @@ class Pipeline:
         self._clusters: dict[str, tuple[RoutedServer, Resource]] = {}
         # (server name, region, zone) -> (the routed server it was built from, its CLA)
         self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, Resource]] = {}
+        # server name -> its endpoints, encoded: every view's CLA of it is joined from these
+        self._encoded: dict[str, EncodedEndpoints] = {}
+        # Every live Cluster, and every CLA per (region, zone), by name: one map each, shared
+        # by the snapshots of every view (never altered once a snapshot holds it; a step that
+        # changes them makes new ones).
+        self._cluster_map: dict[str, Resource] | None = None
+        self._endpoint_maps: dict[tuple[str, str], dict[str, Resource]] = {}
         self._route: Resource | None = None
         self._listeners: dict[ProxyView, Resource] = {}
         # The API listeners of gRPC views, and the route they were built beside.
@@ -181,8 +195,10 @@ class Pipeline:
             except ViewError as exc:
                 failures[group] = str(exc)
         cause = _cause(state, None if first else dirty)
+        distinct = set(views.values())
+        self._update_maps(dirty, cluster_names, table, {(v.region, v.zone) for v in distinct})
         built: dict[ProxyView, Snapshot] = {}
-        for view in set(views.values()):
+        for view in distinct:
             try:
                 built[view] = self._snapshot(view, dirty, cluster_names, table, cause)
             except InconsistentSnapshotError as exc:
@@ -228,7 +244,9 @@ class Pipeline:
             ):
                 continue
             ev, verdicts = evaluate_with(
-                server, replicas, entry.verdicts if entry is not None else {}
+                server,
+                replicas,
+                previous=(entry.replicas, entry.verdicts) if entry is not None else None,
             )
             claim = claim_of(server, ev)
             claims_dirty = claims_dirty or entry is None or entry.claim != claim
@@ -367,13 +385,17 @@ class Pipeline:
     def _drop_endpoints(self, server: str) -> None:
         for key in [k for k in self._endpoints if k[0] == server]:
             del self._endpoints[key]
+        self._encoded.pop(server, None)
 
-    def _endpoints_for(self, server: RoutedServer, view: ProxyView) -> Resource:
-        key = (server.name, view.region, view.zone)
+    def _endpoints_for(self, server: RoutedServer, region: str, zone: str) -> Resource:
+        key = (server.name, region, zone)
         cached = self._endpoints.get(key)
         if cached is not None and cached[0] == server:
             return cached[1]
-        resource = endpoints_resource(server, region=view.region, zone=view.zone)
+        # One changed replica of many: encoded again alone, its locality joined again.
+        encoded = encode_endpoints(server.endpoints, previous=self._encoded.get(server.name))
+        self._encoded[server.name] = encoded
+        resource = endpoints_resource(server, region=region, zone=zone, encoded=encoded)
         self._endpoints[key] = (server, resource)
         return resource
 
@@ -382,6 +404,58 @@ class Pipeline:
         if listener is None:
             listener = self._listeners[view] = listener_resource(view)
         return listener
+
+    # Shared by every view: the Clusters, and the CLAs of each (region, zone).
+
+    def _update_maps(
+        self,
+        dirty: set[str],
+        touched: set[str],
+        table: RoutingTable,
+        localities: set[tuple[str, str]],
+    ) -> None:
+        """The Cluster map, and the CLA map of each of ``localities``, for this step: the last
+        step's with the ``dirty`` servers' resources replaced (one copy per step, however many
+        views share them), or built from every live server when there is none to start from."""
+        live: list[RoutedServer] | None = None  # every server with a cluster, when needed
+        if self._cluster_map is None:
+            live = [s for s in table.servers if not s.held]
+            self._cluster_map = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
+        elif dirty:
+            self._cluster_map = self._replaced(self._cluster_map, dirty, touched, None)
+        maps: dict[tuple[str, str], dict[str, Resource]] = {}
+        for locality in localities:
+            last = self._endpoint_maps.get(locality)
+            if last is None:
+                if live is None:
+                    live = [s for s in table.servers if not s.held]
+                maps[locality] = {
+                    (e := self._endpoints_for(server, *locality)).name: e for server in live
+                }
+            else:
+                maps[locality] = self._replaced(last, dirty, touched, locality) if dirty else last
+        self._endpoint_maps = maps
+
+    def _replaced(
+        self,
+        last: dict[str, Resource],
+        dirty: set[str],
+        touched: set[str],
+        locality: tuple[str, str] | None,
+    ) -> dict[str, Resource]:
+        """``last`` (Clusters, or with ``locality`` its CLAs) with every name the ``dirty``
+        servers had or have (``touched``) replaced by what they have now."""
+        resources = dict(last)
+        for name in touched:
+            resources.pop(name, None)
+        for name in dirty:
+            entry = self._clusters.get(name)
+            if entry is None:
+                continue
+            server, cluster = entry
+            resource = cluster if locality is None else self._endpoints_for(server, *locality)
+            resources[resource.name] = resource
+        return resources
 
     # Per view: one snapshot, built from the previous one in time proportional to the change.
 
@@ -409,10 +483,10 @@ class Pipeline:
                 and not dirty
                 and previous.of_type(ROUTE).get(resource_names.ROUTE_CONFIG) is route
             )
+        assert self._cluster_map is not None
+        clusters = self._cluster_map
+        endpoints = self._endpoint_maps[(view.region, view.zone)]
         if previous is None:
-            live = [s for s in table.servers if not s.held]
-            clusters = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
-            endpoints = {(e := self._endpoints_for(server, view)).name: e for server in live}
             return build_from_types(
                 {CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: listeners, ROUTE: routes},
                 committed_at=table.committed_at,
@@ -421,19 +495,6 @@ class Pipeline:
             )
         if unchanged:
             return previous
-        clusters = dict(previous.of_type(CLUSTER))
-        endpoints = dict(previous.of_type(ENDPOINT))
-        for name in touched:
-            clusters.pop(name, None)
-            endpoints.pop(name, None)
-        for name in dirty:
-            entry = self._clusters.get(name)
-            if entry is None:
-                continue
-            server, cluster = entry
-            clusters[cluster.name] = cluster
-            resource = self._endpoints_for(server, view)
-            endpoints[resource.name] = resource
         if view.kind == GRPC:
             # API listeners depend on every grpc/http2 server: compare them all (few, small).
             listener_names = set(previous.of_type(LISTENER)) | set(listeners)

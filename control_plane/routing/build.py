@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import compress, count
+from operator import is_not, itemgetter
 from typing import Any
 
 from control_plane.registry import validate
@@ -128,22 +130,31 @@ def unknown_server_problems(
     ]
 
 
-# One replica row judged alone: the row, its endpoint (None: not routed) and its problem.
-Verdict = tuple[Replica, Endpoint | None, Problem | None]
+# One replica row judged alone: its endpoint (None: not routed) and its problem.
+Verdict = tuple[Endpoint | None, Problem | None]
+# The verdicts of a server's rows, aligned with them: their endpoints, and their problems (two
+# tuples rather than one pair per row: a large server's memo holds two objects, not 10,000).
+Verdicts = tuple[tuple[Endpoint | None, ...], tuple[Problem | None, ...]]
+_NO_VERDICTS: Verdicts = ((), ())
 
 
 def evaluate(server: Server, replicas: Sequence[Replica]) -> ServerEval:
     """Everything about one server that does not depend on other servers."""
-    return evaluate_with(server, replicas, {})[0]
+    return evaluate_with(server, tuple(replicas))[0]
 
 
 def evaluate_with(
-    server: Server, replicas: Sequence[Replica], known: Mapping[str, Verdict]
-) -> tuple[ServerEval, dict[str, Verdict]]:
-    """:func:`evaluate`, taking each replica's verdict from ``known`` when its row is equal to
-    the one judged there (a change to one replica of a large server judges one row); returns
-    the verdicts of this evaluation too."""
-    verdicts: dict[str, Verdict] = {}
+    server: Server,
+    replicas: tuple[Replica, ...],
+    *,
+    previous: tuple[tuple[Replica, ...], Verdicts] | None = None,
+) -> tuple[ServerEval, Verdicts]:
+    """:func:`evaluate`, also returning the verdicts of the replica rows (aligned with
+    ``replicas``), and taking the verdict of every row equal to one judged in ``previous`` (the
+    rows of an earlier evaluation of the same server, and their verdicts) instead of judging it
+    again: rows stay in id order, so what differs is the run between the longest common prefix
+    and suffix (compared by identity first, which only short-cuts equal rows; the run is then
+    compared by value). A change to one replica of a large server judges one row."""
     try:
         validate.name("name", server.name)
         validate.name("workspace", server.workspace)
@@ -158,49 +169,95 @@ def evaluate_with(
             problems=(_problem("server", server.name, exc),),
             endpoints=(),
             replica_problems=(),
-        ), verdicts
-    endpoints: list[Endpoint] = []
-    replica_problems: list[Problem] = []
-    allowed = frozenset(spec.regions)
-    for replica in replicas:
-        verdict = known.get(replica.id)
-        if verdict is None or not (verdict[0] is replica or verdict[0] == replica):
-            verdict = _verdict(replica)
-        verdicts[replica.id] = verdict
-        endpoint, problem = verdict[1], verdict[2]
-        if problem is not None:
-            replica_problems.append(problem)
-        if endpoint is None:
-            continue
-        if allowed and endpoint.region not in allowed:
-            replica_problems.append(
-                Problem(
-                    kind="replica",
-                    name=replica.id,
-                    field="region",
-                    value=endpoint.region,
-                    message=f"server {server.name!r} routes only to {', '.join(spec.regions)}",
-                )
-            )
-            continue
-        endpoints.append(endpoint)
+        ), _NO_VERDICTS
+    verdicts = _verdicts(replicas, previous)
+    if not spec.regions:
+        endpoints = tuple(filter(None, verdicts[0]))
+        replica_problems = tuple(filter(None, verdicts[1]))
+    else:
+        endpoints, replica_problems = _in_regions(server.name, spec.regions, replicas, verdicts)
     return ServerEval(
         protocol=protocol,
         hostnames=hostnames,
         spec=spec,
         problems=(),
-        endpoints=tuple(endpoints),
-        replica_problems=tuple(replica_problems),
+        endpoints=endpoints,
+        replica_problems=replica_problems,
     ), verdicts
 
 
-def _verdict(replica: Replica) -> Verdict:
+def _verdicts(
+    replicas: tuple[Replica, ...], previous: tuple[tuple[Replica, ...], Verdicts] | None
+) -> Verdicts:
+    rows, (endpoints, problems) = previous if previous is not None else ((), _NO_VERDICTS)
+    if len(endpoints) != len(rows) or not rows or not replicas:
+        return _split(list(map(_verdict, replicas)))
+    if rows is replicas or rows == replicas:
+        return endpoints, problems
+    shorter = min(len(rows), len(replicas))
+    start = next(compress(count(), map(is_not, rows, replicas)), shorter)
+    tail = min(
+        next(compress(count(), map(is_not, reversed(rows), reversed(replicas))), shorter),
+        shorter - start,
+    )
+    old_end, new_end = len(rows) - tail, len(replicas) - tail
+    known = {
+        row.id: (row, (endpoints[i], problems[i]))
+        for i, row in enumerate(rows[start:old_end], start)
+    }
+    judged = []
+    for row in replicas[start:new_end]:
+        seen = known.get(row.id)
+        judged.append(
+            seen[1] if seen is not None and (seen[0] is row or seen[0] == row) else _verdict(row)
+        )
+    middle = _split(judged)
+    return (
+        endpoints[:start] + middle[0] + endpoints[old_end:],
+        problems[:start] + middle[1] + problems[old_end:],
+    )
+
+
+def _split(verdicts: list[Verdict]) -> Verdicts:
+    return tuple(map(itemgetter(0), verdicts)), tuple(map(itemgetter(1), verdicts))
+
+
+def _in_regions(
+    name: str,
+    regions: tuple[str, ...],
+    replicas: tuple[Replica, ...],
+    verdicts: Verdicts,
+) -> tuple[tuple[Endpoint, ...], tuple[Problem, ...]]:
+    """Endpoints and problems of a server that routes only to ``regions``."""
+    allowed = frozenset(regions)
+    endpoints: list[Endpoint] = []
     problems: list[Problem] = []
-    endpoint = _to_endpoint(replica, problems)
-    return replica, endpoint, problems[0] if problems else None
+    for replica, endpoint, problem in zip(replicas, *verdicts, strict=True):
+        if problem is not None:
+            problems.append(problem)
+        if endpoint is None:
+            continue
+        if endpoint.region not in allowed:
+            problems.append(
+                Problem(
+                    kind="replica",
+                    name=replica.id,
+                    field="region",
+                    value=endpoint.region,
+                    message=f"server {name!r} routes only to {', '.join(regions)}",
+                )
+            )
+            continue
+        endpoints.append(endpoint)
+    return tuple(endpoints), tuple(problems)
 
 
-def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
+_STARTING = ReplicaState.STARTING.value
+_DRAINING = ReplicaState.DRAINING.value
+_NOT_ROUTED: Verdict = (None, None)
+
+
+def _verdict(replica: Replica) -> Verdict:
     try:
         state = validate.state(replica.state)
         host = validate.host(replica.host)
@@ -209,19 +266,19 @@ def _to_endpoint(replica: Replica, problems: list[Problem]) -> Endpoint | None:
         region = validate.region("region", replica.region)
         zone = validate.region("zone", replica.zone, required=False)
     except ValidationError as exc:
-        problems.append(_problem("replica", replica.id, exc))
-        return None
-    if state == ReplicaState.STARTING:
-        return None
-    return Endpoint(
+        return None, _problem("replica", replica.id, exc)
+    if state == _STARTING:
+        return _NOT_ROUTED
+    endpoint = Endpoint(
         replica_id=replica.id,
         host=host,
         port=port,
         region=region,
         zone=zone,
         weight=weight,
-        draining=state == ReplicaState.DRAINING,
+        draining=state == _DRAINING,
     )
+    return endpoint, None
 
 
 def _spec_dict(text: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ checks only when asked.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
@@ -23,6 +25,7 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from control_plane.registry.spec import ServerSpec
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
 from control_plane.translate.durations import set_duration
@@ -66,11 +69,21 @@ def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
 
 
 def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
-    spec = server.spec
-    cluster = cluster_pb2.Cluster(
-        name=names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch),
-        type=cluster_pb2.Cluster.EDS,
+    """The server's Cluster: its name, and the rest from its protocol and spec alone."""
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(_unnamed_cluster(server.protocol, server.spec))
+    cluster.name = names.cluster(
+        workspace=server.workspace, server=server.name, epoch=server.cold_epoch
     )
+    return cluster
+
+
+@lru_cache(maxsize=256)
+def _unnamed_cluster(protocol: str, spec: ServerSpec) -> cluster_pb2.Cluster:
+    """Everything of a Cluster but its name: a function of the protocol and the spec, which a
+    fleet's servers mostly share, so built once per distinct pair. Must not be altered (callers
+    copy it)."""
+    cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
     set_load_balancing(cluster, hashed=spec.hash_on is not None)
     # gRPC clients report load (LRS) to the control plane they got the cluster from; Envoy
     # ignores this field and reports as its bootstrap says.
@@ -82,7 +95,7 @@ def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
     thresholds.max_connections.value = CLUSTER_WIDE_LIMIT
     thresholds.max_pending_requests.value = CLUSTER_WIDE_LIMIT
     thresholds.max_requests.value = CLUSTER_WIDE_LIMIT
-    http2 = server.protocol in ("http2", "grpc")
+    http2 = protocol in ("http2", "grpc")
     if spec.max_requests_per_replica and not http2:
         per_host = cluster.circuit_breakers.per_host_thresholds.add(
             priority=base_pb2.RoutingPriority.DEFAULT

@@ -16,77 +16,256 @@ Every locality carries a ``load_balancing_weight`` (Envoy ignores it without loc
 balancing; gRPC drops a locality without one): the sum of its replicas' weights, so gRPC's
 round robin within weighted localities sends each locality its share; 1 for consistent-hash
 servers, whose ring multiplies locality and replica weights.
+
+Encoded straight to bytes, in the order ``SerializeToString(deterministic=True)`` writes them:
+each endpoint's ``LbEndpoint`` is encoded once (:func:`encode_endpoints`, which reuses the
+bytes of every endpoint equal to one of a previous encoding, so one changed replica of 10,000
+encodes one), grouped by locality, and every proxy view's ClusterLoadAssignment is joined from
+those groups (:func:`encode_load_assignment`): protobuf lets repeated fields be concatenated,
+only the lengths of the enclosing messages are written again.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import compress, count, repeat
+from operator import attrgetter, eq, is_not, not_
 
-from envoy.config.core.v3 import base_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.type.v3 import percent_pb2
 
 from control_plane.routing.model import Endpoint, RoutedServer
 from control_plane.translate import names
+from control_plane.xds.resources import length_delimited, string_field, varint
 
 _HEALTHY = health_check_pb2.HealthStatus.HEALTHY
 _DRAINING = health_check_pb2.HealthStatus.DRAINING
+# LbEndpoint.health_status = 2 (an enum: a varint).
+_HEALTH_FIELD = {False: bytes((0x10, _HEALTHY)), True: bytes((0x10, _DRAINING))}
+_ONE = tuple(bytes((n,)) for n in range(0x80))  # the one-byte varints
+_where = attrgetter("region", "zone")
+_weight = attrgetter("weight")
+_draining = attrgetter("draining")
+
+
+def _drop_everything() -> bytes:
+    """ClusterLoadAssignment.policy (field 4): drop 100% as ``cold_start``, encoded once."""
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    drop = assignment.policy.drop_overloads.add(category=names.COLD_START_CATEGORY)
+    drop.drop_percentage.numerator = 100
+    drop.drop_percentage.denominator = percent_pb2.FractionalPercent.HUNDRED
+    return bytes(assignment.SerializeToString(deterministic=True))
+
+
+_DROP_EVERYTHING = _drop_everything()
 
 
 def level(endpoint: Endpoint, *, region: str, zone: str) -> int:
     """0: same zone, 1: same region, 2: elsewhere (a proxy with no region: all 0)."""
+    return _level(endpoint.region, endpoint.zone, region=region, zone=zone)
+
+
+def _level(ep_region: str, ep_zone: str, *, region: str, zone: str) -> int:
     if not region:
         return 0
-    if endpoint.region != region:
+    if ep_region != region:
         return 2
-    if zone and endpoint.zone and endpoint.zone != zone:
+    if zone and ep_zone and ep_zone != zone:
         return 1
     return 0
+
+
+def locality_weight(endpoints: Iterable[Endpoint], *, hashed: bool) -> int:
+    """A locality's weight: above 0 always (gRPC drops a locality of weight 0)."""
+    return _clamp_weight(sum(max(0, e.weight) for e in endpoints), hashed=hashed)
+
+
+def _clamp_weight(total: int, *, hashed: bool) -> int:
+    if hashed:
+        return 1
+    return max(1, min(total, 0xFFFFFFFF))
+
+
+def lb_endpoint_field(endpoint: Endpoint) -> bytes:
+    """``LocalityLbEndpoints.lb_endpoints`` (field 2) holding the endpoint's ``LbEndpoint``:
+    endpoint = 1 {address = 1 {socket_address = 1 {address = 2, port_value = 3}}},
+    health_status = 2, load_balancing_weight = 4 {value = 1}."""
+    host = endpoint.host.encode()
+    port = varint(endpoint.port)  # port_value is in a oneof: written even when 0
+    value = varint(endpoint.weight)
+    weight = (
+        b"\x22\x00" if not endpoint.weight else b"\x22" + _ONE[len(value) + 1] + b"\x08" + value
+    )
+    health = _HEALTH_FIELD[endpoint.draining]
+    socket = 3 + len(host) + len(port)
+    body = socket + 8 + len(weight)
+    if body < 0x80:  # every length fits one byte (any IP address does)
+        lengths = bytes((0x12, body, 0x0A, socket + 4, 0x0A, socket + 2, 0x0A, socket, 0x12))
+        return b"".join((lengths, _ONE[len(host)], host, b"\x18", port, health, weight))
+    inner = length_delimited(
+        1, length_delimited(1, b"".join((string_field(2, endpoint.host), b"\x18", port)))
+    )
+    return length_delimited(2, b"".join((length_delimited(1, inner), health, weight)))
+
+
+# Endpoints are grouped by where they are: (region, zone).
+Where = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Locality:
+    """The endpoints of one (region, zone), ready to join: their ``lb_endpoints`` fields in
+    order, the sum of their weights and how many of them take new requests."""
+
+    lb_endpoints: bytes
+    weight: int
+    ready: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodedEndpoints:
+    """A server's endpoints, each one's ``LbEndpoint`` encoded, grouped by locality: what the
+    ClusterLoadAssignment of every proxy view is joined from. ``fields`` and ``wheres`` are
+    aligned with ``endpoints``. Must not be altered."""
+
+    endpoints: tuple[Endpoint, ...]
+    fields: tuple[bytes, ...]
+    wheres: tuple[Where, ...]
+    localities: Mapping[Where, _Locality]
+
+
+def encode_endpoints(
+    endpoints: tuple[Endpoint, ...], *, previous: EncodedEndpoints | None = None
+) -> EncodedEndpoints:
+    """``endpoints`` encoded, taking the bytes of every endpoint equal to one of ``previous``
+    (the encoding of an earlier version of the same server's endpoints) instead of encoding it
+    again, and joining again only the localities whose endpoints changed. Endpoints keep their
+    order (replica id), so what differs is the run between the longest common prefix and
+    suffix (compared by identity first, which only short-cuts equal values; the run is then
+    compared by value): one changed replica of 10,000 is encoded alone."""
+    if previous is None or not previous.endpoints or not endpoints:
+        return _encode_all(endpoints)
+    old = previous.endpoints
+    if old is endpoints or old == endpoints:
+        return previous
+    shorter = min(len(old), len(endpoints))
+    start = next(compress(count(), map(is_not, old, endpoints)), shorter)
+    tail = min(
+        next(compress(count(), map(is_not, reversed(old), reversed(endpoints))), shorter),
+        shorter - start,
+    )
+    old_end, new_end = len(old) - tail, len(endpoints) - tail
+    gone = old[start:old_end]
+    known = dict(zip(gone, previous.fields[start:old_end], strict=True))
+    came = endpoints[start:new_end]
+    fields = (
+        previous.fields[:start]
+        + tuple(known.get(e) or lb_endpoint_field(e) for e in came)
+        + previous.fields[old_end:]
+    )
+    came_wheres = tuple((e.region, e.zone) for e in came)
+    wheres = previous.wheres[:start] + came_wheres + previous.wheres[old_end:]
+    # Weights and ready counts move by what left and what came; the bytes are joined again.
+    delta: dict[Where, list[int]] = {}
+    for sign, run, run_wheres in (
+        (-1, gone, previous.wheres[start:old_end]),
+        (1, came, came_wheres),
+    ):
+        for endpoint, where in zip(run, run_wheres, strict=True):
+            moved = delta.setdefault(where, [0, 0])
+            moved[0] += sign * max(0, endpoint.weight)
+            moved[1] += sign * (not endpoint.draining)
+    localities = dict(previous.localities)
+    for where, (weight, ready) in delta.items():
+        members = list(map(eq, wheres, repeat(where)))
+        if not any(members):
+            del localities[where]
+            continue
+        before = localities.get(where)
+        localities[where] = _Locality(
+            lb_endpoints=b"".join(compress(fields, members)),
+            weight=weight + (before.weight if before is not None else 0),
+            ready=ready + (before.ready if before is not None else 0),
+        )
+    return EncodedEndpoints(
+        endpoints=endpoints, fields=fields, wheres=wheres, localities=localities
+    )
+
+
+def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
+    fields = tuple(map(lb_endpoint_field, endpoints))
+    # One (region, zone) object per locality, shared by its endpoints.
+    found = dict.fromkeys(map(_where, endpoints))
+    shared = dict(zip(found, found, strict=True))
+    wheres = tuple(map(shared.__getitem__, map(_where, endpoints)))
+    localities = {}
+    for where in shared:
+        members = list(map(eq, wheres, repeat(where)))
+        chosen = list(compress(endpoints, members))
+        localities[where] = _Locality(
+            lb_endpoints=b"".join(compress(fields, members)),
+            weight=sum(map(max, map(_weight, chosen), repeat(0))),
+            ready=sum(map(not_, map(_draining, chosen))),
+        )
+    return EncodedEndpoints(
+        endpoints=endpoints, fields=fields, wheres=wheres, localities=localities
+    )
+
+
+def encode_load_assignment(
+    server: RoutedServer,
+    *,
+    region: str = "",
+    zone: str = "",
+    encoded: EncodedEndpoints | None = None,
+) -> bytes:
+    """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it, serialized
+    (``encoded``: its endpoints' encoding, when the caller has it). cluster_name = 1,
+    endpoints = 2 (LocalityLbEndpoints: locality = 1 {region = 1, zone = 2}, lb_endpoints = 2,
+    load_balancing_weight = 3 {value = 1}, priority = 5), policy = 4."""
+    if encoded is None or (
+        encoded.endpoints is not server.endpoints and encoded.endpoints != server.endpoints
+    ):
+        encoded = encode_endpoints(server.endpoints)
+    ranked = []
+    for where, locality in encoded.localities.items():
+        rank = _level(*where, region=region, zone=zone)
+        if rank == 2 and not server.spec.cross_region:
+            continue
+        ranked.append((rank, where, locality))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    # Envoy wants priorities without gaps: number the levels that are present.
+    priorities = {rank: i for i, rank in enumerate(sorted({item[0] for item in ranked}))}
+    hashed = server.spec.hash_on is not None
+    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
+    parts = [string_field(1, name)]
+    for rank, (ep_region, ep_zone), locality in ranked:
+        weight = varint(_clamp_weight(locality.weight, hashed=hashed))
+        priority = priorities[rank]
+        body = b"".join(
+            (
+                length_delimited(1, string_field(1, ep_region) + string_field(2, ep_zone)),
+                locality.lb_endpoints,
+                b"\x1a",
+                varint(len(weight) + 1),
+                b"\x08",
+                weight,
+                b"\x28" + varint(priority) if priority else b"",
+            )
+        )
+        parts.append(b"\x12" + varint(len(body)))
+        parts.append(body)
+    if not any(locality.ready for _, _, locality in ranked):
+        parts.append(_DROP_EVERYTHING)
+    return b"".join(parts)
 
 
 def to_load_assignment(
     server: RoutedServer, *, region: str = "", zone: str = ""
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    assignment = endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=names.cluster(
-            workspace=server.workspace, server=server.name, epoch=server.cold_epoch
-        )
+    """:func:`encode_load_assignment` as a message (for tests and inspection)."""
+    return endpoint_pb2.ClusterLoadAssignment.FromString(
+        encode_load_assignment(server, region=region, zone=zone)
     )
-    by_locality: dict[tuple[int, str, str], list[Endpoint]] = defaultdict(list)
-    for endpoint in server.endpoints:
-        rank = level(endpoint, region=region, zone=zone)
-        if rank == 2 and not server.spec.cross_region:
-            continue
-        by_locality[(rank, endpoint.region, endpoint.zone)].append(endpoint)
-    if not any(not e.draining for group in by_locality.values() for e in group):
-        drop = assignment.policy.drop_overloads.add(category=names.COLD_START_CATEGORY)
-        drop.drop_percentage.numerator = 100
-        drop.drop_percentage.denominator = percent_pb2.FractionalPercent.HUNDRED
-    # Envoy wants priorities without gaps: number the levels that are present.
-    priorities = {rank: i for i, rank in enumerate(sorted({key[0] for key in by_locality}))}
-    for (rank, ep_region, ep_zone), endpoints in sorted(by_locality.items()):
-        locality = assignment.endpoints.add()
-        locality.locality.CopyFrom(base_pb2.Locality(region=ep_region, zone=ep_zone))
-        locality.priority = priorities[rank]
-        locality.load_balancing_weight.value = locality_weight(
-            endpoints, hashed=server.spec.hash_on is not None
-        )
-        for endpoint in endpoints:
-            _fill_lb_endpoint(locality.lb_endpoints.add(), endpoint)
-    return assignment
-
-
-def locality_weight(endpoints: list[Endpoint], *, hashed: bool) -> int:
-    """A locality's weight: above 0 always (gRPC drops a locality of weight 0)."""
-    if hashed:
-        return 1
-    return max(1, min(sum(max(0, e.weight) for e in endpoints), 0xFFFFFFFF))
-
-
-def _fill_lb_endpoint(lb_endpoint: endpoint_components_pb2.LbEndpoint, endpoint: Endpoint) -> None:
-    # Filled in place: about a third cheaper than building and appending a message.
-    lb_endpoint.health_status = _DRAINING if endpoint.draining else _HEALTHY
-    lb_endpoint.load_balancing_weight.value = endpoint.weight
-    socket = lb_endpoint.endpoint.address.socket_address
-    socket.address = endpoint.host
-    socket.port_value = endpoint.port

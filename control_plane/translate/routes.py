@@ -21,16 +21,19 @@ validate clusters, so that name may be absent.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.on_demand.v3 import on_demand_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from control_plane.registry.spec import ServerSpec
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
 from control_plane.translate.durations import set_duration
+from control_plane.xds.resources import length_delimited, string_field
 
 RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 ON_DEMAND_FILTER = "envoy.filters.http.on_demand"
@@ -38,17 +41,35 @@ _PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
 def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
-    """The routes of one server (the same for each of its hostnames)."""
-    spec = server.spec
+    """The routes of one server (the same for each of its hostnames): fresh messages the caller
+    may alter."""
     cluster = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
-    streaming = server.protocol == "grpc"
     routes = []
-    variants = [("websocket", True)] if server.protocol == "http" else []
+    for variant, template in _unnamed_routes(server.protocol, server.spec, held=server.held):
+        route = route_components_pb2.Route()
+        route.CopyFrom(template)
+        route.name = names.route(workspace=server.workspace, server=server.name, variant=variant)
+        route.metadata.filter_metadata[names.METADATA_NAMESPACE].fields[
+            "server"
+        ].string_value = server.name
+        route.route.cluster = cluster
+        routes.append(route)
+    return routes
+
+
+@lru_cache(maxsize=256)
+def _unnamed_routes(
+    protocol: str, spec: ServerSpec, *, held: bool
+) -> tuple[tuple[str, route_components_pb2.Route], ...]:
+    """A server's routes, by variant, but for the names (route, cluster, server metadata): a
+    function of the protocol, the spec and whether the server is held, which a fleet's servers
+    mostly share, so built once per distinct triple. Must not be altered (callers copy them)."""
+    streaming = protocol == "grpc"
+    routes = []
+    variants = [("websocket", True)] if protocol == "http" else []
     variants.append(("default", streaming))
     for variant, no_request_timeout in variants:
-        route = route_components_pb2.Route(
-            name=names.route(workspace=server.workspace, server=server.name, variant=variant)
-        )
+        route = route_components_pb2.Route()
         if spec.path_prefix == "/":
             route.match.prefix = "/"
         else:
@@ -58,9 +79,7 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
             header.string_match.CopyFrom(
                 string_pb2.StringMatcher(exact="websocket", ignore_case=True)
             )
-        route.metadata.filter_metadata[names.METADATA_NAMESPACE].update({"server": server.name})
         action = route.route
-        action.cluster = cluster
         # No route timeout: it would bound the whole response, cutting a token stream that is
         # still sending. `timeouts.request` bounds each try's time to first byte and between
         # bytes instead; `idle` the stream's quiet time; `max_stream` (optional) the whole.
@@ -84,12 +103,10 @@ def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
                 policy.cookie.name = spec.hash_on.cookie
                 if spec.hash_on.cookie_ttl:
                     set_duration(policy.cookie.ttl, spec.hash_on.cookie_ttl)
-        if server.held:
-            route.typed_per_filter_config[ON_DEMAND_FILTER].Pack(
-                _hold(server.spec.cold_start.timeout)
-            )
-        routes.append(route)
-    return routes
+        if held:
+            route.typed_per_filter_config[ON_DEMAND_FILTER].Pack(_hold(spec.cold_start.timeout))
+        routes.append((variant, route))
+    return tuple(routes)
 
 
 def _hold(timeout: float) -> on_demand_pb2.PerRouteConfig:
@@ -116,19 +133,32 @@ def _hold(timeout: float) -> on_demand_pb2.PerRouteConfig:
     return config
 
 
-def to_route_configuration(servers: Iterable[RoutedServer]) -> route_pb2.RouteConfiguration:
-    by_host: dict[str, list[tuple[int, str, list[route_components_pb2.Route]]]] = {}
+def encode_route_configuration(servers: Iterable[RoutedServer]) -> bytes:
+    """The RouteConfiguration, serialized (as ``SerializeToString(deterministic=True)`` would
+    give it): each server's routes serialized once, however many hostnames it has, and joined
+    into virtual hosts without building the whole message."""
+    by_host: dict[str, list[tuple[int, str, bytes]]] = {}
     for server in servers:
-        routes = to_routes(server)
+        # VirtualHost.routes = 3
+        routes = b"".join(
+            length_delimited(3, route.SerializeToString(deterministic=True))
+            for route in to_routes(server)
+        )
         for hostname in server.hostnames:
             by_host.setdefault(hostname, []).append(
                 (len(server.spec.path_prefix), server.name, routes)
             )
-    config = route_pb2.RouteConfiguration(name=names.ROUTE_CONFIG)
-    config.validate_clusters.value = False  # a held route names a cluster pushed later
+    # RouteConfiguration: name = 1, virtual_hosts = 2, validate_clusters = 7 (false: a held
+    # route names a cluster pushed later; an empty BoolValue). VirtualHost: name = 1, domains = 2.
+    parts = [string_field(1, names.ROUTE_CONFIG)]
     for hostname in sorted(by_host):
-        host = config.virtual_hosts.add(name=names.virtual_host(hostname=hostname))
-        host.domains.append(hostname)
-        for _, _, routes in sorted(by_host[hostname], key=lambda item: (-item[0], item[1])):
-            host.routes.extend(routes)
-    return config
+        host = b"".join(
+            (
+                string_field(1, names.virtual_host(hostname=hostname)),
+                string_field(2, hostname),
+                *(r for _, _, r in sorted(by_host[hostname], key=lambda item: (-item[0], item[1]))),
+            )
+        )
+        parts.append(length_delimited(2, host))
+    parts.append(length_delimited(7, b""))
+    return b"".join(parts)

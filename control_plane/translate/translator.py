@@ -1,7 +1,8 @@
 """RoutingTable + the proxy group's view -> serialized resources, one function per resource.
 
 Pure: no memo here. The pipeline (``control_plane.pipeline``) decides which of these to call
-again; :func:`to_resources` calls all of them, from scratch, for tests and one-off use.
+again, and keeps each server's encoded endpoints for the next ClusterLoadAssignment of it;
+:func:`to_resources` calls all of them, from scratch, for tests and one-off use.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.api_listeners import to_api_listeners
 from control_plane.translate.clusters import to_cluster
-from control_plane.translate.endpoints import to_load_assignment
+from control_plane.translate.endpoints import EncodedEndpoints, encode_load_assignment
 from control_plane.translate.listeners import to_listener
-from control_plane.translate.routes import to_route_configuration
+from control_plane.translate.routes import encode_route_configuration
 from control_plane.xds.resources import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
     Resource,
+    encoded_resource,
     to_resource,
 )
 
@@ -46,15 +48,20 @@ def cluster_resource(server: RoutedServer) -> Resource:
     return to_resource(CLUSTER, name, to_cluster(server))
 
 
-def endpoints_resource(server: RoutedServer, *, region: str, zone: str) -> Resource:
-    """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it."""
+def endpoints_resource(
+    server: RoutedServer, *, region: str, zone: str, encoded: EncodedEndpoints | None = None
+) -> Resource:
+    """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it
+    (``encoded``: its endpoints' encoding, ``encode_endpoints(server.endpoints)``, when the
+    caller keeps one)."""
     name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
-    return to_resource(ENDPOINT, name, to_load_assignment(server, region=region, zone=zone))
+    payload = encode_load_assignment(server, region=region, zone=zone, encoded=encoded)
+    return encoded_resource(ENDPOINT, name, payload)
 
 
 def route_resource(servers: Iterable[RoutedServer]) -> Resource:
     """The one RouteConfiguration every proxy gets: depends on no server's endpoints."""
-    return to_resource(ROUTE, names.ROUTE_CONFIG, to_route_configuration(servers))
+    return encoded_resource(ROUTE, names.ROUTE_CONFIG, encode_route_configuration(servers))
 
 
 def listener_resource(view: ProxyView) -> Resource:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Final
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from google.protobuf import any_pb2
 
 CLUSTER: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT: Final = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -45,7 +52,16 @@ def version_of_sum(total: int) -> str:
     return f"{total & MASK64:016x}"
 
 
+# The one-byte varints (most lengths and small numbers an encoder joins).
+_ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf varint."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    if 0 <= value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -70,48 +86,104 @@ def string_field(field_number: int, value: str) -> bytes:
 class Resource:
     """One Envoy resource at one content version.
 
-    ``message`` is the parsed proto (kept for reference checks and inspection; it must not be
-    altered). ``any_bytes`` is the serialized ``google.protobuf.Any``. The two pre-encoded
-    fields are what responses are assembled from, so a push costs a join, not a serialization.
+    ``any_bytes`` is the serialized ``google.protobuf.Any``. The two pre-encoded fields are what
+    responses are assembled from, so a push costs a join, not a serialization. ``message`` is
+    the parsed proto (for reference checks and inspection; it must not be altered): the one
+    the resource was serialized from, or, for a resource encoded straight to bytes, parsed from
+    them on first use.
     """
 
     type_url: str
     name: str
     version: str
-    message: Any = field(repr=False, compare=False)
     any_bytes: bytes = field(repr=False)
     # 64-bit hash of (name, version): type versions are sums of these, so updating a type's
     # version for one changed resource is O(1).
     pair_hash: int = field(repr=False, compare=False)
     sotw_field: bytes = field(repr=False, compare=False)
     delta_field: bytes = field(repr=False, compare=False)
+    # The parsed proto once known (see ``message``); None until then.
+    parsed: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def message(self) -> Any:
+        parsed = self.parsed
+        if parsed is None:
+            # Two threads may both parse: equal messages, either one kept.
+            parsed = _MESSAGE_TYPES[self.type_url].FromString(
+                any_pb2.Any.FromString(self.any_bytes).value
+            )
+            object.__setattr__(self, "parsed", parsed)
+        return parsed
 
     @property
     def size(self) -> int:
         return len(self.any_bytes)
 
 
+_MESSAGE_TYPES: Final[dict[str, Any]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+}
+
+
 def to_resource(type_url: str, name: str, message: Any) -> Resource:
     """Serialize ``message`` once (deterministically) and pre-encode its response fields."""
-    payload = message.SerializeToString(deterministic=True)
-    version = content_hash(type_url.encode(), payload)
-    any_bytes = string_field(1, type_url) + length_delimited(2, payload)
-    # DiscoveryResponse.resources = 2 (repeated Any).
-    sotw_field = length_delimited(2, any_bytes)
-    # DeltaDiscoveryResponse.resources = 2 (repeated Resource{name=3, version=1, resource=2}).
-    delta_resource = (
-        string_field(1, version) + length_delimited(2, any_bytes) + string_field(3, name)
+    return encoded_resource(
+        type_url, name, message.SerializeToString(deterministic=True), message=message
     )
-    delta_field = length_delimited(2, delta_resource)
+
+
+@cache
+def _type_prefix(type_url: str) -> tuple[bytes, Any]:
+    """``Any.type_url`` encoded, and a hash that has already taken the type URL in."""
+    encoded = type_url.encode()
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(len(encoded).to_bytes(8, "little"))
+    digest.update(encoded)
+    return string_field(1, type_url), digest
+
+
+def encoded_resource(type_url: str, name: str, payload: bytes, *, message: Any = None) -> Resource:
+    """A resource from its serialized message (``payload``, as ``SerializeToString(
+    deterministic=True)`` gives it), its response fields pre-encoded. ``message``, when the
+    caller has it, saves a parse if anyone asks for it."""
+    type_field, primed = _type_prefix(type_url)
+    digest = primed.copy()
+    digest.update(len(payload).to_bytes(8, "little"))
+    digest.update(payload)
+    version = digest.hexdigest()  # == content_hash(type_url.encode(), payload)
+    any_bytes = b"".join((type_field, b"\x12", varint(len(payload)), payload))
+    any_length = varint(len(any_bytes))
+    # DiscoveryResponse.resources = 2 (repeated Any).
+    sotw_field = b"".join((b"\x12", any_length, any_bytes))
+    # DeltaDiscoveryResponse.resources = 2 (repeated Resource{name=3, version=1, resource=2}).
+    # The version is 16 hex characters: field 1, length 16.
+    name_field = string_field(3, name)
+    delta_length = 2 + 16 + 1 + len(any_length) + len(any_bytes) + len(name_field)
+    delta_field = b"".join(
+        (
+            b"\x12",
+            varint(delta_length),
+            b"\x0a\x10",
+            version.encode(),
+            b"\x12",
+            any_length,
+            any_bytes,
+            name_field,
+        )
+    )
     return Resource(
         type_url=type_url,
         name=name,
         version=version,
-        message=message,
         any_bytes=any_bytes,
         pair_hash=pair_hash(name, version),
         sotw_field=sotw_field,
         delta_field=delta_field,
+        parsed=message,
     )
 
 

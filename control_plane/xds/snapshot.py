@@ -104,7 +104,8 @@ def build_from_types(
     revision: int = 0,
     cause: str = "",
 ) -> Snapshot:
-    """A snapshot of ``by_type`` (which it takes ownership of).
+    """A snapshot of ``by_type`` (which it takes ownership of: neither the dict nor the maps in it
+    may be altered afterwards; a map may be shared by several snapshots).
 
     With ``previous`` and, per type, the ``candidates``: the names that may differ from it
     (removals included; names that did not change are allowed), versions and checks cost only

@@ -7,6 +7,7 @@ import pytest
 from control_plane.pipeline import Pipeline
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
+from control_plane.routing.build import evaluate_with
 
 
 def srv(name: str, *hosts: str, protocol: str = "http") -> Server:
@@ -116,3 +117,45 @@ def test_rows_equal_by_value_are_not_evaluated_again() -> None:
     drained = pipeline.step(state([srv("echo")], [rep("r1", state="DRAINING")]), ())
     assert drained.changed_servers == {"echo"}
     assert drained.table.servers[0].endpoints[0].draining
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["changed", "added", "removed", "first-changed", "last-removed", "regions-only"],
+)
+def test_evaluation_from_previous_verdicts_equals_a_fresh_one_and_judges_only_the_change(
+    edit: str,
+) -> None:
+    server = srv("echo")
+    rows = tuple(
+        rep(f"r{i:02d}", port=8000 + i, state=("READY", "DRAINING")[i % 2]) for i in range(20)
+    )
+    _, verdicts = evaluate_with(server, rows)
+    new = list(rows)
+    if edit == "changed":
+        new[7] = rep("r07", port=9999)
+    elif edit == "added":
+        new.insert(5, rep("r04a", region="us-east"))
+    elif edit == "removed":
+        del new[3]
+    elif edit == "first-changed":
+        new[0] = rep("r00", state="STARTING")
+    elif edit == "last-removed":
+        del new[-1]
+    else:
+        server = Server(
+            name="echo", hostnames=("echo.local",), protocol="http", spec='{"regions": ["us-east"]}'
+        )
+        new[2] = rep("r02", region="us-east")
+    after = tuple(new)
+    ev, reused = evaluate_with(server, after, previous=(rows, verdicts))
+    assert (ev, reused) == evaluate_with(server, after)
+    # Rows equal to earlier ones kept their verdicts: the same endpoints, not judged again.
+    old = dict(zip((row.id for row in rows), verdicts[0], strict=True))
+    kept = [
+        endpoint is old[row.id]
+        for row, endpoint in zip(after, reused[0], strict=True)
+        if row in rows and endpoint is not None
+    ]
+    assert kept
+    assert all(kept)
