@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.xds.resources import (
     CLUSTER,
-    ENDPOINT,
     WILDCARD_TYPES,
     Resource,
     control_plane_field,
@@ -24,10 +24,96 @@ from control_plane.xds.stream import (
     Pending,
     RequestOutcome,
     TypeState,
+    shared_names,
 )
 
+_NOTHING = object()
 
-class DeltaStream(BaseStream):
+
+@dataclass(slots=True)
+class DeltaState(TypeState):
+    """What a delta stream keeps about one type besides :class:`TypeState`: name -> version the
+    proxy has been sent (or said it has), what it ACKed, and the responses awaiting an answer.
+
+    What the proxy ACKed is kept as the names where it differs from what it was sent: once a
+    proxy has ACKed everything, that is none, and thousands of streams do not each keep a second
+    name -> version dict the same as the first (``acked()`` builds it when asked).
+    """
+
+    known: dict[str, str] = field(default_factory=dict)
+    # name -> version ACKed (None: not ACKed) where that differs from ``known``; None when none.
+    unacked: dict[str, str | None] | None = None
+    pending: dict[str, Pending] = field(default_factory=dict)
+
+    def acked(self) -> dict[str, str]:
+        """name -> version the proxy ACKed (a new dict)."""
+        unacked = self.unacked
+        if unacked is None:
+            return dict(self.known)
+        acked = {n: v for n, v in self.known.items() if n not in unacked}
+        acked.update((n, v) for n, v in unacked.items() if v is not None)
+        return acked
+
+    # Every change keeps ``unacked`` exact: no entry equal to ``known``'s (None for a name not
+    # known), and None rather than empty.
+
+    def set_acked(self, name: str, version: str) -> None:
+        """The proxy said it has ``name`` at ``version`` (initial versions): sent and ACKed."""
+        self.known[name] = version
+        self._acked_as_known(name)
+
+    def drop(self, name: str) -> None:
+        """Unsubscribed: neither sent nor ACKed any more."""
+        self.known.pop(name, None)
+        self._acked_as_known(name)
+
+    def send(self, name: str, version: str) -> None:
+        self._keep_acked(name)
+        self.known[name] = version
+        self._settle(name)
+
+    def forget_sent(self, name: str) -> bool:
+        if name not in self.known:
+            return False
+        self._keep_acked(name)
+        del self.known[name]
+        self._settle(name)
+        return True
+
+    def ack(self, sent: dict[str, str], removed: list[str]) -> None:
+        """The proxy ACKed a response that sent ``sent`` and removed ``removed``."""
+        for name, version in sent.items():
+            self._mark_acked(name, version)
+        for name in removed:
+            self._mark_acked(name, None)
+
+    def _keep_acked(self, name: str) -> None:
+        """Before ``known[name]`` changes: remember what the proxy ACKed of it."""
+        if self.unacked is None:
+            self.unacked = {name: self.known.get(name)}
+        elif name not in self.unacked:
+            self.unacked[name] = self.known.get(name)
+
+    def _mark_acked(self, name: str, version: str | None) -> None:
+        if self.known.get(name) == version:
+            self._acked_as_known(name)
+        elif self.unacked is None:
+            self.unacked = {name: version}
+        else:
+            self.unacked[name] = version
+
+    def _settle(self, name: str) -> None:
+        """After ``known[name]`` changed: forget the ACKed version if it is the same again."""
+        if self.unacked is not None and self.unacked.get(name, _NOTHING) == self.known.get(name):
+            self._acked_as_known(name)
+
+    def _acked_as_known(self, name: str) -> None:
+        unacked = self.unacked
+        if unacked is not None and unacked.pop(name, _NOTHING) is not _NOTHING and not unacked:
+            self.unacked = None
+
+
+class DeltaStream(BaseStream[DeltaState]):
     """Incremental (delta) xDS (ADS or one type)."""
 
     _CP_FIELD = 7
@@ -38,10 +124,13 @@ class DeltaStream(BaseStream):
         super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
 
+    def _new_state(self) -> DeltaState:
+        return DeltaState()
+
     @property
     def acked(self) -> dict[str, dict[str, str]]:
-        """Per type: name -> version the proxy ACKed (a new dict of the live per-type dicts)."""
-        return {type_url: state.acked for type_url, state in self._types.items()}
+        """Per type: name -> version the proxy ACKed (new dicts)."""
+        return {type_url: state.acked() for type_url, state in self._types.items()}
 
     def pending(self, type_url: str) -> int:
         """How many responses of ``type_url`` await an ACK or NACK (at most 32 are kept)."""
@@ -52,7 +141,7 @@ class DeltaStream(BaseStream):
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
         state = self._state(type_url)
-        status, known, acked = state.status, state.known, state.acked
+        status = state.status
         # Interned: a thousand streams subscribed to the same names hold one copy of each.
         subscribe = {sys.intern(name) for name in request.resource_names_subscribe}
         unsubscribe = set(request.resource_names_unsubscribe)
@@ -66,8 +155,7 @@ class DeltaStream(BaseStream):
             outcome.resubscribed = True
             status.wildcard = type_url in WILDCARD_TYPES and not subscribe
             for name, version in request.initial_resource_versions.items():
-                known[name] = version
-                acked[name] = version
+                state.set_acked(name, version)
         if "*" in subscribe:
             status.wildcard = True
         if "*" in unsubscribe:
@@ -78,11 +166,10 @@ class DeltaStream(BaseStream):
         unsubscribe.discard("*")
         if subscribe:
             outcome.subscribed = frozenset(subscribe - status.names)
-        status.names |= subscribe
-        status.names -= unsubscribe
+        if subscribe or unsubscribe:
+            status.names = shared_names((status.names | subscribe) - unsubscribe)
         for name in unsubscribe:
-            known.pop(name, None)
-            acked.pop(name, None)
+            state.drop(name)
         if request.response_nonce:
             pending = state.pending.pop(request.response_nonce, None)
             if pending is None:
@@ -90,9 +177,7 @@ class DeltaStream(BaseStream):
             elif request.HasField("error_detail"):
                 outcome.nack, outcome.repeated_nack = self._nack(state, pending.version, request)
             else:
-                acked.update(pending.sent)
-                for name in pending.removed:
-                    acked.pop(name, None)
+                state.ack(pending.sent, pending.removed)
                 status.acked_version = pending.version
                 status.acks += 1
                 outcome.ack = pending.version
@@ -101,7 +186,7 @@ class DeltaStream(BaseStream):
                 status.acked_committed_at = pending.committed_at or 1e-9
         return outcome
 
-    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
+    def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
         nonce = self._next_nonce()
         if len(state.pending) >= MAX_PENDING:
             del state.pending[next(iter(state.pending))]
@@ -125,7 +210,9 @@ class DeltaStream(BaseStream):
             removed=[],
         )
 
-    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
+    def _response_for(
+        self, type_url: str, state: DeltaState, snapshot: Snapshot
+    ) -> Outgoing | None:
         status, known = state.status, state.known
         available = snapshot.of_type(type_url)
         candidates = self._candidates(state, type_url, snapshot)
@@ -148,12 +235,11 @@ class DeltaStream(BaseStream):
         # The first response of a subscription always goes out, even empty: Envoy waits for
         # it before it finishes initializing (e.g. wildcard CDS while no server exists yet).
         for resource in to_send:
-            known[resource.name] = resource.version
+            state.send(resource.name, resource.version)
         if type_url == CLUSTER:
-            endpoints = self._types.get(ENDPOINT)
-            self._forget_endpoints(to_send, endpoints.known if endpoints is not None else None)
+            self._forget_endpoints(to_send)
         for name in removed:
-            del known[name]
+            state.forget_sent(name)
         nonce = self._next_nonce()
         pending = state.pending
         if len(pending) >= MAX_PENDING:
