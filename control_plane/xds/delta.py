@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from control_plane.xds.resources import (
@@ -18,6 +21,7 @@ from control_plane.xds.stream import (
     DEFAULT_LIMITS,
     EMPTY_VERSION,
     MAX_PENDING,
+    NO_NAMES,
     BaseStream,
     Limits,
     Outgoing,
@@ -28,6 +32,7 @@ from control_plane.xds.stream import (
 )
 
 _NOTHING = object()
+NO_RESOURCES: Mapping[str, Resource] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -35,48 +40,117 @@ class DeltaState(TypeState):
     """What a delta stream keeps about one type besides :class:`TypeState`: name -> version the
     proxy has been sent (or said it has), what it ACKed, and the responses awaiting an answer.
 
-    What the proxy ACKed is kept as the names where it differs from what it was sent: once a
-    proxy has ACKed everything, that is none, and thousands of streams do not each keep a second
-    name -> version dict the same as the first (``acked()`` builds it when asked).
+    Thousands of streams of one fleet have been sent the same thing, so what a stream has been
+    sent is ``base`` (one snapshot's resources of this type, shared by every stream synced to
+    that snapshot) with this stream's differences in ``own``; what it ACKed is kept as the names
+    where that differs from what it was sent. A proxy that has ACKed all of a snapshot holds no
+    dict of its own at all (``known()`` and ``acked()`` build them when asked).
     """
 
-    known: dict[str, str] = field(default_factory=dict)
-    # name -> version ACKed (None: not ACKed) where that differs from ``known``; None when none.
+    base: Mapping[str, Resource] = field(default_factory=lambda: NO_RESOURCES)
+    # The snapshot ``base`` comes from.
+    base_version: str | None = None
+    # name -> version sent (None: not sent) where that differs from ``base``; None when none.
+    own: dict[str, str | None] | None = None
+    # name -> version ACKed (None: not ACKed) where that differs from what was sent.
     unacked: dict[str, str | None] | None = None
     pending: dict[str, Pending] = field(default_factory=dict)
 
+    def known_version(self, name: str) -> str | None:
+        """The version of ``name`` the proxy has been sent (or said it has), if any."""
+        own = self.own
+        if own is not None:
+            version = own.get(name, _NOTHING)
+            if version is not _NOTHING:
+                return version  # type: ignore[return-value]
+        resource = self.base.get(name)
+        return resource.version if resource is not None else None
+
+    def known_names(self) -> Iterator[str]:
+        own = self.own
+        if own is None:
+            yield from self.base
+            return
+        yield from (n for n in self.base if n not in own)
+        yield from (n for n, v in own.items() if v is not None)
+
+    def known(self) -> dict[str, str]:
+        """name -> version the proxy has been sent (a new dict)."""
+        known = {n: r.version for n, r in self.base.items()}
+        if self.own is not None:
+            for name, version in self.own.items():
+                if version is None:
+                    known.pop(name, None)
+                else:
+                    known[name] = version
+        return known
+
     def acked(self) -> dict[str, str]:
         """name -> version the proxy ACKed (a new dict)."""
-        unacked = self.unacked
-        if unacked is None:
-            return dict(self.known)
-        acked = {n: v for n, v in self.known.items() if n not in unacked}
-        acked.update((n, v) for n, v in unacked.items() if v is not None)
+        acked = self.known()
+        if self.unacked is not None:
+            for name, version in self.unacked.items():
+                if version is None:
+                    acked.pop(name, None)
+                else:
+                    acked[name] = version
         return acked
 
-    # Every change keeps ``unacked`` exact: no entry equal to ``known``'s (None for a name not
-    # known), and None rather than empty.
+    def rebase(self, snapshot: Snapshot, type_url: str, *, full: bool) -> None:
+        """After a push computed against ``snapshot``: take its resources as the base, when
+        the differences left are few. O(what the snapshot changed + own differences) when the
+        base is the snapshot's parent; O(everything) only with ``full`` (the push was)."""
+        available = snapshot.of_type(type_url)
+        if available is self.base:
+            self.base_version = snapshot.version
+            return
+        names: Iterable[str]
+        changed = snapshot.changed
+        if (
+            changed is not None
+            and self.base_version
+            and snapshot.parent_version == self.base_version
+        ):
+            # Outside what changed, the parent's resources are the snapshot's.
+            names = itertools.chain(changed.get(type_url, NO_NAMES), self.own or ())
+        elif full:
+            names = itertools.chain(available, self.known_names())
+        else:
+            return
+        differences: dict[str, str | None] = {}
+        for name in names:
+            version = self.known_version(name)
+            resource = available.get(name)
+            if version != (resource.version if resource is not None else None):
+                differences[name] = version
+        if len(differences) > 8 + len(available) // 4:
+            return  # e.g. a few names of many subscribed: keep what this stream has
+        self.base, self.base_version = available, snapshot.version
+        self.own = differences or None
+
+    # Every change keeps ``own`` and ``unacked`` exact: no entry equal to what it overrides,
+    # and None rather than empty.
 
     def set_acked(self, name: str, version: str) -> None:
         """The proxy said it has ``name`` at ``version`` (initial versions): sent and ACKed."""
-        self.known[name] = version
+        self._set_known(name, version)
         self._acked_as_known(name)
 
     def drop(self, name: str) -> None:
         """Unsubscribed: neither sent nor ACKed any more."""
-        self.known.pop(name, None)
+        self._set_known(name, None)
         self._acked_as_known(name)
 
     def send(self, name: str, version: str) -> None:
         self._keep_acked(name)
-        self.known[name] = version
+        self._set_known(name, version)
         self._settle(name)
 
     def forget_sent(self, name: str) -> bool:
-        if name not in self.known:
+        if self.known_version(name) is None:
             return False
         self._keep_acked(name)
-        del self.known[name]
+        self._set_known(name, None)
         self._settle(name)
         return True
 
@@ -87,15 +161,26 @@ class DeltaState(TypeState):
         for name in removed:
             self._mark_acked(name, None)
 
+    def _set_known(self, name: str, version: str | None) -> None:
+        resource = self.base.get(name)
+        if version == (resource.version if resource is not None else None):
+            own = self.own
+            if own is not None and own.pop(name, _NOTHING) is not _NOTHING and not own:
+                self.own = None
+        elif self.own is None:
+            self.own = {name: version}
+        else:
+            self.own[name] = version
+
     def _keep_acked(self, name: str) -> None:
-        """Before ``known[name]`` changes: remember what the proxy ACKed of it."""
+        """Before what ``name`` was sent changes: remember what the proxy ACKed of it."""
         if self.unacked is None:
-            self.unacked = {name: self.known.get(name)}
+            self.unacked = {name: self.known_version(name)}
         elif name not in self.unacked:
-            self.unacked[name] = self.known.get(name)
+            self.unacked[name] = self.known_version(name)
 
     def _mark_acked(self, name: str, version: str | None) -> None:
-        if self.known.get(name) == version:
+        if self.known_version(name) == version:
             self._acked_as_known(name)
         elif self.unacked is None:
             self.unacked = {name: version}
@@ -103,8 +188,9 @@ class DeltaState(TypeState):
             self.unacked[name] = version
 
     def _settle(self, name: str) -> None:
-        """After ``known[name]`` changed: forget the ACKed version if it is the same again."""
-        if self.unacked is not None and self.unacked.get(name, _NOTHING) == self.known.get(name):
+        """After what ``name`` was sent changed: forget the ACKed version if it is the same."""
+        unacked = self.unacked
+        if unacked is not None and unacked.get(name, _NOTHING) == self.known_version(name):
             self._acked_as_known(name)
 
     def _acked_as_known(self, name: str) -> None:
@@ -213,24 +299,25 @@ class DeltaStream(BaseStream[DeltaState]):
     def _response_for(
         self, type_url: str, state: DeltaState, snapshot: Snapshot
     ) -> Outgoing | None:
-        status, known = state.status, state.known
+        status, known = state.status, state.known_version
         available = snapshot.of_type(type_url)
         candidates = self._candidates(state, type_url, snapshot)
         if candidates is None:
             wanted = set(available) | status.names if status.wildcard else set(status.names)
             # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
-            removed = sorted(n for n in known if n not in available)
+            removed = sorted(n for n in state.known_names() if n not in available)
         else:
             wanted = {n for n in candidates if status.wildcard or n in status.names}
-            removed = sorted(n for n in wanted if n in known and n not in available)
+            removed = sorted(n for n in wanted if n not in available and known(n) is not None)
         state.synced = snapshot.version
         to_send: list[Resource] = [
             available[n]
             for n in sorted(wanted)
-            if n in available and known.get(n) != available[n].version
+            if n in available and known(n) != available[n].version
         ]
         version = snapshot.versions.get(type_url, "")
         if not to_send and not removed and status.sent_version:
+            state.rebase(snapshot, type_url, full=candidates is None)
             return None
         # The first response of a subscription always goes out, even empty: Envoy waits for
         # it before it finishes initializing (e.g. wildcard CDS while no server exists yet).
@@ -240,6 +327,7 @@ class DeltaStream(BaseStream[DeltaState]):
             self._forget_endpoints(to_send)
         for name in removed:
             state.forget_sent(name)
+        state.rebase(snapshot, type_url, full=candidates is None)
         nonce = self._next_nonce()
         pending = state.pending
         if len(pending) >= MAX_PENDING:
