@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from control_plane.xds.resources import (
     CLUSTER,
-    ENDPOINT,
     WILDCARD_TYPES,
     Resource,
     control_plane_field,
@@ -18,16 +21,185 @@ from control_plane.xds.stream import (
     DEFAULT_LIMITS,
     EMPTY_VERSION,
     MAX_PENDING,
+    NO_NAMES,
     BaseStream,
     Limits,
     Outgoing,
     Pending,
     RequestOutcome,
     TypeState,
+    shared_names,
 )
 
+_NOTHING = object()
+NO_RESOURCES: Mapping[str, Resource] = MappingProxyType({})
 
-class DeltaStream(BaseStream):
+
+@dataclass(slots=True)
+class DeltaState(TypeState):
+    """What a delta stream keeps about one type besides :class:`TypeState`: name -> version the
+    proxy has been sent (or said it has), what it ACKed, and the responses awaiting an answer.
+
+    Thousands of streams of one fleet have been sent the same thing, so what a stream has been
+    sent is ``base`` (one snapshot's resources of this type, shared by every stream synced to
+    that snapshot) with this stream's differences in ``own``; what it ACKed is kept as the names
+    where that differs from what it was sent. A proxy that has ACKed all of a snapshot holds no
+    dict of its own at all (``known()`` and ``acked()`` build them when asked).
+    """
+
+    base: Mapping[str, Resource] = field(default_factory=lambda: NO_RESOURCES)
+    # The snapshot ``base`` comes from.
+    base_version: str | None = None
+    # name -> version sent (None: not sent) where that differs from ``base``; None when none.
+    own: dict[str, str | None] | None = None
+    # name -> version ACKed (None: not ACKed) where that differs from what was sent.
+    unacked: dict[str, str | None] | None = None
+    pending: dict[str, Pending] = field(default_factory=dict)
+
+    def known_version(self, name: str) -> str | None:
+        """The version of ``name`` the proxy has been sent (or said it has), if any."""
+        own = self.own
+        if own is not None:
+            version = own.get(name, _NOTHING)
+            if version is not _NOTHING:
+                return version  # type: ignore[return-value]
+        resource = self.base.get(name)
+        return resource.version if resource is not None else None
+
+    def known_names(self) -> Iterator[str]:
+        own = self.own
+        if own is None:
+            yield from self.base
+            return
+        yield from (n for n in self.base if n not in own)
+        yield from (n for n, v in own.items() if v is not None)
+
+    def known(self) -> dict[str, str]:
+        """name -> version the proxy has been sent (a new dict)."""
+        known = {n: r.version for n, r in self.base.items()}
+        if self.own is not None:
+            for name, version in self.own.items():
+                if version is None:
+                    known.pop(name, None)
+                else:
+                    known[name] = version
+        return known
+
+    def acked(self) -> dict[str, str]:
+        """name -> version the proxy ACKed (a new dict)."""
+        acked = self.known()
+        if self.unacked is not None:
+            for name, version in self.unacked.items():
+                if version is None:
+                    acked.pop(name, None)
+                else:
+                    acked[name] = version
+        return acked
+
+    def rebase(self, snapshot: Snapshot, type_url: str, *, full: bool) -> None:
+        """After a push computed against ``snapshot``: take its resources as the base, when
+        the differences left are few. O(what the snapshot changed + own differences) when the
+        base is the snapshot's parent; O(everything) only with ``full`` (the push was)."""
+        available = snapshot.of_type(type_url)
+        if available is self.base:
+            self.base_version = snapshot.version
+            return
+        names: Iterable[str]
+        changed = snapshot.changed
+        if (
+            changed is not None
+            and self.base_version
+            and snapshot.parent_version == self.base_version
+        ):
+            # Outside what changed, the parent's resources are the snapshot's.
+            names = itertools.chain(changed.get(type_url, NO_NAMES), self.own or ())
+        elif full:
+            names = itertools.chain(available, self.known_names())
+        else:
+            return
+        differences: dict[str, str | None] = {}
+        for name in names:
+            version = self.known_version(name)
+            resource = available.get(name)
+            if version != (resource.version if resource is not None else None):
+                differences[name] = version
+        if len(differences) > 8 + len(available) // 4:
+            return  # e.g. a few names of many subscribed: keep what this stream has
+        self.base, self.base_version = available, snapshot.version
+        self.own = differences or None
+
+    # Every change keeps ``own`` and ``unacked`` exact: no entry equal to what it overrides,
+    # and None rather than empty.
+
+    def set_acked(self, name: str, version: str) -> None:
+        """The proxy said it has ``name`` at ``version`` (initial versions): sent and ACKed."""
+        self._set_known(name, version)
+        self._acked_as_known(name)
+
+    def drop(self, name: str) -> None:
+        """Unsubscribed: neither sent nor ACKed any more."""
+        self._set_known(name, None)
+        self._acked_as_known(name)
+
+    def send(self, name: str, version: str) -> None:
+        self._keep_acked(name)
+        self._set_known(name, version)
+        self._settle(name)
+
+    def forget_sent(self, name: str) -> bool:
+        if self.known_version(name) is None:
+            return False
+        self._keep_acked(name)
+        self._set_known(name, None)
+        self._settle(name)
+        return True
+
+    def ack(self, sent: dict[str, str], removed: list[str]) -> None:
+        """The proxy ACKed a response that sent ``sent`` and removed ``removed``."""
+        for name, version in sent.items():
+            self._mark_acked(name, version)
+        for name in removed:
+            self._mark_acked(name, None)
+
+    def _set_known(self, name: str, version: str | None) -> None:
+        resource = self.base.get(name)
+        if version == (resource.version if resource is not None else None):
+            own = self.own
+            if own is not None and own.pop(name, _NOTHING) is not _NOTHING and not own:
+                self.own = None
+        elif self.own is None:
+            self.own = {name: version}
+        else:
+            self.own[name] = version
+
+    def _keep_acked(self, name: str) -> None:
+        """Before what ``name`` was sent changes: remember what the proxy ACKed of it."""
+        if self.unacked is None:
+            self.unacked = {name: self.known_version(name)}
+        elif name not in self.unacked:
+            self.unacked[name] = self.known_version(name)
+
+    def _mark_acked(self, name: str, version: str | None) -> None:
+        if self.known_version(name) == version:
+            self._acked_as_known(name)
+        elif self.unacked is None:
+            self.unacked = {name: version}
+        else:
+            self.unacked[name] = version
+
+    def _settle(self, name: str) -> None:
+        """After what ``name`` was sent changed: forget the ACKed version if it is the same."""
+        unacked = self.unacked
+        if unacked is not None and unacked.get(name, _NOTHING) == self.known_version(name):
+            self._acked_as_known(name)
+
+    def _acked_as_known(self, name: str) -> None:
+        unacked = self.unacked
+        if unacked is not None and unacked.pop(name, _NOTHING) is not _NOTHING and not unacked:
+            self.unacked = None
+
+
+class DeltaStream(BaseStream[DeltaState]):
     """Incremental (delta) xDS (ADS or one type)."""
 
     _CP_FIELD = 7
@@ -38,10 +210,13 @@ class DeltaStream(BaseStream):
         super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
 
+    def _new_state(self) -> DeltaState:
+        return DeltaState()
+
     @property
     def acked(self) -> dict[str, dict[str, str]]:
-        """Per type: name -> version the proxy ACKed (a new dict of the live per-type dicts)."""
-        return {type_url: state.acked for type_url, state in self._types.items()}
+        """Per type: name -> version the proxy ACKed (new dicts)."""
+        return {type_url: state.acked() for type_url, state in self._types.items()}
 
     def pending(self, type_url: str) -> int:
         """How many responses of ``type_url`` await an ACK or NACK (at most 32 are kept)."""
@@ -52,7 +227,7 @@ class DeltaStream(BaseStream):
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
         state = self._state(type_url)
-        status, known, acked = state.status, state.known, state.acked
+        status = state.status
         # Interned: a thousand streams subscribed to the same names hold one copy of each.
         subscribe = {sys.intern(name) for name in request.resource_names_subscribe}
         unsubscribe = set(request.resource_names_unsubscribe)
@@ -66,8 +241,7 @@ class DeltaStream(BaseStream):
             outcome.resubscribed = True
             status.wildcard = type_url in WILDCARD_TYPES and not subscribe
             for name, version in request.initial_resource_versions.items():
-                known[name] = version
-                acked[name] = version
+                state.set_acked(name, version)
         if "*" in subscribe:
             status.wildcard = True
         if "*" in unsubscribe:
@@ -78,11 +252,10 @@ class DeltaStream(BaseStream):
         unsubscribe.discard("*")
         if subscribe:
             outcome.subscribed = frozenset(subscribe - status.names)
-        status.names |= subscribe
-        status.names -= unsubscribe
+        if subscribe or unsubscribe:
+            status.names = shared_names((status.names | subscribe) - unsubscribe)
         for name in unsubscribe:
-            known.pop(name, None)
-            acked.pop(name, None)
+            state.drop(name)
         if request.response_nonce:
             pending = state.pending.pop(request.response_nonce, None)
             if pending is None:
@@ -90,9 +263,7 @@ class DeltaStream(BaseStream):
             elif request.HasField("error_detail"):
                 outcome.nack, outcome.repeated_nack = self._nack(state, pending.version, request)
             else:
-                acked.update(pending.sent)
-                for name in pending.removed:
-                    acked.pop(name, None)
+                state.ack(pending.sent, pending.removed)
                 status.acked_version = pending.version
                 status.acks += 1
                 outcome.ack = pending.version
@@ -101,7 +272,7 @@ class DeltaStream(BaseStream):
                 status.acked_committed_at = pending.committed_at or 1e-9
         return outcome
 
-    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
+    def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
         nonce = self._next_nonce()
         if len(state.pending) >= MAX_PENDING:
             del state.pending[next(iter(state.pending))]
@@ -125,35 +296,38 @@ class DeltaStream(BaseStream):
             removed=[],
         )
 
-    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
-        status, known = state.status, state.known
+    def _response_for(
+        self, type_url: str, state: DeltaState, snapshot: Snapshot
+    ) -> Outgoing | None:
+        status, known = state.status, state.known_version
         available = snapshot.of_type(type_url)
         candidates = self._candidates(state, type_url, snapshot)
         if candidates is None:
             wanted = set(available) | status.names if status.wildcard else set(status.names)
             # Unsubscribed names leave ``known`` at once, so what is left is all still wanted.
-            removed = sorted(n for n in known if n not in available)
+            removed = sorted(n for n in state.known_names() if n not in available)
         else:
             wanted = {n for n in candidates if status.wildcard or n in status.names}
-            removed = sorted(n for n in wanted if n in known and n not in available)
+            removed = sorted(n for n in wanted if n not in available and known(n) is not None)
         state.synced = snapshot.version
         to_send: list[Resource] = [
             available[n]
             for n in sorted(wanted)
-            if n in available and known.get(n) != available[n].version
+            if n in available and known(n) != available[n].version
         ]
         version = snapshot.versions.get(type_url, "")
         if not to_send and not removed and status.sent_version:
+            state.rebase(snapshot, type_url, full=candidates is None)
             return None
         # The first response of a subscription always goes out, even empty: Envoy waits for
         # it before it finishes initializing (e.g. wildcard CDS while no server exists yet).
         for resource in to_send:
-            known[resource.name] = resource.version
+            state.send(resource.name, resource.version)
         if type_url == CLUSTER:
-            endpoints = self._types.get(ENDPOINT)
-            self._forget_endpoints(to_send, endpoints.known if endpoints is not None else None)
+            self._forget_endpoints(to_send)
         for name in removed:
-            del known[name]
+            state.forget_sent(name)
+        state.rebase(snapshot, type_url, full=candidates is None)
         nonce = self._next_nonce()
         pending = state.pending
         if len(pending) >= MAX_PENDING:

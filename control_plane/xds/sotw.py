@@ -8,11 +8,11 @@ all of them in every response, so a name left out is one that does not exist.
 from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.xds.resources import (
     CLUSTER,
-    ENDPOINT,
     WILDCARD_TYPES,
     control_plane_field,
     sotw_response,
@@ -22,15 +22,34 @@ from control_plane.xds.snapshot import Snapshot, type_version
 from control_plane.xds.stream import (
     DEFAULT_LIMITS,
     EMPTY_VERSION,
+    NO_NAMES,
     BaseStream,
     Limits,
     Outgoing,
     RequestOutcome,
     TypeState,
+    shared_names,
 )
 
 
-class SotwStream(BaseStream):
+@dataclass(slots=True)
+class SotwState(TypeState):
+    """What a SotW stream keeps about one type besides :class:`TypeState`."""
+
+    # The latest nonce sent; name -> version last sent (what the proxy has, or rejected); the
+    # version_info the proxy claimed on its first request; for named subscriptions, the pair
+    # hashes of the subscribed resources and their sum.
+    last_nonce: str = ""
+    sent: dict[str, str] = field(default_factory=dict)
+    claimed: str | None = None
+    selected: dict[str, int] = field(default_factory=dict)
+    selected_sum: int = 0
+
+    def forget_sent(self, name: str) -> bool:
+        return self.sent.pop(name, None) is not None
+
+
+class SotwStream(BaseStream[SotwState]):
     """State-of-the-world xDS (ADS or one type)."""
 
     _CP_FIELD = 6
@@ -41,17 +60,20 @@ class SotwStream(BaseStream):
         super().__init__(control_plane_id=control_plane_id, only_type=only_type, limits=limits)
         self._cp = control_plane_field(identifier=control_plane_id, field_number=self._CP_FIELD)
 
+    def _new_state(self) -> SotwState:
+        return SotwState()
+
     @staticmethod
     def _named_version(
-        state: TypeState, available: Any, candidates: AbstractSet[str] | None
+        state: SotwState, available: Any, candidates: AbstractSet[str] | None
     ) -> str:
         """The version_info of a named subscription: the sum of the subscribed resources'
         pair hashes, kept up to date push by push (with the names that do not exist)."""
         hashes, names = state.selected, state.status.names
-        missing = state.status.missing
+        # ``TypeStatus`` sets are replaced, never altered; usually there are none missing.
         if candidates is None:
             hashes.clear()
-            missing.clear()
+            missing: set[str] = set()
             for name in names:
                 resource = available.get(name)
                 if resource is not None:
@@ -59,8 +81,11 @@ class SotwStream(BaseStream):
                 else:
                     missing.add(name)
             total = sum(hashes.values())
+            state.status.missing = frozenset(missing) if missing else NO_NAMES
         else:
             total = state.selected_sum
+            found: list[str] = []
+            lost: list[str] = []
             for name in candidates:
                 if name not in names:
                     continue
@@ -69,9 +94,13 @@ class SotwStream(BaseStream):
                 if resource is not None:
                     hashes[name] = resource.pair_hash
                     total += resource.pair_hash
-                    missing.discard(name)
+                    found.append(name)
                 else:
-                    missing.add(name)
+                    lost.append(name)
+            was = state.status.missing
+            if lost or (was and not was.isdisjoint(found)):
+                now = (was - set(found)) | set(lost)
+                state.status.missing = frozenset(now) if now else NO_NAMES
         state.selected_sum = total
         return version_of_sum(total)
 
@@ -124,12 +153,13 @@ class SotwStream(BaseStream):
             state.synced = None
             for gone in [n for n in state.sent if n not in names]:
                 del state.sent[gone]
-            status.names = names
+            status.names = shared_names(names)
         # Names no longer asked for are no longer missing (new ones are judged on the push).
-        status.missing.intersection_update(() if status.wildcard else status.names)
+        if status.missing:
+            status.missing = NO_NAMES if status.wildcard else status.missing & status.names
         return outcome
 
-    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
+    def _empty_response(self, type_url: str, state: SotwState, snapshot: Snapshot) -> Outgoing:
         nonce = self._next_nonce()
         state.last_nonce = nonce
         state.status.sent_version = EMPTY_VERSION
@@ -150,7 +180,7 @@ class SotwStream(BaseStream):
             removed=[],
         )
 
-    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
+    def _response_for(self, type_url: str, state: SotwState, snapshot: Snapshot) -> Outgoing | None:
         status, sent = state.status, state.sent
         available = snapshot.of_type(type_url)
         candidates = self._candidates(state, type_url, snapshot)
@@ -208,8 +238,7 @@ class SotwStream(BaseStream):
             sent.update((r.name, r.version) for r in to_send)
         if type_url == CLUSTER:
             # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
-            endpoints = self._types.get(ENDPOINT)
-            self._forget_endpoints(changed, endpoints.sent if endpoints is not None else None)
+            self._forget_endpoints(changed)
         nonce = self._next_nonce()
         state.last_nonce = nonce
         status.sent_version = version

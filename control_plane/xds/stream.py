@@ -20,9 +20,11 @@ statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two imple
 from __future__ import annotations
 
 import itertools
+import sys
+import weakref
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from control_plane.xds.resources import (
     ENDPOINT,
@@ -31,19 +33,6 @@ from control_plane.xds.resources import (
     version_of_sum,
 )
 from control_plane.xds.snapshot import Snapshot, eds_name
-
-
-def _forget_endpoints_of(
-    clusters: list[Resource], sent_endpoints: dict[str, str] | None
-) -> list[str]:
-    if not sent_endpoints:
-        return []
-    forgotten = []
-    for cluster in clusters:
-        name = eds_name(cluster.message)
-        if name is not None and sent_endpoints.pop(name, None) is not None:
-            forgotten.append(name)
-    return forgotten
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,13 +68,30 @@ class Nack:
     nonce: str
 
 
+NO_NAMES: frozenset[str] = frozenset()
+_SHARED_NAMES: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def shared_names(names: AbstractSet[str]) -> frozenset[str]:
+    """``names`` as a frozenset shared by every stream subscribed to the same names (a thousand
+    proxies of one fleet hold one set, not a thousand). O(len(names)), like the request that
+    changed them."""
+    if not names:
+        return NO_NAMES
+    frozen = frozenset(names)
+    return _SHARED_NAMES.setdefault(frozen, frozen)
+
+
 @dataclass(slots=True)
 class TypeStatus:
-    """What one proxy has of one type; read by the admin API and tests."""
+    """What one proxy has of one type; read by the admin API and tests. Its name sets are
+    replaced, never altered: they may be shared with other streams."""
 
     subscribed: bool = False
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
+    names: frozenset[str] = NO_NAMES
     sent_version: str = ""
     acked_version: str = ""
     last_nack: Nack | None = None
@@ -99,7 +105,7 @@ class TypeStatus:
     acked_committed_at: float = 0.0
     # Named subscriptions (SotW): names asked for that the snapshot does not have. A proxy
     # that ACKed everything it was sent still lacks these: MISSING, not SYNCED.
-    missing: set[str] = field(default_factory=set)
+    missing: frozenset[str] = NO_NAMES
 
     @property
     def state(self) -> str:
@@ -163,36 +169,32 @@ MAX_PENDING = 32
 
 @dataclass(slots=True)
 class TypeState:
-    """Everything one stream keeps about one type. SotW uses ``last_nonce``, ``sent``,
-    ``claimed`` and ``selected``; delta uses ``known``, ``acked`` and ``pending``."""
+    """Everything one stream keeps about one type, whatever the protocol (``xds.sotw`` and
+    ``xds.delta`` add their own fields). Thousands of streams hold four each: nothing here is
+    allocated before it is needed."""
 
     status: TypeStatus = field(default_factory=TypeStatus)
     # The snapshot version this type's state was last computed for.
     synced: str | None = None
-    # Names to re-examine on the next push besides what the snapshot changed.
-    extra: set[str] = field(default_factory=set)
-    # SotW: the latest nonce sent; name -> version last sent (what the proxy has, or
-    # rejected); the version_info the proxy claimed on its first request; for named
-    # subscriptions, the pair hashes of the subscribed resources and their sum.
-    last_nonce: str = ""
-    sent: dict[str, str] = field(default_factory=dict)
-    claimed: str | None = None
-    selected: dict[str, int] = field(default_factory=dict)
-    selected_sum: int = 0
-    # Delta: name -> version the proxy has been sent (or said it has); name -> version it
-    # ACKed; responses awaiting an answer, by nonce.
-    known: dict[str, str] = field(default_factory=dict)
-    acked: dict[str, str] = field(default_factory=dict)
-    pending: dict[str, Pending] = field(default_factory=dict)
+    # Names to re-examine on the next push besides what the snapshot changed (replaced, never
+    # altered: the empty default is shared).
+    extra: AbstractSet[str] = NO_NAMES
+
+    def forget_sent(self, name: str) -> bool:
+        """Forget that ``name`` was sent (it will be sent again); True if it had been."""
+        raise NotImplementedError
 
 
-class BaseStream:
+StateT = TypeVar("StateT", bound=TypeState)
+
+
+class BaseStream(Generic[StateT]):
     def __init__(
         self, *, control_plane_id: str, only_type: str = "", limits: Limits = DEFAULT_LIMITS
     ) -> None:
         self.only_type = only_type
         self.limits = limits
-        self._types: dict[str, TypeState] = {}
+        self._types: dict[str, StateT] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
 
@@ -202,9 +204,14 @@ class BaseStream:
         return {type_url: state.status for type_url, state in self._types.items()}
 
     def _type_of(self, request_type_url: str) -> str:
-        return request_type_url or self.only_type
+        # Interned: the key of a per-type state, kept by every stream (the request's string
+        # is a new copy each time it is read).
+        return sys.intern(request_type_url) if request_type_url else self.only_type
 
-    def _state(self, type_url: str) -> TypeState:
+    def _new_state(self) -> StateT:
+        raise NotImplementedError
+
+    def _state(self, type_url: str) -> StateT:
         state = self._types.get(type_url)
         if state is None:
             limits = self.limits
@@ -216,7 +223,7 @@ class BaseStream:
                 raise LimitExceededError(
                     f"more than {limits.max_types} resource types on one stream"
                 )
-            state = self._types[type_url] = TypeState()
+            state = self._types[type_url] = self._new_state()
         return state
 
     def _check_names(self, type_url: str, count: int, what: str) -> None:
@@ -227,7 +234,7 @@ class BaseStream:
                 "stream (serve --max-names-per-stream)"
             )
 
-    def _nack(self, state: TypeState, version: str, request: Any) -> tuple[Nack, bool]:
+    def _nack(self, state: StateT, version: str, request: Any) -> tuple[Nack, bool]:
         """Record a NACK of ``version``; True when this type already NACKed that version."""
         status = state.status
         repeated = status.last_nack is not None and status.last_nack.version == version
@@ -268,14 +275,14 @@ class BaseStream:
                     out.append(self._empty_response(type_url, state, snapshot))
         return out
 
-    def _empty_response(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing:
+    def _empty_response(self, type_url: str, state: StateT, snapshot: Snapshot) -> Outgoing:
         raise NotImplementedError
 
-    def _response_for(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
+    def _response_for(self, type_url: str, state: StateT, snapshot: Snapshot) -> Outgoing | None:
         raise NotImplementedError
 
     def _candidates(
-        self, state: TypeState, type_url: str, snapshot: Snapshot
+        self, state: StateT, type_url: str, snapshot: Snapshot
     ) -> AbstractSet[str] | None:
         """The names worth looking at for this push, or None for "all of them".
 
@@ -284,8 +291,8 @@ class BaseStream:
         then costs O(changes), not O(resources), per stream.
         """
         synced = state.synced
-        extra: AbstractSet[str] = state.extra
-        state.extra = set()
+        extra = state.extra
+        state.extra = NO_NAMES
         if synced is None or (snapshot.changed is None and synced != snapshot.version):
             return None
         if synced == snapshot.version:
@@ -296,7 +303,15 @@ class BaseStream:
         changed = snapshot.changed.get(type_url, frozenset())
         return changed | extra if extra else changed
 
-    def _forget_endpoints(self, clusters: list[Resource], sent: dict[str, str] | None) -> None:
-        names = _forget_endpoints_of(clusters, sent)
-        if names:
-            self._state(ENDPOINT).extra.update(names)
+    def _forget_endpoints(self, clusters: list[Resource]) -> None:
+        """The cluster rule: each cluster's ClusterLoadAssignment goes out again in this push."""
+        endpoints = self._types.get(ENDPOINT)
+        if endpoints is None or not clusters:
+            return
+        forgotten = set()
+        for cluster in clusters:
+            name = eds_name(cluster.message)
+            if name is not None and endpoints.forget_sent(name):
+                forgotten.add(name)
+        if forgotten:
+            endpoints.extra = endpoints.extra | forgotten

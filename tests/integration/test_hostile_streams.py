@@ -5,6 +5,7 @@ once, and a healthy proxy beside them keeps getting its config."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -233,3 +234,36 @@ async def test_a_first_request_with_a_foreign_nonce_is_an_initial_request(
     response = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
     assert len(response.resources) == 2
     call.cancel()
+
+
+def live_abort_errors() -> int:
+    return sum(1 for o in gc.get_objects() if type(o).__name__ == "AbortError")
+
+
+async def test_a_refused_stream_leaves_no_exception_cycle_behind() -> None:
+    # A reconnect storm refuses thousands of streams (issue 17): ``context.abort`` left each
+    # one's exception, the handler's frames and the call in a reference cycle, kept until a
+    # full collection, which a serving process runs rarely. Only reference counting runs here.
+    cache = SnapshotCache()
+    cache.set_snapshot(GROUP, two_servers())
+    xds = XdsServer(cache=cache, control_plane_id="cp-test", new_streams_per_second=1e-9)
+    xds._admission.take()  # its one token: every new stream is refused
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
+    target = f"127.0.0.1:{grpc_server.add_insecure_port('127.0.0.1:0')}"
+    await grpc_server.start()
+    gc.collect()
+    gc.disable()
+    try:
+        baseline = live_abort_errors()
+        for _ in range(10):
+            async with grpc.aio.insecure_channel(target) as own:
+                call = ads(own).DeltaAggregatedResources()
+                await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=node()))
+                code, details = await status_of(call)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert "retry" in details
+        assert live_abort_errors() == baseline
+    finally:
+        gc.enable()
+        await grpc_server.stop(0)
