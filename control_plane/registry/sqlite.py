@@ -7,7 +7,11 @@ WAL index in microseconds on the event loop, no thread hop); only then does it r
 revision (one tiny indexed read in a worker thread) and, when it moved, the servers the change
 log names. Any commit by any writer moves ``data_version``, so the probe never hides a change;
 the revision is also read once a second whatever the probe says, so a broken database is still
-noticed while idle. Other processes' commits are seen within a tick.
+noticed while idle. On Linux the probe also runs as soon as inotify reports a write to the
+database, its WAL or its journal (:class:`_Wake`), so a commit by any process is seen within a
+fraction of a millisecond; the poll is then a safety net that runs at most every 100 ms until a
+commit arrives without an event (then every tick). Without inotify, commits are seen within a
+tick.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from control_plane.registry import migrations, rows, validate
 from control_plane.registry.errors import (
     NotFoundError,
     RegistryUnavailableError,
 )
+from control_plane.registry.inotify import DirectoryWatch
 from control_plane.registry.model import (
     RegistryState,
     Replica,
@@ -38,10 +45,16 @@ from control_plane.registry.model import (
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 
+log = structlog.get_logger("routeplane.registry")
+
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
 # The watch reads the revision at least this often, even when the probe says nothing changed.
 REVISION_CHECK_EVERY = 1.0
+# With inotify, the poll is only a safety net: at least this far apart.
+NOTIFIED_POLL_INTERVAL = 0.1
+# A hint whose probe found nothing is looked at again after this, then twice as long, ...
+RECHECK_FIRST = 0.001
 
 
 def path_of(url: str) -> str:
@@ -419,6 +432,7 @@ class SqliteRegistry:
 
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
         probe = self._open_probe()
+        wake = _Wake(self.path, poll_interval)
         try:
             # Read before the state, so a commit in between shows up as a change to check.
             seen = _data_version(probe)
@@ -426,17 +440,21 @@ class SqliteRegistry:
             yield state
             checked = time.monotonic()
             while True:
-                await asyncio.sleep(poll_interval)
+                hinted = await wake.wait()
                 version = _data_version(probe)
                 now = time.monotonic()
                 if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
+                    wake.nothing_yet(hinted=hinted)
                     continue  # no connection committed anything since the last look
+                if version is not None and version != seen:
+                    wake.committed()
                 seen, checked = version, now
                 revision = await asyncio.to_thread(self.revision)
                 if revision != state.revision:
                     state = await asyncio.to_thread(self._read_changes, state)
                     yield state
         finally:
+            wake.close()
             probe.close()
 
     def _open_probe(self) -> sqlite3.Connection:
@@ -453,6 +471,102 @@ class SqliteRegistry:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _open_directory_watch(path: str) -> DirectoryWatch | None:
+    """inotify on the database's directory, for the files a commit writes (the database, its
+    WAL, its rollback journal); None for an in-memory or URI path, or where inotify is not had."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    file = Path(path)
+    names = [file.name, f"{file.name}-wal", f"{file.name}-journal"]
+    return DirectoryWatch.open(str(file.parent.resolve()), names)
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Wake:
+    """When the watch looks next: at once when inotify says one of the database's files was
+    written (the hint), else at the poll interval.
+
+    Events are coalesced: any number of them while the watch is busy make one probe. A hint
+    whose probe finds nothing is looked at again after 1, 2, 4... ms up to the poll interval (a
+    commit writes its WAL frames before the WAL index says it committed, so the probe can run
+    in between). With inotify the poll is a safety net and runs every
+    ``max(poll_interval, NOTIFIED_POLL_INTERVAL)``; a commit that the probe finds with no hint
+    before it means inotify does not see this database's writers, and the watch polls at
+    ``poll_interval`` from then on."""
+
+    def __init__(self, path: str, poll_interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._poll_interval = poll_interval
+        self._dir = _open_directory_watch(path)
+        self.notified = self._dir is not None
+        self.interval = (
+            max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
+        )
+        self._pending = False  # a hint that no probe has answered yet
+        self._hinted = False  # a hint since the last commit the watch found
+        self._recheck = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        if self._dir is not None:
+            self._loop.add_reader(self._dir.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self._dir is not None and self._dir.drain():
+            self._pending = self._hinted = True
+            if self._waiter is not None:
+                _settle(self._waiter)
+
+    async def wait(self) -> bool:
+        """Until a hint or the next poll; True when a hint woke it."""
+        if not self._pending:
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            timer = self._loop.call_later(self._recheck or self.interval, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        hinted, self._pending = self._pending, False
+        return hinted
+
+    def nothing_yet(self, *, hinted: bool) -> None:
+        """The probe found no commit."""
+        if hinted:
+            self._recheck = RECHECK_FIRST
+        elif self._recheck:
+            self._recheck *= 2
+            if self._recheck >= self.interval:
+                self._recheck = 0.0
+
+    def committed(self) -> None:
+        """The probe found a commit."""
+        self._recheck = 0.0
+        if self.notified and not self._hinted and self._dir is not None:
+            # Its event may be queued but not read yet (the timer and the reader were ready
+            # in the same loop iteration).
+            self._hinted = self._dir.drain()
+            self._pending = False
+            if not self._hinted:
+                self.notified = False
+                self.interval = self._poll_interval
+                log.warning(
+                    "registry_watch_unnotified",
+                    poll_interval=self._poll_interval,
+                    reason="a commit came without an inotify event; polling from now on",
+                )
+        self._hinted = False
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._loop.remove_reader(self._dir.fileno())
+            self._dir.close()
+            self._dir = None
 
 
 def _data_version(probe: sqlite3.Connection) -> int | None:
