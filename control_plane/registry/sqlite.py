@@ -4,14 +4,16 @@ Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revisi
 ``meta.committed_at``. The watch asks SQLite each tick whether any connection committed since
 the last tick (``PRAGMA data_version`` on a read-only connection of its own, answered from the
 WAL index in microseconds on the event loop, no thread hop); only then does it read that
-revision (one tiny indexed read in a worker thread) and, when it moved, the servers the change
-log names. Any commit by any writer moves ``data_version``, so the probe never hides a change;
-the revision is also read once a second whatever the probe says, so a broken database is still
-noticed while idle. On Linux the probe also runs as soon as inotify reports a write to the
-database, its WAL or its journal (:class:`_Wake`), so a commit by any process is seen within a
-fraction of a millisecond; the poll is then a safety net that runs at most every 100 ms until a
-commit arrives without an event (then every tick). Without inotify, commits are seen within a
-tick.
+revision (one tiny indexed read on the same connection, also on the loop; in a worker thread
+when the database is busy) and, when it moved, the servers the change log names (in a worker
+thread). Any commit by any writer moves ``data_version``, so the probe never hides a change;
+the revision is also read once a second whatever the probe says (through the registry's own
+connection, in a thread), so a broken database is still noticed while idle.
+
+On Linux the probe also runs as soon as inotify reports a write to the database, its WAL or its
+journal (:class:`_Wake`), so a commit by any process is seen within a fraction of a
+millisecond; the poll is then a safety net that runs at most every 100 ms until a commit
+arrives without an event (then every tick). Without inotify, commits are seen within a tick.
 """
 
 from __future__ import annotations
@@ -446,10 +448,15 @@ class SqliteRegistry:
                 if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
                     wake.nothing_yet(hinted=hinted)
                     continue  # no connection committed anything since the last look
+                revision = None
                 if version is not None and version != seen:
                     wake.committed()
+                    # Answered on the loop like the probe; a commit that did not move the
+                    # revision (a lease renewal) costs no thread hop.
+                    revision = _probe_revision(probe)
                 seen, checked = version, now
-                revision = await asyncio.to_thread(self.revision)
+                if revision is None:
+                    revision = await asyncio.to_thread(self.revision)
                 if revision != state.revision:
                     state = await asyncio.to_thread(self._read_changes, state)
                     yield state
@@ -574,6 +581,15 @@ def _data_version(probe: sqlite3.Connection) -> int | None:
     try:
         return int(probe.execute("PRAGMA data_version").fetchone()[0])
     except sqlite3.Error:
+        return None
+
+
+def _probe_revision(probe: sqlite3.Connection) -> int | None:
+    """The revision as the probe reads it; None when it cannot tell right now (busy)."""
+    try:
+        rows = probe.execute("SELECT value FROM meta WHERE key = 'revision'").fetchall()
+        return int(rows[0][0])
+    except (sqlite3.Error, IndexError, TypeError, ValueError):
         return None
 
 

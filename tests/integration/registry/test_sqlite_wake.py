@@ -7,6 +7,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from structlog.testing import capture_logs
 
 from control_plane.registry import open_registry, sqlite
 from control_plane.registry.inotify import DirectoryWatch
+from control_plane.registry.sqlite import REVISION_CHECK_EVERY
+from tests.helpers import async_wait_until
 from tests.processes import routeplane
 
 # Far longer than any deadline below: a change seen before it was not found by the poll.
@@ -150,3 +153,45 @@ async def test_an_in_memory_database_is_watched_without_inotify() -> None:
     assert state.servers == ()
     await states.aclose()
     watcher.close()
+
+
+async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite://{tmp_path / 'rp.db'}"
+    watcher, writer = open_registry(url), open_registry(url)
+    writer.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    replica = writer.register_replica(
+        server="echo", address="127.0.0.1:9001", region="us-west", lease_seconds=30
+    )
+    calls = {"probe": 0, "revision": 0}
+    probe, revision = sqlite._data_version, watcher.revision
+
+    def counted_probe(connection: sqlite3.Connection) -> int | None:
+        calls["probe"] += 1
+        return probe(connection)
+
+    def counted_revision() -> int:
+        calls["revision"] += 1
+        return revision()
+
+    monkeypatch.setattr(sqlite, "_data_version", counted_probe)
+    monkeypatch.setattr(watcher, "revision", counted_revision)
+    states = watcher.watch(poll_interval=LONG_POLL)
+    first = await asyncio.wait_for(anext(states), timeout=DEADLINE)
+    since = time.monotonic()
+    following = asyncio.ensure_future(anext(states))
+    for _ in range(20):
+        await asyncio.to_thread(writer.renew_lease, replica.id, lease_seconds=30)
+    # The renewals (commits that move no revision) woke the watch's probe ...
+    await async_wait_until(lambda: calls["probe"] >= 2, what="a renewal waking the probe")
+    # ... which read the unchanged revision itself: no thread hop (but for the once-a-second
+    # check through the registry's connection), no new state.
+    assert calls["revision"] <= int((time.monotonic() - since) / REVISION_CHECK_EVERY)
+    assert not following.done()
+    writer.deregister_replica(replica.id)
+    state = await asyncio.wait_for(following, timeout=DEADLINE)
+    assert state.revision == first.revision + 1
+    await states.aclose()
+    watcher.close()
+    writer.close()
