@@ -54,8 +54,9 @@ def _eds(address: str, *, draining: tuple[str, ...] = ()) -> dict[str, Any]:
     }
 
 
-def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str]:
-    """An Envoy whose one cluster reads its endpoints from ``eds_path``; (process, listen)."""
+def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str, str]:
+    """An Envoy whose one cluster, ``fs``, reads its endpoints from ``eds_path``; (process,
+    listen address, admin address)."""
     listen, admin = free_port(), free_port()
     bootstrap = {
         "node": {"id": "fs-baseline", "cluster": "edge"},
@@ -105,6 +106,8 @@ def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str]:
                 {
                     "name": "fs",
                     "type": "EDS",
+                    # As routeplane's clusters (power of two choices).
+                    "lb_policy": "LEAST_REQUEST",
                     "connect_timeout": "1s",
                     "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
                     "eds_cluster_config": {
@@ -136,14 +139,14 @@ def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str]:
         workdir / "fs-envoy.log",
     )
     envoy.start()
-    return envoy, f"127.0.0.1:{listen}"
+    return envoy, f"127.0.0.1:{listen}", f"127.0.0.1:{admin}"
 
 
 def run(*, tries: int, workdir: Path) -> dict[str, Any]:
     replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
     eds_path = workdir / "eds.json"
     eds_path.write_text(json.dumps(_eds(replicas[0].address)))
-    envoy, listen = _start_envoy(workdir, eds_path)
+    envoy, listen, _ = _start_envoy(workdir, eds_path)
     try:
         poller = Poller(listen)
         wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=30, what="fs Envoy")
@@ -184,7 +187,13 @@ def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any
     """The floor at a size: one cluster of ``replicas`` endpoints (all DRAINING but the one in
     service); each try adds a ready endpoint to the file (measured: rename -> the first
     request it answers), then removes the other (see :func:`bench.propagation.add_remove`)."""
-    from bench.propagation import add_remove, filler_addresses, live_replicas, summary
+    from bench.propagation import (
+        add_remove,
+        filler_addresses,
+        healthy_members,
+        live_replicas,
+        summary,
+    )
 
     live = live_replicas()
     fillers = tuple(filler_addresses(replicas - 1))
@@ -202,7 +211,7 @@ def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any
         return renamed
 
     write()
-    envoy, listen = _start_envoy(workdir, eds_path)
+    envoy, listen, admin = _start_envoy(workdir, eds_path)
     try:
         poller = Poller(listen)
         wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=60, what="fs Envoy")
@@ -215,7 +224,14 @@ def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any
             ready.remove(replica.address)
             write()
 
-        samples = add_remove(poller, live, tries=tries, add=add, remove=remove)
+        samples = add_remove(
+            poller,
+            live,
+            tries=tries,
+            add=add,
+            remove=remove,
+            healthy=lambda: healthy_members(admin, "fs"),
+        )
         return {"replicas": replicas, "tries": len(samples), **summary(samples)}
     finally:
         envoy.stop()

@@ -22,14 +22,16 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
+from control_plane.translate import names
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, routeplane
+from tests.processes import ControlPlane, Envoy, http_get, routeplane
 
 HOST = "echo.local"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -180,6 +182,19 @@ def live_replicas() -> list[EchoThread]:
     return replicas
 
 
+def healthy_members(admin: str, cluster: str) -> int:
+    """Envoy's own count of healthy endpoints in ``cluster`` (its admin stats); -1 unknown."""
+    pattern = urllib.parse.quote(f"^cluster\\.{cluster}\\.membership_healthy$")
+    status, body = http_get(f"http://{admin}/stats?filter={pattern}")
+    if status != 200:
+        return -1
+    for line in body.splitlines():
+        name, _, value = line.partition(": ")
+        if name == f"cluster.{cluster}.membership_healthy":
+            return int(value)
+    return -1
+
+
 def add_remove(
     poller: Poller,
     live: list[EchoThread],
@@ -187,19 +202,22 @@ def add_remove(
     tries: int,
     add: Callable[[EchoThread], float],
     remove: Callable[[EchoThread], None],
+    healthy: Callable[[], int],
 ) -> list[float]:
     """One server: the replica in service is ``live[0]``, the rest of the server DRAINING.
     Each try adds the other live replica (``add`` returns the wall-clock time of the commit or
-    rename) and measures until the first request it answers, then removes the one it joined
-    (not measured; done when five answers in a row come from the new one: Envoy's round robin
-    alternates while both are in). The first try warms up and is not counted."""
+    rename) and measures until the first request it answers (least-request picks either of
+    the two healthy ones), then removes the one it joined (not measured; done when Envoy
+    counts one healthy endpoint again, ``healthy``). The first try warms up and is not
+    counted."""
     samples: list[float] = []
     current = 0
     for attempt in range(tries + 1):
         new = live[1 - current]
-        wanted = (200, f"{new.name}\n")
         seen: list[float] = []
-        watcher = threading.Thread(target=watch, args=(poller, wanted, seen), daemon=True)
+        watcher = threading.Thread(
+            target=watch, args=(poller, (200, f"{new.name}\n"), seen), daemon=True
+        )
         watcher.start()
         committed = add(new)
         watcher.join(timeout=10)
@@ -207,16 +225,7 @@ def add_remove(
         if attempt:
             samples.append((seen[0] - committed) * 1000)
         remove(live[current])
-
-        def only_new(w: tuple[int, str] = wanted) -> bool:
-            return all(poller.get() == w for _ in range(5))
-
-        wait_until(
-            only_new,
-            timeout=10,
-            interval=0.001,
-            what="the removed replica to leave",
-        )
+        wait_until(lambda: healthy() == 1, timeout=30, interval=0.002, what="the removal to apply")
         current = 1 - current
     return samples
 
@@ -254,7 +263,15 @@ def run_one_server(workdir: Path, *, replicas: int, tries: int) -> dict[str, Any
         def remove(replica: EchoThread) -> None:
             registry.deregister_replica(ids.pop(replica.name))
 
-        samples = add_remove(poller, live, tries=tries, add=add, remove=remove)
+        cluster = names.cluster(workspace="default", server="echo")
+        samples = add_remove(
+            poller,
+            live,
+            tries=tries,
+            add=add,
+            remove=remove,
+            healthy=lambda: healthy_members(envoy.admin, cluster),
+        )
         registry.close()
         return {"replicas": replicas, "tries": len(samples), **summary(samples)}
     finally:

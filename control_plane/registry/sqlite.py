@@ -510,17 +510,21 @@ class _Wake:
     def __init__(self, path: str, poll_interval: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._poll_interval = poll_interval
-        self._dir = _open_directory_watch(path)
-        self.notified = self._dir is not None
-        self.interval = (
-            max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
-        )
         self._pending = False  # a hint that no probe has answered yet
         self._hinted = False  # a hint since the last commit the watch found
         self._recheck = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._dir = _open_directory_watch(path)
         if self._dir is not None:
-            self._loop.add_reader(self._dir.fileno(), self._on_readable)
+            try:
+                self._loop.add_reader(self._dir.fileno(), self._on_readable)
+            except (NotImplementedError, OSError):  # a loop without add_reader: poll
+                self._dir.close()
+                self._dir = None
+        self.notified = self._dir is not None
+        self.interval = (
+            max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
+        )
 
     def _on_readable(self) -> None:
         if self._dir is not None and self._dir.drain():
