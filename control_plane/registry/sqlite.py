@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -55,8 +56,12 @@ CHANGE_LOG_PRUNE_EVERY = 1_000
 REVISION_CHECK_EVERY = 1.0
 # With inotify, the poll is only a safety net: at least this far apart.
 NOTIFIED_POLL_INTERVAL = 0.1
-# A hint whose probe found nothing is looked at again after this, then twice as long, ...
+# After a hint the watch looks again after this, then twice as long, ... up to the poll.
 RECHECK_FIRST = 0.001
+# A commit found with no inotify event for this long before it was not announced. Longer than
+# the safety poll (a commit is found at most that long after its event) with room for a busy
+# loop.
+UNANNOUNCED_AFTER = 1.0
 
 
 def path_of(url: str) -> str:
@@ -444,9 +449,9 @@ class SqliteRegistry:
             while True:
                 hinted = await wake.wait()
                 version = _data_version(probe)
+                wake.probed(hinted=hinted)
                 now = time.monotonic()
                 if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
-                    wake.nothing_yet(hinted=hinted)
                     continue  # no connection committed anything since the last look
                 revision = None
                 if version is not None and version != seen:
@@ -499,19 +504,20 @@ class _Wake:
     """When the watch looks next: at once when inotify says one of the database's files was
     written (the hint), else at the poll interval.
 
-    Events are coalesced: any number of them while the watch is busy make one probe. A hint
-    whose probe finds nothing is looked at again after 1, 2, 4... ms up to the poll interval (a
-    commit writes its WAL frames before the WAL index says it committed, so the probe can run
-    in between). With inotify the poll is a safety net and runs every
-    ``max(poll_interval, NOTIFIED_POLL_INTERVAL)``; a commit that the probe finds with no hint
-    before it means inotify does not see this database's writers, and the watch polls at
-    ``poll_interval`` from then on."""
+    Events are coalesced: any number of them while the watch is busy make one probe. After a
+    hint the watch looks again after 1, 2, 4... ms up to the poll interval, whatever the probe
+    found: a commit writes its WAL frames (the event) before the WAL index says it committed,
+    so a probe can run in between, and one batch of events can hold the frames of a commit
+    that is not visible yet. With inotify the poll is a safety net and runs every
+    ``max(poll_interval, NOTIFIED_POLL_INTERVAL)``; a commit found with no event in the
+    ``UNANNOUNCED_AFTER`` seconds before means inotify does not see this database's writers,
+    and the watch polls at ``poll_interval`` from then on."""
 
     def __init__(self, path: str, poll_interval: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._poll_interval = poll_interval
         self._pending = False  # a hint that no probe has answered yet
-        self._hinted = False  # a hint since the last commit the watch found
+        self._last_hint = -math.inf  # time.monotonic() of the last hint
         self._recheck = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._dir = _open_directory_watch(path)
@@ -528,12 +534,16 @@ class _Wake:
 
     def _on_readable(self) -> None:
         if self._dir is not None and self._dir.drain():
-            self._pending = self._hinted = True
-            if self._waiter is not None:
-                _settle(self._waiter)
+            self._hint()
+
+    def _hint(self) -> None:
+        self._pending = True
+        self._last_hint = time.monotonic()
+        if self._waiter is not None:
+            _settle(self._waiter)
 
     async def wait(self) -> bool:
-        """Until a hint or the next poll; True when a hint woke it."""
+        """Until a hint or the next look; True when a hint woke it."""
         if not self._pending:
             waiter = self._loop.create_future()
             self._waiter = waiter
@@ -546,8 +556,8 @@ class _Wake:
         hinted, self._pending = self._pending, False
         return hinted
 
-    def nothing_yet(self, *, hinted: bool) -> None:
-        """The probe found no commit."""
+    def probed(self, *, hinted: bool) -> None:
+        """After every probe: when to look next without a hint."""
         if hinted:
             self._recheck = RECHECK_FIRST
         elif self._recheck:
@@ -556,22 +566,23 @@ class _Wake:
                 self._recheck = 0.0
 
     def committed(self) -> None:
-        """The probe found a commit."""
-        self._recheck = 0.0
-        if self.notified and not self._hinted and self._dir is not None:
-            # Its event may be queued but not read yet (the timer and the reader were ready
-            # in the same loop iteration).
-            self._hinted = self._dir.drain()
-            self._pending = False
-            if not self._hinted:
-                self.notified = False
-                self.interval = self._poll_interval
-                log.warning(
-                    "registry_watch_unnotified",
-                    poll_interval=self._poll_interval,
-                    reason="a commit came without an inotify event; polling from now on",
-                )
-        self._hinted = False
+        """The probe found a commit: was it announced?"""
+        if not self.notified or self._dir is None:
+            return
+        if time.monotonic() - self._last_hint <= UNANNOUNCED_AFTER:
+            return
+        if self._dir.drain():
+            # Its event was queued but not read yet (the timer and the reader were ready in
+            # the same loop iteration); what else was queued may be a later commit's.
+            self._hint()
+            return
+        self.notified = False
+        self.interval = self._poll_interval
+        log.warning(
+            "registry_watch_unnotified",
+            poll_interval=self._poll_interval,
+            reason="a commit came without an inotify event; polling from now on",
+        )
 
     def close(self) -> None:
         if self._dir is not None:
