@@ -5,10 +5,11 @@ Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revisi
 the last tick (``PRAGMA data_version`` on a read-only connection of its own, answered from the
 WAL index in microseconds on the event loop, no thread hop); only then does it read that
 revision (one tiny indexed read on the same connection, also on the loop; in a worker thread
-when the database is busy) and, when it moved, the servers the change log names (in a worker
-thread). Any commit by any writer moves ``data_version``, so the probe never hides a change;
-the revision is also read once a second whatever the probe says (through the registry's own
-connection, in a thread), so a broken database is still noticed while idle.
+when the database is busy) and, when it moved, the servers the change log names (on the loop
+too when they hold at most ``SMALL_READ`` replicas, else in a worker thread). Any commit by
+any writer moves ``data_version``, so the probe never hides a change; the revision is also read
+once a second whatever the probe says (through the registry's own connection, in a thread), so
+a broken database is still noticed while idle.
 
 On Linux the probe also runs as soon as inotify reports a write to the database, its WAL or its
 journal (:class:`_Wake`), so a commit by any process is seen within a fraction of a
@@ -54,6 +55,8 @@ CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
 # The watch reads the revision at least this often, even when the probe says nothing changed.
 REVISION_CHECK_EVERY = 1.0
+# A change to servers holding at most this many replicas is read on the event loop.
+SMALL_READ = 200
 # With inotify, the poll is only a safety net: at least this far apart.
 NOTIFIED_POLL_INTERVAL = 0.1
 # After a hint the watch looks again after this, then twice as long, ... up to the poll.
@@ -399,43 +402,73 @@ class SqliteRegistry:
     def _read_changes(self, previous: RegistryState) -> RegistryState:
         """The state after ``previous``, reading only the servers the change log names."""
         with self._tx(write=False) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            revision = int(meta["revision"])
-            oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
-            if oldest is None or oldest > previous.revision + 1:
-                pass  # the log was pruned past us (or is empty): read everything below
-            else:
-                names = sorted(
-                    str(r[0])
-                    for r in db.execute(
-                        "SELECT DISTINCT server FROM changes WHERE revision > ?",
-                        (previous.revision,),
-                    )
-                )
-                marks = ",".join("?" * len(names))
-                servers = {s.name: s for s in previous.servers}
-                by_server = dict(previous.replicas_by_server)
-                for name in names:
-                    servers.pop(name, None)
-                    by_server.pop(name, None)
-                for server in self._servers(db, f"WHERE name IN ({marks})", names):
-                    servers[server.name] = server
-                fresh = [
-                    _to_replica(row)
-                    for row in db.execute(
-                        f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
-                        f"WHERE server IN ({marks}) ORDER BY id",
-                        names,
-                    )
-                ]
-                by_server.update(group_replicas(fresh))
-                return RegistryState(
-                    servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
-                    replicas_by_server=by_server,
-                    revision=revision,
-                    committed_at=float(meta["committed_at"]),
-                )
-        return self.read_state()
+            state = self._changes_since(db, previous)
+        return state if state is not None else self.read_state()
+
+    def _read_small_changes(
+        self, probe: sqlite3.Connection, previous: RegistryState
+    ) -> RegistryState | None:
+        """:meth:`_read_changes` on the watch's probe, on the event loop, when the servers the
+        change log names hold at most ``SMALL_READ`` replicas (a thread hop is most of the
+        cost of such a read); None otherwise, or when the database is busy."""
+        try:
+            probe.execute("BEGIN")
+        except sqlite3.Error:
+            return None
+        try:
+            return self._changes_since(probe, previous, limit=SMALL_READ)
+        except sqlite3.Error:
+            return None
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                probe.execute("COMMIT")
+
+    def _changes_since(
+        self, db: sqlite3.Connection, previous: RegistryState, *, limit: int | None = None
+    ) -> RegistryState | None:
+        """Within a read transaction: the state after ``previous`` from the servers the change
+        log names; None when the log was pruned past ``previous`` (read everything) or when
+        those servers hold more than ``limit`` replicas."""
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        revision = int(meta["revision"])
+        oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
+        if oldest is None or oldest > previous.revision + 1:
+            return None  # the log was pruned past us (or is empty)
+        names = sorted(
+            str(r[0])
+            for r in db.execute(
+                "SELECT DISTINCT server FROM changes WHERE revision > ?", (previous.revision,)
+            )
+        )
+        marks = ",".join("?" * len(names))
+        if limit is not None:
+            [(count,)] = db.execute(
+                f"SELECT COUNT(*) FROM replicas WHERE server IN ({marks})", names
+            ).fetchall()
+            if count > limit:
+                return None
+        servers = {s.name: s for s in previous.servers}
+        by_server = dict(previous.replicas_by_server)
+        for name in names:
+            servers.pop(name, None)
+            by_server.pop(name, None)
+        for server in self._servers(db, f"WHERE name IN ({marks})", names):
+            servers[server.name] = server
+        fresh = [
+            _to_replica(row)
+            for row in db.execute(
+                f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
+                f"WHERE server IN ({marks}) ORDER BY id",
+                names,
+            )
+        ]
+        by_server.update(group_replicas(fresh))
+        return RegistryState(
+            servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
+            replicas_by_server=by_server,
+            revision=revision,
+            committed_at=float(meta["committed_at"]),
+        )
 
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
         probe = self._open_probe()
@@ -463,7 +496,10 @@ class SqliteRegistry:
                 if revision is None:
                     revision = await asyncio.to_thread(self.revision)
                 if revision != state.revision:
-                    state = await asyncio.to_thread(self._read_changes, state)
+                    fresh = self._read_small_changes(probe, state)
+                    if fresh is None:
+                        fresh = await asyncio.to_thread(self._read_changes, state)
+                    state = fresh
                     yield state
         finally:
             wake.close()

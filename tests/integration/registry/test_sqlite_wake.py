@@ -195,3 +195,37 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
     await states.aclose()
     watcher.close()
     writer.close()
+
+
+@pytest.mark.parametrize(
+    ("small_read", "in_thread"), [(200, False), (1, True)], ids=["small-on-loop", "big-in-thread"]
+)
+async def test_a_change_is_read_on_the_loop_when_small_and_in_a_thread_when_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_read: int, in_thread: bool
+) -> None:
+    monkeypatch.setattr(sqlite, "SMALL_READ", small_read)
+    url = f"sqlite://{tmp_path / 'rp.db'}"
+    watcher, writer = open_registry(url), open_registry(url)
+    writer.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    writer.register_replica(server="echo", address="127.0.0.1:9001", region="us-west")
+    threaded = []
+    read_changes = watcher._read_changes  # type: ignore[attr-defined]
+
+    def counted(previous: object) -> object:
+        threaded.append(previous)
+        return read_changes(previous)
+
+    monkeypatch.setattr(watcher, "_read_changes", counted)
+    states = watcher.watch(poll_interval=LONG_POLL)
+    await asyncio.wait_for(anext(states), timeout=DEADLINE)
+    following = asyncio.ensure_future(anext(states))
+    added = await asyncio.to_thread(
+        writer.register_replica, server="echo", address="127.0.0.1:9002", region="us-west"
+    )
+    state = await asyncio.wait_for(following, timeout=DEADLINE)
+    assert added.id in {r.id for r in state.replicas_by_server["echo"]}
+    assert len(state.replicas_by_server["echo"]) == 2
+    assert bool(threaded) == in_thread
+    await states.aclose()
+    watcher.close()
+    writer.close()
