@@ -28,8 +28,18 @@ HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_mana
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
 
-def _eds(address: str) -> dict[str, Any]:
-    host, port = address.rsplit(":", 1)
+def _eds(address: str, *, draining: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One ready endpoint at ``address`` (or several, comma-separated), and ``draining`` ones
+    (health status DRAINING: in the assignment, never sent a request)."""
+
+    def endpoint(addr: str, status: str) -> dict[str, Any]:
+        host, port = addr.rsplit(":", 1)
+        return {
+            "endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}},
+            "health_status": status,
+        }
+
+    ready = [endpoint(a, "HEALTHY") for a in address.split(",")]
     return {
         "version_info": str(time.time_ns()),
         "resources": [
@@ -37,27 +47,16 @@ def _eds(address: str) -> dict[str, Any]:
                 "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
                 "cluster_name": "fs",
                 "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {"address": host, "port_value": int(port)}
-                                    }
-                                }
-                            }
-                        ]
-                    }
+                    {"lb_endpoints": [*ready, *(endpoint(a, "DRAINING") for a in draining)]}
                 ],
             }
         ],
     }
 
 
-def run(*, tries: int, workdir: Path) -> dict[str, Any]:
-    replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
-    eds_path = workdir / "eds.json"
-    eds_path.write_text(json.dumps(_eds(replicas[0].address)))
+def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str, str]:
+    """An Envoy whose one cluster, ``fs``, reads its endpoints from ``eds_path``; (process,
+    listen address, admin address)."""
     listen, admin = free_port(), free_port()
     bootstrap = {
         "node": {"id": "fs-baseline", "cluster": "edge"},
@@ -107,6 +106,8 @@ def run(*, tries: int, workdir: Path) -> dict[str, Any]:
                 {
                     "name": "fs",
                     "type": "EDS",
+                    # As routeplane's clusters (power of two choices).
+                    "lb_policy": "LEAST_REQUEST",
                     "connect_timeout": "1s",
                     "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
                     "eds_cluster_config": {
@@ -138,8 +139,16 @@ def run(*, tries: int, workdir: Path) -> dict[str, Any]:
         workdir / "fs-envoy.log",
     )
     envoy.start()
+    return envoy, f"127.0.0.1:{listen}", f"127.0.0.1:{admin}"
+
+
+def run(*, tries: int, workdir: Path) -> dict[str, Any]:
+    replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
+    eds_path = workdir / "eds.json"
+    eds_path.write_text(json.dumps(_eds(replicas[0].address)))
+    envoy, listen, _ = _start_envoy(workdir, eds_path)
     try:
-        poller = Poller(f"127.0.0.1:{listen}")
+        poller = Poller(listen)
         wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=30, what="fs Envoy")
         samples = []
         for attempt in range(tries + 1):
@@ -172,3 +181,59 @@ def run(*, tries: int, workdir: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="routeplane-fs-") as tmp:
         print(json.dumps(run(tries=20, workdir=Path(tmp)), indent=2))
+
+
+def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any]:
+    """The floor at a size: one cluster of ``replicas`` endpoints (all DRAINING but the one in
+    service); each try adds a ready endpoint to the file (measured: rename -> the first
+    request it answers), then removes the other (see :func:`bench.propagation.add_remove`)."""
+    from bench.propagation import (
+        add_remove,
+        filler_addresses,
+        healthy_members,
+        live_replicas,
+        summary,
+    )
+
+    live = live_replicas()
+    fillers = tuple(filler_addresses(replicas - 1))
+    eds_path = workdir / "eds.json"
+    ready = [live[0].address]
+
+    def write() -> float:
+        """Write the file aside and rename it over the watched one; the wall-clock time just
+        before the rename (as the registry's commit timestamp is taken just before the
+        commit)."""
+        tmp = workdir / "eds.json.tmp"
+        tmp.write_text(json.dumps(_eds(",".join(ready), draining=fillers)))
+        renamed = time.time()
+        os.rename(tmp, eds_path)
+        return renamed
+
+    write()
+    envoy, listen, admin = _start_envoy(workdir, eds_path)
+    try:
+        poller = Poller(listen)
+        wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=60, what="fs Envoy")
+
+        def add(replica: EchoThread) -> float:
+            ready.append(replica.address)
+            return write()
+
+        def remove(replica: EchoThread) -> None:
+            ready.remove(replica.address)
+            write()
+
+        samples = add_remove(
+            poller,
+            live,
+            tries=tries,
+            add=add,
+            remove=remove,
+            healthy=lambda: healthy_members(admin, "fs"),
+        )
+        return {"replicas": replicas, "tries": len(samples), **summary(samples)}
+    finally:
+        envoy.stop()
+        for replica in live:
+            replica.stop()

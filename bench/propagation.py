@@ -22,12 +22,16 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from control_plane.dev.samples.http_echo import EchoThread
-from control_plane.registry import open_registry
+from control_plane.registry import Registry, open_registry
+from control_plane.translate import names
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, routeplane
+from tests.processes import ControlPlane, Envoy, http_get, routeplane
 
 HOST = "echo.local"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summary(samples: list[float]) -> dict[str, object]:
+def summary(samples: list[float]) -> dict[str, Any]:
     return {
         "p50_ms": round(statistics.median(samples), 2),
         "p90_ms": round(percentile(samples, 90), 2),
@@ -160,6 +164,184 @@ def run_variant(workdir: Path, *, ads: str, tries: int) -> dict[str, object]:
             replica.stop()
 
 
+FILLER_HOST = "127.0.0.3"  # nothing listens there: DRAINING endpoints are never sent a request
+
+
+def filler_addresses(count: int) -> list[str]:
+    return [f"{FILLER_HOST}:{20_000 + i}" for i in range(count)]
+
+
+def live_replicas() -> list[EchoThread]:
+    """The two echo replicas that take turns, answering without Nagle's delay: the sample
+    server writes headers and body apart, so on a connection past its first exchanges every
+    response would wait ~40 ms for Envoy's delayed ACK (a fresh connection does not), and a
+    replica that stays in service across tries would hold the poller that long."""
+    replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
+    for replica in replicas:
+        replica.server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
+    return replicas
+
+
+def healthy_members(admin: str, cluster: str) -> int:
+    """Envoy's own count of healthy endpoints in ``cluster`` (its admin stats); -1 unknown."""
+    pattern = urllib.parse.quote(f"^cluster\\.{cluster}\\.membership_healthy$")
+    status, body = http_get(f"http://{admin}/stats?filter={pattern}")
+    if status != 200:
+        return -1
+    for line in body.splitlines():
+        name, _, value = line.partition(": ")
+        if name == f"cluster.{cluster}.membership_healthy":
+            return int(value)
+    return -1
+
+
+def add_remove(
+    poller: Poller,
+    live: list[EchoThread],
+    *,
+    tries: int,
+    add: Callable[[EchoThread], float],
+    remove: Callable[[EchoThread], None],
+    healthy: Callable[[], int],
+) -> list[float]:
+    """One server: the replica in service is ``live[0]``, the rest of the server DRAINING.
+    Each try adds the other live replica (``add`` returns the wall-clock time of the commit or
+    rename) and measures until the first request it answers (least-request picks either of
+    the two healthy ones), then removes the one it joined (not measured; done when Envoy
+    counts one healthy endpoint again, ``healthy``). The first try warms up and is not
+    counted."""
+    samples: list[float] = []
+    current = 0
+    for attempt in range(tries + 1):
+        new = live[1 - current]
+        seen: list[float] = []
+        watcher = threading.Thread(
+            target=watch, args=(poller, (200, f"{new.name}\n"), seen), daemon=True
+        )
+        watcher.start()
+        committed = add(new)
+        watcher.join(timeout=10)
+        assert seen, f"{new.name} never answered"
+        if attempt:
+            samples.append((seen[0] - committed) * 1000)
+        remove(live[current])
+        wait_until(lambda: healthy() == 1, timeout=30, interval=0.002, what="the removal to apply")
+        current = 1 - current
+    return samples
+
+
+def run_one_server(workdir: Path, *, replicas: int, tries: int) -> dict[str, Any]:
+    """routeplane at a size: ``routeplane serve`` (SQLite), one Envoy (delta), one server of
+    ``replicas`` replicas (all DRAINING but the one in service); api writes, measured from the
+    registry's commit timestamp. The changes of :func:`filesystem_baseline.run_one_server`."""
+    cp = ControlPlane.create(workdir)
+    cp.start()
+    envoy = None
+    live = live_replicas()
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.create_server(name="echo", hostnames=[HOST], protocol="http")
+        _add_draining(registry, "echo", filler_addresses(replicas - 1))
+        ids = {
+            live[0].name: registry.register_replica(
+                server="echo", address=live[0].address, region="us-west"
+            ).id
+        }
+        envoy = Envoy.create(workdir, node_id="bench-size", region="us-west", xds=[cp.xds])
+        envoy.start()
+        envoy.wait_live(timeout=120)
+        poller = Poller(envoy.listen)
+        wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=60, what="routeplane")
+
+        def add(replica: EchoThread) -> float:
+            ids[replica.name] = registry.register_replica(
+                server="echo", address=replica.address, region="us-west"
+            ).id
+            return commit_time(cp.registry)
+
+        def remove(replica: EchoThread) -> None:
+            registry.deregister_replica(ids.pop(replica.name))
+
+        cluster = names.cluster(workspace="default", server="echo")
+        samples = add_remove(
+            poller,
+            live,
+            tries=tries,
+            add=add,
+            remove=remove,
+            healthy=lambda: healthy_members(envoy.admin, cluster),
+        )
+        registry.close()
+        return {"replicas": replicas, "tries": len(samples), **summary(samples)}
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        cp.stop()
+        for replica in live:
+            replica.stop()
+
+
+def _add_draining(registry: Registry, server: str, addresses: list[str]) -> None:
+    """Many DRAINING replicas in one transaction (SQLite; benchmarks only)."""
+    now = time.time()
+    rows = []
+    for i, address in enumerate(addresses):
+        host, port = address.rsplit(":", 1)
+        rows.append((f"r-fill{i:06d}", server, host, int(port), "us-west", now))
+    with registry._tx() as db:  # type: ignore[attr-defined]
+        db.executemany(
+            "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, '', 100, 'DRAINING', NULL, ?)", rows
+        )
+        registry._bump(db, now, server)  # type: ignore[attr-defined]
+
+
+def by_size(sizes: tuple[int, ...], *, tries: int, workdir: Path) -> list[dict[str, Any]]:
+    """routeplane against Envoy's own filesystem EDS, one server of N replicas, at each size:
+    the same changes, the same poller; ratio = routeplane / file, per percentile."""
+    from bench import filesystem_baseline
+
+    rows: list[dict[str, Any]] = []
+    for replicas in sizes:
+        path = workdir / f"size-{replicas}"
+        (path / "file").mkdir(parents=True)
+        (path / "routeplane").mkdir()
+        file = filesystem_baseline.run_one_server(
+            replicas=replicas, tries=tries, workdir=path / "file"
+        )
+        ours = run_one_server(path / "routeplane", replicas=replicas, tries=tries)
+        ratio = {
+            q: round(ours[f"{q}_ms"] / max(file[f"{q}_ms"], 0.001), 2)
+            for q in ("p50", "p90", "p99")
+        }
+        rows.append({"replicas": replicas, "routeplane": ours, "file": file, "ratio": ratio})
+    return rows
+
+
+def size_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of :func:`by_size` (``make bench`` prints it too)."""
+    tries = rows[0]["routeplane"]["tries"] if rows else 0
+    lines = [
+        "Propagation at every size, against the floor: one server of N replicas (all DRAINING "
+        "but the one in service), one replica added; routeplane (`routeplane serve`, SQLite, "
+        "api write, 1 Envoy, delta): the registry's commit timestamp -> the first request the "
+        "new replica answers; file: Envoy's own filesystem EDS, the same change written and "
+        "renamed over the watched file -> the same; the same poller, "
+        f"{tries} tries each, ms; ratio = routeplane / file",
+        "| replicas in the server | routeplane p50 / p90 / p99 | file p50 / p90 / p99 | "
+        "ratio p50 / p90 / p99 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ours, file, ratio = row["routeplane"], row["file"], row["ratio"]
+        lines.append(
+            f"| {row['replicas']} | {ours['p50_ms']} / {ours['p90_ms']} / {ours['p99_ms']} | "
+            f"{file['p50_ms']} / {file['p90_ms']} / {file['p99_ms']} | "
+            f"{ratio['p50']}x / {ratio['p90']}x / {ratio['p99']}x |"
+        )
+    return lines
+
+
 def git_revision() -> str:
     try:
         return subprocess.run(
@@ -173,13 +355,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tries", type=int, default=50)
     parser.add_argument("--ads", nargs="+", default=["delta", "sotw"])
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="Also (or, with --ads none, only) one server of N replicas against Envoy's own "
+        "filesystem EDS at each size, e.g. --sizes 10 1000 10000.",
+    )
     args = parser.parse_args(argv)
+    if args.ads == ["none"]:
+        args.ads = []
     rows = []
     with tempfile.TemporaryDirectory(prefix="routeplane-bench-") as tmp:
         for ads in args.ads:
             workdir = Path(tmp) / ads
             workdir.mkdir()
             rows.append(run_variant(workdir, ads=ads, tries=args.tries))
+        sizes = (
+            by_size(tuple(args.sizes), tries=args.tries, workdir=Path(tmp)) if args.sizes else []
+        )
     print("\npropagation to a real Envoy (SQLite registry, 1 Envoy, loopback)")
     print("  cli: `routeplane replicas register` commit -> first request answered by it")
     print("  api: register_replica() commit -> first request answered by it")
@@ -195,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['ads']:6} {kind:5} {row['tries']:>5} {stats['p50_ms']:>8} "
                 f"{stats['p90_ms']:>8} {stats['p99_ms']:>8} {stats['max_ms']:>8}"
             )
+    if sizes:
+        print("\n" + "\n".join(size_table(sizes)))
     RESULTS.mkdir(exist_ok=True)
     out = {
         "benchmark": "propagation",
@@ -204,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "results": rows,
+        "by_size": sizes,
     }
     path = RESULTS / "propagation.json"
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -56,6 +56,9 @@ class Plan:
     # A reconnect storm of this many streams, against the floor and routeplane, 3 changes
     # (0: none).
     storm: int = 0
+    # Propagation at each size (one server of N replicas) against Envoy's own filesystem EDS.
+    propagation_sizes: tuple[int, ...] = (10, 1000, 10_000)
+    propagation_size_tries: int = 20
     # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
     workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
 
@@ -92,6 +95,8 @@ QUICK = Plan(
     2,
     idle=(("sqlite", 1000),),
     workers=(100, 5, ("sqlite",)),
+    propagation_sizes=(10, 1000),
+    propagation_size_tries=5,
 )
 SMOKE = Plan(
     "smoke",
@@ -110,6 +115,8 @@ SMOKE = Plan(
     idle_seconds=0.5,
     cold_start_tries=2,
     workers=(5, 2, ()),
+    propagation_sizes=(10,),
+    propagation_size_tries=2,
 )
 
 
@@ -175,6 +182,11 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "fs"
     path.mkdir()
     out["filesystem_baseline"] = filesystem_baseline.run(tries=plan.baseline_tries, workdir=path)
+    path = workdir / "by-size"
+    path.mkdir()
+    out["propagation_by_size"] = propagation.by_size(
+        plan.propagation_sizes, tries=plan.propagation_size_tries, workdir=path
+    )
     out["registry_watch"] = []
     for registry, replicas, envoys in plan.watch:
         path = workdir / f"watch-{registry}-{replicas}-{envoys}"
@@ -320,6 +332,10 @@ def table(result: dict[str, Any]) -> str:
             f"({result['cold_start']['tries']} tries) | delta | {cold['p50_ms']} | "
             f"{cold['p90_ms']} | {cold['p99_ms']} |"
         )
+    if result.get("propagation_by_size"):
+        from bench import propagation
+
+        lines += ["", *propagation.size_table(result["propagation_by_size"])]
     if "proxyless" in result:
         lines += [
             "",

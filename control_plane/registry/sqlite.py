@@ -4,10 +4,17 @@ Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revisi
 ``meta.committed_at``. The watch asks SQLite each tick whether any connection committed since
 the last tick (``PRAGMA data_version`` on a read-only connection of its own, answered from the
 WAL index in microseconds on the event loop, no thread hop); only then does it read that
-revision (one tiny indexed read in a worker thread) and, when it moved, the servers the change
-log names. Any commit by any writer moves ``data_version``, so the probe never hides a change;
-the revision is also read once a second whatever the probe says, so a broken database is still
-noticed while idle. Other processes' commits are seen within a tick.
+revision (one tiny indexed read on the same connection, also on the loop; in a worker thread
+when the database is busy) and, when it moved, the servers the change log names (on the loop
+too when they hold at most ``SMALL_READ`` replicas, else in a worker thread). Any commit by
+any writer moves ``data_version``, so the probe never hides a change; the revision is also read
+once a second whatever the probe says (through the registry's own connection, in a thread), so
+a broken database is still noticed while idle.
+
+On Linux the probe also runs as soon as inotify reports a write to the database, its WAL or its
+journal (:class:`_Wake`), so a commit by any process is seen within a fraction of a
+millisecond; the poll is then a safety net that runs at most every 100 ms until a commit
+arrives without an event (then every tick). Without inotify, commits are seen within a tick.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -24,11 +32,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from control_plane.registry import migrations, rows, validate
 from control_plane.registry.errors import (
     NotFoundError,
     RegistryUnavailableError,
 )
+from control_plane.registry.inotify import DirectoryWatch
 from control_plane.registry.model import (
     RegistryState,
     Replica,
@@ -38,10 +49,22 @@ from control_plane.registry.model import (
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 
+log = structlog.get_logger("routeplane.registry")
+
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
 # The watch reads the revision at least this often, even when the probe says nothing changed.
 REVISION_CHECK_EVERY = 1.0
+# A change to servers holding at most this many replicas is read on the event loop.
+SMALL_READ = 200
+# With inotify, the poll is only a safety net: at least this far apart.
+NOTIFIED_POLL_INTERVAL = 0.1
+# After a hint the watch looks again after this, then twice as long, ... up to the poll.
+RECHECK_FIRST = 0.001
+# A commit found with no inotify event for this long before it was not announced. Longer than
+# the safety poll (a commit is found at most that long after its event) with room for a busy
+# loop.
+UNANNOUNCED_AFTER = 1.0
 
 
 def path_of(url: str) -> str:
@@ -379,46 +402,77 @@ class SqliteRegistry:
     def _read_changes(self, previous: RegistryState) -> RegistryState:
         """The state after ``previous``, reading only the servers the change log names."""
         with self._tx(write=False) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            revision = int(meta["revision"])
-            oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
-            if oldest is None or oldest > previous.revision + 1:
-                pass  # the log was pruned past us (or is empty): read everything below
-            else:
-                names = sorted(
-                    str(r[0])
-                    for r in db.execute(
-                        "SELECT DISTINCT server FROM changes WHERE revision > ?",
-                        (previous.revision,),
-                    )
-                )
-                marks = ",".join("?" * len(names))
-                servers = {s.name: s for s in previous.servers}
-                by_server = dict(previous.replicas_by_server)
-                for name in names:
-                    servers.pop(name, None)
-                    by_server.pop(name, None)
-                for server in self._servers(db, f"WHERE name IN ({marks})", names):
-                    servers[server.name] = server
-                fresh = [
-                    _to_replica(row)
-                    for row in db.execute(
-                        f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
-                        f"WHERE server IN ({marks}) ORDER BY id",
-                        names,
-                    )
-                ]
-                by_server.update(group_replicas(fresh))
-                return RegistryState(
-                    servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
-                    replicas_by_server=by_server,
-                    revision=revision,
-                    committed_at=float(meta["committed_at"]),
-                )
-        return self.read_state()
+            state = self._changes_since(db, previous)
+        return state if state is not None else self.read_state()
+
+    def _read_small_changes(
+        self, probe: sqlite3.Connection, previous: RegistryState
+    ) -> RegistryState | None:
+        """:meth:`_read_changes` on the watch's probe, on the event loop, when the servers the
+        change log names hold at most ``SMALL_READ`` replicas (a thread hop is most of the
+        cost of such a read); None otherwise, or when the database is busy."""
+        try:
+            probe.execute("BEGIN")
+        except sqlite3.Error:
+            return None
+        try:
+            return self._changes_since(probe, previous, limit=SMALL_READ)
+        except sqlite3.Error:
+            return None
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                probe.execute("COMMIT")
+
+    def _changes_since(
+        self, db: sqlite3.Connection, previous: RegistryState, *, limit: int | None = None
+    ) -> RegistryState | None:
+        """Within a read transaction: the state after ``previous`` from the servers the change
+        log names; None when the log was pruned past ``previous`` (read everything) or when
+        those servers hold more than ``limit`` replicas."""
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        revision = int(meta["revision"])
+        oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
+        if oldest is None or oldest > previous.revision + 1:
+            return None  # the log was pruned past us (or is empty)
+        names = sorted(
+            str(r[0])
+            for r in db.execute(
+                "SELECT DISTINCT server FROM changes WHERE revision > ?", (previous.revision,)
+            )
+        )
+        marks = ",".join("?" * len(names))
+        if limit is not None:
+            [(count,)] = db.execute(
+                f"SELECT COUNT(*) FROM replicas WHERE server IN ({marks})", names
+            ).fetchall()
+            if count > limit:
+                return None
+        servers = {s.name: s for s in previous.servers}
+        by_server = dict(previous.replicas_by_server)
+        for name in names:
+            servers.pop(name, None)
+            by_server.pop(name, None)
+        for server in self._servers(db, f"WHERE name IN ({marks})", names):
+            servers[server.name] = server
+        fresh = [
+            _to_replica(row)
+            for row in db.execute(
+                f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
+                f"WHERE server IN ({marks}) ORDER BY id",
+                names,
+            )
+        ]
+        by_server.update(group_replicas(fresh))
+        return RegistryState(
+            servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
+            replicas_by_server=by_server,
+            revision=revision,
+            committed_at=float(meta["committed_at"]),
+        )
 
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
         probe = self._open_probe()
+        wake = _Wake(self.path, poll_interval)
         try:
             # Read before the state, so a commit in between shows up as a change to check.
             seen = _data_version(probe)
@@ -426,17 +480,29 @@ class SqliteRegistry:
             yield state
             checked = time.monotonic()
             while True:
-                await asyncio.sleep(poll_interval)
+                hinted = await wake.wait()
                 version = _data_version(probe)
+                wake.probed(hinted=hinted)
                 now = time.monotonic()
                 if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
                     continue  # no connection committed anything since the last look
+                revision = None
+                if version is not None and version != seen:
+                    wake.committed()
+                    # Answered on the loop like the probe; a commit that did not move the
+                    # revision (a lease renewal) costs no thread hop.
+                    revision = _probe_revision(probe)
                 seen, checked = version, now
-                revision = await asyncio.to_thread(self.revision)
+                if revision is None:
+                    revision = await asyncio.to_thread(self.revision)
                 if revision != state.revision:
-                    state = await asyncio.to_thread(self._read_changes, state)
+                    fresh = self._read_small_changes(probe, state)
+                    if fresh is None:
+                        fresh = await asyncio.to_thread(self._read_changes, state)
+                    state = fresh
                     yield state
         finally:
+            wake.close()
             probe.close()
 
     def _open_probe(self) -> sqlite3.Connection:
@@ -455,11 +521,126 @@ class SqliteRegistry:
             self._db.close()
 
 
+def _open_directory_watch(path: str) -> DirectoryWatch | None:
+    """inotify on the database's directory, for the files a commit writes (the database, its
+    WAL, its rollback journal); None for an in-memory or URI path, or where inotify is not had."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    file = Path(path)
+    names = [file.name, f"{file.name}-wal", f"{file.name}-journal"]
+    return DirectoryWatch.open(str(file.parent.resolve()), names)
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Wake:
+    """When the watch looks next: at once when inotify says one of the database's files was
+    written (the hint), else at the poll interval.
+
+    Events are coalesced: any number of them while the watch is busy make one probe. After a
+    hint the watch looks again after 1, 2, 4... ms up to the poll interval, whatever the probe
+    found: a commit writes its WAL frames (the event) before the WAL index says it committed,
+    so a probe can run in between, and one batch of events can hold the frames of a commit
+    that is not visible yet. With inotify the poll is a safety net and runs every
+    ``max(poll_interval, NOTIFIED_POLL_INTERVAL)``; a commit found with no event in the
+    ``UNANNOUNCED_AFTER`` seconds before means inotify does not see this database's writers,
+    and the watch polls at ``poll_interval`` from then on."""
+
+    def __init__(self, path: str, poll_interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._poll_interval = poll_interval
+        self._pending = False  # a hint that no probe has answered yet
+        self._last_hint = -math.inf  # time.monotonic() of the last hint
+        self._recheck = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._dir = _open_directory_watch(path)
+        if self._dir is not None:
+            try:
+                self._loop.add_reader(self._dir.fileno(), self._on_readable)
+            except (NotImplementedError, OSError):  # a loop without add_reader: poll
+                self._dir.close()
+                self._dir = None
+        self.notified = self._dir is not None
+        self.interval = (
+            max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
+        )
+
+    def _on_readable(self) -> None:
+        if self._dir is not None and self._dir.drain():
+            self._hint()
+
+    def _hint(self) -> None:
+        self._pending = True
+        self._last_hint = time.monotonic()
+        if self._waiter is not None:
+            _settle(self._waiter)
+
+    async def wait(self) -> bool:
+        """Until a hint or the next look; True when a hint woke it."""
+        if not self._pending:
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            timer = self._loop.call_later(self._recheck or self.interval, _settle, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        hinted, self._pending = self._pending, False
+        return hinted
+
+    def probed(self, *, hinted: bool) -> None:
+        """After every probe: when to look next without a hint."""
+        if hinted:
+            self._recheck = RECHECK_FIRST
+        elif self._recheck:
+            self._recheck *= 2
+            if self._recheck >= self.interval:
+                self._recheck = 0.0
+
+    def committed(self) -> None:
+        """The probe found a commit: was it announced?"""
+        if not self.notified or self._dir is None:
+            return
+        if time.monotonic() - self._last_hint <= UNANNOUNCED_AFTER:
+            return
+        if self._dir.drain():
+            # Its event was queued but not read yet (the timer and the reader were ready in
+            # the same loop iteration); what else was queued may be a later commit's.
+            self._hint()
+            return
+        self.notified = False
+        self.interval = self._poll_interval
+        log.warning(
+            "registry_watch_unnotified",
+            poll_interval=self._poll_interval,
+            reason="a commit came without an inotify event; polling from now on",
+        )
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self._loop.remove_reader(self._dir.fileno())
+            self._dir.close()
+            self._dir = None
+
+
 def _data_version(probe: sqlite3.Connection) -> int | None:
     """SQLite's count of commits by other connections; None when it cannot tell right now."""
     try:
         return int(probe.execute("PRAGMA data_version").fetchone()[0])
     except sqlite3.Error:
+        return None
+
+
+def _probe_revision(probe: sqlite3.Connection) -> int | None:
+    """The revision as the probe reads it; None when it cannot tell right now (busy)."""
+    try:
+        rows = probe.execute("SELECT value FROM meta WHERE key = 'revision'").fetchall()
+        return int(rows[0][0])
+    except (sqlite3.Error, IndexError, TypeError, ValueError):
         return None
 
 

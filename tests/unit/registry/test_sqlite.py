@@ -64,6 +64,8 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
 
     monkeypatch.setattr(sqlite, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
+    # The poll alone (no inotify wake-ups), at its own 1 ms period.
+    monkeypatch.setattr(sqlite, "_open_directory_watch", lambda path: None)
     states = watcher.watch(poll_interval=0.001)
     await asyncio.wait_for(anext(states), timeout=5)
     quiet_from = time.monotonic()
