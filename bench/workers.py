@@ -12,7 +12,8 @@
   as the server; its own CPU per change is reported.
 - Idle: with nothing changing and no stream, the group's CPU and the registry's load: every
   worker polls the registry's revision once per poll interval (reads per second by design:
-  workers / interval), and on the Spanner emulator the emulator's own CPU is measured.
+  workers / interval; on SQLite with inotify the poll is a safety net every 100 ms), and on
+  the Spanner emulator the emulator's own CPU is measured.
 
 ``python -m bench.workers --streams 1000 --fleet c python --idle sqlite spanner``.
 """
@@ -264,6 +265,14 @@ def idle(*, workers: int, registry_kind: str, seconds: float, workdir: Path) -> 
         bulk_load(registry, servers=100, replicas=1000)
         interval = registry.default_poll_interval
         registry.close()
+        if registry_kind == "sqlite":
+            from control_plane.registry.inotify import DirectoryWatch
+            from control_plane.registry.sqlite import NOTIFIED_POLL_INTERVAL
+
+            probe = DirectoryWatch.open(str(workdir), ["registry.db"])
+            if probe is not None:  # commits wake the watch; the poll is a safety net
+                probe.close()
+                interval = max(interval, NOTIFIED_POLL_INTERVAL)
         cp = ControlPlane.create(workdir, registry=url, extra=["--workers", str(workers)])
         cp.start()
         cp.wait_ready()

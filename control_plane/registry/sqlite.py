@@ -72,6 +72,23 @@ def path_of(url: str) -> str:
     return url.removeprefix("sqlite://")
 
 
+def _use_wal(db: sqlite3.Connection, *, timeout: float = 10.0) -> None:
+    """Put the database in WAL mode. Switching takes an exclusive lock, and SQLite answers
+    "database is locked" at once (no busy handler) when another connection switches at the same
+    moment, as ``serve --workers`` do on a new file: look again until it is WAL."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            db.execute("PRAGMA journal_mode=WAL")  # ":memory:" stays "memory", as before
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # pacing the retry while the other connection switches
+
+
 class SqliteRegistry:
     default_poll_interval = 0.005
 
@@ -89,7 +106,7 @@ class SqliteRegistry:
             self._db = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(self._db)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:

@@ -83,3 +83,26 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
     await states.aclose()
     watcher.close()
     writer.close()
+
+
+def test_several_processes_opening_a_new_database_at_once_all_open_it(tmp_path: Path) -> None:
+    """``serve --workers`` open the same new file at once: switching it to WAL must not fail
+    one of them with "database is locked" (SQLite answers that at once, without waiting)."""
+    import threading
+
+    for attempt in range(20):
+        url = f"sqlite://{tmp_path / f'new-{attempt}.db'}"
+        errors: list[Exception] = []
+
+        def open_it(url: str = url, errors: list[Exception] = errors) -> None:
+            try:
+                open_registry(url).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert errors == []
