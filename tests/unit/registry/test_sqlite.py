@@ -90,7 +90,7 @@ def test_several_processes_opening_a_new_database_at_once_all_open_it(tmp_path: 
     one of them with "database is locked" (SQLite answers that at once, without waiting)."""
     import threading
 
-    for attempt in range(20):
+    for attempt in range(60):
         url = f"sqlite://{tmp_path / f'new-{attempt}.db'}"
         errors: list[Exception] = []
 
@@ -100,7 +100,7 @@ def test_several_processes_opening_a_new_database_at_once_all_open_it(tmp_path: 
             except Exception as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:
