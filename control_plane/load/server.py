@@ -37,6 +37,10 @@ SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
 MAX_CLUSTER_STATS = 10_000
 MAX_NODE_ID = 256
 COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
+# A held name asked for before this process saw its server go cold (the route came from another
+# worker or replica, whose watch was ahead): counted when it does, if within this long.
+PENDING_COLD_SECONDS = 30.0
+MAX_PENDING_COLD = 1000  # distinct names kept waiting (they come from proxies: bounded)
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
 
 
@@ -105,6 +109,9 @@ class LoadService:
         self._cold_start_seen = asyncio.Event()
         self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
         self._held_for: RoutingTable | None = None
+        # Cold names asked for while their server was not held here: name less epoch ->
+        # (when first asked, how many times).
+        self._pending_cold: dict[str, tuple[float, int]] = {}
         self._version = 0
         self._changed = asyncio.Condition()
 
@@ -121,6 +128,26 @@ class LoadService:
         table = self._table()
         if table is None:
             return
+        held = self._held_in(table)
+        now = self._clock()
+        for name in cluster_names:
+            # Any epoch of a held server's name: the route the proxy holds on may come from
+            # another worker or control-plane replica, whose epoch (its own count of registry
+            # revisions, on Spanner) can differ from this one's; the demand is the same.
+            base, suffix, epoch = name.rpartition(COLD_SUFFIX)
+            if not (suffix and epoch.isdigit()):
+                continue
+            prefix = base + suffix
+            server = held.get(prefix)
+            if server is not None:
+                self.book.note_cold_start(server, now=now)
+                self._cold_start_seen.set()
+            elif prefix in self._pending_cold or len(self._pending_cold) < MAX_PENDING_COLD:
+                # That route's process saw the server go cold before this one did.
+                since, count = self._pending_cold.get(prefix, (now, 0))
+                self._pending_cold[prefix] = (since, count + 1)
+
+    def _held_in(self, table: RoutingTable) -> dict[str, str]:
         if table is not self._held_for:
             self._held = {
                 names.cluster(workspace=s.workspace, server=s.name) + COLD_SUFFIX: s.name
@@ -128,16 +155,21 @@ class LoadService:
                 if s.held
             }
             self._held_for = table
-        now = self._clock()
-        for name in cluster_names:
-            # Any epoch of a held server's name: the route the proxy holds on may come from
-            # another worker or control-plane replica, whose epoch (its own count of registry
-            # revisions, on Spanner) can differ from this one's; the demand is the same.
-            base, suffix, epoch = name.rpartition(COLD_SUFFIX)
-            server = self._held.get(base + suffix) if suffix and epoch.isdigit() else None
+        return self._held
+
+    def _resolve_pending(self, table: RoutingTable | None, now: float) -> None:
+        """Count the cold names asked for early whose server this process now holds; forget
+        those that waited past ``PENDING_COLD_SECONDS``."""
+        if not self._pending_cold or table is None:
+            return
+        held = self._held_in(table)
+        for prefix, (since, count) in list(self._pending_cold.items()):
+            server = held.get(prefix)
             if server is not None:
-                self.book.note_cold_start(server, now=now)
-                self._cold_start_seen.set()
+                self.book.note_cold_start(server, now=now, count=count)
+                del self._pending_cold[prefix]
+            elif now - since > PENDING_COLD_SECONDS:
+                del self._pending_cold[prefix]
 
     def catalog(self) -> Catalog:
         table = self._table()
@@ -151,6 +183,7 @@ class LoadService:
         for node in self.book.expire(now):
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
+        self._resolve_pending(table, now)
         totals, _ = self.book.loads()
         events = self.book.cold_start_events
         if not totals and self._quiet_for == (id(table), events):
@@ -232,8 +265,10 @@ class LoadService:
             async with self._changed:
                 self._changed.notify_all()
             self._cold_start_seen.clear()
+            # Early cold names are looked at again soon: their server goes cold here any moment.
+            wait = 2 * COLD_START_COALESCE if self._pending_cold else self.interval / 2
             try:
-                await asyncio.wait_for(self._cold_start_seen.wait(), self.interval / 2)
+                await asyncio.wait_for(self._cold_start_seen.wait(), min(wait, self.interval / 2))
             except TimeoutError:
                 continue
             await asyncio.sleep(COLD_START_COALESCE)

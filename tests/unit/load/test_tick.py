@@ -71,6 +71,36 @@ def test_a_held_request_counts_whatever_epoch_its_route_named() -> None:
     assert row.cold_starts == 1
 
 
+def test_a_held_name_asked_before_this_process_saw_the_server_go_cold_counts_when_it_does() -> None:
+    """Under workers or HA the route a proxy holds on can come from a process whose watch is
+    ahead: the name is asked for here while this table still has the replica."""
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    clock = [100.0]
+    warm = replace(server("gpu", endpoint("r1", 8081)), spec=spec)
+    current = [table(warm)]
+    service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    service.note_subscribed(cds, frozenset({"default_gpu_cold9", "default_nothing_cold1"}))
+    assert service.tick()[0].cold_starts == 0  # not held here yet
+    current[0] = table(replace(server("gpu"), spec=spec, held=True, cold_epoch=8))
+    [row] = service.tick()
+    assert row.cold_starts == 1
+    clock[0] += 1000  # the name of no held server is forgotten, never counted
+    service.tick()
+    assert service._pending_cold == {}
+
+
+def test_early_cold_names_are_bounded() -> None:
+    from control_plane.load.server import MAX_PENDING_COLD
+
+    service = _service([table(server("echo", endpoint("r1", 8081)))])
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    service.note_subscribed(
+        cds, frozenset(f"default_s{i}_cold1" for i in range(MAX_PENDING_COLD + 50))
+    )
+    assert len(service._pending_cold) == MAX_PENDING_COLD
+
+
 async def test_a_cold_start_ticks_at_once_not_at_the_next_period() -> None:
     """With a 20 s report interval the view ticks every 10 s; a held request's demand must
     reach watchers (an autoscaler) long before that."""
