@@ -127,11 +127,24 @@ class LoadSum:
 
     def __init__(self) -> None:
         self._recommender = Recommender()
-        self._cold_seen: dict[str, int] = {}
+        self._cold_seen: dict[tuple[int, str], int] = {}  # (worker, server) -> its cold starts
 
     def add(self, answers: Sequence[Any], *, now: float) -> Any:
         total = admin_pb2.LoadResponse()
         rows: dict[tuple[str, str], Any] = {}
+        # A cold start wakes its server when the worker that counted it had no replica: that
+        # worker's table is the one the proxy's route came from. (The group's ready count can
+        # be another worker's, a moment behind: a replica just deregistered still counted.)
+        woken: set[str] = set()
+        for index, answer in enumerate(answers):
+            for row in answer.servers:
+                if row.region != "*":
+                    continue
+                seen = (index, row.server)
+                new_cold = row.cold_starts - self._cold_seen.get(seen, 0)
+                self._cold_seen[seen] = row.cold_starts
+                if new_cold > 0 and row.ready_replicas == 0:
+                    woken.add(row.server)
         for answer in answers:
             total.reporting_proxies += answer.reporting_proxies
             total.report_interval_seconds = answer.report_interval_seconds
@@ -151,14 +164,6 @@ class LoadSum:
                 mine.cold_starts += row.cold_starts
                 if row.HasField("autoscaling") and not mine.HasField("autoscaling"):
                     mine.autoscaling.CopyFrom(row.autoscaling)
-        woken: set[str] = set()
-        for row in total.servers:
-            if row.region != "*":
-                continue
-            new_cold = row.cold_starts - self._cold_seen.get(row.server, 0)
-            self._cold_seen[row.server] = row.cold_starts
-            if new_cold > 0 and row.ready_replicas == 0:
-                woken.add(row.server)
         keep: set[object] = set()
         for row in total.servers:
             if not row.HasField("autoscaling"):

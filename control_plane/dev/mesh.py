@@ -208,7 +208,8 @@ def load_state(workdir: Path) -> MeshState | None:
 
 def _start(state: MeshState, workdir: Path, name: str, argv: list[str]) -> None:
     log_path = workdir / "logs" / f"{name}.log"
-    env = {**os.environ, **state.env}
+    # Unbuffered: a log line is in the log file when it happens, not when the process exits.
+    env = {**os.environ, **state.env, "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             argv,

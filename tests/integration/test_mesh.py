@@ -182,7 +182,21 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
         lambda: registry.list_replicas("gpu") == [], timeout=40, interval=0.2, what="gpu at zero"
     )
     # A request racing the route's switch back to hold meets the reject answer; clients retry.
-    wait_until(lambda: gpu_answer().startswith("gpu-auto-"), timeout=40, what="gpu back from 0")
+    answers: list[str] = []
+    try:
+        wait_until(
+            lambda: answers.append(gpu_answer()) or answers[-1].startswith("gpu-auto-"),
+            timeout=40,
+            what="gpu back from 0",
+        )
+    except AssertionError as exc:
+        load = subprocess.run(
+            [ROUTEPLANE, "load", "--admin", f"127.0.0.1:{ports['admin']}", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        raise AssertionError(f"{exc}; answers {answers}; load {load}") from None
 
     dying_port = ports["replica"] + next(r.offset for r in REPLICAS if r.name == "echo-us-west-1")
     [dying] = [r for r in registry.list_replicas("echo") if r.port == dying_port]

@@ -86,3 +86,19 @@ def test_a_cold_start_on_any_worker_wakes_a_server_at_zero() -> None:
     woken = {**quiet, "cold_starts": 1}
     total = load.add([answer(quiet), answer(woken)], now=2.0)
     assert rows(total)["echo", "*"].desired_replicas == 1
+
+
+def test_a_cold_start_wakes_even_while_another_worker_still_counts_the_replica() -> None:
+    """The replica just deregistered: the worker that counted the cold start has none, the
+    other has not read the change yet. The demand must not be lost in that moment."""
+    load = LoadSum()
+    warm = {"server": "gpu", "region": "*", "ready_replicas": 1, "target": 1.0}
+    cold = {"server": "gpu", "region": "*", "ready_replicas": 0, "target": 1.0}
+    load.add([answer(warm), answer(warm)], now=1.0)
+    total = load.add([answer({**cold, "cold_starts": 1}), answer(warm)], now=2.0)
+    assert rows(total)["gpu", "*"].desired_replicas >= 1
+    # The same count seen again wakes nothing more; a worker with replicas is not woken.
+    load = LoadSum()
+    load.add([answer({**warm, "cold_starts": 3}), answer(warm)], now=1.0)
+    total = load.add([answer({**warm, "cold_starts": 3}), answer(cold)], now=2.0)
+    assert rows(total)["gpu", "*"].desired_replicas == 0  # not woken: no load, no wake
