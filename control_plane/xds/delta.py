@@ -256,6 +256,18 @@ class DeltaStream(BaseStream[DeltaState]):
     def on_request(self, request: Any) -> RequestOutcome:
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
+        state = self._types.get(type_url)
+        if (
+            state is not None
+            and state.status.subscribed
+            and not request.resource_names_subscribe
+            and not request.resource_names_unsubscribe
+            and not request.initial_resource_versions
+        ):
+            # An ACK or NACK and nothing else (a fleet's every answer to a push): only the
+            # nonce part below applies.
+            self._answer(state, request, outcome)
+            return outcome
         state = self._state(type_url)
         status = state.status
         # Interned: a thousand streams subscribed to the same names hold one copy of each.
@@ -286,7 +298,13 @@ class DeltaStream(BaseStream[DeltaState]):
             status.names = shared_names((status.names | subscribe) - unsubscribe)
         for name in unsubscribe:
             state.drop(name)
+        self._answer(state, request, outcome)
+        return outcome
+
+    def _answer(self, state: DeltaState, request: Any, outcome: RequestOutcome) -> None:
+        """The ACK/NACK part of ``request``, if it answers a response."""
         if request.response_nonce:
+            status = state.status
             pending = state.pending.pop(request.response_nonce, None)
             if pending is None:
                 outcome.stale = True
@@ -300,7 +318,6 @@ class DeltaStream(BaseStream[DeltaState]):
                 outcome.committed_at = pending.committed_at
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = pending.committed_at or 1e-9
-        return outcome
 
     def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
         nonce = self._next_nonce()
