@@ -58,11 +58,36 @@ class _Shared:
     resource_names: list[str]
 
 
-# (snapshot version, type, parent version, names, wildcard, control-plane field) -> the push
-# Snapshot versions are content hashes, so streams of different node
-# groups with the same content share an entry. Bounded: cleared when full.
-_SHARED: dict[tuple[Any, ...], _Shared] = {}
-_SHARED_MAX = 512
+class _SharedPushes:
+    """(snapshot version, type, parent version, names, wildcard, control-plane field) -> the
+    push. Snapshot versions are content hashes, so streams of different node groups with the
+    same content share an entry. Only a cache, bounded in entries and in encoded bytes (a push
+    of many changed resources is large): emptied when full."""
+
+    def __init__(self, *, max_entries: int = 512, max_bytes: int = 32 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[Any, ...], _Shared] = {}
+        self._bytes = 0
+
+    def get(self, key: tuple[Any, ...]) -> _Shared | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[Any, ...], shared: _Shared) -> None:
+        if len(self._entries) >= self.max_entries or self._bytes >= self.max_bytes:
+            self.clear()
+        self._bytes += len(shared.head) + len(shared.tail)
+        self._entries[key] = shared
+
+    def cached(self) -> list[tuple[Any, ...]]:
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+_SHARED = _SharedPushes()
 
 
 @dataclass(slots=True)
@@ -374,8 +399,6 @@ class DeltaStream(BaseStream[DeltaState]):
         )
         shared = _SHARED.get(key)
         if shared is None:
-            if len(_SHARED) >= _SHARED_MAX:
-                _SHARED.clear()
             outgoing = self._compute(type_url, state, snapshot)
             available = snapshot.of_type(type_url)
             to_send = (
@@ -389,18 +412,21 @@ class DeltaStream(BaseStream[DeltaState]):
                 type_url=type_url,
                 control_plane=self._cp,
             )
-            _SHARED[key] = _Shared(
-                send=outgoing is not None,
-                to_send=to_send,
-                removed=removed,
-                sent=state.pending[outgoing.nonce].sent if outgoing is not None else {},
-                own=dict(state.own) if state.own is not None else None,
-                unacked=dict(state.unacked) if state.unacked is not None else None,
-                base=state.base,
-                base_version=state.base_version,
-                head=head,
-                tail=tail,
-                resource_names=outgoing.resource_names if outgoing is not None else [],
+            _SHARED.put(
+                key,
+                _Shared(
+                    send=outgoing is not None,
+                    to_send=to_send,
+                    removed=removed,
+                    sent=state.pending[outgoing.nonce].sent if outgoing is not None else {},
+                    own=dict(state.own) if state.own is not None else None,
+                    unacked=dict(state.unacked) if state.unacked is not None else None,
+                    base=state.base,
+                    base_version=state.base_version,
+                    head=head,
+                    tail=tail,
+                    resource_names=outgoing.resource_names if outgoing is not None else [],
+                ),
             )
             return outgoing
         # What ``_compute`` would do, as it did for the first stream.

@@ -123,6 +123,27 @@ def test_a_synced_fleet_shares_one_computed_push() -> None:
     pushes = [stream.responses(SNAPSHOTS[1]) for stream in streams]
     # One entry per type for the whole fleet (as Envoy does, subscribed to every cluster's
     # endpoints), and the same bytes but the nonce.
-    assert len([key for key in delta._SHARED if key[0] == SNAPSHOTS[1].version]) == 2
+    assert len([key for key in delta._SHARED.cached() if key[0] == SNAPSHOTS[1].version]) == 2
     assert [o.resource_names for [o] in pushes] == [["default_a"]] * 3
     assert len({o.payload.replace(o.nonce.encode(), b"") for [o] in pushes}) == 1
+
+
+def test_the_shared_pushes_stay_within_their_bounds() -> None:
+    shared = delta._SharedPushes(max_entries=3, max_bytes=100)
+    entry = delta._Shared(
+        send=True,
+        to_send=[],
+        removed=[],
+        sent={},
+        own=None,
+        unacked=None,
+        base={},
+        base_version=None,
+        head=b"x" * 60,
+        tail=b"",
+        resource_names=[],
+    )
+    for i in range(10):
+        shared.put((i,), entry)
+        assert len(shared.cached()) <= 2  # a second entry brings it to 120 bytes: emptied next
+    assert shared.get((9,)) is entry
