@@ -15,6 +15,8 @@ from control_plane.xds.resources import (
     Resource,
     control_plane_field,
     delta_response,
+    delta_response_parts,
+    string_field,
 )
 from control_plane.xds.snapshot import Snapshot
 from control_plane.xds.stream import (
@@ -33,6 +35,59 @@ from control_plane.xds.stream import (
 
 _NOTHING = object()
 NO_RESOURCES: Mapping[str, Resource] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """One type's push for every stream in the same state (see ``DeltaStream._shared_push``):
+    what it sends and the state it leaves, computed once per snapshot; the response is
+    ``head + nonce field + tail``, the nonce the only per-stream part."""
+
+    # False: nothing to send (the state still moves on).
+    send: bool
+    to_send: list[Resource]
+    removed: list[str]
+    # Read only, shared by every stream's ``Pending``.
+    sent: dict[str, str]
+    own: dict[str, str | None] | None
+    unacked: dict[str, str | None] | None
+    base: Mapping[str, Resource]
+    base_version: str | None
+    head: bytes
+    tail: bytes
+    resource_names: list[str]
+
+
+class _SharedPushes:
+    """(snapshot version, type, parent version, names, wildcard, control-plane field) -> the
+    push. Snapshot versions are content hashes, so streams of different node groups with the
+    same content share an entry. Only a cache, bounded in entries and in encoded bytes (a push
+    of many changed resources is large): emptied when full."""
+
+    def __init__(self, *, max_entries: int = 512, max_bytes: int = 32 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: dict[tuple[Any, ...], _Shared] = {}
+        self._bytes = 0
+
+    def get(self, key: tuple[Any, ...]) -> _Shared | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[Any, ...], shared: _Shared) -> None:
+        if len(self._entries) >= self.max_entries or self._bytes >= self.max_bytes:
+            self.clear()
+        self._bytes += len(shared.head) + len(shared.tail)
+        self._entries[key] = shared
+
+    def cached(self) -> list[tuple[Any, ...]]:
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+_SHARED = _SharedPushes()
 
 
 @dataclass(slots=True)
@@ -226,6 +281,18 @@ class DeltaStream(BaseStream[DeltaState]):
     def on_request(self, request: Any) -> RequestOutcome:
         type_url = self._type_of(request.type_url)
         outcome = RequestOutcome(type_url=type_url)
+        state = self._types.get(type_url)
+        if (
+            state is not None
+            and state.status.subscribed
+            and not request.resource_names_subscribe
+            and not request.resource_names_unsubscribe
+            and not request.initial_resource_versions
+        ):
+            # An ACK or NACK and nothing else (a fleet's every answer to a push): only the
+            # nonce part below applies.
+            self._answer(state, request, outcome)
+            return outcome
         state = self._state(type_url)
         status = state.status
         # Interned: a thousand streams subscribed to the same names hold one copy of each.
@@ -256,7 +323,13 @@ class DeltaStream(BaseStream[DeltaState]):
             status.names = shared_names((status.names | subscribe) - unsubscribe)
         for name in unsubscribe:
             state.drop(name)
+        self._answer(state, request, outcome)
+        return outcome
+
+    def _answer(self, state: DeltaState, request: Any, outcome: RequestOutcome) -> None:
+        """The ACK/NACK part of ``request``, if it answers a response."""
         if request.response_nonce:
+            status = state.status
             pending = state.pending.pop(request.response_nonce, None)
             if pending is None:
                 outcome.stale = True
@@ -270,7 +343,6 @@ class DeltaStream(BaseStream[DeltaState]):
                 outcome.committed_at = pending.committed_at
                 outcome.first_ack = status.acked_committed_at == 0.0
                 status.acked_committed_at = pending.committed_at or 1e-9
-        return outcome
 
     def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
         nonce = self._next_nonce()
@@ -299,6 +371,97 @@ class DeltaStream(BaseStream[DeltaState]):
     def _response_for(
         self, type_url: str, state: DeltaState, snapshot: Snapshot
     ) -> Outgoing | None:
+        parent = snapshot.parent_version
+        if (
+            parent is not None
+            and state.synced == parent
+            and state.base_version == parent
+            and state.own is None
+            and state.unacked is None
+            and not state.extra
+            and state.status.sent_version
+            and snapshot.changed is not None
+        ):
+            # The common push: this stream ACKed everything of the parent snapshot, as the
+            # rest of the fleet did; the first such stream computes it, the others reuse it.
+            return self._shared_push(type_url, state, snapshot)
+        return self._compute(type_url, state, snapshot)
+
+    def _shared_push(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing | None:
+        status = state.status
+        key = (
+            snapshot.version,
+            type_url,
+            state.base_version,
+            status.names,
+            status.wildcard,
+            self._cp,
+        )
+        shared = _SHARED.get(key)
+        if shared is None:
+            outgoing = self._compute(type_url, state, snapshot)
+            available = snapshot.of_type(type_url)
+            to_send = (
+                [available[n] for n in outgoing.resource_names] if outgoing is not None else []
+            )
+            removed = outgoing.removed if outgoing is not None else []
+            head, tail = delta_response_parts(
+                system_version_info=snapshot.versions.get(type_url, ""),
+                resources=to_send,
+                removed=removed,
+                type_url=type_url,
+                control_plane=self._cp,
+            )
+            _SHARED.put(
+                key,
+                _Shared(
+                    send=outgoing is not None,
+                    to_send=to_send,
+                    removed=removed,
+                    sent=state.pending[outgoing.nonce].sent if outgoing is not None else {},
+                    own=dict(state.own) if state.own is not None else None,
+                    unacked=dict(state.unacked) if state.unacked is not None else None,
+                    base=state.base,
+                    base_version=state.base_version,
+                    head=head,
+                    tail=tail,
+                    resource_names=outgoing.resource_names if outgoing is not None else [],
+                ),
+            )
+            return outgoing
+        # What ``_compute`` would do, as it did for the first stream.
+        state.synced = snapshot.version
+        state.base, state.base_version = shared.base, shared.base_version
+        state.own = dict(shared.own) if shared.own is not None else None
+        state.unacked = dict(shared.unacked) if shared.unacked is not None else None
+        if not shared.send:
+            return None
+        if type_url == CLUSTER:
+            self._forget_endpoints(shared.to_send)
+        nonce = self._next_nonce()
+        pending = state.pending
+        if len(pending) >= MAX_PENDING:
+            del pending[next(iter(pending))]
+        version = snapshot.versions.get(type_url, "")
+        pending[nonce] = Pending(
+            sent=shared.sent,
+            removed=shared.removed,
+            version=version,
+            committed_at=snapshot.committed_at,
+        )
+        status.sent_version = version
+        status.pushes += 1
+        status.resources_sent += len(shared.to_send)
+        return Outgoing(
+            type_url=type_url,
+            payload=shared.head + string_field(5, nonce) + shared.tail,
+            nonce=nonce,
+            version=version,
+            resource_names=shared.resource_names,
+            removed=shared.removed,
+        )
+
+    def _compute(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing | None:
         status, known = state.status, state.known_version
         available = snapshot.of_type(type_url)
         candidates = self._candidates(state, type_url, snapshot)

@@ -214,13 +214,32 @@ def delta_response(
     control_plane: bytes,
 ) -> bytes:
     """Encode a ``DeltaDiscoveryResponse`` from pre-encoded resource fields."""
+    head, tail = delta_response_parts(
+        system_version_info=system_version_info,
+        resources=resources,
+        removed=removed,
+        type_url=type_url,
+        control_plane=control_plane,
+    )
+    return head + string_field(5, nonce) + tail
+
+
+def delta_response_parts(
+    *,
+    system_version_info: str,
+    resources: list[Resource],
+    removed: list[str],
+    type_url: str,
+    control_plane: bytes,
+) -> tuple[bytes, bytes]:
+    """A ``DeltaDiscoveryResponse`` but its nonce: ``head + string_field(5, nonce) + tail`` is
+    the response (one encoding shared by every stream sent the same thing)."""
     parts = [string_field(1, system_version_info)]
     parts.extend(resource.delta_field for resource in resources)
     parts.append(string_field(4, type_url))
-    parts.append(string_field(5, nonce))
-    parts.extend(string_field(6, name) for name in removed)
-    parts.append(control_plane)
-    return b"".join(parts)
+    tail = [string_field(6, name) for name in removed]
+    tail.append(control_plane)
+    return b"".join(parts), b"".join(tail)
 
 
 def control_plane_field(*, identifier: str, field_number: int) -> bytes:

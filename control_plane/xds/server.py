@@ -345,7 +345,7 @@ class XdsServer:
             now = time.time()
             proxy.acked_at[outcome.type_url] = now
             acks, convergence = _ack_metrics(short)
-            acks.inc()
+            _COUNTS.add(acks)
             if not outcome.first_ack and outcome.committed_at > proxy.observed.get(short, 0.0):
                 convergence.observe(max(0.0, now - outcome.committed_at))
             if outcome.committed_at:
@@ -361,8 +361,8 @@ class XdsServer:
     @staticmethod
     def _log_push(bound: Any, outgoing: Outgoing) -> None:
         pushes, push_bytes = _push_counters(outgoing.type_url)
-        pushes.inc()
-        push_bytes.inc(len(outgoing.payload))
+        _COUNTS.add(pushes)
+        _COUNTS.add(push_bytes, len(outgoing.payload))
         bound.debug(
             "response_sent",
             type_url=SHORT_NAMES.get(outgoing.type_url, outgoing.type_url),
@@ -391,6 +391,29 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+
+class _Counts:
+    """Counter increments added up and applied once per event-loop iteration: a push to a
+    thousand streams and their thousand ACKs make a few increments, not thousands (each takes
+    the counter's lock). Read from ``/metrics`` (another iteration), the sums are all there."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Any, float] = {}
+
+    def add(self, counter: Any, amount: float = 1.0) -> None:
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        pending[counter] = pending.get(counter, 0.0) + amount
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for counter, amount in pending.items():
+            counter.inc(amount)
+
+
+_COUNTS = _Counts()
 
 
 @functools.cache
