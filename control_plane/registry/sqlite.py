@@ -581,6 +581,12 @@ class _Wake:
                 self._dir.close()
                 self._dir = None
         self.notified = self._dir is not None
+        if not self.notified and path and path != ":memory:" and not path.startswith("file:"):
+            log.info(
+                "registry_watch_polling",
+                reason="no inotify here (not Linux, or the user's inotify instances are used up)",
+                interval_seconds=poll_interval,
+            )
         self.interval = (
             max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
         )
