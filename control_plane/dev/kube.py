@@ -49,11 +49,11 @@ CA_SECRET = "routeplane-ca"
 
 # Requests, from BENCHMARKS.md (simulated fleet, 1,000 delta streams, 100 servers / 1,000
 # replicas; load reports, 1,000 proxies x 100 clusters every second) and one idle `serve`:
-# - CPU 500m: idle 3% of a core; a change pushed to 1,000 streams 182 us per stream = 0.18
-#   core-seconds; load reports with 10% of clusters carrying traffic 24% of a core (184% when
+# - CPU 500m: idle under 1% of a core; a change pushed to 1,000 streams 143 us per stream = 0.14
+#   core-seconds; load reports with 10% of clusters carrying traffic 25% of a core (190% when
 #   every cluster does: add CPU for such fleets). No CPU limit: throttling would delay pushes.
-# - memory 384Mi, limit 1Gi: 141 KB per stream = 138 MiB for 1,000 proxies, plus 58 MB for an
-#   idle `serve`, plus snapshots (1.1 MB per node group at 10,000 replicas).
+# - memory 384Mi, limit 1Gi: 56-64 KB per stream = 64 MiB for 1,000 proxies, plus 58 MB for an
+#   idle `serve`, plus snapshots (1.6 MB per node group at 10,000 replicas), plus a storm's room.
 CONTROL_PLANE_RESOURCES = {
     "requests": {"cpu": "500m", "memory": "384Mi"},
     "limits": {"memory": "1Gi"},
