@@ -13,6 +13,7 @@ import asyncio
 import functools
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,10 +119,16 @@ class XdsServer:
         self._admission = TokenBucket(
             rate=new_streams_per_second, burst=max(1.0, new_streams_per_second)
         )
-        self._pushes = asyncio.Semaphore(max_concurrent_pushes)
+        self._pushes = PushSlots(max_concurrent_pushes)
         # A proxy that stops reading fills its flow-control window and its writes stall; after
         # this long it is disconnected, so it holds no push slot and no memory for long.
         self.write_timeout = write_timeout
+        # The pushes being written, each with the loop time it began, and one watchdog timer
+        # for all of them (not a timer per push: a wave to a thousand streams made a thousand).
+        self._writes: dict[asyncio.Task[Any], float] = {}
+        # Pushes the watchdog cancelled, until their ``_push`` has seen it.
+        self._stalled: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._refusal_logged: dict[str, float] = {}
 
     def _log_refusal(self, reason: str, message: str) -> None:
@@ -255,6 +262,8 @@ class XdsServer:
             client=group.kind,
         )
         reader: asyncio.Task[None] | None = None
+        task = asyncio.current_task()  # (the watchdog cancels it if a push stalls)
+        assert task is not None
         try:
             try:
                 self._handle(proxy, first, wake, bound)
@@ -275,8 +284,13 @@ class XdsServer:
                 finished = reader.done()
                 if finished and (reader.cancelled() or reader.exception() is not None):
                     break
-                async with self._pushes:
-                    await self._push(context, protocol.responses(self.cache.get(group)), bound)
+                await self._pushes.acquire()
+                try:
+                    await self._push(
+                        context, protocol.responses(self.cache.get(group)), bound, task
+                    )
+                finally:
+                    self._pushes.release()
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
@@ -287,26 +301,64 @@ class XdsServer:
             bound.info("proxy_disconnected")
 
     async def _push(
-        self, context: grpc.aio.ServicerContext, responses: list[Outgoing], bound: Any
+        self,
+        context: grpc.aio.ServicerContext,
+        responses: list[Outgoing],
+        bound: Any,
+        task: asyncio.Task[Any],
     ) -> None:
         """Write one push's responses. Its own frame, so the payloads are released when it
         returns: a stream waiting for the next change holds none of the last push's bytes (it
         did, as a loop variable: ~60 KB per stream at 100 clusters)."""
         if not responses:
             return
+        # No deadline object and no timer per push: the push is entered in ``_writes`` with the
+        # loop time it began, and the one watchdog cancels it once it has been writing for
+        # ``write_timeout`` (a proxy that stops reading is cut off alike). ``task`` is the
+        # stream's, which runs this push.
+        writes = self._writes
+        loop = asyncio.get_running_loop()
+        writes[task] = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.write_timeout, self._check_writes)
         try:
-            # One deadline for the push's writes (not a task per write, as asyncio.wait_for
-            # would make): a proxy that stops reading is cut off alike.
-            async with asyncio.timeout(self.write_timeout):
-                for outgoing in responses:
-                    await context.write(outgoing.payload)
-                    self._log_push(bound, outgoing)
-        except TimeoutError:
-            metrics.STREAMS_REFUSED.labels("stalled").inc()
-            bound.warning("stream_stalled", write_timeout=self.write_timeout)
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "the proxy stopped reading; reconnect"
-            )
+            for outgoing in responses:
+                await context.write(outgoing.payload)
+                self._log_push(bound, outgoing)
+        except asyncio.CancelledError:
+            # The watchdog's cancellation, and no other (a stream torn down meanwhile is
+            # cancelled again): the stream is cut as stalled, as a deadline would.
+            if task not in self._stalled or task.uncancel() > 0:
+                raise
+        else:
+            return
+        finally:
+            writes.pop(task, None)
+            self._stalled.discard(task)
+        metrics.STREAMS_REFUSED.labels("stalled").inc()
+        bound.warning("stream_stalled", write_timeout=self.write_timeout)
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the proxy stopped reading; reconnect"
+        )
+
+    def _check_writes(self) -> None:
+        """The watchdog: cancel every push writing for ``write_timeout`` or longer, then wake
+        again when the oldest of the others reaches it (not at all if none is left). Its cost
+        is one pass over the pushes in flight, which the push slots bound."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limit = self.write_timeout
+        oldest: float | None = None
+        for task, began in list(self._writes.items()):
+            if now - began >= limit:
+                del self._writes[task]
+                self._stalled.add(task)
+                task.cancel()  # CancelledError in its write; ``_push`` turns it into the cut
+            elif oldest is None or began < oldest:
+                oldest = began
+        if oldest is not None:
+            self._watchdog = loop.call_at(oldest + limit, self._check_writes)
 
     async def _read(
         self,
@@ -391,6 +443,39 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+
+class PushSlots:
+    """At most ``size`` holders at once, admitted in the order they asked. Cheaper than
+    ``asyncio.Semaphore`` for a wave of pushes that mostly wait: a release hands its slot
+    straight to the first waiter (no scan past waiters already woken, no removal from the
+    middle of the queue), and a waiter cancelled while queued is skipped when its turn comes."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, then cancelled before it could use it
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class _Counts:

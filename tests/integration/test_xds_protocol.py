@@ -374,3 +374,85 @@ async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() 
         await silent_channel.close()
         await channel.close()
         await grpc_server.stop(0)
+
+
+async def test_stalls_that_begin_at_different_times_are_each_cut_by_the_one_watchdog() -> None:
+    """One watchdog serves every push in flight: the first stalled push's check finds the second
+    (begun later) not yet past the limit and looks again when it is; both streams are cut,
+    each counted and logged once, while a proxy that reads is served."""
+    from control_plane.translate import ProxyView, to_resources
+    from control_plane.xds.snapshot import build_snapshot
+    from tests.helpers import table
+
+    cache = SnapshotCache()
+    big = [
+        server(f"s{i}", *(endpoint(f"r{i}-{j}", 10_000 + j) for j in range(50))) for i in range(40)
+    ]
+    view = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
+    cache.set_snapshot(GROUP, build_snapshot(to_resources(table(*big), view)))
+    xds = XdsServer(
+        cache=cache, control_plane_id="cp-test", write_timeout=1.0, max_concurrent_pushes=4
+    )
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    options = [
+        ("grpc.http2.lookahead_bytes", 1024),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.max_receive_message_length", -1),
+    ]
+    # Separate channels: each silent stream has its own connection and window.
+    silent_channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(2)
+    ]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    def silent_streams() -> set[int]:
+        return {p.stream_id for p in xds.proxies.values() if p.node_id == "proxy-1" and p.delta}
+
+    try:
+        stalled_before = (
+            REGISTRY.get_sample_value("routeplane_xds_streams_refused_total", {"reason": "stalled"})
+            or 0.0
+        )
+        with capture_logs() as logs:
+            calls = []
+            for silent_channel in silent_channels:
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(
+                    silent_channel
+                ).DeltaAggregatedResources()
+                await call.write(dreq(CLUSTER, node=True))
+                await call.write(
+                    dreq(ENDPOINT, subscribe=tuple(f"default_s{i}" for i in range(40)))
+                )
+                calls.append(call)
+                # The next one begins its push after this one has begun its own.
+                served = len(calls)
+                await async_wait_until(
+                    lambda: len(silent_streams()) == served,  # noqa: B023 (awaited here)
+                    what="the silent stream to be served",
+                )
+            await async_wait_until(
+                lambda: not silent_streams(), timeout=15, what="both stalled streams to be dropped"
+            )
+            stalled = [e for e in logs if e["event"] == "stream_stalled"]
+            assert len(stalled) == 2
+            assert all(e["write_timeout"] == 1.0 for e in stalled)
+            stalled_after = REGISTRY.get_sample_value(
+                "routeplane_xds_streams_refused_total", {"reason": "stalled"}
+            )
+            assert stalled_after == stalled_before + 2
+        # Nothing left for the watchdog.
+        assert not xds._writes
+        assert not xds._stalled
+        client = Client(
+            ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        )
+        await client.send(req(LISTENER, node=True))
+        assert (await client.recv()).type_url == LISTENER
+    finally:
+        for silent_channel in silent_channels:
+            await silent_channel.close()
+        await channel.close()
+        await grpc_server.stop(0)
