@@ -267,7 +267,7 @@ def idle(*, workers: int, registry_kind: str, seconds: float, workdir: Path) -> 
         registry.close()
         if registry_kind == "sqlite":
             from control_plane.registry.inotify import DirectoryWatch
-            from control_plane.registry.sqlite import NOTIFIED_POLL_INTERVAL
+            from control_plane.registry.sqlite_wake import NOTIFIED_POLL_INTERVAL
 
             probe = DirectoryWatch.open(str(workdir), ["registry.db"])
             if probe is not None:  # commits wake the watch; the poll is a safety net

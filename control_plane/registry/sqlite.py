@@ -12,7 +12,7 @@ once a second whatever the probe says (through the registry's own connection, in
 a broken database is still noticed while idle.
 
 On Linux the probe also runs as soon as inotify reports a write to the database, its WAL or its
-journal (:class:`_Wake`), so a commit by any process is seen within a fraction of a
+journal (``sqlite_wake.Wake``), so a commit by any process is seen within a fraction of a
 millisecond; the poll is then a safety net that runs at most every 100 ms until a commit
 arrives without an event (then every tick). Without inotify, commits are seen within a tick.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -39,7 +38,6 @@ from control_plane.registry.errors import (
     NotFoundError,
     RegistryUnavailableError,
 )
-from control_plane.registry.inotify import DirectoryWatch
 from control_plane.registry.model import (
     RegistryState,
     Replica,
@@ -48,6 +46,7 @@ from control_plane.registry.model import (
     group_replicas,
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
+from control_plane.registry.sqlite_wake import Wake
 
 log = structlog.get_logger("routeplane.registry")
 
@@ -57,14 +56,6 @@ CHANGE_LOG_PRUNE_EVERY = 1_000
 REVISION_CHECK_EVERY = 1.0
 # A change to servers holding at most this many replicas is read on the event loop.
 SMALL_READ = 200
-# With inotify, the poll is only a safety net: at least this far apart.
-NOTIFIED_POLL_INTERVAL = 0.1
-# After a hint the watch looks again after this, then twice as long, ... up to the poll.
-RECHECK_FIRST = 0.001
-# A commit found with no inotify event for this long before it was not announced. Longer than
-# the safety poll (a commit is found at most that long after its event) with room for a busy
-# loop.
-UNANNOUNCED_AFTER = 1.0
 
 
 def path_of(url: str) -> str:
@@ -489,7 +480,7 @@ class SqliteRegistry:
 
     async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
         probe = self._open_probe()
-        wake = _Wake(self.path, poll_interval)
+        wake = Wake(self.path, poll_interval)
         try:
             # Read before the state, so a commit in between shows up as a change to check.
             seen = _data_version(probe)
@@ -536,118 +527,6 @@ class SqliteRegistry:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _open_directory_watch(path: str) -> DirectoryWatch | None:
-    """inotify on the database's directory, for the files a commit writes (the database, its
-    WAL, its rollback journal); None for an in-memory or URI path, or where inotify is not had."""
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return None
-    file = Path(path)
-    names = [file.name, f"{file.name}-wal", f"{file.name}-journal"]
-    return DirectoryWatch.open(str(file.parent.resolve()), names)
-
-
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class _Wake:
-    """When the watch looks next: at once when inotify says one of the database's files was
-    written (the hint), else at the poll interval.
-
-    Events are coalesced: any number of them while the watch is busy make one probe. After a
-    hint the watch looks again after 1, 2, 4... ms up to the poll interval, whatever the probe
-    found: a commit writes its WAL frames (the event) before the WAL index says it committed,
-    so a probe can run in between, and one batch of events can hold the frames of a commit
-    that is not visible yet. With inotify the poll is a safety net and runs every
-    ``max(poll_interval, NOTIFIED_POLL_INTERVAL)``; a commit found with no event in the
-    ``UNANNOUNCED_AFTER`` seconds before means inotify does not see this database's writers,
-    and the watch polls at ``poll_interval`` from then on."""
-
-    def __init__(self, path: str, poll_interval: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._poll_interval = poll_interval
-        self._pending = False  # a hint that no probe has answered yet
-        self._last_hint = -math.inf  # time.monotonic() of the last hint
-        self._recheck = 0.0
-        self._waiter: asyncio.Future[None] | None = None
-        self._dir = _open_directory_watch(path)
-        if self._dir is not None:
-            try:
-                self._loop.add_reader(self._dir.fileno(), self._on_readable)
-            except (NotImplementedError, OSError):  # a loop without add_reader: poll
-                self._dir.close()
-                self._dir = None
-        self.notified = self._dir is not None
-        if not self.notified and path and path != ":memory:" and not path.startswith("file:"):
-            log.info(
-                "registry_watch_polling",
-                reason="no inotify here (not Linux, or the user's inotify instances are used up)",
-                interval_seconds=poll_interval,
-            )
-        self.interval = (
-            max(poll_interval, NOTIFIED_POLL_INTERVAL) if self.notified else poll_interval
-        )
-
-    def _on_readable(self) -> None:
-        if self._dir is not None and self._dir.drain():
-            self._hint()
-
-    def _hint(self) -> None:
-        self._pending = True
-        self._last_hint = time.monotonic()
-        if self._waiter is not None:
-            _settle(self._waiter)
-
-    async def wait(self) -> bool:
-        """Until a hint or the next look; True when a hint woke it."""
-        if not self._pending:
-            waiter = self._loop.create_future()
-            self._waiter = waiter
-            timer = self._loop.call_later(self._recheck or self.interval, _settle, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-        hinted, self._pending = self._pending, False
-        return hinted
-
-    def probed(self, *, hinted: bool) -> None:
-        """After every probe: when to look next without a hint."""
-        if hinted:
-            self._recheck = RECHECK_FIRST
-        elif self._recheck:
-            self._recheck *= 2
-            if self._recheck >= self.interval:
-                self._recheck = 0.0
-
-    def committed(self) -> None:
-        """The probe found a commit: was it announced?"""
-        if not self.notified or self._dir is None:
-            return
-        if time.monotonic() - self._last_hint <= UNANNOUNCED_AFTER:
-            return
-        if self._dir.drain():
-            # Its event was queued but not read yet (the timer and the reader were ready in
-            # the same loop iteration); what else was queued may be a later commit's.
-            self._hint()
-            return
-        self.notified = False
-        self.interval = self._poll_interval
-        log.warning(
-            "registry_watch_unnotified",
-            poll_interval=self._poll_interval,
-            reason="a commit came without an inotify event; polling from now on",
-        )
-
-    def close(self) -> None:
-        if self._dir is not None:
-            self._loop.remove_reader(self._dir.fileno())
-            self._dir.close()
-            self._dir = None
 
 
 def _data_version(probe: sqlite3.Connection) -> int | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from control_plane.registry import open_registry, sqlite
+from control_plane.registry import open_registry, sqlite, sqlite_wake
 from control_plane.registry.inotify import DirectoryWatch
 from control_plane.registry.sqlite import REVISION_CHECK_EVERY
 from tests.helpers import async_wait_until
@@ -89,7 +89,7 @@ async def test_without_inotify_the_poll_still_delivers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # inotify missing (not Linux, limits reached): a fault the real part cannot produce here.
-    monkeypatch.setattr(sqlite, "_open_directory_watch", lambda path: None)
+    monkeypatch.setattr(sqlite_wake, "open_directory_watch", lambda path: None)
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     before = inotify_fds()
@@ -114,7 +114,7 @@ async def test_a_commit_inotify_did_not_announce_puts_the_watch_back_on_its_poll
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.setattr(
-        sqlite, "_open_directory_watch", lambda path: DirectoryWatch.open(str(elsewhere), ["x"])
+        sqlite_wake, "open_directory_watch", lambda path: DirectoryWatch.open(str(elsewhere), ["x"])
     )
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
@@ -146,7 +146,7 @@ async def test_the_watch_holds_one_inotify_descriptor_and_releases_it(tmp_path: 
 
 
 async def test_an_in_memory_database_is_watched_without_inotify() -> None:
-    assert sqlite._open_directory_watch(":memory:") is None
+    assert sqlite_wake.open_directory_watch(":memory:") is None
     watcher = open_registry("sqlite://:memory:")
     states = watcher.watch(poll_interval=0.002)
     state = await asyncio.wait_for(anext(states), timeout=DEADLINE)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.registry import RegistryError, RegistryUnavailableError, open_registry, sqlite
+from control_plane.registry import (
+    RegistryError,
+    RegistryUnavailableError,
+    open_registry,
+    sqlite,
+    sqlite_wake,
+)
 from control_plane.registry.sqlite import REVISION_CHECK_EVERY, path_of
 from tests.helpers import async_wait_until
 
@@ -65,7 +71,7 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
     monkeypatch.setattr(sqlite, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
     # The poll alone (no inotify wake-ups), at its own 1 ms period.
-    monkeypatch.setattr(sqlite, "_open_directory_watch", lambda path: None)
+    monkeypatch.setattr(sqlite_wake, "open_directory_watch", lambda path: None)
     states = watcher.watch(poll_interval=0.001)
     await asyncio.wait_for(anext(states), timeout=5)
     quiet_from = time.monotonic()
