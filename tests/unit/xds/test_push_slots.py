@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from control_plane.xds.server import PushSlots
+from tests.helpers import async_wait_until
 
 
 async def test_no_more_holders_than_slots_and_first_come_first_served() -> None:
@@ -22,8 +23,8 @@ async def test_no_more_holders_than_slots_and_first_come_first_served() -> None:
             order.append(i)
             holding.add(i)
             most = max(most, len(holding))
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            # Hold the slot while the others ask: until someone is queued, or none is left.
+            await async_wait_until(lambda: slots._waiters or len(order) == 50, timeout=1)
         finally:
             holding.discard(i)
             slots.release()
@@ -39,21 +40,19 @@ async def test_a_waiter_cancelled_in_the_queue_or_after_being_handed_a_slot_lose
     queued = asyncio.create_task(slots.acquire())
     handed = asyncio.create_task(slots.acquire())
     last = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0)
+    await async_wait_until(lambda: len(slots._waiters) == 3, timeout=1, what="three waiters")
     queued.cancel()  # cancelled while it waits: skipped when its turn comes
-    await asyncio.sleep(0)
+    await async_wait_until(queued.done, timeout=1, what="the queued waiter cancelled")
     slots.release()  # goes to `handed`, which is cancelled before it runs: it gives it back
     handed.cancel()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await async_wait_until(last.done, timeout=1, what="the slot passed on to the last waiter")
     assert queued.cancelled()
     assert handed.cancelled()
-    assert last.done()  # the slot went on to the next live waiter
     slots.release()
     # One slot, free again: taken at once, and a second asker waits.
     await asyncio.wait_for(slots.acquire(), 1)
     second = asyncio.create_task(slots.acquire())
-    await asyncio.sleep(0)
+    await async_wait_until(lambda: len(slots._waiters) == 1, timeout=1, what="one waiter")
     assert not second.done()
     slots.release()
     await asyncio.wait_for(second, 1)
