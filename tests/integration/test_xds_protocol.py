@@ -309,7 +309,17 @@ async def test_a_closed_stream_is_forgotten(harness: Harness) -> None:
     assert harness.cache.watcher_count(GROUP) == 0
 
 
-async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() -> None:
+# A tiny receive window: a silent stream's writes stall almost at once.
+SILENT = [
+    ("grpc.http2.lookahead_bytes", 1024),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+async def _stalling_server(*, max_concurrent_pushes: int) -> tuple[XdsServer, Any, int]:
+    """A started server whose snapshot (40 servers x 50 endpoints) is larger than a silent
+    stream's window, with a 1 s write timeout."""
     from control_plane.translate import ProxyView, to_resources
     from control_plane.xds.snapshot import build_snapshot
     from tests.helpers import table
@@ -321,18 +331,21 @@ async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() 
     view = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
     cache.set_snapshot(GROUP, build_snapshot(to_resources(table(*big), view)))
     xds = XdsServer(
-        cache=cache, control_plane_id="cp-test", write_timeout=1.0, max_concurrent_pushes=1
+        cache=cache,
+        control_plane_id="cp-test",
+        write_timeout=1.0,
+        max_concurrent_pushes=max_concurrent_pushes,
     )
     grpc_server = grpc.aio.server()
     grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
-    # A tiny receive window: the silent stream's writes stall almost at once.
-    options = [
-        ("grpc.http2.lookahead_bytes", 1024),
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.max_receive_message_length", -1),
-    ]
+    return xds, grpc_server, port
+
+
+async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() -> None:
+    xds, grpc_server, port = await _stalling_server(max_concurrent_pushes=1)
+    options = SILENT
     silent_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -380,28 +393,8 @@ async def test_stalls_that_begin_at_different_times_are_each_cut_by_the_one_watc
     """One watchdog serves every push in flight: the first stalled push's check finds the second
     (begun later) not yet past the limit and looks again when it is; both streams are cut,
     each counted and logged once, while a proxy that reads is served."""
-    from control_plane.translate import ProxyView, to_resources
-    from control_plane.xds.snapshot import build_snapshot
-    from tests.helpers import table
-
-    cache = SnapshotCache()
-    big = [
-        server(f"s{i}", *(endpoint(f"r{i}-{j}", 10_000 + j) for j in range(50))) for i in range(40)
-    ]
-    view = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
-    cache.set_snapshot(GROUP, build_snapshot(to_resources(table(*big), view)))
-    xds = XdsServer(
-        cache=cache, control_plane_id="cp-test", write_timeout=1.0, max_concurrent_pushes=4
-    )
-    grpc_server = grpc.aio.server()
-    grpc_server.add_generic_rpc_handlers(xds.generic_handlers())
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    await grpc_server.start()
-    options = [
-        ("grpc.http2.lookahead_bytes", 1024),
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.max_receive_message_length", -1),
-    ]
+    xds, grpc_server, port = await _stalling_server(max_concurrent_pushes=4)
+    options = SILENT
     # Separate channels: each silent stream has its own connection and window.
     silent_channels = [
         grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(2)
