@@ -26,6 +26,7 @@ from control_plane.registry.errors import (
 )
 from control_plane.registry.model import Registry, Replica, Server
 from control_plane.registry.spec import KNOWN_FIELDS, parse_spec
+from control_plane.registry.spec import decode as decode_spec
 
 
 def checked_server(
@@ -57,10 +58,10 @@ def canonical_spec(spec: Mapping[str, Any] | None) -> str:
 def route_keys(server: Server) -> set[tuple[str, str]]:
     """What a server claims: (hostname, path prefix) pairs; two servers may not share one."""
     try:
-        spec = json.loads(server.spec or "{}")
-    except ValueError:
-        spec = {}  # a row another writer left malformed: routing reports it
-    prefix = str(spec.get("path_prefix", "/")) if isinstance(spec, dict) else "/"
+        spec = decode_spec(server.spec)
+    except ValidationError:
+        spec = {}  # a row another writer left malformed (any shape): routing reports it
+    prefix = str(spec.get("path_prefix", "/"))
     return {(str(hostname), prefix) for hostname in server.hostnames}
 
 
