@@ -1,77 +1,18 @@
-"""The autoscaling rule's windows in bounded memory, against the per-tick history it replaced,
-and the rule's answers for floats no spec should hold (it never raises)."""
+"""The autoscaling rule's windows in bounded memory, against the per-tick history it replaced
+(``bench.autoscale.HistoryRecommender``, the old rule), and the rule's answers for floats no
+spec should hold (it never raises)."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Hashable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.autoscale import HistoryRecommender
 from control_plane.load.autoscale import WINDOW_BUCKETS, Recommender, raw_desired
 from control_plane.registry.spec import Autoscaling
-
-
-class HistoryRecommender:
-    """The old rule, one history entry per update for the whole window (the reference).
-
-    With ``bucketed``, a window starts at the bucket boundary at or before ``now - window``
-    (buckets of ``window / WINDOW_BUCKETS``): the resolution the new rule documents."""
-
-    def __init__(self, *, bucketed: bool = False) -> None:
-        self._history: dict[Hashable, deque[tuple[float, int]]] = {}
-        self._desired: dict[Hashable, int] = {}
-        self._bucketed = bucketed
-
-    def update(
-        self,
-        key: Hashable,
-        *,
-        in_flight: float,
-        ready: int,
-        spec: Autoscaling,
-        now: float,
-        wake: bool = False,
-    ) -> int:
-        raw = raw_desired(in_flight, spec)
-        if wake:
-            raw = max(raw, min(1, spec.max_replicas))
-        history = self._history.get(key)
-        if history is None:
-            start = max(spec.min_replicas, min(spec.max_replicas, ready))
-            history = self._history[key] = deque([(now, start)])
-            self._desired[key] = start
-        history.append((now, raw))
-        up = min(self._covering(history, now, spec.scale_up_window))
-        down = max(self._covering(history, now, spec.scale_down_window))
-        current = self._desired[key]
-        if wake and raw > current:
-            current = raw
-        elif up > current:
-            current = up
-        elif down < current:
-            current = down
-        self._desired[key] = current
-        return current
-
-    def _covering(self, history: deque[tuple[float, int]], now: float, window: float) -> list[int]:
-        """The values in force at some time in the window: each is in force until the next
-        entry's time."""
-        ends = [at for at, _ in list(history)[1:]] + [math.inf]
-        since = now - window
-        width = window / WINDOW_BUCKETS
-        if self._bucketed and window >= 0.001:
-            first = math.floor(since / width)
-            return [
-                v
-                for (_, v), end in zip(history, ends, strict=True)
-                if end == math.inf or math.ceil(end / width) > first
-            ]
-        return [v for (_, v), end in zip(history, ends, strict=True) if end > since]
-
 
 updates = st.lists(
     st.tuples(
