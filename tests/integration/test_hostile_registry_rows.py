@@ -173,3 +173,19 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
         envoy.stop()
         cp.stop()
         registry.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("[" * 1000 + "]" * 1000, id="deep-list"),
+        pytest.param(DEEP.replace("[", "{a: ").replace("]", "}"), id="deep-map"),
+    ],
+)
+def test_servers_apply_of_a_deeply_nested_file_is_one_line(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "servers.yaml"
+    path.write_text(f"servers:\n- name: a\n  hostnames: [a.example.com]\n  retries: {value}\n")
+    done = cli("servers", "apply", "-f", str(path), "--registry", f"sqlite://{tmp_path / 'r.db'}")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"error: {path}: nested too deeply (at most 32 levels)"
