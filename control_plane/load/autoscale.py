@@ -22,11 +22,13 @@ for the scale-down window like any other demand.
 Memory and resolution: a window is kept as a monotonic deque of the raw values that can still
 be its extreme, each with the time it stopped being in force, and two of them whose end falls
 in the same bucket of ``window / WINDOW_BUCKETS`` are merged into one. So a key holds at most
-``WINDOW_BUCKETS + 2`` entries per window (about 10 KB for both), whatever the window and the
-tick; a 24 h window, ticked every 0.5 s, used to hold 172,800. The price is resolution: a window
-starts at the bucket boundary at or before ``now - window``, so it may reach back up to
+``WINDOW_BUCKETS + 3`` entries per window (under 11 KB for both, measured), whatever the window
+and the tick; a 24 h window, ticked every 0.5 s, used to hold 172,800. The price is resolution:
+a window starts at the bucket boundary at or before ``now - window``, so it may reach back up to
 ``window / WINDOW_BUCKETS`` longer (60 s: 0.94 s; 24 h: 22.5 min), never shorter. Where
-``now - window`` is on a boundary, the recommendation is exactly the old per-tick history's.
+``now - window`` is on a boundary, the recommendation is exactly the old per-tick history's
+(``bench.autoscale.HistoryRecommender``, compared by a property test). A window a spec change
+makes longer starts with what the shorter one kept.
 
 The rule never raises: a spec that validation would refuse (a target of 5e-324, nan, a window of
 inf) or a load of nan or inf still gives a whole number within [min_replicas, max_replicas].
