@@ -39,10 +39,18 @@ def test_json_list_never_raises(raw: str, reason: str) -> None:
         assert decoded[0].reason == reason
 
 
-def test_brackets_inside_strings_are_not_nesting() -> None:
-    raw = json.dumps(["[" * 500 + "{" * 500, 'a "quoted" [ \\ ]'])
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(["[" * 500 + "{" * 500, 'a "quoted" [ \\ ]'], id="brackets"),
+        pytest.param(['one " then ' + "[" * 100], id="escaped-quote-first"),
+        pytest.param(["ends in \\", "[" * 100, '\\"' + "[" * 100], id="escaped-backslashes"),
+    ],
+)
+def test_brackets_inside_strings_are_not_nesting(values: list[str]) -> None:
+    raw = json.dumps(values)
     assert not rows.too_deep(raw)
-    assert rows.json_list(raw) == ("[" * 500 + "{" * 500, 'a "quoted" [ \\ ]')
+    assert rows.json_list(raw) == tuple(values)
 
 
 def test_32_levels_decode_and_33_do_not() -> None:
