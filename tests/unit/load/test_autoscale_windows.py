@@ -16,11 +16,12 @@ from control_plane.registry.spec import Autoscaling
 
 updates = st.lists(
     st.tuples(
-        # Seconds since the previous update: often a whole window or a bucket, so that values
-        # end exactly where a window starts (the boundary an off-by-one gets wrong).
+        # Seconds since the previous update, in steps of 4 s: often a whole window or a
+        # bucket, so that values end exactly where a window starts (the boundary an off-by-one
+        # gets wrong).
         st.one_of(
-            st.sampled_from([0, 1, 63, 64, 65, 128]),
-            st.integers(min_value=0, max_value=40),
+            st.sampled_from([0, 4, 60, 64, 68, 124, 128, 132, 256]),
+            st.integers(min_value=0, max_value=10).map(lambda n: 4 * n),
         ),
         st.integers(min_value=0, max_value=60),  # in flight
         st.booleans(),  # wake
@@ -34,14 +35,15 @@ updates = st.lists(
 @given(
     steps=updates,
     up=st.sampled_from([0.0, 64.0, 128.0]),
-    down=st.sampled_from([0.0, 64.0, 192.0, 640.0]),
+    down=st.sampled_from([0.0, 64.0, 128.0, 256.0]),
     target=st.sampled_from([1.0, 2.0, 3.5]),
     ready=st.integers(min_value=0, max_value=12),
 )
 def test_same_as_the_per_tick_history_when_windows_start_on_a_bucket_boundary(
     steps: list[tuple[int, int, bool]], up: float, down: float, target: float, ready: int
 ) -> None:
-    # Whole seconds and windows of whole multiples of 64 s: every window starts on a boundary.
+    # Windows of 64, 128 and 256 s have buckets of 1, 2 and 4 s, and every time is a multiple
+    # of 4 s: every window starts on a bucket boundary, where the two rules agree exactly.
     spec = Autoscaling(
         target_concurrency=target,
         min_replicas=0,
