@@ -61,6 +61,8 @@ class Plan:
     propagation_size_tries: int = 20
     # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
     workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
+    # The autoscaling rule's scale_down_window (bench/autoscale.py), hours.
+    autoscale_hours: float = 24.0
 
 
 FULL = Plan(
@@ -97,6 +99,7 @@ QUICK = Plan(
     workers=(100, 5, ("sqlite",)),
     propagation_sizes=(10, 1000),
     propagation_size_tries=5,
+    autoscale_hours=1.0,
 )
 SMOKE = Plan(
     "smoke",
@@ -117,6 +120,7 @@ SMOKE = Plan(
     workers=(5, 2, ()),
     propagation_sizes=(10,),
     propagation_size_tries=2,
+    autoscale_hours=0.05,
 )
 
 
@@ -144,6 +148,7 @@ def versions() -> dict[str, Any]:
 
 def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     from bench import (
+        autoscale,
         cold_start,
         dataplane,
         filesystem_baseline,
@@ -162,6 +167,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
     ]
     out["pipeline_one_server"] = pipeline.one_server(plan.one_server)
+    out["autoscale_windows"] = autoscale.run(hours=plan.autoscale_hours)
     path = workdir / "load"
     path.mkdir()
     proxies, clusters, tries = plan.load
@@ -282,6 +288,10 @@ def table(result: dict[str, Any]) -> str:
                 f"| {row['replicas']} | {one['p50']} / {one['p99']} | {ten['p50']} / "
                 f"{ten['p99']} | {row.get('ten_groups_vs_one_p50', '-')}x |"
             )
+    if "autoscale_windows" in result:
+        from bench import autoscale
+
+        lines += autoscale.table(result["autoscale_windows"])
     if "load" in result:
         latency = result["load"]["latency"]
         lines += [

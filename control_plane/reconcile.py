@@ -23,7 +23,7 @@ from control_plane import metrics
 from control_plane.pipeline import Pipeline, Step
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry, RegistryState
-from control_plane.routing import RoutingTable
+from control_plane.routing import Problem, RoutingTable
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
 
@@ -77,6 +77,9 @@ class Reconciler:
         self._state: RegistryState | None = None
         # Groups whose snapshot cannot be built, and the error last logged for each.
         self._failed: dict[NodeGroup, str] = {}
+        # The problems logged and still in the table: each is logged once while it lasts, and
+        # again only when it changes or comes back (no more than the table holds).
+        self._logged: frozenset[Problem] = frozenset()
         self._wake = asyncio.Event()
         cache.add_wanted_listener(self._wake.set)
 
@@ -177,6 +180,8 @@ class Reconciler:
         table = step.table
         if previous is None or table.problems != previous.problems:
             for problem in table.problems:
+                if problem in self._logged:
+                    continue
                 log.warning(
                     "registry_row_rejected",
                     kind=problem.kind,
@@ -185,6 +190,7 @@ class Reconciler:
                     value=problem.value,
                     error=problem.message,
                 )
+            self._logged = frozenset(table.problems)
         metrics.PROBLEMS.set(len(table.problems))
         if table.committed_at and (previous is None or table.revision != previous.revision):
             metrics.WATCH_LAG.observe(max(0.0, self.clock() - table.committed_at))

@@ -8,6 +8,7 @@ Part of the CLI: imports ``app`` and ``bootstrap`` lazily, inside the commands; 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +16,28 @@ import click
 
 from control_plane import logs
 from control_plane.cli.common import fail, registry_option, user_errors
+
+# Every numeric flag of ``serve``: finite and in this range, checked before anything starts
+# (``--load-report-interval inf`` used to start, and then every LRS stream failed).
+NUMERIC_FLAGS: dict[str, tuple[float, float]] = {
+    "--poll-interval": (0.001, 60.0),
+    "--new-streams-per-second": (0.01, 1_000_000.0),
+    "--max-concurrent-pushes": (1, 100_000),
+    "--max-connection-age": (1.0, 30 * 86_400.0),
+    "--max-node-groups": (1, 1_000_000),
+    "--max-groups-per-fleet": (1, 1_000_000),
+    "--max-names-per-stream": (1, 10_000_000),
+    "--load-report-interval": (0.01, 3_600.0),
+}
+
+
+def check_numbers(values: dict[str, float | int | None]) -> None:
+    """Fail (one line naming the flag and the value, exit 1) for a value of ``values`` (flag
+    -> value; None: not given) that is not finite or outside :data:`NUMERIC_FLAGS`."""
+    for flag, value in values.items():
+        low, high = NUMERIC_FLAGS[flag]
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            fail(f"invalid {flag} {value!r}: expected a number from {low:g} to {high:g}")
 
 
 @click.command()
@@ -129,6 +152,19 @@ def serve(
     """Run the control plane: watch the registry and serve xDS to Envoy."""
     from control_plane.app import ConfigError, ServeConfig, tune_gc
     from control_plane.app import serve as run_serve
+
+    check_numbers(
+        {
+            "--poll-interval": poll_interval,
+            "--new-streams-per-second": new_streams_per_second,
+            "--max-concurrent-pushes": max_concurrent_pushes,
+            "--max-connection-age": max_connection_age,
+            "--max-node-groups": max_node_groups,
+            "--max-groups-per-fleet": max_groups_per_fleet,
+            "--max-names-per-stream": max_names_per_stream,
+            "--load-report-interval": load_report_interval,
+        }
+    )
 
     logs.configure(level=log_level, json=log_json)
     token = os.environ.get("ROUTEPLANE_ADMIN_TOKEN", "")

@@ -18,6 +18,20 @@ and the recommendation moves like the Kubernetes HPA's stabilization windows:
 Scale from zero: a request that met no replica (a cold start, ``wake``) makes the raw value at
 least 1 and moves the recommendation up at once, whatever the scale-up window; it then stays
 for the scale-down window like any other demand.
+
+Memory and resolution: a window is kept as a monotonic deque of the raw values that can still
+be its extreme, each with the time it stopped being in force, and two of them whose end falls
+in the same bucket of ``window / WINDOW_BUCKETS`` are merged into one. So a key holds at most
+``WINDOW_BUCKETS + 3`` entries per window (under 11 KB for both, measured), whatever the window
+and the tick; a 24 h window, ticked every 0.5 s, used to hold 172,800. The price is resolution:
+a window starts at the bucket boundary at or before ``now - window``, so it may reach back up to
+``window / WINDOW_BUCKETS`` longer (60 s: 0.94 s; 24 h: 22.5 min), never shorter. Where
+``now - window`` is on a boundary, the recommendation is exactly the old per-tick history's
+(``bench.autoscale.HistoryRecommender``, compared by a property test). A window a spec change
+makes longer starts with what the shorter one kept.
+
+The rule never raises: a spec that validation would refuse (a target of 5e-324, nan, a window of
+inf) or a load of nan or inf still gives a whole number within [min_replicas, max_replicas].
 """
 
 from __future__ import annotations
@@ -28,19 +42,104 @@ from collections.abc import Hashable
 
 from control_plane.registry.spec import Autoscaling
 
+WINDOW_BUCKETS = 64
+_WINDOW_MAX = 86_400.0  # what validation allows (registry/spec.py duration)
+
+
+def _bounds(spec: Autoscaling) -> tuple[int, int]:
+    low = max(0, spec.min_replicas)
+    return low, max(low, spec.max_replicas)
+
+
+def _clamp(value: int, spec: Autoscaling) -> int:
+    low, high = _bounds(spec)
+    return max(low, min(high, value))
+
 
 def raw_desired(in_flight: float, spec: Autoscaling) -> int:
-    """The replicas ``in_flight`` requests need under ``spec``, before the windows."""
-    demand = math.ceil(max(0.0, in_flight) / spec.target_concurrency - 1e-9)
-    return max(spec.min_replicas, min(spec.max_replicas, demand + spec.buffer_replicas))
+    """The replicas ``in_flight`` requests need under ``spec``, before the windows. Never
+    raises: whatever the floats, a whole number within [min_replicas, max_replicas]."""
+    low, high = _bounds(spec)
+    load = in_flight if in_flight > 0 else 0.0  # nan and negatives: no load
+    target = spec.target_concurrency
+    if load == 0 or not target > 0:  # a target of 0 (no recommendation), negative or nan
+        demand = 0
+    else:
+        quotient = load / target  # inf for a tiny target or an infinite load
+        demand = high if quotient >= high else math.ceil(quotient - 1e-9)
+    return max(low, min(high, demand + max(0, spec.buffer_replicas)))
+
+
+def _window(seconds: float) -> float:
+    """A window's length as the rule uses it: nan and negatives as 0, at most 24 h."""
+    return min(seconds, _WINDOW_MAX) if seconds > 0 else 0.0
+
+
+def _width(window: float) -> float:
+    """The bucket width of ``window``; 0 (exact, no buckets) below the 1 ms durations have."""
+    return window / WINDOW_BUCKETS if window >= 0.001 else 0.0
+
+
+class _Extreme:
+    """The highest (or, with ``lowest``, the lowest) value in force at some time in the last
+    ``window`` seconds, at bucket resolution (see the module docstring). Each entry is
+    ``[end, value]``: the value was in force until ``end`` (``inf`` for the current one);
+    values strictly decrease (or increase) from the front, so the front is the answer."""
+
+    __slots__ = ("_entries", "_sign")
+
+    def __init__(self, *, lowest: bool) -> None:
+        self._entries: deque[list[float]] = deque()
+        self._sign = -1 if lowest else 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, value: int, *, now: float, window: float) -> None:
+        """``value`` is in force from ``now`` on (the previous one ended at ``now``)."""
+        entries, key = self._entries, self._sign * value
+        if entries:
+            entries[-1][0] = now
+        while entries and self._sign * entries[-1][1] <= key:
+            entries.pop()  # never the extreme again: ``value`` is as extreme and later
+        width = _width(window)
+        # Merge the last two when they end in one bucket: the older, more extreme value then
+        # counts until the newer one ended, which no bucket-aligned window tells apart.
+        if (
+            width > 0
+            and len(entries) >= 2
+            and math.ceil(entries[-1][0] / width) == math.ceil(entries[-2][0] / width)
+        ):
+            entries[-2][0] = entries[-1][0]
+            entries.pop()
+        entries.append([math.inf, value])
+
+    def get(self, *, now: float, window: float) -> int:
+        """The extreme over the values in force at some time in ``[start, now]``, ``start``
+        being the bucket boundary at or before ``now - window``."""
+        entries = self._entries
+        width = _width(window)
+        if width > 0:
+            first = math.floor((now - window) / width)
+            while len(entries) > 1 and math.ceil(entries[0][0] / width) <= first:
+                entries.popleft()
+        else:
+            while len(entries) > 1 and entries[0][0] <= now - window:
+                entries.popleft()
+        return int(entries[0][1])
 
 
 class Recommender:
     """Desired replicas per key (server, region) over time. Not thread-safe."""
 
     def __init__(self) -> None:
-        self._history: dict[Hashable, deque[tuple[float, int]]] = {}
+        self._up: dict[Hashable, _Extreme] = {}
+        self._down: dict[Hashable, _Extreme] = {}
         self._desired: dict[Hashable, int] = {}
+
+    def entries(self, key: Hashable) -> int:
+        """How many window entries ``key`` holds (both windows): for benches and tests."""
+        return len(self._up.get(key, ())) + len(self._down.get(key, ()))
 
     def update(
         self,
@@ -53,44 +152,47 @@ class Recommender:
         wake: bool = False,
     ) -> int:
         """Record the load of ``key`` at ``now``; returns its recommendation. ``wake``: a
-        request met no replica since the last update."""
+        request met no replica since the last update. Never raises."""
         raw = raw_desired(in_flight, spec)
         if wake:
-            raw = max(raw, min(1, spec.max_replicas))
-        history = self._history.get(key)
-        if history is None:
-            start = max(spec.min_replicas, min(spec.max_replicas, ready))
-            history = self._history[key] = deque([(now, start)])
+            raw = _clamp(max(raw, 1), spec)
+        try:
+            return self._update(key, raw=raw, ready=ready, spec=spec, now=now, wake=wake)
+        except (OverflowError, ValueError):  # a clock of nan or 1e308: nothing is recorded
+            return _clamp(self._desired.get(key, ready), spec)
+
+    def _update(
+        self, key: Hashable, *, raw: int, ready: int, spec: Autoscaling, now: float, wake: bool
+    ) -> int:
+        if not math.isfinite(now):
+            raise ValueError(now)
+        up_window, down_window = _window(spec.scale_up_window), _window(spec.scale_down_window)
+        up, down = self._up.get(key), self._down.get(key)
+        if up is None or down is None:
+            start = _clamp(ready, spec)
+            up = self._up[key] = _Extreme(lowest=True)
+            down = self._down[key] = _Extreme(lowest=False)
+            up.add(start, now=now, window=up_window)
+            down.add(start, now=now, window=down_window)
             self._desired[key] = start
-        history.append((now, raw))
-        horizon = now - max(spec.scale_up_window, spec.scale_down_window)
-        # Keep the newest entry at or before the horizon: it still covers the window's start.
-        while len(history) > 1 and history[1][0] <= horizon:
-            history.popleft()
-        up_from = now - spec.scale_up_window
-        down_from = now - spec.scale_down_window
-        up = min(value for at, value in _covering(history, up_from))
-        down = max(value for at, value in _covering(history, down_from))
+        up.add(raw, now=now, window=up_window)
+        down.add(raw, now=now, window=down_window)
+        lowest = up.get(now=now, window=up_window)
+        highest = down.get(now=now, window=down_window)
         current = self._desired[key]
         if wake and raw > current:
             current = raw
-        elif up > current:
-            current = up
-        elif down < current:
-            current = down
+        elif lowest > current:
+            current = lowest
+        elif highest < current:
+            current = highest
+        current = _clamp(current, spec)
         self._desired[key] = current
         return current
 
     def forget(self, keep: set[Hashable]) -> None:
         """Drop the history of every key not in ``keep``."""
-        for key in [k for k in self._history if k not in keep]:
-            del self._history[key]
+        for key in [k for k in self._desired if k not in keep]:
+            del self._up[key]
+            del self._down[key]
             del self._desired[key]
-
-
-def _covering(history: deque[tuple[float, int]], since: float) -> list[tuple[float, int]]:
-    """The entries in force at some time in ``[since, now]``: those after ``since`` and the
-    last one at or before it."""
-    inside = [entry for entry in history if entry[0] > since]
-    before = [entry for entry in history if entry[0] <= since]
-    return ([before[-1]] if before else []) + inside

@@ -4,6 +4,11 @@ The registry has other writers, so a row may hold anything its column type allow
 anything at all). Decoding keeps a value it cannot convert exactly as it was read; routing's
 validation (``registry.validate``) then reports it as a problem naming the row, the field and
 the value, and leaves that row out. Nothing here raises, so one bad row never stops a read.
+
+JSON columns (``hostnames`` in SQLite, ``spec``) are decoded by :func:`json_document`, which is
+bounded before it parses: at most :data:`MAX_JSON_BYTES` bytes and :data:`MAX_JSON_DEPTH`
+levels of nesting (a 2 KB row of 1,000 ``[`` would otherwise raise RecursionError in the
+parser, and a decoded value that deep would raise it again wherever it is compared or printed).
 """
 
 from __future__ import annotations
@@ -64,16 +69,72 @@ def seconds(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+# A registry JSON column: a server's spec is a few hundred bytes and 4 levels deep at most.
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+EXCERPT_CHARS = 80
+
+
+def excerpt(raw: str) -> str:
+    """``raw`` short enough for a problem, a log line or a message: up to
+    :data:`EXCERPT_CHARS` + 32 characters as they are, else the first :data:`EXCERPT_CHARS`
+    and the whole length (so an excerpt of an excerpt is the excerpt)."""
+    if len(raw) <= EXCERPT_CHARS + 32:
+        return raw
+    return f"{raw[:EXCERPT_CHARS]}... ({len(raw):,} characters)"
+
+
+def too_deep(raw: str) -> bool:
+    """Whether ``[`` and ``{`` nest more than :data:`MAX_JSON_DEPTH` levels in ``raw``
+    (outside JSON strings). Linear, never recurses; a count of brackets answers the common
+    case without a scan."""
+    if raw.count("[") + raw.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def json_document(raw: str) -> Any:
+    """``raw`` decoded as JSON, or a :class:`Malformed` saying why not. Never raises:
+    bytes and depth are checked before the parser runs, and the parser's own RecursionError
+    and MemoryError are caught as well."""
+    if len(raw) > MAX_JSON_BYTES:  # kept short: a row may hold megabytes
+        return Malformed(excerpt(raw), f"longer than {MAX_JSON_BYTES:,} characters")
+    if too_deep(raw):
+        return Malformed(raw, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError, MemoryError):
+        return Malformed(raw, "not valid JSON")
+
+
 def json_list(value: Any) -> tuple[Any, ...]:
     """A JSON list column as a tuple of its elements (of any type); a column that is not a
-    JSON list becomes one :class:`Malformed` element, so validation names it."""
+    JSON list (or is too long or too deep, see :func:`json_document`) becomes one
+    :class:`Malformed` element, so validation names it."""
     if isinstance(value, (list, tuple)):
         return tuple(value)
     raw = text(value)
-    try:
-        decoded = json.loads(raw)
-    except ValueError:
-        return (Malformed(raw, "not a JSON list"),)
+    decoded = json_document(raw)
+    if isinstance(decoded, Malformed):
+        return (decoded,)
     if not isinstance(decoded, list):
         return (Malformed(raw, "not a JSON list"),)
     return tuple(decoded)

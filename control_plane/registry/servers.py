@@ -26,6 +26,7 @@ from control_plane.registry.errors import (
 )
 from control_plane.registry.model import Registry, Replica, Server
 from control_plane.registry.spec import KNOWN_FIELDS, parse_spec
+from control_plane.registry.spec import decode as decode_spec
 
 
 def checked_server(
@@ -57,10 +58,10 @@ def canonical_spec(spec: Mapping[str, Any] | None) -> str:
 def route_keys(server: Server) -> set[tuple[str, str]]:
     """What a server claims: (hostname, path prefix) pairs; two servers may not share one."""
     try:
-        spec = json.loads(server.spec or "{}")
-    except ValueError:
-        spec = {}  # a row another writer left malformed: routing reports it
-    prefix = str(spec.get("path_prefix", "/")) if isinstance(spec, dict) else "/"
+        spec = decode_spec(server.spec)
+    except ValidationError:
+        spec = {}  # a row another writer left malformed (any shape): routing reports it
+    prefix = str(spec.get("path_prefix", "/"))
     return {(str(hostname), prefix) for hostname in server.hostnames}
 
 
@@ -178,10 +179,42 @@ def read_servers_file(path: str | os.PathLike[str]) -> list[Any]:
         raise ServersFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ServersFileError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    except RecursionError:
+        raise ServersFileError(
+            f"{path}: nested too deeply (at most {MAX_FILE_DEPTH} levels)"
+        ) from None
+    _check_shape(path, document)
     items = document.get("servers") if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise ServersFileError(f"{path}: expected a `servers:` list")
     return items
+
+
+# A servers file's document: a server entry is 4 levels deep, its spec 4 more. Bounded so that
+# nothing after the parser (checks, messages, the JSON written) recurses into a hostile shape,
+# and so that YAML aliases cannot make a small file a huge document.
+MAX_FILE_DEPTH = 32
+MAX_FILE_VALUES = 1_000_000
+
+
+def _check_shape(path: str | os.PathLike[str], document: Any) -> None:
+    """Raise ServersFileError naming the file when ``document`` nests deeper than
+    :data:`MAX_FILE_DEPTH` or holds more than :data:`MAX_FILE_VALUES` values (aliases counted
+    each time they are used). Iterative: never recurses."""
+    stack = [(document, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_FILE_VALUES:
+            raise ServersFileError(f"{path}: more than {MAX_FILE_VALUES:,} values")
+        if isinstance(value, dict | list):
+            if depth > MAX_FILE_DEPTH:
+                raise ServersFileError(
+                    f"{path}: nested too deeply (at most {MAX_FILE_DEPTH} levels)"
+                )
+            children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
 
 
 def server_documents(items: Sequence[Any], *, source: str) -> list[ServerDocument]:

@@ -23,12 +23,14 @@ default; ``ServerSpec()`` is what ``servers create`` gives.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from control_plane.registry.errors import ValidationError
+from control_plane.registry.rows import Malformed, excerpt, json_document
 
 _PATH = re.compile(r"^/[\x21-\x7e]*$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -72,6 +74,11 @@ class Autoscaling:
     scale_up_window: float = 0.0
     scale_down_window: float = 60.0
 
+
+# Autoscaling's one float, besides durations: 0 (no recommendation) or in this range, so that
+# in_flight / target stays a finite, small number (5e-324 made it inf).
+TARGET_CONCURRENCY_MIN = 0.01
+TARGET_CONCURRENCY_MAX = 1_000_000.0
 
 COLD_START_MODES = ("reject", "hold")
 
@@ -130,6 +137,8 @@ def duration(field: str, value: Any, *, positive: bool = False) -> float:
     silently become 0, which means "none" or is refused). ``positive``: Envoy wants > 0."""
     if isinstance(value, bool):
         raise ValidationError(field, value, "expected a duration such as 30s or 250ms")
+    if isinstance(value, int) and not -1 <= value <= 86_400:
+        raise ValidationError(field, value, "must be between 0s and 24h")  # float() may overflow
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -137,11 +146,11 @@ def duration(field: str, value: Any, *, positive: bool = False) -> float:
         if not match:
             raise ValidationError(field, value, "expected a duration such as 30s or 250ms")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not 0 <= seconds <= 86_400:
+    if not 0 <= seconds <= 86_400:  # also refuses nan and inf
         raise ValidationError(field, value, "must be between 0s and 24h")
     if 0 < seconds < 0.001 or (positive and seconds < 0.001):
         raise ValidationError(field, value, "must be at least 1ms" + ("" if positive else " or 0"))
-    return seconds
+    return seconds + 0.0  # -0.0 -> 0.0
 
 
 def integer(field: str, value: Any, *, low: int, high: int) -> int:
@@ -160,6 +169,18 @@ def _no_extra(field: str, value: Mapping[str, Any], allowed: set[str]) -> None:
     extra = sorted(set(value) - allowed)
     if extra:
         raise ValidationError(f"{field}.{extra[0]}", value[extra[0]], "unknown field")
+
+
+def decode(text: str) -> dict[str, Any]:
+    """A spec column (JSON) as a mapping for :func:`parse_spec`; raises ValidationError
+    naming ``spec`` and an excerpt of the text, whatever the text (too long, too deep, not
+    JSON, not an object: see ``rows.json_document``)."""
+    value = json_document(text or "{}")
+    if isinstance(value, Malformed):
+        raise ValidationError("spec", excerpt(value.raw), value.reason)
+    if not isinstance(value, dict):
+        raise ValidationError("spec", excerpt(text), "expected a JSON object")
+    return value
 
 
 def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> ServerSpec:
@@ -249,10 +270,14 @@ def _autoscaling(value: Any) -> Autoscaling | None:
     if (
         isinstance(target, bool)
         or not isinstance(target, int | float)
-        or not 0 <= target <= 1_000_000
+        or not math.isfinite(target)
+        or not (target == 0 or TARGET_CONCURRENCY_MIN <= target <= TARGET_CONCURRENCY_MAX)
     ):
         raise ValidationError(
-            "spec.autoscaling.target_concurrency", target, "expected a number from 0 to 1000000"
+            "spec.autoscaling.target_concurrency",
+            target,
+            f"expected 0 (off) or a number from {TARGET_CONCURRENCY_MIN:g} "
+            f"to {TARGET_CONCURRENCY_MAX:g}",
         )
     low = integer(
         "spec.autoscaling.min_replicas",
@@ -267,7 +292,7 @@ def _autoscaling(value: Any) -> Autoscaling | None:
         high=10_000,
     )
     return Autoscaling(
-        target_concurrency=float(target),
+        target_concurrency=float(target) + 0.0,  # -0.0 -> 0.0
         min_replicas=low,
         max_replicas=high,
         buffer_replicas=integer(

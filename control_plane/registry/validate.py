@@ -10,7 +10,7 @@ from typing import Any
 
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import ReplicaState, ServerProtocol
-from control_plane.registry.rows import Malformed
+from control_plane.registry.rows import Malformed, excerpt
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -36,7 +36,7 @@ def hostnames(values: Sequence[Any]) -> tuple[str, ...]:
     out: list[str] = []
     for value in values:
         if isinstance(value, Malformed):
-            raise ValidationError("hostnames", value.raw, value.reason)
+            raise ValidationError("hostnames", excerpt(value.raw), value.reason)
         if not isinstance(value, str):
             raise ValidationError("hostname", value, "expected a DNS name (a string)")
         lowered = value.strip().lower()

@@ -13,16 +13,16 @@ pipeline by value); :func:`claim_hostnames` settles who owns each hostname acros
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress, count
 from operator import is_not, itemgetter
-from typing import Any
 
 from control_plane.registry import validate
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.rows import excerpt
 from control_plane.registry.spec import DEFAULT as DEFAULT_SPEC
+from control_plane.registry.spec import decode as decode_spec
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import (
     Claim,
@@ -160,7 +160,7 @@ def evaluate_with(
         validate.name("workspace", server.workspace)
         protocol = validate.protocol(server.protocol)
         hostnames = validate.hostnames(server.hostnames)
-        spec = parse_spec(_spec_dict(server.spec), protocol=protocol)
+        spec = parse_spec(decode_spec(server.spec), protocol=protocol)
     except ValidationError as exc:
         return ServerEval(
             protocol=None,
@@ -281,15 +281,6 @@ def _verdict(replica: Replica) -> Verdict:
     return endpoint, None
 
 
-def _spec_dict(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        raise ValidationError("spec", text, "not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ValidationError("spec", text, "expected a JSON object")
-    return value
-
-
 def _problem(kind: str, name: str, exc: ValidationError) -> Problem:
-    return Problem(kind=kind, name=name, field=exc.field, value=str(exc.value), message=exc.reason)
+    value = excerpt(str(exc.value))  # a row may hold kilobytes in one field
+    return Problem(kind=kind, name=name, field=exc.field, value=value, message=exc.reason)

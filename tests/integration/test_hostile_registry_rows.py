@@ -1,0 +1,191 @@
+"""Rows another writer left hostile, against a real ``serve`` and a real Envoy (issue 23, items
+1 and 2): JSON 1,000 levels deep in ``hostnames`` (serve exited 1, on every start) or ``spec``
+(every pass failed: routing froze, ``problems`` said nothing, /readyz stayed 503 after a
+restart), and ``target_concurrency: 5e-324`` (three requests made the load tick raise
+OverflowError and serve exit). Each bad row is now a problem naming it; everyone else routes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.registry import open_registry
+from tests.helpers import wait_until
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+
+pytestmark = pytest.mark.envoy
+DEEP = "[" * 1000 + "]" * 1000  # 2 KB
+INTERVAL = 0.5
+
+
+def foreign_server(path: Path, name: str, *, hostnames: str, spec: str) -> None:
+    """A servers row as another writer of the registry would write it, with its revision."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at, "
+            "created_at) VALUES (?, 'default', ?, 'http', ?, ?, ?)",
+            (name, hostnames, spec, time.time(), time.time()),
+        )
+        revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
+        db.execute("UPDATE meta SET value=? WHERE key='committed_at'", (time.time(),))
+        db.execute("INSERT INTO changes VALUES (?, ?)", (revision, name))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ROUTEPLANE, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def problems(cp: ControlPlane) -> dict[str, dict[str, Any]]:
+    done = cli("problems", "--json", "--admin", cp.admin)
+    assert done.returncode == 0, done.stderr
+    return {p["name"]: p for p in json.loads(done.stdout)}
+
+
+def test_deeply_nested_rows_are_problems_and_routing_goes_on(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    db = tmp_path / "registry.db"
+    registry = open_registry(f"sqlite://{db}")
+    registry.init()
+    registry.put_server(name="echo", hostnames=["echo.local"], protocol="http")
+    first = registry.register_replica(
+        server="echo", address=echo_factory("a").address, region="us-west"
+    )
+    # One worker: its log says how often each row was rejected (every worker logs its own).
+    cp = ControlPlane.create(tmp_path, extra=["--workers", "1"])
+    envoy = Envoy.create(tmp_path, node_id="edge-1", region="us-west", xds=[cp.xds])
+    try:
+        cp.start()
+        cp.wait_ready()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing to a")
+        foreign_server(db, "deep-hosts", hostnames=DEEP, spec="{}")
+        foreign_server(db, "deep-spec", hostnames='["deep.local"]', spec=DEEP)
+        # A new replica of a healthy server still reaches Envoy.
+        registry.register_replica(
+            server="echo", address=echo_factory("b").address, region="us-west"
+        )
+        registry.deregister_replica(first.id)
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "b\n"), what="routing to b")
+        assert cp.alive(), cp.log()
+
+        def both() -> dict[str, dict[str, Any]] | None:
+            found = problems(cp)
+            return found if {"deep-hosts", "deep-spec"} <= set(found) else None
+
+        found = wait_until(both, what="both rows in problems")
+        for name, field in (("deep-hosts", "hostnames"), ("deep-spec", "spec")):
+            problem = found[name]
+            assert (problem["kind"], problem["field"]) == ("server", field)
+            assert problem["message"] == "nested deeper than 32 levels"
+            assert problem["value"].startswith("[[[[")
+            assert "(2,000 characters)" in problem["value"]
+        assert envoy.get(host="deep.local")[0] == 404
+        listed = cli("servers", "list", "--registry", cp.registry)
+        assert listed.returncode == 0, listed.stderr
+        assert "Traceback" not in listed.stderr + listed.stdout
+        assert "deep-hosts" in listed.stdout
+        assert "snapshot_build_failed" not in cp.log()
+        # Once each while they last, not again at every revision that changes the problems.
+        foreign_server(db, "deep-third", hostnames='["third.local"]', spec=DEEP)
+        wait_until(lambda: "deep-third" in problems(cp), what="the third row in problems")
+        registry.register_replica(
+            server="echo", address=echo_factory("c").address, region="us-west"
+        )
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "c\n"), what="routing to c")
+        rejected = [line for line in cp.log().splitlines() if "registry_row_rejected" in line]
+        assert len(rejected) == 3, rejected
+        # A restart with the rows in place: ready, and routing.
+        cp.stop()
+        cp.start()
+        cp.wait_ready()
+        assert http_get(f"http://{cp.admin}/readyz")[0] == 200
+        wait_until(both, what="both rows in problems after the restart")
+        wait_until(lambda: envoy.get(host="echo.local")[0] == 200, what="routing after it")
+    finally:
+        envoy.stop()
+        cp.stop()
+        registry.close()
+
+
+def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    db = tmp_path / "registry.db"
+    registry = open_registry(f"sqlite://{db}")
+    registry.init()
+    spec = {"autoscaling": {"target_concurrency": 1, "max_replicas": 5}}
+    registry.put_server(name="echo", hostnames=["echo.local"], protocol="http", spec=spec)
+    registry.register_replica(server="echo", address=echo_factory("a").address, region="us-west")
+    hostile = json.dumps({"autoscaling": {"target_concurrency": 5e-324, "max_replicas": 5}})
+    foreign_server(db, "tiny", hostnames='["tiny.local"]', spec=hostile)
+    registry.register_replica(server="tiny", address=echo_factory("t").address, region="us-west")
+    cp = ControlPlane.create(tmp_path, extra=["--load-report-interval", str(INTERVAL)])
+    envoy = Envoy.create(tmp_path, node_id="edge-1", region="us-west", xds=[cp.xds])
+    threads: list[threading.Thread] = []
+    try:
+        cp.start()
+        cp.wait_ready()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing")
+        for host in ("tiny.local", "echo.local", "tiny.local", "echo.local"):
+            threads.append(
+                threading.Thread(
+                    target=envoy.get, kwargs={"path": "/slow?ms=4000", "host": host, "timeout": 30}
+                )
+            )
+            threads[-1].start()
+
+        def echo_row() -> dict[str, Any] | None:
+            done = cli("load", "--json", "--admin", cp.admin)
+            assert done.returncode == 0, (done.stderr, cp.log())
+            rows = {(r["server"], r["region"]): r for r in json.loads(done.stdout)}
+            row = rows.get(("echo", "*"))
+            return row if row is not None and row["in_flight"] == 2 else None
+
+        # The tick that shows echo's two requests also saw tiny's, held as long, had tiny been
+        # routed: 2 / 5e-324 is inf, and ceil(inf) raised OverflowError out of the tick.
+        row = wait_until(echo_row, timeout=15, what="echo's 2 requests in flight")
+        assert row["desired_replicas"] == 2
+        assert cp.alive(), cp.log()
+        problem = problems(cp)["tiny"]
+        assert problem["field"] == "spec.autoscaling.target_concurrency"
+        assert problem["value"] == "5e-324"
+        assert envoy.get(host="tiny.local")[0] == 404
+        assert "OverflowError" not in cp.log()
+    finally:
+        for thread in threads:
+            thread.join(timeout=10)
+        envoy.stop()
+        cp.stop()
+        registry.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("[" * 1000 + "]" * 1000, id="deep-list"),
+        pytest.param(DEEP.replace("[", "{a: ").replace("]", "}"), id="deep-map"),
+    ],
+)
+def test_servers_apply_of_a_deeply_nested_file_is_one_line(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "servers.yaml"
+    path.write_text(f"servers:\n- name: a\n  hostnames: [a.example.com]\n  retries: {value}\n")
+    done = cli("servers", "apply", "-f", str(path), "--registry", f"sqlite://{tmp_path / 'r.db'}")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"error: {path}: nested too deeply (at most 32 levels)"

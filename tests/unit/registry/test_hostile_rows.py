@@ -1,0 +1,197 @@
+"""Rows another writer left hostile (JSON 1,000 levels deep, megabytes long, floats no spec
+should hold): decoding never raises, routing reports the row, naming it, the field and a
+short excerpt of the value, and routes every other server."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from control_plane.registry import rows
+from control_plane.registry.errors import ValidationError
+from control_plane.registry.model import RegistryState, Replica, Server
+from control_plane.registry.servers import route_keys
+from control_plane.registry.spec import decode, parse_spec
+from control_plane.routing.build import to_routing_table
+
+DEEP = "[" * 1000 + "]" * 1000  # 2 KB: RecursionError in json.loads
+DEEP_OBJECT = '{"a":' * 1000 + "1" + "}" * 1000
+HOSTILE_JSON = [
+    pytest.param(DEEP, "nested deeper than 32 levels", id="deep-list"),
+    pytest.param(DEEP_OBJECT, "nested deeper than 32 levels", id="deep-object"),
+    pytest.param("[" * 1000, "nested deeper than 32 levels", id="deep-unclosed"),
+    pytest.param('["' + "x" * 100_000 + '"]', "longer than 65,536 characters", id="long"),
+    pytest.param('["a.example.com",', "not valid JSON", id="truncated"),
+    pytest.param("[1e999999]", "", id="overflowing-number"),
+    pytest.param("[" + "9" * 5000 + "]", "not valid JSON", id="5000-digit-int"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_JSON)
+def test_json_list_never_raises(raw: str, reason: str) -> None:
+    decoded = rows.json_list(raw)
+    if reason:
+        assert len(decoded) == 1
+        assert isinstance(decoded[0], rows.Malformed)
+        assert decoded[0].reason == reason
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(["[" * 500 + "{" * 500, 'a "quoted" [ \\ ]'], id="brackets"),
+        pytest.param(['one " then ' + "[" * 100], id="escaped-quote-first"),
+        pytest.param(["ends in \\", "[" * 100, '\\"' + "[" * 100], id="escaped-backslashes"),
+    ],
+)
+def test_brackets_inside_strings_are_not_nesting(values: list[str]) -> None:
+    raw = json.dumps(values)
+    assert not rows.too_deep(raw)
+    assert rows.json_list(raw) == tuple(values)
+
+
+def test_32_levels_decode_and_33_do_not() -> None:
+    assert rows.json_document("[" * 32 + "]" * 32) == json.loads("[" * 32 + "]" * 32)
+    assert isinstance(rows.json_document("[" * 33 + "]" * 33), rows.Malformed)
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE_JSON)
+def test_spec_decode_raises_only_a_validation_error_with_an_excerpt(raw: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        decode(raw)
+    assert caught.value.field == "spec"
+    assert len(str(caught.value.value)) < 120
+    assert len(str(caught.value)) < 250
+
+
+def _state(*servers: Server) -> RegistryState:
+    healthy = Server(name="good", hostnames=("good.example.com",), protocol="http")
+    replica = Replica(id="r-good", server="good", host="10.0.0.1", port=80, region="us-west")
+    return RegistryState.of(
+        servers=[healthy, *servers], replicas=[replica], revision=1, committed_at=0.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "field", "reason"),
+    [
+        pytest.param(
+            "hostnames", DEEP, "hostnames", "nested deeper than 32 levels", id="hostnames"
+        ),
+        pytest.param("spec", DEEP, "spec", "nested deeper than 32 levels", id="spec-deep"),
+        pytest.param("spec", DEEP_OBJECT, "spec", "nested deeper than 32 levels", id="spec-obj"),
+        pytest.param(
+            "spec",
+            '{"autoscaling":{"target_concurrency":5e-324}}',
+            "spec.autoscaling.target_concurrency",
+            "expected 0 (off) or a number from 0.01 to 1e+06",
+            id="spec-tiny-target",
+        ),
+        pytest.param(
+            "spec",
+            '{"autoscaling":{"target_concurrency":NaN}}',
+            "spec.autoscaling.target_concurrency",
+            "expected 0 (off) or a number from 0.01 to 1e+06",
+            id="spec-nan-target",
+        ),
+        pytest.param(
+            "spec",
+            '{"timeouts":{"request":' + "9" * 400 + "}}",
+            "spec.timeouts.request",
+            "must be between 0s and 24h",
+            id="spec-huge-int-duration",
+        ),
+    ],
+)
+def test_a_hostile_row_is_a_problem_and_everyone_else_routes(
+    column: str, value: str, field: str, reason: str
+) -> None:
+    row = rows.server(
+        "bad",
+        "default",
+        value if column == "hostnames" else '["bad.example.com"]',
+        "http",
+        value if column == "spec" else "{}",
+        0,
+        0,
+    )
+    table = to_routing_table(_state(row))
+    assert [s.name for s in table.servers] == ["good"]
+    assert [s.endpoints[0].replica_id for s in table.servers] == ["r-good"]
+    (problem,) = table.problems
+    assert (problem.kind, problem.name, problem.field, problem.message) == (
+        "server",
+        "bad",
+        field,
+        reason,
+    )
+    assert len(problem.value) < 120
+    assert len(str(problem)) < 250
+    # A conflict check against this row (``servers apply`` of another server) reads it too.
+    assert route_keys(row) >= set()
+
+
+HOSTILE_FLOATS: list[Any] = [math.nan, math.inf, -math.inf, 5e-324, 1e308, -1.0, 0.001, 1e7]
+
+
+@pytest.mark.parametrize("value", HOSTILE_FLOATS, ids=repr)
+def test_target_concurrency_refuses_what_is_not_finite_or_in_range(value: float) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_spec({"autoscaling": {"target_concurrency": value}})
+    assert caught.value.field == "spec.autoscaling.target_concurrency"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0, 0.0), (-0.0, 0.0), (0.01, 0.01), (4, 4.0), (1_000_000, 1e6)]
+)
+def test_target_concurrency_accepts_zero_and_its_range(value: float, expected: float) -> None:
+    autoscaling = parse_spec({"autoscaling": {"target_concurrency": value}}).autoscaling
+    assert autoscaling is not None
+    assert autoscaling.target_concurrency == expected
+    assert math.copysign(1, autoscaling.target_concurrency) == 1
+
+
+FLOAT_FIELDS = [
+    ("timeouts", "request"),
+    ("timeouts", "idle"),
+    ("timeouts", "connect"),
+    ("timeouts", "max_stream"),
+    ("autoscaling", "scale_up_window"),
+    ("autoscaling", "scale_down_window"),
+    ("cold_start", "timeout"),
+    ("outlier_detection", "interval"),
+    ("outlier_detection", "base_ejection_time"),
+]
+
+
+@pytest.mark.parametrize(("block", "name"), FLOAT_FIELDS, ids="-".join)
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, 5e-324, 1e308, -1.0, 10**400], ids=repr
+)
+def test_every_duration_refuses_floats_out_of_range(block: str, name: str, value: Any) -> None:
+    spec: dict[str, Any] = {block: {name: value}}
+    if block == "autoscaling":
+        spec[block]["target_concurrency"] = 1
+    with pytest.raises(ValidationError) as caught:
+        parse_spec(spec)
+    assert caught.value.field == f"spec.{block}.{name}"
+
+
+POSITIVE = {("timeouts", "connect"), ("cold_start", "timeout")} | {
+    ("outlier_detection", n) for n in ("interval", "base_ejection_time")
+}
+
+
+@pytest.mark.parametrize(("block", "name"), FLOAT_FIELDS, ids="-".join)
+def test_negative_zero_durations_are_zero_or_refused(block: str, name: str) -> None:
+    spec: dict[str, Any] = {block: {name: -0.0}}
+    if block == "autoscaling":
+        spec[block]["target_concurrency"] = 1
+    if (block, name) in POSITIVE:
+        with pytest.raises(ValidationError, match=f"spec.{block}.{name}"):
+            parse_spec(spec)
+    else:
+        assert "-0.0" not in repr(parse_spec(spec))
