@@ -1,13 +1,17 @@
 """The three growth attacks of issue 12 against a real ``routeplane serve`` (loopback only).
 
-``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]``
+``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]
+[--name-streams 4] [--only ATTACK ...]``
 
 1. groups: many short ADS streams, each with its own ``node.cluster`` (a new node group each),
    then registry changes while they are gone;
 2. names: one delta stream subscribing ``--names`` new EDS names per request, ``--rounds`` times;
 3. versions: ``--version-streams`` delta streams, each with ``--names`` junk
-   ``initial_resource_versions``.
-For each: the control plane's resident memory (VmRSS of the serve process) before and after,
+   ``initial_resource_versions``;
+4. name-bytes (issue 23): ``--name-streams`` delta streams, each subscribing to 20,000 names of
+   1,000 characters on each of 8 types (requests under gRPC's 4 MiB), held, then closed.
+For each: the control plane's resident memory (VmRSS of the serve process) before and after
+(for name-bytes also at the peak, with the streams held, and 5 s after they closed),
 and the event loop's responsiveness: ``/healthz`` latency, max while the attack and a registry
 change run. Admission control is opened wide (``--new-streams-per-second 1000000``) so the
 attacks measure growth, not the rate limit. ``--code DIR`` runs another checkout's control
@@ -269,14 +273,72 @@ async def attack_versions(cp: dict[str, Any], streams: int, names: int) -> dict[
     }
 
 
+async def attack_name_bytes(cp: dict[str, Any], streams: int) -> dict[str, Any]:
+    before = rss_mb(cp["pid"])
+    types = [
+        EDS,
+        CDS,
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        *(f"type.googleapis.com/junk.Type{i}" for i in range(4)),
+    ]
+    ends: list[str] = []
+    async with grpc.aio.insecure_channel(cp["xds"]) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        release = asyncio.Event()
+
+        async def requests(i: int) -> AsyncIterator[Any]:
+            node = base_pb2.Node(id=f"name-bytes-{i}", cluster="edge")
+            for t, type_url in enumerate(types):
+                for start in range(0, 20_000, 3_000):  # 3 MB a request, under 4 MiB
+                    yield discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=type_url,
+                        node=node,
+                        resource_names_subscribe=[
+                            f"{i}-{t}-{n}-".ljust(1000, "x")
+                            for n in range(start, min(20_000, start + 3_000))
+                        ],
+                    )
+            await release.wait()
+
+        async def one(i: int) -> None:
+            call = stub.DeltaAggregatedResources(requests(i))
+            try:
+                async for _ in call:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                ends.append(f"{exc.code().name}: {(exc.details() or '')[:100]}")
+
+        with Probe(cp["admin"]) as probe:
+            tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+            await asyncio.sleep(10)  # a bench: long enough for every request to be read
+            peak = rss_mb(cp["pid"])
+            release.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            during = probe.max_ms
+    await asyncio.sleep(5)
+    return {
+        "attack": f"{streams} delta streams, 20,000 names of 1,000 characters on 8 types each",
+        "rss_before_mb": before,
+        "rss_peak_mb": peak,
+        "rss_after_close_mb": rss_mb(cp["pid"]),
+        "healthz_max_ms_during": round(during, 1),
+        "stream_ends": sorted(set(ends)),
+    }
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     code = Path(args.code).resolve()  # noqa: ASYNC240 - once, at start
-    for name in ("groups", "names", "versions"):
+    for name in args.only or ("groups", "names", "versions", "name-bytes"):
         with tempfile.TemporaryDirectory(prefix="routeplane-attack-") as tmp:
             async with control_plane(code, Path(tmp)) as cp:
                 if name == "groups":
                     out.append(await attack_groups(cp, args.groups))
+                elif name == "name-bytes":
+                    out.append(await attack_name_bytes(cp, args.name_streams))
                 elif name == "names":
                     out.append(await attack_names(cp, args.names, args.rounds))
                 else:
@@ -291,6 +353,10 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--version-streams", type=int, default=20)
+    parser.add_argument("--name-streams", type=int, default=4)
+    parser.add_argument(
+        "--only", action="append", choices=("groups", "names", "versions", "name-bytes")
+    )
     parser.add_argument("--code", default=str(Path(__file__).resolve().parent.parent))
     asyncio.run(run(parser.parse_args()))
 
