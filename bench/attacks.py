@@ -1,7 +1,7 @@
 """The three growth attacks of issue 12 against a real ``routeplane serve`` (loopback only).
 
 ``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]
-[--name-streams 4] [--only ATTACK ...]``
+[--name-streams 4] [--name-length 1000] [--only ATTACK ...]``
 
 1. groups: many short ADS streams, each with its own ``node.cluster`` (a new node group each),
    then registry changes while they are gone;
@@ -9,7 +9,7 @@
 3. versions: ``--version-streams`` delta streams, each with ``--names`` junk
    ``initial_resource_versions``;
 4. name-bytes (issue 23): ``--name-streams`` delta streams, each subscribing to 20,000 names of
-   1,000 characters on each of 8 types (requests under gRPC's 4 MiB), held, then closed.
+   ``--name-length`` (1,000) characters on each of 8 types (requests under gRPC's 4 MiB), held, then closed.
 For each: the control plane's resident memory (VmRSS of the serve process) before and after
 (for name-bytes also at the peak, with the streams held, and 5 s after they closed),
 and the event loop's responsiveness: ``/healthz`` latency, max while the attack and a registry
@@ -273,7 +273,7 @@ async def attack_versions(cp: dict[str, Any], streams: int, names: int) -> dict[
     }
 
 
-async def attack_name_bytes(cp: dict[str, Any], streams: int) -> dict[str, Any]:
+async def attack_name_bytes(cp: dict[str, Any], streams: int, length: int) -> dict[str, Any]:
     before = rss_mb(cp["pid"])
     types = [
         EDS,
@@ -295,7 +295,7 @@ async def attack_name_bytes(cp: dict[str, Any], streams: int) -> dict[str, Any]:
                         type_url=type_url,
                         node=node,
                         resource_names_subscribe=[
-                            f"{i}-{t}-{n}-".ljust(1000, "x")
+                            f"{i}-{t}-{n}-".ljust(length, "x")
                             for n in range(start, min(20_000, start + 3_000))
                         ],
                     )
@@ -320,7 +320,7 @@ async def attack_name_bytes(cp: dict[str, Any], streams: int) -> dict[str, Any]:
             during = probe.max_ms
     await asyncio.sleep(5)
     return {
-        "attack": f"{streams} delta streams, 20,000 names of 1,000 characters on 8 types each",
+        "attack": f"{streams} delta streams, 20,000 names of {length} characters on 8 types each",
         "rss_before_mb": before,
         "rss_peak_mb": peak,
         "rss_after_close_mb": rss_mb(cp["pid"]),
@@ -338,7 +338,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if name == "groups":
                     out.append(await attack_groups(cp, args.groups))
                 elif name == "name-bytes":
-                    out.append(await attack_name_bytes(cp, args.name_streams))
+                    out.append(await attack_name_bytes(cp, args.name_streams, args.name_length))
                 elif name == "names":
                     out.append(await attack_names(cp, args.names, args.rounds))
                 else:
@@ -354,6 +354,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--version-streams", type=int, default=20)
     parser.add_argument("--name-streams", type=int, default=4)
+    parser.add_argument("--name-length", type=int, default=1000)
     parser.add_argument(
         "--only", action="append", choices=("groups", "names", "versions", "name-bytes")
     )
