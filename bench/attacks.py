@@ -9,7 +9,8 @@
 3. versions: ``--version-streams`` delta streams, each with ``--names`` junk
    ``initial_resource_versions``;
 4. name-bytes (issue 23): ``--name-streams`` delta streams, each subscribing to 20,000 names of
-   ``--name-length`` (1,000) characters on each of 8 types (requests under gRPC's 4 MiB), held, then closed.
+   ``--name-length`` (1,000) characters on each of 8 types (requests under gRPC's 4 MiB),
+   held, then closed.
 For each: the control plane's resident memory (VmRSS of the serve process) before and after
 (for name-bytes also at the peak, with the streams held, and 5 s after they closed),
 and the event loop's responsiveness: ``/healthz`` latency, max while the attack and a registry
