@@ -30,7 +30,6 @@ import grpc
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
-from google.protobuf import any_pb2
 
 from control_plane.identity import certificate_clusters
 from control_plane.xds.delta import DeltaStream
@@ -48,8 +47,8 @@ MAX_SIBLING_ANSWER = 256 << 20
 # CSDS on the xDS port (the admin address has none of these bounds).
 MAX_CLIENTS = 1_000  # proxies in one answer
 MAX_ANSWER_BYTES = 16 << 20  # bytes of one answer
-CALLS_PER_SECOND, CALLS_BURST = 4.0, 8.0  # over every caller
-PEER_CALLS_PER_SECOND, PEER_CALLS_BURST = 1.0, 4.0  # per peer address
+CALLS_PER_SECOND, CALLS_BURST = 2.0, 4.0  # over every caller
+PEER_CALLS_PER_SECOND, PEER_CALLS_BURST = 1.0, 2.0  # per peer address
 MAX_PEERS = 1_024  # peers whose rate is remembered (the least recent forgotten)
 # The scope and bounds of a call that came in on the xDS port, sent with the fan-out.
 SCOPE_HEADER = "routeplane-csds-scope"
@@ -225,7 +224,7 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
                 continue
             entry.version_info = resource.version
             if contents:
-                entry.xds_config.CopyFrom(any_pb2.Any.FromString(resource.any_bytes))
+                entry.xds_config.MergeFromString(resource.any_bytes)
             nack = status.last_nack
             if acked is not None:
                 synced = acked.get(name) == resource.version
@@ -246,22 +245,53 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
     return config
 
 
+def _least_size(xds: XdsServer, proxy: Proxy, *, contents: bool) -> int:
+    """Fewer bytes than ``client_config`` would take (its names, and the resources' own bytes
+    with ``contents``), found without building it: an answer refused for its size costs a pass
+    over names, not the parsing of every resource."""
+    snapshot = xds.cache.get(proxy.group)
+    if snapshot is None:
+        return 0
+    total = 0
+    for type_url in PUSH_ORDER:
+        status = proxy.protocol.status.get(type_url)
+        if status is None or not status.subscribed:
+            continue
+        available = snapshot.of_type(type_url)
+        names: Iterable[str] = available if status.wildcard else status.names
+        for name in names:
+            total += len(name)
+            if contents:
+                resource = available.get(name)
+                if resource is not None:
+                    total += len(resource.any_bytes)
+    return total
+
+
 def status_response(
     xds: XdsServer, request: Any, scope: Scope | None = None
 ) -> csds_pb2.ClientStatusResponse:
-    """This process's proxies matching ``request`` (and ``scope``: AnswerTooLarge as soon as
-    the answer goes past its bounds, before the rest is built)."""
+    """This process's proxies matching ``request`` (and ``scope``: AnswerTooLarge, before
+    anything is built when a lower bound of the size is already past it, else as soon as the
+    answer goes past it)."""
     response = csds_pb2.ClientStatusResponse()
     contents = not request.exclude_resource_contents
-    size = 0
-    for proxy in sorted(xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id)):
-        if not _matches(proxy, request):
-            continue
-        if scope is None:
+    chosen = [
+        proxy
+        for proxy in sorted(xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id))
+        if _matches(proxy, request) and (scope is None or scope.allows(proxy))
+    ]
+    if scope is None:
+        for proxy in chosen:
             response.config.append(client_config(xds, proxy, contents=contents))
-            continue
-        if not scope.allows(proxy):
-            continue
+        return response
+    scope.check(len(chosen), 0)
+    least = 0
+    for proxy in chosen:
+        least += _least_size(xds, proxy, contents=contents)
+        scope.check(0, least)
+    size = 0
+    for proxy in chosen:
         config = client_config(xds, proxy, contents=contents)
         size += config.ByteSize()
         scope.check(len(response.config) + 1, size)

@@ -132,6 +132,13 @@ async def test_an_answer_past_the_byte_bound_is_refused_and_one_without_contents
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"{(small + full) // 2} bytes (CSDS on the xDS port)" in details
     assert len((await fetch(channel, bare)).config) == 3
+    # The size it checks first, before building anything, is never more than the answer's:
+    # an answer of exactly the bound is answered.
+    exact = csds.XdsPortGuard(require_identity=False, max_bytes=full, peer_calls_burst=10)
+    server, address = await serve(csds.generic_handler(xds, guard=exact))
+    stack.push_async_callback(server.stop, 0)
+    channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+    assert (await fetch(channel)).ByteSize() == full
 
 
 async def test_without_mtls_the_admin_token_is_needed_when_one_is_set(

@@ -101,7 +101,7 @@ async def test_a_certificate_sees_only_its_fleet_and_calls_are_rate_limited_per_
         for fleet in FLEETS:
             async with grpc.aio.secure_channel(cp.xds, credentials(certs, fleet)) as channel:
                 assert node_ids(await csds(channel)) == [f"{fleet}-1", f"{fleet}-2"]
-        # One peer, calls back to back: refused once its bucket is empty (4 at once, 1 a
+        # One peer, calls back to back: refused once its bucket is empty (2 at once, 1 a
         # second), naming the bound; the admin address still answers.
         async with grpc.aio.secure_channel(cp.xds, credentials(certs, "apps")) as channel:
             refused: grpc.aio.AioRpcError | None = None
