@@ -169,3 +169,32 @@ async def test_what_closed_streams_held_is_freed(routed: tuple[ControlPlane, Env
         f" (a round grew it {grown:.0f} MB)"
     )
     assert await asyncio.to_thread(routes, envoy)
+
+
+async def test_a_request_over_4_mib_is_refused_by_grpc_and_the_stream_beside_it_served(
+    routed: tuple[ControlPlane, Envoy],
+) -> None:
+    cp, envoy = routed
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(cp.xds, options=options) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+
+        def request(size: int) -> discovery_pb2.DiscoveryRequest:
+            node = base_pb2.Node(id="big", cluster="edge")
+            message = discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node)
+            message.node.id = "x" * (size - message.ByteSize() - 4)  # (its length prefix)
+            assert abs(message.ByteSize() - size) < 8
+            return message
+
+        over = stub.StreamAggregatedResources()
+        await over.write(request((4 << 20) + 64))
+        code, details = await status_of(over)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in details
+        # Just under the bound, on the same connection: served (the node id shown cut).
+        under = stub.StreamAggregatedResources()
+        await under.write(request((4 << 20) - 64))
+        response = await asyncio.wait_for(under.read(), timeout=30)
+        assert response.type_url == CLUSTER
+        under.cancel()
+    assert await asyncio.to_thread(routes, envoy)
