@@ -1,13 +1,16 @@
 """CSDS on the xDS port (issue 23, item 13) against a real ``routeplane serve --workers 2``
 over mTLS: a certificate of one fleet sees only that fleet's proxies, on whichever worker its
 call lands (the scope travels with the fan-out), calls are rate-limited per peer, and the
-admin address keeps the full view. The bounds, the token and the sibling timeout are tested
-in-process over real gRPC (``test_csds_bounds.py``)."""
+admin address keeps the full view; a stopped worker fails a call UNAVAILABLE naming it. The
+bounds and the token are tested in-process over real gRPC (``test_csds_bounds.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control_plane.dev.certs import dev_certs
+from control_plane.xds.csds import Siblings
 from control_plane.xds.resources import CLUSTER
 from tests.helpers import async_wait_until
-from tests.processes import ControlPlane
+from tests.processes import ControlPlane, http_get
 
 FLEETS = ("apps", "edge")
 
@@ -115,3 +119,41 @@ async def test_a_certificate_sees_only_its_fleet_and_calls_are_rate_limited_per_
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "at most 1 calls a second per peer" in (refused.details() or "")
         assert len((await csds(admin)).config) == 4
+
+
+def test_a_worker_that_does_not_answer_fails_the_call_unavailable_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A stopped worker (SIGSTOP): a CSDS call on the admin address fails UNAVAILABLE naming
+    it once the sibling timeout (10 s) runs out, before the caller's own 60 s deadline."""
+    assert Siblings([]).timeout == 10.0  # the README's figure
+    cp = ControlPlane.create(tmp_path, extra=["--workers", "2"])
+    cp.start()
+    stopped: int | None = None
+    try:
+        cp.wait_ready()
+        children = Path(f"/proc/{cp.pid}/task/{cp.pid}/children").read_text().split()
+        assert len(children) == 2
+        admins = {
+            json.loads(line)["admin"]
+            for line in cp.log().splitlines()
+            if '"control_plane_started"' in line
+        }
+        assert len(admins) == 2, admins
+        stopped = int(children[0])
+        os.kill(stopped, signal.SIGSTOP)
+        with grpc.insecure_channel(cp.admin) as channel, pytest.raises(grpc.RpcError) as refused:
+            csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel).FetchClientStatus(
+                csds_pb2.ClientStatusRequest(), timeout=60
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = refused.value.details() or ""
+        [named] = [a for a in admins if f"worker at {a} did not answer" in details]
+        # The one named is the stopped one: the other worker's admin address answers.
+        [other] = admins - {named}
+        assert http_get(f"http://{other}/healthz", timeout=5)[0] == 200
+        assert http_get(f"http://{named}/healthz", timeout=1)[0] == 0
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        cp.stop()
