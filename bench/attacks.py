@@ -1,13 +1,22 @@
 """The three growth attacks of issue 12 against a real ``routeplane serve`` (loopback only).
 
-``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]``
+``python -m bench.attacks [--groups 10000] [--names 100000] [--rounds 30] [--version-streams 20]
+[--name-streams 4] [--name-length 1000] [--csds-servers 1000] [--csds-proxies 100]
+[--csds-calls 20] [--only ATTACK ...]``
 
 1. groups: many short ADS streams, each with its own ``node.cluster`` (a new node group each),
    then registry changes while they are gone;
 2. names: one delta stream subscribing ``--names`` new EDS names per request, ``--rounds`` times;
 3. versions: ``--version-streams`` delta streams, each with ``--names`` junk
-   ``initial_resource_versions``.
-For each: the control plane's resident memory (VmRSS of the serve process) before and after,
+   ``initial_resource_versions``;
+4. name-bytes (issue 23): ``--name-streams`` delta streams, each subscribing to 20,000 names of
+   ``--name-length`` (1,000) characters on each of 8 types (requests under gRPC's 4 MiB),
+   held, then closed;
+5. csds (issue 23): ``--csds-servers`` servers and ``--csds-proxies`` SotW ADS streams (wildcard
+   CDS), then ``--csds-calls`` CSDS calls at once on the xDS port from one peer: the serve
+   process's CPU (``/proc/PID/schedstat``, ns) and how the calls ended.
+For each: the control plane's resident memory (VmRSS of the serve process) before and after
+(for name-bytes also at the peak, with the streams held, and 5 s after they closed),
 and the event loop's responsiveness: ``/healthz`` latency, max while the attack and a registry
 change run. Admission control is opened wide (``--new-streams-per-second 1000000``) so the
 attacks measure growth, not the rate limit. ``--code DIR`` runs another checkout's control
@@ -269,14 +278,139 @@ async def attack_versions(cp: dict[str, Any], streams: int, names: int) -> dict[
     }
 
 
+async def attack_name_bytes(cp: dict[str, Any], streams: int, length: int) -> dict[str, Any]:
+    before = rss_mb(cp["pid"])
+    types = [
+        EDS,
+        CDS,
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+        *(f"type.googleapis.com/junk.Type{i}" for i in range(4)),
+    ]
+    ends: list[str] = []
+    async with grpc.aio.insecure_channel(cp["xds"]) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        release = asyncio.Event()
+
+        async def requests(i: int) -> AsyncIterator[Any]:
+            node = base_pb2.Node(id=f"name-bytes-{i}", cluster="edge")
+            for t, type_url in enumerate(types):
+                for start in range(0, 20_000, 3_000):  # 3 MB a request, under 4 MiB
+                    yield discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=type_url,
+                        node=node,
+                        resource_names_subscribe=[
+                            f"{i}-{t}-{n}-".ljust(length, "x")
+                            for n in range(start, min(20_000, start + 3_000))
+                        ],
+                    )
+            await release.wait()
+
+        async def one(i: int) -> None:
+            call = stub.DeltaAggregatedResources(requests(i))
+            try:
+                async for _ in call:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                ends.append(f"{exc.code().name}: {(exc.details() or '')[:100]}")
+
+        with Probe(cp["admin"]) as probe:
+            tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+            await asyncio.sleep(10)  # a bench: long enough for every request to be read
+            peak = rss_mb(cp["pid"])
+            release.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            during = probe.max_ms
+    await asyncio.sleep(5)
+    return {
+        "attack": f"{streams} delta streams, 20,000 names of {length} characters on 8 types each",
+        "rss_before_mb": before,
+        "rss_peak_mb": peak,
+        "rss_after_close_mb": rss_mb(cp["pid"]),
+        "healthz_max_ms_during": round(during, 1),
+        "stream_ends": sorted(set(ends)),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+async def attack_csds(cp: dict[str, Any], servers: int, proxies: int, calls: int) -> dict[str, Any]:
+    from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+
+    registry = cp["registry"]
+    for i in range(servers):
+        await asyncio.to_thread(
+            registry.create_server, name=f"s{i}", hostnames=[f"s{i}.local"], protocol="http"
+        )
+    async with grpc.aio.insecure_channel(
+        cp["xds"], options=[("grpc.max_receive_message_length", 1 << 30)]
+    ) as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        held = []
+        for i in range(proxies):
+            call = stub.StreamAggregatedResources()
+            node = base_pb2.Node(
+                id=f"proxy-{i}", cluster="edge", locality=base_pb2.Locality(region="us-west")
+            )
+            await call.write(discovery_pb2.DiscoveryRequest(type_url=CDS, node=node))
+            held.append(call)
+        for call in held:
+            response = await call.read()
+            while len(response.resources) < servers + 1:  # every server's cluster is in
+                response = await call.read()
+        status = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        cpu_before = cpu_seconds(cp["pid"])
+        started = time.perf_counter()
+        answers = await asyncio.gather(
+            *(
+                status.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=120)
+                for _ in range(calls)
+            ),
+            return_exceptions=True,
+        )
+        wall = time.perf_counter() - started
+        cpu = cpu_seconds(cp["pid"]) - cpu_before
+        for call in held:
+            call.cancel()
+    ends: dict[str, int] = {}
+    sizes = []
+    for answer in answers:
+        if isinstance(answer, grpc.aio.AioRpcError):
+            key = f"{answer.code().name}: {(answer.details() or '')[:90]}"
+        elif isinstance(answer, BaseException):
+            key = repr(answer)[:90]
+        else:
+            key = "OK"
+            sizes.append(answer.ByteSize())
+        ends[key] = ends.get(key, 0) + 1
+    return {
+        "attack": f"{calls} CSDS calls at once on the xDS port, {proxies} proxies, "
+        f"{servers} servers",
+        "serve_cpu_s": round(cpu, 2),
+        "wall_s": round(wall, 2),
+        "answer_mb": round(max(sizes) / 1e6, 1) if sizes else 0,
+        "ends": ends,
+    }
+
+
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     code = Path(args.code).resolve()  # noqa: ASYNC240 - once, at start
-    for name in ("groups", "names", "versions"):
+    for name in args.only or ("groups", "names", "versions", "name-bytes", "csds"):
         with tempfile.TemporaryDirectory(prefix="routeplane-attack-") as tmp:
             async with control_plane(code, Path(tmp)) as cp:
-                if name == "groups":
+                if name == "csds":
+                    out.append(
+                        await attack_csds(cp, args.csds_servers, args.csds_proxies, args.csds_calls)
+                    )
+                elif name == "groups":
                     out.append(await attack_groups(cp, args.groups))
+                elif name == "name-bytes":
+                    out.append(await attack_name_bytes(cp, args.name_streams, args.name_length))
                 elif name == "names":
                     out.append(await attack_names(cp, args.names, args.rounds))
                 else:
@@ -291,6 +425,14 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--version-streams", type=int, default=20)
+    parser.add_argument("--name-streams", type=int, default=4)
+    parser.add_argument("--name-length", type=int, default=1000)
+    parser.add_argument("--csds-servers", type=int, default=1000)
+    parser.add_argument("--csds-proxies", type=int, default=100)
+    parser.add_argument("--csds-calls", type=int, default=20)
+    parser.add_argument(
+        "--only", action="append", choices=("groups", "names", "versions", "name-bytes", "csds")
+    )
     parser.add_argument("--code", default=str(Path(__file__).resolve().parent.parent))
     asyncio.run(run(parser.parse_args()))
 

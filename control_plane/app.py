@@ -279,7 +279,17 @@ async def serve(config: ServeConfig) -> None:
         siblings = csds.Siblings(config.siblings, token=config.admin_token)
         stack.push_async_callback(siblings.close)
         server.add_generic_rpc_handlers(
-            [*xds.generic_handlers(), csds.generic_handler(xds, siblings), load.generic_handler()]
+            [
+                *xds.generic_handlers(),
+                csds.generic_handler(
+                    xds,
+                    siblings,
+                    guard=csds.XdsPortGuard(
+                        require_identity=bool(config.tls_cert), token=config.admin_token
+                    ),
+                ),
+                load.generic_handler(),
+            ]
         )
         if config.tls_cert:
             credentials = await asyncio.to_thread(_server_credentials, config)

@@ -9,23 +9,32 @@ Under ``serve --workers`` a connection reaches one worker, which answers for the
 its own proxies and, through ``Siblings``, those of the other workers, asked on their loopback
 admin ports (where each worker answers CSDS for its own proxies only). The supervisor serves the
 same merged answer on the public admin address.
+
+On the xDS port CSDS is guarded (``XdsPortGuard``): a caller sees only its own fleet's proxies
+under mTLS (the fleets its client certificate names), needs the admin token without mTLS when
+one is set, and is rate-limited per peer and overall; the answer is bounded in proxies and
+bytes. The scope and the bounds travel to the sibling workers with the fan-out (a header on
+their token-guarded admin port). The admin address keeps the full, unbounded view.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2
-from google.protobuf import any_pb2
 
+from control_plane.identity import certificate_clusters
 from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import PUSH_ORDER
-from control_plane.xds.server import Proxy, XdsServer
+from control_plane.xds.server import Proxy, TokenBucket, XdsServer, shorten
 
 _SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _STATUS = csds_pb2.ConfigStatus
@@ -34,6 +43,144 @@ SIBLING_TIMEOUT = 10.0  # seconds a sibling worker gets to answer
 # A whole worker's answer with resource contents can be large (every resource of every proxy);
 # past this the sibling's call fails and the answer names it, rather than holding without bound.
 MAX_SIBLING_ANSWER = 256 << 20
+
+# CSDS on the xDS port (the admin address has none of these bounds).
+MAX_CLIENTS = 1_000  # proxies in one answer
+MAX_ANSWER_BYTES = 16 << 20  # bytes of one answer
+CALLS_PER_SECOND, CALLS_BURST = 2.0, 4.0  # over every caller
+PEER_CALLS_PER_SECOND, PEER_CALLS_BURST = 1.0, 2.0  # per peer address
+MAX_PEERS = 1_024  # peers whose rate is remembered (the least recent forgotten)
+# The scope and bounds of a call that came in on the xDS port, sent with the fan-out.
+SCOPE_HEADER = "routeplane-csds-scope"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scope:
+    """What one answer may hold: proxies of ``fleets`` (None: every fleet), at most
+    ``max_clients`` of them and ``max_bytes`` in all."""
+
+    fleets: frozenset[str] | None = None
+    max_clients: int = MAX_CLIENTS
+    max_bytes: int = MAX_ANSWER_BYTES
+
+    def allows(self, proxy: Proxy) -> bool:
+        return self.fleets is None or proxy.group.cluster in self.fleets
+
+    def check(self, clients: int, size: int) -> None:
+        """AnswerTooLarge if an answer of ``clients`` proxies and ``size`` bytes is past it."""
+        if clients > self.max_clients or size > self.max_bytes:
+            raise AnswerTooLarge(
+                f"the CSDS answer would hold more than {self.max_clients} proxies or "
+                f"{self.max_bytes} bytes (CSDS on the xDS port); ask for fewer with "
+                "node_matchers or exclude_resource_contents, or use the admin address"
+            )
+
+    def header(self) -> str:
+        fleets = sorted(self.fleets) if self.fleets is not None else None
+        return json.dumps(
+            {"fleets": fleets, "max_clients": self.max_clients, "max_bytes": self.max_bytes}
+        )
+
+    @classmethod
+    def from_header(cls, text: str) -> Scope:
+        """ValueError if ``text`` is not what :meth:`header` writes."""
+        try:
+            value = json.loads(text)
+            fleets = value["fleets"]
+            scope = cls(
+                fleets=frozenset(str(f) for f in fleets) if fleets is not None else None,
+                max_clients=int(value["max_clients"]),
+                max_bytes=int(value["max_bytes"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{SCOPE_HEADER} is not a CSDS scope: {shorten(text)!r}") from exc
+        return scope
+
+
+class AnswerTooLarge(Exception):
+    """An answer went past its :class:`Scope`'s bounds; the message names them."""
+
+
+class Refused(Exception):
+    """A CSDS call on the xDS port that :class:`XdsPortGuard` does not let in."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class XdsPortGuard:
+    """Who may call CSDS on the xDS port, what they see, and how often.
+
+    - under mTLS (``require_identity``): the proxies of the fleets the client certificate
+      names, as for xDS itself;
+    - without mTLS and with an admin token: every fleet, for a caller with the token
+      (``authorization: Bearer``), UNAUTHENTICATED for others;
+    - without either (plaintext xDS, meant for loopback): every fleet, as xDS itself serves
+      every fleet's configuration there.
+    Every call, and every request of a StreamClientStatus, takes a token from the caller's
+    peer address's bucket and from the overall one (RESOURCE_EXHAUSTED when either is empty).
+    """
+
+    def __init__(
+        self,
+        *,
+        require_identity: bool,
+        token: str = "",
+        calls_per_second: float = CALLS_PER_SECOND,
+        calls_burst: float = CALLS_BURST,
+        peer_calls_per_second: float = PEER_CALLS_PER_SECOND,
+        peer_calls_burst: float = PEER_CALLS_BURST,
+        max_peers: int = MAX_PEERS,
+        max_clients: int = MAX_CLIENTS,
+        max_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
+        self.require_identity = require_identity
+        self._expected = f"Bearer {token}" if token else ""
+        self._all = TokenBucket(rate=calls_per_second, burst=calls_burst)
+        self._peer_rate, self._peer_burst = peer_calls_per_second, peer_calls_burst
+        self._peers: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._max_peers = max_peers
+        self._max_clients, self._max_bytes = max_clients, max_bytes
+
+    def admit(self, context: grpc.aio.ServicerContext) -> Scope:
+        """The scope of this call; Refused if it may not be answered."""
+        fleets: frozenset[str] | None = None
+        if self.require_identity:
+            fleets = frozenset(certificate_clusters(context.auth_context()))
+            if not fleets:
+                raise Refused(
+                    grpc.StatusCode.PERMISSION_DENIED, "the client certificate names no fleet"
+                )
+        elif self._expected:
+            metadata = dict(context.invocation_metadata() or ())
+            if metadata.get("authorization") != self._expected:
+                raise Refused(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "CSDS on the xDS port without mTLS needs the admin token "
+                    "(authorization: Bearer <token>)",
+                )
+        peer = context.peer().rsplit(":", 1)[0]
+        bucket = self._peers.get(peer)
+        if bucket is None:
+            bucket = self._peers[peer] = TokenBucket(rate=self._peer_rate, burst=self._peer_burst)
+            if len(self._peers) > self._max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+        if not bucket.take():
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CSDS on the xDS port: at most {self._peer_rate:g} calls a second per peer "
+                f"(bursts of {self._peer_burst:g}); retry later, or use the admin address",
+            )
+        if not self._all.take():
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CSDS on the xDS port: at most {self._all.rate:g} calls a second over all "
+                f"callers (bursts of {self._all.burst:g}); retry later, or use the admin address",
+            )
+        return Scope(fleets=fleets, max_clients=self._max_clients, max_bytes=self._max_bytes)
 
 
 def _matches(proxy: Proxy, request: Any) -> bool:
@@ -77,7 +224,7 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
                 continue
             entry.version_info = resource.version
             if contents:
-                entry.xds_config.CopyFrom(any_pb2.Any.FromString(resource.any_bytes))
+                entry.xds_config.MergeFromString(resource.any_bytes)
             nack = status.last_nack
             if acked is not None:
                 synced = acked.get(name) == resource.version
@@ -98,12 +245,57 @@ def client_config(xds: XdsServer, proxy: Proxy, *, contents: bool) -> csds_pb2.C
     return config
 
 
-def status_response(xds: XdsServer, request: Any) -> csds_pb2.ClientStatusResponse:
+def _least_size(xds: XdsServer, proxy: Proxy, *, contents: bool) -> int:
+    """Fewer bytes than ``client_config`` would take (its names, and the resources' own bytes
+    with ``contents``), found without building it: an answer refused for its size costs a pass
+    over names, not the parsing of every resource."""
+    snapshot = xds.cache.get(proxy.group)
+    if snapshot is None:
+        return 0
+    total = 0
+    for type_url in PUSH_ORDER:
+        status = proxy.protocol.status.get(type_url)
+        if status is None or not status.subscribed:
+            continue
+        available = snapshot.of_type(type_url)
+        names: Iterable[str] = available if status.wildcard else status.names
+        for name in names:
+            total += len(name)
+            if contents:
+                resource = available.get(name)
+                if resource is not None:
+                    total += len(resource.any_bytes)
+    return total
+
+
+def status_response(
+    xds: XdsServer, request: Any, scope: Scope | None = None
+) -> csds_pb2.ClientStatusResponse:
+    """This process's proxies matching ``request`` (and ``scope``: AnswerTooLarge, before
+    anything is built when a lower bound of the size is already past it, else as soon as the
+    answer goes past it)."""
     response = csds_pb2.ClientStatusResponse()
     contents = not request.exclude_resource_contents
-    for proxy in sorted(xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id)):
-        if _matches(proxy, request):
+    chosen = [
+        proxy
+        for proxy in sorted(xds.proxies.values(), key=lambda p: (p.node_id, p.stream_id))
+        if _matches(proxy, request) and (scope is None or scope.allows(proxy))
+    ]
+    if scope is None:
+        for proxy in chosen:
             response.config.append(client_config(xds, proxy, contents=contents))
+        return response
+    scope.check(len(chosen), 0)
+    least = 0
+    for proxy in chosen:
+        least += _least_size(xds, proxy, contents=contents)
+        scope.check(0, least)
+    size = 0
+    for proxy in chosen:
+        config = client_config(xds, proxy, contents=contents)
+        size += config.ByteSize()
+        scope.check(len(response.config) + 1, size)
+        response.config.append(config)
     return response
 
 
@@ -116,8 +308,11 @@ class Siblings:
     behind the admin token if one is set). Create it inside the event loop; ``close()`` at the
     end."""
 
-    def __init__(self, addresses: Sequence[str], *, token: str = "") -> None:
+    def __init__(
+        self, addresses: Sequence[str], *, token: str = "", timeout: float = SIBLING_TIMEOUT
+    ) -> None:
         self.addresses = list(addresses)
+        self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", MAX_SIBLING_ANSWER)]
         self._channels = [grpc.aio.insecure_channel(a, options=options) for a in self.addresses]
@@ -130,15 +325,19 @@ class Siblings:
             for channel in self._channels
         ]
 
-    async def fetch(self, request: Any) -> list[csds_pb2.ClientConfig]:
-        """Every sibling's proxies matching ``request``; SiblingUnavailable naming the first
-        that did not answer (a partial answer would silently hide proxies)."""
+    async def fetch(self, request: Any, scope: Scope | None = None) -> list[csds_pb2.ClientConfig]:
+        """Every sibling's proxies matching ``request`` (and ``scope``); SiblingUnavailable
+        naming the first that did not answer (a partial answer would silently hide proxies),
+        AnswerTooLarge if one went past ``scope``'s bounds."""
+        metadata = self._metadata
+        if scope is not None:
+            metadata = (*metadata, (SCOPE_HEADER, scope.header()))
         answers = await asyncio.gather(
             *(
                 call(
                     request,
-                    timeout=SIBLING_TIMEOUT,
-                    metadata=self._metadata,
+                    timeout=self.timeout,
+                    metadata=metadata,
                     wait_for_ready=True,
                 )
                 for call in self._calls
@@ -147,6 +346,12 @@ class Siblings:
         )
         configs: list[csds_pb2.ClientConfig] = []
         for address, answer in zip(self.addresses, answers, strict=True):
+            if (
+                isinstance(answer, grpc.aio.AioRpcError)
+                and scope is not None
+                and answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ):
+                raise AnswerTooLarge(answer.details() or "")
             if isinstance(answer, grpc.aio.AioRpcError):
                 raise SiblingUnavailable(
                     f"worker at {address} did not answer: {answer.code().name} {answer.details()}"
@@ -162,13 +367,17 @@ class Siblings:
 
 
 async def group_response(
-    xds: XdsServer | None, siblings: Siblings | None, request: Any
+    xds: XdsServer | None, siblings: Siblings | None, request: Any, scope: Scope | None = None
 ) -> csds_pb2.ClientStatusResponse:
     """This process's proxies (none for the supervisor) and the siblings', by node id."""
-    response = status_response(xds, request) if xds is not None else csds_pb2.ClientStatusResponse()
+    response = (
+        status_response(xds, request, scope) if xds is not None else csds_pb2.ClientStatusResponse()
+    )
     if siblings is None or not siblings.addresses:
         return response
-    configs = [*response.config, *await siblings.fetch(request)]
+    configs = [*response.config, *await siblings.fetch(request, scope)]
+    if scope is not None:
+        scope.check(len(configs), sum(config.ByteSize() for config in configs))
     configs.sort(key=lambda config: config.node.id)
     del response.config[:]
     response.config.extend(configs)
@@ -176,13 +385,33 @@ async def group_response(
 
 
 def generic_handler(
-    xds: XdsServer | None, siblings: Siblings | None = None
+    xds: XdsServer | None, siblings: Siblings | None = None, *, guard: XdsPortGuard | None = None
 ) -> grpc.GenericRpcHandler:
-    """CSDS for ``xds``'s proxies and, with ``siblings``, the rest of the worker group."""
+    """CSDS for ``xds``'s proxies and, with ``siblings``, the rest of the worker group. With
+    ``guard`` (the xDS port) every call is admitted, scoped and bounded by it; without (an admin
+    address), a call carries its scope in ``SCOPE_HEADER`` when a sibling on the xDS port made
+    it, and has the full view otherwise."""
 
     async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        scope: Scope | None = None
         try:
-            return await group_response(xds, siblings, request)
+            if guard is not None:
+                scope = guard.admit(context)
+            else:
+                header = dict(context.invocation_metadata() or ()).get(SCOPE_HEADER)
+                if header is not None:
+                    scope = Scope.from_header(str(header))
+        except Refused as exc:
+            await context.abort(exc.code, str(exc))
+            raise  # abort raised
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # abort raised
+        try:
+            return await group_response(xds, siblings, request, scope)
+        except AnswerTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise  # abort raised
         except SiblingUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise  # abort raised

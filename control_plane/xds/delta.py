@@ -30,6 +30,7 @@ from control_plane.xds.stream import (
     Pending,
     RequestOutcome,
     TypeState,
+    name_bytes,
     shared_names,
 )
 
@@ -73,10 +74,12 @@ class _SharedPushes:
     def get(self, key: tuple[Any, ...]) -> _Shared | None:
         return self._entries.get(key)
 
-    def put(self, key: tuple[Any, ...], shared: _Shared) -> None:
+    def put(self, key: tuple[Any, ...], shared: _Shared, *, name_bytes: int = 0) -> None:
+        """``name_bytes``: what the key's names hold (a stream's names, which the entry keeps
+        alive after the stream has gone)."""
         if len(self._entries) >= self.max_entries or self._bytes >= self.max_bytes:
             self.clear()
-        self._bytes += len(shared.head) + len(shared.tail)
+        self._bytes += len(shared.head) + len(shared.tail) + name_bytes
         self._entries[key] = shared
 
     def cached(self) -> list[tuple[Any, ...]]:
@@ -298,9 +301,26 @@ class DeltaStream(BaseStream[DeltaState]):
         # Interned: a thousand streams subscribed to the same names hold one copy of each.
         subscribe = {sys.intern(name) for name in request.resource_names_subscribe}
         unsubscribe = set(request.resource_names_unsubscribe)
-        self._check_names(type_url, len(request.initial_resource_versions), "initial versions")
+        initial = request.initial_resource_versions
+        self._check_names(type_url, len(initial), "initial versions")
         if subscribe:  # (an ACK subscribes to nothing: no set built per ACK)
             self._check_names(type_url, len(status.names | subscribe), "names subscribed")
+        # Bytes, before anything is kept: names new to this stream, less those it drops, and
+        # (on the first request of the type) the initial versions.
+        held = state.name_bytes
+        if subscribe or unsubscribe:
+            old = status.names
+            held += self._sizes(
+                type_url,
+                (n for n in subscribe if n not in old and n not in unsubscribe and n != "*"),
+                "resource_names_subscribe",
+            )
+            held -= sum(name_bytes(n) for n in unsubscribe if n in old)
+        if initial and not status.subscribed:
+            held += self._sizes(type_url, initial, "initial_resource_versions")
+            held += self._sizes(type_url, initial.values(), "initial_resource_versions")
+        if held != state.name_bytes:
+            self._hold_name_bytes(type_url, state, held)
         if subscribe or unsubscribe:
             outcome.resubscribed = True
         if not status.subscribed:
@@ -427,6 +447,7 @@ class DeltaStream(BaseStream[DeltaState]):
                     tail=tail,
                     resource_names=outgoing.resource_names if outgoing is not None else [],
                 ),
+                name_bytes=state.name_bytes,
             )
             return outgoing
         # What ``_compute`` would do, as it did for the first stream.

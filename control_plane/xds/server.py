@@ -103,6 +103,7 @@ class XdsServer:
         require_identity: bool = False,
         write_timeout: float = 10.0,
         limits: Limits = DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache = cache
         self.limits = limits
@@ -129,14 +130,29 @@ class XdsServer:
         # Pushes the watchdog cancelled, until their ``_push`` has seen it.
         self._stalled: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
+        # Per refusal reason, when ``stream_refused`` was last logged (``clock``'s time).
         self._refusal_logged: dict[str, float] = {}
+        self._clock = clock
 
-    def _log_refusal(self, reason: str, message: str) -> None:
-        """At most one warning a second per reason: a flood of refusals is not a flood of logs."""
-        now = time.monotonic()
-        if now - self._refusal_logged.get(reason, -1.0) >= 1.0:
+    def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        reason: str,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        logged: str = "",
+    ) -> None:
+        """End a stream refused for ``reason`` with ``code`` and ``message``: counted every
+        time, logged (``logged``, or the message) at most once a second per reason, so a flood
+        of refusals is not a flood of logs."""
+        metrics.STREAMS_REFUSED.labels(reason).inc()
+        now = self._clock()
+        last = self._refusal_logged.get(reason)
+        if last is None or now - last >= 1.0:
             self._refusal_logged[reason] = now
-            log.warning("stream_refused", reason=reason, error=message)
+            log.warning("stream_refused", reason=reason, error=logged or message)
+        _end(context, code, message)
 
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
@@ -187,10 +203,9 @@ class XdsServer:
             return
         if not self._admission.take():
             # Refused after the first request is read, so the client gets a clean status.
-            metrics.STREAMS_REFUSED.labels("rate").inc()
-            log.debug("stream_refused", reason="rate", node_id=first.node.id)
-            _end(
+            self._refuse(
                 context,
+                "rate",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many new xDS streams right now; retry with backoff",
             )
@@ -215,28 +230,27 @@ class XdsServer:
         try:
             group = to_node_group(first.node)
         except ValueError as exc:
-            metrics.STREAMS_REFUSED.labels("node").inc()
-            _end(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._refuse(context, "node", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
         refusal = self.cache.refusal(group)
         if refusal:
-            metrics.STREAMS_REFUSED.labels("groups").inc()
-            self._log_refusal("groups", refusal)
-            _end(
+            self._refuse(
                 context,
+                "groups",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"no room for a new node group: {refusal}; retry later",
+                logged=refusal,
             )
             return
         if self.require_identity:
             allowed = certificate_clusters(context.auth_context())
             if group.cluster not in allowed:
-                metrics.STREAMS_REFUSED.labels("identity").inc()
-                _end(
+                self._refuse(
                     context,
+                    "identity",
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"the client certificate allows node cluster(s) "
-                    f"{shorten(str(sorted(allowed)))}, not {group.cluster!r}",
+                    f"{shorten(str(sorted(allowed)))}, not {shorten(group.cluster)!r}",
                 )
                 return
         proxy = Proxy(
@@ -276,9 +290,9 @@ class XdsServer:
                     await wake.wait()
                 wake.clear()
                 if proxy.refusal:
-                    metrics.STREAMS_REFUSED.labels("limits").inc()
-                    self._log_refusal("limits", proxy.refusal)
-                    _end(context, grpc.StatusCode.RESOURCE_EXHAUSTED, proxy.refusal)
+                    self._refuse(
+                        context, "limits", grpc.StatusCode.RESOURCE_EXHAUSTED, proxy.refusal
+                    )
                     return
                 # A client that half-closed still gets what its requests asked for.
                 finished = reader.done()

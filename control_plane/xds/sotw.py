@@ -111,6 +111,11 @@ class SotwStream(BaseStream[SotwState]):
         status = state.status
         names = set(request.resource_names)
         self._check_names(type_url, len(names), "names subscribed")
+        if names != status.names:
+            # Bytes, before anything is kept (SotW names replace the type's names).
+            held = self._sizes(type_url, names, "resource_names")
+            if held != state.name_bytes:
+                self._hold_name_bytes(type_url, state, held)
         # A nonce this stream never issued on a type it never answered: a proxy that
         # reconnected from another control plane. Its request is an initial one.
         foreign = bool(request.response_nonce) and not state.last_nonce

@@ -19,9 +19,11 @@ statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two imple
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import weakref
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -41,6 +43,14 @@ class Limits:
 
     # Names subscribed per type, and entries of ``initial_resource_versions`` per type.
     max_names: int = 20_000
+    # One resource name (or initial version), in UTF-8 bytes. Kubernetes object names are at
+    # most 253, Istio's and Envoy Gateway's cluster names a Kubernetes hostname plus a port
+    # and a few short parts; routeplane's are shorter still.
+    max_name_bytes: int = 512
+    # Every name a stream holds, all types together (subscribed names, and the names and
+    # versions of ``initial_resource_versions``): 20,000 names of 200 bytes. A request past it
+    # is refused before anything is kept, so one request is bounded by it as well.
+    max_stream_name_bytes: int = 4 << 20
     # Distinct type URLs on one stream (the four Envoy types and a few unknown ones).
     max_types: int = 8
     max_type_url_length: int = 256
@@ -53,6 +63,11 @@ DEFAULT_LIMITS = Limits()
 
 class LimitExceededError(Exception):
     """A request asked a stream to hold more than its :class:`Limits` allow."""
+
+
+def name_bytes(name: str) -> int:
+    """``name``'s size in UTF-8 bytes (``isascii`` is O(1): no copy for the usual name)."""
+    return len(name) if name.isascii() else len(name.encode())
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -69,19 +84,32 @@ class Nack:
 
 
 NO_NAMES: frozenset[str] = frozenset()
-_SHARED_NAMES: weakref.WeakValueDictionary[frozenset[str], frozenset[str]] = (
-    weakref.WeakValueDictionary()
-)
+# The hash of a name set -> the set, held weakly. Not a ``WeakValueDictionary`` keyed by the
+# set itself: its key held every set ever subscribed to alive (889 MB after four streams of
+# long names had closed).
+_SHARED_NAMES: dict[int, weakref.ref[frozenset[str]]] = {}
+
+
+def _forget_names(key: int, ref: weakref.ref[frozenset[str]]) -> None:
+    if _SHARED_NAMES.get(key) is ref:
+        del _SHARED_NAMES[key]
 
 
 def shared_names(names: AbstractSet[str]) -> frozenset[str]:
     """``names`` as a frozenset shared by every stream subscribed to the same names (a thousand
-    proxies of one fleet hold one set, not a thousand). O(len(names)), like the request that
-    changed them."""
+    proxies of one fleet hold one set, not a thousand); it lives as long as a stream holds it.
+    O(len(names)), like the request that changed them."""
     if not names:
         return NO_NAMES
     frozen = frozenset(names)
-    return _SHARED_NAMES.setdefault(frozen, frozen)
+    key = hash(frozen)
+    ref = _SHARED_NAMES.get(key)
+    found = ref() if ref is not None else None
+    if found is None:
+        _SHARED_NAMES[key] = weakref.ref(frozen, functools.partial(_forget_names, key))
+        return frozen
+    # Another set of the same hash is not shared (the first one keeps the entry).
+    return found if found == frozen else frozen
 
 
 @dataclass(slots=True)
@@ -149,6 +177,12 @@ class RequestOutcome:
 
 
 _KNOWN = frozenset(PUSH_ORDER)
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1][:64]
+
+
 EMPTY_VERSION = version_of_sum(0)
 
 
@@ -179,6 +213,8 @@ class TypeState:
     # Names to re-examine on the next push besides what the snapshot changed (replaced, never
     # altered: the empty default is shared).
     extra: AbstractSet[str] = NO_NAMES
+    # What this type holds of the stream's name bytes (``Limits.max_stream_name_bytes``).
+    name_bytes: int = 0
 
     def forget_sent(self, name: str) -> bool:
         """Forget that ``name`` was sent (it will be sent again); True if it had been."""
@@ -197,6 +233,8 @@ class BaseStream(Generic[StateT]):
         self._types: dict[str, StateT] = {}
         self._nonces = itertools.count(1)
         self._control_plane_id = control_plane_id
+        # Name bytes held over every type (the sum of their ``TypeState.name_bytes``).
+        self.name_bytes = 0
 
     @property
     def status(self) -> dict[str, TypeStatus]:
@@ -228,11 +266,37 @@ class BaseStream(Generic[StateT]):
 
     def _check_names(self, type_url: str, count: int, what: str) -> None:
         if count > self.limits.max_names:
-            short = type_url.rsplit(".", 1)[-1][:64]
+            short = _short(type_url)
             raise LimitExceededError(
                 f"{count} {what} for {short}; at most {self.limits.max_names} per type on one "
                 "stream (serve --max-names-per-stream)"
             )
+
+    def _sizes(self, type_url: str, names: Iterable[str], what: str) -> int:
+        """The bytes of ``names``; LimitExceededError if one is longer than a name may be."""
+        limit = self.limits.max_name_bytes
+        total = 0
+        for name in names:
+            size = name_bytes(name)
+            if size > limit:
+                raise LimitExceededError(
+                    f"a name of {size} bytes in {what} for {_short(type_url)}; at most {limit} "
+                    f"bytes ({name[:32]!r}...)"
+                )
+            total += size
+        return total
+
+    def _hold_name_bytes(self, type_url: str, state: StateT, held: int) -> None:
+        """Let ``type_url`` hold ``held`` name bytes from now on, or LimitExceededError if the
+        stream would hold more than ``Limits.max_stream_name_bytes`` (nothing changes then)."""
+        total = self.name_bytes - state.name_bytes + held
+        limit = self.limits.max_stream_name_bytes
+        if total > limit:
+            raise LimitExceededError(
+                f"{total} bytes of resource names on one stream (this request: "
+                f"{_short(type_url)}); at most {limit} bytes over all types"
+            )
+        self.name_bytes, state.name_bytes = total, held
 
     def _nack(self, state: StateT, version: str, request: Any) -> tuple[Nack, bool]:
         """Record a NACK of ``version``; True when this type already NACKed that version."""

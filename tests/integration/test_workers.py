@@ -406,8 +406,16 @@ def test_with_a_token_the_group_and_its_workers_need_it(tmp_path: Path) -> None:
                 metadata=(("authorization", "Bearer s3cret"),),
             )
         with grpc.insecure_channel(cp.xds) as xds_channel:
+            # Without mTLS, CSDS on the xDS port wants the admin token too, when one is set.
             status_of = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(xds_channel)
-            status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
+            with pytest.raises(grpc.RpcError) as refused:
+                status_of.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=15)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            status_of.FetchClientStatus(
+                csds_pb2.ClientStatusRequest(),
+                timeout=15,
+                metadata=(("authorization", "Bearer s3cret"),),
+            )
     finally:
         cp.stop()
 
