@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, histogram_quantile, wait_until
 from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
 
 pytestmark = pytest.mark.envoy
@@ -354,8 +354,11 @@ def test_max_connection_age_closes_the_connection_and_envoy_reconnects(
         # lived the age (less gRPC's 10% jitter) plus the 10 s grace its open stream is given,
         # less Envoy's histogram resolution (two significant digits: 1 s at this length).
         # (Envoy merges histograms at its stats flush, every 5 s.)
+        length = "cluster.routeplane_xds.upstream_cx_length_ms"
         shortest = wait_until(
-            lambda: cumulative_quantile(envoy, "cluster.routeplane_xds.upstream_cx_length_ms", 0),
+            lambda: histogram_quantile(
+                envoy.admin_get(f"/stats?format=json&filter=^{length}$"), length, 0
+            ),
             timeout=15,
             what="Envoy's connection lengths",
         )
@@ -366,14 +369,3 @@ def test_max_connection_age_closes_the_connection_and_envoy_reconnects(
     finally:
         envoy.stop()
         cp.stop()
-
-
-def cumulative_quantile(envoy: Envoy, name: str, quantile: float) -> float | None:
-    """Envoy's own measure: ``name``'s cumulative ``quantile`` (0 is the smallest sample), or
-    None before its first stats flush with samples."""
-    stats = json.loads(envoy.admin_get(f"/stats?format=json&filter=^{name}$"))["stats"]
-    [histograms] = [s["histograms"] for s in stats if "histograms" in s]
-    index = histograms["supported_quantiles"].index(quantile)
-    [entry] = [h for h in histograms["computed_quantiles"] if h["name"] == name]
-    value = entry["values"][index]["cumulative"]
-    return None if value is None else float(value)
