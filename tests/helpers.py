@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,22 @@ def wait_until(
         time.sleep(interval)
         last = condition()
     return last
+
+
+def histogram_quantile(stats_json: str, name: str, quantile: float) -> float | None:
+    """From Envoy's ``/stats?format=json``: histogram ``name``'s cumulative ``quantile`` (0 is
+    the smallest sample, 100 the largest), or None before a stats flush (every 5 s) has merged
+    a sample. Envoy keeps two significant digits."""
+    for stat in json.loads(stats_json)["stats"]:
+        if "histograms" not in stat:
+            continue
+        histograms = stat["histograms"]
+        index = histograms["supported_quantiles"].index(quantile)
+        for entry in histograms["computed_quantiles"]:
+            if entry["name"] == name:
+                value = entry["values"][index]["cumulative"]
+                return None if value is None else float(value)
+    return None
 
 
 async def async_wait_until(

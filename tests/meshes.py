@@ -174,7 +174,9 @@ def gone(pid: int) -> bool:
 
 
 def wait_all_gone(pids: dict[str, int], *, timeout: float) -> dict[str, float]:
-    """Wait until every PID has exited; return when each was first seen gone (monotonic)."""
+    """Wait until every PID has exited; return when each was first seen gone (monotonic).
+    One time per sweep: PIDs seen gone in the same sweep tie, so these times show no order
+    among them (judge order from the processes' logs)."""
     seen: dict[str, float] = {}
 
     def all_gone() -> bool:

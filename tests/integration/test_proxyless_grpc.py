@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -370,7 +371,7 @@ def test_grpc_clients_report_their_load(
     echo = replicas("r1")
     registry.put_server(name="tokens", hostnames=["tokens.local"], protocol="grpc")
     registry.register_replica(server="tokens", address=echo.address, region="us-west")
-    client = clients("grpc-load", interval=0.01)
+    client = clients("grpc-load", interval=0.05)
 
     def requests_per_second() -> float:
         result = subprocess.run(
@@ -387,8 +388,31 @@ def test_grpc_clients_report_their_load(
             if r["server"] == "tokens" and r["region"] == "us-west"
         )
 
-    # No Envoy anywhere: the load counted is the gRPC client's own report (LRS).
-    wait_until(lambda: requests_per_second() > 0, what="the gRPC client's load counted")
+    # No Envoy anywhere: the load counted is the gRPC client's own report (LRS). The known
+    # answer is what the client really made: one line per reply, counted over the last 2 s.
+    marks: list[tuple[float, int]] = []
+    samples: list[tuple[float, float]] = []
+
+    def matches_what_was_made() -> bool:
+        marks.append((time.monotonic(), len(client.lines)))
+        reported = requests_per_second()
+        now, made = marks[-1]
+        earlier = [(at, count) for at, count in marks if now - at >= 2.0]
+        if not earlier:
+            return False
+        since, before = earlier[-1]
+        achieved = (made - before) / (now - since)
+        samples.append((round(reported, 1), round(achieved, 1)))
+        recent = samples[-3:]
+        return len(recent) == 3 and all(
+            achieved > 0 and abs(reported - achieved) <= 0.1 * achieved
+            for reported, achieved in recent
+        )
+
+    try:
+        wait_until(matches_what_was_made, timeout=30, interval=0.5, what="the rate reported")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (reported, made) per second: {samples}") from None
     assert client.errors() == []
 
 

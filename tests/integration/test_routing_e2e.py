@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -47,6 +48,29 @@ def mesh(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Mesh]:
         registry.close()
         west.stop()
         east.stop()
+
+
+def wait_holds(envoy: Envoy, *, clusters: tuple[str, ...], domains: tuple[str, ...]) -> None:
+    """Wait until ``envoy`` has every one of ``clusters`` and a virtual host for each of
+    ``domains``: the change has reached it (an Envoy without it rejected nothing either)."""
+    gaps: list[str] = []
+
+    def holds() -> bool:
+        dump = json.loads(envoy.admin_get("/config_dump"))
+        have: set[str] = set()
+        for config in dump["configs"]:
+            for entry in config.get("dynamic_active_clusters", ()):
+                have.add(entry["cluster"]["name"])
+            for entry in config.get("dynamic_route_configs", ()):
+                for vhost in entry["route_config"].get("virtual_hosts", ()):
+                    have.update(vhost.get("domains", ()))
+        gaps[:] = sorted(set(clusters + domains) - have)
+        return not gaps
+
+    try:
+        wait_until(holds, what=f"{envoy.node_id} to have the change")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; missing {gaps}") from None
 
 
 def body(envoy: Envoy, host: str, **headers: str) -> str:
@@ -278,6 +302,11 @@ def test_every_option_is_accepted_by_envoy(
     reg.register_replica(server="kitchen", address=replica.address, region="us-west")
     wait_until(lambda: body(mesh.west, "kitchen.local") == "kitchen", what="kitchen routed")
     for envoy in (mesh.west, mesh.east):
+        wait_holds(
+            envoy,
+            clusters=("acme_kitchen", "default_grpc-kitchen", "default_prefixed"),
+            domains=("kitchen.local", "*.kitchen.dev", "grpc.kitchen.local"),
+        )
         assert envoy.stat("cluster_manager.cds.update_rejected") == 0
         assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
         assert envoy.stat("cluster_manager.cds.update_success") >= 1
@@ -328,6 +357,11 @@ def test_boundary_values_are_accepted_by_envoy(
     reg.register_replica(server="edges", address=replica.address, region="us-west")
     wait_until(lambda: body(mesh.west, "edges.local") == "edges", what="edges routed")
     for envoy in (mesh.west, mesh.east):
+        wait_holds(
+            envoy,
+            clusters=(f"{'w' * 63}_{'e' * 63}", "default_edges"),
+            domains=(f"{label}.{label}.edges.local", "*.edges.dev", "edges.local"),
+        )
         assert envoy.stat("cluster_manager.cds.update_rejected") == 0
         assert envoy.stat("http.ingress_http.rds.ingress_http.update_rejected") == 0
         assert envoy.stat(f"cluster.{'w' * 63}_{'e' * 63}.update_rejected") == 0

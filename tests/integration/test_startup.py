@@ -3,7 +3,10 @@ way closes everything already opened (the registry, the xDS server, the admin se
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ from control_plane import app
 from control_plane.app import ConfigError, ServeConfig
 from control_plane.registry import open_registry
 from control_plane.registry.model import Registry
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
+from tests.processes import ROUTEPLANE, Process
 
 
 def config(tmp_path: Path, **overrides: object) -> ServeConfig:
@@ -107,3 +111,59 @@ def test_plaintext_xds_off_loopback_is_flagged(
     tls_files = {"tls_cert": "c", "tls_key": "k", "client_ca": "a"} if tls else {}
     cfg = config(tmp_path, xds_listen=xds_listen, **tls_files)
     assert app.plaintext_exposed(cfg) is exposed
+
+
+def _own_network_namespace() -> bool:
+    return shutil.which("unshare") is not None and (
+        subprocess.run(["unshare", "-rn", "true"], capture_output=True, check=False).returncode == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [pytest.param("0.0.0.0", True, id="all-interfaces"), pytest.param("127.0.0.1", False, id="lo")],
+)
+def test_serve_logs_the_plaintext_warning_only_off_loopback(
+    tmp_path: Path, host: str, warned: bool
+) -> None:
+    """The predicate above, as an operator sees it: serve's own log. Run in a network namespace
+    of its own (``unshare -rn``) that has nothing but loopback, so an all-interfaces address is
+    reachable from nowhere."""
+    if not _own_network_namespace():
+        pytest.skip("unprivileged network namespaces (unshare -rn) are not allowed here")
+    xds = f"{host}:{free_port()}"
+    serve = Process(
+        argv=[
+            "unshare",
+            "-rn",  # execs serve: the PID is serve's
+            ROUTEPLANE,
+            "serve",
+            "--registry",
+            f"sqlite://{tmp_path / 'registry.db'}",
+            "--xds-listen",
+            xds,
+            "--admin-listen",
+            f"127.0.0.1:{free_port()}",
+            "--log-json",
+        ],
+        log_path=tmp_path / "serve.log",
+    )
+    serve.start()
+    try:
+        wait_until(
+            lambda: "control_plane_started" in serve.log() or not serve.alive(),
+            timeout=30,
+            what="serve to start",
+        )
+        assert serve.alive(), serve.log()
+        events = [json.loads(line) for line in serve.log().splitlines() if line.startswith("{")]
+        warnings = [e for e in events if e["event"] == "xds_plaintext_exposed"]
+        if warned:
+            [warning] = warnings
+            assert warning["level"] == "warning"
+            assert warning["address"] == xds
+            assert "plaintext" in warning["advice"]
+        else:
+            assert warnings == []
+    finally:
+        serve.stop()

@@ -317,9 +317,11 @@ SILENT = [
 ]
 
 
-async def _stalling_server(*, max_concurrent_pushes: int) -> tuple[XdsServer, Any, int]:
+async def _stalling_server(
+    *, max_concurrent_pushes: int, write_timeout: float = 1.0
+) -> tuple[XdsServer, Any, int]:
     """A started server whose snapshot (40 servers x 50 endpoints) is larger than a silent
-    stream's window, with a 1 s write timeout."""
+    stream's window, with a ``write_timeout`` (1 s unless told)."""
     from control_plane.translate import ProxyView, to_resources
     from control_plane.xds.snapshot import build_snapshot
     from tests.helpers import table
@@ -333,7 +335,7 @@ async def _stalling_server(*, max_concurrent_pushes: int) -> tuple[XdsServer, An
     xds = XdsServer(
         cache=cache,
         control_plane_id="cp-test",
-        write_timeout=1.0,
+        write_timeout=write_timeout,
         max_concurrent_pushes=max_concurrent_pushes,
     )
     grpc_server = grpc.aio.server()
@@ -344,10 +346,16 @@ async def _stalling_server(*, max_concurrent_pushes: int) -> tuple[XdsServer, An
 
 
 async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() -> None:
-    xds, grpc_server, port = await _stalling_server(max_concurrent_pushes=1)
+    """Two push slots: while one proxy's push is stalled in one, a proxy that reads is served
+    in the other, and the stalled stream is cut only afterwards, at its write timeout."""
+    xds, grpc_server, port = await _stalling_server(max_concurrent_pushes=2, write_timeout=5.0)
     options = SILENT
     silent_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    def silent_served() -> bool:
+        return any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values())
+
     try:
         stalled_before = (
             REGISTRY.get_sample_value("routeplane_xds_streams_refused_total", {"reason": "stalled"})
@@ -358,31 +366,35 @@ async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() 
             call = silent.DeltaAggregatedResources()
             await call.write(dreq(CLUSTER, node=True))
             await call.write(dreq(ENDPOINT, subscribe=tuple(f"default_s{i}" for i in range(40))))
-            await async_wait_until(
-                lambda: any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
-                what="the silent stream to be served",
+            await async_wait_until(silent_served, what="the silent stream to be served")
+            # The initial endpoint push (40 x 50 endpoints) is already larger than its window:
+            # it is stuck in its write, holding a push slot.
+            await async_wait_until(lambda: bool(xds._writes), what="the silent stream's push")
+            # Meanwhile, another proxy is served in the other slot.
+            client = Client(
+                ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
             )
-            # The initial endpoint push (40 x 50 endpoints) is already larger than its window.
+            await client.send(req(LISTENER, node=True))
+            assert (await client.recv()).type_url == LISTENER
+            # ... while the stall is still on: not yet cut, its push still writing.
+            assert silent_served(), "the stall was cut before the reader was served"
+            assert xds._writes, "the stalled push ended before the reader was served"
+            assert not [e for e in logs if e["event"] == "stream_stalled"]
             await async_wait_until(
-                lambda: not any(p.node_id == "proxy-1" and p.delta for p in xds.proxies.values()),
-                timeout=15,
-                what="the stalled stream to be dropped",
+                lambda: not silent_served(), timeout=20, what="the stalled stream to be dropped"
             )
             # Judged on the server's side: the DEADLINE_EXCEEDED status it ends the stream with
             # queues behind the data the proxy never read (HTTP/2 trailers follow DATA frames), so
             # a proxy that never reads never sees it; the count and the log line are what show.
             [stalled] = [e for e in logs if e["event"] == "stream_stalled"]
-            assert stalled["write_timeout"] == 1.0
+            assert stalled["write_timeout"] == 5.0
             stalled_after = REGISTRY.get_sample_value(
                 "routeplane_xds_streams_refused_total", {"reason": "stalled"}
             )
             assert stalled_after == stalled_before + 1
-        # Meanwhile and after, another proxy is served as usual.
-        client = Client(
-            ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        )
-        await client.send(req(LISTENER, node=True))
-        assert (await client.recv()).type_url == LISTENER
+        # After, too: the reading proxy's stream still answers.
+        await client.send(req(CLUSTER))
+        assert (await client.recv()).type_url == CLUSTER
     finally:
         await silent_channel.close()
         await channel.close()
@@ -392,7 +404,8 @@ async def test_a_stream_that_never_reads_is_dropped_and_does_not_block_others() 
 async def test_stalls_that_begin_at_different_times_are_each_cut_by_the_one_watchdog() -> None:
     """One watchdog serves every push in flight: the first stalled push's check finds the second
     (begun later) not yet past the limit and looks again when it is; both streams are cut,
-    each counted and logged once, while a proxy that reads is served."""
+    each counted and logged once, and nothing is left for the watchdog. (A reader served while
+    a stall is on: the test above.)"""
     xds, grpc_server, port = await _stalling_server(max_concurrent_pushes=4)
     options = SILENT
     # Separate channels: each silent stream has its own connection and window.

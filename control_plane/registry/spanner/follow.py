@@ -46,11 +46,19 @@ class Follower:
     """The in-memory registry state, moved forward from one read timestamp to the next.
 
     ``reader`` does the reads; ``next_revision`` numbers every state this yields (the registry's
-    counter, shared with its other reads)."""
+    counter, shared with its other reads); ``monotonic`` times the periodic full read (a test
+    steps it past ``FULL_RECONCILE_EVERY``)."""
 
-    def __init__(self, reader: Reader, next_revision: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        next_revision: Callable[[], int],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._reader = reader
         self._next_revision = next_revision
+        self._monotonic = monotonic
         self.servers: dict[str, Server] = {}
         self.by_server: dict[str, tuple[Replica, ...]] = {}
         self.server_of: dict[str, str] = {}  # replica id -> server name
@@ -64,7 +72,7 @@ class Follower:
         self.by_server = dict(state.replicas_by_server)
         self.server_of = {r.id: r.server for rows in self.by_server.values() for r in rows}
         self.since = read_at
-        self.full_at = time.monotonic()
+        self.full_at = self._monotonic()
         self.committed_at = state.committed_at
         return state
 
@@ -72,7 +80,7 @@ class Follower:
         assert self.since is not None
         horizon = time.time() - TOMBSTONE_RETENTION / 2
         if (
-            time.monotonic() - self.full_at > FULL_RECONCILE_EVERY
+            self._monotonic() - self.full_at > FULL_RECONCILE_EVERY
             or self.since.timestamp() < horizon
         ):
             before = (self.servers, self.by_server)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from control_plane.agent import ReplicaAgent
 from control_plane.registry import Registry
 from tests.helpers import wait_until
@@ -33,22 +31,42 @@ def test_the_heartbeat_keeps_a_short_lease_alive_and_its_end_lets_it_expire(
     registry: Registry,
 ) -> None:
     registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
-    agent = ReplicaAgent(
-        registry=registry,
-        server="echo",
-        address="127.0.0.1:8081",
-        region="us-west",
-        lease_seconds=1.5,
-    )
+
+    def new_agent(port: int) -> ReplicaAgent:
+        return ReplicaAgent(
+            registry=registry,
+            server="echo",
+            address=f"127.0.0.1:{port}",
+            region="us-west",
+            lease_seconds=1.5,
+        )
+
+    def lease_of(replica_id: str | None) -> float:
+        [replica] = [r for r in registry.list_replicas() if r.id == replica_id]
+        assert replica.lease_expires_at is not None
+        return replica.lease_expires_at
+
+    agent = new_agent(8081)
     agent.register()
-    first = registry.list_replicas()[0].lease_expires_at
-    assert first is not None
-    wait_until(
-        lambda: (registry.list_replicas()[0].lease_expires_at or 0) > first,
-        timeout=5,
-        what="a renewal",
-    )
+    first = lease_of(agent.replica_id)
+    wait_until(lambda: lease_of(agent.replica_id) > first, timeout=5, what="a renewal")
     agent.stop_heartbeat()
-    lease_end = registry.list_replicas()[0].lease_expires_at or 0
-    assert registry.remove_expired(now=time.time()) == []
-    assert registry.remove_expired(now=lease_end + 0.01) == [agent.replica_id]
+    lease_end = lease_of(agent.replica_id)
+    # A witness with the same lease renews every 0.5 s: once it has renewed twice, the stopped
+    # heartbeat would have renewed at least once.
+    witness = new_agent(8082)
+    witness.register()
+    try:
+        renewals: set[float] = set()
+
+        def renewed_twice() -> bool:
+            renewals.add(lease_of(witness.replica_id))  # the first lease and two renewals
+            return len(renewals) >= 3
+
+        wait_until(renewed_twice, timeout=10, what="two renewals of the witness")
+        assert lease_of(agent.replica_id) == lease_end, "renewed after stop_heartbeat()"
+        # Judged at explicit times, not the wall clock: the lease holds to its end, then goes.
+        assert registry.remove_expired(now=lease_end - 0.01) == []
+        assert registry.remove_expired(now=lease_end + 0.01) == [agent.replica_id]
+    finally:
+        witness.deregister()

@@ -18,7 +18,6 @@ from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.snapshot import build_snapshot
 from control_plane.xds.sotw import SotwStream
-from control_plane.xds.stream import MAX_PENDING
 from tests.helpers import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
@@ -152,5 +151,5 @@ def test_delta_streams_survive_any_request_sequence(requests: list[object]) -> N
             parsed = discovery_pb2.DeltaDiscoveryResponse.FromString(out.payload)
             assert parsed.nonce == out.nonce
     assert stream.responses(SNAPSHOT) == []
-    # Memory stays bounded: pending responses are capped per type.
-    assert all(stream.pending(t) <= MAX_PENDING for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE))
+    # (The cap on pending responses is not checked here: 25 requests cannot reach it. See
+    # tests/unit/xds/test_delta_stream.py::test_a_proxy_that_never_answers_holds_at_most_32_...)

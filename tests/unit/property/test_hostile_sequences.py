@@ -1,7 +1,7 @@
 """Property tests over hostile sequences (issue 12): delta subscriptions with large and repeated
 name sets, and many distinct nodes connecting and leaving. Nothing raises but the stream's own
-limit error, what a stream or the cache holds stays bounded, and a healthy proxy's config is
-unaffected."""
+limit error, what a stream or the cache holds stays bounded, and a healthy node group's
+snapshot, in the same cache and pipeline, is unaffected."""
 
 from __future__ import annotations
 
@@ -42,9 +42,6 @@ delta_requests = st.builds(
 @given(st.lists(delta_requests, max_size=20))
 def test_delta_subscriptions_of_any_size_stay_bounded(requests: list[object]) -> None:
     stream = DeltaStream(control_plane_id="cp", limits=LIMITS)
-    healthy = DeltaStream(control_plane_id="cp", limits=LIMITS)
-    healthy.on_request(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER))
-    [first] = healthy.responses(SNAPSHOT)
     for request in requests:
         refusal = ""
         try:
@@ -60,9 +57,8 @@ def test_delta_subscriptions_of_any_size_stay_bounded(requests: list[object]) ->
     for acked in stream.acked.values():
         assert len(acked) <= LIMITS.max_names
     assert len(stream.status) <= LIMITS.max_types
-    # The healthy stream beside it is untouched: nothing more to send, all it asked for held.
-    assert healthy.responses(SNAPSHOT) == []
-    assert first.resource_names == sorted(SNAPSHOT.of_type(CLUSTER))
+    # (A healthy proxy beside a hostile one, sharing the real server, is in
+    # tests/integration/test_hostile_streams.py.)
 
 
 HEALTHY = NodeGroup(cluster="edge", region="us-west")
