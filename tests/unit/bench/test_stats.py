@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -49,3 +50,18 @@ def test_cpu_is_counted_in_nanoseconds_not_ticks() -> None:
     spent = cpu_ns(os.getpid()) - before
     assert 2_000_000 <= spent < 200_000_000
     assert spent % 10_000_000 != 0
+
+
+def test_cpu_of_a_thread_that_ended_is_kept() -> None:
+    """A thread that spins ~50 ms and ends: its schedstat is gone, its time is not."""
+
+    def spin() -> None:
+        until = time.thread_time() + 0.05
+        while time.thread_time() < until:
+            pass
+
+    before = cpu_ns(os.getpid())
+    worker = threading.Thread(target=spin)
+    worker.start()
+    worker.join()
+    assert cpu_ns(os.getpid()) - before >= 30_000_000
