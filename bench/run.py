@@ -45,6 +45,8 @@ class Plan:
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
     pipeline_changes: int = 200
     load: tuple[int, int, int] = (200, 100, 20)  # proxies, clusters, tries
+    # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
+    load_fleet: tuple[int, int, float] = (100, 100, 10.0)
     cold_start_tries: int = 20
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
@@ -100,6 +102,7 @@ QUICK = Plan(
     200,
     2,
     pipeline_changes=50,
+    load_fleet=(50, 100, 5.0),
     idle=(("sqlite", 1000),),
     idle_seconds=5.0,
     workers=(100, 5, ("sqlite",)),
@@ -121,6 +124,7 @@ SMOKE = Plan(
     5,
     (5, 5, 2),
     one_server=(10,),
+    load_fleet=(5, 5, 1.0),
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
@@ -176,7 +180,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "load"
     path.mkdir()
     proxies, clusters, tries = plan.load
-    out["load"] = load.run(proxies=proxies, clusters=clusters, tries=tries, workdir=path)
+    out["load"] = load.run(
+        proxies=proxies, clusters=clusters, tries=tries, workdir=path, fleet=plan.load_fleet
+    )
     out["propagation"] = []
     for ads in ("delta", "sotw"):
         path = workdir / f"prop-{ads}"
@@ -329,6 +335,29 @@ def table(result: dict[str, Any]) -> str:
                 f"| {agg['active_share']:.0%} | {agg['cpu_us_per_report_per_cluster']} us | "
                 f"{agg['tick_ms']} ms | {agg['projected_core_share_1000x100_at_1s']:.0%} |"
             )
+        whole = result["load"].get("whole_process", [])
+        if whole:
+            lines += [
+                "",
+                "Load reports, the whole process: a simulated fleet (each proxy one connection "
+                "with a delta ADS stream and an LRS stream under one node id; each cluster one "
+                "locality, 10 endpoints) reports every second to `routeplane serve --workers 1`; "
+                "the server's CPU (every thread, ns) over one window, less its rate with the same "
+                "streams connected and not reporting: parsing, gRPC, `_take` and ticks "
+                "together; reports taken: the server's own count over the window",
+                "| clusters with traffic | proxies x clusters | window | reports sent / taken | "
+                "server CPU while reporting | CPU per report per cluster (whole process) | "
+                "projected share of a core for 1,000 x 100 at 1 s |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for row in whole:
+                lines.append(
+                    f"| {row['active_share']:.0%} | {row['proxies']} x {row['clusters']} | "
+                    f"{row['seconds']} s | {row['reports']} / {row['reports_taken']:g} | "
+                    f"{row['cpu_percent_reporting']}% | "
+                    f"{row['cpu_us_per_report_per_cluster']} us | "
+                    f"{row['projected_core_share_1000x100_at_1s']:.0%} |"
+                )
         lines.append(
             f"\nLoad step -> visible in WatchLoad (N = {latency['tries']} tries at random "
             f"phases): min {latency.get('min_ms', '-')} ms, p50 {latency['p50_ms']} ms, p90 "

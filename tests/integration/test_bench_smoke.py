@@ -60,6 +60,10 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     latency = result["load"]["latency"]
     assert latency["n"] == SMOKE.load[2]
     assert "_take only, excludes parsing and gRPC" in rendered
+    whole = result["load"]["whole_process"]
+    assert [row["active_share"] for row in whole] == [0.1, 1.0]
+    assert all(row["proxy_errors"] == 0 and row["reports_taken"] > 0 for row in whole)
+    assert "Load reports, the whole process" in rendered
     assert result["envoy"] == "1.40.0"
 
 
