@@ -326,13 +326,14 @@ def table(result: dict[str, Any]) -> str:
             f"every {latency['interval_ms']:g} ms; {latency['held']} requests held open start "
             "at once, at a random phase of the report interval; the clock stops when WatchLoad "
             f"shows them all in flight (N = {latency['tries']} tries)",
-            "| clusters with traffic | CPU per report per cluster (_take only, excludes parsing "
-            "and gRPC) | tick | projected share of a core (_take only) |",
-            "| --- | --- | --- | --- |",
+            "| clusters with traffic | N: reports x clusters | CPU per report per cluster (_take "
+            "only, excludes parsing and gRPC) | tick | projected share of a core (_take only) |",
+            "| --- | --- | --- | --- | --- |",
         ]
         for agg in result["load"]["aggregation"]:
             lines.append(
-                f"| {agg['active_share']:.0%} | {agg['cpu_us_per_report_per_cluster']} us | "
+                f"| {agg['active_share']:.0%} | {agg['proxies']} x {agg['clusters']} | "
+                f"{agg['cpu_us_per_report_per_cluster']} us | "
                 f"{agg['tick_ms']} ms | {agg['projected_core_share_1000x100_at_1s']:.0%} |"
             )
         whole = result["load"].get("whole_process", [])
