@@ -24,8 +24,11 @@ from typing import Any
 import grpc
 import yaml
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
 
+from bench.cpu import cpu_seconds
 from bench.loadgen import http_fixed_rate
+from bench.stats import MIN_FOR_P99, MIN_FOR_P999
 from control_plane.admin.client import admin_pb2, call
 from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
@@ -40,12 +43,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def stats(latencies: list[float], errors: int) -> dict[str, float]:
+def stats(latencies: list[float], errors: int) -> dict[str, Any]:
+    """p99 from 200 answers or more, p99.9 from 2,000 or more (else ``None``)."""
+    n = len(latencies)
     return {
         "p50_ms": round(statistics.median(latencies), 3),
-        "p99_ms": round(pct(latencies, 99), 3),
-        "p999_ms": round(pct(latencies, 99.9), 3),
-        "requests": len(latencies),
+        "p99_ms": round(pct(latencies, 99), 3) if n >= MIN_FOR_P99 else None,
+        "p999_ms": round(pct(latencies, 99.9), 3) if n >= MIN_FOR_P999 else None,
+        "max_ms": round(max(latencies), 3),
+        "requests": n,
         "errors": errors,
     }
 
@@ -112,16 +118,34 @@ async def grpc_fixed_rate(
 async def ws_round_trips(
     address: tuple[str, int], host: str, *, count: int
 ) -> tuple[list[float], int]:
+    """``count`` round trips, one at a time; a failed one (the connection refused or closed, no
+    echo of this message within 5 s, a wrong echo) is an error, and the next one reconnects."""
     latencies: list[float] = []
+    errors = 0
     url = f"ws://{host or address[0]}/"
-    async with ws_connect(url, host=address[0], port=address[1]) as ws:
+    ws: Any = None
+    try:
         for i in range(count):
-            started = time.perf_counter()
-            await ws.send(f"m{i}")
-            await ws.recv()
-            latencies.append((time.perf_counter() - started) * 1000)
+            try:
+                if ws is None:
+                    ws = await ws_connect(url, host=address[0], port=address[1], open_timeout=5)
+                started = time.perf_counter()
+                async with asyncio.timeout(5):
+                    await ws.send(f"m{i}")
+                    reply = await ws.recv()
+                if not str(reply).endswith(f":m{i}"):
+                    raise ValueError(f"echo of m{i} was {reply!r}")
+                latencies.append((time.perf_counter() - started) * 1000)
+            except (OSError, TimeoutError, ValueError, WebSocketException):
+                errors += 1
+                if ws is not None:
+                    await ws.close()
+                ws = None
             await asyncio.sleep(0.002)
-    return latencies, 0
+    finally:
+        if ws is not None:
+            await ws.close()
+    return latencies, errors
 
 
 def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
@@ -224,6 +248,9 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
         direct = {"http/1.1": upstream_port, "grpc unary (h2)": grpc_port, ws_label: ws_port}
         hosts = {"http/1.1": "dp.local", "grpc unary (h2)": "g.local", ws_label: "ws.local"}
         names = ("routeplane", "static", "direct")
+        # The Envoy a target goes through: its CPU per request answered is measured.
+        envoy_pids = {"routeplane": dynamic.pid, "static": static.pid}
+        envoy_cpu: dict[tuple[str, str], list[float]] = {}  # (protocol, target) -> [s, requests]
 
         async def one(protocol: str, target: str, part: float) -> tuple[list[float], int]:
             if target == "direct":
@@ -236,7 +263,10 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
                 )
             if protocol == "grpc unary (h2)":
                 return await grpc_fixed_rate(f"{host}:{port}", header, rate=rate, seconds=part)
-            return await ws_round_trips((host, port), header, count=max(1, int(rate * part / 4)))
+            # At least 200 per round: each round's p99 is a p99, not its largest sample.
+            return await ws_round_trips(
+                (host, port), header, count=max(MIN_FOR_P99, int(rate * part / 4))
+            )
 
         async def measure() -> None:
             # ROUNDS interleaved rounds, each target in a rotated order: drift on a shared
@@ -248,13 +278,19 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
                 for target in names:
                     await one(protocol, target, min(1.0, part))  # warm-up
                 pooled: dict[str, tuple[list[float], int]] = {}
-                per_round: dict[str, list[tuple[float, float]]] = {t: [] for t in names}
+                per_round: dict[str, list[tuple[float, float | None]]] = {t: [] for t in names}
                 for index in range(ROUNDS):
                     order = names[index % 3 :] + names[: index % 3]
                     order = order[::-1] if index % 2 else order
                     measured: dict[str, list[float]] = {}
                     for target in order:
+                        pid = envoy_pids.get(target)
+                        cpu_before = cpu_seconds(pid) if pid else 0.0
                         latencies, errors = await one(protocol, target, part)
+                        if pid:
+                            used = envoy_cpu.setdefault((protocol, target), [0.0, 0.0])
+                            used[0] += cpu_seconds(pid) - cpu_before
+                            used[1] += len(latencies) + errors
                         measured[target] = latencies
                         before = pooled.get(target, ([], 0))
                         pooled[target] = (before[0] + latencies, before[1] + errors)
@@ -263,22 +299,34 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
                         per_round[target].append(
                             (
                                 statistics.median(measured[target]) / statistics.median(base),
-                                pct(measured[target], 99) / pct(base, 99),
+                                # A ratio of p99s only when both are p99s (200 or more).
+                                pct(measured[target], 99) / pct(base, 99)
+                                if min(len(measured[target]), len(base)) >= MIN_FOR_P99
+                                else None,
                             )
                         )
                 for target in names:
                     latencies, errors = pooled[target]
                     p50s = [r[0] for r in per_round[target]]
-                    p99s = [r[1] for r in per_round[target]]
+                    p99s = [r[1] for r in per_round[target] if r[1] is not None]
+                    spent = envoy_cpu.get((protocol, target))
                     rows.append(
                         {
                             "protocol": protocol,
                             "target": target,
                             **stats(latencies, errors),
+                            # The Envoy's CPU (every thread, ns) over the measured rounds per
+                            # request sent, at this rate (idle work included).
+                            "envoy_cpu_us_per_request": (
+                                round(spent[0] / spent[1] * 1e6, 1) if spent and spent[1] else None
+                            ),
                             "vs_static_p50": round(statistics.median(p50s), 3),
                             "vs_static_p50_spread": [round(min(p50s), 3), round(max(p50s), 3)],
-                            "vs_static_p99": round(statistics.median(p99s), 3),
-                            "vs_static_p99_spread": [round(min(p99s), 3), round(max(p99s), 3)],
+                            "vs_static_p99": round(statistics.median(p99s), 3) if p99s else None,
+                            "vs_static_p99_spread": (
+                                [round(min(p99s), 3), round(max(p99s), 3)] if p99s else None
+                            ),
+                            "rounds_with_p99": len(p99s),
                         }
                     )
 

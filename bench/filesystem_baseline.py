@@ -1,16 +1,18 @@
 """The floor: Envoy applying an endpoint change from its own filesystem subscription.
 
 One Envoy reads a cluster's endpoints (EDS) from a file it watches; a change is written to a
-temporary file and atomically renamed over it (the documented way). Time from the rename to the
-first request answered by the new replica, over the same keep-alive poller as the propagation
-benchmark, so the two can be compared.
+temporary file and atomically renamed over it (the documented way). The change and the clock are
+routeplane's in ``bench.propagation.by_size``: a replica added to a server, timed from just
+before the rename (as routeplane's clock starts at the commit timestamp, taken before the
+commit) to the first request the new replica answers, over the same keep-alive poller.
+``python -m bench.filesystem_baseline [--replicas N] [--tries N]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from bench.propagation import Poller, percentile
+from bench.propagation import Poller
 from control_plane.dev.samples.http_echo import EchoThread
 from tests.helpers import free_port, wait_until
 from tests.processes import ENVOY, Process
@@ -142,47 +144,6 @@ def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str, str]:
     return envoy, f"127.0.0.1:{listen}", f"127.0.0.1:{admin}"
 
 
-def run(*, tries: int, workdir: Path) -> dict[str, Any]:
-    replicas = [EchoThread(name="replica-a"), EchoThread(name="replica-b")]
-    eds_path = workdir / "eds.json"
-    eds_path.write_text(json.dumps(_eds(replicas[0].address)))
-    envoy, listen, _ = _start_envoy(workdir, eds_path)
-    try:
-        poller = Poller(listen)
-        wait_until(lambda: poller.get() == (200, "replica-a\n"), timeout=30, what="fs Envoy")
-        samples = []
-        for attempt in range(tries + 1):
-            replica = replicas[(attempt + 1) % 2]
-            tmp = workdir / "eds.json.tmp"
-            tmp.write_text(json.dumps(_eds(replica.address)))
-            os.rename(tmp, eds_path)
-            started = time.perf_counter()
-            wanted = (200, f"{replica.name}\n")
-            wait_until(
-                lambda w=wanted: poller.get() == w,
-                timeout=10,
-                interval=0.0005,
-                what="the renamed file to apply",
-            )
-            if attempt:
-                samples.append((time.perf_counter() - started) * 1000)
-        return {
-            "tries": len(samples),
-            "p50_ms": round(statistics.median(samples), 2),
-            "p90_ms": round(percentile(samples, 90), 2),
-            "p99_ms": round(percentile(samples, 99), 2),
-        }
-    finally:
-        envoy.stop()
-        for replica in replicas:
-            replica.stop()
-
-
-if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(prefix="routeplane-fs-") as tmp:
-        print(json.dumps(run(tries=20, workdir=Path(tmp)), indent=2))
-
-
 def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any]:
     """The floor at a size: one cluster of ``replicas`` endpoints (all DRAINING but the one in
     service); each try adds a ready endpoint to the file (measured: rename -> the first
@@ -237,3 +198,23 @@ def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any
         envoy.stop()
         for replica in live:
             replica.stop()
+
+
+def run(*, tries: int, workdir: Path, replicas: int = 1) -> dict[str, Any]:
+    """The floor alone: :func:`run_one_server` (a server of one replica by default)."""
+    return run_one_server(replicas=replicas, tries=tries, workdir=workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--tries", type=int, default=200)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="routeplane-fs-") as tmp:
+        result = run(tries=args.tries, workdir=Path(tmp), replicas=args.replicas)
+    print(json.dumps({k: v for k, v in result.items() if k != "samples_ms"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from bench.stats import summarize
 from control_plane import logs
 from control_plane.pipeline import Pipeline
 from control_plane.reconcile import PassReport, Reconciler
@@ -38,18 +38,9 @@ from tests.spanner_emulator import Emulator
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(statistics.median(values), 2),
-        "p90": round(pct(values, 90), 2),
-        "p99": round(pct(values, 99), 2),
-        "max": round(max(values), 2),
-    }
+def summary(values: list[float]) -> dict[str, Any]:
+    """n, p50, p90, p99 (``None`` under 200 samples), max."""
+    return summarize(values)
 
 
 def bulk_load(registry: Registry, *, servers: int, replicas: int) -> None:
@@ -307,7 +298,7 @@ def print_table(row: dict[str, Any]) -> None:
         ("process_cpu_per_change_ms", "process CPU, write return -> ACKs, ms"),
     ]:
         s = row[key]
-        print(f"{label:42} {s['p50']:>8} {s['p90']:>8} {s['p99']:>8} {s['max']:>8}")
+        print(f"{label:42} {s['p50']:>8} {s['p90']:>8} {s['p99']!s:>8} {s['max']:>8}")
     print(
         f"full registry read: {row['full_read_ms']} ms; full rebuild (1 group): "
         f"{row['full_rebuild_ms']} ms; bulk load: {row['load_s']} s"
@@ -320,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=10_000)
     parser.add_argument("--servers", type=int, default=1_000)
     parser.add_argument("--envoys", type=int, default=1)
-    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--changes", type=int, default=200)
     args = parser.parse_args(argv)
     logs.configure(level="warning", json=True)
     with tempfile.TemporaryDirectory(prefix="routeplane-bench-") as tmp:

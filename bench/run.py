@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stats import MIN_FOR_P99, tail, tails_name
 from control_plane import logs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +32,10 @@ RESULTS = ROOT / "bench" / "results"
 @dataclass(frozen=True)
 class Plan:
     name: str
+    # Propagation (api writes) and proxyless: 200 tries give a p99; CLI writes start a process
+    # (~1 s a try), so they have fewer and the table shows their max.
     propagation_tries: int
-    baseline_tries: int
+    propagation_cli_tries: int
     watch: tuple[tuple[str, int, int], ...]  # (registry, replicas, envoys)
     watch_changes: int
     fleet: tuple[int, ...]
@@ -40,7 +43,10 @@ class Plan:
     dataplane_rate: float
     dataplane_seconds: float
     pipeline: tuple[int, ...] = (1000, 10_000)  # replicas, 10 per server
-    load: tuple[int, int, int] = (200, 100, 10)  # proxies, clusters, tries
+    pipeline_changes: int = 200
+    load: tuple[int, int, int] = (200, 100, 20)  # proxies, clusters, tries
+    # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
+    load_fleet: tuple[int, int, float] = (100, 100, 10.0)
     cold_start_tries: int = 20
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
@@ -52,22 +58,24 @@ class Plan:
         ("spanner", 10),
         ("spanner", 10_000),
     )
-    idle_seconds: float = 5.0
-    # A reconnect storm of this many streams, against the floor and routeplane, 3 changes
-    # (0: none).
+    idle_seconds: float = 10.0
+    # A reconnect storm of this many streams, against the floor and routeplane (0: none), and
+    # the changes pushed to it (each ~2 s at 10,000 streams).
     storm: int = 0
+    storm_changes: int = 10
     # Propagation at each size (one server of N replicas) against Envoy's own filesystem EDS.
     propagation_sizes: tuple[int, ...] = (10, 1000, 10_000)
-    propagation_size_tries: int = 20
+    propagation_size_tries: int = 200
     # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
     workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
+    workers_idle_seconds: float = 10.0
     # The autoscaling rule's scale_down_window (bench/autoscale.py), hours.
     autoscale_hours: float = 24.0
 
 
 FULL = Plan(
     "full",
-    50,
+    200,
     50,
     (
         ("sqlite", 10, 1),
@@ -78,7 +86,7 @@ FULL = Plan(
         ("spanner", 10000, 1),
         ("spanner", 10000, 10),
     ),
-    30,
+    200,
     (100, 1000, 2000),
     20,
     300,
@@ -95,8 +103,12 @@ QUICK = Plan(
     5,
     200,
     2,
+    pipeline_changes=50,
+    load_fleet=(50, 100, 5.0),
     idle=(("sqlite", 1000),),
+    idle_seconds=5.0,
     workers=(100, 5, ("sqlite",)),
+    workers_idle_seconds=5.0,
     propagation_sizes=(10, 1000),
     propagation_size_tries=5,
     autoscale_hours=1.0,
@@ -112,12 +124,15 @@ SMOKE = Plan(
     50,
     0.5,
     (20,),
+    5,
     (5, 5, 2),
     one_server=(10,),
+    load_fleet=(5, 5, 1.0),
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
     workers=(5, 2, ()),
+    workers_idle_seconds=0.5,
     propagation_sizes=(10,),
     propagation_size_tries=2,
     autoscale_hours=0.05,
@@ -151,7 +166,6 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         autoscale,
         cold_start,
         dataplane,
-        filesystem_baseline,
         fleet,
         idle,
         load,
@@ -164,20 +178,25 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"plan": plan.name, **versions()}
     started = time.monotonic()
     out["pipeline"] = [
-        pipeline.run(max(1, replicas // 10), replicas, changes=50) for replicas in plan.pipeline
+        pipeline.run(max(1, replicas // 10), replicas, changes=plan.pipeline_changes)
+        for replicas in plan.pipeline
     ]
-    out["pipeline_one_server"] = pipeline.one_server(plan.one_server)
+    out["pipeline_one_server"] = pipeline.one_server(plan.one_server, changes=plan.pipeline_changes)
     out["autoscale_windows"] = autoscale.run(hours=plan.autoscale_hours)
     path = workdir / "load"
     path.mkdir()
     proxies, clusters, tries = plan.load
-    out["load"] = load.run(proxies=proxies, clusters=clusters, tries=tries, workdir=path)
+    out["load"] = load.run(
+        proxies=proxies, clusters=clusters, tries=tries, workdir=path, fleet=plan.load_fleet
+    )
     out["propagation"] = []
     for ads in ("delta", "sotw"):
         path = workdir / f"prop-{ads}"
         path.mkdir()
         out["propagation"].append(
-            propagation.run_variant(path, ads=ads, tries=plan.propagation_tries)
+            propagation.run_variant(
+                path, ads=ads, tries=plan.propagation_tries, cli_tries=plan.propagation_cli_tries
+            )
         )
     path = workdir / "cold-start"
     path.mkdir()
@@ -185,9 +204,6 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "proxyless"
     path.mkdir()
     out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)
-    path = workdir / "fs"
-    path.mkdir()
-    out["filesystem_baseline"] = filesystem_baseline.run(tries=plan.baseline_tries, workdir=path)
     path = workdir / "by-size"
     path.mkdir()
     out["propagation_by_size"] = propagation.by_size(
@@ -242,7 +258,11 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path.mkdir()
     streams, changes, idle = plan.workers
     out["workers"] = workers_bench.run(
-        streams=streams, changes=changes, idle_registries=idle, workdir=path
+        streams=streams,
+        changes=changes,
+        idle_registries=idle,
+        workdir=path,
+        idle_seconds=plan.workers_idle_seconds,
     )
     path = workdir / "dataplane"
     path.mkdir()
@@ -260,24 +280,35 @@ def table(result: dict[str, Any]) -> str:
         f"{result['date']}, {result['duration_s']} s",
         "",
     ]
+    pipeline_rows = result.get("pipeline", [])
+    changes = [
+        r[k] for r in pipeline_rows for k in ("change_cpu_ms_1_groups", "change_cpu_ms_10_groups")
+    ]
     lines += [
         "Pipeline step alone (no registry, no network): full rebuild = one fresh step, wall ms "
-        "(median of 3); a change = one replica moved, CPU ms of the step that follows, p50 / p99",
+        "(median of 3); a change = one replica moved, CPU ms of the step that follows, "
+        f"N = {_n(changes)} changes, p50 / {tails_name(changes)}",
         "| servers | replicas | full rebuild | change, 1 group | change, 10 groups |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for row in result.get("pipeline", []):
+    for row in pipeline_rows:
         one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
         lines.append(
             f"| {row['servers']} | {row['replicas']} | {row['full_rebuild_ms']} | "
-            f"{one['p50']} / {one['p99']} | {ten['p50']} / {ten['p99']} |"
+            f"{one['p50']} / {tail(one)} | {ten['p50']} / {tail(ten)} |"
         )
     if result.get("pipeline_one_server"):
+        changes = [
+            r[k]
+            for r in result["pipeline_one_server"]
+            for k in ("change_cpu_ms_1_groups", "change_cpu_ms_10_groups")
+        ]
         lines += [
             "",
             "A change costs the change, not the fleet's shape: one replica moved within ONE "
             "server of N replicas, CPU ms of the pipeline step that follows (watch event -> new "
-            "snapshots), p50 / p99, with 1 node group and with 10 (10 Envoys, each its own "
+            f"snapshots), N = {_n(changes)} changes, p50 / {tails_name(changes)}, with 1 node "
+            "group and with 10 (10 Envoys, each its own "
             "listen address, sharing the same endpoints); 10 / 1 = ratio of the p50s",
             "| replicas in the server | change, 1 group | change, 10 groups | 10 / 1 |",
             "| --- | --- | --- | --- |",
@@ -285,8 +316,8 @@ def table(result: dict[str, Any]) -> str:
         for row in result["pipeline_one_server"]:
             one, ten = row["change_cpu_ms_1_groups"], row["change_cpu_ms_10_groups"]
             lines.append(
-                f"| {row['replicas']} | {one['p50']} / {one['p99']} | {ten['p50']} / "
-                f"{ten['p99']} | {row.get('ten_groups_vs_one_p50', '-')}x |"
+                f"| {row['replicas']} | {one['p50']} / {tail(one)} | {ten['p50']} / "
+                f"{tail(ten)} | {row.get('ten_groups_vs_one_p50', '-')}x |"
             )
     if "autoscale_windows" in result:
         from bench import autoscale
@@ -297,50 +328,77 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Load reports. Aggregation: synthetic LRS reports (each cluster one locality, 10 "
-            "endpoints) taken through the LRS stream's own step, then one tick (sums, "
-            "recommendations); CPU per report per cluster, and the share of one core projected "
-            "for 1,000 proxies x 100 clusters reporting every second. Report -> recommendation: "
-            f"a real Envoy reporting every {latency['interval_ms']:g} ms; {latency['held']} "
-            "requests held open start at once, the clock stops when WatchLoad shows them all "
-            f"in flight ({latency['tries']} tries)",
-            "| clusters with traffic | CPU per report per cluster | tick | projected share of "
-            "a core |",
-            "| --- | --- | --- | --- |",
+            "endpoints) taken through the LRS stream's `_take` step on an already parsed "
+            "message, then one tick (sums, recommendations): `_take` ONLY, it EXCLUDES parsing "
+            "the report and gRPC, so the whole process spends more; CPU per report per "
+            "cluster, and the share of one core projected from it for 1,000 proxies x 100 "
+            "clusters reporting every second. Report -> recommendation: a real Envoy reporting "
+            f"every {latency['interval_ms']:g} ms; {latency['held']} requests held open start "
+            "at once, at a random phase of the report interval; the clock stops when WatchLoad "
+            f"shows them all in flight (N = {latency['tries']} tries)",
+            "| clusters with traffic | N: reports x clusters | CPU per report per cluster (_take "
+            "only, excludes parsing and gRPC) | tick | projected share of a core (_take only) |",
+            "| --- | --- | --- | --- | --- |",
         ]
         for agg in result["load"]["aggregation"]:
             lines.append(
-                f"| {agg['active_share']:.0%} | {agg['cpu_us_per_report_per_cluster']} us | "
+                f"| {agg['active_share']:.0%} | {agg['proxies']} x {agg['clusters']} | "
+                f"{agg['cpu_us_per_report_per_cluster']} us | "
                 f"{agg['tick_ms']} ms | {agg['projected_core_share_1000x100_at_1s']:.0%} |"
             )
+        whole = result["load"].get("whole_process", [])
+        if whole:
+            lines += [
+                "",
+                "Load reports, the whole process: a simulated fleet (each proxy one connection "
+                "with a delta ADS stream and an LRS stream under one node id; each cluster one "
+                "locality, 10 endpoints) reports every second to `routeplane serve --workers 1`; "
+                "the server's CPU (every thread, ns) over one window, less its rate with the same "
+                "streams connected and not reporting: parsing, gRPC, `_take` and ticks "
+                "together; reports taken: the server's own count over the window",
+                "| clusters with traffic | proxies x clusters | window | reports sent / taken | "
+                "server CPU while reporting | CPU per report per cluster (whole process) | "
+                "projected share of a core for 1,000 x 100 at 1 s |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for row in whole:
+                lines.append(
+                    f"| {row['active_share']:.0%} | {row['proxies']} x {row['clusters']} | "
+                    f"{row['seconds']} s | {row['reports']} / {row['reports_taken']:g} | "
+                    f"{row['cpu_percent_reporting']}% | "
+                    f"{row['cpu_us_per_report_per_cluster']} us | "
+                    f"{row['projected_core_share_1000x100_at_1s']:.0%} |"
+                )
         lines.append(
-            f"\nLoad step -> visible in WatchLoad: p50 {latency['p50_ms']} ms, max "
-            f"{latency['max_ms']} ms (report interval {latency['interval_ms']:g} ms)"
+            f"\nLoad step -> visible in WatchLoad (N = {latency['tries']} tries at random "
+            f"phases): min {latency.get('min_ms', '-')} ms, p50 {latency['p50_ms']} ms, p90 "
+            f"{latency.get('p90_ms', '-')} ms, max {latency['max_ms']} ms (report interval "
+            f"{latency['interval_ms']:g} ms)"
         )
     lines += [
         "",
         "Propagation, registry commit (its own commit timestamp) -> first request answered "
-        "by the new replica (SQLite, 1 Envoy), ms; cli: written by `routeplane replicas "
-        "register`, api: by the registry API in-process",
-        "| write | ADS | p50 | p90 | p99 |",
-        "| --- | --- | --- | --- | --- |",
+        "by the new replica (SQLite, 1 Envoy), ms; each try swaps the replica in service for "
+        "another (deregister, wait for 503, register); cli: written by `routeplane replicas "
+        "register` (a process per try), api: by the registry API in-process. Tail: the p99 "
+        "from 200 tries or more, else the max of N. Envoy's own filesystem EDS, the floor, "
+        "is in the next table, with the same change and clock as routeplane's there",
+        "| write | ADS | N | p50 | p90 | p99 or max of N |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["propagation"]:
         for kind in ("api", "cli"):
             s = row[kind]
             lines.append(
-                f"| {kind} | {row['ads']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |"
+                f"| {kind} | {row['ads']} | {s.get('n', '-')} | {s['p50_ms']} | {s['p90_ms']} | "
+                f"{_tail_cell(s)} |"
             )
-    fs = result["filesystem_baseline"]
-    lines.append(
-        f"| file rename (baseline: Envoy's own filesystem EDS) | - | {fs['p50_ms']} | "
-        f"{fs['p90_ms']} | {fs['p99_ms']} |"
-    )
     if "cold_start" in result:
         cold = result["cold_start"]["commit_to_held_answered"]
         lines.append(
-            f"| api, cold start in hold mode: commit -> the held request answered "
-            f"({result['cold_start']['tries']} tries) | delta | {cold['p50_ms']} | "
-            f"{cold['p90_ms']} | {cold['p99_ms']} |"
+            "| api, cold start in hold mode: commit -> the held request answered | delta | "
+            f"{cold.get('n', result['cold_start']['tries'])} | {cold['p50_ms']} | "
+            f"{cold['p90_ms']} | {_tail_cell(cold)} |"
         )
     if result.get("propagation_by_size"):
         from bench import propagation
@@ -352,17 +410,19 @@ def table(result: dict[str, Any]) -> str:
             "Proxyless gRPC: registry commit (its own commit timestamp) -> first RPC answered by "
             "the new replica, for gRPC's own xDS client (xds:///, SotW ADS) and, for the same "
             "changes, a gRPC caller through an Envoy (delta ADS); SQLite, api writes, "
-            f"{result['proxyless']['tries']} tries, ms",
-            "| caller | p50 | p90 | p99 |",
+            f"N = {result['proxyless']['tries']} tries, ms",
+            f"| caller | p50 | p90 | {tails_name([result['proxyless']['envoy']])} |",
             "| --- | --- | --- | --- |",
         ]
         for caller, label in (("proxyless", "proxyless gRPC client"), ("envoy", "via Envoy")):
             s = result["proxyless"][caller]
-            lines.append(f"| {label} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} |")
+            lines.append(f"| {label} | {s['p50_ms']} | {s['p90_ms']} | {tail(s)} |")
+    watch_rows = [row["commit_to_all_acked_ms"] for row in result["registry_watch"]]
     lines += [
         "",
         "Registry commit -> control plane -> every Envoy ACKed (control plane in-process, real "
-        "Envoys, delta), ms (p50 / p99). Clocks start at the registry's own commit timestamp "
+        f"Envoys, delta), ms (p50 / {tails_name(watch_rows)}; N = {_n(watch_rows)} changes "
+        "per row). Clocks start at the registry's own commit timestamp "
         "(SQLite: written in the commit; Spanner: the commit timestamp): sees it = the pass "
         "that holds the change begins; all ACKed = the last Envoy's ACK of the new EDS is "
         "read. Pass CPU = the loop thread's CPU in that pass; process CPU = the whole "
@@ -380,8 +440,8 @@ def table(result: dict[str, Any]) -> str:
         process = row.get("process_cpu_per_change_ms", {"p50": "-", "p99": "-"})
         lines.append(
             f"| {row['registry']} | {row['replicas']} | {row['envoys']} | "
-            f"{seen['p50']} / {seen['p99']} | {ack['p50']} / {ack['p99']} | "
-            f"{cpu['p50']} / {cpu['p99']} | {process['p50']} / {process['p99']} | "
+            f"{seen['p50']} / {tail(seen)} | {ack['p50']} / {tail(ack)} | "
+            f"{cpu['p50']} / {tail(cpu)} | {process['p50']} / {tail(process)} | "
             f"{row['full_read_ms']} | "
             f"{row['full_rebuild_ms']} | {row.get('snapshot_bytes_per_group', '-')} |"
         )
@@ -389,13 +449,18 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Idle cost: `routeplane serve` with no proxy and nothing changing in the registry, "
-            "default watch interval (SQLite 5 ms, Spanner 10 ms); process CPU over a quiet "
-            "window (the whole process: watch, load-report ticks, timers), share of one core; "
-            "for Spanner also the emulator's; vs smallest = CPU ms per second against the same "
-            "registry with the fewest replicas, in the same run (idle should not grow with the "
-            "registry)",
-            "| registry | replicas | idle CPU | CPU ms per second | emulator CPU | vs smallest |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "default watch (SQLite: woken by inotify, a safety poll every "
+            f"{_poll_ms(result['idle'], 'sqlite')} ms; Spanner: a poll every "
+            f"{_poll_ms(result['idle'], 'spanner')} ms); CPU over one quiet window of "
+            f"{result['idle'][0]['seconds']:g} s per row (N = 1 window) from the scheduler's "
+            "nanosecond account of every thread (the whole process: watch, load-report ticks, "
+            "timers), share of one core; for Spanner also the emulator's processes'; memory: "
+            "the process's resident set at rest; vs smallest = CPU ms per second against the "
+            "same registry with the fewest replicas, in the same run (idle should not grow with "
+            "the registry)",
+            "| registry | replicas | idle CPU | CPU ms per second | memory | emulator CPU | "
+            "vs smallest |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         smallest: dict[str, float] = {}
         for row in sorted(result["idle"], key=lambda r: r["replicas"]):
@@ -406,8 +471,8 @@ def table(result: dict[str, Any]) -> str:
             vs = f"{row['idle_cpu_ms_per_s'] / base:.2f}x" if base else "-"
             lines.append(
                 f"| {row['registry']} | {row['replicas']} | {row['idle_cpu_percent']}% | "
-                f"{row['idle_cpu_ms_per_s']} | {'-' if emulator is None else f'{emulator}%'} | "
-                f"{vs} |"
+                f"{row['idle_cpu_ms_per_s']} | {row.get('rss_mb', '-')} MB | "
+                f"{'-' if emulator is None else f'{emulator}%'} | {vs} |"
             )
     lines += [
         "",
@@ -415,16 +480,20 @@ def table(result: dict[str, Any]) -> str:
         "fleet in the benchmark's process, the server in its own). Each size runs twice in the "
         "same run: against the floor (`bench.floor`: a bare grpc.aio server pushing pre-encoded "
         "bytes of the same resources and reading the ACKs) and against `routeplane serve`; "
-        "vs floor = routeplane / floor for CPU per stream per push, one change p50 and p99, "
-        "memory per stream. Errors: every stream that ended with a status other than "
-        "RESOURCE_EXHAUSTED, by code; refused: RESOURCE_EXHAUSTED only (admission control), "
+        "vs floor = routeplane / floor for CPU per stream per push, one change's p50 (never "
+        "a ratio of two maxima), memory per stream. Errors: every stream that ended, over the "
+        "whole run, with a status other than RESOURCE_EXHAUSTED before it had its whole "
+        "config, and any end of a stream after it had it (in brackets; retried like Envoy), by "
+        "code; refused: RESOURCE_EXHAUSTED before the whole config only (admission control), "
         "retried with backoff. One change: routeplane, the registry's commit timestamp (the "
-        "floor: the push request) -> the last stream has written its ACK. CPU per stream per "
-        "push: the server process's CPU over the change window, less its idle rate, per stream",
-        "| streams | server | reconnect storm: all served | errors | refused, retried | "
-        "/metrics during the storm, max | one change: all ACKed p50 / p99 ms | CPU per stream "
-        "per push | memory per stream | idle CPU | vs floor: CPU / p50 / p99 / memory |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "floor: the push request) -> the last stream has written its ACK; N changes per row, "
+        "p50 and max of N (under 200 changes: no p99). CPU per stream per push: the server "
+        "process's CPU (every thread, ns) over the change window, less its idle rate, per "
+        "stream",
+        "| streams | server | reconnect storm: all served | errors (after complete) | refused, "
+        "retried | /metrics during the storm, max | one change: N | all ACKed p50 / max ms | "
+        "CPU per stream per push | memory per stream | idle CPU | vs floor: CPU / p50 / memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     storm = [result["storm"]] if "storm" in result else []
     for row in [*result["fleet"], *storm]:
@@ -438,7 +507,6 @@ def table(result: dict[str, Any]) -> str:
                 for k in (
                     "cpu_per_stream_per_push",
                     "fanout_p50",
-                    "fanout_p99",
                     "memory_per_stream",
                 )
             )
@@ -455,34 +523,71 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"Data plane: HTTP/1.1 and gRPC at a fixed {dp['rate_per_s']:g} requests/s (open "
         f"loop), WebSocket round trips one at a time on one connection (closed loop); "
-        f"{dp['seconds']:g} s per target in 5 interleaved rounds. Latency in ms over all "
-        "rounds; ratio against the static Envoy = median of the 5 per-round ratios "
-        "[min-max]",
-        "| protocol | target | p50 | p99 | p99.9 | errors | p50 ratio | p99 ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"{dp['seconds']:g} s per target in 5 interleaved rounds (WebSocket: at least 200 "
+        "round trips a round). Latency in ms over all rounds, N = answers; p99 from 200 "
+        "answers or more, p99.9 from 2,000 or more ('-' under); errors: failed requests, "
+        "failed or wrong WebSocket round trips (each reconnects); ratio against the static "
+        "Envoy = median of the 5 per-round ratios [min-max] (p99 ratios from rounds of 200 "
+        "answers or more only); Envoy CPU: the Envoy's CPU (every thread, ns) over the rounds "
+        "per request sent at this rate, idle work included",
+        "| protocol | target | N | p50 | p99 | p99.9 | errors | p50 ratio | p99 ratio | Envoy "
+        "CPU per request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in dp["rows"]:
+        cpu = row.get("envoy_cpu_us_per_request")
         lines.append(
-            f"| {row['protocol']} | {row['target']} | {row['p50_ms']} | "
-            f"{row['p99_ms']} | {row['p999_ms']} | {row['errors']} | "
-            f"{row['vs_static_p50']} {_spread(row, 'p50')} | "
-            f"{row['vs_static_p99']} {_spread(row, 'p99')} |"
+            f"| {row['protocol']} | {row['target']} | {row.get('requests', '-')} | "
+            f"{row['p50_ms']} | {_dash(row['p99_ms'])} | {_dash(row['p999_ms'])} | "
+            f"{row['errors']} | {row['vs_static_p50']} {_spread(row, 'p50')} | "
+            f"{_dash(row['vs_static_p99'])} {_spread(row, 'p99')} | "
+            f"{'-' if cpu is None else f'{cpu} us'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _n(summaries: list[dict[str, Any]]) -> str:
+    """The sample counts of several summaries: "200", or "20-200" when they differ."""
+    counts = sorted({int(s.get("n", 0)) for s in summaries})
+    if not counts:
+        return "-"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def _tail_cell(summary: dict[str, Any]) -> str:
+    """A p99, or "X (max of N)" when there were too few samples for one."""
+    value = tail(summary)
+    n = summary.get("n")
+    return str(value) if n is None or n >= MIN_FOR_P99 else f"{value} (max of {n})"
+
+
+def _poll_ms(rows: list[dict[str, Any]], registry: str) -> str:
+    found = {
+        float(row["poll_interval_ms"])
+        for row in rows
+        if row["registry"] == registry and row.get("poll_interval_ms") is not None
+    }
+    return "/".join(f"{ms:g}" for ms in sorted(found)) if found else "-"
 
 
 def _fleet_row(row: dict[str, Any], server: str, vs: str) -> str:
     admin = (
         f"{row['admin_during_storm_max_ms']} ms" if row.get("admin_during_storm_max_ms") else "-"
     )
+    fanout = row["fanout_ms"]
+    late = _codes(row.get("late_error_codes", {}))
     return (
         f"| {row['streams']} | {server} | {row['storm_s']} s | {row['storm_errors']}"
-        f"{_codes(row.get('storm_error_codes', {}))} | "
-        f"{row.get('storm_refusals_retried', '-')} | {admin} | "
-        f"{row['fanout_ms']['p50']} / {row['fanout_ms']['p99']} | "
+        f"{_codes(row.get('storm_error_codes', {}))} ({row.get('late_errors', '-')}{late}) | "
+        f"{row.get('storm_refusals_retried', '-')} | {admin} | {fanout.get('n', '-')} | "
+        f"{fanout['p50']} / {fanout.get('max', fanout.get('p99'))} | "
         f"{row['cpu_us_per_stream_per_push']} us | {row['rss_per_stream_kb']} KB | "
         f"{row['idle_cpu_percent']}% | {vs} |"
     )
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _spread(row: dict[str, Any], which: str) -> str:

@@ -5,9 +5,15 @@ and deregistered at random, while requests flow through two real Envoys to READY
 and 200 simulated delta streams follow along. A hostile phase is mixed into the churn: junk rows
 written straight into the registry (a port that is no number, a host name instead of an IP,
 hostnames that are not JSON), short streams each claiming a new node group, streams asking for
-too many names, NACK floods and unknown types. At the end every proxy's config equals what the
-registry routes, the control plane's memory did not grow without bound, and no request to a
-READY replica failed. Exits non-zero on any violation.
+too many names, NACK floods and unknown types. Issue 23's attacks run too, each a bounded
+number of times with a time limit (``HOSTILE_ATTACKS``): a deeply nested JSON ``hostnames``
+row from another writer, a spec with ``target_concurrency`` 5e-324 under traffic, an LRS report
+with a locality at 10^7 in flight and duplicated clusters, a report under another node's id, a
+delta stream with 1,000-character names, repeated CSDS calls on the xDS port; each one's
+outcome is reported. At the end every proxy's config equals what the registry routes, the
+control plane's memory did not grow without bound, and no request to a READY replica failed;
+the last line says how many requests failed (goal 0) and whether ``serve`` stayed up. Exits
+non-zero on any violation.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.load_stats.v3 import lrs_pb2
+from envoy.service.status.v3 import csds_pb2
 
 from bench.fleet import Fleet, delta_client, proc_rss
 from control_plane import logs
@@ -136,12 +144,253 @@ async def hostile_stream(xds: str, kind: str, n: int) -> str:
         return "OK"
 
 
+# Issue 23's attacks, each run at most ATTACK_RUNS times, each run within ATTACK_SECONDS.
+HOSTILE_ATTACKS = (
+    "nested_hostnames",
+    "tiny_target_concurrency",
+    "lrs_huge_duplicated",
+    "lrs_other_node",
+    "long_names",
+    "csds_repeated",
+)
+ATTACK_RUNS = 2
+ATTACK_SECONDS = 20.0
+LRS = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats"
+CSDS = "/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus"
+
+
+class Attacks:
+    """Issue 23's attacks against one soak's ``serve``; each returns a short outcome."""
+
+    def __init__(
+        self, cp: ControlPlane, db_path: Path, envoys: list[Envoy], victim: EchoThread
+    ) -> None:
+        self.cp = cp
+        self.db_path = db_path
+        self.envoys = envoys
+        self.victim = victim  # the replica of the attack's own autoscaled server
+        self.runs = dict.fromkeys(HOSTILE_ATTACKS, 0)
+        self.running: set[str] = set()
+        self.outcomes: dict[str, list[str]] = {kind: [] for kind in HOSTILE_ATTACKS}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.started = time.monotonic()
+
+    def start_one(self, rng: random.Random, n: int) -> None:
+        """Start one attack that is neither running nor run out (none left: nothing)."""
+        ready = [k for k in HOSTILE_ATTACKS if self.runs[k] < ATTACK_RUNS and k not in self.running]
+        if ready:
+            kind = rng.choice(ready)
+            self.runs[kind] += 1
+            self.running.add(kind)
+            self.tasks.append(asyncio.create_task(self._run(kind, n)))
+
+    async def _run(self, kind: str, n: int) -> None:
+        try:
+            async with asyncio.timeout(ATTACK_SECONDS):
+                outcome = await getattr(self, kind)(n)
+        except TimeoutError:
+            outcome = f"no end within {ATTACK_SECONDS:g} s"
+        except Exception as exc:  # noqa: BLE001 - an attack's failure is its outcome
+            outcome = f"{type(exc).__name__}: {str(exc)[:100]}"
+        finally:
+            self.running.discard(kind)
+        alive = "serve up" if self.cp.alive() else "serve DOWN"
+        at = time.monotonic() - self.started
+        self.outcomes[kind].append(f"ended at {at:.0f} s: {outcome}; {alive}")
+
+    async def finish(self) -> dict[str, list[str]]:
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        return self.outcomes
+
+    async def _hold(self, seconds: float) -> None:
+        """Keep the attack in place while the churn and the requests go on."""
+        await asyncio.sleep(seconds)
+
+    async def nested_hostnames(self, n: int) -> str:
+        name = f"nested-{n}"
+        nested = "[" * 1000 + "]" * 1000
+        await asyncio.to_thread(
+            foreign_write,
+            self.db_path,
+            "INSERT INTO servers (name, workspace, hostnames, protocol, spec, updated_at,"
+            " created_at) VALUES (?, 'default', ?, 'http', '{}', ?, ?)",
+            (name, nested, time.time(), time.time()),
+            name,
+        )
+        try:
+            await self._hold(2.0)
+        finally:
+            await asyncio.to_thread(remove_junk, self.db_path, "servers", name)
+        return "a 2 KB nested hostnames row held 2 s"
+
+    async def tiny_target_concurrency(self, n: int) -> str:
+        name = f"tiny-{n}"
+        spec = {"autoscaling": {"target_concurrency": 5e-324, "max_replicas": 5}}
+        registry = open_registry(self.cp.registry)
+        try:
+            try:
+                await asyncio.to_thread(
+                    registry.put_server,
+                    name=name,
+                    hostnames=[f"{name}.local"],
+                    protocol="http",
+                    spec=spec,
+                )
+                api = "the API accepted it"
+            except Exception as exc:  # noqa: BLE001 - a refusal is the outcome sought
+                api = f"the API refused it ({type(exc).__name__})"
+                await asyncio.to_thread(
+                    foreign_write,
+                    self.db_path,
+                    "INSERT INTO servers (name, workspace, hostnames, protocol, spec,"
+                    " updated_at, created_at) VALUES (?, 'default', ?, 'http', ?, ?, ?)",
+                    (
+                        name,
+                        json.dumps([f"{name}.local"]),
+                        json.dumps(spec),
+                        time.time(),
+                        time.time(),
+                    ),
+                    name,
+                )
+            replica = await asyncio.to_thread(
+                registry.register_replica,
+                server=name,
+                address=self.victim.address,
+                region="us-west",
+            )
+            # Until Envoy routes the server (or 10 s), then the traffic that trips the tick.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                first, _ = await asyncio.to_thread(
+                    self.envoys[0].get, host=f"{name}.local", timeout=5
+                )
+                if first == 200:
+                    break
+                await asyncio.sleep(0.05)
+            statuses = []
+            for _ in range(5):
+                status, _ = await asyncio.to_thread(
+                    self.envoys[0].get, host=f"{name}.local", timeout=5
+                )
+                statuses.append(status)
+            await self._hold(1.0)  # a load tick or two with that traffic counted
+            await asyncio.to_thread(registry.deregister_replica, replica.id)
+            await asyncio.to_thread(remove_junk, self.db_path, "servers", name)
+            return f"{api}; 5 requests: {sorted(set(statuses))}"
+        finally:
+            registry.close()
+
+    async def _report(
+        self, node_id: str, request: Any, *, reports: int = 2
+    ) -> tuple[str, float | None]:
+        """An LRS stream as ``node_id`` sending ``request`` ``reports`` times; (how it ended,
+        in flight for alpha as routeplane then shows)."""
+        node = base_pb2.Node(id=node_id, cluster="edge")
+        node.locality.region = "us-west"
+        first = lrs_pb2.LoadStatsRequest(node=node)
+        ended = "open"
+        async with grpc.aio.insecure_channel(
+            self.cp.xds, options=[("grpc.max_send_message_length", 8 << 20)]
+        ) as channel:
+            stream = channel.stream_stream(
+                LRS,
+                request_serializer=lrs_pb2.LoadStatsRequest.SerializeToString,
+                response_deserializer=lrs_pb2.LoadStatsResponse.FromString,
+            )()
+            try:
+                await stream.write(first)
+                await stream.read()
+                for _ in range(reports):
+                    await stream.write(request)
+                await asyncio.sleep(1.0)  # a tick, so the load shows (or not)
+            except grpc.aio.AioRpcError as exc:
+                ended = exc.code().name
+            in_flight = await asyncio.to_thread(self._alpha_in_flight)
+            stream.cancel()
+        return ended, in_flight
+
+    def _alpha_in_flight(self) -> float | None:
+        try:
+            answer = call(self.cp.admin, "GetLoad", admin_pb2.GetLoadRequest(server="alpha"))
+        except Exception:  # noqa: BLE001 - serve may be down: no figure
+            return None
+        return next((row.in_flight for row in answer.servers if row.region == "*"), 0.0)
+
+    @staticmethod
+    def _load(in_flight: int, *, copies: int) -> Any:
+        report = lrs_pb2.LoadStatsRequest()
+        for _ in range(copies):
+            stats = report.cluster_stats.add(cluster_name="default_alpha")
+            stats.load_report_interval.FromSeconds(1)
+            for _ in range(copies):
+                stats.upstream_locality_stats.add(
+                    locality=base_pb2.Locality(region="us-west"),
+                    total_requests_in_progress=in_flight,
+                    total_issued_requests=in_flight,
+                )
+        return report
+
+    async def lrs_huge_duplicated(self, n: int) -> str:
+        ended, in_flight = await self._report(f"hostile-lrs-{n}", self._load(10**7, copies=3))
+        return (
+            f"10^7 in flight x 3 clusters x 3 localities: stream {ended}, alpha shows {in_flight}"
+        )
+
+    async def lrs_other_node(self, n: int) -> str:
+        victim = self.envoys[0].node_id
+        ended, in_flight = await self._report(victim, self._load(0, copies=1))
+        return f"a report as {victim}: stream {ended}, alpha shows {in_flight}"
+
+    async def long_names(self, n: int) -> str:
+        async with grpc.aio.insecure_channel(
+            self.cp.xds, options=[("grpc.max_send_message_length", 8 << 20)]
+        ) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            node = base_pb2.Node(id=f"hostile-names-{n}", cluster="edge")
+            node.locality.region = "us-west"
+            request = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=EDS,
+                node=node,
+                resource_names_subscribe=[f"{i:06d}" + "x" * 994 for i in range(2000)],
+            )
+            call_ = stub.DeltaAggregatedResources(iter([request]), timeout=5)
+            try:
+                async for _ in call_:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return f"2,000 names of 1,000 characters: {exc.code().name}"
+        return "2,000 names of 1,000 characters: OK"
+
+    async def csds_repeated(self, n: int) -> str:
+        codes: dict[str, int] = {}
+        started = time.perf_counter()
+        async with grpc.aio.insecure_channel(
+            self.cp.xds, options=[("grpc.max_receive_message_length", 256 << 20)]
+        ) as channel:
+            fetch = channel.unary_unary(
+                CSDS,
+                request_serializer=csds_pb2.ClientStatusRequest.SerializeToString,
+                response_deserializer=csds_pb2.ClientStatusResponse.FromString,
+            )
+            for _ in range(10):
+                try:
+                    await fetch(csds_pb2.ClientStatusRequest(), timeout=5)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                codes[code] = codes.get(code, 0) + 1
+        took = time.perf_counter() - started
+        return f"10 calls: {codes} in {took:.1f} s"
+
+
 async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]:
     cp = ControlPlane.create(workdir, extra=["--workers", "1"])  # one process's memory
     cp.start()
     cp.wait_ready()
     registry = open_registry(cp.registry)
     pool = [EchoThread(name=f"pool-{i}") for i in range(12)]
+    victim = EchoThread(name="attacked")
     envoys = [
         Envoy.create(workdir, node_id=f"soak-{r}", region=r, xds=[cp.xds])
         for r in ("us-west", "us-east")
@@ -161,6 +410,8 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
         rss = [proc_rss(cp.pid)]
         rng = random.Random(11)
         db_path = Path(cp.registry.removeprefix("sqlite://"))
+        attacks = Attacks(cp, db_path, envoys, victim)
+        failed_requests = 0
         junk: list[tuple[str, str]] = []
         hostile: list[asyncio.Task[str]] = []
         hostile_ends: dict[str, int] = {}
@@ -170,7 +421,9 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
         ends = time.monotonic() + seconds
         while time.monotonic() < ends:
             if rng.random() < 0.25:  # the hostile phase, mixed into the churn
-                if junk and rng.random() < 0.4:
+                if rng.random() < 0.1:
+                    attacks.start_one(rng, changes)  # issue 23's, bounded in count and time
+                elif junk and rng.random() < 0.4:
                     remove_junk(db_path, *junk.pop(rng.randrange(len(junk))))
                 elif rng.random() < 0.5:
                     junk.append(junk_row(db_path, rng, changes))
@@ -217,24 +470,34 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
                 # ~10 ms): with a READY replica, every request must succeed.
                 settled = time.monotonic() - changed_at[server] > 0.2
                 if ready and settled and status != 200:
+                    failed_requests += 1
                     failures.append(f"{server} via {envoy.node_id}: HTTP {status}")
-            if changes % 20 == 0:
+            if changes % 20 == 0 and cp.alive():
                 rss.append(proc_rss(cp.pid))
         for table, key in junk:
             remove_junk(db_path, table, key)
         for ended in await asyncio.gather(*hostile, return_exceptions=True):
             name = ended if isinstance(ended, str) else type(ended).__name__
             hostile_ends[name] = hostile_ends.get(name, 0) + 1
+        outcomes = await attacks.finish()
+        serve_up = cp.alive()
+        if not serve_up:
+            code = cp.process.returncode if cp.process is not None else None
+            last = cp.log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            failures.append(f"serve exited (code {code}) during the soak; its last line: {last}")
         # At the end: every proxy converged on exactly what the registry says.
-        wait_until(
-            lambda: all(
-                t.state == "SYNCED"
-                for p in call(cp.admin, "ListProxies", admin_pb2.ListProxiesRequest()).proxies
-                for t in p.types
-            ),
-            timeout=30,
-            what="every proxy SYNCED",
-        )
+        try:
+            wait_until(
+                lambda: all(
+                    t.state == "SYNCED"
+                    for p in call(cp.admin, "ListProxies", admin_pb2.ListProxiesRequest()).proxies
+                    for t in p.types
+                ),
+                timeout=30,
+                what="every proxy SYNCED",
+            )
+        except Exception as exc:  # noqa: BLE001 - reported as a failure, the checks go on
+            failures.append(f"proxies not SYNCED at the end: {type(exc).__name__}: {exc}")
         truth = registry.read_state()
         for server in SERVERS:
             expected = sorted(r.port for r in truth.replicas_by_server.get(server, ()))
@@ -250,6 +513,8 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
                 )
                 if have != sorted(set(expected)):
                     failures.append(f"{envoy.node_id} {server}: has {have}, registry {expected}")
+        if serve_up:
+            rss.append(proc_rss(cp.pid))
         growth = (rss[-1] - rss[0]) / max(1, rss[0])
         if growth > 0.5:
             failures.append(f"control-plane memory grew {growth:.0%} over the run")
@@ -260,6 +525,9 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
             "streams": streams,
             "rss_mb": [round(r / 2**20, 1) for r in rss[::5]],
             "hostile_streams": hostile_ends,
+            "hostile_attacks": outcomes,
+            "failed_requests": failed_requests,
+            "serve_up": serve_up,
             "failures": failures,
         }
     finally:
@@ -271,7 +539,7 @@ async def soak(*, seconds: float, streams: int, workdir: Path) -> dict[str, Any]
             envoy.stop()
         cp.stop()
         registry.close()
-        for echo in pool:
+        for echo in [*pool, victim]:
             echo.stop()
 
 
@@ -284,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="routeplane-soak-") as tmp:
         result = asyncio.run(soak(seconds=args.seconds, streams=args.streams, workdir=Path(tmp)))
     print(json.dumps(result, indent=2))
+    print(
+        f"soak: {result['requests']} requests, {result['failed_requests']} failed (goal 0); "
+        f"serve {'stayed up' if result['serve_up'] else 'went DOWN'}; "
+        f"{len(result['failures'])} violations"
+    )
     return 1 if result["failures"] else 0
 
 

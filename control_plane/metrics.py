@@ -37,6 +37,9 @@ WATCH_LAG = Histogram(
 )
 PROBLEMS = Gauge("routeplane_registry_problems", "Registry rows left out of routing")
 DEGRADED = Gauge("routeplane_registry_degraded", "1 while the registry cannot be read")
+WATCH_POLLS = Counter(
+    "routeplane_registry_watch_polls", "Times the registry watch looked at the store for a change"
+)
 GROUPS_DROPPED = Counter(
     "routeplane_node_groups_dropped", "Node groups forgotten after no stream watched them"
 )

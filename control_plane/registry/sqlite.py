@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from control_plane import metrics
 from control_plane.registry import migrations, rows, validate
 from control_plane.registry.errors import (
     NotFoundError,
@@ -489,6 +490,7 @@ class SqliteRegistry:
             checked = time.monotonic()
             while True:
                 hinted = await wake.wait()
+                metrics.WATCH_POLLS.inc()
                 version = _data_version(probe)
                 wake.probed(hinted=hinted)
                 now = time.monotonic()

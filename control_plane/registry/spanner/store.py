@@ -25,6 +25,7 @@ from typing import Any
 
 from google.cloud import spanner
 
+from control_plane import metrics
 from control_plane.registry import validate
 from control_plane.registry.errors import NotFoundError
 from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
@@ -367,6 +368,7 @@ class SpannerRegistry:
         yield state
         while True:
             await asyncio.sleep(poll_interval)
+            metrics.WATCH_POLLS.inc()
             changed = await asyncio.to_thread(self._conn.call, "watch", follower.tick)
             if changed is not None:
                 yield changed

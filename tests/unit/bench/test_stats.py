@@ -1,0 +1,67 @@
+"""The benchmarks' summaries: a p99 only from enough samples, CPU at nanosecond resolution."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from bench.cpu import cpu_ns
+from bench.stats import MIN_FOR_P99, summarize, tail, tail_name, tails_name
+
+
+@pytest.mark.parametrize(
+    ("n", "has_p99"),
+    [(3, False), (20, False), (50, False), (MIN_FOR_P99 - 1, False), (MIN_FOR_P99, True)],
+    ids=["3", "20", "50", "199", "200"],
+)
+def test_a_p99_needs_200_samples(n: int, has_p99: bool) -> None:
+    samples = [float(i) for i in range(n)]
+    summary = summarize(samples)
+    assert summary["n"] == n
+    assert (summary["p99"] is not None) is has_p99
+    assert summary["max"] == n - 1
+
+
+def test_without_a_p99_the_tail_is_the_max_and_says_so() -> None:
+    few = summarize([1.0, 2.0, 50.0], suffix="_ms")
+    assert few["p99_ms"] is None
+    assert tail(few) == 50.0
+    assert tail_name(3) == "max of 3"
+    many = summarize([float(i) for i in range(1000)], suffix="_ms")
+    assert tail(many) == many["p99_ms"] == 989.0
+    assert tail_name(1000) == "p99"
+
+
+def test_one_column_name_for_rows_of_different_counts() -> None:
+    assert tails_name([summarize([1.0] * 20), summarize([1.0] * 20)]) == "max of 20"
+    assert tails_name([summarize([1.0] * 200), summarize([1.0] * 300)]) == "p99"
+    assert "max" in tails_name([summarize([1.0] * 20), summarize([1.0] * 300)])
+
+
+def test_cpu_is_counted_in_nanoseconds_not_ticks() -> None:
+    """Spin ~3 ms of CPU: /proc/PID/stat would count 0 or 10 ms (a whole tick)."""
+    before = cpu_ns(os.getpid())
+    spin_until = time.thread_time() + 0.003
+    while time.thread_time() < spin_until:
+        pass
+    spent = cpu_ns(os.getpid()) - before
+    assert 2_000_000 <= spent < 200_000_000
+    assert spent % 10_000_000 != 0
+
+
+def test_cpu_of_a_thread_that_ended_is_kept() -> None:
+    """A thread that spins ~50 ms and ends: its schedstat is gone, its time is not."""
+
+    def spin() -> None:
+        until = time.thread_time() + 0.05
+        while time.thread_time() < until:
+            pass
+
+    before = cpu_ns(os.getpid())
+    worker = threading.Thread(target=spin)
+    worker.start()
+    worker.join()
+    assert cpu_ns(os.getpid()) - before >= 30_000_000
