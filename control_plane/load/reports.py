@@ -59,13 +59,16 @@ PER_PROXY = Bound(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Catalog:
     """What routeplane serves, as reports name it: cluster name -> server, the server's
-    regions, endpoint (ip, port) -> (replica id, region) per cluster, and the cluster names
-    of servers with no ready replica (where a drop is a cold start)."""
+    regions, endpoint (ip, port) -> (replica id, region) per cluster, the cluster names of
+    servers with no ready replica (where a drop is a cold start)."""
 
     servers: Mapping[str, str]
     regions: Mapping[str, frozenset[str]]
     endpoints: Mapping[str, Mapping[tuple[str, int], tuple[str, str]]]
     idle: frozenset[str] = frozenset()
+    # Clusters of routeplane's own bootstrap (the xDS cluster): reported, never load, never
+    # counted as ignored.
+    own: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -139,7 +142,8 @@ class Draft:
             name = stats.cluster_service_name or stats.cluster_name  # type: ignore[attr-defined]
             server = servers.get(name)
             if server is None:
-                ignored.clusters += 1
+                if name not in catalog.own:
+                    ignored.clusters += 1
                 continue
             interval = _seconds(stats.load_report_interval)  # type: ignore[attr-defined]
             if 0 < interval <= MAX_INTERVAL:

@@ -88,7 +88,13 @@ def catalog_of(table: RoutingTable) -> Catalog:
         endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in server.endpoints}
         if all(e.draining for e in server.endpoints):
             idle.add(name)
-    return Catalog(servers=servers, regions=regions, endpoints=endpoints, idle=frozenset(idle))
+    return Catalog(
+        servers=servers,
+        regions=regions,
+        endpoints=endpoints,
+        idle=frozenset(idle),
+        own=frozenset({names.XDS_CLUSTER}),
+    )
 
 
 class LoadService:
@@ -118,7 +124,9 @@ class LoadService:
         self._table = table
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
-        self._catalog = Catalog(servers={}, regions={}, endpoints={})
+        self._catalog = Catalog(
+            servers={}, regions={}, endpoints={}, own=frozenset({names.XDS_CLUSTER})
+        )
         # The table and cold-start count the last tick computed quiet rows for (no load, no
         # autoscaling), if any.
         # (The table is compared by identity: a new table is a new routing state.)
