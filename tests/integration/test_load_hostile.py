@@ -8,6 +8,7 @@ hides the Envoy's own.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +21,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.load.reports import PER_SERVER
 from control_plane.load.server import MAX_CLUSTER_STATS
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, http_get
+from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 
 pytestmark = pytest.mark.envoy
 INTERVAL = 0.5
@@ -358,3 +360,98 @@ def test_new_load_report_streams_share_the_xds_admission(tmp_path: Path) -> None
         for reporter in reporters:
             reporter.stop()
         cp.stop()
+
+
+def test_under_mtls_a_certificate_of_one_fleet_cannot_report_for_another_fleets_node(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    certs = tmp_path / "certs"
+    dev_certs(certs, clusters=["edge", "apps"])
+    tls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server-key.pem")]
+    cp = ControlPlane.create(
+        tmp_path,
+        extra=[
+            *tls,
+            "--client-ca",
+            str(certs / "ca.pem"),
+            "--load-report-interval",
+            str(INTERVAL),
+            "--workers",
+            "1",
+        ],
+    )
+    cp.start()
+    envoy = Envoy.create(tmp_path, node_id="tls-edge", region="us-west", xds=[cp.xds])
+    # The Envoy of fleet edge connects with edge's certificate.
+    envoy.argv[envoy.argv.index("-c") + 1] = str(tmp_path / "tls-edge-mtls.yaml")
+    threads: list[threading.Thread] = []
+    impostors: list[Reporter] = []
+    try:
+        cp.wait_ready()
+        registry = open_registry(cp.registry)
+        registry.put_server(name="echo", hostnames=["echo.local"], protocol="http")
+        registry.register_replica(
+            server="echo", address=echo_factory("a").address, region="us-west"
+        )
+        registry.close()
+        bootstrap = subprocess.run(
+            [
+                ROUTEPLANE,
+                "bootstrap",
+                "--node-id",
+                "tls-edge",
+                "--cluster",
+                "edge",
+                "--region",
+                "us-west",
+                "--xds",
+                cp.xds,
+                "--listen",
+                envoy.listen,
+                "--admin",
+                envoy.admin,
+                "--tls-cert",
+                str(certs / "client-edge.pem"),
+                "--tls-key",
+                str(certs / "client-edge-key.pem"),
+                "--ca",
+                str(certs / "ca.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (tmp_path / "tls-edge-mtls.yaml").write_text(bootstrap)
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local")[0] == 200, what="routing over mTLS")
+        threads = hold(envoy, 4)
+        wait_until(lambda: echo_load(scrape(cp.admin))[0] == 4, timeout=15, what="4 in flight")
+        ca = (certs / "ca.pem").read_bytes()
+        apps = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(certs / "client-apps-key.pem").read_bytes(),
+            certificate_chain=(certs / "client-apps.pem").read_bytes(),
+        )
+        # The apps certificate, as the edge Envoy's node: as fleet apps (its own), then as edge.
+        for cluster, refusal in [
+            ("apps", "'tls-edge' is connected over xDS as node cluster(s) ['edge'], not 'apps'"),
+            ("edge", "allows node cluster(s) ['apps'], not 'edge'"),
+        ]:
+            impostor = Reporter(
+                cp.xds, report("tls-edge", cluster=cluster, issued=1000), credentials=apps
+            )
+            impostors.append(impostor.start())
+            assert impostor.ended.wait(15)
+            assert impostor.error is not None, f"a stream as {cluster} was let in"
+            assert impostor.error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert refusal in (impostor.error.details() or "")
+        assert echo_load(scrape(cp.admin))[0] == 4
+        assert counter(cp.admin, "routeplane_load_reports_rejected_total", reason="identity") == 2
+    finally:
+        for impostor in impostors:
+            impostor.stop()
+        envoy.stop()
+        cp.stop()
+        for thread in threads:
+            thread.join(timeout=30)
