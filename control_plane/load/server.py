@@ -375,14 +375,14 @@ class LoadService:
             self._refuse(context, "identity", grpc.StatusCode.PERMISSION_DENIED, denied)
             return
         stream = next(self._streams)
-        response = lrs_pb2.LoadStatsResponse(
-            send_all_clusters=True, report_endpoint_granularity=True
-        )
-        response.load_reporting_interval.FromNanoseconds(int(self.interval * 1e9))
-        yield response
-        log.info("load_reporter_connected", node_id=node_id, interval=self.interval)
-        self._live.add(stream)
+        self._live.add(stream)  # counted from here: the streams cap has no window to slip by
         try:
+            response = lrs_pb2.LoadStatsResponse(
+                send_all_clusters=True, report_endpoint_granularity=True
+            )
+            response.load_reporting_interval.FromNanoseconds(int(self.interval * 1e9))
+            yield response
+            log.info("load_reporter_connected", node_id=node_id, interval=self.interval)
             # The first report is taken as every other: every bound applies to it.
             refusal = await self._report(node_id, first, stream)
             if refusal is None:

@@ -12,6 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from prometheus_client import REGISTRY
 
+from control_plane.load import server as server_module
 from control_plane.load.server import MAX_CLUSTER_STATS, LoadService
 from tests.helpers import async_wait_until, endpoint, server, table
 
@@ -120,3 +121,27 @@ async def test_a_report_of_too_many_clusters_ends_the_stream_and_counts_nothing(
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(MAX_CLUSTER_STATS) in (info.value.details() or "")
     await async_wait_until(lambda: service.book.proxies == 0)
+
+
+async def test_streams_past_the_cap_are_refused_and_an_ended_one_frees_its_place(
+    lrs: tuple[LoadService, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "MAX_LOAD_STREAMS", 2)
+    service, stub = lrs
+    calls = [stub.StreamLoadStats() for _ in range(2)]
+    for i, call in enumerate(calls):
+        await call.write(report(f"edge-{i}"))
+        await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    extra = stub.StreamLoadStats()
+    await extra.write(report("edge-9"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(extra.read(), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 load-report streams" in (info.value.details() or "")
+    calls[0].cancel()
+    await async_wait_until(lambda: service.book.proxies == 1)
+    again = stub.StreamLoadStats()
+    await again.write(report("edge-9"))
+    assert (await asyncio.wait_for(again.read(), timeout=TIMEOUT)).send_all_clusters
+    again.cancel()
+    calls[1].cancel()
