@@ -45,6 +45,7 @@ MAX_LOAD_STREAMS = 20_000  # load-report streams at once, per process
 # report is dropped unparsed, unless its stream's report in force would otherwise go stale.
 LOOP_SHARE = 0.5
 REPORT_SLICE = 500  # cluster stats read between two turns of the loop
+DUE_BYTES = 256 * 1024  # a report this small is taken past the budget when its stream's is due
 COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
 # A held name asked for before this process saw its server go cold (the route came from another
 # worker or replica, whose watch was ahead): counted when it does, if within this long.
@@ -119,6 +120,7 @@ class LoadService:
         self._node_fleets = NodeFleets(xds_nodes)
         self._live: set[int] = set()
         self._budget = LoopBudget(LOOP_SHARE)
+        self._taking = asyncio.Lock()  # one report taken at a time
         self._logged: dict[tuple[str, str], float] = {}
         self.book = LoadBook()
         self._table = table
@@ -447,13 +449,23 @@ class LoadService:
         if last is not None and now - last < self.interval / 2:
             metrics.LOAD_REPORTS_REJECTED.labels("rate").inc()  # far more often than asked
             return None
-        # Over budget, a report is dropped, unless its stream's report in force would go stale
-        # (a flood of reports never makes a quiet honest proxy stop counting).
-        due = last is None or now - last >= 2 * self.interval
-        if not due and not self._budget.take(0.0):
+        # One report is taken at a time, so one parsed report at most is in memory. Past the
+        # loop budget, or while another is being taken, a report is dropped unparsed, unless it
+        # is small and its stream's report in force would otherwise go stale: a flood never
+        # makes a quiet honest proxy stop counting, and what passes that way is small.
+        size = len(message) if isinstance(message, bytes) else message.ByteSize()
+        due = size <= DUE_BYTES and (last is None or now - last >= 2 * self.interval)
+        if not due and (self._taking.locked() or not self._budget.take(0.0)):
             metrics.LOAD_REPORTS_REJECTED.labels("busy").inc()
             self._log_once("load_report_dropped", "busy", node_id=shorten(node_id))
             return None
+        async with self._taking:
+            return await self._read(node_id, message, stream)
+
+    async def _read(
+        self, node_id: str, message: Any, stream: int
+    ) -> tuple[str, grpc.StatusCode, str] | None:
+        """Parse (if need be), check and take one report, in slices."""
         started = time.perf_counter()
         if isinstance(message, bytes):
             parsed = _parse(message)
