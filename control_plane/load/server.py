@@ -3,10 +3,14 @@ port, and the load view built from it.
 
 Each proxy opens one stream; routeplane answers its first request by asking for every cluster
 (``send_all_clusters``) at ``--load-report-interval``, per endpoint, and takes each report into
-the :class:`~control_plane.load.reports.LoadBook`. Under mTLS the same node authorization as
-xDS applies. A malformed request ends that stream with INVALID_ARGUMENT; a proxy reporting far
-more often than asked has the extra reports dropped. Reports never block xDS pushes: taking one
-costs a walk over its counters on the event loop.
+the :class:`~control_plane.load.reports.LoadBook`, as that stream's report. A stream is let in
+by the xDS streams' admission, up to ``MAX_LOAD_STREAMS``; under mTLS the same node
+authorization as xDS applies, and a node id this process serves over xDS reports only as that
+node's cluster. A malformed request ends that stream with INVALID_ARGUMENT, a report past the
+cluster bound (the first one too) with RESOURCE_EXHAUSTED. Reports arrive as bytes and are
+parsed only when taken: one at a time, at most one per half interval per stream, within
+``LOOP_SHARE`` of the event loop, in slices of ``REPORT_SLICE`` clusters, so a flood of big
+reports never freezes the loop or xDS pushes.
 """
 
 from __future__ import annotations
