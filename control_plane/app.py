@@ -271,6 +271,8 @@ async def serve(config: ServeConfig) -> None:
             table=lambda: reconciler.table,
             interval=config.load_report_interval,
             require_identity=bool(config.tls_cert),
+            admit=xds.admit,
+            xds_nodes=lambda: ((p.node_id, p.group.cluster) for p in list(xds.proxies.values())),
         )
         xds.add_subscribe_listener(
             lambda _proxy, type_url, names: load.note_subscribed(type_url, names)

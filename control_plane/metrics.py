@@ -47,6 +47,12 @@ LOAD_REPORTS = Counter("routeplane_load_reports", "Load reports taken (LRS)")
 LOAD_REPORTS_REJECTED = Counter(
     "routeplane_load_reports_rejected", "Load reports or streams refused", ["reason"]
 )
+LOAD_REPORT_ITEMS_IGNORED = Counter(
+    "routeplane_load_report_items_ignored",
+    "Load-report entries left out (clusters, localities, endpoints routeplane does not serve) "
+    "and reports scaled down to the per-proxy bound (clipped)",
+    ["reason"],
+)
 LOAD_REPORT_SECONDS = Histogram(
     "routeplane_load_report_seconds",
     "CPU-side time to take one load report",

@@ -1,62 +1,96 @@
 """Load reports -> load per server, region and replica. Pure: time is an argument, no I/O.
 
-Every proxy (by node id) has at most one report in the book: its newest, per cluster. A report's
-counters cover the interval Envoy says they do (``load_report_interval``), so rates are
-``issued / interval``; requests in flight are Envoy's gauge at report time. Summing across
-proxies gives a server's load; a proxy that goes (its stream ends, or it has not reported for
-three intervals) stops counting, and one that reconnects replaces its own entry, so it is never
-counted twice.
+Every LRS stream has at most one report in the book: its newest. A stream replaces only its own
+report, never another stream's, even one that claims the same node id: a proxy can describe
+only itself, so a forged report can add at most one proxy's bounded load and can never hide a
+real one. A report's counters cover the interval Envoy says they do (``load_report_interval``),
+so rates are ``issued / interval``; requests in flight are Envoy's gauge at report time. Summing
+across streams gives a server's load; a stream that ends, or has not reported for three
+intervals, stops counting (a proxy that reconnects is counted by its new stream once the old
+one ends or goes quiet).
 
-A report naming a cluster, a locality or an endpoint routeplane does not serve is ignored and
-counted in :class:`Ignored`; counters past what one proxy could carry in one interval are
-clipped. Nothing here raises on a report's content.
+A report is merged first (entries naming the same cluster, locality or endpoint are added up),
+then bounded: what one report can contribute per server and in total (:data:`PER_SERVER`,
+:data:`PER_PROXY`) is scaled down to the bound. A report naming a cluster, a locality or an
+endpoint routeplane does not serve is ignored; both are counted in :class:`Ignored`. Reported
+drops are cold-start demand only for a server with no ready replica. Nothing here raises on a
+report's content.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-# What one proxy can plausibly report for one locality in one interval; beyond is clipped.
-MAX_COUNT = 10_000_000
 MAX_INTERVAL = 3600.0
 STALE_INTERVALS = 3.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Bound:
+    """The most one proxy's report can contribute: requests in flight, and requests, errors
+    and drops per second."""
+
+    in_flight: float
+    requests_per_second: float
+    errors_per_second: float
+    dropped_per_second: float
+
+
+# One proxy, one server (summed over its regions, and over its replicas): Envoy's default
+# circuit breaker holds 1,024 requests per cluster; one proxy sending 100,000 requests a second
+# to one server is already far past one Envoy's few cores.
+PER_SERVER = Bound(
+    in_flight=10_000,
+    requests_per_second=100_000,
+    errors_per_second=100_000,
+    dropped_per_second=100_000,
+)
+# One proxy, all servers together.
+PER_PROXY = Bound(
+    in_flight=100_000,
+    requests_per_second=1_000_000,
+    errors_per_second=1_000_000,
+    dropped_per_second=1_000_000,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Catalog:
     """What routeplane serves, as reports name it: cluster name -> server, the server's
-    regions, and endpoint (ip, port) -> (replica id, region) per cluster."""
+    regions, endpoint (ip, port) -> (replica id, region) per cluster, the cluster names of
+    servers with no ready replica (where a drop is a cold start)."""
 
     servers: Mapping[str, str]
     regions: Mapping[str, frozenset[str]]
     endpoints: Mapping[str, Mapping[tuple[str, int], tuple[str, str]]]
-
-
-@dataclass(slots=True)
-class Counters:
-    in_flight: float = 0.0
-    issued: float = 0.0
-    successful: float = 0.0
-    errors: float = 0.0
-    dropped: float = 0.0
-    seconds: float = 0.0  # the interval the counts cover
-
-    def add(self, other: Counters) -> None:
-        self.in_flight += other.in_flight
-        self.issued += other.issued
-        self.successful += other.successful
-        self.errors += other.errors
-        self.dropped += other.dropped
+    idle: frozenset[str] = frozenset()
+    # Clusters of routeplane's own bootstrap (the xDS cluster): reported, never load, never
+    # counted as ignored.
+    own: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
 class Ignored:
+    """What reports named that routeplane does not serve (clusters, localities, endpoints),
+    and the reports scaled down to a bound (``clipped``)."""
+
     clusters: int = 0
     localities: int = 0
     endpoints: int = 0
     clipped: int = 0
+
+    def add(self, other: Ignored) -> None:
+        for name in _IGNORED_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def items(self) -> list[tuple[str, int]]:
+        """(reason, count) for every reason with a count."""
+        return [(name, getattr(self, name)) for name in _IGNORED_FIELDS if getattr(self, name)]
+
+
+_IGNORED_FIELDS = tuple(f.name for f in fields(Ignored))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,39 +105,183 @@ class Load:
 
 @dataclass(slots=True)
 class _ProxyReport:
-    stream: int
+    node_id: str
     at: float
     interval: float
-    # (server, region) -> counters; replica id -> counters
-    localities: dict[tuple[str, str], Counters] = field(default_factory=dict)
-    replicas: dict[str, Counters] = field(default_factory=dict)
-    dropped: dict[str, float] = field(default_factory=dict)  # server -> dropped / s
+    # Rates, bounded: (server, region) and replica id -> [in flight, requests/s, errors/s];
+    # server -> dropped / s.
+    localities: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    replicas: dict[str, list[float]] = field(default_factory=dict)
+    dropped: dict[str, float] = field(default_factory=dict)
 
 
-def _clip(value: int, ignored: Ignored) -> float:
-    if value > MAX_COUNT:
-        ignored.clipped += 1
-        return float(MAX_COUNT)
-    return float(value)
+class Draft:
+    """One report being read, merged before it is bounded: counters are exact integers added
+    up per (server, region), per (server, replica) and per server, whatever order and however
+    many times a report repeats an entry. ``add`` may be called with slices of a report."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.ignored = Ignored()
+        self.interval = 0.0
+        # (server, region) -> [in flight, issued, errors]; (server, replica) -> the same.
+        self.localities: dict[tuple[str, str], list[int]] = {}
+        self.replicas: dict[tuple[str, str], list[int]] = {}
+        self.dropped: dict[str, int] = {}  # server -> drops
+        self.idle_dropped: dict[str, int] = {}  # the same, for servers with no ready replica
+
+    def add(self, cluster_stats: Iterable[object]) -> None:
+        """Read ``cluster_stats`` (``ClusterStats`` messages). The hot path of load reporting:
+        idle localities and endpoints (all counters zero) are skipped before anything else is
+        read, and counters are read once each."""
+        ignored = self.ignored
+        catalog = self.catalog
+        servers, all_regions, all_endpoints = catalog.servers, catalog.regions, catalog.endpoints
+        localities, replicas = self.localities, self.replicas
+        for stats in cluster_stats:
+            name = stats.cluster_service_name or stats.cluster_name  # type: ignore[attr-defined]
+            server = servers.get(name)
+            if server is None:
+                if name not in catalog.own:
+                    ignored.clusters += 1
+                continue
+            interval = _seconds(stats.load_report_interval)  # type: ignore[attr-defined]
+            if 0 < interval <= MAX_INTERVAL:
+                self.interval = interval
+            dropped = stats.total_dropped_requests  # type: ignore[attr-defined]
+            if dropped:
+                self.dropped[server] = self.dropped.get(server, 0) + dropped
+                if name in catalog.idle:
+                    self.idle_dropped[server] = self.idle_dropped.get(server, 0) + dropped
+            regions = all_regions.get(name, _NO_REGIONS)
+            endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
+            for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
+                in_flight = locality.total_requests_in_progress
+                issued = locality.total_issued_requests
+                errors = locality.total_error_requests
+                if not (in_flight or issued or errors):
+                    continue  # idle: nothing to add
+                region = locality.locality.region
+                if region not in regions:
+                    ignored.localities += 1
+                    continue
+                counts = localities.get((server, region))
+                if counts is None:
+                    localities[(server, region)] = [in_flight, issued, errors]
+                else:
+                    counts[0] += in_flight
+                    counts[1] += issued
+                    counts[2] += errors
+                for point in locality.upstream_endpoint_stats:
+                    point_in_flight = point.total_requests_in_progress
+                    point_issued = point.total_issued_requests
+                    if not (point_in_flight or point_issued):
+                        continue
+                    socket = point.address.socket_address
+                    replica = endpoints.get((socket.address, socket.port_value))
+                    if replica is None:
+                        ignored.endpoints += 1
+                        continue
+                    key = (server, replica[0])
+                    counts = replicas.get(key)
+                    point_errors = point.total_error_requests
+                    if counts is None:
+                        replicas[key] = [point_in_flight, point_issued, point_errors]
+                    else:
+                        counts[0] += point_in_flight
+                        counts[1] += point_issued
+                        counts[2] += point_errors
 
 
 _NO_REGIONS: frozenset[str] = frozenset()
 _NO_ENDPOINTS: Mapping[tuple[str, int], tuple[str, str]] = {}
 
 
+def _bounded(
+    draft: Draft, *, node_id: str, now: float, asked_interval: float
+) -> tuple[_ProxyReport, dict[str, float]]:
+    """The draft as rates within :data:`PER_SERVER` and :data:`PER_PROXY`, and the cold starts
+    it tells of (drops, bounded alike, for servers with no ready replica)."""
+    # Rates are over the interval Envoy says the counts cover, within a quarter and four times
+    # what was asked: a claimed interval far shorter would inflate every rate.
+    interval = min(max(draft.interval or asked_interval, asked_interval / 4), 4 * asked_interval)
+    interval = max(interval, 1e-3)
+    report = _ProxyReport(node_id=node_id, at=now, interval=interval)
+    clipped = False
+    per_second = 1.0 / interval
+    # Rates per server, each within PER_SERVER (scaled: the regions keep their proportions).
+    by_server: dict[str, list[list[float]]] = {}
+    for (server, region), counts in draft.localities.items():
+        rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
+        report.localities[(server, region)] = rates
+        by_server.setdefault(server, []).append(rates)
+    replicas_by_server: dict[str, list[list[float]]] = {}
+    for (server, replica), counts in draft.replicas.items():
+        rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
+        report.replicas[replica] = rates
+        replicas_by_server.setdefault(server, []).append(rates)
+    limits = (PER_SERVER.in_flight, PER_SERVER.requests_per_second, PER_SERVER.errors_per_second)
+    for groups in (by_server, replicas_by_server):
+        for rows in groups.values():
+            clipped |= _scale(rows, limits)
+    clipped |= _scale(
+        list(report.localities.values()),
+        (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
+    )
+    clipped |= _scale(
+        list(report.replicas.values()),
+        (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
+    )
+    total_dropped = 0.0
+    for server, count in draft.dropped.items():
+        rate = count * per_second
+        if rate > PER_SERVER.dropped_per_second:
+            rate, clipped = PER_SERVER.dropped_per_second, True
+        report.dropped[server] = rate
+        total_dropped += rate
+    if total_dropped > PER_PROXY.dropped_per_second:
+        factor = PER_PROXY.dropped_per_second / total_dropped
+        clipped = True
+        for server in report.dropped:
+            report.dropped[server] *= factor
+    cold: dict[str, float] = {}
+    for server in draft.idle_dropped:
+        # The share of the server's (bounded) drops that met no ready replica.
+        share = draft.idle_dropped[server] / draft.dropped[server]
+        cold[server] = report.dropped[server] * share * interval
+    if clipped:
+        draft.ignored.clipped += 1
+    return report, cold
+
+
+def _scale(rows: list[list[float]], limits: tuple[float, ...]) -> bool:
+    """Scale column ``i`` of ``rows`` down so that it sums to at most ``limits[i]``; True if
+    any column was."""
+    scaled = False
+    for column, limit in enumerate(limits):
+        total = sum(row[column] for row in rows)
+        if total > limit:
+            factor = limit / total
+            for row in rows:
+                row[column] *= factor
+            scaled = True
+    return scaled
+
+
 class LoadBook:
-    """The newest report of every proxy. Not thread-safe."""
+    """The newest report of every stream. Not thread-safe."""
 
     def __init__(self) -> None:
-        self._proxies: dict[str, _ProxyReport] = {}
+        self._streams: dict[int, _ProxyReport] = {}
         self.ignored = Ignored()
-        # Running sums of every proxy's report: (server, region) and replica -> [in flight,
+        # Running sums of every stream's report: (server, region) and replica -> [in flight,
         # requests/s, errors/s, dropped/s].
         self._totals: dict[tuple[str, str], list[float]] = {}
         self._replica_totals: dict[str, list[float]] = {}
         # Per server: requests that met no replica since the book began (cold starts), and
-        # when the last one was seen. Reported drops are all cold starts (routeplane drops
-        # only there); held requests are told by the control plane (``note_cold_start``).
+        # when the last one was seen. Reported drops of a server with no ready replica are
+        # cold starts (routeplane drops only there); held requests are told by the control
+        # plane (``note_cold_start``).
         self.cold_starts: dict[str, int] = {}
         self.cold_start_events = 0  # moves with every cold start noted
         self.last_cold_start: dict[str, float] = {}
@@ -117,64 +295,31 @@ class LoadBook:
         now: float,
         asked_interval: float,
         catalog: Catalog,
-    ) -> None:
-        """Take one LoadStatsRequest's ``cluster_stats`` from ``node_id`` (on ``stream``).
+    ) -> Ignored:
+        """Take one LoadStatsRequest's ``cluster_stats`` from ``stream`` (which said it is
+        ``node_id``); returns what this report had ignored or clipped."""
+        draft = Draft(catalog)
+        draft.add(cluster_stats)
+        return self.commit(
+            draft, node_id=node_id, stream=stream, now=now, asked_interval=asked_interval
+        )
 
-        The hot path of load reporting: idle localities and endpoints (all counters zero) are
-        skipped before anything else is read, and counters are read once each."""
-        report = _ProxyReport(stream=stream, at=now, interval=asked_interval)
-        ignored = self.ignored
-        servers, all_regions, all_endpoints = catalog.servers, catalog.regions, catalog.endpoints
-        localities, replicas = report.localities, report.replicas
-        for stats in cluster_stats:
-            name = stats.cluster_service_name or stats.cluster_name  # type: ignore[attr-defined]
-            server = servers.get(name)
-            if server is None:
-                ignored.clusters += 1
-                continue
-            interval = _seconds(stats.load_report_interval)  # type: ignore[attr-defined]
-            if 0 < interval <= MAX_INTERVAL:
-                report.interval = interval
-            dropped = stats.total_dropped_requests  # type: ignore[attr-defined]
-            if dropped:
-                clipped = _clip(dropped, ignored)
-                report.dropped[server] = report.dropped.get(server, 0.0) + clipped
-                self.note_cold_start(server, now=now, count=int(clipped))
-            regions = all_regions.get(name, _NO_REGIONS)
-            endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
-            for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
-                in_flight = locality.total_requests_in_progress
-                issued = locality.total_issued_requests
-                errors = locality.total_error_requests
-                if not (in_flight or issued or errors):
-                    continue  # idle: nothing to add
-                region = locality.locality.region
-                if region not in regions:
-                    ignored.localities += 1
-                    continue
-                counters = localities.get((server, region))
-                if counters is None:
-                    counters = localities[(server, region)] = Counters()
-                counters.in_flight += _clip(in_flight, ignored)
-                counters.issued += _clip(issued, ignored)
-                counters.errors += _clip(errors, ignored)
-                for point in locality.upstream_endpoint_stats:
-                    point_in_flight = point.total_requests_in_progress
-                    point_issued = point.total_issued_requests
-                    if not (point_in_flight or point_issued):
-                        continue
-                    socket = point.address.socket_address
-                    replica = endpoints.get((socket.address, socket.port_value))
-                    if replica is None:
-                        ignored.endpoints += 1
-                        continue
-                    counted = replicas.get(replica[0])
-                    if counted is None:
-                        counted = replicas[replica[0]] = Counters()
-                    counted.in_flight += _clip(point_in_flight, ignored)
-                    counted.issued += _clip(point_issued, ignored)
-                    counted.errors += _clip(point.total_error_requests, ignored)
-        self._replace(node_id, report)
+    def commit(
+        self, draft: Draft, *, node_id: str, stream: int, now: float, asked_interval: float
+    ) -> Ignored:
+        """Bound ``draft`` and make it ``stream``'s report in force; returns what it had
+        ignored or clipped."""
+        report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
+        for server, count in cold.items():
+            if count >= 1:
+                self.note_cold_start(server, now=now, count=int(count))
+        previous = self._streams.get(stream)
+        if previous is not None:
+            self._apply(previous, sign=-1.0)
+        self._streams[stream] = report
+        self._apply(report, sign=1.0)
+        self.ignored.add(draft.ignored)
+        return draft.ignored
 
     def note_cold_start(self, server: str, *, now: float, count: int = 1) -> None:
         """``count`` requests for ``server`` met no replica."""
@@ -182,77 +327,72 @@ class LoadBook:
         self.last_cold_start[server] = now
         self.cold_start_events += 1
 
-    def last_report(self, node_id: str) -> float | None:
-        report = self._proxies.get(node_id)
+    def last_report(self, stream: int) -> float | None:
+        report = self._streams.get(stream)
         return report.at if report is not None else None
 
-    def forget(self, node_id: str, *, stream: int) -> None:
-        """The proxy's stream ``stream`` ended: its report stops counting (unless a newer
-        stream of the same node already replaced it)."""
-        report = self._proxies.get(node_id)
-        if report is not None and report.stream == stream:
-            self._apply(self._proxies.pop(node_id), sign=-1.0)
+    def forget(self, stream: int) -> None:
+        """``stream`` ended: its report stops counting."""
+        report = self._streams.pop(stream, None)
+        if report is not None:
+            self._apply(report, sign=-1.0)
 
     def expire(self, now: float) -> list[str]:
-        """Forget proxies silent for three of their intervals; returns their node ids."""
+        """Forget streams silent for three of their intervals; returns their node ids."""
         gone = [
-            node
-            for node, report in self._proxies.items()
+            stream
+            for stream, report in self._streams.items()
             if now - report.at > STALE_INTERVALS * report.interval
         ]
-        for node in gone:
-            self._apply(self._proxies.pop(node), sign=-1.0)
-        return gone
+        nodes = []
+        for stream in gone:
+            report = self._streams.pop(stream)
+            self._apply(report, sign=-1.0)
+            nodes.append(report.node_id)
+        return nodes
 
     @property
     def proxies(self) -> int:
-        return len(self._proxies)
+        """Streams whose report counts now."""
+        return len(self._streams)
 
     def loads(self) -> tuple[dict[tuple[str, str], Load], dict[str, Load]]:
         """Per (server, region), with (server, "*") the server's total; and per replica id.
         Kept up to date report by report, so this costs the number of keys, not of proxies."""
         return (
-            {key: _load(*rates) for key, rates in self._totals.items() if any(rates)},
-            {key: _load(*rates) for key, rates in self._replica_totals.items() if any(rates)},
+            {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)},
+            {key: _load(*rates) for key, rates in self._replica_totals.items() if _some(rates)},
         )
-
-    def _replace(self, node_id: str, report: _ProxyReport) -> None:
-        previous = self._proxies.get(node_id)
-        if previous is not None:
-            self._apply(previous, sign=-1.0)
-        self._proxies[node_id] = report
-        self._apply(report, sign=1.0)
 
     def _apply(self, report: _ProxyReport, *, sign: float) -> None:
         """Add (``sign`` 1) or take away (-1) one report's rates from the running totals."""
-        per_second = sign / max(report.interval, 1e-3)
         totals = self._totals
-        for (server, region), counters in report.localities.items():
+        for (server, region), values in report.localities.items():
             for key in ((server, region), (server, "*")):
                 rates = totals.get(key)
                 if rates is None:
                     rates = totals[key] = [0.0, 0.0, 0.0, 0.0]
-                rates[0] += sign * counters.in_flight
-                rates[1] += per_second * counters.issued
-                rates[2] += per_second * counters.errors
+                rates[0] += sign * values[0]
+                rates[1] += sign * values[1]
+                rates[2] += sign * values[2]
         for server, dropped in report.dropped.items():
             rates = totals.get((server, "*"))
             if rates is None:
                 rates = totals[(server, "*")] = [0.0, 0.0, 0.0, 0.0]
-            rates[3] += per_second * dropped
+            rates[3] += sign * dropped
         replica_totals = self._replica_totals
-        for replica, counters in report.replicas.items():
+        for replica, values in report.replicas.items():
             rates = replica_totals.get(replica)
             if rates is None:
                 rates = replica_totals[replica] = [0.0, 0.0, 0.0, 0.0]
-            rates[0] += sign * counters.in_flight
-            rates[1] += per_second * counters.issued
-            rates[2] += per_second * counters.errors
+            rates[0] += sign * values[0]
+            rates[1] += sign * values[1]
+            rates[2] += sign * values[2]
         if sign < 0:  # keep the totals small and exact at zero
             for table in (totals, replica_totals):
                 for key in set(_keys(report, table is totals)):
                     rates = table.get(key)
-                    if rates is not None and all(abs(v) < 1e-9 for v in rates):
+                    if rates is not None and all(abs(v) < 1e-6 for v in rates):
                         del table[key]
 
 
@@ -265,12 +405,18 @@ def _keys(report: _ProxyReport, totals: bool) -> list[Any]:
     return keys
 
 
+def _some(rates: list[float]) -> bool:
+    return any(abs(v) >= 1e-6 for v in rates)
+
+
 def _load(in_flight: float, issued: float, errors: float, dropped: float) -> Load:
+    # Rounded: scaled reports added to and taken from the running sums leave float dust
+    # (4 requests in flight must read 4, not 4.000000000001).
     return Load(
-        in_flight=max(0.0, in_flight),
-        requests_per_second=max(0.0, issued),
-        errors_per_second=max(0.0, errors),
-        dropped_per_second=max(0.0, dropped),
+        in_flight=max(0.0, round(in_flight, 6)),
+        requests_per_second=max(0.0, round(issued, 6)),
+        errors_per_second=max(0.0, round(errors, 6)),
+        dropped_per_second=max(0.0, round(dropped, 6)),
     )
 
 

@@ -162,6 +162,11 @@ class XdsServer:
         the stream's name limit); e.g. an on-demand cluster asked for by a held request."""
         self._subscribe_listeners.append(listener)
 
+    def admit(self) -> bool:
+        """Let one new stream in, by the same admission as xDS streams (load-report streams
+        share it); False: refuse it, the client retries with backoff."""
+        return self._admission.take()
+
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = []
         for service, methods in _SERVICES.items():

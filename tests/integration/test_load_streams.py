@@ -12,16 +12,18 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from prometheus_client import REGISTRY
 
+from control_plane.load import server as server_module
 from control_plane.load.server import MAX_CLUSTER_STATS, LoadService
 from tests.helpers import async_wait_until, endpoint, server, table
 
 TIMEOUT = 5
 TABLE = table(server("echo", endpoint("r1", 8081)))
+NOW = [1000.0]  # the service's clock: moved by hand, so a report's rate gate is known
 
 
 @pytest.fixture
 async def lrs() -> AsyncIterator[tuple[LoadService, lrs_pb2_grpc.LoadReportingServiceStub]]:
-    service = LoadService(table=lambda: TABLE, interval=1.0)
+    service = LoadService(table=lambda: TABLE, interval=1.0, clock=lambda: NOW[0])
     grpc_server = grpc.aio.server()
     grpc_server.add_generic_rpc_handlers([service.generic_handler()])
     port = grpc_server.add_insecure_port("127.0.0.1:0")
@@ -100,14 +102,46 @@ async def test_reports_far_more_often_than_asked_are_dropped(
     call.cancel()
 
 
-async def test_a_report_of_too_many_clusters_ends_the_stream(
-    lrs: tuple[LoadService, Any],
+@pytest.mark.parametrize("first", [True, False], ids=["the first report", "a later report"])
+async def test_a_report_of_too_many_clusters_ends_the_stream_and_counts_nothing(
+    lrs: tuple[LoadService, Any], first: bool
 ) -> None:
-    _, stub = lrs
+    service, stub = lrs
     call = stub.StreamLoadStats()
-    await call.write(report("edge-1"))
-    await asyncio.wait_for(call.read(), timeout=TIMEOUT)
-    await call.write(report(clusters=MAX_CLUSTER_STATS + 1))
+    if not first:
+        await call.write(report("edge-1"))
+        await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+        await async_wait_until(lambda: service.book.proxies == 1)
+        NOW[0] += 1.0  # one interval later: not dropped for its rate
+    await call.write(report("edge-1", in_flight=7, clusters=MAX_CLUSTER_STATS + 1))
+    if first:
+        await asyncio.wait_for(call.read(), timeout=TIMEOUT)  # the answer comes first
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await asyncio.wait_for(call.read(), timeout=TIMEOUT)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(MAX_CLUSTER_STATS) in (info.value.details() or "")
+    await async_wait_until(lambda: service.book.proxies == 0)
+
+
+async def test_streams_past_the_cap_are_refused_and_an_ended_one_frees_its_place(
+    lrs: tuple[LoadService, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "MAX_LOAD_STREAMS", 2)
+    service, stub = lrs
+    calls = [stub.StreamLoadStats() for _ in range(2)]
+    for i, call in enumerate(calls):
+        await call.write(report(f"edge-{i}"))
+        await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    extra = stub.StreamLoadStats()
+    await extra.write(report("edge-9"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(extra.read(), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 load-report streams" in (info.value.details() or "")
+    calls[0].cancel()
+    await async_wait_until(lambda: service.book.proxies == 1)
+    again = stub.StreamLoadStats()
+    await again.write(report("edge-9"))
+    assert (await asyncio.wait_for(again.read(), timeout=TIMEOUT)).send_all_clusters
+    again.cancel()
+    calls[1].cancel()
