@@ -92,9 +92,8 @@ async def _stop_all(processes: list[asyncio.subprocess.Process], *, grace: float
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(p.wait() for p in processes)), timeout=grace + STOP_MARGIN
-        )
+        async with asyncio.timeout(grace + STOP_MARGIN):
+            await asyncio.gather(*(p.wait() for p in processes))
     except TimeoutError:
         for process in processes:
             if process.returncode is None:
