@@ -43,7 +43,12 @@ class Churn:
         self.xds = xds
         self.connected = 0
         self.stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(CHURNERS)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(CHURNERS)
+        ]
+        # Each thread's call in progress: cancelled on exit (a sync stream's next() was seen to
+        # outlive its deadline once its server had gone).
+        self._calls: dict[int, Any] = {}
 
     def __enter__(self) -> Churn:
         for thread in self._threads:
@@ -52,8 +57,10 @@ class Churn:
 
     def __exit__(self, *_: object) -> None:
         self.stopping.set()
+        for call in list(self._calls.values()):
+            call.cancel()
         for thread in self._threads:
-            thread.join()
+            thread.join(timeout=EXIT_DEADLINE)
 
     def _run(self, n: int) -> None:
         fleet = 0
@@ -67,6 +74,9 @@ class Churn:
                 node = base_pb2.Node(id=f"p{n}-{fleet}", cluster=f"f{n}-{fleet}")
                 request = discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, node=node)
                 responses = stub.DeltaAggregatedResources(iter([request]), timeout=5)
+                self._calls[n] = responses
+                if self.stopping.is_set():
+                    return
                 if next(responses, None) is not None:
                     self.connected += 1
                 responses.cancel()
