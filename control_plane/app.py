@@ -346,7 +346,6 @@ async def serve(config: ServeConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
-        stack.callback(log.info, "shutdown_completed")
         async with asyncio.TaskGroup() as tasks:
             workers = [
                 tasks.create_task(reconciler.run()),
@@ -357,3 +356,5 @@ async def serve(config: ServeConfig) -> None:
             log.info("shutdown_started", grace_seconds=config.grace_seconds)
             for worker in workers:
                 worker.cancel()
+    # After the stack: the xDS server's grace, the admin server and the registry are done.
+    log.info("shutdown_completed")

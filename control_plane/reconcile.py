@@ -116,8 +116,12 @@ class Reconciler:
         a burst of changes while a pass runs is taken in one pass."""
         grace = self.cache.grace_seconds
         while True:
+            # Not asyncio.wait_for: in Python 3.11 it returns the wake-up when the cancel lands
+            # in the same loop iteration, and this loop would never stop (issue 23).
+            # asyncio.timeout re-raises a cancel from outside.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(grace / 2, 0.05))
+                async with asyncio.timeout(max(grace / 2, 0.05)):
+                    await self._wake.wait()
             self._wake.clear()
             self.expire_groups()
             if self._state is not None:

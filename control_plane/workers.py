@@ -14,7 +14,8 @@ call on the xDS port), and on SIGTERM/SIGINT stops them all: SIGTERM to each, SI
 still running ``grace_seconds`` + ``STOP_MARGIN`` later. A worker that exits on its own stops the
 group with exit code 1 (no restart: a crash loop stays visible and the process manager that
 started ``serve`` restarts the whole group, with its own backoff). A worker whose supervisor
-disappeared (SIGKILL) stops itself.
+disappeared (SIGKILL) stops itself within ``ORPHAN_EXIT_SECONDS``: on Linux the kernel tells it
+at once (``PR_SET_PDEATHSIG``), elsewhere it asks every ``ORPHAN_CHECK_SECONDS``.
 
 The wiring of processes only; it imports ``app`` and the admin aggregation, nothing of the CLI.
 """
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import os
@@ -41,7 +44,11 @@ from control_plane.xds import csds
 log = structlog.get_logger("routeplane.workers")
 
 STOP_MARGIN = 2.0  # seconds a worker gets past grace_seconds before SIGKILL
-ORPHAN_CHECK_SECONDS = 1.0
+ORPHAN_CHECK_SECONDS = 1.0  # where the kernel cannot tell a worker its supervisor died
+# An orphaned worker drains like on SIGTERM, but exits this long after it knew, drained or not:
+# its group is gone, and the next supervisor needs the xDS port.
+ORPHAN_EXIT_SECONDS = 0.8
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_SETTINGS_BYTES = 1 << 20
 
 
@@ -92,9 +99,8 @@ async def _stop_all(processes: list[asyncio.subprocess.Process], *, grace: float
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(p.wait() for p in processes)), timeout=grace + STOP_MARGIN
-        )
+        async with asyncio.timeout(grace + STOP_MARGIN):
+            await asyncio.gather(*(p.wait() for p in processes))
     except TimeoutError:
         for process in processes:
             if process.returncode is None:
@@ -135,7 +141,10 @@ async def supervise(
         siblings = csds.Siblings(addresses, token=config.admin_token)
         stack.push_async_callback(siblings.close)
         service = AggregateService(
-            workers=addresses, token=config.admin_token, interval=config.load_report_interval
+            workers=addresses,
+            pids=[p.pid for p in processes],
+            token=config.admin_token,
+            interval=config.load_report_interval,
         )
         stack.push_async_callback(service.close)
         admin = AdminServer(
@@ -172,19 +181,53 @@ async def supervise(
     return code
 
 
+def _ask_for_parent_death_signal() -> bool:
+    """Have the kernel send SIGUSR1 when the supervisor dies (Linux); whether it will."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 async def _worker(config: ServeConfig, *, parent: int) -> None:
+    loop = asyncio.get_running_loop()
+    gone = False
+
+    def orphaned() -> None:
+        nonlocal gone
+        if gone:
+            return
+        gone = True
+        log.warning("supervisor_gone", parent=parent, exit_within=ORPHAN_EXIT_SECONDS)
+        loop.call_later(ORPHAN_EXIT_SECONDS, _exit_now)
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own shutdown, for as long as it has
+
     async def watch_parent() -> None:
-        # No event tells a child its parent died: ask the kernel now and then.
+        # Without PR_SET_PDEATHSIG no event tells a child its parent died: ask now and then.
         while os.getppid() == parent:  # noqa: ASYNC110
             await asyncio.sleep(ORPHAN_CHECK_SECONDS)
-        log.warning("supervisor_gone", parent=parent)
-        os.kill(os.getpid(), signal.SIGTERM)  # serve's own graceful shutdown
+        orphaned()
 
+    loop.add_signal_handler(signal.SIGUSR1, orphaned)
     watcher = asyncio.create_task(watch_parent())
     try:
+        if os.getppid() != parent:  # it died before the kernel was asked to tell
+            orphaned()
         await serve(config)
     finally:
         watcher.cancel()
+        loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def _exit_now() -> None:
+    log.warning("worker_stopped_orphaned", after_seconds=ORPHAN_EXIT_SECONDS)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
 
 
 def main() -> None:
@@ -194,6 +237,7 @@ def main() -> None:
     fields = settings["config"]
     config = ServeConfig(**{**fields, "siblings": tuple(fields.get("siblings", ()))})
     tune_gc()
+    _ask_for_parent_death_signal()
     asyncio.run(_worker(config, parent=settings["parent"]))
 
 

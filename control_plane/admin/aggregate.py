@@ -3,7 +3,8 @@
 Each worker is a whole control plane with its own admin address on loopback
 (``admin/service.py``); the supervisor serves the public one with this module:
 
-- ``ListProxies``: every worker's streams, each with its worker's index;
+- ``ListProxies``: every worker's streams, each with its worker's index; a worker that does
+  not answer within ``LIST_TIMEOUT`` is named in ``unanswered`` and the others' are listed;
 - ``GetSnapshot``, ``DiffSnapshots``, ``ListProblems``: the first worker that has the group or
   node (snapshots are identical across workers: versions are content hashes);
   ``SnapshotHistory``: each group's history from the first worker that has the group;
@@ -12,7 +13,8 @@ Each worker is a whole control plane with its own admin address on loopback
   from the summed load with the same rule (``load/autoscale.py``);
 - ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
   ``routeplane_worker_up`` per worker;
-- ``/readyz``: ready when every worker is.
+- ``/readyz``: ready when every worker is; the reason names each one that is not, or that does
+  not answer within ``READY_TIMEOUT`` (a stopped process).
 
 Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``); nothing of
 the xDS engine, the pipeline or a store.
@@ -38,6 +40,10 @@ from control_plane.registry.spec import Autoscaling
 
 CALL_TIMEOUT = 10.0
 HTTP_TIMEOUT = 5.0
+# A worker that does not answer within these is named as silent, and the others' answers stand:
+# /readyz answers inside a 2 s probe timeout, ListProxies inside the CLI's 10 s.
+READY_TIMEOUT = 1.0
+LIST_TIMEOUT = 3.0
 MAX_HTTP_BYTES = 64 * 1024 * 1024
 UP = (
     "# HELP routeplane_worker_up 1 if the worker answered this scrape (serve --workers)\n"
@@ -49,26 +55,37 @@ class WorkerUnavailable(Exception):
     """A worker did not answer (its message names the worker)."""
 
 
-async def http_get(address: str, path: str, *, token: str = "") -> bytes:
+async def http_get(
+    address: str,
+    path: str,
+    *,
+    token: str = "",
+    timeout: float = HTTP_TIMEOUT,  # noqa: ASYNC109 - the whole exchange's bound, applied here
+) -> bytes:
     """``GET path`` on a worker's admin address -> the raw HTTP answer (see ``split_http``)."""
     host, _, port = address.rpartition(":")
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    silent = f"worker at {address}: no answer to {path} within {timeout:g} s"
     try:
-        async with asyncio.timeout(HTTP_TIMEOUT):
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, int(port))
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError:
+        raise WorkerUnavailable(silent) from None
+    except OSError as exc:
         raise WorkerUnavailable(f"worker at {address}: {exc}") from None
     try:
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n".encode()
         )
         data = bytearray()
-        async with asyncio.timeout(HTTP_TIMEOUT):
+        async with asyncio.timeout(timeout):
             while chunk := await reader.read(65536):
                 data += chunk
                 if len(data) > MAX_HTTP_BYTES:
                     raise WorkerUnavailable(f"worker at {address}: over {MAX_HTTP_BYTES} bytes")
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError:
+        raise WorkerUnavailable(silent) from None
+    except OSError as exc:
         raise WorkerUnavailable(f"worker at {address}: {exc}") from None
     finally:
         writer.close()
@@ -184,18 +201,24 @@ class LoadSum:
 
 
 class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
-    """The admin API over ``workers`` (their admin addresses). Create it inside the event
-    loop; ``run()`` keeps the summed load fresh until cancelled; ``close()`` at the end."""
+    """The admin API over ``workers`` (their admin addresses; ``pids`` name them in messages
+    when given). Create it inside the event loop; ``run()`` keeps the summed load fresh until
+    cancelled; ``close()`` at the end."""
 
     def __init__(
         self,
         *,
         workers: Sequence[str],
+        pids: Sequence[int] = (),
         token: str = "",
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = list(workers)
+        self._names = [
+            f"worker {index} ({f'pid {pids[index]}, ' if index < len(pids) else ''}admin {address})"
+            for index, address in enumerate(self.workers)
+        ]
         self._token = token
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         # wait_for_ready: a worker that just started may not have been reachable when the
@@ -222,14 +245,21 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
 
     async def ready(self) -> tuple[bool, str]:
         answers = await asyncio.gather(
-            *(http_get(address, "/readyz") for address in self.workers), return_exceptions=True
+            *(http_get(address, "/readyz", timeout=READY_TIMEOUT) for address in self.workers),
+            return_exceptions=True,
         )
-        for index, answer in enumerate(answers):
-            if isinstance(answer, BaseException):
-                return False, f"worker {index}: {answer}"
-            status, body = split_http(answer)
-            if status != 200:
-                return False, f"worker {index}: {body.decode(errors='replace').strip()}"
+        reasons = []
+        for name, answer in zip(self._names, answers, strict=True):
+            if isinstance(answer, WorkerUnavailable):
+                reasons.append(f"{name} did not answer: {answer}")
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                status, body = split_http(answer)
+                if status != 200:
+                    reasons.append(f"{name}: {body.decode(errors='replace').strip()}")
+        if reasons:
+            return False, "; ".join(reasons)
         return True, f"ready ({len(self.workers)} workers)"
 
     async def metrics(self) -> bytes:
@@ -275,8 +305,21 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     # The admin API.
 
     async def ListProxies(self, request: Any, context: Any) -> Any:
+        """Every answering worker's proxies; a worker that does not answer in time is named
+        in ``unanswered`` rather than hiding the others'."""
+        call = {**self._call, "timeout": LIST_TIMEOUT}
+        answers = await asyncio.gather(
+            *(stub.ListProxies(request, **call) for stub in self._stubs), return_exceptions=True
+        )
         response = admin_pb2.ListProxiesResponse()
-        for index, answer in enumerate(await self._all("ListProxies", request, context)):
+        for index, answer in enumerate(answers):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                response.unanswered.append(
+                    f"{self._names[index]}: {answer.code().name} {answer.details()}"
+                )
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
             for proxy in answer.proxies:
                 proxy.worker = str(index)
             response.proxies.extend(answer.proxies)

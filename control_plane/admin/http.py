@@ -17,6 +17,8 @@ Answer = tuple[int, str, bytes]
 Route = Callable[[], Answer | Awaitable[Answer]]
 Ready = Callable[[], tuple[bool, str] | Awaitable[tuple[bool, str]]]
 
+HEAD_TIMEOUT = 5.0  # seconds for a request's whole head, however slowly it trickles in
+
 
 class AdminHttp:
     def __init__(
@@ -55,7 +57,8 @@ class AdminHttp:
         try:
             data = head
             if b"\r\n\r\n" not in data:
-                data += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    data += await reader.readuntil(b"\r\n\r\n")
             lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
             parts = lines[0].split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"

@@ -20,6 +20,7 @@ from control_plane.admin.http import AdminHttp, Ready
 from control_plane.admin.pb import admin_pb2_grpc
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE_TIMEOUT = 5.0  # seconds for a connection's first bytes (the HTTP/2 preface or not)
 
 
 class BearerToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -79,12 +80,15 @@ class AdminServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.read(len(PREFACE)), timeout=10)
-            while head and len(head) < len(PREFACE) and PREFACE.startswith(head):
-                more = await asyncio.wait_for(reader.read(len(PREFACE) - len(head)), timeout=10)
-                if not more:
-                    break
-                head += more
+            # One deadline for the whole preface: a client sending it a byte at a time would
+            # otherwise hold the connection for as long as it likes (issue 23: ~240 s).
+            async with asyncio.timeout(PREFACE_TIMEOUT):
+                head = await reader.read(len(PREFACE))
+                while head and len(head) < len(PREFACE) and PREFACE.startswith(head):
+                    more = await reader.read(len(PREFACE) - len(head))
+                    if not more:
+                        break
+                    head += more
         except (TimeoutError, ConnectionError):
             writer.close()
             return
@@ -104,11 +108,12 @@ class AdminServer:
         up_writer.write(head)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
+            try:
+                with contextlib.suppress(ConnectionError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+            finally:  # a cancel goes on up (the server is stopping)
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

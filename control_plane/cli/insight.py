@@ -35,6 +35,8 @@ def proxies(admin: str, as_json: bool) -> None:
     from control_plane.admin.client import admin_pb2
 
     response = admin_call(admin, "ListProxies", admin_pb2.ListProxiesRequest())
+    for silent in response.unanswered:  # serve --workers: what is missing, and why
+        click.echo(f"not listed: the proxies of {printable(silent, 300)}", err=True)
     if as_json:
         echo_json([proxy_json(p) for p in response.proxies])
         return

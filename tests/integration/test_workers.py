@@ -8,12 +8,14 @@ its ADS stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -323,14 +325,67 @@ def test_a_taken_xds_port_is_refused_before_any_worker_starts(
 
 def test_workers_stop_themselves_when_the_supervisor_is_killed(group: ControlPlane) -> None:
     pids = worker_pids(group)
+    held = session_on(group.xds, "edge-held")  # a stream that would keep a drain going
     assert group.process is not None
     group.process.kill()  # SIGKILL: no chance to stop anyone
     group.process.wait(timeout=TIMEOUT)
+    # The README says within a second; 1.5 s for a busy machine.
     wait_until(
         lambda: not [pid for pid in pids if alive(pid)],
-        timeout=GRACE + 10,
+        timeout=1.5,
         what="orphaned workers to stop",
     )
+    held.close()
+    assert "supervisor_gone" in group.log()
+
+
+def started_pids(cp: ControlPlane) -> list[int]:
+    """The workers' pids in index order, from the supervisor's ``workers_started``."""
+    for line in cp.log().splitlines():
+        if '"workers_started"' in line:
+            return [int(pid) for pid in json.loads(line)["pids"]]
+    raise AssertionError(f"no workers_started in the log:\n{cp.log()}")
+
+
+def test_a_hung_worker_is_named_and_killed_2_s_after_the_grace(group: ControlPlane) -> None:
+    held = session_on(group.xds, "edge-held")
+    answering = int(held.identifier.rsplit("/w", 1)[1])
+    pids = started_pids(group)
+    silent = 1 - answering
+    os.kill(pids[silent], signal.SIGSTOP)
+    try:
+        named = f"worker {silent} (pid {pids[silent]}, admin 127.0.0.1:"
+        _, reason = wait_until(
+            lambda: (answer := http_get(f"http://{group.admin}/readyz"))[0] == 503 and answer,
+            timeout=TIMEOUT,
+            what="/readyz to say the stopped worker does not answer",
+        )
+        assert named in reason, reason
+        assert "did not answer" in reason, reason
+        listed = subprocess.run(
+            [ROUTEPLANE, "proxies", "--admin", group.admin],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT + 5,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert "edge-held" in listed.stdout  # the answering worker's proxy
+        assert f"not listed: the proxies of {named}" in listed.stderr
+        # SIGTERM: the stopped worker cannot drain; the supervisor kills it 2 s after the grace.
+        assert group.process is not None
+        sent = time.monotonic()
+        group.process.send_signal(signal.SIGTERM)
+        assert group.process.wait(timeout=GRACE + 2 + TIMEOUT) == 0
+        waited = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[silent], signal.SIGCONT)
+        held.close()
+    assert not alive(pids[silent])
+    killed = [json.loads(line) for line in group.log().splitlines() if '"worker_killed"' in line]
+    assert [(k["pid"], k["after_seconds"]) for k in killed] == [(pids[silent], GRACE + 2)]
+    assert waited >= GRACE + 2 - 0.5, waited  # not before: the answering worker drained
 
 
 @pytest.mark.parametrize("workers", ["-1", "257"])
