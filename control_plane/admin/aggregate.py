@@ -213,6 +213,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._load: Any = None
         self._version = 0
         self._changed = asyncio.Condition()
+        self._updated = asyncio.Event()  # a worker's WatchLoad brought an answer
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -324,7 +325,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         (a cold start reaches the group's watchers as soon as its worker's) and every half
         report interval (the recommendation's windows move with time, not only with load)."""
         latest: list[Any] = [None] * len(self._stubs)
-        updated = asyncio.Event()
+        updated = self._updated
 
         async def follow(index: int, stub: Any) -> None:
             metadata = self._call["metadata"]
@@ -345,8 +346,11 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 if all(answer is not None for answer in latest):
                     await self._publish(latest)
                 updated.clear()
+                # asyncio.timeout, not wait_for: in 3.11 wait_for returns the event's result
+                # when it is set in the same loop turn as a cancel, and the cancel is lost.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(updated.wait(), self._interval / 2)
+                    async with asyncio.timeout(self._interval / 2):
+                        await updated.wait()
         finally:
             for task in followers:
                 task.cancel()

@@ -267,8 +267,11 @@ class LoadService:
             self._cold_start_seen.clear()
             # Early cold names are looked at again soon: their server goes cold here any moment.
             wait = 2 * COLD_START_COALESCE if self._pending_cold else self.interval / 2
+            # asyncio.timeout, not wait_for: in 3.11 wait_for returns the event's result when
+            # it is set in the same loop turn as a cancel, and the cancel is lost.
             try:
-                await asyncio.wait_for(self._cold_start_seen.wait(), min(wait, self.interval / 2))
+                async with asyncio.timeout(min(wait, self.interval / 2)):
+                    await self._cold_start_seen.wait()
             except TimeoutError:
                 continue
             await asyncio.sleep(COLD_START_COALESCE)
