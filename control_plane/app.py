@@ -273,7 +273,9 @@ async def serve(config: ServeConfig) -> None:
             require_identity=bool(config.tls_cert),
         )
         xds.add_subscribe_listener(
-            lambda _proxy, type_url, names: load.note_subscribed(type_url, names)
+            lambda proxy, type_url, names: load.note_subscribed(
+                type_url, names, node_id=proxy.node_id
+            )
         )
         server = grpc.aio.server(options=options)
         siblings = csds.Siblings(config.siblings, token=config.admin_token)

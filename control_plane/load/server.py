@@ -40,7 +40,10 @@ COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_co
 # A held name asked for before this process saw its server go cold (the route came from another
 # worker or replica, whose watch was ahead): counted when it does, if within this long.
 PENDING_COLD_SECONDS = 30.0
-MAX_PENDING_COLD = 1000  # distinct names kept waiting (they come from proxies: bounded)
+MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from proxies: bounded)
+# (held server, proxy) pairs remembered so that a proxy counts once per cold period (a hash
+# each: a few MB at most).
+MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
 
 
@@ -109,9 +112,14 @@ class LoadService:
         self._cold_start_seen = asyncio.Event()
         self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
         self._held_for: RoutingTable | None = None
-        # Cold names asked for while their server was not held here: name less epoch ->
-        # (when first asked, how many times).
-        self._pending_cold: dict[str, tuple[float, int]] = {}
+        # Cold names asked for while their server was not held here: (name less epoch,
+        # proxy) -> when first asked.
+        self._pending_cold: dict[tuple[str, int], float] = {}
+        # Per held server: the proxies (node id hashes) counted in its cold period, which is
+        # the one of ``_cold_epochs[server]``; at most MAX_COLD_PROXIES in all.
+        self._cold_proxies: dict[str, set[int]] = {}
+        self._cold_proxies_kept = 0
+        self._cold_epochs: dict[str, int] = {}
         self._version = 0
         self._changed = asyncio.Condition()
 
@@ -121,8 +129,12 @@ class LoadService:
     def rows(self) -> list[LoadRow]:
         return self._rows
 
-    def note_subscribed(self, type_url: str, cluster_names: frozenset[str]) -> None:
-        """A proxy asked for clusters: a held server's cluster means a held request."""
+    def note_subscribed(
+        self, type_url: str, cluster_names: frozenset[str], *, node_id: str
+    ) -> None:
+        """Proxy ``node_id`` asked for clusters: a held server's cluster means a held request,
+        counted once per proxy per cold period (a proxy that unsubscribes and subscribes again
+        is the same demand)."""
         if type_url != CLUSTER_TYPE:
             return
         table = self._table()
@@ -130,6 +142,7 @@ class LoadService:
             return
         held = self._held_in(table)
         now = self._clock()
+        proxy = hash(node_id)  # kept as a hash: a node id may be long
         for name in cluster_names:
             # Any epoch of a held server's name: the route the proxy holds on may come from
             # another worker or control-plane replica, whose epoch (its own count of registry
@@ -140,12 +153,26 @@ class LoadService:
             prefix = base + suffix
             server = held.get(prefix)
             if server is not None:
-                self.book.note_cold_start(server, now=now)
-                self._cold_start_seen.set()
-            elif prefix in self._pending_cold or len(self._pending_cold) < MAX_PENDING_COLD:
+                if self._first_in_period(server, proxy):
+                    self.book.note_cold_start(server, now=now)
+                    self._cold_start_seen.set()
+            elif (prefix, proxy) not in self._pending_cold and (
+                len(self._pending_cold) < MAX_PENDING_COLD
+            ):
                 # That route's process saw the server go cold before this one did.
-                since, count = self._pending_cold.get(prefix, (now, 0))
-                self._pending_cold[prefix] = (since, count + 1)
+                self._pending_cold[(prefix, proxy)] = now
+
+    def _first_in_period(self, server: str, proxy: int) -> bool:
+        """Whether ``proxy`` is new demand for held ``server`` in its current cold period.
+        Past ``MAX_COLD_PROXIES`` remembered (server, proxy) pairs, every ask counts: more
+        demand shown, never demand hidden."""
+        seen = self._cold_proxies.setdefault(server, set())
+        if proxy in seen:
+            return False
+        if self._cold_proxies_kept < MAX_COLD_PROXIES:
+            seen.add(proxy)
+            self._cold_proxies_kept += 1
+        return True
 
     def _held_in(self, table: RoutingTable) -> dict[str, str]:
         if table is not self._held_for:
@@ -155,6 +182,13 @@ class LoadService:
                 if s.held
             }
             self._held_for = table
+            # A cold period ends when its server is no longer held (its epoch moves with the
+            # next one): the proxies it counted may count again.
+            epochs = {s.name: s.cold_epoch for s in table.servers if s.held}
+            for server in list(self._cold_proxies):
+                if self._cold_epochs.get(server) != epochs.get(server):
+                    self._cold_proxies_kept -= len(self._cold_proxies.pop(server))
+            self._cold_epochs = epochs
         return self._held
 
     def _resolve_pending(self, table: RoutingTable | None, now: float) -> None:
@@ -163,13 +197,14 @@ class LoadService:
         if not self._pending_cold or table is None:
             return
         held = self._held_in(table)
-        for prefix, (since, count) in list(self._pending_cold.items()):
+        for (prefix, proxy), since in list(self._pending_cold.items()):
             server = held.get(prefix)
             if server is not None:
-                self.book.note_cold_start(server, now=now, count=count)
-                del self._pending_cold[prefix]
+                if self._first_in_period(server, proxy):
+                    self.book.note_cold_start(server, now=now)
+                del self._pending_cold[(prefix, proxy)]
             elif now - since > PENDING_COLD_SECONDS:
-                del self._pending_cold[prefix]
+                del self._pending_cold[(prefix, proxy)]
 
     def catalog(self) -> Catalog:
         table = self._table()

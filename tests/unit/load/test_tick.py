@@ -50,6 +50,7 @@ def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
     service.note_subscribed(
         "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         frozenset({"default_gpu_cold7", "other"}),
+        node_id="edge-1",
     )
     [row] = service.tick()
     assert row.cold_starts == 1
@@ -66,6 +67,7 @@ def test_a_held_request_counts_whatever_epoch_its_route_named() -> None:
     service.note_subscribed(
         "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         frozenset({"default_gpu_cold5", "default_gpu_coldX", "default_gpu", "default_gpuz_cold5"}),
+        node_id="edge-1",
     )
     [row] = service.tick()
     assert row.cold_starts == 1
@@ -80,7 +82,9 @@ def test_a_held_name_asked_before_this_process_saw_the_server_go_cold_counts_whe
     current = [table(warm)]
     service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
     cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-    service.note_subscribed(cds, frozenset({"default_gpu_cold9", "default_nothing_cold1"}))
+    service.note_subscribed(
+        cds, frozenset({"default_gpu_cold9", "default_nothing_cold1"}), node_id="edge-1"
+    )
     assert service.tick()[0].cold_starts == 0  # not held here yet
     current[0] = table(replace(server("gpu"), spec=spec, held=True, cold_epoch=8))
     [row] = service.tick()
@@ -96,7 +100,9 @@ def test_early_cold_names_are_bounded() -> None:
     service = _service([table(server("echo", endpoint("r1", 8081)))])
     cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     service.note_subscribed(
-        cds, frozenset(f"default_s{i}_cold1" for i in range(MAX_PENDING_COLD + 50))
+        cds,
+        frozenset(f"default_s{i}_cold1" for i in range(MAX_PENDING_COLD + 50)),
+        node_id="edge-1",
     )
     assert len(service._pending_cold) == MAX_PENDING_COLD
 
@@ -115,10 +121,46 @@ async def test_a_cold_start_ticks_at_once_not_at_the_next_period() -> None:
     try:
         await async_wait_until(lambda: service.rows, timeout=2, what="the first tick")
         service.note_subscribed(
-            "type.googleapis.com/envoy.config.cluster.v3.Cluster", frozenset({"default_gpu_cold7"})
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            frozenset({"default_gpu_cold7"}),
+            node_id="edge-1",
         )
         await async_wait_until(
             lambda: service.rows[0].cold_starts == 1, timeout=2, what="the cold start in the rows"
         )
     finally:
         runner.cancel()
+
+
+def test_a_proxy_counts_once_per_cold_period_however_often_it_asks() -> None:
+    """Unsubscribing and subscribing again is the same demand; another proxy is more; the next
+    cold period counts the same proxy again."""
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    cold = table(replace(server("gpu"), spec=spec, held=True, cold_epoch=7))
+    current = [cold]
+    service = _service(current)
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    for _ in range(1000):
+        service.note_subscribed(cds, frozenset({"default_gpu_cold7"}), node_id="edge-1")
+    assert service.tick()[0].cold_starts == 1
+    service.note_subscribed(cds, frozenset({"default_gpu_cold7"}), node_id="edge-2")
+    assert service.tick()[0].cold_starts == 2
+    current[0] = table(replace(server("gpu", endpoint("r1", 8081)), spec=spec, cold_epoch=7))
+    service.tick()  # a replica: the cold period is over
+    current[0] = table(replace(server("gpu"), spec=spec, held=True, cold_epoch=9))
+    service.note_subscribed(cds, frozenset({"default_gpu_cold9"}), node_id="edge-1")
+    assert service.tick()[0].cold_starts == 3
+
+
+def test_the_proxies_remembered_per_cold_period_are_bounded() -> None:
+    from control_plane.load import server as load_server
+
+    spec = parse_spec({"cold_start": {"mode": "hold"}})
+    service = _service([table(replace(server("gpu"), spec=spec, held=True, cold_epoch=7))])
+    cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    for i in range(load_server.MAX_COLD_PROXIES + 10):
+        service.note_subscribed(cds, frozenset({"default_gpu_cold7"}), node_id=f"edge-{i}")
+    assert service._cold_proxies_kept == load_server.MAX_COLD_PROXIES
+    assert sum(len(s) for s in service._cold_proxies.values()) == load_server.MAX_COLD_PROXIES
+    # Past the bound every ask counts: demand is never hidden.
+    assert service.tick()[0].cold_starts == load_server.MAX_COLD_PROXIES + 10
