@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,10 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from control_plane import metrics
 from control_plane.identity import certificate_clusters
 from control_plane.load.autoscale import Recommender
+from control_plane.load.quiet import settled
 from control_plane.load.reports import Catalog, Load, LoadBook
 from control_plane.registry.spec import Autoscaling
-from control_plane.routing.model import RoutingTable
+from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
@@ -45,6 +47,7 @@ MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from p
 # each: a few MB at most).
 MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
+CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,13 +103,26 @@ class LoadService:
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
         self._catalog = Catalog(servers={}, regions={}, endpoints={})
-        # The table and cold-start count the last tick computed quiet rows for (no load, no
-        # autoscaling), if any.
-        # (The table is compared by identity: a new table is a new routing state.)
-        self._quiet_for: tuple[int, int] | None = None
         self._recommender = Recommender()
         self._streams = itertools.count(1)
+        # The view, per server: its rows, its recommendation keys; the table they follow
+        # (compared by identity: a new table is a new routing state), its servers by name and
+        # their order.
+        self._by_server: dict[str, tuple[LoadRow, ...]] = {}
+        self._keys: dict[str, set[Hashable]] = {}
+        self._rows_for: RoutingTable | None = None
+        self._servers: dict[str, RoutedServer] = {}
+        self._order: list[str] = []
+        # Servers to look at next tick though nothing else says so: load at the last tick (it
+        # may be gone now) or a recommendation not settled yet.
+        self._active: set[str] = set()
+        self._forget = False  # recommendation keys went away: drop their history
+        self._events_seen = -1
         self._rows: list[LoadRow] = []
+        self._rows_version = -1
+        # (version, servers whose rows changed in it, whether the order changed): the last few,
+        # so a watcher can be sent only what changed.
+        self._changes: deque[tuple[int, frozenset[str], bool]] = deque(maxlen=CHANGES_KEPT)
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
         self._cold_start_seen = asyncio.Event()
@@ -127,7 +143,37 @@ class LoadService:
 
     @property
     def rows(self) -> list[LoadRow]:
+        """Every server's rows, in the routing table's order (built when asked, once per
+        version)."""
+        if self._rows_version != self._version:
+            by_server = self._by_server
+            self._rows = [row for name in self._order for row in by_server.get(name, ())]
+            self._rows_version = self._version
         return self._rows
+
+    @property
+    def version(self) -> int:
+        """Moves whenever a row does."""
+        return self._version
+
+    def changes_since(self, version: int) -> frozenset[str] | None:
+        """The servers whose rows changed (or went) after ``version``; None when that is too
+        far back to tell, or the table's order changed (send everything)."""
+        if version == self._version:
+            return frozenset()
+        if not self._changes or self._changes[0][0] > version + 1:
+            return None
+        changed: set[str] = set()
+        for at, servers, reordered in self._changes:
+            if at > version:
+                if reordered:
+                    return None
+                changed |= servers
+        return frozenset(changed)
+
+    def rows_of(self, server: str) -> tuple[LoadRow, ...]:
+        """One server's rows (none: it is gone)."""
+        return self._by_server.get(server, ())
 
     def note_subscribed(
         self, type_url: str, cluster_names: frozenset[str], *, node_id: str
@@ -213,83 +259,131 @@ class LoadService:
         return self._catalog
 
     def tick(self) -> list[LoadRow]:
-        """Recompute every row and recommendation now; wakes ``watch``ers."""
+        """Bring the rows and recommendations up to date now; wakes ``watch``ers when a row
+        moved. Only the servers that need it are touched: those with load now or at the last
+        tick, a new cold start, a new or changed routing entry, or a recommendation that has
+        not settled (``load/quiet.py``). A quiet server with a settled recommendation costs
+        nothing, whatever the number of servers."""
         now = self._clock()
         for node in self.book.expire(now):
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         self._resolve_pending(table, now)
         totals, _ = self.book.loads()
-        events = self.book.cold_start_events
-        if not totals and self._quiet_for == (id(table), events):
-            # No load anywhere, the same table, no recommendation in progress: the rows are
-            # what they were (an idle control plane ticked 1,000 servers twice a second).
-            metrics.LOAD_REPORTERS.set(self.book.proxies)
-            return self._rows
-        rows: list[LoadRow] = []
-        keep: set[object] = set()
-        for server in table.servers if table is not None else ():
-            ready_by_region: dict[str, int] = {}
-            for endpoint in server.endpoints:
-                if not endpoint.draining:
-                    ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-            regions = sorted(
-                set(server.spec.regions)
-                | set(ready_by_region)
-                | {region for (name, region) in totals if name == server.name and region != "*"}
-            )
-            scaling = server.spec.autoscaling
-            cold_starts = self.book.cold_starts.get(server.name, 0)
-            # Demand with no replica: scale from zero now, whatever the scale-up window.
-            new_cold = cold_starts - self._cold_seen.get(server.name, 0)
-            woken = new_cold > 0 and not ready_by_region
-            if new_cold > 0:
-                metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
-            self._cold_seen[server.name] = cold_starts
-            for region in ["*", *regions]:
-                load = totals.get((server.name, region)) or _NO_LOAD
-                ready = (
-                    sum(ready_by_region.values())
-                    if region == "*"
-                    else ready_by_region.get(region, 0)
-                )
-                desired = None
-                # A recommendation for the server, and per region when it lists its regions.
-                wanted = region == "*" or bool(server.spec.regions)
-                if scaling is not None and scaling.target_concurrency > 0 and wanted:
-                    key = (server.name, region)
-                    keep.add(key)
-                    desired = self._recommender.update(
-                        key,
-                        in_flight=load.in_flight,
-                        ready=ready,
-                        spec=scaling,
-                        now=now,
-                        wake=woken and region == "*",
-                    )
-                rows.append(
-                    LoadRow(
-                        server=server.name,
-                        region=region,
-                        ready_replicas=ready,
-                        in_flight=load.in_flight,
-                        requests_per_second=load.requests_per_second,
-                        errors_per_second=load.errors_per_second,
-                        dropped_per_second=load.dropped_per_second,
-                        desired_replicas=desired,
-                        cold_starts=cold_starts if region == "*" else 0,
-                        cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
-                        autoscaling=scaling if desired is not None else None,
-                    )
-                )
-        self._recommender.forget(keep)
-        self._rows = rows
-        self._version += 1
-        # Rows without load and without autoscaling depend on the table alone.
-        # (A cold start moves the rows too: it is counted in them.)
-        self._quiet_for = (id(table), events) if not totals and not keep else None
+        loaded = {server for server, _ in totals}
+        touch = self._active | loaded
+        reordered = False
+        if table is not self._rows_for:
+            touch |= self._take_table(table)
+            reordered = True
+        cold_starts = self.book.cold_starts
+        if self.book.cold_start_events != self._events_seen:
+            self._events_seen = self.book.cold_start_events
+            touch |= {s for s, n in cold_starts.items() if n != self._cold_seen.get(s, 0)}
+        active: set[str] = set(loaded)
+        changed: set[str] = set()
+        for name in touch:
+            server = self._servers.get(name)
+            if server is None:
+                continue
+            rows, moving = self._server_rows(server, totals, now)
+            if moving:
+                active.add(name)
+            if rows != self._by_server.get(name):
+                self._by_server[name] = rows
+                changed.add(name)
+        self._active = active
+        if self._forget:
+            self._recommender.forget(self._all_keys())
+            self._forget = False
+        if changed or reordered:
+            self._version += 1
+            self._changes.append((self._version, frozenset(changed), reordered))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
-        return rows
+        return self.rows
+
+    def _take_table(self, table: RoutingTable | None) -> set[str]:
+        """A new routing table: the servers that are new or differ, to be recomputed; those
+        gone are forgotten, with their recommendations."""
+        servers = {s.name: s for s in table.servers} if table is not None else {}
+        previous = self._servers
+        touch = {
+            name
+            for name, server in servers.items()
+            if (old := previous.get(name)) is not server and old != server
+        }
+        for name in previous.keys() - servers.keys():
+            if self._keys.pop(name, None):
+                self._forget = True
+            self._by_server.pop(name, None)
+            self._cold_seen.pop(name, None)
+        self._servers = servers
+        self._order = list(servers)
+        self._rows_for = table
+        return touch
+
+    def _all_keys(self) -> set[Hashable]:
+        return {key for keys in self._keys.values() for key in keys}
+
+    def _server_rows(
+        self, server: RoutedServer, totals: dict[tuple[str, str], Load], now: float
+    ) -> tuple[tuple[LoadRow, ...], bool]:
+        """The rows of one server now, and whether its recommendation is still moving."""
+        ready_by_region: dict[str, int] = {}
+        for endpoint in server.endpoints:
+            if not endpoint.draining:
+                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+        regions = sorted(
+            set(server.spec.regions)
+            | set(ready_by_region)
+            | {region for (name, region) in totals if name == server.name and region != "*"}
+        )
+        scaling = server.spec.autoscaling
+        cold_starts = self.book.cold_starts.get(server.name, 0)
+        # Demand with no replica: scale from zero now, whatever the scale-up window.
+        new_cold = cold_starts - self._cold_seen.get(server.name, 0)
+        woken = new_cold > 0 and not ready_by_region
+        if new_cold > 0:
+            metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
+        self._cold_seen[server.name] = cold_starts
+        rows: list[LoadRow] = []
+        keys: set[Hashable] = set()
+        moving = False
+        for region in ["*", *regions]:
+            load = totals.get((server.name, region)) or _NO_LOAD
+            ready = (
+                sum(ready_by_region.values()) if region == "*" else ready_by_region.get(region, 0)
+            )
+            desired = None
+            # A recommendation for the server, and per region when it lists its regions.
+            wanted = region == "*" or bool(server.spec.regions)
+            if scaling is not None and scaling.target_concurrency > 0 and wanted:
+                key = (server.name, region)
+                keys.add(key)
+                wake = woken and region == "*"
+                desired = self._recommender.update(
+                    key, in_flight=load.in_flight, ready=ready, spec=scaling, now=now, wake=wake
+                )
+                moving |= not settled(desired, in_flight=load.in_flight, wake=wake, spec=scaling)
+            rows.append(
+                LoadRow(
+                    server=server.name,
+                    region=region,
+                    ready_replicas=ready,
+                    in_flight=load.in_flight,
+                    requests_per_second=load.requests_per_second,
+                    errors_per_second=load.errors_per_second,
+                    dropped_per_second=load.dropped_per_second,
+                    desired_replicas=desired,
+                    cold_starts=cold_starts if region == "*" else 0,
+                    cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
+                    autoscaling=scaling if desired is not None else None,
+                )
+            )
+        if self._keys.get(server.name, keys) - keys:
+            self._forget = True  # a region or the rule went away: its history goes too
+        self._keys[server.name] = keys
+        return tuple(rows), moving
 
     async def run(self) -> None:
         """Tick every half interval until cancelled, waking ``watch``ers each time; a cold
@@ -317,7 +411,7 @@ class LoadService:
         while True:
             if self._version != seen:
                 seen = self._version
-                yield self._rows
+                yield self.rows
             async with self._changed:
                 await self._changed.wait()
 

@@ -18,9 +18,9 @@ def test_an_idle_tick_keeps_the_rows_and_wakes_no_one() -> None:
     current = [table(server("echo", endpoint("r1", 8081)))]
     service = _service(current)
     rows = service.tick()
-    version = service._version
+    version = service.version
     assert service.tick() is rows
-    assert service._version == version  # watchers are not woken for the same rows
+    assert service.version == version  # watchers are not woken for the same rows
 
 
 def test_a_new_table_is_ticked_again() -> None:
@@ -32,13 +32,27 @@ def test_a_new_table_is_ticked_again() -> None:
     assert row.ready_replicas == 2
 
 
-def test_a_server_with_autoscaling_is_recomputed_every_tick() -> None:
-    spec = parse_spec({"autoscaling": {"target_concurrency": 10}})
+def test_a_recommendation_is_followed_until_it_settles_then_an_idle_tick_costs_nothing() -> None:
+    """A quiet server at 1 replica goes to 0 after the 60 s scale-down window: the tick keeps
+    looking at it until then; at 0 with no load it has settled and is left alone."""
+    spec = parse_spec({"autoscaling": {"target_concurrency": 10, "scale_down_window": "60s"}})
     current = [table(replace(server("echo", endpoint("r1", 8081)), spec=spec))]
-    service = _service(current)
+    clock = [100.0]
+    service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
+    assert service.tick()[0].desired_replicas == 1  # starts from READY replicas
+    assert service._active == {"echo"}  # still moving: scale-down window not over
+    clock[0] += 30
+    version = service.version
+    assert service.tick()[0].desired_replicas == 1
+    assert service.version == version  # the same rows: no one woken
+    clock[0] += 31
+    assert service.tick()[0].desired_replicas == 0
+    assert service.version == version + 1
+    assert service._active == set()  # settled
+    clock[0] += 1000
     rows = service.tick()
-    assert rows[0].desired_replicas is not None
-    assert service.tick() is not rows  # recommendations move with time, load or not
+    assert service.tick() is rows
+    assert service.version == version + 1
 
 
 def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
