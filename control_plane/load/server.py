@@ -171,6 +171,10 @@ class LoadService:
                 changed |= servers
         return frozenset(changed)
 
+    def servers(self) -> list[str]:
+        """The servers of the view, in the routing table's order."""
+        return self._order
+
     def rows_of(self, server: str) -> tuple[LoadRow, ...]:
         """One server's rows (none: it is gone)."""
         return self._by_server.get(server, ())

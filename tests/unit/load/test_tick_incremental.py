@@ -5,12 +5,17 @@ starts, table changes and time."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import load_report_pb2
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from control_plane import metrics
 from control_plane.load.autoscale import Recommender
 from control_plane.load.reports import LoadBook
 from control_plane.load.server import _NO_LOAD, LoadRow, LoadService
@@ -123,8 +128,9 @@ def report(rng: random.Random, servers: list[RoutedServer]) -> list[object]:
     return stats
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_incremental_rows_equal_a_recomputation_of_every_server(seed: int) -> None:
+def ticks(seed: int) -> Iterator[tuple[LoadService, list[LoadRow], list[LoadRow], str]]:
+    """A random sequence of load, cold starts, table changes and time; after each tick: the
+    service, its rows, the from-scratch rows, and where in the sequence."""
     rng = random.Random(seed)
     servers = [random_server(rng, f"s{i}") for i in range(8)]
     current = [table(*servers)]
@@ -163,6 +169,43 @@ def test_incremental_rows_equal_a_recomputation_of_every_server(seed: int) -> No
             current[0] = table(*servers, revision=step)
         elif roll < 0.5:
             current[0] = table(*servers, revision=step)  # a new table, the same servers
-        assert service.tick() == scratch.rows(current[0], service.book, clock[0]), (
-            f"seed {seed}, step {step}"
-        )
+        rows = service.tick()
+        yield service, rows, scratch.rows(current[0], service.book, clock[0]), f"{seed}/{step}"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_rows_equal_a_recomputation_of_every_server(seed: int) -> None:
+    for _, rows, expected, where in ticks(seed):
+        assert rows == expected, where
+
+
+class EveryRow(Collector):  # type: ignore[misc]
+    """The load families as prometheus_client renders them from every row (the collector the
+    cached exposition replaced)."""
+
+    def __init__(self, rows: list[LoadRow]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = [
+            GaugeMetricFamily(name, text, labels=["server", "region"])
+            for name, text in metrics._LOAD_FAMILIES
+        ]
+        for row in self._rows:
+            key = [row.server, row.region]
+            families[0].add_metric(key, row.in_flight)
+            families[1].add_metric(key, row.requests_per_second)
+            if row.desired_replicas is not None:
+                families[2].add_metric(key, row.desired_replicas)
+        yield from families
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_cached_exposition_equals_a_rendering_of_every_row(seed: int) -> None:
+    exposition: metrics.LoadExposition | None = None
+    for service, rows, _, where in ticks(seed):
+        exposition = exposition or metrics.LoadExposition(service)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(EveryRow(rows))
+        assert exposition.render().decode() == generate_latest(registry).decode(), where
+        assert exposition.render() is exposition.render()  # the same version: from memory
