@@ -84,6 +84,10 @@ _LOAD_FAMILIES = (
 )
 
 
+# Where the load families start in an exposition (they come last).
+LOAD_FAMILIES_START = f"# HELP {_LOAD_FAMILIES[0][0]} ".encode()
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 

@@ -171,6 +171,14 @@ class LoadService:
                 changed |= servers
         return frozenset(changed)
 
+    @property
+    def reporting_proxies(self) -> int:
+        return self.book.proxies
+
+    @property
+    def report_interval(self) -> float:
+        return self.interval
+
     def servers(self) -> list[str]:
         """The servers of the view, in the routing table's order."""
         return self._order
@@ -409,13 +417,13 @@ class LoadService:
                 continue
             await asyncio.sleep(COLD_START_COALESCE)
 
-    async def watch(self) -> AsyncIterator[list[LoadRow]]:
-        """The rows now, then after every tick."""
+    async def watch(self) -> AsyncIterator[int]:
+        """The version now, then after every tick that moved a row."""
         seen = -1
         while True:
             if self._version != seen:
                 seen = self._version
-                yield self.rows
+                yield seen
             async with self._changed:
                 await self._changed.wait()
 

@@ -39,7 +39,7 @@ async def test_the_supervisors_load_loop_stops_when_an_update_and_the_cancel_mee
         service = AggregateService(workers=[], interval=60.0)
         try:
             runner = asyncio.create_task(service.run())
-            await async_wait_until(lambda s=service: s._version > 0, what="the first sum")
+            await async_wait_until(lambda s=service: s._summed, what="the first sum")
             service._updated.set()  # a worker's update ...
             runner.cancel()  # ... in the same loop turn as the shutdown
             assert await _stops(runner), f"round {round_}: the cancel was lost"
