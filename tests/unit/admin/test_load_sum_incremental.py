@@ -6,6 +6,7 @@ replaced), whatever the sequence."""
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
@@ -129,3 +130,42 @@ def test_the_supervisors_incremental_sum_equals_a_sum_of_whole_answers(seed: int
         incremental.sum(now=clock[0])
         expected = scratch.add([a.get(whole) for a in answers], now=clock[0])
         assert by_key(incremental) == expected, f"seed {seed}, step {step}"
+
+
+def test_an_idle_group_sums_nothing_once_recommendations_settled() -> None:
+    """Two workers' whole answers for 1,000 servers at their no-load recommendation: the first
+    sum computes them, later sums (every half interval) none."""
+    rows = [
+        {"server": f"s{i}", "region": "*", "ready_replicas": 1, "target": 4.0} for i in range(1000)
+    ]
+    load = LoadSum(2)
+    counting = load._recommender = CountingRecommender()
+    for worker in (0, 1):
+        load.take(worker, whole_answer(rows))
+    assert load.sum(now=1.0)
+    assert counting.updates == 1000
+    version = load.version
+    for step in range(10):
+        assert not load.sum(now=2.0 + step)
+    assert counting.updates == 1000
+    assert load.version == version
+
+
+class CountingRecommender(Recommender):
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates = 0
+
+    def update(self, key: Hashable, **kwargs: Any) -> int:
+        self.updates += 1
+        return super().update(key, **kwargs)
+
+
+def whole_answer(rows: list[dict[str, Any]]) -> Any:
+    response = admin_pb2.LoadResponse(report_interval_seconds=1.0)
+    for row in rows:
+        item = response.servers.add(**{k: v for k, v in row.items() if k != "target"})
+        item.autoscaling.target_concurrency = row["target"]
+        item.autoscaling.min_replicas = 1
+        item.autoscaling.max_replicas = 20
+    return response

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import replace
+from typing import Any
 
+from control_plane.load.autoscale import Recommender
 from control_plane.load.server import LoadService
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutingTable
@@ -178,3 +181,37 @@ def test_the_proxies_remembered_per_cold_period_are_bounded() -> None:
     assert sum(len(s) for s in service._cold_proxies.values()) == load_server.MAX_COLD_PROXIES
     # Past the bound every ask counts: demand is never hidden.
     assert service.tick()[0].cold_starts == load_server.MAX_COLD_PROXIES + 10
+
+
+class CountingRecommender(Recommender):
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates = 0
+
+    def update(self, key: Hashable, **kwargs: Any) -> int:
+        self.updates += 1
+        return super().update(key, **kwargs)
+
+
+def test_an_idle_tick_of_servers_whose_recommendation_settled_touches_none_of_them() -> None:
+    """1,000 servers with autoscaling at their no-load value (min 1, 1 READY): the first tick
+    computes them all, the next ones none (the old tick updated 1,000 keys twice a second)."""
+    spec = parse_spec({"autoscaling": {"target_concurrency": 4, "min_replicas": 1}})
+    servers = [
+        replace(server(f"s{i}", endpoint(f"r{i}", 9000 + i)), spec=spec) for i in range(1000)
+    ]
+    clock = [100.0]
+    current = [table(*servers)]
+    service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
+    counting = service._recommender = CountingRecommender()
+    rows = service.tick()
+    assert counting.updates == 1000
+    assert {row.desired_replicas for row in rows if row.region == "*"} == {1}
+    for _ in range(10):
+        clock[0] += 0.5
+        assert service.tick() is rows
+    assert counting.updates == 1000
+    # Load on one server: that one alone is looked at, until it is quiet and settled again.
+    service.book.note_cold_start("s7", now=clock[0])
+    service.tick()
+    assert counting.updates == 1001
