@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ from prometheus_client.registry import Collector
 from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.load.autoscale import Recommender
-from control_plane.load.quiet import settled
+from control_plane.load.quiet import ChangeLog, settled
 from control_plane.metrics import LOAD_FAMILIES_START, LoadExposition
 from control_plane.registry.spec import Autoscaling
 
@@ -148,14 +147,13 @@ class LoadSum:
         self._rows: dict[str, tuple[Any, ...]] = {}  # server -> summed rows (ServerLoad)
         self._keys: dict[str, set[tuple[str, str]]] = {}
         self._order: list[str] = []
-        self._version = 0
-        self._changes: deque[tuple[int, frozenset[str], bool]] = deque(maxlen=CHANGES_KEPT)
+        self._log = ChangeLog(CHANGES_KEPT)  # the sums' version, and what each one changed
 
     # The view.
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._log.version
 
     @property
     def reporting_proxies(self) -> int:
@@ -173,17 +171,7 @@ class LoadSum:
         return self._rows.get(server, ())
 
     def changes_since(self, version: int) -> frozenset[str] | None:
-        if version == self._version:
-            return frozenset()
-        if not self._changes or self._changes[0][0] > version + 1:
-            return None
-        changed: set[str] = set()
-        for at, servers, reordered in self._changes:
-            if at > version:
-                if reordered:
-                    return None
-                changed |= servers
-        return frozenset(changed)
+        return self._log.since(version)
 
     # Taking answers.
 
@@ -250,10 +238,9 @@ class LoadSum:
             self._recommender.forget({k for keys in self._keys.values() for k in keys})
         if reordered:
             self._order = sorted(self._rows)
-        if changed or reordered:
-            self._version += 1
-            self._changes.append((self._version, frozenset(changed), reordered))
-        return bool(changed or reordered)
+        if changed:
+            self._log.add(frozenset(changed))
+        return bool(changed)
 
     def _sum_server(
         self, name: str, *, now: float, woken: bool

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from envoy.service.load_stats.v3 import lrs_pb2
 from control_plane import metrics
 from control_plane.identity import certificate_clusters
 from control_plane.load.autoscale import Recommender
-from control_plane.load.quiet import settled
+from control_plane.load.quiet import ChangeLog, settled
 from control_plane.load.reports import Catalog, Load, LoadBook
 from control_plane.registry.spec import Autoscaling
 from control_plane.routing.model import RoutedServer, RoutingTable
@@ -120,9 +119,7 @@ class LoadService:
         self._events_seen = -1
         self._rows: list[LoadRow] = []
         self._rows_version = -1
-        # (version, servers whose rows changed in it, whether the order changed): the last few,
-        # so a watcher can be sent only what changed.
-        self._changes: deque[tuple[int, frozenset[str], bool]] = deque(maxlen=CHANGES_KEPT)
+        self._log = ChangeLog(CHANGES_KEPT)  # the view's version, and what each one changed
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
         self._cold_start_seen = asyncio.Event()
@@ -136,7 +133,6 @@ class LoadService:
         self._cold_proxies: dict[str, set[int]] = {}
         self._cold_proxies_kept = 0
         self._cold_epochs: dict[str, int] = {}
-        self._version = 0
         self._changed = asyncio.Condition()
 
     # The view.
@@ -145,31 +141,21 @@ class LoadService:
     def rows(self) -> list[LoadRow]:
         """Every server's rows, in the routing table's order (built when asked, once per
         version)."""
-        if self._rows_version != self._version:
+        if self._rows_version != self._log.version:
             by_server = self._by_server
             self._rows = [row for name in self._order for row in by_server.get(name, ())]
-            self._rows_version = self._version
+            self._rows_version = self._log.version
         return self._rows
 
     @property
     def version(self) -> int:
         """Moves whenever a row does."""
-        return self._version
+        return self._log.version
 
     def changes_since(self, version: int) -> frozenset[str] | None:
         """The servers whose rows changed (or went) after ``version``; None when that is too
-        far back to tell, or the table's order changed (send everything)."""
-        if version == self._version:
-            return frozenset()
-        if not self._changes or self._changes[0][0] > version + 1:
-            return None
-        changed: set[str] = set()
-        for at, servers, reordered in self._changes:
-            if at > version:
-                if reordered:
-                    return None
-                changed |= servers
-        return frozenset(changed)
+        far back to tell (send everything)."""
+        return self._log.since(version)
 
     @property
     def reporting_proxies(self) -> int:
@@ -284,16 +270,17 @@ class LoadService:
         totals, _ = self.book.loads()
         loaded = {server for server, _ in totals}
         touch = self._active | loaded
-        reordered = False
+        gone: set[str] = set()
+        order = self._order
         if table is not self._rows_for:
-            touch |= self._take_table(table)
-            reordered = True
+            fresh, gone = self._take_table(table)
+            touch |= fresh
         cold_starts = self.book.cold_starts
         if self.book.cold_start_events != self._events_seen:
             self._events_seen = self.book.cold_start_events
             touch |= {s for s, n in cold_starts.items() if n != self._cold_seen.get(s, 0)}
         active: set[str] = set(loaded)
-        changed: set[str] = set()
+        changed = gone
         for name in touch:
             server = self._servers.get(name)
             if server is None:
@@ -308,15 +295,14 @@ class LoadService:
         if self._forget:
             self._recommender.forget(self._all_keys())
             self._forget = False
-        if changed or reordered:
-            self._version += 1
-            self._changes.append((self._version, frozenset(changed), reordered))
+        if changed or order != self._order:
+            self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return self.rows
 
-    def _take_table(self, table: RoutingTable | None) -> set[str]:
-        """A new routing table: the servers that are new or differ, to be recomputed; those
-        gone are forgotten, with their recommendations."""
+    def _take_table(self, table: RoutingTable | None) -> tuple[set[str], set[str]]:
+        """A new routing table: the servers that are new or differ, to be recomputed, and
+        those gone, forgotten with their recommendations."""
         servers = {s.name: s for s in table.servers} if table is not None else {}
         previous = self._servers
         touch = {
@@ -324,15 +310,18 @@ class LoadService:
             for name, server in servers.items()
             if (old := previous.get(name)) is not server and old != server
         }
-        for name in previous.keys() - servers.keys():
+        gone = previous.keys() - servers.keys()
+        for name in gone:
             if self._keys.pop(name, None):
                 self._forget = True
             self._by_server.pop(name, None)
             self._cold_seen.pop(name, None)
         self._servers = servers
-        self._order = list(servers)
+        order = list(servers)
+        if order != self._order:
+            self._order = order  # a new list: the old one may be someone's
         self._rows_for = table
-        return touch
+        return touch, set(gone)
 
     def _all_keys(self) -> set[Hashable]:
         return {key for keys in self._keys.values() for key in keys}
@@ -421,8 +410,8 @@ class LoadService:
         """The version now, then after every tick that moved a row."""
         seen = -1
         while True:
-            if self._version != seen:
-                seen = self._version
+            if self._log.version != seen:
+                seen = self._log.version
                 yield seen
             async with self._changed:
                 await self._changed.wait()

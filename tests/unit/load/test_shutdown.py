@@ -27,7 +27,7 @@ async def test_the_load_tick_loop_stops_when_a_cold_start_and_the_cancel_meet() 
     for round_ in range(ROUNDS):
         service = LoadService(table=lambda: current, interval=60.0)
         runner = asyncio.create_task(service.run())
-        await async_wait_until(lambda s=service: s._version > 0, what="the first tick")
+        await async_wait_until(lambda s=service: s.version > 0, what="the first tick")
         service._cold_start_seen.set()  # a cold start ...
         runner.cancel()  # ... in the same loop turn as the shutdown
         assert await _stops(runner), f"round {round_}: the cancel was lost"

@@ -215,3 +215,18 @@ def test_an_idle_tick_of_servers_whose_recommendation_settled_touches_none_of_th
     service.book.note_cold_start("s7", now=clock[0])
     service.tick()
     assert counting.updates == 1001
+
+
+def test_a_new_table_tells_watchers_only_the_servers_that_changed_or_went() -> None:
+    """A registry revision must not make every watcher (the supervisor) take every row again."""
+    current = [table(server("a", endpoint("r1", 8081)), server("b", endpoint("r2", 8082)))]
+    service = _service(current)
+    service.tick()
+    first = service.version
+    current[0] = table(server("a", endpoint("r1", 8081)), server("b", endpoint("r2", 8082)))
+    service.tick()
+    assert service.changes_since(first) == frozenset()  # the same servers: nothing to send
+    current[0] = table(server("a", endpoint("r1", 8081), endpoint("r3", 8083)))
+    service.tick()
+    assert service.changes_since(first) == {"a", "b"}  # a changed, b went
+    assert service.rows_of("b") == ()
