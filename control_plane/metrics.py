@@ -1,7 +1,9 @@
 """Prometheus metrics, served at ``http://ADMIN/metrics``. Names are an API.
 
 Counters and histograms live in the default registry; per-group gauges of live state are
-collected at scrape time from the running server (``LiveCollector``), so they never drift.
+collected at scrape time from the running server (``LiveCollector``), so they never drift. The
+per-server load families are rendered from a load view by ``LoadExposition``, which keeps each
+server's lines until its rows change (10,000 servers are 90,000 series).
 """
 
 from __future__ import annotations
