@@ -268,7 +268,13 @@ class LoadService:
         table = self._table()
         self._resolve_pending(table, now)
         totals, _ = self.book.loads()
-        loaded = {server for server, _ in totals}
+        # Per server with load: the regions its load came from (one pass, not one per server).
+        reported: dict[str, set[str]] = {}
+        for server_name, region in totals:
+            regions = reported.setdefault(server_name, set())
+            if region != "*":
+                regions.add(region)
+        loaded = set(reported)
         touch = self._active | loaded
         gone: set[str] = set()
         order = self._order
@@ -285,7 +291,7 @@ class LoadService:
             server = self._servers.get(name)
             if server is None:
                 continue
-            rows, moving = self._server_rows(server, totals, now)
+            rows, moving = self._server_rows(server, totals, reported.get(name, set()), now)
             if moving:
                 active.add(name)
             if rows != self._by_server.get(name):
@@ -327,18 +333,19 @@ class LoadService:
         return {key for keys in self._keys.values() for key in keys}
 
     def _server_rows(
-        self, server: RoutedServer, totals: dict[tuple[str, str], Load], now: float
+        self,
+        server: RoutedServer,
+        totals: dict[tuple[str, str], Load],
+        reported: set[str],
+        now: float,
     ) -> tuple[tuple[LoadRow, ...], bool]:
-        """The rows of one server now, and whether its recommendation is still moving."""
+        """The rows of one server now (``reported``: the regions its load came from), and
+        whether its recommendation is still moving."""
         ready_by_region: dict[str, int] = {}
         for endpoint in server.endpoints:
             if not endpoint.draining:
                 ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        regions = sorted(
-            set(server.spec.regions)
-            | set(ready_by_region)
-            | {region for (name, region) in totals if name == server.name and region != "*"}
-        )
+        regions = sorted(set(server.spec.regions) | set(ready_by_region) | reported)
         scaling = server.spec.autoscaling
         cold_starts = self.book.cold_starts.get(server.name, 0)
         # Demand with no replica: scale from zero now, whatever the scale-up window.
