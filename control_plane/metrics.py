@@ -1,17 +1,21 @@
 """Prometheus metrics, served at ``http://ADMIN/metrics``. Names are an API.
 
 Counters and histograms live in the default registry; per-group gauges of live state are
-collected at scrape time from the running server (``LiveCollector``), so they never drift.
+collected at scrape time from the running server (``LiveCollector``), so they never drift. The
+per-server load families are rendered from a load view by ``LoadExposition``, which keeps each
+server's lines until its rows change (10,000 servers are 90,000 series).
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -67,37 +71,97 @@ LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report c
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
 
 
-class LoadCollector(Collector):  # type: ignore[misc]
-    """Per server and region: requests in flight, requests/s and desired replicas, read from
-    the load service at scrape time (rows with region "*" are the server's totals)."""
+class LoadView(Protocol):
+    """What the load families are rendered from: rows per server, a version that moves with
+    any row, and which servers changed since an earlier version (None: too far back)."""
 
-    def __init__(self, rows: Callable[[], Iterable[object]]) -> None:
-        self._rows = rows
+    @property
+    def version(self) -> int: ...
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        labels = ["server", "region"]
-        in_flight = GaugeMetricFamily(
-            "routeplane_server_requests_in_flight",
-            "Requests in flight, summed over proxies",
-            labels=labels,
-        )
-        rate = GaugeMetricFamily(
-            "routeplane_server_requests_per_second",
-            "Requests per second, summed over proxies",
-            labels=labels,
-        )
-        desired = GaugeMetricFamily(
-            "routeplane_server_desired_replicas",
-            "Replicas the autoscaling rule recommends (servers with autoscaling only)",
-            labels=labels,
-        )
-        for row in self._rows():
-            key = [row.server, row.region]  # type: ignore[attr-defined]
-            in_flight.add_metric(key, row.in_flight)  # type: ignore[attr-defined]
-            rate.add_metric(key, row.requests_per_second)  # type: ignore[attr-defined]
-            if row.desired_replicas is not None:  # type: ignore[attr-defined]
-                desired.add_metric(key, row.desired_replicas)  # type: ignore[attr-defined]
-        yield from (in_flight, rate, desired)
+    def servers(self) -> Sequence[str]: ...
+
+    def rows_of(self, server: str) -> Sequence[Any]: ...
+
+    def changes_since(self, version: int) -> frozenset[str] | None: ...
+
+
+_LOAD_FAMILIES = (
+    ("routeplane_server_requests_in_flight", "Requests in flight, summed over proxies"),
+    ("routeplane_server_requests_per_second", "Requests per second, summed over proxies"),
+    (
+        "routeplane_server_desired_replicas",
+        "Replicas the autoscaling rule recommends (servers with autoscaling only)",
+    ),
+)
+
+
+# Where the load families start in an exposition (they come last).
+LOAD_FAMILIES_START = f"# HELP {_LOAD_FAMILIES[0][0]} ".encode()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class LoadExposition:
+    """Per server and region (region "*": the server's total): requests in flight,
+    requests/s and desired replicas, as exposition text appended to ``/metrics``.
+
+    Every row is exported, zero load included (a series Prometheus knows of reads 0, not
+    absent: ``avg_over_time`` and alerts on absence stay right, and an autoscaler reading
+    ``desired_replicas`` never sees a gap). A server's lines are rendered when its rows
+    change, not at every scrape, and the whole text once per version: an idle view of 10,000
+    servers is served from memory."""
+
+    def __init__(self, view: LoadView) -> None:
+        self._view = view
+        self._lines: dict[str, tuple[str, str, str]] = {}  # server -> its lines per family
+        self._version = -1
+        self._text = b""
+
+    def render(self) -> bytes:
+        view = self._view
+        version = view.version
+        if version == self._version:
+            return self._text
+        changed = view.changes_since(self._version) if self._version >= 0 else None
+        servers = view.servers()
+        if changed is None:
+            self._lines = {name: self._render(view.rows_of(name)) for name in servers}
+        else:
+            for name in changed:
+                rows = view.rows_of(name)
+                if rows:
+                    self._lines[name] = self._render(rows)
+                else:
+                    self._lines.pop(name, None)
+        lines = self._lines
+        parts: list[str] = []
+        for index, (family, help_text) in enumerate(_LOAD_FAMILIES):
+            parts.append(f"# HELP {family} {help_text}\n# TYPE {family} gauge\n")
+            parts.extend(lines[name][index] for name in servers if name in lines)
+        self._text = "".join(parts).encode()
+        self._version = version
+        return self._text
+
+    @staticmethod
+    def _render(rows: Sequence[Any]) -> tuple[str, str, str]:
+        in_flight, rate, desired = [], [], []
+        for row in rows:
+            labels = f'{{region="{_label(row.region)}",server="{_label(row.server)}"}}'
+            in_flight.append(
+                f"routeplane_server_requests_in_flight{labels} {floatToGoString(row.in_flight)}\n"
+            )
+            rate.append(
+                f"routeplane_server_requests_per_second{labels} "
+                f"{floatToGoString(row.requests_per_second)}\n"
+            )
+            wanted = row.desired_replicas
+            if wanted is not None and wanted >= 0:
+                desired.append(
+                    f"routeplane_server_desired_replicas{labels} {floatToGoString(wanted)}\n"
+                )
+        return "".join(in_flight), "".join(rate), "".join(desired)
 
 
 class LiveCollector(Collector):  # type: ignore[misc]

@@ -10,14 +10,16 @@ Each worker is a whole control plane with its own admin address on loopback
   ``SnapshotHistory``: each group's history from the first worker that has the group;
 - ``GetLoad``/``WatchLoad``: each worker sees only the load reports of the proxies connected to
   it, so the rows are summed per server and region and ``desired_replicas`` is recomputed here
-  from the summed load with the same rule (``load/autoscale.py``);
+  from the summed load with the same rule (``load/autoscale.py``); the supervisor follows each
+  worker's WatchLoad with ``changes_only`` and sums only the servers that changed;
 - ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
-  ``routeplane_worker_up`` per worker;
+  ``routeplane_worker_up`` per worker; the load families (``routeplane_server_*``) are the
+  group's sums instead, as ``GetLoad`` answers them;
 - ``/readyz``: ready when every worker is; the reason names each one that is not, or that does
   not answer within ``READY_TIMEOUT`` (a stopped process).
 
-Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``); nothing of
-the xDS engine, the pipeline or a store.
+Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``), and the
+load families' rendering (``metrics``); nothing of the xDS engine, the pipeline or a store.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.load.autoscale import Recommender
+from control_plane.load.quiet import ChangeLog, settled
+from control_plane.metrics import LOAD_FAMILIES_START, LoadExposition
 from control_plane.registry.spec import Autoscaling
 
 CALL_TIMEOUT = 10.0
@@ -45,6 +50,7 @@ HTTP_TIMEOUT = 5.0
 READY_TIMEOUT = 1.0
 LIST_TIMEOUT = 3.0
 MAX_HTTP_BYTES = 64 * 1024 * 1024
+CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 UP = (
     "# HELP routeplane_worker_up 1 if the worker answered this scrape (serve --workers)\n"
     "# TYPE routeplane_worker_up gauge\nrouteplane_worker_up %d\n"
@@ -139,64 +145,176 @@ def _rule(message: Any) -> Autoscaling:
 
 
 class LoadSum:
-    """Worker load answers -> one answer: summed per (server, region), recommendations
-    recomputed from the sums. Pure but for the Recommender's memory; time is an argument."""
+    """Worker load answers -> the group's rows: summed per (server, region), recommendations
+    recomputed from the sums. Keeps every worker's rows per server, so an answer with only the
+    servers that changed (``changes_only``) is summed for those alone; a sum also revisits the
+    servers whose recommendation has not settled (``load/quiet.py``), and nothing else: an idle
+    group of 10,000 servers costs nothing. A load view (``admin/loadview.py``) of its sums.
+    Pure but for the Recommender's memory; time is an argument."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 0) -> None:
         self._recommender = Recommender()
+        self._workers: list[dict[str, list[Any]]] = [{} for _ in range(workers)]
+        self._proxies = [0] * workers
+        self._interval = 0.0
         self._cold_seen: dict[tuple[int, str], int] = {}  # (worker, server) -> its cold starts
+        self._woken: set[str] = set()
+        self._touched: set[str] = set()
+        self._active: set[str] = set()  # recommendations not settled
+        self._rows: dict[str, tuple[Any, ...]] = {}  # server -> summed rows (ServerLoad)
+        self._keys: dict[str, set[tuple[str, str]]] = {}
+        self._order: list[str] = []
+        self._log = ChangeLog(CHANGES_KEPT)  # the sums' version, and what each one changed
 
-    def add(self, answers: Sequence[Any], *, now: float) -> Any:
-        total = admin_pb2.LoadResponse()
-        rows: dict[tuple[str, str], Any] = {}
+    # The view.
+
+    @property
+    def version(self) -> int:
+        return self._log.version
+
+    @property
+    def reporting_proxies(self) -> int:
+        return sum(self._proxies)
+
+    @property
+    def report_interval(self) -> float:
+        return self._interval
+
+    def servers(self) -> list[str]:
+        return self._order
+
+    def rows_of(self, server: str) -> tuple[Any, ...]:
+        """One server's summed rows (do not alter them)."""
+        return self._rows.get(server, ())
+
+    def changes_since(self, version: int) -> frozenset[str] | None:
+        return self._log.since(version)
+
+    # Taking answers.
+
+    def take(self, worker: int, answer: Any) -> None:
+        """Worker ``worker``'s answer: every row, or only the servers that changed."""
+        while len(self._workers) <= worker:
+            self._workers.append({})
+            self._proxies.append(0)
+        mine = self._workers[worker]
+        grouped: dict[str, list[Any]] = {}
+        for row in answer.servers:
+            grouped.setdefault(row.server, []).append(row)
+        # A whole answer: a server it lacks went; only changes: those it says went.
+        gone = set(answer.removed_servers) if answer.changes_only else set(mine) - grouped.keys()
+        for name in gone:
+            mine.pop(name, None)
+            self._cold_seen.pop((worker, name), None)
+        mine.update(grouped)
+        self._touched |= gone | grouped.keys()
+        self._proxies[worker] = answer.reporting_proxies
+        self._interval = answer.report_interval_seconds
         # A cold start wakes its server when the worker that counted it had no replica: that
         # worker's table is the one the proxy's route came from. (The group's ready count can
         # be another worker's, a moment behind: a replica just deregistered still counted.)
-        woken: set[str] = set()
-        for index, answer in enumerate(answers):
-            for row in answer.servers:
-                if row.region != "*":
-                    continue
-                seen = (index, row.server)
-                new_cold = row.cold_starts - self._cold_seen.get(seen, 0)
-                self._cold_seen[seen] = row.cold_starts
-                if new_cold > 0 and row.ready_replicas == 0:
-                    woken.add(row.server)
-        for answer in answers:
-            total.reporting_proxies += answer.reporting_proxies
-            total.report_interval_seconds = answer.report_interval_seconds
-            for row in answer.servers:
-                key = (row.server, row.region)
-                mine = rows.get(key)
-                if mine is None:
-                    mine = rows[key] = total.servers.add()
-                    mine.CopyFrom(row)
+        for name, rows in grouped.items():
+            for row in rows:
+                if row.region == "*":
+                    seen = (worker, name)
+                    new_cold = row.cold_starts - self._cold_seen.get(seen, 0)
+                    self._cold_seen[seen] = row.cold_starts
+                    if new_cold > 0 and row.ready_replicas == 0:
+                        self._woken.add(name)
+
+    def sum(self, *, now: float) -> bool:
+        """Sum the servers answers changed since the last sum, and update the
+        recommendations not settled; whether any row moved."""
+        touch = self._touched | self._active
+        self._touched = set()
+        woken, self._woken = self._woken, set()
+        changed: set[str] = set()
+        active: set[str] = set()
+        reordered = False
+        forget = False
+        for name in touch:
+            rows, keys, moving = self._sum_server(name, now=now, woken=name in woken)
+            if moving:
+                active.add(name)
+            if self._keys.get(name, keys) - keys:
+                forget = True  # a region or the rule went away: its history goes too
+            if rows:
+                self._keys[name] = keys
+                if name not in self._rows:
+                    reordered = True
+                if rows != self._rows.get(name):
+                    self._rows[name] = rows
+                    changed.add(name)
+            elif name in self._rows:
+                del self._rows[name]
+                self._keys.pop(name, None)
+                changed.add(name)
+                reordered = forget = True
+        self._active = active
+        if forget:
+            self._recommender.forget({k for keys in self._keys.values() for k in keys})
+        if reordered:
+            self._order = sorted(self._rows)
+        if changed:
+            self._log.add(frozenset(changed))
+        return bool(changed)
+
+    def _sum_server(
+        self, name: str, *, now: float, woken: bool
+    ) -> tuple[tuple[Any, ...], set[tuple[str, str]], bool]:
+        """One server's rows summed over workers (first worker's order, then new regions),
+        with its recommendations; its keys; whether a recommendation is still moving."""
+        summed: dict[str, Any] = {}
+        for mine in self._workers:
+            for row in mine.get(name, ()):
+                total = summed.get(row.region)
+                if total is None:
+                    total = summed[row.region] = admin_pb2.ServerLoad()
+                    total.CopyFrom(row)
                     continue
                 # Every worker reads the same registry: replicas are the same, load adds up.
-                mine.ready_replicas = max(mine.ready_replicas, row.ready_replicas)
-                mine.in_flight += row.in_flight
-                mine.requests_per_second += row.requests_per_second
-                mine.errors_per_second += row.errors_per_second
-                mine.dropped_per_second += row.dropped_per_second
-                mine.cold_starts += row.cold_starts
-                if row.HasField("autoscaling") and not mine.HasField("autoscaling"):
-                    mine.autoscaling.CopyFrom(row.autoscaling)
-        keep: set[object] = set()
-        for row in total.servers:
+                total.ready_replicas = max(total.ready_replicas, row.ready_replicas)
+                total.in_flight += row.in_flight
+                total.requests_per_second += row.requests_per_second
+                total.errors_per_second += row.errors_per_second
+                total.dropped_per_second += row.dropped_per_second
+                total.cold_starts += row.cold_starts
+                if row.HasField("autoscaling") and not total.HasField("autoscaling"):
+                    total.autoscaling.CopyFrom(row.autoscaling)
+        keys: set[tuple[str, str]] = set()
+        moving = False
+        for row in summed.values():
             if not row.HasField("autoscaling"):
                 row.desired_replicas = -1
                 continue
             key = (row.server, row.region)
-            keep.add(key)
+            keys.add(key)
+            rule = _rule(row.autoscaling)
+            wake = row.region == "*" and woken
             row.desired_replicas = self._recommender.update(
                 key,
                 in_flight=row.in_flight,
                 ready=row.ready_replicas,
-                spec=_rule(row.autoscaling),
+                spec=rule,
                 now=now,
-                wake=row.region == "*" and row.server in woken,
+                wake=wake,
             )
-        self._recommender.forget(keep)
+            moving |= not settled(
+                row.desired_replicas, in_flight=row.in_flight, wake=wake, spec=rule
+            )
+        return tuple(summed.values()), keys, moving
+
+    def add(self, answers: Sequence[Any], *, now: float) -> Any:
+        """Every worker's whole answer at once -> the whole summed answer."""
+        for index, answer in enumerate(answers):
+            self.take(index, answer)
+        self.sum(now=now)
+        total = admin_pb2.LoadResponse(
+            reporting_proxies=self.reporting_proxies,
+            report_interval_seconds=self.report_interval,
+        )
+        for name in self._order:
+            total.servers.extend(self._rows[name])
         return total
 
 
@@ -232,10 +350,12 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._stubs = [admin_pb2_grpc.AdminStub(channel) for channel in self._channels]
         self._interval = interval
         self._clock = clock
-        self._sum = LoadSum()
-        self._load: Any = None
-        self._version = 0
+        self._sum = LoadSum(len(self.workers))
+        self._answers = LoadAnswers(self._sum, _add_rows)
+        self._exposition = LoadExposition(self._sum)
+        self._summed = False  # every worker's rows were summed at least once
         self._changed = asyncio.Condition()
+        self._updated = asyncio.Event()  # a worker's WatchLoad brought an answer
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -273,8 +393,10 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         for index, answer in enumerate(answers):
             status, body = (0, b"") if isinstance(answer, BaseException) else split_http(answer)
             up = status == 200
+            # A worker's load families are its share: the group's come from the sums.
+            body = body.split(LOAD_FAMILIES_START, 1)[0]
             texts.append((str(index), (body.decode() if up else "") + UP % int(up)))
-        return merge_metrics(texts)
+        return merge_metrics(texts) + self._exposition.render()
 
     # Calls to the workers.
 
@@ -344,7 +466,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             seen |= groups
         return response
 
-    async def tick(self) -> Any:
+    async def tick(self) -> None:
         """Ask every worker for its load now and sum; wakes ``WatchLoad``ers."""
         calls = [stub.GetLoad(admin_pb2.GetLoadRequest(), **self._call) for stub in self._stubs]
         answers = await asyncio.gather(*calls, return_exceptions=True)
@@ -353,70 +475,77 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 raise WorkerUnavailable(f"worker {index}: {answer.details()}")
             if isinstance(answer, BaseException):
                 raise answer
-        return await self._publish(answers)
+        for index, answer in enumerate(answers):
+            self._sum.take(index, answer)
+        await self._publish()
 
-    async def _publish(self, answers: Sequence[Any]) -> Any:
-        self._load = self._sum.add(answers, now=self._clock())
-        self._version += 1
-        async with self._changed:
-            self._changed.notify_all()
-        return self._load
+    async def _publish(self) -> None:
+        moved = self._sum.sum(now=self._clock())
+        if moved or not self._summed:
+            self._summed = True
+            async with self._changed:
+                self._changed.notify_all()
 
     async def run(self) -> None:
-        """Follow every worker's ``WatchLoad`` until cancelled, and sum on each worker's update
-        (a cold start reaches the group's watchers as soon as its worker's) and every half
-        report interval (the recommendation's windows move with time, not only with load)."""
-        latest: list[Any] = [None] * len(self._stubs)
-        updated = asyncio.Event()
+        """Follow every worker's ``WatchLoad`` (only what changed, after the first answer)
+        until cancelled, and sum on each worker's update (a cold start reaches the group's
+        watchers as soon as its worker's) and every half report interval (a recommendation
+        not settled moves with time, not only with load)."""
+        following = [False] * len(self._stubs)  # the worker's first (whole) answer came
+        updated = self._updated
 
         async def follow(index: int, stub: Any) -> None:
             metadata = self._call["metadata"]
+            request = admin_pb2.GetLoadRequest(changes_only=True)
             while True:
                 try:
                     async for answer in stub.WatchLoad(
-                        admin_pb2.GetLoadRequest(), metadata=metadata, wait_for_ready=True
+                        request, metadata=metadata, wait_for_ready=True
                     ):
-                        latest[index] = answer
+                        self._sum.take(index, answer)
+                        following[index] = True
                         updated.set()
                 except grpc.aio.AioRpcError:
-                    latest[index] = None  # a worker starting or stopping: ask again
+                    following[index] = False  # a worker starting or stopping: ask again
                 await asyncio.sleep(self._interval / 2)  # pacing the retry
 
         followers = [asyncio.create_task(follow(i, s)) for i, s in enumerate(self._stubs)]
         try:
             while True:
-                if all(answer is not None for answer in latest):
-                    await self._publish(latest)
+                if all(following):
+                    await self._publish()
                 updated.clear()
+                # asyncio.timeout, not wait_for: in 3.11 wait_for returns the event's result
+                # when it is set in the same loop turn as a cancel, and the cancel is lost.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(updated.wait(), self._interval / 2)
+                    async with asyncio.timeout(self._interval / 2):
+                        await updated.wait()
         finally:
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
 
-    def _only(self, load: Any, server: str) -> Any:
-        if not server:
-            return load
-        response = admin_pb2.LoadResponse()
-        response.CopyFrom(load)
-        del response.servers[:]
-        response.servers.extend(row for row in load.servers if row.server == server)
-        return response
-
     async def GetLoad(self, request: Any, context: Any) -> Any:
-        if self._load is None:
+        if not self._summed:
             try:
                 await self.tick()
             except WorkerUnavailable as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return self._only(self._load, request.server)
+        return self._answers.get(request)
 
     async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for response in self._answers.watch(request, self._versions()):
+            yield response
+
+    async def _versions(self) -> AsyncIterator[int]:
         seen = -1
         while True:
-            if self._load is not None and self._version != seen:
-                seen = self._version
-                yield self._only(self._load, request.server)
+            if self._summed and self._sum.version != seen:
+                seen = self._sum.version
+                yield seen
             async with self._changed:
                 await self._changed.wait()
+
+
+def _add_rows(response: Any, rows: Iterable[Any]) -> None:
+    response.servers.extend(rows)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import health_check_pb2
 from google.protobuf import json_format
 
+from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.load.server import LoadRow, LoadService
 from control_plane.routing.model import RoutingTable
@@ -67,6 +68,31 @@ def summary(resource: Resource) -> str:
     return ""
 
 
+def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
+    """Append load rows to a ``LoadResponse``."""
+    for row in rows:
+        item = response.servers.add(
+            server=row.server,
+            region=row.region,
+            ready_replicas=row.ready_replicas,
+            in_flight=row.in_flight,
+            requests_per_second=row.requests_per_second,
+            errors_per_second=row.errors_per_second,
+            dropped_per_second=row.dropped_per_second,
+            desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
+            cold_starts=row.cold_starts,
+            cold_start_mode=row.cold_start_mode,
+        )
+        if row.autoscaling is not None:
+            rule = row.autoscaling
+            item.autoscaling.target_concurrency = rule.target_concurrency
+            item.autoscaling.min_replicas = rule.min_replicas
+            item.autoscaling.max_replicas = rule.max_replicas
+            item.autoscaling.buffer_replicas = rule.buffer_replicas
+            item.autoscaling.scale_up_window_seconds = rule.scale_up_window
+            item.autoscaling.scale_down_window_seconds = rule.scale_down_window
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -80,47 +106,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self.cache = cache
         self.table = table
         self.load = load
-
-    def _load_response(self, rows: list[LoadRow], server: str) -> Any:
-        response = admin_pb2.LoadResponse(
-            reporting_proxies=self.load.book.proxies if self.load is not None else 0,
-            report_interval_seconds=self.load.interval if self.load is not None else 0.0,
-        )
-        for row in rows:
-            if server and row.server != server:
-                continue
-            item = response.servers.add(
-                server=row.server,
-                region=row.region,
-                ready_replicas=row.ready_replicas,
-                in_flight=row.in_flight,
-                requests_per_second=row.requests_per_second,
-                errors_per_second=row.errors_per_second,
-                dropped_per_second=row.dropped_per_second,
-                desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
-                cold_starts=row.cold_starts,
-                cold_start_mode=row.cold_start_mode,
-            )
-            if row.autoscaling is not None:
-                rule = row.autoscaling
-                item.autoscaling.target_concurrency = rule.target_concurrency
-                item.autoscaling.min_replicas = rule.min_replicas
-                item.autoscaling.max_replicas = rule.max_replicas
-                item.autoscaling.buffer_replicas = rule.buffer_replicas
-                item.autoscaling.scale_up_window_seconds = rule.scale_up_window
-                item.autoscaling.scale_down_window_seconds = rule.scale_down_window
-        return response
+        self._load_answers = LoadAnswers(load, add_rows) if load is not None else None
 
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rows = self.load.rows if self.load is not None else []
-        return self._load_response(rows, request.server)
+        if self._load_answers is None:
+            return admin_pb2.LoadResponse()
+        return self._load_answers.get(request)
 
     async def WatchLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if self.load is None:
+        if self.load is None or self._load_answers is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "load reporting is off")
         assert self.load is not None
-        async for rows in self.load.watch():
-            await context.write(self._load_response(rows, request.server))
+        assert self._load_answers is not None
+        async for response in self._load_answers.watch(request, self.load.watch()):
+            await context.write(response)
 
     async def ListProxies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = admin_pb2.ListProxiesResponse()

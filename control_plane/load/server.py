@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,10 @@ from google.protobuf.message import DecodeError
 from control_plane import metrics
 from control_plane.identity import certificate_clusters
 from control_plane.load.autoscale import Recommender
+from control_plane.load.quiet import ChangeLog, settled
 from control_plane.load.reports import Catalog, Draft, Load, LoadBook
 from control_plane.registry.spec import Autoscaling
-from control_plane.routing.model import RoutingTable
+from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.xds.nodes import DEFAULT_CLUSTER
 from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
@@ -54,8 +55,12 @@ COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_co
 # A held name asked for before this process saw its server go cold (the route came from another
 # worker or replica, whose watch was ahead): counted when it does, if within this long.
 PENDING_COLD_SECONDS = 30.0
-MAX_PENDING_COLD = 1000  # distinct names kept waiting (they come from proxies: bounded)
+MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from proxies: bounded)
+# (held server, proxy) pairs remembered so that a proxy counts once per cold period (a hash
+# each: a few MB at most).
+MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
+CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,32 +138,83 @@ class LoadService:
         self._catalog = Catalog(
             servers={}, regions={}, endpoints={}, own=frozenset({names.XDS_CLUSTER})
         )
-        # The table and cold-start count the last tick computed quiet rows for (no load, no
-        # autoscaling), if any.
-        # (The table is compared by identity: a new table is a new routing state.)
-        self._quiet_for: tuple[int, int] | None = None
         self._recommender = Recommender()
         self._streams = itertools.count(1)
+        # The view, per server: its rows, its recommendation keys; the table they follow
+        # (compared by identity: a new table is a new routing state), its servers by name and
+        # their order.
+        self._by_server: dict[str, tuple[LoadRow, ...]] = {}
+        self._keys: dict[str, set[Hashable]] = {}
+        self._rows_for: RoutingTable | None = None
+        self._servers: dict[str, RoutedServer] = {}
+        self._order: list[str] = []
+        # Servers to look at next tick though nothing else says so: load at the last tick (it
+        # may be gone now) or a recommendation not settled yet.
+        self._active: set[str] = set()
+        self._forget = False  # recommendation keys went away: drop their history
+        self._events_seen = -1
         self._rows: list[LoadRow] = []
+        self._rows_version = -1
+        self._log = ChangeLog(CHANGES_KEPT)  # the view's version, and what each one changed
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
         self._cold_start_seen = asyncio.Event()
         self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
         self._held_for: RoutingTable | None = None
-        # Cold names asked for while their server was not held here: name less epoch ->
-        # (when first asked, how many times).
-        self._pending_cold: dict[str, tuple[float, int]] = {}
-        self._version = 0
+        # Cold names asked for while their server was not held here: (name less epoch,
+        # proxy) -> when first asked.
+        self._pending_cold: dict[tuple[str, int], float] = {}
+        # Per held server: the proxies (node id hashes) counted in its cold period, which is
+        # the one of ``_cold_epochs[server]``; at most MAX_COLD_PROXIES in all.
+        self._cold_proxies: dict[str, set[int]] = {}
+        self._cold_proxies_kept = 0
+        self._cold_epochs: dict[str, int] = {}
         self._changed = asyncio.Condition()
 
     # The view.
 
     @property
     def rows(self) -> list[LoadRow]:
+        """Every server's rows, in the routing table's order (built when asked, once per
+        version)."""
+        if self._rows_version != self._log.version:
+            by_server = self._by_server
+            self._rows = [row for name in self._order for row in by_server.get(name, ())]
+            self._rows_version = self._log.version
         return self._rows
 
-    def note_subscribed(self, type_url: str, cluster_names: frozenset[str]) -> None:
-        """A proxy asked for clusters: a held server's cluster means a held request."""
+    @property
+    def version(self) -> int:
+        """Moves whenever a row does."""
+        return self._log.version
+
+    def changes_since(self, version: int) -> frozenset[str] | None:
+        """The servers whose rows changed (or went) after ``version``; None when that is too
+        far back to tell (send everything)."""
+        return self._log.since(version)
+
+    @property
+    def reporting_proxies(self) -> int:
+        return self.book.proxies
+
+    @property
+    def report_interval(self) -> float:
+        return self.interval
+
+    def servers(self) -> list[str]:
+        """The servers of the view, in the routing table's order."""
+        return self._order
+
+    def rows_of(self, server: str) -> tuple[LoadRow, ...]:
+        """One server's rows (none: it is gone)."""
+        return self._by_server.get(server, ())
+
+    def note_subscribed(
+        self, type_url: str, cluster_names: frozenset[str], *, node_id: str
+    ) -> None:
+        """Proxy ``node_id`` asked for clusters: a held server's cluster means a held request,
+        counted once per proxy per cold period (a proxy that unsubscribes and subscribes again
+        is the same demand)."""
         if type_url != CLUSTER_TYPE:
             return
         table = self._table()
@@ -166,6 +222,7 @@ class LoadService:
             return
         held = self._held_in(table)
         now = self._clock()
+        proxy = hash(node_id)  # kept as a hash: a node id may be long
         for name in cluster_names:
             # Any epoch of a held server's name: the route the proxy holds on may come from
             # another worker or control-plane replica, whose epoch (its own count of registry
@@ -176,12 +233,26 @@ class LoadService:
             prefix = base + suffix
             server = held.get(prefix)
             if server is not None:
-                self.book.note_cold_start(server, now=now)
-                self._cold_start_seen.set()
-            elif prefix in self._pending_cold or len(self._pending_cold) < MAX_PENDING_COLD:
+                if self._first_in_period(server, proxy):
+                    self.book.note_cold_start(server, now=now)
+                    self._cold_start_seen.set()
+            elif (prefix, proxy) not in self._pending_cold and (
+                len(self._pending_cold) < MAX_PENDING_COLD
+            ):
                 # That route's process saw the server go cold before this one did.
-                since, count = self._pending_cold.get(prefix, (now, 0))
-                self._pending_cold[prefix] = (since, count + 1)
+                self._pending_cold[(prefix, proxy)] = now
+
+    def _first_in_period(self, server: str, proxy: int) -> bool:
+        """Whether ``proxy`` is new demand for held ``server`` in its current cold period.
+        Past ``MAX_COLD_PROXIES`` remembered (server, proxy) pairs, every ask counts: more
+        demand shown, never demand hidden."""
+        seen = self._cold_proxies.setdefault(server, set())
+        if proxy in seen:
+            return False
+        if self._cold_proxies_kept < MAX_COLD_PROXIES:
+            seen.add(proxy)
+            self._cold_proxies_kept += 1
+        return True
 
     def _held_in(self, table: RoutingTable) -> dict[str, str]:
         if table is not self._held_for:
@@ -191,6 +262,13 @@ class LoadService:
                 if s.held
             }
             self._held_for = table
+            # A cold period ends when its server is no longer held (its epoch moves with the
+            # next one): the proxies it counted may count again.
+            epochs = {s.name: s.cold_epoch for s in table.servers if s.held}
+            for server in list(self._cold_proxies):
+                if self._cold_epochs.get(server) != epochs.get(server):
+                    self._cold_proxies_kept -= len(self._cold_proxies.pop(server))
+            self._cold_epochs = epochs
         return self._held
 
     def _resolve_pending(self, table: RoutingTable | None, now: float) -> None:
@@ -199,13 +277,14 @@ class LoadService:
         if not self._pending_cold or table is None:
             return
         held = self._held_in(table)
-        for prefix, (since, count) in list(self._pending_cold.items()):
+        for (prefix, proxy), since in list(self._pending_cold.items()):
             server = held.get(prefix)
             if server is not None:
-                self.book.note_cold_start(server, now=now, count=count)
-                del self._pending_cold[prefix]
+                if self._first_in_period(server, proxy):
+                    self.book.note_cold_start(server, now=now)
+                del self._pending_cold[(prefix, proxy)]
             elif now - since > PENDING_COLD_SECONDS:
-                del self._pending_cold[prefix]
+                del self._pending_cold[(prefix, proxy)]
 
     def catalog(self) -> Catalog:
         table = self._table()
@@ -214,83 +293,141 @@ class LoadService:
         return self._catalog
 
     def tick(self) -> list[LoadRow]:
-        """Recompute every row and recommendation now; wakes ``watch``ers."""
+        """Bring the rows and recommendations up to date now; wakes ``watch``ers when a row
+        moved. Only the servers that need it are touched: those with load now or at the last
+        tick, a new cold start, a new or changed routing entry, or a recommendation that has
+        not settled (``load/quiet.py``). A quiet server with a settled recommendation costs
+        nothing, whatever the number of servers."""
         now = self._clock()
         for node in self.book.expire(now):
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         self._resolve_pending(table, now)
         totals, _ = self.book.loads()
-        events = self.book.cold_start_events
-        if not totals and self._quiet_for == (id(table), events):
-            # No load anywhere, the same table, no recommendation in progress: the rows are
-            # what they were (an idle control plane ticked 1,000 servers twice a second).
-            metrics.LOAD_REPORTERS.set(self.book.proxies)
-            return self._rows
-        rows: list[LoadRow] = []
-        keep: set[object] = set()
-        for server in table.servers if table is not None else ():
-            ready_by_region: dict[str, int] = {}
-            for endpoint in server.endpoints:
-                if not endpoint.draining:
-                    ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-            regions = sorted(
-                set(server.spec.regions)
-                | set(ready_by_region)
-                | {region for (name, region) in totals if name == server.name and region != "*"}
-            )
-            scaling = server.spec.autoscaling
-            cold_starts = self.book.cold_starts.get(server.name, 0)
-            # Demand with no replica: scale from zero now, whatever the scale-up window.
-            new_cold = cold_starts - self._cold_seen.get(server.name, 0)
-            woken = new_cold > 0 and not ready_by_region
-            if new_cold > 0:
-                metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
-            self._cold_seen[server.name] = cold_starts
-            for region in ["*", *regions]:
-                load = totals.get((server.name, region)) or _NO_LOAD
-                ready = (
-                    sum(ready_by_region.values())
-                    if region == "*"
-                    else ready_by_region.get(region, 0)
-                )
-                desired = None
-                # A recommendation for the server, and per region when it lists its regions.
-                wanted = region == "*" or bool(server.spec.regions)
-                if scaling is not None and scaling.target_concurrency > 0 and wanted:
-                    key = (server.name, region)
-                    keep.add(key)
-                    desired = self._recommender.update(
-                        key,
-                        in_flight=load.in_flight,
-                        ready=ready,
-                        spec=scaling,
-                        now=now,
-                        wake=woken and region == "*",
-                    )
-                rows.append(
-                    LoadRow(
-                        server=server.name,
-                        region=region,
-                        ready_replicas=ready,
-                        in_flight=load.in_flight,
-                        requests_per_second=load.requests_per_second,
-                        errors_per_second=load.errors_per_second,
-                        dropped_per_second=load.dropped_per_second,
-                        desired_replicas=desired,
-                        cold_starts=cold_starts if region == "*" else 0,
-                        cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
-                        autoscaling=scaling if desired is not None else None,
-                    )
-                )
-        self._recommender.forget(keep)
-        self._rows = rows
-        self._version += 1
-        # Rows without load and without autoscaling depend on the table alone.
-        # (A cold start moves the rows too: it is counted in them.)
-        self._quiet_for = (id(table), events) if not totals and not keep else None
+        # Per server with load: the regions its load came from (one pass, not one per server).
+        reported: dict[str, set[str]] = {}
+        for server_name, region in totals:
+            regions = reported.setdefault(server_name, set())
+            if region != "*":
+                regions.add(region)
+        loaded = set(reported)
+        touch = self._active | loaded
+        gone: set[str] = set()
+        order = self._order
+        if table is not self._rows_for:
+            fresh, gone = self._take_table(table)
+            touch |= fresh
+        cold_starts = self.book.cold_starts
+        if self.book.cold_start_events != self._events_seen:
+            self._events_seen = self.book.cold_start_events
+            touch |= {s for s, n in cold_starts.items() if n != self._cold_seen.get(s, 0)}
+        active: set[str] = set(loaded)
+        changed = gone
+        for name in touch:
+            server = self._servers.get(name)
+            if server is None:
+                continue
+            rows, moving = self._server_rows(server, totals, reported.get(name, set()), now)
+            if moving:
+                active.add(name)
+            if rows != self._by_server.get(name):
+                self._by_server[name] = rows
+                changed.add(name)
+        self._active = active
+        if self._forget:
+            self._recommender.forget(self._all_keys())
+            self._forget = False
+        if changed or order != self._order:
+            self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
-        return rows
+        return self.rows
+
+    def _take_table(self, table: RoutingTable | None) -> tuple[set[str], set[str]]:
+        """A new routing table: the servers that are new or differ, to be recomputed, and
+        those gone, forgotten with their recommendations."""
+        servers = {s.name: s for s in table.servers} if table is not None else {}
+        previous = self._servers
+        touch = {
+            name
+            for name, server in servers.items()
+            if (old := previous.get(name)) is not server and old != server
+        }
+        gone = previous.keys() - servers.keys()
+        for name in gone:
+            if self._keys.pop(name, None):
+                self._forget = True
+            self._by_server.pop(name, None)
+            self._cold_seen.pop(name, None)
+        self._servers = servers
+        order = list(servers)
+        if order != self._order:
+            self._order = order  # a new list: the old one may be someone's
+        self._rows_for = table
+        return touch, set(gone)
+
+    def _all_keys(self) -> set[Hashable]:
+        return {key for keys in self._keys.values() for key in keys}
+
+    def _server_rows(
+        self,
+        server: RoutedServer,
+        totals: dict[tuple[str, str], Load],
+        reported: set[str],
+        now: float,
+    ) -> tuple[tuple[LoadRow, ...], bool]:
+        """The rows of one server now (``reported``: the regions its load came from), and
+        whether its recommendation is still moving."""
+        ready_by_region: dict[str, int] = {}
+        for endpoint in server.endpoints:
+            if not endpoint.draining:
+                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+        regions = sorted(set(server.spec.regions) | set(ready_by_region) | reported)
+        scaling = server.spec.autoscaling
+        cold_starts = self.book.cold_starts.get(server.name, 0)
+        # Demand with no replica: scale from zero now, whatever the scale-up window.
+        new_cold = cold_starts - self._cold_seen.get(server.name, 0)
+        woken = new_cold > 0 and not ready_by_region
+        if new_cold > 0:
+            metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
+        self._cold_seen[server.name] = cold_starts
+        rows: list[LoadRow] = []
+        keys: set[Hashable] = set()
+        moving = False
+        for region in ["*", *regions]:
+            load = totals.get((server.name, region)) or _NO_LOAD
+            ready = (
+                sum(ready_by_region.values()) if region == "*" else ready_by_region.get(region, 0)
+            )
+            desired = None
+            # A recommendation for the server, and per region when it lists its regions.
+            wanted = region == "*" or bool(server.spec.regions)
+            if scaling is not None and scaling.target_concurrency > 0 and wanted:
+                key = (server.name, region)
+                keys.add(key)
+                wake = woken and region == "*"
+                desired = self._recommender.update(
+                    key, in_flight=load.in_flight, ready=ready, spec=scaling, now=now, wake=wake
+                )
+                moving |= not settled(desired, in_flight=load.in_flight, wake=wake, spec=scaling)
+            rows.append(
+                LoadRow(
+                    server=server.name,
+                    region=region,
+                    ready_replicas=ready,
+                    in_flight=load.in_flight,
+                    requests_per_second=load.requests_per_second,
+                    errors_per_second=load.errors_per_second,
+                    dropped_per_second=load.dropped_per_second,
+                    desired_replicas=desired,
+                    cold_starts=cold_starts if region == "*" else 0,
+                    cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
+                    autoscaling=scaling if desired is not None else None,
+                )
+            )
+        if self._keys.get(server.name, keys) - keys:
+            self._forget = True  # a region or the rule went away: its history goes too
+        self._keys[server.name] = keys
+        return tuple(rows), moving
 
     async def run(self) -> None:
         """Tick every half interval until cancelled, waking ``watch``ers each time; a cold
@@ -303,19 +440,22 @@ class LoadService:
             self._cold_start_seen.clear()
             # Early cold names are looked at again soon: their server goes cold here any moment.
             wait = 2 * COLD_START_COALESCE if self._pending_cold else self.interval / 2
+            # asyncio.timeout, not wait_for: in 3.11 wait_for returns the event's result when
+            # it is set in the same loop turn as a cancel, and the cancel is lost.
             try:
-                await asyncio.wait_for(self._cold_start_seen.wait(), min(wait, self.interval / 2))
+                async with asyncio.timeout(min(wait, self.interval / 2)):
+                    await self._cold_start_seen.wait()
             except TimeoutError:
                 continue
             await asyncio.sleep(COLD_START_COALESCE)
 
-    async def watch(self) -> AsyncIterator[list[LoadRow]]:
-        """The rows now, then after every tick."""
+    async def watch(self) -> AsyncIterator[int]:
+        """The version now, then after every tick that moved a row."""
         seen = -1
         while True:
-            if self._version != seen:
-                seen = self._version
-                yield self._rows
+            if self._log.version != seen:
+                seen = self._log.version
+                yield seen
             async with self._changed:
                 await self._changed.wait()
 

@@ -254,6 +254,12 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
             what="desired replicas from the summed load",
         )
         assert total["ready_replicas"] == 1
+        # /metrics has the group's load, as `routeplane load` shows it: one series per row,
+        # from the sums (no worker label), not each worker's share.
+        _, text = http_get(f"http://{group.admin}/metrics")
+        assert 'routeplane_server_requests_in_flight{region="*",server="echo"} 7.0' in text
+        assert 'routeplane_server_desired_replicas{region="*",server="echo"} 7.0' in text
+        assert text.count("# TYPE routeplane_server_desired_replicas gauge") == 1
     finally:
         done.set()
         for call in loads:

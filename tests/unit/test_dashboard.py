@@ -14,6 +14,7 @@ import promql_parser
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane import metrics
 from control_plane.dev.mesh import ROOT
@@ -39,7 +40,21 @@ def _families() -> Iterator[Metric]:
     row = SimpleNamespace(
         server="echo", region="*", in_flight=1, requests_per_second=1.0, desired_replicas=1
     )
-    yield from metrics.LoadCollector(lambda: [row]).collect()
+
+    class OneServer:
+        version = 1
+
+        def servers(self) -> list[str]:
+            return ["echo"]
+
+        def rows_of(self, server: str) -> list[Any]:
+            return [row]
+
+        def changes_since(self, version: int) -> frozenset[str] | None:
+            return None
+
+    text = metrics.LoadExposition(OneServer()).render().decode()
+    yield from text_string_to_metric_families(text)
 
 
 def exported_series() -> frozenset[str]:

@@ -1,0 +1,99 @@
+"""``GetLoad`` and ``WatchLoad`` answers from a load view: a worker's ``LoadService`` or the
+supervisor's ``LoadSum``. Every row, or (``changes_only``) only the servers that changed since
+the answer before on that stream. The answer with every row is built once per version and
+shared by every caller; one server's is built from its rows alone.
+
+Imports the admin protos only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from control_plane.admin.pb import admin_pb2
+
+
+class LoadView(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def reporting_proxies(self) -> int: ...
+
+    @property
+    def report_interval(self) -> float: ...
+
+    def servers(self) -> Sequence[str]: ...
+
+    def rows_of(self, server: str) -> Sequence[Any]: ...
+
+    def changes_since(self, version: int) -> frozenset[str] | None: ...
+
+
+class LoadAnswers:
+    """Answers from ``view``; ``add(response, rows)`` appends rows to a response."""
+
+    def __init__(self, view: LoadView, add: Callable[[Any, Iterable[Any]], None]) -> None:
+        self._view = view
+        self._add = add
+        self._everything: tuple[tuple[int, int], Any] | None = None
+
+    def _response(self) -> Any:
+        return admin_pb2.LoadResponse(
+            reporting_proxies=self._view.reporting_proxies,
+            report_interval_seconds=self._view.report_interval,
+        )
+
+    def everything(self) -> Any:
+        """Every server's rows (built once per version and proxy count; do not alter it)."""
+        view = self._view
+        key = (view.version, view.reporting_proxies)
+        if self._everything is None or self._everything[0] != key:
+            response = self._response()
+            for name in view.servers():
+                self._add(response, view.rows_of(name))
+            self._everything = (key, response)
+        return self._everything[1]
+
+    def of(self, server: str) -> Any:
+        """One server's rows (none: no such server)."""
+        response = self._response()
+        self._add(response, self._view.rows_of(server))
+        return response
+
+    def get(self, request: Any) -> Any:
+        return self.of(request.server) if request.server else self.everything()
+
+    def since(self, request: Any, sent: int | None) -> tuple[Any | None, int]:
+        """The answer for a stream last sent version ``sent`` (None: nothing sent yet), or
+        None when nothing it sees moved; and the version it brings the stream to."""
+        view = self._view
+        version = view.version
+        if version == sent:
+            return None, version
+        changed = view.changes_since(sent) if request.changes_only and sent is not None else None
+        if changed is None:
+            return self.get(request), version
+        if request.server:
+            changed = changed & {request.server}
+        if not changed:
+            return None, version
+        response = self._response()
+        response.changes_only = True
+        for name in sorted(changed):
+            rows = view.rows_of(name)
+            if rows:
+                self._add(response, rows)
+            else:
+                response.removed_servers.append(name)
+        return response, version
+
+    async def watch(self, request: Any, versions: AsyncIterator[int]) -> AsyncIterator[Any]:
+        """The answer now, then one after every version (``versions``) that moved a row the
+        request sees: with ``changes_only``, only what changed."""
+        sent: int | None = None
+        async for _ in versions:
+            response, sent = self.since(request, sent)
+            if response is not None:
+                yield response
