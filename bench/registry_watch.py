@@ -205,6 +205,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for i in range(args.changes):
             name = f"s{rng.randrange(args.servers):04d}"
             cluster = f"default_{name}"
+            # Before the write: the watch may see the commit and finish its pass before the
+            # write call returns here.
+            passes_before = len(timeline.pass_ms)
             t0 = time.perf_counter()
             replica = await asyncio.to_thread(
                 registry.register_replica,
@@ -214,7 +217,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             )
             returned = time.perf_counter()
             cpu_started = time.process_time()
-            passes_before = len(timeline.pass_ms)
             seen_state: list[RegistryState] = []
 
             def has_it(

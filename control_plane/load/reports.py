@@ -327,6 +327,13 @@ class LoadBook:
         self.last_cold_start[server] = now
         self.cold_start_events += 1
 
+    def forget_server(self, server: str) -> None:
+        """``server`` left the routing table: its cold starts are forgotten, so a server
+        created again under the same name starts from none (not from the old count, which
+        would read as new demand and wake it)."""
+        self.cold_starts.pop(server, None)
+        self.last_cold_start.pop(server, None)
+
     def last_report(self, stream: int) -> float | None:
         report = self._streams.get(stream)
         return report.at if report is not None else None

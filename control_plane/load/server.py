@@ -358,6 +358,7 @@ class LoadService:
                 self._forget = True
             self._by_server.pop(name, None)
             self._cold_seen.pop(name, None)
+            self.book.forget_server(name)
         self._servers = servers
         order = list(servers)
         if order != self._order:

@@ -58,6 +58,27 @@ def test_a_recommendation_is_followed_until_it_settles_then_an_idle_tick_costs_n
     assert service.version == version + 1
 
 
+def test_a_server_created_again_under_its_old_name_starts_with_no_cold_starts() -> None:
+    """Its old cold starts are not new demand: no wake, no second count."""
+    spec = parse_spec({"autoscaling": {"target_concurrency": 4, "scale_down_window": "60s"}})
+    gpu = replace(server("gpu"), spec=spec)
+    current = [table(gpu)]
+    clock = [100.0]
+    service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
+    service.book.note_cold_start("gpu", now=clock[0], count=5)
+    [row, *_] = service.tick()
+    assert (row.cold_starts, row.desired_replicas) == (5, 1)  # woken by the demand
+    for _ in range(20):  # quiet for the scale-down window, ticked as run() would
+        clock[0] += 10
+        service.tick()
+    assert service.tick()[0].desired_replicas == 0
+    current[0] = table()
+    service.tick()
+    current[0] = table(gpu)
+    [row, *_] = service.tick()
+    assert (row.cold_starts, row.desired_replicas) == (0, 0)
+
+
 def test_a_held_request_moves_the_rows_of_an_idle_view() -> None:
     spec = parse_spec({"cold_start": {"mode": "hold"}})
     held = replace(server("gpu"), spec=spec, held=True, cold_epoch=7)
