@@ -71,6 +71,9 @@ class Plan:
     workers_idle_seconds: float = 10.0
     # The autoscaling rule's scale_down_window (bench/autoscale.py), hours.
     autoscale_hours: float = 24.0
+    # The load view's idle cost (bench/idle_load.py): servers with autoscaling (0: none), the
+    # worker counts, the CPU window (s).
+    idle_load: tuple[int, tuple[int, ...], float] = (10_000, (1, 2), 20.0)
 
 
 FULL = Plan(
@@ -112,6 +115,7 @@ QUICK = Plan(
     propagation_sizes=(10, 1000),
     propagation_size_tries=5,
     autoscale_hours=1.0,
+    idle_load=(1000, (1,), 5.0),
 )
 SMOKE = Plan(
     "smoke",
@@ -136,6 +140,7 @@ SMOKE = Plan(
     propagation_sizes=(10,),
     propagation_size_tries=2,
     autoscale_hours=0.05,
+    idle_load=(0, (), 0.0),
 )
 
 
@@ -168,6 +173,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         dataplane,
         fleet,
         idle,
+        idle_load,
         load,
         pipeline,
         propagation,
@@ -221,6 +227,14 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
             changes=plan.watch_changes,
         )
         out["registry_watch"].append(asyncio.run(registry_watch.run(args, path)))
+    servers, worker_counts, window = plan.idle_load
+    out["idle_load"] = []
+    for count in worker_counts if servers else ():
+        path = workdir / f"idle-load-{count}"
+        path.mkdir()
+        out["idle_load"].append(
+            idle_load.run(servers=servers, workers=count, seconds=window, workdir=path)
+        )
     out["idle"] = []
     for registry, replicas in plan.idle:
         path = workdir / f"idle-{registry}-{replicas}"
@@ -318,6 +332,27 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['replicas']} | {one['p50']} / {tail(one)} | {ten['p50']} / "
                 f"{tail(ten)} | {row.get('ten_groups_vs_one_p50', '-')}x |"
+            )
+    if result.get("idle_load"):
+        rows = result["idle_load"]
+        lines += [
+            "",
+            f"The load view at rest: `serve` with {rows[0]['servers']:,} servers that all have "
+            "autoscaling, one READY replica each, no proxy, nothing changing "
+            "(`python -m bench.idle_load`). Group CPU from schedstat (ns) over "
+            f"{rows[0]['window_s']:g} s; `/metrics`, `routeplane load --json` (the whole CLI, "
+            "start-up included) and one GetLoad call: median of N = 3; WatchLoad: updates "
+            "received in 10 s",
+            "| workers | group CPU | /metrics bytes | /metrics s | routeplane load s | GetLoad s "
+            "| WatchLoad updates / 10 s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['workers']} | {row['group_cpu_percent']}% | {row['metrics_bytes']:,} | "
+                f"{row['metrics_s_median']} | {row['cli_load_s_median']} | "
+                f"{row.get('get_load_s_median', row.get('get_load_error', '-'))} | "
+                f"{row['watch_updates_per_10s']} |"
             )
     if "autoscale_windows" in result:
         from bench import autoscale
