@@ -36,7 +36,9 @@ def check_numbers(values: dict[str, float | int | None]) -> None:
     -> value; None: not given) that is not finite or outside :data:`NUMERIC_FLAGS`."""
     for flag, value in values.items():
         low, high = NUMERIC_FLAGS[flag]
-        if value is not None and not (math.isfinite(value) and low <= value <= high):
+        # An int is compared as it is: math.isfinite of a 400-digit int raises OverflowError.
+        finite = isinstance(value, int) or (value is not None and math.isfinite(value))
+        if value is not None and not (finite and low <= value <= high):
             fail(f"invalid {flag} {value!r}: expected a number from {low:g} to {high:g}")
 
 

@@ -50,6 +50,14 @@ MAX_LOAD_STREAMS = 20_000  # load-report streams at once, per process
 # report is dropped unparsed, unless its stream's report in force would otherwise go stale.
 LOOP_SHARE = 0.5
 REPORT_SLICE = 500  # cluster stats read between two turns of the loop
+# Localities and endpoints in one report (an honest proxy: each cluster's regions and, with
+# endpoint granularity, each endpoint once); counted before anything is read.
+MAX_REPORT_ENTRIES = 200_000
+SLICE_ENTRIES = 20_000  # ... and at most about this many read between two turns of the loop
+# Envoy's first LoadStatsRequest carries its node (~77 KB with every extension listed) and no
+# report: a bigger one is refused before it is parsed (a first request is parsed before the
+# loop budget is asked, since the node must be known).
+MAX_FIRST_BYTES = 512 * 1024
 DUE_BYTES = 256 * 1024  # a report this small is taken past the budget when its stream's is due
 COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
 # A held name asked for before this process saw its server go cold (the route came from another
@@ -499,7 +507,16 @@ class LoadService:
                 "too many new streams right now; retry with backoff",
             )
             return
+        if len(raw) > MAX_FIRST_BYTES:
+            self._refuse(
+                context,
+                "size",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the first LoadStatsRequest is {len(raw):,} bytes; at most {MAX_FIRST_BYTES:,}",
+            )
+            return
         first = _parse(raw)
+        del raw  # not kept for the stream's life
         if first is None:
             self._refuse(
                 context,
@@ -532,9 +549,11 @@ class LoadService:
             log.info("load_reporter_connected", node_id=node_id, interval=self.interval)
             # The first report is taken as every other: every bound applies to it.
             refusal = await self._report(node_id, first, stream)
+            del first  # nor is a report, between two of them
             if refusal is None:
-                async for raw in requests:
-                    refusal = await self._report(node_id, raw, stream)
+                async for message in requests:
+                    refusal = await self._report(node_id, message, stream)
+                    del message
                     if refusal is not None:
                         break
             if refusal is not None:
@@ -631,14 +650,22 @@ class LoadService:
         if not cluster_stats:
             self._budget.spend(time.perf_counter() - started)
             return None
+        cuts = _slices(cluster_stats)
+        if cuts is None:
+            self._budget.spend(time.perf_counter() - started)
+            return (
+                "size",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"more than {MAX_REPORT_ENTRIES:,} locality and endpoint stats in one report",
+            )
         draft = Draft(self.catalog())
         cost = 0.0
-        for begin in range(0, len(cluster_stats), REPORT_SLICE):
+        for begin, end in itertools.pairwise(cuts):
             if begin:
                 cost += time.perf_counter() - started
                 await asyncio.sleep(0)  # let the loop answer between slices
                 started = time.perf_counter()
-            draft.add(cluster_stats[begin : begin + REPORT_SLICE])
+            draft.add(cluster_stats[begin:end])
         self._commit(node_id, draft, stream)
         cost += time.perf_counter() - started
         self._budget.spend(cost)
@@ -668,6 +695,31 @@ class LoadService:
             self._log_once(
                 "load_report_items_ignored", reason, count=count, node_id=shorten(node_id)
             )
+
+
+def _slices(cluster_stats: Any) -> list[int] | None:
+    """Where to cut ``cluster_stats`` so that each slice holds at most ``REPORT_SLICE``
+    clusters and about ``SLICE_ENTRIES`` localities and endpoints (a cluster is never cut);
+    None past ``MAX_REPORT_ENTRIES`` in all. Counting stops at the bound, so a report of
+    millions of empty entries costs the bound, not its size."""
+    cuts = [0]
+    total = in_slice = 0
+    for index, stats in enumerate(cluster_stats):
+        if index - cuts[-1] >= REPORT_SLICE or in_slice >= SLICE_ENTRIES:
+            cuts.append(index)
+            in_slice = 0
+        localities = stats.upstream_locality_stats
+        entries = len(localities)
+        for locality in localities:
+            entries += len(locality.upstream_endpoint_stats)
+            if total + entries > MAX_REPORT_ENTRIES:
+                return None
+        total += entries
+        in_slice += entries
+        if total > MAX_REPORT_ENTRIES:
+            return None
+    cuts.append(len(cluster_stats))
+    return cuts
 
 
 def _parse(raw: bytes) -> Any:

@@ -317,7 +317,10 @@ class DeltaStream(BaseStream[DeltaState]):
             )
             held -= sum(name_bytes(n) for n in unsubscribe if n in old)
         if initial and not status.subscribed:
-            held += self._sizes(type_url, initial, "initial_resource_versions")
+            # A reconnecting Envoy lists its names in both fields: each is counted once.
+            held += self._sizes(
+                type_url, (n for n in initial if n not in subscribe), "initial_resource_versions"
+            )
             held += self._sizes(type_url, initial.values(), "initial_resource_versions")
         if held != state.name_bytes:
             self._hold_name_bytes(type_url, state, held)

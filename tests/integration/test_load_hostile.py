@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.load.reports import PER_SERVER
-from control_plane.load.server import MAX_CLUSTER_STATS
+from control_plane.load.server import MAX_CLUSTER_STATS, MAX_FIRST_BYTES, MAX_REPORT_ENTRIES
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
 from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
@@ -271,6 +271,48 @@ def test_every_bound_applies_to_the_first_report(honest: Honest) -> None:
     finally:
         big.stop()
     assert echo_load(scrape(admin))[0] == 4
+
+
+def empty_localities(node: str, count: int) -> lrs_pb2.LoadStatsRequest:
+    """One cluster with ``count`` empty locality stats (2 bytes each: cheap to send, costly to
+    parse and hold)."""
+    request = report(node, localities=0)
+    for _ in range(count):
+        request.cluster_stats[0].upstream_locality_stats.add()
+    return request
+
+
+def test_a_first_request_bigger_than_a_node_is_refused_before_it_is_parsed(
+    honest: Honest,
+) -> None:
+    """A first request is parsed before the loop budget is asked (the node must be known) and
+    used to be held for the stream's life: ~2M empty localities held ~270 MB per stream."""
+    first = empty_localities("fat", MAX_FIRST_BYTES // 2)
+    assert first.ByteSize() > MAX_FIRST_BYTES
+    fat = Reporter(honest.cp.xds, first).start()
+    try:
+        assert fat.ended.wait(30)
+        assert fat.error is not None
+        assert fat.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"at most {MAX_FIRST_BYTES:,}" in (fat.error.details() or "")
+    finally:
+        fat.stop()
+    assert echo_load(scrape(honest.cp.admin))[0] == 4
+
+
+def test_a_report_of_too_many_locality_stats_in_one_cluster_is_refused(honest: Honest) -> None:
+    """The cluster bound alone let one cluster carry millions of entries."""
+    many = Reporter(
+        honest.cp.xds, report("many"), empty_localities("many", MAX_REPORT_ENTRIES + 1)
+    ).start()
+    try:
+        assert many.ended.wait(30)
+        assert many.error is not None
+        assert many.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"more than {MAX_REPORT_ENTRIES:,} locality" in (many.error.details() or "")
+    finally:
+        many.stop()
+    assert echo_load(scrape(honest.cp.admin))[0] == 4
 
 
 def test_forged_drops_are_no_cold_starts_for_a_server_with_replicas(honest: Honest) -> None:

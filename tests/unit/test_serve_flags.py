@@ -15,7 +15,9 @@ WHOLE_NUMBERS = {"--max-concurrent-pushes", "--max-node-groups", "--max-groups-p
 
 
 @pytest.mark.parametrize("flag", sorted(NUMERIC_FLAGS))
-@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e308", "0", "-1", "99999999999"])
+@pytest.mark.parametrize(
+    "value", ["inf", "-inf", "nan", "1e308", "0", "-1", "99999999999", "9" * 400]
+)
 def test_a_numeric_flag_that_is_not_finite_or_in_range_is_refused_naming_it(
     flag: str, value: str
 ) -> None:

@@ -102,6 +102,15 @@ def test_delta_initial_versions_count_their_names_and_versions() -> None:
         delta().on_request(delta_request(CLUSTER, initial=dict.fromkeys(names("i", 20, 60), "v")))
 
 
+def test_a_reconnect_naming_its_names_in_both_fields_counts_each_name_once() -> None:
+    """Envoy reconnecting: ``resource_names_subscribe`` and ``initial_resource_versions`` list
+    the same names; counted twice, a fleet well inside the bound was refused on every reconnect."""
+    stream = delta()
+    held = names("e", 15, 50)
+    stream.on_request(delta_request(ENDPOINT, subscribe=held, initial=dict.fromkeys(held, "v1")))
+    assert stream.name_bytes == 15 * 50 + 15 * 2  # names once, and their versions
+
+
 def test_sotw_names_replace_the_types_bytes() -> None:
     stream = sotw()
     stream.on_request(sotw_request(ENDPOINT, names=names("e", 10, 50)))
