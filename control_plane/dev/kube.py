@@ -49,17 +49,21 @@ CA_SECRET = "routeplane-ca"
 
 # Requests, from BENCHMARKS.md (simulated fleet, 1,000 delta streams, 100 servers / 1,000
 # replicas; load reports, 1,000 proxies x 100 clusters every second) and one idle `serve`:
-# - CPU 500m: idle under 1% of a core; a change pushed to 1,000 streams 143 us per stream = 0.14
-#   core-seconds; load reports with 10% of clusters carrying traffic 25% of a core (190% when
-#   every cluster does: add CPU for such fleets). No CPU limit: throttling would delay pushes.
+# - CPU 500m: idle under 1% of a core; a change pushed to 1,000 streams ~350 us per stream = 0.35
+#   core-seconds (the bare grpc.aio floor: ~290 us in the same run); load reports, the whole
+#   process (parsing and gRPC included): ~17 us per report per cluster with 10% of clusters
+#   carrying traffic, ~31 us when all do, so 1,000 proxies x 100 clusters every second need 1.7
+#   to 3.1 cores on top: add CPU for fleets that report this much. No CPU limit: throttling
+#   would delay pushes.
 # - memory 384Mi, limit 1Gi: 56-64 KB per stream = 64 MiB for 1,000 proxies, plus 58 MB for an
 #   idle `serve`, plus snapshots (1.6 MB per node group at 10,000 replicas), plus a storm's room.
 CONTROL_PLANE_RESOURCES = {
     "requests": {"cpu": "500m", "memory": "384Mi"},
     "limits": {"memory": "1Gi"},
 }
-# Envoy: ~200 us of CPU per request (DESIGN.md), so each core requested carries ~5,000
-# requests/s; the requests match --concurrency. Memory for a few thousand endpoints.
+# Envoy: ~450 us of CPU per request in the data-plane table (300 requests/s on a 2-core VM,
+# idle work included: an upper bound at higher rates), so each core requested carries a few
+# thousand requests/s; the requests match --concurrency. Memory for a few thousand endpoints.
 ENVOY_RESOURCES = {
     "requests": {"cpu": str(ENVOY_CONCURRENCY), "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
