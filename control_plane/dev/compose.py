@@ -21,6 +21,9 @@ from control_plane.dev.mesh import (
 
 ADMIN_TOKEN = "routeplane-local-demo"  # a published demo value, never a secret
 
+# Published on the host's loopback only: the demo's admin token is fixed, its xDS plaintext.
+LOOPBACK = "127.0.0.1"
+
 
 def compose(cfg: MeshConfig) -> dict[str, Any]:
     """The same mesh as a Compose file (docker-compose.yml is this, committed)."""
@@ -38,7 +41,7 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
     services: dict[str, Any] = {
         "spanner": {
             "image": "gcr.io/cloud-spanner-emulator/emulator:1.5.28",
-            "ports": [f"{cfg.emulator_port}:9010"],
+            "ports": [f"{LOOPBACK}:{cfg.emulator_port}:9010"],
             "networks": net("spanner"),
         },
         "init": {
@@ -63,7 +66,10 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
             # The admin API off loopback needs a token (`serve` refuses to start without one):
             # a fixed one for this local demo, sent by the CLI from the same variable.
             "environment": {**env, "ROUTEPLANE_ADMIN_TOKEN": ADMIN_TOKEN},
-            "ports": [f"{cfg.xds_port}:{cfg.xds_port}", f"{cfg.admin_port}:{cfg.admin_port}"],
+            "ports": [
+                f"{LOOPBACK}:{cfg.xds_port}:{cfg.xds_port}",
+                f"{LOOPBACK}:{cfg.admin_port}:{cfg.admin_port}",
+            ],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "networks": net("control-plane"),
         },
@@ -105,7 +111,7 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
             "image": "envoyproxy/envoy:v1.40.0",
             "command": ["envoy", "-c", f"/etc/routeplane/{envoy.name}.yaml", "--concurrency", "1"],
             "volumes": [f"./envoy/compose/{envoy.name}.yaml:/etc/routeplane/{envoy.name}.yaml:ro"],
-            "ports": [f"{port}:{port}", f"{admin}:{admin}"],
+            "ports": [f"{LOOPBACK}:{port}:{port}", f"{LOOPBACK}:{admin}:{admin}"],
             "depends_on": ["control-plane"],
             "networks": net(envoy.name),
         }

@@ -33,11 +33,11 @@ def test_compose_names_the_same_services_ports_and_commands_as_mesh_up() -> None
         {"spanner", "init", "control-plane"} | {r.name for r in REPLICAS} | {e.name for e in ENVOYS}
     )
     assert set(services) == expected
-    assert f"{cfg.xds_port}:{cfg.xds_port}" in services["control-plane"]["ports"]
+    assert f"127.0.0.1:{cfg.xds_port}:{cfg.xds_port}" in services["control-plane"]["ports"]
     assert services["control-plane"]["command"][:2] == ["routeplane", "serve"]
     for envoy in ENVOYS:
         port = cfg.envoy_port + envoy.offset
-        assert f"{port}:{port}" in services[envoy.name]["ports"]
+        assert f"127.0.0.1:{port}:{port}" in services[envoy.name]["ports"]
         assert (ROOT / "envoy" / "compose" / f"{envoy.name}.yaml").exists()
     for replica in REPLICAS:
         command = services[replica.name]["command"]

@@ -215,7 +215,7 @@ def test_each_compose_service_runs_its_command_from_the_image_install(
     [mapping] = SERVICES["spanner"]["ports"]
     namespace.start(
         "spanner",
-        [binary, f"--host_port=0.0.0.0:{mapping.split(':')[1]}"],
+        [binary, f"--host_port=0.0.0.0:{mapping.split(':')[-1]}"],
         image_install.env(),
         logs / "spanner.log",
     )
@@ -264,7 +264,7 @@ def test_each_compose_service_runs_its_command_from_the_image_install(
         status, text = probe(f"http://{envoy}:{port}/", "echo.local")
         return text if status == 200 else f"status {status}: {text}"
 
-    west, east = (int(SERVICES[e.name]["ports"][0].split(":")[1]) for e in ENVOYS)
+    west, east = (int(SERVICES[e.name]["ports"][0].split(":")[-1]) for e in ENVOYS)
     wait_until(
         lambda: answer("envoy-us-west", west).startswith("echo-us-west-"),
         timeout=60,
