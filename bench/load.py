@@ -82,7 +82,7 @@ def aggregation(*, proxies: int, clusters: int, active: float = 1.0) -> dict[str
             )
     started = time.process_time()
     for p in range(proxies):
-        service._take(f"proxy-{p}", report, stream=p)
+        service.intake._take(f"proxy-{p}", report, stream=p)
     took = time.process_time() - started
     tick_started = time.process_time()
     service.tick()

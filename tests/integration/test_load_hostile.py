@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.load.intake import MAX_CLUSTER_STATS, MAX_FIRST_BYTES, MAX_REPORT_ENTRIES
 from control_plane.load.reports import PER_SERVER
-from control_plane.load.server import MAX_CLUSTER_STATS, MAX_FIRST_BYTES, MAX_REPORT_ENTRIES
 from control_plane.registry import open_registry
 from tests.helpers import wait_until
 from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get

@@ -12,8 +12,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from prometheus_client import REGISTRY
 
-from control_plane.load import server as server_module
-from control_plane.load.server import MAX_CLUSTER_STATS, LoadService
+from control_plane.load import intake as intake_module
+from control_plane.load.intake import MAX_CLUSTER_STATS
+from control_plane.load.server import LoadService
 from tests.helpers import async_wait_until, endpoint, server, table
 
 TIMEOUT = 5
@@ -126,7 +127,7 @@ async def test_a_report_of_too_many_clusters_ends_the_stream_and_counts_nothing(
 async def test_streams_past_the_cap_are_refused_and_an_ended_one_frees_its_place(
     lrs: tuple[LoadService, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "MAX_LOAD_STREAMS", 2)
+    monkeypatch.setattr(intake_module, "MAX_LOAD_STREAMS", 2)
     service, stub = lrs
     calls = [stub.StreamLoadStats() for _ in range(2)]
     for i, call in enumerate(calls):

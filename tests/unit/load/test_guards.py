@@ -3,7 +3,7 @@ live xDS streams (rebuilt at most once a second)."""
 
 from __future__ import annotations
 
-from control_plane.load.server import LoopBudget, NodeFleets
+from control_plane.load.intake import LoopBudget, NodeFleets
 
 
 def test_the_loop_budget_refuses_once_spent_and_refills_at_its_share() -> None:
