@@ -86,6 +86,35 @@ async def test_a_first_request_without_a_node_ends_that_stream_only(
     good.cancel()
 
 
+async def test_an_on_time_report_after_a_late_one_is_taken(
+    lrs: tuple[LoadService, Any],
+) -> None:
+    """A report that came late (the loop was busy) and the on-time one after it land closer
+    than half an interval: the second is taken (its counts would be lost), a third is not."""
+    service, stub = lrs
+
+    def in_flight() -> float:
+        service.tick()
+        return next(r.in_flight for r in service.rows if r.region == "*")
+
+    before = rejected("rate")
+    call = stub.StreamLoadStats()
+    await call.write(report("edge-late", in_flight=1))
+    await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+    await async_wait_until(lambda: in_flight() == 1)
+    NOW[0] += 1.8  # late by 0.8 of an interval
+    await call.write(report(in_flight=2))
+    await async_wait_until(lambda: in_flight() == 2)
+    NOW[0] += 0.2  # on time: 2.0 after the first
+    await call.write(report(in_flight=3))
+    await async_wait_until(lambda: in_flight() == 3)
+    NOW[0] += 0.1  # a third within the interval: dropped
+    await call.write(report(in_flight=4))
+    await async_wait_until(lambda: rejected("rate") == before + 1)
+    assert in_flight() == 3
+    call.cancel()
+
+
 async def test_reports_far_more_often_than_asked_are_dropped(
     lrs: tuple[LoadService, Any],
 ) -> None:
