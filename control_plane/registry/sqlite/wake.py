@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from control_plane.registry.inotify import DirectoryWatch
+from control_plane.registry.sqlite.inotify import DirectoryWatch
 
 log = structlog.get_logger("routeplane.registry")
 

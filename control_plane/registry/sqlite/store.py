@@ -47,7 +47,7 @@ from control_plane.registry.model import (
     group_replicas,
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
-from control_plane.registry.sqlite_wake import Wake
+from control_plane.registry.sqlite.wake import Wake
 
 log = structlog.get_logger("routeplane.registry")
 
