@@ -14,9 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from control_plane.registry import open_registry
-from control_plane.registry.sqlite import store, wake
+from control_plane.registry.sqlite import wake, watch
 from control_plane.registry.sqlite.inotify import DirectoryWatch
-from control_plane.registry.sqlite.store import REVISION_CHECK_EVERY
+from control_plane.registry.sqlite.watch import REVISION_CHECK_EVERY
 from tests.helpers import async_wait_until
 from tests.processes import routeplane
 
@@ -166,7 +166,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
         server="echo", address="127.0.0.1:9001", region="us-west", lease_seconds=30
     )
     calls = {"probe": 0, "revision": 0}
-    probe, revision = store._data_version, watcher.revision
+    probe, revision = watch._data_version, watcher.revision
 
     def counted_probe(connection: sqlite3.Connection) -> int | None:
         calls["probe"] += 1
@@ -176,7 +176,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
         calls["revision"] += 1
         return revision()
 
-    monkeypatch.setattr(store, "_data_version", counted_probe)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
     states = watcher.watch(poll_interval=LONG_POLL)
     first = await asyncio.wait_for(anext(states), timeout=DEADLINE)
@@ -204,7 +204,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
 async def test_a_change_is_read_on_the_loop_when_small_and_in_a_thread_when_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_read: int, in_thread: bool
 ) -> None:
-    monkeypatch.setattr(store, "SMALL_READ", small_read)
+    monkeypatch.setattr(watch, "SMALL_READ", small_read)
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     writer.create_server(name="echo", hostnames=["echo.local"], protocol="http")

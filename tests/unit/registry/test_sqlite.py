@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.registry import RegistryError, RegistryUnavailableError, open_registry
-from control_plane.registry.sqlite import store, wake
-from control_plane.registry.sqlite.store import REVISION_CHECK_EVERY, path_of
+from control_plane.registry.sqlite import path_of, wake, watch
+from control_plane.registry.sqlite.watch import REVISION_CHECK_EVERY
 from tests.helpers import async_wait_until
 
 
@@ -53,7 +53,7 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     calls = {"probe": 0, "revision": 0}
-    probe, revision = store._data_version, watcher.revision
+    probe, revision = watch._data_version, watcher.revision
 
     def counted_probe(connection: object) -> int | None:
         calls["probe"] += 1
@@ -63,7 +63,7 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
         calls["revision"] += 1
         return revision()
 
-    monkeypatch.setattr(store, "_data_version", counted_probe)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
     # The poll alone (no inotify wake-ups), at its own 1 ms period.
     monkeypatch.setattr(wake, "open_directory_watch", lambda path: None)

@@ -10,7 +10,7 @@ import pytest
 
 from control_plane import metrics
 from control_plane.registry import open_registry
-from control_plane.registry.sqlite import store, wake
+from control_plane.registry.sqlite import wake, watch
 from tests.helpers import async_wait_until
 
 
@@ -19,13 +19,13 @@ async def test_the_sqlite_watch_counts_every_look_at_the_store(
 ) -> None:
     watcher = open_registry(f"sqlite://{tmp_path / 'rp.db'}")
     probes = [0]
-    probe = store._data_version
+    probe = watch._data_version
 
     def counted_probe(connection: object) -> int | None:
         probes[0] += 1
         return probe(connection)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "_data_version", counted_probe)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
     monkeypatch.setattr(wake, "open_directory_watch", lambda path: None)
     states = watcher.watch(poll_interval=0.001)
     await asyncio.wait_for(anext(states), timeout=5)
