@@ -261,8 +261,8 @@ def watch_poll_interval(registry: Any, registry_kind: str, workdir: Path) -> flo
     default interval, or on SQLite woken by inotify the safety poll (100 ms)."""
     interval = float(registry.default_poll_interval)
     if registry_kind == "sqlite":
-        from control_plane.registry.inotify import DirectoryWatch
-        from control_plane.registry.sqlite_wake import NOTIFIED_POLL_INTERVAL
+        from control_plane.registry.sqlite.inotify import DirectoryWatch
+        from control_plane.registry.sqlite.wake import NOTIFIED_POLL_INTERVAL
 
         probe = DirectoryWatch.open(str(workdir), ["registry.db"])
         if probe is not None:  # commits wake the watch; the poll is a safety net

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from control_plane.registry import open_registry, sqlite, sqlite_wake
-from control_plane.registry.inotify import DirectoryWatch
-from control_plane.registry.sqlite import REVISION_CHECK_EVERY
+from control_plane.registry import open_registry
+from control_plane.registry.sqlite import wake, watch
+from control_plane.registry.sqlite.inotify import DirectoryWatch
+from control_plane.registry.sqlite.watch import REVISION_CHECK_EVERY
 from tests.helpers import async_wait_until
 from tests.processes import routeplane
 
@@ -89,7 +90,7 @@ async def test_without_inotify_the_poll_still_delivers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # inotify missing (not Linux, limits reached): a fault the real part cannot produce here.
-    monkeypatch.setattr(sqlite_wake, "open_directory_watch", lambda path: None)
+    monkeypatch.setattr(wake, "open_directory_watch", lambda path: None)
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     before = inotify_fds()
@@ -114,7 +115,7 @@ async def test_a_commit_inotify_did_not_announce_puts_the_watch_back_on_its_poll
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.setattr(
-        sqlite_wake, "open_directory_watch", lambda path: DirectoryWatch.open(str(elsewhere), ["x"])
+        wake, "open_directory_watch", lambda path: DirectoryWatch.open(str(elsewhere), ["x"])
     )
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
@@ -146,7 +147,7 @@ async def test_the_watch_holds_one_inotify_descriptor_and_releases_it(tmp_path: 
 
 
 async def test_an_in_memory_database_is_watched_without_inotify() -> None:
-    assert sqlite_wake.open_directory_watch(":memory:") is None
+    assert wake.open_directory_watch(":memory:") is None
     watcher = open_registry("sqlite://:memory:")
     states = watcher.watch(poll_interval=0.002)
     state = await asyncio.wait_for(anext(states), timeout=DEADLINE)
@@ -165,7 +166,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
         server="echo", address="127.0.0.1:9001", region="us-west", lease_seconds=30
     )
     calls = {"probe": 0, "revision": 0}
-    probe, revision = sqlite._data_version, watcher.revision
+    probe, revision = watch._data_version, watcher.revision
 
     def counted_probe(connection: sqlite3.Connection) -> int | None:
         calls["probe"] += 1
@@ -175,7 +176,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
         calls["revision"] += 1
         return revision()
 
-    monkeypatch.setattr(sqlite, "_data_version", counted_probe)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
     states = watcher.watch(poll_interval=LONG_POLL)
     first = await asyncio.wait_for(anext(states), timeout=DEADLINE)
@@ -203,7 +204,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
 async def test_a_change_is_read_on_the_loop_when_small_and_in_a_thread_when_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_read: int, in_thread: bool
 ) -> None:
-    monkeypatch.setattr(sqlite, "SMALL_READ", small_read)
+    monkeypatch.setattr(watch, "SMALL_READ", small_read)
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     writer.create_server(name="echo", hostnames=["echo.local"], protocol="http")

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.registry import (
-    RegistryError,
-    RegistryUnavailableError,
-    open_registry,
-    sqlite,
-    sqlite_wake,
-)
-from control_plane.registry.sqlite import REVISION_CHECK_EVERY, path_of
+from control_plane.registry import RegistryError, RegistryUnavailableError, open_registry
+from control_plane.registry.sqlite import path_of, wake, watch
+from control_plane.registry.sqlite.watch import REVISION_CHECK_EVERY
 from tests.helpers import async_wait_until
 
 
@@ -58,7 +53,7 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
     url = f"sqlite://{tmp_path / 'rp.db'}"
     watcher, writer = open_registry(url), open_registry(url)
     calls = {"probe": 0, "revision": 0}
-    probe, revision = sqlite._data_version, watcher.revision
+    probe, revision = watch._data_version, watcher.revision
 
     def counted_probe(connection: object) -> int | None:
         calls["probe"] += 1
@@ -68,10 +63,10 @@ async def test_an_idle_watch_only_probes_until_another_connection_commits(
         calls["revision"] += 1
         return revision()
 
-    monkeypatch.setattr(sqlite, "_data_version", counted_probe)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
     monkeypatch.setattr(watcher, "revision", counted_revision)
     # The poll alone (no inotify wake-ups), at its own 1 ms period.
-    monkeypatch.setattr(sqlite_wake, "open_directory_watch", lambda path: None)
+    monkeypatch.setattr(wake, "open_directory_watch", lambda path: None)
     states = watcher.watch(poll_interval=0.001)
     await asyncio.wait_for(anext(states), timeout=5)
     quiet_from = time.monotonic()

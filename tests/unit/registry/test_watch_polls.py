@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from control_plane import metrics
-from control_plane.registry import open_registry, sqlite, sqlite_wake
+from control_plane.registry import open_registry
+from control_plane.registry.sqlite import wake, watch
 from tests.helpers import async_wait_until
 
 
@@ -18,14 +19,14 @@ async def test_the_sqlite_watch_counts_every_look_at_the_store(
 ) -> None:
     watcher = open_registry(f"sqlite://{tmp_path / 'rp.db'}")
     probes = [0]
-    probe = sqlite._data_version
+    probe = watch._data_version
 
     def counted_probe(connection: object) -> int | None:
         probes[0] += 1
         return probe(connection)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite, "_data_version", counted_probe)
-    monkeypatch.setattr(sqlite_wake, "open_directory_watch", lambda path: None)
+    monkeypatch.setattr(watch, "_data_version", counted_probe)
+    monkeypatch.setattr(wake, "open_directory_watch", lambda path: None)
     states = watcher.watch(poll_interval=0.001)
     await asyncio.wait_for(anext(states), timeout=5)
     probes[0] = 0

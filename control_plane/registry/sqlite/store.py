@@ -1,25 +1,19 @@
-"""The embedded SQLite registry: the default, needing nothing installed.
+"""The embedded SQLite registry's store: ``SqliteRegistry``, the ``Registry`` implementation.
 
-Every write is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revision`` and
-``meta.committed_at``. The watch asks SQLite each tick whether any connection committed since
-the last tick (``PRAGMA data_version`` on a read-only connection of its own, answered from the
-WAL index in microseconds on the event loop, no thread hop); only then does it read that
-revision (one tiny indexed read on the same connection, also on the loop; in a worker thread
-when the database is busy) and, when it moved, the servers the change log names (on the loop
-too when they hold at most ``SMALL_READ`` replicas, else in a worker thread). Any commit by
-any writer moves ``data_version``, so the probe never hides a change; the revision is also read
-once a second whatever the probe says (through the registry's own connection, in a thread), so
-a broken database is still noticed while idle.
+Owns opening the database file (WAL mode, foreign keys), its schema (the migrations in
+``registry/migrations/sqlite/``, applied on open), the transactions and the writes. Every write
+is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revision`` and
+``meta.committed_at`` and logs the servers it touched in ``changes`` (kept for
+``CHANGE_LOG_KEEP`` revisions), so the watch reads only what moved. A lease renewal moves no
+revision. The SQL reads are ``reads``; the watch loop is ``watch``, handed this store's
+threaded reads; when it looks is ``wake``.
 
-On Linux the probe also runs as soon as inotify reports a write to the database, its WAL or its
-journal (``sqlite_wake.Wake``), so a commit by any process is seen within a fraction of a
-millisecond; the poll is then a safety net that runs at most every 100 ms until a commit
-arrives without an event (then every tick). Without inotify, commits are seen within a tick.
+Blocking, like every ``Registry``; one lock serializes the connection between threads. Never
+imports ``routing``, ``translate`` or ``xds``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
@@ -31,32 +25,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from control_plane import metrics
-from control_plane.registry import migrations, rows, validate
-from control_plane.registry.errors import (
-    NotFoundError,
-    RegistryUnavailableError,
-)
-from control_plane.registry.model import (
-    RegistryState,
-    Replica,
-    ReplicaState,
-    Server,
-    group_replicas,
-)
+from control_plane.registry import migrations, validate
+from control_plane.registry.errors import NotFoundError, RegistryUnavailableError
+from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
-from control_plane.registry.sqlite_wake import Wake
-
-log = structlog.get_logger("routeplane.registry")
+from control_plane.registry.sqlite import reads
+from control_plane.registry.sqlite.watch import follow
 
 CHANGE_LOG_KEEP = 10_000
 CHANGE_LOG_PRUNE_EVERY = 1_000
-# The watch reads the revision at least this often, even when the probe says nothing changed.
-REVISION_CHECK_EVERY = 1.0
-# A change to servers holding at most this many replicas is read on the event loop.
-SMALL_READ = 200
 
 
 def path_of(url: str) -> str:
@@ -220,7 +197,7 @@ class SqliteRegistry:
         self, servers: Sequence[Server], *, create_only: bool
     ) -> list[tuple[Server, str]]:
         with self._tx() as db:
-            existing = {s.name: s for s in self._servers(db)}
+            existing = {s.name: s for s in reads.servers(db)}
             plan = plan_puts(servers, existing, create_only=create_only)
             written: list[tuple[Server, str]] = []
             touched = []
@@ -260,21 +237,7 @@ class SqliteRegistry:
 
     def list_servers(self) -> list[Server]:
         with self._tx(write=False) as db:
-            return self._servers(db)
-
-    @staticmethod
-    def _servers(
-        db: sqlite3.Connection, where: str = "", params: Sequence[object] = ()
-    ) -> list[Server]:
-        return [
-            rows.server(*row)
-            for row in db.execute(
-                "SELECT name, workspace, hostnames, protocol, spec, updated_at, created_at "
-                "FROM servers "
-                f"{where} ORDER BY name",
-                params,
-            )
-        ]
+            return reads.servers(db)
 
     # -- replicas -----------------------------------------------------------------------
 
@@ -330,7 +293,7 @@ class SqliteRegistry:
             ).rowcount
             if not updated:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
-            replica = self._replica(db, replica_id)
+            replica = reads.replica(db, replica_id)
             self._bump(db, now, replica.server)
             return replica
 
@@ -345,7 +308,7 @@ class SqliteRegistry:
             ).rowcount
             if not updated:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
-            return self._replica(db, replica_id)
+            return reads.replica(db, replica_id)
 
     def remove_expired(self, *, now: float) -> list[str]:
         with self._tx() as db:
@@ -369,24 +332,8 @@ class SqliteRegistry:
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         with self._tx(write=False) as db:
-            replicas = self._replicas(db)
+            replicas = reads.replicas(db)
         return [r for r in replicas if server is None or r.server == server]
-
-    _REPLICA_COLUMNS = (
-        "id, server, host, port, region, zone, weight, state, lease_expires_at, updated_at"
-    )
-
-    def _replica(self, db: sqlite3.Connection, replica_id: str) -> Replica:
-        row = db.execute(
-            f"SELECT {self._REPLICA_COLUMNS} FROM replicas WHERE id = ?", (replica_id,)
-        ).fetchone()
-        return _to_replica(row)
-
-    def _replicas(self, db: sqlite3.Connection) -> list[Replica]:
-        return [
-            _to_replica(row)
-            for row in db.execute(f"SELECT {self._REPLICA_COLUMNS} FROM replicas ORDER BY id")
-        ]
 
     # -- state and watch ----------------------------------------------------------------
 
@@ -400,154 +347,25 @@ class SqliteRegistry:
 
     def read_state(self) -> RegistryState:
         with self._tx(write=False) as db:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            return RegistryState.of(
-                servers=self._servers(db),
-                replicas=self._replicas(db),
-                revision=int(meta["revision"]),
-                committed_at=float(meta["committed_at"]),
-            )
+            return reads.full_state(db)
 
     def _read_changes(self, previous: RegistryState) -> RegistryState:
         """The state after ``previous``, reading only the servers the change log names."""
         with self._tx(write=False) as db:
-            state = self._changes_since(db, previous)
+            state = reads.changes_since(db, previous)
         return state if state is not None else self.read_state()
 
-    def _read_small_changes(
-        self, probe: sqlite3.Connection, previous: RegistryState
-    ) -> RegistryState | None:
-        """:meth:`_read_changes` on the watch's probe, on the event loop, when the servers the
-        change log names hold at most ``SMALL_READ`` replicas (a thread hop is most of the
-        cost of such a read); None otherwise, or when the database is busy."""
-        try:
-            probe.execute("BEGIN")
-        except sqlite3.Error:
-            return None
-        try:
-            return self._changes_since(probe, previous, limit=SMALL_READ)
-        except sqlite3.Error:
-            return None
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                probe.execute("COMMIT")
-
-    def _changes_since(
-        self, db: sqlite3.Connection, previous: RegistryState, *, limit: int | None = None
-    ) -> RegistryState | None:
-        """Within a read transaction: the state after ``previous`` from the servers the change
-        log names; None when the log was pruned past ``previous`` (read everything) or when
-        those servers hold more than ``limit`` replicas."""
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        revision = int(meta["revision"])
-        oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
-        if oldest is None or oldest > previous.revision + 1:
-            return None  # the log was pruned past us (or is empty)
-        names = sorted(
-            str(r[0])
-            for r in db.execute(
-                "SELECT DISTINCT server FROM changes WHERE revision > ?", (previous.revision,)
-            )
+    def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
+        """``watch.follow`` on this database, reading through this store in a thread."""
+        return follow(
+            path=self.path,
+            url=self.url,
+            poll_interval=poll_interval,
+            read_state=self.read_state,
+            read_revision=self.revision,
+            read_changes=self._read_changes,
         )
-        marks = ",".join("?" * len(names))
-        if limit is not None:
-            [(count,)] = db.execute(
-                f"SELECT COUNT(*) FROM replicas WHERE server IN ({marks})", names
-            ).fetchall()
-            if count > limit:
-                return None
-        servers = {s.name: s for s in previous.servers}
-        by_server = dict(previous.replicas_by_server)
-        for name in names:
-            servers.pop(name, None)
-            by_server.pop(name, None)
-        for server in self._servers(db, f"WHERE name IN ({marks})", names):
-            servers[server.name] = server
-        fresh = [
-            _to_replica(row)
-            for row in db.execute(
-                f"SELECT {self._REPLICA_COLUMNS} FROM replicas "
-                f"WHERE server IN ({marks}) ORDER BY id",
-                names,
-            )
-        ]
-        by_server.update(group_replicas(fresh))
-        return RegistryState(
-            servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
-            replicas_by_server=by_server,
-            revision=revision,
-            committed_at=float(meta["committed_at"]),
-        )
-
-    async def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
-        probe = self._open_probe()
-        wake = Wake(self.path, poll_interval)
-        try:
-            # Read before the state, so a commit in between shows up as a change to check.
-            seen = _data_version(probe)
-            state = await asyncio.to_thread(self.read_state)
-            yield state
-            checked = time.monotonic()
-            while True:
-                hinted = await wake.wait()
-                metrics.WATCH_POLLS.inc()
-                version = _data_version(probe)
-                wake.probed(hinted=hinted)
-                now = time.monotonic()
-                if version is not None and version == seen and now - checked < REVISION_CHECK_EVERY:
-                    continue  # no connection committed anything since the last look
-                revision = None
-                if version is not None and version != seen:
-                    wake.committed()
-                    # Answered on the loop like the probe; a commit that did not move the
-                    # revision (a lease renewal) costs no thread hop.
-                    revision = _probe_revision(probe)
-                seen, checked = version, now
-                if revision is None:
-                    revision = await asyncio.to_thread(self.revision)
-                if revision != state.revision:
-                    fresh = self._read_small_changes(probe, state)
-                    if fresh is None:
-                        fresh = await asyncio.to_thread(self._read_changes, state)
-                    state = fresh
-                    yield state
-        finally:
-            wake.close()
-            probe.close()
-
-    def _open_probe(self) -> sqlite3.Connection:
-        """A connection that never writes, so its ``data_version`` moves on every commit (a
-        connection's own commits do not move it). ``timeout=0``: a busy database answers at
-        once (the tick then takes the threaded path) instead of blocking the event loop."""
-        try:
-            return sqlite3.connect(
-                self.path, timeout=0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise RegistryUnavailableError(f"registry {self.url!r}: cannot open: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _data_version(probe: sqlite3.Connection) -> int | None:
-    """SQLite's count of commits by other connections; None when it cannot tell right now."""
-    try:
-        return int(probe.execute("PRAGMA data_version").fetchone()[0])
-    except sqlite3.Error:
-        return None
-
-
-def _probe_revision(probe: sqlite3.Connection) -> int | None:
-    """The revision as the probe reads it; None when it cannot tell right now (busy)."""
-    try:
-        rows = probe.execute("SELECT value FROM meta WHERE key = 'revision'").fetchall()
-        return int(rows[0][0])
-    except (sqlite3.Error, IndexError, TypeError, ValueError):
-        return None
-
-
-def _to_replica(row: tuple[object, ...]) -> Replica:
-    """Never raises: a value of the wrong type is kept for routing to report (see rows.py)."""
-    return rows.replica(*row)

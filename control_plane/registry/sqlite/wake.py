@@ -1,6 +1,7 @@
-"""When the SQLite watch looks next (``sqlite.SqliteRegistry.watch``): at once when inotify
-says one of the database's files was written, else at the poll interval. Only the timing; the
-watch's probe decides whether anything committed.
+"""When the SQLite watch looks next (``watch.follow``): at once when inotify says one of the
+database's files was written, else at the poll interval. Only the timing; the watch's probe
+decides whether anything committed. Uses ``inotify`` only; never imports ``store``, ``reads``
+or ``watch``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from control_plane.registry.inotify import DirectoryWatch
+from control_plane.registry.sqlite.inotify import DirectoryWatch
 
 log = structlog.get_logger("routeplane.registry")
 
