@@ -201,7 +201,7 @@ def serve(
     if config.worker_count() == 1:
         asyncio.run(run_serve(config))
         return
-    from control_plane.workers import supervise
+    from control_plane.group.supervisor import supervise
 
     code = asyncio.run(supervise(config, log_level=log_level, log_json=log_json))
     if code:

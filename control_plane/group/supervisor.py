@@ -36,9 +36,9 @@ import sys
 import structlog
 
 from control_plane import logs
-from control_plane.admin.aggregate import AggregateService
 from control_plane.admin.server import AdminServer
 from control_plane.app import ServeConfig, serve, split_host_port, start_admin, tune_gc
+from control_plane.group.admin import AggregateService
 from control_plane.xds import csds
 
 log = structlog.get_logger("routeplane.workers")
@@ -78,7 +78,7 @@ async def _spawn(
     config: ServeConfig, *, log_level: str, log_json: bool | None
 ) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control_plane.workers", stdin=asyncio.subprocess.PIPE
+        sys.executable, "-m", "control_plane.group.supervisor", stdin=asyncio.subprocess.PIPE
     )
     assert process.stdin is not None
     settings = {
