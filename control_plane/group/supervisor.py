@@ -111,12 +111,12 @@ async def _stop_all(processes: list[asyncio.subprocess.Process], *, grace: float
 
 
 async def supervise(
-    config: ServeConfig, *, log_level: str = "info", log_json: bool | None = None
+    config: ServeConfig, *, workers: int, log_level: str = "info", log_json: bool | None = None
 ) -> int:
-    """Run ``config.worker_count()`` workers until SIGTERM/SIGINT (exit code 0) or until one
-    exits on its own (1)."""
+    """Run ``workers`` workers until SIGTERM/SIGINT (exit code 0) or until one exits on its
+    own (1)."""
     config.validate()
-    count = config.worker_count()
+    count = workers
     check_free(config.xds_listen)
     base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
     stop = asyncio.Event()
@@ -133,7 +133,6 @@ async def supervise(
                 config,
                 admin_listen=address,
                 control_plane_id=f"{base}/w{index}",
-                workers=1,
                 reuse_port=True,
                 siblings=tuple(a for a in addresses if a != address),
             )
