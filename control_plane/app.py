@@ -1,4 +1,7 @@
-"""The one place that wires concrete classes: registry, reconciler, cache, xDS and admin servers.
+"""The wiring root of one serving process: registry, reconciler, cache, xDS and admin servers.
+
+A ``serve --workers`` group (``group/``) runs this in each worker and wraps it; nothing here
+knows of the group but the two arguments a worker passes to ``serve()``.
 
 ``serve()`` runs everything in one TaskGroup until cancelled (SIGINT/SIGTERM), then stops the
 gRPC server with a grace period so streams end cleanly.
@@ -13,6 +16,7 @@ import ipaddress
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +91,6 @@ class ServeConfig:
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
-    # Set by the supervisor for its workers only (group/), so they share the xDS port.
-    reuse_port: bool = False
-    # A worker's siblings' admin addresses, so its CSDS answers for the whole group.
-    siblings: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -177,9 +177,16 @@ async def start_admin(admin: AdminServer, listen: str) -> None:
         raise OSError(f"cannot listen on --admin-listen {listen}: {exc.strerror or exc}") from exc
 
 
-async def serve(config: ServeConfig) -> None:
+async def serve(
+    config: ServeConfig,
+    *,
+    reuse_port: bool = False,
+    csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
+) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
-    refused on the way closes what was already opened."""
+    refused on the way closes what was already opened. A worker of ``serve --workers``
+    (``group/worker.py``) shares the xDS port (``reuse_port``) and answers CSDS on it for the
+    whole group (``csds_answer``, given this process's XdsServer)."""
     config.validate()
     disable_created_metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -201,8 +208,8 @@ async def serve(config: ServeConfig) -> None:
         options = [
             # A lone process refuses a taken port; workers share it (the supervisor checked
             # it was free before starting them).
-            *(o for o in GRPC_OPTIONS if not (config.reuse_port and o[0] == "grpc.so_reuseport")),
-            *([("grpc.so_reuseport", 1)] if config.reuse_port else []),
+            *(o for o in GRPC_OPTIONS if not (reuse_port and o[0] == "grpc.so_reuseport")),
+            *([("grpc.so_reuseport", 1)] if reuse_port else []),
             # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
             # across control-plane replicas; the grace lets an in-flight push finish.
             ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
@@ -221,14 +228,11 @@ async def serve(config: ServeConfig) -> None:
             )
         )
         server = grpc.aio.server(options=options)
-        siblings = csds.Siblings(config.siblings, token=config.admin_token)
-        stack.push_async_callback(siblings.close)
         server.add_generic_rpc_handlers(
             [
                 *xds.generic_handlers(),
                 csds.generic_handler(
-                    xds,
-                    siblings,
+                    csds_answer(xds),
                     guard=csds.XdsPortGuard(
                         require_identity=bool(config.tls_cert), token=config.admin_token
                     ),

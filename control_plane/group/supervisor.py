@@ -1,31 +1,27 @@
-"""``serve --workers N``: a supervisor and N worker processes serving one xDS port.
+"""``serve --workers N``: the supervisor of N worker processes serving one xDS port.
 
-Each worker is a whole control plane (``app.serve``): its own registry watch, pipeline and
-cache, exactly like an HA replica (versions are content hashes, so workers agree on them), binding
-the xDS port with ``SO_REUSEPORT`` so the kernel spreads new connections over the workers, and
-its admin API on a loopback port of its own, never the public one. Its identifier is the
-group's with ``/wN`` appended, so a proxy can tell which worker serves it.
+Each worker (``group/worker.py``) is a whole control plane (``app.serve``): its own registry
+watch, pipeline and cache, exactly like an HA replica (versions are content hashes, so workers
+agree on them), binding the xDS port with ``SO_REUSEPORT`` so the kernel spreads new connections
+over the workers, and its admin API on a loopback port of its own, never the public one. Its
+identifier is the group's with ``/wN`` appended, so a proxy can tell which worker serves it.
 
 The supervisor (``supervise``, the ``serve`` the user started) checks that the xDS port is free,
-starts the workers (``python -m control_plane.workers``, the settings as JSON on stdin so a token
-never shows in ``ps``), serves the public admin address with every worker's view aggregated
-(``admin/aggregate.py``; CSDS merged by ``xds/csds.py``, which each worker also does for a CSDS
-call on the xDS port), and on SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any
-still running ``grace_seconds`` + ``STOP_MARGIN`` later. A worker that exits on its own stops the
-group with exit code 1 (no restart: a crash loop stays visible and the process manager that
-started ``serve`` restarts the whole group, with its own backoff). A worker whose supervisor
-disappeared (SIGKILL) stops itself within ``ORPHAN_EXIT_SECONDS``: on Linux the kernel tells it
-at once (``PR_SET_PDEATHSIG``), elsewhere it asks every ``ORPHAN_CHECK_SECONDS``.
+starts the workers (``python -m control_plane.group.worker``, the settings as JSON on stdin so a
+token never shows in ``ps``), serves the public admin address with every worker's view
+aggregated (``group/admin.py``, and the group's CSDS from ``group/csds.py``), and on
+SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any still running ``grace_seconds`` +
+``STOP_MARGIN`` later. A worker that exits on its own stops the group with exit code 1 (no
+restart: a crash loop stays visible and the process manager that started ``serve`` restarts the
+whole group, with its own backoff).
 
-The wiring of processes only; it imports ``app`` and the admin aggregation, nothing of the CLI.
+The wiring of processes only; it imports ``app`` and the rest of ``group/``, nothing of the CLI.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import json
 import os
@@ -35,21 +31,15 @@ import sys
 
 import structlog
 
-from control_plane import logs
 from control_plane.admin.server import AdminServer
-from control_plane.app import ServeConfig, serve, split_host_port, start_admin, tune_gc
+from control_plane.app import ServeConfig, split_host_port, start_admin
 from control_plane.group.admin import AggregateService
+from control_plane.group.csds import merged
 from control_plane.xds import csds
 
 log = structlog.get_logger("routeplane.workers")
 
 STOP_MARGIN = 2.0  # seconds a worker gets past grace_seconds before SIGKILL
-ORPHAN_CHECK_SECONDS = 1.0  # where the kernel cannot tell a worker its supervisor died
-# An orphaned worker drains like on SIGTERM, but exits this long after it knew, drained or not:
-# its group is gone, and the next supervisor needs the xDS port.
-ORPHAN_EXIT_SECONDS = 0.8
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-MAX_SETTINGS_BYTES = 1 << 20
 
 
 def check_free(address: str) -> None:
@@ -75,14 +65,15 @@ def loopback_port() -> int:
 
 
 async def _spawn(
-    config: ServeConfig, *, log_level: str, log_json: bool | None
+    config: ServeConfig, *, siblings: list[str], log_level: str, log_json: bool | None
 ) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control_plane.group.supervisor", stdin=asyncio.subprocess.PIPE
+        sys.executable, "-m", "control_plane.group.worker", stdin=asyncio.subprocess.PIPE
     )
     assert process.stdin is not None
     settings = {
         "config": dataclasses.asdict(config),
+        "siblings": siblings,
         "parent": os.getpid(),
         "log_level": log_level,
         "log_json": log_json,
@@ -130,15 +121,12 @@ async def supervise(
         addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(count)]
         for index, address in enumerate(addresses):
             worker = dataclasses.replace(
-                config,
-                admin_listen=address,
-                control_plane_id=f"{base}/w{index}",
-                reuse_port=True,
-                siblings=tuple(a for a in addresses if a != address),
+                config, admin_listen=address, control_plane_id=f"{base}/w{index}"
             )
-            processes.append(await _spawn(worker, log_level=log_level, log_json=log_json))
-        siblings = csds.Siblings(addresses, token=config.admin_token)
-        stack.push_async_callback(siblings.close)
+            siblings = [a for a in addresses if a != address]
+            processes.append(
+                await _spawn(worker, siblings=siblings, log_level=log_level, log_json=log_json)
+            )
         service = AggregateService(
             workers=addresses,
             pids=[p.pid for p in processes],
@@ -151,7 +139,7 @@ async def supervise(
             ready=service.ready,
             token=config.admin_token,
             metrics=service.metrics,
-            handlers=[csds.generic_handler(None, siblings)],
+            handlers=[csds.generic_handler(merged(None, service.client))],
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
@@ -178,67 +166,3 @@ async def supervise(
         log.info("shutdown_started", grace_seconds=config.grace_seconds)
     log.info("shutdown_completed")
     return code
-
-
-def _ask_for_parent_death_signal() -> bool:
-    """Have the kernel send SIGUSR1 when the supervisor dies (Linux); whether it will."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-async def _worker(config: ServeConfig, *, parent: int) -> None:
-    loop = asyncio.get_running_loop()
-    gone = False
-
-    def orphaned() -> None:
-        nonlocal gone
-        if gone:
-            return
-        gone = True
-        log.warning("supervisor_gone", parent=parent, exit_within=ORPHAN_EXIT_SECONDS)
-        loop.call_later(ORPHAN_EXIT_SECONDS, _exit_now)
-        os.kill(os.getpid(), signal.SIGTERM)  # serve's own shutdown, for as long as it has
-
-    async def watch_parent() -> None:
-        # Without PR_SET_PDEATHSIG no event tells a child its parent died: ask now and then.
-        while os.getppid() == parent:  # noqa: ASYNC110
-            await asyncio.sleep(ORPHAN_CHECK_SECONDS)
-        orphaned()
-
-    loop.add_signal_handler(signal.SIGUSR1, orphaned)
-    watcher = asyncio.create_task(watch_parent())
-    try:
-        if os.getppid() != parent:  # it died before the kernel was asked to tell
-            orphaned()
-        await serve(config)
-    finally:
-        watcher.cancel()
-        loop.remove_signal_handler(signal.SIGUSR1)
-
-
-def _exit_now() -> None:
-    log.warning("worker_stopped_orphaned", after_seconds=ORPHAN_EXIT_SECONDS)
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(0)
-
-
-def main() -> None:
-    """A worker: the settings as JSON on stdin, then ``app.serve`` until SIGTERM."""
-    settings = json.loads(sys.stdin.buffer.read(MAX_SETTINGS_BYTES))
-    logs.configure(level=settings["log_level"], json=settings["log_json"])
-    fields = settings["config"]
-    config = ServeConfig(**{**fields, "siblings": tuple(fields.get("siblings", ()))})
-    tune_gc()
-    _ask_for_parent_death_signal()
-    asyncio.run(_worker(config, parent=settings["parent"]))
-
-
-if __name__ == "__main__":
-    main()
