@@ -18,8 +18,9 @@ Each worker is a whole control plane with its own admin address on loopback
 - ``/readyz``: ready when every worker is; the reason names each one that is not, or that does
   not answer within ``READY_TIMEOUT`` (a stopped process).
 
-Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``), and the
-load families' rendering (``metrics``); nothing of the xDS engine, the pipeline or a store.
+Asks the workers through the group's one client (``group/client.py``). Imports the admin protos,
+the autoscaling rule and its spec value (``registry.spec``), and the load families' rendering
+(``metrics``); nothing of the xDS engine, the pipeline or a store.
 """
 
 from __future__ import annotations
