@@ -107,7 +107,6 @@ async def supervise(
     """Run ``workers`` workers until SIGTERM/SIGINT (exit code 0) or until one exits on its
     own (1)."""
     config.validate()
-    count = workers
     check_free(config.xds_listen)
     base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
     stop = asyncio.Event()
@@ -118,7 +117,7 @@ async def supervise(
             loop.add_signal_handler(sig, stop.set)
             stack.callback(loop.remove_signal_handler, sig)
         stack.push_async_callback(lambda: _stop_all(processes, grace=config.grace_seconds))
-        addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(count)]
+        addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(workers)]
         for index, address in enumerate(addresses):
             worker = dataclasses.replace(
                 config, admin_listen=address, control_plane_id=f"{base}/w{index}"
@@ -145,7 +144,7 @@ async def supervise(
         stack.push_async_callback(admin.stop)
         log.info(
             "workers_started",
-            workers=count,
+            workers=workers,
             pids=[p.pid for p in processes],
             xds=config.xds_listen,
             admin=config.admin_listen,
