@@ -94,6 +94,12 @@ class Probe:
         self._task.cancel()
 
 
+def _has_workers(code: Path) -> bool:
+    """Whether the checkout has ``serve --workers`` (``workers.py`` until it became ``group/``)."""
+    base = code / "control_plane"
+    return (base / "workers.py").exists() or (base / "group").is_dir()
+
+
 @contextlib.asynccontextmanager
 async def control_plane(code: Path, workdir: Path) -> AsyncIterator[dict[str, Any]]:
     db = workdir / "registry.db"
@@ -121,7 +127,7 @@ async def control_plane(code: Path, workdir: Path) -> AsyncIterator[dict[str, An
             "1000000",
             # One process: VmRSS is the serving process's (a checkout from before workers has
             # no flag and is one process anyway).
-            *(["--workers", "1"] if (code / "control_plane" / "workers.py").exists() else []),
+            *(["--workers", "1"] if _has_workers(code) else []),
             "--log-level",
             "error",
         ],

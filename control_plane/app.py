@@ -1,4 +1,7 @@
-"""The one place that wires concrete classes: registry, reconciler, cache, xDS and admin servers.
+"""The wiring root of one serving process: registry, reconciler, cache, xDS and admin servers.
+
+A ``serve --workers`` group (``group/``) runs this in each worker and wraps it; nothing here
+knows of the group but the two arguments a worker passes to ``serve()``.
 
 ``serve()`` runs everything in one TaskGroup until cancelled (SIGINT/SIGTERM), then stops the
 gRPC server with a grace period so streams end cleanly.
@@ -10,10 +13,10 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
-import math
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +57,6 @@ GRPC_OPTIONS = [
 ]
 
 
-MAX_WORKERS = 256
-
-
 # Thousands of streams keep ~10^6 long-lived objects, and the default thresholds (700, 10, 10)
 # scanned them again and again: 0.96 s of collections in a 1,000-stream storm and 20 pushes, a
 # fifth of the push CPU (py-spy, gc.callbacks). With these: 0.04 s.
@@ -66,52 +66,6 @@ GC_THRESHOLDS = (20_000, 20, 100)
 def tune_gc() -> None:
     """The collector's thresholds for a serving process (``serve`` and each worker)."""
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may use, for ``--workers 0``: its CPU affinity, capped by a cgroup
-    CPU quota (a container's CPU limit, rounded up), at least 1. ``os.cpu_count()`` alone would
-    start one worker per core of the host in a container limited to one."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota(cgroup_root)
-    if quota is not None:
-        cores = min(cores, math.ceil(quota))
-    return max(1, cores)
-
-
-def _cgroup_cpu_quota(root: Path) -> float | None:
-    """The tightest CPU quota (in cores) over this process's cgroup and its ancestors; None if
-    there is none or it cannot be read. cgroup v2 (``cpu.max``), else v1 (``cpu.cfs_*``)."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    quotas: list[float] = []
-    for line in lines:
-        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if hierarchy == "0" and not controllers:  # v2: "0::/path"
-            directory = root / path.lstrip("/")
-            while True:
-                with contextlib.suppress(OSError, ValueError):
-                    limit, period = (directory / "cpu.max").read_text().split()[:2]
-                    if limit != "max":
-                        quotas.append(int(limit) / int(period))
-                if directory == root or root not in directory.parents:
-                    break
-                directory = directory.parent
-        elif "cpu" in controllers.split(","):  # v1
-            mounts = (root / "cpu", root / "cpu,cpuacct")
-            for base in [m / path.lstrip("/") for m in mounts] + list(mounts):
-                with contextlib.suppress(OSError, ValueError):
-                    limit_us = int((base / "cpu.cfs_quota_us").read_text())
-                    period_us = int((base / "cpu.cfs_period_us").read_text())
-                    if limit_us > 0 and period_us > 0:
-                        quotas.append(limit_us / period_us)
-                    break
-    return min(quotas) if quotas else None
 
 
 class ConfigError(ValueError):
@@ -137,15 +91,6 @@ class ServeConfig:
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
-    # ``serve --workers``: processes sharing the xDS port (0: one per core; 1: this process
-    # alone). ``reuse_port`` is set by the supervisor for its workers only (workers.py).
-    workers: int = 1
-    reuse_port: bool = False
-    # A worker's siblings' admin addresses, so its CSDS answers for the whole group.
-    siblings: tuple[str, ...] = ()
-
-    def worker_count(self) -> int:
-        return self.workers or available_cores()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -170,10 +115,6 @@ class ServeConfig:
         ):
             if not number > 0:
                 raise ConfigError(f"invalid {flag} {number!r}: expected a number above 0")
-        if not 0 <= self.workers <= MAX_WORKERS:
-            raise ConfigError(
-                f"invalid --workers {self.workers!r}: expected 0 (one per core) to {MAX_WORKERS}"
-            )
         if self.grace_seconds < 0:
             raise ConfigError(f"invalid grace {self.grace_seconds!r}: expected 0 or more seconds")
         tls = (
@@ -236,9 +177,16 @@ async def start_admin(admin: AdminServer, listen: str) -> None:
         raise OSError(f"cannot listen on --admin-listen {listen}: {exc.strerror or exc}") from exc
 
 
-async def serve(config: ServeConfig) -> None:
+async def serve(
+    config: ServeConfig,
+    *,
+    reuse_port: bool = False,
+    csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
+) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
-    refused on the way closes what was already opened."""
+    refused on the way closes what was already opened. A worker of ``serve --workers``
+    (``group/worker.py``) shares the xDS port (``reuse_port``) and answers CSDS on it for the
+    whole group (``csds_answer``, given this process's XdsServer)."""
     config.validate()
     disable_created_metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -260,8 +208,8 @@ async def serve(config: ServeConfig) -> None:
         options = [
             # A lone process refuses a taken port; workers share it (the supervisor checked
             # it was free before starting them).
-            *(o for o in GRPC_OPTIONS if not (config.reuse_port and o[0] == "grpc.so_reuseport")),
-            *([("grpc.so_reuseport", 1)] if config.reuse_port else []),
+            *(o for o in GRPC_OPTIONS if not (reuse_port and o[0] == "grpc.so_reuseport")),
+            *([("grpc.so_reuseport", 1)] if reuse_port else []),
             # Streams are closed after this age (gRPC adds +-10% jitter) so proxies rebalance
             # across control-plane replicas; the grace lets an in-flight push finish.
             ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
@@ -280,14 +228,11 @@ async def serve(config: ServeConfig) -> None:
             )
         )
         server = grpc.aio.server(options=options)
-        siblings = csds.Siblings(config.siblings, token=config.admin_token)
-        stack.push_async_callback(siblings.close)
         server.add_generic_rpc_handlers(
             [
                 *xds.generic_handlers(),
                 csds.generic_handler(
-                    xds,
-                    siblings,
+                    csds_answer(xds),
                     guard=csds.XdsPortGuard(
                         require_identity=bool(config.tls_cert), token=config.admin_token
                     ),

@@ -1,7 +1,7 @@
 """A minimal HTTP/1.1 endpoint on the admin address: ``/healthz``, ``/readyz``, ``/metrics``.
 
 ``ready`` may be a coroutine function and ``metrics`` replaces this process's exposition (the
-``serve --workers`` supervisor asks its workers, see ``admin/aggregate.py``).
+``serve --workers`` supervisor asks its workers, see ``group/admin.py``).
 """
 
 from __future__ import annotations

@@ -154,6 +154,7 @@ def serve(
     """Run the control plane: watch the registry and serve xDS to Envoy."""
     from control_plane.app import ConfigError, ServeConfig, tune_gc
     from control_plane.app import serve as run_serve
+    from control_plane.group.cores import worker_count
 
     check_numbers(
         {
@@ -191,19 +192,19 @@ def serve(
         max_groups_per_fleet=max_groups_per_fleet,
         max_names_per_stream=max_names_per_stream,
         load_report_interval=load_report_interval,
-        workers=workers,
     )
     try:
         config.validate()  # all of it, before anything is opened
+        count = worker_count(workers)
     except ConfigError as exc:
         fail(str(exc))
     tune_gc()
-    if config.worker_count() == 1:
+    if count == 1:
         asyncio.run(run_serve(config))
         return
-    from control_plane.workers import supervise
+    from control_plane.group.supervisor import supervise
 
-    code = asyncio.run(supervise(config, log_level=log_level, log_json=log_json))
+    code = asyncio.run(supervise(config, workers=count, log_level=log_level, log_json=log_json))
     if code:
         raise SystemExit(code)
 

@@ -5,26 +5,24 @@ and whether it was ACKed, is still in flight (STALE) or was rejected (ERROR, wit
 ``node_matchers`` filter on the node id (exact or prefix); ``exclude_resource_contents`` leaves
 the resources themselves out.
 
-Under ``serve --workers`` a connection reaches one worker, which answers for the whole group:
-its own proxies and, through ``Siblings``, those of the other workers, asked on their loopback
-admin ports (where each worker answers CSDS for its own proxies only). The supervisor serves the
-same merged answer on the public admin address.
+This module answers for this process's proxies only. Under ``serve --workers`` a worker's xDS
+port answers for the whole group with an :class:`Answer` from ``group/csds.py``, which asks the
+other workers on their loopback admin ports (where each answers for its own proxies).
 
 On the xDS port CSDS is guarded (``XdsPortGuard``): a caller sees only its own fleet's proxies
 under mTLS (the fleets its client certificate names), needs the admin token without mTLS when
 one is set, and is rate-limited per peer and overall; the answer is bounded in proxies and
-bytes. The scope and the bounds travel to the sibling workers with the fan-out (a header on
-their token-guarded admin port). The admin address keeps the full, unbounded view.
+bytes. The scope and the bounds travel to the sibling workers with the fan-out (``SCOPE_HEADER``
+on their token-guarded admin port). The admin address keeps the full, unbounded view.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2
@@ -36,13 +34,9 @@ from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import PUSH_ORDER
 from control_plane.xds.server import Proxy, TokenBucket, XdsServer, shorten
 
-_SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
+SERVICE = "envoy.service.status.v3.ClientStatusDiscoveryService"
 _STATUS = csds_pb2.ConfigStatus
 _CLIENT = config_dump_shared_pb2.ClientResourceStatus
-SIBLING_TIMEOUT = 10.0  # seconds a sibling worker gets to answer
-# A whole worker's answer with resource contents can be large (every resource of every proxy);
-# past this the sibling's call fails and the answer names it, rather than holding without bound.
-MAX_SIBLING_ANSWER = 256 << 20
 
 # CSDS on the xDS port (the admin address has none of these bounds).
 MAX_CLIENTS = 1_000  # proxies in one answer
@@ -299,98 +293,35 @@ def status_response(
     return response
 
 
-class SiblingUnavailable(Exception):
-    """A worker of the group did not answer; the message names it."""
+class Answer(Protocol):
+    """What a CSDS call is answered with: this process's proxies (``own``) or, under
+    ``serve --workers``, the group's (``group/csds.py``). ``context`` is the call's, for an
+    answer that must fail it with a status of its own."""
+
+    async def __call__(
+        self, request: Any, scope: Scope | None, context: grpc.aio.ServicerContext, /
+    ) -> csds_pb2.ClientStatusResponse: ...
 
 
-class Siblings:
-    """The other workers of a ``serve --workers`` group, by their admin addresses (loopback,
-    behind the admin token if one is set). Create it inside the event loop; ``close()`` at the
-    end."""
+def own(xds: XdsServer) -> Answer:
+    """This process's proxies: ``status_response`` as an :class:`Answer`."""
 
-    def __init__(
-        self, addresses: Sequence[str], *, token: str = "", timeout: float = SIBLING_TIMEOUT
-    ) -> None:
-        self.addresses = list(addresses)
-        self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_receive_message_length", MAX_SIBLING_ANSWER)]
-        self._channels = [grpc.aio.insecure_channel(a, options=options) for a in self.addresses]
-        self._calls = [
-            channel.unary_unary(
-                f"/{_SERVICE}/FetchClientStatus",
-                request_serializer=csds_pb2.ClientStatusRequest.SerializeToString,
-                response_deserializer=csds_pb2.ClientStatusResponse.FromString,
-            )
-            for channel in self._channels
-        ]
+    async def answer(
+        request: Any, scope: Scope | None, context: grpc.aio.ServicerContext, /
+    ) -> csds_pb2.ClientStatusResponse:
+        return status_response(xds, request, scope)
 
-    async def fetch(self, request: Any, scope: Scope | None = None) -> list[csds_pb2.ClientConfig]:
-        """Every sibling's proxies matching ``request`` (and ``scope``); SiblingUnavailable
-        naming the first that did not answer (a partial answer would silently hide proxies),
-        AnswerTooLarge if one went past ``scope``'s bounds."""
-        metadata = self._metadata
-        if scope is not None:
-            metadata = (*metadata, (SCOPE_HEADER, scope.header()))
-        answers = await asyncio.gather(
-            *(
-                call(
-                    request,
-                    timeout=self.timeout,
-                    metadata=metadata,
-                    wait_for_ready=True,
-                )
-                for call in self._calls
-            ),
-            return_exceptions=True,
-        )
-        configs: list[csds_pb2.ClientConfig] = []
-        for address, answer in zip(self.addresses, answers, strict=True):
-            if (
-                isinstance(answer, grpc.aio.AioRpcError)
-                and scope is not None
-                and answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            ):
-                raise AnswerTooLarge(answer.details() or "")
-            if isinstance(answer, grpc.aio.AioRpcError):
-                raise SiblingUnavailable(
-                    f"worker at {address} did not answer: {answer.code().name} {answer.details()}"
-                )
-            if isinstance(answer, BaseException):
-                raise answer
-            configs.extend(answer.config)
-        return configs
-
-    async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
-
-
-async def group_response(
-    xds: XdsServer | None, siblings: Siblings | None, request: Any, scope: Scope | None = None
-) -> csds_pb2.ClientStatusResponse:
-    """This process's proxies (none for the supervisor) and the siblings', by node id."""
-    response = (
-        status_response(xds, request, scope) if xds is not None else csds_pb2.ClientStatusResponse()
-    )
-    if siblings is None or not siblings.addresses:
-        return response
-    configs = [*response.config, *await siblings.fetch(request, scope)]
-    if scope is not None:
-        scope.check(len(configs), sum(config.ByteSize() for config in configs))
-    configs.sort(key=lambda config: config.node.id)
-    del response.config[:]
-    response.config.extend(configs)
-    return response
+    return answer
 
 
 def generic_handler(
-    xds: XdsServer | None, siblings: Siblings | None = None, *, guard: XdsPortGuard | None = None
+    answer_with: XdsServer | Answer, *, guard: XdsPortGuard | None = None
 ) -> grpc.GenericRpcHandler:
-    """CSDS for ``xds``'s proxies and, with ``siblings``, the rest of the worker group. With
-    ``guard`` (the xDS port) every call is admitted, scoped and bounded by it; without (an admin
-    address), a call carries its scope in ``SCOPE_HEADER`` when a sibling on the xDS port made
-    it, and has the full view otherwise."""
+    """CSDS answered with ``answer_with`` (an XdsServer: its own proxies). With ``guard`` (the
+    xDS port) every call is admitted, scoped and bounded by it; without (an admin address), a
+    call carries its scope in ``SCOPE_HEADER`` when a sibling on the xDS port made it, and has
+    the full view otherwise."""
+    respond = own(answer_with) if isinstance(answer_with, XdsServer) else answer_with
 
     async def answer(request: Any, context: grpc.aio.ServicerContext) -> Any:
         scope: Scope | None = None
@@ -408,12 +339,9 @@ def generic_handler(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # abort raised
         try:
-            return await group_response(xds, siblings, request, scope)
+            return await respond(request, scope, context)
         except AnswerTooLarge as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            raise  # abort raised
-        except SiblingUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise  # abort raised
 
     async def fetch(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -426,7 +354,7 @@ def generic_handler(
             yield await answer(request, context)
 
     return grpc.method_handlers_generic_handler(
-        _SERVICE,
+        SERVICE,
         {
             "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
                 fetch,

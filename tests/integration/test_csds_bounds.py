@@ -17,6 +17,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import json_format
 
+from control_plane.group.client import Workers
+from control_plane.group.csds import merged
 from control_plane.xds import csds
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
@@ -63,12 +65,13 @@ async def stack() -> AsyncIterator[AsyncExitStack]:
 
 
 async def guarded(
-    stack: AsyncExitStack, guard: csds.XdsPortGuard, siblings: csds.Siblings | None = None
+    stack: AsyncExitStack, guard: csds.XdsPortGuard, siblings: Workers | None = None
 ) -> tuple[XdsServer, grpc.aio.Channel]:
     """An xDS port: the xDS services and CSDS behind ``guard``, with NODES connected."""
     xds = new_xds()
     server, address = await serve(
-        *xds.generic_handlers(), csds.generic_handler(xds, siblings, guard=guard)
+        *xds.generic_handlers(),
+        csds.generic_handler(merged(xds, siblings or Workers([])), guard=guard),
     )
     stack.push_async_callback(server.stop, 0)
     await proxies(stack, address, NODES)
@@ -175,15 +178,15 @@ async def test_the_scope_reaches_the_sibling_workers(stack: AsyncExitStack) -> N
     )
     stack.push_async_callback(server.stop, 0)
     await proxies(stack, address, NODES)
-    siblings = csds.Siblings([address])
+    siblings = Workers([address])
     stack.push_async_callback(siblings.close)
     request = csds_pb2.ClientStatusRequest()
-    everyone = await siblings.fetch(request)
+    everyone = await siblings.client_status(request)
     assert sorted(c.node.id for c in everyone) == ["apps-1", "edge-1", "edge-2"]
-    scoped = await siblings.fetch(request, csds.Scope(fleets=frozenset({"apps"})))
+    scoped = await siblings.client_status(request, csds.Scope(fleets=frozenset({"apps"})))
     assert [c.node.id for c in scoped] == ["apps-1"]
     with pytest.raises(csds.AnswerTooLarge, match="more than 1 proxies"):
-        await siblings.fetch(request, csds.Scope(max_clients=1))
+        await siblings.client_status(request, csds.Scope(max_clients=1))
 
 
 async def test_a_sibling_that_does_not_answer_in_time_fails_the_call_naming_it(
@@ -208,7 +211,7 @@ async def test_a_sibling_that_does_not_answer_in_time_fails_the_call_naming_it(
     )
     server, hung_address = await serve(hung)
     stack.push_async_callback(server.stop, 0)
-    siblings = csds.Siblings([hung_address], timeout=0.5)
+    siblings = Workers([hung_address], timeout=0.5)
     stack.push_async_callback(siblings.close)
     guard = csds.XdsPortGuard(require_identity=False, peer_calls_burst=10)
     _, channel = await guarded(stack, guard, siblings)

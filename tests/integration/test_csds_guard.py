@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control_plane.dev.certs import dev_certs
-from control_plane.xds.csds import Siblings
+from control_plane.group.client import Workers
 from control_plane.xds.resources import CLUSTER
 from tests.helpers import async_wait_until
 from tests.processes import ControlPlane, http_get
@@ -126,7 +126,7 @@ def test_a_worker_that_does_not_answer_fails_the_call_unavailable_naming_it(
 ) -> None:
     """A stopped worker (SIGSTOP): a CSDS call on the admin address fails UNAVAILABLE naming
     it once the sibling timeout (10 s) runs out, before the caller's own 60 s deadline."""
-    assert Siblings([]).timeout == 10.0  # the README's figure
+    assert Workers([]).timeout == 10.0  # the README's figure
     cp = ControlPlane.create(tmp_path, extra=["--workers", "2"])
     cp.start()
     stopped: int | None = None

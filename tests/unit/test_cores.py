@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
-from control_plane.app import ServeConfig, available_cores
+from control_plane.group.cores import available_cores, worker_count
 
 
 def limited(root: Path, cores: float) -> Path:
@@ -39,6 +38,5 @@ def test_no_limit_means_every_core_of_the_affinity(tmp_path: Path) -> None:
 
 
 def test_workers_0_is_one_per_available_core() -> None:
-    config = ServeConfig(registry_url="sqlite://x.db", xds_listen="a:1", admin_listen="a:2")
-    assert dataclasses.replace(config, workers=0).worker_count() == available_cores()
-    assert dataclasses.replace(config, workers=3).worker_count() == 3
+    assert worker_count(0) == available_cores()
+    assert worker_count(3) == 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from control_plane.admin.aggregate import AggregateService
+from control_plane.group.admin import AggregateService
 from control_plane.load.server import LoadService
 from tests.helpers import async_wait_until, endpoint, server, table
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from control_plane.admin.aggregate import LoadSum, _rule
 from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.pb import admin_pb2
 from control_plane.admin.service import add_rows
+from control_plane.group.admin import LoadSum, _rule
 from control_plane.load.autoscale import Recommender
 from control_plane.load.server import LoadService
 from control_plane.routing.model import RoutingTable

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.admin.aggregate import AggregateService, LoadSum, merge_metrics
 from control_plane.admin.pb import admin_pb2
+from control_plane.group.admin import AggregateService, LoadSum, merge_metrics
 
 WORKER_TEXT = """# HELP routeplane_xds_pushes_total xDS responses sent
 # TYPE routeplane_xds_pushes_total counter

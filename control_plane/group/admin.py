@@ -18,8 +18,9 @@ Each worker is a whole control plane with its own admin address on loopback
 - ``/readyz``: ready when every worker is; the reason names each one that is not, or that does
   not answer within ``READY_TIMEOUT`` (a stopped process).
 
-Imports the admin protos, the autoscaling rule and its spec value (``registry.spec``), and the
-load families' rendering (``metrics``); nothing of the xDS engine, the pipeline or a store.
+Asks the workers through the group's one client (``group/client.py``). Imports the admin protos,
+the autoscaling rule and its spec value (``registry.spec``), and the load families' rendering
+(``metrics``); nothing of the xDS engine, the pipeline or a store.
 """
 
 from __future__ import annotations
@@ -38,70 +39,21 @@ from prometheus_client.registry import Collector
 
 from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
+from control_plane.group.client import Workers, WorkerUnavailable
 from control_plane.load.autoscale import Recommender
 from control_plane.load.quiet import ChangeLog, settled
 from control_plane.metrics import LOAD_FAMILIES_START, LoadExposition
 from control_plane.registry.spec import Autoscaling
 
-CALL_TIMEOUT = 10.0
-HTTP_TIMEOUT = 5.0
 # A worker that does not answer within these is named as silent, and the others' answers stand:
 # /readyz answers inside a 2 s probe timeout, ListProxies inside the CLI's 10 s.
 READY_TIMEOUT = 1.0
 LIST_TIMEOUT = 3.0
-MAX_HTTP_BYTES = 64 * 1024 * 1024
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 UP = (
     "# HELP routeplane_worker_up 1 if the worker answered this scrape (serve --workers)\n"
     "# TYPE routeplane_worker_up gauge\nrouteplane_worker_up %d\n"
 )
-
-
-class WorkerUnavailable(Exception):
-    """A worker did not answer (its message names the worker)."""
-
-
-async def http_get(
-    address: str,
-    path: str,
-    *,
-    token: str = "",
-    timeout: float = HTTP_TIMEOUT,  # noqa: ASYNC109 - the whole exchange's bound, applied here
-) -> bytes:
-    """``GET path`` on a worker's admin address -> the raw HTTP answer (see ``split_http``)."""
-    host, _, port = address.rpartition(":")
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    silent = f"worker at {address}: no answer to {path} within {timeout:g} s"
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, int(port))
-    except TimeoutError:
-        raise WorkerUnavailable(silent) from None
-    except OSError as exc:
-        raise WorkerUnavailable(f"worker at {address}: {exc}") from None
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n".encode()
-        )
-        data = bytearray()
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                data += chunk
-                if len(data) > MAX_HTTP_BYTES:
-                    raise WorkerUnavailable(f"worker at {address}: over {MAX_HTTP_BYTES} bytes")
-    except TimeoutError:
-        raise WorkerUnavailable(silent) from None
-    except OSError as exc:
-        raise WorkerUnavailable(f"worker at {address}: {exc}") from None
-    finally:
-        writer.close()
-    return bytes(data)
-
-
-def split_http(data: bytes) -> tuple[int, bytes]:
-    head, _, body = data.partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0), body
 
 
 def merge_metrics(expositions: Iterable[tuple[str, str]]) -> bytes:
@@ -337,17 +289,9 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             f"worker {index} ({f'pid {pids[index]}, ' if index < len(pids) else ''}admin {address})"
             for index, address in enumerate(self.workers)
         ]
-        self._token = token
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        # wait_for_ready: a worker that just started may not have been reachable when the
-        # channel first tried; its call waits (up to the timeout) instead of failing at once.
-        self._call: dict[str, Any] = {
-            "timeout": CALL_TIMEOUT,
-            "metadata": metadata,
-            "wait_for_ready": True,
-        }
-        self._channels = [grpc.aio.insecure_channel(address) for address in self.workers]
-        self._stubs = [admin_pb2_grpc.AdminStub(channel) for channel in self._channels]
+        self.client = Workers(self.workers, token=token)  # the supervisor's one client
+        self._call = self.client.call
+        self._stubs = self.client.stubs
         self._interval = interval
         self._clock = clock
         self._sum = LoadSum(len(self.workers))
@@ -358,14 +302,13 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._updated = asyncio.Event()  # a worker's WatchLoad brought an answer
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        await self.client.close()
 
     # What the supervisor's HTTP side serves.
 
     async def ready(self) -> tuple[bool, str]:
         answers = await asyncio.gather(
-            *(http_get(address, "/readyz", timeout=READY_TIMEOUT) for address in self.workers),
+            *(self.client.get(a, "/readyz", timeout=READY_TIMEOUT) for a in self.workers),
             return_exceptions=True,
         )
         reasons = []
@@ -375,7 +318,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             elif isinstance(answer, BaseException):
                 raise answer
             else:
-                status, body = split_http(answer)
+                status, body = answer
                 if status != 200:
                     reasons.append(f"{name}: {body.decode(errors='replace').strip()}")
         if reasons:
@@ -386,12 +329,12 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         """Every worker's exposition, and ``routeplane_worker_up`` (0: that worker's series
         are missing from this scrape)."""
         answers = await asyncio.gather(
-            *(http_get(address, "/metrics", token=self._token) for address in self.workers),
+            *(self.client.get(address, "/metrics") for address in self.workers),
             return_exceptions=True,
         )
         texts = []
         for index, answer in enumerate(answers):
-            status, body = (0, b"") if isinstance(answer, BaseException) else split_http(answer)
+            status, body = (0, b"") if isinstance(answer, BaseException) else answer
             up = status == 200
             # A worker's load families are its share: the group's come from the sums.
             body = body.split(LOAD_FAMILIES_START, 1)[0]

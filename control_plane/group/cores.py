@@ -1,0 +1,72 @@
+"""Core counting for ``serve --workers``: how many workers a group runs (``--workers 0``: one
+per core this process may use, a container's CPU limit included).
+
+Reads ``/proc`` and the cgroup tree; imports nothing of the product but ``app.ConfigError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+from control_plane.app import ConfigError
+
+MAX_WORKERS = 256
+
+
+def worker_count(workers: int, *, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """``--workers`` -> the processes to run (0: one per available core); ConfigError naming
+    the flag and value when out of range."""
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"invalid --workers {workers!r}: expected 0 (one per core) to {MAX_WORKERS}"
+        )
+    return workers or available_cores(cgroup_root)
+
+
+def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use, for ``--workers 0``: its CPU affinity, capped by a cgroup
+    CPU quota (a container's CPU limit, rounded up), at least 1. ``os.cpu_count()`` alone would
+    start one worker per core of the host in a container limited to one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The tightest CPU quota (in cores) over this process's cgroup and its ancestors; None if
+    there is none or it cannot be read. cgroup v2 (``cpu.max``), else v1 (``cpu.cfs_*``)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and not controllers:  # v2: "0::/path"
+            directory = root / path.lstrip("/")
+            while True:
+                with contextlib.suppress(OSError, ValueError):
+                    limit, period = (directory / "cpu.max").read_text().split()[:2]
+                    if limit != "max":
+                        quotas.append(int(limit) / int(period))
+                if directory == root or root not in directory.parents:
+                    break
+                directory = directory.parent
+        elif "cpu" in controllers.split(","):  # v1
+            mounts = (root / "cpu", root / "cpu,cpuacct")
+            for base in [m / path.lstrip("/") for m in mounts] + list(mounts):
+                with contextlib.suppress(OSError, ValueError):
+                    limit_us = int((base / "cpu.cfs_quota_us").read_text())
+                    period_us = int((base / "cpu.cfs_period_us").read_text())
+                    if limit_us > 0 and period_us > 0:
+                        quotas.append(limit_us / period_us)
+                    break
+    return min(quotas) if quotas else None

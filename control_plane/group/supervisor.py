@@ -1,0 +1,167 @@
+"""``serve --workers N``: the supervisor of N worker processes serving one xDS port.
+
+Each worker (``group/worker.py``) is a whole control plane (``app.serve``): its own registry
+watch, pipeline and cache, exactly like an HA replica (versions are content hashes, so workers
+agree on them), binding the xDS port with ``SO_REUSEPORT`` so the kernel spreads new connections
+over the workers, and its admin API on a loopback port of its own, never the public one. Its
+identifier is the group's with ``/wN`` appended, so a proxy can tell which worker serves it.
+
+The supervisor (``supervise``, the ``serve`` the user started) checks that the xDS port is free,
+starts the workers (``python -m control_plane.group.worker``, the settings as JSON on stdin so a
+token never shows in ``ps``), serves the public admin address with every worker's view
+aggregated (``group/admin.py``, and the group's CSDS from ``group/csds.py``), and on
+SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any still running ``grace_seconds`` +
+``STOP_MARGIN`` later. A worker that exits on its own stops the group with exit code 1 (no
+restart: a crash loop stays visible and the process manager that started ``serve`` restarts the
+whole group, with its own backoff).
+
+The wiring of processes only; it imports ``app`` and the rest of ``group/``, nothing of the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+
+import structlog
+
+from control_plane.admin.server import AdminServer
+from control_plane.app import ServeConfig, split_host_port, start_admin
+from control_plane.group.admin import AggregateService
+from control_plane.group.csds import merged
+from control_plane.xds import csds
+
+log = structlog.get_logger("routeplane.workers")
+
+STOP_MARGIN = 2.0  # seconds a worker gets past grace_seconds before SIGKILL
+
+
+def check_free(address: str) -> None:
+    """OSError naming ``--xds-listen`` if something already listens on ``address``: workers
+    share the port with each other only."""
+    host, port = split_host_port(address, flag="--xds-listen")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's own bind: a just-stopped group's connections in TIME_WAIT do not
+            # hold the port; a listening socket still does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except OSError as exc:
+        raise OSError(f"cannot listen on --xds-listen {address}: {exc.strerror or exc}") from exc
+
+
+def loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _spawn(
+    config: ServeConfig, *, siblings: list[str], log_level: str, log_json: bool | None
+) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "control_plane.group.worker", stdin=asyncio.subprocess.PIPE
+    )
+    assert process.stdin is not None
+    settings = {
+        "config": dataclasses.asdict(config),
+        "siblings": siblings,
+        "parent": os.getpid(),
+        "log_level": log_level,
+        "log_json": log_json,
+    }
+    process.stdin.write(json.dumps(settings).encode())
+    await process.stdin.drain()
+    process.stdin.close()
+    return process
+
+
+async def _stop_all(processes: list[asyncio.subprocess.Process], *, grace: float) -> None:
+    for process in processes:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(grace + STOP_MARGIN):
+            await asyncio.gather(*(p.wait() for p in processes))
+    except TimeoutError:
+        for process in processes:
+            if process.returncode is None:
+                log.warning("worker_killed", pid=process.pid, after_seconds=grace + STOP_MARGIN)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        await asyncio.gather(*(p.wait() for p in processes))
+
+
+async def supervise(
+    config: ServeConfig, *, workers: int, log_level: str = "info", log_json: bool | None = None
+) -> int:
+    """Run ``workers`` workers until SIGTERM/SIGINT (exit code 0) or until one exits on its
+    own (1)."""
+    config.validate()
+    check_free(config.xds_listen)
+    base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    processes: list[asyncio.subprocess.Process] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        stack.push_async_callback(lambda: _stop_all(processes, grace=config.grace_seconds))
+        addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(workers)]
+        for index, address in enumerate(addresses):
+            worker = dataclasses.replace(
+                config, admin_listen=address, control_plane_id=f"{base}/w{index}"
+            )
+            siblings = [a for a in addresses if a != address]
+            processes.append(
+                await _spawn(worker, siblings=siblings, log_level=log_level, log_json=log_json)
+            )
+        service = AggregateService(
+            workers=addresses,
+            pids=[p.pid for p in processes],
+            token=config.admin_token,
+            interval=config.load_report_interval,
+        )
+        stack.push_async_callback(service.close)
+        admin = AdminServer(
+            service=service,
+            ready=service.ready,
+            token=config.admin_token,
+            metrics=service.metrics,
+            handlers=[csds.generic_handler(merged(None, service.client))],
+        )
+        await start_admin(admin, config.admin_listen)
+        stack.push_async_callback(admin.stop)
+        log.info(
+            "workers_started",
+            workers=workers,
+            pids=[p.pid for p in processes],
+            xds=config.xds_listen,
+            admin=config.admin_listen,
+            identifier=base,
+        )
+        load = asyncio.create_task(service.run())
+        exits = {asyncio.create_task(p.wait()): p for p in processes}
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (load, stopping, *exits):
+            task.cancel()
+        code = 0
+        for task, process in exits.items():
+            # Ctrl-C reaches the workers too: one may end before the supervisor noticed.
+            if task in done and not stop.is_set():
+                log.error("worker_exited", pid=process.pid, code=process.returncode)
+                code = 1
+        log.info("shutdown_started", grace_seconds=config.grace_seconds)
+    log.info("shutdown_completed")
+    return code

@@ -1,0 +1,103 @@
+"""A worker of ``serve --workers``: ``python -m control_plane.group.worker``, started by the
+supervisor (``group/supervisor.py``) with its settings as JSON on stdin.
+
+It runs ``app.serve`` sharing the xDS port with its siblings (``SO_REUSEPORT``) and hands it the
+group's CSDS answer (``group/csds.py``): a CSDS call on the xDS port reaches one worker, which
+answers for the whole group, asking its siblings on their loopback admin ports. A worker whose
+supervisor disappeared (SIGKILL) stops itself within ``ORPHAN_EXIT_SECONDS``: on Linux the kernel
+tells it at once (``PR_SET_PDEATHSIG``), elsewhere it asks every ``ORPHAN_CHECK_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import signal
+import sys
+
+import structlog
+
+from control_plane import logs
+from control_plane.app import ServeConfig, serve, tune_gc
+from control_plane.group.client import Workers
+from control_plane.group.csds import merged
+
+log = structlog.get_logger("routeplane.workers")
+
+ORPHAN_CHECK_SECONDS = 1.0  # where the kernel cannot tell a worker its supervisor died
+# An orphaned worker drains like on SIGTERM, but exits this long after it knew, drained or not:
+# its group is gone, and the next supervisor needs the xDS port.
+ORPHAN_EXIT_SECONDS = 0.8
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MAX_SETTINGS_BYTES = 1 << 20
+
+
+def _ask_for_parent_death_signal() -> bool:
+    """Have the kernel send SIGUSR1 when the supervisor dies (Linux); whether it will."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+async def _worker(config: ServeConfig, *, siblings: list[str], parent: int) -> None:
+    loop = asyncio.get_running_loop()
+    gone = False
+
+    def orphaned() -> None:
+        nonlocal gone
+        if gone:
+            return
+        gone = True
+        log.warning("supervisor_gone", parent=parent, exit_within=ORPHAN_EXIT_SECONDS)
+        loop.call_later(ORPHAN_EXIT_SECONDS, _exit_now)
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own shutdown, for as long as it has
+
+    async def watch_parent() -> None:
+        # Without PR_SET_PDEATHSIG no event tells a child its parent died: ask now and then.
+        while os.getppid() == parent:  # noqa: ASYNC110
+            await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+        orphaned()
+
+    loop.add_signal_handler(signal.SIGUSR1, orphaned)
+    watcher = asyncio.create_task(watch_parent())
+    others = Workers(siblings, token=config.admin_token)
+    try:
+        if os.getppid() != parent:  # it died before the kernel was asked to tell
+            orphaned()
+        await serve(config, reuse_port=True, csds_answer=lambda xds: merged(xds, others))
+    finally:
+        watcher.cancel()
+        loop.remove_signal_handler(signal.SIGUSR1)
+        await others.close()
+
+
+def _exit_now() -> None:
+    log.warning("worker_stopped_orphaned", after_seconds=ORPHAN_EXIT_SECONDS)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+def main() -> None:
+    """A worker: the settings as JSON on stdin (its config, its siblings' admin addresses, the
+    supervisor's pid), then ``app.serve`` until SIGTERM."""
+    settings = json.loads(sys.stdin.buffer.read(MAX_SETTINGS_BYTES))
+    logs.configure(level=settings["log_level"], json=settings["log_json"])
+    config = ServeConfig(**settings["config"])
+    tune_gc()
+    _ask_for_parent_death_signal()
+    siblings = [str(address) for address in settings["siblings"]]
+    asyncio.run(_worker(config, siblings=siblings, parent=settings["parent"]))
+
+
+if __name__ == "__main__":
+    main()
