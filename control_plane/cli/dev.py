@@ -140,7 +140,7 @@ def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None
     """routeplane on Kubernetes: manifests and a Grafana dashboard (deploy/). Without --write
     or --out, prints the manifests to apply (namespace, routeplane, Envoy, Prometheus scrape
     config; not the init Job or cert-manager's)."""
-    from control_plane.dev.kube import KubeConfig, kubernetes_files
+    from control_plane.deploy.kubernetes import KubeConfig, kubernetes_files
     from control_plane.dev.mesh import ROOT, MeshConfig
 
     try:

@@ -22,8 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
+from control_plane.deploy.kubernetes import (
+    TLS_DIR,
+    KubeConfig,
+    shutdown_seconds,
+    xds_service_address,
+)
 from control_plane.dev.certs import dev_certs
-from control_plane.dev.kube import TLS_DIR, KubeConfig, shutdown_seconds, xds_service_address
 from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry

@@ -17,7 +17,7 @@ import yaml
 
 from control_plane.app import ServeConfig
 from control_plane.bootstrap import render
-from control_plane.dev.kube import (
+from control_plane.deploy.kubernetes import (
     KUBERNETES_VERSION,
     TLS_DIR,
     KubeConfig,

@@ -591,7 +591,7 @@ HEADER = (
 
 def kubernetes_files(cfg: MeshConfig, kube: KubeConfig) -> dict[Path, str]:
     """Every generated file under ``deploy/``, by path from the repo root (or ``--out``)."""
-    from control_plane.dev.dashboard import dashboard
+    from control_plane.deploy.dashboard import dashboard
 
     kube.validate()
     files = {
