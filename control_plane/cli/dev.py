@@ -140,12 +140,13 @@ def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None
     """routeplane on Kubernetes: manifests and a Grafana dashboard (deploy/). Without --write
     or --out, prints the manifests to apply (namespace, routeplane, Envoy, Prometheus scrape
     config; not the init Job or cert-manager's)."""
-    from control_plane.deploy.kubernetes import KubeConfig, kubernetes_files
-    from control_plane.dev.mesh import ROOT, MeshConfig
+    from control_plane.deploy.kubernetes import kubernetes_files
+    from control_plane.deploy.topology import KubeConfig
+    from control_plane.dev.mesh import ROOT, MeshConfig, topology
 
     try:
         kube = KubeConfig(**{k: v for k, v in options.items() if v is not None})
-        files = kubernetes_files(MeshConfig(workdir=Path(".mesh")), kube)
+        files = kubernetes_files(topology(MeshConfig(workdir=Path(".mesh")), kube))
     except ValueError as exc:
         fail(str(exc))
     if write or out:
