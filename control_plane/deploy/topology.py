@@ -198,15 +198,13 @@ def parse(document: object) -> Topology:
         raise ValueError(f"invalid fleets {fleets!r}: expected a list of fleets")
     if not 1 <= len(fleets) <= MAX_FLEETS:
         raise ValueError(f"invalid fleets: {len(fleets)} fleets, expected 1 to {MAX_FLEETS}")
-    for key in ("name", "region", "port"):
-        for index, fleet in enumerate(fleets):
-            if isinstance(fleet, dict) and key not in fleet:
+    given = [_fields(f"fleets[{index}]", fleet, _FLEET) for index, fleet in enumerate(fleets)]
+    for index, fleet in enumerate(given):
+        for key in ("name", "region", "port"):
+            if key not in fleet:
                 raise ValueError(f"missing field fleets[{index}].{key}")
     topology = Topology(
-        fleets=tuple(
-            Fleet(**_fields(f"fleets[{index}]", fleet, _FLEET))
-            for index, fleet in enumerate(fleets)
-        ),
+        fleets=tuple(Fleet(**fleet) for fleet in given),
         **_fields("control_plane", top.pop("control_plane", {}), _CONTROL_PLANE),
         kube=KubeConfig(**top),
     )
@@ -223,6 +221,14 @@ def load(text: str | bytes) -> Topology:
         raise ValueError(f"invalid topology: {size} bytes, at most {MAX_BYTES}")
     try:
         document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"invalid topology: not YAML or JSON ({exc})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"invalid topology: not YAML or JSON{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:  # a byte the reader refuses, in one line
+        raise ValueError(
+            f"invalid topology: not YAML or JSON: {str(exc).splitlines()[0]}"
+        ) from None
+    except RecursionError:  # a few thousand nested brackets fit in MAX_BYTES
+        raise ValueError("invalid topology: nested too deep") from None
     return parse(document)
