@@ -9,8 +9,10 @@ file); the sample replicas and the autoscaler are left out (the platform's repli
 themselves); xDS is mTLS with certificates from Secrets (cert-manager's ``tls.crt``, ``tls.key``,
 ``ca.crt``); the admin port is not loopback, so it needs a bearer token from a Secret.
 
-Checked by ``tests/unit/test_kubernetes.py`` against the Kubernetes schemas of
-:data:`KUBERNETES_VERSION` (``kubernetes-validate``); no cluster runs where this is developed.
+The TLS Secrets and cert-manager's resources are in ``deploy/certificates.py``; labels, metadata
+and YAML writing, shared with it, in ``deploy/objects.py``. Checked by
+``tests/unit/test_kubernetes.py`` against the Kubernetes schemas of :data:`KUBERNETES_VERSION`
+(``kubernetes-validate``); no cluster runs where this is developed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from control_plane.deploy.certificates import XDS_TLS_SECRET, cert_manager, fleet_tls_secret
+from control_plane.deploy.objects import dump, dump_all, labels, meta
 from control_plane.deploy.topology import Fleet, KubeConfig, Topology
 
 KUBERNETES_VERSION = "1.33"  # the schemas the manifests are validated against
@@ -32,14 +34,6 @@ UID = 10001  # the control plane runs as this user; the image needs none (no USE
 ENVOY_UID = 101  # the `envoy` user of the official Envoy image
 TLS_DIR = "/etc/routeplane/tls"
 ADMIN_TOKEN_SECRET = "routeplane-admin-token"  # key `token`; created by the operator, not here
-XDS_TLS_SECRET = "routeplane-xds-tls"
-CA_SECRET = "routeplane-ca"
-
-
-def fleet_tls_secret(cluster: str) -> str:
-    """The Secret holding the client certificate of a node cluster's Envoys."""
-    return f"routeplane-{cluster}-tls"
-
 
 # Requests, from BENCHMARKS.md (simulated fleet, 1,000 delta streams, 100 servers / 1,000
 # replicas; load reports, 1,000 proxies x 100 clusters every second) and one idle `serve`:
@@ -75,13 +69,6 @@ def shutdown_seconds() -> int:
     return math.ceil(grace + 1 + 5)
 
 
-def _labels(component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "routeplane",
-        "app.kubernetes.io/component": component,
-    }
-
-
 def _security(uid: int) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -101,10 +88,6 @@ def _pod_security(uid: int) -> dict[str, Any]:
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-def _meta(name: str, kube: KubeConfig, component: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "namespace": kube.namespace, "labels": _labels(component), **extra}
 
 
 def xds_service_address(topology: Topology) -> str:
@@ -179,7 +162,7 @@ def namespace(kube: KubeConfig) -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(
+            "metadata": meta(
                 "routeplane",
                 kube,
                 "control-plane",
@@ -193,7 +176,7 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
     """The control plane's Deployment, its PodDisruptionBudget and Services."""
     kube = topology.kube
     component = "control-plane"
-    selector = _labels(component)
+    selector = labels(component)
     pod = _control_plane_pod(kube, serve_command(topology))
     container = pod["containers"][0]
     container["ports"] = [
@@ -244,7 +227,7 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
         return {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(name, kube, component),
+            "metadata": meta(name, kube, component),
             "spec": {
                 "selector": selector,
                 "ports": [{"name": port_name, "port": port, "targetPort": port_name}],
@@ -255,7 +238,7 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _meta("routeplane", kube, component),
+            "metadata": meta("routeplane", kube, component),
             "spec": {
                 "replicas": topology.replicas,
                 "selector": {"matchLabels": selector},
@@ -270,7 +253,7 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": _meta("routeplane", kube, component),
+            "metadata": meta("routeplane", kube, component),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
         },
         service("routeplane-xds", "xds", topology.xds_port),
@@ -288,11 +271,11 @@ def registry_init_job(kube: KubeConfig) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta("routeplane-registry-init", kube, "registry-init"),
+        "metadata": meta("routeplane-registry-init", kube, "registry-init"),
         "spec": {
             "backoffLimit": 3,
             "activeDeadlineSeconds": 600,
-            "template": {"metadata": {"labels": _labels("registry-init")}, "spec": pod},
+            "template": {"metadata": {"labels": labels("registry-init")}, "spec": pod},
         },
     }
 
@@ -332,7 +315,7 @@ def envoy_fleet(fleet: Fleet, topology: Topology) -> list[dict[str, Any]]:
     """One fleet's Envoys: the bootstrap ConfigMap, the Deployment and its Service."""
     kube = topology.kube
     component = fleet.name
-    selector = _labels(component)
+    selector = labels(component)
     port = fleet.port
     pod = {
         "automountServiceAccountToken": False,
@@ -378,13 +361,13 @@ def envoy_fleet(fleet: Fleet, topology: Topology) -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": _meta(f"{fleet.name}-bootstrap", kube, component),
+            "metadata": meta(f"{fleet.name}-bootstrap", kube, component),
             "data": {f"{fleet.name}.yaml": envoy_bootstrap(fleet, topology)},
         },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _meta(fleet.name, kube, component),
+            "metadata": meta(fleet.name, kube, component),
             "spec": {
                 "replicas": fleet.replicas,
                 "selector": {"matchLabels": selector},
@@ -394,7 +377,7 @@ def envoy_fleet(fleet: Fleet, topology: Topology) -> list[dict[str, Any]]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(fleet.name, kube, component),
+            "metadata": meta(fleet.name, kube, component),
             "spec": {
                 "selector": selector,
                 "ports": [{"name": "http", "port": port, "targetPort": "http"}],
@@ -430,109 +413,9 @@ def prometheus_scrape(kube: KubeConfig) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta("routeplane-prometheus-scrape", kube, "monitoring"),
-        "data": {"routeplane-scrape.yaml": _dump({"scrape_configs": [job]})},
+        "metadata": meta("routeplane-prometheus-scrape", kube, "monitoring"),
+        "data": {"routeplane-scrape.yaml": dump({"scrape_configs": [job]})},
     }
-
-
-def cert_manager(topology: Topology) -> list[dict[str, Any]]:
-    """cert-manager resources (CRDs, optional): a CA, the control plane's server certificate
-    for the xDS Service and one client certificate per Envoy fleet, naming the fleet as the URI
-    SAN the control plane checks. Each Secret holds tls.crt, tls.key and ca.crt."""
-    from control_plane.identity import SPIFFE_PREFIX
-
-    kube = topology.kube
-
-    def meta(name: str) -> dict[str, Any]:
-        return _meta(name, kube, "certificates")
-
-    def certificate(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "Certificate",
-            "metadata": meta(name),
-            "spec": {
-                "privateKey": {"algorithm": "ECDSA", "size": 256},
-                "duration": "2160h",
-                "renewBefore": "720h",
-                **spec,
-            },
-        }
-
-    service = "routeplane-xds"
-    return [
-        {
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "Issuer",
-            "metadata": meta("routeplane-selfsigned"),
-            "spec": {"selfSigned": {}},
-        },
-        certificate(
-            "routeplane-ca",
-            {
-                "isCA": True,
-                "commonName": "routeplane CA",
-                "secretName": CA_SECRET,
-                "duration": "87600h",
-                "renewBefore": "8760h",
-                "issuerRef": {"name": "routeplane-selfsigned", "kind": "Issuer"},
-            },
-        ),
-        {
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "Issuer",
-            "metadata": meta("routeplane-ca"),
-            "spec": {"ca": {"secretName": CA_SECRET}},
-        },
-        certificate(
-            "routeplane-xds",
-            {
-                "secretName": XDS_TLS_SECRET,
-                "dnsNames": [
-                    f"{service}.{kube.namespace}.svc.cluster.local",
-                    f"{service}.{kube.namespace}.svc",
-                    service,
-                ],
-                "usages": ["server auth", "digital signature", "key encipherment"],
-                "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
-            },
-        ),
-        *(
-            certificate(
-                f"routeplane-{cluster}",
-                {
-                    "secretName": fleet_tls_secret(cluster),
-                    "commonName": cluster,
-                    "uris": [f"{SPIFFE_PREFIX}{cluster}"],
-                    "usages": ["client auth", "digital signature", "key encipherment"],
-                    "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
-                },
-            )
-            for cluster in dict.fromkeys(fleet.cluster for fleet in topology.fleets)
-        ),
-    ]
-
-
-class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    """Multi-line strings (the bootstrap, the scrape config) as readable literal blocks."""
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _text)
-
-
-def _dump(document: dict[str, Any]) -> str:
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
-
-
-def _dump_all(documents: list[dict[str, Any]]) -> str:
-    return "---\n".join(_dump(d) for d in documents)
 
 
 def manifests(topology: Topology) -> dict[str, list[dict[str, Any]]]:
@@ -565,7 +448,7 @@ def kubernetes_files(topology: Topology) -> dict[Path, str]:
 
     topology.validate()
     files = {
-        Path("deploy/kubernetes") / name: HEADER + _dump_all(documents)
+        Path("deploy/kubernetes") / name: HEADER + dump_all(documents)
         for name, documents in manifests(topology).items()
     }
     files[Path("deploy/grafana/routeplane.json")] = json.dumps(dashboard(), indent=2) + "\n"
