@@ -7,6 +7,7 @@ lives in its own module and is registered here:
 - ``serve``: serve, bootstrap
 - ``registry``: servers, replicas, registry
 - ``insight``: proxies, problems, snapshot (through a running control plane's admin API)
+- ``deploy``: deploy kubernetes (over ``control_plane.deploy``)
 - ``dev``: mesh, samples, certs (over ``control_plane.dev``)
 - ``common`` and ``output``: options, errors and printing shared by the families
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import click
 
+from control_plane.cli.deploy import deploy
 from control_plane.cli.dev import certs, mesh, samples
 from control_plane.cli.insight import load, problems, proxies, snapshot
 from control_plane.cli.registry import registry_group, replicas, servers
@@ -41,5 +43,6 @@ main.add_command(snapshot)
 main.add_command(mesh)
 main.add_command(samples)
 main.add_command(certs)
+main.add_command(deploy)
 
 __all__ = ["main"]

@@ -1,5 +1,7 @@
-"""Dev tooling: the local demo mesh (``mesh``), sample upstreams (``samples``) and throwaway
-mTLS certificates (``certs``), for ``make run``, tests and benchmarks. Not the product.
+"""Dev tooling: the local demo mesh (``mesh``, which also supplies the demo's deployment
+topology to the product's ``deploy/``), its Compose file (``compose``), sample upstreams
+(``samples``) and throwaway mTLS certificates (``certs``), for ``make run``, tests and
+benchmarks. Not the product.
 
 The product (``registry``, ``routing``, ``translate``, ``xds``, ``reconcile``, ``app``,
 ``admin``) never imports ``control_plane.dev``; only the CLI's dev commands, tests and

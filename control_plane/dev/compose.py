@@ -1,6 +1,8 @@
-"""The local mesh as Docker Compose: ``docker-compose.yml`` and the Envoy bootstraps it mounts,
-generated from the same topology as ``mesh`` (``routeplane mesh compose --write``). Dev tooling:
-the product never imports it. The sample autoscaler is not part of it (it starts processes).
+"""The local mesh as Docker Compose: ``docker-compose.yml`` and the Envoy bootstraps it mounts
+(``routeplane mesh compose --write``). The control plane's ports and the Envoy fleets come from
+the mesh's deployment topology (``mesh.topology``, the value ``mesh kubernetes`` renders too);
+the registry, the emulator and the sample replicas are the demo's own. Dev tooling: the product
+never imports it. The sample autoscaler is not part of it (it starts processes).
 """
 
 from __future__ import annotations
@@ -10,14 +12,9 @@ from typing import Any
 
 import yaml
 
-from control_plane.dev.mesh import (
-    ENVOYS,
-    LEASE_SECONDS,
-    REPLICAS,
-    SPANNER_URL,
-    MeshConfig,
-    bootstrap_for,
-)
+from control_plane.bootstrap import render
+from control_plane.deploy.topology import Topology
+from control_plane.dev.mesh import LEASE_SECONDS, REPLICAS, SPANNER_URL, MeshConfig, topology
 
 ADMIN_TOKEN = "routeplane-local-demo"  # a published demo value, never a secret
 
@@ -25,14 +22,14 @@ ADMIN_TOKEN = "routeplane-local-demo"  # a published demo value, never a secret
 LOOPBACK = "127.0.0.1"
 
 
-def compose(cfg: MeshConfig) -> dict[str, Any]:
+def compose(cfg: MeshConfig, plan: Topology) -> dict[str, Any]:
     """The same mesh as a Compose file (docker-compose.yml is this, committed)."""
     subnet = "172.28.0"
     ip = {"spanner": f"{subnet}.2", "control-plane": f"{subnet}.3"}
     for i, replica in enumerate(REPLICAS):
         ip[replica.name] = f"{subnet}.{10 + i}"
-    for i, envoy in enumerate(ENVOYS):
-        ip[envoy.name] = f"{subnet}.{30 + i}"
+    for i, fleet in enumerate(plan.fleets):
+        ip[fleet.name] = f"{subnet}.{30 + i}"
     env = {"SPANNER_EMULATOR_HOST": f"spanner:{cfg.emulator_port}"}
 
     def net(name: str) -> dict[str, Any]:
@@ -59,16 +56,16 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
                 "--registry",
                 SPANNER_URL,
                 "--xds-listen",
-                f"0.0.0.0:{cfg.xds_port}",
+                f"0.0.0.0:{plan.xds_port}",
                 "--admin-listen",
-                f"0.0.0.0:{cfg.admin_port}",
+                f"0.0.0.0:{plan.admin_port}",
             ],
             # The admin API off loopback needs a token (`serve` refuses to start without one):
             # a fixed one for this local demo, sent by the CLI from the same variable.
             "environment": {**env, "ROUTEPLANE_ADMIN_TOKEN": ADMIN_TOKEN},
             "ports": [
-                f"{LOOPBACK}:{cfg.xds_port}:{cfg.xds_port}",
-                f"{LOOPBACK}:{cfg.admin_port}:{cfg.admin_port}",
+                f"{LOOPBACK}:{plan.xds_port}:{plan.xds_port}",
+                f"{LOOPBACK}:{plan.admin_port}:{plan.admin_port}",
             ],
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "networks": net("control-plane"),
@@ -105,15 +102,15 @@ def compose(cfg: MeshConfig) -> dict[str, Any]:
             "depends_on": {"init": {"condition": "service_completed_successfully"}},
             "networks": net(replica.name),
         }
-    for envoy in ENVOYS:
-        port, admin = cfg.envoy_port + envoy.offset, cfg.envoy_admin_port + envoy.offset
-        services[envoy.name] = {
+    for fleet in plan.fleets:
+        name, port, admin = fleet.name, fleet.port, fleet.admin_port
+        services[name] = {
             "image": "envoyproxy/envoy:v1.40.0",
-            "command": ["envoy", "-c", f"/etc/routeplane/{envoy.name}.yaml", "--concurrency", "1"],
-            "volumes": [f"./envoy/compose/{envoy.name}.yaml:/etc/routeplane/{envoy.name}.yaml:ro"],
+            "command": ["envoy", "-c", f"/etc/routeplane/{name}.yaml", "--concurrency", "1"],
+            "volumes": [f"./envoy/compose/{name}.yaml:/etc/routeplane/{name}.yaml:ro"],
             "ports": [f"{LOOPBACK}:{port}:{port}", f"{LOOPBACK}:{admin}:{admin}"],
             "depends_on": ["control-plane"],
-            "networks": net(envoy.name),
+            "networks": net(name),
         }
     return {
         "name": "routeplane",
@@ -133,10 +130,18 @@ def compose_files(cfg: MeshConfig) -> dict[Path, str]:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    text = yaml.dump(compose(cfg), Dumper=NoAliases, sort_keys=False)
+    plan = topology(cfg)
+    text = yaml.dump(compose(cfg, plan), Dumper=NoAliases, sort_keys=False)
     files = {Path("docker-compose.yml"): header + text}
-    for envoy in ENVOYS:
-        files[Path("envoy/compose") / f"{envoy.name}.yaml"] = bootstrap_for(
-            envoy, cfg, xds=f"control-plane:{cfg.xds_port}", listen_host="0.0.0.0"
+    for fleet in plan.fleets:
+        # one Envoy per fleet, its admin published like its listener (to loopback, above)
+        files[Path("envoy/compose") / f"{fleet.name}.yaml"] = render(
+            node_id=f"{fleet.cluster}-{fleet.region}-1",
+            cluster=fleet.cluster,
+            region=fleet.region,
+            xds=[f"control-plane:{plan.xds_port}"],
+            listen=f"0.0.0.0:{fleet.port}",
+            admin=f"0.0.0.0:{fleet.admin_port}",
+            delta=True,
         )
     return files

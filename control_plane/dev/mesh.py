@@ -1,7 +1,8 @@
 """``routeplane mesh``: the local demo mesh on loopback, nothing needed but Python.
 
-One topology, described here once, drives ``mesh up`` (processes on this machine) and
-``mesh compose`` (``dev/compose.py``: the committed ``docker-compose.yml``): a registry (the
+One topology, described here once, drives ``mesh up`` (processes on this machine), ``mesh
+compose`` (``dev/compose.py``: the committed ``docker-compose.yml``) and, as a deployment
+:class:`Topology` (:func:`topology`), ``mesh kubernetes`` (``deploy/``): a registry (the
 Spanner emulator when installed, else embedded SQLite), the control plane, an Envoy in us-west
 and one in us-east, and sample replicas in both regions (HTTP echo, WebSocket echo, gRPC token
 streaming) that register themselves, renew a lease and deregister on exit. Every process is
@@ -35,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from control_plane.deploy.topology import Fleet, KubeConfig, Topology
 
 # The repository root, for `mesh compose --write` run from a checkout; nothing else reads it.
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,6 +390,22 @@ def bootstrap_for(
         admin=f"{listen_host}:{cfg.envoy_admin_port + envoy.offset}",
         delta=True,
     )
+
+
+def topology(cfg: MeshConfig, kube: KubeConfig | None = None) -> Topology:
+    """The mesh as a deployment: its control-plane ports and one Envoy fleet per region (what
+    ``mesh kubernetes`` and ``mesh compose`` render)."""
+    fleets = tuple(
+        Fleet(
+            name=e.name,
+            region=e.region,
+            port=cfg.envoy_port + e.offset,
+            admin_port=cfg.envoy_admin_port + e.offset,
+        )
+        for e in ENVOYS
+    )
+    kube = kube or KubeConfig()
+    return Topology(fleets=fleets, xds_port=cfg.xds_port, admin_port=cfg.admin_port, kube=kube)
 
 
 def init_registry(url: str, *, announce: Callable[[str], None] = lambda _: None) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from control_plane.deploy.kubernetes import TLS_DIR, shutdown_seconds, xds_service_address
+from control_plane.deploy.topology import KubeConfig
 from control_plane.dev.certs import dev_certs
-from control_plane.dev.kube import TLS_DIR, KubeConfig, shutdown_seconds, xds_service_address
-from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig
+from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig, topology
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from tests.helpers import free_port, wait_until
@@ -184,7 +185,7 @@ def test_the_manifests_commands_serve_probes_and_converge_an_envoy_over_mtls(
     (envoy_container,) = envoy_pod["containers"]
     config_map = _find("envoy.yaml", "ConfigMap", f"{envoy_plan.name}-bootstrap")
     ((_, bootstrap),) = config_map["data"].items()
-    host, port = xds_service_address(CFG, kube).rsplit(":", 1)
+    host, port = xds_service_address(topology(CFG, kube)).rsplit(":", 1)
     listen_port = envoy_container["ports"][0]["containerPort"]
     listen, envoy_admin = f"127.0.0.1:{free_port()}", free_port()
     service = json.dumps({"address": host, "port_value": int(port)})

@@ -17,15 +17,15 @@ import yaml
 
 from control_plane.app import ServeConfig
 from control_plane.bootstrap import render
-from control_plane.dev.kube import (
+from control_plane.deploy.kubernetes import (
     KUBERNETES_VERSION,
     TLS_DIR,
-    KubeConfig,
     kubernetes_files,
     shutdown_seconds,
     xds_service_address,
 )
-from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig
+from control_plane.deploy.topology import KubeConfig
+from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig, topology
 from control_plane.identity import SPIFFE_PREFIX
 from tests.processes import ROUTEPLANE
 
@@ -34,6 +34,7 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 # that file is checked for the shape cert-manager needs (below), not against a schema.
 CRD_FILES = {"cert-manager.yaml"}
 CFG = MeshConfig(workdir=Path(".mesh"))
+TOPOLOGY = topology(CFG)
 
 
 def _documents(name: str) -> list[dict[str, Any]]:
@@ -62,7 +63,7 @@ def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_the_committed_deploy_files_are_generated_from_the_topology() -> None:
-    files = kubernetes_files(CFG, KubeConfig())
+    files = kubernetes_files(TOPOLOGY)
     assert {p for p in files if p.parent == Path("deploy/kubernetes")} == {
         Path("deploy/kubernetes") / p.name for p in DEPLOY.glob("*.yaml")
     }
@@ -196,7 +197,7 @@ def test_envoy_gets_the_bootstrap_routeplane_bootstrap_renders_for_the_xds_servi
 ) -> None:
     config_map = _find("ConfigMap", f"{envoy.name}-bootstrap")
     ((filename, bootstrap),) = config_map["data"].items()
-    xds = xds_service_address(CFG, KubeConfig())
+    xds = xds_service_address(TOPOLOGY)
     listen = CFG.envoy_port + envoy.offset
     assert bootstrap == render(
         node_id=f"edge-{envoy.region}",
@@ -270,7 +271,7 @@ def test_cert_manager_issues_the_secrets_the_pods_mount_with_the_keys_they_read(
         for flag in ("--tls-cert", "--tls-key", "--client-ca")
     } == {f"{TLS_DIR}/{key}" for key in ("tls.crt", "tls.key", "ca.crt")}
     server = certificates["routeplane-xds-tls"]["spec"]
-    assert xds_service_address(CFG, KubeConfig()).split(":")[0] in server["dnsNames"]
+    assert xds_service_address(TOPOLOGY).split(":")[0] in server["dnsNames"]
     client = certificates["routeplane-edge-tls"]["spec"]
     assert client["uris"] == [f"{SPIFFE_PREFIX}edge"]  # the fleet the xDS server checks
 

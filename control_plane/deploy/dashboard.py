@@ -1,7 +1,6 @@
-"""The Grafana dashboard for routeplane (``deploy/grafana/routeplane.json``, written by
-``routeplane mesh kubernetes --write``): what README's "What to monitor" names, read from the
+"""The Grafana dashboard for routeplane (``deploy/grafana/routeplane.json``, written with the
+manifests by ``deploy/kubernetes.py``): what README's "What to monitor" names, read from the
 control plane's ``/metrics`` as scraped by the job in ``deploy/kubernetes/prometheus.yaml``.
-Dev tooling: the product never imports it.
 
 Every query names only metrics ``control_plane/metrics.py`` exports (checked by
 ``tests/unit/test_dashboard.py``). Series are summed over control-plane replicas where each
