@@ -32,8 +32,8 @@ from bench.stats import MIN_FOR_P99, MIN_FOR_P999
 from control_plane.admin.client import admin_pb2, call
 from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
+from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
 from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
 
 ROUNDS = 5
 

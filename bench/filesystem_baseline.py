@@ -22,8 +22,8 @@ import yaml
 
 from bench.propagation import Poller
 from control_plane.dev.samples.http_echo import EchoThread
+from harness.processes import ENVOY, Process
 from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, Process
 
 HOST = "echo.local"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."

@@ -30,8 +30,8 @@ from bench.stats import summarize, tail, tails_name
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
 from control_plane.translate import names
+from harness.processes import ControlPlane, Envoy, http_get, routeplane
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, http_get, routeplane
 
 HOST = "echo.local"
 RESULTS = Path(__file__).resolve().parent / "results"

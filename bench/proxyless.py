@@ -27,8 +27,8 @@ from bench.propagation import commit_time, summary
 from control_plane.bootstrap import render_grpc
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import open_registry
+from harness.processes import ControlPlane, Envoy
 from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "tokens.local"

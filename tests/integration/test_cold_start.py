@@ -27,8 +27,8 @@ import pytest
 from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
 from tests.helpers import histogram_quantile, wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
 
 pytestmark = pytest.mark.envoy
 HOLD = {"cold_start": {"mode": "hold", "timeout": "3s"}}

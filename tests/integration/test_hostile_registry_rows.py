@@ -19,8 +19,8 @@ import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 
 pytestmark = pytest.mark.envoy
 DEEP = "[" * 1000 + "]" * 1000  # 2 KB

@@ -18,8 +18,8 @@ from google.rpc import status_pb2
 from control_plane.admin.protos import generate
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
 from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
 
 pytestmark = pytest.mark.envoy
 

@@ -27,8 +27,8 @@ from control_plane.dev.kube import TLS_DIR, KubeConfig, shutdown_seconds, xds_se
 from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
+from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, http_get
 from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, http_get
 
 pytestmark = pytest.mark.envoy
 DEPLOY = ROOT / "deploy" / "kubernetes"

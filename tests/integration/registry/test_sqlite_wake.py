@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 from control_plane.registry import open_registry, sqlite, sqlite_wake
 from control_plane.registry.inotify import DirectoryWatch
 from control_plane.registry.sqlite import REVISION_CHECK_EVERY
+from harness.processes import routeplane
 from tests.helpers import async_wait_until
-from tests.processes import routeplane
 
 # Far longer than any deadline below: a change seen before it was not found by the poll.
 LONG_POLL = 30.0
