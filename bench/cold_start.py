@@ -24,7 +24,7 @@ from bench.propagation import commit_time, summary
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 HOST = "gpu.local"
 

@@ -33,7 +33,7 @@ from control_plane.admin.client import admin_pb2, call
 from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
 from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 ROUNDS = 5
 

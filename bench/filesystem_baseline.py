@@ -23,7 +23,7 @@ import yaml
 from bench.propagation import Poller
 from control_plane.dev.samples.http_echo import EchoThread
 from harness.processes import ENVOY, Process
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 HOST = "echo.local"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."

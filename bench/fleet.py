@@ -246,7 +246,7 @@ class Target:
 
 
 def _start_floor(workdir: Path, registry_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    from tests.helpers import free_port, wait_until
+    from harness.waiting import free_port, wait_until
 
     xds = f"127.0.0.1:{free_port()}"
     log_path = workdir / "floor.log"

@@ -45,7 +45,8 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.load.server import LoadService
 from control_plane.registry import open_registry
 from harness.processes import ControlPlane, Envoy, http_get
-from tests.helpers import endpoint, server, table, wait_until
+from harness.waiting import wait_until
+from tests.helpers import endpoint, server, table
 
 
 def aggregation(*, proxies: int, clusters: int, active: float = 1.0) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
 from control_plane.translate import names
 from harness.processes import ControlPlane, Envoy, http_get, routeplane
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 HOST = "echo.local"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -28,7 +28,7 @@ from control_plane.bootstrap import render_grpc
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import open_registry
 from harness.processes import ControlPlane, Envoy
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "tokens.local"

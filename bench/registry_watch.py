@@ -33,7 +33,7 @@ from control_plane.xds.resources import ENDPOINT
 from control_plane.xds.server import XdsServer
 from harness.processes import Envoy
 from harness.spanner_emulator import Emulator
-from tests.helpers import free_port
+from harness.waiting import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

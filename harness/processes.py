@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 BIN = Path(sys.executable).parent
 ROUTEPLANE = str(BIN / "routeplane")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from control_plane.dev.mesh import AUTOSCALER_OFFSETS, ENVOYS, REPLICAS, load_state
 from harness.processes import ROUTEPLANE
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 # Offsets from a base port; each range leaves room for what `mesh up` adds to it.
 PORT_OFFSETS = {"xds": 0, "admin": 1, "envoy": 10, "envoy_admin": 20, "replica": 30, "emulator": 50}

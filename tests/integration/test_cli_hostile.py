@@ -12,7 +12,7 @@ import yaml
 
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE
-from tests.helpers import free_port
+from harness.waiting import free_port
 
 
 def routeplane(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,8 @@ from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
-from tests.helpers import histogram_quantile, wait_until
+from harness.waiting import wait_until
+from tests.helpers import histogram_quantile
 
 pytestmark = pytest.mark.envoy
 HOLD = {"cold_start": {"mode": "hold", "timeout": "3s"}}

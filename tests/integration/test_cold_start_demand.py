@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HELD = "default_gpu_cold1"  # any epoch of the held server's name is its demand

@@ -15,7 +15,7 @@ import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
 from harness.processes import ControlPlane, Envoy, routeplane
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 HOST = "echo.local"

@@ -17,7 +17,7 @@ from bench import fleetsim
 from bench.propagation import commit_time
 from control_plane.registry import Registry, open_registry
 from harness.processes import ROUTEPLANE, ControlPlane
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 SERVERS = ("s0", "s1", "s2")
 STREAMS = 20

@@ -28,7 +28,7 @@ from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, http_get
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -27,7 +27,7 @@ from control_plane.load.intake import MAX_CLUSTER_STATS, MAX_FIRST_BYTES, MAX_RE
 from control_plane.load.reports import PER_SERVER
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 INTERVAL = 0.5

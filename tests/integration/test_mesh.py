@@ -31,7 +31,7 @@ from control_plane.dev.mesh import (
 from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, http_get
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 

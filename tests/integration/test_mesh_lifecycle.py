@@ -18,7 +18,7 @@ import pytest
 
 from control_plane.dev.mesh import REPLICAS, port_free
 from harness.processes import ROUTEPLANE, http_get
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 from tests.meshes import foreground_mesh, gone, start_foreground, wait_all_gone
 
 pytestmark = pytest.mark.envoy

@@ -20,7 +20,7 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.dev.samples.ws_echo import WsEchoThread
 from control_plane.registry import Registry, open_registry
 from harness.processes import ControlPlane, Envoy
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 

@@ -13,7 +13,7 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ControlPlane, Envoy, http_get, routeplane
 from harness.spanner_emulator import Emulator
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 HOST = "echo.local"

@@ -16,7 +16,7 @@ from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
