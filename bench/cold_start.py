@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.propagation import commit_time, summary
+from bench.probe import summary
+from bench.propagation import commit_time
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy

@@ -23,7 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.propagation import commit_time, summary
+from bench.probe import summary
+from bench.propagation import commit_time
 from control_plane.bootstrap import render_grpc
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import open_registry
