@@ -1,4 +1,5 @@
-"""The real Cloud Spanner emulator, started on a free loopback port for a test session."""
+"""The real Cloud Spanner emulator, started on a free loopback port for a test session or a
+benchmark."""
 
 from __future__ import annotations
 
