@@ -21,14 +21,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff format --check control_plane tests bench
-	$(BIN)/ruff check control_plane tests bench
+	$(BIN)/ruff format --check control_plane harness tests bench
+	$(BIN)/ruff check control_plane harness tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
 format: install
-	$(BIN)/ruff format control_plane tests bench
-	$(BIN)/ruff check --fix control_plane tests bench
+	$(BIN)/ruff format control_plane harness tests bench
+	$(BIN)/ruff check --fix control_plane harness tests bench
 
 test: lint
 	$(BIN)/pytest -q

@@ -20,11 +20,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.propagation import commit_time, summary
+from bench.probe import summary
+from bench.propagation import commit_time
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy
+from harness.waiting import wait_until
 
 HOST = "gpu.local"
 

@@ -28,19 +28,14 @@ from websockets.exceptions import WebSocketException
 
 from bench.cpu import cpu_seconds
 from bench.loadgen import http_fixed_rate
-from bench.stats import MIN_FOR_P99, MIN_FOR_P999
+from bench.stats import MIN_FOR_P99, MIN_FOR_P999, percentile
 from control_plane.admin.client import admin_pb2, call
 from control_plane.dev.samples.grpc_echo import UNARY
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
+from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, Process, http_get
+from harness.waiting import free_port, wait_until
 
 ROUNDS = 5
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def stats(latencies: list[float], errors: int) -> dict[str, Any]:
@@ -48,8 +43,8 @@ def stats(latencies: list[float], errors: int) -> dict[str, Any]:
     n = len(latencies)
     return {
         "p50_ms": round(statistics.median(latencies), 3),
-        "p99_ms": round(pct(latencies, 99), 3) if n >= MIN_FOR_P99 else None,
-        "p999_ms": round(pct(latencies, 99.9), 3) if n >= MIN_FOR_P999 else None,
+        "p99_ms": round(percentile(latencies, 99), 3) if n >= MIN_FOR_P99 else None,
+        "p999_ms": round(percentile(latencies, 99.9), 3) if n >= MIN_FOR_P999 else None,
         "max_ms": round(max(latencies), 3),
         "requests": n,
         "errors": errors,
@@ -300,7 +295,7 @@ def run(*, rate: float, seconds: float, workdir: Path) -> dict[str, Any]:
                             (
                                 statistics.median(measured[target]) / statistics.median(base),
                                 # A ratio of p99s only when both are p99s (200 or more).
-                                pct(measured[target], 99) / pct(base, 99)
+                                percentile(measured[target], 99) / percentile(base, 99)
                                 if min(len(measured[target]), len(base)) >= MIN_FOR_P99
                                 else None,
                             )

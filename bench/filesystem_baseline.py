@@ -20,12 +20,19 @@ from typing import Any
 
 import yaml
 
-from bench.propagation import Poller
+from bench.probe import (
+    HOST,
+    Poller,
+    add_remove,
+    filler_addresses,
+    healthy_members,
+    live_replicas,
+    summary,
+)
 from control_plane.dev.samples.http_echo import EchoThread
-from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, Process
+from harness.processes import ENVOY, Process
+from harness.waiting import free_port, wait_until
 
-HOST = "echo.local"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 
@@ -147,15 +154,7 @@ def _start_envoy(workdir: Path, eds_path: Path) -> tuple[Process, str, str]:
 def run_one_server(*, replicas: int, tries: int, workdir: Path) -> dict[str, Any]:
     """The floor at a size: one cluster of ``replicas`` endpoints (all DRAINING but the one in
     service); each try adds a ready endpoint to the file (measured: rename -> the first
-    request it answers), then removes the other (see :func:`bench.propagation.add_remove`)."""
-    from bench.propagation import (
-        add_remove,
-        filler_addresses,
-        healthy_members,
-        live_replicas,
-        summary,
-    )
-
+    request it answers), then removes the other (see :func:`bench.probe.add_remove`)."""
     live = live_replicas()
     fillers = tuple(filler_addresses(replicas - 1))
     eds_path = workdir / "eds.json"

@@ -32,7 +32,7 @@ from bench.cpu import cpu_seconds
 from bench.propagation import commit_time
 from bench.stats import summarize
 from control_plane.registry import open_registry
-from tests.processes import ControlPlane
+from harness.processes import ControlPlane
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -210,7 +210,7 @@ async def _delta_stream(index: int, target: str, fleet: Fleet, stop: asyncio.Eve
 
 async def _probe_admin(admin: str, done: asyncio.Event) -> list[float]:
     """GET /metrics every 100 ms until ``done``: the process must stay responsive."""
-    from tests.processes import http_get
+    from harness.processes import http_get
 
     latencies = []
     while not done.is_set():
@@ -246,7 +246,7 @@ class Target:
 
 
 def _start_floor(workdir: Path, registry_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    from tests.helpers import free_port, wait_until
+    from harness.waiting import free_port, wait_until
 
     xds = f"127.0.0.1:{free_port()}"
     log_path = workdir / "floor.log"

@@ -25,8 +25,8 @@ from bench.fleet import proc_rss
 from bench.registry_watch import bulk_load
 from bench.workers import watch_poll_interval
 from control_plane.registry import open_registry
-from tests.processes import ControlPlane
-from tests.spanner_emulator import Emulator
+from harness.processes import ControlPlane
+from harness.spanner_emulator import Emulator
 
 SPANNER_URL = "spanner://projects/bench/instances/rp/databases/registry"
 

@@ -27,7 +27,7 @@ import grpc
 
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.registry import open_registry
-from tests.processes import ROUTEPLANE, ControlPlane
+from harness.processes import ROUTEPLANE, ControlPlane
 
 SPEC = {
     "regions": ["us-west", "us-east"],

@@ -24,7 +24,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.load_stats.v3 import lrs_pb2
 
 from bench.attacks import Probe, control_plane, rss_mb
-from tests.processes import metric_sum
+from harness.processes import metric_sum
 
 METHOD = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats"
 

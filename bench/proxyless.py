@@ -23,12 +23,13 @@ import threading
 import time
 from pathlib import Path
 
-from bench.propagation import commit_time, summary
+from bench.probe import summary
+from bench.propagation import commit_time
 from control_plane.bootstrap import render_grpc
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy
+from harness.processes import ControlPlane, Envoy
+from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "tokens.local"

@@ -31,9 +31,9 @@ from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import ENDPOINT
 from control_plane.xds.server import XdsServer
-from tests.helpers import free_port
-from tests.processes import Envoy
-from tests.spanner_emulator import Emulator
+from harness.processes import Envoy
+from harness.spanner_emulator import Emulator
+from harness.waiting import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -40,8 +40,8 @@ from control_plane import logs
 from control_plane.admin.client import admin_pb2, call
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, http_get
+from harness.processes import ControlPlane, Envoy, http_get
+from harness.waiting import wait_until
 
 SERVERS = ("alpha", "beta", "gamma")
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

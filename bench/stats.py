@@ -17,9 +17,14 @@ MIN_FOR_P999 = 2000
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Nearest rank; ``q`` in percent."""
+    """The sample at nearest rank ``q`` percent of the way from the smallest (``q`` = 0) to the
+    largest (``q`` = 100), rounding half to even; the one percentile of every benchmark."""
+    if not values:
+        raise ValueError("percentile of no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be 0-100 (a percent), got {q!r}")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+    return ordered[round(q / 100 * (len(ordered) - 1))]
 
 
 def summarize(values: list[float], *, digits: int = 2, suffix: str = "") -> dict[str, Any]:

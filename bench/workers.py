@@ -36,8 +36,8 @@ from bench.propagation import commit_time
 from bench.registry_watch import bulk_load
 from bench.stats import summarize, tail, tails_name
 from control_plane.registry import open_registry
-from tests.processes import ControlPlane, http_get
-from tests.spanner_emulator import Emulator
+from harness.processes import ControlPlane, http_get
+from harness.spanner_emulator import Emulator
 
 
 def group_pids(pid: int) -> list[int]:

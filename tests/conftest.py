@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.spanner_emulator import DEFAULT_PATH, Emulator, emulator_binary
+from harness.spanner_emulator import DEFAULT_PATH, Emulator, emulator_binary
 
 _databases = itertools.count(1)
 

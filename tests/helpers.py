@@ -1,10 +1,10 @@
-"""Shared test helpers: free ports, waiting on conditions with a deadline, small builders."""
+"""Shared test helpers: async waiting on conditions with a deadline, Envoy histogram reads,
+small routing-model builders (ports and blocking waits are in ``harness.waiting``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -12,26 +12,6 @@ from typing import TypeVar
 from control_plane.routing.model import Endpoint, RoutedServer, RoutingTable
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(
-    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = ""
-) -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: T = condition()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
-        last = condition()
-    return last
 
 
 def histogram_quantile(stats_json: str, name: str, quantile: float) -> float | None:

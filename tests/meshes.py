@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control_plane.dev.mesh import AUTOSCALER_OFFSETS, ENVOYS, REPLICAS, load_state
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE
+from harness.processes import ROUTEPLANE
+from harness.waiting import wait_until
 
 # Offsets from a base port; each range leaves room for what `mesh up` adds to it.
 PORT_OFFSETS = {"xds": 0, "admin": 1, "envoy": 10, "envoy_admin": 20, "replica": 30, "emulator": 50}

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
+from harness.processes import ControlPlane
 from tests.images import Installed, install_like_the_image
-from tests.processes import ControlPlane
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 
 from control_plane.admin.pb import admin_pb2_grpc
 from control_plane.admin.server import PREFACE, PREFACE_TIMEOUT, AdminServer
-from tests.helpers import free_port
+from harness.waiting import free_port
 
 BYTE_EVERY = 0.4  # seconds between the slow client's bytes: the preface takes 9.6 s this way
 

@@ -15,7 +15,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from bench.dataplane import ws_round_trips
 from bench.fleet import CDS, EDS, LDS, RDS, Fleet, delta_client
 from bench.run import SMOKE, run_plan, table
-from tests.helpers import free_port
+from harness.waiting import free_port
 
 pytestmark = pytest.mark.envoy
 

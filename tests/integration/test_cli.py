@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from control_plane.cli import main
-from tests.processes import ENVOY, ROUTEPLANE
+from harness.processes import ENVOY, ROUTEPLANE
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from control_plane.registry import open_registry
-from tests.helpers import free_port
-from tests.processes import ROUTEPLANE
+from harness.processes import ROUTEPLANE
+from harness.waiting import free_port
 
 
 def routeplane(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -27,8 +27,9 @@ import pytest
 from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import Registry, open_registry
-from tests.helpers import histogram_quantile, wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
+from harness.waiting import wait_until
+from tests.helpers import histogram_quantile
 
 pytestmark = pytest.mark.envoy
 HOLD = {"cold_start": {"mode": "hold", "timeout": "3s"}}

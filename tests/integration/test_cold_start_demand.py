@@ -21,8 +21,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane
+from harness.processes import ROUTEPLANE, ControlPlane
+from harness.waiting import wait_until
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 HELD = "default_gpu_cold1"  # any epoch of the held server's name is its demand

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from control_plane.dev.mesh import ENVOYS, REPLICAS, emulator_binary
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 from tests.images import ROOT, Installed
 
 pytestmark = pytest.mark.envoy

@@ -24,8 +24,8 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from control_plane.dev.certs import dev_certs
 from control_plane.group.client import Workers
 from control_plane.xds.resources import CLUSTER
+from harness.processes import ControlPlane, http_get
 from tests.helpers import async_wait_until
-from tests.processes import ControlPlane, http_get
 
 FLEETS = ("apps", "edge")
 

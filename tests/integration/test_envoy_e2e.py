@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
-from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, routeplane
+from harness.processes import ControlPlane, Envoy, routeplane
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 HOST = "echo.local"

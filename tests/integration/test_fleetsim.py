@@ -16,8 +16,8 @@ import pytest
 from bench import fleetsim
 from bench.propagation import commit_time
 from control_plane.registry import Registry, open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane
+from harness.processes import ROUTEPLANE, ControlPlane
+from harness.waiting import wait_until
 
 SERVERS = ("s0", "s1", "s2")
 STREAMS = 20

@@ -19,8 +19,8 @@ import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 DEEP = "[" * 1000 + "]" * 1000  # 2 KB

@@ -18,8 +18,8 @@ from google.rpc import status_pb2
 from control_plane.admin.protos import generate
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 
@@ -200,7 +200,7 @@ def test_csds_returns_every_proxys_status(
 
 
 def test_a_control_plane_that_is_not_running_is_one_line(tmp_path: Path) -> None:
-    from tests.helpers import free_port
+    from harness.waiting import free_port
 
     result = cli("proxies", admin=f"127.0.0.1:{free_port()}")
     assert result.returncode == 1

@@ -28,8 +28,8 @@ from control_plane.dev.certs import dev_certs
 from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig, topology
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -26,8 +26,8 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.load.intake import MAX_CLUSTER_STATS, MAX_FIRST_BYTES, MAX_REPORT_ENTRIES
 from control_plane.load.reports import PER_SERVER
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 INTERVAL = 0.5

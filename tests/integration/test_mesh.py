@@ -30,8 +30,8 @@ from control_plane.dev.mesh import (
 )
 from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, http_get
+from harness.processes import ROUTEPLANE, http_get
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 

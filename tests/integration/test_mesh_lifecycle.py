@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from control_plane.dev.mesh import REPLICAS, port_free
-from tests.helpers import wait_until
+from harness.processes import ROUTEPLANE, http_get
+from harness.waiting import wait_until
 from tests.meshes import foreground_mesh, gone, start_foreground, wait_all_gone
-from tests.processes import ROUTEPLANE, http_get
 
 pytestmark = pytest.mark.envoy
 EVERYTHING_GONE = 15.0  # seconds: the bound for Ctrl-C

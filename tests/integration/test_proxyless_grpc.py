@@ -26,8 +26,8 @@ from control_plane.bootstrap import render_grpc
 from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.grpc_echo import UNARY, GrpcEchoThread
 from control_plane.registry import Registry, open_registry
-from tests.helpers import wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, GrpcClient, metric_sum
+from harness.waiting import wait_until
 
 TOKENS = "xds:///tokens.local"
 

@@ -17,8 +17,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import free_port, histogram_quantile, wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
+from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
+from harness.waiting import free_port, wait_until
+from tests.helpers import histogram_quantile
 
 pytestmark = pytest.mark.envoy
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

@@ -19,8 +19,8 @@ from control_plane.dev.samples.grpc_echo import STREAM, UNARY, GrpcEchoThread
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.dev.samples.ws_echo import WsEchoThread
 from control_plane.registry import Registry, open_registry
-from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy
+from harness.processes import ControlPlane, Envoy
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 

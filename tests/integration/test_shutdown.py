@@ -23,8 +23,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ControlPlane
+from harness.processes import ControlPlane
+from harness.waiting import free_port, wait_until
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"

@@ -11,9 +11,9 @@ import pytest
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import wait_until
-from tests.processes import ControlPlane, Envoy, http_get, routeplane
-from tests.spanner_emulator import Emulator
+from harness.processes import ControlPlane, Envoy, http_get, routeplane
+from harness.spanner_emulator import Emulator
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
 HOST = "echo.local"

@@ -16,8 +16,8 @@ from control_plane import app
 from control_plane.app import ConfigError, ServeConfig
 from control_plane.registry import open_registry
 from control_plane.registry.model import Registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ROUTEPLANE, Process
+from harness.processes import ROUTEPLANE, Process
+from harness.waiting import free_port, wait_until
 
 
 def config(tmp_path: Path, **overrides: object) -> ServeConfig:

@@ -20,7 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.registry import open_registry
-from tests.processes import ControlPlane, metric_sum
+from harness.processes import ControlPlane, metric_sum
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 # Past gRPC core's default backlog of 1,000 pending calls, as in the bench's 2,000-stream storm:

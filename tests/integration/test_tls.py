@@ -15,8 +15,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy
+from harness.processes import ENVOY, ROUTEPLANE, ControlPlane, Envoy
+from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

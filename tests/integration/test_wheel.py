@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from control_plane.dev.mesh import load_state
+from harness.processes import http_get
 from tests.images import ROOT, Installed
 from tests.meshes import free_mesh_ports, gone
-from tests.processes import http_get
 
 pytestmark = pytest.mark.envoy
 

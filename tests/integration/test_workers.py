@@ -30,8 +30,8 @@ from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control_plane.registry import open_registry
-from tests.helpers import free_port, wait_until
-from tests.processes import ROUTEPLANE, ControlPlane, http_get
+from harness.processes import ROUTEPLANE, ControlPlane, http_get
+from harness.waiting import free_port, wait_until
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"

@@ -17,8 +17,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from tests.helpers import async_wait_until, wait_until
-from tests.processes import ControlPlane, Envoy, metric_sum, routeplane
+from harness.processes import ControlPlane, Envoy, metric_sum, routeplane
+from harness.waiting import wait_until
+from tests.helpers import async_wait_until
 
 pytestmark = pytest.mark.envoy
 HOST = "echo.local"

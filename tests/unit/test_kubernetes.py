@@ -27,7 +27,7 @@ from control_plane.deploy.kubernetes import (
 from control_plane.deploy.topology import KubeConfig
 from control_plane.dev.mesh import ENVOYS, ROOT, MeshConfig, topology
 from control_plane.identity import SPIFFE_PREFIX
-from tests.processes import ROUTEPLANE
+from harness.processes import ROUTEPLANE
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
 # cert-manager's kinds are CRDs: kubernetes-validate has only the built-in kinds' schemas, so

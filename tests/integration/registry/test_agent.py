@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control_plane.agent import ReplicaAgent
 from control_plane.registry import Registry
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 
 def test_agent_lifecycle(registry: Registry) -> None:

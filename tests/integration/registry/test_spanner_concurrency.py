@@ -15,7 +15,7 @@ from control_plane.agent import ReplicaAgent
 from control_plane.registry import RegistryError, open_registry
 from control_plane.registry.spanner import SpannerRegistry
 from control_plane.registry.spanner.reads import Reader, TableRead
-from tests.helpers import wait_until
+from harness.waiting import wait_until
 
 # Renewed every second: two seconds of slack for a busy machine, less than the client's own
 # backoff after two aborts (2 + 4 s), which this test exists to catch.

@@ -17,8 +17,8 @@ from control_plane.registry.model import RegistryState
 from control_plane.registry.spanner import SpannerRegistry
 from control_plane.registry.spanner.follow import Follower
 from control_plane.xds.cache import SnapshotCache
+from harness.spanner_emulator import Emulator
 from tests.helpers import async_wait_until
-from tests.spanner_emulator import Emulator
 
 # The README's figures, written out: a test that imported the constants would follow them.
 FULL_READ_EVERY = 5 * 60.0

@@ -17,8 +17,8 @@ from control_plane.registry import open_registry
 from control_plane.registry.sqlite import wake, watch
 from control_plane.registry.sqlite.inotify import DirectoryWatch
 from control_plane.registry.sqlite.watch import REVISION_CHECK_EVERY
+from harness.processes import routeplane
 from tests.helpers import async_wait_until
-from tests.processes import routeplane
 
 # Far longer than any deadline below: a change seen before it was not found by the poll.
 LONG_POLL = 30.0

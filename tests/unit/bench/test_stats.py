@@ -1,4 +1,5 @@
-"""The benchmarks' summaries: a p99 only from enough samples, CPU at nanosecond resolution."""
+"""The benchmarks' summaries: one percentile, a p99 only from enough samples, CPU at
+nanosecond resolution."""
 
 from __future__ import annotations
 
@@ -9,7 +10,58 @@ import time
 import pytest
 
 from bench.cpu import cpu_ns
-from bench.stats import MIN_FOR_P99, summarize, tail, tail_name, tails_name
+from bench.stats import MIN_FOR_P99, percentile, summarize, tail, tail_name, tails_name
+
+# 101 samples 1..101, shuffled: the rank is q percent of the way from the first to the last.
+HUNDRED_AND_ONE = [float((i * 37) % 101 + 1) for i in range(101)]
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        (HUNDRED_AND_ONE, 0, 1.0),
+        (HUNDRED_AND_ONE, 50, 51.0),
+        (HUNDRED_AND_ONE, 90, 91.0),
+        (HUNDRED_AND_ONE, 99, 100.0),
+        (HUNDRED_AND_ONE, 99.9, 101.0),
+        (HUNDRED_AND_ONE, 100, 101.0),
+        ([7.0], 0, 7.0),
+        ([7.0], 99, 7.0),
+        ([7.0], 100, 7.0),
+        ([3.0, 1.0], 50, 1.0),  # rank 0.5 rounds half to even
+        ([3.0, 1.0, 2.0, 4.0], 50, 3.0),  # rank 1.5 rounds to 2
+        ([float(i) for i in range(1000)], 99, 989.0),
+    ],
+    ids=[
+        "0-is-the-smallest",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "100-is-the-largest",
+        "one-sample-q0",
+        "one-sample-p99",
+        "one-sample-q100",
+        "two-samples-p50",
+        "four-samples-p50",
+        "1000-samples-p99",
+    ],
+)
+def test_percentile_is_the_nearest_rank_with_q_in_percent(
+    values: list[float], q: float, expected: float
+) -> None:
+    assert percentile(values, q) == expected
+
+
+def test_percentile_of_no_samples_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
+
+
+@pytest.mark.parametrize("q", [-1, 100.5, 990])
+def test_percentile_q_outside_0_to_100_is_an_error_naming_it(q: float) -> None:
+    with pytest.raises(ValueError, match=f"got {q!r}"):
+        percentile([1.0, 2.0], q)
 
 
 @pytest.mark.parametrize(

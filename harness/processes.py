@@ -15,8 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import free_port, wait_until
+from harness.waiting import free_port, wait_until
 
 BIN = Path(sys.executable).parent
 ROUTEPLANE = str(BIN / "routeplane")
@@ -61,7 +62,7 @@ def routeplane(*args: str, registry: str, check: bool = True) -> subprocess.Comp
 class Process:
     argv: list[str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[Any] | None = None  # bytes, or str for GrpcClient's lines
 
     def start(self) -> None:
         log = self.log_path.open("wb")
@@ -283,10 +284,11 @@ class GrpcClient(Process):
 
     def start(self) -> None:
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True
         )
-        stdout = self.process.stdout
+        self.process = process
+        stdout = process.stdout
         assert stdout is not None
 
         def follow() -> None:

@@ -1,4 +1,5 @@
-"""The real Cloud Spanner emulator, started on a free loopback port for a test session."""
+"""The real Cloud Spanner emulator, started on a free loopback port for a test session or a
+benchmark."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import free_port
+from harness.waiting import free_port
 
 DEFAULT_PATH = "/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator/emulator_main"
 
