@@ -18,7 +18,7 @@ from control_plane.bootstrap import render
 from control_plane.deploy.kubernetes import KUBERNETES_VERSION, TLS_DIR
 from control_plane.deploy.topology import MAX_BYTES, MAX_FLEETS, load
 from control_plane.identity import SPIFFE_PREFIX
-from tests.processes import ROUTEPLANE
+from harness.processes import ROUTEPLANE
 
 URL = "spanner://projects/acme/instances/edge/databases/routes"
 TOPOLOGY = f"""
