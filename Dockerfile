@@ -1,7 +1,8 @@
 # routeplane for docker-compose.yml: the control plane, the CLI and the sample replicas.
 # The image installs the wheel, as README's "Install" does, never the source tree: everything
-# the CLI reads at run time ships inside the package. tests/integration/test_containers.py runs
-# this file's pip commands outside a container and each compose service's command on the result.
+# the CLI reads at run time ships inside the package. tests/integration/deploy/test_containers.py
+# runs this file's pip commands outside a container and each compose service's command on
+# the result.
 FROM python:3.11-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./

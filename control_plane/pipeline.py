@@ -22,7 +22,7 @@ values, never by object identity:
   one per view: 10 Envoys with 10 listen addresses cost about what one does).
 
 The result equals a fresh pipeline's build from scratch, resource by resource, bytes and
-versions: ``tests/unit/property/test_pipeline_differential.py`` checks it over random
+versions: ``tests/unit/pipeline/test_differential.py`` checks it over random
 registry edit sequences. Imports ``registry.model``, ``routing``, ``translate`` and ``xds``
 (snapshots, node groups); the driver (``reconcile``) does the waiting and the logging.
 """

@@ -1,7 +1,7 @@
 """deploy/kubernetes: no cluster runs here, so the manifests are checked, not applied: they must
 be what `mesh kubernetes` generates, valid under the Kubernetes schemas of a pinned version
 (kubernetes-validate, strict: unknown fields fail), and say what the issue asks of them. The
-pods' commands are run outside a cluster in tests/integration/test_kubernetes_pods.py."""
+pods' commands are run outside a cluster in tests/integration/deploy/test_kubernetes_pods.py."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def test_delta_subscriptions_of_any_size_stay_bounded(requests: list[object]) ->
         assert len(acked) <= LIMITS.max_names
     assert len(stream.status) <= LIMITS.max_types
     # (A healthy proxy beside a hostile one, sharing the real server, is in
-    # tests/integration/test_hostile_streams.py.)
+    # tests/integration/xds/test_hostile_streams.py.)
 
 
 HEALTHY = NodeGroup(cluster="edge", region="us-west")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.pipeline import Pipeline
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
 from control_plane.routing.build import evaluate_with
@@ -87,36 +86,6 @@ def test_replicas_of_unknown_servers_are_problems() -> None:
     table = to_routing_table(state([], [rep("r1", server="ghost")]))
     [problem] = table.problems
     assert (problem.name, problem.field, problem.value) == ("r1", "server", "ghost")
-
-
-def test_a_pipeline_step_reuses_unchanged_servers_and_equals_a_full_build() -> None:
-    servers = [srv("echo"), srv("api")]
-    replicas = [rep("r1"), rep("r2", server="api")]
-    pipeline = Pipeline()
-    first = pipeline.step(state(servers, replicas), ()).table
-    after = RegistryState.of(
-        servers=servers,
-        replicas=[*replicas, rep("r3", server="api", port=9000)],
-        revision=2,
-        committed_at=0.0,
-    )
-    step = pipeline.step(after, ())
-    assert step.table == to_routing_table(after)
-    assert step.changed_servers == {"api"}
-    echo_before = next(s for s in first.servers if s.name == "echo")
-    echo_after = next(s for s in step.table.servers if s.name == "echo")
-    assert echo_after is echo_before
-    assert [e.replica_id for e in step.table.servers[0].endpoints] == ["r2", "r3"]
-
-
-def test_rows_equal_by_value_are_not_evaluated_again() -> None:
-    pipeline = Pipeline()
-    pipeline.step(state([srv("echo")], [rep("r1")]), ())
-    # New objects, same values: nothing changed.
-    assert pipeline.step(state([srv("echo")], [rep("r1")]), ()).changed_servers == frozenset()
-    drained = pipeline.step(state([srv("echo")], [rep("r1", state="DRAINING")]), ())
-    assert drained.changed_servers == {"echo"}
-    assert drained.table.servers[0].endpoints[0].draining
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from control_plane.xds.delta import DeltaState, DeltaStream
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.snapshot import Snapshot
 from control_plane.xds.stream import Outgoing
-from tests.unit.property.test_delta_versions import SNAPSHOTS
+from tests.unit.xds.test_delta_versions import SNAPSHOTS
 
 
 class Computing(DeltaStream):

@@ -5,7 +5,7 @@ reconciler woke up was dropped by Python 3.11's ``asyncio.wait_for``).
 Each round starts ``routeplane serve``, keeps proxies of new fleets connecting and
 disconnecting (each new fleet's node group wakes the reconciler, so wake-ups keep landing around
 the cancel), sends SIGTERM and waits for the exit. The race itself, run many times in one
-process, is ``tests/unit/test_cancellation.py``.
+process, is ``tests/unit/reconcile/test_cancellation.py``.
 """
 
 from __future__ import annotations

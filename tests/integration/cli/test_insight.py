@@ -222,7 +222,7 @@ def test_metrics_health_and_readiness_answer(control_plane: ControlPlane) -> Non
 
 
 def test_generated_admin_code_is_up_to_date(tmp_path: Path) -> None:
-    committed = Path(__file__).resolve().parents[2] / "control_plane" / "admin" / "pb"
+    committed = Path(__file__).resolve().parents[3] / "control_plane" / "admin" / "pb"
     for path in generate(tmp_path):
         assert path.read_text() == (committed / path.name).read_text(), (
             f"{path.name} is stale: run `make protos`"

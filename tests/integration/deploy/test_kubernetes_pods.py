@@ -85,7 +85,7 @@ def _confined(pod: dict[str, Any], container: dict[str, Any], argv: list[str]) -
     assert security["allowPrivilegeEscalation"] is False
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     dirs = " ".join(m["mountPath"] for m in container["volumeMounts"] if m["name"] in empty)
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]
     under = [d for d in dirs.split() if checkout.is_relative_to(d)]
     keep = str(checkout) if under else ""
     script = (

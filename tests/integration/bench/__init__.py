@@ -1,0 +1,1 @@
+"""The benchmarks and the C simulated fleet at tiny sizes, so they cannot rot."""

@@ -1,0 +1,2 @@
+"""The ``routeplane`` command as a user meets it: errors, hostile arguments, and the insight
+commands against a running control plane."""

@@ -1,0 +1,1 @@
+"""``serve --workers``: the process group (supervisor and workers sharing one xDS port)."""
