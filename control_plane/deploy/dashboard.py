@@ -3,7 +3,7 @@ manifests by ``deploy/kubernetes.py``): what README's "What to monitor" names, r
 control plane's ``/metrics`` as scraped by the job in ``deploy/kubernetes/prometheus.yaml``.
 
 Every query names only metrics ``control_plane/metrics.py`` exports (checked by
-``tests/unit/test_dashboard.py``). Series are summed over control-plane replicas where each
+``tests/unit/deploy/test_dashboard.py``). Series are summed over control-plane replicas where each
 replica sees only its own proxies (connected proxies, load reports).
 """
 
