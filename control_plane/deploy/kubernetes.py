@@ -11,8 +11,8 @@ themselves); xDS is mTLS with certificates from Secrets (cert-manager's ``tls.cr
 
 The TLS Secrets and cert-manager's resources are in ``deploy/certificates.py``; labels, metadata
 and YAML writing, shared with it, in ``deploy/objects.py``. Checked by
-``tests/unit/deploy/test_kubernetes.py`` against the Kubernetes schemas of :data:`KUBERNETES_VERSION`
-(``kubernetes-validate``); no cluster runs where this is developed.
+``tests/unit/deploy/test_kubernetes.py`` against the Kubernetes schemas of
+:data:`KUBERNETES_VERSION` (``kubernetes-validate``); no cluster runs where this is developed.
 """
 
 from __future__ import annotations
