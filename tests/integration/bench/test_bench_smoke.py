@@ -14,7 +14,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from bench.dataplane import ws_round_trips
 from bench.fleet import CDS, EDS, LDS, RDS, Fleet, delta_client
-from bench.run import SMOKE, run_plan, table
+from bench.run import SMOKE, run_plan
+from bench.tables import table
 from harness.waiting import free_port
 
 pytestmark = pytest.mark.envoy
