@@ -87,7 +87,7 @@ def mesh_down(workdir: str) -> None:
 @click.option("--workdir", default=".mesh", show_default=True, type=click.Path())
 def mesh_status(workdir: str) -> None:
     """The mesh's processes and whether they run."""
-    from control_plane.dev.mesh import status
+    from control_plane.dev.processes import status
 
     rows = status(Path(workdir))
     if not rows:

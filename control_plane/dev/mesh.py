@@ -20,24 +20,23 @@ Dev tooling: the product never imports it. It drives the product from outside, a
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from control_plane.deploy.topology import Fleet, KubeConfig, Topology
+from control_plane.dev import processes
+from control_plane.dev.processes import MeshState, load_state
 
 # The repository root, for `mesh compose --write` run from a checkout; nothing else reads it.
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,21 +133,6 @@ class MeshConfig:
         return ports
 
 
-@dataclass(slots=True)
-class Started:
-    name: str
-    pid: int
-    program: str
-    log: str
-
-
-@dataclass(slots=True)
-class MeshState:
-    registry_url: str
-    processes: list[Started] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-
 def emulator_binary() -> str | None:
     for candidate in (shutil.which("emulator_main"), *EMULATOR_PATHS):
         if candidate and os.access(candidate, os.X_OK):
@@ -189,57 +173,6 @@ def http_get(url: str, *, host: str | None = None, timeout: float = 2.0) -> tupl
         return 0, ""
 
 
-def _state_path(workdir: Path) -> Path:
-    return workdir / "mesh.json"
-
-
-def _save(workdir: Path, state: MeshState) -> None:
-    _state_path(workdir).write_text(json.dumps(asdict(state), indent=2) + "\n")
-
-
-def load_state(workdir: Path) -> MeshState | None:
-    path = _state_path(workdir)
-    if not path.exists():
-        return None
-    raw = json.loads(path.read_text())
-    return MeshState(
-        registry_url=raw["registry_url"],
-        processes=[Started(**p) for p in raw["processes"]],
-        env=raw.get("env", {}),
-    )
-
-
-def _start(state: MeshState, workdir: Path, name: str, argv: list[str]) -> None:
-    log_path = workdir / "logs" / f"{name}.log"
-    # Unbuffered: a log line is in the log file when it happens, not when the process exits.
-    env = {**os.environ, **state.env, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            argv,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches `mesh up` only; it stops the rest in order
-        )
-    state.processes.append(Started(name=name, pid=process.pid, program=argv[0], log=str(log_path)))
-    _save(workdir, state)
-
-
-def _runs(started: Started) -> bool:
-    """Is that PID still the process we started (not a reused PID, not a zombie)?"""
-    try:
-        raw = Path(f"/proc/{started.pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{started.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state == "Z":
-        return False
-    if not raw:
-        return True  # mid-exec (Envoy's launcher execs the binary): cmdline is briefly empty
-    return started.program.encode() in raw.split(b"\0")[:2]
-
-
 def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshState:
     """Start the whole mesh and return once Envoy routes every sample server."""
     cfg = config
@@ -251,7 +184,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
         if not port_free(port):
             raise MeshError(f"port {port} ({flag}) is already in use on 127.0.0.1")
     existing = load_state(cfg.workdir)
-    if existing is not None and any(_runs(p) for p in existing.processes):
+    if existing is not None and any(processes.runs(p) for p in existing.processes):
         raise MeshError(f"a mesh is already running from {cfg.workdir} (`routeplane mesh down`)")
     (cfg.workdir / "logs").mkdir(parents=True, exist_ok=True)
     for stale in cfg.workdir.glob("registry.db*"):
@@ -268,7 +201,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
     try:
         if spanner:
             assert binary is not None
-            _start(
+            processes.start(
                 state,
                 cfg.workdir,
                 "spanner-emulator",
@@ -279,7 +212,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
             )
         os.environ.update(state.env)
         init_registry(state.registry_url)
-        _start(
+        processes.start(
             state,
             cfg.workdir,
             "control-plane",
@@ -300,7 +233,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
             what="the control plane",
         )
         for replica in REPLICAS:
-            _start(
+            processes.start(
                 state,
                 cfg.workdir,
                 replica.name,
@@ -329,7 +262,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
         for envoy in ENVOYS:
             path = cfg.workdir / f"{envoy.name}.yaml"
             path.write_text(bootstrap_for(envoy, cfg))
-            _start(
+            processes.start(
                 state,
                 cfg.workdir,
                 envoy.name,
@@ -349,7 +282,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
         _wait_routed(cfg, state)
         for plan in AUTOSCALERS:
             first, last = (cfg.replica_port + o for o in (plan.offsets[0], plan.offsets[-1]))
-            _start(
+            processes.start(
                 state,
                 cfg.workdir,
                 plan.name,
@@ -442,7 +375,7 @@ def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
 
     def routed() -> bool:
         for process in state.processes:
-            if not _runs(process):
+            if not processes.runs(process):
                 raise MeshError(f"{process.name} exited; see {process.log}")
         return all(
             _stat(
@@ -463,10 +396,10 @@ def down(workdir: Path, *, announce: Callable[[str], None] = print) -> int:
     if state is None:
         announce(f"no mesh state in {workdir}; nothing to stop")
         return 0
-    running = [p for p in state.processes if _runs(p)]
+    running = [p for p in state.processes if processes.runs(p)]
     for stage in sorted({_stage(p.name) for p in running}, reverse=True):
-        _stop([p for p in running if _stage(p.name) == stage])
-    _state_path(workdir).unlink(missing_ok=True)
+        processes.stop([p for p in running if _stage(p.name) == stage])
+    processes.state_path(workdir).unlink(missing_ok=True)
     announce(f"stopped {len(running)} processes")
     return len(running)
 
@@ -483,41 +416,6 @@ def _stage(name: str) -> int:
     if name == "autoscaler":
         return 4
     return 3  # the sample replicas
-
-
-def _stop(processes: list[Started], *, grace: float = 10.0) -> None:
-    """SIGTERM to all of ``processes`` at once; SIGKILL to any still running after ``grace``."""
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for process in processes:
-        _wait_gone(process, deadline)
-        if _runs(process):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            _wait_gone(process, time.monotonic() + 5)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(process.pid, os.WNOHANG)  # reaped if it was ours (the foreground up)
-
-
-def _wait_gone(process: Started, deadline: float) -> None:
-    while _runs(process) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(process.pid, os.WNOHANG)
-        time.sleep(0.02)
-
-
-def _still_up(workdir: Path) -> bool:
-    state = load_state(workdir)
-    return state is not None and any(_runs(p) for p in state.processes)
-
-
-def status(workdir: Path) -> list[tuple[str, int, bool]]:
-    state = load_state(workdir)
-    if state is None:
-        return []
-    return [(p.name, p.pid, _runs(p)) for p in state.processes]
 
 
 def guide(cfg: MeshConfig, state: MeshState) -> str:
@@ -564,7 +462,7 @@ Break things:
   kill -9 $(pgrep -f 'name echo-us-west-1')     # lease ({LEASE_SECONDS:g}s) runs out, traffic moves
   drain both us-west echo replicas and watch us-west traffic fail over to us-east
 
-Logs: {cfg.workdir / "logs"}/   State: {_state_path(cfg.workdir)}
+Logs: {cfg.workdir / "logs"}/   State: {processes.state_path(cfg.workdir)}
 Stop: Ctrl-C (or `routeplane mesh down` after --detach)
 """
 
@@ -604,7 +502,7 @@ def run_foreground(config: MeshConfig, *, announce: Callable[[str], None] = prin
         up(config, announce=announce)
         starting = False
         while not stopping:
-            if not _still_up(config.workdir):
+            if not processes.still_up(config.workdir):
                 announce("the mesh was stopped from elsewhere (`routeplane mesh down`)")
                 elsewhere = True
                 break
