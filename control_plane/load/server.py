@@ -25,7 +25,6 @@ from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
 log = structlog.get_logger("routeplane.load")
 
-COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
 # A held name asked for before this process saw its server go cold (the route came from another
 # worker or replica, whose watch was ahead): counted when it does, if within this long.
 PENDING_COLD_SECONDS = 30.0
@@ -122,11 +121,11 @@ class LoadService:
         # Per server: the cold starts the last tick saw, so a new one is told apart.
         self._cold_seen: dict[str, int] = {}
         self._cold_start_seen = asyncio.Event()
-        self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
+        self._held: dict[tuple[str, str], str] = {}  # a held server's (workspace, name) -> name
         self._held_for: RoutingTable | None = None
-        # Cold names asked for while their server was not held here: (name less epoch,
+        # Cold names asked for while their server was not held here: ((workspace, server),
         # proxy) -> when first asked.
-        self._pending_cold: dict[tuple[str, int], float] = {}
+        self._pending_cold: dict[tuple[tuple[str, str], int], float] = {}
         # Per held server: the proxies (node id hashes) counted in its cold period, which is
         # the one of ``_cold_epochs[server]``; at most MAX_COLD_PROXIES in all.
         self._cold_proxies: dict[str, set[int]] = {}
@@ -200,10 +199,10 @@ class LoadService:
             # Any epoch of a held server's name: the route the proxy holds on may come from
             # another worker or control-plane replica, whose epoch (its own count of registry
             # revisions, on Spanner) can differ from this one's; the demand is the same.
-            base, suffix, epoch = name.rpartition(COLD_SUFFIX)
-            if not (suffix and epoch.isdigit()):
+            parsed = names.parse_cluster(name)
+            if parsed is None or not parsed.epoch:
                 continue
-            prefix = base + suffix
+            prefix = (parsed.workspace, parsed.server)
             server = held.get(prefix)
             if server is not None:
                 if self._first_in_period(server, proxy):
@@ -227,13 +226,9 @@ class LoadService:
             self._cold_proxies_kept += 1
         return True
 
-    def _held_in(self, table: RoutingTable) -> dict[str, str]:
+    def _held_in(self, table: RoutingTable) -> dict[tuple[str, str], str]:
         if table is not self._held_for:
-            self._held = {
-                names.cluster(workspace=s.workspace, server=s.name) + COLD_SUFFIX: s.name
-                for s in table.servers
-                if s.held
-            }
+            self._held = {(s.workspace, s.name): s.name for s in table.servers if s.held}
             self._held_for = table
             # A cold period ends when its server is no longer held (its epoch moves with the
             # next one): the proxies it counted may count again.
