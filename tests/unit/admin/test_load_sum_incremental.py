@@ -108,6 +108,65 @@ def test_the_supervisors_incremental_sum_equals_a_sum_of_whole_answers(seed: int
         assert by_key(incremental) == expected, f"seed {seed}, step {step}"
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_worker_group_shows_what_one_process_hearing_every_proxy_shows(seed: int) -> None:
+    """One ``recommend`` for both: two workers, each hearing some proxies, summed by the
+    supervisor, give the rows of a lone process that hears every proxy (same table, same
+    reports, same cold starts, same clock)."""
+    rng = random.Random(seed)
+    servers = [random_server(rng, f"s{i}") for i in range(6)]
+    current: list[RoutingTable] = [table(*servers)]
+    clock = [1000.0]
+
+    def service() -> LoadService:
+        return LoadService(table=lambda: current[0], clock=lambda: clock[0], interval=1.0)
+
+    workers, lone = [service(), service()], service()
+    feeds = [TotalsFeed(worker) for worker in workers]
+    group = LoadSum(2)
+    streams: dict[tuple[int, int], int] = {}
+    numbers = itertools.count(1)
+    for step in range(100):
+        clock[0] += rng.choice([0.25, 0.5, 0.5, 2.0])
+        index = rng.randrange(2)
+        roll = rng.random()
+        if roll < 0.35:
+            proxy = rng.randrange(2)
+            stats = report(rng, servers)
+            stream = streams.setdefault((index, proxy), next(numbers))
+            for hearing in (workers[index], lone):
+                hearing.book.record(
+                    f"proxy-{index}-{proxy}",
+                    stats,
+                    stream=stream,
+                    now=clock[0],
+                    asked_interval=1.0,
+                    catalog=hearing.catalog(),
+                )
+        elif roll < 0.45:
+            for (owner, proxy), stream in list(streams.items()):
+                if owner == index:
+                    workers[index].book.forget(stream)
+                    lone.book.forget(stream)
+                    del streams[(owner, proxy)]
+        elif roll < 0.55:
+            name = rng.choice(servers).name
+            workers[index].book.note_cold_start(name, now=clock[0])
+            lone.book.note_cold_start(name, now=clock[0])
+        elif roll < 0.62:
+            at = rng.randrange(len(servers))
+            servers[at] = random_server(rng, servers[at].name)
+            current[0] = table(*servers, revision=step)
+        for number, (worker, feed) in enumerate(zip(workers, feeds, strict=True)):
+            worker.tick()
+            for update in feed.updates():
+                group.take_update(number, update)
+        group.sum(now=clock[0])
+        lone.tick()
+        alone = {(r.server, r.region): r for r in lone.rows}
+        assert by_key(group) == alone, f"seed {seed}, step {step}"
+
+
 def test_an_idle_group_sums_nothing_once_recommendations_settled() -> None:
     """Two workers' whole answers for 1,000 servers at their no-load recommendation: the first
     sum computes them, later sums (every half interval) none."""
