@@ -252,7 +252,7 @@ class LoadSum:
                 self._history.forget_server(name)
                 changed.add(name)
                 reordered = True
-        totals = LoadTotals(servers=tuple(merged))
+        totals = LoadTotals(servers=tuple(sorted(merged, key=lambda server: server.server)))
         for name, answer in recommend(totals, specs, self._history, now=now).items():
             if answer.moving:
                 active.add(name)

@@ -331,7 +331,10 @@ class LoadService:
                 changed.add(name)
             touched.append(mine)
         recommended = recommend(
-            LoadTotals(servers=tuple(touched)), self._specs, self._history, now=now
+            LoadTotals(servers=tuple(sorted(touched, key=_name))),
+            self._specs,
+            self._history,
+            now=now,
         )
         for name, answer in recommended.items():
             if answer.moving:
@@ -462,6 +465,10 @@ class LoadService:
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """The LRS service (``load.intake``) on this view's book."""
         return self.intake.generic_handler()
+
+
+def _name(totals: ServerTotals) -> str:
+    return totals.server
 
 
 __all__ = ["LoadService", "catalog_of", "spec_of"]
