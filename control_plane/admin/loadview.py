@@ -1,17 +1,20 @@
 """``GetLoad`` and ``WatchLoad`` answers from a load view: a worker's ``LoadService`` or the
-supervisor's ``LoadSum``. Every row, or (``changes_only``) only the servers that changed since
-the answer before on that stream. The answer with every row is built once per version and
-shared by every caller; one server's is built from its rows alone.
+supervisor's ``LoadSum``, whose rows are ``load/totals.py``'s ``LoadRow``. Every row, or
+(``changes_only``) only the servers that changed since the answer before on that stream. The
+answer with every row is built once per version and shared by every caller; one server's is
+built from its rows alone.
 
-Imports the admin protos only.
+Imports the admin protos and the load row only.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Protocol
 
+from control_plane.admin.loadwire import rule_message
 from control_plane.admin.pb import admin_pb2
+from control_plane.load.totals import LoadRow
 
 
 class LoadView(Protocol):
@@ -26,17 +29,35 @@ class LoadView(Protocol):
 
     def servers(self) -> Sequence[str]: ...
 
-    def rows_of(self, server: str) -> Sequence[Any]: ...
+    def rows_of(self, server: str) -> Sequence[LoadRow]: ...
 
     def changes_since(self, version: int) -> frozenset[str] | None: ...
 
 
-class LoadAnswers:
-    """Answers from ``view``; ``add(response, rows)`` appends rows to a response."""
+def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
+    """Append load rows to a ``LoadResponse``."""
+    for row in rows:
+        item = response.servers.add(
+            server=row.server,
+            region=row.region,
+            ready_replicas=row.ready_replicas,
+            in_flight=row.in_flight,
+            requests_per_second=row.requests_per_second,
+            errors_per_second=row.errors_per_second,
+            dropped_per_second=row.dropped_per_second,
+            desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
+            cold_starts=row.cold_starts,
+            cold_start_mode=row.cold_start_mode,
+        )
+        if row.autoscaling is not None:
+            item.autoscaling.CopyFrom(rule_message(row.autoscaling))
 
-    def __init__(self, view: LoadView, add: Callable[[Any, Iterable[Any]], None]) -> None:
+
+class LoadAnswers:
+    """Answers from ``view``."""
+
+    def __init__(self, view: LoadView) -> None:
         self._view = view
-        self._add = add
         self._everything: tuple[tuple[int, int], Any] | None = None
 
     def _response(self) -> Any:
@@ -52,14 +73,14 @@ class LoadAnswers:
         if self._everything is None or self._everything[0] != key:
             response = self._response()
             for name in view.servers():
-                self._add(response, view.rows_of(name))
+                add_rows(response, view.rows_of(name))
             self._everything = (key, response)
         return self._everything[1]
 
     def of(self, server: str) -> Any:
         """One server's rows (none: no such server)."""
         response = self._response()
-        self._add(response, self._view.rows_of(server))
+        add_rows(response, self._view.rows_of(server))
         return response
 
     def get(self, request: Any) -> Any:
@@ -84,7 +105,7 @@ class LoadAnswers:
         for name in sorted(changed):
             rows = view.rows_of(name)
             if rows:
-                self._add(response, rows)
+                add_rows(response, rows)
             else:
                 response.removed_servers.append(name)
         return response, version

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -10,8 +10,9 @@ from envoy.config.core.v3 import health_check_pb2
 from google.protobuf import json_format
 
 from control_plane.admin.loadview import LoadAnswers
+from control_plane.admin.loadwire import TotalsFeed
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
-from control_plane.load.server import LoadRow, LoadService
+from control_plane.load.server import LoadService
 from control_plane.routing.model import RoutingTable
 from control_plane.xds.cache import Published, SnapshotCache
 from control_plane.xds.nodes import NodeGroup
@@ -68,31 +69,6 @@ def summary(resource: Resource) -> str:
     return ""
 
 
-def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
-    """Append load rows to a ``LoadResponse``."""
-    for row in rows:
-        item = response.servers.add(
-            server=row.server,
-            region=row.region,
-            ready_replicas=row.ready_replicas,
-            in_flight=row.in_flight,
-            requests_per_second=row.requests_per_second,
-            errors_per_second=row.errors_per_second,
-            dropped_per_second=row.dropped_per_second,
-            desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
-            cold_starts=row.cold_starts,
-            cold_start_mode=row.cold_start_mode,
-        )
-        if row.autoscaling is not None:
-            rule = row.autoscaling
-            item.autoscaling.target_concurrency = rule.target_concurrency
-            item.autoscaling.min_replicas = rule.min_replicas
-            item.autoscaling.max_replicas = rule.max_replicas
-            item.autoscaling.buffer_replicas = rule.buffer_replicas
-            item.autoscaling.scale_up_window_seconds = rule.scale_up_window
-            item.autoscaling.scale_down_window_seconds = rule.scale_down_window
-
-
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -106,7 +82,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self.cache = cache
         self.table = table
         self.load = load
-        self._load_answers = LoadAnswers(load, add_rows) if load is not None else None
+        self._load_answers = LoadAnswers(load) if load is not None else None
 
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self._load_answers is None:
@@ -120,6 +96,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         assert self._load_answers is not None
         async for response in self._load_answers.watch(request, self.load.watch()):
             await context.write(response)
+
+    async def WatchLoadTotals(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """This process's load totals (``load/totals.py``), now and after every tick that
+        moved a row: the first with every server, later ones only the servers that changed
+        and those that went; before them, every server's spec whenever the specs changed.
+        Internal: what a ``serve --workers`` supervisor merges."""
+        load = self.load
+        if load is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "load reporting is off")
+        assert load is not None
+        feed = TotalsFeed(load)
+        async for _ in load.watch():
+            for update in feed.updates():
+                await context.write(update)
 
     async def ListProxies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = admin_pb2.ListProxiesResponse()

@@ -9,9 +9,10 @@ Each worker is a whole control plane with its own admin address on loopback
   node (snapshots are identical across workers: versions are content hashes);
   ``SnapshotHistory``: each group's history from the first worker that has the group;
 - ``GetLoad``/``WatchLoad``: each worker sees only the load reports of the proxies connected to
-  it, so the rows are summed per server and region and ``desired_replicas`` is recomputed here
-  from the summed load with the same rule (``load/autoscale.py``); the supervisor follows each
-  worker's WatchLoad with ``changes_only`` and sums only the servers that changed;
+  it, so the supervisor follows each worker's load totals (``WatchLoadTotals``: after the
+  first, only the servers that changed; the specs only when they change), merges them per
+  server (``load/totals.py``) and makes the rows from the merge with the one ``recommend``
+  a lone process uses; only the servers that changed are merged again;
 - ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
   ``routeplane_worker_up`` per worker; the load families (``routeplane_server_*``) are the
   group's sums instead, as ``GetLoad`` answers them;
@@ -19,7 +20,7 @@ Each worker is a whole control plane with its own admin address on loopback
   not answer within ``READY_TIMEOUT`` (a stopped process).
 
 Asks the workers through the group's one client (``group/client.py``). Imports the admin protos,
-the autoscaling rule and its spec value (``registry.spec``), and the load families' rendering
+the load totals and ``recommend`` (``load/totals.py``), and the load families' rendering
 (``metrics``); nothing of the xDS engine, the pipeline or a store.
 """
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -37,13 +38,21 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from control_plane.admin.loadview import LoadAnswers
+from control_plane.admin.loadview import LoadAnswers, add_rows
+from control_plane.admin.loadwire import specs_from, totals_from
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
 from control_plane.group.client import Workers, WorkerUnavailable
-from control_plane.load.autoscale import Recommender
-from control_plane.load.quiet import ChangeLog, settled
+from control_plane.load.quiet import ChangeLog
+from control_plane.load.totals import (
+    History,
+    LoadRow,
+    LoadSpec,
+    LoadTotals,
+    ServerTotals,
+    merge_servers,
+    recommend,
+)
 from control_plane.metrics import LOAD_FAMILIES_START, LoadExposition
-from control_plane.registry.spec import Autoscaling
 
 # A worker that does not answer within these is named as silent, and the others' answers stand:
 # /readyz answers inside a 2 s probe timeout, ListProxies inside the CLI's 10 s.
@@ -85,36 +94,24 @@ class _Fixed(Collector):  # type: ignore[misc]
         return self._families
 
 
-def _rule(message: Any) -> Autoscaling:
-    return Autoscaling(
-        target_concurrency=message.target_concurrency,
-        min_replicas=message.min_replicas,
-        max_replicas=message.max_replicas,
-        buffer_replicas=message.buffer_replicas,
-        scale_up_window=message.scale_up_window_seconds,
-        scale_down_window=message.scale_down_window_seconds,
-    )
-
-
 class LoadSum:
-    """Worker load answers -> the group's rows: summed per (server, region), recommendations
-    recomputed from the sums. Keeps every worker's rows per server, so an answer with only the
-    servers that changed (``changes_only``) is summed for those alone; a sum also revisits the
-    servers whose recommendation has not settled (``load/quiet.py``), and nothing else: an idle
-    group of 10,000 servers costs nothing. A load view (``admin/loadview.py``) of its sums.
-    Pure but for the Recommender's memory; time is an argument."""
+    """Worker load totals -> the group's rows: merged per server (``load/totals.py``), rows
+    and recommendations from the merge by ``recommend``. Keeps every worker's totals per
+    server, so an update with only the servers that changed is merged for those alone; a sum
+    also revisits the servers whose recommendation has not settled (``load/quiet.py``), and
+    nothing else: an idle group of 10,000 servers costs nothing. A server's spec is the first
+    worker's (by index) that has it. A load view (``admin/loadview.py``) of its sums. Pure but
+    for the history ``recommend`` keeps; time is an argument."""
 
     def __init__(self, workers: int = 0) -> None:
-        self._recommender = Recommender()
-        self._workers: list[dict[str, list[Any]]] = [{} for _ in range(workers)]
+        self._history = History()
+        self._workers: list[dict[str, ServerTotals]] = [{} for _ in range(workers)]
+        self._specs: list[Mapping[str, LoadSpec]] = [{} for _ in range(workers)]
         self._proxies = [0] * workers
-        self._interval = 0.0
-        self._cold_seen: dict[tuple[int, str], int] = {}  # (worker, server) -> its cold starts
-        self._woken: set[str] = set()
+        self._intervals = [0.0] * workers
         self._touched: set[str] = set()
         self._active: set[str] = set()  # recommendations not settled
-        self._rows: dict[str, tuple[Any, ...]] = {}  # server -> summed rows (ServerLoad)
-        self._keys: dict[str, set[tuple[str, str]]] = {}
+        self._rows: dict[str, tuple[LoadRow, ...]] = {}  # server -> the group's rows
         self._order: list[str] = []
         self._log = ChangeLog(CHANGES_KEPT)  # the sums' version, and what each one changed
 
@@ -130,144 +127,128 @@ class LoadSum:
 
     @property
     def report_interval(self) -> float:
-        return self._interval
+        return max(self._intervals, default=0.0)
 
     def servers(self) -> list[str]:
         return self._order
 
-    def rows_of(self, server: str) -> tuple[Any, ...]:
-        """One server's summed rows (do not alter them)."""
+    def rows_of(self, server: str) -> tuple[LoadRow, ...]:
+        """One server's summed rows."""
         return self._rows.get(server, ())
 
     def changes_since(self, version: int) -> frozenset[str] | None:
         return self._log.since(version)
 
-    # Taking answers.
+    # Taking updates.
 
-    def take(self, worker: int, answer: Any) -> None:
-        """Worker ``worker``'s answer: every row, or only the servers that changed."""
+    def _grow(self, worker: int) -> None:
         while len(self._workers) <= worker:
             self._workers.append({})
+            self._specs.append({})
             self._proxies.append(0)
+            self._intervals.append(0.0)
+
+    def take_specs(self, worker: int, specs: Mapping[str, LoadSpec]) -> None:
+        """Worker ``worker``'s servers' specs, every one (they came apart from its totals)."""
+        self._grow(worker)
+        before = self._specs[worker]
+        self._touched |= {n for n in before.keys() | specs.keys() if before.get(n) != specs.get(n)}
+        self._specs[worker] = specs
+
+    def take(
+        self,
+        worker: int,
+        totals: LoadTotals,
+        *,
+        changes_only: bool = False,
+        removed: Iterable[str] = (),
+    ) -> None:
+        """Worker ``worker``'s totals: of every server, or (``changes_only``) of the servers
+        that changed, and ``removed`` those that went."""
+        self._grow(worker)
         mine = self._workers[worker]
-        grouped: dict[str, list[Any]] = {}
-        for row in answer.servers:
-            grouped.setdefault(row.server, []).append(row)
-        # A whole answer: a server it lacks went; only changes: those it says went.
-        gone = set(answer.removed_servers) if answer.changes_only else set(mine) - grouped.keys()
+        grouped = {server.server: server for server in totals.servers}
+        # A whole update: a server it lacks went; only changes: those it says went.
+        gone = set(removed) if changes_only else set(mine) - grouped.keys()
         for name in gone:
             mine.pop(name, None)
-            self._cold_seen.pop((worker, name), None)
         mine.update(grouped)
         self._touched |= gone | grouped.keys()
-        self._proxies[worker] = answer.reporting_proxies
-        self._interval = answer.report_interval_seconds
-        # A cold start wakes its server when the worker that counted it had no replica: that
-        # worker's table is the one the proxy's route came from. (The group's ready count can
-        # be another worker's, a moment behind: a replica just deregistered still counted.)
-        for name, rows in grouped.items():
-            for row in rows:
-                if row.region == "*":
-                    seen = (worker, name)
-                    new_cold = row.cold_starts - self._cold_seen.get(seen, 0)
-                    self._cold_seen[seen] = row.cold_starts
-                    if new_cold > 0 and row.ready_replicas == 0:
-                        self._woken.add(name)
+        self._proxies[worker] = totals.proxies
+        self._intervals[worker] = totals.interval
+
+    def _spec(self, name: str) -> Mapping[str, LoadSpec]:
+        for specs in self._specs:
+            spec = specs.get(name)
+            if spec is not None:
+                return {name: spec}
+        return {}
 
     def sum(self, *, now: float) -> bool:
-        """Sum the servers answers changed since the last sum, and update the
+        """Merge the servers updates changed since the last sum, and update the
         recommendations not settled; whether any row moved."""
         touch = self._touched | self._active
         self._touched = set()
-        woken, self._woken = self._woken, set()
         changed: set[str] = set()
         active: set[str] = set()
         reordered = False
-        forget = False
+        merged: list[ServerTotals] = []
+        specs: dict[str, LoadSpec] = {}
         for name in touch:
-            rows, keys, moving = self._sum_server(name, now=now, woken=name in woken)
-            if moving:
-                active.add(name)
-            if self._keys.get(name, keys) - keys:
-                forget = True  # a region or the rule went away: its history goes too
-            if rows:
-                self._keys[name] = keys
-                if name not in self._rows:
-                    reordered = True
-                if rows != self._rows.get(name):
-                    self._rows[name] = rows
-                    changed.add(name)
+            parts = [[mine[name]] for mine in self._workers if name in mine]
+            if parts:
+                merged.extend(merge_servers(parts))
+                specs.update(self._spec(name))
             elif name in self._rows:
                 del self._rows[name]
-                self._keys.pop(name, None)
+                self._history.forget_server(name)
                 changed.add(name)
-                reordered = forget = True
+                reordered = True
+        totals = LoadTotals(servers=tuple(sorted(merged, key=lambda server: server.server)))
+        for name, answer in recommend(totals, specs, self._history, now=now).items():
+            if answer.moving:
+                active.add(name)
+            if name not in self._rows:
+                reordered = True
+            if answer.rows != self._rows.get(name):
+                self._rows[name] = answer.rows
+                changed.add(name)
         self._active = active
-        if forget:
-            self._recommender.forget({k for keys in self._keys.values() for k in keys})
         if reordered:
             self._order = sorted(self._rows)
         if changed:
             self._log.add(frozenset(changed))
         return bool(changed)
 
-    def _sum_server(
-        self, name: str, *, now: float, woken: bool
-    ) -> tuple[tuple[Any, ...], set[tuple[str, str]], bool]:
-        """One server's rows summed over workers (first worker's order, then new regions),
-        with its recommendations; its keys; whether a recommendation is still moving."""
-        summed: dict[str, Any] = {}
-        for mine in self._workers:
-            for row in mine.get(name, ()):
-                total = summed.get(row.region)
-                if total is None:
-                    total = summed[row.region] = admin_pb2.ServerLoad()
-                    total.CopyFrom(row)
-                    continue
-                # Every worker reads the same registry: replicas are the same, load adds up.
-                total.ready_replicas = max(total.ready_replicas, row.ready_replicas)
-                total.in_flight += row.in_flight
-                total.requests_per_second += row.requests_per_second
-                total.errors_per_second += row.errors_per_second
-                total.dropped_per_second += row.dropped_per_second
-                total.cold_starts += row.cold_starts
-                if row.HasField("autoscaling") and not total.HasField("autoscaling"):
-                    total.autoscaling.CopyFrom(row.autoscaling)
-        keys: set[tuple[str, str]] = set()
-        moving = False
-        for row in summed.values():
-            if not row.HasField("autoscaling"):
-                row.desired_replicas = -1
-                continue
-            key = (row.server, row.region)
-            keys.add(key)
-            rule = _rule(row.autoscaling)
-            wake = row.region == "*" and woken
-            row.desired_replicas = self._recommender.update(
-                key,
-                in_flight=row.in_flight,
-                ready=row.ready_replicas,
-                spec=rule,
-                now=now,
-                wake=wake,
-            )
-            moving |= not settled(
-                row.desired_replicas, in_flight=row.in_flight, wake=wake, spec=rule
-            )
-        return tuple(summed.values()), keys, moving
-
-    def add(self, answers: Sequence[Any], *, now: float) -> Any:
-        """Every worker's whole answer at once -> the whole summed answer."""
-        for index, answer in enumerate(answers):
-            self.take(index, answer)
+    def add(
+        self, answers: Sequence[tuple[Mapping[str, LoadSpec], LoadTotals]], *, now: float
+    ) -> Any:
+        """Every worker's specs and whole totals at once -> the whole summed answer."""
+        for index, (specs, totals) in enumerate(answers):
+            self.take_specs(index, specs)
+            self.take(index, totals)
         self.sum(now=now)
         total = admin_pb2.LoadResponse(
             reporting_proxies=self.reporting_proxies,
             report_interval_seconds=self.report_interval,
         )
         for name in self._order:
-            total.servers.extend(self._rows[name])
+            add_rows(total, self._rows[name])
         return total
+
+    def take_update(self, worker: int, update: Any) -> None:
+        """One ``LoadTotalsUpdate`` of worker ``worker``'s ``WatchLoadTotals``."""
+        if update.HasField("specs"):
+            _, specs = specs_from(update.specs)
+            self.take_specs(worker, specs)
+        else:
+            message = update.totals
+            self.take(
+                worker,
+                totals_from(message),
+                changes_only=message.changes_only,
+                removed=message.removed_servers,
+            )
 
 
 class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -295,11 +276,11 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._interval = interval
         self._clock = clock
         self._sum = LoadSum(len(self.workers))
-        self._answers = LoadAnswers(self._sum, _add_rows)
+        self._answers = LoadAnswers(self._sum)
         self._exposition = LoadExposition(self._sum)
         self._summed = False  # every worker's rows were summed at least once
         self._changed = asyncio.Condition()
-        self._updated = asyncio.Event()  # a worker's WatchLoad brought an answer
+        self._updated = asyncio.Event()  # a worker's WatchLoadTotals brought totals
 
     async def close(self) -> None:
         await self.client.close()
@@ -410,8 +391,8 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return response
 
     async def tick(self) -> None:
-        """Ask every worker for its load now and sum; wakes ``WatchLoad``ers."""
-        calls = [stub.GetLoad(admin_pb2.GetLoadRequest(), **self._call) for stub in self._stubs]
+        """Ask every worker for its load totals now and sum; wakes ``WatchLoad``ers."""
+        calls = [self._whole_totals(stub) for stub in self._stubs]
         answers = await asyncio.gather(*calls, return_exceptions=True)
         for index, answer in enumerate(answers):
             if isinstance(answer, grpc.aio.AioRpcError):
@@ -419,8 +400,24 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             if isinstance(answer, BaseException):
                 raise answer
         for index, answer in enumerate(answers):
-            self._sum.take(index, answer)
+            assert not isinstance(answer, BaseException)
+            for update in answer:
+                self._sum.take_update(index, update)
         await self._publish()
+
+    async def _whole_totals(self, stub: Any) -> list[Any]:
+        """A worker's ``WatchLoadTotals`` up to its first (whole) totals: the specs, then
+        the totals."""
+        updates = []
+        call = stub.WatchLoadTotals(admin_pb2.WatchLoadTotalsRequest(), **self._call)
+        try:
+            async for update in call:
+                updates.append(update)
+                if update.HasField("totals"):
+                    break
+        finally:
+            call.cancel()
+        return updates
 
     async def _publish(self) -> None:
         moved = self._sum.sum(now=self._clock())
@@ -430,24 +427,25 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 self._changed.notify_all()
 
     async def run(self) -> None:
-        """Follow every worker's ``WatchLoad`` (only what changed, after the first answer)
-        until cancelled, and sum on each worker's update (a cold start reaches the group's
+        """Follow every worker's ``WatchLoadTotals`` (only what changed, after the first
+        totals) until cancelled, and sum on each worker's update (a cold start reaches the group's
         watchers as soon as its worker's) and every half report interval (a recommendation
         not settled moves with time, not only with load)."""
-        following = [False] * len(self._stubs)  # the worker's first (whole) answer came
+        following = [False] * len(self._stubs)  # the worker's first (whole) totals came
         updated = self._updated
 
         async def follow(index: int, stub: Any) -> None:
             metadata = self._call["metadata"]
-            request = admin_pb2.GetLoadRequest(changes_only=True)
+            request = admin_pb2.WatchLoadTotalsRequest()
             while True:
                 try:
-                    async for answer in stub.WatchLoad(
+                    async for update in stub.WatchLoadTotals(
                         request, metadata=metadata, wait_for_ready=True
                     ):
-                        self._sum.take(index, answer)
-                        following[index] = True
-                        updated.set()
+                        self._sum.take_update(index, update)
+                        if update.HasField("totals"):
+                            following[index] = True
+                            updated.set()
                 except grpc.aio.AioRpcError:
                     following[index] = False  # a worker starting or stopping: ask again
                 await asyncio.sleep(self._interval / 2)  # pacing the retry
@@ -488,7 +486,3 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 yield seen
             async with self._changed:
                 await self._changed.wait()
-
-
-def _add_rows(response: Any, rows: Iterable[Any]) -> None:
-    response.servers.extend(rows)

@@ -1,31 +1,41 @@
-"""The load view: every server's rows (load, ready replicas, cold starts, the recommendation)
-from the reports ``load.intake`` takes into the book, ticked every half interval and at once on
-a cold start; and hold-mode demand (held cluster names asked for by proxies).
+"""The load view: every server's totals (``load/totals.py``: load, ready replicas, cold starts)
+from the reports ``load.intake`` takes into the book, and its rows from ``recommend``; ticked
+every half interval and at once on a cold start; and hold-mode demand (held cluster names asked
+for by proxies). Under ``serve --workers`` a worker's totals and specs are what its supervisor
+merges (``group/admin.py``), with the same ``recommend``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import grpc
 import structlog
 
 from control_plane import metrics
-from control_plane.load.autoscale import Recommender
 from control_plane.load.intake import ReportIntake
-from control_plane.load.quiet import ChangeLog, settled
+from control_plane.load.quiet import ChangeLog
 from control_plane.load.reports import Catalog, Load, LoadBook
-from control_plane.registry.spec import Autoscaling
+from control_plane.load.totals import (
+    History,
+    LoadRow,
+    LoadSpec,
+    LoadTotals,
+    RegionTotals,
+    ServerTotals,
+    Wakes,
+    millionths,
+    recommend,
+)
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
 log = structlog.get_logger("routeplane.load")
 
-COLD_SUFFIX = "_cold"  # names.cluster of a held server: <workspace>_<server>_cold<epoch>
 # A held name asked for before this process saw its server go cold (the route came from another
 # worker or replica, whose watch was ahead): counted when it does, if within this long.
 PENDING_COLD_SECONDS = 30.0
@@ -37,23 +47,13 @@ COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one 
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadRow:
-    """One line of ``routeplane load``: a server in a region ("*": the server's total)."""
-
-    server: str
-    region: str
-    ready_replicas: int
-    in_flight: float
-    requests_per_second: float
-    errors_per_second: float
-    dropped_per_second: float
-    desired_replicas: int | None  # None: the server asks for no recommendation
-    # "*" rows: requests that met no replica since the control plane started (dropped at once
-    # in reject mode, held in hold mode), and the server's cold-start mode.
-    cold_starts: int = 0
-    cold_start_mode: str = ""
-    autoscaling: Autoscaling | None = None  # the rule behind desired_replicas, if any
+def spec_of(server: RoutedServer) -> LoadSpec:
+    """What ``recommend`` needs of a server's spec."""
+    return LoadSpec(
+        regions=tuple(server.spec.regions),
+        cold_start_mode=server.spec.cold_start.mode,
+        autoscaling=server.spec.autoscaling,
+    )
 
 
 def catalog_of(table: RoutingTable) -> Catalog:
@@ -102,31 +102,35 @@ class LoadService:
         self._catalog = Catalog(
             servers={}, regions={}, endpoints={}, own=frozenset({names.XDS_CLUSTER})
         )
-        self._recommender = Recommender()
-        # The view, per server: its rows, its recommendation keys; the table they follow
-        # (compared by identity: a new table is a new routing state), its servers by name and
-        # their order.
+        self._history = History()
+        # The view, per server: its totals and its rows; the table they follow (compared by
+        # identity: a new table is a new routing state), its servers by name, their order,
+        # and their specs (a new dict, and a new ``specs_version``, when one changes).
+        self._totals: dict[str, ServerTotals] = {}
         self._by_server: dict[str, tuple[LoadRow, ...]] = {}
-        self._keys: dict[str, set[Hashable]] = {}
         self._rows_for: RoutingTable | None = None
         self._servers: dict[str, RoutedServer] = {}
         self._order: list[str] = []
+        self._specs: dict[str, LoadSpec] = {}
+        self._specs_made = 0
+        self._specs_version = f"{secrets.randbits(64):x}.0"
         # Servers to look at next tick though nothing else says so: load at the last tick (it
         # may be gone now) or a recommendation not settled yet.
         self._active: set[str] = set()
-        self._forget = False  # recommendation keys went away: drop their history
+        self._ticked_at = clock()
         self._events_seen = -1
         self._rows: list[LoadRow] = []
         self._rows_version = -1
         self._log = ChangeLog(CHANGES_KEPT)  # the view's version, and what each one changed
-        # Per server: the cold starts the last tick saw, so a new one is told apart.
-        self._cold_seen: dict[str, int] = {}
+        # Per server: the cold starts the last tick saw, so a new one is told apart, and
+        # when new ones last met no ready replica (a wake).
+        self._wakes = Wakes()
         self._cold_start_seen = asyncio.Event()
-        self._held: dict[str, str] = {}  # a held server's cluster name, less its epoch -> server
+        self._held: dict[tuple[str, str], str] = {}  # a held server's (workspace, name) -> name
         self._held_for: RoutingTable | None = None
-        # Cold names asked for while their server was not held here: (name less epoch,
+        # Cold names asked for while their server was not held here: ((workspace, server),
         # proxy) -> when first asked.
-        self._pending_cold: dict[tuple[str, int], float] = {}
+        self._pending_cold: dict[tuple[tuple[str, str], int], float] = {}
         # Per held server: the proxies (node id hashes) counted in its cold period, which is
         # the one of ``_cold_epochs[server]``; at most MAX_COLD_PROXIES in all.
         self._cold_proxies: dict[str, set[int]] = {}
@@ -182,6 +186,29 @@ class LoadService:
         """One server's rows (none: it is gone)."""
         return self._by_server.get(server, ())
 
+    def totals(self, servers: Iterable[str] | None = None) -> LoadTotals:
+        """The view's totals as of the last tick: every server's, or those of ``servers``
+        (a server gone is left out)."""
+        mine = self._totals
+        names_ = sorted(mine) if servers is None else sorted(n for n in servers if n in mine)
+        return LoadTotals(
+            servers=tuple(mine[name] for name in names_),
+            proxies=self.book.proxies,
+            interval=self.interval,
+            at=self._ticked_at,
+        )
+
+    @property
+    def specs(self) -> Mapping[str, LoadSpec]:
+        """Every server's spec as ``recommend`` reads it (do not alter it)."""
+        return self._specs
+
+    @property
+    def specs_version(self) -> str:
+        """Moves whenever ``specs`` does (unique to this view: a worker that starts again
+        never repeats one)."""
+        return self._specs_version
+
     def note_subscribed(
         self, type_url: str, cluster_names: frozenset[str], *, node_id: str
     ) -> None:
@@ -200,10 +227,10 @@ class LoadService:
             # Any epoch of a held server's name: the route the proxy holds on may come from
             # another worker or control-plane replica, whose epoch (its own count of registry
             # revisions, on Spanner) can differ from this one's; the demand is the same.
-            base, suffix, epoch = name.rpartition(COLD_SUFFIX)
-            if not (suffix and epoch.isdigit()):
+            parsed = names.parse_cluster(name)
+            if parsed is None or not parsed.epoch:
                 continue
-            prefix = base + suffix
+            prefix = (parsed.workspace, parsed.server)
             server = held.get(prefix)
             if server is not None:
                 if self._first_in_period(server, proxy):
@@ -227,13 +254,9 @@ class LoadService:
             self._cold_proxies_kept += 1
         return True
 
-    def _held_in(self, table: RoutingTable) -> dict[str, str]:
+    def _held_in(self, table: RoutingTable) -> dict[tuple[str, str], str]:
         if table is not self._held_for:
-            self._held = {
-                names.cluster(workspace=s.workspace, server=s.name) + COLD_SUFFIX: s.name
-                for s in table.servers
-                if s.held
-            }
+            self._held = {(s.workspace, s.name): s.name for s in table.servers if s.held}
             self._held_for = table
             # A cold period ends when its server is no longer held (its epoch moves with the
             # next one): the proxies it counted may count again.
@@ -272,6 +295,7 @@ class LoadService:
         not settled (``load/quiet.py``). A quiet server with a settled recommendation costs
         nothing, whatever the number of servers."""
         now = self._clock()
+        self._ticked_at = now
         for node in self.book.expire(now):
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
@@ -293,23 +317,32 @@ class LoadService:
         cold_starts = self.book.cold_starts
         if self.book.cold_start_events != self._events_seen:
             self._events_seen = self.book.cold_start_events
-            touch |= {s for s, n in cold_starts.items() if n != self._cold_seen.get(s, 0)}
+            touch |= {s for s, n in cold_starts.items() if n != self._wakes.counted(s)}
         active: set[str] = set(loaded)
         changed = gone
+        touched = []
         for name in touch:
             server = self._servers.get(name)
             if server is None:
                 continue
-            rows, moving = self._server_rows(server, totals, reported.get(name, set()), now)
-            if moving:
+            mine = self._server_totals(server, totals, reported.get(name, set()), now)
+            if mine != self._totals.get(name):
+                self._totals[name] = mine
+                changed.add(name)
+            touched.append(mine)
+        recommended = recommend(
+            LoadTotals(servers=tuple(sorted(touched, key=_name))),
+            self._specs,
+            self._history,
+            now=now,
+        )
+        for name, answer in recommended.items():
+            if answer.moving:
                 active.add(name)
-            if rows != self._by_server.get(name):
-                self._by_server[name] = rows
+            if answer.rows != self._by_server.get(name):
+                self._by_server[name] = answer.rows
                 changed.add(name)
         self._active = active
-        if self._forget:
-            self._recommender.forget(self._all_keys())
-            self._forget = False
         if changed or order != self._order:
             self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
@@ -326,12 +359,26 @@ class LoadService:
             if (old := previous.get(name)) is not server and old != server
         }
         gone = previous.keys() - servers.keys()
+        specs = None
+        for name in touch:
+            spec = spec_of(servers[name])
+            if self._specs.get(name) != spec:
+                specs = specs if specs is not None else dict(self._specs)
+                specs[name] = spec
         for name in gone:
-            if self._keys.pop(name, None):
-                self._forget = True
+            self._history.forget_server(name)
+            self._totals.pop(name, None)
             self._by_server.pop(name, None)
-            self._cold_seen.pop(name, None)
+            self._wakes.forget(name)
             self.book.forget_server(name)
+            if name in self._specs:
+                specs = specs if specs is not None else dict(self._specs)
+                del specs[name]
+        if specs is not None:
+            self._specs = specs
+            self._specs_made += 1
+            nonce = self._specs_version.partition(".")[0]
+            self._specs_version = f"{nonce}.{self._specs_made}"
         self._servers = servers
         order = list(servers)
         if order != self._order:
@@ -339,69 +386,51 @@ class LoadService:
         self._rows_for = table
         return touch, set(gone)
 
-    def _all_keys(self) -> set[Hashable]:
-        return {key for keys in self._keys.values() for key in keys}
-
-    def _server_rows(
+    def _server_totals(
         self,
         server: RoutedServer,
         totals: dict[tuple[str, str], Load],
         reported: set[str],
         now: float,
-    ) -> tuple[tuple[LoadRow, ...], bool]:
-        """The rows of one server now (``reported``: the regions its load came from), and
-        whether its recommendation is still moving."""
+    ) -> ServerTotals:
+        """One server's totals now (``reported``: the regions its load came from): its load
+        and ready replicas per region, its cold starts, and its latest wake (new cold starts
+        while it has no ready replica: scale from zero now, whatever the scale-up window)."""
         ready_by_region: dict[str, int] = {}
         for endpoint in server.endpoints:
             if not endpoint.draining:
                 ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        regions = sorted(set(server.spec.regions) | set(ready_by_region) | reported)
-        scaling = server.spec.autoscaling
         cold_starts = self.book.cold_starts.get(server.name, 0)
-        # Demand with no replica: scale from zero now, whatever the scale-up window.
-        new_cold = cold_starts - self._cold_seen.get(server.name, 0)
-        woken = new_cold > 0 and not ready_by_region
+        new_cold, woken_at = self._wakes.see(
+            server.name, cold_starts, ready=sum(ready_by_region.values()), now=now
+        )
         if new_cold > 0:
             metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
-        self._cold_seen[server.name] = cold_starts
-        rows: list[LoadRow] = []
-        keys: set[Hashable] = set()
-        moving = False
-        for region in ["*", *regions]:
-            load = totals.get((server.name, region)) or _NO_LOAD
+        regions = []
+        for region in ["*", *sorted(set(ready_by_region) | reported)]:
+            load = totals.get((server.name, region))
             ready = (
                 sum(ready_by_region.values()) if region == "*" else ready_by_region.get(region, 0)
             )
-            desired = None
-            # A recommendation for the server, and per region when it lists its regions.
-            wanted = region == "*" or bool(server.spec.regions)
-            if scaling is not None and scaling.target_concurrency > 0 and wanted:
-                key = (server.name, region)
-                keys.add(key)
-                wake = woken and region == "*"
-                desired = self._recommender.update(
-                    key, in_flight=load.in_flight, ready=ready, spec=scaling, now=now, wake=wake
-                )
-                moving |= not settled(desired, in_flight=load.in_flight, wake=wake, spec=scaling)
-            rows.append(
-                LoadRow(
-                    server=server.name,
+            if load is None:
+                regions.append(RegionTotals(region=region, ready=ready))
+                continue
+            regions.append(
+                RegionTotals(
                     region=region,
-                    ready_replicas=ready,
-                    in_flight=load.in_flight,
-                    requests_per_second=load.requests_per_second,
-                    errors_per_second=load.errors_per_second,
-                    dropped_per_second=load.dropped_per_second,
-                    desired_replicas=desired,
-                    cold_starts=cold_starts if region == "*" else 0,
-                    cold_start_mode=server.spec.cold_start.mode if region == "*" else "",
-                    autoscaling=scaling if desired is not None else None,
+                    in_flight=millionths(load.in_flight),
+                    requests=millionths(load.requests_per_second),
+                    errors=millionths(load.errors_per_second),
+                    dropped=millionths(load.dropped_per_second),
+                    ready=ready,
                 )
             )
-        if self._keys.get(server.name, keys) - keys:
-            self._forget = True  # a region or the rule went away: its history goes too
-        self._keys[server.name] = keys
-        return tuple(rows), moving
+        return ServerTotals(
+            server=server.name,
+            regions=tuple(regions),
+            cold_starts=cold_starts,
+            woken_at=woken_at,
+        )
 
     async def run(self) -> None:
         """Tick every half interval until cancelled, waking ``watch``ers each time; a cold
@@ -438,8 +467,8 @@ class LoadService:
         return self.intake.generic_handler()
 
 
-_NO_LOAD = Load(
-    in_flight=0.0, requests_per_second=0.0, errors_per_second=0.0, dropped_per_second=0.0
-)
+def _name(totals: ServerTotals) -> str:
+    return totals.server
 
-__all__ = ["Autoscaling", "LoadRow", "LoadService", "catalog_of"]
+
+__all__ = ["LoadService", "catalog_of", "spec_of"]

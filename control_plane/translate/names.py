@@ -2,11 +2,14 @@
 
 Stats, dashboards and CSDS output depend on these names: they are pinned by golden tests.
 Server and workspace names are ``[a-z0-9-]``, so ``_`` is an unambiguous separator and no name
-contains the ``.`` that Envoy's stat tag extraction splits on.
+contains the ``.`` that Envoy's stat tag extraction splits on. A name that comes back (a proxy
+asks for a cluster by name) is read here too: ``parse_cluster`` is ``cluster``'s inverse.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Final
 
 LISTENER: Final = "ingress_http"
@@ -20,8 +23,34 @@ def cluster(*, workspace: str, server: str, epoch: int = 0) -> str:
     ``<workspace>_<server>_cold<epoch>`` for a hold-mode server that has been held: Envoy asks
     for an on-demand cluster name only once, so each cold period gets a name of its own."""
     if epoch:
-        return f"{workspace}_{server}_cold{epoch}"
+        return f"{workspace}_{server}{COLD_MARK}{epoch}"
     return f"{workspace}_{server}"
+
+
+COLD_MARK: Final = "_cold"
+# A workspace or server name as validation allows it (registry/validate.py); an epoch as
+# ``cluster`` writes it (no leading zero, never 0, at most 19 digits).
+_PART = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_CLUSTER = re.compile(rf"({_PART})_({_PART})(?:{COLD_MARK}([1-9][0-9]{{0,18}}))?")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterName:
+    """A server's cluster name, read back: ``epoch`` 0 for the plain name."""
+
+    workspace: str
+    server: str
+    epoch: int = 0
+
+
+def parse_cluster(name: str) -> ClusterName | None:
+    """The workspace, server and cold epoch ``cluster`` made ``name`` from; None for any name
+    it cannot have made (proxies send these names: nothing here raises)."""
+    match = _CLUSTER.fullmatch(name)
+    if match is None:
+        return None
+    workspace, server, epoch = match.groups()
+    return ClusterName(workspace=workspace, server=server, epoch=int(epoch or 0))
 
 
 METADATA_NAMESPACE: Final = "routeplane"

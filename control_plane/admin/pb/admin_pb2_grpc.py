@@ -69,6 +69,11 @@ class AdminStub:
                 request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
                 _registered_method=True)
+        self.WatchLoadTotals = channel.unary_stream(
+                '/routeplane.admin.v1.Admin/WatchLoadTotals',
+                request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.SerializeToString,
+                response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -125,6 +130,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchLoadTotals(self, request, context):
+        """Internal, between a `serve --workers` worker and its supervisor (may change with any
+        release): the worker's load totals, now and after every update, and its servers' specs
+        whenever they change (before the totals that follow them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +176,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchLoad,
                     request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.FromString,
                     response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.SerializeToString,
+            ),
+            'WatchLoadTotals': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLoadTotals,
+                    request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.FromString,
+                    response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +372,33 @@ class Admin:
             '/routeplane.admin.v1.Admin/WatchLoad',
             routeplane_dot_admin_dot_v1_dot_admin__pb2.GetLoadRequest.SerializeToString,
             routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLoadTotals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/routeplane.admin.v1.Admin/WatchLoadTotals',
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.SerializeToString,
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,8 +7,16 @@ from typing import Any
 
 import pytest
 
-from control_plane.admin.pb import admin_pb2
 from control_plane.group.admin import AggregateService, LoadSum, merge_metrics
+from control_plane.load.totals import (
+    LoadSpec,
+    LoadTotals,
+    RegionTotals,
+    ServerTotals,
+    Wakes,
+    millionths,
+)
+from control_plane.registry.spec import Autoscaling
 
 WORKER_TEXT = """# HELP routeplane_xds_pushes_total xDS responses sent
 # TYPE routeplane_xds_pushes_total counter
@@ -39,14 +47,54 @@ def test_a_worker_that_did_not_answer_shows_as_down() -> None:
     assert 'routeplane_worker_up{worker="0"} 0.0' in asyncio.run(scrape()).decode()
 
 
-def answer(*rows: dict[str, Any], proxies: int = 1) -> Any:
-    response = admin_pb2.LoadResponse(reporting_proxies=proxies, report_interval_seconds=1.0)
-    for row in rows:
-        item = response.servers.add(**{k: v for k, v in row.items() if k != "target"})
-        if "target" in row:
-            item.autoscaling.target_concurrency = row["target"]
-            item.autoscaling.max_replicas = 20
-    return response
+class Worker:
+    """A worker's side: its rows as totals and specs, its cold starts judged where they are
+    counted (``Wakes``, as ``LoadService`` does)."""
+
+    def __init__(self) -> None:
+        self.wakes = Wakes()
+
+    def answer(
+        self, *rows: dict[str, Any], proxies: int = 1, now: float = 0.0
+    ) -> tuple[dict[str, LoadSpec], LoadTotals]:
+        specs: dict[str, LoadSpec] = {}
+        servers: dict[str, list[RegionTotals]] = {}
+        cold: dict[str, int] = {}
+        for row in rows:
+            name = row["server"]
+            if "target" in row:
+                rule = Autoscaling(
+                    target_concurrency=row["target"], max_replicas=20, scale_down_window=0.0
+                )
+                specs[name] = LoadSpec(autoscaling=rule)
+            specs.setdefault(name, LoadSpec())
+            servers.setdefault(name, []).append(
+                RegionTotals(
+                    region=row["region"],
+                    in_flight=millionths(row.get("in_flight", 0)),
+                    ready=row.get("ready_replicas", 0),
+                )
+            )
+            if row["region"] == "*":
+                cold[name] = row.get("cold_starts", 0)
+        totals = []
+        for name, regions in sorted(servers.items()):
+            ready = next(r.ready for r in regions if r.region == "*")
+            _, woken_at = self.wakes.see(name, cold.get(name, 0), ready=ready, now=now)
+            totals.append(
+                ServerTotals(
+                    server=name,
+                    regions=tuple(sorted(regions, key=lambda r: r.region)),
+                    cold_starts=cold.get(name, 0),
+                    woken_at=woken_at,
+                )
+            )
+        return specs, LoadTotals(servers=tuple(totals), proxies=proxies, interval=1.0, at=now)
+
+
+def answer(*rows: dict[str, Any], proxies: int = 1) -> tuple[dict[str, LoadSpec], LoadTotals]:
+    """A worker's first answer."""
+    return Worker().answer(*rows, proxies=proxies)
 
 
 def rows(total: Any) -> dict[tuple[str, str], Any]:
@@ -79,12 +127,16 @@ def test_load_adds_up_over_workers_and_desired_is_recomputed(target: float, desi
 
 def test_a_cold_start_on_any_worker_wakes_a_server_at_zero() -> None:
     load = LoadSum()
+    first, second = Worker(), Worker()
     quiet = {"server": "echo", "region": "*", "ready_replicas": 0, "target": 1.0}
     assert (
-        rows(load.add([answer(quiet), answer(quiet)], now=1.0))["echo", "*"].desired_replicas == 0
+        rows(load.add([first.answer(quiet), second.answer(quiet)], now=1.0))[
+            "echo", "*"
+        ].desired_replicas
+        == 0
     )
     woken = {**quiet, "cold_starts": 1}
-    total = load.add([answer(quiet), answer(woken)], now=2.0)
+    total = load.add([first.answer(quiet, now=2.0), second.answer(woken, now=2.0)], now=2.0)
     assert rows(total)["echo", "*"].desired_replicas == 1
 
 
@@ -92,13 +144,24 @@ def test_a_cold_start_wakes_even_while_another_worker_still_counts_the_replica()
     """The replica just deregistered: the worker that counted the cold start has none, the
     other has not read the change yet. The demand must not be lost in that moment."""
     load = LoadSum()
+    first, second = Worker(), Worker()
     warm = {"server": "gpu", "region": "*", "ready_replicas": 1, "target": 1.0}
     cold = {"server": "gpu", "region": "*", "ready_replicas": 0, "target": 1.0}
-    load.add([answer(warm), answer(warm)], now=1.0)
-    total = load.add([answer({**cold, "cold_starts": 1}), answer(warm)], now=2.0)
+    load.add([first.answer(warm, now=1.0), second.answer(warm, now=1.0)], now=1.0)
+    total = load.add(
+        [first.answer({**cold, "cold_starts": 1}, now=2.0), second.answer(warm, now=2.0)],
+        now=2.0,
+    )
     assert rows(total)["gpu", "*"].desired_replicas >= 1
     # The same count seen again wakes nothing more; a worker with replicas is not woken.
     load = LoadSum()
-    load.add([answer({**warm, "cold_starts": 3}), answer(warm)], now=1.0)
-    total = load.add([answer({**warm, "cold_starts": 3}), answer(cold)], now=2.0)
+    first, second = Worker(), Worker()
+    load.add(
+        [first.answer({**warm, "cold_starts": 3}, now=1.0), second.answer(warm, now=1.0)],
+        now=1.0,
+    )
+    total = load.add(
+        [first.answer({**warm, "cold_starts": 3}, now=2.0), second.answer(cold, now=2.0)],
+        now=2.0,
+    )
     assert rows(total)["gpu", "*"].desired_replicas == 0  # not woken: no load, no wake

@@ -1,7 +1,7 @@
-"""``serve --workers``: the supervisor follows each worker's WatchLoad with ``changes_only`` and
-sums only the servers that changed (and recommendations not settled). Its rows must equal a sum
-of every worker's whole answer recomputed from scratch at every step (the slow path it
-replaced), whatever the sequence."""
+"""``serve --workers``: the supervisor follows each worker's load totals (after the first, only
+the servers that changed) and merges only the servers that changed (and recommendations not
+settled). Its rows must equal a merge of every worker's whole totals recomputed from scratch at
+every step (the slow path it replaced), whatever the sequence."""
 
 from __future__ import annotations
 
@@ -12,67 +12,44 @@ from typing import Any
 
 import pytest
 
-from control_plane.admin.loadview import LoadAnswers
-from control_plane.admin.pb import admin_pb2
-from control_plane.admin.service import add_rows
-from control_plane.group.admin import LoadSum, _rule
+from control_plane.admin.loadwire import TotalsFeed
+from control_plane.group.admin import LoadSum
 from control_plane.load.autoscale import Recommender
 from control_plane.load.server import LoadService
+from control_plane.load.totals import (
+    EMPTY,
+    History,
+    LoadSpec,
+    LoadTotals,
+    RegionTotals,
+    ServerTotals,
+    recommend,
+)
+from control_plane.registry.spec import Autoscaling
 from control_plane.routing.model import RoutingTable
 from tests.helpers import table
 from tests.unit.load.test_tick_incremental import random_server, report
 
 
 class FromScratch:
-    """Every worker's whole answer, every row, every step: the sum as it was before."""
+    """Every worker's whole totals, every server, every step: the sum as it was before."""
 
     def __init__(self) -> None:
-        self.recommender = Recommender()
-        self.cold_seen: dict[tuple[int, str], int] = {}
+        self.history = History()
+        self.servers: set[str] = set()
 
-    def add(self, answers: list[Any], *, now: float) -> dict[tuple[str, str], Any]:
-        woken: set[str] = set()
-        for index, answer in enumerate(answers):
-            for row in answer.servers:
-                if row.region != "*":
-                    continue
-                new_cold = row.cold_starts - self.cold_seen.get((index, row.server), 0)
-                self.cold_seen[(index, row.server)] = row.cold_starts
-                if new_cold > 0 and row.ready_replicas == 0:
-                    woken.add(row.server)
-        rows: dict[tuple[str, str], Any] = {}
-        for answer in answers:
-            for row in answer.servers:
-                key = (row.server, row.region)
-                mine = rows.get(key)
-                if mine is None:
-                    mine = rows[key] = admin_pb2.ServerLoad()
-                    mine.CopyFrom(row)
-                    continue
-                mine.ready_replicas = max(mine.ready_replicas, row.ready_replicas)
-                mine.in_flight += row.in_flight
-                mine.requests_per_second += row.requests_per_second
-                mine.errors_per_second += row.errors_per_second
-                mine.dropped_per_second += row.dropped_per_second
-                mine.cold_starts += row.cold_starts
-                if row.HasField("autoscaling") and not mine.HasField("autoscaling"):
-                    mine.autoscaling.CopyFrom(row.autoscaling)
-        keep: set[object] = set()
-        for key, row in rows.items():
-            if not row.HasField("autoscaling"):
-                row.desired_replicas = -1
-                continue
-            keep.add(key)
-            row.desired_replicas = self.recommender.update(
-                key,
-                in_flight=row.in_flight,
-                ready=row.ready_replicas,
-                spec=_rule(row.autoscaling),
-                now=now,
-                wake=row.region == "*" and row.server in woken,
-            )
-        self.recommender.forget(keep)
-        return rows
+    def add(self, workers: list[LoadService], *, now: float) -> dict[tuple[str, str], Any]:
+        merged = EMPTY
+        specs: dict[str, LoadSpec] = {}
+        for worker in workers:
+            merged = merged.merge(worker.totals())
+            specs = {**worker.specs, **specs}  # the first worker's spec of a server
+        present = {server.server for server in merged.servers}
+        for gone in self.servers - present:
+            self.history.forget_server(gone)
+        self.servers = present
+        recommended = recommend(merged, specs, self.history, now=now)
+        return {(r.server, r.region): r for answer in recommended.values() for r in answer.rows}
 
 
 def by_key(load: LoadSum) -> dict[tuple[str, str], Any]:
@@ -89,10 +66,7 @@ def test_the_supervisors_incremental_sum_equals_a_sum_of_whole_answers(seed: int
         LoadService(table=lambda: current[0], clock=lambda: clock[0], interval=1.0)
         for _ in range(2)
     ]
-    answers = [LoadAnswers(worker, add_rows) for worker in workers]
-    follow = admin_pb2.GetLoadRequest(changes_only=True)
-    whole = admin_pb2.GetLoadRequest()
-    sent: list[int | None] = [None, None]
+    feeds = [TotalsFeed(worker) for worker in workers]
     incremental, scratch = LoadSum(2), FromScratch()
     streams: dict[int, dict[int, int]] = {id(worker): {} for worker in workers}
     numbers = itertools.count(1)
@@ -127,12 +101,70 @@ def test_the_supervisors_incremental_sum_equals_a_sum_of_whole_answers(seed: int
             current[0] = table(*servers, revision=step)
         for index, service in enumerate(workers):
             service.tick()
-            answer, sent[index] = answers[index].since(follow, sent[index])
-            if answer is not None:
-                incremental.take(index, answer)
+            for update in feeds[index].updates():
+                incremental.take_update(index, update)
         incremental.sum(now=clock[0])
-        expected = scratch.add([a.get(whole) for a in answers], now=clock[0])
+        expected = scratch.add(workers, now=clock[0])
         assert by_key(incremental) == expected, f"seed {seed}, step {step}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_worker_group_shows_what_one_process_hearing_every_proxy_shows(seed: int) -> None:
+    """One ``recommend`` for both: two workers, each hearing some proxies, summed by the
+    supervisor, give the rows of a lone process that hears every proxy (same table, same
+    reports, same cold starts, same clock)."""
+    rng = random.Random(seed)
+    servers = [random_server(rng, f"s{i}") for i in range(6)]
+    current: list[RoutingTable] = [table(*servers)]
+    clock = [1000.0]
+
+    def service() -> LoadService:
+        return LoadService(table=lambda: current[0], clock=lambda: clock[0], interval=1.0)
+
+    workers, lone = [service(), service()], service()
+    feeds = [TotalsFeed(worker) for worker in workers]
+    group = LoadSum(2)
+    streams: dict[tuple[int, int], int] = {}
+    numbers = itertools.count(1)
+    for step in range(100):
+        clock[0] += rng.choice([0.25, 0.5, 0.5, 2.0])
+        index = rng.randrange(2)
+        roll = rng.random()
+        if roll < 0.35:
+            proxy = rng.randrange(2)
+            stats = report(rng, servers)
+            stream = streams.setdefault((index, proxy), next(numbers))
+            for hearing in (workers[index], lone):
+                hearing.book.record(
+                    f"proxy-{index}-{proxy}",
+                    stats,
+                    stream=stream,
+                    now=clock[0],
+                    asked_interval=1.0,
+                    catalog=hearing.catalog(),
+                )
+        elif roll < 0.45:
+            for (owner, proxy), stream in list(streams.items()):
+                if owner == index:
+                    workers[index].book.forget(stream)
+                    lone.book.forget(stream)
+                    del streams[(owner, proxy)]
+        elif roll < 0.55:
+            name = rng.choice(servers).name
+            workers[index].book.note_cold_start(name, now=clock[0])
+            lone.book.note_cold_start(name, now=clock[0])
+        elif roll < 0.62:
+            at = rng.randrange(len(servers))
+            servers[at] = random_server(rng, servers[at].name)
+            current[0] = table(*servers, revision=step)
+        for number, (worker, feed) in enumerate(zip(workers, feeds, strict=True)):
+            worker.tick()
+            for update in feed.updates():
+                group.take_update(number, update)
+        group.sum(now=clock[0])
+        lone.tick()
+        alone = {(r.server, r.region): r for r in lone.rows}
+        assert by_key(group) == alone, f"seed {seed}, step {step}"
 
 
 def test_an_idle_group_sums_nothing_once_recommendations_settled() -> None:
@@ -142,9 +174,10 @@ def test_an_idle_group_sums_nothing_once_recommendations_settled() -> None:
         {"server": f"s{i}", "region": "*", "ready_replicas": 1, "target": 4.0} for i in range(1000)
     ]
     load = LoadSum(2)
-    counting = load._recommender = CountingRecommender()
+    counting = load._history.recommender = CountingRecommender()
     for worker in (0, 1):
-        load.take(worker, whole_answer(rows))
+        load.take_specs(worker, whole_answer(rows)[0])
+        load.take(worker, whole_answer(rows)[1])
     assert load.sum(now=1.0)
     assert counting.updates == 1000
     version = load.version
@@ -164,11 +197,24 @@ class CountingRecommender(Recommender):
         return super().update(key, **kwargs)
 
 
-def whole_answer(rows: list[dict[str, Any]]) -> Any:
-    response = admin_pb2.LoadResponse(report_interval_seconds=1.0)
-    for row in rows:
-        item = response.servers.add(**{k: v for k, v in row.items() if k != "target"})
-        item.autoscaling.target_concurrency = row["target"]
-        item.autoscaling.min_replicas = 1
-        item.autoscaling.max_replicas = 20
-    return response
+def whole_answer(rows: list[dict[str, Any]]) -> tuple[dict[str, LoadSpec], LoadTotals]:
+    """A worker's specs and whole totals: every row a server's "*" row."""
+    specs = {
+        row["server"]: LoadSpec(
+            autoscaling=Autoscaling(
+                target_concurrency=row["target"],
+                min_replicas=1,
+                max_replicas=20,
+                scale_down_window=0.0,
+            )
+        )
+        for row in rows
+    }
+    servers = tuple(
+        ServerTotals(
+            server=row["server"],
+            regions=(RegionTotals(region=row["region"], ready=row["ready_replicas"]),),
+        )
+        for row in sorted(rows, key=lambda r: r["server"])
+    )
+    return specs, LoadTotals(servers=servers, interval=1.0)

@@ -224,7 +224,7 @@ def test_an_idle_tick_of_servers_whose_recommendation_settled_touches_none_of_th
     clock = [100.0]
     current = [table(*servers)]
     service = LoadService(table=lambda: current[0], clock=lambda: clock[0])
-    counting = service._recommender = CountingRecommender()
+    counting = service._history.recommender = CountingRecommender()
     rows = service.tick()
     assert counting.updates == 1000
     assert {row.desired_replicas for row in rows if row.region == "*"} == {1}

@@ -18,14 +18,18 @@ from prometheus_client.registry import Collector
 
 from control_plane import metrics
 from control_plane.load.autoscale import Recommender
-from control_plane.load.reports import LoadBook
-from control_plane.load.server import _NO_LOAD, LoadRow, LoadService
+from control_plane.load.reports import Load, LoadBook
+from control_plane.load.server import LoadService
+from control_plane.load.totals import LoadRow
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from tests.helpers import endpoint, server, table
 
 REGIONS = ("us-west", "us-east")
+_NO_LOAD = Load(
+    in_flight=0.0, requests_per_second=0.0, errors_per_second=0.0, dropped_per_second=0.0
+)
 
 
 class FromScratch:

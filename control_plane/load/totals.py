@@ -1,0 +1,300 @@
+"""Load as a value that merges, and the one rule that turns it into ``routeplane load``'s rows.
+Pure: time is an argument; no I/O, no clock, no logging.
+
+``LoadTotals`` is what one process knows of load: per server and region ("*": the server's
+total) the requests in flight and the requests, errors and drops per second its proxies
+reported (``load/reports.py``), the ready replicas its routing table has, the server's cold
+starts, and the time of the latest *wake* (a cold start that met no ready replica in the view
+of the process that counted it: judged there, once). Totals from several processes (the workers
+of ``serve --workers``) are merged, and the merge is judged once, by ``recommend``, where it is
+read: a process never re-derives a recommendation from another's.
+
+``merge`` is associative and commutative, and ``EMPTY`` is its identity
+(``tests/unit/property/test_load_totals.py``):
+
+- load adds up; it is kept in whole millionths, so a sum does not depend on the order of the
+  merges (floats would) and a message carries small integers;
+- ready replicas: the most any part saw (every process reads the same registry: one replica
+  is not counted once per process);
+- cold starts add up; a wake is the latest of the parts';
+- servers and regions: the union; reporting proxies add up; the report interval is the longest
+  and ``at`` (when the totals were taken) the oldest part's.
+
+``recommend(totals, specs, history, now)`` makes the rows: one ``LoadRow`` per server and region,
+written by one function (``_row``), with the autoscaling rule's recommendation
+(``load/autoscale.py``) where the server's spec asks for one. The spec (``LoadSpec``: regions,
+cold-start mode, autoscaling rule) is an argument: it never travels inside totals.
+
+Imports the autoscaling rule, ``load/quiet.py`` and the spec value only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+
+from control_plane.load.autoscale import Recommender
+from control_plane.load.quiet import settled
+from control_plane.registry.spec import Autoscaling
+
+MILLION = 1_000_000  # load is kept in millionths (of a request, of a request per second)
+NEVER = -math.inf  # no wake yet
+
+
+def millionths(value: float) -> int:
+    """``value`` (at most six decimals, as ``load/reports.py`` rounds load) in millionths."""
+    return round(value * MILLION)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionTotals:
+    """One server's load in one region ("*": all its regions), load in millionths."""
+
+    region: str
+    in_flight: int = 0
+    requests: int = 0  # per second
+    errors: int = 0  # per second
+    dropped: int = 0  # per second ("*" only: a drop has no region)
+    ready: int = 0  # ready replicas
+
+    def merge(self, other: RegionTotals) -> RegionTotals:
+        return RegionTotals(
+            region=self.region,
+            in_flight=self.in_flight + other.in_flight,
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            dropped=self.dropped + other.dropped,
+            ready=max(self.ready, other.ready),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTotals:
+    """One server: its regions (sorted, so "*" is first), its cold starts (requests that met
+    no replica) and when the latest of them met no ready replica (``NEVER``: none did)."""
+
+    server: str
+    regions: tuple[RegionTotals, ...] = ()
+    cold_starts: int = 0
+    woken_at: float = NEVER
+
+    def merge(self, other: ServerTotals) -> ServerTotals:
+        mine = {r.region: r for r in self.regions}
+        for region in other.regions:
+            have = mine.get(region.region)
+            mine[region.region] = region if have is None else have.merge(region)
+        return ServerTotals(
+            server=self.server,
+            regions=tuple(mine[name] for name in sorted(mine)),
+            cold_starts=self.cold_starts + other.cold_starts,
+            woken_at=max(self.woken_at, other.woken_at),
+        )
+
+    def region(self, name: str) -> RegionTotals | None:
+        for region in self.regions:
+            if region.region == name:
+                return region
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadTotals:
+    """What some processes know of load: their servers (sorted by name, one each), their
+    reporting proxies, the report interval, and when the oldest part was taken (``inf``: no
+    part)."""
+
+    servers: tuple[ServerTotals, ...] = ()
+    proxies: int = 0
+    interval: float = 0.0
+    at: float = math.inf
+
+    def merge(self, other: LoadTotals) -> LoadTotals:
+        return LoadTotals(
+            servers=merge_servers([self.servers, other.servers]),
+            proxies=self.proxies + other.proxies,
+            interval=max(self.interval, other.interval),
+            at=min(self.at, other.at),
+        )
+
+
+EMPTY = LoadTotals()
+
+
+def merge_servers(parts: Iterable[Iterable[ServerTotals]]) -> tuple[ServerTotals, ...]:
+    """Several parts' servers -> each server once, merged, sorted by name."""
+    merged: dict[str, ServerTotals] = {}
+    for part in parts:
+        for server in part:
+            have = merged.get(server.server)
+            merged[server.server] = server if have is None else have.merge(server)
+    return tuple(merged[name] for name in sorted(merged))
+
+
+class Wakes:
+    """Where cold starts are counted: each server's latest wake. A wake is new cold starts
+    seen while the server has no ready replica (judged here, by the process whose proxies
+    met no replica, and never again by whoever merges its totals). Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._woken_at: dict[str, float] = {}
+
+    def see(self, server: str, cold_starts: int, *, ready: int, now: float) -> tuple[int, float]:
+        """``server`` has counted ``cold_starts`` in all and has ``ready`` replicas at
+        ``now``: how many of its cold starts are new, and its latest wake (``NEVER``)."""
+        new = cold_starts - self._seen.get(server, 0)
+        self._seen[server] = cold_starts
+        if new > 0 and not ready:
+            self._woken_at[server] = now
+        return new, self._woken_at.get(server, NEVER)
+
+    def counted(self, server: str) -> int:
+        """The cold starts of ``server`` seen so far."""
+        return self._seen.get(server, 0)
+
+    def forget(self, server: str) -> None:
+        """``server`` went: a server of that name starts again from no cold starts."""
+        self._seen.pop(server, None)
+        self._woken_at.pop(server, None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadSpec:
+    """What a server's rows follow from its spec: the regions it lists, its cold-start mode
+    and its autoscaling rule."""
+
+    regions: tuple[str, ...] = ()
+    cold_start_mode: str = ""
+    autoscaling: Autoscaling | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadRow:
+    """One line of ``routeplane load``: a server in a region ("*": the server's total)."""
+
+    server: str
+    region: str
+    ready_replicas: int
+    in_flight: float
+    requests_per_second: float
+    errors_per_second: float
+    dropped_per_second: float
+    desired_replicas: int | None  # None: the server asks for no recommendation
+    # "*" rows: requests that met no replica since the control plane started (dropped at once
+    # in reject mode, held in hold mode), and the server's cold-start mode.
+    cold_starts: int = 0
+    cold_start_mode: str = ""
+    autoscaling: Autoscaling | None = None  # the rule behind desired_replicas, if any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recommended:
+    """One server's rows, and whether a recommendation among them is still moving (not
+    settled: ``load/quiet.py``), so that the server is looked at again though nothing else
+    says so."""
+
+    rows: tuple[LoadRow, ...]
+    moving: bool
+
+
+class History:
+    """What ``recommend`` remembers between calls: the rule's windows per (server, region)
+    key, the latest wake seen per server, and each server's keys (a key that goes loses its
+    windows). Not thread-safe."""
+
+    def __init__(self) -> None:
+        self.recommender = Recommender()
+        self._woken: dict[str, float] = {}
+        self._keys: dict[str, set[Hashable]] = {}
+        self._forget = False
+
+    def forget_server(self, server: str) -> None:
+        """``server`` went: its windows and its wakes are forgotten."""
+        if self._keys.pop(server, None):
+            self._forget = True
+        self._woken.pop(server, None)
+
+    def _woke(self, server: ServerTotals) -> bool:
+        """Whether ``server`` had a wake since the last look (the newest wake is later than
+        the one seen: a wake that only an old part had, gone with it, is no new wake)."""
+        seen = self._woken.get(server.server, NEVER)
+        self._woken[server.server] = server.woken_at
+        return server.woken_at > seen
+
+    def _keep(self, server: str, keys: set[Hashable]) -> None:
+        if self._keys.get(server, keys) - keys:
+            self._forget = True  # a region or the rule went away: its history goes too
+        self._keys[server] = keys
+
+    def _prune(self) -> None:
+        if self._forget:
+            self.recommender.forget({key for keys in self._keys.values() for key in keys})
+            self._forget = False
+
+
+_NO_SPEC = LoadSpec()
+
+
+def recommend(
+    totals: LoadTotals,
+    specs: Mapping[str, LoadSpec],
+    history: History,
+    *,
+    now: float,
+) -> dict[str, Recommended]:
+    """Every server of ``totals``: its rows ("*", then its regions in order: those of its spec
+    and those with ready replicas or load) with the recommendation its spec (``specs``, by
+    server name; none: no recommendation) asks for, updated at ``now``. A wake moves the
+    server's recommendation up at once (a request met no replica)."""
+    recommended: dict[str, Recommended] = {}
+    update = history.recommender.update
+    for server in totals.servers:
+        name = server.server
+        spec = specs.get(name, _NO_SPEC)
+        scaling = spec.autoscaling
+        if scaling is not None and not scaling.target_concurrency > 0:
+            scaling = None
+        woken = history._woke(server)
+        by_region = {r.region: r for r in server.regions}
+        regions = sorted((set(spec.regions) | by_region.keys()) - {"*"})
+        rows: list[LoadRow] = []
+        keys: set[Hashable] = set()
+        moving = False
+        for region in ["*", *regions]:
+            counts = by_region.get(region) or RegionTotals(region=region)
+            in_flight = counts.in_flight / MILLION
+            desired = None
+            # A recommendation for the server, and per region when it lists its regions.
+            if scaling is not None and (region == "*" or spec.regions):
+                key = (name, region)
+                keys.add(key)
+                wake = woken and region == "*"
+                desired = update(
+                    key, in_flight=in_flight, ready=counts.ready, spec=scaling, now=now, wake=wake
+                )
+                moving |= not settled(desired, in_flight=in_flight, wake=wake, spec=scaling)
+            rows.append(_row(server, counts, spec, desired=desired))
+        history._keep(name, keys)
+        recommended[name] = Recommended(rows=tuple(rows), moving=moving)
+    history._prune()
+    return recommended
+
+
+def _row(
+    server: ServerTotals, counts: RegionTotals, spec: LoadSpec, *, desired: int | None
+) -> LoadRow:
+    total = counts.region == "*"
+    return LoadRow(
+        server=server.server,
+        region=counts.region,
+        ready_replicas=counts.ready,
+        in_flight=counts.in_flight / MILLION,
+        requests_per_second=counts.requests / MILLION,
+        errors_per_second=counts.errors / MILLION,
+        dropped_per_second=counts.dropped / MILLION,
+        desired_replicas=desired,
+        cold_starts=server.cold_starts if total else 0,
+        cold_start_mode=spec.cold_start_mode if total else "",
+        autoscaling=spec.autoscaling if desired is not None else None,
+    )
