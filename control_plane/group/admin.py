@@ -178,11 +178,21 @@ class LoadSum:
         self._intervals[worker] = totals.interval
 
     def _spec(self, name: str) -> Mapping[str, LoadSpec]:
-        for specs in self._specs:
-            spec = specs.get(name)
-            if spec is not None:
-                return {name: spec}
-        return {}
+        """``name``'s spec over the workers: the regions any lists, the first cold-start mode
+        and rule any has (a worker whose watch lags has none yet, or an older one)."""
+        found = [spec for specs in self._specs if (spec := specs.get(name)) is not None]
+        if not found:
+            return {}
+        if len(found) == 1:
+            return {name: found[0]}
+        regions = dict.fromkeys(region for spec in found for region in spec.regions)
+        return {
+            name: LoadSpec(
+                regions=tuple(regions),
+                cold_start_mode=next((s.cold_start_mode for s in found if s.cold_start_mode), ""),
+                autoscaling=next((s.autoscaling for s in found if s.autoscaling), None),
+            )
+        }
 
     def sum(self, *, now: float) -> bool:
         """Merge the servers updates changed since the last sum, and update the

@@ -165,3 +165,22 @@ def test_a_cold_start_wakes_even_while_another_worker_still_counts_the_replica()
         now=2.0,
     )
     assert rows(total)["gpu", "*"].desired_replicas == 0  # not woken: no load, no wake
+
+
+def test_a_rule_only_a_later_worker_has_yet_still_recommends() -> None:
+    """Worker 0's registry watch lags: it has the server but not yet its new rule. The group
+    takes the rule (and the regions) from whichever worker has them, as a lone process would."""
+    lagging = answer({"server": "echo", "region": "*", "ready_replicas": 1, "in_flight": 3})
+    current = answer(
+        {"server": "echo", "region": "*", "ready_replicas": 1, "in_flight": 4, "target": 1.0},
+        {"server": "echo", "region": "us-west", "ready_replicas": 1, "in_flight": 4},
+    )
+    current_specs, current_totals = current
+    current_specs["echo"] = LoadSpec(
+        regions=("us-west",), autoscaling=current_specs["echo"].autoscaling
+    )
+    total = LoadSum().add([lagging, (current_specs, current_totals)], now=100.0)
+    by_key = rows(total)
+    assert by_key["echo", "*"].in_flight == 7
+    assert by_key["echo", "*"].desired_replicas == 7
+    assert ("echo", "us-west") in by_key
