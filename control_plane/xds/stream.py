@@ -23,7 +23,7 @@ import functools
 import itertools
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -220,6 +220,21 @@ class TypeState:
         """Forget that ``name`` was sent (it will be sent again); True if it had been."""
         raise NotImplementedError
 
+    def issued(
+        self,
+        nonce: str,
+        *,
+        version: str,
+        sent: dict[str, str] | None,
+        removed: list[str],
+        committed_at: float | None,
+    ) -> None:
+        """A response went out under ``nonce``: ``version``, sending ``sent`` (name ->
+        version) and removing ``removed``, built from a snapshot committed at
+        ``committed_at`` (None: the empty response to a type not served). The protocol
+        keeps what its answer will be checked against."""
+        raise NotImplementedError
+
 
 StateT = TypeVar("StateT", bound=TypeState)
 
@@ -312,8 +327,35 @@ class BaseStream(Generic[StateT]):
             status.nacks += 1
         return nack, repeated
 
-    def _next_nonce(self) -> str:
-        return str(next(self._nonces))
+    def _send(
+        self,
+        type_url: str,
+        state: StateT,
+        *,
+        version: str,
+        encode: Callable[[str], bytes],
+        names: list[str],
+        removed: list[str],
+        sent: dict[str, str] | None = None,
+        committed_at: float | None = None,
+    ) -> Outgoing:
+        """The one send step of both protocols: a new nonce, recorded by the type's state
+        (:meth:`TypeState.issued`), the version sent and the push counted, and the response,
+        ``encode(nonce)``, carrying ``names`` and removing ``removed``."""
+        nonce = str(next(self._nonces))
+        state.issued(nonce, version=version, sent=sent, removed=removed, committed_at=committed_at)
+        status = state.status
+        status.sent_version = version
+        status.pushes += 1
+        status.resources_sent += len(names)
+        return Outgoing(
+            type_url=type_url,
+            payload=encode(nonce),
+            nonce=nonce,
+            version=version,
+            resource_names=names,
+            removed=removed,
+        )
 
     def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
         """What to send for ``snapshot``, in push order (CDS, EDS, LDS, RDS)."""
