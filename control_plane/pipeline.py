@@ -65,37 +65,17 @@ from control_plane.xds.nodes import GRPC, NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
 
-DEFAULT_LISTEN_PORT = 10000
-
-
-class ViewError(ValueError):
-    """A node group whose view cannot be built (e.g. a listen address that is no address)."""
-
 
 def view_of(group: NodeGroup) -> ProxyView:
-    """The view of ``group``: its region, zone and the address its listener binds (gRPC
-    clients bind nothing: their view is their region and zone)."""
-    if group.kind == GRPC:
-        return ProxyView(
-            region=group.region, zone=group.zone, listen_host="", listen_port=0, kind=GRPC
-        )
-    host, sep, port = group.listen.rpartition(":")
-    if not sep:
-        host, port = group.listen, str(DEFAULT_LISTEN_PORT)
-    host = host.strip("[]")
-    if not host:
-        raise ViewError(f"node metadata routeplane.listen {group.listen!r}: no host")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ViewError(
-            f"node metadata routeplane.listen {group.listen!r}: port {port!r} is not a number"
-        ) from None
-    if not 0 < number < 65536:
-        raise ViewError(
-            f"node metadata routeplane.listen {group.listen!r}: port {number} is out of range"
-        )
-    return ProxyView(region=group.region, zone=group.zone, listen_host=host, listen_port=number)
+    """The view of ``group``: its region, zone, and the address its listener binds as the
+    group parsed it (gRPC clients bind nothing: their view is their region and zone)."""
+    return ProxyView(
+        region=group.region,
+        zone=group.zone,
+        listen_host=group.listen_host,
+        listen_port=group.listen_port,
+        kind=group.kind,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,10 +170,11 @@ class Pipeline:
         views: dict[NodeGroup, ProxyView] = {}
         failures: dict[NodeGroup, str] = {}
         for group in wanted:
-            try:
+            if group.listen_problem:
+                # Never a stream's group (those are refused at the stream's start).
+                failures[group] = group.listen_problem
+            else:
                 views[group] = view_of(group)
-            except ViewError as exc:
-                failures[group] = str(exc)
         cause = _cause(state, None if first else dirty)
         distinct = set(views.values())
         self._update_maps(dirty, cluster_names, table, {(v.region, v.zone) for v in distinct})
