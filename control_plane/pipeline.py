@@ -1,30 +1,15 @@
 """The pipeline: registry state + wanted node groups -> one snapshot per wanted group.
 
-:meth:`Pipeline.step` is the whole of it, as one pure step: no I/O, no clock, no logging, no
-asyncio. It owns every piece of incremental reuse, and every reuse is decided by comparing
-values, never by object identity:
+:meth:`Pipeline.step` is the whole of it, one pure step (no I/O, clock, logging or asyncio), and
+it owns every piece of incremental reuse, so that a change costs the change, not the fleet:
+servers, Clusters, ClusterLoadAssignments and snapshots are built again only where they differ
+by value from the last step's, and views (region, zone, listen address) share whatever they
+can. The rules are owned by tests: the result equals a build from scratch, resource by resource
+(``test_pipeline_differential.py``, over random edit sequences), unchanged rows are not judged
+again (``test_build.py``), and what a change costs is measured by ``bench.pipeline``.
 
-- a server is evaluated again (``routing.evaluate``) only when its row or its replica rows
-  differ by value from the last step's, and then each replica row equal to the last step's
-  keeps its verdict (a change to one replica of a server of 1,000 judges one row);
-- hostname claims are settled again only when some server's claim differs;
-- a Cluster is translated again only when its routed server differs in more than its endpoints
-  (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
-  differs at all (per proxy region and zone), and then only its changed endpoints are encoded
-  again (each server's encoded endpoints are kept: one replica changed in a server of 10,000
-  encodes one endpoint and joins bytes), the RouteConfiguration only when some server's
-  Cluster-relevant part changed, a Listener per listen address once, gRPC clients' API listeners
-  only when the RouteConfiguration was rebuilt (and only while a gRPC group is wanted);
-- groups with the same view (region, zone, listen address) share one snapshot, and groups of
-  one region and zone share every ClusterLoadAssignment: built and encoded once; every view's
-  snapshot holds the same map of Clusters, and views of one region and zone the same map of
-  ClusterLoadAssignments, updated once per step (a change costs one copy of each map, not
-  one per view: 10 Envoys with 10 listen addresses cost about what one does).
-
-The result equals a fresh pipeline's build from scratch, resource by resource, bytes and
-versions: ``tests/unit/property/test_pipeline_differential.py`` checks it over random
-registry edit sequences. Imports ``registry.model``, ``routing``, ``translate`` and ``xds``
-(snapshots, node groups); the driver (``reconcile``) does the waiting and the logging.
+Imports ``registry.model``, ``routing``, ``translate`` and ``xds`` (snapshots, node groups) and
+nothing that does I/O; the driver (``reconcile``) does the waiting and the logging.
 """
 
 from __future__ import annotations

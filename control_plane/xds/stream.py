@@ -3,7 +3,8 @@
 Pure state machines, no I/O: ``xds.sotw.SotwStream`` and ``xds.delta.DeltaStream`` take parsed
 requests (``on_request``) and a snapshot (``responses``) and return encoded responses to send, in
 push order (CDS, EDS, LDS, RDS). This module holds what both share (per-type state, limits,
-statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two implement:
+statuses, the push loop, the one send step); ``xds.server`` owns the gRPC side. Rules the two
+implement:
 
 - a request whose nonce is not the latest one sent for its type (SotW) or not one awaiting an
   answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
