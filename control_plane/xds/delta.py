@@ -14,9 +14,7 @@ from control_plane.xds.resources import (
     WILDCARD_TYPES,
     Resource,
     control_plane_field,
-    delta_response,
     delta_response_parts,
-    string_field,
 )
 from control_plane.xds.snapshot import Snapshot
 from control_plane.xds.stream import (
@@ -215,7 +213,6 @@ class DeltaState(TypeState):
     def issued(
         self,
         nonce: str,
-        *,
         version: str,
         sent: dict[str, str] | None,
         removed: list[str],
@@ -388,18 +385,19 @@ class DeltaStream(BaseStream[DeltaState]):
                 status.acked_committed_at = pending.committed_at or 1e-9
 
     def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
+        head, tail = delta_response_parts(
+            system_version_info=EMPTY_VERSION,
+            resources=[],
+            removed=[],
+            type_url=type_url,
+            control_plane=self._cp,
+        )
         return self._send(
             type_url,
             state,
             version=EMPTY_VERSION,
-            encode=lambda nonce: delta_response(
-                system_version_info=EMPTY_VERSION,
-                resources=[],
-                removed=[],
-                type_url=type_url,
-                nonce=nonce,
-                control_plane=self._cp,
-            ),
+            head=(head,),
+            tail=tail,
             names=[],
             removed=[],
         )
@@ -475,12 +473,12 @@ class DeltaStream(BaseStream[DeltaState]):
             return None
         if type_url == CLUSTER:
             self._forget_endpoints(shared.to_send)
-        head, tail = shared.head, shared.tail
         return self._send(
             type_url,
             state,
             version=snapshot.versions.get(type_url, ""),
-            encode=lambda nonce: head + string_field(5, nonce) + tail,
+            head=(shared.head,),
+            tail=shared.tail,
             names=shared.resource_names,
             removed=shared.removed,
             sent=shared.sent,
@@ -517,18 +515,19 @@ class DeltaStream(BaseStream[DeltaState]):
         for name in removed:
             state.forget_sent(name)
         state.rebase(snapshot, type_url, full=candidates is None)
+        head, tail = delta_response_parts(
+            system_version_info=version,
+            resources=to_send,
+            removed=removed,
+            type_url=type_url,
+            control_plane=self._cp,
+        )
         return self._send(
             type_url,
             state,
             version=version,
-            encode=lambda nonce: delta_response(
-                system_version_info=version,
-                resources=to_send,
-                removed=removed,
-                type_url=type_url,
-                nonce=nonce,
-                control_plane=self._cp,
-            ),
+            head=(head,),
+            tail=tail,
             names=[r.name for r in to_send],
             removed=removed,
             sent={r.name: r.version for r in to_send},

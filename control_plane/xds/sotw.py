@@ -15,7 +15,7 @@ from control_plane.xds.resources import (
     CLUSTER,
     WILDCARD_TYPES,
     control_plane_field,
-    sotw_response,
+    sotw_response_parts,
     version_of_sum,
 )
 from control_plane.xds.snapshot import Snapshot, type_version
@@ -51,7 +51,6 @@ class SotwState(TypeState):
     def issued(
         self,
         nonce: str,
-        *,
         version: str,
         sent: dict[str, str] | None,
         removed: list[str],
@@ -180,17 +179,15 @@ class SotwStream(BaseStream[SotwState]):
         return outcome
 
     def _empty_response(self, type_url: str, state: SotwState, snapshot: Snapshot) -> Outgoing:
+        head, tail = sotw_response_parts(
+            version_info=EMPTY_VERSION, resources=[], type_url=type_url, control_plane=self._cp
+        )
         return self._send(
             type_url,
             state,
             version=EMPTY_VERSION,
-            encode=lambda nonce: sotw_response(
-                version_info=EMPTY_VERSION,
-                resources=[],
-                type_url=type_url,
-                nonce=nonce,
-                control_plane=self._cp,
-            ),
+            head=head,
+            tail=tail,
             names=[],
             removed=[],
         )
@@ -254,17 +251,15 @@ class SotwStream(BaseStream[SotwState]):
         if type_url == CLUSTER:
             # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
             self._forget_endpoints(changed)
+        head, tail = sotw_response_parts(
+            version_info=version, resources=to_send, type_url=type_url, control_plane=self._cp
+        )
         return self._send(
             type_url,
             state,
             version=version,
-            encode=lambda nonce: sotw_response(
-                version_info=version,
-                resources=to_send,
-                type_url=type_url,
-                nonce=nonce,
-                control_plane=self._cp,
-            ),
+            head=head,
+            tail=tail,
             names=[r.name for r in to_send],
             removed=[],
             committed_at=snapshot.committed_at,

@@ -24,10 +24,10 @@ import functools
 import itertools
 import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from control_plane.xds.resources import (
     ENDPOINT,
@@ -200,6 +200,10 @@ class Pending:
 
 
 MAX_PENDING = 32
+# The nonce is field 5 of both DiscoveryResponse and DeltaDiscoveryResponse: this tag byte
+# (length-delimited), then one length byte (a counter's digits are far fewer than 128), as
+# ``resources.string_field(5, nonce)`` encodes it.
+_NONCE_TAG: Final = 5 << 3 | 2
 
 
 @dataclass(slots=True)
@@ -224,7 +228,6 @@ class TypeState:
     def issued(
         self,
         nonce: str,
-        *,
         version: str,
         sent: dict[str, str] | None,
         removed: list[str],
@@ -233,7 +236,7 @@ class TypeState:
         """A response went out under ``nonce``: ``version``, sending ``sent`` (name ->
         version) and removing ``removed``, built from a snapshot committed at
         ``committed_at`` (None: the empty response to a type not served). The protocol
-        keeps what its answer will be checked against."""
+        keeps what its answer will be checked against. (Positional: one call per push.)"""
         raise NotImplementedError
 
 
@@ -334,24 +337,27 @@ class BaseStream(Generic[StateT]):
         state: StateT,
         *,
         version: str,
-        encode: Callable[[str], bytes],
+        head: Sequence[bytes],
+        tail: bytes,
         names: list[str],
         removed: list[str],
         sent: dict[str, str] | None = None,
         committed_at: float | None = None,
     ) -> Outgoing:
         """The one send step of both protocols: a new nonce, recorded by the type's state
-        (:meth:`TypeState.issued`), the version sent and the push counted, and the response,
-        ``encode(nonce)``, carrying ``names`` and removing ``removed``."""
+        (:meth:`TypeState.issued`), the version sent and the push counted, and the response
+        built: the fields before the nonce (``head``, one part or several, joined once), the
+        nonce, then ``tail``; it carries ``names`` and removes ``removed``."""
         nonce = str(next(self._nonces))
-        state.issued(nonce, version=version, sent=sent, removed=removed, committed_at=committed_at)
+        state.issued(nonce, version, sent, removed, committed_at)
         status = state.status
         status.sent_version = version
         status.pushes += 1
         status.resources_sent += len(names)
+        encoded = nonce.encode()
         return Outgoing(
             type_url=type_url,
-            payload=encode(nonce),
+            payload=b"".join((*head, bytes((_NONCE_TAG, len(encoded))), encoded, tail)),
             nonce=nonce,
             version=version,
             resource_names=names,
