@@ -1,30 +1,16 @@
 """The pipeline: registry state + wanted node groups -> one snapshot per wanted group.
 
-:meth:`Pipeline.step` is the whole of it, as one pure step: no I/O, no clock, no logging, no
-asyncio. It owns every piece of incremental reuse, and every reuse is decided by comparing
-values, never by object identity:
+:meth:`Pipeline.step` is the whole of it, one pure step (no I/O, clock, logging or asyncio), and
+it owns every piece of incremental reuse, so that a change costs the change, not the fleet:
+servers, Clusters, ClusterLoadAssignments and snapshots are built again only where they differ
+by value from the last step's, and views (region, zone, listen address) share whatever they
+can. The rules are owned by tests under ``tests/unit/pipeline/``: the result equals a build
+from scratch, resource by resource (``test_differential.py``, over random edit sequences),
+unchanged rows are not judged again (``test_step.py``); what a change costs is measured by
+``bench.pipeline``.
 
-- a server is evaluated again (``routing.evaluate``) only when its row or its replica rows
-  differ by value from the last step's, and then each replica row equal to the last step's
-  keeps its verdict (a change to one replica of a server of 1,000 judges one row);
-- hostname claims are settled again only when some server's claim differs;
-- a Cluster is translated again only when its routed server differs in more than its endpoints
-  (``routing.model.same_except_endpoints``), a ClusterLoadAssignment only when its routed server
-  differs at all (per proxy region and zone), and then only its changed endpoints are encoded
-  again (each server's encoded endpoints are kept: one replica changed in a server of 10,000
-  encodes one endpoint and joins bytes), the RouteConfiguration only when some server's
-  Cluster-relevant part changed, a Listener per listen address once, gRPC clients' API listeners
-  only when the RouteConfiguration was rebuilt (and only while a gRPC group is wanted);
-- groups with the same view (region, zone, listen address) share one snapshot, and groups of
-  one region and zone share every ClusterLoadAssignment: built and encoded once; every view's
-  snapshot holds the same map of Clusters, and views of one region and zone the same map of
-  ClusterLoadAssignments, updated once per step (a change costs one copy of each map, not
-  one per view: 10 Envoys with 10 listen addresses cost about what one does).
-
-The result equals a fresh pipeline's build from scratch, resource by resource, bytes and
-versions: ``tests/unit/pipeline/test_differential.py`` checks it over random
-registry edit sequences. Imports ``registry.model``, ``routing``, ``translate`` and ``xds``
-(snapshots, node groups); the driver (``reconcile``) does the waiting and the logging.
+Imports ``registry.model``, ``routing``, ``translate`` and ``xds`` (snapshots, node groups) and
+nothing that does I/O; the driver (``reconcile``) does the waiting and the logging.
 """
 
 from __future__ import annotations
@@ -65,37 +51,17 @@ from control_plane.xds.nodes import GRPC, NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
 
-DEFAULT_LISTEN_PORT = 10000
-
-
-class ViewError(ValueError):
-    """A node group whose view cannot be built (e.g. a listen address that is no address)."""
-
 
 def view_of(group: NodeGroup) -> ProxyView:
-    """The view of ``group``: its region, zone and the address its listener binds (gRPC
-    clients bind nothing: their view is their region and zone)."""
-    if group.kind == GRPC:
-        return ProxyView(
-            region=group.region, zone=group.zone, listen_host="", listen_port=0, kind=GRPC
-        )
-    host, sep, port = group.listen.rpartition(":")
-    if not sep:
-        host, port = group.listen, str(DEFAULT_LISTEN_PORT)
-    host = host.strip("[]")
-    if not host:
-        raise ViewError(f"node metadata routeplane.listen {group.listen!r}: no host")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ViewError(
-            f"node metadata routeplane.listen {group.listen!r}: port {port!r} is not a number"
-        ) from None
-    if not 0 < number < 65536:
-        raise ViewError(
-            f"node metadata routeplane.listen {group.listen!r}: port {number} is out of range"
-        )
-    return ProxyView(region=group.region, zone=group.zone, listen_host=host, listen_port=number)
+    """The view of ``group``: its region, zone, and the address its listener binds as the
+    group parsed it (gRPC clients bind nothing: their view is their region and zone)."""
+    return ProxyView(
+        region=group.region,
+        zone=group.zone,
+        listen_host=group.listen_host,
+        listen_port=group.listen_port,
+        kind=group.kind,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,10 +156,11 @@ class Pipeline:
         views: dict[NodeGroup, ProxyView] = {}
         failures: dict[NodeGroup, str] = {}
         for group in wanted:
-            try:
+            if group.listen_problem:
+                # Never a stream's group (those are refused at the stream's start).
+                failures[group] = group.listen_problem
+            else:
                 views[group] = view_of(group)
-            except ViewError as exc:
-                failures[group] = str(exc)
         cause = _cause(state, None if first else dirty)
         distinct = set(views.values())
         self._update_maps(dirty, cluster_names, table, {(v.region, v.zone) for v in distinct})

@@ -14,9 +14,7 @@ from control_plane.xds.resources import (
     WILDCARD_TYPES,
     Resource,
     control_plane_field,
-    delta_response,
     delta_response_parts,
-    string_field,
 )
 from control_plane.xds.snapshot import Snapshot
 from control_plane.xds.stream import (
@@ -212,6 +210,25 @@ class DeltaState(TypeState):
         self._settle(name)
         return True
 
+    def issued(
+        self,
+        nonce: str,
+        version: str,
+        sent: dict[str, str] | None,
+        removed: list[str],
+        committed_at: float | None,
+    ) -> None:
+        pending = self.pending
+        if len(pending) >= MAX_PENDING:
+            # A proxy that never answers must not grow our memory: forget the oldest.
+            del pending[next(iter(pending))]
+        pending[nonce] = Pending(
+            sent={} if sent is None else sent,
+            removed=removed,
+            version=version,
+            committed_at=committed_at or 0.0,
+        )
+
     def ack(self, sent: dict[str, str], removed: list[str]) -> None:
         """The proxy ACKed a response that sent ``sent`` and removed ``removed``."""
         for name, version in sent.items():
@@ -368,26 +385,20 @@ class DeltaStream(BaseStream[DeltaState]):
                 status.acked_committed_at = pending.committed_at or 1e-9
 
     def _empty_response(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing:
-        nonce = self._next_nonce()
-        if len(state.pending) >= MAX_PENDING:
-            del state.pending[next(iter(state.pending))]
-        state.pending[nonce] = Pending(sent={}, removed=[], version=EMPTY_VERSION)
-        state.status.sent_version = EMPTY_VERSION
-        state.status.pushes += 1
-        payload = delta_response(
+        head, tail = delta_response_parts(
             system_version_info=EMPTY_VERSION,
             resources=[],
             removed=[],
             type_url=type_url,
-            nonce=nonce,
             control_plane=self._cp,
         )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
+        return self._send(
+            type_url,
+            state,
             version=EMPTY_VERSION,
-            resource_names=[],
+            head=(head,),
+            tail=tail,
+            names=[],
             removed=[],
         )
 
@@ -462,27 +473,16 @@ class DeltaStream(BaseStream[DeltaState]):
             return None
         if type_url == CLUSTER:
             self._forget_endpoints(shared.to_send)
-        nonce = self._next_nonce()
-        pending = state.pending
-        if len(pending) >= MAX_PENDING:
-            del pending[next(iter(pending))]
-        version = snapshot.versions.get(type_url, "")
-        pending[nonce] = Pending(
+        return self._send(
+            type_url,
+            state,
+            version=snapshot.versions.get(type_url, ""),
+            head=(shared.head,),
+            tail=shared.tail,
+            names=shared.resource_names,
+            removed=shared.removed,
             sent=shared.sent,
-            removed=shared.removed,
-            version=version,
             committed_at=snapshot.committed_at,
-        )
-        status.sent_version = version
-        status.pushes += 1
-        status.resources_sent += len(shared.to_send)
-        return Outgoing(
-            type_url=type_url,
-            payload=shared.head + string_field(5, nonce) + shared.tail,
-            nonce=nonce,
-            version=version,
-            resource_names=shared.resource_names,
-            removed=shared.removed,
         )
 
     def _compute(self, type_url: str, state: DeltaState, snapshot: Snapshot) -> Outgoing | None:
@@ -515,33 +515,21 @@ class DeltaStream(BaseStream[DeltaState]):
         for name in removed:
             state.forget_sent(name)
         state.rebase(snapshot, type_url, full=candidates is None)
-        nonce = self._next_nonce()
-        pending = state.pending
-        if len(pending) >= MAX_PENDING:
-            # A proxy that never answers must not grow our memory: forget the oldest.
-            del pending[next(iter(pending))]
-        pending[nonce] = Pending(
-            sent={r.name: r.version for r in to_send},
-            removed=removed,
-            version=version,
-            committed_at=snapshot.committed_at,
-        )
-        status.sent_version = version
-        status.pushes += 1
-        status.resources_sent += len(to_send)
-        payload = delta_response(
+        head, tail = delta_response_parts(
             system_version_info=version,
             resources=to_send,
             removed=removed,
             type_url=type_url,
-            nonce=nonce,
             control_plane=self._cp,
         )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
+        return self._send(
+            type_url,
+            state,
             version=version,
-            resource_names=[r.name for r in to_send],
+            head=(head,),
+            tail=tail,
+            names=[r.name for r in to_send],
             removed=removed,
+            sent={r.name: r.version for r in to_send},
+            committed_at=snapshot.committed_at,
         )

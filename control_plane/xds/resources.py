@@ -196,12 +196,24 @@ def sotw_response(
     control_plane: bytes,
 ) -> bytes:
     """Encode a ``DiscoveryResponse`` from pre-encoded resource fields."""
-    parts = [string_field(1, version_info)]
-    parts.extend(resource.sotw_field for resource in resources)
-    parts.append(string_field(4, type_url))
-    parts.append(string_field(5, nonce))
-    parts.append(control_plane)
-    return b"".join(parts)
+    head, tail = sotw_response_parts(
+        version_info=version_info,
+        resources=resources,
+        type_url=type_url,
+        control_plane=control_plane,
+    )
+    return b"".join((*head, string_field(5, nonce), tail))
+
+
+def sotw_response_parts(
+    *, version_info: str, resources: list[Resource], type_url: str, control_plane: bytes
+) -> tuple[list[bytes], bytes]:
+    """A ``DiscoveryResponse`` but its nonce: the parts before it (not joined: a stream joins
+    them once, with its nonce) and the part after it."""
+    head = [string_field(1, version_info)]
+    head.extend(resource.sotw_field for resource in resources)
+    head.append(string_field(4, type_url))
+    return head, control_plane
 
 
 def delta_response(

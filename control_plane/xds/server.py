@@ -4,7 +4,8 @@ Every stream follows the same shape: read the first request (it carries the node
 node group, watch that group in the cache, then run a reader (requests -> protocol state) and
 a writer (latest snapshot -> responses) until either side ends. Responses are assembled from
 pre-encoded bytes (``response_serializer`` is the identity), so a push never re-serializes a
-resource. gRPC status codes live here and nowhere else.
+resource. The status every xDS stream ends with is set here (``xds.stream`` and the protocols
+raise; the CSDS, load-report and admin services set their own).
 """
 
 from __future__ import annotations

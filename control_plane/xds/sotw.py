@@ -15,7 +15,7 @@ from control_plane.xds.resources import (
     CLUSTER,
     WILDCARD_TYPES,
     control_plane_field,
-    sotw_response,
+    sotw_response_parts,
     version_of_sum,
 )
 from control_plane.xds.snapshot import Snapshot, type_version
@@ -47,6 +47,20 @@ class SotwState(TypeState):
 
     def forget_sent(self, name: str) -> bool:
         return self.sent.pop(name, None) is not None
+
+    def issued(
+        self,
+        nonce: str,
+        version: str,
+        sent: dict[str, str] | None,
+        removed: list[str],
+        committed_at: float | None,
+    ) -> None:
+        # Only the latest nonce is answerable; the commit time is what its ACK reports.
+        self.last_nonce = nonce
+        if committed_at is not None:
+            status = self.status
+            status.sent_committed_at = committed_at or status.sent_committed_at or 1e-9
 
 
 class SotwStream(BaseStream[SotwState]):
@@ -165,23 +179,16 @@ class SotwStream(BaseStream[SotwState]):
         return outcome
 
     def _empty_response(self, type_url: str, state: SotwState, snapshot: Snapshot) -> Outgoing:
-        nonce = self._next_nonce()
-        state.last_nonce = nonce
-        state.status.sent_version = EMPTY_VERSION
-        state.status.pushes += 1
-        payload = sotw_response(
-            version_info=EMPTY_VERSION,
-            resources=[],
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
+        head, tail = sotw_response_parts(
+            version_info=EMPTY_VERSION, resources=[], type_url=type_url, control_plane=self._cp
         )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
+        return self._send(
+            type_url,
+            state,
             version=EMPTY_VERSION,
-            resource_names=[],
+            head=head,
+            tail=tail,
+            names=[],
             removed=[],
         )
 
@@ -244,24 +251,16 @@ class SotwStream(BaseStream[SotwState]):
         if type_url == CLUSTER:
             # Envoy skips clusters whose content is unchanged; only changed ones re-warm.
             self._forget_endpoints(changed)
-        nonce = self._next_nonce()
-        state.last_nonce = nonce
-        status.sent_version = version
-        status.sent_committed_at = snapshot.committed_at or status.sent_committed_at or 1e-9
-        status.pushes += 1
-        status.resources_sent += len(to_send)
-        payload = sotw_response(
-            version_info=version,
-            resources=to_send,
-            type_url=type_url,
-            nonce=nonce,
-            control_plane=self._cp,
+        head, tail = sotw_response_parts(
+            version_info=version, resources=to_send, type_url=type_url, control_plane=self._cp
         )
-        return Outgoing(
-            type_url=type_url,
-            payload=payload,
-            nonce=nonce,
+        return self._send(
+            type_url,
+            state,
             version=version,
-            resource_names=[r.name for r in to_send],
+            head=head,
+            tail=tail,
+            names=[r.name for r in to_send],
             removed=[],
+            committed_at=snapshot.committed_at,
         )

@@ -3,7 +3,8 @@
 Pure state machines, no I/O: ``xds.sotw.SotwStream`` and ``xds.delta.DeltaStream`` take parsed
 requests (``on_request``) and a snapshot (``responses``) and return encoded responses to send, in
 push order (CDS, EDS, LDS, RDS). This module holds what both share (per-type state, limits,
-statuses, the push loop); ``xds.server`` owns the gRPC side. Rules the two implement:
+statuses, the push loop, the one send step); ``xds.server`` owns the gRPC side. Rules the two
+implement:
 
 - a request whose nonce is not the latest one sent for its type (SotW) or not one awaiting an
   answer (delta) is stale: its ACK/NACK part is ignored (SotW ignores the whole request);
@@ -23,10 +24,10 @@ import functools
 import itertools
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from control_plane.xds.resources import (
     ENDPOINT,
@@ -199,6 +200,10 @@ class Pending:
 
 
 MAX_PENDING = 32
+# The nonce is field 5 of both DiscoveryResponse and DeltaDiscoveryResponse: this tag byte
+# (length-delimited), then one length byte (a counter's digits are far fewer than 128), as
+# ``resources.string_field(5, nonce)`` encodes it.
+_NONCE_TAG: Final = 5 << 3 | 2
 
 
 @dataclass(slots=True)
@@ -218,6 +223,20 @@ class TypeState:
 
     def forget_sent(self, name: str) -> bool:
         """Forget that ``name`` was sent (it will be sent again); True if it had been."""
+        raise NotImplementedError
+
+    def issued(
+        self,
+        nonce: str,
+        version: str,
+        sent: dict[str, str] | None,
+        removed: list[str],
+        committed_at: float | None,
+    ) -> None:
+        """A response went out under ``nonce``: ``version``, sending ``sent`` (name ->
+        version) and removing ``removed``, built from a snapshot committed at
+        ``committed_at`` (None: the empty response to a type not served). The protocol
+        keeps what its answer will be checked against. (Positional: one call per push.)"""
         raise NotImplementedError
 
 
@@ -312,8 +331,38 @@ class BaseStream(Generic[StateT]):
             status.nacks += 1
         return nack, repeated
 
-    def _next_nonce(self) -> str:
-        return str(next(self._nonces))
+    def _send(
+        self,
+        type_url: str,
+        state: StateT,
+        *,
+        version: str,
+        head: Sequence[bytes],
+        tail: bytes,
+        names: list[str],
+        removed: list[str],
+        sent: dict[str, str] | None = None,
+        committed_at: float | None = None,
+    ) -> Outgoing:
+        """The one send step of both protocols: a new nonce, recorded by the type's state
+        (:meth:`TypeState.issued`), the version sent and the push counted, and the response
+        built: the fields before the nonce (``head``, one part or several, joined once), the
+        nonce, then ``tail``; it carries ``names`` and removes ``removed``."""
+        nonce = str(next(self._nonces))
+        state.issued(nonce, version, sent, removed, committed_at)
+        status = state.status
+        status.sent_version = version
+        status.pushes += 1
+        status.resources_sent += len(names)
+        encoded = nonce.encode()
+        return Outgoing(
+            type_url=type_url,
+            payload=b"".join((*head, bytes((_NONCE_TAG, len(encoded))), encoded, tail)),
+            nonce=nonce,
+            version=version,
+            resource_names=names,
+            removed=removed,
+        )
 
     def responses(self, snapshot: Snapshot | None) -> list[Outgoing]:
         """What to send for ``snapshot``, in push order (CDS, EDS, LDS, RDS)."""

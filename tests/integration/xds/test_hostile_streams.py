@@ -132,6 +132,38 @@ async def test_a_node_field_past_its_bound_is_refused_by_name(
     assert details == "node.cluster of 100000 characters; at most 128"
 
 
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("127.0.0.1:notaport", "port 'notaport' is not a number"),
+        ("127.0.0.1:70000", "port 70000 is out of range"),
+        (":10000", "no host"),
+    ],
+    ids=["not-a-number", "out-of-range", "no-host"],
+)
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_a_listen_address_that_is_no_address_is_refused_at_the_stream_start(
+    server: tuple[XdsServer, grpc.aio.Channel], listen: str, problem: str, delta: bool
+) -> None:
+    xds, channel = server
+    bad = node()
+    bad.metadata.fields["routeplane.listen"].string_value = listen
+    before = sample("routeplane_xds_streams_refused_total", {"reason": "node"})
+    if delta:
+        call = ads(channel).DeltaAggregatedResources()
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=bad))
+    else:
+        call = ads(channel).StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=bad))
+    code, details = await status_of(call)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"node metadata routeplane.listen {listen!r}: {problem}"
+    assert sample("routeplane_xds_streams_refused_total", {"reason": "node"}) == before + 1
+    # Never a group: nothing is watched or built for it, and the healthy proxy is served.
+    assert [group.key for group in xds.cache.groups()] == [GROUP.key]
+    await healthy_proxy_gets_cds(channel)
+
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_too_many_subscribed_names_end_that_stream_only(
     server: tuple[XdsServer, grpc.aio.Channel], delta: bool

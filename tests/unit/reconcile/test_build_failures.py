@@ -1,5 +1,7 @@
 """The driver: a group whose view cannot be built is reported once, without a traceback, and
-never stops the others (issue 12: ``routeplane.listen: 127.0.0.1:notaport``)."""
+never stops the others (issue 12: ``routeplane.listen: 127.0.0.1:notaport``). Such a group is
+made in-process here: a stream's node with that address is refused at its start
+(``test_hostile_streams.py``)."""
 
 from __future__ import annotations
 
