@@ -57,8 +57,8 @@ def aggregation(*, proxies: int, clusters: int, active: float = 1.0) -> dict[str
         for c in range(clusters)
     ]
     routing = table(*servers)
-    service = LoadService(table=lambda: routing, interval=1.0, clock=lambda: clock[0])
     clock = [0.0]
+    service = LoadService(table=lambda: routing, interval=1.0, clock=lambda: clock[0])
     report = lrs_pb2.LoadStatsRequest()
     for c in range(clusters):
         busy = c < round(clusters * active)
