@@ -168,6 +168,17 @@ def plaintext_exposed(config: ServeConfig) -> bool:
     return not config.tls_cert and not _loopback(host)
 
 
+def warn_if_exposed(config: ServeConfig) -> None:
+    """Log ``xds_plaintext_exposed`` if xDS would be plaintext off loopback: once per ``serve``
+    (a lone process, or a group's supervisor)."""
+    if plaintext_exposed(config):
+        log.warning(
+            "xds_plaintext_exposed",
+            address=config.xds_listen,
+            advice="xDS is plaintext; keep it on loopback or a private network",
+        )
+
+
 async def start_admin(admin: AdminServer, listen: str) -> None:
     """Start ``admin`` on ``listen`` (``--admin-listen``); OSError naming it if it cannot."""
     host, port = split_host_port(listen)
@@ -182,11 +193,13 @@ async def serve(
     *,
     reuse_port: bool = False,
     csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
+    notices: bool = True,
 ) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened. A worker of ``serve --workers``
-    (``group/worker.py``) shares the xDS port (``reuse_port``) and answers CSDS on it for the
-    whole group (``csds_answer``, given this process's XdsServer)."""
+    (``group/worker.py``) shares the xDS port (``reuse_port``), answers CSDS on it for the
+    whole group (``csds_answer``, given this process's XdsServer) and leaves the once-per-serve
+    ``notices`` (the plaintext warning) to its supervisor."""
     config.validate()
     disable_created_metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -260,12 +273,8 @@ async def serve(
                 return False, f"registry degraded: {reconciler.health.last_error}"
             return True, "ready"
 
-        if plaintext_exposed(config):
-            log.warning(
-                "xds_plaintext_exposed",
-                address=config.xds_listen,
-                advice="xDS is plaintext; keep it on loopback or a private network",
-            )
+        if notices:
+            warn_if_exposed(config)
         load_exposition = metrics.LoadExposition(load)
 
         async def exposition() -> bytes:

@@ -32,7 +32,7 @@ import sys
 import structlog
 
 from control_plane.admin.server import AdminServer
-from control_plane.app import ServeConfig, split_host_port, start_admin
+from control_plane.app import ServeConfig, split_host_port, start_admin, warn_if_exposed
 from control_plane.group.admin import AggregateService
 from control_plane.group.csds import merged
 from control_plane.xds import csds
@@ -108,6 +108,7 @@ async def supervise(
     own (1)."""
     config.validate()
     check_free(config.xds_listen)
+    warn_if_exposed(config)  # once for the group: its workers leave it to the supervisor
     base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

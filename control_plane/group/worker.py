@@ -72,7 +72,9 @@ async def _worker(config: ServeConfig, *, siblings: list[str], parent: int) -> N
     try:
         if os.getppid() != parent:  # it died before the kernel was asked to tell
             orphaned()
-        await serve(config, reuse_port=True, csds_answer=lambda xds: merged(xds, others))
+        await serve(
+            config, reuse_port=True, csds_answer=lambda xds: merged(xds, others), notices=False
+        )
     finally:
         watcher.cancel()
         loop.remove_signal_handler(signal.SIGUSR1)

@@ -154,11 +154,16 @@ def test_serve_logs_the_plaintext_warning_only_off_loopback(
     )
     serve.start()
     try:
-        wait_until(
-            lambda: "control_plane_started" in serve.log() or not serve.alive(),
-            timeout=30,
-            what="serve to start",
-        )
+
+        def started() -> bool:
+            """Every process of the serve is up: a lone process, or each of a group's workers
+            (each of which could log the warning too)."""
+            events = [json.loads(line) for line in serve.log().splitlines() if line.startswith("{")]
+            up = sum(e["event"] == "control_plane_started" for e in events)
+            group = [e["workers"] for e in events if e["event"] == "workers_started"]
+            return up >= (group[0] if group else 1)
+
+        wait_until(lambda: started() or not serve.alive(), timeout=30, what="serve to start")
         assert serve.alive(), serve.log()
         events = [json.loads(line) for line in serve.log().splitlines() if line.startswith("{")]
         warnings = [e for e in events if e["event"] == "xds_plaintext_exposed"]
