@@ -39,6 +39,9 @@ def text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+MAX_DIGITS = 20  # an integer column longer than this is no count, port or epoch
+
+
 def whole_number(value: Any) -> Any:
     """An integer column: an int (also from an integral float or a decimal string), else the
     value as read, for validation to report (never silently cut: 8181.5 stays 8181.5)."""
@@ -48,8 +51,12 @@ def whole_number(value: Any) -> Any:
         return value
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        digits = value.strip().removeprefix("+").removeprefix("-")
+        # ASCII digits only ('²'.isdigit() is true, int('²') raises), and few enough that int()
+        # never refuses them (it does past 4,300): anything else is reported by validation.
+        if digits.isascii() and digits.isdigit() and len(digits) <= MAX_DIGITS:
+            return int(value.strip())
     return value
 
 

@@ -136,8 +136,10 @@ def address(value: str, *, names: bool = False) -> tuple[str, int]:
         host_part, sep, port_part = text[1:].partition("]:")
     else:
         host_part, sep, port_part = text.rpartition(":")
-    if not sep or not host_part or not port_part.isdigit():
+    if not sep or not host_part or not (port_part.isascii() and port_part.isdigit()):
         raise ValidationError("address", value, "expected HOST:PORT, e.g. 10.0.0.7:8080")
+    if len(port_part) > 16:  # int() of thousands of digits raises; no port needs more
+        raise ValidationError("port", port_part, "must be between 1 and 65535")
     return (host_or_name(host_part) if names else host(host_part)), port(int(port_part))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.registry import rows
+from control_plane.registry import rows, validate
 from control_plane.registry.errors import ValidationError
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.registry.servers import route_keys
@@ -195,3 +195,41 @@ def test_negative_zero_durations_are_zero_or_refused(block: str, name: str) -> N
             parse_spec(spec)
     else:
         assert "-0.0" not in repr(parse_spec(spec))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("²", id="superscript-two"),
+        pytest.param("٣", id="arabic-indic-three"),
+        pytest.param("9" * 5000, id="5000-digits"),
+        pytest.param("-" + "1" * 21, id="21-digits"),
+    ],
+)
+def test_an_integer_column_of_any_digits_never_raises(raw: str) -> None:
+    """'²'.isdigit() is true and int('²') raises, as int() does past 4,300 digits: such a
+    column stays as read, for validation to report naming it."""
+    assert rows.whole_number(raw) == raw
+
+
+def test_integer_columns_in_ascii_digits_still_read() -> None:
+    assert rows.whole_number(" +8080 ") == 8080
+    assert rows.whole_number("-3") == -3
+    assert rows.whole_number("1" * 20) == int("1" * 20)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        pytest.param("10.0.0.7:²", "address", id="superscript-port"),
+        pytest.param("10.0.0.7:" + "9" * 5000, "port", id="5000-digit-port"),
+    ],
+)
+def test_an_address_of_any_digits_is_a_validation_error(raw: str, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        validate.address(raw)
+    assert refused.value.field == field
+
+
+def test_a_zero_padded_port_still_reads() -> None:
+    assert validate.address("10.0.0.7:000008080") == ("10.0.0.7", 8080)
