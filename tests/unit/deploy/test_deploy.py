@@ -35,7 +35,7 @@ fleets:
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ROUTEPLANE, "deploy", "kubernetes", *args], capture_output=True, text=True
+        [ROUTEPLANE, "deploy", "kubernetes", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -146,7 +146,26 @@ def test_a_bad_topology_file_is_refused_in_one_line_naming_the_field_and_value(
     assert not out.exists()
 
 
+def test_an_alias_bomb_is_refused_in_one_line_before_it_expands(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(BOMB)
+    assert len(BOMB) < 500
+    result = _run("--topology", str(topology))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: --topology {topology}: invalid topology at line 1: YAML anchors and aliases "
+        "are not allowed: '&p0'\n"
+    )
+    assert result.stdout == ""
+
+
 FLEET = "{name: gw, region: eu, port: 8080}"
+# 447 bytes that expand to 10**9 items if the aliases are followed (and echoed in an error)
+BOMB = (
+    "fleets: {a0: &p0 [x,x,x,x,x,x,x,x,x,x], "
+    + ", ".join(f"a{i}: &p{i} [{','.join([f'*p{i - 1}'] * 10)}]" for i in range(1, 9))
+    + "}"
+)
 
 
 @pytest.mark.parametrize(
@@ -180,6 +199,28 @@ FLEET = "{name: gw, region: eu, port: 8080}"
         ("[" * 20_000 + "]" * 20_000, "nested too deep"),
         ("fleets: [" + ", ".join([FLEET] * (MAX_FLEETS + 1)) + "]", "65 fleets, expected 1 to 64"),
         ("#" * MAX_BYTES + "\n", f"{MAX_BYTES + 1} bytes, at most {MAX_BYTES}"),
+        (BOMB, "invalid topology at line 1: YAML anchors and aliases are not allowed: '&p0'"),
+        (f"fleets: &f [{FLEET}]", "at line 1: YAML anchors and aliases are not allowed: '&f'"),
+        (f"fleets: [{FLEET}]\nfleets: []", "invalid topology at line 2: duplicate key 'fleets'"),
+        ("fleets: [{name: gw, region: eu, port: 1, port: 2}]", "line 1: duplicate key 'port'"),
+        ("fleets: [{name: gw, region: eu, port: !!int 1}]", "YAML tags are not allowed"),
+        (
+            "fleets: [{name: gw, region: eu, port: 1" + "0" * 5000 + "}]",
+            "invalid fleets[0].port '1000",
+        ),
+        (
+            "fleets: [{name: gw, region: eu, port: 1, replicas: 2001-13-45}]",
+            "invalid fleets[0].replicas '2001-13-45': expected a whole number",
+        ),
+        ("fleets: [{name: gw, region: eu, port: 8.5}]", "invalid fleets[0].port '8.5'"),
+        (
+            f"namespace: {'a' * 60_000}\nfleets: [{FLEET}]",
+            "invalid namespace 'aaaa",
+        ),
+        (
+            "fleets: {" + ", ".join(f"k{i}: [{'x, ' * 20}x]" for i in range(20)) + "}",
+            "invalid fleets {'k0': ['x', 'x', 'x', 'x', ...], ",
+        ),
     ],
     ids=[
         "no fleet",
@@ -207,9 +248,20 @@ FLEET = "{name: gw, region: eu, port: 8080}"
         "nested too deep",
         "too many fleets",
         "too many bytes",
+        "an alias bomb",
+        "an anchor",
+        "a key twice",
+        "a fleet's key twice",
+        "a tag",
+        "a number of 5001 digits",
+        "a date that is not one",
+        "a fraction",
+        "a long value",
+        "a big value",
     ],
 )
 def test_a_bad_topology_is_refused_naming_the_field_and_value(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
         load(text)
     assert "\n" not in str(refused.value)
+    assert len(str(refused.value)) < 200  # a bad value is echoed cut short
