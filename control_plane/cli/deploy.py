@@ -90,7 +90,7 @@ def deploy_kubernetes(topology_file: str, out: str | None, **options: str | None
     config; not the init Job or cert-manager's)."""
     import dataclasses
 
-    from control_plane.deploy.kubernetes import kubernetes_files
+    from control_plane.deploy.kubernetes import kubernetes_files, validate
     from control_plane.deploy.topology import MAX_BYTES, load
 
     try:
@@ -100,6 +100,7 @@ def deploy_kubernetes(topology_file: str, out: str | None, **options: str | None
         fail(f"--topology {topology_file!r}: {exc.strerror or exc}")
     try:
         topology = load(text)
+        validate(topology)  # and what only the rendering knows (a node cluster's names)
     except ValueError as exc:
         fail(f"--topology {topology_file}: {exc}")
     flags = {k: v for k, v in options.items() if v is not None}

@@ -146,6 +146,22 @@ def test_a_bad_topology_file_is_refused_in_one_line_naming_the_field_and_value(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("cluster", "taken"), [("xds", "routeplane-xds"), ("ca", "routeplane-ca")])
+def test_a_node_cluster_whose_certificate_would_replace_the_control_planes_is_refused(
+    tmp_path: Path, cluster: str, taken: str
+) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(f"fleets: [{{name: gw, region: eu, port: 8080, cluster: {cluster}}}]\n")
+    out = tmp_path / "out"
+    result = _run("--topology", str(topology), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: --topology {topology}: invalid fleets[0].cluster '{cluster}': its client "
+        f"certificate would take the name {taken}, which the control plane's own objects use\n"
+    )
+    assert not out.exists()
+
+
 def test_an_alias_bomb_is_refused_in_one_line_before_it_expands(tmp_path: Path) -> None:
     topology = tmp_path / "topology.yaml"
     topology.write_text(BOMB)
