@@ -146,6 +146,41 @@ def test_a_bad_topology_file_is_refused_in_one_line_naming_the_field_and_value(
     assert not out.exists()
 
 
+def test_an_out_that_cannot_be_made_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    result = _run("--topology", str(topology), "--out", "/proc/self/nope")
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot write /proc/self/nope: No such file or directory\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("occupied", "problem"),
+    [("deploy", "Not a directory"), ("deploy/grafana/routeplane.json", "Is a directory")],
+    ids=["a file where a directory goes", "a directory where a file goes"],
+)
+def test_a_path_in_the_way_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path, occupied: str, problem: str
+) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    out = tmp_path / "out"
+    if problem == "Is a directory":
+        (out / occupied).mkdir(parents=True)
+    else:
+        out.mkdir()
+        (out / occupied).write_text("mine\n")
+    before = sorted(out.rglob("*"))
+    result = _run("--topology", str(topology), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr == f"error: cannot write {out / occupied}: {problem}\n"
+    assert result.stdout == ""
+    assert sorted(out.rglob("*")) == before
+    if problem == "Not a directory":
+        assert (out / occupied).read_text() == "mine\n"
+
+
 @pytest.mark.parametrize(("cluster", "taken"), [("xds", "routeplane-xds"), ("ca", "routeplane-ca")])
 def test_a_node_cluster_whose_certificate_would_replace_the_control_planes_is_refused(
     tmp_path: Path, cluster: str, taken: str
