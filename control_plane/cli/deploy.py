@@ -146,6 +146,8 @@ def deploy_kubernetes(topology_file: str, out: str | None, **options: str | None
         validate(topology)  # and what only the rendering knows (a node cluster's names)
     except ValueError as exc:
         fail(f"--topology {topology_file}: {exc}")
+    if out == "":  # an unset variable, say: not the current directory, nor printing
+        fail("invalid --out '': expected a directory")
     flags = {k: v for k, v in options.items() if v is not None}
     try:  # the file's settings were checked: a problem now is a flag's
         topology = dataclasses.replace(topology, kube=dataclasses.replace(topology.kube, **flags))

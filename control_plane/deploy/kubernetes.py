@@ -475,13 +475,18 @@ def own_names(topology: Topology) -> frozenset[str]:
 
 
 def validate(topology: Topology) -> None:
-    """:meth:`Topology.validate`, then what only the rendering knows: a node cluster whose
-    certificate or Secret would take a name of the control plane's own objects
-    (:func:`own_names`; ``cluster: xds`` would replace its server certificate) is refused.
-    Raises ValueError naming the field and the value."""
+    """:meth:`Topology.validate`, then what only the rendering knows: a fleet named, or a node
+    cluster whose certificate or Secret would be named, like one of the control plane's own
+    objects (:func:`own_names`; ``cluster: xds`` would replace its server certificate) is
+    refused. Raises ValueError naming the field and the value."""
     topology.validate()
     own = own_names(topology)
     for index, fleet in enumerate(topology.fleets):
+        if fleet.name in own:
+            raise ValueError(
+                f"invalid fleets[{index}].name {shown(fleet.name)}: the control plane's objects "
+                "use it"
+            )
         for name in (fleet_certificate(fleet.cluster), fleet_tls_secret(fleet.cluster)):
             if name in own:
                 raise ValueError(

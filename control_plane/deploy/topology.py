@@ -75,8 +75,8 @@ class KubeConfig:
         def label(key: str) -> str:
             return f"--{key.replace('_', '-')}" if flags else key
 
-        if not re.fullmatch(
-            r"spanner://projects/[^/]+/instances/[^/]+/databases/[^/]+", self.registry
+        if not self.registry.isprintable() or not re.fullmatch(
+            r"spanner://projects/[^/\s]+/instances/[^/\s]+/databases/[^/\s]+", self.registry
         ):
             raise ValueError(
                 f"invalid {label('registry')} {shown(self.registry)}: expected "
@@ -86,11 +86,11 @@ class KubeConfig:
             raise ValueError(
                 f"invalid {label('namespace')} {shown(self.namespace)}: expected a DNS label"
             )
-        if not self.image or any(c.isspace() for c in self.image):
+        if not self.image.isprintable() or not self.image or " " in self.image:
             raise ValueError(
                 f"invalid {label('image')} {shown(self.image)}: expected an image reference"
             )
-        if not re.fullmatch(
+        if not self.gcp_service_account.isprintable() or not re.fullmatch(
             r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com", self.gcp_service_account
         ):
             raise ValueError(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from control_plane.bootstrap import render
-from control_plane.deploy.kubernetes import KUBERNETES_VERSION, TLS_DIR
+from control_plane.deploy.kubernetes import KUBERNETES_VERSION, TLS_DIR, validate
 from control_plane.deploy.topology import MAX_BYTES, MAX_FLEETS, load
 from control_plane.identity import SPIFFE_PREFIX
 from harness.processes import ROUTEPLANE
@@ -197,6 +197,24 @@ def test_a_node_cluster_whose_certificate_would_replace_the_control_planes_is_re
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "name", ["routeplane-ca", "routeplane-selfsigned", "routeplane-prometheus-scrape"]
+)
+def test_a_fleet_named_like_one_of_the_control_planes_objects_is_refused(name: str) -> None:
+    message = f"invalid fleets[0].name '{name}': the control plane's objects use it"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(load(f"fleets: [{{name: {name}, region: eu, port: 8080}}]"))
+
+
+def test_an_empty_out_is_refused_not_taken_for_none(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    result = _run("--topology", str(topology), "--out", "")
+    assert result.returncode == 1
+    assert result.stderr == "error: invalid --out '': expected a directory\n"
+    assert result.stdout == ""
+
+
 def test_an_alias_bomb_is_refused_in_one_line_before_it_expands(tmp_path: Path) -> None:
     topology = tmp_path / "topology.yaml"
     topology.write_text(BOMB)
@@ -272,6 +290,16 @@ BOMB = (
             "fleets: {" + ", ".join(f"k{i}: [{'x, ' * 20}x]" for i in range(20)) + "}",
             "invalid fleets {'k0': ['x', 'x', 'x', 'x', ...], ",
         ),
+        (
+            f'registry: "spanner://projects/acme/instances/ed\\nge/databases/routes"\n'
+            f"fleets: [{FLEET}]",
+            "invalid registry 'spanner://projects/acme/instances/ed\\nge/",
+        ),
+        (f'image: "a\\0b"\nfleets: [{FLEET}]', "invalid image 'a\\x00b'"),
+        (
+            f'gcp_service_account: "a\\eb@p.iam.gserviceaccount.com"\nfleets: [{FLEET}]',
+            "invalid gcp_service_account 'a\\x1bb@p",
+        ),
     ],
     ids=[
         "no fleet",
@@ -309,6 +337,9 @@ BOMB = (
         "a fraction",
         "a long value",
         "a big value",
+        "a registry with a newline",
+        "an image with a NUL",
+        "a service account with an escape",
     ],
 )
 def test_a_bad_topology_is_refused_naming_the_field_and_value(text: str, message: str) -> None:
