@@ -10,8 +10,9 @@ themselves); xDS is mTLS with certificates from Secrets (cert-manager's ``tls.cr
 ``ca.crt``); the admin port is not loopback, so it needs a bearer token from a Secret.
 
 The TLS Secrets and cert-manager's resources are in ``deploy/certificates.py``; labels, metadata
-and YAML writing, shared with it, in ``deploy/objects.py``. Checked by
-``tests/unit/deploy/test_kubernetes.py`` against the Kubernetes schemas of
+and YAML writing, shared with it, in ``deploy/objects.py``. :func:`validate` adds to
+``Topology.validate`` what only the rendering knows: the names the control plane's objects take.
+Checked by ``tests/unit/deploy/test_kubernetes.py`` against the Kubernetes schemas of
 :data:`KUBERNETES_VERSION` (``kubernetes-validate``); no cluster runs where this is developed.
 """
 
@@ -487,12 +488,14 @@ def validate(topology: Topology) -> None:
                 f"invalid fleets[{index}].name {shown(fleet.name)}: the control plane's objects "
                 "use it"
             )
-        for name in (fleet_certificate(fleet.cluster), fleet_tls_secret(fleet.cluster)):
+        for what, name in (
+            ("client certificate", fleet_certificate(fleet.cluster)),
+            ("client certificate's Secret", fleet_tls_secret(fleet.cluster)),
+        ):
             if name in own:
                 raise ValueError(
-                    f"invalid fleets[{index}].cluster {shown(fleet.cluster)}: its client "
-                    f"certificate would take the name {name}, which the control plane's own "
-                    "objects use"
+                    f"invalid fleets[{index}].cluster {shown(fleet.cluster)}: its {what} "
+                    f"would take the name {name}, which the control plane's own objects use"
                 )
 
 

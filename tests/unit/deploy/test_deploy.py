@@ -1,6 +1,7 @@
 """`routeplane deploy kubernetes`: manifests for a user's own topology file (not the demo's),
-valid under the pinned Kubernetes schemas like the committed deploy/ (test_kubernetes.py), and a
-bad topology file refused in one line naming the field and the value."""
+valid under the pinned Kubernetes schemas like the committed deploy/ (test_kubernetes.py), a
+bad topology file (hostile YAML included) refused in one line naming the field and the value,
+and an --out that cannot be written refused in one line naming the path, nothing written."""
 
 from __future__ import annotations
 
