@@ -7,10 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.deploy.objects import meta
-from control_plane.deploy.topology import Topology
+from control_plane.deploy.topology import KubeConfig, Topology
 
 XDS_TLS_SECRET = "routeplane-xds-tls"
 CA_SECRET = "routeplane-ca"
+
+
+def fleet_certificate(cluster: str) -> str:
+    """The Certificate of a node cluster's Envoys."""
+    return f"routeplane-{cluster}"
 
 
 def fleet_tls_secret(cluster: str) -> str:
@@ -19,40 +24,61 @@ def fleet_tls_secret(cluster: str) -> str:
 
 
 def cert_manager(topology: Topology) -> list[dict[str, Any]]:
-    """cert-manager resources (CRDs, optional): a CA, the control plane's server certificate
-    for the xDS Service and one client certificate per node cluster of the fleets, naming the
-    cluster as the URI SAN the control plane checks. Each Secret holds tls.crt, tls.key and
-    ca.crt."""
+    """cert-manager resources (CRDs, optional): :func:`authority`, then one client certificate
+    per node cluster of the fleets (:func:`client_certificate`)."""
+    clusters = dict.fromkeys(fleet.cluster for fleet in topology.fleets)
+    return [
+        *authority(topology.kube),
+        *(client_certificate(cluster, topology.kube) for cluster in clusters),
+    ]
+
+
+def _certificate(name: str, kube: KubeConfig, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": meta(name, kube, "certificates"),
+        "spec": {
+            "privateKey": {"algorithm": "ECDSA", "size": 256},
+            "duration": "2160h",
+            "renewBefore": "720h",
+            **spec,
+        },
+    }
+
+
+def client_certificate(cluster: str, kube: KubeConfig) -> dict[str, Any]:
+    """A node cluster's client certificate, naming the cluster as the URI SAN the control plane
+    checks; its Secret holds tls.crt, tls.key and ca.crt."""
     from control_plane.identity import SPIFFE_PREFIX
 
-    kube = topology.kube
+    return _certificate(
+        fleet_certificate(cluster),
+        kube,
+        {
+            "secretName": fleet_tls_secret(cluster),
+            "commonName": cluster,
+            "uris": [f"{SPIFFE_PREFIX}{cluster}"],
+            "usages": ["client auth", "digital signature", "key encipherment"],
+            "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
+        },
+    )
 
-    def named(name: str) -> dict[str, Any]:
-        return meta(name, kube, "certificates")
 
-    def certificate(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "apiVersion": "cert-manager.io/v1",
-            "kind": "Certificate",
-            "metadata": named(name),
-            "spec": {
-                "privateKey": {"algorithm": "ECDSA", "size": 256},
-                "duration": "2160h",
-                "renewBefore": "720h",
-                **spec,
-            },
-        }
-
+def authority(kube: KubeConfig) -> list[dict[str, Any]]:
+    """The control plane's own: a self-signed CA, its Issuer and the server certificate for the
+    xDS Service; each Secret holds tls.crt, tls.key and ca.crt."""
     service = "routeplane-xds"
     return [
         {
             "apiVersion": "cert-manager.io/v1",
             "kind": "Issuer",
-            "metadata": named("routeplane-selfsigned"),
+            "metadata": meta("routeplane-selfsigned", kube, "certificates"),
             "spec": {"selfSigned": {}},
         },
-        certificate(
+        _certificate(
             "routeplane-ca",
+            kube,
             {
                 "isCA": True,
                 "commonName": "routeplane CA",
@@ -65,11 +91,12 @@ def cert_manager(topology: Topology) -> list[dict[str, Any]]:
         {
             "apiVersion": "cert-manager.io/v1",
             "kind": "Issuer",
-            "metadata": named("routeplane-ca"),
+            "metadata": meta("routeplane-ca", kube, "certificates"),
             "spec": {"ca": {"secretName": CA_SECRET}},
         },
-        certificate(
+        _certificate(
             "routeplane-xds",
+            kube,
             {
                 "secretName": XDS_TLS_SECRET,
                 "dnsNames": [
@@ -80,18 +107,5 @@ def cert_manager(topology: Topology) -> list[dict[str, Any]]:
                 "usages": ["server auth", "digital signature", "key encipherment"],
                 "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
             },
-        ),
-        *(
-            certificate(
-                f"routeplane-{cluster}",
-                {
-                    "secretName": fleet_tls_secret(cluster),
-                    "commonName": cluster,
-                    "uris": [f"{SPIFFE_PREFIX}{cluster}"],
-                    "usages": ["client auth", "digital signature", "key encipherment"],
-                    "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
-                },
-            )
-            for cluster in dict.fromkeys(fleet.cluster for fleet in topology.fleets)
         ),
     ]

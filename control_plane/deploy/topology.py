@@ -4,13 +4,17 @@ settings (:class:`KubeConfig`: image, registry, Google service account, namespac
 
 ``deploy/kubernetes.py`` renders a :class:`Topology`; ``routeplane deploy kubernetes`` reads one
 from a YAML or JSON file (:func:`load`); the demo mesh builds its own (``dev/mesh.py``). Pure: no
-I/O. Bad input raises ValueError naming the field and the value; a file is bounded in bytes
-(:data:`MAX_BYTES`) and fleets (:data:`MAX_FLEETS`) before anything is built from it.
+I/O. Bad input raises ValueError naming the field and the value (cut to :data:`SHOWN` characters:
+:func:`shown`); a file is bounded in bytes (:data:`MAX_BYTES`) and fleets (:data:`MAX_FLEETS`)
+before anything is built from it, and read as plain data: no anchors, aliases or tags, no key
+twice, and only the scalars a topology has (strings, whole numbers of at most :data:`MAX_DIGITS`
+digits, booleans, null; anything else, a date or a float, stays a string for its field's check).
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,8 @@ GCP_SERVICE_ACCOUNT = "routeplane@PROJECT_ID.iam.gserviceaccount.com"
 MAX_BYTES = 64 * 1024  # a topology file
 MAX_FLEETS = 64
 MAX_REPLICAS = 1000  # per Deployment
+MAX_DIGITS = 64  # a whole number in a topology file; longer ones stay strings
+SHOWN = 80  # characters of a bad value an error echoes
 # Names the control plane's own objects use (Deployment, Services, component labels): a fleet
 # so named would take over their selectors.
 RESERVED = frozenset(
@@ -40,6 +46,17 @@ RESERVED = frozenset(
 )
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS label (RFC 1123)
 _SERVICE = re.compile(r"[a-z]([-a-z0-9]{0,51}[a-z0-9])?")  # a Service name, + "-bootstrap" fits
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = SHOWN
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` in one line of at most :data:`SHOWN` characters, however big the value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 3]}..."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,27 +75,27 @@ class KubeConfig:
         def label(key: str) -> str:
             return f"--{key.replace('_', '-')}" if flags else key
 
-        if not re.fullmatch(
-            r"spanner://projects/[^/]+/instances/[^/]+/databases/[^/]+", self.registry
+        if not self.registry.isprintable() or not re.fullmatch(
+            r"spanner://projects/[^/\s]+/instances/[^/\s]+/databases/[^/\s]+", self.registry
         ):
             raise ValueError(
-                f"invalid {label('registry')} {self.registry!r}: expected "
+                f"invalid {label('registry')} {shown(self.registry)}: expected "
                 "spanner://projects/P/instances/I/databases/D (replicas share one Spanner database)"
             )
         if not _LABEL.fullmatch(self.namespace):
             raise ValueError(
-                f"invalid {label('namespace')} {self.namespace!r}: expected a DNS label"
+                f"invalid {label('namespace')} {shown(self.namespace)}: expected a DNS label"
             )
-        if not self.image or any(c.isspace() for c in self.image):
+        if not self.image.isprintable() or not self.image or " " in self.image:
             raise ValueError(
-                f"invalid {label('image')} {self.image!r}: expected an image reference"
+                f"invalid {label('image')} {shown(self.image)}: expected an image reference"
             )
-        if not re.fullmatch(
+        if not self.gcp_service_account.isprintable() or not re.fullmatch(
             r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com", self.gcp_service_account
         ):
             raise ValueError(
-                f"invalid {label('gcp_service_account')} {self.gcp_service_account!r}: expected "
-                "NAME@PROJECT.iam.gserviceaccount.com"
+                f"invalid {label('gcp_service_account')} {shown(self.gcp_service_account)}: "
+                "expected NAME@PROJECT.iam.gserviceaccount.com"
             )
 
 
@@ -111,7 +128,8 @@ class Topology:
         _port("control_plane.admin_port", self.admin_port)
         if self.admin_port == self.xds_port:
             raise ValueError(
-                f"invalid control_plane.admin_port {self.admin_port!r}: the xDS port is the same"
+                f"invalid control_plane.admin_port {shown(self.admin_port)}: the xDS port is "
+                "the same"
             )
         _replicas("control_plane.replicas", self.replicas)
         if not 1 <= len(self.fleets) <= MAX_FLEETS:
@@ -123,26 +141,27 @@ class Topology:
             where = f"fleets[{index}]"
             if not isinstance(fleet.name, str) or not _SERVICE.fullmatch(fleet.name):
                 raise ValueError(
-                    f"invalid {where}.name {fleet.name!r}: expected 1-53 lowercase letters, "
+                    f"invalid {where}.name {shown(fleet.name)}: expected 1-53 lowercase letters, "
                     "digits and '-', starting with a letter"
                 )
             if fleet.name in RESERVED:
                 raise ValueError(
-                    f"invalid {where}.name {fleet.name!r}: the control plane's objects use it"
+                    f"invalid {where}.name {shown(fleet.name)}: the control plane's objects use it"
                 )
             if fleet.name in seen:
-                raise ValueError(f"invalid {where}.name {fleet.name!r}: another fleet has it")
+                raise ValueError(f"invalid {where}.name {shown(fleet.name)}: another fleet has it")
             seen.add(fleet.name)
             for key, value in (("region", fleet.region), ("cluster", fleet.cluster)):
                 if not isinstance(value, str) or not _LABEL.fullmatch(value):
                     raise ValueError(
-                        f"invalid {where}.{key} {value!r}: expected a DNS label such as us-west"
+                        f"invalid {where}.{key} {shown(value)}: expected a DNS label such as "
+                        "us-west"
                     )
             _port(f"{where}.port", fleet.port)
             _port(f"{where}.admin_port", fleet.admin_port)
             if fleet.admin_port == fleet.port:
                 raise ValueError(
-                    f"invalid {where}.admin_port {fleet.admin_port!r}: the listener's port is "
+                    f"invalid {where}.admin_port {shown(fleet.admin_port)}: the listener's port is "
                     "the same"
                 )
             _replicas(f"{where}.replicas", fleet.replicas)
@@ -150,18 +169,18 @@ class Topology:
 
 def _whole(where: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"invalid {where} {value!r}: expected a whole number")
+        raise ValueError(f"invalid {where} {shown(value)}: expected a whole number")
     return value
 
 
 def _port(where: str, value: object) -> None:
     if not 1 <= _whole(where, value) <= 65535:
-        raise ValueError(f"invalid {where} {value!r}: expected a port from 1 to 65535")
+        raise ValueError(f"invalid {where} {shown(value)}: expected a port from 1 to 65535")
 
 
 def _replicas(where: str, value: object) -> None:
     if not 1 <= _whole(where, value) <= MAX_REPLICAS:
-        raise ValueError(f"invalid {where} {value!r}: expected 1 to {MAX_REPLICAS} replicas")
+        raise ValueError(f"invalid {where} {shown(value)}: expected 1 to {MAX_REPLICAS} replicas")
 
 
 def _fields(where: str, value: object, known: Mapping[str, type]) -> dict[str, Any]:
@@ -171,9 +190,11 @@ def _fields(where: str, value: object, known: Mapping[str, type]) -> dict[str, A
     for key, item in value.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in known:
-            raise ValueError(f"unknown field {name!r}: expected one of {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown field {shown(name)}: expected one of {', '.join(sorted(known))}"
+            )
         if known[key] is str and not isinstance(item, str):
-            raise ValueError(f"invalid {name} {item!r}: expected a string")
+            raise ValueError(f"invalid {name} {shown(item)}: expected a string")
     return dict(value)
 
 
@@ -195,7 +216,7 @@ def parse(document: object) -> Topology:
     top = _fields("", document, {**_TOP, "control_plane": dict, "fleets": list})
     fleets = top.pop("fleets", None)
     if not isinstance(fleets, list):
-        raise ValueError(f"invalid fleets {fleets!r}: expected a list of fleets")
+        raise ValueError(f"invalid fleets {shown(fleets)}: expected a list of fleets")
     if not 1 <= len(fleets) <= MAX_FLEETS:
         raise ValueError(f"invalid fleets: {len(fleets)} fleets, expected 1 to {MAX_FLEETS}")
     given = [_fields(f"fleets[{index}]", fleet, _FLEET) for index, fleet in enumerate(fleets)]
@@ -213,14 +234,65 @@ def parse(document: object) -> Topology:
     return topology
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML read as plain data: refuses anchors and aliases (a few hundred bytes of them expand
+    to a billion items), tags and a key given twice; resolves only null, booleans and whole
+    numbers of at most :data:`MAX_DIGITS` digits (YAML 1.2's forms), all else is a string."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs
+        if getattr(event, "anchor", None) is not None:
+            mark = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _refused(
+                event,
+                f"YAML anchors and aliases are not allowed: {shown(mark + event.anchor)}",
+            )
+        if getattr(event, "tag", None) is not None:
+            raise _refused(event, f"YAML tags are not allowed: {shown(event.tag)}")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | bool) or key is None:
+                if key in seen:
+                    raise _refused(key_node, f"duplicate key {shown(key)}")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_whole(self, node: Any) -> int:
+        return int(self.construct_scalar(node))  # decimal: "017" is 17, as in YAML 1.2
+
+
+def _refused(at: yaml.Event | yaml.Node, problem: str) -> ValueError:
+    where = f" at line {at.start_mark.line + 1}" if at.start_mark else ""
+    return ValueError(f"invalid topology{where}: {problem}")
+
+
+_Loader.yaml_implicit_resolvers = {}  # only those added here
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(rf"^[-+]?[0-9]{{1,{MAX_DIGITS}}}$"), list("-+0123456789")
+)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_whole)
+
+
 def load(text: str | bytes) -> Topology:
     """A topology from a file's text (YAML, or JSON, which YAML reads), at most
-    :data:`MAX_BYTES`."""
+    :data:`MAX_BYTES`, read as plain data (:class:`_Loader`)."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_BYTES:
         raise ValueError(f"invalid topology: {size} bytes, at most {MAX_BYTES}")
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader, narrowed
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}" if mark else ""

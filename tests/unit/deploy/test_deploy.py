@@ -1,6 +1,7 @@
 """`routeplane deploy kubernetes`: manifests for a user's own topology file (not the demo's),
-valid under the pinned Kubernetes schemas like the committed deploy/ (test_kubernetes.py), and a
-bad topology file refused in one line naming the field and the value."""
+valid under the pinned Kubernetes schemas like the committed deploy/ (test_kubernetes.py), a
+bad topology file (hostile YAML included) refused in one line naming the field and the value,
+and an --out that cannot be written refused in one line naming the path, nothing written."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from control_plane.bootstrap import render
-from control_plane.deploy.kubernetes import KUBERNETES_VERSION, TLS_DIR
+from control_plane.deploy.kubernetes import KUBERNETES_VERSION, TLS_DIR, validate
 from control_plane.deploy.topology import MAX_BYTES, MAX_FLEETS, load
 from control_plane.identity import SPIFFE_PREFIX
 from harness.processes import ROUTEPLANE
@@ -35,7 +36,7 @@ fleets:
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [ROUTEPLANE, "deploy", "kubernetes", *args], capture_output=True, text=True
+        [ROUTEPLANE, "deploy", "kubernetes", *args], capture_output=True, text=True, timeout=120
     )
 
 
@@ -146,7 +147,95 @@ def test_a_bad_topology_file_is_refused_in_one_line_naming_the_field_and_value(
     assert not out.exists()
 
 
+def test_an_out_that_cannot_be_made_is_one_line_naming_the_path(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    result = _run("--topology", str(topology), "--out", "/proc/self/nope")
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot write /proc/self/nope: No such file or directory\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("occupied", "problem"),
+    [("deploy", "Not a directory"), ("deploy/grafana/routeplane.json", "Is a directory")],
+    ids=["a file where a directory goes", "a directory where a file goes"],
+)
+def test_a_path_in_the_way_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path, occupied: str, problem: str
+) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    out = tmp_path / "out"
+    if problem == "Is a directory":
+        (out / occupied).mkdir(parents=True)
+    else:
+        out.mkdir()
+        (out / occupied).write_text("mine\n")
+    before = sorted(out.rglob("*"))
+    result = _run("--topology", str(topology), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr == f"error: cannot write {out / occupied}: {problem}\n"
+    assert result.stdout == ""
+    assert sorted(out.rglob("*")) == before
+    if problem == "Not a directory":
+        assert (out / occupied).read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(("cluster", "taken"), [("xds", "routeplane-xds"), ("ca", "routeplane-ca")])
+def test_a_node_cluster_whose_certificate_would_replace_the_control_planes_is_refused(
+    tmp_path: Path, cluster: str, taken: str
+) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(f"fleets: [{{name: gw, region: eu, port: 8080, cluster: {cluster}}}]\n")
+    out = tmp_path / "out"
+    result = _run("--topology", str(topology), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: --topology {topology}: invalid fleets[0].cluster '{cluster}': its client "
+        f"certificate would take the name {taken}, which the control plane's own objects use\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["routeplane-ca", "routeplane-selfsigned", "routeplane-prometheus-scrape"]
+)
+def test_a_fleet_named_like_one_of_the_control_planes_objects_is_refused(name: str) -> None:
+    message = f"invalid fleets[0].name '{name}': the control plane's objects use it"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(load(f"fleets: [{{name: {name}, region: eu, port: 8080}}]"))
+
+
+def test_an_empty_out_is_refused_not_taken_for_none(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(TOPOLOGY)
+    result = _run("--topology", str(topology), "--out", "")
+    assert result.returncode == 1
+    assert result.stderr == "error: invalid --out '': expected a directory\n"
+    assert result.stdout == ""
+
+
+def test_an_alias_bomb_is_refused_in_one_line_before_it_expands(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(BOMB)
+    assert len(BOMB) < 500
+    result = _run("--topology", str(topology))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: --topology {topology}: invalid topology at line 1: YAML anchors and aliases "
+        "are not allowed: '&p0'\n"
+    )
+    assert result.stdout == ""
+
+
 FLEET = "{name: gw, region: eu, port: 8080}"
+# 447 bytes that expand to 10**9 items if the aliases are followed (and echoed in an error)
+BOMB = (
+    "fleets: {a0: &p0 [x,x,x,x,x,x,x,x,x,x], "
+    + ", ".join(f"a{i}: &p{i} [{','.join([f'*p{i - 1}'] * 10)}]" for i in range(1, 9))
+    + "}"
+)
 
 
 @pytest.mark.parametrize(
@@ -180,6 +269,38 @@ FLEET = "{name: gw, region: eu, port: 8080}"
         ("[" * 20_000 + "]" * 20_000, "nested too deep"),
         ("fleets: [" + ", ".join([FLEET] * (MAX_FLEETS + 1)) + "]", "65 fleets, expected 1 to 64"),
         ("#" * MAX_BYTES + "\n", f"{MAX_BYTES + 1} bytes, at most {MAX_BYTES}"),
+        (BOMB, "invalid topology at line 1: YAML anchors and aliases are not allowed: '&p0'"),
+        (f"fleets: &f [{FLEET}]", "at line 1: YAML anchors and aliases are not allowed: '&f'"),
+        (f"fleets: [{FLEET}]\nfleets: []", "invalid topology at line 2: duplicate key 'fleets'"),
+        ("fleets: [{name: gw, region: eu, port: 1, port: 2}]", "line 1: duplicate key 'port'"),
+        ("fleets: [{name: gw, region: eu, port: !!int 1}]", "YAML tags are not allowed"),
+        (
+            "fleets: [{name: gw, region: eu, port: 1" + "0" * 5000 + "}]",
+            "invalid fleets[0].port '1000",
+        ),
+        (
+            "fleets: [{name: gw, region: eu, port: 1, replicas: 2001-13-45}]",
+            "invalid fleets[0].replicas '2001-13-45': expected a whole number",
+        ),
+        ("fleets: [{name: gw, region: eu, port: 8.5}]", "invalid fleets[0].port '8.5'"),
+        (
+            f"namespace: {'a' * 60_000}\nfleets: [{FLEET}]",
+            "invalid namespace 'aaaa",
+        ),
+        (
+            "fleets: {" + ", ".join(f"k{i}: [{'x, ' * 20}x]" for i in range(20)) + "}",
+            "invalid fleets {'k0': ['x', 'x', 'x', 'x', ...], ",
+        ),
+        (
+            f'registry: "spanner://projects/acme/instances/ed\\nge/databases/routes"\n'
+            f"fleets: [{FLEET}]",
+            "invalid registry 'spanner://projects/acme/instances/ed\\nge/",
+        ),
+        (f'image: "a\\0b"\nfleets: [{FLEET}]', "invalid image 'a\\x00b'"),
+        (
+            f'gcp_service_account: "a\\eb@p.iam.gserviceaccount.com"\nfleets: [{FLEET}]',
+            "invalid gcp_service_account 'a\\x1bb@p",
+        ),
     ],
     ids=[
         "no fleet",
@@ -207,9 +328,23 @@ FLEET = "{name: gw, region: eu, port: 8080}"
         "nested too deep",
         "too many fleets",
         "too many bytes",
+        "an alias bomb",
+        "an anchor",
+        "a key twice",
+        "a fleet's key twice",
+        "a tag",
+        "a number of 5001 digits",
+        "a date that is not one",
+        "a fraction",
+        "a long value",
+        "a big value",
+        "a registry with a newline",
+        "an image with a NUL",
+        "a service account with an escape",
     ],
 )
 def test_a_bad_topology_is_refused_naming_the_field_and_value(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
         load(text)
     assert "\n" not in str(refused.value)
+    assert len(str(refused.value)) < 200  # a bad value is echoed cut short
