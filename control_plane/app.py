@@ -1,7 +1,7 @@
 """The wiring root of one serving process: registry, reconciler, cache, xDS and admin servers.
 
 A ``serve --workers`` group (``group/``) runs this in each worker and wraps it; nothing here
-knows of the group but the two arguments a worker passes to ``serve()``.
+knows of the group but the three arguments a worker passes to ``serve()``.
 
 ``serve()`` runs everything in one TaskGroup until cancelled (SIGINT/SIGTERM), then stops the
 gRPC server with a grace period so streams end cleanly.
