@@ -132,6 +132,8 @@ def mesh_kubernetes(write: bool, out: str | None, **options: str | None) -> None
     from control_plane.deploy.topology import KubeConfig
     from control_plane.dev.mesh import ROOT, MeshConfig, topology
 
+    if out == "":  # as `deploy kubernetes`: an unset variable is not "print them"
+        fail("invalid --out '': expected a directory")
     try:
         kube = KubeConfig(**{k: v for k, v in options.items() if v is not None})
         files = kubernetes_files(topology(MeshConfig(workdir=Path(".mesh")), kube))

@@ -348,3 +348,12 @@ def test_a_bad_topology_is_refused_naming_the_field_and_value(text: str, message
         load(text)
     assert "\n" not in str(refused.value)
     assert len(str(refused.value)) < 200  # a bad value is echoed cut short
+
+
+def test_the_demos_empty_out_is_refused_too() -> None:
+    result = subprocess.run(
+        [ROUTEPLANE, "mesh", "kubernetes", "--out", ""], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stderr == "error: invalid --out '': expected a directory\n"
+    assert result.stdout == ""
