@@ -44,9 +44,9 @@ from control_plane.admin.client import admin_pb2, stream
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.load.server import LoadService
 from control_plane.registry import open_registry
+from harness.models import endpoint, server, table
 from harness.processes import ControlPlane, Envoy, http_get
 from harness.waiting import wait_until
-from tests.helpers import endpoint, server, table
 
 
 def aggregation(*, proxies: int, clusters: int, active: float = 1.0) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Shared test helpers: async waiting on conditions with a deadline, Envoy histogram reads,
-small routing-model builders (ports and blocking waits are in ``harness.waiting``)."""
+"""Shared test helpers: async waiting on conditions with a deadline, Envoy histogram reads
+(ports and blocking waits are in ``harness.waiting``, routing-model builders in
+``harness.models``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-
-from control_plane.routing.model import Endpoint, RoutedServer, RoutingTable
 
 T = TypeVar("T")
 
@@ -47,43 +46,3 @@ async def async_wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         await asyncio.sleep(interval)
-
-
-def endpoint(
-    replica_id: str,
-    port: int,
-    *,
-    region: str = "us-west",
-    draining: bool = False,
-    weight: int = 100,
-    zone: str = "",
-) -> Endpoint:
-    return Endpoint(
-        replica_id=replica_id,
-        host="127.0.0.1",
-        port=port,
-        region=region,
-        zone=zone,
-        weight=weight,
-        draining=draining,
-    )
-
-
-def server(
-    name: str,
-    *endpoints: Endpoint,
-    hostnames: tuple[str, ...] = (),
-    protocol: str = "http",
-    workspace: str = "default",
-) -> RoutedServer:
-    return RoutedServer(
-        name=name,
-        workspace=workspace,
-        hostnames=hostnames or (f"{name}.local",),
-        protocol=protocol,
-        endpoints=tuple(endpoints),
-    )
-
-
-def table(*servers: RoutedServer, revision: int = 1) -> RoutingTable:
-    return RoutingTable(servers=tuple(servers), problems=(), revision=revision, committed_at=0.0)

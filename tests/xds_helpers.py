@@ -13,7 +13,7 @@ from google.rpc import status_pb2
 
 from control_plane.translate import ProxyView, to_resources
 from control_plane.xds.snapshot import Snapshot, build_snapshot
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
 

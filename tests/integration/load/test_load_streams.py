@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY
 from control_plane.load import intake as intake_module
 from control_plane.load.intake import MAX_CLUSTER_STATS
 from control_plane.load.server import LoadService
-from tests.helpers import async_wait_until, endpoint, server, table
+from harness.models import endpoint, server, table
+from tests.helpers import async_wait_until
 
 TIMEOUT = 5
 TABLE = table(server("echo", endpoint("r1", 8081)))

@@ -25,7 +25,8 @@ from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.server import XdsServer
-from tests.helpers import async_wait_until, endpoint, server
+from harness.models import endpoint, server
+from tests.helpers import async_wait_until
 from tests.xds_helpers import snapshot, two_servers
 
 GROUP = NodeGroup(cluster="edge", region="us-west")

@@ -1,5 +1,5 @@
-"""Bench as code: the process helpers tests and bench share import neither of them, and the
-benchmarks import one another without a loop."""
+"""Bench as code: what tests and bench share (``harness/``) imports neither of them, bench
+imports nothing of tests, and the benchmarks import one another without a loop."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def test_harness_imports_neither_tests_nor_bench() -> None:
         for path in sorted((ROOT / "harness").glob("*.py"))
         for module in imports(path)
         if module.split(".")[0] in ("tests", "bench")
+    ]
+    assert offenders == []
+
+
+def test_bench_imports_nothing_of_tests() -> None:
+    offenders = [
+        f"{path.name}: {module}"
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        for module in imports(path)
+        if module.split(".")[0] == "tests"
     ]
     assert offenders == []
 

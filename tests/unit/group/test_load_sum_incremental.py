@@ -27,7 +27,7 @@ from control_plane.load.totals import (
 )
 from control_plane.registry.spec import Autoscaling
 from control_plane.routing.model import RoutingTable
-from tests.helpers import table
+from harness.models import table
 from tests.unit.load.test_tick_incremental import random_server, report
 
 

@@ -8,7 +8,8 @@ import asyncio
 
 from control_plane.group.admin import AggregateService
 from control_plane.load.server import LoadService
-from tests.helpers import async_wait_until, endpoint, server, table
+from harness.models import endpoint, server, table
+from tests.helpers import async_wait_until
 
 ROUNDS = 200
 

@@ -10,7 +10,7 @@ from control_plane.load.autoscale import Recommender
 from control_plane.load.server import LoadService
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutingTable
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 
 def _service(current: list[RoutingTable]) -> LoadService:

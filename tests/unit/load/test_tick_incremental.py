@@ -24,7 +24,7 @@ from control_plane.load.totals import LoadRow
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 REGIONS = ("us-west", "us-east")
 _NO_LOAD = Load(

@@ -18,7 +18,7 @@ from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.snapshot import build_snapshot
 from control_plane.xds.sotw import SotwStream
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
 text = st.text(alphabet=string.printable, max_size=40)

@@ -14,7 +14,7 @@ from control_plane.translate.api_listeners import to_api_listeners
 from control_plane.translate.clusters import to_cluster
 from control_plane.translate.endpoints import to_load_assignment
 from control_plane.xds.resources import LISTENER, ROUTE
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 GRPC_VIEW = ProxyView(region="us-west", listen_host="", listen_port=0, kind="grpc")
 

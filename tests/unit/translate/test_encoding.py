@@ -31,7 +31,7 @@ from control_plane.translate.endpoints import (
 )
 from control_plane.translate.routes import encode_route_configuration, to_routes
 from control_plane.xds.resources import ENDPOINT, content_hash, encoded_resource, to_resource
-from tests.helpers import endpoint, server
+from harness.models import endpoint, server
 
 HOSTS = [
     "127.0.0.1",

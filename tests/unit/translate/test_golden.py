@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from control_plane.registry.spec import parse_spec
 from control_plane.translate import ProxyView, to_resources
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 GOLDEN = Path(__file__).parent / "golden"
 

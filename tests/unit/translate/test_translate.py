@@ -7,7 +7,7 @@ from envoy.config.core.v3 import health_check_pb2
 
 from control_plane.translate import ProxyView, names, to_resources
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from control_plane.xds.delta import DeltaStream
 from control_plane.xds.resources import CLUSTER, ENDPOINT
 from control_plane.xds.stream import MAX_PENDING
-from tests.helpers import endpoint, server
+from harness.models import endpoint, server
 from tests.xds_helpers import delta_request, parse_delta, snapshot, two_servers
 
 

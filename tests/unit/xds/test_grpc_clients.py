@@ -10,7 +10,7 @@ from control_plane.xds.nodes import NodeGroup, to_node_group
 from control_plane.xds.resources import CLUSTER, LISTENER
 from control_plane.xds.snapshot import build_snapshot
 from control_plane.xds.sotw import SotwStream
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 from tests.xds_helpers import parse_sotw, sotw_request
 
 GRPC_VIEW = ProxyView(region="us-west", listen_host="", listen_port=0, kind="grpc")

@@ -5,7 +5,7 @@ import pytest
 from control_plane.translate import ProxyView, to_resources
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.snapshot import InconsistentSnapshotError, build_snapshot
-from tests.helpers import endpoint, server, table
+from harness.models import endpoint, server, table
 
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
 

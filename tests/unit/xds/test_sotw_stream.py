@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.sotw import SotwStream
-from tests.helpers import endpoint, server
+from harness.models import endpoint, server
 from tests.xds_helpers import parse_sotw, snapshot, sotw_request, two_servers
 
 
