@@ -27,6 +27,7 @@ from control_plane.load.totals import (
     RegionTotals,
     ServerTotals,
     Wakes,
+    idle,
     millionths,
     recommend,
 )
@@ -400,20 +401,17 @@ class LoadService:
         for endpoint in server.endpoints:
             if not endpoint.draining:
                 ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+        ready_total = sum(ready_by_region.values())
         cold_starts = self.book.cold_starts.get(server.name, 0)
-        new_cold, woken_at = self._wakes.see(
-            server.name, cold_starts, ready=sum(ready_by_region.values()), now=now
-        )
+        new_cold, woken_at = self._wakes.see(server.name, cold_starts, ready=ready_total, now=now)
         if new_cold > 0:
             metrics.COLD_STARTS.labels(server.name, server.spec.cold_start.mode).inc(new_cold)
         regions = []
         for region in ["*", *sorted(set(ready_by_region) | reported)]:
             load = totals.get((server.name, region))
-            ready = (
-                sum(ready_by_region.values()) if region == "*" else ready_by_region.get(region, 0)
-            )
+            ready = ready_total if region == "*" else ready_by_region.get(region, 0)
             if load is None:
-                regions.append(RegionTotals(region=region, ready=ready))
+                regions.append(idle(region, ready))
                 continue
             regions.append(
                 RegionTotals(

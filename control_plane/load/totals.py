@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from control_plane.load.autoscale import Recommender
 from control_plane.load.quiet import settled
@@ -67,6 +68,13 @@ class RegionTotals:
             dropped=self.dropped + other.dropped,
             ready=max(self.ready, other.ready),
         )
+
+
+@lru_cache(maxsize=4096)
+def idle(region: str, ready: int = 0) -> RegionTotals:
+    """A region with no load and ``ready`` ready replicas. Most regions of most servers are
+    idle; the value is immutable, so one is shared (a tick builds it once, not per server)."""
+    return RegionTotals(region=region, ready=ready)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,7 +270,7 @@ def recommend(
         keys: set[Hashable] = set()
         moving = False
         for region in ["*", *regions]:
-            counts = by_region.get(region) or RegionTotals(region=region)
+            counts = by_region.get(region) or idle(region)
             in_flight = counts.in_flight / MILLION
             desired = None
             # A recommendation for the server, and per region when it lists its regions.
