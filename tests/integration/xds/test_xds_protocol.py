@@ -325,7 +325,7 @@ async def _stalling_server(
     stream's window, with a ``write_timeout`` (1 s unless told)."""
     from control_plane.translate import ProxyView, to_resources
     from control_plane.xds.snapshot import build_snapshot
-    from tests.helpers import table
+    from harness.models import table
 
     cache = SnapshotCache()
     big = [
