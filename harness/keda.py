@@ -1,9 +1,12 @@
 """A KEDA client built from KEDA's proto (``control_plane/keda/pb``): what KEDA's operator
 asks of ``serve --keda-listen``, for tests and benchmarks alike. ``Follower`` keeps a
-``StreamIsActive`` stream open and records every answer with the time it arrived."""
+``StreamIsActive`` stream open and records every answer with the time it arrived. And what a
+cold start through Envoy needs before its first request counts (``routed``,
+``wait_for_reports_after_now``; ``tests/integration/load/test_cold_start.py`` has its own)."""
 
 from __future__ import annotations
 
+import json
 import math
 import queue
 import threading
@@ -13,6 +16,28 @@ from typing import Any
 import grpc
 
 from control_plane.keda.pb import externalscaler_pb2, externalscaler_pb2_grpc
+from harness.processes import Envoy, metric_sum
+from harness.waiting import wait_until
+
+
+def routed(envoy: Envoy, host: str) -> bool:
+    """Whether ``envoy``'s routes have a virtual host for ``host`` now."""
+    dump = json.loads(envoy.admin_get("/config_dump?resource=dynamic_route_configs"))
+    return any(
+        host in vhost.get("domains", [])
+        for config in dump.get("configs", [])
+        for vhost in config.get("route_config", {}).get("virtual_hosts", [])
+    )
+
+
+def wait_for_reports_after_now(admin: str) -> None:
+    """Envoy adds a cluster to its load report only at a report period's start: two reports
+    taken from now mean the clusters it has now are counted."""
+    start = metric_sum(admin, "routeplane_load_reports_total")
+    wait_until(
+        lambda: metric_sum(admin, "routeplane_load_reports_total") >= start + 2,
+        what="two load reports",
+    )
 
 
 def ref(server: str, region: str | None = None, **more: str) -> Any:
