@@ -235,7 +235,9 @@ async def start_keda(
     add_to(server, scaler)
     await listen_on(server, config, config.keda_listen, "--keda-listen")
     await server.start()
-    stack.push_async_callback(server.stop, config.grace_seconds)
+    # No grace: its streams never end on their own (a grace would hold the shutdown for all
+    # of it, before the xDS server's), and every call is a read KEDA makes again.
+    stack.push_async_callback(server.stop, 0)
     return scaler
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
 from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
+GRACE = 5.0  # serve's shutdown grace for xDS (README, "Shutdown")
 SCALE = {"autoscaling": {"target_concurrency": 2, "max_replicas": 10, "scale_down_window": "60s"}}
 
 
@@ -213,3 +215,23 @@ def test_serve_refuses_a_bad_keda_address(tmp_path: Path) -> None:
         )
         assert done.returncode == 1
         assert said in done.stderr
+
+
+def test_sigterm_cuts_keda_streams_at_once_and_serve_exits_0(lone: Setup) -> None:
+    """KEDA's streams never end on their own: shutdown cuts them at its start rather than
+    holding it for a grace (their calls are reads KEDA makes again), and serve exits 0."""
+    lone.registry.put_server(name="api", hostnames=["api.local"], protocol="http", spec=SCALE)
+    wait_until(lambda: load_row(lone.cp.admin, "api") is not None, what="api in the load view")
+    follower = lone.keda.follow("api")
+    try:
+        assert follower.next()[1] is False
+        assert lone.cp.process is not None
+        sent = time.monotonic()
+        lone.cp.process.terminate()
+        with pytest.raises(AssertionError, match="stream ended"):
+            follower.next(timeout=15)
+        cut = time.monotonic() - sent
+        assert lone.cp.process.wait(timeout=15) == 0, lone.cp.log()
+    finally:
+        follower.close()
+    assert cut < GRACE, cut  # not held for the xDS grace (it was, at stop(grace))
