@@ -6,7 +6,8 @@ from KEDA's proto (``harness/keda.py``), with real Envoys carrying the requests.
   from the group's sums);
 - for known loads (slow requests held through Envoy) ceil(GetMetrics / GetMetricSpec's
   target) is ``routeplane load --json``'s desired count;
-- an unknown server or missing metadata is an error naming it.
+- an unknown server or missing metadata is an error naming it;
+- SIGTERM cuts KEDA's streams at once; with xDS's TLS options the KEDA port is mTLS.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 import grpc
 import pytest
 
+from control_plane.dev.certs import dev_certs
 from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.keda.pb import externalscaler_pb2_grpc
 from control_plane.registry import Registry, open_registry
 from harness.keda import Keda, ref, routed, wait_for_reports_after_now
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get
@@ -235,3 +238,45 @@ def test_sigterm_cuts_keda_streams_at_once_and_serve_exits_0(lone: Setup) -> Non
     finally:
         follower.close()
     assert cut < GRACE, cut  # not held for the xDS grace (it was, at stop(grace))
+
+
+def test_with_xdss_tls_options_keda_is_mtls_too(tmp_path: Path) -> None:
+    """--tls-cert, --tls-key and --client-ca make the KEDA port mTLS with the xDS port's
+    certificate: a client with a certificate the client CA signed is answered; one without
+    is refused, and a plaintext one gets nothing."""
+    certs = tmp_path / "certs"
+    dev_certs(certs, clusters=["keda"])
+    keda_address = f"127.0.0.1:{free_port()}"
+    tls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server-key.pem")]
+    cp = ControlPlane.create(
+        tmp_path,
+        extra=[*tls, "--client-ca", str(certs / "ca.pem"), "--keda-listen", keda_address],
+    )
+    cp.start()
+    try:
+        cp.wait_ready()
+        ca = (certs / "ca.pem").read_bytes()
+        with_certificate = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(certs / "client-keda-key.pem").read_bytes(),
+            certificate_chain=(certs / "client-keda.pem").read_bytes(),
+        )
+        for credentials, answered in (
+            (with_certificate, True),
+            (grpc.ssl_channel_credentials(root_certificates=ca), False),
+            (None, False),
+        ):
+            channel = (
+                grpc.secure_channel(keda_address, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(keda_address)
+            )
+            with channel:
+                stub = externalscaler_pb2_grpc.ExternalScalerStub(channel)
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.IsActive(ref("nope"), timeout=5)
+                # Answered: the scaler's own NOT_FOUND; refused: the handshake fails.
+                code = caught.value.code()
+                assert (code == grpc.StatusCode.NOT_FOUND) is answered, caught.value.details()
+    finally:
+        cp.stop()
