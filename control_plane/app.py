@@ -208,11 +208,14 @@ def warn_if_exposed(config: ServeConfig) -> None:
 async def listen_on(server: grpc.aio.Server, config: ServeConfig, address: str, flag: str) -> None:
     """Add ``address`` to ``server`` with xDS's transport security: mTLS with --tls-cert,
     --tls-key and --client-ca, else plaintext; OSError naming ``flag`` if it cannot."""
-    if config.tls_cert:
-        credentials = await asyncio.to_thread(_server_credentials, config)
-        port = server.add_secure_port(address, credentials)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if config.tls_cert:
+            credentials = await asyncio.to_thread(_server_credentials, config)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc.aio raises where grpc returns 0: "Failed to bind to address"
+        port = 0
     if port == 0:
         raise OSError(
             f"cannot listen on {flag} {address}: the address is taken or not this machine's"

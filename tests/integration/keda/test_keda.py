@@ -13,6 +13,7 @@ from KEDA's proto (``harness/keda.py``), with real Envoys carrying the requests.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -218,6 +219,39 @@ def test_serve_refuses_a_bad_keda_address(tmp_path: Path) -> None:
         )
         assert done.returncode == 1
         assert said in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_keda_port_is_one_line_naming_it(tmp_path: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [
+                ROUTEPLANE,
+                "serve",
+                "--registry",
+                f"sqlite://{tmp_path / 'r.db'}",
+                "--xds-listen",
+                f"127.0.0.1:{free_port()}",
+                "--admin-listen",
+                f"127.0.0.1:{free_port()}",
+                "--keda-listen",
+                address,
+                "--workers",
+                workers,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"error: cannot listen on --keda-listen {address}: the address is taken or not this "
+        "machine's"
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_sigterm_cuts_keda_streams_at_once_and_serve_exits_0(lone: Setup) -> None:
