@@ -329,3 +329,18 @@ async def test_a_cancel_while_writing_is_not_swallowed() -> None:
         await task
     assert context.aborted is None
     assert scaler.streams == 0
+
+
+async def test_a_stream_whose_server_goes_ends_with_not_found() -> None:
+    keda = await start()
+    try:
+        stream = keda.stub.StreamIsActive(ref(server="gpu"))
+        assert (await stream.read()).result is False
+        # A whole update without gpu: the server went.
+        await keda.view.put(server("echo", ready=1), server("plain", ready=1), specs=SPECS)
+        error = await error_of(stream.read())
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "scalerMetadata server 'gpu'" in error.details()
+        await until(lambda: keda.scaler.streams == 0, what="the stream's place freed")
+    finally:
+        await keda.close()
