@@ -49,6 +49,8 @@ class Plan:
     # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
     load_fleet: tuple[int, int, float] = (100, 100, 10.0)
     cold_start_tries: int = 20
+    # KEDA external-push (bench/keda.py): cold start through Envoy -> StreamIsActive true.
+    keda_tries: int = 200
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
     # Each registry at 10 replicas (the baseline: idle should not grow with the registry) and
@@ -117,6 +119,7 @@ QUICK = Plan(
     propagation_size_tries=5,
     autoscale_hours=1.0,
     idle_load=(1000, (1,), 5.0),
+    keda_tries=20,
 )
 SMOKE = Plan(
     "smoke",
@@ -136,6 +139,7 @@ SMOKE = Plan(
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
+    keda_tries=2,
     workers=(5, 2, ()),
     workers_idle_seconds=0.5,
     propagation_sizes=(10,),
@@ -175,6 +179,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         fleet,
         idle,
         idle_load,
+        keda,
         load,
         pipeline,
         propagation,
@@ -208,6 +213,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "cold-start"
     path.mkdir()
     out["cold_start"] = cold_start.run(path, tries=plan.cold_start_tries)
+    path = workdir / "keda"
+    path.mkdir()
+    out["keda"] = keda.run(path, tries=plan.keda_tries)
     path = workdir / "proxyless"
     path.mkdir()
     out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)

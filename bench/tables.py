@@ -33,6 +33,10 @@ def table(result: dict[str, Any]) -> str:
         from bench import propagation
 
         lines += ["", *propagation.size_table(result["propagation_by_size"])]
+    if result.get("keda"):
+        from bench import keda
+
+        lines += keda.table(result["keda"])
     if "proxyless" in result:
         lines += _proxyless_table(result["proxyless"])
     lines += _registry_watch_table(result["registry_watch"])

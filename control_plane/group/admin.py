@@ -485,10 +485,17 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return self._answers.get(request)
 
     async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in self._answers.watch(request, self._versions()):
+        async for response in self._answers.watch(request, self.versions()):
             yield response
 
-    async def _versions(self) -> AsyncIterator[int]:
+    @property
+    def load_view(self) -> LoadSum:
+        """The group's load view (``admin/loadview.py``): what KEDA's scaler answers from."""
+        return self._sum
+
+    async def versions(self) -> AsyncIterator[int]:
+        """The view's version once every worker's rows were summed, then after every sum
+        that moved a row."""
         seen = -1
         while True:
             if self._summed and self._sum.version != seen:

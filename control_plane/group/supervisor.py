@@ -32,7 +32,13 @@ import sys
 import structlog
 
 from control_plane.admin.server import AdminServer
-from control_plane.app import ServeConfig, split_host_port, start_admin, warn_if_exposed
+from control_plane.app import (
+    ServeConfig,
+    split_host_port,
+    start_admin,
+    start_keda,
+    warn_if_exposed,
+)
 from control_plane.group.admin import AggregateService
 from control_plane.group.csds import merged
 from control_plane.xds import csds
@@ -121,7 +127,7 @@ async def supervise(
         addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(workers)]
         for index, address in enumerate(addresses):
             worker = dataclasses.replace(
-                config, admin_listen=address, control_plane_id=f"{base}/w{index}"
+                config, admin_listen=address, control_plane_id=f"{base}/w{index}", keda_listen=""
             )
             siblings = [a for a in addresses if a != address]
             processes.append(
@@ -143,6 +149,8 @@ async def supervise(
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
+        # KEDA's scaler follows the group's sums: the supervisor serves it, no worker does.
+        await start_keda(stack, config, view=service.load_view, versions=service.versions)
         log.info(
             "workers_started",
             workers=workers,
@@ -150,6 +158,7 @@ async def supervise(
             xds=config.xds_listen,
             admin=config.admin_listen,
             identifier=base,
+            keda=config.keda_listen or None,
         )
         load = asyncio.create_task(service.run())
         exits = {asyncio.create_task(p.wait()): p for p in processes}

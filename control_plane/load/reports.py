@@ -311,8 +311,11 @@ class LoadBook:
         ignored or clipped."""
         report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
         for server, count in cold.items():
-            if count >= 1:
-                self.note_cold_start(server, now=now, count=int(count))
+            # A count made back from a rate (drops / interval * interval) may be a hair under
+            # the whole it was (0.9999999999999999 for one drop): rounded first, not truncated.
+            whole = int(round(count, 6))
+            if whole >= 1:
+                self.note_cold_start(server, now=now, count=whole)
         previous = self._streams.get(stream)
         if previous is not None:
             self._apply(previous, sign=-1.0)

@@ -27,6 +27,8 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert [row["ads"] for row in result["propagation"]] == ["delta", "sotw"]
     assert result["proxyless"]["tries"] == SMOKE.propagation_tries
     assert "Proxyless gRPC" in rendered
+    assert result["keda"]["tries"] == SMOKE.keda_tries
+    assert "KEDA external-push" in rendered
     sizes = result["propagation_by_size"]
     assert [row["replicas"] for row in sizes] == list(SMOKE.propagation_sizes)
     assert all(row["routeplane"]["tries"] == SMOKE.propagation_size_tries for row in sizes)

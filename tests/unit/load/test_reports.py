@@ -219,3 +219,16 @@ def test_any_sequence_of_reports_never_raises_and_stays_within_the_bounds(
             assert 0 <= load.dropped_per_second <= 3 * PER_SERVER.dropped_per_second
         for load in replicas.values():
             assert 0 <= load.in_flight <= 3 * PER_SERVER.in_flight
+
+
+@pytest.mark.parametrize("seconds", [0.643353683, 1.330542040, 3.175930101, 0.097, 1.0])
+def test_one_drop_on_an_idle_server_is_one_cold_start_whatever_the_interval(
+    seconds: float,
+) -> None:
+    # The drop is a rate (1 / interval) and back a count (rate * interval): for these intervals
+    # the float product is 0.9999999999999999, which was truncated to no cold start at all.
+    book = LoadBook()
+    record(
+        book, "a", stats(cluster="default_gpu", dropped=1, seconds=seconds), catalog=IDLE_CATALOG
+    )
+    assert book.cold_starts == {"gpu": 1}
