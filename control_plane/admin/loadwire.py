@@ -18,6 +18,7 @@ from control_plane.load.totals import (
     LoadSpec,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
 )
 from control_plane.registry.spec import Autoscaling
@@ -100,12 +101,18 @@ def totals_message(
                 dropped=region.dropped,
                 ready=region.ready,
             )
+        for replica in server.replicas:
+            item.replicas.add(
+                replica=replica.replica, in_flight=replica.in_flight, requests=replica.requests
+            )
+        for replica_id, region_name in server.ready_replicas:
+            item.replicas.add(replica=replica_id, ready=True, region=region_name)
     return message
 
 
 def totals_from(message: Any) -> LoadTotals:
-    """A ``LoadTotals`` message -> the value (its servers sorted; a server or region named
-    twice, merged)."""
+    """A ``LoadTotals`` message -> the value (its servers sorted; a server, region or replica
+    named twice, merged; a replica entry with no load and not ready, left out)."""
     servers: dict[str, ServerTotals] = {}
     for item in message.servers:
         regions: dict[str, RegionTotals] = {}
@@ -120,10 +127,23 @@ def totals_from(message: Any) -> LoadTotals:
             )
             have = regions.get(value.region)
             regions[value.region] = value if have is None else have.merge(value)
+        replicas: dict[str, ReplicaTotals] = {}
+        ready: set[tuple[str, str]] = set()
+        for entry in item.replicas:
+            if entry.ready:
+                ready.add((entry.replica, entry.region))
+            if entry.in_flight or entry.requests:
+                load = ReplicaTotals(
+                    replica=entry.replica, in_flight=entry.in_flight, requests=entry.requests
+                )
+                have_replica = replicas.get(load.replica)
+                replicas[load.replica] = load if have_replica is None else have_replica.merge(load)
         woken_at = item.woken_at if item.HasField("woken_at") else NEVER
         server = ServerTotals(
             server=item.server,
             regions=tuple(regions[name] for name in sorted(regions)),
+            replicas=tuple(replicas[name] for name in sorted(replicas)),
+            ready_replicas=tuple(sorted(ready)),
             cold_starts=item.cold_starts,
             woken_at=woken_at if not math.isnan(woken_at) else NEVER,
         )

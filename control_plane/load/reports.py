@@ -108,10 +108,10 @@ class _ProxyReport:
     node_id: str
     at: float
     interval: float
-    # Rates, bounded: (server, region) and replica id -> [in flight, requests/s, errors/s];
-    # server -> dropped / s.
+    # Rates, bounded: (server, region) and (server, replica id) -> [in flight, requests/s,
+    # errors/s]; server -> dropped / s.
     localities: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    replicas: dict[str, list[float]] = field(default_factory=dict)
+    replicas: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     dropped: dict[str, float] = field(default_factory=dict)
 
 
@@ -218,7 +218,7 @@ def _bounded(
     replicas_by_server: dict[str, list[list[float]]] = {}
     for (server, replica), counts in draft.replicas.items():
         rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
-        report.replicas[replica] = rates
+        report.replicas[(server, replica)] = rates
         replicas_by_server.setdefault(server, []).append(rates)
     limits = (PER_SERVER.in_flight, PER_SERVER.requests_per_second, PER_SERVER.errors_per_second)
     for groups in (by_server, replicas_by_server):
@@ -274,10 +274,10 @@ class LoadBook:
     def __init__(self) -> None:
         self._streams: dict[int, _ProxyReport] = {}
         self.ignored = Ignored()
-        # Running sums of every stream's report: (server, region) and replica -> [in flight,
-        # requests/s, errors/s, dropped/s].
+        # Running sums of every stream's report: (server, region) and (server, replica id) ->
+        # [in flight, requests/s, errors/s, dropped/s].
         self._totals: dict[tuple[str, str], list[float]] = {}
-        self._replica_totals: dict[str, list[float]] = {}
+        self._replica_totals: dict[tuple[str, str], list[float]] = {}
         # Per server: requests that met no replica since the book began (cold starts), and
         # when the last one was seen. Reported drops of a server with no ready replica are
         # cold starts (routeplane drops only there); held requests are told by the control
@@ -363,8 +363,9 @@ class LoadBook:
         """Streams whose report counts now."""
         return len(self._streams)
 
-    def loads(self) -> tuple[dict[tuple[str, str], Load], dict[str, Load]]:
-        """Per (server, region), with (server, "*") the server's total; and per replica id.
+    def loads(self) -> tuple[dict[tuple[str, str], Load], dict[tuple[str, str], Load]]:
+        """Per (server, region), with (server, "*") the server's total; and per (server,
+        replica id).
         Kept up to date report by report, so this costs the number of keys, not of proxies."""
         return (
             {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)},

@@ -25,6 +25,7 @@ from control_plane.load.totals import (
     LoadSpec,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
     Wakes,
     idle,
@@ -111,6 +112,9 @@ class LoadService:
         self._by_server: dict[str, tuple[LoadRow, ...]] = {}
         self._rows_for: RoutingTable | None = None
         self._servers: dict[str, RoutedServer] = {}
+        # Per server, what its totals take from its routing entry (kept while the entry is
+        # the same object): ``_Shape``.
+        self._shapes: dict[str, _Shape] = {}
         self._order: list[str] = []
         self._specs: dict[str, LoadSpec] = {}
         self._specs_made = 0
@@ -301,13 +305,17 @@ class LoadService:
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         self._resolve_pending(table, now)
-        totals, _ = self.book.loads()
-        # Per server with load: the regions its load came from (one pass, not one per server).
+        totals, replica_loads = self.book.loads()
+        # Per server with load: the regions its load came from, and its replicas with load
+        # (one pass each, not one per server).
         reported: dict[str, set[str]] = {}
         for server_name, region in totals:
             regions = reported.setdefault(server_name, set())
             if region != "*":
                 regions.add(region)
+        loaded_replicas: dict[str, list[tuple[str, Load]]] = {}
+        for (server_name, replica), load in replica_loads.items():
+            loaded_replicas.setdefault(server_name, []).append((replica, load))
         loaded = set(reported)
         touch = self._active | loaded
         gone: set[str] = set()
@@ -326,7 +334,9 @@ class LoadService:
             server = self._servers.get(name)
             if server is None:
                 continue
-            mine = self._server_totals(server, totals, reported.get(name, set()), now)
+            mine = self._server_totals(
+                server, totals, reported.get(name, set()), loaded_replicas.get(name, []), now
+            )
             if mine != self._totals.get(name):
                 self._totals[name] = mine
                 changed.add(name)
@@ -369,6 +379,7 @@ class LoadService:
         for name in gone:
             self._history.forget_server(name)
             self._totals.pop(name, None)
+            self._shapes.pop(name, None)
             self._by_server.pop(name, None)
             self._wakes.forget(name)
             self.book.forget_server(name)
@@ -392,16 +403,31 @@ class LoadService:
         server: RoutedServer,
         totals: dict[tuple[str, str], Load],
         reported: set[str],
+        replica_loads: list[tuple[str, Load]],
         now: float,
     ) -> ServerTotals:
-        """One server's totals now (``reported``: the regions its load came from): its load
-        and ready replicas per region, its cold starts, and its latest wake (new cold starts
-        while it has no ready replica: scale from zero now, whatever the scale-up window)."""
-        ready_by_region: dict[str, int] = {}
-        for endpoint in server.endpoints:
-            if not endpoint.draining:
-                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        ready_total = sum(ready_by_region.values())
+        """One server's totals now (``reported``: the regions its load came from;
+        ``replica_loads``: its replicas' load, as reports named them): its load and ready
+        replicas per region, its replicas with load (those of its routing entry only), its
+        ready replicas, its cold starts, and its latest wake (new cold starts while it has no
+        ready replica: scale from zero now, whatever the scale-up window)."""
+        shape = self._shapes.get(server.name)
+        if shape is None or shape.server is not server:
+            shape = self._shapes[server.name] = _Shape.of(server)
+        ready_by_region = shape.ready_by_region
+        ready_total = shape.ready_total
+        replicas: tuple[ReplicaTotals, ...] = ()
+        if replica_loads:
+            known = shape.replica_ids
+            replicas = tuple(
+                ReplicaTotals(
+                    replica=replica,
+                    in_flight=millionths(load.in_flight),
+                    requests=millionths(load.requests_per_second),
+                )
+                for replica, load in sorted(replica_loads, key=_first)
+                if replica in known and (load.in_flight or load.requests_per_second)
+            )
         cold_starts = self.book.cold_starts.get(server.name, 0)
         new_cold, woken_at = self._wakes.see(server.name, cold_starts, ready=ready_total, now=now)
         if new_cold > 0:
@@ -426,6 +452,8 @@ class LoadService:
         return ServerTotals(
             server=server.name,
             regions=tuple(regions),
+            replicas=replicas,
+            ready_replicas=shape.ready_replicas,
             cold_starts=cold_starts,
             woken_at=woken_at,
         )
@@ -465,8 +493,43 @@ class LoadService:
         return self.intake.generic_handler()
 
 
+class _Shape:
+    """What a server's totals take from its routing entry, worked out once per entry: its
+    ready replicas per region and in all, their (id, region) pairs, and its replicas' ids."""
+
+    __slots__ = ("ready_by_region", "ready_replicas", "ready_total", "replica_ids", "server")
+
+    def __init__(
+        self,
+        server: RoutedServer,
+        ready_by_region: dict[str, int],
+        ready_replicas: tuple[tuple[str, str], ...],
+        replica_ids: frozenset[str],
+    ) -> None:
+        self.server = server
+        self.ready_by_region = ready_by_region
+        self.ready_total = sum(ready_by_region.values())
+        self.ready_replicas = ready_replicas
+        self.replica_ids = replica_ids
+
+    @classmethod
+    def of(cls, server: RoutedServer) -> _Shape:
+        ready_by_region: dict[str, int] = {}
+        for endpoint in server.endpoints:
+            if not endpoint.draining:
+                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+        ready = sorted({(e.replica_id, e.region) for e in server.endpoints if not e.draining})
+        return cls(
+            server, ready_by_region, tuple(ready), frozenset(e.replica_id for e in server.endpoints)
+        )
+
+
 def _name(totals: ServerTotals) -> str:
     return totals.server
+
+
+def _first(pair: tuple[str, Load]) -> str:
+    return pair[0]
 
 
 __all__ = ["LoadService", "catalog_of", "spec_of"]
