@@ -305,17 +305,13 @@ class LoadService:
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         self._resolve_pending(table, now)
-        totals, replica_loads = self.book.loads()
-        # Per server with load: the regions its load came from, and its replicas with load
-        # (one pass each, not one per server).
+        totals = self.book.region_loads()
+        # Per server with load: the regions its load came from (one pass, not one per server).
         reported: dict[str, set[str]] = {}
         for server_name, region in totals:
             regions = reported.setdefault(server_name, set())
             if region != "*":
                 regions.add(region)
-        loaded_replicas: dict[str, list[tuple[str, Load]]] = {}
-        for (server_name, replica), load in replica_loads.items():
-            loaded_replicas.setdefault(server_name, []).append((replica, load))
         loaded = set(reported)
         touch = self._active | loaded
         gone: set[str] = set()
@@ -334,12 +330,13 @@ class LoadService:
             server = self._servers.get(name)
             if server is None:
                 continue
-            mine = self._server_totals(
-                server, totals, reported.get(name, set()), loaded_replicas.get(name, []), now
-            )
-            if mine != self._totals.get(name):
+            mine = self._server_totals(server, totals, reported.get(name, set()), now)
+            before = self._totals.get(name)
+            if mine != before:
                 self._totals[name] = mine
                 changed.add(name)
+            elif before is not None:
+                mine = before  # the same value: rows compared with it compare by identity
             touched.append(mine)
         recommended = recommend(
             LoadTotals(servers=tuple(sorted(touched, key=_name))),
@@ -403,30 +400,25 @@ class LoadService:
         server: RoutedServer,
         totals: dict[tuple[str, str], Load],
         reported: set[str],
-        replica_loads: list[tuple[str, Load]],
         now: float,
     ) -> ServerTotals:
-        """One server's totals now (``reported``: the regions its load came from;
-        ``replica_loads``: its replicas' load, as reports named them): its load and ready
-        replicas per region, its replicas with load (those of its routing entry only), its
-        ready replicas, its cold starts, and its latest wake (new cold starts while it has no
-        ready replica: scale from zero now, whatever the scale-up window)."""
+        """One server's totals now (``reported``: the regions its load came from): its load
+        and ready replicas per region, its replicas with load (those of its routing entry
+        only), its ready replicas, its cold starts, and its latest wake (new cold starts while
+        it has no ready replica: scale from zero now, whatever the scale-up window)."""
         shape = self._shapes.get(server.name)
         if shape is None or shape.server is not server:
             shape = self._shapes[server.name] = _Shape.of(server)
         ready_by_region = shape.ready_by_region
         ready_total = shape.ready_total
         replicas: tuple[ReplicaTotals, ...] = ()
+        replica_loads = self.book.replica_loads(server.name)
         if replica_loads:
             known = shape.replica_ids
             replicas = tuple(
-                ReplicaTotals(
-                    replica=replica,
-                    in_flight=millionths(load.in_flight),
-                    requests=millionths(load.requests_per_second),
-                )
-                for replica, load in sorted(replica_loads, key=_first)
-                if replica in known and (load.in_flight or load.requests_per_second)
+                ReplicaTotals(replica=replica, in_flight=in_flight, requests=requests)
+                for replica, in_flight, requests in replica_loads
+                if replica in known
             )
         cold_starts = self.book.cold_starts.get(server.name, 0)
         new_cold, woken_at = self._wakes.see(server.name, cold_starts, ready=ready_total, now=now)
@@ -526,10 +518,6 @@ class _Shape:
 
 def _name(totals: ServerTotals) -> str:
     return totals.server
-
-
-def _first(pair: tuple[str, Load]) -> str:
-    return pair[0]
 
 
 __all__ = ["LoadService", "catalog_of", "spec_of"]
