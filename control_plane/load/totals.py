@@ -363,17 +363,28 @@ def scale_down_candidates(
         return ()
     load = {r.replica: r for r in server.replicas}
     everywhere = region == "*"
-    pool = dict.fromkeys(
-        rid for rid, where in server.ready_replicas if everywhere or where == region
-    )
-    idle = [rid for rid in pool if rid not in load]  # sorted by id, as ready_replicas is
-    if len(idle) >= count:
-        return tuple(idle[:count])
-    busy = sorted(
-        (load[rid] for rid in pool if rid in load),
-        key=lambda r: (r.in_flight, r.requests, r.replica),
-    )
+    idle: list[str] = []
+    busy: list[ReplicaTotals] = []
+    last = None
+    # ready_replicas is sorted by (id, region): a replica listed in two regions (parts whose
+    # tables differ) comes twice in a row.
+    for replica, where in server.ready_replicas:
+        if replica == last or not (everywhere or where == region):
+            continue
+        last = replica
+        have = load.get(replica)
+        if have is None:
+            idle.append(replica)
+            if len(idle) == count:
+                return tuple(idle)
+        else:
+            busy.append(have)
+    busy.sort(key=_idleness)
     return tuple(idle + [r.replica for r in busy[: count - len(idle)]])
+
+
+def _idleness(replica: ReplicaTotals) -> tuple[int, int, str]:
+    return (replica.in_flight, replica.requests, replica.replica)
 
 
 def _row(
