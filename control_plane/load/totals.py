@@ -266,22 +266,48 @@ class Recommended:
     moving: bool
 
 
+_Kept = tuple[tuple[tuple[str, str], ...], tuple[ReplicaTotals, ...], int, tuple[str, ...]]
+
+
 class History:
     """What ``recommend`` remembers between calls: the rule's windows per (server, region)
-    key, the latest wake seen per server, and each server's keys (a key that goes loses its
-    windows). Not thread-safe."""
+    key, the latest wake seen per server, each server's keys (a key that goes loses its
+    windows), and its last scale-down candidates per region with what they were made from (a
+    server scaling down is looked at every tick; its candidates are made again only when its
+    replicas or the count moved). Not thread-safe."""
 
     def __init__(self) -> None:
         self.recommender = Recommender()
         self._woken: dict[str, float] = {}
         self._keys: dict[str, set[Hashable]] = {}
         self._forget = False
+        self._candidates: dict[str, dict[str, _Kept]] = {}
 
     def forget_server(self, server: str) -> None:
         """``server`` went: its windows and its wakes are forgotten."""
         if self._keys.pop(server, None):
             self._forget = True
         self._woken.pop(server, None)
+        self._candidates.pop(server, None)
+
+    def _candidates_of(
+        self, server: ServerTotals, count: int, region: str, kept: dict[str, _Kept]
+    ) -> tuple[str, ...]:
+        """``scale_down_candidates``, or the same answer as last time if made from the same
+        replicas; ``kept``: this look's answers (the server's next last ones)."""
+        ready, replicas = server.ready_replicas, server.replicas
+        last = self._candidates.get(server.server, {}).get(region)
+        if (
+            last is not None
+            and last[2] == count
+            and (last[0] is ready or last[0] == ready)
+            and (last[1] is replicas or last[1] == replicas)
+        ):
+            found = last[3]
+        else:
+            found = scale_down_candidates(server, count, region=region)
+        kept[region] = (ready, replicas, count, found)
+        return found
 
     def _woke(self, server: ServerTotals) -> bool:
         """Whether ``server`` had a wake since the last look (the newest wake is later than
@@ -328,6 +354,7 @@ def recommend(
         regions = sorted((set(spec.regions) | by_region.keys()) - {"*"})
         rows: list[LoadRow] = []
         keys: set[Hashable] = set()
+        kept: dict[str, _Kept] = {}
         moving = False
         for region in ["*", *regions]:
             counts = by_region.get(region) or idle(region)
@@ -344,9 +371,13 @@ def recommend(
                 moving |= not settled(desired, in_flight=in_flight, wake=wake, spec=scaling)
             candidates: tuple[str, ...] = ()
             if desired is not None and desired < counts.ready:
-                candidates = scale_down_candidates(server, counts.ready - desired, region=region)
+                candidates = history._candidates_of(server, counts.ready - desired, region, kept)
             rows.append(_row(server, counts, spec, desired=desired, candidates=candidates))
         history._keep(name, keys)
+        if kept:
+            history._candidates[name] = kept
+        else:
+            history._candidates.pop(name, None)
         recommended[name] = Recommended(rows=tuple(rows), moving=moving)
     history._prune()
     return recommended
