@@ -487,7 +487,8 @@ class LoadService:
 
 class _Shape:
     """What a server's totals take from its routing entry, worked out once per entry: its
-    ready replicas per region and in all, their (id, region) pairs, and its replicas' ids."""
+    ready replicas per region and in all, their (id, region) pairs (where its spec has an
+    autoscaling rule: only a recommendation names candidates), and its replicas' ids."""
 
     __slots__ = ("ready_by_region", "ready_replicas", "ready_total", "replica_ids", "server")
 
@@ -510,7 +511,10 @@ class _Shape:
         for endpoint in server.endpoints:
             if not endpoint.draining:
                 ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        ready = sorted({(e.replica_id, e.region) for e in server.endpoints if not e.draining})
+        # Scale-down candidates are named only where the spec asks for a recommendation.
+        ready: list[tuple[str, str]] = []
+        if server.spec.autoscaling is not None:
+            ready = sorted({(e.replica_id, e.region) for e in server.endpoints if not e.draining})
         return cls(
             server, ready_by_region, tuple(ready), frozenset(e.replica_id for e in server.endpoints)
         )
