@@ -14,7 +14,8 @@ others; it sets each DRAINING in the registry (Envoy sends it no new request), w
 load rows show it with no request in flight, in rows that cover reports made after the drain
 (``DRAIN_INTERVALS`` report intervals), or until ``--drain-timeout``, and only then stops it
 (SIGTERM: it deregisters itself). A draining replica is made READY again when the
-recommendation rises before it stops.
+recommendation rises before it stops. A registry it cannot reach for a moment delays what it
+does to the next update; it never stops a replica it could not drain.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.registry import open_registry
-from control_plane.registry.errors import NotFoundError
+from control_plane.registry.errors import NotFoundError, RegistryError
 from control_plane.registry.model import Registry, ReplicaState
 
 # Rows cover a report made after the drain once this many report intervals have passed: Envoy
@@ -104,7 +105,10 @@ class Autoscaler:
         if response.report_interval_seconds > 0:
             self._interval = response.report_interval_seconds
         if self._row.desired_replicas >= 0:
-            self._scale(self._row)
+            try:
+                self._scale(self._row)
+            except RegistryError as exc:  # unreachable for a moment: act at the next update
+                self.announce(f"autoscaler: registry: {exc}; trying again at the next update")
         self.settle()
 
     def _scale(self, row: Any) -> None:
@@ -114,9 +118,9 @@ class Autoscaler:
         want = min(len(self.ports), max(0, row.desired_replicas - others))
         while len(active) < want and self._draining:
             port = min(self._draining)  # back to READY rather than a new one
-            drain = self._draining.pop(port)
             with contextlib.suppress(NotFoundError):
-                self._registry().set_replica_state(drain.replica, ReplicaState.READY)
+                self._registry().set_replica_state(self._draining[port].replica, ReplicaState.READY)
+            del self._draining[port]
             active.append(port)
             self.announce(f"autoscaler: {self._name(port)} ready again ({len(active)} of mine)")
         while len(active) < want and len(self._own) < len(self.ports):
