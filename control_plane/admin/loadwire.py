@@ -1,6 +1,7 @@
 """The internal load messages between a ``serve --workers`` worker and its supervisor
 (``WatchLoadTotals``): ``load/totals.py``'s values to and from the admin protos. The totals and
-the specs travel as separate messages; a spec is sent only when it changes.
+the specs travel as separate messages; a spec is sent only when it changes, and a server's
+ready replicas only when they change on that stream (``ready_as_sent``).
 
 Reading is strict where a value could mislead (a negative count, a NaN time) and never raises:
 a bad entry is left out. Imports the admin protos and the load and spec values only.

@@ -1,8 +1,8 @@
-"""The load view: every server's totals (``load/totals.py``: load, ready replicas, cold starts)
-from the reports ``load.intake`` takes into the book, and its rows from ``recommend``; ticked
-every half interval and at once on a cold start; and hold-mode demand (held cluster names asked
-for by proxies). Under ``serve --workers`` a worker's totals and specs are what its supervisor
-merges (``group/admin.py``), with the same ``recommend``.
+"""The load view: every server's totals (``load/totals.py``: load per region and per replica,
+ready replicas, cold starts) from the reports ``load.intake`` takes into the book, and its rows
+from ``recommend``; ticked every half interval and at once on a cold start; and hold-mode
+demand (held cluster names asked for by proxies). Under ``serve --workers`` a worker's totals
+and specs are what its supervisor merges (``group/admin.py``), with the same ``recommend``.
 """
 
 from __future__ import annotations
