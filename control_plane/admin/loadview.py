@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from control_plane.admin.loadwire import rule_message
 from control_plane.admin.pb import admin_pb2
-from control_plane.load.totals import LoadRow
+from control_plane.load.totals import MILLION, LoadRow
 
 
 class LoadView(Protocol):
@@ -48,7 +48,14 @@ def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
             desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
             cold_starts=row.cold_starts,
             cold_start_mode=row.cold_start_mode,
+            scale_down_candidates=row.scale_down_candidates,
         )
+        for replica in row.replicas:
+            item.replicas.add(
+                replica=replica.replica,
+                in_flight=replica.in_flight / MILLION,
+                requests_per_second=replica.requests / MILLION,
+            )
         if row.autoscaling is not None:
             item.autoscaling.CopyFrom(rule_message(row.autoscaling))
 

@@ -136,6 +136,18 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
             for r in rows
         ],
     )
+    for r in rows:
+        if r["scale_down_candidates"]:
+            click.echo(
+                f"scale down {r['server']} ({r['region']}) first: "
+                + _first_few(r["scale_down_candidates"])
+            )
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    """``names`` joined, past ``shown`` cut to the first ones and how many more."""
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @click.command()

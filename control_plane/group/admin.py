@@ -253,9 +253,10 @@ class LoadSum:
             self.take_specs(worker, specs)
         else:
             message = update.totals
+            self._grow(worker)
             self.take(
                 worker,
-                totals_from(message),
+                totals_from(message, self._workers[worker]),
                 changes_only=message.changes_only,
                 removed=message.removed_servers,
             )

@@ -83,7 +83,7 @@ def test_proxies_are_summed_per_server_region_and_replica() -> None:
     assert totals[("echo", "*")].errors_per_second == 1
     assert totals[("echo", "us-west")].in_flight == 5
     assert totals[("echo", "us-east")].in_flight == 1
-    assert replicas["r1"].in_flight == 5
+    assert replicas[("echo", "r1")].in_flight == 5
 
 
 def test_a_stream_replaces_only_its_own_report_whatever_node_id_another_claims() -> None:
@@ -132,7 +132,7 @@ def test_duplicated_entries_are_merged_before_the_per_server_bound() -> None:
     assert echo.requests_per_second == PER_SERVER.requests_per_second + 8
     assert echo.errors_per_second == PER_SERVER.errors_per_second
     assert echo.dropped_per_second == PER_SERVER.dropped_per_second
-    assert replicas["r1"].in_flight == PER_SERVER.in_flight + 4
+    assert replicas[("echo", "r1")].in_flight == PER_SERVER.in_flight + 4
     assert book.ignored.clipped == 1  # one report clipped
     book.forget(1)
     assert book.loads()[0][("echo", "*")].in_flight == 4  # exactly: no float dust left
