@@ -14,6 +14,7 @@ import contextlib
 import gc
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from prometheus_client import REGISTRY, disable_created_metrics, generate_latest
 from control_plane import metrics
 from control_plane.admin.server import AdminServer
 from control_plane.admin.service import AdminService
+from control_plane.fleet.publish import FleetLoad
+from control_plane.fleet.records import PROBLEM_KIND
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
@@ -91,6 +94,10 @@ class ServeConfig:
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
+    # The fleet group this process publishes its load in (control_plane/fleet/): the workers of
+    # one ``serve --workers`` share one, so none counts a sibling's record; "" (a lone
+    # process): a group of its own.
+    fleet_group: str = ""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -235,6 +242,12 @@ async def serve(
             admit=xds.admit,
             xds_nodes=lambda: ((p.node_id, p.group.cluster) for p in list(xds.proxies.values())),
         )
+        # Unique to this start: a replica that restarts is a new publisher, and one given the
+        # same --control-plane-id as another never overwrites the other's record.
+        publisher = f"{identifier}#{secrets.token_hex(6)}"
+        fleet = FleetLoad(
+            registry=registry, load=load, publisher=publisher, group=config.fleet_group or publisher
+        )
         xds.add_subscribe_listener(
             lambda proxy, type_url, names: load.note_subscribed(
                 type_url, names, node_id=proxy.node_id
@@ -283,7 +296,15 @@ async def serve(
             return text + load_exposition.render()
 
         admin = AdminServer(
-            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table, load=load),
+            service=AdminService(
+                xds=xds,
+                cache=cache,
+                table=lambda: reconciler.table,
+                load=load,
+                more_problems=lambda: (
+                    (PROBLEM_KIND, p.publisher, p.field, p.value, p.message) for p in fleet.problems
+                ),
+            ),
             ready=ready,
             token=config.admin_token,
             metrics=exposition,
@@ -312,6 +333,7 @@ async def serve(
                 tasks.create_task(reconciler.run()),
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
+                tasks.create_task(fleet.run()),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)
