@@ -201,10 +201,13 @@ class LoadService:
         self._remote_proxies = totals.proxies
         self._remote_totals = totals
         self.remote_version += 1
+        dropped = partial and not self.partial
         self.partial = partial
         # A new version (no server's rows changed yet): the answers say partial, and a worker's
         # supervisor is sent the remote totals.
         self._log.add(frozenset())
+        if dropped:
+            self.tick()  # the fleet's sums leave the rows now: never shown as fresh
         self._cold_start_seen.set()  # not a cold start: the same early tick
 
     @property
