@@ -272,16 +272,32 @@ _FIELDS = (
     ("errors", "errors_per_second"),
     ("dropped", "dropped_per_second"),
 )
+# Each bound's figures in millionths, in _FIELDS' order.
+_LIMITS = {
+    bound: tuple(millionths(getattr(bound, theirs)) for _, theirs in _FIELDS)
+    for bound in (PER_SERVER, PER_PROXY)
+}
 
 
 def _bounded(region: RegionTotals, bound: Bound, scale: float = 1.0) -> RegionTotals:
     """``region`` with each figure at most ``bound``'s (in millionths), times ``scale``; no
     ready replicas (the reader counts its own)."""
-    values = {
-        mine: min(round(getattr(region, mine) * scale), millionths(getattr(bound, theirs)))
-        for mine, theirs in _FIELDS
-    }
-    return RegionTotals(region=region.region, **values)
+    flight, requests, errors, dropped = _LIMITS[bound]
+    if scale == 1.0:
+        return RegionTotals(
+            region=region.region,
+            in_flight=min(region.in_flight, flight),
+            requests=min(region.requests, requests),
+            errors=min(region.errors, errors),
+            dropped=min(region.dropped, dropped),
+        )
+    return RegionTotals(
+        region=region.region,
+        in_flight=min(round(region.in_flight * scale), flight),
+        requests=min(round(region.requests * scale), requests),
+        errors=min(round(region.errors * scale), errors),
+        dropped=min(round(region.dropped * scale), dropped),
+    )
 
 
 def _bounded_all(servers: list[ServerTotals]) -> tuple[ServerTotals, ...]:
@@ -315,6 +331,18 @@ def _clipped(record: LoadRecord, claimed: LoadTotals, bounded: LoadTotals) -> Pr
     """A problem when bounding cut what ``record`` claims."""
     for was, now in zip(claimed.servers, bounded.servers, strict=True):
         for region_was, region in zip(was.regions, now.regions, strict=True):
+            if (
+                region_was.in_flight,
+                region_was.requests,
+                region_was.errors,
+                region_was.dropped,
+            ) == (
+                region.in_flight,
+                region.requests,
+                region.errors,
+                region.dropped,
+            ):
+                continue
             for mine, _ in _FIELDS:
                 if getattr(region_was, mine) != getattr(region, mine):
                     return _problem(

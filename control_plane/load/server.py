@@ -343,7 +343,9 @@ class LoadService:
             regions = reported.setdefault(server_name, set())
             if region != "*":
                 regions.add(region)
-        loaded = set(reported) | self._remote.keys()
+        loaded = set(reported)
+        # The fleet's totals: only the servers whose remote totals moved (a recommendation
+        # still moving stays in ``_active``).
         touch = self._active | loaded | self._remote_moved
         self._remote_moved = set()
         gone: set[str] = set()
@@ -485,7 +487,9 @@ class LoadService:
                     await self._cold_start_seen.wait()
             except TimeoutError:
                 continue
-            await asyncio.sleep(COLD_START_COALESCE)
+            if self.book.cold_start_events != self._events_seen:
+                await asyncio.sleep(COLD_START_COALESCE)
+            # else the fleet's totals moved (``take_remote``): they come a read at a time
 
     async def watch(self) -> AsyncIterator[int]:
         """The version now, then after every tick that moved a row."""
