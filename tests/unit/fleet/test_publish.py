@@ -108,3 +108,43 @@ async def test_two_publishers_see_each_other_and_a_cut_registry_is_partial(
         message.ParseFromString(data or b"")
         assert not message.servers
     registry.close()
+
+
+async def test_a_new_wake_is_written_at_once_not_at_the_next_interval(tmp_path: Path) -> None:
+    registry = SqliteRegistry(f"sqlite://{tmp_path / 'r.db'}")
+    current = routed()
+    # An interval no test waits for: only the wake path can write within the deadline.
+    load = LoadService(table=lambda: current, interval=600.0)
+    busy = ServerTotals(server="echo", regions=(RegionTotals(region="*", in_flight=MILLION),))
+    load.totals = lambda servers=None: LoadTotals(  # type: ignore[method-assign]
+        servers=(busy,), interval=600.0
+    )
+    fleet = FleetLoad(registry=registry, load=load, publisher="a", group="a")
+    reader = FleetLoad(
+        registry=registry, load=LoadService(table=lambda: current), publisher="r", group="r"
+    )
+    tasks = [asyncio.create_task(t.run()) for t in (load, fleet)]
+    try:
+        async with asyncio.timeout(10):  # the first interval's write: load, no wake
+            while not reader.remote.servers:
+                await reader.read_once()
+        assert reader.remote.servers[0].cold_starts == 0
+        woken = replace(busy, cold_starts=1, woken_at=load._clock())
+        load.totals = lambda servers=None: LoadTotals(  # type: ignore[method-assign]
+            servers=(woken,), interval=600.0
+        )
+        load._log.add(frozenset({"echo"}))  # the view moved, as a cold start's tick does
+        load._cold_start_seen.set()
+        async with asyncio.timeout(10):  # long before the next interval's write
+            while not reader.remote.servers[0].cold_starts:
+                await reader.read_once()
+        [seen] = reader.remote.servers
+        assert (seen.server, seen.cold_starts) == ("echo", 1)
+        assert seen.woken_at > 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    registry.close()
