@@ -72,9 +72,8 @@ def serve(tmp_path: Path, registry: str, *extra: str) -> ControlPlane:
     return cp
 
 
-@pytest.fixture
-def registry_url(tmp_path: Path, echo_factory: Callable[[str], EchoThread]) -> str:
-    url = f"sqlite://{tmp_path / 'registry.db'}"
+def with_echo(url: str, echo_factory: Callable[[str], EchoThread]) -> str:
+    """``url``'s registry with the server ``echo`` (target 1) and one ready replica."""
     registry = open_registry(url)
     registry.put_server(
         name="echo",
@@ -85,6 +84,22 @@ def registry_url(tmp_path: Path, echo_factory: Callable[[str], EchoThread]) -> s
     registry.register_replica(server="echo", address=echo_factory("a").address, region="us-west")
     registry.close()
     return url
+
+
+@pytest.fixture
+def registry_url(tmp_path: Path, echo_factory: Callable[[str], EchoThread]) -> str:
+    """A SQLite registry."""
+    return with_echo(f"sqlite://{tmp_path / 'registry.db'}", echo_factory)
+
+
+@pytest.fixture(params=["sqlite", "spanner"])
+def any_registry_url(
+    request: pytest.FixtureRequest, tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> str:
+    """Each store: a SQLite file, a database on the Spanner emulator."""
+    if request.param == "sqlite":
+        return with_echo(f"sqlite://{tmp_path / 'registry.db'}", echo_factory)
+    return with_echo(request.getfixturevalue("spanner_url"), echo_factory)
 
 
 @pytest.fixture
@@ -111,8 +126,9 @@ def in_flight_is(admin: str, count: float) -> dict[str, Any] | None:
 
 
 def test_two_replicas_each_show_the_fleets_sum_and_a_killed_ones_share_leaves(
-    tmp_path: Path, registry_url: str, started: list[Any]
+    tmp_path: Path, any_registry_url: str, started: list[Any]
 ) -> None:
+    registry_url = any_registry_url
     a = serve(tmp_path, registry_url)
     started.append(a)
     b = serve(tmp_path, registry_url)
