@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -36,6 +37,7 @@ from control_plane.fleet.records import (
     PROBLEM_KIND,
     Decoded,
     Problem,
+    Remote,
     encode,
     publishable,
     remote,
@@ -89,6 +91,9 @@ class FleetLoad:
         self._wall = wall
         self._read_every = read_every
         self._decoded: dict[tuple[str, float, int], Decoded] = {}
+        # A read that timed out may still run in its thread: the next waits for it (the cache
+        # of decoded records is the threads' to share, one at a time).
+        self._reading = threading.Lock()
         self._reported: set[tuple[str, str, str]] = set()
         self.problems: tuple[Problem, ...] = ()
         self.partial = True  # until the first read
@@ -191,30 +196,36 @@ class FleetLoad:
 
     async def read_once(self) -> None:
         """Read every record now and hand the load view the others' sums (or, when the read
-        fails, nothing of theirs, marked partial)."""
+        fails, nothing of theirs, marked partial). The records are read and judged in a
+        thread: decoding a big record never holds up the event loop."""
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                records = await asyncio.to_thread(
-                    self._registry.read_load, max_records=MAX_RECORDS, max_bytes=MAX_RECORD_BYTES
-                )
+                summed, read = await asyncio.to_thread(self._read)
         except (RegistryError, TimeoutError) as exc:
             if not self.partial:
                 log.warning("fleet_load_partial", error=str(exc)[:300])
             self._take(EMPTY, partial=True, publishers=0)
             return
         if self.partial:
-            log.info("fleet_load_complete", publishers=len(records))
-        wall = self._wall()
-        summed = remote(
-            records,
-            publisher=self.publisher,
-            group=self.group,
-            now=wall,
-            wall_offset=wall - self._clock(),
-            decoded=self._decoded,
-        )
+            log.info("fleet_load_complete", publishers=read)
         self._report(summed.problems)
         self._take(summed.totals, partial=False, publishers=summed.publishers)
+
+    def _read(self) -> tuple[Remote, int]:
+        """The others' sums from every record, and how many records were read (in a thread;
+        one at a time)."""
+        with self._reading:
+            records = self._registry.read_load(max_records=MAX_RECORDS, max_bytes=MAX_RECORD_BYTES)
+            wall = self._wall()
+            summed = remote(
+                records,
+                publisher=self.publisher,
+                group=self.group,
+                now=wall,
+                wall_offset=wall - self._clock(),
+                decoded=self._decoded,
+            )
+        return summed, len(records)
 
     def _take(self, totals: LoadTotals, *, partial: bool, publishers: int) -> None:
         metrics.FLEET_PARTIAL.set(int(partial))

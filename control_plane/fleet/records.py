@@ -50,6 +50,7 @@ MAX_RECORDS = 256  # publishers read (the newest first): control-plane processes
 MAX_SKEW = 2.0  # seconds a record may be ahead of the reader's clock
 MAX_NAME = 512  # characters of a publisher or group name
 MAX_COLD_STARTS = 10**12
+MAX_PROXIES = 20_000  # what one process may count: load/intake.py's MAX_LOAD_STREAMS
 PROBLEM_KIND = "load publisher"
 
 
@@ -259,7 +260,7 @@ def _decode(record: LoadRecord, *, wall_offset: float, now: float) -> Decoded:
         )
     bounded = LoadTotals(
         servers=_bounded_all(servers),
-        proxies=totals.proxies,
+        proxies=min(totals.proxies, MAX_PROXIES),
         interval=record.interval,
         at=record.written_at - wall_offset,
     )

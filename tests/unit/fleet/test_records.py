@@ -216,3 +216,8 @@ def test_a_record_is_decoded_once_and_forgotten_when_it_is_no_longer_read() -> N
     later = remote([newer], publisher="me", group="me", now=NOW, wall_offset=OFFSET, decoded=cache)
     assert in_flight(later.totals, "a") == 4
     assert len(cache) == 1
+
+
+def test_one_record_cannot_claim_more_proxies_than_one_process_may_count() -> None:
+    value, _ = summed(record("evil", totals(server("a", 1), proxies=4_000_000_000)))
+    assert value.proxies == 20_000
