@@ -27,6 +27,7 @@ from control_plane.fleet.records import MAX_RECORD_BYTES, encode
 from control_plane.load.totals import MILLION, LoadTotals, RegionTotals, ServerTotals
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, metric_sum
+from harness.spanner_emulator import Emulator, emulator_binary
 from harness.waiting import wait_until
 
 pytestmark = pytest.mark.envoy
@@ -289,3 +290,38 @@ def test_a_workers_replica_and_a_lone_one_count_every_worker_once(
         what="four more load writes",
     )
     assert [total(cp.admin)["in_flight"] for cp in (group, lone)] == [7, 7]
+
+
+def test_a_replica_that_cannot_read_the_registry_says_partial_and_shows_its_own_load(
+    tmp_path: Path,
+    echo_factory: Callable[[str], EchoThread],
+    monkeypatch: pytest.MonkeyPatch,
+    started: list[Any],
+) -> None:
+    if emulator_binary() is None:
+        pytest.skip("the Spanner emulator is not installed")
+    # An emulator of this test's own, so that stopping it cuts only this replica's registry.
+    emulator = Emulator.create(tmp_path)
+    emulator.start()
+    started.append(emulator)
+    monkeypatch.setenv("SPANNER_EMULATOR_HOST", emulator.host)
+    url = "spanner://projects/test/instances/rp/databases/partial"
+    registry = open_registry(url)
+    registry.init()
+    registry.close()
+    with_echo(url, echo_factory)
+    a = serve(tmp_path, url, "--workers", "1")
+    started.append(a)
+    a.wait_ready()
+    envoy = envoy_to(tmp_path, a, "edge-a", started)
+    hold(envoy, 2)
+    row = wait_until(lambda: in_flight_is(a.admin, 2), timeout=20, what="2 in flight")
+    assert row["partial"] is False
+    assert metric_sum(a.admin, "routeplane_fleet_load_partial") == 0
+    emulator.stop()
+    cut = wait_until(
+        lambda: (r := total(a.admin))["partial"] and r, timeout=30, what="partial after the cut"
+    )
+    assert cut["in_flight"] == 2  # its own proxies' load, still shown
+    assert metric_sum(a.admin, "routeplane_fleet_load_partial") == 1
+    assert "partial: the fleet's load cannot be read" in routeplane_load(a.admin, as_json=False)
