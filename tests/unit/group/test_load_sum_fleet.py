@@ -4,9 +4,20 @@ them beside its workers' own; partial only when no worker could read them."""
 
 from __future__ import annotations
 
+import itertools
+import random
+from typing import Any
+
+import pytest
+
+from control_plane.admin.loadwire import TotalsFeed
 from control_plane.group.admin import LoadSum
+from control_plane.load.server import LoadService
 from control_plane.load.totals import MILLION, LoadSpec, LoadTotals, RegionTotals, ServerTotals
 from control_plane.registry.spec import Autoscaling
+from control_plane.routing.model import RoutingTable
+from harness.models import table
+from tests.unit.load.test_tick_incremental import random_server, report
 
 SPEC = {"echo": LoadSpec(autoscaling=Autoscaling(target_concurrency=1, max_replicas=50))}
 
@@ -61,3 +72,72 @@ def test_remote_totals_that_move_are_summed_again() -> None:
     load.take_remote(0, LoadTotals(), partial=False)  # the other replica went
     load.sum(now=102.0)
     assert star(load)[0] == 3
+
+
+def remote_totals(rng: random.Random, servers: list[Any]) -> LoadTotals:
+    """What the other control planes might have published: load on some servers, some
+    regions, a cold start here and there (never ready replicas: they are not published)."""
+    chosen = rng.sample(servers, rng.randrange(len(servers) + 1))
+    out = []
+    for routed in sorted(chosen, key=lambda s: s.name):
+        regions = [RegionTotals(region="*", in_flight=rng.randrange(0, 9) * MILLION)]
+        if rng.random() < 0.5:
+            regions.append(RegionTotals(region="us-west", in_flight=rng.randrange(0, 5) * MILLION))
+        out.append(
+            ServerTotals(
+                server=routed.name, regions=tuple(regions), cold_starts=rng.randrange(0, 3)
+            )
+        )
+    return LoadTotals(servers=tuple(out), proxies=rng.randrange(0, 4))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_group_with_the_fleets_totals_shows_what_a_lone_process_with_them_shows(
+    seed: int,
+) -> None:
+    """Two workers hearing some proxies each and both reading the same remote totals, summed
+    by the supervisor through the real feed, give the rows of a lone process that hears every
+    proxy and reads the same remote totals: the remote totals are counted once."""
+    rng = random.Random(seed)
+    servers = [random_server(rng, f"s{i}") for i in range(6)]
+    current: list[RoutingTable] = [table(*servers)]
+    clock = [1000.0]
+
+    def service() -> LoadService:
+        return LoadService(table=lambda: current[0], clock=lambda: clock[0], interval=1.0)
+
+    workers, lone = [service(), service()], service()
+    feeds = [TotalsFeed(worker) for worker in workers]
+    group = LoadSum(2)
+    numbers = itertools.count(1)
+    for step in range(80):
+        clock[0] += rng.choice([0.25, 0.5, 2.0])
+        roll = rng.random()
+        if roll < 0.4:
+            index, stats = rng.randrange(2), report(rng, servers)
+            stream = next(numbers)
+            for hearing in (workers[index], lone):
+                hearing.book.record(
+                    f"proxy-{index}",
+                    stats,
+                    stream=stream,
+                    now=clock[0],
+                    asked_interval=1.0,
+                    catalog=hearing.catalog(),
+                )
+        elif roll < 0.8:
+            remote = remote_totals(rng, servers)
+            partial = rng.random() < 0.15
+            shown = LoadTotals() if partial else remote
+            for hearing in (*workers, lone):
+                hearing.take_remote(shown, partial=partial)
+        for number, (worker, feed) in enumerate(zip(workers, feeds, strict=True)):
+            worker.tick()
+            for update in feed.updates():
+                group.take_update(number, update)
+        group.sum(now=clock[0])
+        lone.tick()
+        alone = {(r.server, r.region): r for r in lone.rows}
+        grouped = {(r.server, r.region): r for n in group.servers() for r in group.rows_of(n)}
+        assert grouped == alone, f"seed {seed}, step {step}"
+        assert group.partial == lone.partial
