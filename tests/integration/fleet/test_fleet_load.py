@@ -325,3 +325,45 @@ def test_a_replica_that_cannot_read_the_registry_says_partial_and_shows_its_own_
     assert cut["in_flight"] == 2  # its own proxies' load, still shown
     assert metric_sum(a.admin, "routeplane_fleet_load_partial") == 1
     assert "partial: the fleet's load cannot be read" in routeplane_load(a.admin, as_json=False)
+
+
+def test_a_cold_start_met_through_one_replica_wakes_the_other(
+    tmp_path: Path, started: list[Any]
+) -> None:
+    url = f"sqlite://{tmp_path / 'registry.db'}"
+    registry = open_registry(url)
+    registry.put_server(
+        name="api",
+        hostnames=["api.local"],
+        protocol="http",
+        spec={"autoscaling": {"target_concurrency": 1, "min_replicas": 0, "max_replicas": 5}},
+    )
+    registry.close()
+    a = serve(tmp_path, url)
+    started.append(a)
+    b = serve(tmp_path, url)
+    started.append(b)
+    a.wait_ready()
+    b.wait_ready()
+    envoy = Envoy.create(tmp_path, node_id="edge-b", region="us-west", xds=[b.xds])
+    started.append(envoy)
+    envoy.start()
+    envoy.wait_live()
+    wait_until(lambda: envoy.get(host="api.local")[0] == 503, what="api's route (no replica)")
+    # Envoy counts a cluster's drops from a report period's start: two reports from now.
+    reports = metric_sum(b.admin, "routeplane_load_reports_total")
+    wait_until(
+        lambda: metric_sum(b.admin, "routeplane_load_reports_total") >= reports + 2,
+        what="two load reports on B",
+    )
+    for _ in range(3):
+        envoy.get(host="api.local")
+
+    def woken() -> dict[str, Any] | None:
+        row = total(a.admin, "api")
+        return row if row["cold_starts"] >= 1 and row["desired_replicas"] >= 1 else None
+
+    # A's own proxies met nothing: the cold starts and the wake are B's, through the registry.
+    row = wait_until(woken, timeout=20, what="B's cold start on A")
+    assert row["ready_replicas"] == 0
+    assert metric_sum(a.admin, "routeplane_load_reporters") == 0
