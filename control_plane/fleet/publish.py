@@ -102,9 +102,6 @@ class FleetLoad:
         self._moved = asyncio.Event()
         self._write_failing = False
 
-    def _offset(self) -> float:
-        return self._wall() - self._clock()
-
     async def run(self) -> None:
         """Publish and read until cancelled; then write an empty record (best effort)."""
         try:
@@ -147,9 +144,10 @@ class FleetLoad:
         due = self._clock()
         while True:
             now = self._clock()
-            totals = publishable(self._load.totals())
-            wake = max((s.woken_at for s in totals.servers), default=NEVER)
+            own = self._load.totals()
+            wake = max((s.woken_at for s in own.servers), default=NEVER)
             if now >= due or wake > wake_sent:
+                totals = publishable(own)  # only now: a view's move costs a look at its wakes
                 if totals.servers or had_load:
                     await self._publish(totals)
                 had_load = bool(totals.servers)
