@@ -78,7 +78,7 @@ FLEET_WRITES_FAILED = Counter(
 )
 FLEET_RECORDS_IGNORED = Counter(
     "routeplane_fleet_load_records_ignored",
-    "Other publishers' load records ignored or bounded: malformed, future, huge, clipped",
+    "Other publishers' load records ignored or bounded: malformed, future, huge, clipped, behind",
     ["reason"],
 )
 FLEET_PARTIAL = Gauge(

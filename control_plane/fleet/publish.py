@@ -94,6 +94,7 @@ class FleetLoad:
         # A read that timed out may still run in its thread: the next waits for it (the cache
         # of decoded records is the threads' to share, one at a time).
         self._reading = threading.Lock()
+        self._written: dict[str, tuple[float, float]] = {}
         self._reported: set[tuple[str, str, str]] = set()
         self.problems: tuple[Problem, ...] = ()
         self.partial = True  # until the first read
@@ -222,6 +223,7 @@ class FleetLoad:
                 now=wall,
                 wall_offset=wall - self._clock(),
                 decoded=self._decoded,
+                written=self._written,
             )
         return summed, len(records)
 

@@ -13,7 +13,8 @@ A reader judges each other publisher's record once, here (``remote``):
 - its own record and its group's (the sibling workers of one ``serve --workers``, whose totals
   reach the supervisor directly) never count;
 - a record older than ``STALE_INTERVALS`` of its own interval stops counting (a crashed
-  replica's share leaves the sums, as a silent proxy's does);
+  replica's share leaves the sums, as a silent proxy's does); one that keeps being rewritten
+  yet is always that old comes from a clock behind, and is reported (``behind``);
 - a record that is malformed, written from the future (past ``MAX_SKEW``), or bigger than
   ``MAX_RECORD_BYTES`` is ignored and reported as a ``Problem``;
 - what one record can claim for a server, and over all its servers, is bounded as one proxy's
@@ -59,7 +60,7 @@ class Problem:
     """A record ignored (or bounded) and why, as ``routeplane problems`` shows it."""
 
     publisher: str
-    reason: str  # malformed, future, huge, clipped: the metric's label
+    reason: str  # malformed, future, huge, clipped, behind: the metric's label
     field: str
     value: str
     message: str
@@ -137,12 +138,17 @@ def remote(
     now: float,
     wall_offset: float,
     decoded: dict[tuple[str, float, int], Decoded] | None = None,
+    written: dict[str, tuple[float, float]] | None = None,
 ) -> Remote:
     """The sum of every other publisher's fresh record at ``now`` (unix seconds); times in the
     result are the reader's monotonic clock (unix seconds minus ``wall_offset``). ``decoded``:
     records decoded before, by (publisher, written at, size), kept by the caller so that a
-    record is decoded once; entries no longer read are dropped from it."""
+    record is decoded once; entries no longer read are dropped from it. ``written``: per
+    publisher, its record's time at the last read and when (``now``) it was last seen to move,
+    kept by the caller: a record that keeps being rewritten yet is always stale comes from a
+    clock that is behind, and is reported (``behind``) rather than silently left out."""
     cache = decoded if decoded is not None else {}
+    moves = written if written is not None else {}
     keep: set[tuple[str, float, int]] = set()
     parts: list[LoadTotals] = []
     problems: list[Problem] = []
@@ -156,8 +162,24 @@ def remote(
         if wrong is not None:
             problems.append(wrong)
             continue
+        before = moves.get(name)
+        moved_at = before[1] if before is not None and before[0] == record.written_at else now
+        moves[name] = (record.written_at, -math.inf if before is None else moved_at)
         if now - record.written_at > STALE_INTERVALS * record.interval:
-            continue  # stopped publishing: stops counting
+            # Stopped publishing: stops counting. Still being rewritten: its clock is behind.
+            if now - moves[name][1] <= STALE_INTERVALS * record.interval:
+                problems.append(
+                    _problem(
+                        record,
+                        "behind",
+                        "written_at",
+                        record.written_at,
+                        f"rewritten, yet written {now - record.written_at:.1f} s before this "
+                        "control plane's clock says: more than 3 of its intervals (a clock "
+                        "behind); its load does not count",
+                    )
+                )
+            continue
         key = (name, record.written_at, record.size)
         keep.add(key)
         value = cache.get(key)
@@ -172,6 +194,8 @@ def remote(
             problems.append(clipped)
     for key in cache.keys() - keep:
         del cache[key]
+    for name in moves.keys() - seen:
+        del moves[name]
     totals = LoadTotals(
         servers=merge_servers(part.servers for part in parts),
         proxies=sum(part.proxies for part in parts),

@@ -221,3 +221,24 @@ def test_a_record_is_decoded_once_and_forgotten_when_it_is_no_longer_read() -> N
 def test_one_record_cannot_claim_more_proxies_than_one_process_may_count() -> None:
     value, _ = summed(record("evil", totals(server("a", 1), proxies=4_000_000_000)))
     assert value.proxies == 20_000
+
+
+def test_a_record_rewritten_yet_always_stale_is_a_clock_behind_and_is_reported() -> None:
+    written: dict[str, tuple[float, float]] = {}
+
+    def read(at: float, now: float) -> list[str]:
+        result = remote(
+            [record("b", totals(server("a", 3)), written_at=at)],
+            publisher="me",
+            group="me",
+            now=now,
+            wall_offset=OFFSET,
+            written=written,
+        )
+        assert result.totals.servers == ()  # never counts: it is too old
+        return [p.reason for p in result.problems]
+
+    assert read(NOW - 10, NOW) == []  # first sight: a stopped publisher, or not
+    assert read(NOW - 9.5, NOW + 0.5) == ["behind"]  # it moved: written 10 s behind
+    assert read(NOW - 9.5, NOW + 1.0) == ["behind"]  # still within 3 intervals of the move
+    assert read(NOW - 9.5, NOW + 4.0) == []  # stopped moving: a stopped publisher
