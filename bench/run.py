@@ -77,6 +77,15 @@ class Plan:
     # The load view's idle cost (bench/idle_load.py): servers with autoscaling (0: none), the
     # worker counts, the CPU window (s).
     idle_load: tuple[int, tuple[int, ...], float] = (10_000, (1, 2), 20.0)
+    # Fleet-wide load (bench/fleet_load.py): registries, servers with traffic, tries of the
+    # load step, report interval (s), writes/s window (s); no registries: not run.
+    fleet_load: tuple[tuple[str, ...], tuple[int, ...], int, float, float] = (
+        ("sqlite", "spanner"),
+        (10, 1000),
+        100,
+        1.0,
+        5.0,
+    )
 
 
 FULL = Plan(
@@ -120,6 +129,7 @@ QUICK = Plan(
     autoscale_hours=1.0,
     idle_load=(1000, (1,), 5.0),
     keda_tries=20,
+    fleet_load=(("sqlite",), (10, 1000), 10, 0.5, 2.0),
 )
 SMOKE = Plan(
     "smoke",
@@ -146,6 +156,7 @@ SMOKE = Plan(
     propagation_size_tries=2,
     autoscale_hours=0.05,
     idle_load=(0, (), 0.0),
+    fleet_load=(("sqlite",), (10,), 2, 0.5, 1.0),
 )
 
 
@@ -177,6 +188,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         cold_start,
         dataplane,
         fleet,
+        fleet_load,
         idle,
         idle_load,
         keda,
@@ -243,6 +255,15 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         path.mkdir()
         out["idle_load"].append(
             idle_load.run(servers=servers, workers=count, seconds=window, workdir=path)
+        )
+    registries, fleet_servers, fleet_tries, fleet_interval, fleet_window = plan.fleet_load
+    if registries:
+        out["fleet_load"] = fleet_load.run(
+            registries=registries,
+            servers=fleet_servers,
+            tries=fleet_tries,
+            interval=fleet_interval,
+            window=fleet_window,
         )
     out["idle"] = []
     for registry, replicas in plan.idle:

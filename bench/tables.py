@@ -22,6 +22,10 @@ def table(result: dict[str, Any]) -> str:
         lines += _pipeline_one_server_table(result["pipeline_one_server"])
     if result.get("idle_load"):
         lines += _idle_load_table(result["idle_load"])
+    if result.get("fleet_load"):
+        from bench import fleet_load
+
+        lines += fleet_load.table(result["fleet_load"])
     if "autoscale_windows" in result:
         from bench import autoscale
 

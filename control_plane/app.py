@@ -14,6 +14,7 @@ import contextlib
 import gc
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,8 @@ from control_plane import metrics
 from control_plane.admin.loadview import LoadView
 from control_plane.admin.server import AdminServer
 from control_plane.admin.service import AdminService
+from control_plane.fleet.publish import FleetLoad
+from control_plane.fleet.records import PROBLEM_KIND
 from control_plane.keda.service import MAX_REQUEST_BYTES, KedaScaler, add_to
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
@@ -101,6 +104,10 @@ class ServeConfig:
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
     keda_listen: str = ""  # KEDA's external scaler; "": off
+    # The fleet group this process publishes its load in (control_plane/fleet/): the workers of
+    # one ``serve --workers`` share one, so none counts a sibling's record; "" (a lone
+    # process): a group of its own.
+    fleet_group: str = ""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -300,6 +307,12 @@ async def serve(
             admit=xds.admit,
             xds_nodes=lambda: ((p.node_id, p.group.cluster) for p in list(xds.proxies.values())),
         )
+        # Unique to this start: a replica that restarts is a new publisher, and one given the
+        # same --control-plane-id as another never overwrites the other's record.
+        publisher = f"{identifier}#{secrets.token_hex(6)}"
+        fleet = FleetLoad(
+            registry=registry, load=load, publisher=publisher, group=config.fleet_group or publisher
+        )
         xds.add_subscribe_listener(
             lambda proxy, type_url, names: load.note_subscribed(
                 type_url, names, node_id=proxy.node_id
@@ -339,7 +352,15 @@ async def serve(
             return text + load_exposition.render()
 
         admin = AdminServer(
-            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table, load=load),
+            service=AdminService(
+                xds=xds,
+                cache=cache,
+                table=lambda: reconciler.table,
+                load=load,
+                more_problems=lambda: (
+                    (PROBLEM_KIND, p.publisher, p.field, p.value, p.message) for p in fleet.problems
+                ),
+            ),
             ready=ready,
             token=config.admin_token,
             metrics=exposition,
@@ -370,6 +391,7 @@ async def serve(
                 tasks.create_task(reconciler.run()),
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
+                tasks.create_task(fleet.run()),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)

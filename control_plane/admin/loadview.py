@@ -27,6 +27,11 @@ class LoadView(Protocol):
     @property
     def report_interval(self) -> float: ...
 
+    @property
+    def partial(self) -> bool:
+        """The fleet's load could not be read: the rows are this control plane's own."""
+        ...
+
     def servers(self) -> Sequence[str]: ...
 
     def rows_of(self, server: str) -> Sequence[LoadRow]: ...
@@ -65,18 +70,19 @@ class LoadAnswers:
 
     def __init__(self, view: LoadView) -> None:
         self._view = view
-        self._everything: tuple[tuple[int, int], Any] | None = None
+        self._everything: tuple[tuple[int, int, bool], Any] | None = None
 
     def _response(self) -> Any:
         return admin_pb2.LoadResponse(
             reporting_proxies=self._view.reporting_proxies,
             report_interval_seconds=self._view.report_interval,
+            partial=self._view.partial,
         )
 
     def everything(self) -> Any:
         """Every server's rows (built once per version and proxy count; do not alter it)."""
         view = self._view
-        key = (view.version, view.reporting_proxies)
+        key = (view.version, view.reporting_proxies, view.partial)
         if self._everything is None or self._everything[0] != key:
             response = self._response()
             for name in view.servers():

@@ -41,11 +41,18 @@ class TotalsSource(Protocol):
 
     def changes_since(self, version: int) -> frozenset[str] | None: ...
 
+    @property
+    def remote_version(self) -> int: ...
+
+    def remote_totals(self) -> tuple[LoadTotals, bool]: ...
+
 
 class TotalsFeed:
     """One ``WatchLoadTotals`` stream: what to send next. The specs whenever their version
     moved since the last sent (before any totals that follow them); the totals of every
-    server first, then of the servers that changed and those that went."""
+    server first, then of the servers that changed and those that went; and, apart (``remote``
+    set, whole each time), the other control planes' totals whenever they moved
+    (``control_plane/fleet/``)."""
 
     def __init__(self, source: TotalsSource) -> None:
         self._source = source
@@ -53,6 +60,7 @@ class TotalsFeed:
         self._sent: int | None = None
         # Each server's ready replicas as last sent (the view's own tuples, not copies).
         self._ready_sent: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._remote_sent = 0
 
     def updates(self) -> list[Any]:
         """The ``LoadTotalsUpdate`` messages that bring the stream up to date (none: it is)."""
@@ -64,7 +72,7 @@ class TotalsFeed:
             updates.append(admin_pb2.LoadTotalsUpdate(specs=specs))
         version = source.version
         if version == self._sent:
-            return updates
+            return self._remote(updates)
         changed = source.changes_since(self._sent) if self._sent is not None else None
         self._sent = version
         if changed is None:
@@ -79,8 +87,20 @@ class TotalsFeed:
                 mine, changes_only=True, removed=gone, ready_sent=self._ready_sent
             )
         else:
-            return updates
+            return self._remote(updates)
         updates.append(admin_pb2.LoadTotalsUpdate(totals=totals))
+        return self._remote(updates)
+
+    def _remote(self, updates: list[Any]) -> list[Any]:
+        """``updates`` and, after them, the remote totals if they moved."""
+        source = self._source
+        if source.remote_version != self._remote_sent:
+            self._remote_sent = source.remote_version
+            remote, partial = source.remote_totals()
+            message = totals_message(remote)
+            message.remote = True
+            message.partial = partial
+            updates.append(admin_pb2.LoadTotalsUpdate(totals=message))
         return updates
 
 

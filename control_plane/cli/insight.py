@@ -109,7 +109,8 @@ def load(admin: str, server: str, watch: bool, as_json: bool) -> None:
 
 
 def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
-    rows = [load_json(r) for r in response.servers]
+    # ``partial``: the fleet's load could not be read, these rows are this control plane's own.
+    rows = [{**load_json(r), "partial": response.partial} for r in response.servers]
     if as_json:
         click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
         return
@@ -117,6 +118,8 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
         click.echo(
             f"-- {time.strftime('%H:%M:%S')}, {response.reporting_proxies} proxies reporting"
         )
+    if response.partial:
+        click.echo("partial: the fleet's load cannot be read; this control plane's proxies only")
     if not rows:
         click.echo("no servers")
         return

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -116,6 +117,8 @@ async def supervise(
     check_free(config.xds_listen)
     warn_if_exposed(config)  # once for the group: its workers leave it to the supervisor
     base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
+    # The workers publish their load in one fleet group: none counts a sibling's record.
+    fleet_group = f"{base}#{secrets.token_hex(6)}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     processes: list[asyncio.subprocess.Process] = []
@@ -127,7 +130,11 @@ async def supervise(
         addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(workers)]
         for index, address in enumerate(addresses):
             worker = dataclasses.replace(
-                config, admin_listen=address, control_plane_id=f"{base}/w{index}", keda_listen=""
+                config,
+                admin_listen=address,
+                control_plane_id=f"{base}/w{index}",
+                fleet_group=fleet_group,
+                keda_listen="",
             )
             siblings = [a for a in addresses if a != address]
             processes.append(

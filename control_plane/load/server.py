@@ -3,6 +3,9 @@ ready replicas, cold starts) from the reports ``load.intake`` takes into the boo
 from ``recommend``; ticked every half interval and at once on a cold start; and hold-mode
 demand (held cluster names asked for by proxies). Under ``serve --workers`` a worker's totals
 and specs are what its supervisor merges (``group/admin.py``), with the same ``recommend``.
+The other control planes' totals, read from the registry (``control_plane/fleet/``), come in
+through ``take_remote``: the rows are this process's own totals merged with them, and
+``totals()`` stays this process's own.
 """
 
 from __future__ import annotations
@@ -142,6 +145,14 @@ class LoadService:
         self._cold_proxies_kept = 0
         self._cold_epochs: dict[str, int] = {}
         self._changed = asyncio.Condition()
+        # The other control planes' totals (``take_remote``), the servers whose remote totals
+        # moved since the last tick, and whether the fleet's could not be read.
+        self._remote: dict[str, ServerTotals] = {}
+        self._remote_proxies = 0
+        self._remote_moved: set[str] = set()
+        self._remote_totals: LoadTotals = LoadTotals()
+        self.remote_version = 0  # moves with every ``take_remote`` (a worker sends them on)
+        self.partial = False
         self.intake = ReportIntake(
             book=self.book,
             catalog=self.catalog,
@@ -177,7 +188,32 @@ class LoadService:
 
     @property
     def reporting_proxies(self) -> int:
-        return self.book.proxies
+        return self.book.proxies + self._remote_proxies
+
+    def remote_totals(self) -> tuple[LoadTotals, bool]:
+        """The other control planes' totals last taken, and whether they are missing."""
+        return self._remote_totals, self.partial
+
+    def take_remote(self, totals: LoadTotals, *, partial: bool) -> None:
+        """The other control planes' totals (every server's: one not in them has none), and
+        whether they are missing (``partial``); the next tick comes at once."""
+        servers = {server.server: server for server in totals.servers}
+        before = self._remote
+        self._remote_moved |= {
+            name for name in before.keys() | servers.keys() if before.get(name) != servers.get(name)
+        }
+        self._remote = servers
+        self._remote_proxies = totals.proxies
+        self._remote_totals = totals
+        self.remote_version += 1
+        dropped = partial and not self.partial
+        self.partial = partial
+        # A new version (no server's rows changed yet): the answers say partial, and a worker's
+        # supervisor is sent the remote totals.
+        self._log.add(frozenset())
+        if dropped:
+            self.tick()  # the fleet's sums leave the rows now: never shown as fresh
+        self._cold_start_seen.set()  # not a cold start: the same early tick
 
     @property
     def report_interval(self) -> float:
@@ -313,7 +349,10 @@ class LoadService:
             if region != "*":
                 regions.add(region)
         loaded = set(reported)
-        touch = self._active | loaded
+        # The fleet's totals: only the servers whose remote totals moved (a recommendation
+        # still moving stays in ``_active``).
+        touch = self._active | loaded | self._remote_moved
+        self._remote_moved = set()
         gone: set[str] = set()
         order = self._order
         if table is not self._rows_for:
@@ -337,7 +376,8 @@ class LoadService:
                 changed.add(name)
             elif before is not None:
                 mine = before  # the same value: rows compared with it compare by identity
-            touched.append(mine)
+            theirs = self._remote.get(name)
+            touched.append(mine if theirs is None else mine.merge(theirs))
         recommended = recommend(
             LoadTotals(servers=tuple(sorted(touched, key=_name))),
             self._specs,
@@ -468,7 +508,9 @@ class LoadService:
                     await self._cold_start_seen.wait()
             except TimeoutError:
                 continue
-            await asyncio.sleep(COLD_START_COALESCE)
+            if self.book.cold_start_events != self._events_seen:
+                await asyncio.sleep(COLD_START_COALESCE)
+            # else the fleet's totals moved (``take_remote``): they come a read at a time
 
     async def watch(self) -> AsyncIterator[int]:
         """The version now, then after every tick that moved a row."""

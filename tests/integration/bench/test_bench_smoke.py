@@ -40,6 +40,9 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert f"max of {SMOKE.propagation_tries}" in rendered
     assert "None" not in rendered
     assert "fanout_p99" not in result["fleet"][0]["vs_floor"]
+    [fleet_load] = result["fleet_load"]
+    assert [step["step_visible_ms"]["n"] for step in fleet_load["load_step"]] == [2]
+    assert "Fleet-wide load through the registry" in rendered
     assert all("p99" not in row["ratio"] for row in sizes)
     assert "file rename" not in rendered
     assert result["fleet"][0]["storm_errors"] == 0
