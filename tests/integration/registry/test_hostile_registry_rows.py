@@ -145,7 +145,7 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
         for host in ("tiny.local", "echo.local", "tiny.local", "echo.local"):
             threads.append(
                 threading.Thread(
-                    target=envoy.get, kwargs={"path": "/slow?ms=4000", "host": host, "timeout": 30}
+                    target=envoy.get, kwargs={"path": "/slow?ms=12000", "host": host, "timeout": 30}
                 )
             )
             threads[-1].start()
@@ -157,6 +157,8 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
             row = rows.get(("echo", "*"))
             return row if row is not None and row["in_flight"] == 2 else None
 
+        # The requests are held 12 s, so that a busy machine (a `routeplane load` call can take
+        # seconds to start) still sees them in flight well within the wait.
         # The tick that shows echo's two requests also saw tiny's, held as long, had tiny been
         # routed: 2 / 5e-324 is inf, and ceil(inf) raised OverflowError out of the tick.
         row = wait_until(echo_row, timeout=15, what="echo's 2 requests in flight")
@@ -169,7 +171,7 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
         assert "OverflowError" not in cp.log()
     finally:
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=20)
         envoy.stop()
         cp.stop()
         registry.close()
