@@ -1,17 +1,20 @@
 """KEDA's external-push scaler: a cold start through Envoy -> ``StreamIsActive`` true.
 
-A control plane (``serve --keda-listen``, SQLite registry), a real Envoy, and a server in
-reject mode with no replica and an autoscaling rule whose scale-down window is 0 s (so it goes
-inactive at the next tick after its demand, and every try starts from inactive). A KEDA client
-built from KEDA's proto (``harness/keda.py``) follows the server's ``StreamIsActive``. Each try
-waits until the stream says false, sends one request through Envoy (answered 503 at once: a
-cold start, counted in Envoy's next load report), and stops the clock when the stream says
-true: request sent -> true received, both on this process's monotonic clock.
+Two control planes on one SQLite registry (A with ``--keda-listen``), a real Envoy on each,
+and a server in reject mode with no replica and an autoscaling rule whose scale-down window is
+0 s (so it goes inactive at the next tick after its demand, and every try starts from
+inactive). A KEDA client built from KEDA's proto (``harness/keda.py``) follows the server's
+``StreamIsActive`` on A. Each try waits until the stream says false, sends one request through
+an Envoy (answered 503 at once: a cold start, counted in Envoy's next load report), and stops
+the clock when the stream says true: request sent -> true received, both on this process's
+monotonic clock.
 
 The cold start reaches routeplane in Envoy's load report, so the figure is bounded below by
 the report interval's phase: half the interval on average (``--load-report-interval``, given
 here and in the table). :func:`measure` takes the KEDA address and the Envoy to send through,
-so that a fleet-wide run can send through one replica's Envoy and follow another's KEDA port.
+so the run sends through replica A's own Envoy (the baseline) and, in the same run, through
+replica B's Envoy while following A's KEDA port: B's cold start reaches A through the registry
+(B's load record, A's fleet read every ``READ_EVERY``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import summarize, tail_name
+from bench.stats import summarize, tail, tails_name
+from control_plane.fleet.publish import READ_EVERY
 from control_plane.registry import open_registry
 from harness.keda import Keda, routed, wait_for_reports_after_now
 from harness.processes import ControlPlane, Envoy
@@ -72,25 +76,48 @@ def measure(
     return {"samples_ms": [round(s, 2) for s in samples], "lost": lost}
 
 
-def run(workdir: Path, *, tries: int, interval: float = 0.2) -> dict[str, Any]:
-    """A lone ``serve`` and one Envoy on loopback; :func:`measure` through them."""
-    keda = f"127.0.0.1:{free_port()}"
+def serve(workdir: Path, interval: float, *extra: str, registry: str | None = None) -> ControlPlane:
+    """One started ``serve --workers 1`` replica (on ``registry``, else a new SQLite file)."""
     cp = ControlPlane.create(
         workdir,
-        extra=[
-            "--workers",
-            "1",
-            "--keda-listen",
-            keda,
-            "--load-report-interval",
-            str(interval),
-        ],
+        registry=registry,
+        extra=["--workers", "1", "--load-report-interval", str(interval), *extra],
     )
     cp.start()
-    envoy: Envoy | None = None
+    return cp
+
+
+def edge(workdir: Path, cp: ControlPlane, node_id: str) -> Envoy:
+    """A started Envoy bootstrapped to ``cp``, with api routed and counted in its reports."""
+    envoy = Envoy.create(workdir, node_id=node_id, region="us-west", xds=[cp.xds])
+    envoy.start()
+    envoy.wait_live()
+    wait_until(lambda: routed(envoy, HOST), what=f"{HOST} routed via {node_id}")
+    wait_for_reports_after_now(cp.admin)
+    return envoy
+
+
+def summary(measured: dict[str, Any]) -> dict[str, Any]:
+    samples = measured["samples_ms"]
+    if not samples:
+        return {"n": 0}
+    return {**summarize(samples, suffix="_ms"), "samples_ms": samples}
+
+
+def run(workdir: Path, *, tries: int, interval: float = 0.2) -> dict[str, Any]:
+    """Two ``serve`` replicas on one SQLite registry, A with ``--keda-listen``, an Envoy on
+    each; :func:`measure` on A's KEDA port through A's own Envoy (the baseline), then through
+    B's (the cold start reaches A through the registry: B's record, A's fleet read)."""
+    keda = f"127.0.0.1:{free_port()}"
+    started: list[ControlPlane | Envoy] = []
     try:
-        cp.wait_ready()
-        registry = open_registry(cp.registry)
+        a = serve(workdir, interval, "--keda-listen", keda)
+        started.append(a)
+        b = serve(workdir, interval, registry=a.registry)
+        started.append(b)
+        a.wait_ready()
+        b.wait_ready()
+        registry = open_registry(a.registry)
         registry.put_server(
             name=SERVER,
             hostnames=[HOST],
@@ -105,50 +132,71 @@ def run(workdir: Path, *, tries: int, interval: float = 0.2) -> dict[str, Any]:
             },
         )
         registry.close()
-        envoy = Envoy.create(workdir, node_id="bench-keda", region="us-west", xds=[cp.xds])
-        envoy.start()
-        envoy.wait_live()
-        live = envoy
-        wait_until(lambda: routed(live, HOST), what=f"{HOST} routed")
-        wait_for_reports_after_now(cp.admin)
-        measured = measure(
-            keda=keda, envoy=envoy, server=SERVER, host=HOST, tries=tries, interval=interval
+        envoy_a = edge(workdir, a, "bench-keda-a")
+        started.append(envoy_a)
+        envoy_b = edge(workdir, b, "bench-keda-b")
+        started.append(envoy_b)
+        same = measure(
+            keda=keda, envoy=envoy_a, server=SERVER, host=HOST, tries=tries, interval=interval
+        )
+        across = measure(
+            keda=keda, envoy=envoy_b, server=SERVER, host=HOST, tries=tries, interval=interval
         )
     finally:
-        if envoy is not None:
-            envoy.stop()
-        cp.stop()
-    samples = measured["samples_ms"]
-    return {
+        for process in reversed(started):
+            process.stop()
+    result: dict[str, Any] = {
         "tries": tries,
         "report_interval_s": interval,
-        "lost": measured["lost"],
-        "cold_start_to_active": {
-            **summarize(samples, suffix="_ms"),
-            "samples_ms": samples,
-        }
-        if samples
-        else {"n": 0},
+        "fleet_read_every_s": READ_EVERY,
+        "lost": same["lost"],
+        "cold_start_to_active": summary(same),
+        "across_replicas": {"lost": across["lost"], "cold_start_to_active": summary(across)},
     }
+    s, x = result["cold_start_to_active"], result["across_replicas"]["cold_start_to_active"]
+    if s.get("n") and x.get("n"):
+        result["across_minus_same_ms"] = {
+            "p50": round(x["p50_ms"] - s["p50_ms"], 2),
+            "tail": round(tail(x) - tail(s), 2),
+        }
+    return result
 
 
 def table(result: dict[str, Any]) -> list[str]:
-    """The KEDA table of BENCHMARKS.md."""
-    s = result["cold_start_to_active"]
-    if not s.get("n"):
-        return ["", "KEDA external-push: no sample (every try lost)."]
-    tail = s["p99_ms"] if s["p99_ms"] is not None else s["max_ms"]
-    return [
-        "",
-        "KEDA external-push (`serve --keda-listen`, one replica): a request through Envoy meets "
-        "a zero-replica server (reject mode) -> `StreamIsActive` true at a KEDA client built "
-        f"from KEDA's proto. The cold start reaches routeplane in Envoy's load report (every "
-        f"{result['report_interval_s']} s here), so half the interval is the expected floor.",
-        "",
-        f"| tries | p50 ms | p90 ms | {tail_name(s['n'])} ms | lost |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {s['n']} | {s['p50_ms']} | {s['p90_ms']} | {tail} | {result['lost']} |",
+    """The KEDA table of BENCHMARKS.md: through A's own Envoy, and through B's."""
+    rows = [
+        ("same replica (A's Envoy)", result["cold_start_to_active"], result["lost"]),
     ]
+    if "across_replicas" in result:
+        across = result["across_replicas"]
+        rows.append(("across replicas (B's Envoy)", across["cold_start_to_active"], across["lost"]))
+    measured = [s for _, s, _ in rows if s.get("n")]
+    if not measured:
+        return ["", "KEDA external-push: no sample (every try lost)."]
+    lines = [
+        "",
+        "KEDA external-push (`serve --keda-listen` on replica A of two on one SQLite registry): "
+        "a request through Envoy meets a zero-replica server (reject mode) -> `StreamIsActive` "
+        "true at a KEDA client on A built from KEDA's proto. The cold start reaches routeplane "
+        f"in Envoy's load report (every {result['report_interval_s']} s here), so half the "
+        "interval is the expected floor; through B's Envoy it reaches A through the registry "
+        "(B's record, A's fleet read every "
+        f"{result.get('fleet_read_every_s', READ_EVERY)} s).",
+        "",
+        f"| path | tries | p50 ms | p90 ms | {tails_name(measured)} ms | lost |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s, lost in rows:
+        if s.get("n"):
+            lines.append(
+                f"| {name} | {s['n']} | {s['p50_ms']} | {s['p90_ms']} | {tail(s)} | {lost} |"
+            )
+        else:
+            lines.append(f"| {name} | 0 | - | - | - | {lost} |")
+    if "across_minus_same_ms" in result:
+        d = result["across_minus_same_ms"]
+        lines += ["", f"Across minus same: p50 {d['p50']} ms, tail {d['tail']} ms."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

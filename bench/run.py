@@ -49,7 +49,8 @@ class Plan:
     # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
     load_fleet: tuple[int, int, float] = (100, 100, 10.0)
     cold_start_tries: int = 20
-    # KEDA external-push (bench/keda.py): cold start through Envoy -> StreamIsActive true.
+    # KEDA external-push (bench/keda.py): cold start through Envoy -> StreamIsActive true, as
+    # many tries through the KEDA replica's own Envoy and through the other replica's.
     keda_tries: int = 200
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)

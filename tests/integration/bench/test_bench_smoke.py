@@ -28,6 +28,8 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert result["proxyless"]["tries"] == SMOKE.propagation_tries
     assert "Proxyless gRPC" in rendered
     assert result["keda"]["tries"] == SMOKE.keda_tries
+    assert "across_replicas" in result["keda"]
+    assert "across replicas (B's Envoy)" in rendered
     assert "KEDA external-push" in rendered
     sizes = result["propagation_by_size"]
     assert [row["replicas"] for row in sizes] == list(SMOKE.propagation_sizes)

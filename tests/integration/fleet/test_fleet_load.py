@@ -5,7 +5,8 @@ group of workers (two on a two-core machine) unless it says ``--workers 1``.
 
 Every replica's ``routeplane load`` shows the fleet's sums; a killed replica's share leaves
 them; hostile records are ignored and reported; a ``--workers 2`` replica's workers are counted
-once each.
+once each. A KEDA scaler on one replica goes active for a cold start met through another's
+Envoy.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.fleet.records import MAX_RECORD_BYTES, encode
 from control_plane.load.totals import MILLION, LoadTotals, RegionTotals, ServerTotals
 from control_plane.registry import open_registry
+from harness.keda import Keda, routed, wait_for_reports_after_now
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, metric_sum
 from harness.spanner_emulator import Emulator, emulator_binary
-from harness.waiting import wait_until
+from harness.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.envoy
 INTERVAL = 0.5
@@ -367,3 +369,45 @@ def test_a_cold_start_met_through_one_replica_wakes_the_other(
     row = wait_until(woken, timeout=20, what="B's cold start on A")
     assert row["ready_replicas"] == 0
     assert metric_sum(a.admin, "routeplane_load_reporters") == 0
+
+
+def test_keda_on_one_replica_goes_active_for_a_cold_start_met_through_the_other(
+    tmp_path: Path, started: list[Any]
+) -> None:
+    url = f"sqlite://{tmp_path / 'registry.db'}"
+    registry = open_registry(url)
+    registry.put_server(
+        name="api",
+        hostnames=["api.local"],
+        protocol="http",
+        spec={"autoscaling": {"target_concurrency": 1, "min_replicas": 0, "max_replicas": 5}},
+    )
+    registry.close()
+    keda_address = f"127.0.0.1:{free_port()}"
+    a = serve(tmp_path, url, "--keda-listen", keda_address)
+    started.append(a)
+    b = serve(tmp_path, url)
+    started.append(b)
+    a.wait_ready()
+    b.wait_ready()
+    envoy = Envoy.create(tmp_path, node_id="edge-b", region="us-west", xds=[b.xds])
+    started.append(envoy)
+    envoy.start()
+    envoy.wait_live()
+    keda = Keda(keda_address)
+    follower = keda.follow("api")
+    try:
+        assert follower.next()[1] is False  # nothing met api yet
+        wait_until(lambda: routed(envoy, "api.local"), what="api routed through B's Envoy")
+        wait_for_reports_after_now(b.admin)  # B's Envoy's reports now cover api's cluster
+        assert not follower.answers[1:], "active before any request met the server"
+        status, _ = envoy.get(host="api.local")
+        assert status == 503
+        # A's own proxies met nothing (it has none): the true is B's cold start, read by A
+        # from the registry.
+        assert follower.next(timeout=20)[1] is True
+        assert keda.is_active("api") is True
+        assert metric_sum(a.admin, "routeplane_load_reporters") == 0
+    finally:
+        follower.close()
+        keda.close()
