@@ -218,7 +218,12 @@ def test_the_autoscaler_drains_before_it_stops_and_scaling_down_fails_no_request
         envoy.stop()
         registry.close()
     log = scaler.log()
-    assert log.count("draining ") == 2, log
+    # Two replicas stopped, each only once drained. (A recommendation that rises for a moment
+    # may make a draining replica ready again, and a third may be drained in its place.)
+    stops = [line for line in log.splitlines() if line.startswith("autoscaler: stopped ")]
+    assert len(stops) == 2, log
+    assert all(", drained (" in line for line in stops), log
+    assert log.count("draining ") >= 2, log
     assert "timed out" not in log, log
     assert traffic.statuses[200] >= 20, traffic.statuses
     assert set(traffic.statuses) == {200}, traffic.statuses
