@@ -1,1 +1,0 @@
-"""Generated from protos/externalscaler/externalscaler.proto by `make protos`."""
