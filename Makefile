@@ -6,8 +6,6 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install test lint format run bench bench-quick soak clean protos
 
-PROTO_OUT := control_plane/admin/pb
-
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -45,9 +43,10 @@ bench-quick: install
 soak: install
 	$(BIN)/python -m bench.soak --seconds 120 --streams 200
 
-# Regenerate the admin API's Python code from protos/ (the committed copy is checked by a test).
+# Regenerate the gRPC Python code from protos/ (the admin API's and KEDA's external scaler's;
+# the committed copies are checked by a test).
 protos: install
-	$(BIN)/python -m control_plane.admin.protos $(PROTO_OUT)
+	$(BIN)/python -m control_plane.admin.protos
 
 clean:
 	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -49,6 +49,9 @@ class Plan:
     # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
     load_fleet: tuple[int, int, float] = (100, 100, 10.0)
     cold_start_tries: int = 20
+    # KEDA external-push (bench/keda.py): cold start through Envoy -> StreamIsActive true, as
+    # many tries through the KEDA replica's own Envoy and through the other replica's.
+    keda_tries: int = 200
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
     # Each registry at 10 replicas (the baseline: idle should not grow with the registry) and
@@ -75,6 +78,15 @@ class Plan:
     # The load view's idle cost (bench/idle_load.py): servers with autoscaling (0: none), the
     # worker counts, the CPU window (s).
     idle_load: tuple[int, tuple[int, ...], float] = (10_000, (1, 2), 20.0)
+    # Fleet-wide load (bench/fleet_load.py): registries, servers with traffic, tries of the
+    # load step, report interval (s), writes/s window (s); no registries: not run.
+    fleet_load: tuple[tuple[str, ...], tuple[int, ...], int, float, float] = (
+        ("sqlite", "spanner"),
+        (10, 1000),
+        100,
+        1.0,
+        5.0,
+    )
 
 
 FULL = Plan(
@@ -117,6 +129,8 @@ QUICK = Plan(
     propagation_size_tries=5,
     autoscale_hours=1.0,
     idle_load=(1000, (1,), 5.0),
+    keda_tries=20,
+    fleet_load=(("sqlite",), (10, 1000), 10, 0.5, 2.0),
 )
 SMOKE = Plan(
     "smoke",
@@ -136,12 +150,14 @@ SMOKE = Plan(
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
+    keda_tries=2,
     workers=(5, 2, ()),
     workers_idle_seconds=0.5,
     propagation_sizes=(10,),
     propagation_size_tries=2,
     autoscale_hours=0.05,
     idle_load=(0, (), 0.0),
+    fleet_load=(("sqlite",), (10,), 2, 0.5, 1.0),
 )
 
 
@@ -173,8 +189,10 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         cold_start,
         dataplane,
         fleet,
+        fleet_load,
         idle,
         idle_load,
+        keda,
         load,
         pipeline,
         propagation,
@@ -208,6 +226,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "cold-start"
     path.mkdir()
     out["cold_start"] = cold_start.run(path, tries=plan.cold_start_tries)
+    path = workdir / "keda"
+    path.mkdir()
+    out["keda"] = keda.run(path, tries=plan.keda_tries)
     path = workdir / "proxyless"
     path.mkdir()
     out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)
@@ -235,6 +256,15 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         path.mkdir()
         out["idle_load"].append(
             idle_load.run(servers=servers, workers=count, seconds=window, workdir=path)
+        )
+    registries, fleet_servers, fleet_tries, fleet_interval, fleet_window = plan.fleet_load
+    if registries:
+        out["fleet_load"] = fleet_load.run(
+            registries=registries,
+            servers=fleet_servers,
+            tries=fleet_tries,
+            interval=fleet_interval,
+            window=fleet_window,
         )
     out["idle"] = []
     for registry, replicas in plan.idle:

@@ -22,6 +22,10 @@ def table(result: dict[str, Any]) -> str:
         lines += _pipeline_one_server_table(result["pipeline_one_server"])
     if result.get("idle_load"):
         lines += _idle_load_table(result["idle_load"])
+    if result.get("fleet_load"):
+        from bench import fleet_load
+
+        lines += fleet_load.table(result["fleet_load"])
     if "autoscale_windows" in result:
         from bench import autoscale
 
@@ -33,6 +37,10 @@ def table(result: dict[str, Any]) -> str:
         from bench import propagation
 
         lines += ["", *propagation.size_table(result["propagation_by_size"])]
+    if result.get("keda"):
+        from bench import keda
+
+        lines += keda.table(result["keda"])
     if "proxyless" in result:
         lines += _proxyless_table(result["proxyless"])
     lines += _registry_watch_table(result["registry_watch"])

@@ -14,9 +14,10 @@ import contextlib
 import gc
 import ipaddress
 import os
+import secrets
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,12 @@ import structlog
 from prometheus_client import REGISTRY, disable_created_metrics, generate_latest
 
 from control_plane import metrics
+from control_plane.admin.loadview import LoadView
 from control_plane.admin.server import AdminServer
 from control_plane.admin.service import AdminService
+from control_plane.fleet.publish import FleetLoad
+from control_plane.fleet.records import PROBLEM_KIND
+from control_plane.keda.service import MAX_REQUEST_BYTES, KedaScaler, add_to
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
@@ -54,6 +59,13 @@ GRPC_OPTIONS = [
     # microseconds; the core limit stays as a last bound above the 10,000-proxy storm.
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+]
+
+# KEDA's scaler (--keda-listen): small requests (KEDA's trigger metadata), keepalive as xDS.
+KEDA_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    *(o for o in GRPC_OPTIONS if o[0].startswith("grpc.keepalive") or "ping" in o[0]),
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -91,6 +103,11 @@ class ServeConfig:
     max_groups_per_fleet: int = MAX_GROUPS_PER_FLEET
     max_names_per_stream: int = DEFAULT_LIMITS.max_names
     load_report_interval: float = 1.0
+    keda_listen: str = ""  # KEDA's external scaler; "": off
+    # The fleet group this process publishes its load in (control_plane/fleet/): the workers of
+    # one ``serve --workers`` share one, so none counts a sibling's record; "" (a lone
+    # process): a group of its own.
+    fleet_group: str = ""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first setting that cannot work. Reads no file
@@ -100,6 +117,13 @@ class ServeConfig:
             ("--admin-listen", self.admin_listen),
         ):
             split_host_port(value, flag=flag)
+        if self.keda_listen:
+            split_host_port(self.keda_listen, flag="--keda-listen")
+            if self.keda_listen in (self.xds_listen, self.admin_listen):
+                raise ConfigError(
+                    f"--keda-listen {self.keda_listen} is the xDS or the admin address: "
+                    "give KEDA's scaler a port of its own"
+                )
         if self.poll_interval is not None and not 0.001 <= self.poll_interval <= 60:
             raise ConfigError(
                 f"invalid --poll-interval {self.poll_interval!r}: expected 0.001 to 60 seconds"
@@ -169,14 +193,62 @@ def plaintext_exposed(config: ServeConfig) -> bool:
 
 
 def warn_if_exposed(config: ServeConfig) -> None:
-    """Log ``xds_plaintext_exposed`` if xDS would be plaintext off loopback: once per ``serve``
-    (a lone process, or a group's supervisor)."""
+    """Log ``xds_plaintext_exposed`` if xDS would be plaintext off loopback (and
+    ``keda_plaintext_exposed`` for --keda-listen): once per ``serve`` (a lone process, or a
+    group's supervisor)."""
     if plaintext_exposed(config):
         log.warning(
             "xds_plaintext_exposed",
             address=config.xds_listen,
             advice="xDS is plaintext; keep it on loopback or a private network",
         )
+    if config.keda_listen and not config.tls_cert:
+        host, _ = split_host_port(config.keda_listen)
+        if not _loopback(host):
+            log.warning(
+                "keda_plaintext_exposed",
+                address=config.keda_listen,
+                advice="KEDA's scaler is plaintext; keep it on loopback or a private network",
+            )
+
+
+async def listen_on(server: grpc.aio.Server, config: ServeConfig, address: str, flag: str) -> None:
+    """Add ``address`` to ``server`` with xDS's transport security: mTLS with --tls-cert,
+    --tls-key and --client-ca, else plaintext; OSError naming ``flag`` if it cannot."""
+    try:
+        if config.tls_cert:
+            credentials = await asyncio.to_thread(_server_credentials, config)
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc.aio raises where grpc returns 0: "Failed to bind to address"
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {flag} {address}: the address is taken or not this machine's"
+        )
+
+
+async def start_keda(
+    stack: contextlib.AsyncExitStack,
+    config: ServeConfig,
+    *,
+    view: LoadView,
+    versions: Callable[[], AsyncIterator[int]],
+) -> KedaScaler | None:
+    """KEDA's external scaler on --keda-listen (none when it is not set), over ``view``,
+    stopped by ``stack``."""
+    if not config.keda_listen:
+        return None
+    scaler = KedaScaler(view=view, versions=versions)
+    server = grpc.aio.server(options=KEDA_GRPC_OPTIONS)
+    add_to(server, scaler)
+    await listen_on(server, config, config.keda_listen, "--keda-listen")
+    await server.start()
+    # No grace: its streams never end on their own (a grace would hold the shutdown for all
+    # of it, before the xDS server's), and every call is a read KEDA makes again.
+    stack.push_async_callback(server.stop, 0)
+    return scaler
 
 
 async def start_admin(admin: AdminServer, listen: str) -> None:
@@ -235,6 +307,12 @@ async def serve(
             admit=xds.admit,
             xds_nodes=lambda: ((p.node_id, p.group.cluster) for p in list(xds.proxies.values())),
         )
+        # Unique to this start: a replica that restarts is a new publisher, and one given the
+        # same --control-plane-id as another never overwrites the other's record.
+        publisher = f"{identifier}#{secrets.token_hex(6)}"
+        fleet = FleetLoad(
+            registry=registry, load=load, publisher=publisher, group=config.fleet_group or publisher
+        )
         xds.add_subscribe_listener(
             lambda proxy, type_url, names: load.note_subscribed(
                 type_url, names, node_id=proxy.node_id
@@ -253,16 +331,7 @@ async def serve(
                 load.generic_handler(),
             ]
         )
-        if config.tls_cert:
-            credentials = await asyncio.to_thread(_server_credentials, config)
-            xds_port = server.add_secure_port(config.xds_listen, credentials)
-        else:
-            xds_port = server.add_insecure_port(config.xds_listen)
-        if xds_port == 0:
-            raise OSError(
-                f"cannot listen on --xds-listen {config.xds_listen}: the address is taken or "
-                "not this machine's"
-            )
+        await listen_on(server, config, config.xds_listen, "--xds-listen")
         await server.start()
         stack.push_async_callback(server.stop, config.grace_seconds)
 
@@ -283,7 +352,15 @@ async def serve(
             return text + load_exposition.render()
 
         admin = AdminServer(
-            service=AdminService(xds=xds, cache=cache, table=lambda: reconciler.table, load=load),
+            service=AdminService(
+                xds=xds,
+                cache=cache,
+                table=lambda: reconciler.table,
+                load=load,
+                more_problems=lambda: (
+                    (PROBLEM_KIND, p.publisher, p.field, p.value, p.message) for p in fleet.problems
+                ),
+            ),
             ready=ready,
             token=config.admin_token,
             metrics=exposition,
@@ -292,6 +369,7 @@ async def serve(
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
+        await start_keda(stack, config, view=load, versions=load.watch)
         collector = metrics.LiveCollector(lambda: (p.group.key for p in list(xds.proxies.values())))
         REGISTRY.register(collector)
         stack.callback(REGISTRY.unregister, collector)
@@ -301,6 +379,7 @@ async def serve(
             admin=config.admin_listen,
             registry=config.registry_url,
             identifier=identifier,
+            keda=config.keda_listen or None,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -312,6 +391,7 @@ async def serve(
                 tasks.create_task(reconciler.run()),
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
+                tasks.create_task(fleet.run()),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)

@@ -67,6 +67,27 @@ COLD_STARTS = Counter(
     "Requests that met a server with no replica (dropped in reject mode, held in hold mode)",
     ["server", "mode"],
 )
+FLEET_WRITES = Counter(
+    "routeplane_fleet_load_writes", "Load records this process wrote to the registry (fleet)"
+)
+FLEET_WRITE_BYTES = Counter(
+    "routeplane_fleet_load_write_bytes", "Bytes of load records this process wrote (fleet)"
+)
+FLEET_WRITES_FAILED = Counter(
+    "routeplane_fleet_load_writes_failed", "Load records this process could not write (fleet)"
+)
+FLEET_RECORDS_IGNORED = Counter(
+    "routeplane_fleet_load_records_ignored",
+    "Other publishers' load records ignored or bounded: malformed, future, huge, clipped, behind",
+    ["reason"],
+)
+FLEET_PARTIAL = Gauge(
+    "routeplane_fleet_load_partial",
+    "1 while the fleet's load records cannot be read: the load view is this process's own",
+)
+FLEET_PUBLISHERS = Gauge(
+    "routeplane_fleet_load_publishers", "Other control-plane processes whose load counts here"
+)
 LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report counts now")
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
 

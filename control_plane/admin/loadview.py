@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from control_plane.admin.loadwire import rule_message
 from control_plane.admin.pb import admin_pb2
-from control_plane.load.totals import LoadRow
+from control_plane.load.totals import MILLION, LoadRow
 
 
 class LoadView(Protocol):
@@ -26,6 +26,11 @@ class LoadView(Protocol):
 
     @property
     def report_interval(self) -> float: ...
+
+    @property
+    def partial(self) -> bool:
+        """The fleet's load could not be read: the rows are this control plane's own."""
+        ...
 
     def servers(self) -> Sequence[str]: ...
 
@@ -48,7 +53,14 @@ def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
             desired_replicas=-1 if row.desired_replicas is None else row.desired_replicas,
             cold_starts=row.cold_starts,
             cold_start_mode=row.cold_start_mode,
+            scale_down_candidates=row.scale_down_candidates,
         )
+        for replica in row.replicas:
+            item.replicas.add(
+                replica=replica.replica,
+                in_flight=replica.in_flight / MILLION,
+                requests_per_second=replica.requests / MILLION,
+            )
         if row.autoscaling is not None:
             item.autoscaling.CopyFrom(rule_message(row.autoscaling))
 
@@ -58,18 +70,19 @@ class LoadAnswers:
 
     def __init__(self, view: LoadView) -> None:
         self._view = view
-        self._everything: tuple[tuple[int, int], Any] | None = None
+        self._everything: tuple[tuple[int, int, bool], Any] | None = None
 
     def _response(self) -> Any:
         return admin_pb2.LoadResponse(
             reporting_proxies=self._view.reporting_proxies,
             report_interval_seconds=self._view.report_interval,
+            partial=self._view.partial,
         )
 
     def everything(self) -> Any:
         """Every server's rows (built once per version and proxy count; do not alter it)."""
         view = self._view
-        key = (view.version, view.reporting_proxies)
+        key = (view.version, view.reporting_proxies, view.partial)
         if self._everything is None or self._everything[0] != key:
             response = self._response()
             for name in view.servers():

@@ -1,6 +1,7 @@
 """The internal load messages between a ``serve --workers`` worker and its supervisor
 (``WatchLoadTotals``): ``load/totals.py``'s values to and from the admin protos. The totals and
-the specs travel as separate messages; a spec is sent only when it changes.
+the specs travel as separate messages; a spec is sent only when it changes, and a server's
+ready replicas only when they change on that stream (``ready_as_sent``).
 
 Reading is strict where a value could mislead (a negative count, a NaN time) and never raises:
 a bad entry is left out. Imports the admin protos and the load and spec values only.
@@ -18,6 +19,7 @@ from control_plane.load.totals import (
     LoadSpec,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
 )
 from control_plane.registry.spec import Autoscaling
@@ -39,16 +41,26 @@ class TotalsSource(Protocol):
 
     def changes_since(self, version: int) -> frozenset[str] | None: ...
 
+    @property
+    def remote_version(self) -> int: ...
+
+    def remote_totals(self) -> tuple[LoadTotals, bool]: ...
+
 
 class TotalsFeed:
     """One ``WatchLoadTotals`` stream: what to send next. The specs whenever their version
     moved since the last sent (before any totals that follow them); the totals of every
-    server first, then of the servers that changed and those that went."""
+    server first, then of the servers that changed and those that went; and, apart (``remote``
+    set, whole each time), the other control planes' totals whenever they moved
+    (``control_plane/fleet/``)."""
 
     def __init__(self, source: TotalsSource) -> None:
         self._source = source
         self._specs_sent = ""
         self._sent: int | None = None
+        # Each server's ready replicas as last sent (the view's own tuples, not copies).
+        self._ready_sent: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._remote_sent = 0
 
     def updates(self) -> list[Any]:
         """The ``LoadTotalsUpdate`` messages that bring the stream up to date (none: it is)."""
@@ -60,26 +72,49 @@ class TotalsFeed:
             updates.append(admin_pb2.LoadTotalsUpdate(specs=specs))
         version = source.version
         if version == self._sent:
-            return updates
+            return self._remote(updates)
         changed = source.changes_since(self._sent) if self._sent is not None else None
         self._sent = version
         if changed is None:
-            totals = totals_message(source.totals())
+            totals = totals_message(source.totals(), ready_sent=self._ready_sent)
         elif changed:
             mine = source.totals(changed)
             present = {server.server for server in mine.servers}
-            totals = totals_message(mine, changes_only=True, removed=changed - present)
+            gone = changed - present
+            for name in gone:
+                self._ready_sent.pop(name, None)
+            totals = totals_message(
+                mine, changes_only=True, removed=gone, ready_sent=self._ready_sent
+            )
         else:
-            return updates
+            return self._remote(updates)
         updates.append(admin_pb2.LoadTotalsUpdate(totals=totals))
+        return self._remote(updates)
+
+    def _remote(self, updates: list[Any]) -> list[Any]:
+        """``updates`` and, after them, the remote totals if they moved."""
+        source = self._source
+        if source.remote_version != self._remote_sent:
+            self._remote_sent = source.remote_version
+            remote, partial = source.remote_totals()
+            message = totals_message(remote)
+            message.remote = True
+            message.partial = partial
+            updates.append(admin_pb2.LoadTotalsUpdate(totals=message))
         return updates
 
 
 def totals_message(
-    totals: LoadTotals, *, changes_only: bool = False, removed: Iterable[str] = ()
+    totals: LoadTotals,
+    *,
+    changes_only: bool = False,
+    removed: Iterable[str] = (),
+    ready_sent: dict[str, tuple[tuple[str, str], ...]] | None = None,
 ) -> Any:
     """``totals`` as a ``LoadTotals`` message; ``changes_only``: only the servers that changed
-    (``totals``) and those that went (``removed``)."""
+    (``totals``) and those that went (``removed``). ``ready_sent`` (a stream's: each server's
+    ready replicas as last sent on it, updated here): a server's ready replicas equal to those
+    are named in ``ready_as_sent`` instead of listed."""
     message = admin_pb2.LoadTotals(
         proxies=totals.proxies,
         interval_seconds=totals.interval,
@@ -100,12 +135,28 @@ def totals_message(
                 dropped=region.dropped,
                 ready=region.ready,
             )
+        for replica in server.replicas:
+            item.replicas.add(
+                replica=replica.replica, in_flight=replica.in_flight, requests=replica.requests
+            )
+        ready = server.ready_replicas
+        if ready_sent is not None:
+            before = ready_sent.get(server.server)
+            if before is not None and (before is ready or before == ready):
+                message.ready_as_sent.append(server.server)
+                continue
+            ready_sent[server.server] = ready
+        for replica_id, region_name in ready:
+            item.replicas.add(replica=replica_id, ready=True, region=region_name)
     return message
 
 
-def totals_from(message: Any) -> LoadTotals:
-    """A ``LoadTotals`` message -> the value (its servers sorted; a server or region named
-    twice, merged)."""
+def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = None) -> LoadTotals:
+    """A ``LoadTotals`` message -> the value (its servers sorted; a server, region or replica
+    named twice, merged; a replica entry with no load and not ready, left out). A server named
+    in ``ready_as_sent`` keeps the ready replicas it has in ``ready_before`` (the stream's
+    servers as last taken; none: no ready replicas)."""
+    as_sent = set(message.ready_as_sent)
     servers: dict[str, ServerTotals] = {}
     for item in message.servers:
         regions: dict[str, RegionTotals] = {}
@@ -120,10 +171,25 @@ def totals_from(message: Any) -> LoadTotals:
             )
             have = regions.get(value.region)
             regions[value.region] = value if have is None else have.merge(value)
+        replicas: dict[str, ReplicaTotals] = {}
+        ready: set[tuple[str, str]] = set()
+        for entry in item.replicas:
+            if entry.ready:
+                ready.add((entry.replica, entry.region))
+            if entry.in_flight or entry.requests:
+                load = ReplicaTotals(
+                    replica=entry.replica, in_flight=entry.in_flight, requests=entry.requests
+                )
+                have_replica = replicas.get(load.replica)
+                replicas[load.replica] = load if have_replica is None else have_replica.merge(load)
         woken_at = item.woken_at if item.HasField("woken_at") else NEVER
         server = ServerTotals(
             server=item.server,
             regions=tuple(regions[name] for name in sorted(regions)),
+            replicas=tuple(replicas[name] for name in sorted(replicas)),
+            ready_replicas=tuple(sorted(ready))
+            if item.server not in as_sent
+            else _ready_before(ready_before, item.server),
             cold_starts=item.cold_starts,
             woken_at=woken_at if not math.isnan(woken_at) else NEVER,
         )
@@ -135,6 +201,13 @@ def totals_from(message: Any) -> LoadTotals:
         interval=message.interval_seconds,
         at=message.at,
     )
+
+
+def _ready_before(
+    before: Mapping[str, ServerTotals] | None, server: str
+) -> tuple[tuple[str, str], ...]:
+    found = before.get(server) if before is not None else None
+    return found.ready_replicas if found is not None else ()
 
 
 def specs_message(version: str, specs: Mapping[str, LoadSpec]) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -77,11 +77,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         cache: SnapshotCache,
         table: Callable[[], RoutingTable | None],
         load: LoadService | None = None,
+        more_problems: Callable[[], Iterable[tuple[str, str, str, str, str]]] = tuple,
     ) -> None:
         self.xds = xds
         self.cache = cache
         self.table = table
         self.load = load
+        # Problems beyond the routing table's, as (kind, name, field, value, message): the
+        # fleet's ignored load records (``control_plane/fleet/``).
+        self.more_problems = more_problems
         self._load_answers = LoadAnswers(load) if load is not None else None
 
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -255,6 +259,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 value=problem.value,
                 message=problem.message,
             )
+        for kind, name, field, value, message in self.more_problems():
+            response.problems.add(kind=kind, name=name, field=field, value=value, message=message)
         return response
 
 

@@ -22,7 +22,7 @@ from control_plane.cli.common import fail
 F = TypeVar("F", bound=Callable[..., Any])
 
 # What `kubectl apply -f -` takes from the printed manifests: not the init Job (it runs once,
-# first) nor cert-manager's (optional, CRDs).
+# first) nor cert-manager's or KEDA's (optional, CRDs).
 APPLIED = ("namespace.yaml", "routeplane.yaml", "envoy.yaml", "prometheus.yaml")
 
 

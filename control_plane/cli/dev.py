@@ -154,10 +154,19 @@ def samples() -> None:
 @click.option("--server", required=True, help="The server to scale.")
 @click.option("--region", required=True, help="Where its replicas register.")
 @click.option("--ports", required=True, help="Loopback ports for its replicas, e.g. 8150-8159.")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds a draining replica may keep requests in flight before it is stopped anyway.",
+)
 @admin_option
 @registry_option
 @user_errors
-def samples_autoscaler(server: str, region: str, ports: str, admin: str, registry: str) -> None:
+def samples_autoscaler(
+    server: str, region: str, ports: str, drain_timeout: float, admin: str, registry: str
+) -> None:
     """Start or stop sample replicas of SERVER to match routeplane's recommendation (WatchLoad)."""
     import signal
     import sys
@@ -176,6 +185,7 @@ def samples_autoscaler(server: str, region: str, ports: str, admin: str, registr
         ports=port_list,
         registry=registry,
         admin=admin,
+        drain_timeout=drain_timeout,
         announce=lambda line: click.echo(line, err=True),
     )
     try:

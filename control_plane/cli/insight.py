@@ -109,7 +109,8 @@ def load(admin: str, server: str, watch: bool, as_json: bool) -> None:
 
 
 def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
-    rows = [load_json(r) for r in response.servers]
+    # ``partial``: the fleet's load could not be read, these rows are this control plane's own.
+    rows = [{**load_json(r), "partial": response.partial} for r in response.servers]
     if as_json:
         click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
         return
@@ -117,6 +118,8 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
         click.echo(
             f"-- {time.strftime('%H:%M:%S')}, {response.reporting_proxies} proxies reporting"
         )
+    if response.partial:
+        click.echo("partial: the fleet's load cannot be read; this control plane's proxies only")
     if not rows:
         click.echo("no servers")
         return
@@ -136,6 +139,18 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
             for r in rows
         ],
     )
+    for r in rows:
+        if r["scale_down_candidates"]:
+            click.echo(
+                f"scale down {r['server']} ({r['region']}) first: "
+                + _first_few(r["scale_down_candidates"])
+            )
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    """``names`` joined, past ``shown`` cut to the first ones and how many more."""
+    more = f" (and {len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @click.command()

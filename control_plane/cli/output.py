@@ -91,6 +91,15 @@ def load_json(row: Any) -> JsonObject:
         "desired_replicas": None if row.desired_replicas < 0 else row.desired_replicas,
         "cold_starts": row.cold_starts,
         "cold_start_mode": row.cold_start_mode,
+        "scale_down_candidates": list(row.scale_down_candidates),
+        "replicas": [
+            {
+                "replica": replica.replica,
+                "in_flight": round(replica.in_flight, 3),
+                "requests_per_second": round(replica.requests_per_second, 3),
+            }
+            for replica in row.replicas
+        ],
     }
 
 

@@ -49,6 +49,12 @@ def check_numbers(values: dict[str, float | int | None]) -> None:
 )
 @click.option("--admin-listen", default="127.0.0.1:18001", show_default=True, help="Admin address.")
 @click.option(
+    "--keda-listen",
+    default="",
+    help="Serve KEDA's external scaler (externalscaler.ExternalScaler) here, with xDS's TLS "
+    "options; off by default.",
+)
+@click.option(
     "--poll-interval",
     type=float,
     default=None,
@@ -135,6 +141,7 @@ def serve(
     registry: str,
     xds_listen: str,
     admin_listen: str,
+    keda_listen: str,
     poll_interval: float | None,
     admin_token_file: str | None,
     tls_cert: str | None,
@@ -180,6 +187,7 @@ def serve(
         registry_url=registry,
         xds_listen=xds_listen,
         admin_listen=admin_listen,
+        keda_listen=keda_listen,
         poll_interval=poll_interval,
         admin_token=token,
         tls_cert=tls_cert or "",

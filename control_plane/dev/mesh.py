@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from control_plane.deploy.topology import Fleet, KubeConfig, Topology
+from control_plane.deploy.topology import Fleet, KubeConfig, Scaled, Topology
 from control_plane.dev import processes
 from control_plane.dev.processes import MeshState, load_state
 
@@ -338,7 +338,34 @@ def topology(cfg: MeshConfig, kube: KubeConfig | None = None) -> Topology:
         for e in ENVOYS
     )
     kube = kube or KubeConfig()
-    return Topology(fleets=fleets, xds_port=cfg.xds_port, admin_port=cfg.admin_port, kube=kube)
+    return Topology(
+        fleets=fleets,
+        xds_port=cfg.xds_port,
+        admin_port=cfg.admin_port,
+        scaled=sample_scaled(),
+        kube=kube,
+    )
+
+
+def sample_scaled() -> tuple[Scaled, ...]:
+    """The sample servers with an autoscaling rule (``servers.yaml``), each scaled by KEDA
+    within its rule's bounds: a Deployment of the server's name runs its replicas."""
+    from control_plane.registry.servers import load_servers_file
+
+    with resources.as_file(resources.files("control_plane.dev") / SERVERS_FILE) as path:
+        documents = load_servers_file(path)
+    scaled = []
+    for document in documents:
+        rule = document.spec.get("autoscaling")
+        if rule:
+            scaled.append(
+                Scaled(
+                    server=document.name,
+                    min_replicas=int(rule.get("min_replicas", 0)),
+                    max_replicas=int(rule.get("max_replicas", 20)),
+                )
+            )
+    return tuple(scaled)
 
 
 def init_registry(url: str, *, announce: Callable[[str], None] = lambda _: None) -> None:

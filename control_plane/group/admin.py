@@ -13,6 +13,10 @@ Each worker is a whole control plane with its own admin address on loopback
   first, only the servers that changed; the specs only when they change), merges them per
   server (``load/totals.py``) and makes the rows from the merge with the one ``recommend``
   a lone process uses; only the servers that changed are merged again;
+- the fleet (``control_plane/fleet/``): each worker also sends the other control planes'
+  totals it read from the registry (``remote``: never its siblings', which share its group);
+  the sums add one copy of them, the lowest worker's that could read them, to the workers'
+  own; ``partial`` when none could;
 - ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
   ``routeplane_worker_up`` per worker; the load families (``routeplane_server_*``) are the
   group's sums instead, as ``GetLoad`` answers them;
@@ -110,6 +114,12 @@ class LoadSum:
         self._proxies = [0] * workers
         self._intervals = [0.0] * workers
         self._touched: set[str] = set()
+        # Per worker: the other control planes' totals it read (None: none yet), whether it
+        # could not; the copy summed is the lowest worker's that could.
+        self._remote: list[tuple[dict[str, ServerTotals], int, bool] | None] = [
+            None for _ in range(workers)
+        ]
+        self._remote_summed: tuple[dict[str, ServerTotals], int, bool] = ({}, 0, False)
         self._active: set[str] = set()  # recommendations not settled
         self._rows: dict[str, tuple[LoadRow, ...]] = {}  # server -> the group's rows
         self._order: list[str] = []
@@ -123,7 +133,11 @@ class LoadSum:
 
     @property
     def reporting_proxies(self) -> int:
-        return sum(self._proxies)
+        return sum(self._proxies) + self._remote_summed[1]
+
+    @property
+    def partial(self) -> bool:
+        return self._remote_summed[2]
 
     @property
     def report_interval(self) -> float:
@@ -147,6 +161,22 @@ class LoadSum:
             self._specs.append({})
             self._proxies.append(0)
             self._intervals.append(0.0)
+            self._remote.append(None)
+
+    def take_remote(self, worker: int, totals: LoadTotals, *, partial: bool) -> None:
+        """The other control planes' totals worker ``worker`` read (every server's)."""
+        self._grow(worker)
+        self._remote[worker] = ({s.server: s for s in totals.servers}, totals.proxies, partial)
+        readable = [r for r in self._remote if r is not None and not r[2]]
+        # None could read them: partial (once any has said so), and nothing of the fleet.
+        summed = readable[0] if readable else ({}, 0, any(r is not None for r in self._remote))
+        before = self._remote_summed[0]
+        self._touched |= {
+            n for n in before.keys() | summed[0].keys() if before.get(n) != summed[0].get(n)
+        }
+        if summed[2] != self._remote_summed[2]:
+            self._log.add(frozenset())  # the answers say partial, or no longer
+        self._remote_summed = summed
 
     def take_specs(self, worker: int, specs: Mapping[str, LoadSpec]) -> None:
         """Worker ``worker``'s servers' specs, every one (they came apart from its totals)."""
@@ -204,8 +234,11 @@ class LoadSum:
         reordered = False
         merged: list[ServerTotals] = []
         specs: dict[str, LoadSpec] = {}
+        remote = self._remote_summed[0]
         for name in touch:
             parts = [[mine[name]] for mine in self._workers if name in mine]
+            if parts and name in remote:
+                parts.append([remote[name]])
             if parts:
                 merged.extend(merge_servers(parts))
                 specs.update(self._spec(name))
@@ -251,11 +284,15 @@ class LoadSum:
         if update.HasField("specs"):
             _, specs = specs_from(update.specs)
             self.take_specs(worker, specs)
+        elif update.totals.remote:
+            message = update.totals
+            self.take_remote(worker, totals_from(message), partial=message.partial)
         else:
             message = update.totals
+            self._grow(worker)
             self.take(
                 worker,
-                totals_from(message),
+                totals_from(message, self._workers[worker]),
                 changes_only=message.changes_only,
                 removed=message.removed_servers,
             )
@@ -423,7 +460,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         try:
             async for update in call:
                 updates.append(update)
-                if update.HasField("totals"):
+                if update.HasField("totals") and not update.totals.remote:
                     break
         finally:
             call.cancel()
@@ -454,7 +491,8 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     ):
                         self._sum.take_update(index, update)
                         if update.HasField("totals"):
-                            following[index] = True
+                            # Its own totals: the worker is followed (remote ones come after).
+                            following[index] |= not update.totals.remote
                             updated.set()
                 except grpc.aio.AioRpcError:
                     following[index] = False  # a worker starting or stopping: ask again
@@ -485,10 +523,17 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return self._answers.get(request)
 
     async def WatchLoad(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in self._answers.watch(request, self._versions()):
+        async for response in self._answers.watch(request, self.versions()):
             yield response
 
-    async def _versions(self) -> AsyncIterator[int]:
+    @property
+    def load_view(self) -> LoadSum:
+        """The group's load view (``admin/loadview.py``): what KEDA's scaler answers from."""
+        return self._sum
+
+    async def versions(self) -> AsyncIterator[int]:
+        """The view's version once every worker's rows were summed, then after every sum
+        that moved a row."""
         seen = -1
         while True:
             if self._summed and self._sum.version != seen:

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -32,7 +33,13 @@ import sys
 import structlog
 
 from control_plane.admin.server import AdminServer
-from control_plane.app import ServeConfig, split_host_port, start_admin, warn_if_exposed
+from control_plane.app import (
+    ServeConfig,
+    split_host_port,
+    start_admin,
+    start_keda,
+    warn_if_exposed,
+)
 from control_plane.group.admin import AggregateService
 from control_plane.group.csds import merged
 from control_plane.xds import csds
@@ -110,6 +117,8 @@ async def supervise(
     check_free(config.xds_listen)
     warn_if_exposed(config)  # once for the group: its workers leave it to the supervisor
     base = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
+    # The workers publish their load in one fleet group: none counts a sibling's record.
+    fleet_group = f"{base}#{secrets.token_hex(6)}"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     processes: list[asyncio.subprocess.Process] = []
@@ -121,7 +130,11 @@ async def supervise(
         addresses = [f"127.0.0.1:{loopback_port()}" for _ in range(workers)]
         for index, address in enumerate(addresses):
             worker = dataclasses.replace(
-                config, admin_listen=address, control_plane_id=f"{base}/w{index}"
+                config,
+                admin_listen=address,
+                control_plane_id=f"{base}/w{index}",
+                fleet_group=fleet_group,
+                keda_listen="",
             )
             siblings = [a for a in addresses if a != address]
             processes.append(
@@ -143,6 +156,8 @@ async def supervise(
         )
         await start_admin(admin, config.admin_listen)
         stack.push_async_callback(admin.stop)
+        # KEDA's scaler follows the group's sums: the supervisor serves it, no worker does.
+        await start_keda(stack, config, view=service.load_view, versions=service.versions)
         log.info(
             "workers_started",
             workers=workers,
@@ -150,6 +165,7 @@ async def supervise(
             xds=config.xds_listen,
             admin=config.admin_listen,
             identifier=base,
+            keda=config.keda_listen or None,
         )
         load = asyncio.create_task(service.run())
         exits = {asyncio.create_task(p.wait()): p for p in processes}

@@ -108,10 +108,10 @@ class _ProxyReport:
     node_id: str
     at: float
     interval: float
-    # Rates, bounded: (server, region) and replica id -> [in flight, requests/s, errors/s];
-    # server -> dropped / s.
+    # Rates, bounded: (server, region) and (server, replica id) -> [in flight, requests/s,
+    # errors/s]; server -> dropped / s.
     localities: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    replicas: dict[str, list[float]] = field(default_factory=dict)
+    replicas: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     dropped: dict[str, float] = field(default_factory=dict)
 
 
@@ -218,7 +218,7 @@ def _bounded(
     replicas_by_server: dict[str, list[list[float]]] = {}
     for (server, replica), counts in draft.replicas.items():
         rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
-        report.replicas[replica] = rates
+        report.replicas[(server, replica)] = rates
         replicas_by_server.setdefault(server, []).append(rates)
     limits = (PER_SERVER.in_flight, PER_SERVER.requests_per_second, PER_SERVER.errors_per_second)
     for groups in (by_server, replicas_by_server):
@@ -274,10 +274,10 @@ class LoadBook:
     def __init__(self) -> None:
         self._streams: dict[int, _ProxyReport] = {}
         self.ignored = Ignored()
-        # Running sums of every stream's report: (server, region) and replica -> [in flight,
-        # requests/s, errors/s, dropped/s].
+        # Running sums of every stream's report: (server, region) and (server, replica id) ->
+        # [in flight, requests/s, errors/s, dropped/s].
         self._totals: dict[tuple[str, str], list[float]] = {}
-        self._replica_totals: dict[str, list[float]] = {}
+        self._replicas: dict[str, dict[str, list[float]]] = {}  # by server, then replica id
         # Per server: requests that met no replica since the book began (cold starts), and
         # when the last one was seen. Reported drops of a server with no ready replica are
         # cold starts (routeplane drops only there); held requests are told by the control
@@ -311,8 +311,11 @@ class LoadBook:
         ignored or clipped."""
         report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
         for server, count in cold.items():
-            if count >= 1:
-                self.note_cold_start(server, now=now, count=int(count))
+            # A count made back from a rate (drops / interval * interval) may be a hair under
+            # the whole it was (0.9999999999999999 for one drop): rounded first, not truncated.
+            whole = int(round(count, 6))
+            if whole >= 1:
+                self.note_cold_start(server, now=now, count=whole)
         previous = self._streams.get(stream)
         if previous is not None:
             self._apply(previous, sign=-1.0)
@@ -363,13 +366,37 @@ class LoadBook:
         """Streams whose report counts now."""
         return len(self._streams)
 
-    def loads(self) -> tuple[dict[tuple[str, str], Load], dict[str, Load]]:
-        """Per (server, region), with (server, "*") the server's total; and per replica id.
-        Kept up to date report by report, so this costs the number of keys, not of proxies."""
-        return (
-            {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)},
-            {key: _load(*rates) for key, rates in self._replica_totals.items() if _some(rates)},
-        )
+    def loads(self) -> tuple[dict[tuple[str, str], Load], dict[tuple[str, str], Load]]:
+        """Per (server, region), with (server, "*") the server's total; and per (server,
+        replica id). Kept up to date report by report, so this costs the number of keys, not
+        of proxies."""
+        replicas = {
+            (server, replica): _load(*rates)
+            for server, mine in self._replicas.items()
+            for replica, rates in mine.items()
+            if _some(rates)
+        }
+        return self.region_loads(), replicas
+
+    def region_loads(self) -> dict[tuple[str, str], Load]:
+        """Per (server, region), with (server, "*") the server's total."""
+        return {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)}
+
+    def replica_loads(self, server: str) -> list[tuple[str, int, int]]:
+        """``server``'s replicas with requests in flight or per second: (replica id, in flight,
+        requests per second), in whole millionths, sorted by id. The hot path of a tick for a
+        server with many replicas: costs its replicas with load, one multiplication each."""
+        mine = self._replicas.get(server)
+        if not mine:
+            return []
+        found = []
+        for replica, rates in mine.items():
+            in_flight = round(rates[0] * 1_000_000)
+            requests = round(rates[1] * 1_000_000)
+            if in_flight > 0 or requests > 0:
+                found.append((replica, max(in_flight, 0), max(requests, 0)))
+        found.sort()
+        return found
 
     def _apply(self, report: _ProxyReport, *, sign: float) -> None:
         """Add (``sign`` 1) or take away (-1) one report's rates from the running totals."""
@@ -387,25 +414,32 @@ class LoadBook:
             if rates is None:
                 rates = totals[(server, "*")] = [0.0, 0.0, 0.0, 0.0]
             rates[3] += sign * dropped
-        replica_totals = self._replica_totals
-        for replica, values in report.replicas.items():
-            rates = replica_totals.get(replica)
+        replicas = self._replicas
+        for (server, replica), values in report.replicas.items():
+            mine = replicas.get(server)
+            if mine is None:
+                mine = replicas[server] = {}
+            rates = mine.get(replica)
             if rates is None:
-                rates = replica_totals[replica] = [0.0, 0.0, 0.0, 0.0]
+                rates = mine[replica] = [0.0, 0.0, 0.0, 0.0]
             rates[0] += sign * values[0]
             rates[1] += sign * values[1]
             rates[2] += sign * values[2]
         if sign < 0:  # keep the totals small and exact at zero
-            for table in (totals, replica_totals):
-                for key in set(_keys(report, table is totals)):
-                    rates = table.get(key)
-                    if rates is not None and all(abs(v) < 1e-6 for v in rates):
-                        del table[key]
+            for key in set(_keys(report)):
+                rates = totals.get(key)
+                if rates is not None and all(abs(v) < 1e-6 for v in rates):
+                    del totals[key]
+            for server, replica in report.replicas:
+                mine = replicas.get(server)
+                rates = mine.get(replica) if mine is not None else None
+                if rates is not None and all(abs(v) < 1e-6 for v in rates):
+                    del mine[replica]  # type: ignore[union-attr]
+                    if not mine:
+                        del replicas[server]
 
 
-def _keys(report: _ProxyReport, totals: bool) -> list[Any]:
-    if not totals:
-        return list(report.replicas)
+def _keys(report: _ProxyReport) -> list[Any]:
     keys: list[Any] = [(server, "*") for server in report.dropped]
     for server, region in report.localities:
         keys.extend(((server, region), (server, "*")))

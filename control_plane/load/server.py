@@ -1,8 +1,11 @@
-"""The load view: every server's totals (``load/totals.py``: load, ready replicas, cold starts)
-from the reports ``load.intake`` takes into the book, and its rows from ``recommend``; ticked
-every half interval and at once on a cold start; and hold-mode demand (held cluster names asked
-for by proxies). Under ``serve --workers`` a worker's totals and specs are what its supervisor
-merges (``group/admin.py``), with the same ``recommend``.
+"""The load view: every server's totals (``load/totals.py``: load per region and per replica,
+ready replicas, cold starts) from the reports ``load.intake`` takes into the book, and its rows
+from ``recommend``; ticked every half interval and at once on a cold start; and hold-mode
+demand (held cluster names asked for by proxies). Under ``serve --workers`` a worker's totals
+and specs are what its supervisor merges (``group/admin.py``), with the same ``recommend``.
+The other control planes' totals, read from the registry (``control_plane/fleet/``), come in
+through ``take_remote``: the rows are this process's own totals merged with them, and
+``totals()`` stays this process's own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from control_plane.load.totals import (
     LoadSpec,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
     Wakes,
     idle,
@@ -111,6 +115,9 @@ class LoadService:
         self._by_server: dict[str, tuple[LoadRow, ...]] = {}
         self._rows_for: RoutingTable | None = None
         self._servers: dict[str, RoutedServer] = {}
+        # Per server, what its totals take from its routing entry (kept while the entry is
+        # the same object): ``_Shape``.
+        self._shapes: dict[str, _Shape] = {}
         self._order: list[str] = []
         self._specs: dict[str, LoadSpec] = {}
         self._specs_made = 0
@@ -138,6 +145,14 @@ class LoadService:
         self._cold_proxies_kept = 0
         self._cold_epochs: dict[str, int] = {}
         self._changed = asyncio.Condition()
+        # The other control planes' totals (``take_remote``), the servers whose remote totals
+        # moved since the last tick, and whether the fleet's could not be read.
+        self._remote: dict[str, ServerTotals] = {}
+        self._remote_proxies = 0
+        self._remote_moved: set[str] = set()
+        self._remote_totals: LoadTotals = LoadTotals()
+        self.remote_version = 0  # moves with every ``take_remote`` (a worker sends them on)
+        self.partial = False
         self.intake = ReportIntake(
             book=self.book,
             catalog=self.catalog,
@@ -173,7 +188,32 @@ class LoadService:
 
     @property
     def reporting_proxies(self) -> int:
-        return self.book.proxies
+        return self.book.proxies + self._remote_proxies
+
+    def remote_totals(self) -> tuple[LoadTotals, bool]:
+        """The other control planes' totals last taken, and whether they are missing."""
+        return self._remote_totals, self.partial
+
+    def take_remote(self, totals: LoadTotals, *, partial: bool) -> None:
+        """The other control planes' totals (every server's: one not in them has none), and
+        whether they are missing (``partial``); the next tick comes at once."""
+        servers = {server.server: server for server in totals.servers}
+        before = self._remote
+        self._remote_moved |= {
+            name for name in before.keys() | servers.keys() if before.get(name) != servers.get(name)
+        }
+        self._remote = servers
+        self._remote_proxies = totals.proxies
+        self._remote_totals = totals
+        self.remote_version += 1
+        dropped = partial and not self.partial
+        self.partial = partial
+        # A new version (no server's rows changed yet): the answers say partial, and a worker's
+        # supervisor is sent the remote totals.
+        self._log.add(frozenset())
+        if dropped:
+            self.tick()  # the fleet's sums leave the rows now: never shown as fresh
+        self._cold_start_seen.set()  # not a cold start: the same early tick
 
     @property
     def report_interval(self) -> float:
@@ -301,7 +341,7 @@ class LoadService:
             log.info("load_reporter_expired", node_id=node)
         table = self._table()
         self._resolve_pending(table, now)
-        totals, _ = self.book.loads()
+        totals = self.book.region_loads()
         # Per server with load: the regions its load came from (one pass, not one per server).
         reported: dict[str, set[str]] = {}
         for server_name, region in totals:
@@ -309,7 +349,10 @@ class LoadService:
             if region != "*":
                 regions.add(region)
         loaded = set(reported)
-        touch = self._active | loaded
+        # The fleet's totals: only the servers whose remote totals moved (a recommendation
+        # still moving stays in ``_active``).
+        touch = self._active | loaded | self._remote_moved
+        self._remote_moved = set()
         gone: set[str] = set()
         order = self._order
         if table is not self._rows_for:
@@ -327,10 +370,14 @@ class LoadService:
             if server is None:
                 continue
             mine = self._server_totals(server, totals, reported.get(name, set()), now)
-            if mine != self._totals.get(name):
+            before = self._totals.get(name)
+            if mine != before:
                 self._totals[name] = mine
                 changed.add(name)
-            touched.append(mine)
+            elif before is not None:
+                mine = before  # the same value: rows compared with it compare by identity
+            theirs = self._remote.get(name)
+            touched.append(mine if theirs is None else mine.merge(theirs))
         recommended = recommend(
             LoadTotals(servers=tuple(sorted(touched, key=_name))),
             self._specs,
@@ -369,6 +416,7 @@ class LoadService:
         for name in gone:
             self._history.forget_server(name)
             self._totals.pop(name, None)
+            self._shapes.pop(name, None)
             self._by_server.pop(name, None)
             self._wakes.forget(name)
             self.book.forget_server(name)
@@ -395,13 +443,23 @@ class LoadService:
         now: float,
     ) -> ServerTotals:
         """One server's totals now (``reported``: the regions its load came from): its load
-        and ready replicas per region, its cold starts, and its latest wake (new cold starts
-        while it has no ready replica: scale from zero now, whatever the scale-up window)."""
-        ready_by_region: dict[str, int] = {}
-        for endpoint in server.endpoints:
-            if not endpoint.draining:
-                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        ready_total = sum(ready_by_region.values())
+        and ready replicas per region, its replicas with load (those of its routing entry
+        only), its ready replicas, its cold starts, and its latest wake (new cold starts while
+        it has no ready replica: scale from zero now, whatever the scale-up window)."""
+        shape = self._shapes.get(server.name)
+        if shape is None or shape.server is not server:
+            shape = self._shapes[server.name] = _Shape.of(server)
+        ready_by_region = shape.ready_by_region
+        ready_total = shape.ready_total
+        replicas: tuple[ReplicaTotals, ...] = ()
+        replica_loads = self.book.replica_loads(server.name)
+        if replica_loads:
+            known = shape.replica_ids
+            replicas = tuple(
+                ReplicaTotals(replica=replica, in_flight=in_flight, requests=requests)
+                for replica, in_flight, requests in replica_loads
+                if replica in known
+            )
         cold_starts = self.book.cold_starts.get(server.name, 0)
         new_cold, woken_at = self._wakes.see(server.name, cold_starts, ready=ready_total, now=now)
         if new_cold > 0:
@@ -426,6 +484,8 @@ class LoadService:
         return ServerTotals(
             server=server.name,
             regions=tuple(regions),
+            replicas=replicas,
+            ready_replicas=shape.ready_replicas,
             cold_starts=cold_starts,
             woken_at=woken_at,
         )
@@ -448,7 +508,9 @@ class LoadService:
                     await self._cold_start_seen.wait()
             except TimeoutError:
                 continue
-            await asyncio.sleep(COLD_START_COALESCE)
+            if self.book.cold_start_events != self._events_seen:
+                await asyncio.sleep(COLD_START_COALESCE)
+            # else the fleet's totals moved (``take_remote``): they come a read at a time
 
     async def watch(self) -> AsyncIterator[int]:
         """The version now, then after every tick that moved a row."""
@@ -463,6 +525,41 @@ class LoadService:
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """The LRS service (``load.intake``) on this view's book."""
         return self.intake.generic_handler()
+
+
+class _Shape:
+    """What a server's totals take from its routing entry, worked out once per entry: its
+    ready replicas per region and in all, their (id, region) pairs (where its spec has an
+    autoscaling rule: only a recommendation names candidates), and its replicas' ids."""
+
+    __slots__ = ("ready_by_region", "ready_replicas", "ready_total", "replica_ids", "server")
+
+    def __init__(
+        self,
+        server: RoutedServer,
+        ready_by_region: dict[str, int],
+        ready_replicas: tuple[tuple[str, str], ...],
+        replica_ids: frozenset[str],
+    ) -> None:
+        self.server = server
+        self.ready_by_region = ready_by_region
+        self.ready_total = sum(ready_by_region.values())
+        self.ready_replicas = ready_replicas
+        self.replica_ids = replica_ids
+
+    @classmethod
+    def of(cls, server: RoutedServer) -> _Shape:
+        ready_by_region: dict[str, int] = {}
+        for endpoint in server.endpoints:
+            if not endpoint.draining:
+                ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
+        # Scale-down candidates are named only where the spec asks for a recommendation.
+        ready: list[tuple[str, str]] = []
+        if server.spec.autoscaling is not None:
+            ready = sorted({(e.replica_id, e.region) for e in server.endpoints if not e.draining})
+        return cls(
+            server, ready_by_region, tuple(ready), frozenset(e.replica_id for e in server.endpoints)
+        )
 
 
 def _name(totals: ServerTotals) -> str:

@@ -3,7 +3,9 @@ Pure: time is an argument; no I/O, no clock, no logging.
 
 ``LoadTotals`` is what one process knows of load: per server and region ("*": the server's
 total) the requests in flight and the requests, errors and drops per second its proxies
-reported (``load/reports.py``), the ready replicas its routing table has, the server's cold
+reported (``load/reports.py``), the ready replicas its routing table has, per replica (ids
+from the routing table, never a name a report invents) the requests in flight and per second
+of the replicas with load and the ids of the ready ones, the server's cold
 starts, and the time of the latest *wake* (a cold start that met no ready replica in the view
 of the process that counted it: judged there, once). Totals from several processes (the workers
 of ``serve --workers``) are merged, and the merge is judged once, by ``recommend``, where it is
@@ -15,15 +17,18 @@ read: a process never re-derives a recommendation from another's.
 - load adds up; it is kept in whole millionths, so a sum does not depend on the order of the
   merges (floats would) and a message carries small integers;
 - ready replicas: the most any part saw (every process reads the same registry: one replica
-  is not counted once per process);
+  is not counted once per process); the ready replicas' ids, the union of the parts';
+- a replica's load adds up, as a region's does;
 - cold starts add up; a wake is the latest of the parts';
 - servers and regions: the union; reporting proxies add up; the report interval is the longest
   and ``at`` (when the totals were taken) the oldest part's.
 
 ``recommend(totals, specs, history, now)`` makes the rows: one ``LoadRow`` per server and region,
 written by one function (``_row``), with the autoscaling rule's recommendation
-(``load/autoscale.py``) where the server's spec asks for one. The spec (``LoadSpec``: regions,
-cold-start mode, autoscaling rule) is an argument: it never travels inside totals.
+(``load/autoscale.py``) where the server's spec asks for one, and, where it is below the
+ready replicas, which of them to remove first (``scale_down_candidates``). The spec
+(``LoadSpec``: regions, cold-start mode, autoscaling rule) is an argument: it never travels
+inside totals.
 
 Imports the autoscaling rule, ``load/quiet.py`` and the spec value only.
 """
@@ -78,12 +83,32 @@ def idle(region: str, ready: int = 0) -> RegionTotals:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaTotals:
+    """One replica's load (in millionths): requests in flight and per second."""
+
+    replica: str  # its id in the registry
+    in_flight: int = 0
+    requests: int = 0  # per second
+
+    def merge(self, other: ReplicaTotals) -> ReplicaTotals:
+        return ReplicaTotals(
+            replica=self.replica,
+            in_flight=self.in_flight + other.in_flight,
+            requests=self.requests + other.requests,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerTotals:
-    """One server: its regions (sorted, so "*" is first), its cold starts (requests that met
-    no replica) and when the latest of them met no ready replica (``NEVER``: none did)."""
+    """One server: its regions (sorted, so "*" is first), its replicas with load (sorted by
+    id; a replica with none is left out), its ready replicas as (id, region) pairs (sorted; the
+    routing table's READY ones, not draining), its cold starts (requests that met no replica)
+    and when the latest of them met no ready replica (``NEVER``: none did)."""
 
     server: str
     regions: tuple[RegionTotals, ...] = ()
+    replicas: tuple[ReplicaTotals, ...] = ()
+    ready_replicas: tuple[tuple[str, str], ...] = ()
     cold_starts: int = 0
     woken_at: float = NEVER
 
@@ -95,6 +120,8 @@ class ServerTotals:
         return ServerTotals(
             server=self.server,
             regions=tuple(mine[name] for name in sorted(mine)),
+            replicas=_merge_replicas(self.replicas, other.replicas),
+            ready_replicas=_union(self.ready_replicas, other.ready_replicas),
             cold_starts=self.cold_starts + other.cold_starts,
             woken_at=max(self.woken_at, other.woken_at),
         )
@@ -104,6 +131,34 @@ class ServerTotals:
             if region.region == name:
                 return region
         return None
+
+
+def _merge_replicas(
+    mine: tuple[ReplicaTotals, ...], theirs: tuple[ReplicaTotals, ...]
+) -> tuple[ReplicaTotals, ...]:
+    """Two sorted tuples of replicas with load -> one, each replica once (work in the
+    replicas with load, not in all of a server's)."""
+    if not theirs:
+        return mine
+    if not mine:
+        return theirs
+    merged = {r.replica: r for r in mine}
+    for replica in theirs:
+        have = merged.get(replica.replica)
+        merged[replica.replica] = replica if have is None else have.merge(replica)
+    return tuple(merged[name] for name in sorted(merged))
+
+
+def _union(
+    mine: tuple[tuple[str, str], ...], theirs: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """Two sorted tuples of ready replicas -> their union, sorted (parts that read the same
+    routing table have equal ones: compared, not rebuilt)."""
+    if mine == theirs or not theirs:
+        return mine
+    if not mine:
+        return theirs
+    return tuple(sorted(set(mine) | set(theirs)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +249,11 @@ class LoadRow:
     cold_starts: int = 0
     cold_start_mode: str = ""
     autoscaling: Autoscaling | None = None  # the rule behind desired_replicas, if any
+    # Rows whose desired_replicas is below ready_replicas: the ready replicas (ids) to remove
+    # first, ready - desired of them, the idlest first (``scale_down_candidates``).
+    scale_down_candidates: tuple[str, ...] = ()
+    # "*" rows: the server's replicas with load (draining ones too), sorted by id.
+    replicas: tuple[ReplicaTotals, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,22 +266,48 @@ class Recommended:
     moving: bool
 
 
+_Kept = tuple[tuple[tuple[str, str], ...], tuple[ReplicaTotals, ...], int, tuple[str, ...]]
+
+
 class History:
     """What ``recommend`` remembers between calls: the rule's windows per (server, region)
-    key, the latest wake seen per server, and each server's keys (a key that goes loses its
-    windows). Not thread-safe."""
+    key, the latest wake seen per server, each server's keys (a key that goes loses its
+    windows), and its last scale-down candidates per region with what they were made from (a
+    server scaling down is looked at every tick; its candidates are made again only when its
+    replicas or the count moved). Not thread-safe."""
 
     def __init__(self) -> None:
         self.recommender = Recommender()
         self._woken: dict[str, float] = {}
         self._keys: dict[str, set[Hashable]] = {}
         self._forget = False
+        self._candidates: dict[str, dict[str, _Kept]] = {}
 
     def forget_server(self, server: str) -> None:
         """``server`` went: its windows and its wakes are forgotten."""
         if self._keys.pop(server, None):
             self._forget = True
         self._woken.pop(server, None)
+        self._candidates.pop(server, None)
+
+    def _candidates_of(
+        self, server: ServerTotals, count: int, region: str, kept: dict[str, _Kept]
+    ) -> tuple[str, ...]:
+        """``scale_down_candidates``, or the same answer as last time if made from the same
+        replicas; ``kept``: this look's answers (the server's next last ones)."""
+        ready, replicas = server.ready_replicas, server.replicas
+        last = self._candidates.get(server.server, {}).get(region)
+        if (
+            last is not None
+            and last[2] == count
+            and (last[0] is ready or last[0] == ready)
+            and (last[1] is replicas or last[1] == replicas)
+        ):
+            found = last[3]
+        else:
+            found = scale_down_candidates(server, count, region=region)
+        kept[region] = (ready, replicas, count, found)
+        return found
 
     def _woke(self, server: ServerTotals) -> bool:
         """Whether ``server`` had a wake since the last look (the newest wake is later than
@@ -268,6 +354,7 @@ def recommend(
         regions = sorted((set(spec.regions) | by_region.keys()) - {"*"})
         rows: list[LoadRow] = []
         keys: set[Hashable] = set()
+        kept: dict[str, _Kept] = {}
         moving = False
         for region in ["*", *regions]:
             counts = by_region.get(region) or idle(region)
@@ -282,15 +369,62 @@ def recommend(
                     key, in_flight=in_flight, ready=counts.ready, spec=scaling, now=now, wake=wake
                 )
                 moving |= not settled(desired, in_flight=in_flight, wake=wake, spec=scaling)
-            rows.append(_row(server, counts, spec, desired=desired))
+            candidates: tuple[str, ...] = ()
+            if desired is not None and desired < counts.ready:
+                candidates = history._candidates_of(server, counts.ready - desired, region, kept)
+            rows.append(_row(server, counts, spec, desired=desired, candidates=candidates))
         history._keep(name, keys)
+        if kept:
+            history._candidates[name] = kept
+        else:
+            history._candidates.pop(name, None)
         recommended[name] = Recommended(rows=tuple(rows), moving=moving)
     history._prune()
     return recommended
 
 
+def scale_down_candidates(
+    server: ServerTotals, count: int, *, region: str = "*"
+) -> tuple[str, ...]:
+    """Which of ``server``'s ready replicas (in ``region``; "*": all) to remove first, ``count``
+    of them (fewer if it has fewer): the idlest first, by requests in flight, then requests per
+    second, then id (a stable order). A replica with requests in flight comes after every one
+    with none. Costs the server's ready replicas; called only when it has too many."""
+    if count <= 0:
+        return ()
+    load = {r.replica: r for r in server.replicas}
+    everywhere = region == "*"
+    idle: list[str] = []
+    busy: list[ReplicaTotals] = []
+    last = None
+    # ready_replicas is sorted by (id, region): a replica listed in two regions (parts whose
+    # tables differ) comes twice in a row.
+    for replica, where in server.ready_replicas:
+        if replica == last or not (everywhere or where == region):
+            continue
+        last = replica
+        have = load.get(replica)
+        if have is None:
+            idle.append(replica)
+            if len(idle) == count:
+                return tuple(idle)
+        else:
+            busy.append(have)
+    busy.sort(key=_idleness)
+    return tuple(idle + [r.replica for r in busy[: count - len(idle)]])
+
+
+def _idleness(replica: ReplicaTotals) -> tuple[int, int, str]:
+    return (replica.in_flight, replica.requests, replica.replica)
+
+
 def _row(
-    server: ServerTotals, counts: RegionTotals, spec: LoadSpec, *, desired: int | None
+    server: ServerTotals,
+    counts: RegionTotals,
+    spec: LoadSpec,
+    *,
+    desired: int | None,
+    candidates: tuple[str, ...] = (),
 ) -> LoadRow:
     total = counts.region == "*"
     return LoadRow(
@@ -305,4 +439,6 @@ def _row(
         cold_starts=server.cold_starts if total else 0,
         cold_start_mode=spec.cold_start_mode if total else "",
         autoscaling=spec.autoscaling if desired is not None else None,
+        scale_down_candidates=candidates,
+        replicas=server.replicas if total else (),
     )

@@ -111,6 +111,22 @@ def group_replicas(replicas: Iterable[Replica]) -> dict[str, tuple[Replica, ...]
     return {name: tuple(sorted(rows, key=lambda r: r.id)) for name, rows in grouped.items()}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadRecord:
+    """One control-plane process's published load (``control_plane/fleet/``): who wrote it
+    (``publisher``, unique per process start; ``group``, shared by the workers of one ``serve
+    --workers``), when (unix seconds, the writer's clock), its report interval, and its totals
+    as serialized bytes (None when read past the reader's byte bound: ``size`` says how big).
+    The store keeps them apart from routing: writing one never moves the revision."""
+
+    publisher: str
+    group: str
+    written_at: float
+    interval: float
+    totals: bytes | None
+    size: int
+
+
 class Registry(Protocol):
     """A replica registry. Every write is one transaction, validated before it is written.
 
@@ -205,6 +221,16 @@ class Registry(Protocol):
     def list_replicas(self, server: str | None = None) -> list[Replica]: ...
 
     def read_state(self) -> RegistryState: ...
+
+    def publish_load(self, record: LoadRecord, *, forget_before: float) -> None:
+        """Write ``record`` over this publisher's previous one, and delete every record written
+        before ``forget_before`` (unix seconds). Moves no revision: the watch does not see it."""
+        ...
+
+    def read_load(self, *, max_records: int, max_bytes: int) -> list[LoadRecord]:
+        """The newest ``max_records`` published records, newest first; a record's totals past
+        ``max_bytes`` are not read (``totals`` None, ``size`` its length)."""
+        ...
 
     def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:
         """Yield the full state now and again after every committed change."""

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.registry.model import Replica, Server
+from control_plane.registry.model import LoadRecord, Replica, Server
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +193,24 @@ def replica(
         lease_expires_at=seconds(lease),
         updated_at=seconds(updated_at) or 0.0,
     )
+
+
+def load_record(
+    publisher: Any, group: Any, written_at: Any, interval: Any, size: Any, totals: Any
+) -> LoadRecord:
+    """A published-load row (``control_plane/fleet/``): a time or interval that is not a finite
+    number is NaN, totals that are not bytes are None (``fleet`` reports either); never raises."""
+    length = whole_number(size)
+    return LoadRecord(
+        publisher=text(publisher),
+        group=text(group),
+        written_at=_number(written_at),
+        interval=_number(interval),
+        totals=bytes(totals) if isinstance(totals, bytes | bytearray) else None,
+        size=length if isinstance(length, int) and not isinstance(length, bool) else 0,
+    )
+
+
+def _number(value: Any) -> float:
+    number = seconds(value)
+    return math.nan if number is None else number

@@ -92,6 +92,8 @@ class Connection:
         # The lease sweep reads on a session of its own, so it never waits for the watch's
         # reads (nor they for it): one session runs one transaction at a time.
         self.sweep_reader = Reader(lambda: self.database)
+        # The published load (control_plane/fleet/) is read on a third, for the same reason.
+        self.load_reader = Reader(lambda: self.database)
         self.instance: Any = None
         self.database: Any = None
         self.connect()
@@ -102,6 +104,7 @@ class Connection:
         self.database = self.instance.database(self.database_id)
         self.reader.reset_session()
         self.sweep_reader.reset_session()
+        self.load_reader.reset_session()
 
     def call(self, what: str, func: Callable[[], T]) -> T:
         """``func()``; after a client error, reconnect and try once more, then raise a

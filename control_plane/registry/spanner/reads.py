@@ -273,6 +273,9 @@ def _decode_value(value: struct_pb2.Value, code: int, element: int) -> Any:
         return None
     if code == TypeCode.ARRAY:
         return [_decode_value(v, element, 0) for v in value.list_value.values]
+    if code == TypeCode.FLOAT64:
+        # A number, or "NaN" / "Infinity" / "-Infinity" as text.
+        return value.number_value if kind == "number_value" else float(value.string_value)
     text = value.string_value
     if code == TypeCode.INT64:
         return int(text)

@@ -16,6 +16,7 @@ May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import threading
 import time
@@ -26,9 +27,15 @@ from typing import Any
 from google.cloud import spanner
 
 from control_plane import metrics
-from control_plane.registry import validate
+from control_plane.registry import rows, validate
 from control_plane.registry.errors import NotFoundError
-from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.model import (
+    LoadRecord,
+    RegistryState,
+    Replica,
+    ReplicaState,
+    Server,
+)
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 from control_plane.registry.spanner import schema
 from control_plane.registry.spanner.connection import Connection
@@ -354,6 +361,67 @@ class SpannerRegistry:
 
         return self._conn.call("list replicas", read)
 
+    # -- published load (control_plane/fleet/) -----------------------------------------
+
+    def publish_load(self, record: LoadRecord, *, forget_before: float) -> None:
+        """One mutation of ``LoadPublishers``, a table the watch never reads; the records
+        written before ``forget_before`` are deleted in the same commit (found on the load
+        reader's session first: usually none)."""
+
+        def look() -> list[list[Any]]:
+            _, (old,) = self._conn.load_reader.read(
+                [
+                    (
+                        f"SELECT Publisher FROM LoadPublishers WHERE WrittenAt < {forget_before!r}",
+                        None,
+                    )
+                ]
+            )
+            return old
+
+        old = self._conn.call("look for old load records", look)
+
+        def write(tx: Any) -> None:
+            tx.insert_or_update(
+                "LoadPublishers",
+                columns=("Publisher", "PublisherGroup", "WrittenAt", "ReportInterval", "Totals"),
+                values=[
+                    (
+                        record.publisher,
+                        record.group,
+                        record.written_at,
+                        record.interval,
+                        base64.b64encode(record.totals or b""),
+                    )
+                ],
+            )
+            if old:
+                tx.delete("LoadPublishers", spanner.KeySet(keys=[[r[0]] for r in old]))
+
+        self._conn.transact("publish load", write)
+
+    def read_load(self, *, max_records: int, max_bytes: int) -> list[LoadRecord]:
+        def read() -> list[list[Any]]:
+            _, (found,) = self._conn.load_reader.read(
+                [
+                    (
+                        "SELECT SUBSTR(Publisher, 1, 1024), SUBSTR(PublisherGroup, 1, 1024),"
+                        " WrittenAt, ReportInterval, BYTE_LENGTH(Totals),"
+                        f" IF(BYTE_LENGTH(Totals) <= {int(max_bytes)}, Totals, NULL)"
+                        " FROM LoadPublishers ORDER BY WrittenAt DESC"
+                        f" LIMIT {int(max_records)}",
+                        None,
+                    )
+                ]
+            )
+            return found
+
+        found = self._conn.call("read load", read)
+        return [
+            rows.load_record(row[0], row[1], row[2], row[3], row[4], _bytes(row[5]))
+            for row in found
+        ]
+
     # -- state and watch ----------------------------------------------------------------
 
     def read_state(self) -> RegistryState:
@@ -375,6 +443,16 @@ class SpannerRegistry:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _bytes(value: Any) -> bytes | None:
+    """A BYTES column as read (base64 text) -> bytes; None when absent or not base64."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
 
 
 def _fields(replica: Replica) -> dict[str, Any]:

@@ -26,8 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.registry import migrations, validate
+from control_plane.registry import rows as rows_
 from control_plane.registry.errors import NotFoundError, RegistryUnavailableError
-from control_plane.registry.model import RegistryState, Replica, ReplicaState, Server
+from control_plane.registry.model import (
+    LoadRecord,
+    RegistryState,
+    Replica,
+    ReplicaState,
+    Server,
+)
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
 from control_plane.registry.sqlite import reads
 from control_plane.registry.sqlite.watch import follow
@@ -334,6 +341,36 @@ class SqliteRegistry:
         with self._tx(write=False) as db:
             replicas = reads.replicas(db)
         return [r for r in replicas if server is None or r.server == server]
+
+    # -- published load (control_plane/fleet/) -----------------------------------------
+
+    def publish_load(self, record: LoadRecord, *, forget_before: float) -> None:
+        """One write, no revision: the watch's probe sees a commit, reads the revision, finds
+        it unchanged and reads nothing more."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO load_publishers VALUES (?, ?, ?, ?, ?) ON CONFLICT(publisher) DO"
+                " UPDATE SET grp = excluded.grp, written_at = excluded.written_at,"
+                " interval = excluded.interval, totals = excluded.totals",
+                (
+                    record.publisher,
+                    record.group,
+                    record.written_at,
+                    record.interval,
+                    record.totals or b"",
+                ),
+            )
+            db.execute("DELETE FROM load_publishers WHERE written_at < ?", (forget_before,))
+
+    def read_load(self, *, max_records: int, max_bytes: int) -> list[LoadRecord]:
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                "SELECT substr(publisher, 1, 1024), substr(grp, 1, 1024), written_at, interval,"
+                " length(totals), CASE WHEN length(totals) <= ? THEN totals END"
+                " FROM load_publishers ORDER BY written_at DESC LIMIT ?",
+                (max_bytes, max_records),
+            ).fetchall()
+        return [rows_.load_record(*row) for row in rows]
 
     # -- state and watch ----------------------------------------------------------------
 

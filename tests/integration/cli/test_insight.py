@@ -15,7 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.rpc import status_pb2
 
-from control_plane.admin.protos import generate
+from control_plane.admin.protos import PROTOS, Proto, generate
 from control_plane.dev.samples.http_echo import EchoThread
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, ControlPlane, Envoy, http_get, metric_sum
@@ -221,10 +221,11 @@ def test_metrics_health_and_readiness_answer(control_plane: ControlPlane) -> Non
         assert name in text
 
 
-def test_generated_admin_code_is_up_to_date(tmp_path: Path) -> None:
-    committed = Path(__file__).resolve().parents[3] / "control_plane" / "admin" / "pb"
-    for path in generate(tmp_path):
-        assert path.read_text() == (committed / path.name).read_text(), (
+@pytest.mark.parametrize("proto", PROTOS, ids=lambda proto: proto.stem)
+def test_generated_grpc_code_is_up_to_date(tmp_path: Path, proto: Proto) -> None:
+    """The admin API's and KEDA's external scaler's generated code, as committed."""
+    for path in generate(tmp_path, proto):
+        assert path.read_text() == (proto.out / path.name).read_text(), (
             f"{path.name} is stale: run `make protos`"
         )
 

@@ -74,6 +74,7 @@ def test_a_users_topology_renders_valid_manifests_for_its_fleets_ports_and_repli
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "xds": 15010,
         "admin": 15011,
+        "keda": 18002,  # KEDA's scaler (serve --keda-listen), the default port
     }
     xds = "routeplane-xds.acme-edge.svc.cluster.local:15010"
 

@@ -32,7 +32,7 @@ from harness.processes import ROUTEPLANE
 DEPLOY = ROOT / "deploy" / "kubernetes"
 # cert-manager's kinds are CRDs: kubernetes-validate has only the built-in kinds' schemas, so
 # that file is checked for the shape cert-manager needs (below), not against a schema.
-CRD_FILES = {"cert-manager.yaml"}
+CRD_FILES = {"cert-manager.yaml", "keda.yaml"}
 CFG = MeshConfig(workdir=Path(".mesh"))
 TOPOLOGY = topology(CFG)
 
@@ -123,8 +123,9 @@ def test_probes_use_the_admin_port_serve_listens_on() -> None:
     assert command[:2] == ["routeplane", "serve"]
     admin_port = int(command[command.index("--admin-listen") + 1].rsplit(":", 1)[1])
     xds_port = int(command[command.index("--xds-listen") + 1].rsplit(":", 1)[1])
+    keda_port = int(command[command.index("--keda-listen") + 1].rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"admin": admin_port, "xds": xds_port}
+    assert ports == {"admin": admin_port, "xds": xds_port, "keda": keda_port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     # /metrics needs the token off loopback; the probes' paths stay open (admin/http.py)

@@ -83,7 +83,7 @@ def test_proxies_are_summed_per_server_region_and_replica() -> None:
     assert totals[("echo", "*")].errors_per_second == 1
     assert totals[("echo", "us-west")].in_flight == 5
     assert totals[("echo", "us-east")].in_flight == 1
-    assert replicas["r1"].in_flight == 5
+    assert replicas[("echo", "r1")].in_flight == 5
 
 
 def test_a_stream_replaces_only_its_own_report_whatever_node_id_another_claims() -> None:
@@ -132,7 +132,7 @@ def test_duplicated_entries_are_merged_before_the_per_server_bound() -> None:
     assert echo.requests_per_second == PER_SERVER.requests_per_second + 8
     assert echo.errors_per_second == PER_SERVER.errors_per_second
     assert echo.dropped_per_second == PER_SERVER.dropped_per_second
-    assert replicas["r1"].in_flight == PER_SERVER.in_flight + 4
+    assert replicas[("echo", "r1")].in_flight == PER_SERVER.in_flight + 4
     assert book.ignored.clipped == 1  # one report clipped
     book.forget(1)
     assert book.loads()[0][("echo", "*")].in_flight == 4  # exactly: no float dust left
@@ -219,3 +219,16 @@ def test_any_sequence_of_reports_never_raises_and_stays_within_the_bounds(
             assert 0 <= load.dropped_per_second <= 3 * PER_SERVER.dropped_per_second
         for load in replicas.values():
             assert 0 <= load.in_flight <= 3 * PER_SERVER.in_flight
+
+
+@pytest.mark.parametrize("seconds", [0.643353683, 1.330542040, 3.175930101, 0.097, 1.0])
+def test_one_drop_on_an_idle_server_is_one_cold_start_whatever_the_interval(
+    seconds: float,
+) -> None:
+    # The drop is a rate (1 / interval) and back a count (rate * interval): for these intervals
+    # the float product is 0.9999999999999999, which was truncated to no cold start at all.
+    book = LoadBook()
+    record(
+        book, "a", stats(cluster="default_gpu", dropped=1, seconds=seconds), catalog=IDLE_CATALOG
+    )
+    assert book.cold_starts == {"gpu": 1}

@@ -20,7 +20,7 @@ from control_plane import metrics
 from control_plane.load.autoscale import Recommender
 from control_plane.load.reports import Load, LoadBook
 from control_plane.load.server import LoadService
-from control_plane.load.totals import LoadRow
+from control_plane.load.totals import LoadRow, ReplicaTotals, millionths
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
@@ -40,7 +40,7 @@ class FromScratch:
         self.cold_seen: dict[str, int] = {}
 
     def rows(self, table_: RoutingTable, book: LoadBook, now: float) -> list[LoadRow]:
-        totals, _ = book.loads()
+        totals, replica_loads = book.loads()
         rows: list[LoadRow] = []
         keep: set[object] = set()
         for srv in table_.servers:
@@ -89,10 +89,52 @@ class FromScratch:
                         cold_starts=cold if region == "*" else 0,
                         cold_start_mode=srv.spec.cold_start.mode if region == "*" else "",
                         autoscaling=scaling if desired is not None else None,
+                        scale_down_candidates=self.candidates(
+                            srv, region, ready - desired, replica_loads
+                        )
+                        if desired is not None and desired < ready
+                        else (),
+                        replicas=self.replicas(srv, replica_loads) if region == "*" else (),
                     )
                 )
         self.recommender.forget(keep)
         return rows
+
+    @staticmethod
+    def candidates(
+        srv: RoutedServer, region: str, count: int, loads: dict[tuple[str, str], Load]
+    ) -> tuple[str, ...]:
+        def idleness(replica: str) -> tuple[int, int, str]:
+            load = loads.get((srv.name, replica), _NO_LOAD)
+            return (
+                millionths(load.in_flight),
+                millionths(load.requests_per_second),
+                replica,
+            )
+
+        ready = {
+            e.replica_id
+            for e in srv.endpoints
+            if not e.draining and (region == "*" or e.region == region)
+        }
+        return tuple(sorted(ready, key=idleness)[:count])
+
+    @staticmethod
+    def replicas(
+        srv: RoutedServer, loads: dict[tuple[str, str], Load]
+    ) -> tuple[ReplicaTotals, ...]:
+        found = []
+        for replica in sorted({e.replica_id for e in srv.endpoints}):
+            load = loads.get((srv.name, replica))
+            if load is not None and (load.in_flight or load.requests_per_second):
+                found.append(
+                    ReplicaTotals(
+                        replica=replica,
+                        in_flight=millionths(load.in_flight),
+                        requests=millionths(load.requests_per_second),
+                    )
+                )
+        return tuple(found)
 
 
 def random_server(rng: random.Random, name: str) -> RoutedServer:
@@ -124,11 +166,24 @@ def report(rng: random.Random, servers: list[RoutedServer]) -> list[object]:
             cluster_name=names.cluster(workspace=srv.workspace, server=srv.name)
         )
         for region in REGIONS:
-            cluster.upstream_locality_stats.add(
+            locality = cluster.upstream_locality_stats.add(
                 locality=base_pb2.Locality(region=region),
                 total_requests_in_progress=rng.choice([0, 0, 1, 3, 9]),
                 total_issued_requests=rng.choice([0, 5]),
             )
+            # Per endpoint (its replica's load), and now and then one no replica has.
+            for e in srv.endpoints:
+                if e.region == region:
+                    point = locality.upstream_endpoint_stats.add(
+                        total_requests_in_progress=rng.choice([0, 0, 1, 2]),
+                        total_issued_requests=rng.choice([0, 3]),
+                    )
+                    point.address.socket_address.address = e.host
+                    point.address.socket_address.port_value = e.port
+            if rng.random() < 0.1:
+                point = locality.upstream_endpoint_stats.add(total_requests_in_progress=1)
+                point.address.socket_address.address = "127.0.0.1"
+                point.address.socket_address.port_value = 1
         stats.append(cluster)
     return stats
 

@@ -15,6 +15,7 @@ from control_plane.load.totals import (
     NEVER,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
     merge_servers,
 )
@@ -34,11 +35,28 @@ regions = st.lists(
     max_size=4,
     unique_by=lambda r: r.region,
 ).map(lambda found: tuple(sorted(found, key=lambda r: r.region)))
+positive = st.integers(min_value=1, max_value=10**12)
+replica_ids = st.sampled_from(["r1", "r2", "r3", "r10"])
+replicas = st.lists(
+    st.one_of(
+        st.builds(ReplicaTotals, replica=replica_ids, in_flight=positive, requests=counts),
+        st.builds(ReplicaTotals, replica=replica_ids, in_flight=counts, requests=positive),
+    ),
+    max_size=4,
+    unique_by=lambda r: r.replica,
+).map(lambda found: tuple(sorted(found, key=lambda r: r.replica)))
+ready_replicas = st.lists(
+    st.tuples(replica_ids, st.sampled_from(["us-west", "us-east"])),
+    max_size=4,
+    unique=True,
+).map(lambda found: tuple(sorted(found)))
 servers = st.lists(
     st.builds(
         ServerTotals,
         server=st.sampled_from(["echo", "gpu", "api", "a-b"]),
         regions=regions,
+        replicas=replicas,
+        ready_replicas=ready_replicas,
         cold_starts=counts,
         woken_at=times,
     ),
@@ -94,3 +112,20 @@ def test_a_merge_adds_load_and_keeps_the_most_ready_replicas(a: LoadTotals, b: L
             mine = [r for p in parts if (r := p.region(region.region)) is not None]
             assert region.in_flight == sum(r.in_flight for r in mine)
             assert region.ready == max(r.ready for r in mine)
+
+
+@given(totals, totals)
+def test_a_merge_adds_replica_load_and_unites_ready_replicas(a: LoadTotals, b: LoadTotals) -> None:
+    merged = {s.server: s for s in a.merge(b).servers}
+    for name, server in merged.items():
+        parts = [s for s in (*a.servers, *b.servers) if s.server == name]
+        assert [r.replica for r in server.replicas] == sorted(
+            {r.replica for p in parts for r in p.replicas}
+        )
+        for replica in server.replicas:
+            mine = [r for p in parts for r in p.replicas if r.replica == replica.replica]
+            assert replica.in_flight == sum(r.in_flight for r in mine)
+            assert replica.requests == sum(r.requests for r in mine)
+        assert server.ready_replicas == tuple(
+            sorted({pair for p in parts for pair in p.ready_replicas})
+        )

@@ -1,0 +1,1 @@
+"""Generated from protos/externalscaler/externalscaler.proto by `make protos`."""
