@@ -87,6 +87,10 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     try:
         yield workdir, ports
     finally:
+        # Shown by pytest only when the test failed: what each mesh process last said.
+        for log in sorted((workdir / "logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
         subprocess.run(
             [ROUTEPLANE, "mesh", "down", "--workdir", str(workdir)],
             capture_output=True,
