@@ -58,6 +58,12 @@ class Replica:
     state: str = ReplicaState.READY
     lease_expires_at: float | None = None
     updated_at: float = 0.0
+    # Which version of the server this replica runs (issue 26): "" for none (rows from older
+    # writers), else a short name (``validate.revision``).
+    revision: str = ""
+    # When the replica was first registered (unix seconds; 0 for rows older than the column):
+    # a traffic split's ``latest`` is the revision that appeared last.
+    registered_at: float = 0.0
 
     @property
     def address(self) -> str:

@@ -19,6 +19,10 @@ default; ``ServerSpec()`` is what ``servers create`` gives.
     cold_start: {mode: reject, timeout: 30s}   # no READY replica: reject = 503 at once with
                                         # retry-after; hold = Envoy holds the request until a
                                         # replica is READY, 503 after timeout
+    traffic:                            # the split among revisions; default: 100% to latest
+      - {revision: v1, percent: 90}     # whole percents adding up to 100; a revision at most
+      - {revision: v2, percent: 10, tag: canary}   # once, a tag at most once; latest = the
+      - {revision: latest, percent: 0, tag: next}  # newest revision with a READY replica
 """
 
 from __future__ import annotations
@@ -91,6 +95,21 @@ class ColdStart:
     timeout: float = 30.0  # hold: how long a request may wait for a replica
 
 
+LATEST = "latest"  # in a traffic split: the newest revision with a READY replica
+MAX_TRAFFIC_TARGETS = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficTarget:
+    """One entry of a server's traffic split: ``percent`` of its requests to ``revision`` (a
+    replica revision, or ``latest``); ``tag`` gives the revision an address of its own that
+    bypasses the split."""
+
+    revision: str
+    percent: int
+    tag: str = ""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerSpec:
     path_prefix: str = "/"
@@ -110,6 +129,8 @@ class ServerSpec:
     health_check: HealthCheck | None = None
     autoscaling: Autoscaling | None = None
     cold_start: ColdStart = ColdStart()
+    # Empty: 100% to latest (every replica, as before revisions, while they carry none).
+    traffic: tuple[TrafficTarget, ...] = ()
 
 
 DEFAULT = ServerSpec()
@@ -126,6 +147,7 @@ KNOWN_FIELDS = frozenset(
         "health_check",
         "autoscaling",
         "cold_start",
+        "traffic",
     }
 )
 
@@ -237,7 +259,60 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         health_check=_health_check(spec.get("health_check", "off"), protocol=protocol),
         autoscaling=_autoscaling(spec.get("autoscaling")),
         cold_start=_cold_start(spec.get("cold_start", {})),
+        traffic=_traffic(spec.get("traffic")),
     )
+
+
+def _traffic(value: Any) -> tuple[TrafficTarget, ...]:
+    """``spec.traffic``: a list of {revision, percent, tag?}; percents whole, adding up to 100;
+    no revision and no tag twice."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_TRAFFIC_TARGETS:
+        raise ValidationError(
+            "spec.traffic",
+            excerpt(str(value)),
+            f"expected a list of 1 to {MAX_TRAFFIC_TARGETS} {{revision, percent, tag}} entries",
+        )
+    from control_plane.registry import validate
+
+    targets: list[TrafficTarget] = []
+    revisions: dict[str, int] = {}
+    tags: dict[str, int] = {}
+    for i, entry in enumerate(value):
+        field = f"spec.traffic[{i}]"
+        raw = _mapping(field, entry)
+        _no_extra(field, raw, {"revision", "percent", "tag"})
+        if "revision" not in raw:
+            raise ValidationError(f"{field}.revision", None, "required")
+        revision = raw["revision"]
+        if revision != LATEST:
+            revision = validate.revision(f"{field}.revision", revision)
+            if not revision:
+                raise ValidationError(f"{field}.revision", raw["revision"], "required")
+        if revision in revisions:
+            raise ValidationError(
+                f"{field}.revision", revision, f"repeats spec.traffic[{revisions[revision]}]"
+            )
+        revisions[revision] = i
+        if "percent" not in raw:
+            raise ValidationError(f"{field}.percent", None, "required")
+        percent = integer(f"{field}.percent", raw["percent"], low=0, high=100)
+        tag = raw.get("tag", "")
+        if tag != "":
+            tag = validate.name(f"{field}.tag", tag) if isinstance(tag, str) else None
+            if tag is None:
+                raise ValidationError(f"{field}.tag", raw["tag"], "expected a name such as canary")
+            if tag in tags:
+                raise ValidationError(f"{field}.tag", tag, f"repeats spec.traffic[{tags[tag]}]")
+            tags[tag] = i
+        targets.append(TrafficTarget(revision=revision, percent=percent, tag=tag))
+    total = sum(t.percent for t in targets)
+    if total != 100:
+        raise ValidationError(
+            "spec.traffic", [t.percent for t in targets], f"percents add up to {total}, not 100"
+        )
+    return tuple(targets)
 
 
 def _cold_start(value: Any) -> ColdStart:

@@ -28,6 +28,24 @@ def name(field: str, value: str) -> str:
     return value
 
 
+# ``latest`` names the newest revision in a traffic split (registry/spec.py), never a replica's.
+RESERVED_REVISIONS = frozenset({"latest"})
+
+
+def revision(field: str, value: Any) -> str:
+    """A replica's revision: "" (none: rows from older writers) or a short name, ``[a-z0-9-]``,
+    at most 63 characters, not ``latest``."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValidationError(
+            field, value, "use 1-63 lowercase letters, digits and '-', not starting with '-'"
+        )
+    if value in RESERVED_REVISIONS:
+        raise ValidationError(field, value, "'latest' is reserved for the traffic split")
+    return value
+
+
 def hostnames(values: Sequence[Any]) -> tuple[str, ...]:
     if not isinstance(values, (list, tuple)):
         raise ValidationError("hostnames", values, "expected a list of hostnames")

@@ -18,39 +18,54 @@ HTTP_STAT_PREFIX: Final = "ingress_http"
 XDS_CLUSTER: Final = "routeplane_xds"
 
 
-def cluster(*, workspace: str, server: str, epoch: int = 0) -> str:
+def cluster(*, workspace: str, server: str, epoch: int = 0, revision: str = "") -> str:
     """The Cluster (and its ClusterLoadAssignment) of one server: ``<workspace>_<server>``, or
     ``<workspace>_<server>_cold<epoch>`` for a hold-mode server that has been held: Envoy asks
-    for an on-demand cluster name only once, so each cold period gets a name of its own."""
+    for an on-demand cluster name only once, so each cold period gets a name of its own. A
+    revision other than ``""`` (issue 26: a server with a traffic split has a cluster per
+    revision) adds ``_rev_<revision>`` after the server: ``default_chat_rev_v2``."""
+    base = (
+        f"{workspace}_{server}"
+        if not revision
+        else f"{workspace}_{server}{REVISION_MARK}{revision}"
+    )
     if epoch:
-        return f"{workspace}_{server}{COLD_MARK}{epoch}"
-    return f"{workspace}_{server}"
+        return f"{base}{COLD_MARK}{epoch}"
+    return base
 
 
 COLD_MARK: Final = "_cold"
-# A workspace or server name as validation allows it (registry/validate.py); an epoch as
-# ``cluster`` writes it (no leading zero, never 0, at most 19 digits).
+REVISION_MARK: Final = "_rev_"
+# A workspace, server or revision name as validation allows it (registry/validate.py); an epoch
+# as ``cluster`` writes it (no leading zero, never 0, at most 19 digits). No part holds ``_``,
+# so the marks cannot be mistaken for a part.
 _PART = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_CLUSTER = re.compile(rf"({_PART})_({_PART})(?:{COLD_MARK}([1-9][0-9]{{0,18}}))?")
+_CLUSTER = re.compile(
+    rf"({_PART})_({_PART})(?:{REVISION_MARK}({_PART}))?(?:{COLD_MARK}([1-9][0-9]{{0,18}}))?"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterName:
-    """A server's cluster name, read back: ``epoch`` 0 for the plain name."""
+    """A server's cluster name, read back: ``epoch`` 0 for the plain name, ``revision`` ""
+    for a server's one cluster."""
 
     workspace: str
     server: str
     epoch: int = 0
+    revision: str = ""
 
 
 def parse_cluster(name: str) -> ClusterName | None:
-    """The workspace, server and cold epoch ``cluster`` made ``name`` from; None for any name
-    it cannot have made (proxies send these names: nothing here raises)."""
+    """The workspace, server, revision and cold epoch ``cluster`` made ``name`` from; None for
+    any name it cannot have made (proxies send these names: nothing here raises)."""
     match = _CLUSTER.fullmatch(name)
     if match is None:
         return None
-    workspace, server, epoch = match.groups()
-    return ClusterName(workspace=workspace, server=server, epoch=int(epoch or 0))
+    workspace, server, revision, epoch = match.groups()
+    return ClusterName(
+        workspace=workspace, server=server, epoch=int(epoch or 0), revision=revision or ""
+    )
 
 
 METADATA_NAMESPACE: Final = "routeplane"

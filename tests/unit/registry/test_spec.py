@@ -151,3 +151,109 @@ def test_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_spec(spec, protocol="http")
     assert info.value.field == field
+
+
+def test_a_traffic_split_parses_to_its_targets_in_order() -> None:
+    from control_plane.registry.spec import TrafficTarget
+
+    spec = parse_spec(
+        {
+            "traffic": [
+                {"revision": "v1", "percent": 90},
+                {"revision": "v2", "percent": 10, "tag": "canary"},
+                {"revision": "latest", "percent": 0, "tag": "next"},
+            ]
+        }
+    )
+    assert spec.traffic == (
+        TrafficTarget(revision="v1", percent=90),
+        TrafficTarget(revision="v2", percent=10, tag="canary"),
+        TrafficTarget(revision="latest", percent=0, tag="next"),
+    )
+    assert DEFAULT.traffic == ()
+
+
+@pytest.mark.parametrize(
+    ("traffic", "field", "words"),
+    [
+        pytest.param([{"revision": "v1", "percent": 90}], "spec.traffic", "add up to 90", id="sum"),
+        pytest.param(
+            [{"revision": "v1", "percent": 50}, {"revision": "v1", "percent": 50}],
+            "spec.traffic[1].revision",
+            "repeats spec.traffic[0]",
+            id="repeated-revision",
+        ),
+        pytest.param(
+            [
+                {"revision": "a", "percent": 50, "tag": "t"},
+                {"revision": "b", "percent": 50, "tag": "t"},
+            ],
+            "spec.traffic[1].tag",
+            "repeats spec.traffic[0]",
+            id="repeated-tag",
+        ),
+        pytest.param(
+            [{"revision": "V1", "percent": 100}],
+            "spec.traffic[0].revision",
+            "lowercase",
+            id="bad-name",
+        ),
+        pytest.param(
+            [{"revision": "", "percent": 100}],
+            "spec.traffic[0].revision",
+            "required",
+            id="empty-name",
+        ),
+        pytest.param([{"percent": 100}], "spec.traffic[0].revision", "required", id="no-revision"),
+        pytest.param([{"revision": "a"}], "spec.traffic[0].percent", "required", id="no-percent"),
+        pytest.param(
+            [{"revision": "a", "percent": 100.0}], "spec.traffic[0].percent", "whole", id="float"
+        ),
+        pytest.param(
+            [{"revision": "a", "percent": True}], "spec.traffic[0].percent", "whole", id="bool"
+        ),
+        pytest.param(
+            [{"revision": "a", "percent": 101}, {"revision": "b", "percent": -1}],
+            "spec.traffic[0].percent",
+            "from 0 to 100",
+            id="out-of-range",
+        ),
+        pytest.param(
+            [{"revision": "a", "percent": 100, "tag": 5}],
+            "spec.traffic[0].tag",
+            "name",
+            id="tag-type",
+        ),
+        pytest.param(
+            [{"revision": "a", "percent": 100, "x": 1}], "spec.traffic[0].x", "unknown", id="extra"
+        ),
+        pytest.param([], "spec.traffic", "1 to 16", id="empty"),
+        pytest.param("v1", "spec.traffic", "1 to 16", id="not-a-list"),
+        pytest.param(
+            [{"revision": f"r{i}", "percent": 0} for i in range(17)],
+            "spec.traffic",
+            "1 to 16",
+            id="too-many",
+        ),
+        pytest.param(["v1"], "spec.traffic[0]", "mapping", id="entry-not-a-mapping"),
+    ],
+)
+def test_a_bad_traffic_split_is_refused_naming_the_field(
+    traffic: Any, field: str, words: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_spec({"traffic": traffic})
+    assert caught.value.field == field
+    assert words in str(caught.value)
+
+
+def test_a_replica_revision_is_a_short_name_and_latest_is_reserved() -> None:
+    from control_plane.registry import validate
+
+    assert validate.revision("revision", "") == ""
+    assert validate.revision("revision", None) == ""
+    assert validate.revision("revision", "v2-blue") == "v2-blue"
+    for bad in ("latest", "V2", "-v2", "a" * 64, "v_2", 7):
+        with pytest.raises(ValidationError) as caught:
+            validate.revision("revision", bad)
+        assert caught.value.field == "revision"

@@ -66,3 +66,34 @@ def test_names_that_merely_look_alike_read_as_what_they_are(
 )
 def test_a_name_cluster_cannot_have_made_reads_as_nothing(name: str) -> None:
     assert names.parse_cluster(name) is None
+
+
+@pytest.mark.parametrize(
+    ("server", "revision", "epoch"),
+    [
+        pytest.param("chat", "v2", 0, id="revision"),
+        pytest.param("chat", "v2", 4, id="revision-cold"),
+        pytest.param("chat-rev", "cold1", 0, id="a-revision-named-like-a-cold-name"),
+        pytest.param("rev", "rev", 2, id="a-server-and-revision-named-rev"),
+        pytest.param("b" * 63, "c" * 63, 10**18, id="longest-parts"),
+    ],
+)
+def test_a_revision_cluster_name_reads_back(server: str, revision: str, epoch: int) -> None:
+    name = names.cluster(workspace="default", server=server, epoch=epoch, revision=revision)
+    assert name.startswith(f"default_{server}_rev_{revision}")
+    assert names.parse_cluster(name) == ClusterName(
+        workspace="default", server=server, epoch=epoch, revision=revision
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "default_chat_rev_",
+        "default_chat_rev_V2",
+        "default_chat_rev_v2_rev_v3",
+        "default_chat_cold1_rev_v2",
+    ],
+)
+def test_a_revision_cluster_name_cluster_cannot_make_reads_as_nothing(name: str) -> None:
+    assert names.parse_cluster(name) is None
