@@ -17,6 +17,7 @@ class Endpoint:
     zone: str
     weight: int
     draining: bool
+    revision: str = ""  # the replica's revision (issue 26): "" for none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
