@@ -48,7 +48,8 @@ def load_registry(url: str, *, servers: int) -> None:
             [(n, json.dumps([f"{n}.bench.local"]), json.dumps(SPEC), now) for n in names],
         )
         db.executemany(
-            "INSERT INTO replicas VALUES (?, ?, '127.0.0.1', ?, ?, '', 100, 'READY', NULL, ?)",
+            "INSERT INTO replicas VALUES (?, ?, '127.0.0.1', ?, ?, '', 100, 'READY', NULL, ?,"
+            " NULL, NULL)",
             [
                 (f"r{i:06d}", n, 10_000 + i, ["us-west", "us-east"][i % 2], now)
                 for i, n in enumerate(names)

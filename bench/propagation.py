@@ -191,7 +191,8 @@ def _add_draining(registry: Registry, server: str, addresses: list[str]) -> None
         rows.append((f"r-fill{i:06d}", server, host, int(port), "us-west", now))
     with registry._tx() as db:  # type: ignore[attr-defined]
         db.executemany(
-            "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, '', 100, 'DRAINING', NULL, ?)", rows
+            "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, '', 100, 'DRAINING', NULL, ?, NULL, NULL)",
+            rows,
         )
         registry._bump(db, now, server)  # type: ignore[attr-defined]
 

@@ -60,7 +60,8 @@ def bulk_load(registry: Registry, *, servers: int, replicas: int) -> None:
                 [(n, json.dumps([f"{n}.bench.local"]), now) for n in names],
             )
             db.executemany(
-                "INSERT INTO replicas VALUES (?, ?, '127.0.0.1', ?, ?, '', 100, 'READY', NULL, ?)",
+                "INSERT INTO replicas VALUES (?, ?, '127.0.0.1', ?, ?, '', 100, 'READY', NULL, ?,"
+                " NULL, NULL)",
                 [(rid, srv, port, region, now) for rid, srv, port, region in rows],
             )
             registry._bump(db, now, *names)  # type: ignore[attr-defined]

@@ -73,7 +73,8 @@ def junk_row(path: Path, rng: random.Random, n: int) -> tuple[str, str]:
         server = rng.choice(SERVERS)
         foreign_write(
             path,
-            "INSERT INTO replicas VALUES (?, ?, ?, ?, 'us-west', '', 100, 'READY', NULL, ?)",
+            "INSERT INTO replicas VALUES (?, ?, ?, ?, 'us-west', '', 100, 'READY', NULL, ?,"
+            " NULL, NULL)",
             (f"junk-{n}", server, host, port, time.time()),
             server,
         )

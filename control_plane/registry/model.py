@@ -207,7 +207,11 @@ class Registry(Protocol):
         weight: int = 100,
         state: str = ReplicaState.READY,
         lease_seconds: float | None = None,
-    ) -> Replica: ...
+        revision: str = "",
+    ) -> Replica:
+        """Register a replica (a fresh id), ``revision`` the version of its server it runs
+        ("" for none); ``registered_at`` is now and never changes."""
+        ...
 
     def set_replica_state(self, replica_id: str, state: str) -> Replica: ...
 

@@ -179,8 +179,11 @@ def replica(
     state: Any,
     lease: Any,
     updated_at: Any,
+    revision: Any = None,
+    registered_at: Any = None,
 ) -> Replica:
-    """A replicas row, from either store, as read: never raises."""
+    """A replicas row, from either store, as read: never raises. ``revision`` and
+    ``registered_at`` are None in rows written before their columns: "" and 0."""
     return Replica(
         id=text(rid),
         server=text(server),
@@ -192,6 +195,8 @@ def replica(
         state=text(state),
         lease_expires_at=seconds(lease),
         updated_at=seconds(updated_at) or 0.0,
+        revision=text(revision),
+        registered_at=seconds(registered_at) or 0.0,
     )
 
 

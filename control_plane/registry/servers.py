@@ -128,6 +128,7 @@ def checked_replica(
     weight: int,
     state: str,
     lease_seconds: float | None,
+    revision: str = "",
 ) -> Replica:
     """A new, validated Replica with a fresh id; raises ValidationError naming the field."""
     host, port = validate.address(address)
@@ -145,6 +146,8 @@ def checked_replica(
         state=validate.state(state),
         lease_expires_at=None if lease_seconds is None else now + lease_seconds,
         updated_at=now,
+        revision=validate.revision("revision", revision),
+        registered_at=now,
     )
 
 

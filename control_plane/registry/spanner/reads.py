@@ -62,6 +62,8 @@ REPLICA_FIELDS = (
     "State",
     "LeaseExpiresAt",
     "UpdatedAt",
+    "Revision",
+    "RegisteredAt",
 )
 SERVER_COLUMNS = ", ".join(SERVER_FIELDS)
 REPLICA_COLUMNS = ", ".join(REPLICA_FIELDS)
@@ -81,8 +83,10 @@ def to_server(row: Sequence[Any]) -> Server:
 
 
 def to_replica(row: Sequence[Any]) -> Replica:
-    server, rid, host, port, region, zone, weight, state, lease, updated_at = row
-    return rows.replica(rid, server, host, port, region, zone, weight, state, lease, updated_at)
+    server, rid, host, port, region, zone, weight, state, lease, updated_at, revision, since = row
+    return rows.replica(
+        rid, server, host, port, region, zone, weight, state, lease, updated_at, revision, since
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,7 @@ class SpannerRegistry:
         weight: int = 100,
         state: str = ReplicaState.READY,
         lease_seconds: float | None = None,
+        revision: str = "",
     ) -> Replica:
         replica = checked_replica(
             server=server,
@@ -218,6 +219,7 @@ class SpannerRegistry:
             weight=weight,
             state=state,
             lease_seconds=lease_seconds,
+            revision=revision,
         )
 
         def write(tx: Any) -> None:
@@ -238,6 +240,8 @@ class SpannerRegistry:
                         replica.state,
                         None if replica.lease_expires_at is None else ts(replica.lease_expires_at),
                         spanner.COMMIT_TIMESTAMP,
+                        replica.revision or None,
+                        ts(replica.registered_at),
                     )
                 ],
             )

@@ -19,7 +19,8 @@ from control_plane.registry.model import RegistryState, Replica, Server, group_r
 
 SERVER_COLUMNS = "name, workspace, hostnames, protocol, spec, updated_at, created_at"
 REPLICA_COLUMNS = (
-    "id, server, host, port, region, zone, weight, state, lease_expires_at, updated_at"
+    "id, server, host, port, region, zone, weight, state, lease_expires_at, updated_at, revision,"
+    " registered_at"
 )
 
 

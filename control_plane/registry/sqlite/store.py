@@ -258,6 +258,7 @@ class SqliteRegistry:
         weight: int = 100,
         state: str = ReplicaState.READY,
         lease_seconds: float | None = None,
+        revision: str = "",
     ) -> Replica:
         replica = checked_replica(
             server=server,
@@ -267,13 +268,15 @@ class SqliteRegistry:
             weight=weight,
             state=state,
             lease_seconds=lease_seconds,
+            revision=revision,
         )
         now = replica.updated_at
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM servers WHERE name = ?", (server,)).fetchone():
                 raise NotFoundError(f"unknown server {server!r}")
             db.execute(
-                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO replicas ({reads.REPLICA_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     replica.id,
                     replica.server,
@@ -285,6 +288,8 @@ class SqliteRegistry:
                     replica.state,
                     replica.lease_expires_at,
                     replica.updated_at,
+                    replica.revision,
+                    replica.registered_at,
                 ),
             )
             self._bump(db, now, replica.server)

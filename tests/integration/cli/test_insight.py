@@ -259,7 +259,7 @@ def test_problems_lists_a_bad_row_by_field_and_value(control_plane: ControlPlane
     with sqlite3.connect(path) as db:  # as another writer of the registry would
         db.execute(
             "INSERT INTO replicas VALUES ('r-bad', 'echo', 'localhost', 'abc', 'us-west', '',"
-            " 100, 'READY', NULL, ?)",
+            " 100, 'READY', NULL, ?, NULL, NULL)",
             (time.time(),),
         )
         revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])

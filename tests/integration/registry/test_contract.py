@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -273,3 +275,107 @@ async def test_a_new_watch_resumes_from_the_current_state(registry: Registry) ->
     first = await asyncio.wait_for(anext(states), timeout=5)
     assert len(first.replicas) == 1
     await states.aclose()
+
+
+async def test_a_replica_keeps_its_revision_and_registration_time_everywhere(
+    registry: Registry,
+) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    old = registry.register_replica(server="echo", address="127.0.0.1:8081", region="us-west")
+    states = registry.watch(poll_interval=0.002)
+    await asyncio.wait_for(anext(states), timeout=5)
+    before = time.time()
+    new = await asyncio.to_thread(
+        registry.register_replica,
+        server="echo",
+        address="127.0.0.1:8082",
+        region="us-west",
+        revision="v2",
+    )
+    assert (old.revision, new.revision) == ("", "v2")
+    assert 0 < old.registered_at <= before <= new.registered_at
+    # The incremental watch, the full read and the list all read what was written.
+    watched = await _latest(states, lambda s: len(s.replicas) == 2)
+    await states.aclose()
+    for seen in (watched.replicas, registry.read_state().replicas, registry.list_replicas()):  # type: ignore[attr-defined]
+        by_id = {r.id: r for r in seen}
+        assert by_id[new.id].revision == "v2"
+        assert by_id[old.id].revision == ""
+        assert by_id[new.id].registered_at == pytest.approx(new.registered_at, abs=1e-3)
+    # A state change keeps both.
+    drained = registry.set_replica_state(new.id, "DRAINING")
+    assert drained.revision == "v2"
+    assert drained.registered_at == pytest.approx(new.registered_at, abs=1e-3)
+    [listed] = [r for r in registry.list_replicas("echo") if r.id == new.id]
+    assert listed.revision == "v2"
+    assert listed.registered_at == pytest.approx(new.registered_at, abs=1e-3)
+
+
+@pytest.mark.parametrize("revision", ["latest", "V2", "-v2", "a" * 64, "v_2"])
+def test_a_bad_revision_is_refused_naming_the_field(registry: Registry, revision: str) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    with pytest.raises(ValidationError) as info:
+        registry.register_replica(
+            server="echo", address="127.0.0.1:8081", region="us-west", revision=revision
+        )
+    assert info.value.field == "revision"
+    assert registry.list_replicas() == []
+
+
+@pytest.mark.parametrize("store", ["sqlite", "spanner"])
+def test_replicas_written_before_the_revision_columns_read_as_none_and_0(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A registry made by the schema before issue 26, with a replica the old code wrote,
+    migrated by ``init``: the old row reads as revision "" and registered_at 0."""
+    from control_plane.registry import migrations, open_registry
+    from control_plane.registry.spanner.reads import ts
+
+    every = migrations.load
+    last = {"sqlite": 4, "spanner": 3}[store]
+    monkeypatch.setattr(migrations, "load", lambda s: [m for m in every(s) if m.version <= last])
+    if store == "sqlite":
+        url = f"sqlite://{tmp_path / 'old.db'}"
+    else:
+        request.getfixturevalue("spanner_emulator")
+        url = f"spanner://projects/test/instances/rp/databases/old{time.time_ns() % 10**9}"
+    old = open_registry(url)
+    old.init()
+    old.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    columns = ("Id", "ServerName", "Host", "Port", "Region", "Zone", "Weight", "State")
+    values = ("r-old", "echo", "127.0.0.1", 8081, "us-west", "", 100, "READY")
+    if store == "sqlite":
+        with sqlite3.connect(url.removeprefix("sqlite://")) as db:  # as the old code wrote it
+            db.execute(
+                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (*values, time.time()),
+            )
+    else:
+        from google.cloud import spanner
+
+        old._conn.transact(  # type: ignore[attr-defined]
+            "old insert",
+            lambda tx: tx.insert(
+                "Replicas",
+                columns=(*columns, "UpdatedAt"),
+                values=[(*values, spanner.COMMIT_TIMESTAMP)],
+            ),
+        )
+    old.close()
+    monkeypatch.setattr(migrations, "load", every)
+    migrated = open_registry(url)
+    try:
+        assert any("replica revision" in change for change in migrated.init()) or store == "sqlite"
+        [replica] = migrated.list_replicas("echo")
+        assert (replica.id, replica.revision, replica.registered_at) == ("r-old", "", 0.0)
+        assert migrated.read_state().replicas == (replica,)
+        new = migrated.register_replica(
+            server="echo", address="127.0.0.1:8082", region="us-west", revision="v2"
+        )
+        assert {r.id: r.revision for r in migrated.list_replicas("echo")} == {
+            "r-old": "",
+            new.id: "v2",
+        }
+        assert ts(new.registered_at)  # a time the store can write
+    finally:
+        migrated.close()

@@ -38,7 +38,8 @@ def foreign_write(path: Path, sql: str, params: tuple[object, ...], server: str)
 def replica_row(path: Path, rid: str, *, host: object = "127.0.0.1", port: object = 8181) -> None:
     foreign_write(
         path,
-        "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?)",
+        "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?,"
+        " NULL, NULL)",
         (rid, host, port, time.time()),
         "echo",
     )
@@ -218,7 +219,7 @@ def test_rows_of_any_type_never_stop_a_read_and_the_good_server_still_routes(
             replica_rows
         ):
             db.execute(
-                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
                 (
                     f"bad{i}",
                     *map(nn, (server, host, port, region, zone, weight, state)),
