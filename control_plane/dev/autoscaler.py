@@ -16,6 +16,11 @@ load rows show it with no request in flight, in rows that cover reports made aft
 (SIGTERM: it deregisters itself). A draining replica is made READY again when the
 recommendation rises before it stops. A registry it cannot reach for a moment delays what it
 does to the next update; it never stops a replica it could not drain.
+
+A port is used again only once the process it had has exited (a stopped replica deregisters
+first and closes its listener after: a new one started in between could not bind), and a
+replica of its own that exits by itself is replaced at the next look, not at the next update
+(which may not come while the recommendation holds still).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class Autoscaler:
     clock: Callable[[], float] = time.monotonic
     _own: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     _draining: dict[int, _Draining] = field(default_factory=dict)
+    # Stopped, not exited yet: their ports are not free.
+    _stopping: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _short: bool = False  # a start waited for a port: scale again at the next look
     _row: Any = None  # the server's latest "*" row
     _interval: float = 1.0  # the report interval the rows follow
     _store: Registry | None = None
@@ -88,6 +96,7 @@ class Autoscaler:
                     item = inbox.get(timeout=CHECK_EVERY)
                 except queue.Empty:
                     self.settle()
+                    self._replace_exited()
                     continue
                 if item is end:
                     return
@@ -111,11 +120,23 @@ class Autoscaler:
                 self.announce(f"autoscaler: registry: {exc}; trying again at the next update")
         self.settle()
 
+    def _replace_exited(self) -> None:
+        """Scale again when a replica of mine exited by itself (it would otherwise wait for
+        the next update, which a recommendation holding still never sends)."""
+        if self._row is None or self._row.desired_replicas < 0:
+            return
+        if self._short or any(process.poll() is not None for process in self._own.values()):
+            try:
+                self._scale(self._row)
+            except RegistryError as exc:
+                self.announce(f"autoscaler: registry: {exc}; trying again at the next look")
+
     def _scale(self, row: Any) -> None:
         self._reap()
         active = [port for port in self._own if port not in self._draining]
         others = max(0, row.ready_replicas - len(active))
         want = min(len(self.ports), max(0, row.desired_replicas - others))
+        self._short = False
         while len(active) < want and self._draining:
             port = min(self._draining)  # back to READY rather than a new one
             with contextlib.suppress(NotFoundError):
@@ -124,7 +145,11 @@ class Autoscaler:
             active.append(port)
             self.announce(f"autoscaler: {self._name(port)} ready again ({len(active)} of mine)")
         while len(active) < want and len(self._own) < len(self.ports):
-            active.append(self._start())
+            started = self._start()
+            if started is None:  # every free port's last process is still exiting
+                self._short = True
+                break
+            active.append(started)
         if len(active) > want:
             for port in self._choose(row, active, len(active) - want):
                 self._drain(port)
@@ -174,8 +199,10 @@ class Autoscaler:
                 del self._draining[port]
                 self._stop(port, why=f"drain timed out with {busy:g} in flight")
 
-    def _start(self) -> int:
-        port = next(p for p in self.ports if p not in self._own)
+    def _start(self) -> int | None:
+        port = next((p for p in self.ports if p not in self._own and p not in self._stopping), None)
+        if port is None:
+            return None
         name = self._name(port)
         argv = [
             sys.executable,
@@ -206,6 +233,7 @@ class Autoscaler:
         process = self._own.pop(port)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
+        self._stopping[port] = process
         self.announce(f"autoscaler: stopped {self._name(port)}, {why} ({len(self._own)} of mine)")
 
     def _name(self, port: int) -> str:
@@ -229,8 +257,16 @@ class Autoscaler:
             if process.poll() is not None:
                 del self._own[port]
                 self._draining.pop(port, None)
+                self.announce(
+                    f"autoscaler: {self._name(port)} exited by itself ({process.returncode})"
+                )
+        for port, process in list(self._stopping.items()):
+            if process.poll() is not None:
+                del self._stopping[port]
 
     def stop_all(self) -> None:
+        self._own.update(self._stopping)  # wait for those too
+        self._stopping.clear()
         for process in self._own.values():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)

@@ -152,3 +152,72 @@ def test_a_registry_it_cannot_reach_stops_nothing(
         "autoscaler: registry: registry unreachable: connection refused; trying again "
         "at the next update"
     ]
+
+
+def _stand_in(monkeypatch: pytest.MonkeyPatch, started: list[list[str]]) -> None:
+    """New replicas are idle processes (what ``_start`` asked for is recorded)."""
+    real = subprocess.Popen
+
+    def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(argv)
+        return real([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+
+
+def test_a_port_is_used_again_only_once_its_stopped_process_has_exited(
+    scaler: tuple[Autoscaler, list[float], list[str]],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped replica deregisters before it closes its listener: a replica started on its
+    port in between could not bind (the mesh's gpu once stayed at zero so)."""
+    auto, _, _ = scaler
+    slow = subprocess.Popen(  # ignores SIGTERM: still exiting when the next start comes
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(15, signal.SIG_IGN); "
+            "print(1, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert slow.stdout is not None
+    assert slow.stdout.readline()  # SIGTERM is ignored from now on
+    auto._own[8151].kill()
+    auto._own[8151].wait(timeout=10)
+    auto._own[8151] = slow
+    auto._stop(8151, why="test")
+    auto._stop(8152, why="test")
+    auto._stopping[8152].wait(timeout=10)
+    started: list[list[str]] = []
+    _stand_in(monkeypatch, started)
+    # Two wanted besides 8153: 8152's process is gone, 8151's is still exiting.
+    auto.apply(response(ready=1, desired=3, candidates=[], busy={}))
+    assert [argv[argv.index("--listen") + 1] for argv in started] == ["127.0.0.1:8152"]
+    assert set(auto._own) == {8152, 8153}
+    # Once it has exited, the next look (no update needed) starts the third on its port.
+    slow.kill()
+    slow.wait(timeout=10)
+    auto.settle()
+    auto._replace_exited()
+    assert [argv[argv.index("--listen") + 1] for argv in started][-1] == "127.0.0.1:8151"
+    assert set(auto._own) == set(PORTS)
+
+
+def test_a_replica_that_exits_by_itself_is_replaced_at_the_next_look(
+    scaler: tuple[Autoscaler, list[float], list[str]],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    auto, _, said = scaler
+    auto.apply(response(ready=0, desired=3, candidates=[], busy={}))  # its 3, none ready yet
+    started: list[list[str]] = []
+    _stand_in(monkeypatch, started)
+    auto._own[8152].kill()  # e.g. it could not bind its port
+    auto._own[8152].wait(timeout=10)
+    auto._replace_exited()
+    assert [argv[argv.index("--listen") + 1] for argv in started] == ["127.0.0.1:8152"]
+    assert set(auto._own) == set(PORTS)
+    assert any("exited by itself" in line for line in said)
