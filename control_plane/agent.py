@@ -1,12 +1,19 @@
 """The replica agent: what a replica process uses to take part in routing.
 
     agent = ReplicaAgent(registry_url=url, server="echo", address="10.0.0.7:8080",
-                         region="us-west", lease_seconds=10)
+                         region="us-west", lease_seconds=10, revision="v2")
     agent.register(ready=False)   # STARTING: no traffic yet
     ...                           # warm up (load weights, fill caches)
     agent.ready()                 # READY: traffic
     agent.drain()                 # DRAINING: no new requests; open streams finish
     agent.deregister()            # gone (also stops the heartbeat)
+
+``revision`` names the version of the server this replica runs (``[a-z0-9-]``, at most 63
+characters, not ``latest``; "" for none, the default): a server's traffic split (``traffic:``
+in its spec) sends requests by revision, and ``latest`` is the newest revision with a READY
+replica. It is checked when the agent is made (``ValidationError`` naming ``revision``) and
+written once, at ``register()``; a replica never changes revision (a new version registers new
+replicas).
 
 While registered, a daemon thread renews the lease every third of its length; if the process
 dies, the lease runs out and the control plane removes the replica. Each call is one registry
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import threading
 
-from control_plane.registry import Registry, ReplicaState, open_registry
+from control_plane.registry import Registry, ReplicaState, open_registry, validate
 from control_plane.registry.errors import RegistryError
 
 
@@ -33,7 +40,9 @@ class ReplicaAgent:
         zone: str = "",
         weight: int = 100,
         lease_seconds: float = 10.0,
+        revision: str = "",
     ) -> None:
+        revision = validate.revision("revision", revision)
         if registry is None:
             if registry_url is None:
                 raise ValueError("give registry_url or registry")
@@ -45,6 +54,7 @@ class ReplicaAgent:
         self.zone = zone
         self.weight = weight
         self.lease_seconds = lease_seconds
+        self.revision = revision
         self.replica_id: str | None = None
         self.heartbeat_errors = 0
         self._stop = threading.Event()
@@ -59,6 +69,7 @@ class ReplicaAgent:
             weight=self.weight,
             state=ReplicaState.READY if ready else ReplicaState.STARTING,
             lease_seconds=self.lease_seconds,
+            revision=self.revision,
         )
         self.replica_id = replica.id
         self._stop.clear()

@@ -205,6 +205,11 @@ def samples_autoscaler(
 @click.option("--region", required=True)
 @click.option("--zone", default="")
 @click.option("--lease-seconds", type=float, default=5.0, show_default=True)
+@click.option(
+    "--revision",
+    default="",
+    help="The version it runs (registered with it; answers as NAME@REVISION).",
+)
 @registry_option
 @user_errors
 def samples_replica(
@@ -216,6 +221,7 @@ def samples_replica(
     region: str,
     zone: str,
     lease_seconds: float,
+    revision: str,
     registry: str,
 ) -> None:
     """A sample replica that registers itself, renews its lease and deregisters on exit."""
@@ -231,6 +237,7 @@ def samples_replica(
         zone=zone,
         registry=registry,
         lease_seconds=lease_seconds,
+        revision=revision,
     )
 
 

@@ -4,7 +4,7 @@
 object, keys in a fixed order, and ``echo_json`` prints any of them the same way. Admin API
 messages (``admin_pb2``) arrive untyped, hence ``Any``.
 
-Part of the CLI: imports ``registry.model`` (for types) only.
+Part of the CLI: imports ``registry.model`` and ``registry.revisions`` (for types) only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from control_plane.registry.model import Replica, Server
+from control_plane.registry.revisions import Revisions
 
 JsonObject = dict[str, Any]
 
@@ -44,7 +45,26 @@ def replica_json(replica: Replica) -> JsonObject:
         "zone": replica.zone,
         "weight": replica.weight,
         "state": replica.state,
+        "revision": replica.revision,
+        "registered_at": replica.registered_at or None,  # None: written before issue 26
     }
+
+
+def revisions_json(revisions: Revisions) -> list[JsonObject]:
+    """A server's revisions (``servers show --json``), newest first."""
+    # Requests/s and errors/s per revision come from the control plane's load reports (the
+    # admin API's GetLoad, ``ServerLoad.revisions``), not from the registry: they belong here,
+    # as "requests_per_second" and "errors_per_second", once the load is read by revision.
+    return [
+        {
+            "revision": r.name,
+            "ready_replicas": r.ready,
+            "replicas": r.replicas,
+            "registered_at": r.registered_at or None,
+            "latest": r.latest,
+        }
+        for r in revisions.revisions
+    ]
 
 
 # -- admin API messages ----------------------------------------------------------------------

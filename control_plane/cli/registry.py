@@ -9,7 +9,15 @@ from __future__ import annotations
 import click
 
 from control_plane.cli.common import open_reachable, registry_option, user_errors
-from control_plane.cli.output import echo_json, printable, replica_json, server_json
+from control_plane.cli.output import (
+    ago,
+    echo_json,
+    printable,
+    replica_json,
+    revisions_json,
+    server_json,
+    table,
+)
 from control_plane.registry import open_registry
 
 
@@ -76,6 +84,96 @@ def servers_list(registry: str, as_json: bool) -> None:
         )
 
 
+@servers.command("show")
+@click.argument("name")
+@registry_option
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def servers_show(name: str, registry: str, as_json: bool) -> None:
+    """Show server NAME: its traffic split and its revisions (ready / all replicas, newest
+    first; latest marked)."""
+    import time
+
+    from control_plane.registry.errors import NotFoundError, ValidationError
+    from control_plane.registry.revisions import is_alive, of_replicas
+    from control_plane.registry.spec import LATEST, decode, parse_spec
+
+    reg = open_reachable(registry)
+    found = [s for s in reg.list_servers() if s.name == name]
+    if not found:
+        raise NotFoundError(f"unknown server {name!r}")
+    server = found[0]
+    now = time.time()
+    revisions = of_replicas((r for r in reg.list_replicas(name) if is_alive(r, now=now)), now=now)
+    traffic: list[dict[str, object]] = []
+    spec_error = ""
+    try:
+        split = parse_spec(decode(server.spec), protocol=server.protocol).traffic
+    except ValidationError as exc:
+        split, spec_error = (), str(exc)
+    for target in split or ():
+        traffic.append({"revision": target.revision, "percent": target.percent, "tag": target.tag})
+    if not split and not spec_error:
+        traffic.append({"revision": LATEST, "percent": 100, "tag": ""})
+    latest = revisions.latest
+    if as_json:
+        echo_json(
+            {
+                **server_json(server),
+                "traffic": traffic,
+                "spec_error": spec_error or None,
+                "latest": None if latest is None else latest.name,
+                "revisions": revisions_json(revisions),
+                "invalid_revision_replicas": [r.id for r in revisions.invalid],
+            }
+        )
+        return
+    hostnames = ",".join(str(h) for h in server.hostnames)
+    click.echo(
+        f"server {printable(server.name)} (workspace {printable(server.workspace)}, "
+        f"{printable(server.protocol)}, {printable(hostnames, 200)})"
+    )
+    if spec_error:
+        click.echo(f"spec: {printable(spec_error, 200)} (see `routeplane problems`)")
+    click.echo("traffic:" if split else "traffic (the default):")
+    known = revisions.names()
+    for entry in traffic:
+        revision = str(entry["revision"])
+        tag = f"  tag {entry['tag']}" if entry["tag"] else ""
+        if revision == LATEST:
+            where = (
+                "  = (no revision has a READY replica)"
+                if latest is None
+                else (f"  = {latest.name or '(none)'}")
+            )
+        else:
+            where = "" if revision in known else "  (no replica carries it)"
+        click.echo(f"  {revision:12} {entry['percent']:>3}%{tag}{where}")
+    if not revisions.revisions and not revisions.invalid:
+        click.echo("revisions: none (no replica)")
+        return
+    click.echo("revisions (newest first, by their first replica's registration):")
+    table(
+        ["REVISION", "READY", "REGISTERED", ""],
+        [
+            [
+                r.name or "(none)",
+                f"{r.ready}/{r.replicas}",
+                ago(r.registered_at) if r.registered_at else "-",
+                "latest" if r.latest else "",
+            ]
+            for r in revisions.revisions
+        ],
+    )
+    if revisions.invalid:
+        ids = ", ".join(printable(r.id, 20) for r in revisions.invalid[:5])
+        more = f" and {len(revisions.invalid) - 5} more" if len(revisions.invalid) > 5 else ""
+        click.echo(
+            f"{len(revisions.invalid)} replica(s) with an invalid revision, left out: "
+            f"{ids}{more} (see `routeplane problems`)"
+        )
+
+
 @servers.command("delete")
 @click.argument("name")
 @registry_option
@@ -106,6 +204,11 @@ def replicas() -> None:
     default=None,
     help="Expire the replica unless renewed (replicas heartbeat) within this time.",
 )
+@click.option(
+    "--revision",
+    default="",
+    help="The version of SERVER it runs, e.g. v2 ([a-z0-9-], at most 63; not 'latest').",
+)
 @registry_option
 @user_errors
 def replicas_register(
@@ -116,6 +219,7 @@ def replicas_register(
     weight: int,
     state: str,
     lease_seconds: float | None,
+    revision: str,
     registry: str,
 ) -> None:
     """Register a replica of SERVER; prints its id."""
@@ -127,6 +231,7 @@ def replicas_register(
         weight=weight,
         state=state,
         lease_seconds=lease_seconds,
+        revision=revision,
     )
     click.echo(replica.id)
 
@@ -196,9 +301,13 @@ def replicas_list(server: str | None, registry: str, as_json: bool) -> None:
     if as_json:
         echo_json([replica_json(r) for r in rows])
         return
-    click.echo(f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} STATE")
+    click.echo(
+        f"{'ID':14} {'SERVER':16} {'ADDRESS':22} {'REGION':10} {'WEIGHT':>6} {'STATE':9} "
+        f"{'REVISION':12} REGISTERED"
+    )
     for r in rows:
         click.echo(
             f"{printable(r.id):14} {printable(r.server):16} {printable(r.address):22} "
-            f"{printable(r.region):10} {printable(r.weight):>6} {printable(r.state)}"
+            f"{printable(r.region):10} {printable(r.weight):>6} {printable(r.state):9} "
+            f"{printable(r.revision or '-'):12} {ago(r.registered_at) if r.registered_at else '-'}"
         )

@@ -25,7 +25,8 @@ from control_plane.registry.errors import (
     ValidationError,
 )
 from control_plane.registry.model import Registry, Replica, Server
-from control_plane.registry.spec import KNOWN_FIELDS, parse_spec
+from control_plane.registry.revisions import is_alive
+from control_plane.registry.spec import KNOWN_FIELDS, LATEST, TrafficTarget, parse_spec
 from control_plane.registry.spec import decode as decode_spec
 
 
@@ -292,6 +293,7 @@ def apply_servers(
             )
         except ValidationError as exc:
             raise ServersFileError(f"{document.source}: {exc}") from exc
+    check_traffic_revisions(registry, documents)
     try:
         written = registry.put_servers(servers)
     except RegistryError as exc:
@@ -302,3 +304,57 @@ def apply_servers(
         for name, outcome in applied:
             on_applied(name, outcome)
     return applied
+
+
+def check_traffic_revisions(registry: Registry, documents: Sequence[ServerDocument]) -> None:
+    """Refuse (ServersFileError naming the document and ``spec.traffic[i].revision``) a traffic
+    split that names a revision no replica of its server carries, unless the server is new (no
+    replica can carry one yet). ``latest`` is always allowed. Replicas whose lease has run out
+    carry nothing. Reads the registry only when some split names a revision."""
+    named = [d for d in documents if any(t.revision != LATEST for t in _traffic(d))]
+    if not named:
+        return
+    existing = {server.name for server in registry.list_servers()}
+    named = [d for d in named if d.name in existing]
+    if not named:
+        return
+    now = time.time()
+    carried: dict[str, set[str]] = {}
+    for replica in registry.list_replicas():
+        # Another writer's row may hold any text, "latest" too: only a valid revision counts.
+        if is_alive(replica, now=now) and _valid_revision(replica.revision):
+            carried.setdefault(replica.server, set()).add(replica.revision)
+    for document in named:
+        have = carried.get(document.name, set())
+        for i, target in enumerate(_traffic(document)):
+            if target.revision == LATEST or target.revision in have:
+                continue
+            error = ValidationError(
+                f"spec.traffic[{i}].revision",
+                target.revision,
+                f"no replica of server {document.name!r} carries it"
+                f" (revisions: {_listed(have)}); register one first, or name latest",
+            )
+            raise ServersFileError(f"{document.source}: {error}; nothing was written")
+
+
+def _traffic(document: ServerDocument) -> tuple[TrafficTarget, ...]:
+    """The document's traffic split (already checked by :func:`checked_server`)."""
+    return parse_spec(document.spec, protocol=document.protocol).traffic
+
+
+def _valid_revision(value: str) -> bool:
+    try:
+        validate.revision("revision", value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _listed(revisions: set[str], limit: int = 8) -> str:
+    """A few of ``revisions`` (valid names, never another writer's text) for a message."""
+    shown = sorted(r for r in revisions if r)
+    if not shown:
+        return "none"
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more

@@ -265,6 +265,7 @@ def _verdict(replica: Replica) -> Verdict:
         weight = validate.weight(replica.weight)
         region = validate.region("region", replica.region)
         zone = validate.region("zone", replica.zone, required=False)
+        validate.revision("revision", replica.revision)
     except ValidationError as exc:
         return None, _problem("replica", replica.id, exc)
     if state == _STARTING:

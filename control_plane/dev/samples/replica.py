@@ -1,9 +1,11 @@
 """A sample replica process: serve, register with the registry, renew the lease, deregister.
 
 ``routeplane samples replica --kind http|ws|grpc --name N --listen ADDR --server S --region R
---registry URL``. SIGTERM/SIGINT deregisters (a clean exit, which prints ``NAME: deregistered
-ID`` on stderr); SIGKILL leaves the lease to run out, and the control plane removes the replica
-when it does.
+--registry URL [--revision V]``. With a revision the replica registers with it and answers as
+``N@V`` wherever it answers ``N`` without one (the HTTP echo's body and ``X-Replica`` header,
+the WebSocket and gRPC echoes' replies), so a response names its revision. SIGTERM/SIGINT
+deregisters (a clean exit, which prints ``NAME: deregistered ID`` on stderr); SIGKILL leaves
+the lease to run out, and the control plane removes the replica when it does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import threading
 
 from control_plane.agent import ReplicaAgent
+from control_plane.registry import validate
 
 
 def run(
@@ -27,13 +30,15 @@ def run(
     zone: str,
     registry: str,
     lease_seconds: float,
+    revision: str = "",
 ) -> None:
+    revision = validate.revision("--revision", revision)  # before anything serves
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    shutdown = _start(kind, name=name, host=host, port=port)
+    shutdown = _start(kind, name=f"{name}@{revision}" if revision else name, host=host, port=port)
     agent = ReplicaAgent(
         registry_url=registry,
         server=server,
@@ -41,6 +46,7 @@ def run(
         region=region,
         zone=zone,
         lease_seconds=lease_seconds,
+        revision=revision,
     )
     replica_id = agent.register(ready=True)
     try:

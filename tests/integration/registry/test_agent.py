@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from control_plane.agent import ReplicaAgent
 from control_plane.registry import Registry
+from control_plane.registry.errors import ValidationError
 from harness.waiting import wait_until
 
 
@@ -70,3 +73,39 @@ def test_the_heartbeat_keeps_a_short_lease_alive_and_its_end_lets_it_expire(
         assert registry.remove_expired(now=lease_end + 0.01) == [agent.replica_id]
     finally:
         witness.deregister()
+
+
+def test_the_agent_registers_its_revision(registry: Registry) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    agent = ReplicaAgent(
+        registry=registry,
+        server="echo",
+        address="127.0.0.1:8081",
+        region="us-west",
+        lease_seconds=30,
+        revision="v2",
+    )
+    assert agent.revision == "v2"
+    agent.register()
+    try:
+        [replica] = registry.list_replicas()
+        assert (replica.id, replica.revision) == (agent.replica_id, "v2")
+        agent.drain()
+        assert [r.revision for r in registry.list_replicas()] == ["v2"]
+    finally:
+        agent.deregister()
+
+
+@pytest.mark.parametrize("revision", ["latest", "V2", "v2\n", "a" * 64])
+def test_the_agent_refuses_a_bad_revision_when_made(registry: Registry, revision: str) -> None:
+    registry.create_server(name="echo", hostnames=["echo.local"], protocol="http")
+    with pytest.raises(ValidationError) as refused:
+        ReplicaAgent(
+            registry=registry,
+            server="echo",
+            address="127.0.0.1:8081",
+            region="us-west",
+            revision=revision,
+        )
+    assert refused.value.field == "revision"
+    assert registry.list_replicas() == []

@@ -41,6 +41,21 @@ def foreign_server(path: Path, name: str, *, hostnames: str, spec: str) -> None:
         db.execute("INSERT INTO changes VALUES (?, ?)", (revision, name))
 
 
+def foreign_replica(path: Path, rid: str, *, address: str, revision: object) -> None:
+    """A replicas row of echo, READY, as another writer would write it, with its revision."""
+    host, _, port = address.rpartition(":")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?,"
+            " ?, ?)",
+            (rid, host, int(port), time.time(), revision, time.time()),
+        )
+        revision = int(db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0]) + 1
+        db.execute("UPDATE meta SET value=? WHERE key='revision'", (revision,))
+        db.execute("UPDATE meta SET value=? WHERE key='committed_at'", (time.time(),))
+        db.execute("INSERT INTO changes VALUES (?, ?)", (revision, "echo"))
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [ROUTEPLANE, *args], capture_output=True, text=True, timeout=60, check=False
@@ -191,3 +206,77 @@ def test_servers_apply_of_a_deeply_nested_file_is_one_line(tmp_path: Path, value
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip() == f"error: {path}: nested too deeply (at most 32 levels)"
+
+
+HOSTILE_REVISIONS: dict[str, object] = {
+    "r-int": -5,
+    "r-blob": b"\x00v2",
+    "r-10kb": "x" * 10_000,
+    "r-latest": "latest",
+    "r-upper": "V2",
+    "r-newline": "v2\n",
+}
+
+
+def test_hostile_revisions_are_problems_and_the_other_replicas_serve(
+    tmp_path: Path, echo_factory: Callable[[str], EchoThread]
+) -> None:
+    """Issue 26: replica rows whose revision is of any type or shape (another writer's) never
+    stop serve, are never routed (each answers "bad" if it were) and are problems naming the
+    revision; the replicas of the server with good revisions still serve."""
+    db = tmp_path / "registry.db"
+    registry = open_registry(f"sqlite://{db}")
+    registry.init()
+    registry.put_server(name="echo", hostnames=["echo.local"], protocol="http")
+    first = registry.register_replica(
+        server="echo", address=echo_factory("a").address, region="us-west", revision="v1"
+    )
+    bad = echo_factory("bad").address
+    cp = ControlPlane.create(tmp_path, extra=["--workers", "1"])
+    envoy = Envoy.create(tmp_path, node_id="edge-1", region="us-west", xds=[cp.xds])
+    try:
+        cp.start()
+        cp.wait_ready()
+        envoy.start()
+        envoy.wait_live()
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing to a")
+        for rid, revision in HOSTILE_REVISIONS.items():
+            foreign_replica(db, rid, address=bad, revision=revision)
+        registry.register_replica(
+            server="echo", address=echo_factory("b").address, region="us-west", revision="v2"
+        )
+        registry.deregister_replica(first.id)
+        wait_until(lambda: envoy.get(host="echo.local") == (200, "b\n"), what="routing to b")
+        # b and the hostile rows arrived before a left: were any routed, it would answer.
+        assert [envoy.get(host="echo.local") for _ in range(30)] == [(200, "b\n")] * 30
+        assert cp.alive(), cp.log()
+
+        def all_hostile() -> dict[str, dict[str, Any]] | None:
+            found = problems(cp)
+            return found if set(HOSTILE_REVISIONS) <= set(found) else None
+
+        found = wait_until(all_hostile, what="every hostile row in problems")
+        for rid in HOSTILE_REVISIONS:
+            assert (found[rid]["kind"], found[rid]["field"]) == ("replica", "revision")
+            assert len(found[rid]["value"]) < 120
+        assert found["r-latest"]["message"] == "'latest' is reserved for the traffic split"
+        assert found["r-newline"]["value"] == "v2\n"
+        # The user's surface reads them too: one line each, never a traceback.
+        listed = cli("replicas", "list", "--registry", cp.registry)
+        assert listed.returncode == 0, listed.stderr
+        assert "r-10kb" in listed.stdout
+        assert "x" * 100 not in listed.stdout
+        shown = cli("servers", "show", "echo", "--registry", cp.registry)
+        assert shown.returncode == 0, shown.stderr
+        assert "Traceback" not in listed.stderr + shown.stderr
+        assert f"{len(HOSTILE_REVISIONS)} replica(s) with an invalid revision" in shown.stdout
+        shown_json = cli("servers", "show", "echo", "--json", "--registry", cp.registry)
+        assert shown_json.returncode == 0, shown_json.stderr
+        document = json.loads(shown_json.stdout)
+        assert [(r["revision"], r["ready_replicas"]) for r in document["revisions"]] == [("v2", 1)]
+        assert document["latest"] == "v2"
+        assert sorted(document["invalid_revision_replicas"]) == sorted(HOSTILE_REVISIONS)
+    finally:
+        envoy.stop()
+        cp.stop()
+        registry.close()

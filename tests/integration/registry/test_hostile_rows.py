@@ -35,12 +35,19 @@ def foreign_write(path: Path, sql: str, params: tuple[object, ...], server: str)
         db.execute("INSERT INTO changes VALUES (?, ?)", (revision, server))
 
 
-def replica_row(path: Path, rid: str, *, host: object = "127.0.0.1", port: object = 8181) -> None:
+def replica_row(
+    path: Path,
+    rid: str,
+    *,
+    host: object = "127.0.0.1",
+    port: object = 8181,
+    revision: object = None,
+    registered_at: object = None,
+) -> None:
     foreign_write(
         path,
-        "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?,"
-        " NULL, NULL)",
-        (rid, host, port, time.time()),
+        "INSERT INTO replicas VALUES (?, 'echo', ?, ?, 'us-west', '', 100, 'READY', NULL, ?, ?, ?)",
+        (rid, host, port, time.time(), revision, registered_at),
         "echo",
     )
 
@@ -84,6 +91,36 @@ def test_a_malformed_replica_row_is_a_problem_and_never_stops_a_read(
         assert [e.replica_id for e in good.endpoints] != []
         assert "r-bad" not in {e.replica_id for e in good.endpoints}
         assert "default_echo" in step.snapshots[GROUP].of_type(ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    ("revision", "value"),
+    [
+        pytest.param(-5, "-5", id="int"),
+        pytest.param(b"\x00v2", "b'\\x00v2'", id="blob"),
+        pytest.param("x" * 10_000, "x" * 80 + "... (10,000 characters)", id="10kb-text"),
+        pytest.param("latest", "latest", id="latest"),
+        pytest.param("V2", "V2", id="upper-case"),
+        pytest.param("v2\n", "v2\n", id="trailing-newline"),
+    ],
+)
+def test_a_hostile_revision_is_a_problem_and_never_stops_a_read(
+    registry: SqliteRegistry, tmp_path: Path, revision: object, value: str
+) -> None:
+    """Issue 26: a revision column of any type or shape, with a registration time of any type."""
+    replica_row(tmp_path / "r.db", "r-bad", revision=revision, registered_at=b"\xff")
+    replica_row(tmp_path / "r.db", "r-v2", port=8182, revision="v2", registered_at="soon")
+    for state in (registry.read_state(), SqliteRegistry(registry.url).read_state()):
+        step = Pipeline().step(state, [GROUP])
+        [problem] = step.table.problems
+        assert (problem.name, problem.field, problem.value) == ("r-bad", "revision", value)
+        [good] = step.table.servers
+        assert "r-bad" not in {e.replica_id for e in good.endpoints}
+        assert "r-v2" in {e.replica_id for e in good.endpoints}
+        assert "default_echo" in step.snapshots[GROUP].of_type(ENDPOINT)
+    by_id = {r.id: r for r in registry.list_replicas()}
+    assert (by_id["r-v2"].revision, by_id["r-v2"].registered_at) == ("v2", 0.0)
+    assert by_id["r-bad"].registered_at == 0.0
 
 
 async def test_the_watch_goes_on_past_a_bad_row(registry: SqliteRegistry, tmp_path: Path) -> None:
@@ -192,7 +229,7 @@ any_value = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    replica_rows=st.lists(st.tuples(*(any_value for _ in range(9))), max_size=4),
+    replica_rows=st.lists(st.tuples(*(any_value for _ in range(11))), max_size=4),
     server_rows=st.lists(st.tuples(*(any_value for _ in range(5))), max_size=3),
 )
 def test_rows_of_any_type_never_stop_a_read_and_the_good_server_still_routes(
@@ -215,16 +252,28 @@ def test_rows_of_any_type_never_stop_a_read_and_the_good_server_still_routes(
                 "INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (f"x{i}-{name!s}"[:40], nn(workspace), nn(hostnames), nn(protocol), spec, i, None),
             )
-        for i, (server, host, port, region, zone, weight, state, lease, updated) in enumerate(
-            replica_rows
-        ):
+        for i, (
+            server,
+            host,
+            port,
+            region,
+            zone,
+            weight,
+            state,
+            lease,
+            updated,
+            *more,
+        ) in enumerate(replica_rows):
+            revision, registered_at = more  # nullable columns (issue 26)
             db.execute(
-                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     f"bad{i}",
                     *map(nn, (server, host, port, region, zone, weight, state)),
                     lease,
                     nn(updated),
+                    revision,
+                    registered_at,
                 ),
             )
     try:

@@ -7,6 +7,7 @@ import pytest
 from control_plane.admin.client import admin_pb2
 from control_plane.cli import output
 from control_plane.registry import Replica, Server
+from control_plane.registry.revisions import of_replicas
 
 
 def keys(value: dict[str, object]) -> list[str]:
@@ -30,8 +31,23 @@ def test_registry_rows() -> None:
         "zone",
         "weight",
         "state",
+        "revision",  # issue 26: appended, the keys before them unchanged
+        "registered_at",
     ]
     assert output.replica_json(replica)["address"] == "[::1]:80"
+    assert output.replica_json(replica)["registered_at"] is None  # 0: written before issue 26
+    revisions = of_replicas(
+        [Replica(id="r-2", server="echo", host="::1", port=80, region="r", revision="v2")], now=0
+    )
+    assert output.revisions_json(revisions) == [
+        {
+            "revision": "v2",
+            "ready_replicas": 1,
+            "replicas": 1,
+            "registered_at": None,
+            "latest": True,
+        }
+    ]
 
 
 def test_admin_messages() -> None:

@@ -233,3 +233,98 @@ def test_an_address_of_any_digits_is_a_validation_error(raw: str, field: str) ->
 
 def test_a_zero_padded_port_still_reads() -> None:
     assert validate.address("10.0.0.7:000008080") == ("10.0.0.7", 8080)
+
+
+# -- a replica's revision (issue 26): another writer's row may hold any type or shape --------
+
+
+def _replica_row(*, revision: Any = None, registered_at: Any = None) -> Replica:
+    return rows.replica(
+        "r-bad",
+        "good",
+        "10.0.0.2",
+        80,
+        "us-west",
+        "",
+        100,
+        "READY",
+        None,
+        0,
+        revision,
+        registered_at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("revision", "value", "reason"),
+    [
+        pytest.param(-5, "-5", "use 1-63", id="negative-int"),
+        pytest.param(1.5, "1.5", "use 1-63", id="float"),
+        pytest.param(b"\x00v2", "b'\\x00v2'", "use 1-63", id="blob"),
+        pytest.param("x" * 10_000, "x" * 80 + "... (10,000 characters)", "use 1-63", id="10kb"),
+        pytest.param("latest", "latest", "'latest' is reserved", id="latest"),
+        pytest.param("V2", "V2", "use 1-63", id="upper-case"),
+        pytest.param("v2\n", "v2\n", "use 1-63", id="trailing-newline"),
+        pytest.param("a" * 64, "a" * 64, "use 1-63", id="64-chars"),
+        pytest.param("v2\x1b[31m", "v2\x1b[31m", "use 1-63", id="escape-sequence"),
+    ],
+)
+def test_a_hostile_revision_is_a_problem_and_everyone_else_routes(
+    revision: Any, value: str, reason: str
+) -> None:
+    bad = _replica_row(revision=revision)
+    state = _state()
+    state = RegistryState.of(
+        servers=state.servers, replicas=[*state.replicas, bad], revision=1, committed_at=0.0
+    )
+    table = to_routing_table(state)
+    [good] = table.servers
+    assert [e.replica_id for e in good.endpoints] == ["r-good"]
+    (problem,) = table.problems
+    assert (problem.kind, problem.name, problem.field, problem.value) == (
+        "replica",
+        "r-bad",
+        "revision",
+        value,
+    )
+    assert problem.message.startswith(reason)
+    assert len(str(problem)) < 250
+
+
+def test_an_integer_revision_reads_as_its_digits_and_routes() -> None:
+    replica = _replica_row(revision=2)
+    assert replica.revision == "2"
+    state = RegistryState.of(
+        servers=_state().servers, replicas=[replica], revision=1, committed_at=0.0
+    )
+    table = to_routing_table(state)
+    assert table.problems == ()
+    assert [e.replica_id for e in table.servers[0].endpoints] == ["r-bad"]
+
+
+@pytest.mark.parametrize(
+    "registered_at",
+    ["abc", b"\x00", math.nan, math.inf, -math.inf, "1e999", "9" * 5000, True, [1]],
+    ids=repr,
+)
+def test_a_registration_time_of_any_type_reads_as_unknown(registered_at: Any) -> None:
+    replica = _replica_row(revision="v1", registered_at=registered_at)
+    assert replica.registered_at == 0.0
+    assert replica.revision == "v1"
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        pytest.param(lambda v: validate.name("name", v), "echo\n", id="name"),
+        pytest.param(lambda v: validate.region("region", v), "us-west\n", id="region"),
+        pytest.param(lambda v: validate.revision("revision", v), "v2\n", id="revision"),
+        pytest.param(lambda v: validate.host_or_name(v), "xds.local\n", id="host-or-name"),
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_a_valid_name(check: Any, value: str) -> None:
+    """``$`` matches before a final newline: ``echo\\n`` passed as a name (a server, a region, a
+    revision in a cluster name), and every proxy of its group NACKed the snapshot."""
+    with pytest.raises(ValidationError):
+        check(value)
+    check(value.rstrip("\n"))
