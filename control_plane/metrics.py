@@ -90,6 +90,20 @@ FLEET_PUBLISHERS = Gauge(
 )
 LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report counts now")
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
+# Rollouts (control_plane/rollout/): one series per server with a rollout row (at most the
+# driver's MAX_ROWS rows read; a server whose row goes loses its series), and three results.
+ROLLOUT_STEP = Gauge(
+    "routeplane_rollout_step",
+    "Percent of the running rollout's current step (0: none running)",
+    ["server"],
+)
+ROLLOUT_VERDICTS = Counter(
+    "routeplane_rollout_verdicts",
+    "Rollouts ended by this process's driver, by result",
+    ["result"],
+)
+for _result in ("succeeded", "rolled_back", "stopped"):
+    ROLLOUT_VERDICTS.labels(result=_result)
 
 
 class LoadView(Protocol):
