@@ -35,6 +35,13 @@ from control_plane.keda.service import MAX_REQUEST_BYTES, KedaScaler, add_to
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
+from control_plane.rollout.driver import (
+    PROBLEM_KIND as ROLLOUT_PROBLEM,
+)
+from control_plane.rollout.driver import (
+    RolloutDriver,
+    rates_of_rows,
+)
 from control_plane.xds import csds
 from control_plane.xds.cache import MAX_GROUPS, MAX_GROUPS_PER_FLEET, SnapshotCache
 from control_plane.xds.server import XdsServer
@@ -313,6 +320,13 @@ async def serve(
         fleet = FleetLoad(
             registry=registry, load=load, publisher=publisher, group=config.fleet_group or publisher
         )
+        # Drives the running rollouts whose lease this process holds (control_plane/rollout/),
+        # judged from this process's load view (with fleet load: every process's proxies).
+        rollouts = RolloutDriver(
+            registry=registry,
+            holder=publisher,
+            rates=lambda server: rates_of_rows(load.rows_of(server)),
+        )
         xds.add_subscribe_listener(
             lambda proxy, type_url, names: load.note_subscribed(
                 type_url, names, node_id=proxy.node_id
@@ -358,7 +372,14 @@ async def serve(
                 table=lambda: reconciler.table,
                 load=load,
                 more_problems=lambda: (
-                    (PROBLEM_KIND, p.publisher, p.field, p.value, p.message) for p in fleet.problems
+                    *(
+                        (PROBLEM_KIND, p.publisher, p.field, p.value, p.message)
+                        for p in fleet.problems
+                    ),
+                    *(
+                        (ROLLOUT_PROBLEM, p.server, p.field, p.value, p.message)
+                        for p in rollouts.problems
+                    ),
                 ),
             ),
             ready=ready,
@@ -392,6 +413,7 @@ async def serve(
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
                 tasks.create_task(fleet.run()),
+                tasks.create_task(rollouts.run()),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)

@@ -35,6 +35,7 @@ from control_plane.rollout import rules
 
 log = structlog.get_logger("routeplane.rollout")
 
+PROBLEM_KIND = "rollout"  # in ``routeplane problems``: a rollout row that is not a record
 TICK = 0.5
 LEASE = 3.0
 MAX_ROWS = 1000
