@@ -73,8 +73,15 @@ def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
 
 def cluster_revisions(server: RoutedServer) -> tuple[str, ...]:
     """The revision of each of the server's clusters: ``("",)`` (the plain cluster) for a
-    server with no traffic split."""
-    return server.revisions or ("",)
+    server with no traffic split. A hold-mode server with revisions that has been held (a
+    cold epoch) keeps its plain cold cluster too, ``<workspace>_<server>_cold<epoch>``, the
+    one the requests held in its cold period wait for: it carries the split's replicas
+    (``endpoints.endpoints_of``)."""
+    if not server.revisions:
+        return ("",)
+    if server.cold_epoch and "" not in server.revisions:
+        return ("", *server.revisions)
+    return server.revisions
 
 
 def cluster_name(server: RoutedServer, revision: str = "") -> str:

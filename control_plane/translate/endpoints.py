@@ -218,9 +218,13 @@ def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
 
 def endpoints_of(server: RoutedServer, revision: str = "") -> tuple[Endpoint, ...]:
     """The endpoints of the server's cluster of ``revision``: all of them for a server with no
-    traffic split (the same tuple)."""
+    traffic split (the same tuple); for the plain cold cluster of a hold-mode server with
+    revisions (``clusters.cluster_revisions``), those of the split's revisions."""
     if not server.revisions:
         return server.endpoints
+    if not revision and "" not in server.revisions:
+        split = {name for name, _ in server.split}
+        return tuple(endpoint for endpoint in server.endpoints if endpoint.revision in split)
     return tuple(endpoint for endpoint in server.endpoints if endpoint.revision == revision)
 
 

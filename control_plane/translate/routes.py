@@ -24,8 +24,9 @@ before the split's, matching the header ``x-routeplane-revision: <tag>``, and th
 host ``<tag>--<hostname>`` for each of the server's exact hostnames whose first label fits
 (``names.tagged_hostname``) and that no server claims. Hold mode, for a server with
 revisions, holds requests only while it has no replica at all, as for any server, on the
-plain cold cluster name; requests held when replicas with revisions come are answered 503
-at the timeout (new requests follow the split).
+plain cold cluster name; when replicas come, that cluster is pushed holding the split's
+replicas (``clusters.cluster_revisions``), so the held requests go to them, while new
+requests follow the split.
 """
 
 from __future__ import annotations

@@ -203,3 +203,36 @@ def test_proxyless_grpc_gets_the_same_split_and_tags() -> None:
     assert {r.route.cluster for r in tagged.route_config.virtual_hosts[0].routes} == {
         "default_tokens_rev_v2"
     }
+
+
+def test_a_hold_server_with_revisions_keeps_its_cold_cluster_holding_the_splits_replicas() -> None:
+    from dataclasses import replace
+
+    hold = srv(traffic=SPLIT, cold_start={"mode": "hold"})
+    replicas = [*REPLICAS, rep("chat-v3-a", "v3", 8083)]  # v3: in no split
+    [server] = table_of([hold], replicas).servers
+    warm = replace(server, cold_epoch=7)  # out of a cold period that began at revision 7
+    found: dict[str, dict[str, Any]] = {}
+    warm_table = RoutingTable(servers=(warm,), problems=(), revision=1, committed_at=0.0)
+    for resource in to_resources(warm_table, VIEW):
+        found.setdefault(resource.type_url, {})[resource.name] = resource
+    assert sorted(found[CLUSTER]) == [
+        "default_chat_cold7",
+        "default_chat_rev_v1",
+        "default_chat_rev_v2",
+        "default_chat_rev_v3",
+    ]
+    cold = to_load_assignment(warm, revision="", region="us-west")
+    ports = sorted(
+        e.endpoint.address.socket_address.port_value
+        for locality in cold.endpoints
+        for e in locality.lb_endpoints
+    )
+    assert ports == [8081, 8082]  # v1 and v2, not v3
+    assert cold.cluster_name == "default_chat_cold7"
+    # New requests follow the split, not the cold cluster.
+    default = next(r for r in vhosts(found)["chat.example.com"] if r.name == "default_chat/default")
+    assert [c.name for c in default.route.weighted_clusters.clusters] == [
+        "default_chat_rev_v1",
+        "default_chat_rev_v2",
+    ]
