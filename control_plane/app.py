@@ -273,12 +273,14 @@ async def serve(
     reuse_port: bool = False,
     csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
     notices: bool = True,
+    drive_rollouts: bool = True,
 ) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened. A worker of ``serve --workers``
     (``group/worker.py``) shares the xDS port (``reuse_port``), answers CSDS on it for the
     whole group (``csds_answer``, given this process's XdsServer) and leaves the once-per-serve
-    ``notices`` (the plaintext warning) to its supervisor."""
+    ``notices`` (the plaintext warning) and the rollout driver (``drive_rollouts``: it judges
+    from the group's load, which only the supervisor sums) to its supervisor."""
     config.validate()
     disable_created_metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -363,7 +365,8 @@ async def serve(
         async def exposition() -> bytes:
             # The load families come from their own cache (10,000 servers: 90,000 series).
             text: bytes = generate_latest(REGISTRY)
-            return text + load_exposition.render()
+            rollouts_text = metrics.rollout_exposition() if drive_rollouts else b""
+            return text + rollouts_text + load_exposition.render()
 
         admin = AdminServer(
             service=AdminService(
@@ -413,7 +416,7 @@ async def serve(
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
                 tasks.create_task(fleet.run()),
-                tasks.create_task(rollouts.run()),
+                *([tasks.create_task(rollouts.run())] if drive_rollouts else []),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)
