@@ -32,9 +32,6 @@ HELD = 3  # requests held open on replica a
 HOLD_MS = 45_000  # past the wait for the known answer (30 s), within Envoy's request timeout
 RATE_B = 20.0  # requests per second to replica b
 RATE_C = 40.0  # requests per second to replica c, one in four a 500
-# Routing fills ``Endpoint.revision`` from the replica's row with part R of issue 26: until
-# then every replica's revision reads "" here (the unit tests build revisions directly).
-REVISIONS_ROUTED = False  # at merge with part R: True
 
 
 @pytest.fixture
@@ -126,6 +123,9 @@ def test_each_replicas_in_flight_requests_and_errors_and_their_sums_by_revision(
             "load_balancing": {"consistent_hash": {"header": "x-user"}},
             "outlier_detection": "off",
             "retries": 0,
+            # Both revisions take traffic (without a split, 100% would go to latest, v2); the
+            # split hashes the same header, so each key still reaches one replica.
+            "traffic": [{"revision": "v1", "percent": 50}, {"revision": "v2", "percent": 50}],
         },
     )
     ids: dict[str, str] = {}
@@ -207,28 +207,22 @@ def test_each_replicas_in_flight_requests_and_errors_and_their_sums_by_revision(
         assert c.failed, "c answered no 500"
         total = fitting[-1]
         revisions = {r["replica"]: r["revision"] for r in total["replicas"]}
-        if REVISIONS_ROUTED:
-            assert revisions == {ids["a"]: "v1", ids["b"]: "v1", ids["c"]: "v2"}
-            by_revision = {r["revision"]: r for r in total["revisions"]}
-            assert set(by_revision) == {"v1", "v2"}
-            v1, v2 = by_revision["v1"], by_revision["v2"]
-            by_id = {r["replica"]: r for r in total["replicas"]}
-            assert v1["ready_replicas"] == 2
-            assert v2["ready_replicas"] == 1
-            assert v1["in_flight"] == HELD + by_id[ids["b"]]["in_flight"]
-            assert v1["errors_per_second"] == 0
-            assert v1["requests_per_second"] == pytest.approx(
-                by_id[ids["b"]]["requests_per_second"], abs=1e-3
-            )
-            assert v2["requests_per_second"] == by_id[ids["c"]]["requests_per_second"]
-            assert v2["errors_per_second"] == by_id[ids["c"]]["errors_per_second"]
-            assert metric_sum(cp.admin, "routeplane_revision_errors_per_second", revision="v2") > 0
-            assert metric_sum(cp.admin, "routeplane_revision_errors_per_second", revision="v1") == 0
-        else:
-            # Until routing fills the revision, every replica reads "" and the server has no
-            # rows by revision; this fails once it does (then set REVISIONS_ROUTED).
-            assert set(revisions.values()) == {""}
-            assert total["revisions"] == []
+        assert revisions == {ids["a"]: "v1", ids["b"]: "v1", ids["c"]: "v2"}
+        by_revision = {r["revision"]: r for r in total["revisions"]}
+        assert set(by_revision) == {"v1", "v2"}
+        v1, v2 = by_revision["v1"], by_revision["v2"]
+        by_id = {r["replica"]: r for r in total["replicas"]}
+        assert v1["ready_replicas"] == 2
+        assert v2["ready_replicas"] == 1
+        assert v1["in_flight"] == HELD + by_id[ids["b"]]["in_flight"]
+        assert v1["errors_per_second"] == 0
+        assert v1["requests_per_second"] == pytest.approx(
+            by_id[ids["b"]]["requests_per_second"], abs=1e-3
+        )
+        assert v2["requests_per_second"] == by_id[ids["c"]]["requests_per_second"]
+        assert v2["errors_per_second"] == by_id[ids["c"]]["errors_per_second"]
+        assert metric_sum(cp.admin, "routeplane_revision_errors_per_second", revision="v2") > 0
+        assert metric_sum(cp.admin, "routeplane_revision_errors_per_second", revision="v1") == 0
     finally:
         for sender in senders:
             sender.stop.set()
