@@ -17,7 +17,14 @@ from control_plane.registry import open_registry
 from harness.processes import ControlPlane, Envoy, routeplane
 from harness.waiting import wait_until
 from tests.integration.rollout.test_rollout import INTERVAL, pin_v1
-from tests.integration.rollout.traffic import SteadyTraffic, WeightLog, nonzero, status, v2_weight
+from tests.integration.rollout.traffic import (
+    SteadyTraffic,
+    WeightLog,
+    nonzero,
+    status,
+    v2_weight,
+    wait_answered_by,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -67,6 +74,7 @@ def test_the_other_control_plane_finishes_a_rollout_when_its_driver_is_killed(
         wait_until(
             lambda: nonzero(log.look()) == {"default_chat_rev_v1": 100}, timeout=30, what="v1"
         )
+        wait_answered_by(envoy, "chat-v1-a")
         log.start()
         traffic = SteadyTraffic(envoy).start()
         try:

@@ -28,6 +28,7 @@ from tests.integration.rollout.traffic import (
     status,
     v2_share_by_split,
     v2_weight,
+    wait_answered_by,
 )
 
 pytestmark = pytest.mark.envoy
@@ -102,6 +103,7 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
     wait_until(
         lambda: nonzero(log.look()) == {"default_chat_rev_v1": 100}, timeout=30, what="v1 100%"
     )
+    wait_answered_by(envoy, "chat-v1-a")
     log.start()
     traffic = SteadyTraffic(envoy).start()
     try:
@@ -126,7 +128,7 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
     assert record["state"] == "succeeded", record
     assert "every step passed" in record["verdict"]
     failed = [a for a in traffic.answers if a.status != 200]
-    assert failed == [], failed[:5]
+    assert failed == [], f"{failed[:5]} {log.changes}"
     # Envoy went through every step, in order, and nothing else.
     seen = [v2_weight(w) for _, w in log.changes]
     assert [w for w in seen if w] == [25, 50, 100], log.changes
@@ -161,6 +163,7 @@ def test_a_revision_failing_20_percent_is_rolled_back_by_the_numbers(
         wait_until(
             lambda: nonzero(log.look()) == {"default_chat_rev_v1": 100}, timeout=30, what="v1"
         )
+        wait_answered_by(envoy, "chat-v1-a")
         log.start()
         traffic = SteadyTraffic(envoy).start()
         try:

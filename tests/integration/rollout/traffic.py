@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from harness.processes import Envoy, routeplane
+from harness.waiting import wait_until
 
 HOST = "chat.local"
 
@@ -166,6 +167,17 @@ class WeightLog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+def wait_answered_by(envoy: Envoy, name: str) -> None:
+    """Until Envoy answers a request with ``name`` (its route and the cluster's endpoints are
+    in: the route alone may name a cluster whose endpoints are still on their way)."""
+
+    def answered() -> bool:
+        status, body = envoy.get(host=HOST)
+        return (status, body.strip()) == (200, name)
+
+    wait_until(answered, timeout=30, what=f"{name} through Envoy")
 
 
 def status(registry: str) -> dict[str, Any]:
