@@ -77,6 +77,7 @@ def start(
         started_at=now,
         step_started_at=now,
         ticked_at=now,
+        before=traffic,
     )
     registry.start_rollout(server=server, body=rules.encode(rollout), now=now)
     return rollout

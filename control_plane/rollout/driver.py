@@ -109,6 +109,7 @@ class RolloutDriver:
         )
         problems: list[Problem] = []
         steps: dict[str, int] = {}
+        servers: dict[str, Server] | None = None
         for row in rows:
             try:
                 rollout = rules.parse(row)
@@ -128,9 +129,16 @@ class RolloutDriver:
                 now=self._clock(),
                 lease_seconds=self._lease,
             )
-            if held:
-                after = await self._act(rollout)
-                steps[rollout.server] = after.percent if after.state == rules.RUNNING else 0
+            if not held:
+                continue
+            if servers is None:  # read once a look, and only when this process holds one
+                servers = {s.name: s for s in await asyncio.to_thread(self._registry.list_servers)}
+            try:
+                after = await self._act(rollout, servers.get(rollout.server))
+            except RegistryError as exc:  # this rollout's write failed: the others go on
+                log.warning("rollout_write_failed", server=rollout.server, error=str(exc))
+                continue
+            steps[rollout.server] = after.percent if after.state == rules.RUNNING else 0
         self.problems = tuple(problems)
         for gone in self._steps.keys() - steps.keys():
             metrics.ROLLOUT_STEP.remove(gone)
@@ -138,12 +146,8 @@ class RolloutDriver:
             metrics.ROLLOUT_STEP.labels(server=server).set(percent)
         self._steps = steps
 
-    async def _act(self, rollout: rules.Rollout) -> rules.Rollout:
+    async def _act(self, rollout: rules.Rollout, server: Server | None) -> rules.Rollout:
         registry = self._registry
-        server = next(
-            (s for s in await asyncio.to_thread(registry.list_servers) if s.name == rollout.server),
-            None,
-        )
         now = self._clock()
         replicas = await asyncio.to_thread(registry.list_replicas, rollout.server)
         revisions = of_replicas([r for r in replicas if is_alive(r, now=now)], now=now)

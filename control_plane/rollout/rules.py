@@ -97,6 +97,14 @@ class Rollout:
     counts: Counts = Counts()
     holder: str = ""
     lease_expires_at: float = 0.0
+    # The server's traffic block as it was when the rollout started (() for the default split;
+    # ``latest`` unresolved): until the first split is written, the server must still have it.
+    before: tuple[TrafficTarget, ...] = ()
+
+    def at_start(self, traffic: Sequence[TrafficTarget]) -> bool:
+        """Whether ``traffic`` is the split the rollout started from (as read then, or with
+        ``latest`` resolved)."""
+        return same_split(traffic, self.before) or same_split(traffic, self.base)
 
     @property
     def percent(self) -> int:
@@ -296,21 +304,21 @@ def decide(
         )
     wanted = split_at(rollout.base, target=rollout.target, percent=rollout.percent)
     if not rollout.written:  # nothing written yet: the server must still have the base split
-        if not same_split(traffic, rollout.base):
+        if not rollout.at_start(traffic):
             return Decision(rollout=_end(rollout, STOPPED, _changed(step), now=now))
         first = replace(
             rollout, written=wanted, step_started_at=now, ticked_at=now, counts=Counts()
         )
         return Decision(rollout=first, write=wanted)
     if not same_split(traffic, rollout.written):
-        previous = (
-            rollout.base
-            if rollout.step == 0
-            else split_at(
-                rollout.base, target=rollout.target, percent=rollout.steps[rollout.step - 1]
+        if rollout.step == 0:
+            unwritten = rollout.at_start(traffic)
+        else:
+            previous = rollout.steps[rollout.step - 1]
+            unwritten = same_split(
+                traffic, split_at(rollout.base, target=rollout.target, percent=previous)
             )
-        )
-        if same_split(traffic, previous) and same_split(rollout.written, wanted):
+        if unwritten and same_split(rollout.written, wanted):
             # Our record was written, our split not yet (a holder died between the two).
             return Decision(rollout=replace(rollout, ticked_at=now), write=wanted)
         return Decision(rollout=_end(rollout, STOPPED, _changed(step), now=now))
@@ -385,6 +393,7 @@ def encode(rollout: Rollout) -> str:
     body = {
         "target": rollout.target,
         "base": _targets(rollout.base),
+        "before": _targets(rollout.before),
         "steps": list(rollout.steps),
         "interval": rollout.interval,
         "max_error_rate": rollout.max_error_rate,
@@ -459,6 +468,7 @@ def parse(row: RolloutRow) -> Rollout:
     if not base:
         raise RecordProblem("base", body.get("base"), "required")
     written = _split(body, "written", empty=True)
+    before = _split(body, "before", empty=True)
     step = body.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(steps):
         raise RecordProblem("step", step, f"expected 0 to {len(steps) - 1}")
@@ -500,6 +510,7 @@ def parse(row: RolloutRow) -> Rollout:
         state=row.state,
         verdict=verdict[:MAX_VERDICT],
         written=written,
+        before=before,
         counts=Counts(
             target_requests=float(counts[0]),
             target_errors=float(counts[1]),

@@ -368,3 +368,20 @@ def test_bad_rates_name_the_field(text: str) -> None:
     with pytest.raises(ValidationError) as caught:
         rules.parse_rate(text)
     assert caught.value.field == "max-error-rate"
+
+
+def test_a_rollout_from_the_default_split_writes_its_first_step() -> None:
+    """The server had no traffic block (100% latest): ``before`` is (), the base has latest
+    resolved; the first look finds the server as it was and writes the first step."""
+    r = rollout(before=())
+    d = rules.decide(r, now=1000.0, traffic=(), ready=READY, rates={})
+    assert d.write == (t("v1", 90), t("v2", 10))
+    assert d.rollout.state == rules.RUNNING
+    # the record was written, the split not: the next holder writes it
+    d = rules.decide(d.rollout, now=1000.5, traffic=(), ready=READY, rates={})
+    assert d.write == (t("v1", 90), t("v2", 10))
+    assert d.rollout.state == rules.RUNNING
+    # with latest written out too
+    r = rollout(before=(t(LATEST, 100),))
+    d = rules.decide(r, now=1000.0, traffic=(t(LATEST, 100),), ready=READY, rates={})
+    assert d.write == (t("v1", 90), t("v2", 10))
