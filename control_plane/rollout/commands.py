@@ -152,6 +152,7 @@ def as_json(rollout: rules.Rollout, *, now: float) -> dict[str, object]:
             (now if rollout.state == rules.RUNNING else rollout.ticked_at)
             - rollout.step_started_at,
         ),
+        "before": split(rollout.before),
         "base": split(rollout.base),
         "written": split(rollout.written),
         "target_requests": round(c.target_requests),
