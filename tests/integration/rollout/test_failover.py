@@ -1,7 +1,7 @@
-"""Failover of the rollout driver (issue 26): two ``serve`` processes on one registry, one Envoy
-fed by both; the process driving a rollout is killed (SIGKILL, by its PID) in the middle of a
-step, and the other takes the lease once it has run out and finishes the rollout from the
-recorded step."""
+"""Failover of the rollout driver (issue 26): two ``serve`` processes on one registry (a SQLite
+file, and the Spanner emulator), one Envoy fed by both; the process driving a rollout is killed
+(SIGKILL, by its PID) in the middle of a step, and the other takes the lease once it has run
+out and finishes the rollout from the recorded step."""
 
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ from tests.integration.rollout.traffic import (
 pytestmark = pytest.mark.envoy
 
 
-@pytest.fixture
-def control_planes(tmp_path: Path) -> Iterator[list[ControlPlane]]:
-    registry = f"sqlite://{tmp_path / 'registry.db'}"
+@pytest.fixture(params=["sqlite", "spanner"])
+def control_planes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[ControlPlane]]:
+    if request.param == "sqlite":
+        registry = f"sqlite://{tmp_path / 'registry.db'}"
+    else:  # the emulator: a fresh database, initialized
+        registry = request.getfixturevalue("spanner_url")
     planes = []
     try:
         for _ in range(2):
