@@ -182,7 +182,7 @@ class RolloutDriver:
         rollout = decision.rollout
         split = decision.write
 
-        async def record() -> bool:
+        async def record(rollout: rules.Rollout) -> bool:
             written: bool = await asyncio.to_thread(
                 registry.write_rollout,
                 server=rollout.server,
@@ -194,28 +194,44 @@ class RolloutDriver:
             )
             return written
 
-        if decision.ended:
-            if split is not None and server is not None:
+        async def write(split: tuple[TrafficTarget, ...]) -> str:
+            """Write ``split`` to the server; "" or why it could not be (a spec another
+            writer left that the registry refuses: the rollout stops, naming it)."""
+            if server is None:
+                return "the server is gone"
+            try:
                 await asyncio.to_thread(write_split, registry, server, split)
-            if await record():
-                metrics.ROLLOUT_VERDICTS.labels(result=rollout.state).inc()
+            except ValidationError as exc:
+                return f"the split cannot be written: {exc}"
+            return ""
+
+        if not decision.ended:
+            if not await record(rollout):  # the lease was lost, or the rollout ended meanwhile
+                return rollout
+            if split is None:
+                return rollout
+            failed = await write(split)
+            if not failed:
                 log.info(
-                    "rollout_ended",
+                    "rollout_split_written",
                     server=rollout.server,
-                    state=rollout.state,
-                    verdict=rollout.verdict,
+                    step=rollout.step,
+                    percent=rollout.percent,
+                    target=rollout.target,
                 )
-            return rollout
-        if not await record():  # the lease was lost (or the rollout stopped) meanwhile
-            return rollout
-        if split is not None and server is not None:
-            await asyncio.to_thread(write_split, registry, server, split)
+                return rollout
+            rollout = replace(
+                rollout, state=rules.STOPPED, verdict=f"stopped: {failed}"[: rules.MAX_VERDICT]
+            )
+        elif split is not None:
+            failed = await write(split)
+            if failed:
+                verdict = f"{rollout.verdict}; {failed}"[: rules.MAX_VERDICT]
+                rollout = replace(rollout, verdict=verdict)
+        if await record(rollout):
+            metrics.ROLLOUT_VERDICTS.labels(result=rollout.state).inc()
             log.info(
-                "rollout_split_written",
-                server=rollout.server,
-                step=rollout.step,
-                percent=rollout.percent,
-                target=rollout.target,
+                "rollout_ended", server=rollout.server, state=rollout.state, verdict=rollout.verdict
             )
         return rollout
 

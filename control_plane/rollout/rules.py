@@ -435,6 +435,12 @@ def _split(body: Mapping[str, Any], field: str, *, empty: bool) -> tuple[Traffic
 
 def parse(row: RolloutRow) -> Rollout:
     """A stored row -> its record; RecordProblem naming the field for anything else."""
+    from control_plane.registry import validate
+
+    try:
+        validate.name("server", row.server)
+    except ValidationError as exc:
+        raise RecordProblem("server", row.server, exc.reason) from None
     if row.state not in STATES:
         raise RecordProblem("state", row.state, f"expected one of {', '.join(STATES)}")
     if row.body is None:
@@ -451,8 +457,6 @@ def parse(row: RolloutRow) -> Rollout:
         raise RecordProblem("body", row.body, "expected a JSON object") from None
     if not isinstance(body, dict):
         raise RecordProblem("body", row.body, "expected a JSON object")
-    from control_plane.registry import validate
-
     target = body.get("target")
     try:
         target = validate.revision("target", target)

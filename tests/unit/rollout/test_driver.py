@@ -4,6 +4,7 @@ step, a row that is not a record is a problem and the others go on, and the metr
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from control_plane import metrics
@@ -128,4 +129,39 @@ async def test_a_row_that_is_not_a_record_is_a_problem_and_the_others_go_on(
         {"revision": "v2", "percent": 100},
     ]
     assert step_metric("aaa") is None
+    registry.close()
+
+
+async def test_a_split_the_registry_refuses_stops_the_rollout_naming_why(tmp_path: Path) -> None:
+    """Another writer's server row the registry would refuse (a hostname that is not one):
+    the split cannot be written, so the rollout stops and says so, instead of failing at every
+    look."""
+    path = tmp_path / "r.db"
+    registry = SqliteRegistry(f"sqlite://{path}")
+    registry.put_server(
+        name="chat",
+        hostnames=["chat.local"],
+        protocol="http",
+        spec={"traffic": [{"revision": "v1", "percent": 100}]},
+    )
+    for revision in ("v1", "v2"):
+        registry.register_replica(
+            server="chat", address=f"127.0.0.1:{9000 + int(revision[1])}", region="r",
+            revision=revision,
+        )  # fmt: skip
+    clock = Clock(registry.read_state().committed_at + 1.0)
+    commands.start(
+        registry, server="chat", target="v2", steps=[100], interval="1s", max_error_rate="1%",
+        min_requests=1, now=clock.now,
+    )  # fmt: skip
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE servers SET hostnames = '[\"NOT A HOST\"]' WHERE name = 'chat'")
+    db.close()
+    driver = RolloutDriver(registry=registry, holder="a", rates=lambda _: {}, clock=clock)
+    await driver.tick()
+    record = commands.read(registry, "chat")
+    assert record.state == "stopped"
+    assert "the split cannot be written" in record.verdict
+    assert "hostname" in record.verdict
     registry.close()

@@ -338,12 +338,13 @@ def test_hostile_bodies_are_problems_naming_the_field(
         pytest.param("not json", "running", "body", id="not-json"),
         pytest.param("[1]", "running", "body", id="not-object"),
         pytest.param("{}", "paused", "state", id="unknown-state"),
+        pytest.param("{}", "running", "server", id="server-not-a-name"),
         pytest.param("x" * (rules.MAX_BODY_BYTES + 1), "running", "body", id="long"),
     ],
 )
 def test_hostile_rows_are_problems(body: str | None, state: str, field: str) -> None:
     row = RolloutRow(
-        server="echo",
+        server="Echo\n" + "x" * 500 if field == "server" else "echo",
         state=state,
         holder="",
         lease_expires_at=0.0,
