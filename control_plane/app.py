@@ -384,6 +384,7 @@ async def serve(
                         for p in rollouts.problems
                     ),
                 ),
+                rollouts=lambda: rollouts.rollouts,
             ),
             ready=ready,
             token=config.admin_token,

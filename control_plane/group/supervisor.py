@@ -158,6 +158,7 @@ async def supervise(
             holder=f"{base}#{secrets.token_hex(6)}",
             rates=lambda server: rates_of_rows(service.load_view.rows_of(server)),
         )
+        service.rollouts = lambda: rollouts.rollouts
 
         async def exposition() -> bytes:
             return await service.metrics() + metrics.rollout_exposition()

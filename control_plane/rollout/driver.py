@@ -92,6 +92,8 @@ class RolloutDriver:
         self._lease = lease
         self._clock = clock
         self.problems: tuple[Problem, ...] = ()
+        # The records read at the last look (what the admin API's GetRollouts answers).
+        self.rollouts: tuple[rules.Rollout, ...] = ()
         self._steps: dict[str, int] = {}  # server -> the percent exported (0: none running)
 
     async def run(self) -> None:
@@ -108,6 +110,7 @@ class RolloutDriver:
             self._registry.read_rollouts, max_rows=MAX_ROWS, max_bytes=rules.MAX_BODY_BYTES
         )
         problems: list[Problem] = []
+        read: list[rules.Rollout] = []
         steps: dict[str, int] = {}
         servers: dict[str, Server] | None = None
         for row in rows:
@@ -120,6 +123,7 @@ class RolloutDriver:
                 continue
             steps[rollout.server] = 0
             if rollout.state != rules.RUNNING:
+                read.append(rollout)
                 continue
             steps[rollout.server] = rollout.percent
             held = await asyncio.to_thread(
@@ -130,6 +134,7 @@ class RolloutDriver:
                 lease_seconds=self._lease,
             )
             if not held:
+                read.append(rollout)
                 continue
             if servers is None:  # read once a look, and only when this process holds one
                 servers = {s.name: s for s in await asyncio.to_thread(self._registry.list_servers)}
@@ -137,9 +142,12 @@ class RolloutDriver:
                 after = await self._act(rollout, servers.get(rollout.server))
             except RegistryError as exc:  # this rollout's write failed: the others go on
                 log.warning("rollout_write_failed", server=rollout.server, error=str(exc))
+                read.append(rollout)
                 continue
+            read.append(replace(after, holder=self.holder))
             steps[rollout.server] = after.percent if after.state == rules.RUNNING else 0
         self.problems = tuple(problems)
+        self.rollouts = tuple(read)
         for gone in self._steps.keys() - steps.keys():
             metrics.ROLLOUT_STEP.remove(gone)
         for server, percent in steps.items():

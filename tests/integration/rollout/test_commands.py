@@ -19,7 +19,7 @@ from control_plane.registry import open_registry
 from control_plane.registry.spec import decode
 from harness.processes import ROUTEPLANE, ControlPlane, routeplane
 from harness.waiting import wait_until
-from tests.integration.rollout.traffic import HOST, status
+from tests.integration.rollout.traffic import HOST, admin_rollouts, status
 
 
 @pytest.fixture
@@ -131,6 +131,16 @@ def test_rollback_writes_the_split_before_and_stops_the_rollout(
     assert "verdict: rolled back by command" in text
     again = routeplane("servers", "rollback", "chat", registry=url)
     assert "already has the split before its rollout" in again.stdout
+    # The admin API answers from the driver's last look at the records.
+    [found] = wait_until(
+        lambda: [r for r in admin_rollouts(control_plane.admin, "chat") if r.state == "stopped"],
+        timeout=30,
+        what="GetRollouts to show the stopped rollout",
+    )
+    assert (found.target, found.step, list(found.steps)) == ("v2", 1, [50, 100])
+    assert found.verdict == "rolled back by command at step 1 of 2 (50%)"
+    assert [(s.revision, s.percent, s.tag) for s in found.base] == [("v1", 100, "stable")]
+    assert admin_rollouts(control_plane.admin, "nope") == []
 
 
 def test_a_rollout_row_that_is_not_a_record_is_a_problem_and_the_others_go_on(

@@ -24,6 +24,7 @@ from tests.integration.rollout.traffic import (
     FailingUpstream,
     SteadyTraffic,
     WeightLog,
+    admin_rollouts,
     nonzero,
     status,
     v2_share_by_split,
@@ -135,6 +136,10 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
     for weight, count, share in v2_share_by_split(traffic.answers, log.changes):
         if count >= 100:
             assert abs(share - weight / 100) <= 0.1, (weight, count, share)
+    # Under serve --workers (the default here) the supervisor drives it and answers for it.
+    [found] = admin_rollouts(control_plane.admin)
+    assert (found.server, found.state, found.percent) == ("chat", "succeeded", 100)
+    assert found.holder == record["holder"]
     assert metric_sum(control_plane.admin, "routeplane_rollout_step", server="chat") == 0
     assert (
         metric_sum(control_plane.admin, "routeplane_rollout_verdicts_total", result="succeeded")

@@ -180,6 +180,13 @@ def wait_answered_by(envoy: Envoy, name: str) -> None:
     wait_until(answered, timeout=30, what=f"{name} through Envoy")
 
 
+def admin_rollouts(admin: str, server: str = "") -> list[Any]:
+    """``GetRollouts`` on a running control plane's admin address."""
+    from control_plane.admin.client import admin_pb2, call
+
+    return list(call(admin, "GetRollouts", admin_pb2.RolloutsRequest(server=server)).rollouts)
+
+
 def status(registry: str) -> dict[str, Any]:
     done = routeplane("servers", "rollout", "chat", "--status", "--json", registry=registry)
     return dict(json.loads(done.stdout))
