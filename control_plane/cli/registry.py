@@ -227,9 +227,13 @@ def servers_rollout(
         raise ValidationError("to", None, "required: the revision to roll out (or --status)")
     if as_json:
         raise ValidationError("json", True, "--json goes with --status")
+    from control_plane.registry.rows import excerpt
+
     parts = [p.strip() for p in steps.split(",")] if len(steps) <= 200 else []
     if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
-        raise ValidationError("steps", steps, "expected whole percents such as 5,25,50,100")
+        raise ValidationError(
+            "steps", excerpt(steps), "expected whole percents such as 5,25,50,100"
+        )
     rollout = commands.start(
         reg,
         server=name,

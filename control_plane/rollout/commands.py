@@ -14,12 +14,21 @@ from control_plane.registry import validate
 from control_plane.registry.errors import NotFoundError, ValidationError
 from control_plane.registry.model import Registry, Server
 from control_plane.registry.revisions import is_alive, of_replicas
+from control_plane.registry.rows import excerpt
 from control_plane.registry.spec import TrafficTarget, decode, duration, parse_spec
 from control_plane.rollout import rules
 from control_plane.rollout.driver import write_split
 
+MAX_OPTION = 200  # characters of an option's text: longer is refused, in an excerpt
+
+
+def _bounded(field: str, value: object) -> None:
+    if isinstance(value, str) and len(value) > MAX_OPTION:
+        raise ValidationError(field, excerpt(value), f"longer than {MAX_OPTION} characters")
+
 
 def _server(registry: Registry, name: str) -> Server:
+    _bounded("server", name)
     found = [s for s in registry.list_servers() if s.name == name]
     if not found:
         raise NotFoundError(f"unknown server {name!r}")
@@ -44,6 +53,13 @@ def start(
     """Check everything, then write the record (the driver of some ``serve`` writes the
     splits). ValidationError naming the field, NotFoundError for an unknown server,
     ConflictError when the server's rollout is running."""
+    for field, value in (
+        ("server", server),
+        ("to", target),
+        ("interval", interval),
+        ("max-error-rate", max_error_rate),
+    ):
+        _bounded(field, value)
     checked_steps = rules.check_steps(steps)
     seconds = duration("interval", interval, positive=True)
     if seconds < rules.MIN_INTERVAL:
@@ -86,6 +102,7 @@ def start(
 def read(registry: Registry, server: str) -> rules.Rollout:
     """``server``'s rollout record; NotFoundError when it has none, RecordProblem when its row
     is not one."""
+    _bounded("server", server)
     rows = registry.read_rollouts(server=server, max_rows=1, max_bytes=rules.MAX_BODY_BYTES)
     if not rows:
         raise NotFoundError(f"server {server!r} has no rollout")
