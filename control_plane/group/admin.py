@@ -322,6 +322,8 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self.client = Workers(self.workers, token=token)  # the supervisor's one client
         # The rollout records the supervisor's driver last read (its workers run none).
         self.rollouts: Callable[[], Iterable[Rollout]] = tuple
+        # Its rollout rows that are not records, as (kind, name, field, value, message).
+        self.more_problems: Callable[[], Iterable[tuple[str, str, str, str, str]]] = tuple
         self._call = self.client.call
         self._stubs = self.client.stubs
         self._interval = interval
@@ -430,7 +432,10 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return await self._first("DiffSnapshots", request, context)
 
     async def ListProblems(self, request: Any, context: Any) -> Any:
-        return await self._first("ListProblems", request, context)
+        response = await self._first("ListProblems", request, context)
+        for kind, name, field, value, message in self.more_problems():
+            response.problems.add(kind=kind, name=name, field=field, value=value, message=message)
+        return response
 
     async def GetRollouts(self, request: Any, context: Any) -> Any:
         return rollouts_answer(self.rollouts(), request)

@@ -44,6 +44,7 @@ from control_plane.app import (
 from control_plane.group.admin import AggregateService
 from control_plane.group.csds import merged
 from control_plane.registry import open_registry
+from control_plane.rollout.driver import PROBLEM_KIND as ROLLOUT_PROBLEM
 from control_plane.rollout.driver import RolloutDriver, rates_of_rows
 from control_plane.xds import csds
 
@@ -159,6 +160,9 @@ async def supervise(
             rates=lambda server: rates_of_rows(service.load_view.rows_of(server)),
         )
         service.rollouts = lambda: rollouts.rollouts
+        service.more_problems = lambda: (
+            (ROLLOUT_PROBLEM, p.server, p.field, p.value, p.message) for p in rollouts.problems
+        )
 
         async def exposition() -> bytes:
             return await service.metrics() + metrics.rollout_exposition()

@@ -23,9 +23,11 @@ from tests.integration.rollout.traffic import HOST, admin_rollouts, status
 
 
 @pytest.fixture
-def control_plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    # One process (no supervisor): its own `routeplane problems` carries the rollout rows'.
-    cp = ControlPlane.create(tmp_path, extra=["--workers", "1"])
+def control_plane(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    # --workers 1 (one process, no supervisor) unless a test asks for more: under a supervisor
+    # its driver answers for the group.
+    workers = str(getattr(request, "param", 1))
+    cp = ControlPlane.create(tmp_path, extra=["--workers", workers])
     cp.start()
     try:
         cp.wait_ready()
@@ -143,6 +145,7 @@ def test_rollback_writes_the_split_before_and_stops_the_rollout(
     assert admin_rollouts(control_plane.admin, "nope") == []
 
 
+@pytest.mark.parametrize("control_plane", [1, 2], indirect=True, ids=["lone", "workers"])
 def test_a_rollout_row_that_is_not_a_record_is_a_problem_and_the_others_go_on(
     control_plane: ControlPlane, replicas: Callable[[], None], tmp_path: Path
 ) -> None:
