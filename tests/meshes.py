@@ -64,11 +64,27 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports begin (outgoing connections and port-0 binds of every
+    process on the machine take ports from there on)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def mesh_base() -> int:
+    """A random base port for a mesh's range, below the ephemeral ports: a range there is never
+    taken by another process's connection between the check and `mesh up` (a CI run once lost a
+    replica's port so), only by another test's mesh, which callers retry."""
+    return random.randrange(10_000, max(10_100, min(_ephemeral_low(), 60_000) - 100), 100)
+
+
 def free_mesh_ports() -> MeshPorts:
     """A base port whose whole range is free now (another test may still take one later:
     callers retry on `already in use`)."""
     for _ in range(50):
-        ports = MeshPorts(random.randrange(20_000, 60_000, 100))
+        ports = MeshPorts(mesh_base())
         if all(_bindable(p) for p in ports.all()):
             return ports
     raise AssertionError("no free range of mesh ports")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shlex
 import signal
 import socket
@@ -32,6 +31,7 @@ from control_plane.dev.samples.grpc_echo import STREAM, UNARY
 from control_plane.registry import open_registry
 from harness.processes import ROUTEPLANE, http_get
 from harness.waiting import wait_until
+from tests.meshes import mesh_base
 
 pytestmark = pytest.mark.envoy
 
@@ -41,7 +41,7 @@ def mesh(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     workdir = tmp_path / "mesh"
     last = ""
     for _ in range(5):  # pick port ranges until one is free
-        base = random.randrange(20_000, 60_000, 100)
+        base = mesh_base()
         ports = {
             "xds": base,
             "admin": base + 1,
