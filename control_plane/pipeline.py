@@ -40,13 +40,14 @@ from control_plane.routing.model import (
 from control_plane.translate import (
     ProxyView,
     api_listener_resources,
-    cluster_resource,
+    cluster_resources,
     endpoints_resource,
     listener_resource,
     route_resource,
 )
 from control_plane.translate import names as resource_names
-from control_plane.translate.endpoints import EncodedEndpoints, encode_endpoints
+from control_plane.translate.clusters import cluster_revisions
+from control_plane.translate.endpoints import EncodedEndpoints, encode_endpoints, endpoints_of
 from control_plane.xds.nodes import GRPC, NodeGroup
 from control_plane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from control_plane.xds.snapshot import InconsistentSnapshotError, Snapshot, build_from_types
@@ -122,12 +123,15 @@ class Pipeline:
         self._routed: dict[str, _Routed] = {}
         self._unknown: tuple[Problem, ...] = ()
         self._table: RoutingTable | None = None
-        # server name -> (the routed server it was built from, its Cluster)
-        self._clusters: dict[str, tuple[RoutedServer, Resource]] = {}
-        # (server name, region, zone) -> (the routed server it was built from, its CLA)
-        self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, Resource]] = {}
-        # server name -> its endpoints, encoded: every view's CLA of it is joined from these
-        self._encoded: dict[str, EncodedEndpoints] = {}
+        # server name -> (the routed server it was built from, its Clusters: one, or one per
+        # revision of a server with a traffic split)
+        self._clusters: dict[str, tuple[RoutedServer, tuple[Resource, ...]]] = {}
+        # (server name, region, zone) -> (the routed server it was built from, its CLAs,
+        # aligned with its Clusters)
+        self._endpoints: dict[tuple[str, str, str], tuple[RoutedServer, tuple[Resource, ...]]] = {}
+        # server name -> revision -> the endpoints of its cluster of that revision, encoded:
+        # every view's CLA of that cluster is joined from these
+        self._encoded: dict[str, dict[str, EncodedEndpoints]] = {}
         # Every live Cluster, and every CLA per (region, zone), by name: one map each, shared
         # by the snapshots of every view (never altered once a snapshot holds it; a step that
         # changes them makes new ones).
@@ -324,7 +328,7 @@ class Pipeline:
             server = routed.routed if routed is not None else None
             before = self._clusters.get(name)
             if before is not None:
-                touched.add(before[1].name)
+                touched.update(cluster.name for cluster in before[1])
             if server is None or server.held:
                 # Gone, or held: a held server's route names a cluster no snapshot carries.
                 if before is not None:
@@ -334,14 +338,17 @@ class Pipeline:
                 route_dirty = True
                 continue
             if before is None or not same_except_endpoints(before[0], server):
-                cluster = cluster_resource(server)
+                clusters = cluster_resources(server)
                 route_dirty = True
-                if before is not None and before[1].name != cluster.name:
-                    self._drop_endpoints(name)
+                if before is not None:
+                    if [c.name for c in before[1]] != [c.name for c in clusters]:
+                        self._drop_endpoints(name)
+                    elif [c.version for c in before[1]] == [c.version for c in clusters]:
+                        clusters = before[1]  # equal (a split moved): keep one object
             else:
-                cluster = before[1]
-            self._clusters[name] = (server, cluster)
-            touched.add(cluster.name)
+                clusters = before[1]
+            self._clusters[name] = (server, clusters)
+            touched.update(cluster.name for cluster in clusters)
         if route_dirty:
             assert self._table is not None
             route = route_resource(self._table.servers)
@@ -354,17 +361,26 @@ class Pipeline:
             del self._endpoints[key]
         self._encoded.pop(server, None)
 
-    def _endpoints_for(self, server: RoutedServer, region: str, zone: str) -> Resource:
+    def _endpoints_for(self, server: RoutedServer, region: str, zone: str) -> tuple[Resource, ...]:
         key = (server.name, region, zone)
         cached = self._endpoints.get(key)
         if cached is not None and cached[0] == server:
             return cached[1]
         # One changed replica of many: encoded again alone, its locality joined again.
-        encoded = encode_endpoints(server.endpoints, previous=self._encoded.get(server.name))
-        self._encoded[server.name] = encoded
-        resource = endpoints_resource(server, region=region, zone=zone, encoded=encoded)
-        self._endpoints[key] = (server, resource)
-        return resource
+        kept = self._encoded.get(server.name, {})
+        encodings = {}
+        resources = []
+        for revision in cluster_revisions(server):
+            encoded = encode_endpoints(endpoints_of(server, revision), previous=kept.get(revision))
+            encodings[revision] = encoded
+            resources.append(
+                endpoints_resource(
+                    server, region=region, zone=zone, revision=revision, encoded=encoded
+                )
+            )
+        self._encoded[server.name] = encodings
+        self._endpoints[key] = (server, tuple(resources))
+        return tuple(resources)
 
     def _listener_for(self, view: ProxyView) -> Resource:
         listener = self._listeners.get(view)
@@ -387,7 +403,7 @@ class Pipeline:
         live: list[RoutedServer] | None = None  # every server with a cluster, when needed
         if self._cluster_map is None:
             live = [s for s in table.servers if not s.held]
-            self._cluster_map = {c.name: c for _, c in (self._clusters[s.name] for s in live)}
+            self._cluster_map = {c.name: c for s in live for c in self._clusters[s.name][1]}
         elif dirty:
             self._cluster_map = self._replaced(self._cluster_map, dirty, touched, None)
         maps: dict[tuple[str, str], dict[str, Resource]] = {}
@@ -397,7 +413,7 @@ class Pipeline:
                 if live is None:
                     live = [s for s in table.servers if not s.held]
                 maps[locality] = {
-                    (e := self._endpoints_for(server, *locality)).name: e for server in live
+                    e.name: e for server in live for e in self._endpoints_for(server, *locality)
                 }
             else:
                 maps[locality] = self._replaced(last, dirty, touched, locality) if dirty else last
@@ -419,9 +435,11 @@ class Pipeline:
             entry = self._clusters.get(name)
             if entry is None:
                 continue
-            server, cluster = entry
-            resource = cluster if locality is None else self._endpoints_for(server, *locality)
-            resources[resource.name] = resource
+            server, clusters = entry
+            for resource in (
+                clusters if locality is None else self._endpoints_for(server, *locality)
+            ):
+                resources[resource.name] = resource
         return resources
 
     # Per view: one snapshot, built from the previous one in time proportional to the change.

@@ -37,6 +37,8 @@ from control_plane.load.totals import (
 )
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
+from control_plane.translate.clusters import cluster_name, cluster_revisions
+from control_plane.translate.endpoints import endpoints_of
 from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
 log = structlog.get_logger("routeplane.load")
@@ -67,16 +69,21 @@ def catalog_of(table: RoutingTable) -> Catalog:
     endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     idle: set[str] = set()  # no ready replica: a reported drop there is a cold start
     for server in table.servers:
-        name = names.cluster(
-            workspace=server.workspace, server=server.name, epoch=server.cold_epoch
-        )
-        servers[name] = server.name
-        regions[name] = frozenset(e.region for e in server.endpoints) | frozenset(
+        # One cluster per revision of a server with a traffic split (issue 26): each one's
+        # reports are the server's. A drop is a cold start only while the server has no ready
+        # replica at all (a tag's empty revision drops too, with others serving).
+        server_idle = all(e.draining for e in server.endpoints)
+        server_regions = frozenset(e.region for e in server.endpoints) | frozenset(
             server.spec.regions
         )
-        endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in server.endpoints}
-        if all(e.draining for e in server.endpoints):
-            idle.add(name)
+        for revision in cluster_revisions(server):
+            name = cluster_name(server, revision)
+            mine = endpoints_of(server, revision)
+            servers[name] = server.name
+            regions[name] = server_regions
+            endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in mine}
+            if server_idle:
+                idle.add(name)
     return Catalog(
         servers=servers,
         regions=regions,

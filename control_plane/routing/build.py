@@ -3,8 +3,9 @@
 Rules: STARTING replicas get no traffic, READY do, DRAINING stay listed as draining (no new
 requests, open streams finish). Expired leases are the registry clean-up's job: the control
 plane deletes such rows (``Registry.remove_expired``), so they vanish like deregistered ones.
-A malformed row (unknown protocol, bad address, weight out of range, a hostname two servers
-claim) becomes a Problem and is left out.
+A malformed row (unknown protocol, bad address, weight out of range, a bad revision, a
+hostname two servers claim) becomes a Problem and is left out. A server's traffic split is
+resolved against its replicas' revisions by ``routing.split`` (issue 26).
 
 Three steps: :func:`evaluate` judges one server on its own (the expensive part, memoized by the
 pipeline by value); :func:`claim_hostnames` settles who owns each hostname across servers;
@@ -13,6 +14,7 @@ pipeline by value); :func:`claim_hostnames` settles who owns each hostname acros
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress, count
 from operator import is_not, itemgetter
@@ -32,6 +34,7 @@ from control_plane.routing.model import (
     RoutingTable,
     ServerEval,
 )
+from control_plane.routing.split import resolve as resolve_split
 
 
 def to_routing_table(state: RegistryState) -> RoutingTable:
@@ -102,7 +105,7 @@ def server_problems(ev: ServerEval, lost: Sequence[Problem]) -> tuple[Problem, .
     """A server's problems in report order: its own, its lost hostnames, its replicas'."""
     if ev.protocol is None:
         return ev.problems
-    return (*ev.problems, *lost, *ev.replica_problems)
+    return (*ev.problems, *lost, *ev.replica_problems, *ev.traffic_problems)
 
 
 def to_routed(server: Server, ev: ServerEval, hostnames: tuple[str, ...]) -> RoutedServer:
@@ -114,6 +117,9 @@ def to_routed(server: Server, ev: ServerEval, hostnames: tuple[str, ...]) -> Rou
         protocol=ev.protocol,
         endpoints=ev.endpoints,
         spec=ev.spec,
+        revisions=ev.revisions,
+        split=ev.split,
+        tags=ev.tags,
     )
 
 
@@ -176,6 +182,7 @@ def evaluate_with(
         replica_problems = tuple(filter(None, verdicts[1]))
     else:
         endpoints, replica_problems = _in_regions(server.name, spec.regions, replicas, verdicts)
+    traffic = resolve_split(server.name, spec.traffic, endpoints)
     return ServerEval(
         protocol=protocol,
         hostnames=hostnames,
@@ -183,6 +190,10 @@ def evaluate_with(
         problems=(),
         endpoints=endpoints,
         replica_problems=replica_problems,
+        revisions=traffic.revisions,
+        split=traffic.split,
+        tags=traffic.tags,
+        traffic_problems=traffic.problems,
     ), verdicts
 
 
@@ -265,7 +276,7 @@ def _verdict(replica: Replica) -> Verdict:
         weight = validate.weight(replica.weight)
         region = validate.region("region", replica.region)
         zone = validate.region("zone", replica.zone, required=False)
-        validate.revision("revision", replica.revision)
+        revision = validate.revision("revision", replica.revision)
     except ValidationError as exc:
         return None, _problem("replica", replica.id, exc)
     if state == _STARTING:
@@ -278,8 +289,18 @@ def _verdict(replica: Replica) -> Verdict:
         zone=zone,
         weight=weight,
         draining=state == _DRAINING,
+        revision=revision,
+        registered_at=_registered_at(replica.registered_at),
     )
     return endpoint, None
+
+
+def _registered_at(value: object) -> float:
+    """A row's registration time as a finite number (0, unknown, for anything else): ``latest``
+    compares them, and must come out the same in every process."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return 0.0
 
 
 def _problem(kind: str, name: str, exc: ValidationError) -> Problem:

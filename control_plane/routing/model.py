@@ -18,6 +18,9 @@ class Endpoint:
     weight: int
     draining: bool
     revision: str = ""  # the replica's revision (issue 26): "" for none
+    # When the replica was first registered (unix seconds, 0 unknown): a split's ``latest``
+    # is the revision whose replicas appeared last.
+    registered_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +36,15 @@ class RoutedServer:
     # names that cluster, new for every cold period (0: the server was never seen held).
     held: bool = False
     cold_epoch: int = 0
+    # Traffic splits (issue 26; ``routing.split``). ``revisions``: the revision of each of the
+    # server's clusters, sorted ("" names the plain ``<workspace>_<server>`` cluster); empty
+    # for a server whose replicas carry no revision and whose spec has no traffic block: one
+    # plain cluster, as before revisions. ``split``: (revision, weight) pairs, weights whole
+    # and above 0, adding up to 100 (empty: all to the plain cluster). ``tags``: (tag,
+    # revision) pairs, sorted by tag: addresses that bypass the split.
+    revisions: tuple[str, ...] = ()
+    split: tuple[tuple[str, int], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 def same_except_endpoints(a: RoutedServer, b: RoutedServer) -> bool:
@@ -77,6 +89,12 @@ class ServerEval:
     problems: tuple[Problem, ...]
     endpoints: tuple[Endpoint, ...]
     replica_problems: tuple[Problem, ...]
+    # The resolved traffic split (see ``RoutedServer``) and its problems (a revision with no
+    # READY replica, or none at all): reported after ``replica_problems``.
+    revisions: tuple[str, ...] = ()
+    split: tuple[tuple[str, int], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    traffic_problems: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,8 @@ The routes are the servers' Envoy routes (``routes.to_routes``) in the form gRPC
 path-separated prefix ``/p`` becomes the prefix ``/p/`` (gRPC paths are ``/service/method``, so the
 two match the same calls); the retry policy is dropped (gRPC retries on status codes only; an
 RPC that never reached a replica is retried transparently by gRPC itself), and so are per-route
-configs of Envoy's HTTP filters.
+configs of Envoy's HTTP filters. A server with a traffic split gets the same
+``weighted_clusters`` and tag routes as Envoy, and a listener for each tag's hostname form.
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
-from control_plane.translate.routes import to_routes
+from control_plane.translate.routes import to_routes, to_tag_routes
 
 PROXYLESS_PROTOCOLS = frozenset({"grpc", "http2"})
 _ROUTER_NAME = "envoy.filters.http.router"
 
 
-def to_grpc_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
-    """The server's routes as gRPC accepts them."""
-    routes = to_routes(server)
+def to_grpc_routes(
+    server: RoutedServer, *, routes: list[route_components_pb2.Route] | None = None
+) -> list[route_components_pb2.Route]:
+    """The server's routes (or ``routes``, some of them) as gRPC accepts them."""
+    routes = to_routes(server) if routes is None else routes
     for route in routes:
         separated = route.match.path_separated_prefix
         if separated:
@@ -50,6 +53,7 @@ def to_grpc_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
 def to_api_listeners(servers: Iterable[RoutedServer]) -> dict[str, listener_pb2.Listener]:
     """Hostname -> its API listener, for every hostname of a grpc or http2 server."""
     by_host: dict[str, list[tuple[int, str, list[route_components_pb2.Route]]]] = {}
+    tagged: list[RoutedServer] = []
     for server in servers:
         if server.protocol not in PROXYLESS_PROTOCOLS:
             continue
@@ -60,6 +64,20 @@ def to_api_listeners(servers: Iterable[RoutedServer]) -> dict[str, listener_pb2.
             by_host.setdefault(hostname, []).append(
                 (len(server.spec.path_prefix), server.name, routes)
             )
+        if server.tags and not server.held:
+            tagged.append(server)
+    # Tags' hostname forms (as in the RouteConfiguration), after every claimed hostname.
+    claimed = frozenset(by_host)
+    for server in tagged:
+        for tag, _ in server.tags:
+            for hostname in server.hostnames:
+                name = names.tagged_hostname(hostname=hostname, tag=tag)
+                if name is None or name in claimed:
+                    continue
+                routes = to_grpc_routes(server, routes=to_tag_routes(server, tag))
+                by_host.setdefault(name, []).append(
+                    (len(server.spec.path_prefix), server.name, routes)
+                )
     listeners = {}
     for hostname, entries in by_host.items():
         config = route_pb2.RouteConfiguration(name=names.api_route_config(hostname=hostname))

@@ -1,5 +1,8 @@
 """Clusters (CDS): one EDS cluster per server, one form for Envoy and gRPC clients.
 
+A server with a traffic split (issue 26) has one cluster per revision (``RoutedServer.revisions``),
+all alike but for the name.
+
 Least-request (power of two choices) by default; Maglev consistent hashing for session
 affinity. The policy is a ``load_balancing_policy`` list, since each client takes the first
 entry it supports: Envoy takes least_request (or maglev); gRPC's xDS client, which supports
@@ -68,13 +71,37 @@ def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
     grpc.typed_config.Pack(child)
 
 
-def to_cluster(server: RoutedServer) -> cluster_pb2.Cluster:
-    """The server's Cluster: its name, and the rest from its protocol and spec alone."""
+def cluster_revisions(server: RoutedServer) -> tuple[str, ...]:
+    """The revision of each of the server's clusters: ``("",)`` (the plain cluster) for a
+    server with no traffic split. A hold-mode server with revisions that has been held (a
+    cold epoch) keeps its plain cold cluster too, ``<workspace>_<server>_cold<epoch>``, the
+    one the requests held in its cold period wait for: it carries the split's replicas
+    (``endpoints.endpoints_of``)."""
+    if not server.revisions:
+        return ("",)
+    if server.cold_epoch and "" not in server.revisions:
+        return ("", *server.revisions)
+    return server.revisions
+
+
+def cluster_name(server: RoutedServer, revision: str = "") -> str:
+    """The name of the server's cluster of ``revision``: the plain cluster ("") carries the
+    cold epoch, a revision's cluster never does (hold mode is kept simple for servers with
+    revisions: see ``routes``)."""
+    return names.cluster(
+        workspace=server.workspace,
+        server=server.name,
+        epoch=0 if revision else server.cold_epoch,
+        revision=revision,
+    )
+
+
+def to_cluster(server: RoutedServer, *, revision: str = "") -> cluster_pb2.Cluster:
+    """The server's Cluster (of ``revision``, for a server with a traffic split): its name,
+    and the rest from its protocol and spec alone."""
     cluster = cluster_pb2.Cluster()
     cluster.CopyFrom(_unnamed_cluster(server.protocol, server.spec))
-    cluster.name = names.cluster(
-        workspace=server.workspace, server=server.name, epoch=server.cold_epoch
-    )
+    cluster.name = cluster_name(server, revision)
     return cluster
 
 

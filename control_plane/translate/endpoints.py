@@ -1,4 +1,5 @@
-"""ClusterLoadAssignments (EDS): one per server, with priorities that follow the proxy.
+"""ClusterLoadAssignments (EDS): one per server (per revision of a server with a traffic
+split: ``endpoints_of``), with priorities that follow the proxy.
 
 For a proxy in region R (zone Z, when known): priority 0 holds the replicas in R/Z, then the
 rest of R, then other regions (only if the server allows cross-region failover). Envoy sends
@@ -38,6 +39,7 @@ from envoy.type.v3 import percent_pb2
 
 from control_plane.routing.model import Endpoint, RoutedServer
 from control_plane.translate import names
+from control_plane.translate.clusters import cluster_name
 from control_plane.xds.resources import length_delimited, string_field, varint
 
 _HEALTHY = health_check_pb2.HealthStatus.HEALTHY
@@ -214,21 +216,34 @@ def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
     )
 
 
+def endpoints_of(server: RoutedServer, revision: str = "") -> tuple[Endpoint, ...]:
+    """The endpoints of the server's cluster of ``revision``: all of them for a server with no
+    traffic split (the same tuple); for the plain cold cluster of a hold-mode server with
+    revisions (``clusters.cluster_revisions``), those of the split's revisions."""
+    if not server.revisions:
+        return server.endpoints
+    if not revision and "" not in server.revisions:
+        split = {name for name, _ in server.split}
+        return tuple(endpoint for endpoint in server.endpoints if endpoint.revision in split)
+    return tuple(endpoint for endpoint in server.endpoints if endpoint.revision == revision)
+
+
 def encode_load_assignment(
     server: RoutedServer,
     *,
+    revision: str = "",
     region: str = "",
     zone: str = "",
     encoded: EncodedEndpoints | None = None,
 ) -> bytes:
-    """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it, serialized
-    (``encoded``: its endpoints' encoding, when the caller has it). cluster_name = 1,
+    """The ClusterLoadAssignment of the server's cluster of ``revision`` (see
+    ``endpoints_of``) as a proxy in ``region``/``zone`` sees it, serialized (``encoded``: those
+    endpoints' encoding, when the caller has it). cluster_name = 1,
     endpoints = 2 (LocalityLbEndpoints: locality = 1 {region = 1, zone = 2}, lb_endpoints = 2,
     load_balancing_weight = 3 {value = 1}, priority = 5), policy = 4."""
-    if encoded is None or (
-        encoded.endpoints is not server.endpoints and encoded.endpoints != server.endpoints
-    ):
-        encoded = encode_endpoints(server.endpoints)
+    endpoints = endpoints_of(server, revision)
+    if encoded is None or (encoded.endpoints is not endpoints and encoded.endpoints != endpoints):
+        encoded = encode_endpoints(endpoints)
     ranked = []
     for where, locality in encoded.localities.items():
         rank = _level(*where, region=region, zone=zone)
@@ -239,8 +254,7 @@ def encode_load_assignment(
     # Envoy wants priorities without gaps: number the levels that are present.
     priorities = {rank: i for i, rank in enumerate(sorted({item[0] for item in ranked}))}
     hashed = server.spec.hash_on is not None
-    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
-    parts = [string_field(1, name)]
+    parts = [string_field(1, cluster_name(server, revision))]
     for rank, (ep_region, ep_zone), locality in ranked:
         weight = varint(_clamp_weight(locality.weight, hashed=hashed))
         priority = priorities[rank]
@@ -263,9 +277,9 @@ def encode_load_assignment(
 
 
 def to_load_assignment(
-    server: RoutedServer, *, region: str = "", zone: str = ""
+    server: RoutedServer, *, revision: str = "", region: str = "", zone: str = ""
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """:func:`encode_load_assignment` as a message (for tests and inspection)."""
     return endpoint_pb2.ClusterLoadAssignment.FromString(
-        encode_load_assignment(server, region=region, zone=zone)
+        encode_load_assignment(server, revision=revision, region=region, zone=zone)
     )

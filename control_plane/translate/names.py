@@ -83,6 +83,31 @@ def route(*, workspace: str, server: str, variant: str) -> str:
     return f"{cluster(workspace=workspace, server=server)}/{variant}"
 
 
+def tagged_route(*, workspace: str, server: str, variant: str, tag: str) -> str:
+    """A tag's route (issue 26): the variant's name and ``@<tag>``, as in
+    ``default_chat/default@canary``."""
+    return f"{route(workspace=workspace, server=server, variant=variant)}@{tag}"
+
+
+# A request header naming a tag sends the request to the tag's revision, bypassing the split.
+REVISION_HEADER: Final = "x-routeplane-revision"
+TAG_HOST_MARK: Final = "--"
+MAX_LABEL = 63
+
+
+def tagged_hostname(*, hostname: str, tag: str) -> str | None:
+    """The hostname form of a tag: ``<tag>--<hostname>`` (``canary--chat.example.com``); None
+    for a wildcard hostname, or when ``<tag>--<first label>`` would not fit a DNS label (63
+    characters) or the name 253."""
+    if hostname.startswith("*"):
+        return None
+    first = hostname.split(".", 1)[0]
+    tagged = f"{tag}{TAG_HOST_MARK}{hostname}"
+    if len(tag) + len(TAG_HOST_MARK) + len(first) > MAX_LABEL or len(tagged) > 253:
+        return None
+    return tagged
+
+
 def api_listener(*, hostname: str) -> str:
     """A gRPC client's Listener: named exactly as the host of its target (``xds:///<hostname>``),
     since that is the name gRPC asks for. Only gRPC nodes get these (never an Envoy)."""

@@ -16,6 +16,17 @@ stream of its own (not ADS: ADS caps the wait at 15 s), which is also the demand
 cluster is pushed when a replica is READY and the held requests go to it; after
 ``cold_start.timeout`` Envoy answers 503 (flag ``NC``). The route configuration does not
 validate clusters, so that name may be absent.
+
+Traffic splits (issue 26, ``routing.split``): a server with revisions routes to its split's
+one cluster, or to ``weighted_clusters`` (``use_hash_policy`` with affinity: the split hashes
+what the cluster's ring hashes, so a session stays on one revision). Each tag gets routes
+before the split's, matching the header ``x-routeplane-revision: <tag>``, and the virtual
+host ``<tag>--<hostname>`` for each of the server's exact hostnames whose first label fits
+(``names.tagged_hostname``) and that no server claims. Hold mode, for a server with
+revisions, holds requests only while it has no replica at all, as for any server, on the
+plain cold cluster name; when replicas come, that cluster is pushed holding the split's
+replicas (``clusters.cluster_revisions``), so the held requests go to them, while new
+requests follow the split.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from envoy.type.matcher.v3 import string_pb2
 from control_plane.registry.spec import ServerSpec
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
+from control_plane.translate.clusters import cluster_name
 from control_plane.translate.durations import set_duration
 from control_plane.xds.resources import length_delimited, string_field
 
@@ -42,17 +54,69 @@ _PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 def to_routes(server: RoutedServer) -> list[route_components_pb2.Route]:
     """The routes of one server (the same for each of its hostnames): fresh messages the caller
-    may alter."""
-    cluster = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
+    may alter. A server with a traffic split gets, before its own routes, each tag's routes
+    (matching the ``x-routeplane-revision: <tag>`` header, to the tag's revision)."""
+    if server.held or not server.revisions:
+        return _routes_to(server, _to_cluster(cluster_name(server)))
+    routes = []
+    for tag, revision in server.tags:
+        routes.extend(_routes_to(server, _to_cluster(cluster_name(server, revision)), tag=tag))
+    routes.extend(_routes_to(server, _split_action(server)))
+    return routes
+
+
+def to_tag_routes(server: RoutedServer, tag: str) -> list[route_components_pb2.Route]:
+    """The routes of a tag's hostname form (``<tag>--<hostname>``): the server's routes, all to
+    the tag's revision, with no header to match."""
+    revision = dict(server.tags)[tag]
+    return _routes_to(server, _to_cluster(cluster_name(server, revision)), tag=tag, header=False)
+
+
+def _to_cluster(name: str) -> route_components_pb2.RouteAction:
+    return route_components_pb2.RouteAction(cluster=name)
+
+
+def _split_action(server: RoutedServer) -> route_components_pb2.RouteAction:
+    """The split: one cluster for a single revision, else weighted clusters (following the
+    route's hash policy when the server has affinity, so a session stays on one revision)."""
+    if len(server.split) == 1:
+        return _to_cluster(cluster_name(server, server.split[0][0]))
+    action = route_components_pb2.RouteAction()
+    weighted = action.weighted_clusters
+    for revision, weight in server.split:
+        target = weighted.clusters.add(name=cluster_name(server, revision))
+        target.weight.value = weight
+    if server.spec.hash_on is not None:
+        weighted.use_hash_policy.value = True
+    return action
+
+
+def _routes_to(
+    server: RoutedServer,
+    target: route_components_pb2.RouteAction,
+    *,
+    tag: str = "",
+    header: bool = True,
+) -> list[route_components_pb2.Route]:
     routes = []
     for variant, template in _unnamed_routes(server.protocol, server.spec, held=server.held):
         route = route_components_pb2.Route()
         route.CopyFrom(template)
-        route.name = names.route(workspace=server.workspace, server=server.name, variant=variant)
+        if tag:
+            route.name = names.tagged_route(
+                workspace=server.workspace, server=server.name, variant=variant, tag=tag
+            )
+            if header:
+                matcher = route.match.headers.add(name=names.REVISION_HEADER)
+                matcher.string_match.exact = tag
+        else:
+            route.name = names.route(
+                workspace=server.workspace, server=server.name, variant=variant
+            )
         route.metadata.filter_metadata[names.METADATA_NAMESPACE].fields[
             "server"
         ].string_value = server.name
-        route.route.cluster = cluster
+        route.route.MergeFrom(target)
         routes.append(route)
     return routes
 
@@ -133,21 +197,40 @@ def _hold(timeout: float) -> on_demand_pb2.PerRouteConfig:
     return config
 
 
+def _encoded(routes: list[route_components_pb2.Route]) -> bytes:
+    return b"".join(
+        length_delimited(3, route.SerializeToString(deterministic=True)) for route in routes
+    )
+
+
 def encode_route_configuration(servers: Iterable[RoutedServer]) -> bytes:
     """The RouteConfiguration, serialized (as ``SerializeToString(deterministic=True)`` would
     give it): each server's routes serialized once, however many hostnames it has, and joined
     into virtual hosts without building the whole message."""
     by_host: dict[str, list[tuple[int, str, bytes]]] = {}
+    tagged: list[RoutedServer] = []
     for server in servers:
         # VirtualHost.routes = 3
-        routes = b"".join(
-            length_delimited(3, route.SerializeToString(deterministic=True))
-            for route in to_routes(server)
-        )
+        routes = _encoded(to_routes(server))
         for hostname in server.hostnames:
             by_host.setdefault(hostname, []).append(
                 (len(server.spec.path_prefix), server.name, routes)
             )
+        if server.tags and not server.held:
+            tagged.append(server)
+    # Tags' hostname forms, after every hostname a server claims (a claimed name wins).
+    claimed = frozenset(by_host)
+    for server in tagged:
+        for tag, _ in server.tags:
+            routes = b""
+            for hostname in server.hostnames:
+                name = names.tagged_hostname(hostname=hostname, tag=tag)
+                if name is None or name in claimed:
+                    continue
+                routes = routes or _encoded(to_tag_routes(server, tag))
+                by_host.setdefault(name, []).append(
+                    (len(server.spec.path_prefix), server.name, routes)
+                )
     # RouteConfiguration: name = 1, virtual_hosts = 2, validate_clusters = 7 (false: a held
     # route names a cluster pushed later; an empty BoolValue). VirtualHost: name = 1, domains = 2.
     parts = [string_field(1, names.ROUTE_CONFIG)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.api_listeners import to_api_listeners
-from control_plane.translate.clusters import to_cluster
+from control_plane.translate.clusters import cluster_name, cluster_revisions, to_cluster
 from control_plane.translate.endpoints import EncodedEndpoints, encode_load_assignment
 from control_plane.translate.listeners import to_listener
 from control_plane.translate.routes import encode_route_configuration
@@ -42,21 +42,33 @@ class ProxyView:
     kind: str = "envoy"
 
 
-def cluster_resource(server: RoutedServer) -> Resource:
-    """The server's Cluster: depends on everything but its endpoints."""
-    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
-    return to_resource(CLUSTER, name, to_cluster(server))
+def cluster_resource(server: RoutedServer, *, revision: str = "") -> Resource:
+    """The server's Cluster (of ``revision``): depends on everything but its endpoints."""
+    return to_resource(
+        CLUSTER, cluster_name(server, revision), to_cluster(server, revision=revision)
+    )
+
+
+def cluster_resources(server: RoutedServer) -> tuple[Resource, ...]:
+    """Every Cluster of the server: one, or one per revision of a server with a split."""
+    return tuple(cluster_resource(server, revision=r) for r in cluster_revisions(server))
 
 
 def endpoints_resource(
-    server: RoutedServer, *, region: str, zone: str, encoded: EncodedEndpoints | None = None
+    server: RoutedServer,
+    *,
+    region: str,
+    zone: str,
+    revision: str = "",
+    encoded: EncodedEndpoints | None = None,
 ) -> Resource:
-    """The server's ClusterLoadAssignment as a proxy in ``region``/``zone`` sees it
-    (``encoded``: its endpoints' encoding, ``encode_endpoints(server.endpoints)``, when the
-    caller keeps one)."""
-    name = names.cluster(workspace=server.workspace, server=server.name, epoch=server.cold_epoch)
-    payload = encode_load_assignment(server, region=region, zone=zone, encoded=encoded)
-    return encoded_resource(ENDPOINT, name, payload)
+    """The ClusterLoadAssignment of the server's cluster of ``revision`` as a proxy in
+    ``region``/``zone`` sees it (``encoded``: those endpoints' encoding,
+    ``encode_endpoints(endpoints_of(server, revision))``, when the caller keeps one)."""
+    payload = encode_load_assignment(
+        server, revision=revision, region=region, zone=zone, encoded=encoded
+    )
+    return encoded_resource(ENDPOINT, cluster_name(server, revision), payload)
 
 
 def route_resource(servers: Iterable[RoutedServer]) -> Resource:
@@ -82,8 +94,12 @@ def to_resources(table: RoutingTable, view: ProxyView) -> list[Resource]:
     """Every resource ``view`` gets from ``table``, in push order, from scratch. A held
     server has a route but no cluster yet (see ``routes``)."""
     live = [server for server in table.servers if not server.held]
-    clusters = [cluster_resource(server) for server in live]
-    endpoints = [endpoints_resource(server, region=view.region, zone=view.zone) for server in live]
+    clusters = [c for server in live for c in cluster_resources(server)]
+    endpoints = [
+        endpoints_resource(server, region=view.region, zone=view.zone, revision=revision)
+        for server in live
+        for revision in cluster_revisions(server)
+    ]
     if view.kind == "grpc":
         return [*clusters, *endpoints, *api_listener_resources(table.servers).values()]
     return [*clusters, *endpoints, listener_resource(view), route_resource(table.servers)]

@@ -38,6 +38,11 @@ SERVER_NAMES = ["echo", "api", "chat", "echo", "api", "chat", "Bad_Name"]
 HOSTNAMES = ["echo.local", "api.local", "chat.local", "shared.local", "echo.local", "bad host!"]
 PROTOCOLS = ["http", "http", "http", "grpc", "http2", "ftp"]
 WORKSPACES = ["default", "default", "team-a"]
+SPLIT_90_10 = [
+    {"revision": "v1", "percent": 90},
+    {"revision": "v2", "percent": 10, "tag": "canary"},
+    {"revision": "latest", "percent": 0, "tag": "next"},
+]
 SPECS = [
     "{}",
     json.dumps({"retries": 3}),
@@ -51,6 +56,17 @@ SPECS = [
     json.dumps({"cold_start": {"mode": "hold"}, "failover": "local_only"}),
     "{}",
     "{}",
+    # Traffic splits (issue 26): named revisions, latest, tags, affinity, hold mode.
+    json.dumps({"traffic": SPLIT_90_10}),
+    json.dumps({"traffic": [{"revision": "latest", "percent": 100, "tag": "next"}]}),
+    json.dumps(
+        {
+            "traffic": [{"revision": "v1", "percent": 50}, {"revision": "v3", "percent": 50}],
+            "load_balancing": {"consistent_hash": {"header": "x-session"}},
+        }
+    ),
+    json.dumps({"traffic": SPLIT_90_10, "cold_start": {"mode": "hold"}}),
+    json.dumps({"traffic": [{"revision": "v1", "percent": 99}]}),  # malformed: not 100
     json.dumps({"retries": -1}),  # malformed
     "not json",  # malformed
 ]
@@ -60,6 +76,8 @@ PORTS = [8081, 8082, 9000, 8083, 8084, 0, 70_000]
 REGIONS = ["us-west", "us-east", "us-west", "us-east", ""]
 ZONES = ["", "a", "b"]
 WEIGHTS = [100, 1, 50, 100, 7, 0, -3]
+REVISIONS = ["", "", "v1", "v2", "v1", "v3", "Bad!"]
+REGISTERED = [0.0, 10.0, 20.0, 10.0]
 STATES = ["READY", "READY", "READY", "DRAINING", "DRAINING", "STARTING", "GONE"]
 GROUPS = [
     NodeGroup(cluster="edge", region="us-west"),
@@ -108,7 +126,7 @@ put_server = st.builds(
     st.sampled_from(SPECS),
 )
 register = st.builds(
-    lambda rid, server, host, port, region, zone, weight, state: (
+    lambda rid, server, host, port, region, zone, weight, state, revision, at: (
         "register",
         Replica(
             id=rid,
@@ -119,6 +137,8 @@ register = st.builds(
             zone=zone,
             weight=weight,
             state=state,
+            revision=revision,
+            registered_at=at,
         ),
     ),
     st.sampled_from(REPLICA_IDS),
@@ -129,6 +149,8 @@ register = st.builds(
     st.sampled_from(ZONES),
     st.sampled_from(WEIGHTS),
     st.sampled_from(STATES),
+    st.sampled_from(REVISIONS),
+    st.sampled_from(REGISTERED),
 )
 edits = st.one_of(
     put_server,
@@ -144,6 +166,7 @@ edits = st.one_of(
     ),
     st.tuples(st.just("weight"), st.sampled_from(REPLICA_IDS), st.sampled_from(WEIGHTS)),
     st.tuples(st.just("touch"), st.sampled_from(REPLICA_IDS)),  # a new row, equal routing
+    st.tuples(st.just("revision"), st.sampled_from(REPLICA_IDS), st.sampled_from(REVISIONS)),
     st.tuples(st.just("spec"), st.sampled_from(SERVER_NAMES), st.sampled_from(SPECS)),
     st.tuples(st.just("spec"), st.sampled_from(SERVER_NAMES), st.sampled_from(SPECS)),
     st.tuples(
@@ -155,7 +178,7 @@ edits = st.one_of(
 )
 
 
-REPLICA_EDITS = frozenset({"state", "move", "weight", "touch"})
+REPLICA_EDITS = frozenset({"state", "move", "weight", "touch", "revision"})
 
 
 @dataclass
@@ -193,6 +216,7 @@ class Model:
                 "move": lambda: {"region": edit[2], "zone": edit[3]},
                 "weight": lambda: {"weight": edit[2]},
                 "touch": lambda: {"updated_at": replica.updated_at + 1},
+                "revision": lambda: {"revision": edit[2]},
             }[kind]()
             self.replicas[replica.id] = replace(replica, **changes)
         self.revision += 1
@@ -344,7 +368,14 @@ class GrpcProxy(SotwProxy):
     """What gRPC's xDS client does: named LDS for its targets, then named CDS for the clusters
     their routes name, then named EDS."""
 
-    TARGETS = ("echo.local", "shared.local", "chat.local", "nothing.local")
+    TARGETS = (
+        "echo.local",
+        "shared.local",
+        "chat.local",
+        "nothing.local",
+        "canary--echo.local",
+        "next--shared.local",
+    )
 
     def __init__(self) -> None:
         self.stream = SotwStream(control_plane_id="cp")
@@ -403,7 +434,14 @@ def _route_clusters(listener: Any) -> set[str]:
     manager = hcm_pb2.HttpConnectionManager()
     listener.api_listener.api_listener.Unpack(manager)
     return {
-        route.route.cluster for host in manager.route_config.virtual_hosts for route in host.routes
+        name
+        for host in manager.route_config.virtual_hosts
+        for route in host.routes
+        for name in (
+            [route.route.cluster]
+            if route.route.cluster
+            else [c.name for c in route.route.weighted_clusters.clusters]
+        )
     }
 
 

@@ -38,3 +38,33 @@ def test_rows_equal_by_value_are_not_evaluated_again() -> None:
     drained = pipeline.step(state([srv("echo")], [rep("r1", state="DRAINING")]), ())
     assert drained.changed_servers == {"echo"}
     assert drained.table.servers[0].endpoints[0].draining
+
+
+def test_a_split_moving_changes_the_route_and_keeps_every_revisions_cluster() -> None:
+    import json
+
+    from control_plane.registry.model import Server
+    from control_plane.xds.nodes import NodeGroup
+    from control_plane.xds.resources import CLUSTER, ROUTE
+
+    group = NodeGroup(cluster="edge", region="us-west")
+
+    def split(v1: int) -> Server:
+        traffic = [{"revision": "v1", "percent": v1}, {"revision": "v2", "percent": 100 - v1}]
+        return Server(
+            name="echo",
+            hostnames=("echo.local",),
+            protocol="http",
+            spec=json.dumps({"traffic": traffic}),
+        )
+
+    replicas = [rep("r1", revision="v1"), rep("r2", port=8082, revision="v2")]
+    pipeline = Pipeline()
+    before = pipeline.step(state([split(90)], replicas), [group]).snapshots[group]
+    assert sorted(before.of_type(CLUSTER)) == ["default_echo_rev_v1", "default_echo_rev_v2"]
+    after = pipeline.step(state([split(50)], replicas), [group]).snapshots[group]
+    assert after.changed is not None
+    assert set(after.changed.get(ROUTE, ())) == {"ingress_http"}
+    assert not after.changed.get(CLUSTER)
+    for name, cluster in after.of_type(CLUSTER).items():
+        assert cluster is before.of_type(CLUSTER)[name]

@@ -23,13 +23,29 @@ from harness.models import endpoint, server, table
 VIEW = ProxyView(region="us-west", listen_host="127.0.0.1", listen_port=10000)
 text = st.text(alphabet=string.printable, max_size=40)
 names = st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True), text)
+revisions = st.one_of(st.sampled_from(["", "v1", "v2", "latest"]), text)
+traffic = st.lists(
+    st.fixed_dictionaries(
+        {"revision": revisions, "percent": st.one_of(st.integers(-5, 105), text)},
+        optional={"tag": st.one_of(st.sampled_from(["canary", "next"]), text)},
+    ),
+    max_size=4,
+)
 specs = st.one_of(
     st.just("{}"),
     st.dictionaries(
-        st.sampled_from(["retries", "timeouts", "regions", "failover", "colour"]),
-        st.one_of(st.integers(-5, 20), text, st.lists(text, max_size=3)),
+        st.sampled_from(["retries", "timeouts", "regions", "failover", "colour", "traffic"]),
+        st.one_of(st.integers(-5, 20), text, st.lists(text, max_size=3), traffic),
         max_size=3,
     ).map(lambda d: __import__("json").dumps(d)),
+    # Valid splits, so that their resolution against hostile replicas runs too.
+    st.sampled_from(
+        [
+            '{"traffic": [{"revision": "v1", "percent": 90}, {"revision": "v2", "percent": 10,'
+            ' "tag": "canary"}]}',
+            '{"traffic": [{"revision": "latest", "percent": 100, "tag": "next"}]}',
+        ]
+    ),
     text,
 )
 servers = st.builds(
@@ -52,6 +68,8 @@ replicas = st.builds(
     zone=st.one_of(st.just(""), text),
     weight=st.integers(-10, 20_000),
     state=st.sampled_from(["READY", "DRAINING", "STARTING", "ready", "GONE", ""]),
+    revision=revisions,
+    registered_at=st.floats(allow_nan=True, allow_infinity=True),
 )
 
 
