@@ -81,6 +81,9 @@ class Plan:
     # A traffic split change against ordinary propagation in the same run (bench/traffic.py):
     # tries of each (a few ms a try).
     traffic_tries: int = 200
+    # A rollback under a steady stream (bench/rollout.py): CLI rollout then CLI rollback, each
+    # try ~3 s (two processes started, one quiet second); under 200 the table shows the max.
+    rollout_tries: int = 50
     # Fleet-wide load (bench/fleet_load.py): registries, servers with traffic, tries of the
     # load step, report interval (s), writes/s window (s); no registries: not run.
     fleet_load: tuple[tuple[str, ...], tuple[int, ...], int, float, float] = (
@@ -135,6 +138,7 @@ QUICK = Plan(
     keda_tries=20,
     fleet_load=(("sqlite",), (10, 1000), 10, 0.5, 2.0),
     traffic_tries=20,
+    rollout_tries=20,
 )
 SMOKE = Plan(
     "smoke",
@@ -163,6 +167,7 @@ SMOKE = Plan(
     idle_load=(0, (), 0.0),
     fleet_load=(("sqlite",), (10,), 2, 0.5, 1.0),
     traffic_tries=2,
+    rollout_tries=2,
 )
 
 
@@ -203,6 +208,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         propagation,
         proxyless,
         registry_watch,
+        rollout,
         traffic,
     )
 
@@ -238,6 +244,9 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "traffic"
     path.mkdir()
     out["traffic"] = traffic.run(path, tries=plan.traffic_tries)
+    path = workdir / "rollout"
+    path.mkdir()
+    out["rollout"] = rollout.run(path, tries=plan.rollout_tries)
     path = workdir / "proxyless"
     path.mkdir()
     out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)
