@@ -513,9 +513,8 @@ the sample autoscaler starts gpu-auto-PORT, and the replica goes again after 10 
   {rp} load --server gpu                # COLD STARTS: requests that waited
 
 Roll out (chat runs v1 in both regions, its spec pins 100% to v1; answers name the revision,
-chat-us-west-1@v1; the rollout judges each step by the error rates in Envoy's load reports, so
-keep traffic flowing: the first line, left running, sends one request after another, enough
-for each step's judgement, at least 100 requests to the new revision by default):
+chat-us-west-1@v1; each step is judged from Envoy's load reports once the new revision has had
+--min-requests, 100 by default, so keep traffic flowing: the first line runs until stopped):
   while true; do curl -s -o /dev/null -H 'Host: chat.local' http://127.0.0.1:{west}/; done &
   {env}{rp} samples replica --kind http --name chat-us-west-2 --listen 127.0.0.1:{v2} \\
     --server chat --region us-west --revision v2 --registry {reg} &
