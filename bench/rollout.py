@@ -79,13 +79,15 @@ class Stream:
 def _cli(*args: str, registry: str) -> float:
     """Run ``routeplane ARGS --registry URL``; its wall-clock start."""
     started = time.time()
-    subprocess.run(
+    done = subprocess.run(
         [ROUTEPLANE, *args, "--registry", registry],
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
+    if done.returncode:
+        raise RuntimeError(f"routeplane {' '.join(args)}: {done.stdout}{done.stderr[-2000:]}")
     return started
 
 

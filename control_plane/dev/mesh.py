@@ -514,8 +514,8 @@ the sample autoscaler starts gpu-auto-PORT, and the replica goes again after 10 
 
 Roll out (chat runs v1 in both regions, its spec pins 100% to v1; answers name the revision,
 chat-us-west-1@v1; each step is judged from Envoy's load reports once the new revision has had
---min-requests, 100 by default, so keep traffic flowing: the first line runs until stopped):
-  while true; do curl -s -o /dev/null -H 'Host: chat.local' http://127.0.0.1:{west}/; done &
+--min-requests, 100 by default, so keep traffic flowing: the first line sends 100 a second):
+  curl -s --rate 100/s -H 'Host: chat.local' 'http://127.0.0.1:{west}/?[1-1000000]' >/dev/null &
   {env}{rp} samples replica --kind http --name chat-us-west-2 --listen 127.0.0.1:{v2} \\
     --server chat --region us-west --revision v2 --registry {reg} &
   {env}{rp} servers rollout chat --to v2 --interval 5s --registry {reg}
@@ -528,7 +528,7 @@ rates:
   {env}{rp} servers rollout chat --to v3 --interval 5s --registry {reg}
   {env}{rp} servers rollout chat --status --registry {reg}
   {env}{rp} servers rollback chat --registry {reg}    # by hand: the last completed split
-  (stop the loop and the replicas with `kill %1 %2 %3`: they deregister)
+  (stop the traffic and the replicas with `kill %1 %2 %3`: the replicas deregister)
 
 Break things:
   {env}{rp} replicas drain REPLICA_ID --registry {reg}
