@@ -193,6 +193,10 @@ def test_the_guides_rollout_moves_chat_to_v2_and_v3_rolls_itself_back(
     for key, value in state.env.items():
         monkeypatch.setenv(key, value)
 
+    def succeeded() -> str:
+        text = status()
+        return text if "succeeded" in text else ""
+
     def rolled_back() -> str:
         text = status()
         return text if "rolled back" in text.lower() else ""
@@ -243,7 +247,9 @@ def test_the_guides_rollout_moves_chat_to_v2_and_v3_rolls_itself_back(
         assert {status for _, status, _ in moved} == {200}, "a request failed during the rollout"
         first_v2 = next(i for i, a in enumerate(moved) if a[2].endswith("@v2"))
         assert any(a[2].endswith("@v1") for a in moved[first_v2:]), "not step by step"
-        shown = status()
+        shown = wait_until(
+            succeeded, timeout=30, interval=0.5, what="v2's rollout to say it succeeded"
+        )
         print(f"$ {named('rollout', '--status').line}\n{shown}")
         assert "v2" in shown
 
