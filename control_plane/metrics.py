@@ -113,6 +113,15 @@ _LOAD_FAMILIES = (
         "routeplane_server_desired_replicas",
         "Replicas the autoscaling rule recommends (servers with autoscaling only)",
     ),
+    (
+        "routeplane_revision_requests_per_second",
+        "Requests per second to a server's replicas of one revision (servers with revisions "
+        'only; revision "": replicas that carry none)',
+    ),
+    (
+        "routeplane_revision_errors_per_second",
+        "Errors per second from a server's replicas of one revision (servers with revisions only)",
+    ),
 )
 
 
@@ -126,7 +135,8 @@ def _label(value: str) -> str:
 
 class LoadExposition:
     """Per server and region (region "*": the server's total): requests in flight,
-    requests/s and desired replicas, as exposition text appended to ``/metrics``.
+    requests/s and desired replicas; per server and revision (servers whose replicas carry
+    revisions): requests/s and errors/s; as exposition text appended to ``/metrics``.
 
     Every row is exported, zero load included (a series Prometheus knows of reads 0, not
     absent: ``avg_over_time`` and alerts on absence stay right, and an autoscaler reading
@@ -136,7 +146,7 @@ class LoadExposition:
 
     def __init__(self, view: LoadView) -> None:
         self._view = view
-        self._lines: dict[str, tuple[str, str, str]] = {}  # server -> its lines per family
+        self._lines: dict[str, tuple[str, ...]] = {}  # server -> its lines per family
         self._version = -1
         self._text = b""
 
@@ -166,8 +176,8 @@ class LoadExposition:
         return self._text
 
     @staticmethod
-    def _render(rows: Sequence[Any]) -> tuple[str, str, str]:
-        in_flight, rate, desired = [], [], []
+    def _render(rows: Sequence[Any]) -> tuple[str, ...]:
+        in_flight, rate, desired, revision_rate, revision_errors = [], [], [], [], []
         for row in rows:
             labels = f'{{region="{_label(row.region)}",server="{_label(row.server)}"}}'
             in_flight.append(
@@ -182,7 +192,24 @@ class LoadExposition:
                 desired.append(
                     f"routeplane_server_desired_replicas{labels} {floatToGoString(wanted)}\n"
                 )
-        return "".join(in_flight), "".join(rate), "".join(desired)
+            # "*" rows carry the server's revisions (at most 64: a bounded label set).
+            for revision in row.revisions:
+                by = f'{{revision="{_label(revision.revision)}",server="{_label(row.server)}"}}'
+                revision_rate.append(
+                    f"routeplane_revision_requests_per_second{by} "
+                    f"{floatToGoString(revision.requests_per_second)}\n"
+                )
+                revision_errors.append(
+                    f"routeplane_revision_errors_per_second{by} "
+                    f"{floatToGoString(revision.errors_per_second)}\n"
+                )
+        return (
+            "".join(in_flight),
+            "".join(rate),
+            "".join(desired),
+            "".join(revision_rate),
+            "".join(revision_errors),
+        )
 
 
 class LiveCollector(Collector):  # type: ignore[misc]

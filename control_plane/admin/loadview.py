@@ -60,6 +60,16 @@ def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
                 replica=replica.replica,
                 in_flight=replica.in_flight / MILLION,
                 requests_per_second=replica.requests / MILLION,
+                errors_per_second=replica.errors / MILLION,
+                revision=replica.revision,
+            )
+        for revision in row.revisions:
+            item.revisions.add(
+                revision=revision.revision,
+                ready_replicas=revision.ready_replicas,
+                in_flight=revision.in_flight,
+                requests_per_second=revision.requests_per_second,
+                errors_per_second=revision.errors_per_second,
             )
         if row.autoscaling is not None:
             item.autoscaling.CopyFrom(rule_message(row.autoscaling))

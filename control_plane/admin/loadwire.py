@@ -24,6 +24,9 @@ from control_plane.load.totals import (
 )
 from control_plane.registry.spec import Autoscaling
 
+# A server's ready replicas as sent: (id, region) pairs and (id, revision) pairs.
+Ready = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
 
 class TotalsSource(Protocol):
     """A process's load view (``load/server.py``'s ``LoadService``)."""
@@ -58,8 +61,9 @@ class TotalsFeed:
         self._source = source
         self._specs_sent = ""
         self._sent: int | None = None
-        # Each server's ready replicas as last sent (the view's own tuples, not copies).
-        self._ready_sent: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Each server's ready replicas and their revisions as last sent (the view's own
+        # tuples, not copies).
+        self._ready_sent: dict[str, Ready] = {}
         self._remote_sent = 0
 
     def updates(self) -> list[Any]:
@@ -109,12 +113,13 @@ def totals_message(
     *,
     changes_only: bool = False,
     removed: Iterable[str] = (),
-    ready_sent: dict[str, tuple[tuple[str, str], ...]] | None = None,
+    ready_sent: dict[str, Ready] | None = None,
 ) -> Any:
     """``totals`` as a ``LoadTotals`` message; ``changes_only``: only the servers that changed
     (``totals``) and those that went (``removed``). ``ready_sent`` (a stream's: each server's
-    ready replicas as last sent on it, updated here): a server's ready replicas equal to those
-    are named in ``ready_as_sent`` instead of listed."""
+    ready replicas and their revisions as last sent on it, updated here): a server's equal to
+    those are named in ``ready_as_sent`` instead of listed. A ready replica's entry carries its
+    revision (``ServerTotals.revisions``)."""
     message = admin_pb2.LoadTotals(
         proxies=totals.proxies,
         interval_seconds=totals.interval,
@@ -135,27 +140,49 @@ def totals_message(
                 dropped=region.dropped,
                 ready=region.ready,
             )
+        add = item.replicas.add
         for replica in server.replicas:
-            item.replicas.add(
-                replica=replica.replica, in_flight=replica.in_flight, requests=replica.requests
-            )
-        ready = server.ready_replicas
+            if replica.errors or replica.revision:
+                add(
+                    replica=replica.replica,
+                    in_flight=replica.in_flight,
+                    requests=replica.requests,
+                    errors=replica.errors,
+                    revision=replica.revision,
+                )
+            else:  # the usual case: fewer fields to set (1,000 replicas a server)
+                add(replica=replica.replica, in_flight=replica.in_flight, requests=replica.requests)
+        ready, revisions = server.ready_replicas, server.revisions
         if ready_sent is not None:
             before = ready_sent.get(server.server)
-            if before is not None and (before is ready or before == ready):
+            if (
+                before is not None
+                and (before[0] is ready or before[0] == ready)
+                and (before[1] is revisions or before[1] == revisions)
+            ):
                 message.ready_as_sent.append(server.server)
                 continue
-            ready_sent[server.server] = ready
+            ready_sent[server.server] = (ready, revisions)
+        if not revisions:
+            for replica_id, region_name in ready:
+                add(replica=replica_id, ready=True, region=region_name)
+            continue
+        revision_of = dict(revisions)
         for replica_id, region_name in ready:
-            item.replicas.add(replica=replica_id, ready=True, region=region_name)
+            add(
+                replica=replica_id,
+                ready=True,
+                region=region_name,
+                revision=revision_of.get(replica_id, ""),
+            )
     return message
 
 
 def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = None) -> LoadTotals:
     """A ``LoadTotals`` message -> the value (its servers sorted; a server, region or replica
     named twice, merged; a replica entry with no load and not ready, left out). A server named
-    in ``ready_as_sent`` keeps the ready replicas it has in ``ready_before`` (the stream's
-    servers as last taken; none: no ready replicas)."""
+    in ``ready_as_sent`` keeps the ready replicas (and their revisions) it has in
+    ``ready_before`` (the stream's servers as last taken; none: no ready replicas)."""
     as_sent = set(message.ready_as_sent)
     servers: dict[str, ServerTotals] = {}
     for item in message.servers:
@@ -173,25 +200,44 @@ def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = 
             regions[value.region] = value if have is None else have.merge(value)
         replicas: dict[str, ReplicaTotals] = {}
         ready: set[tuple[str, str]] = set()
+        revised = False  # a ready entry carries a revision: every ready one's is read after
         for entry in item.replicas:
             if entry.ready:
                 ready.add((entry.replica, entry.region))
-            if entry.in_flight or entry.requests:
+                revised = revised or bool(entry.revision)
+            in_flight, requests, errors = entry.in_flight, entry.requests, entry.errors
+            if in_flight or requests or errors:
+                name = entry.replica
                 load = ReplicaTotals(
-                    replica=entry.replica, in_flight=entry.in_flight, requests=entry.requests
+                    replica=name,
+                    in_flight=in_flight,
+                    requests=requests,
+                    errors=errors,
+                    revision=entry.revision,
                 )
-                have_replica = replicas.get(load.replica)
-                replicas[load.replica] = load if have_replica is None else have_replica.merge(load)
+                have_replica = replicas.get(name)
+                replicas[name] = load if have_replica is None else have_replica.merge(load)
         woken_at = item.woken_at if item.HasField("woken_at") else NEVER
+        if item.server in as_sent:
+            found = ready_before.get(item.server) if ready_before is not None else None
+            ready_pairs = found.ready_replicas if found is not None else ()
+            revision_pairs = found.revisions if found is not None else ()
+        else:
+            ready_pairs = tuple(sorted(ready))
+            # Listed where any ready replica carries a revision (as ``ServerTotals`` says).
+            revision_pairs = (
+                tuple(sorted({(e.replica, e.revision) for e in item.replicas if e.ready}))
+                if revised
+                else ()
+            )
         server = ServerTotals(
             server=item.server,
             regions=tuple(regions[name] for name in sorted(regions)),
             replicas=tuple(replicas[name] for name in sorted(replicas)),
-            ready_replicas=tuple(sorted(ready))
-            if item.server not in as_sent
-            else _ready_before(ready_before, item.server),
+            ready_replicas=ready_pairs,
             cold_starts=item.cold_starts,
             woken_at=woken_at if not math.isnan(woken_at) else NEVER,
+            revisions=revision_pairs,
         )
         have_server = servers.get(server.server)
         servers[server.server] = server if have_server is None else have_server.merge(server)
@@ -201,13 +247,6 @@ def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = 
         interval=message.interval_seconds,
         at=message.at,
     )
-
-
-def _ready_before(
-    before: Mapping[str, ServerTotals] | None, server: str
-) -> tuple[tuple[str, str], ...]:
-    found = before.get(server) if before is not None else None
-    return found.ready_replicas if found is not None else ()
 
 
 def specs_message(version: str, specs: Mapping[str, LoadSpec]) -> Any:

@@ -145,6 +145,28 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
                 f"scale down {r['server']} ({r['region']}) first: "
                 + _first_few(r["scale_down_candidates"])
             )
+    for r in rows:
+        if any(v["revision"] for v in r["revisions"]):
+            _print_revisions(r["server"], r["revisions"])
+
+
+def _print_revisions(server: str, revisions: list[dict[str, Any]]) -> None:
+    """A server's load by revision ("(none)": its replicas that carry no revision)."""
+    click.echo("")
+    table(
+        ["SERVER", "REVISION", "READY", "IN FLIGHT", "REQ/S", "ERR/S"],
+        [
+            [
+                server,
+                v["revision"] or "(none)",
+                str(v["ready_replicas"]),
+                f"{v['in_flight']:g}",
+                f"{v['requests_per_second']:.1f}",
+                f"{v['errors_per_second']:.1f}",
+            ]
+            for v in revisions
+        ],
+    )
 
 
 def _first_few(names: list[str], shown: int = 5) -> str:

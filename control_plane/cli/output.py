@@ -117,8 +117,20 @@ def load_json(row: Any) -> JsonObject:
                 "replica": replica.replica,
                 "in_flight": round(replica.in_flight, 3),
                 "requests_per_second": round(replica.requests_per_second, 3),
+                "errors_per_second": round(replica.errors_per_second, 3),
+                "revision": replica.revision,
             }
             for replica in row.replicas
+        ],
+        "revisions": [
+            {
+                "revision": revision.revision,
+                "ready_replicas": revision.ready_replicas,
+                "in_flight": round(revision.in_flight, 3),
+                "requests_per_second": round(revision.requests_per_second, 3),
+                "errors_per_second": round(revision.errors_per_second, 3),
+            }
+            for revision in row.revisions
         ],
     }
 

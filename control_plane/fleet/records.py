@@ -6,7 +6,8 @@ wire form a worker sends its supervisor (``admin/loadwire.py``), with two change
 (``woken_at``) and the time the totals were taken (``at``) are unix seconds, not the process's
 monotonic clock, and ready replicas are left out (every process reads them from the same
 registry; ``merge`` keeps the most any part saw, so an old count could only hide a removal).
-Only servers with load, cold starts or a wake are published.
+Only servers with load, cold starts or a wake are published, with their replicas with load
+(requests in flight, requests and errors per second, and revision: issue 26).
 
 A reader judges each other publisher's record once, here (``remote``):
 
@@ -19,16 +20,19 @@ A reader judges each other publisher's record once, here (``remote``):
   ``MAX_RECORD_BYTES`` is ignored and reported as a ``Problem``;
 - what one record can claim for a server, and over all its servers, is bounded as one proxy's
   report is (``load/reports.py``'s ``PER_SERVER`` and ``PER_PROXY``): scaled down to the bound,
-  and reported.
+  and reported; its replicas alike (their sums per server and in all), at most
+  ``MAX_RECORD_REPLICAS`` of them, each id at most ``MAX_NAME`` characters and each revision
+  a valid revision name (else ""), the rest left out and reported.
 
-Imports the load totals, the reports' bounds, the admin protos and their wire form only.
+Imports the load totals, the reports' bounds, the admin protos and their wire form, and the
+registry's record value and revision-name rule only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf.message import DecodeError
 
@@ -40,11 +44,13 @@ from control_plane.load.totals import (
     NEVER,
     LoadTotals,
     RegionTotals,
+    ReplicaTotals,
     ServerTotals,
     merge_servers,
     millionths,
 )
 from control_plane.registry.model import LoadRecord
+from control_plane.registry.validate import NAME_RE, RESERVED_REVISIONS
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # one record's totals: ~60 bytes a busy server
 MAX_RECORDS = 256  # publishers read (the newest first): control-plane processes, not proxies
@@ -52,6 +58,8 @@ MAX_SKEW = 2.0  # seconds a record may be ahead of the reader's clock
 MAX_NAME = 512  # characters of a publisher or group name
 MAX_COLD_STARTS = 10**12
 MAX_PROXIES = 20_000  # what one process may count: load/intake.py's MAX_LOAD_STREAMS
+# Replicas with load in one record (20 servers of 1,000 busy replicas; ~60 bytes each).
+MAX_RECORD_REPLICAS = 20_000
 PROBLEM_KIND = "load publisher"
 
 
@@ -95,11 +103,12 @@ def publishable(totals: LoadTotals) -> LoadTotals:
             for r in server.regions
             if r.in_flight or r.requests or r.errors or r.dropped
         )
-        if regions or server.cold_starts or server.woken_at != NEVER:
+        if regions or server.replicas or server.cold_starts or server.woken_at != NEVER:
             servers.append(
                 ServerTotals(
                     server=server.server,
                     regions=regions,
+                    replicas=server.replicas,
                     cold_starts=server.cold_starts,
                     woken_at=server.woken_at,
                 )
@@ -117,6 +126,7 @@ def encode(totals: LoadTotals, *, wall_offset: float) -> bytes:
             ServerTotals(
                 server=s.server,
                 regions=s.regions,
+                replicas=s.replicas,
                 cold_starts=s.cold_starts,
                 woken_at=s.woken_at + wall_offset if s.woken_at != NEVER else NEVER,
             )
@@ -269,15 +279,19 @@ def _decode(record: LoadRecord, *, wall_offset: float, now: float) -> Decoded:
         return _problem(record, "malformed", "totals", "not a LoadTotals message", str(exc)[:200])
     totals = totals_from(message)
     servers = []
+    replicas_left = MAX_RECORD_REPLICAS
     for server in totals.servers:
         woken = server.woken_at
         # A wake is a time like the record's: none from the future, none before 1970.
         if not (math.isfinite(woken) and 0 < woken <= now + MAX_SKEW):
             woken = NEVER
+        replicas = _checked_replicas(server.replicas, replicas_left)
+        replicas_left -= len(replicas)
         servers.append(
             ServerTotals(
                 server=server.server,
                 regions=tuple(_bounded(r, PER_SERVER) for r in server.regions),
+                replicas=_bounded_replicas(replicas, PER_SERVER),
                 cold_starts=min(server.cold_starts, MAX_COLD_STARTS),
                 woken_at=woken - wall_offset if woken != NEVER else NEVER,
             )
@@ -325,21 +339,69 @@ def _bounded(region: RegionTotals, bound: Bound, scale: float = 1.0) -> RegionTo
     )
 
 
+def _checked_replicas(replicas: tuple[ReplicaTotals, ...], room: int) -> tuple[ReplicaTotals, ...]:
+    """``replicas`` with an id of at most ``MAX_NAME`` characters, the first ``room`` of them,
+    each revision a valid revision name or else ""."""
+    kept: list[ReplicaTotals] = []
+    for replica in replicas:
+        if len(kept) >= room:
+            break
+        if not replica.replica or len(replica.replica) > MAX_NAME:
+            continue
+        revision = replica.revision
+        if revision and (revision in RESERVED_REVISIONS or not NAME_RE.match(revision)):
+            replica = replace(replica, revision="")
+        kept.append(replica)
+    return tuple(kept)
+
+
+_REPLICA_FIELDS = ("in_flight", "requests", "errors")
+
+
+def _bounded_replicas(
+    replicas: tuple[ReplicaTotals, ...], bound: Bound, scale: float = 1.0
+) -> tuple[ReplicaTotals, ...]:
+    """One server's replicas, times ``scale``, their sums at most ``bound``'s (each figure
+    scaled down alike past it, as ``load/reports.py`` bounds one report's replicas)."""
+    if not replicas:
+        return replicas
+    flight, requests, errors, _ = _LIMITS[bound]
+    factors = []
+    for field, limit in zip(_REPLICA_FIELDS, (flight, requests, errors), strict=True):
+        total = sum(getattr(r, field) for r in replicas) * scale
+        factors.append(scale * min(1.0, limit / total) if total > limit else scale)
+    if factors == [1.0, 1.0, 1.0]:
+        return replicas
+    return tuple(
+        replace(
+            r,
+            in_flight=math.floor(r.in_flight * factors[0]),
+            requests=math.floor(r.requests * factors[1]),
+            errors=math.floor(r.errors * factors[2]),
+        )
+        for r in replicas
+    )
+
+
 def _bounded_all(servers: list[ServerTotals]) -> tuple[ServerTotals, ...]:
     """Every server's figures scaled down together so that their sum ("*" rows) stays within
     ``PER_PROXY``, as ``load/reports.py`` bounds one report."""
     scale = 1.0
     for mine, theirs in _FIELDS:
-        total = sum(_star(s, mine) for s in servers)
         limit = millionths(getattr(PER_PROXY, theirs))
-        if total > limit:
-            scale = min(scale, limit / total)
+        totals = [sum(_star(s, mine) for s in servers)]
+        if mine in _REPLICA_FIELDS:
+            totals.append(sum(getattr(r, mine) for s in servers for r in s.replicas))
+        for total in totals:
+            if total > limit:
+                scale = min(scale, limit / total)
     if scale == 1.0:
         return tuple(servers)
     return tuple(
         ServerTotals(
             server=s.server,
             regions=tuple(_bounded(r, PER_SERVER, scale) for r in s.regions),
+            replicas=_bounded_replicas(s.replicas, PER_SERVER, scale),
             cold_starts=s.cold_starts,
             woken_at=s.woken_at,
         )
@@ -355,6 +417,16 @@ def _star(server: ServerTotals, field: str) -> int:
 def _clipped(record: LoadRecord, claimed: LoadTotals, bounded: LoadTotals) -> Problem | None:
     """A problem when bounding cut what ``record`` claims."""
     for was, now in zip(claimed.servers, bounded.servers, strict=True):
+        if was.replicas != now.replicas:
+            return _problem(
+                record,
+                "clipped",
+                f"{was.server}.replicas",
+                f"{len(was.replicas)} replicas",
+                f"more than one proxy's report may claim, more than {MAX_RECORD_REPLICAS:,} "
+                "replicas in one record, or a replica id or revision that is not one: scaled "
+                "down to that bound, or left out",
+            )
         for region_was, region in zip(was.regions, now.regions, strict=True):
             if (
                 region_was.in_flight,

@@ -175,7 +175,8 @@ class Draft:
                 for point in locality.upstream_endpoint_stats:
                     point_in_flight = point.total_requests_in_progress
                     point_issued = point.total_issued_requests
-                    if not (point_in_flight or point_issued):
+                    point_errors = point.total_error_requests
+                    if not (point_in_flight or point_issued or point_errors):
                         continue
                     socket = point.address.socket_address
                     replica = endpoints.get((socket.address, socket.port_value))
@@ -184,7 +185,6 @@ class Draft:
                         continue
                     key = (server, replica[0])
                     counts = replicas.get(key)
-                    point_errors = point.total_error_requests
                     if counts is None:
                         replicas[key] = [point_in_flight, point_issued, point_errors]
                     else:
@@ -382,10 +382,11 @@ class LoadBook:
         """Per (server, region), with (server, "*") the server's total."""
         return {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)}
 
-    def replica_loads(self, server: str) -> list[tuple[str, int, int]]:
-        """``server``'s replicas with requests in flight or per second: (replica id, in flight,
-        requests per second), in whole millionths, sorted by id. The hot path of a tick for a
-        server with many replicas: costs its replicas with load, one multiplication each."""
+    def replica_loads(self, server: str) -> list[tuple[str, int, int, int]]:
+        """``server``'s replicas with requests in flight, or requests or errors per second:
+        (replica id, in flight, requests per second, errors per second), in whole millionths,
+        sorted by id. The hot path of a tick for a server with many replicas: costs its
+        replicas with load, a multiplication per figure."""
         mine = self._replicas.get(server)
         if not mine:
             return []
@@ -393,8 +394,9 @@ class LoadBook:
         for replica, rates in mine.items():
             in_flight = round(rates[0] * 1_000_000)
             requests = round(rates[1] * 1_000_000)
-            if in_flight > 0 or requests > 0:
-                found.append((replica, max(in_flight, 0), max(requests, 0)))
+            errors = round(rates[2] * 1_000_000)
+            if in_flight > 0 or requests > 0 or errors > 0:
+                found.append((replica, max(in_flight, 0), max(requests, 0), max(errors, 0)))
         found.sort()
         return found
 

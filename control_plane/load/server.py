@@ -462,9 +462,16 @@ class LoadService:
         replica_loads = self.book.replica_loads(server.name)
         if replica_loads:
             known = shape.replica_ids
+            revision_of = shape.revision_of
             replicas = tuple(
-                ReplicaTotals(replica=replica, in_flight=in_flight, requests=requests)
-                for replica, in_flight, requests in replica_loads
+                ReplicaTotals(
+                    replica=replica,
+                    in_flight=in_flight,
+                    requests=requests,
+                    errors=errors,
+                    revision=revision_of.get(replica, ""),
+                )
+                for replica, in_flight, requests, errors in replica_loads
                 if replica in known
             )
         cold_starts = self.book.cold_starts.get(server.name, 0)
@@ -495,6 +502,7 @@ class LoadService:
             ready_replicas=shape.ready_replicas,
             cold_starts=cold_starts,
             woken_at=woken_at,
+            revisions=shape.ready_revisions,
         )
 
     async def run(self) -> None:
@@ -537,9 +545,19 @@ class LoadService:
 class _Shape:
     """What a server's totals take from its routing entry, worked out once per entry: its
     ready replicas per region and in all, their (id, region) pairs (where its spec has an
-    autoscaling rule: only a recommendation names candidates), and its replicas' ids."""
+    autoscaling rule: only a recommendation names candidates; or where a ready replica carries
+    a revision), its replicas' ids, the revision of each replica that carries one, and its
+    ready replicas' (id, revision) pairs where any carries one (``ServerTotals.revisions``)."""
 
-    __slots__ = ("ready_by_region", "ready_replicas", "ready_total", "replica_ids", "server")
+    __slots__ = (
+        "ready_by_region",
+        "ready_replicas",
+        "ready_revisions",
+        "ready_total",
+        "replica_ids",
+        "revision_of",
+        "server",
+    )
 
     def __init__(
         self,
@@ -547,25 +565,43 @@ class _Shape:
         ready_by_region: dict[str, int],
         ready_replicas: tuple[tuple[str, str], ...],
         replica_ids: frozenset[str],
+        revision_of: dict[str, str],
+        ready_revisions: tuple[tuple[str, str], ...],
     ) -> None:
         self.server = server
         self.ready_by_region = ready_by_region
         self.ready_total = sum(ready_by_region.values())
         self.ready_replicas = ready_replicas
         self.replica_ids = replica_ids
+        self.revision_of = revision_of
+        self.ready_revisions = ready_revisions
 
     @classmethod
     def of(cls, server: RoutedServer) -> _Shape:
         ready_by_region: dict[str, int] = {}
+        revision_of: dict[str, str] = {}
         for endpoint in server.endpoints:
             if not endpoint.draining:
                 ready_by_region[endpoint.region] = ready_by_region.get(endpoint.region, 0) + 1
-        # Scale-down candidates are named only where the spec asks for a recommendation.
+            if endpoint.revision:
+                revision_of[endpoint.replica_id] = endpoint.revision
+        revisions: tuple[tuple[str, str], ...] = ()
+        if any(e.revision for e in server.endpoints if not e.draining):
+            revisions = tuple(
+                sorted({(e.replica_id, e.revision) for e in server.endpoints if not e.draining})
+            )
+        # Scale-down candidates are named only where the spec asks for a recommendation; a
+        # server with revisions lists its ready replicas too (they carry the revisions).
         ready: list[tuple[str, str]] = []
-        if server.spec.autoscaling is not None:
+        if server.spec.autoscaling is not None or revisions:
             ready = sorted({(e.replica_id, e.region) for e in server.endpoints if not e.draining})
         return cls(
-            server, ready_by_region, tuple(ready), frozenset(e.replica_id for e in server.endpoints)
+            server,
+            ready_by_region,
+            tuple(ready),
+            frozenset(e.replica_id for e in server.endpoints),
+            revision_of,
+            revisions,
         )
 
 

@@ -4,8 +4,9 @@ Pure: time is an argument; no I/O, no clock, no logging.
 ``LoadTotals`` is what one process knows of load: per server and region ("*": the server's
 total) the requests in flight and the requests, errors and drops per second its proxies
 reported (``load/reports.py``), the ready replicas its routing table has, per replica (ids
-from the routing table, never a name a report invents) the requests in flight and per second
-of the replicas with load and the ids of the ready ones, the server's cold
+from the routing table, never a name a report invents) the requests in flight, requests and
+errors per second and the revision of the replicas with load, the ids of the ready ones (with
+their revisions, where any carries one: issue 26), the server's cold
 starts, and the time of the latest *wake* (a cold start that met no ready replica in the view
 of the process that counted it: judged there, once). Totals from several processes (the workers
 of ``serve --workers``) are merged, and the merge is judged once, by ``recommend``, where it is
@@ -18,7 +19,8 @@ read: a process never re-derives a recommendation from another's.
   merges (floats would) and a message carries small integers;
 - ready replicas: the most any part saw (every process reads the same registry: one replica
   is not counted once per process); the ready replicas' ids, the union of the parts';
-- a replica's load adds up, as a region's does;
+- a replica's load adds up, as a region's does (its revision: the greater name, should two
+  parts' tables differ for a moment); the ready replicas' revisions, the union of the parts';
 - cold starts add up; a wake is the latest of the parts';
 - servers and regions: the union; reporting proxies add up; the report interval is the longest
   and ``at`` (when the totals were taken) the oldest part's.
@@ -26,7 +28,8 @@ read: a process never re-derives a recommendation from another's.
 ``recommend(totals, specs, history, now)`` makes the rows: one ``LoadRow`` per server and region,
 written by one function (``_row``), with the autoscaling rule's recommendation
 (``load/autoscale.py``) where the server's spec asks for one, and, where it is below the
-ready replicas, which of them to remove first (``scale_down_candidates``). The spec
+ready replicas, which of them to remove first (``scale_down_candidates``); a server's "*"
+row has its load by revision (``revision_rows``). The spec
 (``LoadSpec``: regions, cold-start mode, autoscaling rule) is an argument: it never travels
 inside totals.
 
@@ -84,17 +87,25 @@ def idle(region: str, ready: int = 0) -> RegionTotals:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaTotals:
-    """One replica's load (in millionths): requests in flight and per second."""
+    """One replica's load (in millionths): requests in flight, and requests and errors per
+    second; and its revision as the routing table of the process that counted it knows it
+    ("" for none)."""
 
     replica: str  # its id in the registry
     in_flight: int = 0
     requests: int = 0  # per second
+    errors: int = 0  # per second
+    revision: str = ""
 
     def merge(self, other: ReplicaTotals) -> ReplicaTotals:
         return ReplicaTotals(
             replica=self.replica,
             in_flight=self.in_flight + other.in_flight,
             requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            # Parts whose tables differ for a moment: either may be right; the greater name is
+            # kept, so that the merge does not depend on the order.
+            revision=max(self.revision, other.revision),
         )
 
 
@@ -111,6 +122,10 @@ class ServerTotals:
     ready_replicas: tuple[tuple[str, str], ...] = ()
     cold_starts: int = 0
     woken_at: float = NEVER
+    # Where a ready replica carries a revision (issue 26): every ready replica's (id,
+    # revision), "" included, sorted; then ``ready_replicas`` lists them all too. Empty for a
+    # server whose ready replicas carry none.
+    revisions: tuple[tuple[str, str], ...] = ()
 
     def merge(self, other: ServerTotals) -> ServerTotals:
         mine = {r.region: r for r in self.regions}
@@ -124,6 +139,7 @@ class ServerTotals:
             ready_replicas=_union(self.ready_replicas, other.ready_replicas),
             cold_starts=self.cold_starts + other.cold_starts,
             woken_at=max(self.woken_at, other.woken_at),
+            revisions=_union(self.revisions, other.revisions),
         )
 
     def region(self, name: str) -> RegionTotals | None:
@@ -254,6 +270,78 @@ class LoadRow:
     scale_down_candidates: tuple[str, ...] = ()
     # "*" rows: the server's replicas with load (draining ones too), sorted by id.
     replicas: tuple[ReplicaTotals, ...] = ()
+    # "*" rows of a server whose replicas carry revisions: one per revision with a ready
+    # replica or load, sorted by name (``revision_rows``).
+    revisions: tuple[RevisionRow, ...] = ()
+
+
+MAX_REVISION_ROWS = 64  # revisions shown per server (revision names come from registry rows)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevisionRow:
+    """One revision of a server: its ready replicas, and the load of its replicas (those
+    with load, draining ones too), summed."""
+
+    revision: str  # "": replicas that carry none
+    ready_replicas: int = 0
+    in_flight: float = 0.0
+    requests_per_second: float = 0.0
+    errors_per_second: float = 0.0
+
+
+def revision_rows(server: ServerTotals) -> tuple[RevisionRow, ...]:
+    """``server``'s revisions that have a ready replica or load, sorted by name; none when no
+    replica (ready, or with load) carries a revision other than "" (a server without revisions
+    reads as before). At most ``MAX_REVISION_ROWS``: past that, those with the most requests
+    per second, then the most ready replicas, are kept."""
+    replicas = server.replicas
+    if not server.revisions and all(not r.revision for r in replicas):
+        return ()
+    ready: dict[str, int] = {}
+    for _, revision in server.revisions:  # each (id, revision) once
+        ready[revision] = ready.get(revision, 0) + 1
+    if not server.revisions:  # no ready replica carries a revision: they are all ""
+        star = server.region("*")
+        if star is not None and star.ready:
+            ready[""] = star.ready
+    load: dict[str, list[int]] = {}
+    for replica in replicas:
+        sums = load.get(replica.revision)
+        if sums is None:
+            load[replica.revision] = [replica.in_flight, replica.requests, replica.errors]
+        else:
+            sums[0] += replica.in_flight
+            sums[1] += replica.requests
+            sums[2] += replica.errors
+    found = ready.keys() | load.keys()
+    if len(found) > MAX_REVISION_ROWS:
+        found = set(
+            sorted(
+                found,
+                key=lambda name: (
+                    -load.get(name, _NO_LOAD)[1],
+                    -ready.get(name, 0),
+                    name,
+                ),
+            )[:MAX_REVISION_ROWS]
+        )
+    rows = []
+    for name in sorted(found):
+        in_flight, requests, errors = load.get(name, _NO_LOAD)
+        rows.append(
+            RevisionRow(
+                revision=name,
+                ready_replicas=ready.get(name, 0),
+                in_flight=in_flight / MILLION,
+                requests_per_second=requests / MILLION,
+                errors_per_second=errors / MILLION,
+            )
+        )
+    return tuple(rows)
+
+
+_NO_LOAD = [0, 0, 0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,7 +492,7 @@ def scale_down_candidates(
             continue
         last = replica
         have = load.get(replica)
-        if have is None:
+        if have is None or not (have.in_flight or have.requests):  # none, or errors only
             idle.append(replica)
             if len(idle) == count:
                 return tuple(idle)
@@ -441,4 +529,5 @@ def _row(
         autoscaling=spec.autoscaling if desired is not None else None,
         scale_down_candidates=candidates,
         replicas=server.replicas if total else (),
+        revisions=revision_rows(server) if total else (),
     )

@@ -4,6 +4,7 @@
 request in flight during a drain); ``GET /stream?chunks=N&ms=M`` sends N server-sent events M
 milliseconds apart (a token stream), and ``GET /stall?ms=M`` sends one event and then nothing
 for M milliseconds before the rest; ``POST`` answers ``<name> <length> <sha256 of the body>``.
+A GET's ``?status=N`` (200-599) answers with that status (a failing replica on demand).
 Runs in a thread (tests) or as ``routeplane samples http-echo``.
 
 ``error_percent`` P (0-100) makes it a failing version on demand: it answers ``500`` with
@@ -44,7 +45,9 @@ def make_server(
             if url.path == "/slow":
                 delay_ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
                 time.sleep(delay_ms / 1000)
-            self._text(f"{name}\n")
+            status = query.get("status", ["200"])[0]
+            code = int(status) if status.isdigit() and 200 <= int(status) <= 599 else 200
+            self._text(f"{name}\n", status=code)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -57,9 +60,9 @@ def make_server(
                 left -= len(chunk)
             self._text(f"{name} {length - left} {digest.hexdigest()}\n")
 
-        def _text(self, text: str) -> None:
+        def _text(self, text: str, *, status: int = 200) -> None:
             body = text.encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Replica", name)

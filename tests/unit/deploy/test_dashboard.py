@@ -37,8 +37,14 @@ def _families() -> Iterator[Metric]:
         if family.name.startswith("routeplane_"):
             yield family
     yield from metrics.LiveCollector(lambda: ["edge/us-west@0.0.0.0:10000"]).collect()
+    revision = SimpleNamespace(revision="v1", requests_per_second=1.0, errors_per_second=0.0)
     row = SimpleNamespace(
-        server="echo", region="*", in_flight=1, requests_per_second=1.0, desired_replicas=1
+        server="echo",
+        region="*",
+        in_flight=1,
+        requests_per_second=1.0,
+        desired_replicas=1,
+        revisions=[revision],
     )
 
     class OneServer:

@@ -20,7 +20,7 @@ from control_plane import metrics
 from control_plane.load.autoscale import Recommender
 from control_plane.load.reports import Load, LoadBook
 from control_plane.load.server import LoadService
-from control_plane.load.totals import LoadRow, ReplicaTotals, millionths
+from control_plane.load.totals import MILLION, LoadRow, ReplicaTotals, RevisionRow, millionths
 from control_plane.registry.spec import parse_spec
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
@@ -95,6 +95,7 @@ class FromScratch:
                         if desired is not None and desired < ready
                         else (),
                         replicas=self.replicas(srv, replica_loads) if region == "*" else (),
+                        revisions=self.revisions(srv, replica_loads) if region == "*" else (),
                     )
                 )
         self.recommender.forget(keep)
@@ -124,17 +125,46 @@ class FromScratch:
         srv: RoutedServer, loads: dict[tuple[str, str], Load]
     ) -> tuple[ReplicaTotals, ...]:
         found = []
+        revision_of = {e.replica_id: e.revision for e in srv.endpoints}
         for replica in sorted({e.replica_id for e in srv.endpoints}):
             load = loads.get((srv.name, replica))
-            if load is not None and (load.in_flight or load.requests_per_second):
+            if load is not None and (
+                load.in_flight or load.requests_per_second or load.errors_per_second
+            ):
                 found.append(
                     ReplicaTotals(
                         replica=replica,
                         in_flight=millionths(load.in_flight),
                         requests=millionths(load.requests_per_second),
+                        errors=millionths(load.errors_per_second),
+                        revision=revision_of[replica],
                     )
                 )
         return tuple(found)
+
+    @classmethod
+    def revisions(
+        cls, srv: RoutedServer, loads: dict[tuple[str, str], Load]
+    ) -> tuple[RevisionRow, ...]:
+        """Issue 26: per revision with a ready replica or load, where any replica carries
+        one; none otherwise."""
+        ready = {e.replica_id: e.revision for e in srv.endpoints if not e.draining}
+        replicas = cls.replicas(srv, loads)
+        if not any(ready.values()) and not any(r.revision for r in replicas):
+            return ()
+        rows = []
+        for name in sorted(set(ready.values()) | {r.revision for r in replicas}):
+            mine = [r for r in replicas if r.revision == name]
+            rows.append(
+                RevisionRow(
+                    revision=name,
+                    ready_replicas=sum(1 for revision in ready.values() if revision == name),
+                    in_flight=sum(r.in_flight for r in mine) / MILLION,
+                    requests_per_second=sum(r.requests for r in mine) / MILLION,
+                    errors_per_second=sum(r.errors for r in mine) / MILLION,
+                )
+            )
+        return tuple(rows)
 
 
 def random_server(rng: random.Random, name: str) -> RoutedServer:
@@ -152,8 +182,14 @@ def random_server(rng: random.Random, name: str) -> RoutedServer:
         spec["regions"] = list(REGIONS)
     if rng.random() < 0.3:
         spec["cold_start"] = {"mode": "hold"}
+    # Issue 26: about half the servers' replicas carry revisions ("" among them: rows from
+    # older writers).
+    revisions = ["", "v1", "v2"] if rng.random() < 0.5 else [""]
     endpoints = [
-        endpoint(f"{name}-r{i}", 9000 + i, region=rng.choice(REGIONS))
+        replace(
+            endpoint(f"{name}-r{i}", 9000 + i, region=rng.choice(REGIONS)),
+            revision=rng.choice(revisions),
+        )
         for i in range(rng.choice([0, 1, 1, 2]))
     ]
     return replace(server(name, *endpoints), spec=parse_spec(spec))
@@ -177,6 +213,7 @@ def report(rng: random.Random, servers: list[RoutedServer]) -> list[object]:
                     point = locality.upstream_endpoint_stats.add(
                         total_requests_in_progress=rng.choice([0, 0, 1, 2]),
                         total_issued_requests=rng.choice([0, 3]),
+                        total_error_requests=rng.choice([0, 0, 1]),
                     )
                     point.address.socket_address.address = e.host
                     point.address.socket_address.port_value = e.port
@@ -250,7 +287,9 @@ class EveryRow(Collector):  # type: ignore[misc]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = [
-            GaugeMetricFamily(name, text, labels=["server", "region"])
+            GaugeMetricFamily(
+                name, text, labels=["server", "revision" if "_revision_" in name else "region"]
+            )
             for name, text in metrics._LOAD_FAMILIES
         ]
         for row in self._rows:
@@ -259,6 +298,11 @@ class EveryRow(Collector):  # type: ignore[misc]
             families[1].add_metric(key, row.requests_per_second)
             if row.desired_replicas is not None:
                 families[2].add_metric(key, row.desired_replicas)
+            for revision in row.revisions:
+                families[3].add_metric(
+                    [row.server, revision.revision], revision.requests_per_second
+                )
+                families[4].add_metric([row.server, revision.revision], revision.errors_per_second)
         yield from families
 
 

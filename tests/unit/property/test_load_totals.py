@@ -37,10 +37,20 @@ regions = st.lists(
 ).map(lambda found: tuple(sorted(found, key=lambda r: r.region)))
 positive = st.integers(min_value=1, max_value=10**12)
 replica_ids = st.sampled_from(["r1", "r2", "r3", "r10"])
+revision_names = st.sampled_from(["", "v1", "v2", "canary-3"])
 replicas = st.lists(
     st.one_of(
         st.builds(ReplicaTotals, replica=replica_ids, in_flight=positive, requests=counts),
         st.builds(ReplicaTotals, replica=replica_ids, in_flight=counts, requests=positive),
+        # Issue 26: errors per second and the replica's revision.
+        st.builds(
+            ReplicaTotals,
+            replica=replica_ids,
+            in_flight=counts,
+            requests=counts,
+            errors=positive,
+            revision=revision_names,
+        ),
     ),
     max_size=4,
     unique_by=lambda r: r.replica,
@@ -50,15 +60,49 @@ ready_replicas = st.lists(
     max_size=4,
     unique=True,
 ).map(lambda found: tuple(sorted(found)))
-servers = st.lists(
-    st.builds(
-        ServerTotals,
-        server=st.sampled_from(["echo", "gpu", "api", "a-b"]),
+
+
+@st.composite
+def ready_with_revisions(
+    draw: st.DrawFn,
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Ready replicas and, where one carries a revision, every one's (id, revision): as a
+    process's routing table gives them (one revision per replica)."""
+    ready = draw(ready_replicas)
+    revision_of = {replica: draw(revision_names) for replica, _ in ready}
+    if not any(revision_of.values()):
+        return ready, ()
+    return ready, tuple(sorted(revision_of.items()))
+
+
+def server_totals(
+    name: str,
+    regions: tuple[RegionTotals, ...],
+    replicas: tuple[ReplicaTotals, ...],
+    ready: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]],
+    cold_starts: int,
+    woken_at: float,
+) -> ServerTotals:
+    return ServerTotals(
+        server=name,
         regions=regions,
         replicas=replicas,
-        ready_replicas=ready_replicas,
-        cold_starts=counts,
-        woken_at=times,
+        ready_replicas=ready[0],
+        revisions=ready[1],
+        cold_starts=cold_starts,
+        woken_at=woken_at,
+    )
+
+
+servers = st.lists(
+    st.builds(
+        server_totals,
+        st.sampled_from(["echo", "gpu", "api", "a-b"]),
+        regions,
+        replicas,
+        ready_with_revisions(),
+        counts,
+        times,
     ),
     max_size=4,
     unique_by=lambda s: s.server,
@@ -126,6 +170,9 @@ def test_a_merge_adds_replica_load_and_unites_ready_replicas(a: LoadTotals, b: L
             mine = [r for p in parts for r in p.replicas if r.replica == replica.replica]
             assert replica.in_flight == sum(r.in_flight for r in mine)
             assert replica.requests == sum(r.requests for r in mine)
+            assert replica.errors == sum(r.errors for r in mine)
+            assert replica.revision == max(r.revision for r in mine)
         assert server.ready_replicas == tuple(
             sorted({pair for p in parts for pair in p.ready_replicas})
         )
+        assert server.revisions == tuple(sorted({pair for p in parts for pair in p.revisions}))
