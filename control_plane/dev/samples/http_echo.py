@@ -99,9 +99,9 @@ def make_server(
                 return False
             if not failing.next():
                 return True
-            if int(self.headers.get("Content-Length") or 0) or self.headers.get(
-                "Transfer-Encoding"
-            ):
+            # A body it does not read (any length but 0, or chunked): the connection ends here.
+            length = (self.headers.get("Content-Length") or "0").strip()
+            if length != "0" or self.headers.get("Transfer-Encoding"):
                 self.close_connection = True
             body = f"{name} error\n".encode()
             self.send_response(500)

@@ -84,6 +84,23 @@ def test_the_echo_answers_500_to_every_fifth_request_at_20_percent_across_connec
     assert set(statuses) == {200, 500}
 
 
+def test_a_failed_request_with_a_body_it_cannot_measure_closes_its_connection() -> None:
+    echo = EchoThread(name="a", error_percent=100)
+    try:
+        for headers in ({"Content-Length": "x1"}, {"Transfer-Encoding": "chunked"}):
+            conn = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=5)
+            conn.putrequest("POST", "/")
+            for key, value in headers.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (500, b"a error\n")
+            assert response.getheader("Connection") == "close"
+            conn.close()
+    finally:
+        echo.stop()
+
+
 def test_the_echo_without_error_percent_never_fails() -> None:
     echo = EchoThread(name="a")
     try:
