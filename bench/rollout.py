@@ -176,7 +176,8 @@ def run(workdir: Path, *, tries: int) -> dict[str, Any]:
             "tries": tries,
             "rollback_to_last_bad": summary(rollback),
             "command": summary(command),
-            "commit_to_last_bad": summary(from_commit),
+            # Tries whose newest commit was the rollback's own (no later write came first).
+            **({"commit_to_last_bad": summary(from_commit)} if from_commit else {}),
             "failed_requests": failed,
             "answers": len(stream.answers),
         }
@@ -195,7 +196,13 @@ def _last(stream: Stream | None) -> str:
 
 
 def table(row: dict[str, Any]) -> list[str]:
-    measured = [row["rollback_to_last_bad"], row["command"], row["commit_to_last_bad"]]
+    rows = [
+        ("rollback -> last bad answer", row["rollback_to_last_bad"]),
+        ("the command itself", row["command"]),
+    ]
+    if "commit_to_last_bad" in row:
+        rows.append(("its split's commit -> last bad answer", row["commit_to_last_bad"]))
+    measured = [s for _, s in rows]
     last = tails_name(measured)
     lines = [
         "",
@@ -209,11 +216,7 @@ def table(row: dict[str, Any]) -> list[str]:
         f"| measured | N | p50 | p90 | {last} |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, s in (
-        ("rollback -> last bad answer", row["rollback_to_last_bad"]),
-        ("the command itself", row["command"]),
-        ("its split's commit -> last bad answer", row["commit_to_last_bad"]),
-    ):
+    for name, s in rows:
         lines.append(f"| {name} | {s['n']} | {s['p50_ms']} | {s['p90_ms']} | {tail(s)} |")
     return lines
 
