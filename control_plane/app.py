@@ -35,6 +35,13 @@ from control_plane.keda.service import MAX_REQUEST_BYTES, KedaScaler, add_to
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
 from control_plane.registry import open_registry
+from control_plane.rollout.driver import (
+    PROBLEM_KIND as ROLLOUT_PROBLEM,
+)
+from control_plane.rollout.driver import (
+    RolloutDriver,
+    rates_of_rows,
+)
 from control_plane.xds import csds
 from control_plane.xds.cache import MAX_GROUPS, MAX_GROUPS_PER_FLEET, SnapshotCache
 from control_plane.xds.server import XdsServer
@@ -266,12 +273,14 @@ async def serve(
     reuse_port: bool = False,
     csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
     notices: bool = True,
+    drive_rollouts: bool = True,
 ) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened. A worker of ``serve --workers``
     (``group/worker.py``) shares the xDS port (``reuse_port``), answers CSDS on it for the
     whole group (``csds_answer``, given this process's XdsServer) and leaves the once-per-serve
-    ``notices`` (the plaintext warning) to its supervisor."""
+    ``notices`` (the plaintext warning) and the rollout driver (``drive_rollouts``: it judges
+    from the group's load, which only the supervisor sums) to its supervisor."""
     config.validate()
     disable_created_metrics()
     async with contextlib.AsyncExitStack() as stack:
@@ -313,6 +322,13 @@ async def serve(
         fleet = FleetLoad(
             registry=registry, load=load, publisher=publisher, group=config.fleet_group or publisher
         )
+        # Drives the running rollouts whose lease this process holds (control_plane/rollout/),
+        # judged from this process's load view (with fleet load: every process's proxies).
+        rollouts = RolloutDriver(
+            registry=registry,
+            holder=publisher,
+            rates=lambda server: rates_of_rows(load.rows_of(server)),
+        )
         xds.add_subscribe_listener(
             lambda proxy, type_url, names: load.note_subscribed(
                 type_url, names, node_id=proxy.node_id
@@ -349,7 +365,8 @@ async def serve(
         async def exposition() -> bytes:
             # The load families come from their own cache (10,000 servers: 90,000 series).
             text: bytes = generate_latest(REGISTRY)
-            return text + load_exposition.render()
+            rollouts_text = metrics.rollout_exposition() if drive_rollouts else b""
+            return text + rollouts_text + load_exposition.render()
 
         admin = AdminServer(
             service=AdminService(
@@ -358,8 +375,16 @@ async def serve(
                 table=lambda: reconciler.table,
                 load=load,
                 more_problems=lambda: (
-                    (PROBLEM_KIND, p.publisher, p.field, p.value, p.message) for p in fleet.problems
+                    *(
+                        (PROBLEM_KIND, p.publisher, p.field, p.value, p.message)
+                        for p in fleet.problems
+                    ),
+                    *(
+                        (ROLLOUT_PROBLEM, p.server, p.field, p.value, p.message)
+                        for p in rollouts.problems
+                    ),
                 ),
+                rollouts=lambda: rollouts.rollouts,
             ),
             ready=ready,
             token=config.admin_token,
@@ -392,6 +417,7 @@ async def serve(
                 tasks.create_task(reconciler.run_cleanup()),
                 tasks.create_task(load.run()),
                 tasks.create_task(fleet.run()),
+                *([tasks.create_task(rollouts.run())] if drive_rollouts else []),
             ]
             await stop.wait()
             log.info("shutdown_started", grace_seconds=config.grace_seconds)

@@ -12,7 +12,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -90,6 +90,31 @@ FLEET_PUBLISHERS = Gauge(
 )
 LOAD_REPORTERS = Gauge("routeplane_load_reporters", "Proxies whose load report counts now")
 STREAMS_REFUSED = Counter("routeplane_xds_streams_refused", "Streams refused", ["reason"])
+# Rollouts (control_plane/rollout/): one series per server with a rollout row (at most the
+# driver's MAX_ROWS rows read; a server whose row goes loses its series), and three results.
+# In a registry of their own, exported by the process that runs the driver (a lone serve, or
+# a group's supervisor: its workers run none), appended to its /metrics.
+ROLLOUT_REGISTRY = CollectorRegistry(auto_describe=True)
+ROLLOUT_STEP = Gauge(
+    "routeplane_rollout_step",
+    "Percent of the running rollout's current step (0: none running)",
+    ["server"],
+    registry=ROLLOUT_REGISTRY,
+)
+ROLLOUT_VERDICTS = Counter(
+    "routeplane_rollout_verdicts",
+    "Rollouts ended by this process's driver, by result",
+    ["result"],
+    registry=ROLLOUT_REGISTRY,
+)
+for _result in ("succeeded", "rolled_back", "stopped"):
+    ROLLOUT_VERDICTS.labels(result=_result)
+
+
+def rollout_exposition() -> bytes:
+    """The rollout families, as exposition text (``/metrics`` appends them)."""
+    text: bytes = generate_latest(ROLLOUT_REGISTRY)
+    return text
 
 
 class LoadView(Protocol):

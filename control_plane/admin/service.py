@@ -12,7 +12,9 @@ from google.protobuf import json_format
 from control_plane.admin.loadview import LoadAnswers
 from control_plane.admin.loadwire import TotalsFeed
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
+from control_plane.admin.rollouts import answer as rollouts_answer
 from control_plane.load.server import LoadService
+from control_plane.rollout.rules import Rollout
 from control_plane.routing.model import RoutingTable
 from control_plane.xds.cache import Published, SnapshotCache
 from control_plane.xds.nodes import NodeGroup
@@ -78,6 +80,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         table: Callable[[], RoutingTable | None],
         load: LoadService | None = None,
         more_problems: Callable[[], Iterable[tuple[str, str, str, str, str]]] = tuple,
+        rollouts: Callable[[], Iterable[Rollout]] = tuple,
     ) -> None:
         self.xds = xds
         self.cache = cache
@@ -86,6 +89,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         # Problems beyond the routing table's, as (kind, name, field, value, message): the
         # fleet's ignored load records (``control_plane/fleet/``).
         self.more_problems = more_problems
+        # The rollout records this process's driver last read (``control_plane/rollout/``).
+        self.rollouts = rollouts
         self._load_answers = LoadAnswers(load) if load is not None else None
 
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -247,6 +252,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                     changed_resources=changed,
                 )
         return response
+
+    async def GetRollouts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return rollouts_answer(self.rollouts(), request)
 
     async def ListProblems(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         response = admin_pb2.ListProblemsResponse()

@@ -174,6 +174,139 @@ def servers_show(name: str, registry: str, as_json: bool) -> None:
         )
 
 
+@servers.command("rollout")
+@click.argument("name")
+@click.option("--to", "target", default=None, help="The revision to move the traffic to.")
+@click.option(
+    "--steps", default="5,25,50,100", show_default=True, help="Percents of the steps, to 100."
+)
+@click.option("--interval", default="30s", show_default=True, help="How long each step lasts.")
+@click.option(
+    "--max-error-rate",
+    default="1%",
+    show_default=True,
+    help="How far the target's error rate may exceed the stable revisions'.",
+)
+@click.option(
+    "--min-requests",
+    default=100,
+    show_default=True,
+    type=int,
+    help="Requests on the target a step needs before it is judged.",
+)
+@click.option("--status", "status", is_flag=True, help="Show where the rollout stands.")
+@click.option("--json", "as_json", is_flag=True, help="With --status: JSON.")
+@registry_option
+@user_errors
+def servers_rollout(
+    name: str,
+    target: str | None,
+    steps: str,
+    interval: str,
+    max_error_rate: str,
+    min_requests: int,
+    status: bool,
+    as_json: bool,
+    registry: str,
+) -> None:
+    """Start a rollout of server NAME to revision --to (a serve drives it), or show one
+    (--status)."""
+    import time
+
+    from control_plane.registry.errors import ValidationError
+    from control_plane.rollout import commands
+
+    reg = open_reachable(registry)
+    now = time.time()
+    if status:
+        if target is not None:
+            raise ValidationError("to", target, "--status takes no --to")
+        _show_rollout(commands.as_json(commands.read(reg, name), now=now), as_json=as_json)
+        return
+    if target is None:
+        raise ValidationError("to", None, "required: the revision to roll out (or --status)")
+    if as_json:
+        raise ValidationError("json", True, "--json goes with --status")
+    from control_plane.registry.rows import excerpt
+
+    parts = [p.strip() for p in steps.split(",")] if len(steps) <= 200 else []
+    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        raise ValidationError(
+            "steps", excerpt(steps), "expected whole percents such as 5,25,50,100"
+        )
+    rollout = commands.start(
+        reg,
+        server=name,
+        target=target,
+        steps=[int(p) for p in parts],
+        interval=interval,
+        max_error_rate=max_error_rate,
+        min_requests=min_requests,
+        now=now,
+    )
+    click.echo(
+        f"rollout of {name} to {rollout.target} started: steps"
+        f" {','.join(str(s) for s in rollout.steps)}, {rollout.interval:g}s each; a serve"
+        f" drives it (routeplane servers rollout {name} --status)"
+    )
+
+
+def _show_rollout(record: dict[str, object], *, as_json: bool) -> None:
+    if as_json:
+        echo_json(record)
+        return
+
+    def split(entries: object) -> str:
+        return ", ".join(
+            f"{e['revision']} {e['percent']}%" + (f" (tag {e['tag']})" if e["tag"] else "")
+            for e in entries  # type: ignore[attr-defined]
+        )
+
+    steps = record["steps"]
+    assert isinstance(steps, list)
+    click.echo(
+        f"rollout of {printable(str(record['server']))} to {record['target']}: {record['state']},"
+        f" step {record['step']} of {len(steps)} ({record['percent']}%),"
+        f" {float(record['seconds_in_step']):.1f}s in step of"  # type: ignore[arg-type]
+        f" {float(record['interval_seconds']):g}s"  # type: ignore[arg-type]
+    )
+    click.echo(f"  before:  {split(record['base'])}")
+    click.echo(f"  written: {split(record['written']) or '(nothing yet)'}")
+    click.echo(
+        f"  this step: {record['target']} {record['target_requests']} requests,"
+        f" {record['target_errors']} errors"
+        f" ({float(record['target_error_rate']) * 100:.2f}%);"  # type: ignore[arg-type]
+        f" stable {record['stable_requests']} requests, {record['stable_errors']} errors"
+        f" ({float(record['stable_error_rate']) * 100:.2f}%)"  # type: ignore[arg-type]
+    )
+    click.echo(
+        f"  judged: more than {float(record['max_error_rate']) * 100:g}% over the stable rate"  # type: ignore[arg-type]
+        f" fails, with at least {record['min_requests']} requests on the target"
+    )
+    if record["holder"]:
+        click.echo(f"  driven by: {printable(str(record['holder']), 200)}")
+    if record["verdict"]:
+        click.echo(f"  verdict: {printable(str(record['verdict']), 1000)}")
+
+
+@servers.command("rollback")
+@click.argument("name")
+@registry_option
+@user_errors
+def servers_rollback(name: str, registry: str) -> None:
+    """Write back the split before NAME's rollout, at once, and stop the rollout if it runs."""
+    import time
+
+    from control_plane.rollout import commands
+
+    rollout, changed = commands.rollback(open_reachable(registry), name, now=time.time())
+    split = ", ".join(f"{t.revision} {t.percent}%" for t in rollout.base)
+    if changed:
+        click.echo(f"rolled back {name}: traffic {split}; rollout {rollout.state}")
+    else:
+        click.echo(f"{name} already has the split before its rollout: {split}")
+
+
 @servers.command("delete")
 @click.argument("name")
 @registry_option

@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from control_plane.admin.loadview import LoadAnswers, add_rows
 from control_plane.admin.loadwire import specs_from, totals_from
 from control_plane.admin.pb import admin_pb2, admin_pb2_grpc
+from control_plane.admin.rollouts import answer as rollouts_answer
 from control_plane.group.client import Workers, WorkerUnavailable
 from control_plane.load.quiet import ChangeLog
 from control_plane.load.totals import (
@@ -57,6 +58,7 @@ from control_plane.load.totals import (
     recommend,
 )
 from control_plane.metrics import LOAD_FAMILIES_START, LoadExposition
+from control_plane.rollout.rules import Rollout
 
 # A worker that does not answer within these is named as silent, and the others' answers stand:
 # /readyz answers inside a 2 s probe timeout, ListProxies inside the CLI's 10 s.
@@ -318,6 +320,10 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             for index, address in enumerate(self.workers)
         ]
         self.client = Workers(self.workers, token=token)  # the supervisor's one client
+        # The rollout records the supervisor's driver last read (its workers run none).
+        self.rollouts: Callable[[], Iterable[Rollout]] = tuple
+        # Its rollout rows that are not records, as (kind, name, field, value, message).
+        self.more_problems: Callable[[], Iterable[tuple[str, str, str, str, str]]] = tuple
         self._call = self.client.call
         self._stubs = self.client.stubs
         self._interval = interval
@@ -426,7 +432,13 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         return await self._first("DiffSnapshots", request, context)
 
     async def ListProblems(self, request: Any, context: Any) -> Any:
-        return await self._first("ListProblems", request, context)
+        response = await self._first("ListProblems", request, context)
+        for kind, name, field, value, message in self.more_problems():
+            response.problems.add(kind=kind, name=name, field=field, value=value, message=message)
+        return response
+
+    async def GetRollouts(self, request: Any, context: Any) -> Any:
+        return rollouts_answer(self.rollouts(), request)
 
     async def SnapshotHistory(self, request: Any, context: Any) -> Any:
         response = admin_pb2.SnapshotHistoryResponse()

@@ -32,6 +32,7 @@ import sys
 
 import structlog
 
+from control_plane import metrics
 from control_plane.admin.server import AdminServer
 from control_plane.app import (
     ServeConfig,
@@ -42,6 +43,9 @@ from control_plane.app import (
 )
 from control_plane.group.admin import AggregateService
 from control_plane.group.csds import merged
+from control_plane.registry import open_registry
+from control_plane.rollout.driver import PROBLEM_KIND as ROLLOUT_PROBLEM
+from control_plane.rollout.driver import RolloutDriver, rates_of_rows
 from control_plane.xds import csds
 
 log = structlog.get_logger("routeplane.workers")
@@ -147,11 +151,27 @@ async def supervise(
             interval=config.load_report_interval,
         )
         stack.push_async_callback(service.close)
+        # The group's rollout driver (its workers run none): judged from the group's sums.
+        registry = await asyncio.to_thread(open_registry, config.registry_url)
+        stack.push_async_callback(asyncio.to_thread, registry.close)
+        rollouts = RolloutDriver(
+            registry=registry,
+            holder=f"{base}#{secrets.token_hex(6)}",
+            rates=lambda server: rates_of_rows(service.load_view.rows_of(server)),
+        )
+        service.rollouts = lambda: rollouts.rollouts
+        service.more_problems = lambda: (
+            (ROLLOUT_PROBLEM, p.server, p.field, p.value, p.message) for p in rollouts.problems
+        )
+
+        async def exposition() -> bytes:
+            return await service.metrics() + metrics.rollout_exposition()
+
         admin = AdminServer(
             service=service,
             ready=service.ready,
             token=config.admin_token,
-            metrics=service.metrics,
+            metrics=exposition,
             handlers=[csds.generic_handler(merged(None, service.client))],
         )
         await start_admin(admin, config.admin_listen)
@@ -168,10 +188,11 @@ async def supervise(
             keda=config.keda_listen or None,
         )
         load = asyncio.create_task(service.run())
+        driving = asyncio.create_task(rollouts.run())
         exits = {asyncio.create_task(p.wait()): p for p in processes}
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (load, stopping, *exits):
+        for task in (load, driving, stopping, *exits):
             task.cancel()
         code = 0
         for task, process in exits.items():

@@ -73,7 +73,11 @@ async def _worker(config: ServeConfig, *, siblings: list[str], parent: int) -> N
         if os.getppid() != parent:  # it died before the kernel was asked to tell
             orphaned()
         await serve(
-            config, reuse_port=True, csds_answer=lambda xds: merged(xds, others), notices=False
+            config,
+            reuse_port=True,
+            csds_answer=lambda xds: merged(xds, others),
+            notices=False,
+            drive_rollouts=False,  # the supervisor drives them, from the group's load
         )
     finally:
         watcher.cancel()

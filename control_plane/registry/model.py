@@ -133,6 +133,23 @@ class LoadRecord:
     size: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutRow:
+    """A server's rollout as stored (``control_plane/rollout/`` reads its ``body``, the record
+    as JSON text): its ``state`` ("running" while a driver moves it), the control-plane process
+    holding it (``holder``, "" for none) and until when (``lease_expires_at``, unix seconds).
+    ``body`` is None when it was past the reader's byte bound (``size`` says how big) or not
+    text. Kept apart from routing: writing one never moves the revision."""
+
+    server: str
+    state: str
+    holder: str
+    lease_expires_at: float
+    written_at: float
+    body: str | None
+    size: int
+
+
 class Registry(Protocol):
     """A replica registry. Every write is one transaction, validated before it is written.
 
@@ -240,6 +257,42 @@ class Registry(Protocol):
     def read_load(self, *, max_records: int, max_bytes: int) -> list[LoadRecord]:
         """The newest ``max_records`` published records, newest first; a record's totals past
         ``max_bytes`` are not read (``totals`` None, ``size`` its length)."""
+        ...
+
+    def start_rollout(self, *, server: str, body: str, now: float) -> None:
+        """Write ``server``'s rollout record (state running, no holder) over any ended one;
+        ConflictError if its rollout is running. Moves no revision."""
+        ...
+
+    def read_rollouts(
+        self, *, server: str | None = None, max_rows: int, max_bytes: int
+    ) -> list[RolloutRow]:
+        """The rollout rows (of ``server`` only, when given), at most ``max_rows``, running ones
+        first; a body past ``max_bytes`` is not read (``body`` None, ``size`` its length)."""
+        ...
+
+    def hold_rollout(self, *, server: str, holder: str, now: float, lease_seconds: float) -> bool:
+        """Take or renew the lease of ``server``'s running rollout for ``holder``: only when it
+        is free, run out at ``now``, or already ``holder``'s. True when ``holder`` holds it."""
+        ...
+
+    def write_rollout(
+        self,
+        *,
+        server: str,
+        holder: str,
+        state: str,
+        body: str,
+        now: float,
+        lease_seconds: float,
+    ) -> bool:
+        """Write the record of ``server``'s running rollout (and renew the lease) only while
+        ``holder`` holds it; False (nothing written) when it does not."""
+        ...
+
+    def end_rollout(self, *, server: str, state: str, body: str, now: float) -> bool:
+        """Write an ended record over ``server``'s running rollout, whoever holds it (``servers
+        rollback``); False (nothing written) when none is running."""
         ...
 
     def watch(self, *, poll_interval: float = 0.005) -> AsyncIterator[RegistryState]:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.registry.model import LoadRecord, Replica, Server
+from control_plane.registry.model import LoadRecord, Replica, RolloutRow, Server
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +212,32 @@ def load_record(
         written_at=_number(written_at),
         interval=_number(interval),
         totals=bytes(totals) if isinstance(totals, bytes | bytearray) else None,
+        size=length if isinstance(length, int) and not isinstance(length, bool) else 0,
+    )
+
+
+MAX_ROLLOUT_KEY = 512  # characters of a rollout row's server, state and holder kept
+
+
+def rollout_row(
+    server: Any,
+    state: Any,
+    holder: Any,
+    lease_expires_at: Any,
+    written_at: Any,
+    size: Any,
+    body: Any,
+) -> RolloutRow:
+    """A rollout row (``control_plane/rollout/``): texts cut to :data:`MAX_ROLLOUT_KEY`, a time
+    that is not a finite number is NaN, a body that is not text is None; never raises."""
+    length = whole_number(size)
+    return RolloutRow(
+        server=text(server)[:MAX_ROLLOUT_KEY],
+        state=text(state)[:MAX_ROLLOUT_KEY],
+        holder=text(holder)[:MAX_ROLLOUT_KEY],
+        lease_expires_at=_number(lease_expires_at),
+        written_at=_number(written_at),
+        body=body if isinstance(body, str) else None,
         size=length if isinstance(length, int) and not isinstance(length, bool) else 0,
     )
 

@@ -74,6 +74,11 @@ class AdminStub:
                 request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.SerializeToString,
                 response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.FromString,
                 _registered_method=True)
+        self.GetRollouts = channel.unary_unary(
+                '/routeplane.admin.v1.Admin/GetRollouts',
+                request_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsRequest.SerializeToString,
+                response_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -139,6 +144,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRollouts(self, request, context):
+        """The rollouts (issue 26) as the process that drives them last read their records from
+        the registry: where each stands, and its verdict once it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +194,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchLoadTotals,
                     request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.FromString,
                     response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.SerializeToString,
+            ),
+            'GetRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollouts,
+                    request_deserializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsRequest.FromString,
+                    response_serializer=routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +417,33 @@ class Admin:
             '/routeplane.admin.v1.Admin/WatchLoadTotals',
             routeplane_dot_admin_dot_v1_dot_admin__pb2.WatchLoadTotalsRequest.SerializeToString,
             routeplane_dot_admin_dot_v1_dot_admin__pb2.LoadTotalsUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routeplane.admin.v1.Admin/GetRollouts',
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsRequest.SerializeToString,
+            routeplane_dot_admin_dot_v1_dot_admin__pb2.RolloutsResponse.FromString,
             options,
             channel_credentials,
             insecure,

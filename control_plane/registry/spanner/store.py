@@ -28,12 +28,13 @@ from google.cloud import spanner
 
 from control_plane import metrics
 from control_plane.registry import rows, validate
-from control_plane.registry.errors import NotFoundError
+from control_plane.registry.errors import ConflictError, NotFoundError
 from control_plane.registry.model import (
     LoadRecord,
     RegistryState,
     Replica,
     ReplicaState,
+    RolloutRow,
     Server,
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
@@ -51,6 +52,8 @@ from control_plane.registry.spanner.reads import (
     to_server,
     ts,
 )
+
+ROLLOUT_FIELDS = ("Server", "State", "Holder", "LeaseExpiresAt", "WrittenAt", "Body")
 
 
 class SpannerRegistry:
@@ -425,6 +428,113 @@ class SpannerRegistry:
             rows.load_record(row[0], row[1], row[2], row[3], row[4], _bytes(row[5]))
             for row in found
         ]
+
+    # -- rollouts (control_plane/rollout/) ---------------------------------------------
+    # A table the watch never reads: a rollout row re-routes nothing (the split a driver
+    # writes is a server write of its own). Each conditional write reads the row in its
+    # read-write transaction, so two writers never both succeed.
+
+    def _rollout_state(self, tx: Any, server: str) -> tuple[str, str, float] | None:
+        found = list(
+            tx.read(
+                "Rollouts",
+                ("State", "Holder", "LeaseExpiresAt"),
+                spanner.KeySet(keys=[[server]]),
+            )
+        )
+        if not found:
+            return None
+        state, holder, lease = found[0]
+        return str(state), str(holder), float(lease)
+
+    def start_rollout(self, *, server: str, body: str, now: float) -> None:
+        def write(tx: Any) -> None:
+            current = self._rollout_state(tx, server)
+            if current is not None and current[0] == "running":
+                raise ConflictError(f"server {server!r} has a rollout running")
+            tx.insert_or_update(
+                "Rollouts",
+                columns=ROLLOUT_FIELDS,
+                values=[(server, "running", "", 0.0, now, body)],
+            )
+
+        self._conn.transact("start rollout", write)
+
+    def read_rollouts(
+        self, *, server: str | None = None, max_rows: int, max_bytes: int
+    ) -> list[RolloutRow]:
+        def read() -> list[list[Any]]:
+            where = "" if server is None else " WHERE Server = @server"
+            with self.database.snapshot() as snap:
+                return [
+                    list(row)
+                    for row in snap.execute_sql(
+                        "SELECT SUBSTR(Server, 1, 512), SUBSTR(State, 1, 512),"
+                        " SUBSTR(Holder, 1, 512), LeaseExpiresAt, WrittenAt, BYTE_LENGTH(Body),"
+                        f" IF(BYTE_LENGTH(Body) <= {int(max_bytes)}, Body, NULL)"
+                        f" FROM Rollouts{where}"
+                        " ORDER BY IF(State = 'running', 0, 1), Server"
+                        f" LIMIT {int(max_rows)}",
+                        params=None if server is None else {"server": server},
+                        param_types=(
+                            None if server is None else {"server": spanner.param_types.STRING}
+                        ),
+                    )
+                ]
+
+        return [rows.rollout_row(*row) for row in self._conn.call("read rollouts", read)]
+
+    def hold_rollout(self, *, server: str, holder: str, now: float, lease_seconds: float) -> bool:
+        def write(tx: Any) -> bool:
+            current = self._rollout_state(tx, server)
+            if current is None or current[0] != "running":
+                return False
+            _, held_by, lease = current
+            if held_by not in ("", holder) and lease > now:
+                return False
+            tx.update(
+                "Rollouts",
+                columns=("Server", "Holder", "LeaseExpiresAt"),
+                values=[(server, holder, now + lease_seconds)],
+            )
+            return True
+
+        return self._conn.transact("hold rollout", write)
+
+    def write_rollout(
+        self,
+        *,
+        server: str,
+        holder: str,
+        state: str,
+        body: str,
+        now: float,
+        lease_seconds: float,
+    ) -> bool:
+        def write(tx: Any) -> bool:
+            current = self._rollout_state(tx, server)
+            if current is None or current[0] != "running" or current[1] != holder:
+                return False
+            tx.update(
+                "Rollouts",
+                columns=ROLLOUT_FIELDS,
+                values=[(server, state, holder, now + lease_seconds, now, body)],
+            )
+            return True
+
+        return self._conn.transact("write rollout", write)
+
+    def end_rollout(self, *, server: str, state: str, body: str, now: float) -> bool:
+        def write(tx: Any) -> bool:
+            current = self._rollout_state(tx, server)
+            if current is None or current[0] != "running":
+                return False
+            tx.update(
+                "Rollouts", columns=ROLLOUT_FIELDS, values=[(server, state, "", 0.0, now, body)]
+            )
+            return True
+
+        return self._conn.transact("end rollout", write)
 
     # -- state and watch ----------------------------------------------------------------
 

@@ -27,12 +27,13 @@ from typing import Any
 
 from control_plane.registry import migrations, validate
 from control_plane.registry import rows as rows_
-from control_plane.registry.errors import NotFoundError, RegistryUnavailableError
+from control_plane.registry.errors import ConflictError, NotFoundError, RegistryUnavailableError
 from control_plane.registry.model import (
     LoadRecord,
     RegistryState,
     Replica,
     ReplicaState,
+    RolloutRow,
     Server,
 )
 from control_plane.registry.servers import checked_replica, checked_server, plan_puts
@@ -376,6 +377,73 @@ class SqliteRegistry:
                 (max_bytes, max_records),
             ).fetchall()
         return [rows_.load_record(*row) for row in rows]
+
+    # -- rollouts (control_plane/rollout/) ---------------------------------------------
+    # Like published load, a rollout row moves no revision: the split a driver writes is a
+    # server write of its own.
+
+    def start_rollout(self, *, server: str, body: str, now: float) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM rollouts WHERE server = ?", (server,)).fetchone()
+            if row is not None and row[0] == "running":
+                raise ConflictError(f"server {server!r} has a rollout running")
+            db.execute(
+                "INSERT INTO rollouts VALUES (?, 'running', '', 0, ?, ?) ON CONFLICT(server) DO"
+                " UPDATE SET state = 'running', holder = '', lease_expires_at = 0,"
+                " written_at = excluded.written_at, body = excluded.body",
+                (server, now, body),
+            )
+
+    def read_rollouts(
+        self, *, server: str | None = None, max_rows: int, max_bytes: int
+    ) -> list[RolloutRow]:
+        where = "" if server is None else " WHERE server = ?"
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                "SELECT substr(server, 1, 512), substr(state, 1, 512), substr(holder, 1, 512),"
+                " lease_expires_at, written_at, length(body),"
+                " CASE WHEN length(body) <= ? THEN body END"
+                f" FROM rollouts{where} ORDER BY state = 'running' DESC, server LIMIT ?",
+                (max_bytes, *(() if server is None else (server,)), max_rows),
+            ).fetchall()
+        return [rows_.rollout_row(*row) for row in rows]
+
+    def hold_rollout(self, *, server: str, holder: str, now: float, lease_seconds: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rollouts SET holder = ?, lease_expires_at = ? WHERE server = ?"
+                " AND state = 'running' AND (holder = ? OR holder = '' OR lease_expires_at <= ?"
+                " OR typeof(lease_expires_at) NOT IN ('real', 'integer'))",
+                (holder, now + lease_seconds, server, holder, now),
+            )
+            return cursor.rowcount == 1
+
+    def write_rollout(
+        self,
+        *,
+        server: str,
+        holder: str,
+        state: str,
+        body: str,
+        now: float,
+        lease_seconds: float,
+    ) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rollouts SET state = ?, body = ?, written_at = ?, lease_expires_at = ?"
+                " WHERE server = ? AND state = 'running' AND holder = ?",
+                (state, body, now, now + lease_seconds, server, holder),
+            )
+            return cursor.rowcount == 1
+
+    def end_rollout(self, *, server: str, state: str, body: str, now: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rollouts SET state = ?, body = ?, written_at = ?, holder = '',"
+                " lease_expires_at = 0 WHERE server = ? AND state = 'running'",
+                (state, body, now, server),
+            )
+            return cursor.rowcount == 1
 
     # -- state and watch ----------------------------------------------------------------
 
