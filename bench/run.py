@@ -78,6 +78,12 @@ class Plan:
     # The load view's idle cost (bench/idle_load.py): servers with autoscaling (0: none), the
     # worker counts, the CPU window (s).
     idle_load: tuple[int, tuple[int, ...], float] = (10_000, (1, 2), 20.0)
+    # A traffic split change against ordinary propagation in the same run (bench/traffic.py):
+    # tries of each (a few ms a try).
+    traffic_tries: int = 200
+    # A rollback under a steady stream (bench/rollout.py): CLI rollout then CLI rollback, each
+    # try ~3 s (two processes started, one quiet second); under 200 the table shows the max.
+    rollout_tries: int = 50
     # Fleet-wide load (bench/fleet_load.py): registries, servers with traffic, tries of the
     # load step, report interval (s), writes/s window (s); no registries: not run.
     fleet_load: tuple[tuple[str, ...], tuple[int, ...], int, float, float] = (
@@ -131,6 +137,8 @@ QUICK = Plan(
     idle_load=(1000, (1,), 5.0),
     keda_tries=20,
     fleet_load=(("sqlite",), (10, 1000), 10, 0.5, 2.0),
+    traffic_tries=20,
+    rollout_tries=20,
 )
 SMOKE = Plan(
     "smoke",
@@ -158,6 +166,8 @@ SMOKE = Plan(
     autoscale_hours=0.05,
     idle_load=(0, (), 0.0),
     fleet_load=(("sqlite",), (10,), 2, 0.5, 1.0),
+    traffic_tries=2,
+    rollout_tries=2,
 )
 
 
@@ -198,6 +208,8 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         propagation,
         proxyless,
         registry_watch,
+        rollout,
+        traffic,
     )
 
     out: dict[str, Any] = {"plan": plan.name, **versions()}
@@ -229,6 +241,12 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "keda"
     path.mkdir()
     out["keda"] = keda.run(path, tries=plan.keda_tries)
+    path = workdir / "traffic"
+    path.mkdir()
+    out["traffic"] = traffic.run(path, tries=plan.traffic_tries)
+    path = workdir / "rollout"
+    path.mkdir()
+    out["rollout"] = rollout.run(path, tries=plan.rollout_tries)
     path = workdir / "proxyless"
     path.mkdir()
     out["proxyless"] = proxyless.run(tries=plan.propagation_tries, workdir=path)

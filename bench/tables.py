@@ -41,6 +41,14 @@ def table(result: dict[str, Any]) -> str:
         from bench import keda
 
         lines += keda.table(result["keda"])
+    if result.get("traffic"):
+        from bench import traffic
+
+        lines += ["", *traffic.table(result["traffic"])]
+    if result.get("rollout"):
+        from bench import rollout
+
+        lines += rollout.table(result["rollout"])
     if "proxyless" in result:
         lines += _proxyless_table(result["proxyless"])
     lines += _registry_watch_table(result["registry_watch"])

@@ -161,11 +161,22 @@ def samples() -> None:
     show_default=True,
     help="Seconds a draining replica may keep requests in flight before it is stopped anyway.",
 )
+@click.option(
+    "--revision",
+    default="",
+    help="The revision its replicas register with (they answer as NAME@REVISION).",
+)
 @admin_option
 @registry_option
 @user_errors
 def samples_autoscaler(
-    server: str, region: str, ports: str, drain_timeout: float, admin: str, registry: str
+    server: str,
+    region: str,
+    ports: str,
+    drain_timeout: float,
+    revision: str,
+    admin: str,
+    registry: str,
 ) -> None:
     """Start or stop sample replicas of SERVER to match routeplane's recommendation (WatchLoad)."""
     import signal
@@ -187,6 +198,7 @@ def samples_autoscaler(
         admin=admin,
         drain_timeout=drain_timeout,
         announce=lambda line: click.echo(line, err=True),
+        revision=revision,
     )
     try:
         scaler.follow(stream(admin, "WatchLoad", admin_pb2.GetLoadRequest(server=server)))
@@ -210,6 +222,13 @@ def samples_autoscaler(
     default="",
     help="The version it runs (registered with it; answers as NAME@REVISION).",
 )
+@click.option(
+    "--error-percent",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Answer 500 to this percent of requests, evenly spread (--kind http only).",
+)
 @registry_option
 @user_errors
 def samples_replica(
@@ -222,11 +241,14 @@ def samples_replica(
     zone: str,
     lease_seconds: float,
     revision: str,
+    error_percent: int,
     registry: str,
 ) -> None:
     """A sample replica that registers itself, renews its lease and deregisters on exit."""
     from control_plane.dev.samples.replica import run
 
+    if error_percent and kind != "http":
+        fail(f"--error-percent {error_percent}: only --kind http can fail on demand")
     run(
         kind=kind,
         name=name,
@@ -238,6 +260,7 @@ def samples_replica(
         registry=registry,
         lease_seconds=lease_seconds,
         revision=revision,
+        error_percent=error_percent,
     )
 
 

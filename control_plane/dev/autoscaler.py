@@ -2,11 +2,13 @@
 sample replicas so a server has the replicas routeplane recommends.
 
 ``routeplane samples autoscaler --server echo --region us-west --ports 8150-8159 --registry URL
-[--admin 127.0.0.1:18001] [--drain-timeout 30]``. It manages only the replicas it started
-(sample HTTP replicas on loopback ports from ``--ports``): with ``desired`` recommended and
-``others`` READY replicas it did not start, it keeps ``max(0, desired - others)`` of its own.
+[--admin 127.0.0.1:18001] [--drain-timeout 30] [--revision V]``. It manages only the replicas
+it started (sample HTTP replicas on loopback ports from ``--ports``): with ``desired``
+recommended and ``others`` READY replicas it did not start, it keeps ``max(0, desired -
+others)`` of its own.
 This is what a platform's scheduler does with the recommendation; routeplane itself never
-starts processes.
+starts processes. With ``--revision`` its replicas register with that revision (checked when the
+autoscaler is made, before any replica starts) and answer ``NAME@REVISION``.
 
 Scaling down drains before it stops, so no request fails: of its own replicas it takes those
 the recommendation names first (``scale_down_candidates``, the idlest first), then its idlest
@@ -37,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.registry import open_registry
+from control_plane.registry import open_registry, validate
 from control_plane.registry.errors import NotFoundError, RegistryError
 from control_plane.registry.model import Registry, ReplicaState
 
@@ -64,6 +66,7 @@ class Autoscaler:
     drain_timeout: float = 30.0
     announce: Callable[[str], None] = print
     clock: Callable[[], float] = time.monotonic
+    revision: str = ""  # the revision its replicas register with ("": none)
     _own: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     _draining: dict[int, _Draining] = field(default_factory=dict)
     # Stopped, not exited yet: their ports are not free.
@@ -72,6 +75,9 @@ class Autoscaler:
     _row: Any = None  # the server's latest "*" row
     _interval: float = 1.0  # the report interval the rows follow
     _store: Registry | None = None
+
+    def __post_init__(self) -> None:
+        self.revision = validate.revision("--revision", self.revision)
 
     def follow(self, updates: Iterator[Any]) -> None:
         """Act on every ``LoadResponse`` of ``updates`` until it ends, and look at draining
@@ -224,6 +230,7 @@ class Autoscaler:
             self.registry,
             "--lease-seconds",
             str(self.lease_seconds),
+            *(["--revision", self.revision] if self.revision else []),
         ]
         self._own[port] = subprocess.Popen(argv, start_new_session=True)
         self.announce(f"autoscaler: started {name} ({len(self._own)} of mine)")

@@ -97,6 +97,7 @@ def compose(cfg: MeshConfig, plan: Topology) -> dict[str, Any]:
                 SPANNER_URL,
                 "--lease-seconds",
                 str(LEASE_SECONDS),
+                *(["--revision", replica.revision] if replica.revision else []),
             ],
             "environment": env,
             "depends_on": {"init": {"condition": "service_completed_successfully"}},

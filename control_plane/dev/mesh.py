@@ -5,7 +5,11 @@ compose`` (``dev/compose.py``: the committed ``docker-compose.yml``) and, as a d
 :class:`Topology` (:func:`topology`), ``mesh kubernetes`` (``deploy/``): a registry (the
 Spanner emulator when installed, else embedded SQLite), the control plane, an Envoy in us-west
 and one in us-east, and sample replicas in both regions (HTTP echo, WebSocket echo, gRPC token
-streaming) that register themselves, renew a lease and deregister on exit. Every process is
+streaming) that register themselves, renew a lease and deregister on exit. ``chat`` is the HTTP
+echo with revisions: its replicas run ``v1`` and its spec pins 100% to it, so the guide's rollout
+section deploys a ``v2`` next to it (and a failing ``v3``, rolled back by itself) on the ports
+``ROLLOUT_OFFSETS`` keeps free. echo's replicas carry no revision: their answers stay the bare
+replica names (``echo-us-east-1``). Every process is
 started in its own session and stopped by PID (``mesh down`` checks each PID still runs what it
 started), in stages, the reverse of the start: the autoscaler and replicas first (they deregister
 while the registry still runs), then the Envoys, the control plane, and the registry last. The
@@ -61,6 +65,7 @@ class ReplicaPlan:
     region: str
     zone: str
     offset: int  # port = replica_port + offset
+    revision: str = ""  # "" registers none (answers NAME), else it answers NAME@REVISION
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,13 @@ REPLICAS = (
     ReplicaPlan("ws-us-east-1", "ws", "ws", "us-east", "us-east-a", 4),
     ReplicaPlan("tokens-us-west-1", "grpc", "tokens", "us-west", "us-west-a", 5),
     ReplicaPlan("tokens-us-east-1", "grpc", "tokens", "us-east", "us-east-a", 6),
+    ReplicaPlan("chat-us-west-1", "http", "chat", "us-west", "us-west-a", 13, "v1"),
+    ReplicaPlan("chat-us-east-1", "http", "chat", "us-east", "us-east-a", 14, "v1"),
 )
+ROLLOUT_SERVER = "chat"
+# The guide's rollout replicas, started by the user: a v2, and a v3 that fails 20% of requests.
+ROLLOUT_OFFSETS = {"v2": 15, "v3": 16}
+ROLLOUT_ERROR_PERCENT = 20
 ENVOYS = (EnvoyPlan("envoy-us-west", "us-west", 0), EnvoyPlan("envoy-us-east", "us-east", 1))
 
 
@@ -128,6 +139,10 @@ class MeshConfig:
                 ports[f"--replica-port (+{offset}, {plan.server} autoscaled)"] = (
                     self.replica_port + offset
                 )
+        for revision, offset in ROLLOUT_OFFSETS.items():
+            ports[f"--replica-port (+{offset}, the guide's {ROLLOUT_SERVER} {revision})"] = (
+                self.replica_port + offset
+            )
         if spanner:
             ports["--emulator-port"] = self.emulator_port
         return ports
@@ -257,6 +272,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                     state.registry_url,
                     "--lease-seconds",
                     str(LEASE_SECONDS),
+                    *(["--revision", replica.revision] if replica.revision else []),
                 ],
             )
         for envoy in ENVOYS:
@@ -395,6 +411,19 @@ def _stat(admin_port: int, name: str) -> int:
     return 0
 
 
+def _healthy(admin_port: int, server: str) -> int:
+    """Envoy's healthy endpoints of ``server``: in its plain cluster and, for a server whose
+    replicas carry revisions (a traffic split: one cluster per revision), in each revision's."""
+    from control_plane.translate import names
+
+    revisions = {r.revision for r in REPLICAS if r.server == server and r.revision}
+    clusters = [names.cluster(workspace="default", server=server)] + [
+        names.cluster(workspace="default", server=server, revision=revision)
+        for revision in sorted(revisions)
+    ]
+    return sum(_stat(admin_port, f"cluster.{cluster}.membership_healthy") for cluster in clusters)
+
+
 def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
     counts = {
         server: sum(r.server == server for r in REPLICAS) for server in {r.server for r in REPLICAS}
@@ -405,10 +434,7 @@ def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
             if not processes.runs(process):
                 raise MeshError(f"{process.name} exited; see {process.log}")
         return all(
-            _stat(
-                cfg.envoy_admin_port + envoy.offset, f"cluster.default_{server}.membership_healthy"
-            )
-            == count
+            _healthy(cfg.envoy_admin_port + envoy.offset, server) == count
             for envoy in ENVOYS
             for server, count in counts.items()
         )
@@ -451,6 +477,8 @@ def guide(cfg: MeshConfig, state: MeshState) -> str:
     reg = state.registry_url
     env = "".join(f"{k}={v} " for k, v in state.env.items())
     rp = _command("routeplane")
+    v2, v3 = (cfg.replica_port + ROLLOUT_OFFSETS[r] for r in ("v2", "v3"))
+    err = ROLLOUT_ERROR_PERCENT
     return f"""
 routeplane mesh is up: registry {reg}
   Envoy us-west 127.0.0.1:{west}   Envoy us-east 127.0.0.1:{east}   control plane admin {admin}
@@ -483,6 +511,24 @@ Cold start (gpu has no replica until asked; cold_start: hold, so Envoy holds the
 the sample autoscaler starts gpu-auto-PORT, and the replica goes again after 10 s of quiet):
   curl -H 'Host: gpu.local' http://127.0.0.1:{west}/    # answered by gpu-auto-*, ~1 s later
   {rp} load --server gpu                # COLD STARTS: requests that waited
+
+Roll out (chat runs v1 in both regions, its spec pins 100% to v1; answers name the revision,
+chat-us-west-1@v1; each step is judged from Envoy's load reports once the new revision has had
+--min-requests, 100 by default, so keep traffic flowing: the first line sends 100 a second):
+  curl -s --rate 100/s -H 'Host: chat.local' 'http://127.0.0.1:{west}/?[1-1000000]' >/dev/null &
+  {env}{rp} samples replica --kind http --name chat-us-west-2 --listen 127.0.0.1:{v2} \\
+    --server chat --region us-west --revision v2 --registry {reg} &
+  {env}{rp} servers rollout chat --to v2 --interval 5s --registry {reg}
+  for i in $(seq 10); do curl -s -H 'Host: chat.local' http://127.0.0.1:{west}/; sleep 2; done
+  {env}{rp} servers rollout chat --status --registry {reg}
+A v3 that answers 500 to {err}% of its requests is rolled back by itself, the verdict naming the
+rates:
+  {env}{rp} samples replica --kind http --name chat-us-west-3 --listen 127.0.0.1:{v3} \\
+    --server chat --region us-west --revision v3 --error-percent {err} --registry {reg} &
+  {env}{rp} servers rollout chat --to v3 --interval 5s --registry {reg}
+  {env}{rp} servers rollout chat --status --registry {reg}
+  {env}{rp} servers rollback chat --registry {reg}    # by hand: the last completed split
+  (stop the traffic and the replicas with `kill %1 %2 %3`: the replicas deregister)
 
 Break things:
   {env}{rp} replicas drain REPLICA_ID --registry {reg}

@@ -6,6 +6,14 @@ milliseconds apart (a token stream), and ``GET /stall?ms=M`` sends one event and
 for M milliseconds before the rest; ``POST`` answers ``<name> <length> <sha256 of the body>``.
 A GET's ``?status=N`` (200-599) answers with that status (a failing replica on demand).
 Runs in a thread (tests) or as ``routeplane samples http-echo``.
+
+``error_percent`` P (0-100) makes it a failing version on demand: it answers ``500`` with
+``<name> error`` to P% of its requests, whatever their method or path, evenly spread: request
+number n (counted from 1, across connections) fails when ``n * P // 100`` passes a whole number
+(P=20: the 5th, 10th, 15th, ...), so no run of failures is longer than it must be (a proxy's
+outlier detection, which ejects on consecutive 5xx, does not hide it) and any 100 requests in a
+row hold exactly P failures. A failed request with a body closes its connection (the body is
+not read).
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
-def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def make_server(
+    *, name: str, host: str = "127.0.0.1", port: int = 0, error_percent: int = 0
+) -> ThreadingHTTPServer:
+    failing = Failures(error_percent)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body are written separately: with Nagle's algorithm on, a response on a
@@ -81,17 +93,60 @@ def make_server(*, name: str, host: str = "127.0.0.1", port: int = 0) -> Threadi
         def log_message(self, format: str, *args: object) -> None:
             return
 
+        def parse_request(self) -> bool:
+            """A request picked to fail is answered here, before its ``do_*`` method runs."""
+            if not super().parse_request():
+                return False
+            if not failing.next():
+                return True
+            # A body it does not read (any length but 0, or chunked): the connection ends here.
+            length = (self.headers.get("Content-Length") or "0").strip()
+            if length != "0" or self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+            body = f"{name} error\n".encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Replica", name)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            return False
+
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
 
 
+class Failures:
+    """Which requests fail, evenly spread (see the module docstring); thread safe."""
+
+    def __init__(self, percent: int) -> None:
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise ValueError(f"error_percent must be a whole number from 0 to 100, not {percent!r}")
+        self.percent = percent
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> bool:
+        """Count one request; True when it is to fail."""
+        if self.percent == 0:
+            return False
+        with self._lock:
+            self._count += 1
+            n = self._count
+        return n * self.percent // 100 > (n - 1) * self.percent // 100
+
+
 class EchoThread:
     """An echo server on a free loopback port, in a daemon thread; ``stop()`` ends it."""
 
-    def __init__(self, *, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, *, name: str, host: str = "127.0.0.1", port: int = 0, error_percent: int = 0
+    ) -> None:
         self.name = name
-        self.server = make_server(name=name, host=host, port=port)
+        self.server = make_server(name=name, host=host, port=port, error_percent=error_percent)
         self.port = self.server.server_address[1]
         self.address = f"{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -3,7 +3,9 @@
 ``routeplane samples replica --kind http|ws|grpc --name N --listen ADDR --server S --region R
 --registry URL [--revision V]``. With a revision the replica registers with it and answers as
 ``N@V`` wherever it answers ``N`` without one (the HTTP echo's body and ``X-Replica`` header,
-the WebSocket and gRPC echoes' replies), so a response names its revision. SIGTERM/SIGINT
+the WebSocket and gRPC echoes' replies), so a response names its revision. ``--error-percent P``
+(HTTP only) answers 500 to P% of its requests, evenly spread (``http_echo``): a failing version
+to roll out and roll back. SIGTERM/SIGINT
 deregisters (a clean exit, which prints ``NAME: deregistered ID`` on stderr); SIGKILL leaves
 the lease to run out, and the control plane removes the replica when it does.
 """
@@ -31,14 +33,23 @@ def run(
     registry: str,
     lease_seconds: float,
     revision: str = "",
+    error_percent: int = 0,
 ) -> None:
     revision = validate.revision("--revision", revision)  # before anything serves
+    if error_percent and kind != "http":
+        raise ValueError(f"--error-percent {error_percent}: only --kind http can fail on demand")
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    shutdown = _start(kind, name=f"{name}@{revision}" if revision else name, host=host, port=port)
+    shutdown = _start(
+        kind,
+        name=f"{name}@{revision}" if revision else name,
+        host=host,
+        port=port,
+        error_percent=error_percent,
+    )
     agent = ReplicaAgent(
         registry_url=registry,
         server=server,
@@ -59,11 +70,11 @@ def run(
             shutdown()
 
 
-def _start(kind: str, *, name: str, host: str, port: int):  # type: ignore[no-untyped-def]
+def _start(kind: str, *, name: str, host: str, port: int, error_percent: int = 0):  # type: ignore[no-untyped-def]
     if kind == "http":
         from control_plane.dev.samples.http_echo import make_server
 
-        http = make_server(name=name, host=host, port=port)
+        http = make_server(name=name, host=host, port=port, error_percent=error_percent)
         threading.Thread(target=http.serve_forever, daemon=True).start()
 
         def stop_http() -> None:

@@ -31,6 +31,11 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert "across_replicas" in result["keda"]
     assert "across replicas (B's Envoy)" in rendered
     assert "KEDA external-push" in rendered
+    assert result["traffic"]["split"]["n"] == SMOKE.traffic_tries
+    assert "A traffic split change against ordinary propagation" in rendered
+    assert result["rollout"]["rollback_to_last_bad"]["n"] == SMOKE.rollout_tries
+    assert result["rollout"]["failed_requests"] == 0
+    assert "`routeplane servers rollback` started -> the last request" in rendered
     sizes = result["propagation_by_size"]
     assert [row["replicas"] for row in sizes] == list(SMOKE.propagation_sizes)
     assert all(row["routeplane"]["tries"] == SMOKE.propagation_size_tries for row in sizes)
