@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from control_plane.dev.mesh import AUTOSCALER_OFFSETS, ENVOYS, REPLICAS, load_state
+from control_plane.dev.mesh import AUTOSCALERS, ENVOYS, REPLICAS, ROLLOUT_OFFSETS, load_state
 from harness.processes import ROUTEPLANE
 from harness.waiting import wait_until
 
@@ -43,7 +43,12 @@ class MeshPorts:
         ]
 
     def all(self) -> list[int]:
-        replicas = len(REPLICAS) + len(AUTOSCALER_OFFSETS)
+        # Every replica offset the mesh uses: its replicas, the autoscalers', the guide's.
+        replicas = 1 + max(
+            *(r.offset for r in REPLICAS),
+            *(o for plan in AUTOSCALERS for o in plan.offsets),
+            *ROLLOUT_OFFSETS.values(),
+        )
         return [
             self.port("xds"),
             self.port("admin"),
