@@ -87,28 +87,49 @@ def pin_v1(registry_url: str, tmp_path: Path) -> None:
     routeplane("servers", "apply", "-f", str(path), registry=registry_url)
 
 
+@pytest.fixture
+def second_envoy(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Envoy]:
+    workdir = tmp_path / "edge-2"
+    workdir.mkdir()
+    proxy = Envoy.create(workdir, node_id="edge-2", region="us-west", xds=[control_plane.xds])
+    proxy.start()
+    try:
+        proxy.wait_live()
+        yield proxy
+    finally:
+        proxy.stop()
+
+
 def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_request(
     control_plane: ControlPlane,
     envoy: Envoy,
+    second_envoy: Envoy,
     registry: Registry,
     echo_factory: Callable[[str], EchoThread],
     tmp_path: Path,
 ) -> None:
+    """Traffic through two Envoys (their load reports both count in the judgement)."""
     pin_v1(control_plane.registry, tmp_path)
     for name, revision in (("chat-v1-a", "v1"), ("chat-v2-a", "v2")):
         echo = echo_factory(name)
         registry.register_replica(
             server="chat", address=echo.address, region="us-west", revision=revision
         )
-    log = WeightLog(envoy)
-    wait_until(
-        lambda: nonzero(log.look()) == {"default_chat_rev_v1": 100}, timeout=30, what="v1 100%"
-    )
-    wait_answered_by(envoy, "chat-v1-a")
-    log.start()
-    traffic = SteadyTraffic(envoy).start()
+    proxies = (envoy, second_envoy)
+    logs = [WeightLog(proxy) for proxy in proxies]
+    for proxy, log in zip(proxies, logs, strict=True):
+        wait_until(
+            lambda log=log: nonzero(log.look()) == {"default_chat_rev_v1": 100},
+            timeout=30,
+            what="v1 100%",
+        )
+        wait_answered_by(proxy, "chat-v1-a")
+        log.start()
+    streams = [SteadyTraffic(proxy, rate=75.0).start() for proxy in proxies]
     try:
-        wait_until(lambda: len(traffic.answers) > 50, timeout=30, what="traffic flowing")
+        wait_until(
+            lambda: all(len(t.answers) > 25 for t in streams), timeout=30, what="traffic flowing"
+        )
         started = routeplane(
             "servers", "rollout", "chat", "--to", "v2", "--steps", "25,50,100",
             "--interval", f"{STEP}s", "--min-requests", "20",
@@ -121,21 +142,29 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
             timeout=90,
             what="the rollout to end",
         )
-        wait_until(lambda: v2_weight(log.latest()) == 100, timeout=30, what="v2 at 100%")
+        for log in logs:
+            wait_until(
+                lambda log=log: v2_weight(log.latest()) == 100,
+                timeout=30,
+                what="v2 at 100%",
+            )
     finally:
-        traffic.stop()
-        log.stop()
+        for traffic in streams:
+            traffic.stop()
+        for log in logs:
+            log.stop()
     record = status(control_plane.registry)
     assert record["state"] == "succeeded", record
     assert "every step passed" in record["verdict"]
-    failed = [a for a in traffic.answers if a.status != 200]
-    assert failed == [], f"{failed[:5]} {log.changes}"
-    # Envoy went through every step, in order, and nothing else.
-    seen = [v2_weight(w) for _, w in log.changes]
-    assert [w for w in seen if w] == [25, 50, 100], log.changes
-    for weight, count, share in v2_share_by_split(traffic.answers, log.changes):
-        if count >= 100:
-            assert abs(share - weight / 100) <= 0.1, (weight, count, share)
+    for traffic, log in zip(streams, logs, strict=True):
+        failed = [a for a in traffic.answers if a.status != 200]
+        assert failed == [], f"{failed[:5]} {log.changes}"
+        # Each Envoy went through every step, in order, and nothing else.
+        seen = [v2_weight(w) for _, w in log.changes]
+        assert [w for w in seen if w] == [25, 50, 100], log.changes
+        for weight, count, share in v2_share_by_split(traffic.answers, log.changes):
+            if count >= 100:
+                assert abs(share - weight / 100) <= 0.1, (weight, count, share)
     # Under serve --workers (the default here) the supervisor drives it and answers for it.
     [found] = admin_rollouts(control_plane.admin)
     assert (found.server, found.state, found.percent) == ("chat", "succeeded", 100)
