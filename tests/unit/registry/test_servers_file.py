@@ -83,4 +83,10 @@ def test_a_refused_write_names_the_server_and_writes_nothing(
 
 
 def test_the_mesh_servers_file_loads() -> None:
-    assert [d.name for d in load_servers_file(MESH_SERVERS)] == ["echo", "gpu", "ws", "tokens"]
+    assert [d.name for d in load_servers_file(MESH_SERVERS)] == [
+        "echo",
+        "gpu",
+        "ws",
+        "tokens",
+        "chat",
+    ]
