@@ -29,7 +29,7 @@ format: install
 	$(BIN)/ruff check --fix control_plane harness tests bench
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 run: install
 	$(BIN)/routeplane mesh up

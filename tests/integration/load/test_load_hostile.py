@@ -154,6 +154,19 @@ class Honest:
     envoy: Envoy
 
 
+def wait_in_flight(cp: ControlPlane, count: int) -> None:
+    """Wait for echo's in-flight gauge to read ``count``; a failure says what it read last."""
+    seen: list[tuple[float, float]] = []
+    try:
+        wait_until(
+            lambda: seen.append(echo_load(scrape(cp.admin))) or seen[-1][0] == count,
+            timeout=30,
+            what=f"{count} in flight",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last (in flight, req/s): {seen[-3:]}") from None
+
+
 def hold(envoy: Envoy, count: int) -> list[threading.Thread]:
     threads = [
         threading.Thread(
@@ -194,7 +207,7 @@ def honest(tmp_path: Path, echo_factory: Callable[[str], EchoThread]) -> Iterato
         envoy.wait_live()
         wait_until(lambda: envoy.get(host="echo.local")[0] == 200, what="routing")
         threads = hold(envoy, 4)
-        wait_until(lambda: echo_load(scrape(cp.admin))[0] == 4, timeout=15, what="4 in flight")
+        wait_in_flight(cp, 4)
         yield Honest(cp=cp, envoy=envoy)
     finally:
         envoy.stop()
@@ -470,7 +483,7 @@ def test_under_mtls_a_certificate_of_one_fleet_cannot_report_for_another_fleets_
         envoy.wait_live()
         wait_until(lambda: envoy.get(host="echo.local")[0] == 200, what="routing over mTLS")
         threads = hold(envoy, 4)
-        wait_until(lambda: echo_load(scrape(cp.admin))[0] == 4, timeout=15, what="4 in flight")
+        wait_in_flight(cp, 4)
         ca = (certs / "ca.pem").read_bytes()
         apps = grpc.ssl_channel_credentials(
             root_certificates=ca,
