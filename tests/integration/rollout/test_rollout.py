@@ -125,10 +125,15 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
         )
         wait_answered_by(proxy, "chat-v1-a")
         log.start()
-    streams = [SteadyTraffic(proxy, rate=75.0).start() for proxy in proxies]
+    # The first Envoy carries the measured stream (150/s: a step's share is judged over ~300
+    # answers); the second a lighter one, checked for failures and the steps it saw.
+    streams = [
+        SteadyTraffic(proxy, rate=rate).start()
+        for proxy, rate in zip(proxies, (150.0, 30.0), strict=True)
+    ]
     try:
         wait_until(
-            lambda: all(len(t.answers) > 25 for t in streams), timeout=30, what="traffic flowing"
+            lambda: all(len(t.answers) > 10 for t in streams), timeout=30, what="traffic flowing"
         )
         started = routeplane(
             "servers", "rollout", "chat", "--to", "v2", "--steps", "25,50,100",
@@ -162,9 +167,9 @@ def test_a_rollout_under_steady_traffic_reaches_100_percent_with_no_failed_reque
         # Each Envoy went through every step, in order, and nothing else.
         seen = [v2_weight(w) for _, w in log.changes]
         assert [w for w in seen if w] == [25, 50, 100], log.changes
-        for weight, count, share in v2_share_by_split(traffic.answers, log.changes):
-            if count >= 100:
-                assert abs(share - weight / 100) <= 0.1, (weight, count, share)
+    for weight, count, share in v2_share_by_split(streams[0].answers, logs[0].changes):
+        if count >= 100:
+            assert abs(share - weight / 100) <= 0.1, (weight, count, share)
     # Under serve --workers (the default here) the supervisor drives it and answers for it.
     [found] = admin_rollouts(control_plane.admin)
     assert (found.server, found.state, found.percent) == ("chat", "succeeded", 100)
