@@ -7,16 +7,22 @@ from xds.data.orca.v3 import orca_load_report_pb2
 from tests.integration.orca_routing.raw_reporters import RawGrpcEcho, RawHttpEcho
 
 
-def _report(utilization: float) -> orca_load_report_pb2.OrcaLoadReport:
-    return orca_load_report_pb2.OrcaLoadReport(
-        application_utilization=utilization, rps_fractional=1
-    )
+def _report(utilization: float, metric: str) -> orca_load_report_pb2.OrcaLoadReport:
+    found = orca_load_report_pb2.OrcaLoadReport(rps_fractional=1)
+    if metric.startswith("named_metrics."):
+        found.named_metrics[metric.removeprefix("named_metrics.")] = utilization
+    else:
+        setattr(found, metric, utilization)
+    return found
 
 
 class HttpReplica:
-    """The HTTP echo, reporting ``application_utilization`` on every response (TEXT header)."""
+    """The HTTP echo, reporting ``metric`` on every response (TEXT header)."""
 
-    def __init__(self, *, name: str, utilization: float | None) -> None:
+    def __init__(
+        self, *, name: str, utilization: float | None, metric: str = "application_utilization"
+    ) -> None:
+        self._metric = metric
         self._echo = RawHttpEcho(name=name)
         self.address = self._echo.address
         self.report(utilization)
@@ -29,7 +35,7 @@ class HttpReplica:
             else (
                 (
                     "endpoint-load-metrics",
-                    f"TEXT application_utilization={utilization}, rps_fractional=1",
+                    f"TEXT {self._metric}={utilization}, rps_fractional=1",
                 ),
             )
         )
@@ -39,10 +45,13 @@ class HttpReplica:
 
 
 class GrpcReplica:
-    """The gRPC echo, reporting ``application_utilization`` in every call's trailer and on
-    ``OpenRcaService`` streams."""
+    """The gRPC echo, reporting ``metric`` in every call's trailer and on ``OpenRcaService``
+    streams."""
 
-    def __init__(self, *, name: str, utilization: float | None) -> None:
+    def __init__(
+        self, *, name: str, utilization: float | None, metric: str = "application_utilization"
+    ) -> None:
+        self._metric = metric
         self._echo = RawGrpcEcho(name=name)
         self.address = self._echo.address
         self.report(utilization)
@@ -51,7 +60,7 @@ class GrpcReplica:
         if utilization is None:
             self._echo.trailers, self._echo.oob = (), None
             return
-        data = _report(utilization).SerializeToString()
+        data = _report(utilization, self._metric).SerializeToString()
         self._echo.trailers = (("endpoint-load-metrics-bin", data),)
         self._echo.oob = data
 

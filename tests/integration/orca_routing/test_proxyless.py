@@ -28,20 +28,33 @@ def _window(client: GrpcClient, start: int, size: int) -> Counter[str] | None:
     return Counter(calls[:size]) if len(calls) >= size else None
 
 
-@pytest.mark.parametrize("out_of_band", [False, True], ids=["trailer", "out-of-band"])
+@pytest.mark.parametrize(
+    ("case", "knobs", "metric"),
+    [
+        pytest.param("px", {}, "application_utilization", id="trailer"),
+        pytest.param(
+            "px-oob", {"out_of_band": {"period": "100ms"}}, "application_utilization", id="oob"
+        ),
+        pytest.param(
+            "px-kv", {"metric": "named_metrics.kv_cache"}, "named_metrics.kv_cache", id="named"
+        ),
+    ],
+)
 def test_a_proxyless_client_splits_10_90_by_trailers_or_out_of_band_reports(
     registry: Registry,
     grpc_client: Callable[..., GrpcClient],
     stop_after: Callable[[Any], Any],
-    out_of_band: bool,
+    case: str,
+    knobs: dict[str, Any],
+    metric: str,
 ) -> None:
-    name = "px-oob" if out_of_band else "px"
-    utilization: dict[str, Any] = {"blackout_period": "0s", "weight_update_period": "100ms"}
-    if out_of_band:
-        utilization["out_of_band"] = {"period": "100ms"}
+    """Per-call trailers, out-of-band streams, and a named metric the spec names (the
+    replicas then report nothing else)."""
+    name = case
+    utilization = {"blackout_period": "0s", "weight_update_period": "100ms", **knobs}
     host = put_server(registry, name, protocol="grpc", utilization=utilization)
     for replica, value in (("busy", 0.9), ("idle", 0.1)):
-        echo = stop_after(GrpcReplica(name=replica, utilization=value))
+        echo = stop_after(GrpcReplica(name=replica, utilization=value, metric=metric))
         registry.register_replica(server=name, address=echo.address, region="us-west")
     client = grpc_client(f"grpc-{name}", host, interval=0.001)
 
@@ -60,3 +73,22 @@ def test_a_proxyless_client_splits_10_90_by_trailers_or_out_of_band_reports(
     )
     assert set(answers) == {"busy", "idle"}, answers  # no error
     assert 0.07 <= share(answers, "busy") <= 0.13, answers
+
+
+def test_round_robin_in_a_proxyless_client_alternates(
+    registry: Registry, grpc_client: Callable[..., GrpcClient], stop_after: Callable[[Any], Any]
+) -> None:
+    registry.put_server(
+        name="px-rr",
+        hostnames=["px-rr.local"],
+        protocol="grpc",
+        spec={"load_balancing": "round_robin"},
+    )
+    for replica in ("a", "b"):
+        echo = stop_after(GrpcReplica(name=replica, utilization=None))
+        registry.register_replica(server="px-rr", address=echo.address, region="us-west")
+    client = grpc_client("grpc-px-rr", "px-rr.local", interval=0.001)
+    wait_until(lambda: {"a", "b"} <= set(answered_by(client)), timeout=30, what="both answering")
+    mark = len(answered_by(client))
+    calls = wait_until(lambda: _window(client, mark, WINDOW), timeout=30, what="200 calls")
+    assert calls == {"a": 100, "b": 100}

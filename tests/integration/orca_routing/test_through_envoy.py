@@ -96,3 +96,48 @@ def test_grpc_splits_10_90_by_trailers_or_out_of_band_reports(
     assert sum(answers.values()) == COUNTED
     assert set(answers) == {"busy", "idle"}, answers  # no error
     assert 0.07 <= share(answers, "busy") <= 0.13, answers
+
+
+def test_a_named_metric_steers_when_the_spec_names_it(
+    registry: Registry, envoy: Envoy, stop_after: Callable[[Any], Any]
+) -> None:
+    """Replicas that report only ``named_metrics.kv_cache`` (no application or CPU
+    utilization): ``metric: named_metrics.kv_cache`` makes Envoy weigh by it."""
+    host = put_server(
+        registry, "kv", protocol="http", utilization={**FAST, "metric": "named_metrics.kv_cache"}
+    )
+    for replica, value in (("busy", 0.9), ("idle", 0.1)):
+        echo = stop_after(
+            HttpReplica(name=replica, utilization=value, metric="named_metrics.kv_cache")
+        )
+        registry.register_replica(server="kv", address=echo.address, region="us-west")
+
+    def ask(count: int = 20) -> Any:
+        return ask_http(envoy, count, host=host)
+
+    wait_for_answers(ask, {"busy", "idle"}, what="both replicas answering through Envoy")
+    wait_until(
+        lambda: ask(5) and envoy_weights(envoy, "kv") == [1, 10],
+        timeout=30,
+        what="Envoy's weights 1 (busy) and 10 (idle) from the named metric",
+    )
+    answers = ask(1000)
+    assert set(answers) == {"busy", "idle"}, answers
+    assert 0.06 <= share(answers, "busy") <= 0.14, answers
+
+
+def test_round_robin_through_envoy_alternates(
+    registry: Registry, envoy: Envoy, stop_after: Callable[[Any], Any]
+) -> None:
+    registry.put_server(
+        name="rr", hostnames=["rr.local"], protocol="http", spec={"load_balancing": "round_robin"}
+    )
+    for replica in ("a", "b"):
+        echo = stop_after(HttpReplica(name=replica, utilization=None))
+        registry.register_replica(server="rr", address=echo.address, region="us-west")
+
+    def ask(count: int = 20) -> Any:
+        return ask_http(envoy, count, host="rr.local")
+
+    wait_for_answers(ask, {"a", "b"}, what="both replicas answering through Envoy")
+    assert ask(200) == {"a": 100, "b": 100}
