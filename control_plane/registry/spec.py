@@ -73,7 +73,7 @@ class Utilization:
     # uses application_utilization whenever a report carries one above 0, metric or not.
     metric: str = ""
     blackout_period: float = 10.0  # a replica's reports count only after this long
-    weight_expiration_period: float = 180.0  # no report this long: back to the median weight
+    weight_expiration_period: float = 180.0  # no report this long: weighed as one without
     weight_update_period: float = 1.0  # how often weights are recomputed (at least 100ms)
     error_utilization_penalty: float = 1.0  # utilization += penalty * errors/s / requests/s
     # None: reports ride on responses (header or trailer); else the clients open an

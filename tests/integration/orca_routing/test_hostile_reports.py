@@ -4,7 +4,7 @@ the replica keeps a share, through Envoy and in a proxyless gRPC client.
 What the clients do with it (Envoy 1.40 and grpcio 1.85, observed here):
 - a report Envoy cannot parse (NaN or inf in the TEXT header, an unknown format, bad base64)
   is dropped, as is one with a utilization <= 0 (negative): the replica keeps the median
-  weight of the others, an even share here;
+  (Envoy) or mean (gRPC) weight of the others, an even share here;
 - a utilization above 1 (50, inf) only lowers the replica's weight: Envoy's weight is a whole
   number of at least 1, so it still gets a third against a replica at 0.5;
 - a NaN rps_fractional gives a weight Envoy floors to 1;

@@ -92,3 +92,39 @@ def test_round_robin_in_a_proxyless_client_alternates(
     mark = len(answered_by(client))
     calls = wait_until(lambda: _window(client, mark, WINDOW), timeout=30, what="200 calls")
     assert calls == {"a": 100, "b": 100}
+
+
+def test_a_replica_that_stops_reporting_returns_to_an_even_share_in_a_proxyless_client(
+    registry: Registry, grpc_client: Callable[..., GrpcClient], stop_after: Callable[[Any], Any]
+) -> None:
+    utilization = {
+        "blackout_period": "0s",
+        "weight_update_period": "100ms",
+        "weight_expiration_period": "1s",
+    }
+    host = put_server(registry, "px-expiry", protocol="grpc", utilization=utilization)
+    busy = stop_after(GrpcReplica(name="busy", utilization=0.9))
+    idle = stop_after(GrpcReplica(name="idle", utilization=0.1))
+    for echo in (busy, idle):
+        registry.register_replica(server="px-expiry", address=echo.address, region="us-west")
+    client = grpc_client("grpc-px-expiry", host, interval=0.001)
+
+    def newest_window_where(low: float, high: float) -> int | None:
+        start = max(0, len(answered_by(client)) - WINDOW)
+        window = _window(client, start, WINDOW)
+        if window is None or set(window) != {"busy", "idle"}:
+            return None
+        return start + WINDOW if low <= share(window, "busy") <= high else None
+
+    wait_until(
+        lambda: newest_window_where(0.0, 0.15), timeout=30, interval=0.05, what="skewed to idle"
+    )
+    busy.report(None)  # busy's weight expires after 1s: it gets the mean weight, idle's
+    mark = wait_until(
+        lambda: newest_window_where(0.4, 0.6), timeout=30, interval=0.05, what="an even window"
+    )
+    answers = wait_until(
+        lambda: _window(client, mark, 1000), timeout=60, interval=0.05, what="1,000 calls"
+    )
+    assert set(answers) == {"busy", "idle"}, answers
+    assert 0.44 <= share(answers, "busy") <= 0.56, answers
