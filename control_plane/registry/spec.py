@@ -52,7 +52,7 @@ _HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 # carry (no ``,``, ``=``, ``:`` or space).
 _UTILIZATION_FIELDS = ("application_utilization", "cpu_utilization", "mem_utilization")
 _UTILIZATION_MAPS = ("named_metrics", "utilization", "request_cost")
-_METRIC = re.compile(r"^(?:named_metrics|utilization|request_cost)\.(?:\*|[A-Za-z0-9_./-]{1,100})$")
+_METRIC = re.compile(rf"^(?:{'|'.join(_UTILIZATION_MAPS)})\.(?:\*|[A-Za-z0-9_./-]{{1,100}})$")
 LOAD_BALANCING_POLICIES = ("least_request", "round_robin")
 
 
@@ -61,6 +61,12 @@ class HashOn:
     header: str = ""
     cookie: str = ""
     cookie_ttl: float = 0.0
+
+
+# Utilization balancing: the error penalty travels as a 32-bit float; the out-of-band period
+# defaults to Envoy's and gRPC's own (10s).
+ERROR_PENALTY_MAX = 1_000_000.0
+OUT_OF_BAND_PERIOD = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,11 +123,6 @@ TARGET_CONCURRENCY_MIN = 0.01
 TARGET_CONCURRENCY_MAX = 1_000_000.0
 
 COLD_START_MODES = ("reject", "hold")
-
-# Utilization balancing: the error penalty travels as a 32-bit float; the out-of-band period
-# defaults to Envoy's and gRPC's own (10s).
-ERROR_PENALTY_MAX = 1_000_000.0
-OUT_OF_BAND_PERIOD = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
