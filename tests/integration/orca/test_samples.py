@@ -122,9 +122,16 @@ def test_a_replica_follows_its_report_file_and_stops_reporting_when_it_empties(
     )
     rewrite(report, "")
     wait_until(lambda: orca_header(port) == {}, timeout=10, what="no report")
-    rewrite(report, "eps=oops\n")  # a bad file: nothing is sent, the replica keeps serving
     rewrite(report, "eps=1\n")
     wait_until(lambda: orca_header(port) != {}, timeout=10, what="a report again")
+    rewrite(report, "eps=oops\n")  # a bad file: nothing is sent, the replica keeps serving
+    wait_until(lambda: orca_header(port) == {}, timeout=10, what="no report from a bad file")
+    rewrite(report, "eps=2\n")
+    wait_until(
+        lambda: orca_header(port) == {"endpoint-load-metrics": "TEXT rps_fractional=1, eps=2"},
+        timeout=10,
+        what="the fixed file's report",
+    )
 
 
 @pytest.mark.parametrize(
