@@ -140,4 +140,6 @@ def test_round_robin_through_envoy_alternates(
         return ask_http(envoy, count, host="rr.local")
 
     wait_for_answers(ask, {"a", "b"}, what="both replicas answering through Envoy")
-    assert ask(200) == {"a": 100, "b": 100}
+    answers = ask(200)
+    assert set(answers) == {"a", "b"}, answers
+    assert abs(answers["a"] - 100) <= 5, answers  # alternating
