@@ -492,8 +492,7 @@ def _utilization(value: Any) -> Utilization:
     if (
         isinstance(penalty, bool)
         or not isinstance(penalty, int | float)
-        or not math.isfinite(penalty)
-        or not 0 <= penalty <= ERROR_PENALTY_MAX
+        or not 0 <= penalty <= ERROR_PENALTY_MAX  # also refuses nan and a 400-digit int
     ):
         raise ValidationError(
             f"{field}.error_utilization_penalty",

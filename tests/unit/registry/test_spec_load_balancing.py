@@ -154,9 +154,9 @@ U = "spec.load_balancing.utilization"
             pytest.param(
                 {"utilization": {"error_utilization_penalty": penalty}},
                 f"{U}.error_utilization_penalty",
-                id=f"penalty-{penalty!r}",
+                id=f"penalty-{str(penalty)[:12]}",
             )
-            for penalty in (-0.5, float("nan"), float("inf"), 1e7, True, "1")
+            for penalty in (-0.5, float("nan"), float("inf"), 1e7, 10**400, True, "1")
         ),
         pytest.param({"utilization": {"out_of_band": "1s"}}, f"{U}.out_of_band", id="oob-str"),
         pytest.param(
