@@ -186,3 +186,45 @@ def test_a_huge_load_balancing_value_is_excerpted_in_the_error() -> None:
     with pytest.raises(ValidationError) as info:
         parse_spec({"load_balancing": "x" * 100_000})
     assert len(str(info.value)) < 1_000
+
+
+JUNK: list[Any] = [
+    None,
+    True,
+    [],
+    [1],
+    {},
+    {"a": 1},
+    "",
+    "x",
+    "9" * 1000,
+    -1,
+    0,
+    1e308,
+    float("nan"),
+    float("-inf"),
+    10**400,
+    5e-324,
+]
+KNOBS = [
+    "metric",
+    "blackout_period",
+    "weight_expiration_period",
+    "weight_update_period",
+    "error_utilization_penalty",
+    "out_of_band",
+]
+
+
+@pytest.mark.parametrize("knob", KNOBS)
+@pytest.mark.parametrize("junk", JUNK, ids=lambda v: repr(v)[:12])
+def test_junk_in_any_knob_is_a_value_or_a_validation_error_never_a_crash(
+    knob: str, junk: Any
+) -> None:
+    for raw in ({knob: junk}, {"out_of_band": {"period": junk}}):
+        try:
+            parsed = parse_spec({"load_balancing": {"utilization": raw}}).utilization
+        except ValidationError as exc:
+            assert exc.field.startswith("spec.load_balancing.utilization"), exc
+        else:
+            assert parsed is not None
