@@ -1,7 +1,7 @@
 """The sample replicas (``control_plane.dev.samples``, in-process) reporting a utilization a
 test sets, and may take away while they run (``report(None)``: nothing from then on, which is
-how a replica stops reporting). The samples add ``rps_fractional=1``, so a weight is exactly
-1 / utilization."""
+how a replica stops reporting). The samples add ``rps_fractional=100``, so a weight is
+100 / utilization."""
 
 from __future__ import annotations
 

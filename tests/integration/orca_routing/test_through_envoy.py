@@ -4,7 +4,7 @@ response) and gRPC (a trailer on every call, or an out-of-band OpenRcaService st
 replica that stops reporting returns to an even share after ``weight_expiration_period``.
 
 Envoy computes weight = rps_fractional / utilization as a whole number, at least 1: the
-replicas report rps_fractional=1, so 0.9 weighs 1 and 0.1 weighs 10 (9.1 % / 90.9 %). The
+replicas report rps_fractional=100, so 0.9 weighs 111 and 0.1 weighs 1,000 (10 % / 90 %). The
 weights are read from Envoy's admin ``/clusters`` (waited for, never slept for) before any
 request is counted.
 """
@@ -51,9 +51,9 @@ def test_http_splits_10_90_by_per_response_reports_and_evens_out_when_reports_st
 
     wait_for_answers(ask, {"busy", "idle"}, what="both replicas answering through Envoy")
     wait_until(
-        lambda: ask(5) and envoy_weights(envoy, "web") == [1, 10],
+        lambda: ask(5) and envoy_weights(envoy, "web") == [111, 1000],
         timeout=30,
-        what="Envoy's weights 1 (busy) and 10 (idle)",
+        what="Envoy's weights 111 (busy) and 1,000 (idle)",
     )
     answers = ask(COUNTED)
     assert sum(answers.values()) == COUNTED, answers  # every request answered 200
@@ -61,9 +61,9 @@ def test_http_splits_10_90_by_per_response_reports_and_evens_out_when_reports_st
 
     busy.report(None)  # busy stops reporting: its weight expires to the median (idle's)
     wait_until(
-        lambda: ask(5) and envoy_weights(envoy, "web") == [10, 10],
+        lambda: ask(5) and envoy_weights(envoy, "web") == [1000, 1000],
         timeout=30,
-        what="busy's weight expired to the median, 10",
+        what="busy's weight expired to the median, 1,000",
     )
     answers = ask(1000)
     assert sum(answers.values()) == 1000, answers
@@ -88,9 +88,9 @@ def test_grpc_splits_10_90_by_trailers_or_out_of_band_reports(
 
     wait_for_answers(ask, {"busy", "idle"}, what="both replicas answering through Envoy")
     wait_until(
-        lambda: ask(5) and envoy_weights(envoy, name) == [1, 10],
+        lambda: ask(5) and envoy_weights(envoy, name) == [111, 1000],
         timeout=30,
-        what="Envoy's weights 1 (busy) and 10 (idle)",
+        what="Envoy's weights 111 (busy) and 1,000 (idle)",
     )
     answers = ask(COUNTED)
     assert sum(answers.values()) == COUNTED
@@ -117,9 +117,9 @@ def test_a_named_metric_steers_when_the_spec_names_it(
 
     wait_for_answers(ask, {"busy", "idle"}, what="both replicas answering through Envoy")
     wait_until(
-        lambda: ask(5) and envoy_weights(envoy, "kv") == [1, 10],
+        lambda: ask(5) and envoy_weights(envoy, "kv") == [111, 1000],
         timeout=30,
-        what="Envoy's weights 1 (busy) and 10 (idle) from the named metric",
+        what="Envoy's weights 111 (busy) and 1,000 (idle) from the named metric",
     )
     answers = ask(1000)
     assert set(answers) == {"busy", "idle"}, answers
