@@ -110,7 +110,9 @@ def test_a_replica_follows_its_report_file_and_stops_reporting_when_it_empties(
 ) -> None:
     port, report = replica
     first = wait_until(lambda: answers(port), timeout=20, what="the replica answers")
-    assert first == {"endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=100"}
+    assert first == {
+        "endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=100"
+    }
     rewrite(report, "# busy now\nnamed_metrics.kv_cache=0.75\nrps_fractional=2\n")
     wait_until(
         lambda: (
