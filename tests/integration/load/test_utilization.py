@@ -1,0 +1,183 @@
+"""Utilization in the load view, known answer (issue 27): replicas report ORCA metrics in the
+``endpoint-load-metrics`` header, a real Envoy puts them in its load reports
+(``lrs_report_endpoint_metrics``), and ``routeplane load --json`` shows each replica's, the
+server's mean, and the desired count of ``target_utilization``.
+
+The replicas here are minimal HTTP servers that send a fixed TEXT header: the header is the
+whole contract with Envoy (its own parser reads it), so nothing else of a sample is needed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control_plane.registry import open_registry
+from harness.processes import ControlPlane, Envoy, metric_sum
+from harness.waiting import wait_until
+from tests.integration.load.test_load import INTERVAL, load_rows
+
+pytestmark = pytest.mark.envoy
+CLOSE = 0.005  # a mean of equal values, through Envoy's double sums and our millionths
+
+
+class Reporting:
+    """A loopback HTTP replica answering 200 with ``endpoint-load-metrics: <header>``."""
+
+    def __init__(self, header: str) -> None:
+        value = header.encode("latin-1")
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                if value:
+                    self.send_header("endpoint-load-metrics", value.decode("latin-1"))
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[ControlPlane]:
+    control_plane = ControlPlane.create(tmp_path, extra=["--load-report-interval", str(INTERVAL)])
+    control_plane.start()
+    try:
+        control_plane.wait_ready()
+        yield control_plane
+    finally:
+        control_plane.stop()
+
+
+@pytest.fixture
+def replicas() -> Iterator[dict[str, Reporting]]:
+    started = {
+        # application_utilization is sent too: the rule's metric, kv_cache, is what counts.
+        "kv-a": Reporting("TEXT application_utilization=0.1, named_metrics.kv_cache=0.8"),
+        "kv-b": Reporting("TEXT application_utilization=0.1, named_metrics.kv_cache=0.4"),
+        # Envoy passes a fraction above 1 through (probed): routeplane clips it to 1, counted.
+        "hot": Reporting("TEXT application_utilization=5"),
+        "plain": Reporting(""),  # reports nothing: its utilization is absent, not 0
+    }
+    try:
+        yield started
+    finally:
+        for replica in started.values():
+            replica.stop()
+
+
+def by_server(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["server"], r["region"]): r for r in rows}
+
+
+def test_reported_utilization_shows_per_replica_and_server_and_drives_the_desired_count(
+    cp: ControlPlane, tmp_path: Path, replicas: dict[str, Reporting]
+) -> None:
+    registry = open_registry(cp.registry)
+    registry.put_server(
+        name="kv",
+        hostnames=["kv.local"],
+        protocol="http",
+        spec={
+            "autoscaling": {
+                "target_utilization": 0.5,
+                "metric": "named_metrics.kv_cache",
+                "max_replicas": 10,
+            }
+        },
+    )
+    ids = {
+        name: registry.register_replica(
+            server="kv", address=replicas[name].address, region="us-west"
+        ).id
+        for name in ("kv-a", "kv-b")
+    }
+    for name in ("hot", "plain"):
+        registry.put_server(name=name, hostnames=[f"{name}.local"], protocol="http")
+        registry.register_replica(server=name, address=replicas[name].address, region="us-west")
+    registry.close()
+    envoy = Envoy.create(tmp_path, node_id="edge-util", region="us-west", xds=[cp.xds])
+    stop = threading.Event()
+
+    def traffic() -> None:
+        # Steady requests, so that every report interval carries metrics from both kv
+        # replicas; paced (a wait on an event, not synchronisation).
+        while not stop.is_set():
+            for host in ("kv.local", "kv.local", "hot.local", "plain.local"):
+                envoy.get(host=host)
+            stop.wait(0.02)
+
+    generator = threading.Thread(target=traffic)
+    try:
+        envoy.start()
+        envoy.wait_live()
+        for host in ("kv.local", "hot.local", "plain.local"):
+            wait_until(lambda h=host: envoy.get(host=h)[0] == 200, what=f"routing {host}")
+        generator.start()
+        seen: list[Any] = []
+
+        def known() -> dict[tuple[str, str], dict[str, Any]] | None:
+            rows = by_server(load_rows(cp.admin))
+            kv = rows.get(("kv", "*"))
+            seen[:] = [kv]
+            if kv is None or kv["utilization"] is None:
+                return None
+            mine = {r["replica"]: r["utilization"] for r in kv["replicas"]}
+            ok = (
+                abs((mine.get(ids["kv-a"]) or 0) - 0.8) <= CLOSE
+                and abs((mine.get(ids["kv-b"]) or 0) - 0.4) <= CLOSE
+                and kv["desired_replicas"] == 3
+                and rows[("hot", "*")]["utilization"] is not None
+            )
+            return rows if ok else None
+
+        try:
+            rows = wait_until(known, timeout=20, interval=INTERVAL, what="utilization reported")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last kv row: {seen}") from None
+        kv = rows[("kv", "*")]
+        # The server's mean over its reporting replicas, per region too; the rule's known
+        # answer: ceil((0.8 + 0.4) / 0.5) = 3, from 2 ready replicas.
+        assert abs(kv["utilization"] - 0.6) <= CLOSE
+        assert abs(rows[("kv", "us-west")]["utilization"] - 0.6) <= CLOSE
+        assert kv["ready_replicas"] == 2
+        assert kv["desired_replicas"] == 3
+        # Clipped to a fraction, and counted.
+        assert rows[("hot", "*")]["utilization"] == 1.0
+        assert rows[("hot", "*")]["desired_replicas"] is None  # no autoscaling block
+        assert (
+            metric_sum(cp.admin, "routeplane_load_report_items_ignored_total", reason="utilization")
+            > 0
+        )
+        # A replica that sends no ORCA header has no utilization: absent, not 0.
+        plain = rows[("plain", "*")]
+        assert plain["utilization"] is None
+        assert plain["requests_per_second"] > 0
+        assert all(r["utilization"] is None for r in plain["replicas"])
+        # The gauge, per server and region; none for a server without reports.
+        kv_gauge = metric_sum(cp.admin, "routeplane_utilization", server="kv", region="*")
+        assert abs(kv_gauge - 0.6) <= CLOSE
+        assert metric_sum(cp.admin, "routeplane_utilization", server="plain") == 0
+    finally:
+        stop.set()
+        if generator.is_alive():
+            generator.join(timeout=10)
+        envoy.stop()
