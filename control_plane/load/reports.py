@@ -183,8 +183,8 @@ class Draft:
                 in_flight = locality.total_requests_in_progress
                 issued = locality.total_issued_requests
                 errors = locality.total_error_requests
-                if not (in_flight or issued or errors):
-                    continue  # idle: nothing to add
+                if not (in_flight or issued or errors or locality.load_metric_stats):
+                    continue  # idle: nothing to add (metrics come of requests that finished)
                 region = locality.locality.region
                 if region not in regions:
                     ignored.localities += 1
