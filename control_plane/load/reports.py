@@ -220,26 +220,34 @@ class Draft:
                         counts[2] += point_errors
 
     def _utilization(self, key: tuple[str, str], stats: Any, metric: str) -> None:
-        """Add one endpoint's ``load_metric_stats`` entry for ``metric`` to ``key``'s
-        utilization, clipped (see the module docstring)."""
-        found: dict[str, tuple[float, int]] = {}
-        for index, entry in enumerate(stats):
-            if index >= MAX_METRIC_ENTRIES:
-                self.ignored.utilization += 1
-                break
-            found[entry.metric_name] = (
-                entry.total_metric_value,
-                entry.num_requests_finished_with_metric,
-            )
+        """Add one endpoint's ``load_metric_stats`` entry for ``metric`` ("": Envoy's order)
+        to ``key``'s utilization, clipped (see the module docstring). Each entry's name is
+        read once; its figures only if it is the one."""
+        if len(stats) > MAX_METRIC_ENTRIES:
+            self.ignored.utilization += 1
+            stats = stats[:MAX_METRIC_ENTRIES]
+        chosen = None
         if metric:
-            chosen = found.get(metric)
+            for entry in stats:
+                if entry.metric_name == metric:
+                    chosen = entry
+                    break
         else:
-            chosen = found.get(DEFAULT_METRICS[0])
-            if chosen is None or not chosen[0] > 0:
-                chosen = found.get(DEFAULT_METRICS[1], chosen)
+            first, second = DEFAULT_METRICS
+            fallback = None
+            for entry in stats:
+                name = entry.metric_name
+                if name == first:
+                    if entry.total_metric_value > 0:
+                        chosen = entry
+                        break
+                    fallback = fallback or entry
+                elif name == second:
+                    fallback = entry
+            chosen = chosen or fallback
         if chosen is None:
             return
-        total, count = chosen
+        total, count = chosen.total_metric_value, chosen.num_requests_finished_with_metric
         if count <= 0 or not math.isfinite(total):
             self.ignored.utilization += 1
             return
@@ -291,9 +299,10 @@ def _bounded(
             clipped |= _scale(rows, limits)
     # Utilization: the requests that carried it within the bound of requests per second,
     # value and weight scaled together (the mean stays).
-    for rows in replicas_by_server.values():
-        clipped |= _scale_pairs(rows, PER_SERVER.requests_per_second)
-    clipped |= _scale_pairs(list(report.replicas.values()), PER_PROXY.requests_per_second)
+    if draft.utilization:
+        for rows in replicas_by_server.values():
+            clipped |= _scale_pairs(rows, PER_SERVER.requests_per_second)
+        clipped |= _scale_pairs(list(report.replicas.values()), PER_PROXY.requests_per_second)
     clipped |= _scale(
         list(report.localities.values()),
         (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
