@@ -56,9 +56,13 @@ class Reporting:
         self.server.server_close()
 
 
-@pytest.fixture
-def cp(tmp_path: Path) -> Iterator[ControlPlane]:
-    control_plane = ControlPlane.create(tmp_path, extra=["--load-report-interval", str(INTERVAL)])
+@pytest.fixture(params=[[], ["--workers", "2"]], ids=["one-process", "two-workers"])
+def cp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    # With workers, the proxy's reports land on one worker and the supervisor's view (the one
+    # ``routeplane load`` reads) has them only through the merge of the workers' totals.
+    control_plane = ControlPlane.create(
+        tmp_path, extra=["--load-report-interval", str(INTERVAL), *request.param]
+    )
     control_plane.start()
     try:
         control_plane.wait_ready()
