@@ -128,15 +128,26 @@ class ReplicaTotals:
         return min(max(self.utilization_value / self.utilization_weight, 0.0), 1.0)
 
 
-def utilization_sum(replicas: Iterable[ReplicaTotals], region: str = "*") -> tuple[float, int]:
-    """The sum of the utilization of ``replicas`` that reported one (in ``region``; "*": all),
-    and how many did."""
-    total, count = 0.0, 0
+def utilization_sums(replicas: Iterable[ReplicaTotals]) -> dict[str, tuple[float, int]]:
+    """Per region ("*": all) the sum of the utilization of ``replicas`` that reported one, and
+    how many did; a region with none is left out. One pass over the replicas."""
+    sums: dict[str, list[float]] = {}
     for replica in replicas:
-        if replica.utilization_weight > 0 and (region == "*" or replica.region == region):
-            total += replica.utilization  # type: ignore[operator]
-            count += 1
-    return total, count
+        used = replica.utilization
+        if used is None:
+            continue
+        where = replica.region
+        for region in ("*", where) if where and where != "*" else ("*",):
+            have = sums.get(region)
+            if have is None:
+                sums[region] = [used, 1]
+            else:
+                have[0] += used
+                have[1] += 1
+    return {region: (total, int(count)) for region, (total, count) in sums.items()}
+
+
+_NO_UTILIZATION = (0.0, 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -478,10 +489,11 @@ def recommend(
         keys: set[Hashable] = set()
         kept: dict[str, _Kept] = {}
         moving = False
+        used_by_region = utilization_sums(server.replicas) if server.replicas else {}
         for region in ["*", *regions]:
             counts = by_region.get(region) or idle(region)
             in_flight = counts.in_flight / MILLION
-            used, reporting = utilization_sum(server.replicas, region)
+            used, reporting = used_by_region.get(region, _NO_UTILIZATION)
             utilization = used if reporting else None
             desired = None
             # A recommendation for the server, and per region when it lists its regions.
