@@ -320,3 +320,48 @@ def test_bad_utilization_rules_name_the_field(block: dict[str, object], field: s
 def test_a_utilization_rule_is_read() -> None:
     assert _autoscaling({"target_utilization": 0.7}) == Autoscaling(target_utilization=0.7)
     assert _autoscaling({"target_utilization": 0.5, "metric": KV, "max_replicas": 10}) == RULE
+
+
+# --- one process, end to end ------------------------------------------------------------------
+
+
+def test_a_report_through_a_load_service_gives_rows_with_utilization_and_the_count() -> None:
+    from dataclasses import replace
+
+    from control_plane.load.server import LoadService
+    from control_plane.translate.clusters import endpoint_metrics
+    from harness.models import endpoint, server, table
+
+    routed = server("kv", endpoint("a", 8081), endpoint("b", 8082, region="us-east"))
+    routed = replace(routed, spec=replace(routed.spec, autoscaling=RULE))
+    service = LoadService(table=lambda: table(routed), clock=lambda: 100.0)
+    # The rule's metric is asked of Envoy, and read back from its reports.
+    assert endpoint_metrics(routed.spec) == ("application_utilization", "cpu_utilization", KV)
+    catalog = service.catalog()
+    [cluster] = catalog.servers
+    assert catalog.metrics == {cluster: KV}
+    stats = load_report_pb2.ClusterStats(cluster_name=cluster)
+    stats.load_report_interval.FromSeconds(1)
+    for region, port, total in (("us-west", 8081, 8.0), ("us-east", 8082, 4.0)):
+        locality = stats.upstream_locality_stats.add(
+            locality=base_pb2.Locality(region=region), total_issued_requests=10
+        )
+        point = locality.upstream_endpoint_stats.add(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=port)
+            ),
+            total_issued_requests=10,
+        )
+        point.load_metric_stats.add(
+            metric_name=KV, total_metric_value=total, num_requests_finished_with_metric=10
+        )
+    service.book.record("edge", [stats], stream=1, now=100.0, asked_interval=1.0, catalog=catalog)
+    rows = {row.region: row for row in service.tick()}
+    assert rows["*"].utilization == pytest.approx(0.6)
+    assert rows["us-west"].utilization == pytest.approx(0.8)
+    assert rows["us-east"].utilization == pytest.approx(0.4)
+    assert rows["*"].desired_replicas == 3
+    assert {r.replica: r.utilization for r in rows["*"].replicas} == {
+        "a": pytest.approx(0.8),
+        "b": pytest.approx(0.4),
+    }
