@@ -3,20 +3,21 @@
 (``lrs_report_endpoint_metrics``), and ``routeplane load --json`` shows each replica's, the
 server's mean, and the desired count of ``target_utilization``.
 
-The replicas here are minimal HTTP servers that send a fixed TEXT header: the header is the
-whole contract with Envoy (its own parser reads it), so nothing else of a sample is needed.
+The replicas are the sample HTTP echo (``EchoThread``) reporting a fixed ``LoadReport`` in the
+TEXT header (part A's ``report=``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from control_plane.dev.samples.http_echo import EchoThread
+from control_plane.orca import LoadReport
 from control_plane.registry import open_registry
 from harness.processes import ControlPlane, Envoy, metric_sum
 from harness.waiting import wait_until
@@ -24,36 +25,6 @@ from tests.integration.load.test_load import INTERVAL, load_rows
 
 pytestmark = pytest.mark.envoy
 CLOSE = 0.005  # a mean of equal values, through Envoy's double sums and our millionths
-
-
-class Reporting:
-    """A loopback HTTP replica answering 200 with ``endpoint-load-metrics: <header>``."""
-
-    def __init__(self, header: str) -> None:
-        value = header.encode("latin-1")
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                if value:
-                    self.send_header("endpoint-load-metrics", value.decode("latin-1"))
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(params=[[], ["--workers", "2"]], ids=["one-process", "two-workers"])
@@ -71,15 +42,19 @@ def cp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ControlPlane]
         control_plane.stop()
 
 
+def kv(value: float) -> LoadReport:
+    # application_utilization is sent too: the rule's metric, kv_cache, is what counts.
+    return LoadReport(application_utilization=0.1, named_metrics={"kv_cache": value})
+
+
 @pytest.fixture
-def replicas() -> Iterator[dict[str, Reporting]]:
+def replicas() -> Iterator[dict[str, EchoThread]]:
     started = {
-        # application_utilization is sent too: the rule's metric, kv_cache, is what counts.
-        "kv-a": Reporting("TEXT application_utilization=0.1, named_metrics.kv_cache=0.8"),
-        "kv-b": Reporting("TEXT application_utilization=0.1, named_metrics.kv_cache=0.4"),
+        "kv-a": EchoThread(name="kv-a", report=kv(0.8)),
+        "kv-b": EchoThread(name="kv-b", report=kv(0.4)),
         # Envoy passes a fraction above 1 through (probed): routeplane clips it to 1, counted.
-        "hot": Reporting("TEXT application_utilization=5"),
-        "plain": Reporting(""),  # reports nothing: its utilization is absent, not 0
+        "hot": EchoThread(name="hot", report=LoadReport(application_utilization=5.0)),
+        "plain": EchoThread(name="plain"),  # reports nothing: its utilization is absent, not 0
     }
     try:
         yield started
@@ -93,7 +68,7 @@ def by_server(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
 
 
 def test_reported_utilization_shows_per_replica_and_server_and_drives_the_desired_count(
-    cp: ControlPlane, tmp_path: Path, replicas: dict[str, Reporting]
+    cp: ControlPlane, tmp_path: Path, replicas: dict[str, EchoThread]
 ) -> None:
     registry = open_registry(cp.registry)
     registry.put_server(
