@@ -115,6 +115,18 @@ class Autoscaling:
     buffer_replicas: int = 0
     scale_up_window: float = 0.0
     scale_down_window: float = 60.0
+    # The alternative to target_concurrency (at most one of the two above 0): the utilization
+    # replicas report (ORCA) per replica, a fraction of 1; ``metric`` names it ("": Envoy's
+    # order, application_utilization where reported above 0, else cpu_utilization).
+    target_utilization: float = 0.0
+    metric: str = ""
+
+
+# ORCA metrics a utilization rule may name: the standard ones, or one named metric.
+UTILIZATION_METRICS = ("application_utilization", "cpu_utilization", "mem_utilization")
+NAMED_METRIC_PREFIX = "named_metrics."
+_NAMED_METRIC = re.compile(r"named_metrics\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+TARGET_UTILIZATION_MIN = 0.01
 
 
 # Autoscaling's one float, besides durations: 0 (no recommendation) or in this range, so that
@@ -382,6 +394,8 @@ def _autoscaling(value: Any) -> Autoscaling | None:
         "buffer_replicas",
         "scale_up_window",
         "scale_down_window",
+        "target_utilization",
+        "metric",
     }
     _no_extra("spec.autoscaling", raw, fields)
     base = Autoscaling()
@@ -398,6 +412,7 @@ def _autoscaling(value: Any) -> Autoscaling | None:
             f"expected 0 (off) or a number from {TARGET_CONCURRENCY_MIN:g} "
             f"to {TARGET_CONCURRENCY_MAX:g}",
         )
+    utilization, metric = _utilization_rule(raw, concurrency=target)
     low = integer(
         "spec.autoscaling.min_replicas",
         raw.get("min_replicas", base.min_replicas),
@@ -427,7 +442,51 @@ def _autoscaling(value: Any) -> Autoscaling | None:
             "spec.autoscaling.scale_down_window",
             raw.get("scale_down_window", base.scale_down_window),
         ),
+        target_utilization=utilization,
+        metric=metric,
     )
+
+
+def _utilization_rule(raw: Mapping[str, Any], *, concurrency: float) -> tuple[float, str]:
+    """``target_utilization`` and ``metric`` of an autoscaling block: a fraction in
+    [TARGET_UTILIZATION_MIN, 1], or 0 (off); never with a target_concurrency above 0; a metric
+    only with a target_utilization."""
+    target = raw.get("target_utilization", 0.0)
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or not math.isfinite(target)
+        or not (target == 0 or TARGET_UTILIZATION_MIN <= target <= 1)
+    ):
+        raise ValidationError(
+            "spec.autoscaling.target_utilization",
+            target,
+            f"expected 0 (off) or a fraction from {TARGET_UTILIZATION_MIN:g} to 1",
+        )
+    if target > 0 and concurrency > 0:
+        raise ValidationError(
+            "spec.autoscaling.target_utilization",
+            target,
+            "set target_concurrency or target_utilization, not both (the other one 0)",
+        )
+    metric = raw.get("metric", "")
+    if metric != "":
+        if not isinstance(metric, str) or not (
+            metric in UTILIZATION_METRICS or _NAMED_METRIC.fullmatch(metric)
+        ):
+            raise ValidationError(
+                "spec.autoscaling.metric",
+                metric,
+                f"expected one of {', '.join(UTILIZATION_METRICS)} or named_metrics.NAME "
+                "(NAME: letters, digits, _ . -; at most 64)",
+            )
+        if not target > 0:
+            raise ValidationError(
+                "spec.autoscaling.metric",
+                metric,
+                "a metric is for target_utilization: set target_utilization above 0",
+            )
+    return float(target) + 0.0, metric
 
 
 _LB_EXPECTED = "expected least_request, round_robin, {consistent_hash: ...} or {utilization: ...}"

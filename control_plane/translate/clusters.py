@@ -149,6 +149,15 @@ def to_cluster(server: RoutedServer, *, revision: str = "") -> cluster_pb2.Clust
     return cluster
 
 
+def endpoint_metrics(spec: ServerSpec) -> tuple[str, ...]:
+    """The ORCA metrics Envoy puts in its load reports for ``spec``'s clusters."""
+    names = ["application_utilization", "cpu_utilization"]
+    metric = spec.autoscaling.metric if spec.autoscaling is not None else ""
+    if metric and metric not in names:
+        names.append(metric)
+    return tuple(names)
+
+
 @lru_cache(maxsize=256)
 def _unnamed_cluster(protocol: str, spec: ServerSpec) -> cluster_pb2.Cluster:
     """Everything of a Cluster but its name: a function of the protocol and the spec, which a
@@ -159,6 +168,11 @@ def _unnamed_cluster(protocol: str, spec: ServerSpec) -> cluster_pb2.Cluster:
     # gRPC clients report load (LRS) to the control plane they got the cluster from; Envoy
     # ignores this field and reports as its bootstrap says.
     cluster.lrs_server.self.SetInParent()
+    # Envoy adds these replicas' ORCA metrics (from the endpoint-load-metrics header or
+    # trailer) to its load reports, per locality and per endpoint (``load/reports.py``): the
+    # two utilizations Envoy's own order reads, and a named metric the autoscaling rule names.
+    # Never ``named_metrics.*``: a replica could then fill every report with names of its own.
+    cluster.lrs_report_endpoint_metrics.extend(endpoint_metrics(spec))
     set_duration(cluster.connect_timeout, spec.connect_timeout)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     cluster.common_lb_config.healthy_panic_threshold.value = 0.0
