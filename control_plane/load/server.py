@@ -35,6 +35,7 @@ from control_plane.load.totals import (
     millionths,
     recommend,
 )
+from control_plane.registry.spec import view_metric
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.clusters import cluster_name, cluster_revisions
@@ -77,8 +78,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
         server_regions = frozenset(e.region for e in server.endpoints) | frozenset(
             server.spec.regions
         )
-        scaling = server.spec.autoscaling
-        metric = scaling.metric if scaling is not None else ""
+        metric = view_metric(server.spec)  # the rule's, else the balancing's
         for revision in cluster_revisions(server):
             name = cluster_name(server, revision)
             mine = endpoints_of(server, revision)

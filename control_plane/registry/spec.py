@@ -489,6 +489,19 @@ def _utilization_rule(raw: Mapping[str, Any], *, concurrency: float) -> tuple[fl
     return float(target) + 0.0, metric
 
 
+def view_metric(spec: ServerSpec) -> str:
+    """The utilization metric the load view reads for ``spec`` ("" = Envoy's own order,
+    application_utilization then cpu_utilization): the autoscaling rule's, else the one
+    utilization balancing weighs by when the view can read it (a scalar or one
+    ``named_metrics.NAME``; never a wildcard or another map)."""
+    if spec.autoscaling is not None and spec.autoscaling.metric:
+        return spec.autoscaling.metric
+    metric = spec.utilization.metric if spec.utilization is not None else ""
+    if metric in UTILIZATION_METRICS or _NAMED_METRIC.fullmatch(metric):
+        return metric
+    return ""
+
+
 _LB_EXPECTED = "expected least_request, round_robin, {consistent_hash: ...} or {utilization: ...}"
 
 

@@ -34,7 +34,7 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from control_plane.registry.spec import ServerSpec, Utilization
+from control_plane.registry.spec import ServerSpec, Utilization, view_metric
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
 from control_plane.translate.durations import set_duration
@@ -152,7 +152,7 @@ def to_cluster(server: RoutedServer, *, revision: str = "") -> cluster_pb2.Clust
 def endpoint_metrics(spec: ServerSpec) -> tuple[str, ...]:
     """The ORCA metrics Envoy puts in its load reports for ``spec``'s clusters."""
     names = ["application_utilization", "cpu_utilization"]
-    metric = spec.autoscaling.metric if spec.autoscaling is not None else ""
+    metric = view_metric(spec)
     if metric and metric not in names:
         names.append(metric)
     return tuple(names)
@@ -170,7 +170,8 @@ def _unnamed_cluster(protocol: str, spec: ServerSpec) -> cluster_pb2.Cluster:
     cluster.lrs_server.self.SetInParent()
     # Envoy adds these replicas' ORCA metrics (from the endpoint-load-metrics header or
     # trailer) to its load reports, per locality and per endpoint (``load/reports.py``): the
-    # two utilizations Envoy's own order reads, and a named metric the autoscaling rule names.
+    # two utilizations Envoy's own order reads, and the metric the autoscaling rule (or else
+    # utilization balancing) names (``spec.view_metric``).
     # Never ``named_metrics.*``: a replica could then fill every report with names of its own.
     cluster.lrs_report_endpoint_metrics.extend(endpoint_metrics(spec))
     set_duration(cluster.connect_timeout, spec.connect_timeout)

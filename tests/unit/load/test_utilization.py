@@ -322,6 +322,39 @@ def test_a_utilization_rule_is_read() -> None:
     assert _autoscaling({"target_utilization": 0.5, "metric": KV, "max_replicas": 10}) == RULE
 
 
+@pytest.mark.parametrize(
+    ("spec", "metric"),
+    [
+        pytest.param({}, "", id="nothing-named"),
+        pytest.param({"load_balancing": {"utilization": {"metric": KV}}}, KV, id="balancing"),
+        pytest.param(
+            {
+                "load_balancing": {"utilization": {"metric": KV}},
+                "autoscaling": {"target_utilization": 0.5, "metric": "cpu_utilization"},
+            },
+            "cpu_utilization",
+            id="the-rule-first",
+        ),
+        pytest.param(
+            {"load_balancing": {"utilization": {"metric": "named_metrics.*"}}}, "", id="wildcard"
+        ),
+        pytest.param(
+            {"load_balancing": {"utilization": {"metric": "utilization.gpu"}}}, "", id="other-map"
+        ),
+    ],
+)
+def test_the_view_reads_the_rules_metric_else_the_balancings(
+    spec: dict[str, object], metric: str
+) -> None:
+    from control_plane.registry.spec import parse_spec, view_metric
+    from control_plane.translate.clusters import endpoint_metrics
+
+    parsed = parse_spec(spec)
+    assert view_metric(parsed) == metric
+    extra = (metric,) if metric and metric != "cpu_utilization" else ()
+    assert endpoint_metrics(parsed) == ("application_utilization", "cpu_utilization", *extra)
+
+
 # --- one process, end to end ------------------------------------------------------------------
 
 
