@@ -24,9 +24,11 @@ counts it).
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from control_plane.dev.samples.reporting import SampleReport, sample_source
@@ -35,6 +37,13 @@ from control_plane.orca import Reporter
 
 class EchoServer(ThreadingHTTPServer):
     orca: Reporter | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away before its answer (a held request whose proxy stopped) is
+        no error of the echo's: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def make_server(
