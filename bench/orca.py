@@ -43,11 +43,8 @@ from harness.waiting import free_port, wait_until
 POLICIES = ("utilization", "least_request", "round_robin")
 WORKERS = 4
 REPLICAS = 4
-# The named metric the replicas report and the utilization policy weighs by.
-METRIC = "named_metrics.work"
-# Envoy's client_side_weighted_round_robin knobs (see load_balancing_policy).
-BLACKOUT_S = 1.0
-WEIGHT_UPDATE_S = 0.1
+# The named metrics every replica reports (bench.orca_replicas).
+METRICS = ("named_metrics.work", "named_metrics.busy")
 # The most connections the generator opens to Envoy (an error past it).
 MAX_CONNECTIONS = 4000
 
@@ -65,6 +62,15 @@ class Shape:
         """Requests a second the four replicas can serve, with this mix of costs."""
         mean_cost = 1 - self.expensive_share + self.expensive_share * self.expensive_cost
         return sum(WORKERS / (self.base_ms / 1000 * f * mean_cost) for f in self.factors)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Weighting:
+    """The utilization policy's knobs (Envoy's ``client_side_weighted_round_robin``)."""
+
+    metric: str = METRICS[0]
+    blackout_s: float = 1.0
+    weight_update_s: float = 0.1
 
 
 SHAPES = (
@@ -87,17 +93,17 @@ SHAPES = (
 )
 
 
-def load_balancing_policy(
-    policy: str, *, weight_update_s: float = WEIGHT_UPDATE_S
-) -> dict[str, Any]:
+def load_balancing_policy(policy: str, *, weighting: Weighting = Weighting()) -> dict[str, Any]:
     """The cluster's ``load_balancing_policy`` (JSON form) for ``policy``: the one place the
     bench says how each policy is configured (swap for routeplane's translator output).
 
-    ``utilization``: Envoy's ``client_side_weighted_round_robin`` weighing by ``METRIC``.
-    ``blackout_period`` 1 s (Envoy's default 10 s; a replica's weight counts after 1 s of
-    reports, inside every segment's warm-up); ``weight_update_period`` 100 ms, Envoy's floor:
-    every response carries a report, so the weights can follow the queues as closely as Envoy
-    allows (1 s would leave a queue 10x longer to build on a stale weight).
+    ``utilization``: Envoy's ``client_side_weighted_round_robin`` weighing by the replicas'
+    ``weighting.metric`` (queued work by default). ``blackout_period`` 1 s (Envoy's default
+    10 s; a replica's weight counts after 1 s of reports, inside the first warm-up);
+    ``weight_update_period`` 100 ms, Envoy's floor: every response carries a report, so the
+    weights follow the queues as closely as Envoy allows. Measured here with 1 s, the mixed
+    shape's weights herded (every update sends the most to the replica that was idlest a second
+    ago) and its p50 grew ~13x.
     """
     prefix = "type.googleapis.com/envoy.extensions.load_balancing_policies"
     if policy == "utilization":
@@ -106,9 +112,9 @@ def load_balancing_policy(
             {
                 "@type": f"{prefix}.client_side_weighted_round_robin.v3."
                 "ClientSideWeightedRoundRobin",
-                "blackout_period": f"{BLACKOUT_S}s",
-                "weight_update_period": f"{weight_update_s}s",
-                "metric_names_for_computing_utilization": [METRIC],
+                "blackout_period": f"{weighting.blackout_s}s",
+                "weight_update_period": f"{weighting.weight_update_s}s",
+                "metric_names_for_computing_utilization": [weighting.metric],
             },
         )
     elif policy == "least_request":
@@ -134,7 +140,7 @@ def _address(port: int) -> dict[str, Any]:
 
 
 def bootstrap(
-    *, listen: int, admin: int, replicas: list[int], weight_update_s: float = WEIGHT_UPDATE_S
+    *, listen: int, admin: int, replicas: list[int], weighting: Weighting = Weighting()
 ) -> dict[str, Any]:
     """A static Envoy: ``<policy>.bench`` routes to the cluster ``<policy>`` (no route timeout:
     an overloaded replica's queue shows as latency, not as 504s)."""
@@ -195,9 +201,7 @@ def bootstrap(
                     "name": policy,
                     "type": "STATIC",
                     "connect_timeout": "1s",
-                    "load_balancing_policy": load_balancing_policy(
-                        policy, weight_update_s=weight_update_s
-                    ),
+                    "load_balancing_policy": load_balancing_policy(policy, weighting=weighting),
                     "circuit_breakers": {
                         "thresholds": [
                             {
@@ -364,7 +368,7 @@ def run_shape(
     rounds: int,
     warmup: float,
     load: float,
-    weight_update_s: float = WEIGHT_UPDATE_S,
+    weighting: Weighting = Weighting(),
 ) -> dict[str, Any]:
     """Every policy, ``rounds`` segments each (the order rotating), on one Envoy and one
     replica process."""
@@ -388,9 +392,7 @@ def run_shape(
     listen, admin = free_port(), free_port()
     path = workdir / f"envoy-{shape.name}.json"
     path.write_text(
-        json.dumps(
-            bootstrap(listen=listen, admin=admin, replicas=ports, weight_update_s=weight_update_s)
-        )
+        json.dumps(bootstrap(listen=listen, admin=admin, replicas=ports, weighting=weighting))
     )
     envoy = Process(
         [
@@ -476,14 +478,14 @@ def run(
     warmup: float = 3.0,
     load: float = 0.7,
     shapes: tuple[Shape, ...] = SHAPES,
-    weight_update_s: float = WEIGHT_UPDATE_S,
+    weighting: Weighting = Weighting(),
 ) -> dict[str, Any]:
     """Every shape in turn (see the module docstring)."""
     return {
         "workers": WORKERS,
-        "metric": METRIC,
-        "blackout_s": BLACKOUT_S,
-        "weight_update_s": weight_update_s,
+        "metric": weighting.metric,
+        "blackout_s": weighting.blackout_s,
+        "weight_update_s": weighting.weight_update_s,
         "load": load,
         "shapes": [
             run_shape(
@@ -493,7 +495,7 @@ def run(
                 rounds=rounds,
                 warmup=warmup,
                 load=load,
-                weight_update_s=weight_update_s,
+                weighting=weighting,
             )
             for shape in shapes
         ],
@@ -511,7 +513,7 @@ def table(result: dict[str, Any]) -> list[str]:
         "Balancing by reported load (ORCA) vs least-request vs round robin, one Envoy, the same "
         f"{REPLICAS} replicas of {result['workers']} workers (queue beyond them), open-loop "
         f"Poisson arrivals at {round(result['load'] * 100)}% of capacity; utilization = "
-        f"client_side_weighted_round_robin on `{result['metric']}` (queued work) and measured "
+        f"client_side_weighted_round_robin on `{result['metric']}` and measured "
         f"rps, blackout {result['blackout_s']} s, weight update {result['weight_update_s']} s; "
         "ms from the scheduled send (`python -m bench.orca`)",
         "| shape | policy | N | p50 | p99 | p99.9 | max | share r0 / r1 / r2 / r3 | errors | "
@@ -546,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--load", type=float, default=0.7, help="Share of capacity.")
     parser.add_argument(
-        "--weight-update", type=float, default=WEIGHT_UPDATE_S, help="Envoy's, s (>= 0.1)."
+        "--weight-update", type=float, default=Weighting().weight_update_s, help="s, >= 0.1."
     )
+    parser.add_argument("--metric", choices=METRICS, default=Weighting().metric)
     parser.add_argument("--shape", choices=[s.name for s in SHAPES], action="append")
     args = parser.parse_args(argv)
     for name in ("seconds", "rounds", "warmup", "load"):
@@ -562,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             load=args.load,
             shapes=shapes,
-            weight_update_s=args.weight_update,
+            weighting=Weighting(metric=args.metric, weight_update_s=args.weight_update),
         )
     print("\n".join(table(result)))
     RESULTS.mkdir(exist_ok=True)

@@ -15,6 +15,9 @@ product's ORCA library to speak the header):
   as more than a queue of cheap ones, which a request count cannot see. In seconds rather than
   in requests so that Envoy's weight (``rps / work``, truncated to an integer) stays large:
   a weight of 5 against 6 could not express a 10 % difference.
+- ``named_metrics.busy``: the requests in the replica (in service or queued, the one answered
+  included) over ``workers``, clipped to [0, 1]: busy workers plus queue over capacity, blind to
+  what each request costs.
 - ``rps_fractional``: requests completed per second, an exponentially decaying average over
   about one second (Envoy's weight is ``rps_fractional / utilization``).
 Imports only the standard library; nothing of ``control_plane``.
@@ -36,9 +39,12 @@ MAX_HEAD = 8192
 MAX_COST = 1000.0
 
 
-def report_header(*, work: float, rps: float) -> str:
+def report_header(*, work: float, busy: float, rps: float) -> str:
     """The ``endpoint-load-metrics`` value, in Envoy's TEXT form."""
-    return f"TEXT named_metrics.work={work:.6f}, rps_fractional={rps:.3f}"
+    return (
+        f"TEXT named_metrics.work={work:.6f}, named_metrics.busy={busy:.4f}, "
+        f"rps_fractional={rps:.3f}"
+    )
 
 
 def parse_cost(head: bytes) -> float:
@@ -68,6 +74,7 @@ class Replica:
     base_s: float
     factor: float
     in_system_s: float = 0.0  # service time of every request queued or in service
+    in_system: int = 0  # requests queued or in service
     rps: float = 0.0
     last_completion: float = field(default_factory=time.monotonic)
     queue: asyncio.Queue[tuple[float, asyncio.Future[str]]] = field(default_factory=asyncio.Queue)
@@ -80,8 +87,13 @@ class Replica:
             decay = math.exp(-(now - self.last_completion) / RPS_WINDOW_S)
             self.rps = self.rps * decay + 1 / RPS_WINDOW_S
             self.last_completion = now
-            header = report_header(work=self.in_system_s / self.workers, rps=self.rps)
+            header = report_header(
+                work=self.in_system_s / self.workers,
+                busy=min(1.0, self.in_system / self.workers),
+                rps=self.rps,
+            )
             self.in_system_s -= service
+            self.in_system -= 1
             if not done.done():
                 done.set_result(header)
 
@@ -105,6 +117,7 @@ class Replica:
                 service = self.base_s * self.factor * cost
                 done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
                 self.in_system_s += service
+                self.in_system += 1
                 self.queue.put_nowait((service, done))
                 header = await done
                 writer.write(
