@@ -58,7 +58,10 @@ def parse_cost(head: bytes) -> float:
     for item in query.split("&"):
         key, _, value = item.partition("=")
         if key == "cost":
-            cost = float(value)
+            try:
+                cost = float(value)
+            except ValueError:
+                cost = math.nan
             if not (math.isfinite(cost) and 0 < cost <= MAX_COST):
                 raise ValueError(f"cost must be in (0, {MAX_COST}], got {value!r}")
             return cost
