@@ -28,8 +28,10 @@ format: install
 	$(BIN)/ruff format control_plane harness tests bench
 	$(BIN)/ruff check --fix control_plane harness tests bench
 
+# Two test processes, a test file each at a time (a file's fixtures stay in one process): most
+# integration tests wait on real processes, so two halve the wall time on CI's 2 cores.
 test: lint
-	$(BIN)/pytest -q --durations=20
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=20
 
 run: install
 	$(BIN)/routeplane mesh up

@@ -229,6 +229,26 @@ def samples_autoscaler(
     show_default=True,
     help="Answer 500 to this percent of requests, evenly spread (--kind http only).",
 )
+@click.option(
+    "--report",
+    "report",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Report this load with ORCA (repeat), e.g. application_utilization=0.9 or "
+    "named_metrics.kv_cache=0.5; rps_fractional=1 unless given (--kind http and grpc).",
+)
+@click.option(
+    "--report-file",
+    default="",
+    metavar="PATH",
+    help="Report the METRIC=VALUE lines of this file, re-read when it changes (empty or "
+    "missing: report nothing).",
+)
+@click.option(
+    "--report-binary",
+    is_flag=True,
+    help="Send the binary endpoint-load-metrics-bin header instead of TEXT (--kind http).",
+)
 @registry_option
 @user_errors
 def samples_replica(
@@ -242,13 +262,22 @@ def samples_replica(
     lease_seconds: float,
     revision: str,
     error_percent: int,
+    report: tuple[str, ...],
+    report_file: str,
+    report_binary: bool,
     registry: str,
 ) -> None:
     """A sample replica that registers itself, renews its lease and deregisters on exit."""
-    from control_plane.dev.samples.replica import run
+    from control_plane.dev.samples.replica import report_source, run
 
     if error_percent and kind != "http":
         fail(f"--error-percent {error_percent}: only --kind http can fail on demand")
+    if report_binary and kind != "http":
+        fail("--report-binary: only --kind http has a header form to choose")
+    try:
+        report_source(assignments=report, report_file=report_file, kind=kind)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     run(
         kind=kind,
         name=name,
@@ -261,6 +290,9 @@ def samples_replica(
         lease_seconds=lease_seconds,
         revision=revision,
         error_percent=error_percent,
+        report=report,
+        report_file=report_file,
+        report_binary=report_binary,
     )
 
 

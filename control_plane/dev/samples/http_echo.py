@@ -14,6 +14,11 @@ number n (counted from 1, across connections) fails when ``n * P // 100`` passes
 outlier detection, which ejects on consecutive 5xx, does not hide it) and any 100 requests in a
 row hold exactly P failures. A failed request with a body closes its connection (the body is
 not read).
+
+``report`` (a ``LoadReport`` or a callable, ``reporting.sample_source``) adds the ORCA
+``endpoint-load-metrics`` header (TEXT; the ``-bin`` header with ``report_binary``) to every
+response, failures included; a report callback that fails adds nothing (``server.orca``
+counts it).
 """
 
 from __future__ import annotations
@@ -24,11 +29,26 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from control_plane.dev.samples.reporting import SampleReport, sample_source
+from control_plane.orca import Reporter
+
+
+class EchoServer(ThreadingHTTPServer):
+    orca: Reporter | None = None
+
 
 def make_server(
-    *, name: str, host: str = "127.0.0.1", port: int = 0, error_percent: int = 0
-) -> ThreadingHTTPServer:
+    *,
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    error_percent: int = 0,
+    report: SampleReport = None,
+    report_binary: bool = False,
+) -> EchoServer:
     failing = Failures(error_percent)
+    source = sample_source(report)
+    orca = Reporter(source, binary=report_binary) if source is not None else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -93,6 +113,13 @@ def make_server(
         def log_message(self, format: str, *args: object) -> None:
             return
 
+        def end_headers(self) -> None:
+            if orca is not None:
+                header = orca.header()
+                if header is not None:
+                    self.send_header(*header)
+            super().end_headers()
+
         def parse_request(self) -> bool:
             """A request picked to fail is answered here, before its ``do_*`` method runs."""
             if not super().parse_request():
@@ -114,8 +141,9 @@ def make_server(
             self.wfile.write(body)
             return False
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = EchoServer((host, port), Handler)
     server.daemon_threads = True
+    server.orca = orca
     return server
 
 
@@ -143,10 +171,24 @@ class EchoThread:
     """An echo server on a free loopback port, in a daemon thread; ``stop()`` ends it."""
 
     def __init__(
-        self, *, name: str, host: str = "127.0.0.1", port: int = 0, error_percent: int = 0
+        self,
+        *,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        error_percent: int = 0,
+        report: SampleReport = None,
+        report_binary: bool = False,
     ) -> None:
         self.name = name
-        self.server = make_server(name=name, host=host, port=port, error_percent=error_percent)
+        self.server = make_server(
+            name=name,
+            host=host,
+            port=port,
+            error_percent=error_percent,
+            report=report,
+            report_binary=report_binary,
+        )
         self.port = self.server.server_address[1]
         self.address = f"{host}:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -5,7 +5,12 @@
 ``N@V`` wherever it answers ``N`` without one (the HTTP echo's body and ``X-Replica`` header,
 the WebSocket and gRPC echoes' replies), so a response names its revision. ``--error-percent P``
 (HTTP only) answers 500 to P% of its requests, evenly spread (``http_echo``): a failing version
-to roll out and roll back. SIGTERM/SIGINT
+to roll out and roll back. ``--report METRIC=VALUE`` (repeatable) or ``--report-file PATH``
+(the same lines, re-read when the file changes) makes it report its load with ORCA: the HTTP
+echo adds the ``endpoint-load-metrics`` header (TEXT; binary with ``--report-binary``), the
+gRPC echo the ``endpoint-load-metrics-bin`` trailer and the OpenRcaService (``reporting``).
+A WebSocket replica cannot report (a per-response report means nothing on a long-lived
+connection): ``--kind ws`` with a report is refused. SIGTERM/SIGINT
 deregisters (a clean exit, which prints ``NAME: deregistered ID`` on stderr); SIGKILL leaves
 the lease to run out, and the control plane removes the replica when it does.
 """
@@ -18,7 +23,36 @@ import sys
 import threading
 
 from control_plane.agent import ReplicaAgent
+from control_plane.dev.samples.reporting import SampleReport
 from control_plane.registry import validate
+
+
+def report_source(
+    *, assignments: tuple[str, ...] | list[str], report_file: str, kind: str
+) -> SampleReport:
+    """The report the flags ask for, checked before anything serves: ValueError naming the
+    flag and value."""
+    from control_plane.orca import parse_assignments
+    from control_plane.orca.file import ReportFile
+
+    if (assignments or report_file) and kind == "ws":
+        flag = "--report-file" if report_file else "--report"
+        raise ValueError(f"{flag}: --kind ws cannot report load (only http and grpc replicas can)")
+    if assignments and report_file:
+        raise ValueError("--report and --report-file: give one or the other")
+    if report_file:
+        return ReportFile(report_file)
+    if not assignments:
+        return None
+    for assignment in assignments:
+        try:
+            parse_assignments([assignment])
+        except ValueError as exc:
+            raise ValueError(f"--report {assignment!r}: {exc}") from None
+    try:
+        return parse_assignments(assignments)
+    except ValueError as exc:
+        raise ValueError(f"--report: {exc}") from None
 
 
 def run(
@@ -34,10 +68,16 @@ def run(
     lease_seconds: float,
     revision: str = "",
     error_percent: int = 0,
+    report: tuple[str, ...] = (),
+    report_file: str = "",
+    report_binary: bool = False,
 ) -> None:
     revision = validate.revision("--revision", revision)  # before anything serves
     if error_percent and kind != "http":
         raise ValueError(f"--error-percent {error_percent}: only --kind http can fail on demand")
+    if report_binary and kind != "http":
+        raise ValueError("--report-binary: only --kind http has a header form to choose")
+    source = report_source(assignments=report, report_file=report_file, kind=kind)
     host, _, port_text = listen.rpartition(":")
     port = int(port_text)
     stop = threading.Event()
@@ -49,6 +89,8 @@ def run(
         host=host,
         port=port,
         error_percent=error_percent,
+        report=source,
+        report_binary=report_binary,
     )
     agent = ReplicaAgent(
         registry_url=registry,
@@ -70,11 +112,27 @@ def run(
             shutdown()
 
 
-def _start(kind: str, *, name: str, host: str, port: int, error_percent: int = 0):  # type: ignore[no-untyped-def]
+def _start(  # type: ignore[no-untyped-def]
+    kind: str,
+    *,
+    name: str,
+    host: str,
+    port: int,
+    error_percent: int = 0,
+    report: SampleReport = None,
+    report_binary: bool = False,
+):
     if kind == "http":
         from control_plane.dev.samples.http_echo import make_server
 
-        http = make_server(name=name, host=host, port=port, error_percent=error_percent)
+        http = make_server(
+            name=name,
+            host=host,
+            port=port,
+            error_percent=error_percent,
+            report=report,
+            report_binary=report_binary,
+        )
         threading.Thread(target=http.serve_forever, daemon=True).start()
 
         def stop_http() -> None:
@@ -83,11 +141,10 @@ def _start(kind: str, *, name: str, host: str, port: int, error_percent: int = 0
 
         return stop_http
     if kind == "grpc":
-        from control_plane.dev.samples.grpc_echo import make_server as make_grpc
+        from control_plane.dev.samples.grpc_echo import GrpcEchoThread
 
-        rpc, _ = make_grpc(name=name, host=host, port=port)
-        rpc.start()
-        return lambda: rpc.stop(grace=1)
+        rpc = GrpcEchoThread(name=name, host=host, port=port, report=report)
+        return rpc.stop
     if kind == "ws":
         from websockets.asyncio.server import serve
 

@@ -96,7 +96,8 @@ def test_the_other_control_plane_finishes_a_rollout_when_its_driver_is_killed(
             [holder] = [cp for cp in control_planes if cp.pid == holder_pid]
             [other] = [cp for cp in control_planes if cp is not holder]
             assert first["state"] == "running"
-            assert first["step"] == 1
+            # Mid-rollout: a loaded machine may first see step 2 (the interval is 3 s).
+            assert first["step"] in (1, 2), first
             os.kill(holder.pid, signal.SIGKILL)
             holder.process.wait(timeout=10)  # type: ignore[union-attr]
             record = wait_until(
