@@ -7,8 +7,8 @@ A request ``GET /?cost=C`` takes ``base_ms * FACTOR * C`` ms of one worker (``as
 simulated service time, the replica's CPU is not what is measured); a request beyond the
 workers waits in a FIFO queue. The answer's body is the replica's name.
 
-The report, computed when a response is written (stdlib only: the bench does not need the
-product's ORCA library to speak the header):
+The report, computed when a response is written and sent in Envoy's TEXT form by routeplane's
+own ORCA library (``control_plane.orca.LoadReport``):
 - ``named_metrics.work``: the service time of every request in the replica (in service or
   queued, the one being answered included, so it is never 0), in seconds, over ``workers``: the
   work each worker has ahead of it. Not clipped to [0, 1]: a queue of expensive requests reads
@@ -20,7 +20,7 @@ product's ORCA library to speak the header):
   what each request costs.
 - ``rps_fractional``: requests completed per second, an exponentially decaying average over
   about one second (Envoy's weight is ``rps_fractional / utilization``).
-Imports only the standard library; nothing of ``control_plane``.
+Imports the standard library and ``control_plane.orca`` (stdlib only itself).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from control_plane.orca import LoadReport
+
 # The decay of the rps average, s.
 RPS_WINDOW_S = 1.0
 # The longest request head a replica reads.
@@ -40,11 +42,12 @@ MAX_COST = 1000.0
 
 
 def report_header(*, work: float, busy: float, rps: float) -> str:
-    """The ``endpoint-load-metrics`` value, in Envoy's TEXT form."""
-    return (
-        f"TEXT named_metrics.work={work:.6f}, named_metrics.busy={busy:.4f}, "
-        f"rps_fractional={rps:.3f}"
-    )
+    """The ``endpoint-load-metrics`` value, in Envoy's TEXT form (values rounded; a float's
+    drift below 0 is 0)."""
+    return LoadReport(
+        named_metrics={"work": round(max(work, 0.0), 6), "busy": round(max(busy, 0.0), 4)},
+        rps_fractional=round(max(rps, 0.0), 3),
+    ).to_text()
 
 
 def parse_cost(head: bytes) -> float:

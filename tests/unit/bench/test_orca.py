@@ -69,13 +69,25 @@ def test_a_bad_cost_is_an_error_naming_it(head: bytes) -> None:
         parse_cost(head)
 
 
-def test_the_report_is_envoys_text_form_with_every_metric() -> None:
-    assert report_header(work=0.25, busy=1.0, rps=57.5) == (
-        "TEXT named_metrics.work=0.250000, named_metrics.busy=1.0000, rps_fractional=57.500"
-    )
-    assert {f"named_metrics.{m.split('.')[1]}" for m in METRICS} <= {
-        part.split("=")[0] for part in report_header(work=1, busy=1, rps=1)[5:].split(", ")
+def _metrics(header: str) -> dict[str, float]:
+    assert header.startswith("TEXT ")
+    return {
+        name: float(value)
+        for name, _, value in (part.partition("=") for part in header[5:].split(", "))
     }
+
+
+def test_the_report_is_envoys_text_form_with_every_metric() -> None:
+    assert _metrics(report_header(work=0.25, busy=1.0, rps=57.5)) == {
+        "named_metrics.work": 0.25,
+        "named_metrics.busy": 1.0,
+        "rps_fractional": 57.5,
+    }
+    assert set(METRICS) <= set(_metrics(report_header(work=1, busy=1, rps=1)))
+
+
+def test_a_float_drifting_below_zero_is_reported_as_zero() -> None:
+    assert _metrics(report_header(work=-1e-18, busy=0.5, rps=2.0))["named_metrics.work"] == 0
 
 
 def test_a_replica_reports_its_queued_work_including_the_answered_request() -> None:
@@ -98,8 +110,10 @@ def test_a_replica_reports_its_queued_work_including_the_answered_request() -> N
         return headers
 
     first, _, last = asyncio.run(scenario())
-    assert "named_metrics.work=0.015000, named_metrics.busy=1.0000" in first
-    assert "named_metrics.work=0.005000, named_metrics.busy=0.5000" in last
+    assert _metrics(first)["named_metrics.work"] == pytest.approx(0.015)
+    assert _metrics(first)["named_metrics.busy"] == 1.0
+    assert _metrics(last)["named_metrics.work"] == pytest.approx(0.005)
+    assert _metrics(last)["named_metrics.busy"] == 0.5
 
 
 def test_capacity_counts_the_slow_replica_and_the_expensive_requests() -> None:
