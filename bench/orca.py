@@ -14,7 +14,8 @@ Load is open-loop: Poisson arrivals at a fixed rate (the same seeded sequence fo
 policy), never waiting on answers to send (a new connection when none is idle); latency runs
 from each request's scheduled time. The policies take turns, segment by segment, on the same
 replicas and Envoy; the first ``warmup`` seconds of a segment are not counted. The generator's
-lag (actual send - scheduled send) is reported, so a late schedule shows.
+lag (actual send - scheduled send) is reported, and a policy whose lag's p99 is over
+``LATE_MS`` is marked LATE: it did not get the load it was scheduled.
 
 ``python -m bench.orca [--seconds S --rounds R]``: prints the table, writes
 ``bench/results/orca.json``; ``make bench`` runs it through ``bench/run.py``.
@@ -47,6 +48,9 @@ REPLICAS = 4
 METRICS = ("named_metrics.work", "named_metrics.busy")
 # The most connections the generator opens to Envoy (an error past it).
 MAX_CONNECTIONS = 4000
+# A policy whose generator lag (actual - scheduled send) has a p99 above this did not get the
+# load it was scheduled: the table marks it "late" (the 2 shared cores were busy elsewhere).
+LATE_MS = 20.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,7 +239,10 @@ class Segment:
     latencies_ms: list[float]
     lags_ms: list[float]
     replicas: dict[str, int]
-    errors: int
+    errors: dict[str, int]  # what went wrong (a status, an exception's name) -> how often
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 async def _exchange(
@@ -267,30 +274,41 @@ async def open_loop(
     rng = random.Random(seed)
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     opened = 0
-    segment = Segment(latencies_ms=[], lags_ms=[], replicas={}, errors=0)
+    segment = Segment(latencies_ms=[], lags_ms=[], replicas={}, errors={})
 
     async def fire(scheduled: float, cost: float, counted: bool) -> None:
         nonlocal opened
         path = "/" if cost == 1 else f"/?cost={cost:g}"
         request = f"GET {path} HTTP/1.1\r\nHost: {policy}.bench\r\n\r\n".encode()
-        try:
-            if idle:
-                reader, writer = idle.pop()
-            elif opened >= MAX_CONNECTIONS:
-                raise OSError(f"more than {MAX_CONNECTIONS} connections in flight")
-            else:
-                opened += 1
+        if idle:
+            reader, writer = idle.pop()
+        elif opened >= MAX_CONNECTIONS:
+            if counted:
+                segment.error(f"over {MAX_CONNECTIONS} connections")
+            return
+        else:
+            opened += 1
+            try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            lag = time.perf_counter() - scheduled
+            except OSError as exc:
+                opened -= 1
+                if counted:
+                    segment.error(type(exc).__name__)
+                return
+        lag = time.perf_counter() - scheduled
+        try:
             status, body = await _exchange(reader, writer, request)
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            segment.errors += counted
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            opened -= 1
+            writer.close()
+            if counted:
+                segment.error(type(exc).__name__)
             return
         idle.append((reader, writer))
         if not counted:
             return
         if status != 200:
-            segment.errors += 1
+            segment.error(f"status {status}")
             return
         segment.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
         segment.lags_ms.append(lag * 1000)
@@ -350,10 +368,20 @@ def summarize(segments: list[Segment], *, names: dict[str, str]) -> dict[str, An
         "share": {
             name: round(counts.get(name, 0) / max(n, 1), 3) for name in sorted(names.values())
         },
-        "errors": sum(s.errors for s in segments),
+        "errors": sum(sum(s.errors.values()) for s in segments),
+        "error_kinds": _merged([s.errors for s in segments]),
         "lag_p99_ms": round(percentile(lags, 99), 2) if lags else None,
         "lag_max_ms": round(max(lags), 2) if lags else None,
+        "late": bool(lags) and percentile(lags, 99) > LATE_MS,
     }
+
+
+def _merged(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for one in counts:
+        for kind, count in one.items():
+            out[kind] = out.get(kind, 0) + count
+    return out
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -515,7 +543,8 @@ def table(result: dict[str, Any]) -> list[str]:
         f"Poisson arrivals at {round(result['load'] * 100)}% of capacity; utilization = "
         f"client_side_weighted_round_robin on `{result['metric']}` and measured "
         f"rps, blackout {result['blackout_s']} s, weight update {result['weight_update_s']} s; "
-        "ms from the scheduled send (`python -m bench.orca`)",
+        "ms from the scheduled send; LATE: the generator's send lag had a p99 over "
+        f"{LATE_MS:g} ms, the policy did not get the schedule (`python -m bench.orca`)",
         "| shape | policy | N | p50 | p99 | p99.9 | max | share r0 / r1 / r2 / r3 | errors | "
         "generator lag p99 / max |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -528,7 +557,7 @@ def table(result: dict[str, Any]) -> list[str]:
                 f"| {shape['shape']} ({shape['rate']:g}/s) | {policy} | {row['n']} | "
                 f"{_cell(row, 'p50')} | {_cell(row, 'p99')} | {_cell(row, 'p999')} | "
                 f"{row['max_ms']} | {share} | {row['errors']} | "
-                f"{row['lag_p99_ms']} / {row['lag_max_ms']} |"
+                f"{row['lag_p99_ms']} / {row['lag_max_ms']}{' LATE' if row['late'] else ''} |"
             )
     for shape in result["shapes"]:
         parts = []

@@ -160,7 +160,12 @@ def test_an_unknown_policy_is_an_error_naming_it() -> None:
 
 def test_a_summary_has_a_p999_only_from_enough_samples_and_a_share_per_replica() -> None:
     names = {"1": "r0", "2": "r1"}
-    few = Segment(latencies_ms=[1.0, 2.0, 3.0], lags_ms=[0.1] * 3, replicas={"r0": 3}, errors=1)
+    few = Segment(
+        latencies_ms=[1.0, 2.0, 3.0],
+        lags_ms=[0.1] * 3,
+        replicas={"r0": 3},
+        errors={"status 503": 1},
+    )
     row = summarize([few], names=names)
     assert row["n"] == 3
     assert row["p99_ms"] is None
@@ -168,23 +173,27 @@ def test_a_summary_has_a_p999_only_from_enough_samples_and_a_share_per_replica()
     assert row["max_ms"] == 3.0
     assert row["share"] == {"r0": 1.0, "r1": 0.0}
     assert row["errors"] == 1
+    assert row["error_kinds"] == {"status 503": 1}
+    assert row["late"] is False
     many = Segment(
         latencies_ms=[float(i) for i in range(1, 2001)],
         lags_ms=[0.5] * 2000,
         replicas={"r0": 1000, "r1": 1000},
-        errors=0,
+        errors={},
     )
     row = summarize([many, many], names=names)
     assert row["n"] == 4000 >= MIN_FOR_P99
     assert row["p999_ms"] == 1998.0
     assert row["share"] == {"r0": 0.5, "r1": 0.5}
     assert row["lag_max_ms"] == 0.5
+    late = Segment(latencies_ms=[1.0] * 100, lags_ms=[50.0] * 100, replicas={}, errors={})
+    assert summarize([late], names=names)["late"] is True
 
 
 def test_the_table_says_max_of_n_without_enough_samples_and_never_none() -> None:
     names = {"1": "r0", "2": "r1", "3": "r2", "4": "r3"}
     row = summarize(
-        [Segment(latencies_ms=[5.0, 7.0], lags_ms=[0.1, 0.2], replicas={"r0": 2}, errors=0)],
+        [Segment(latencies_ms=[5.0, 7.0], lags_ms=[0.1, 0.2], replicas={"r0": 2}, errors={})],
         names=names,
     )
     shape = {
@@ -208,4 +217,5 @@ def test_the_table_says_max_of_n_without_enough_samples_and_never_none() -> None
     rendered = "\n".join(table(result))
     assert "max of 2: 7.0" in rendered
     assert "None" not in rendered
+    assert "LATE" not in rendered
     assert "utilization / least_request: p50 1.0x" in rendered
