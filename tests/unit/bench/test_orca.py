@@ -217,5 +217,5 @@ def test_the_table_says_max_of_n_without_enough_samples_and_never_none() -> None
     rendered = "\n".join(table(result))
     assert "max of 2: 7.0" in rendered
     assert "None" not in rendered
-    assert "LATE" not in rendered
+    assert " LATE |" not in rendered
     assert "utilization / least_request: p50 1.0x" in rendered
