@@ -147,6 +147,11 @@ _LOAD_FAMILIES = (
         "routeplane_revision_errors_per_second",
         "Errors per second from a server's replicas of one revision (servers with revisions only)",
     ),
+    (
+        "routeplane_utilization",
+        "Mean utilization (ORCA, a fraction) of a server's replicas that report one, per region "
+        "(absent while none does)",
+    ),
 )
 
 
@@ -203,6 +208,7 @@ class LoadExposition:
     @staticmethod
     def _render(rows: Sequence[Any]) -> tuple[str, ...]:
         in_flight, rate, desired, revision_rate, revision_errors = [], [], [], [], []
+        utilization = []
         for row in rows:
             labels = f'{{region="{_label(row.region)}",server="{_label(row.server)}"}}'
             in_flight.append(
@@ -212,6 +218,9 @@ class LoadExposition:
                 f"routeplane_server_requests_per_second{labels} "
                 f"{floatToGoString(row.requests_per_second)}\n"
             )
+            used = getattr(row, "utilization", None)
+            if used is not None:
+                utilization.append(f"routeplane_utilization{labels} {floatToGoString(used)}\n")
             wanted = row.desired_replicas
             if wanted is not None and wanted >= 0:
                 desired.append(
@@ -234,6 +243,7 @@ class LoadExposition:
             "".join(desired),
             "".join(revision_rate),
             "".join(revision_errors),
+            "".join(utilization),
         )
 
 

@@ -55,14 +55,19 @@ def add_rows(response: Any, rows: Iterable[LoadRow]) -> None:
             cold_start_mode=row.cold_start_mode,
             scale_down_candidates=row.scale_down_candidates,
         )
+        if row.utilization is not None:
+            item.utilization = row.utilization
         for replica in row.replicas:
-            item.replicas.add(
+            entry = item.replicas.add(
                 replica=replica.replica,
                 in_flight=replica.in_flight / MILLION,
                 requests_per_second=replica.requests / MILLION,
                 errors_per_second=replica.errors / MILLION,
                 revision=replica.revision,
             )
+            utilization = replica.utilization
+            if utilization is not None:
+                entry.utilization = round(utilization, 6)
         for revision in row.revisions:
             item.revisions.add(
                 revision=revision.revision,

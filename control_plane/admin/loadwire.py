@@ -142,7 +142,18 @@ def totals_message(
             )
         add = item.replicas.add
         for replica in server.replicas:
-            if replica.errors or replica.revision:
+            if replica.utilization_weight:
+                add(
+                    replica=replica.replica,
+                    in_flight=replica.in_flight,
+                    requests=replica.requests,
+                    errors=replica.errors,
+                    revision=replica.revision,
+                    utilization_value=replica.utilization_value,
+                    utilization_weight=replica.utilization_weight,
+                    region=replica.region,
+                )
+            elif replica.errors or replica.revision:
                 add(
                     replica=replica.replica,
                     in_flight=replica.in_flight,
@@ -206,7 +217,8 @@ def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = 
                 ready.add((entry.replica, entry.region))
                 revised = revised or bool(entry.revision)
             in_flight, requests, errors = entry.in_flight, entry.requests, entry.errors
-            if in_flight or requests or errors:
+            weight = entry.utilization_weight
+            if in_flight or requests or errors or weight:
                 name = entry.replica
                 load = ReplicaTotals(
                     replica=name,
@@ -214,6 +226,10 @@ def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = 
                     requests=requests,
                     errors=errors,
                     revision=entry.revision,
+                    # A value above its weight (a mean above 1) is read as the weight.
+                    utilization_value=min(entry.utilization_value, weight),
+                    utilization_weight=weight,
+                    region=entry.region if weight else "",
                 )
                 have_replica = replicas.get(name)
                 replicas[name] = load if have_replica is None else have_replica.merge(load)
@@ -282,6 +298,8 @@ def rule_message(rule: Autoscaling) -> Any:
         buffer_replicas=rule.buffer_replicas,
         scale_up_window_seconds=rule.scale_up_window,
         scale_down_window_seconds=rule.scale_down_window,
+        target_utilization=rule.target_utilization,
+        metric=rule.metric,
     )
 
 
@@ -293,4 +311,6 @@ def rule_from(message: Any) -> Autoscaling:
         buffer_replicas=message.buffer_replicas,
         scale_up_window=message.scale_up_window_seconds,
         scale_down_window=message.scale_down_window_seconds,
+        target_utilization=message.target_utilization,
+        metric=message.metric,
     )

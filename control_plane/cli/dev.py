@@ -235,7 +235,7 @@ def samples_autoscaler(
     multiple=True,
     metavar="METRIC=VALUE",
     help="Report this load with ORCA (repeat), e.g. application_utilization=0.9 or "
-    "named_metrics.kv_cache=0.5; rps_fractional=1 unless given (--kind http and grpc).",
+    "named_metrics.kv_cache=0.5; rps_fractional=100 unless given (--kind http and grpc).",
 )
 @click.option(
     "--report-file",

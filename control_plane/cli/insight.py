@@ -108,9 +108,23 @@ def load(admin: str, server: str, watch: bool, as_json: bool) -> None:
         return
 
 
+def _with_utilization(row: Any, shown: dict[str, Any]) -> dict[str, Any]:
+    """``shown`` (a ``load_json`` object of ``row``) with the row's and each replica's
+    utilization (issue 27): a fraction, rounded to 4 places, or null when none reported."""
+    shown["utilization"] = round(row.utilization, 4) if row.HasField("utilization") else None
+    for entry, replica in zip(shown["replicas"], row.replicas, strict=True):
+        entry["utilization"] = (
+            round(replica.utilization, 4) if replica.HasField("utilization") else None
+        )
+    return shown
+
+
 def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
     # ``partial``: the fleet's load could not be read, these rows are this control plane's own.
-    rows = [{**load_json(r), "partial": response.partial} for r in response.servers]
+    rows = [
+        _with_utilization(r, {**load_json(r), "partial": response.partial})
+        for r in response.servers
+    ]
     if as_json:
         click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
         return
@@ -124,7 +138,17 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
         click.echo("no servers")
         return
     table(
-        ["SERVER", "REGION", "READY", "IN FLIGHT", "REQ/S", "ERR/S", "DESIRED", "COLD STARTS"],
+        [
+            "SERVER",
+            "REGION",
+            "READY",
+            "IN FLIGHT",
+            "REQ/S",
+            "ERR/S",
+            "UTIL",
+            "DESIRED",
+            "COLD STARTS",
+        ],
         [
             [
                 r["server"],
@@ -133,6 +157,7 @@ def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
                 f"{r['in_flight']:g}",
                 f"{r['requests_per_second']:.1f}",
                 f"{r['errors_per_second']:.1f}",
+                "-" if r["utilization"] is None else f"{r['utilization']:.2f}",
                 "-" if r["desired_replicas"] is None else str(r["desired_replicas"]),
                 f"{r['cold_starts']} ({r['cold_start_mode']})" if r["region"] == "*" else "",
             ]

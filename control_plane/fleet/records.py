@@ -351,6 +351,8 @@ def _checked_replicas(replicas: tuple[ReplicaTotals, ...], room: int) -> tuple[R
         revision = replica.revision
         if revision and (revision in RESERVED_REVISIONS or not NAME_RE.match(revision)):
             replica = replace(replica, revision="")
+        if len(replica.region) > MAX_NAME:
+            replica = replace(replica, region="")
         kept.append(replica)
     return tuple(kept)
 
@@ -370,7 +372,11 @@ def _bounded_replicas(
     for field, limit in zip(_REPLICA_FIELDS, (flight, requests, errors), strict=True):
         total = sum(getattr(r, field) for r in replicas) * scale
         factors.append(scale * min(1.0, limit / total) if total > limit else scale)
-    if factors == [1.0, 1.0, 1.0]:
+    # Utilization weights (requests that carried it) within the bound of requests, each
+    # replica's value scaled alike: its mean stays, one record cannot outweigh the rest.
+    weights = sum(r.utilization_weight for r in replicas) * scale
+    factors.append(scale * min(1.0, requests / weights) if weights > requests else scale)
+    if factors == [1.0, 1.0, 1.0, 1.0]:
         return replicas
     return tuple(
         replace(
@@ -378,6 +384,8 @@ def _bounded_replicas(
             in_flight=math.floor(r.in_flight * factors[0]),
             requests=math.floor(r.requests * factors[1]),
             errors=math.floor(r.errors * factors[2]),
+            utilization_value=math.floor(r.utilization_value * factors[3]),
+            utilization_weight=math.floor(r.utilization_weight * factors[3]),
         )
         for r in replicas
     )

@@ -128,7 +128,8 @@ def desired(view: LoadView, target: Target) -> int:
         )
     if row.desired_replicas is None:
         why = (
-            "its spec has no autoscaling rule (autoscaling.target_concurrency above 0)"
+            "its spec has no autoscaling rule (autoscaling.target_concurrency or "
+            "target_utilization above 0)"
             if target.region == "*"
             else "its spec lists no regions, so only region '*' has a recommendation"
         )

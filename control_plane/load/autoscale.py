@@ -13,7 +13,19 @@ and the recommendation moves like the Kubernetes HPA's stabilization windows:
 - otherwise it stays. The first recommendation starts from the server's READY replicas, so a
   quiet server at 3 replicas is recommended fewer only after ``scale_down_window``.
 
-``target_concurrency: 0`` (the default) means no recommendation.
+With ``target_utilization`` U > 0 instead (issue 27; the spec allows one of the two):
+
+    raw = ceil(utilization / U) + buffer_replicas, clamped the same way
+
+where ``utilization`` is the sum, over the replicas (of the server or region) that reported
+one, of each one's utilization (``load/totals.py``: a request-weighted mean over proxies, each
+in [0, 1]); the same windows and wake-from-zero follow. With no utilization reported (no
+replica carried the metric in the last reports: no traffic, or replicas that send none), the
+raw value is the current READY count, clamped: the recommendation holds where the server is,
+neither up nor down (nothing tells how loaded the replicas are). So an idle server under a
+utilization rule is not scaled to zero by the rule; a wake still scales it from zero.
+
+``target_concurrency: 0`` and ``target_utilization: 0`` (the defaults) mean no recommendation.
 
 Scale from zero: a request that met no replica (a cold start, ``wake``) makes the raw value at
 least 1 and moves the recommendation up at once, whatever the scale-up window; it then stays
@@ -56,12 +68,21 @@ def _clamp(value: int, spec: Autoscaling) -> int:
     return max(low, min(high, value))
 
 
-def raw_desired(in_flight: float, spec: Autoscaling) -> int:
-    """The replicas ``in_flight`` requests need under ``spec``, before the windows. Never
-    raises: whatever the floats, a whole number within [min_replicas, max_replicas]."""
+def raw_desired(
+    in_flight: float, spec: Autoscaling, *, utilization: float | None = None, ready: int = 0
+) -> int:
+    """The replicas ``in_flight`` requests (or, under a utilization rule, the summed
+    ``utilization``; None: none reported, hold at ``ready``) need under ``spec``, before the
+    windows. Never raises: whatever the floats, a whole number within [min_replicas,
+    max_replicas]."""
     low, high = _bounds(spec)
+    if spec.target_utilization > 0 and not spec.target_concurrency > 0:
+        if utilization is None:
+            return max(low, min(high, ready))
+        in_flight, target = utilization, spec.target_utilization
+    else:
+        target = spec.target_concurrency
     load = in_flight if in_flight > 0 else 0.0  # nan and negatives: no load
-    target = spec.target_concurrency
     if load == 0 or not target > 0:  # a target of 0 (no recommendation), negative or nan
         demand = 0
     else:
@@ -150,10 +171,12 @@ class Recommender:
         spec: Autoscaling,
         now: float,
         wake: bool = False,
+        utilization: float | None = None,
     ) -> int:
         """Record the load of ``key`` at ``now``; returns its recommendation. ``wake``: a
-        request met no replica since the last update. Never raises."""
-        raw = raw_desired(in_flight, spec)
+        request met no replica since the last update; ``utilization``: the summed utilization
+        of its reporting replicas (None: none reported). Never raises."""
+        raw = raw_desired(in_flight, spec, utilization=utilization, ready=ready)
         if wake:
             raw = _clamp(max(raw, 1), spec)
         try:

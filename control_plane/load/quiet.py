@@ -25,9 +25,25 @@ from control_plane.load.autoscale import raw_desired
 from control_plane.registry.spec import Autoscaling
 
 
-def settled(desired: int, *, in_flight: float, wake: bool, spec: Autoscaling) -> bool:
+def settled(
+    desired: int,
+    *,
+    in_flight: float,
+    wake: bool,
+    spec: Autoscaling,
+    utilization: float | None = None,
+    ready: int = 0,
+) -> bool:
     """Whether a key that was just updated with ``in_flight`` and ``wake`` and got ``desired``
-    keeps ``desired`` for as long as it has no load and no wake."""
+    keeps ``desired`` for as long as it has no load and no wake. Under a utilization rule:
+    no utilization reported, whose raw value is ``ready`` (constant until a new table, which
+    brings the key back), by the same argument."""
+    if spec.target_utilization > 0 and not spec.target_concurrency > 0:
+        return (
+            utilization is None
+            and not wake
+            and desired == raw_desired(0.0, spec, utilization=None, ready=ready)
+        )
     return in_flight <= 0 and not wake and desired == raw_desired(0.0, spec)
 
 

@@ -15,16 +15,33 @@ then bounded: what one report can contribute per server and in total (:data:`PER
 endpoint routeplane does not serve is ignored; both are counted in :class:`Ignored`. Reported
 drops are cold-start demand only for a server with no ready replica. Nothing here raises on a
 report's content.
+
+Utilization (ORCA, issue 27): Envoy puts the metrics a cluster names in
+``lrs_report_endpoint_metrics`` (``translate/clusters.py``) in each endpoint's
+``load_metric_stats``: per metric, the sum of the values the replica reported on the requests
+that finished in the interval, and how many did. One metric per server is read (the catalog's:
+the autoscaling rule's ``metric``, or Envoy's order: ``application_utilization`` where above 0,
+else ``cpu_utilization``; Envoy 1.40 reports a standard metric a response left out as 0). An
+entry's mean (``total / count``) is a fraction: a negative one counts as 0 and one above 1 as 1
+(a named metric too: it is read as a utilization); a NaN or infinite one, or a count of
+none, is left out; each such entry is counted (``Ignored.utilization``). At most
+:data:`MAX_METRIC_ENTRIES` entries are read per endpoint (an honest Envoy sends one per named
+metric). A replica's utilization over several proxies is the mean weighted by the requests that
+carried it: kept as two rates that add up, ``value`` (mean x requests per second) and
+``weight`` (requests with the metric per second), bounded like requests per second.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 MAX_INTERVAL = 3600.0
 STALE_INTERVALS = 3.0
+MAX_METRIC_ENTRIES = 16  # load_metric_stats read per endpoint (Envoy sends one per metric)
+DEFAULT_METRICS = ("application_utilization", "cpu_utilization")  # Envoy's order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +86,9 @@ class Catalog:
     # Clusters of routeplane's own bootstrap (the xDS cluster): reported, never load, never
     # counted as ignored.
     own: frozenset[str] = frozenset()
+    # Cluster name -> the ORCA metric read as its replicas' utilization ("" or absent: Envoy's
+    # order, ``DEFAULT_METRICS``).
+    metrics: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -80,6 +100,7 @@ class Ignored:
     localities: int = 0
     endpoints: int = 0
     clipped: int = 0
+    utilization: int = 0  # metric entries clipped to [0, 1] or left out (NaN, inf, too many)
 
     def add(self, other: Ignored) -> None:
         for name in _IGNORED_FIELDS:
@@ -108,8 +129,8 @@ class _ProxyReport:
     node_id: str
     at: float
     interval: float
-    # Rates, bounded: (server, region) and (server, replica id) -> [in flight, requests/s,
-    # errors/s]; server -> dropped / s.
+    # Rates, bounded: (server, region) -> [in flight, requests/s, errors/s]; (server, replica
+    # id) -> the same and utilization value/s, weight/s; server -> dropped / s.
     localities: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     replicas: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     dropped: dict[str, float] = field(default_factory=dict)
@@ -127,6 +148,8 @@ class Draft:
         # (server, region) -> [in flight, issued, errors]; (server, replica) -> the same.
         self.localities: dict[tuple[str, str], list[int]] = {}
         self.replicas: dict[tuple[str, str], list[int]] = {}
+        # (server, replica) -> [sum of clipped means x requests, requests with the metric].
+        self.utilization: dict[tuple[str, str], list[float]] = {}
         self.dropped: dict[str, int] = {}  # server -> drops
         self.idle_dropped: dict[str, int] = {}  # the same, for servers with no ready replica
 
@@ -155,12 +178,13 @@ class Draft:
                     self.idle_dropped[server] = self.idle_dropped.get(server, 0) + dropped
             regions = all_regions.get(name, _NO_REGIONS)
             endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
+            metric = catalog.metrics.get(name, "")
             for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
                 in_flight = locality.total_requests_in_progress
                 issued = locality.total_issued_requests
                 errors = locality.total_error_requests
-                if not (in_flight or issued or errors):
-                    continue  # idle: nothing to add
+                if not (in_flight or issued or errors or locality.load_metric_stats):
+                    continue  # idle: nothing to add (metrics come of requests that finished)
                 region = locality.locality.region
                 if region not in regions:
                     ignored.localities += 1
@@ -176,7 +200,8 @@ class Draft:
                     point_in_flight = point.total_requests_in_progress
                     point_issued = point.total_issued_requests
                     point_errors = point.total_error_requests
-                    if not (point_in_flight or point_issued or point_errors):
+                    metric_stats = point.load_metric_stats
+                    if not (point_in_flight or point_issued or point_errors or metric_stats):
                         continue
                     socket = point.address.socket_address
                     replica = endpoints.get((socket.address, socket.port_value))
@@ -184,6 +209,8 @@ class Draft:
                         ignored.endpoints += 1
                         continue
                     key = (server, replica[0])
+                    if metric_stats:
+                        self._utilization(key, metric_stats, metric)
                     counts = replicas.get(key)
                     if counts is None:
                         replicas[key] = [point_in_flight, point_issued, point_errors]
@@ -191,6 +218,49 @@ class Draft:
                         counts[0] += point_in_flight
                         counts[1] += point_issued
                         counts[2] += point_errors
+
+    def _utilization(self, key: tuple[str, str], stats: Any, metric: str) -> None:
+        """Add one endpoint's ``load_metric_stats`` entry for ``metric`` ("": Envoy's order)
+        to ``key``'s utilization, clipped (see the module docstring). Each entry's name is
+        read once; its figures only if it is the one."""
+        if len(stats) > MAX_METRIC_ENTRIES:
+            self.ignored.utilization += 1
+            stats = stats[:MAX_METRIC_ENTRIES]
+        chosen = None
+        if metric:
+            for entry in stats:
+                if entry.metric_name == metric:
+                    chosen = entry
+                    break
+        else:
+            first, second = DEFAULT_METRICS
+            fallback = None
+            for entry in stats:
+                name = entry.metric_name
+                if name == first:
+                    if entry.total_metric_value > 0:
+                        chosen = entry
+                        break
+                    fallback = fallback or entry
+                elif name == second:
+                    fallback = entry
+            chosen = chosen or fallback
+        if chosen is None:
+            return
+        total, count = chosen.total_metric_value, chosen.num_requests_finished_with_metric
+        if count <= 0 or not math.isfinite(total):
+            self.ignored.utilization += 1
+            return
+        mean = total / count
+        if not 0.0 <= mean <= 1.0:
+            self.ignored.utilization += 1
+            mean = min(max(mean, 0.0), 1.0)
+        sums = self.utilization.get(key)
+        if sums is None:
+            self.utilization[key] = [mean * count, float(count)]
+        else:
+            sums[0] += mean * count
+            sums[1] += count
 
 
 _NO_REGIONS: frozenset[str] = frozenset()
@@ -217,13 +287,22 @@ def _bounded(
         by_server.setdefault(server, []).append(rates)
     replicas_by_server: dict[str, list[list[float]]] = {}
     for (server, replica), counts in draft.replicas.items():
-        rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
+        rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second, 0.0, 0.0]
+        used = draft.utilization.get((server, replica))
+        if used is not None:
+            rates[3], rates[4] = used[0] * per_second, used[1] * per_second
         report.replicas[(server, replica)] = rates
         replicas_by_server.setdefault(server, []).append(rates)
     limits = (PER_SERVER.in_flight, PER_SERVER.requests_per_second, PER_SERVER.errors_per_second)
     for groups in (by_server, replicas_by_server):
         for rows in groups.values():
             clipped |= _scale(rows, limits)
+    # Utilization: the requests that carried it within the bound of requests per second,
+    # value and weight scaled together (the mean stays).
+    if draft.utilization:
+        for rows in replicas_by_server.values():
+            clipped |= _scale_pairs(rows, PER_SERVER.requests_per_second)
+        clipped |= _scale_pairs(list(report.replicas.values()), PER_PROXY.requests_per_second)
     clipped |= _scale(
         list(report.localities.values()),
         (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
@@ -268,14 +347,28 @@ def _scale(rows: list[list[float]], limits: tuple[float, ...]) -> bool:
     return scaled
 
 
+def _scale_pairs(rows: list[list[float]], limit: float) -> bool:
+    """Scale columns 3 and 4 (utilization value and weight) of ``rows`` down together so that
+    the weights sum to at most ``limit``; True if they were."""
+    total = sum(row[4] for row in rows)
+    if total <= limit:
+        return False
+    factor = limit / total
+    for row in rows:
+        row[3] *= factor
+        row[4] *= factor
+    return True
+
+
 class LoadBook:
     """The newest report of every stream. Not thread-safe."""
 
     def __init__(self) -> None:
         self._streams: dict[int, _ProxyReport] = {}
         self.ignored = Ignored()
-        # Running sums of every stream's report: (server, region) and (server, replica id) ->
-        # [in flight, requests/s, errors/s, dropped/s].
+        # Running sums of every stream's report: (server, region) -> [in flight, requests/s,
+        # errors/s, dropped/s]; (server, replica id) -> [in flight, requests/s, errors/s,
+        # utilization value/s, utilization weight/s].
         self._totals: dict[tuple[str, str], list[float]] = {}
         self._replicas: dict[str, dict[str, list[float]]] = {}  # by server, then replica id
         # Per server: requests that met no replica since the book began (cold starts), and
@@ -371,7 +464,7 @@ class LoadBook:
         replica id). Kept up to date report by report, so this costs the number of keys, not
         of proxies."""
         replicas = {
-            (server, replica): _load(*rates)
+            (server, replica): _load(rates[0], rates[1], rates[2], 0.0)
             for server, mine in self._replicas.items()
             for replica, rates in mine.items()
             if _some(rates)
@@ -382,11 +475,12 @@ class LoadBook:
         """Per (server, region), with (server, "*") the server's total."""
         return {key: _load(*rates) for key, rates in self._totals.items() if _some(rates)}
 
-    def replica_loads(self, server: str) -> list[tuple[str, int, int, int]]:
-        """``server``'s replicas with requests in flight, or requests or errors per second:
-        (replica id, in flight, requests per second, errors per second), in whole millionths,
-        sorted by id. The hot path of a tick for a server with many replicas: costs its
-        replicas with load, a multiplication per figure."""
+    def replica_loads(self, server: str) -> list[tuple[str, int, int, int, int, int]]:
+        """``server``'s replicas with requests in flight, or requests or errors per second, or
+        utilization: (replica id, in flight, requests per second, errors per second,
+        utilization value and weight per second), in whole millionths, sorted by id. The hot
+        path of a tick for a server with many replicas: costs its replicas with load, a
+        multiplication per figure."""
         mine = self._replicas.get(server)
         if not mine:
             return []
@@ -395,8 +489,19 @@ class LoadBook:
             in_flight = round(rates[0] * 1_000_000)
             requests = round(rates[1] * 1_000_000)
             errors = round(rates[2] * 1_000_000)
-            if in_flight > 0 or requests > 0 or errors > 0:
-                found.append((replica, max(in_flight, 0), max(requests, 0), max(errors, 0)))
+            weight = round(rates[4] * 1_000_000)
+            if in_flight > 0 or requests > 0 or errors > 0 or weight > 0:
+                value = round(rates[3] * 1_000_000) if weight > 0 else 0
+                found.append(
+                    (
+                        replica,
+                        max(in_flight, 0),
+                        max(requests, 0),
+                        max(errors, 0),
+                        min(max(value, 0), weight) if weight > 0 else 0,
+                        max(weight, 0),
+                    )
+                )
         found.sort()
         return found
 
@@ -423,10 +528,12 @@ class LoadBook:
                 mine = replicas[server] = {}
             rates = mine.get(replica)
             if rates is None:
-                rates = mine[replica] = [0.0, 0.0, 0.0, 0.0]
+                rates = mine[replica] = [0.0, 0.0, 0.0, 0.0, 0.0]
             rates[0] += sign * values[0]
             rates[1] += sign * values[1]
             rates[2] += sign * values[2]
+            rates[3] += sign * values[3]
+            rates[4] += sign * values[4]
         if sign < 0:  # keep the totals small and exact at zero
             for key in set(_keys(report)):
                 rates = totals.get(key)

@@ -35,6 +35,7 @@ from control_plane.load.totals import (
     millionths,
     recommend,
 )
+from control_plane.registry.spec import view_metric
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.clusters import cluster_name, cluster_revisions
@@ -68,6 +69,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
     regions: dict[str, frozenset[str]] = {}
     endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     idle: set[str] = set()  # no ready replica: a reported drop there is a cold start
+    metrics_of: dict[str, str] = {}  # cluster -> the utilization metric its rule names
     for server in table.servers:
         # One cluster per revision of a server with a traffic split (issue 26): each one's
         # reports are the server's. A drop is a cold start only while the server has no ready
@@ -76,12 +78,15 @@ def catalog_of(table: RoutingTable) -> Catalog:
         server_regions = frozenset(e.region for e in server.endpoints) | frozenset(
             server.spec.regions
         )
+        metric = view_metric(server.spec)  # the rule's, else the balancing's
         for revision in cluster_revisions(server):
             name = cluster_name(server, revision)
             mine = endpoints_of(server, revision)
             servers[name] = server.name
             regions[name] = server_regions
             endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in mine}
+            if metric:
+                metrics_of[name] = metric
             if server_idle:
                 idle.add(name)
     return Catalog(
@@ -90,6 +95,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
         endpoints=endpoints,
         idle=frozenset(idle),
         own=frozenset({names.XDS_CLUSTER}),
+        metrics=metrics_of,
     )
 
 
@@ -463,6 +469,7 @@ class LoadService:
         if replica_loads:
             known = shape.replica_ids
             revision_of = shape.revision_of
+            region_of = shape.region_of
             replicas = tuple(
                 ReplicaTotals(
                     replica=replica,
@@ -470,8 +477,11 @@ class LoadService:
                     requests=requests,
                     errors=errors,
                     revision=revision_of.get(replica, ""),
+                    utilization_value=value,
+                    utilization_weight=weight,
+                    region=region_of.get(replica, "") if weight else "",
                 )
-                for replica, in_flight, requests, errors in replica_loads
+                for replica, in_flight, requests, errors, value, weight in replica_loads
                 if replica in known
             )
         cold_starts = self.book.cold_starts.get(server.name, 0)
@@ -554,6 +564,7 @@ class _Shape:
         "ready_replicas",
         "ready_revisions",
         "ready_total",
+        "region_of",
         "replica_ids",
         "revision_of",
         "server",
@@ -567,6 +578,7 @@ class _Shape:
         replica_ids: frozenset[str],
         revision_of: dict[str, str],
         ready_revisions: tuple[tuple[str, str], ...],
+        region_of: dict[str, str],
     ) -> None:
         self.server = server
         self.ready_by_region = ready_by_region
@@ -575,6 +587,7 @@ class _Shape:
         self.replica_ids = replica_ids
         self.revision_of = revision_of
         self.ready_revisions = ready_revisions
+        self.region_of = region_of
 
     @classmethod
     def of(cls, server: RoutedServer) -> _Shape:
@@ -602,6 +615,7 @@ class _Shape:
             frozenset(e.replica_id for e in server.endpoints),
             revision_of,
             revisions,
+            {e.replica_id: e.region for e in server.endpoints},
         )
 
 

@@ -19,8 +19,10 @@ read: a process never re-derives a recommendation from another's.
   merges (floats would) and a message carries small integers;
 - ready replicas: the most any part saw (every process reads the same registry: one replica
   is not counted once per process); the ready replicas' ids, the union of the parts';
-- a replica's load adds up, as a region's does (its revision: the greater name, should two
-  parts' tables differ for a moment); the ready replicas' revisions, the union of the parts';
+- a replica's load adds up, as a region's does (its revision and region: the greater name,
+  should two parts' tables differ for a moment); the ready replicas' revisions, the union of
+  the parts'; its utilization adds up as two sums, value and weight (requests that carried it
+  per second), so that the merge is the request-weighted mean over every part's proxies;
 - cold starts add up; a wake is the latest of the parts';
 - servers and regions: the union; reporting proxies add up; the report interval is the longest
   and ``at`` (when the totals were taken) the oldest part's.
@@ -29,7 +31,8 @@ read: a process never re-derives a recommendation from another's.
 written by one function (``_row``), with the autoscaling rule's recommendation
 (``load/autoscale.py``) where the server's spec asks for one, and, where it is below the
 ready replicas, which of them to remove first (``scale_down_candidates``); a server's "*"
-row has its load by revision (``revision_rows``). The spec
+row has its load by revision (``revision_rows``). Each row's utilization is the mean over the
+replicas that reported one (in the row's region; absent, None, where none did). The spec
 (``LoadSpec``: regions, cold-start mode, autoscaling rule) is an argument: it never travels
 inside totals.
 
@@ -96,6 +99,12 @@ class ReplicaTotals:
     requests: int = 0  # per second
     errors: int = 0  # per second
     revision: str = ""
+    # Utilization (ORCA, ``load/reports.py``): its clipped mean times the requests that
+    # carried it, and those requests, per second, in millionths (weight 0: none reported);
+    # and the replica's region in the counting process's table ("" unknown).
+    utilization_value: int = 0
+    utilization_weight: int = 0
+    region: str = ""
 
     def merge(self, other: ReplicaTotals) -> ReplicaTotals:
         return ReplicaTotals(
@@ -106,7 +115,39 @@ class ReplicaTotals:
             # Parts whose tables differ for a moment: either may be right; the greater name is
             # kept, so that the merge does not depend on the order.
             revision=max(self.revision, other.revision),
+            utilization_value=self.utilization_value + other.utilization_value,
+            utilization_weight=self.utilization_weight + other.utilization_weight,
+            region=max(self.region, other.region),
         )
+
+    @property
+    def utilization(self) -> float | None:
+        """The request-weighted mean utilization, in [0, 1]; None: none reported."""
+        if self.utilization_weight <= 0:
+            return None
+        return min(max(self.utilization_value / self.utilization_weight, 0.0), 1.0)
+
+
+def utilization_sums(replicas: Iterable[ReplicaTotals]) -> dict[str, tuple[float, int]]:
+    """Per region ("*": all) the sum of the utilization of ``replicas`` that reported one, and
+    how many did; a region with none is left out. One pass over the replicas."""
+    sums: dict[str, list[float]] = {}
+    for replica in replicas:
+        used = replica.utilization
+        if used is None:
+            continue
+        where = replica.region
+        for region in ("*", where) if where and where != "*" else ("*",):
+            have = sums.get(region)
+            if have is None:
+                sums[region] = [used, 1]
+            else:
+                have[0] += used
+                have[1] += 1
+    return {region: (total, int(count)) for region, (total, count) in sums.items()}
+
+
+_NO_UTILIZATION = (0.0, 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,6 +306,8 @@ class LoadRow:
     cold_starts: int = 0
     cold_start_mode: str = ""
     autoscaling: Autoscaling | None = None  # the rule behind desired_replicas, if any
+    # The mean utilization of the row's replicas that reported one (None: none did).
+    utilization: float | None = None
     # Rows whose desired_replicas is below ready_replicas: the ready replicas (ids) to remove
     # first, ready - desired of them, the idlest first (``scale_down_candidates``).
     scale_down_candidates: tuple[str, ...] = ()
@@ -435,7 +478,9 @@ def recommend(
         name = server.server
         spec = specs.get(name, _NO_SPEC)
         scaling = spec.autoscaling
-        if scaling is not None and not scaling.target_concurrency > 0:
+        if scaling is not None and not (
+            scaling.target_concurrency > 0 or scaling.target_utilization > 0
+        ):
             scaling = None
         woken = history._woke(server)
         by_region = {r.region: r for r in server.regions}
@@ -444,9 +489,12 @@ def recommend(
         keys: set[Hashable] = set()
         kept: dict[str, _Kept] = {}
         moving = False
+        used_by_region = utilization_sums(server.replicas) if server.replicas else {}
         for region in ["*", *regions]:
             counts = by_region.get(region) or idle(region)
             in_flight = counts.in_flight / MILLION
+            used, reporting = used_by_region.get(region, _NO_UTILIZATION)
+            utilization = used if reporting else None
             desired = None
             # A recommendation for the server, and per region when it lists its regions.
             if scaling is not None and (region == "*" or spec.regions):
@@ -454,13 +502,29 @@ def recommend(
                 keys.add(key)
                 wake = woken and region == "*"
                 desired = update(
-                    key, in_flight=in_flight, ready=counts.ready, spec=scaling, now=now, wake=wake
+                    key,
+                    in_flight=in_flight,
+                    ready=counts.ready,
+                    spec=scaling,
+                    now=now,
+                    wake=wake,
+                    utilization=utilization,
                 )
-                moving |= not settled(desired, in_flight=in_flight, wake=wake, spec=scaling)
+                moving |= not settled(
+                    desired,
+                    in_flight=in_flight,
+                    wake=wake,
+                    spec=scaling,
+                    utilization=utilization,
+                    ready=counts.ready,
+                )
             candidates: tuple[str, ...] = ()
             if desired is not None and desired < counts.ready:
                 candidates = history._candidates_of(server, counts.ready - desired, region, kept)
-            rows.append(_row(server, counts, spec, desired=desired, candidates=candidates))
+            mean = used / reporting if reporting else None
+            rows.append(
+                _row(server, counts, spec, desired=desired, candidates=candidates, utilization=mean)
+            )
         history._keep(name, keys)
         if kept:
             history._candidates[name] = kept
@@ -513,6 +577,7 @@ def _row(
     *,
     desired: int | None,
     candidates: tuple[str, ...] = (),
+    utilization: float | None = None,
 ) -> LoadRow:
     total = counts.region == "*"
     return LoadRow(
@@ -530,4 +595,5 @@ def _row(
         scale_down_candidates=candidates,
         replicas=server.replicas if total else (),
         revisions=revision_rows(server) if total else (),
+        utilization=None if utilization is None else round(utilization, 6),
     )

@@ -7,7 +7,13 @@ default; ``ServerSpec()`` is what ``servers create`` gives.
     path_prefix: /                      # route only this prefix (and below)
     regions: []                         # regions whose replicas may serve; [] = any
     failover: cross_region              # or local_only: never leave the proxy's region
-    load_balancing: least_request       # or {consistent_hash: {header: H} | {cookie: C, ttl: 1h}}
+    load_balancing: least_request       # or round_robin
+                                        # or {consistent_hash: {header: H} | {cookie: C, ttl: 1h}}
+                                        # or {utilization: {metric: named_metrics.kv_cache,
+                                        #   blackout_period: 10s, weight_expiration_period: 3m,
+                                        #   weight_update_period: 1s, error_utilization_penalty: 1,
+                                        #   out_of_band: {period: 1s}}}: weights from the
+                                        #   replicas' ORCA reports; every key optional
     timeouts: {request: 60s, idle: 300s, connect: 1s}   # request applies to plain HTTP only
     retries: 2                          # only where safe: connect failure, refused stream,
                                         # reset before any byte was sent
@@ -40,6 +46,14 @@ _PATH = re.compile(r"^/[\x21-\x7e]*$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _HEADER = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# What Envoy's metric_names_for_computing_utilization reads as a utilization
+# (source/common/orca/orca_load_metrics.cc): a top-level field, or a key (or ``*``: the
+# largest) of one of the report's maps. Keys are kept to characters the TEXT header form can
+# carry (no ``,``, ``=``, ``:`` or space).
+_UTILIZATION_FIELDS = ("application_utilization", "cpu_utilization", "mem_utilization")
+_UTILIZATION_MAPS = ("named_metrics", "utilization", "request_cost")
+_METRIC = re.compile(rf"^(?:{'|'.join(_UTILIZATION_MAPS)})\.(?:\*|[A-Za-z0-9_./-]{{1,100}})$")
+LOAD_BALANCING_POLICIES = ("least_request", "round_robin")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +61,30 @@ class HashOn:
     header: str = ""
     cookie: str = ""
     cookie_ttl: float = 0.0
+
+
+# Utilization balancing: the error penalty travels as a 32-bit float; the out-of-band period
+# defaults to Envoy's and gRPC's own (10s).
+ERROR_PENALTY_MAX = 1_000_000.0
+OUT_OF_BAND_PERIOD = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Utilization:
+    """Balancing by the replicas' own ORCA load reports (Envoy's
+    client_side_weighted_round_robin, gRPC's weighted_round_robin): a replica's weight is
+    requests/s / utilization. Defaults are Envoy's and gRPC's own."""
+
+    # "" = the clients' fallback: application_utilization, then cpu_utilization. Either client
+    # uses application_utilization whenever a report carries one above 0, metric or not.
+    metric: str = ""
+    blackout_period: float = 10.0  # a replica's reports count only after this long
+    weight_expiration_period: float = 180.0  # no report this long: weighed as one without
+    weight_update_period: float = 1.0  # how often weights are recomputed (at least 100ms)
+    error_utilization_penalty: float = 1.0  # utilization += penalty * errors/s / requests/s
+    # None: reports ride on responses (header or trailer); else the clients open an
+    # OpenRcaService stream to each replica and ask for a report every this many seconds.
+    out_of_band_period: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +115,18 @@ class Autoscaling:
     buffer_replicas: int = 0
     scale_up_window: float = 0.0
     scale_down_window: float = 60.0
+    # The alternative to target_concurrency (at most one of the two above 0): the utilization
+    # replicas report (ORCA) per replica, a fraction of 1; ``metric`` names it ("": Envoy's
+    # order, application_utilization where reported above 0, else cpu_utilization).
+    target_utilization: float = 0.0
+    metric: str = ""
+
+
+# ORCA metrics a utilization rule may name: the standard ones, or one named metric.
+UTILIZATION_METRICS = ("application_utilization", "cpu_utilization", "mem_utilization")
+NAMED_METRIC_PREFIX = "named_metrics."
+_NAMED_METRIC = re.compile(r"named_metrics\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+TARGET_UTILIZATION_MIN = 0.01
 
 
 # Autoscaling's one float, besides durations: 0 (no recommendation) or in this range, so that
@@ -116,6 +166,10 @@ class ServerSpec:
     regions: tuple[str, ...] = ()
     cross_region: bool = True
     hash_on: HashOn | None = None
+    # "least_request" (the default), "round_robin", "consistent_hash" (then ``hash_on`` is
+    # set) or "utilization" (then ``utilization`` holds its knobs).
+    balancing: str = "least_request"
+    utilization: Utilization | None = None
     # Per try: time to the first response byte and between bytes (Envoy per_try_idle_timeout);
     # a response that keeps sending is never cut by it. 0 = none.
     request_timeout: float = 60.0
@@ -231,7 +285,7 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
     failover = spec.get("failover", "cross_region")
     if failover not in ("cross_region", "local_only"):
         raise ValidationError("spec.failover", failover, "expected cross_region or local_only")
-    hash_on = _hash_on(spec.get("load_balancing", "least_request"))
+    hash_on, balancing, utilization = _load_balancing(spec.get("load_balancing", "least_request"))
     timeouts = _mapping("spec.timeouts", spec.get("timeouts", {}))
     _no_extra("spec.timeouts", timeouts, {"request", "idle", "connect", "max_stream"})
     request = duration("spec.timeouts.request", timeouts.get("request", DEFAULT.request_timeout))
@@ -244,6 +298,8 @@ def parse_spec(raw: Mapping[str, Any] | None, *, protocol: str = "http") -> Serv
         regions=regions,
         cross_region=failover == "cross_region",
         hash_on=hash_on,
+        balancing=balancing,
+        utilization=utilization,
         request_timeout=request,
         idle_timeout=idle,
         max_stream=duration("spec.timeouts.max_stream", timeouts.get("max_stream", 0.0)),
@@ -338,6 +394,8 @@ def _autoscaling(value: Any) -> Autoscaling | None:
         "buffer_replicas",
         "scale_up_window",
         "scale_down_window",
+        "target_utilization",
+        "metric",
     }
     _no_extra("spec.autoscaling", raw, fields)
     base = Autoscaling()
@@ -354,6 +412,7 @@ def _autoscaling(value: Any) -> Autoscaling | None:
             f"expected 0 (off) or a number from {TARGET_CONCURRENCY_MIN:g} "
             f"to {TARGET_CONCURRENCY_MAX:g}",
         )
+    utilization, metric = _utilization_rule(raw, concurrency=target)
     low = integer(
         "spec.autoscaling.min_replicas",
         raw.get("min_replicas", base.min_replicas),
@@ -383,19 +442,161 @@ def _autoscaling(value: Any) -> Autoscaling | None:
             "spec.autoscaling.scale_down_window",
             raw.get("scale_down_window", base.scale_down_window),
         ),
+        target_utilization=utilization,
+        metric=metric,
     )
 
 
-def _hash_on(value: Any) -> HashOn | None:
-    if value == "least_request":
-        return None
-    lb = _mapping("spec.load_balancing", value)
-    _no_extra("spec.load_balancing", lb, {"consistent_hash"})
-    if "consistent_hash" not in lb:
+def _utilization_rule(raw: Mapping[str, Any], *, concurrency: float) -> tuple[float, str]:
+    """``target_utilization`` and ``metric`` of an autoscaling block: a fraction in
+    [TARGET_UTILIZATION_MIN, 1], or 0 (off); never with a target_concurrency above 0; a metric
+    only with a target_utilization."""
+    target = raw.get("target_utilization", 0.0)
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or not math.isfinite(target)
+        or not (target == 0 or TARGET_UTILIZATION_MIN <= target <= 1)
+    ):
         raise ValidationError(
-            "spec.load_balancing", value, "expected least_request or {consistent_hash: ...}"
+            "spec.autoscaling.target_utilization",
+            target,
+            f"expected 0 (off) or a fraction from {TARGET_UTILIZATION_MIN:g} to 1",
         )
-    on = _mapping("spec.load_balancing.consistent_hash", lb["consistent_hash"])
+    if target > 0 and concurrency > 0:
+        raise ValidationError(
+            "spec.autoscaling.target_utilization",
+            target,
+            "set target_concurrency or target_utilization, not both (the other one 0)",
+        )
+    metric = raw.get("metric", "")
+    if metric != "":
+        if not isinstance(metric, str) or not (
+            metric in UTILIZATION_METRICS or _NAMED_METRIC.fullmatch(metric)
+        ):
+            raise ValidationError(
+                "spec.autoscaling.metric",
+                metric,
+                f"expected one of {', '.join(UTILIZATION_METRICS)} or named_metrics.NAME "
+                "(NAME: letters, digits, _ . -; at most 64)",
+            )
+        if not target > 0:
+            raise ValidationError(
+                "spec.autoscaling.metric",
+                metric,
+                "a metric is for target_utilization: set target_utilization above 0",
+            )
+    return float(target) + 0.0, metric
+
+
+def view_metric(spec: ServerSpec) -> str:
+    """The utilization metric the load view reads for ``spec`` ("" = Envoy's own order,
+    application_utilization then cpu_utilization): the autoscaling rule's, else the one
+    utilization balancing weighs by when the view can read it (a scalar or one
+    ``named_metrics.NAME``; never a wildcard or another map)."""
+    if spec.autoscaling is not None and spec.autoscaling.metric:
+        return spec.autoscaling.metric
+    metric = spec.utilization.metric if spec.utilization is not None else ""
+    if metric in UTILIZATION_METRICS or _NAMED_METRIC.fullmatch(metric):
+        return metric
+    return ""
+
+
+_LB_EXPECTED = "expected least_request, round_robin, {consistent_hash: ...} or {utilization: ...}"
+
+
+def _load_balancing(value: Any) -> tuple[HashOn | None, str, Utilization | None]:
+    """``spec.load_balancing``: (hash_on, balancing, utilization)."""
+    if isinstance(value, str) and value in LOAD_BALANCING_POLICIES:
+        return None, value, None
+    if not isinstance(value, Mapping):
+        raise ValidationError("spec.load_balancing", excerpt(str(value)), _LB_EXPECTED)
+    _no_extra("spec.load_balancing", value, {"consistent_hash", "utilization"})
+    if len(value) != 1:
+        raise ValidationError(
+            "spec.load_balancing",
+            sorted(value),
+            "give one of consistent_hash, utilization (affinity and utilization exclude "
+            "each other)",
+        )
+    if "utilization" in value:
+        return None, "utilization", _utilization(value["utilization"])
+    return _hash_on(value["consistent_hash"]), "consistent_hash", None
+
+
+def _utilization(value: Any) -> Utilization:
+    field = "spec.load_balancing.utilization"
+    raw = _mapping(field, {} if value is None else value)
+    _no_extra(
+        field,
+        raw,
+        {
+            "metric",
+            "blackout_period",
+            "weight_expiration_period",
+            "weight_update_period",
+            "error_utilization_penalty",
+            "out_of_band",
+        },
+    )
+    base = Utilization()
+    metric = raw.get("metric", "")
+    if not isinstance(metric, str) or not (
+        metric == "" or metric in _UTILIZATION_FIELDS or _METRIC.match(metric)
+    ):
+        raise ValidationError(
+            f"{field}.metric",
+            excerpt(str(metric)),
+            "expected application_utilization, cpu_utilization, mem_utilization or "
+            "named_metrics.<key>, utilization.<key>, request_cost.<key> (a key of letters, "
+            "digits and _ . / -, or * for the largest)",
+        )
+    update = duration(
+        f"{field}.weight_update_period",
+        raw.get("weight_update_period", base.weight_update_period),
+        positive=True,
+    )
+    if update < 0.1:
+        raise ValidationError(
+            f"{field}.weight_update_period", raw["weight_update_period"], "at least 100ms"
+        )
+    penalty = raw.get("error_utilization_penalty", base.error_utilization_penalty)
+    if (
+        isinstance(penalty, bool)
+        or not isinstance(penalty, int | float)
+        or not 0 <= penalty <= ERROR_PENALTY_MAX  # also refuses nan and a 400-digit int
+    ):
+        raise ValidationError(
+            f"{field}.error_utilization_penalty",
+            penalty,
+            f"expected a number from 0 to {ERROR_PENALTY_MAX:g}",
+        )
+    oob: float | None = None
+    if "out_of_band" in raw and raw["out_of_band"] not in (None, False):
+        band = {} if raw["out_of_band"] is True else raw["out_of_band"]
+        band = _mapping(f"{field}.out_of_band", band)
+        _no_extra(f"{field}.out_of_band", band, {"period"})
+        oob = duration(
+            f"{field}.out_of_band.period", band.get("period", OUT_OF_BAND_PERIOD), positive=True
+        )
+    return Utilization(
+        metric=metric,
+        blackout_period=duration(
+            f"{field}.blackout_period", raw.get("blackout_period", base.blackout_period)
+        ),
+        weight_expiration_period=duration(
+            f"{field}.weight_expiration_period",
+            raw.get("weight_expiration_period", base.weight_expiration_period),
+            positive=True,
+        ),
+        weight_update_period=update,
+        error_utilization_penalty=float(penalty) + 0.0,  # -0.0 -> 0.0
+        out_of_band_period=oob,
+    )
+
+
+def _hash_on(value: Any) -> HashOn:
+    on = _mapping("spec.load_balancing.consistent_hash", value)
     _no_extra("spec.load_balancing.consistent_hash", on, {"header", "cookie", "ttl"})
     header = str(on.get("header", "")).lower()
     cookie = str(on.get("cookie", ""))

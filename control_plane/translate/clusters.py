@@ -7,12 +7,15 @@ Least-request (power of two choices) by default; Maglev consistent hashing for s
 affinity. The policy is a ``load_balancing_policy`` list, since each client takes the first
 entry it supports: Envoy takes least_request (or maglev); gRPC's xDS client, which supports
 neither, falls back to round_robin within weighted localities (or ring_hash, hashing the same
-header). No panic routing (a DRAINING or unhealthy replica never gets new requests because
-too few healthy ones are left). Circuit breakers: cluster-wide limits set out of the way
-(Envoy's default of 1,024 requests per cluster is far below an inference fleet's streams);
-``max_requests_per_replica`` limits each replica: connections per host over HTTP/1.1, streams
-per connection over HTTP/2. Outlier detection on consecutive 5xx by default; active health
-checks only when asked.
+header). ``round_robin`` and ``utilization`` are one entry both take: round_robin, and
+client_side_weighted_round_robin (weights from the replicas' ORCA reports; gRPC's
+weighted_round_robin), flat over a priority's replicas on both (see
+:func:`set_load_balancing`). No panic routing (a DRAINING or unhealthy replica never gets new
+requests because too few healthy ones are left). Circuit breakers: cluster-wide limits set
+out of the way (Envoy's default of 1,024 requests per cluster is far below an inference fleet's
+streams); ``max_requests_per_replica`` limits each replica: connections per host over
+HTTP/1.1, streams per connection over HTTP/2. Outlier detection on consecutive 5xx by default;
+active health checks only when asked.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from functools import lru_cache
 
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3 import (
+    client_side_weighted_round_robin_pb2,
+)
 from envoy.extensions.load_balancing_policies.least_request.v3 import least_request_pb2
 from envoy.extensions.load_balancing_policies.maglev.v3 import maglev_pb2
 from envoy.extensions.load_balancing_policies.ring_hash.v3 import ring_hash_pb2
@@ -28,7 +34,7 @@ from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_
 from envoy.extensions.load_balancing_policies.wrr_locality.v3 import wrr_locality_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from control_plane.registry.spec import ServerSpec
+from control_plane.registry.spec import ServerSpec, Utilization, view_metric
 from control_plane.routing.model import RoutedServer
 from control_plane.translate import names
 from control_plane.translate.durations import set_duration
@@ -44,20 +50,36 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
     )
 
 
-def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
-    """The policy list: Envoy uses the first entry, gRPC the first it supports (the second).
+def set_load_balancing(cluster: cluster_pb2.Cluster, *, spec: ServerSpec) -> None:
+    """The policy list: each client uses the first entry it supports.
 
-    gRPC's ring_hash hashes the route's header hash policy (random without one, as Envoy's
-    maglev does); its round_robin is wrapped in wrr_locality so locality weights hold.
+    least_request (the default): Envoy's least_request, then for gRPC round_robin wrapped in
+    wrr_locality so locality weights hold. consistent_hash: Envoy's maglev, then gRPC's
+    ring_hash, which hashes the route's header hash policy (random without one, as maglev
+    does). round_robin: one entry, round_robin. utilization: one entry,
+    client_side_weighted_round_robin. Not wrapped in wrr_locality: Envoy 1.40 implements
+    wrr_locality too (with only this child) and would take it as well, weighting each
+    locality by its replica count, so a busy zone could not shed load to an idle one; bare,
+    both clients weigh every replica of a priority by its reports alone.
     """
     policies = cluster.load_balancing_policy.policies
-    if hashed:
+    if spec.hash_on is not None:
         envoy = policies.add().typed_extension_config
         envoy.name = "envoy.load_balancing_policies.maglev"
         envoy.typed_config.Pack(maglev_pb2.Maglev())
         grpc = policies.add().typed_extension_config
         grpc.name = "envoy.load_balancing_policies.ring_hash"
         grpc.typed_config.Pack(ring_hash_pb2.RingHash())
+        return
+    if spec.balancing == "utilization":
+        both = policies.add().typed_extension_config
+        both.name = "envoy.load_balancing_policies.client_side_weighted_round_robin"
+        both.typed_config.Pack(to_weighted_round_robin(spec.utilization or Utilization()))
+        return
+    if spec.balancing == "round_robin":
+        both = policies.add().typed_extension_config
+        both.name = "envoy.load_balancing_policies.round_robin"
+        both.typed_config.Pack(round_robin_pb2.RoundRobin())
         return
     envoy = policies.add().typed_extension_config
     envoy.name = "envoy.load_balancing_policies.least_request"
@@ -69,6 +91,28 @@ def set_load_balancing(cluster: cluster_pb2.Cluster, *, hashed: bool) -> None:
     grpc = policies.add().typed_extension_config
     grpc.name = "envoy.load_balancing_policies.wrr_locality"
     grpc.typed_config.Pack(child)
+
+
+def to_weighted_round_robin(
+    utilization: Utilization,
+) -> client_side_weighted_round_robin_pb2.ClientSideWeightedRoundRobin:
+    """The client_side_weighted_round_robin config, every knob written out (defaults
+    included, so a reader of the config never has to know the clients' defaults).
+
+    ``metric`` becomes ``metric_names_for_computing_utilization``, which both clients read
+    after application_utilization (a report carrying one above 0 wins) and before
+    cpu_utilization (probed: Envoy 1.40 and grpcio 1.85 both split by a named metric)."""
+    config = client_side_weighted_round_robin_pb2.ClientSideWeightedRoundRobin()
+    set_duration(config.blackout_period, utilization.blackout_period)
+    set_duration(config.weight_expiration_period, utilization.weight_expiration_period)
+    set_duration(config.weight_update_period, utilization.weight_update_period)
+    config.error_utilization_penalty.value = utilization.error_utilization_penalty
+    if utilization.out_of_band_period is not None:
+        config.enable_oob_load_report.value = True
+        set_duration(config.oob_reporting_period, utilization.out_of_band_period)
+    if utilization.metric:
+        config.metric_names_for_computing_utilization.append(utilization.metric)
+    return config
 
 
 def cluster_revisions(server: RoutedServer) -> tuple[str, ...]:
@@ -105,16 +149,31 @@ def to_cluster(server: RoutedServer, *, revision: str = "") -> cluster_pb2.Clust
     return cluster
 
 
+def endpoint_metrics(spec: ServerSpec) -> tuple[str, ...]:
+    """The ORCA metrics Envoy puts in its load reports for ``spec``'s clusters."""
+    names = ["application_utilization", "cpu_utilization"]
+    metric = view_metric(spec)
+    if metric and metric not in names:
+        names.append(metric)
+    return tuple(names)
+
+
 @lru_cache(maxsize=256)
 def _unnamed_cluster(protocol: str, spec: ServerSpec) -> cluster_pb2.Cluster:
     """Everything of a Cluster but its name: a function of the protocol and the spec, which a
     fleet's servers mostly share, so built once per distinct pair. Must not be altered (callers
     copy it)."""
     cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
-    set_load_balancing(cluster, hashed=spec.hash_on is not None)
+    set_load_balancing(cluster, spec=spec)
     # gRPC clients report load (LRS) to the control plane they got the cluster from; Envoy
     # ignores this field and reports as its bootstrap says.
     cluster.lrs_server.self.SetInParent()
+    # Envoy adds these replicas' ORCA metrics (from the endpoint-load-metrics header or
+    # trailer) to its load reports, per locality and per endpoint (``load/reports.py``): the
+    # two utilizations Envoy's own order reads, and the metric the autoscaling rule (or else
+    # utilization balancing) names (``spec.view_metric``).
+    # Never ``named_metrics.*``: a replica could then fill every report with names of its own.
+    cluster.lrs_report_endpoint_metrics.extend(endpoint_metrics(spec))
     set_duration(cluster.connect_timeout, spec.connect_timeout)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     cluster.common_lb_config.healthy_panic_threshold.value = 0.0

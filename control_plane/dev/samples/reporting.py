@@ -1,7 +1,8 @@
 """What the sample replicas report (``--report``, ``--report-file``, or ``report=`` in tests):
-a fixed report or a callable, with ``rps_fractional=1`` added unless the report names it, so
-that Envoy's and gRPC's weight (qps / utilization) is exactly 1 / utilization: a measured qps
-would feed the split back into the weights.
+a fixed report or a callable, with ``rps_fractional=100`` added unless the report names it, so
+that Envoy's and gRPC's weight (qps / utilization) is 100 / utilization: a measured qps would
+feed the split back into the weights, and Envoy keeps weights as whole numbers of at least 1
+(with 1, every utilization above 0.5 weighed the same).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from control_plane.orca import LoadReport, ReportSource, as_source
 
 SampleReport = LoadReport | ReportSource | None
+SAMPLE_RPS = 100.0
 
 
 def sample_source(report: SampleReport) -> ReportSource | None:
@@ -24,7 +26,7 @@ def sample_source(report: SampleReport) -> ReportSource | None:
         if not isinstance(current, LoadReport) or current.empty:
             return current
         if current.rps_fractional is None:
-            return dataclasses.replace(current, rps_fractional=1.0)
+            return dataclasses.replace(current, rps_fractional=SAMPLE_RPS)
         return current
 
     return with_rps

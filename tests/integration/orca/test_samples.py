@@ -37,20 +37,20 @@ def orca_header(port: int, path: str = "/") -> dict[str, str]:
         conn.close()
 
 
-def test_the_http_echo_reports_with_rps_fractional_1_unless_told() -> None:
+def test_the_http_echo_reports_with_rps_fractional_100_unless_told() -> None:
     echo = EchoThread(name="a", report=LoadReport(application_utilization=0.9))
     told = EchoThread(name="b", report=lambda: LoadReport(eps=1, rps_fractional=7))
     binary = EchoThread(name="c", report=LoadReport(cpu_utilization=0.5), report_binary=True)
     failing = EchoThread(name="d", error_percent=100, report=LoadReport(eps=3))
     try:
         assert orca_header(echo.port) == {
-            "endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=1"
+            "endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=100"
         }
         assert orca_header(echo.port, "/stream?chunks=1") == orca_header(echo.port)
         assert orca_header(told.port) == {"endpoint-load-metrics": "TEXT rps_fractional=7, eps=1"}
         value = orca_header(binary.port)["endpoint-load-metrics-bin"]
         decoded = orca_load_report_pb2.OrcaLoadReport.FromString(base64.b64decode(value))
-        assert (decoded.cpu_utilization, decoded.rps_fractional) == (0.5, 1)
+        assert (decoded.cpu_utilization, decoded.rps_fractional) == (0.5, 100)
         assert orca_header(failing.port)["endpoint-load-metrics"].endswith("eps=3")
     finally:
         for server in (echo, told, binary, failing):
@@ -65,7 +65,7 @@ def test_the_grpc_echo_serves_the_out_of_band_stream() -> None:
             stream = channel.unary_stream(METHOD)(b"", timeout=5)
             first = orca_load_report_pb2.OrcaLoadReport.FromString(next(stream))
             stream.cancel()
-        assert (first.application_utilization, first.rps_fractional) == (0.25, 1)
+        assert (first.application_utilization, first.rps_fractional) == (0.25, 100)
         assert echo.orca_interceptor is not None
         assert echo.orca_interceptor.failures == 0
     finally:
@@ -110,7 +110,9 @@ def test_a_replica_follows_its_report_file_and_stops_reporting_when_it_empties(
 ) -> None:
     port, report = replica
     first = wait_until(lambda: answers(port), timeout=20, what="the replica answers")
-    assert first == {"endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=1"}
+    assert first == {
+        "endpoint-load-metrics": "TEXT application_utilization=0.9, rps_fractional=100"
+    }
     rewrite(report, "# busy now\nnamed_metrics.kv_cache=0.75\nrps_fractional=2\n")
     wait_until(
         lambda: (
@@ -128,7 +130,7 @@ def test_a_replica_follows_its_report_file_and_stops_reporting_when_it_empties(
     wait_until(lambda: orca_header(port) == {}, timeout=10, what="no report from a bad file")
     rewrite(report, "eps=2\n")
     wait_until(
-        lambda: orca_header(port) == {"endpoint-load-metrics": "TEXT rps_fractional=1, eps=2"},
+        lambda: orca_header(port) == {"endpoint-load-metrics": "TEXT rps_fractional=100, eps=2"},
         timeout=10,
         what="the fixed file's report",
     )

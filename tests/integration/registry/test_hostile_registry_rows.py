@@ -136,6 +136,11 @@ def test_deeply_nested_rows_are_problems_and_routing_goes_on(
         registry.close()
 
 
+def held(envoy: Envoy, host: str) -> None:
+    """A request the echo holds 60 s; it ends (status 0) when the test stops Envoy."""
+    envoy.get(path="/slow?ms=60000", host=host, timeout=90)
+
+
 def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
     tmp_path: Path, echo_factory: Callable[[str], EchoThread]
 ) -> None:
@@ -158,11 +163,7 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
         envoy.wait_live()
         wait_until(lambda: envoy.get(host="echo.local") == (200, "a\n"), what="routing")
         for host in ("tiny.local", "echo.local", "tiny.local", "echo.local"):
-            threads.append(
-                threading.Thread(
-                    target=envoy.get, kwargs={"path": "/slow?ms=12000", "host": host, "timeout": 30}
-                )
-            )
+            threads.append(threading.Thread(target=held, args=(envoy, host), daemon=True))
             threads[-1].start()
 
         def echo_row() -> dict[str, Any] | None:
@@ -172,11 +173,12 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
             row = rows.get(("echo", "*"))
             return row if row is not None and row["in_flight"] == 2 else None
 
-        # The requests are held 12 s, so that a busy machine (a `routeplane load` call can take
-        # seconds to start) still sees them in flight well within the wait.
+        # The requests are held 60 s, so that a busy machine (a `routeplane load` call can take
+        # seconds to start) still sees them in flight well within the wait; stopping Envoy ends
+        # them (a 12 s hold within a 15 s wait failed once on a loaded run).
         # The tick that shows echo's two requests also saw tiny's, held as long, had tiny been
         # routed: 2 / 5e-324 is inf, and ceil(inf) raised OverflowError out of the tick.
-        row = wait_until(echo_row, timeout=15, what="echo's 2 requests in flight")
+        row = wait_until(echo_row, timeout=45, what="echo's 2 requests in flight")
         assert row["desired_replicas"] == 2
         assert cp.alive(), cp.log()
         problem = problems(cp)["tiny"]
@@ -185,9 +187,9 @@ def test_a_tiny_target_concurrency_row_never_stops_the_load_tick(
         assert envoy.get(host="tiny.local")[0] == 404
         assert "OverflowError" not in cp.log()
     finally:
+        envoy.stop()  # ends the held requests
         for thread in threads:
             thread.join(timeout=20)
-        envoy.stop()
         cp.stop()
         registry.close()
 
