@@ -4,7 +4,8 @@ One real Envoy (a static bootstrap built here) with three clusters over the same
 (``bench.orca_replicas``, a separate process): ``client_side_weighted_round_robin`` weighting
 each replica by the load it reports on every response, ``least_request`` (Envoy's default: the
 less busy of two random replicas, by requests in flight from this Envoy) and ``round_robin``.
-The cluster's policy comes from one function, :func:`load_balancing_policy`.
+The cluster's policy comes from one function, :func:`load_balancing_policy`: routeplane's own
+translator, from the ``load_balancing`` a server's spec would say.
 
 Each replica has 4 workers and a FIFO queue. Two shapes, the same ~70 % of capacity:
 - ``skewed``: one of the four replicas takes 5x longer per request;
@@ -19,7 +20,7 @@ lag (actual send - scheduled send) is reported, and a policy whose lag's p99 is 
 
 ``python -m bench.orca [--seconds S --rounds R]``: prints the table, writes
 ``bench/results/orca.json``; ``make bench`` runs it through ``bench/run.py``.
-Imports nothing of ``control_plane`` except what the tables share.
+Imports of ``control_plane`` only the spec parser and the cluster translator (for the policy).
 """
 
 from __future__ import annotations
@@ -98,45 +99,40 @@ SHAPES = (
 
 
 def load_balancing_policy(policy: str, *, weighting: Weighting = Weighting()) -> dict[str, Any]:
-    """The cluster's ``load_balancing_policy`` (JSON form) for ``policy``: the one place the
-    bench says how each policy is configured (swap for routeplane's translator output).
+    """The cluster's ``load_balancing_policy`` (JSON form) for ``policy``, as routeplane
+    configures a server whose spec says ``load_balancing: <policy>`` (``utilization``:
+    ``{utilization: {metric, blackout_period, weight_update_period}}``): routeplane's own
+    translator (``translate.clusters.set_load_balancing``), so the bench measures what a
+    user of the option gets.
 
-    ``utilization``: Envoy's ``client_side_weighted_round_robin`` weighing by the replicas'
-    ``weighting.metric`` (queued work by default). ``blackout_period`` 1 s (Envoy's default
-    10 s; a replica's weight counts after 1 s of reports, inside the first warm-up);
-    ``weight_update_period`` 100 ms, Envoy's floor: every response carries a report, so the
-    weights follow the queues as closely as Envoy allows. Measured here with 1 s, the mixed
-    shape's weights herded (every update sends the most to the replica that was idlest a second
-    ago) and its p50 grew ~13x.
+    ``utilization`` weighs by the replicas' ``weighting.metric`` (queued work by default).
+    ``blackout_period`` 1 s (Envoy's default 10 s; a replica's weight counts after 1 s of
+    reports, inside the first warm-up); ``weight_update_period`` 100 ms, Envoy's floor: every
+    response carries a report, so the weights follow the queues as closely as Envoy allows.
+    Measured here with 1 s, the mixed shape's weights herded (every update sends the most to
+    the replica that was idlest a second ago) and its p50 grew ~13x.
     """
-    prefix = "type.googleapis.com/envoy.extensions.load_balancing_policies"
-    if policy == "utilization":
-        name, config = (
-            "client_side_weighted_round_robin",
-            {
-                "@type": f"{prefix}.client_side_weighted_round_robin.v3."
-                "ClientSideWeightedRoundRobin",
-                "blackout_period": f"{weighting.blackout_s}s",
-                "weight_update_period": f"{weighting.weight_update_s}s",
-                "metric_names_for_computing_utilization": [weighting.metric],
-            },
-        )
-    elif policy == "least_request":
-        name, config = "least_request", {"@type": f"{prefix}.least_request.v3.LeastRequest"}
-    elif policy == "round_robin":
-        name, config = "round_robin", {"@type": f"{prefix}.round_robin.v3.RoundRobin"}
-    else:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from google.protobuf import json_format
+
+    from control_plane.registry.spec import parse_spec
+    from control_plane.translate.clusters import set_load_balancing
+
+    if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    return {
-        "policies": [
-            {
-                "typed_extension_config": {
-                    "name": f"envoy.load_balancing_policies.{name}",
-                    "typed_config": config,
-                }
+    raw: Any = policy
+    if policy == "utilization":
+        raw = {
+            "utilization": {
+                "metric": weighting.metric,
+                "blackout_period": f"{weighting.blackout_s:g}s",
+                "weight_update_period": f"{weighting.weight_update_s:g}s",
             }
-        ]
-    }
+        }
+    cluster = cluster_pb2.Cluster()
+    set_load_balancing(cluster, spec=parse_spec({"load_balancing": raw}))
+    policies: dict[str, Any] = json_format.MessageToDict(cluster.load_balancing_policy)
+    return policies
 
 
 def _address(port: int) -> dict[str, Any]:
