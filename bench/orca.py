@@ -369,6 +369,10 @@ def summarize(segments: list[Segment], *, names: dict[str, str]) -> dict[str, An
         "lag_p99_ms": round(percentile(lags, 99), 2) if lags else None,
         "lag_max_ms": round(max(lags), 2) if lags else None,
         "late": bool(lags) and percentile(lags, 99) > LATE_MS,
+        # Each segment's own lag p99, in the order run: which round the machine was busy in.
+        "segment_lag_p99_ms": [
+            round(percentile(s.lags_ms, 99), 2) if s.lags_ms else None for s in segments
+        ],
     }
 
 

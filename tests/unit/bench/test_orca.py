@@ -186,6 +186,7 @@ def test_a_summary_has_a_p999_only_from_enough_samples_and_a_share_per_replica()
     assert row["p999_ms"] == 1998.0
     assert row["share"] == {"r0": 0.5, "r1": 0.5}
     assert row["lag_max_ms"] == 0.5
+    assert row["segment_lag_p99_ms"] == [0.5, 0.5]
     late = Segment(latencies_ms=[1.0] * 100, lags_ms=[50.0] * 100, replicas={}, errors={})
     assert summarize([late], names=names)["late"] is True
 
