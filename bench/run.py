@@ -86,6 +86,10 @@ class Plan:
     rollout_tries: int = 50
     # Fleet-wide load (bench/fleet_load.py): registries, servers with traffic, tries of the
     # load step, report interval (s), writes/s window (s); no registries: not run.
+    # Balancing by reported load (bench/orca.py): counted seconds per segment, rounds (each
+    # policy one segment a round, the order rotating), warm-up seconds per segment, load (a
+    # share of the replicas' capacity).
+    orca: tuple[float, int, float, float] = (12.0, 3, 3.0, 0.7)
     fleet_load: tuple[tuple[str, ...], tuple[int, ...], int, float, float] = (
         ("sqlite", "spanner"),
         (10, 1000),
@@ -139,6 +143,7 @@ QUICK = Plan(
     fleet_load=(("sqlite",), (10, 1000), 10, 0.5, 2.0),
     traffic_tries=20,
     rollout_tries=20,
+    orca=(5.0, 1, 2.0, 0.7),
 )
 SMOKE = Plan(
     "smoke",
@@ -168,6 +173,7 @@ SMOKE = Plan(
     fleet_load=(("sqlite",), (10,), 2, 0.5, 1.0),
     traffic_tries=2,
     rollout_tries=2,
+    orca=(0.8, 1, 1.0, 0.3),  # ~15 s; a light load, so round robin's backlog drains at once
 )
 
 
@@ -204,6 +210,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         idle_load,
         keda,
         load,
+        orca,
         pipeline,
         propagation,
         proxyless,
@@ -244,6 +251,10 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     path = workdir / "traffic"
     path.mkdir()
     out["traffic"] = traffic.run(path, tries=plan.traffic_tries)
+    path = workdir / "orca"
+    path.mkdir()
+    seconds, rounds, warmup, share = plan.orca
+    out["orca"] = orca.run(path, seconds=seconds, rounds=rounds, warmup=warmup, load=share)
     path = workdir / "rollout"
     path.mkdir()
     out["rollout"] = rollout.run(path, tries=plan.rollout_tries)

@@ -45,6 +45,10 @@ def table(result: dict[str, Any]) -> str:
         from bench import traffic
 
         lines += ["", *traffic.table(result["traffic"])]
+    if result.get("orca"):
+        from bench import orca
+
+        lines += orca.table(result["orca"])
     if result.get("rollout"):
         from bench import rollout
 

@@ -33,6 +33,16 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert "KEDA external-push" in rendered
     assert result["traffic"]["split"]["n"] == SMOKE.traffic_tries
     assert "A traffic split change against ordinary propagation" in rendered
+    orca = result["orca"]
+    assert [shape["shape"] for shape in orca["shapes"]] == ["skewed", "mixed"]
+    for shape in orca["shapes"]:
+        assert all(row["n"] > 0 and row["errors"] == 0 for row in shape["policies"].values())
+        # Envoy read the replicas' endpoint-load-metrics: its weights are theirs (rps / work,
+        # in the hundreds and more), not the 1 every host starts with.
+        [weights] = shape["utilization_weights"]
+        assert len(weights) == 4
+        assert max(weights.values()) > 1
+    assert "Balancing by reported load (ORCA)" in rendered
     assert result["rollout"]["rollback_to_last_bad"]["n"] == SMOKE.rollout_tries
     assert result["rollout"]["failed_requests"] == 0
     assert "`routeplane servers rollback` started -> the last request" in rendered
