@@ -330,6 +330,26 @@ async def open_loop(
     return segment
 
 
+def _weights_in_force(admin: str, names: dict[str, str]) -> dict[str, int]:
+    """The utilization cluster's weights by replica once Envoy uses the reports (some weight
+    above the 1 every host starts with): a short segment on a busy machine can end before the
+    blackout does; Envoy then applies the last reports without more traffic. What it has after
+    10 s otherwise."""
+
+    def read() -> dict[str, int]:
+        return {names[p]: w for p, w in _weights(admin, "utilization").items()}
+
+    try:
+        return wait_until(
+            lambda: (lambda w: w if max(w.values(), default=0) > 1 else None)(read()),
+            timeout=10,
+            interval=0.05,
+            what="Envoy's weights from the reports",
+        )
+    except AssertionError:
+        return read()
+
+
 def _weights(admin: str, cluster: str) -> dict[str, int]:
     """Envoy's current weight of each host of ``cluster`` (port -> weight), from /clusters."""
     status, text = http_get(f"http://{admin}/clusters?format=json")
@@ -470,9 +490,7 @@ def run_shape(
                     )
                 )
                 if policy == "utilization":
-                    weights.append(
-                        {names[p]: w for p, w in _weights(f"127.0.0.1:{admin}", policy).items()}
-                    )
+                    weights.append(_weights_in_force(f"127.0.0.1:{admin}", names))
     finally:
         envoy.stop()
         replicas.stop()
