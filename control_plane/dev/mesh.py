@@ -489,6 +489,10 @@ def guide(cfg: MeshConfig, state: MeshState) -> str:
     v2, v3 = (cfg.replica_port + ROLLOUT_OFFSETS[r] for r in ("v2", "v3"))
     err = ROLLOUT_ERROR_PERCENT
     context_path = cfg.workdir / context.CONTEXT_FILE
+    if cfg.workdir.resolve() == Path.cwd().resolve() / context.MESH_DIR:
+        found = f"{context_path}, from here or below"
+    else:  # found upward only as .mesh/: name it
+        found = f"{context_path} with ROUTEPLANE_MESH={cfg.workdir.resolve()} exported"
     exports = " ".join(
         f"{k}={v}"
         for k, v in {
@@ -516,7 +520,7 @@ Look:
   {rp} snapshot show --node edge-us-west-1
   {rp} snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
-  {rp} replicas list echo      # registry and admin from {context_path}, from here or below
+  {rp} replicas list echo      # registry and admin from {found}
   export {exports}     # the same for a shell elsewhere
 
 Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;

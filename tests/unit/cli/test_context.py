@@ -108,7 +108,7 @@ def test_a_valid_file_is_read(document: dict[str, str], expected: tuple[str, str
     ],
 )
 def test_a_bad_file_is_one_error_naming_it_and_the_field(data: bytes, message: str) -> None:
-    with pytest.raises(context.ContextError, match="^c.json: ") as raised:
+    with pytest.raises(context.ContextError, match=r"^c\.json: ") as raised:
         context.parse(Path("c.json"), data)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
