@@ -15,13 +15,16 @@ import click
 from control_plane.cli.common import admin_call, admin_option, fail
 from control_plane.cli.output import (
     ago,
+    by_node,
     diff_json,
     echo_json,
     history_json,
+    is_on_demand,
     load_json,
+    load_order,
+    node_json,
     printable,
     problem_json,
-    proxy_json,
     snapshot_json,
     table,
 )
@@ -37,15 +40,26 @@ def proxies(admin: str, as_json: bool) -> None:
     response = admin_call(admin, "ListProxies", admin_pb2.ListProxiesRequest())
     for silent in response.unanswered:  # serve --workers: what is missing, and why
         click.echo(f"not listed: the proxies of {printable(silent, 300)}", err=True)
+    nodes = by_node(response.proxies)  # a node's on-demand CDS stream is part of its row
     if as_json:
-        echo_json([proxy_json(p) for p in response.proxies])
+        echo_json([node_json(main, others) for main, others in nodes])
         return
     rows = []
     errors: list[str] = []
     missing: list[str] = []
+    extra: list[str] = []
     workers = any(p.worker for p in response.proxies)  # serve --workers
-    for p in response.proxies:
+    for p, others in nodes:
         states = {t.type: t.state for t in p.types}
+        extra.extend(
+            f"{printable(p.node_id)}: "
+            + ("on-demand cds stream" if is_on_demand(o, p) else f"{printable(o.service)} stream")
+            + f" ({o.protocol}, {ago(o.connected_since)}"
+            + (f", worker {o.worker}" if o.worker else "")
+            + "): "
+            + ", ".join(f"{t.type} {t.state}" for t in o.types)
+            for o in others
+        )
         rows.append(
             [
                 p.node_id,
@@ -60,7 +74,8 @@ def proxies(admin: str, as_json: bool) -> None:
         )
         errors.extend(
             f"{printable(p.node_id)} {t.type}: {printable(t.last_error, 200)}"
-            for t in p.types
+            for stream in (p, *others)
+            for t in stream.types
             if t.last_error
         )
         missing.extend(
@@ -70,7 +85,8 @@ def proxies(admin: str, as_json: bool) -> None:
                 if t.missing > len(t.missing_names)
                 else ""
             )
-            for t in p.types
+            for stream in (p, *others)
+            for t in stream.types
             if t.missing
         )
     table(
@@ -80,6 +96,8 @@ def proxies(admin: str, as_json: bool) -> None:
         ],
         rows,
     )
+    for line in extra:
+        click.echo(f"also {line}")
     for error in errors:
         click.echo(f"last NACK {error}")
     for line in missing:
@@ -121,10 +139,12 @@ def _with_utilization(row: Any, shown: dict[str, Any]) -> dict[str, Any]:
 
 def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
     # ``partial``: the fleet's load could not be read, these rows are this control plane's own.
-    rows = [
-        _with_utilization(r, {**load_json(r), "partial": response.partial})
-        for r in response.servers
-    ]
+    rows = load_order(
+        [
+            _with_utilization(r, {**load_json(r), "partial": response.partial})
+            for r in response.servers
+        ]
+    )
     if as_json:
         click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
         return

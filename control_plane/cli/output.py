@@ -99,6 +99,54 @@ def proxy_json(proxy: Any) -> JsonObject:
     }
 
 
+def by_node(proxies: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+    """ListProxies' streams grouped by node id, in the order each node first appears: each
+    node's main stream (its ADS stream, else its earliest), and its other streams (an Envoy's
+    on-demand CDS stream for a cold-start server is a delta CDS stream of its own)."""
+    nodes: dict[str, list[Any]] = {}
+    for proxy in proxies:
+        nodes.setdefault(proxy.node_id, []).append(proxy)
+    grouped = []
+    for streams in nodes.values():
+        ads = [s for s in streams if s.service == "ads"]
+        main = ads[0] if ads else min(streams, key=lambda s: s.connected_since)
+        grouped.append((main, tuple(s for s in streams if s is not main)))
+    return grouped
+
+
+def is_on_demand(stream: Any, main: Any) -> bool:
+    """``stream`` is the on-demand CDS stream of the node whose ADS stream is ``main``."""
+    return stream is not main and main.service == "ads" and stream.service == "cds"
+
+
+def stream_json(stream: Any, main: Any) -> JsonObject:
+    """One of a node's streams (``streams`` in ``node_json``)."""
+    return {
+        "service": stream.service,
+        "on_demand": is_on_demand(stream, main),
+        "protocol": stream.protocol,
+        "address": stream.address,
+        "connected_since": stream.connected_since,
+        "types": {t.type: type_status_json(t) for t in stream.types},
+        **({"worker": stream.worker} if stream.worker else {}),
+    }
+
+
+def node_json(main: Any, others: tuple[Any, ...]) -> JsonObject:
+    """One ``routeplane proxies --json`` object: a node's main stream (``proxy_json``, as before
+    issue 28) and every stream of the node, the main one first."""
+    return {
+        **proxy_json(main),
+        "streams": [stream_json(s, main) for s in (main, *others)],
+    }
+
+
+def load_order(rows: list[JsonObject]) -> list[JsonObject]:
+    """``routeplane load`` rows grouped by server: servers in name order, each server's ``*``
+    row first, then its regions in name order (the admin API lists them as it keeps them)."""
+    return sorted(rows, key=lambda r: (r["server"], r["region"] != "*", r["region"]))
+
+
 def load_json(row: Any) -> JsonObject:
     """One ``routeplane load --json`` object (a ``ServerLoad`` message)."""
     return {

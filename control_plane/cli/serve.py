@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from control_plane import logs
-from control_plane.cli.common import fail, registry_option, user_errors
+from control_plane.cli.common import explicit_registry_option, fail, user_errors
 
 # Every numeric flag of ``serve``: finite and in this range, checked before anything starts
 # (``--load-report-interval inf`` used to start, and then every LRS stream failed).
@@ -43,7 +43,7 @@ def check_numbers(values: dict[str, float | int | None]) -> None:
 
 
 @click.command()
-@registry_option
+@explicit_registry_option
 @click.option(
     "--xds-listen", default="127.0.0.1:18000", show_default=True, help="xDS gRPC address."
 )

@@ -38,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from control_plane.cli import context
 from control_plane.deploy.topology import Fleet, KubeConfig, Scaled, Topology
 from control_plane.dev import processes
 from control_plane.dev.processes import MeshState, load_state
@@ -318,6 +319,13 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                     state.registry_url,
                 ],
             )
+        # Where the CLI finds this mesh (`replicas list` with no --registry): cli/context.py.
+        context.write(
+            cfg.workdir,
+            registry=state.registry_url,
+            emulator_host=state.env.get("SPANNER_EMULATOR_HOST", ""),
+            admin=f"127.0.0.1:{cfg.admin_port}",
+        )
     except BaseException:
         down(cfg.workdir, announce=lambda _: None)
         raise
@@ -445,6 +453,7 @@ def _wait_routed(cfg: MeshConfig, state: MeshState) -> None:
 def down(workdir: Path, *, announce: Callable[[str], None] = print) -> int:
     """Stop every process the mesh in ``workdir`` started, in stages (see the module docstring);
     returns how many were running."""
+    context.remove(workdir)  # first: a CLI call from now on does not pick a stopping mesh
     state = load_state(workdir)
     if state is None:
         announce(f"no mesh state in {workdir}; nothing to stop")
@@ -479,6 +488,19 @@ def guide(cfg: MeshConfig, state: MeshState) -> str:
     rp = _command("routeplane")
     v2, v3 = (cfg.replica_port + ROLLOUT_OFFSETS[r] for r in ("v2", "v3"))
     err = ROLLOUT_ERROR_PERCENT
+    context_path = cfg.workdir / context.CONTEXT_FILE
+    if cfg.workdir.resolve() == Path.cwd().resolve() / context.MESH_DIR:
+        found = f"{context_path}, from here or below"
+    else:  # found upward only as .mesh/: name it
+        found = f"{context_path} with ROUTEPLANE_MESH={cfg.workdir.resolve()} exported"
+    exports = " ".join(
+        f"{k}={v}"
+        for k, v in {
+            "ROUTEPLANE_REGISTRY": reg,
+            **state.env,
+            "ROUTEPLANE_ADMIN": admin,
+        }.items()
+    )
     return f"""
 routeplane mesh is up: registry {reg}
   Envoy us-west 127.0.0.1:{west}   Envoy us-east 127.0.0.1:{east}   control plane admin {admin}
@@ -498,7 +520,8 @@ Look:
   {rp} snapshot show --node edge-us-west-1
   {rp} snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
-  {env}{rp} replicas list --registry {reg}
+  {rp} replicas list echo      # registry and admin from {found}
+  export {exports}     # the same for a shell elsewhere
 
 Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;
 the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane recommends):
