@@ -52,6 +52,7 @@ EMULATOR_PATHS = (
 )
 SPANNER_URL = "spanner://projects/routeplane/instances/local/databases/registry"
 LEASE_SECONDS = 5.0
+REPORTS_DIR = "reports"  # under the workdir: a file per replica, what it reports with ORCA
 
 
 class MeshError(Exception):
@@ -248,6 +249,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
             timeout=30,
             what="the control plane",
         )
+        (cfg.workdir / REPORTS_DIR).mkdir(parents=True, exist_ok=True)
         for replica in REPLICAS:
             processes.start(
                 state,
@@ -274,6 +276,12 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                     "--lease-seconds",
                     str(LEASE_SECONDS),
                     *(["--revision", replica.revision] if replica.revision else []),
+                    # ORCA: what the file says (none: nothing), e.g. application_utilization=0.9
+                    *(
+                        ["--report-file", str(cfg.workdir / REPORTS_DIR / replica.name)]
+                        if replica.kind in ("http", "grpc")
+                        else []
+                    ),
                 ],
             )
         for envoy in ENVOYS:
@@ -522,6 +530,11 @@ Look:
   curl http://{admin}/metrics | grep routeplane_convergence
   {rp} replicas list echo      # registry and admin from {found}
   export {exports}     # the same for a shell elsewhere
+
+Look busy (ORCA: the http and gRPC replicas report what their file says, re-read as it
+changes; `load` shows it as UTIL; it steers servers with load_balancing: {{utilization: {{}}}}):
+  echo application_utilization=0.9 > {cfg.workdir / REPORTS_DIR}/echo-us-west-1.new && \\
+    mv {cfg.workdir / REPORTS_DIR}/echo-us-west-1.new {cfg.workdir / REPORTS_DIR}/echo-us-west-1
 
 Scale (echo has autoscaling: 1 request in flight per replica, back down after 10 s of quiet;
 the sample autoscaler starts us-west replicas echo-auto-PORT on what routeplane recommends):

@@ -25,6 +25,7 @@ from control_plane.dev.mesh import (
     ENVOYS,
     LEASE_SECONDS,
     REPLICAS,
+    REPORTS_DIR,
     load_state,
 )
 from control_plane.dev.samples.grpc_echo import STREAM, UNARY
@@ -134,6 +135,32 @@ def test_the_mesh_routes_every_protocol_survives_failures_and_stops_cleanly(
     )
     assert proxyless.returncode == 0, proxyless.stdout + proxyless.stderr[-2000:]
     assert proxyless.stdout.splitlines() == ["tokens-us-west-1:hello"] * 3
+
+    # The guide's "Look busy" lines, typed as given: echo-us-west-1 reports 0.9 (ORCA, from its
+    # report file), Envoy carries it in its load reports, and the load view shows it.
+    start = next(i for i, line in enumerate(lines) if "application_utilization=0.9" in line)
+    assert lines[start].endswith("\\")
+    busy = subprocess.run(
+        ["bash", "-c", lines[start][:-1] + lines[start + 1]], capture_output=True, timeout=10
+    )
+    assert busy.returncode == 0, busy.stderr
+
+    def west_utilization() -> float | None:
+        answer(west, "echo.local")  # traffic, so that the replicas' reports reach Envoy
+        done = subprocess.run(
+            [ROUTEPLANE, "load", "--admin", f"127.0.0.1:{ports['admin']}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        rows = json.loads(done.stdout) if done.returncode == 0 else []
+        row = next((r for r in rows if (r["server"], r["region"]) == ("echo", "us-west")), {})
+        value = row.get("utilization")
+        return value if value is not None and abs(value - 0.9) < 0.01 else None
+
+    wait_until(west_utilization, timeout=30, interval=0.2, what="echo us-west at 0.9")
+    (workdir / REPORTS_DIR / "echo-us-west-1").unlink()  # it reports nothing again
 
     state = load_state(workdir)
     assert state is not None
