@@ -104,6 +104,20 @@ def _state(*servers: Server) -> RegistryState:
             "must be between 0s and 24h",
             id="spec-huge-int-duration",
         ),
+        pytest.param(  # math.isfinite raised OverflowError out of routing (found in issue 27)
+            "spec",
+            '{"autoscaling":{"target_concurrency":' + "9" * 400 + "}}",
+            "spec.autoscaling.target_concurrency",
+            "expected 0 (off) or a number from 0.01 to 1e+06",
+            id="spec-huge-int-target",
+        ),
+        pytest.param(
+            "spec",
+            '{"autoscaling":{"target_utilization":' + "9" * 400 + "}}",
+            "spec.autoscaling.target_utilization",
+            "expected 0 (off) or a fraction from 0.01 to 1",
+            id="spec-huge-int-utilization",
+        ),
     ],
 )
 def test_a_hostile_row_is_a_problem_and_everyone_else_routes(
@@ -134,7 +148,18 @@ def test_a_hostile_row_is_a_problem_and_everyone_else_routes(
     assert route_keys(row) >= set()
 
 
-HOSTILE_FLOATS: list[Any] = [math.nan, math.inf, -math.inf, 5e-324, 1e308, -1.0, 0.001, 1e7]
+HOSTILE_FLOATS: list[Any] = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    5e-324,
+    1e308,
+    -1.0,
+    0.001,
+    1e7,
+    10**400,
+    -(10**400),
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE_FLOATS, ids=repr)
