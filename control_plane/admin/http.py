@@ -141,8 +141,11 @@ class AdminHttp:
                 f"Content-Length: {len(body)}\r\n{more}Connection: close\r\n\r\n".encode()
                 + (b"" if method == "HEAD" else body)
             )
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await writer.drain()
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await writer.drain()
+            except TimeoutError:
+                writer.transport.abort()  # close() would keep the unsent answer, and flush it
         except (
             TimeoutError,
             ConnectionError,

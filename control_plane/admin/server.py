@@ -63,6 +63,7 @@ class AdminServer:
             service=service,
             table=service.table if isinstance(service, AdminService) else None,
             names=view.servers if view is not None else None,
+            fields=getattr(service, "servers_page", None),  # serve --workers: a worker's
             token=token,
         )
         self._http = AdminHttp(ready=ready, token=token, metrics=metrics, page=page)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -147,7 +147,9 @@ def server_entry(server: Any) -> JsonObject:
 class StatusPage:
     """The page over ``service``; ``table`` (one process: the routing table) adds each
     server's hostnames, protocol and replicas; ``names`` lists the servers with load rows
-    (the load view's order); ``token``: the admin token, or "" for none."""
+    (the load view's order); ``fields`` (``serve --workers``: the supervisor has no table)
+    gives a page of ``/api/servers`` from a worker, whose load rows are replaced by the
+    group's from ``service``; ``token``: the admin token, or "" for none."""
 
     def __init__(
         self,
@@ -155,9 +157,11 @@ class StatusPage:
         service: Servicer,
         table: Callable[[], RoutingTable | None] | None = None,
         names: Callable[[], Sequence[str]] | None = None,
+        fields: Callable[[int, int], Awaitable[Any]] | None = None,
         token: str = "",
     ) -> None:
         self._service = service
+        self._fields = fields
         self._table = table
         self._names = names
         # The cookie carries a digest of the token, not the token (it never leaves the server).
@@ -206,7 +210,13 @@ class StatusPage:
             return exc.status, "application/json", _encode({"error": str(exc)})
         return 200, "application/json", _encode(value)
 
+    async def _load_of(self, name: str) -> list[JsonObject]:
+        request = admin_pb2.GetLoadRequest(server=name)
+        return load_rows(await self._service.GetLoad(request, _Context()))
+
     async def _servers(self, page: Page) -> JsonObject:
+        if self._fields is not None:
+            return await self._group_servers(page)
         table = self._table() if self._table is not None else None
         routed = {s.name: s for s in table.servers} if table is not None else {}
         names = list(self._names()) if self._names is not None else []
@@ -215,12 +225,9 @@ class StatusPage:
         names.sort()
         items = []
         for name in names[page.offset : page.offset + page.limit]:
-            response = await self._service.GetLoad(
-                admin_pb2.GetLoadRequest(server=name), _Context()
-            )
             server = routed.get(name)
             entry = server_entry(server) if server is not None else {"name": name}
-            items.append({**entry, "load": load_rows(response)})
+            items.append({**entry, "load": await self._load_of(name)})
         return {
             "total": len(names),
             "offset": page.offset,
@@ -228,6 +235,23 @@ class StatusPage:
             "servers": items,
             "revision": table.revision if table is not None else None,
         }
+
+    async def _group_servers(self, page: Page) -> JsonObject:
+        """A worker's page of servers (every worker reads the one registry) with the group's
+        load rows in place of the worker's share."""
+        assert self._fields is not None
+        try:
+            answer = await self._fields(page.offset, page.limit)
+            servers = answer["servers"]
+            if not isinstance(servers, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("name"), str) for s in servers
+            ):
+                raise TypeError("servers is not a list of objects with a name")
+        except (OSError, LookupError, TypeError, ValueError) as exc:
+            raise PageError(503, f"no worker gave its servers: {exc}") from None
+        for server in servers:
+            server["load"] = await self._load_of(server["name"])
+        return {**answer, "servers": servers}
 
     async def _proxies(self, page: Page) -> JsonObject:
         response = await self._service.ListProxies(admin_pb2.ListProxiesRequest(), _Context())
