@@ -1,5 +1,5 @@
 """The admin address: the admin gRPC API and plain HTTP (``/metrics``, ``/healthz``,
-``/readyz``) on one port.
+``/readyz`` and the status page, ``admin/page/``) on one port.
 
 A connection that opens with the HTTP/2 preface is spliced to the admin gRPC server (bound to
 an ephemeral loopback port); anything else is served as HTTP/1.1. Extra gRPC services (CSDS)
@@ -17,7 +17,9 @@ from typing import Any
 import grpc
 
 from control_plane.admin.http import AdminHttp, Ready
+from control_plane.admin.page import StatusPage
 from control_plane.admin.pb import admin_pb2_grpc
+from control_plane.admin.service import AdminService
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PREFACE_TIMEOUT = 5.0  # seconds for a connection's first bytes (the HTTP/2 preface or not)
@@ -53,7 +55,18 @@ class AdminServer:
         self._service = service
         self._handlers = list(handlers)
         self._token = token
-        self._http = AdminHttp(ready=ready, token=token, metrics=metrics)
+        # The status page reads what the admin API answers; a service that keeps a routing
+        # table (one process) adds each server's registry fields, and its load view lists
+        # the servers (``load_view``: this process's, or a supervisor's summed view).
+        view = getattr(service, "load_view", None)
+        page = StatusPage(
+            service=service,
+            table=service.table if isinstance(service, AdminService) else None,
+            names=view.servers if view is not None else None,
+            fields=getattr(service, "servers_page", None),  # serve --workers: a worker's
+            token=token,
+        )
+        self._http = AdminHttp(ready=ready, token=token, metrics=metrics, page=page)
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port = 0
         self._server: asyncio.Server | None = None

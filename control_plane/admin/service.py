@@ -93,6 +93,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self.rollouts = rollouts
         self._load_answers = LoadAnswers(load) if load is not None else None
 
+    @property
+    def load_view(self) -> LoadService | None:
+        """This process's load view (``admin/loadview.py``), if load reporting is on."""
+        return self.load
+
     async def GetLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self._load_answers is None:
             return admin_pb2.LoadResponse()

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from control_plane.admin.views import load_rows
 from control_plane.cli.common import admin_call, admin_option, fail
 from control_plane.cli.output import (
     ago,
@@ -20,8 +21,6 @@ from control_plane.cli.output import (
     echo_json,
     history_json,
     is_on_demand,
-    load_json,
-    load_order,
     node_json,
     printable,
     problem_json,
@@ -126,25 +125,9 @@ def load(admin: str, server: str, watch: bool, as_json: bool) -> None:
         return
 
 
-def _with_utilization(row: Any, shown: dict[str, Any]) -> dict[str, Any]:
-    """``shown`` (a ``load_json`` object of ``row``) with the row's and each replica's
-    utilization (issue 27): a fraction, rounded to 4 places, or null when none reported."""
-    shown["utilization"] = round(row.utilization, 4) if row.HasField("utilization") else None
-    for entry, replica in zip(shown["replicas"], row.replicas, strict=True):
-        entry["utilization"] = (
-            round(replica.utilization, 4) if replica.HasField("utilization") else None
-        )
-    return shown
-
-
 def _print_load(response: Any, *, as_json: bool, compact: bool) -> None:
     # ``partial``: the fleet's load could not be read, these rows are this control plane's own.
-    rows = load_order(
-        [
-            _with_utilization(r, {**load_json(r), "partial": response.partial})
-            for r in response.servers
-        ]
-    )
+    rows = load_rows(response)
     if as_json:
         click.echo(json.dumps(rows) if compact else json.dumps(rows, indent=2))
         return

@@ -528,6 +528,7 @@ Look:
   {rp} snapshot show --node edge-us-west-1
   {rp} snapshot history
   curl http://{admin}/metrics | grep routeplane_convergence
+  open http://{admin}/         # the live status page in a browser (xdg-open on Linux)
   {rp} replicas list echo      # registry and admin from {found}
   export {exports}     # the same for a shell elsewhere
 

@@ -20,6 +20,8 @@ Each worker is a whole control plane with its own admin address on loopback
 - ``/metrics``: every worker's exposition merged, each sample labelled ``worker``, and
   ``routeplane_worker_up`` per worker; the load families (``routeplane_server_*``) are the
   group's sums instead, as ``GetLoad`` answers them;
+- the status page's servers (``servers_page``): a worker's ``/api/servers`` page (the
+  registry's fields), whose load rows the page replaces with the group's;
 - ``/readyz``: ready when every worker is; the reason names each one that is not, or that does
   not answer within ``READY_TIMEOUT`` (a stopped process).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -525,6 +528,23 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
+
+    async def servers_page(self, offset: int, limit: int) -> Any:
+        """A page of the servers as a worker's status page gives them (``admin/page/``: the
+        registry's fields, which every worker reads alike): the first worker that answers."""
+        failures = []
+        for address in self.workers:
+            try:
+                status, body = await self.client.get(
+                    address, f"/api/servers?offset={offset}&limit={limit}"
+                )
+            except WorkerUnavailable as exc:
+                failures.append(str(exc))
+                continue
+            if status == 200:
+                return json.loads(body)
+            failures.append(f"worker at {address}: HTTP {status}")
+        raise ConnectionError("; ".join(failures) or "no workers")
 
     async def GetLoad(self, request: Any, context: Any) -> Any:
         if not self._summed:
