@@ -56,7 +56,9 @@ def take(out: Path, workdir: Path) -> int:
     held: list[threading.Thread] = []
     try:
         for name, protocol, spec in SERVERS:
-            registry.put_server(name=name, hostnames=[f"{name}.local"], protocol=protocol, spec=spec)
+            registry.put_server(
+                name=name, hostnames=[f"{name}.local"], protocol=protocol, spec=spec
+            )
         for index, (server, region) in enumerate(REPLICAS):
             echo = EchoThread(name=f"{server}-{region}-{index}")
             echoes.append(echo)
@@ -79,9 +81,11 @@ def take(out: Path, workdir: Path) -> int:
         browser.open(f"http://{cp.admin}/")
         shown = "#load tr[data-server=echo][data-region='*'] td:nth-child(4)"
         wait_until(
-            lambda: browser is not None
-            and browser.evaluate(f'document.querySelector("{shown}")?.textContent') == str(HELD)
-            and browser.evaluate("document.getElementById('convergence').dataset.synced") == "1",
+            lambda: (
+                browser is not None
+                and browser.evaluate(f'document.querySelector("{shown}")?.textContent') == str(HELD)
+                and browser.evaluate("document.getElementById('convergence').dataset.synced") == "1"
+            ),
             timeout=20,
             what="the held requests and the synced proxy on the page",
         )

@@ -72,6 +72,7 @@ class Browser:
             "--no-first-run",
             "--no-default-browser-check",
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # a container's small /dev/shm crashes tabs
             "--disable-extensions",
             "--disable-background-networking",
             "--disable-component-update",
