@@ -45,6 +45,9 @@ FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/page.js": ("page.js", "text/javascript; charset=utf-8"),
     "/page.css": ("page.css", "text/css; charset=utf-8"),
+    # Browsers ask for /favicon.ico whatever the page names: both answer (no 404 logged).
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 SECURITY_HEADERS = (
     # Only this origin's files; no inline script or style, no frames, no plugins.
