@@ -140,7 +140,11 @@ class Autoscaler:
     def _scale(self, row: Any) -> None:
         self._reap()
         active = [port for port in self._own if port not in self._draining]
-        others = max(0, row.ready_replicas - len(active))
+        # The row's READY count may still include replicas I have just drained (the load view
+        # catches up with the registry a moment later): counting them as others' READY ones made
+        # an update in that moment drain my last replica too (503s until it was made ready
+        # again, CI run 5). So my draining ones never count as others' (at worst one more kept).
+        others = max(0, row.ready_replicas - len(active) - len(self._draining))
         want = min(len(self.ports), max(0, row.desired_replicas - others))
         self._short = False
         while len(active) < want and self._draining:
