@@ -1,13 +1,13 @@
 """The Dockerfile's install, done outside a container: its own pip commands, in its own order.
 
-No Docker engine runs where routeplane is tested, so the image is never built. Instead
-``install_like_the_image`` reads the Dockerfile and runs what it runs: the build stage's COPY
-of the project's files and its ``pip wheel``, then the final stage's ``pip install`` of that
-wheel (with every dependency it declares, from the configured package index) into a fresh
-virtualenv, which stands for the image's ``/usr/local``. Image paths map onto the test's
-directories (``/dist`` -> a temporary folder, the build's WORKDIR -> a copy of the sources);
-any other command than ``pip`` must be one that changes no installed file (``rm``,
-``useradd``), or this refuses the Dockerfile.
+The image itself is built and run on a real engine by test_compose_engine.py, which needs
+root. This is the quicker check any test can use: ``install_like_the_image`` reads the
+Dockerfile and runs what it runs: the build stage's COPY of the project's files and its ``pip
+wheel``, then the final stage's ``pip install`` of that wheel (with every dependency it
+declares, from the configured package index) into a fresh virtualenv, which stands for the
+image's ``/usr/local``. Image paths map onto the test's directories (``/dist`` -> a temporary
+folder, the build's WORKDIR -> a copy of the sources); any other command than ``pip`` must be
+one that changes no installed file (``rm``, ``useradd``), or this refuses the Dockerfile.
 
 Why a real install with dependencies, and not the wheel alone beside the development venv's
 packages: a missing dependency (``cryptography``, once) only shows when nothing else provides

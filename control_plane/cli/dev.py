@@ -6,6 +6,7 @@ The only CLI module that imports ``control_plane.dev``, and only inside its comm
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,21 @@ def mesh_up(detach: bool, **options: Any) -> None:
 
 @mesh.command("init")
 @registry_option
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, max=3600),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for $SPANNER_EMULATOR_HOST to accept connections (Compose's init).",
+)
 @user_errors
-def mesh_init(registry: str) -> None:
+def mesh_init(registry: str, wait: float) -> None:
     """Create the registry schema and the mesh's sample servers (idempotent): what `mesh up`
     and the Compose `init` service do first."""
-    from control_plane.dev.mesh import init_registry
+    from control_plane.dev.mesh import init_registry, wait_for_emulator
 
+    if wait:
+        wait_for_emulator(os.environ.get("SPANNER_EMULATOR_HOST", ""), seconds=wait)
     init_registry(registry, announce=click.echo)
 
 
@@ -153,7 +163,15 @@ def samples() -> None:
 @samples.command("autoscaler")
 @click.option("--server", required=True, help="The server to scale.")
 @click.option("--region", required=True, help="Where its replicas register.")
-@click.option("--ports", required=True, help="Loopback ports for its replicas, e.g. 8150-8159.")
+@click.option("--ports", required=True, help="Ports for its replicas, e.g. 8150-8159.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="The address its replicas listen on."
+)
+@click.option(
+    "--advertise-host",
+    default="",
+    help="The address its replicas register (default: --host; in a container, its address).",
+)
 @click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0, min_open=True, max=3600),
@@ -173,6 +191,8 @@ def samples_autoscaler(
     server: str,
     region: str,
     ports: str,
+    host: str,
+    advertise_host: str,
     drain_timeout: float,
     revision: str,
     admin: str,
@@ -189,6 +209,11 @@ def samples_autoscaler(
         port_list = parse_ports(ports)
     except ValueError as exc:
         fail(str(exc))
+    if host in ("0.0.0.0", "::") and not advertise_host:
+        fail(
+            f"--host {host}: replicas cannot register a wildcard address;"
+            " give --advertise-host (the address others reach them at)"
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     scaler = Autoscaler(
         server=server,
@@ -199,6 +224,8 @@ def samples_autoscaler(
         drain_timeout=drain_timeout,
         announce=lambda line: click.echo(line, err=True),
         revision=revision,
+        host=host,
+        advertise_host=advertise_host,
     )
     try:
         scaler.follow(stream(admin, "WatchLoad", admin_pb2.GetLoadRequest(server=server)))

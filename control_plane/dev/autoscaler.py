@@ -2,8 +2,10 @@
 sample replicas so a server has the replicas routeplane recommends.
 
 ``routeplane samples autoscaler --server echo --region us-west --ports 8150-8159 --registry URL
-[--admin 127.0.0.1:18001] [--drain-timeout 30] [--revision V]``. It manages only the replicas
-it started (sample HTTP replicas on loopback ports from ``--ports``): with ``desired``
+[--admin 127.0.0.1:18001] [--drain-timeout 30] [--revision V] [--host 127.0.0.1]
+[--advertise-host ADDRESS]``. It manages only the replicas it started (sample HTTP replicas on
+ports from ``--ports``, listening on ``--host``, registered at ``--advertise-host``: in a
+container, ``--host 0.0.0.0`` and the container's address): with ``desired``
 recommended and ``others`` READY replicas it did not start, it keeps ``max(0, desired -
 others)`` of its own.
 This is what a platform's scheduler does with the recommendation; routeplane itself never
@@ -67,6 +69,8 @@ class Autoscaler:
     announce: Callable[[str], None] = print
     clock: Callable[[], float] = time.monotonic
     revision: str = ""  # the revision its replicas register with ("": none)
+    host: str = "127.0.0.1"  # where its replicas listen
+    advertise_host: str = ""  # where they register ("": host)
     _own: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     _draining: dict[int, _Draining] = field(default_factory=dict)
     # Stopped, not exited yet: their ports are not free.
@@ -225,7 +229,8 @@ class Autoscaler:
             "--name",
             name,
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{self.host}:{port}",
+            *(["--advertise", f"{self.advertise_host}:{port}"] if self.advertise_host else []),
             "--server",
             self.server,
             "--region",
@@ -296,7 +301,7 @@ class Autoscaler:
 
 
 def parse_ports(text: str) -> list[int]:
-    """``8150-8159`` or ``8150,8152`` -> ports (loopback only: the replicas bind 127.0.0.1)."""
+    """``8150-8159`` or ``8150,8152`` -> ports."""
     ports: list[int] = []
     for part in text.split(","):
         low, _, high = part.partition("-")

