@@ -175,6 +175,40 @@ def test_a_held_gpu_request_is_answered_by_a_replica_the_autoscaler_starts(mesh:
     assert replica["address"].startswith(f"{autoscaler}:")
 
 
+def test_a_crashed_control_plane_comes_back_and_the_envoys_resync(mesh: Mesh) -> None:
+    container = mesh.compose("ps", "-q", "control-plane").stdout.strip()
+
+    def restarts() -> int:
+        done = mesh.engine.docker("inspect", "--format", "{{.RestartCount}}", container)
+        return int(done.stdout.strip() or -1)
+
+    before = restarts()
+    # SIGKILL every process of the container but tini (PID 1 of its namespace cannot be
+    # killed from inside): `serve` dies as in a crash, and tini exits with it
+    mesh.compose("exec", "-T", "control-plane", "sh", "-c", "kill -9 -1", timeout=60)
+    wait_until(lambda: restarts() > before, timeout=60, interval=0.2, what="a restart")
+    # Envoy kept its last config meanwhile, and gets the restarted control plane's
+    wait_until(
+        lambda: mesh.get("envoy-us-east", "echo.local") == (200, "echo-us-east-1\n"),
+        timeout=30,
+        interval=0.2,
+        what="traffic through envoy-us-east after the restart",
+    )
+
+    def resynced() -> bool:
+        done = mesh.compose("exec", "-T", "control-plane", "routeplane", "proxies", "--json")
+        if done.returncode != 0:
+            return False  # not listening yet
+        nodes = {node["node_id"]: node for node in json.loads(done.stdout)}
+        return {"edge-us-west-1", "edge-us-east-1"} <= set(nodes) and all(
+            kind["state"] == "SYNCED"
+            for node in ("edge-us-west-1", "edge-us-east-1")
+            for kind in nodes[node]["types"].values()
+        )
+
+    wait_until(resynced, timeout=60, interval=0.5, what="both Envoys SYNCED with the new process")
+
+
 def test_a_drain_moves_traffic_and_down_leaves_nothing(mesh: Mesh) -> None:
     replicas = json.loads(mesh.routeplane("replicas", "list", "echo", "--json"))
     [east] = [r["id"] for r in replicas if r["region"] == "us-east"]
