@@ -1,0 +1,210 @@
+"""What one replica change costs the whole ``routeplane serve`` process, measured from outside.
+
+One server of N replicas (SQLite, the default registry), one real Envoy (delta ADS) connected,
+``serve --workers 1`` and the default worker group. A batch of changes, one at a time: a replica
+registered, then the same one deregistered, ... (each is one registry commit that moves one
+endpoint); after each, the benchmark waits until Envoy's own count of the cluster's members
+says it applied it (its admin stats: Envoy's CPU, not the control plane's). The figure is the
+process group's CPU over the batch (every thread of the supervisor and its workers, from the
+scheduler's nanosecond account, ``bench.cpu``), less its idle rate measured over the seconds
+just before, divided by the changes. The baseline from the same run: the pure pipeline step
+alone for the same change (``bench.pipeline``'s one-server row), which is what an ideal
+process would spend.
+
+``python -m bench.change_cost --replicas 1000 10000 --workers 1 0 --changes 100``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from bench import pipeline
+from bench.fleet import proc_cpu, proc_rss
+from control_plane.registry import Registry, open_registry
+from control_plane.translate import names
+from harness.processes import ControlPlane, Envoy, http_get
+from harness.waiting import wait_until
+
+SERVER = "echo"
+# Nothing listens there: no request is sent to these endpoints (Envoy does not health check
+# them and no traffic goes through it), they only make the ClusterLoadAssignment big.
+FILLER_HOST = "127.0.0.3"
+IDLE_SECONDS = 2.0
+
+
+def group_pids(pid: int) -> list[int]:
+    """``pid`` and its children (a supervisor's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def group_cpu(pids: list[int]) -> float:
+    return sum(proc_cpu(pid) for pid in pids)
+
+
+def members(admin: str, cluster: str) -> int:
+    """Envoy's own count of the endpoints of ``cluster`` (-1: unknown yet)."""
+    stat = f"cluster.{cluster}.membership_total"
+    status, body = http_get(f"http://{admin}/stats?filter={urllib.parse.quote(f'^{stat}$')}")
+    if status != 200:
+        return -1
+    for line in body.splitlines():
+        name, _, value = line.partition(": ")
+        if name == stat:
+            return int(value)
+    return -1
+
+
+def fill(registry: Registry, replicas: int) -> None:
+    """One server of ``replicas`` READY replicas, in one transaction (SQLite; benchmarks only)."""
+    registry.create_server(name=SERVER, hostnames=["echo.local"], protocol="http")
+    now = time.time()
+    rows = [
+        (f"r-fill{i:06d}", SERVER, FILLER_HOST, 20_000 + i, "us-west", now)
+        for i in range(replicas)
+    ]
+    with registry._tx() as db:  # type: ignore[attr-defined]
+        db.executemany(
+            "INSERT INTO replicas VALUES (?, ?, ?, ?, ?, '', 100, 'READY', NULL, ?, NULL, NULL)",
+            rows,
+        )
+        registry._bump(db, now, SERVER)  # type: ignore[attr-defined]
+
+
+def one_size(*, replicas: int, workers: int, changes: int, workdir: Path) -> dict[str, Any]:
+    cp = ControlPlane.create(workdir, extra=["--workers", str(workers)])
+    registry = open_registry(cp.registry)
+    fill(registry, replicas)
+    cp.start()
+    envoy = None
+    cluster = names.cluster(workspace="default", server=SERVER)
+    try:
+        cp.wait_ready(timeout=120)
+        pids = group_pids(cp.pid)
+        envoy = Envoy.create(
+            workdir, node_id=f"change-{replicas}-{workers}", region="us-west", xds=[cp.xds]
+        )
+        envoy.start()
+        envoy.wait_live(timeout=120)
+        admin = envoy.admin
+        wait_until(
+            lambda: members(admin, cluster) == replicas,
+            timeout=120,
+            interval=0.05,
+            what=f"Envoy has the {replicas} endpoints",
+        )
+        time.sleep(1.0)  # the first push's ACK and start-up work settle before the idle window
+        idle_started, idle_cpu = time.perf_counter(), group_cpu(pids)
+        time.sleep(IDLE_SECONDS)
+        idle_rate = (group_cpu(pids) - idle_cpu) / (time.perf_counter() - idle_started)
+        started, cpu_before = time.perf_counter(), group_cpu(pids)
+        added: str | None = None
+        for i in range(changes):
+            if added is None:
+                added = registry.register_replica(
+                    server=SERVER, address=f"{FILLER_HOST}:{10_000 + i}", region="us-west"
+                ).id
+                want = replicas + 1
+            else:
+                registry.deregister_replica(added)
+                added, want = None, replicas
+            wait_until(
+                lambda want=want: members(admin, cluster) == want,
+                timeout=30,
+                interval=0.001,
+                what=f"change {i} applied by Envoy",
+            )
+        window = time.perf_counter() - started
+        spent = group_cpu(pids) - cpu_before
+        per_change_ms = max(0.0, spent - idle_rate * window) / changes * 1000
+        return {
+            "replicas": replicas,
+            "workers": workers,
+            "processes": len(pids),
+            "changes": changes,
+            "window_s": round(window, 2),
+            "idle_cpu_percent": round(idle_rate * 100, 2),
+            "cpu_ms_per_change": round(per_change_ms, 2),
+            "group_rss_mb": round(sum(proc_rss(pid) for pid in pids) / 2**20, 1),
+        }
+    finally:
+        registry.close()
+        if envoy is not None:
+            envoy.stop()
+        cp.stop()
+
+
+def run(
+    *, sizes: tuple[int, ...], worker_counts: tuple[int, ...], changes: int, workdir: Path
+) -> dict[str, Any]:
+    rows = []
+    for replicas in sizes:
+        step = pipeline.run(1, replicas, changes=max(changes, 20))["change_cpu_ms_1_groups"]
+        for workers in worker_counts:
+            path = workdir / f"change-{replicas}-{workers}"
+            path.mkdir()
+            row = one_size(replicas=replicas, workers=workers, changes=changes, workdir=path)
+            row["pipeline_step_ms_p50"] = step["p50"]
+            row["vs_step"] = round(row["cpu_ms_per_change"] / max(step["p50"], 1e-6), 1)
+            rows.append(row)
+    return {"rows": rows, "goal_ms_at_1000": 2.0}
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for bench/run.py's table."""
+    rows = result["rows"]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "A change costs the change, in the whole process: `routeplane serve` (SQLite) with one "
+        "server of N replicas, one Envoy (delta) connected; one replica registered or "
+        "deregistered per change, each waited for until Envoy's own member count shows it; "
+        "CPU: every thread of the process group (the supervisor and its workers) over the "
+        f"batch, less its idle rate, per change (N = {rows[0]['changes']} changes a row); "
+        "baseline, same run: the pipeline step alone for one change in the same server "
+        "(p50, the pipeline table). Goal: <= "
+        f"{result['goal_ms_at_1000']} ms per process at 1,000 replicas",
+        "| replicas | workers (processes) | process CPU per change | pipeline step alone | "
+        "ratio | idle CPU | memory |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        workers = "default" if row["workers"] == 0 else str(row["workers"])
+        lines.append(
+            f"| {row['replicas']:,} | {workers} ({row['processes']}) | "
+            f"{row['cpu_ms_per_change']} ms | {row['pipeline_step_ms_p50']} ms | "
+            f"{row['vs_step']}x | {row['idle_cpu_percent']}% | {row['group_rss_mb']} MB |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 0], help="0: serve's default group"
+    )
+    parser.add_argument("--changes", type=int, default=100)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="routeplane-change-") as tmp:
+        result = run(
+            sizes=tuple(args.replicas),
+            worker_counts=tuple(args.workers),
+            changes=args.changes,
+            workdir=Path(tmp),
+        )
+    print(json.dumps(result, indent=2))
+    print("\n".join(table(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
