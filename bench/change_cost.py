@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 import urllib.parse
@@ -67,8 +66,7 @@ def fill(registry: Registry, replicas: int) -> None:
     registry.create_server(name=SERVER, hostnames=["echo.local"], protocol="http")
     now = time.time()
     rows = [
-        (f"r-fill{i:06d}", SERVER, FILLER_HOST, 20_000 + i, "us-west", now)
-        for i in range(replicas)
+        (f"r-fill{i:06d}", SERVER, FILLER_HOST, 20_000 + i, "us-west", now) for i in range(replicas)
     ]
     with registry._tx() as db:  # type: ignore[attr-defined]
         db.executemany(
