@@ -47,8 +47,13 @@ def group_pids(pid: int) -> list[int]:
     return [pid, *(int(child) for child in children)]
 
 
-def group_cpu(pids: list[int]) -> float:
-    return sum(proc_cpu(pid) for pid in pids)
+def each_cpu(pids: list[int]) -> list[float]:
+    """Each process's CPU seconds."""
+    return [proc_cpu(pid) for pid in pids]
+
+
+def rates(before: list[float], after: list[float], seconds: float) -> list[float]:
+    return [(b - a) / seconds for a, b in zip(before, after, strict=True)]
 
 
 def members(admin: str, cluster: str) -> int:
@@ -138,10 +143,10 @@ def one_size(
             what=f"Envoy has the {replicas} endpoints",
         )
         time.sleep(1.0)  # the first push's ACK and start-up work settle before the idle window
-        idle_started, idle_cpu = time.perf_counter(), group_cpu(pids)
+        idle_started, idle_cpu = time.perf_counter(), each_cpu(pids)
         time.sleep(IDLE_SECONDS)
-        idle_rate = (group_cpu(pids) - idle_cpu) / (time.perf_counter() - idle_started)
-        started, cpu_before = time.perf_counter(), group_cpu(pids)
+        idle_rates = rates(idle_cpu, each_cpu(pids), time.perf_counter() - idle_started)
+        started, cpu_before = time.perf_counter(), each_cpu(pids)
         added: str | None = None
         for i in range(changes):
             if added is None:
@@ -159,14 +164,20 @@ def one_size(
                 what=f"change {i} applied by Envoy",
             )
         window = time.perf_counter() - started
-        spent = group_cpu(pids) - cpu_before
+        spent = each_cpu(pids)
         # The idle rate again after the batch: the mean of the two is taken out (the machine is
         # shared, and an idle rate from one window alone moves the result by its noise).
-        after_started, after_cpu = time.perf_counter(), group_cpu(pids)
+        after_started, after_cpu = time.perf_counter(), each_cpu(pids)
         time.sleep(IDLE_SECONDS)
-        idle_after = (group_cpu(pids) - after_cpu) / (time.perf_counter() - after_started)
-        idle_rate = (idle_rate + idle_after) / 2
-        per_change_ms = max(0.0, spent - idle_rate * window) / changes * 1000
+        idle_after = rates(after_cpu, each_cpu(pids), time.perf_counter() - after_started)
+        per_process_ms = [
+            max(0.0, spent[i] - cpu_before[i] - (idle_rates[i] + idle_after[i]) / 2 * window)
+            / changes
+            * 1000
+            for i in range(len(pids))
+        ]
+        idle_rate = (sum(idle_rates) + sum(idle_after)) / 2
+        per_change_ms = sum(per_process_ms)
         return {
             "registry": cp.registry.split(":", 1)[0],
             "replicas": replicas,
@@ -176,6 +187,9 @@ def one_size(
             "window_s": round(window, 2),
             "idle_cpu_percent": round(idle_rate * 100, 2),
             "cpu_ms_per_change": round(per_change_ms, 2),
+            # The busiest process of the group (the goal is per process): under --workers N
+            # every worker reads the change and runs the step, one of them pushes to the Envoy.
+            "cpu_ms_per_change_busiest_process": round(max(per_process_ms), 2),
             "group_rss_mb": round(sum(proc_rss(pid) for pid in pids) / 2**20, 1),
         }
     finally:
@@ -247,8 +261,8 @@ def table(result: dict[str, Any]) -> list[str]:
         "baseline, same run: the pipeline step alone for one change in the same server "
         "(p50, the pipeline table); spanner: the emulator, whose own CPU is not counted. Goal: <= "
         f"{result['goal_ms_at_1000']} ms per process at 1,000 replicas",
-        "| registry | replicas | workers (processes) | process CPU per change | pipeline step "
-        "alone | ratio | idle CPU | memory |",
+        "| registry | replicas | workers (processes) | CPU per change: the group / its busiest "
+        "process | pipeline step alone | ratio (group) | idle CPU | memory |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
@@ -256,7 +270,8 @@ def table(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {row.get('registry', 'sqlite')} | {row['replicas']:,} | {workers} "
             f"({row['processes']}) | "
-            f"{row['cpu_ms_per_change']} ms | {row['pipeline_step_ms_p50']} ms | "
+            f"{row['cpu_ms_per_change']} / {row['cpu_ms_per_change_busiest_process']} ms | "
+            f"{row['pipeline_step_ms_p50']} ms | "
             f"{row['vs_step']}x | {row['idle_cpu_percent']}% | {row['group_rss_mb']} MB |"
         )
     return lines
