@@ -12,12 +12,16 @@ round) and never imports ``routing``, ``translate`` or ``xds``.
 from __future__ import annotations
 
 import sqlite3
-from bisect import bisect_left
 from collections.abc import Collection, Mapping, Sequence
-from operator import attrgetter
 
 from control_plane.registry import rows
-from control_plane.registry.model import RegistryState, Replica, Server, group_replicas
+from control_plane.registry.model import (
+    RegistryState,
+    Replica,
+    Server,
+    edit_replicas,
+    group_replicas,
+)
 
 SERVER_COLUMNS = "name, workspace, hostnames, protocol, spec, updated_at, created_at"
 REPLICA_COLUMNS = (
@@ -142,18 +146,14 @@ def changes_since(
     )
 
 
-_id = attrgetter("id")
-
-
 def _apply_replicas(
     by_server: dict[str, tuple[Replica, ...]],
     logged: Mapping[str, Collection[str]],
     found: Mapping[str, Replica],
 ) -> None:
-    """Put the replica rows read by id (``found``) in place of the ones ``logged`` per server:
-    each server's tuple stays sorted by id, a logged id not found is gone, and every other
-    replica keeps its object. A row now under another server than the one logged (a foreign
-    writer moved it) leaves the logged one and joins its own."""
+    """Put the replica rows read by id (``found``) in place of the ones ``logged`` per server
+    (``model.edit_replicas``): a logged id not found is gone. A row now under another server
+    than the one logged (a foreign writer moved it) leaves the logged one and joins its own."""
     edits: dict[str, dict[str, Replica | None]] = {}
     for name, rids in logged.items():
         for rid in rids:
@@ -161,19 +161,9 @@ def _apply_replicas(
     for rid, replica in found.items():
         edits.setdefault(replica.server, {})[rid] = replica
     for name, edited in edits.items():
-        current = list(by_server.get(name, ()))
-        for rid in sorted(edited):
-            row = edited[rid]
-            at = bisect_left(current, rid, key=_id)
-            if at < len(current) and current[at].id == rid:
-                if row is None:
-                    del current[at]
-                else:
-                    current[at] = row
-            elif row is not None:
-                current.insert(at, row)
-        if current:
-            by_server[name] = tuple(current)
+        rows = edit_replicas(by_server.get(name, ()), edited)
+        if rows:
+            by_server[name] = rows
         else:
             by_server.pop(name, None)
 

@@ -1,6 +1,7 @@
-"""The SQLite watch's incremental read (issue 29): a replica written alone is read alone, by id,
-and whatever the writes (replica writes, server writes and deletes, expired leases, a foreign
-writer that logs only the server), the state read from the change log equals a full read."""
+"""The watches' incremental reads (issue 29): on SQLite a replica written alone is read alone,
+by id, and whatever the writes (replica writes, server writes and deletes, expired leases, a
+foreign writer that logs only the server), the state read from the change log equals a full
+read; both watches edit a server's replicas in place of sorting them again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control_plane.registry import RegistryState, open_registry
+from control_plane.registry.model import Replica, edit_replicas
 from control_plane.registry.sqlite import reads
 from control_plane.registry.sqlite.store import SqliteRegistry
 
@@ -190,3 +192,37 @@ def _write(registry: SqliteRegistry, path: Path, op: str, server: str, n: int) -
             db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
             revision = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
             db.execute("INSERT INTO changes VALUES (?, ?)", (revision, server))
+
+
+ids = st.sampled_from([f"r{i:02d}" for i in range(40)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    present=st.sets(ids, max_size=30),
+    edits=st.dictionaries(ids, st.one_of(st.none(), st.integers(1, 65535)), max_size=10),
+)
+def test_editing_a_servers_replicas_equals_sorting_them_again(
+    present: set[str], edits: dict[str, int | None]
+) -> None:
+    """``edit_replicas`` (both watches' apply step) gives what a dict of every row sorted again
+    gives, and keeps every replica it did not edit as the same object."""
+    current = tuple(
+        Replica(id=rid, server="s", host="127.0.0.1", port=1, region="r") for rid in sorted(present)
+    )
+    rows: dict[str, Replica | None] = {
+        rid: None
+        if port is None
+        else Replica(id=rid, server="s", host="127.0.0.1", port=port, region="r")
+        for rid, port in edits.items()
+    }
+    expected = {r.id: r for r in current}
+    for rid, row in rows.items():
+        if row is None:
+            expected.pop(rid, None)
+        else:
+            expected[rid] = row
+    edited = edit_replicas(current, rows)
+    assert edited == tuple(sorted(expected.values(), key=lambda r: r.id))
+    kept = {r.id: r for r in current if r.id not in rows}
+    assert all(r is kept[r.id] for r in edited if r.id in kept)
