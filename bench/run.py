@@ -54,6 +54,9 @@ class Plan:
     keda_tries: int = 200
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
+    # The same change in a whole `serve` process behind one Envoy (bench/change_cost.py): one
+    # server of each size, each worker count (0: serve's default group), changes a row.
+    change_cost: tuple[tuple[int, ...], tuple[int, ...], int] = ((1000, 10_000), (1, 0), 100)
     # Each registry at 10 replicas (the baseline: idle should not grow with the registry) and
     # at 10,000.
     idle: tuple[tuple[str, int], ...] = (
@@ -131,6 +134,7 @@ QUICK = Plan(
     2,
     pipeline_changes=50,
     load_fleet=(50, 100, 5.0),
+    change_cost=((1000,), (1, 0), 50),
     idle=(("sqlite", 1000),),
     idle_seconds=5.0,
     workers=(100, 5, ("sqlite",)),
@@ -159,6 +163,7 @@ SMOKE = Plan(
     5,
     (5, 5, 2),
     one_server=(10,),
+    change_cost=((20,), (1,), 4),
     load_fleet=(5, 5, 1.0),
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
@@ -202,6 +207,7 @@ def versions() -> dict[str, Any]:
 def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     from bench import (
         autoscale,
+        change_cost,
         cold_start,
         dataplane,
         fleet,
@@ -226,6 +232,12 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         for replicas in plan.pipeline
     ]
     out["pipeline_one_server"] = pipeline.one_server(plan.one_server, changes=plan.pipeline_changes)
+    sizes, worker_counts, changes = plan.change_cost
+    path = workdir / "change-cost"
+    path.mkdir()
+    out["change_cost"] = change_cost.run(
+        sizes=sizes, worker_counts=worker_counts, changes=changes, workdir=path
+    )
     out["autoscale_windows"] = autoscale.run(hours=plan.autoscale_hours)
     path = workdir / "load"
     path.mkdir()

@@ -20,6 +20,10 @@ def table(result: dict[str, Any]) -> str:
     ]
     if result.get("pipeline_one_server"):
         lines += _pipeline_one_server_table(result["pipeline_one_server"])
+    if result.get("change_cost"):
+        from bench import change_cost
+
+        lines += change_cost.table(result["change_cost"])
     if result.get("idle_load"):
         lines += _idle_load_table(result["idle_load"])
     if result.get("fleet_load"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from control_plane.registry.spec import LATEST, TrafficTarget
 from control_plane.routing.model import Endpoint, Problem
@@ -60,11 +61,14 @@ def latest(endpoints: Sequence[Endpoint]) -> str | None:
     return max(ready, key=lambda revision: (first_seen[revision], revision))
 
 
+_revision = attrgetter("revision")
+
+
 def resolve(
     server: str, traffic: tuple[TrafficTarget, ...], endpoints: Sequence[Endpoint]
 ) -> Resolved:
     """``traffic`` (the server's ``spec.traffic``) resolved against its routed ``endpoints``."""
-    if not traffic and all(not endpoint.revision for endpoint in endpoints):
+    if not traffic and not any(map(_revision, endpoints)):  # C speed: 10,000 endpoints a step
         return PLAIN
     carried = {endpoint.revision for endpoint in endpoints}
     ready = {endpoint.revision for endpoint in endpoints if not endpoint.draining}

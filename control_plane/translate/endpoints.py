@@ -23,11 +23,16 @@ each endpoint's ``LbEndpoint`` is encoded once (:func:`encode_endpoints`, which 
 bytes of every endpoint equal to one of a previous encoding, so one changed replica of 10,000
 encodes one), grouped by locality, and every proxy view's ClusterLoadAssignment is joined from
 those groups (:func:`encode_load_assignment`): protobuf lets repeated fields be concatenated,
-only the lengths of the enclosing messages are written again.
+only the lengths of the enclosing messages are written again. Its version is hashed from a short
+key (:func:`load_assignment`), not from the joined bytes: every part but the endpoints, and per
+locality the count and the digest sum of its endpoints (:func:`endpoint_digest`), which a change
+moves by what it adds and removes; so a change in a server of 10,000 replicas encodes one
+endpoint and hashes a few hundred bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import compress, count, repeat
@@ -40,7 +45,7 @@ from envoy.type.v3 import percent_pb2
 from control_plane.routing.model import Endpoint, RoutedServer
 from control_plane.translate import names
 from control_plane.translate.clusters import cluster_name
-from control_plane.xds.resources import length_delimited, string_field, varint
+from control_plane.xds.resources import MASK64, length_delimited, string_field, varint
 
 _HEALTHY = health_check_pb2.HealthStatus.HEALTHY
 _DRAINING = health_check_pb2.HealthStatus.DRAINING
@@ -112,6 +117,18 @@ def lb_endpoint_field(endpoint: Endpoint) -> bytes:
     return length_delimited(2, b"".join((length_delimited(1, inner), health, weight)))
 
 
+def endpoint_digest(endpoint: Endpoint, field: bytes) -> int:
+    """A 64-bit hash of the endpoint's replica id and its encoded ``LbEndpoint`` field. A
+    locality's endpoints are in replica id order, so the set of these pairs fixes its bytes:
+    their sum (mod 2**64) stands for them in the ClusterLoadAssignment's version, and moves by
+    what left and what came (see :func:`load_assignment`)."""
+    rid = endpoint.replica_id.encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(len(rid).to_bytes(4, "little"), digest_size=8)
+    digest.update(rid)
+    digest.update(field)
+    return int.from_bytes(digest.digest(), "little")
+
+
 # Endpoints are grouped by where they are: (region, zone).
 Where = tuple[str, str]
 
@@ -119,21 +136,26 @@ Where = tuple[str, str]
 @dataclass(frozen=True, slots=True)
 class _Locality:
     """The endpoints of one (region, zone), ready to join: their ``lb_endpoints`` fields in
-    order, the sum of their weights and how many of them take new requests."""
+    order, the sum of their weights, how many of them take new requests, how many there are
+    and the sum of their :func:`endpoint_digest` (mod 2**64)."""
 
     lb_endpoints: bytes
     weight: int
     ready: int
+    count: int = 0
+    digest: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EncodedEndpoints:
     """A server's endpoints, each one's ``LbEndpoint`` encoded, grouped by locality: what the
-    ClusterLoadAssignment of every proxy view is joined from. ``fields`` and ``wheres`` are
-    aligned with ``endpoints``. Must not be altered."""
+    ClusterLoadAssignment of every proxy view is joined from. ``fields``, ``digests`` (each
+    one's :func:`endpoint_digest`) and ``wheres`` are aligned with ``endpoints``. Must not be
+    altered."""
 
     endpoints: tuple[Endpoint, ...]
     fields: tuple[bytes, ...]
+    digests: tuple[int, ...]
     wheres: tuple[Where, ...]
     localities: Mapping[Where, _Locality]
 
@@ -160,44 +182,62 @@ def encode_endpoints(
     )
     old_end, new_end = len(old) - tail, len(endpoints) - tail
     gone = old[start:old_end]
-    known = dict(zip(gone, previous.fields[start:old_end], strict=True))
-    came = endpoints[start:new_end]
-    fields = (
-        previous.fields[:start]
-        + tuple(known.get(e) or lb_endpoint_field(e) for e in came)
-        + previous.fields[old_end:]
+    gone_digests = previous.digests[start:old_end]
+    known = dict(
+        zip(gone, zip(previous.fields[start:old_end], gone_digests, strict=True), strict=True)
     )
+    came = endpoints[start:new_end]
+    came_fields = []
+    came_digests = []
+    for endpoint in came:
+        seen = known.get(endpoint)
+        if seen is None:
+            field = lb_endpoint_field(endpoint)
+            seen = (field, endpoint_digest(endpoint, field))
+        came_fields.append(seen[0])
+        came_digests.append(seen[1])
+    fields = previous.fields[:start] + tuple(came_fields) + previous.fields[old_end:]
+    digests = previous.digests[:start] + tuple(came_digests) + previous.digests[old_end:]
     came_wheres = tuple((e.region, e.zone) for e in came)
     wheres = previous.wheres[:start] + came_wheres + previous.wheres[old_end:]
-    # Weights and ready counts move by what left and what came; the bytes are joined again.
+    # Weights, ready counts, counts and digests move by what left and what came; the bytes
+    # are joined again.
     delta: dict[Where, list[int]] = {}
-    for sign, run, run_wheres in (
-        (-1, gone, previous.wheres[start:old_end]),
-        (1, came, came_wheres),
+    for sign, run, run_wheres, run_digests in (
+        (-1, gone, previous.wheres[start:old_end], gone_digests),
+        (1, came, came_wheres, came_digests),
     ):
-        for endpoint, where in zip(run, run_wheres, strict=True):
-            moved = delta.setdefault(where, [0, 0])
+        for endpoint, where, digest in zip(run, run_wheres, run_digests, strict=True):
+            moved = delta.setdefault(where, [0, 0, 0, 0])
             moved[0] += sign * max(0, endpoint.weight)
             moved[1] += sign * (not endpoint.draining)
+            moved[2] += sign
+            moved[3] += sign * digest
     localities = dict(previous.localities)
-    for where, (weight, ready) in delta.items():
+    for where, (weight, ready, number, digest) in delta.items():
         members = list(map(eq, wheres, repeat(where)))
         if not any(members):
             del localities[where]
             continue
-        before = localities.get(where)
+        before = localities.get(where, _EMPTY_LOCALITY)
         localities[where] = _Locality(
             lb_endpoints=b"".join(compress(fields, members)),
-            weight=weight + (before.weight if before is not None else 0),
-            ready=ready + (before.ready if before is not None else 0),
+            weight=weight + before.weight,
+            ready=ready + before.ready,
+            count=number + before.count,
+            digest=(digest + before.digest) & MASK64,
         )
     return EncodedEndpoints(
-        endpoints=endpoints, fields=fields, wheres=wheres, localities=localities
+        endpoints=endpoints, fields=fields, digests=digests, wheres=wheres, localities=localities
     )
+
+
+_EMPTY_LOCALITY = _Locality(lb_endpoints=b"", weight=0, ready=0)
 
 
 def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
     fields = tuple(map(lb_endpoint_field, endpoints))
+    digests = tuple(map(endpoint_digest, endpoints, fields))
     # One (region, zone) object per locality, shared by its endpoints.
     found = dict.fromkeys(map(_where, endpoints))
     shared = dict(zip(found, found, strict=True))
@@ -210,9 +250,11 @@ def _encode_all(endpoints: tuple[Endpoint, ...]) -> EncodedEndpoints:
             lb_endpoints=b"".join(compress(fields, members)),
             weight=sum(map(max, map(_weight, chosen), repeat(0))),
             ready=sum(map(not_, map(_draining, chosen))),
+            count=len(chosen),
+            digest=sum(compress(digests, members)) & MASK64,
         )
     return EncodedEndpoints(
-        endpoints=endpoints, fields=fields, wheres=wheres, localities=localities
+        endpoints=endpoints, fields=fields, digests=digests, wheres=wheres, localities=localities
     )
 
 
@@ -238,7 +280,23 @@ def encode_load_assignment(
 ) -> bytes:
     """The ClusterLoadAssignment of the server's cluster of ``revision`` (see
     ``endpoints_of``) as a proxy in ``region``/``zone`` sees it, serialized (``encoded``: those
-    endpoints' encoding, when the caller has it). cluster_name = 1,
+    endpoints' encoding, when the caller has it)."""
+    return load_assignment(server, revision=revision, region=region, zone=zone, encoded=encoded)[0]
+
+
+def load_assignment(
+    server: RoutedServer,
+    *,
+    revision: str = "",
+    region: str = "",
+    zone: str = "",
+    encoded: EncodedEndpoints | None = None,
+) -> tuple[bytes, bytes]:
+    """:func:`encode_load_assignment`, and a short key that stands for those bytes in the
+    resource's version (``xds.resources.encoded_resource``), so a change is versioned without
+    hashing every endpoint's bytes again: every part of the message but the localities'
+    ``lb_endpoints``, and for each locality its endpoints' count and digest sum (which, with
+    the endpoints in replica id order, fix its ``lb_endpoints``). cluster_name = 1,
     endpoints = 2 (LocalityLbEndpoints: locality = 1 {region = 1, zone = 2}, lb_endpoints = 2,
     load_balancing_weight = 3 {value = 1}, priority = 5), policy = 4."""
     endpoints = endpoints_of(server, revision)
@@ -254,14 +312,15 @@ def encode_load_assignment(
     # Envoy wants priorities without gaps: number the levels that are present.
     priorities = {rank: i for i, rank in enumerate(sorted({item[0] for item in ranked}))}
     hashed = server.spec.hash_on is not None
-    parts = [string_field(1, cluster_name(server, revision))]
+    name = string_field(1, cluster_name(server, revision))
+    parts = [name]
+    key = [name]
     for rank, (ep_region, ep_zone), locality in ranked:
         weight = varint(_clamp_weight(locality.weight, hashed=hashed))
         priority = priorities[rank]
-        body = b"".join(
+        head = length_delimited(1, string_field(1, ep_region) + string_field(2, ep_zone))
+        tail = b"".join(
             (
-                length_delimited(1, string_field(1, ep_region) + string_field(2, ep_zone)),
-                locality.lb_endpoints,
                 b"\x1a",
                 varint(len(weight) + 1),
                 b"\x08",
@@ -269,11 +328,20 @@ def encode_load_assignment(
                 b"\x28" + varint(priority) if priority else b"",
             )
         )
-        parts.append(b"\x12" + varint(len(body)))
-        parts.append(body)
+        size = varint(len(head) + len(locality.lb_endpoints) + len(tail))
+        parts += (b"\x12", size, head, locality.lb_endpoints, tail)
+        key += (
+            b"\x12",
+            size,
+            head,
+            locality.count.to_bytes(8, "little"),
+            locality.digest.to_bytes(8, "little"),
+            tail,
+        )
     if not any(locality.ready for _, _, locality in ranked):
         parts.append(_DROP_EVERYTHING)
-    return b"".join(parts)
+        key.append(_DROP_EVERYTHING)
+    return b"".join(parts), b"".join(key)
 
 
 def to_load_assignment(

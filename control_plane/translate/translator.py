@@ -14,7 +14,7 @@ from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.api_listeners import to_api_listeners
 from control_plane.translate.clusters import cluster_name, cluster_revisions, to_cluster
-from control_plane.translate.endpoints import EncodedEndpoints, encode_load_assignment
+from control_plane.translate.endpoints import EncodedEndpoints, load_assignment
 from control_plane.translate.listeners import to_listener
 from control_plane.translate.routes import encode_route_configuration
 from control_plane.xds.resources import (
@@ -65,10 +65,10 @@ def endpoints_resource(
     """The ClusterLoadAssignment of the server's cluster of ``revision`` as a proxy in
     ``region``/``zone`` sees it (``encoded``: those endpoints' encoding,
     ``encode_endpoints(endpoints_of(server, revision))``, when the caller keeps one)."""
-    payload = encode_load_assignment(
+    payload, key = load_assignment(
         server, revision=revision, region=region, zone=zone, encoded=encoded
     )
-    return encoded_resource(ENDPOINT, cluster_name(server, revision), payload)
+    return encoded_resource(ENDPOINT, cluster_name(server, revision), payload, version_key=key)
 
 
 def route_resource(servers: Iterable[RoutedServer]) -> Resource:

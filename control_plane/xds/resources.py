@@ -146,15 +146,37 @@ def _type_prefix(type_url: str) -> tuple[bytes, Any]:
     return string_field(1, type_url), digest
 
 
-def encoded_resource(type_url: str, name: str, payload: bytes, *, message: Any = None) -> Resource:
+# Marks a version hashed from a version key rather than from the payload itself.
+_KEYED = b"\xffkeyed"
+
+
+def encoded_resource(
+    type_url: str,
+    name: str,
+    payload: bytes,
+    *,
+    message: Any = None,
+    version_key: bytes | None = None,
+) -> Resource:
     """A resource from its serialized message (``payload``, as ``SerializeToString(
     deterministic=True)`` gives it), its response fields pre-encoded. ``message``, when the
-    caller has it, saves a parse if anyone asks for it."""
+    caller has it, saves a parse if anyone asks for it.
+
+    The version hashes ``payload``; or, with ``version_key``, that key instead: a short
+    stand-in for the payload that its encoder derives from the same content (a large
+    ClusterLoadAssignment's, ``translate.endpoints.load_assignment``: a change is versioned
+    without hashing every endpoint again). Either way, the same content has the same version
+    wherever it is computed."""
     type_field, primed = _type_prefix(type_url)
     digest = primed.copy()
-    digest.update(len(payload).to_bytes(8, "little"))
-    digest.update(payload)
-    version = digest.hexdigest()  # == content_hash(type_url.encode(), payload)
+    if version_key is None:
+        digest.update(len(payload).to_bytes(8, "little"))
+        digest.update(payload)
+    else:
+        digest.update(_KEYED)
+        digest.update(len(version_key).to_bytes(8, "little"))
+        digest.update(version_key)
+    version = digest.hexdigest()  # without a key: content_hash(type_url.encode(), payload)
     any_bytes = b"".join((type_field, b"\x12", varint(len(payload)), payload))
     any_length = varint(len(any_bytes))
     # DiscoveryResponse.resources = 2 (repeated Any).

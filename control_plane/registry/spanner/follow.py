@@ -27,7 +27,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
-from control_plane.registry.model import RegistryState, Replica, Server
+from control_plane.registry.model import RegistryState, Replica, Server, edit_replicas
 from control_plane.registry.spanner.reads import (
     REPLICA_FIELDS,
     SERVER_FIELDS,
@@ -119,16 +119,15 @@ class Follower:
             edits.setdefault(replica.server, {})[replica.id] = replica
             self.committed_at = max(self.committed_at, replica.updated_at)
         for name, rows in edits.items():
-            current = {r.id: r for r in self.by_server.get(name, ())}
             for rid, row in rows.items():
                 if row is None:
-                    current.pop(rid, None)
                     self.server_of.pop(rid, None)
                 else:
-                    current[rid] = row
                     self.server_of[rid] = name
+            # Only the edited rows move: the others keep their objects, unsorted again.
+            current = edit_replicas(self.by_server.get(name, ()), rows)
             if current:
-                self.by_server[name] = tuple(sorted(current.values(), key=lambda r: r.id))
+                self.by_server[name] = current
             else:
                 self.by_server.pop(name, None)
         return RegistryState(

@@ -3,8 +3,9 @@
 Owns opening the database file (WAL mode, foreign keys), its schema (the migrations in
 ``registry/migrations/sqlite/``, applied on open), the transactions and the writes. Every write
 is one ``BEGIN IMMEDIATE`` transaction that also bumps ``meta.revision`` and
-``meta.committed_at`` and logs the servers it touched in ``changes`` (kept for
-``CHANGE_LOG_KEEP`` revisions), so the watch reads only what moved. A lease renewal moves no
+``meta.committed_at`` and logs what it touched (kept for ``CHANGE_LOG_KEEP`` revisions): the
+servers in ``changes``, and a replica written alone also in ``replica_changes``, so the watch
+reads only the rows that moved. A lease renewal moves no
 revision. The SQL reads are ``reads``; the watch loop is ``watch``, handed this store's
 threaded reads; when it looks is ``wake``.
 
@@ -19,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -138,16 +139,37 @@ class SqliteRegistry:
         with contextlib.suppress(sqlite3.Error):  # already rolled back, or the file is gone
             self._db.execute("ROLLBACK")
 
-    def _bump(self, db: sqlite3.Connection, now: float, *servers: str) -> None:
-        """Move the revision and log which servers this transaction touched."""
+    def _bump(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        *servers: str,
+        replicas: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Move the revision and log what this transaction touched: ``servers`` whole (their
+        row, or all of their replicas), and single ``replicas`` as (id, server), so the watch
+        reads those rows only (``reads.changes_since``)."""
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
         db.execute("UPDATE meta SET value = ? WHERE key = 'committed_at'", (now,))
         revision = int(db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+        whole = set(servers)
+        # A server also written whole in this transaction is read whole: none of its replicas
+        # is logged alone.
+        single = {(rid, server) for rid, server in replicas if server not in whole}
         db.executemany(
-            "INSERT OR IGNORE INTO changes VALUES (?, ?)", [(revision, s) for s in set(servers)]
+            "INSERT OR IGNORE INTO changes VALUES (?, ?)",
+            [(revision, s) for s in whole | {server for _, server in single}],
         )
+        if single:
+            db.executemany(
+                "INSERT OR IGNORE INTO replica_changes VALUES (?, ?, ?)",
+                [(revision, server, rid) for rid, server in single],
+            )
         if revision % CHANGE_LOG_PRUNE_EVERY == 0:
             db.execute("DELETE FROM changes WHERE revision <= ?", (revision - CHANGE_LOG_KEEP,))
+            db.execute(
+                "DELETE FROM replica_changes WHERE revision <= ?", (revision - CHANGE_LOG_KEEP,)
+            )
 
     # -- servers ------------------------------------------------------------------------
 
@@ -293,7 +315,7 @@ class SqliteRegistry:
                     replica.registered_at,
                 ),
             )
-            self._bump(db, now, replica.server)
+            self._bump(db, now, replicas=[(replica.id, replica.server)])
         return replica
 
     def set_replica_state(self, replica_id: str, state: str) -> Replica:
@@ -307,7 +329,7 @@ class SqliteRegistry:
             if not updated:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
             replica = reads.replica(db, replica_id)
-            self._bump(db, now, replica.server)
+            self._bump(db, now, replicas=[(replica.id, replica.server)])
             return replica
 
     def renew_lease(self, replica_id: str, *, lease_seconds: float) -> Replica:
@@ -332,7 +354,7 @@ class SqliteRegistry:
             ).fetchall()
             if rows:
                 db.executemany("DELETE FROM replicas WHERE id = ?", [(r[0],) for r in rows])
-                self._bump(db, time.time(), *(str(r[1]) for r in rows))
+                self._bump(db, time.time(), replicas=[(str(r[0]), str(r[1])) for r in rows])
         return [str(r[0]) for r in rows]
 
     def deregister_replica(self, replica_id: str) -> None:
@@ -341,7 +363,7 @@ class SqliteRegistry:
             if row is None:
                 raise NotFoundError(f"unknown replica {replica_id!r}")
             db.execute("DELETE FROM replicas WHERE id = ?", (replica_id,))
-            self._bump(db, time.time(), str(row[0]))
+            self._bump(db, time.time(), replicas=[(replica_id, str(row[0]))])
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         with self._tx(write=False) as db:
@@ -460,7 +482,7 @@ class SqliteRegistry:
             return reads.full_state(db)
 
     def _read_changes(self, previous: RegistryState) -> RegistryState:
-        """The state after ``previous``, reading only the servers the change log names."""
+        """The state after ``previous``, reading only the rows the change log names."""
         with self._tx(write=False) as db:
             state = reads.changes_since(db, previous)
         return state if state is not None else self.read_state()

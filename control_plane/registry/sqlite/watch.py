@@ -4,11 +4,12 @@ Each tick asks SQLite whether any connection committed since the last tick (``PR
 data_version`` on a read-only connection of its own, answered from the WAL index in
 microseconds on the event loop, no thread hop); only then does it read that revision (one tiny
 indexed read on the same connection, also on the loop; in a worker thread when the database is
-busy) and, when it moved, the servers the change log names (on the loop too when they hold at
-most ``SMALL_READ`` replicas, else in a worker thread). Any commit by any writer moves
-``data_version``, so the probe never hides a change; the revision is also read once a second
-whatever the probe says (through the registry's own connection, in a thread), so a broken
-database is still noticed while idle.
+busy) and, when it moved, what the change log names: the replica rows written alone, by id, and
+the servers written whole (on the loop too when that is at most ``SMALL_READ`` replica rows,
+else in a worker thread; one replica moved in a server of 10,000 reads one row). Any commit by
+any writer moves ``data_version``, so the probe never hides a change; the revision is also read
+once a second whatever the probe says (through the registry's own connection, in a thread), so
+a broken database is still noticed while idle.
 
 When a tick runs is ``wake``'s: on Linux as soon as inotify reports a write to the database,
 its WAL or its journal, so a commit by any process is seen within a fraction of a millisecond;
@@ -35,7 +36,7 @@ from control_plane.registry.sqlite.wake import Wake
 
 # The watch reads the revision at least this often, even when the probe says nothing changed.
 REVISION_CHECK_EVERY = 1.0
-# A change to servers holding at most this many replicas is read on the event loop.
+# A change that reads at most this many replica rows is read on the event loop.
 SMALL_READ = 200
 
 
@@ -98,9 +99,9 @@ def open_probe(path: str, url: str) -> sqlite3.Connection:
 
 
 def read_small_changes(probe: sqlite3.Connection, previous: RegistryState) -> RegistryState | None:
-    """The state after ``previous`` read on the probe, on the event loop, when the servers the
-    change log names hold at most ``SMALL_READ`` replicas (a thread hop is most of the cost of
-    such a read); None otherwise, or when the database is busy."""
+    """The state after ``previous`` read on the probe, on the event loop, when it reads at most
+    ``SMALL_READ`` replica rows (a thread hop is most of the cost of such a read); None
+    otherwise, or when the database is busy."""
     try:
         probe.execute("BEGIN")
     except sqlite3.Error:

@@ -50,6 +50,10 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert [row["replicas"] for row in sizes] == list(SMOKE.propagation_sizes)
     assert all(row["routeplane"]["tries"] == SMOKE.propagation_size_tries for row in sizes)
     assert "Propagation at every size" in rendered
+    [change] = result["change_cost"]["rows"]
+    assert (change["replicas"], change["workers"], change["changes"]) == (20, 1, 4)
+    assert change["cpu_ms_per_change"] >= 0
+    assert "A change costs the change, in the whole process" in rendered
     # Under 200 samples there is no p99, the tables say "max of N", and no ratio of maxima.
     api = result["propagation"][0]["api"]
     assert api["n"] == SMOKE.propagation_tries

@@ -199,7 +199,7 @@ async def test_lease_renewals_wake_the_watch_but_read_nothing_in_a_thread(
 
 
 @pytest.mark.parametrize(
-    ("small_read", "in_thread"), [(200, False), (1, True)], ids=["small-on-loop", "big-in-thread"]
+    ("small_read", "in_thread"), [(200, False), (0, True)], ids=["small-on-loop", "big-in-thread"]
 )
 async def test_a_change_is_read_on_the_loop_when_small_and_in_a_thread_when_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_read: int, in_thread: bool

@@ -160,6 +160,7 @@ def test_an_encoding_updated_from_a_previous_one_equals_one_from_scratch(
         updated = encode_endpoints(new, previous=previous)
         fresh = encode_endpoints(new)
         assert updated.fields == fresh.fields
+        assert updated.digests == fresh.digests
         assert updated.wheres == fresh.wheres
         assert dict(updated.localities) == dict(fresh.localities)
         routed = _server(new, {})
