@@ -46,8 +46,9 @@ from control_plane.registry.spanner.reads import (
     REPLICA_FIELDS,
     SERVER_COLUMNS,
     SERVER_FIELDS,
-    TableRead,
+    Layout,
     read_full_state,
+    read_layout,
     to_replica,
     to_server,
     ts,
@@ -71,6 +72,7 @@ class SpannerRegistry:
         self._reader = self._conn.reader
         self._revision = 0
         self._lock = threading.Lock()
+        self._sweep_layout: Layout | None = None
 
     @property
     def database(self) -> Any:
@@ -314,18 +316,22 @@ class SpannerRegistry:
         # Look first in a read-only snapshot (cheap, no lock): the emulator runs one read-write
         # transaction at a time, and most ticks find nothing to do. On the sweep's own session:
         # the watch polls on the other one meanwhile.
+        # The index layout is learnt once, and again after any failed look (migration 6 drops
+        # the plain indexes: that look fails, and its retry reads the sharded ones).
         def look() -> tuple[list[list[Any]], list[list[Any]]]:
-            _, (expired, old) = self._conn.sweep_reader.read(
-                [
-                    TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease", until=ts(now)),
-                    TableRead(
-                        "Tombstones",
-                        ("Kind", "Key"),
-                        "TombstonesByDeletedAt",
-                        until=ts(now - TOMBSTONE_RETENTION),
-                    ),
-                ]
-            )
+            if self._sweep_layout is None:
+                self._sweep_layout = read_layout(self._conn.sweep_reader)
+            layout = self._sweep_layout
+            try:
+                _, (expired, old) = self._conn.sweep_reader.read(
+                    [
+                        layout.leases_until(ts(now)),
+                        layout.tombstones_until(ts(now - TOMBSTONE_RETENTION)),
+                    ]
+                )
+            except Exception:
+                self._sweep_layout = None
+                raise
             return expired, old
 
         expired, old = self._conn.call("look for expired leases", look)
