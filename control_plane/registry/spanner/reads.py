@@ -140,6 +140,44 @@ class TableRead:
 
 
 @dataclass(frozen=True, slots=True)
+class TablePages:
+    """A whole table by primary key, ``page`` rows a Read call, each call resuming after the last
+    key of the one before (``columns`` start with the ``keys`` key columns, all STRING), all in
+    the read's one transaction. Spanner's unary Read returns at most 10 MiB and the client takes
+    at most 4 MiB a message: 100,000 replica rows are ~15 MB, so a full read comes in pages."""
+
+    table: str
+    columns: tuple[str, ...]
+    keys: int
+    page: int
+
+    def request(self, session: str, selector: Any, after: list[Any] | None) -> Any:
+        if after is None:
+            key_set = _KeySetPb(all_=True)
+        else:
+            start = struct_pb2.ListValue(
+                values=[struct_pb2.Value(string_value=str(v)) for v in after]
+            )
+            key_set = _KeySetPb(
+                ranges=[_KeyRangePb(start_open=start, end_closed=struct_pb2.ListValue())]
+            )
+        return _ReadRequestPb(
+            session=session,
+            transaction=selector,
+            table=self.table,
+            columns=list(self.columns),
+            key_set=key_set,
+            limit=self.page,
+        )
+
+
+# Rows a page: a replica row is at most ~1 KB (bounded columns); a server row holds a spec of up
+# to 64 KiB (rows.MAX_JSON_BYTES) and its hostnames, so 40 a page stay under 4 MiB.
+SERVER_PAGE = 40
+REPLICA_PAGE = 2000
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
     """Which indexes the watch and the lease sweep read, and how many shards each has (0: the
     plain time-keyed index of migrations 1-5). Migration 6 builds the sharded ones, then drops
@@ -207,8 +245,9 @@ def read_layout(reader: Reader) -> Layout:
     return SHARDED if len(found) == len(_SHARDED_INDEXES) else PLAIN
 
 
-# One query for ``Reader.read``: a ``TableRead``, or SQL with optional TIMESTAMP parameters.
-Query = tuple[str, dict[str, dt.datetime] | None] | TableRead
+# One query for ``Reader.read``: a ``TableRead``, a ``TablePages``, or SQL with optional
+# TIMESTAMP parameters.
+Query = tuple[str, dict[str, dt.datetime] | None] | TableRead | TablePages
 
 
 # Raw protobuf classes: the proto-plus wrappers cost more CPU than the RPC itself.
@@ -292,23 +331,37 @@ class Reader:
         )
         read_at: dt.datetime | None = None
         results: list[list[list[Any]]] = []
+
+        def call(rpc: Any, request: Any) -> list[list[Any]]:
+            nonlocal read_at, selector
+            result = rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
+            if read_at is None:
+                transaction = result.metadata.transaction
+                read_at = DatetimeWithNanoseconds.from_timestamp_pb(transaction.read_timestamp)
+                selector = _SelectorPb(id=transaction.id)
+            return _decode(result)
+
         try:
             for query in queries:
                 if isinstance(query, TableRead):
-                    request = query.request(session, selector)
-                    result = read_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
+                    results.append(call(read_rpc, query.request(session, selector)))
+                elif isinstance(query, TablePages):
+                    rows: list[list[Any]] = []
+                    after: list[Any] | None = None
+                    while True:
+                        page = call(read_rpc, query.request(session, selector, after))
+                        rows += page
+                        if len(page) < query.page:
+                            break
+                        after = page[-1][: query.keys]
+                    results.append(rows)
                 else:
                     sql, params = query
                     request = _ExecuteSqlRequestPb(session=session, transaction=selector, sql=sql)
                     for key, value in (params or {}).items():
                         request.params.fields[key].string_value = _rfc3339(value)
                         request.param_types[key].code = TypeCode.TIMESTAMP
-                    result = sql_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
-                if read_at is None:
-                    transaction = result.metadata.transaction
-                    read_at = DatetimeWithNanoseconds.from_timestamp_pb(transaction.read_timestamp)
-                    selector = _SelectorPb(id=transaction.id)
-                results.append(_decode(result))
+                    results.append(call(sql_rpc, request))
         except grpc.RpcError as exc:
             error = gexc.from_grpc_error(exc)
             if isinstance(error, gexc.NotFound):
@@ -325,7 +378,10 @@ def read_full_state(
     """Every server and replica at one strong read timestamp, which is returned with them.
     ``next_revision`` is called once the rows are in, for the state's revision."""
     read_at, (servers_rows, replica_rows) = reader.read(
-        [TableRead("Servers", SERVER_FIELDS), TableRead("Replicas", REPLICA_FIELDS)]
+        [
+            TablePages("Servers", SERVER_FIELDS, keys=1, page=SERVER_PAGE),
+            TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE),
+        ]
     )
     servers = [to_server(r) for r in servers_rows]
     replicas = [to_replica(r) for r in replica_rows]
