@@ -171,10 +171,10 @@ class TablePages:
         )
 
 
-# Rows a page: a replica row is at most ~1 KB (bounded columns); a server row holds a spec of up
-# to 64 KiB (rows.MAX_JSON_BYTES) and its hostnames, so 40 a page stay under 4 MiB.
+# Rows a page, each page under the client's 4 MiB: a replica row is at most ~750 bytes (bounded
+# columns); a server row holds a spec of up to 64 KiB (rows.MAX_JSON_BYTES) and its hostnames.
 SERVER_PAGE = 40
-REPLICA_PAGE = 2000
+REPLICA_PAGE = 4000
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,12 @@ from control_plane.registry.spanner import schema
 from control_plane.registry.spanner.connection import Connection
 from control_plane.registry.spanner.follow import TOMBSTONE_RETENTION, Follower
 from control_plane.registry.spanner.reads import (
-    REPLICA_COLUMNS,
     REPLICA_FIELDS,
-    SERVER_COLUMNS,
+    REPLICA_PAGE,
     SERVER_FIELDS,
+    SERVER_PAGE,
     Layout,
+    TablePages,
     read_full_state,
     read_layout,
     to_replica,
@@ -195,8 +196,9 @@ class SpannerRegistry:
 
     def list_servers(self) -> list[Server]:
         def read() -> list[Server]:
+            # In pages by primary key (ServerName order): one query could exceed a message.
             _, (rows,) = self._reader.read(
-                [(f"SELECT {SERVER_COLUMNS} FROM Servers ORDER BY ServerName", None)]
+                [TablePages("Servers", SERVER_FIELDS, keys=1, page=SERVER_PAGE)]
             )
             return [to_server(r) for r in rows]
 
@@ -368,9 +370,10 @@ class SpannerRegistry:
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         def read() -> list[Replica]:
             _, (rows,) = self._reader.read(
-                [(f"SELECT {REPLICA_COLUMNS} FROM Replicas ORDER BY Id", None)]
+                [TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE)]
             )
-            return [to_replica(r) for r in rows if server is None or r[0] == server]
+            found = [to_replica(r) for r in rows if server is None or r[0] == server]
+            return sorted(found, key=lambda r: r.id)
 
         return self._conn.call("list replicas", read)
 
