@@ -150,17 +150,24 @@ class TablePages:
     columns: tuple[str, ...]
     keys: int
     page: int
+    prefix: tuple[str, ...] = ()  # only the keys that start with these parts
 
     def request(self, session: str, selector: Any, after: list[Any] | None) -> Any:
+        prefix = struct_pb2.ListValue(
+            values=[struct_pb2.Value(string_value=v) for v in self.prefix]
+        )
         if after is None:
-            key_set = _KeySetPb(all_=True)
+            key_set = (
+                _KeySetPb(ranges=[_KeyRangePb(start_closed=prefix, end_closed=prefix)])
+                if self.prefix
+                else _KeySetPb(all_=True)
+            )
         else:
             start = struct_pb2.ListValue(
                 values=[struct_pb2.Value(string_value=str(v)) for v in after]
             )
-            key_set = _KeySetPb(
-                ranges=[_KeyRangePb(start_open=start, end_closed=struct_pb2.ListValue())]
-            )
+            # An empty closed end is the prefix every key has: "to the end of the table".
+            key_set = _KeySetPb(ranges=[_KeyRangePb(start_open=start, end_closed=prefix)])
         return _ReadRequestPb(
             session=session,
             transaction=selector,

@@ -369,11 +369,11 @@ class SpannerRegistry:
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         def read() -> list[Replica]:
-            _, (rows,) = self._reader.read(
-                [TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE)]
-            )
-            found = [to_replica(r) for r in rows if server is None or r[0] == server]
-            return sorted(found, key=lambda r: r.id)
+            # In pages by primary key, only ``server``'s rows when it is given.
+            prefix = () if server is None else (server,)
+            pages = TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE, prefix=prefix)
+            _, (rows,) = self._reader.read([pages])
+            return sorted((to_replica(r) for r in rows), key=lambda r: r.id)
 
         return self._conn.call("list replicas", read)
 
