@@ -43,7 +43,7 @@ from control_plane.registry import open_registry
 from control_plane.registry.model import RegistryState
 from control_plane.registry.spanner import SpannerRegistry
 from control_plane.registry.spanner.follow import Follower
-from control_plane.registry.spanner.reads import SHARDED, read_layout
+from control_plane.registry.spanner.reads import SHARDED, read_layout, ts
 from harness.spanner_emulator import Emulator
 
 REPLICAS_PER_SERVER = 100
@@ -309,21 +309,28 @@ def run(*, replicas: int, seconds: float, batch: int, workdir: Path) -> dict[str
         started = time.perf_counter()
         keys = load(writer, replicas=replicas)
         load_s = time.perf_counter() - started
-        assert read_layout(writer._reader) == SHARDED
+        layout = read_layout(writer._reader)
+        assert layout == SHARDED
 
-        full_read_ms = timed(writer.read_state, 1)
+        # Empty polls: a follower resumed at a read timestamp of now, as after a full read (not
+        # done here: at 100,000 rows it takes seconds, and the watch below does one).
         follower = Follower(writer._reader, writer._next_revision)
-        follower.full()
+        follower.layout = layout
+        follower.since, _ = writer._reader.read([layout.tombstones_until(ts(0.0))])
+        follower.full_at = time.monotonic()
         empty_poll_ms = timed(follower.tick, 200)
         sweep_ms = timed(lambda: writer.remove_expired(now=time.time()), 20)
 
+        # The watch's first state is its full read (the layout, then every row in pages).
         watched = Watched(spanner_registry())
+        started = time.perf_counter()
         watched.start()
-        deadline = time.perf_counter() + 120
+        deadline = started + 120
         while watched.latest is None and time.perf_counter() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
         if watched.latest is None:
             raise RuntimeError("the watch yielded no first state in 120 s")
+        full_read_ms = [(time.perf_counter() - started) * 1000]
 
         turns = Turns()
         quiet, quiet_missed, quiet_extra = probe(writer, watched, keys, seconds, turns)
@@ -412,9 +419,10 @@ def table(result: dict[str, Any]) -> list[str]:
         "",
         f"At {result['replicas']} rows: an empty watch poll {poll['p50']} ms p50 / {tail(poll)} "
         f"({tail_name(poll['n'])}); a lease sweep that finds nothing {sweep['p50']} ms p50; a "
-        f"full read {full['p50']} ms (the reconcile every 5 minutes); watch failures "
-        f"{result['watch_failures']}; converged: {'yes' if result['converged'] else 'NO'}; "
-        f"failed heartbeat commits {churn['failed_commits']}.",
+        f"watch's first full read {full['p50']} ms (as the reconcile every 5 minutes); watch "
+        f"failures {result['watch_failures']}; converged: "
+        f"{'yes' if result['converged'] else 'NO'}; failed heartbeat commits "
+        f"{churn['failed_commits']}.",
     ]
 
 
