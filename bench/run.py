@@ -100,6 +100,9 @@ class Plan:
         1.0,
         5.0,
     )
+    # The registry at scale on the Spanner emulator (bench/heartbeats.py): replica rows, seconds
+    # of each phase (no heartbeats, then heartbeats), lease renewals per commit; 0 rows: not run.
+    heartbeats: tuple[int, float, int] = (100_000, 10.0, 5)
 
 
 FULL = Plan(
@@ -148,6 +151,7 @@ QUICK = Plan(
     traffic_tries=20,
     rollout_tries=20,
     orca=(5.0, 1, 2.0, 0.7),
+    heartbeats=(10_000, 3.0, 5),
 )
 SMOKE = Plan(
     "smoke",
@@ -179,6 +183,7 @@ SMOKE = Plan(
     traffic_tries=2,
     rollout_tries=2,
     orca=(0.8, 1, 1.0, 0.3),  # ~15 s; a light load, so round robin's backlog drains at once
+    heartbeats=(200, 0.5, 5),  # a few seconds, most of it the emulator starting
 )
 
 
@@ -212,6 +217,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         dataplane,
         fleet,
         fleet_load,
+        heartbeats,
         idle,
         idle_load,
         keda,
@@ -290,6 +296,13 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
             changes=plan.watch_changes,
         )
         out["registry_watch"].append(asyncio.run(registry_watch.run(args, path)))
+    rows, phase_seconds, renewals = plan.heartbeats
+    if rows:
+        path = workdir / "heartbeats"
+        path.mkdir()
+        out["heartbeats"] = heartbeats.run(
+            replicas=rows, seconds=phase_seconds, batch=renewals, workdir=path
+        )
     servers, worker_counts, window = plan.idle_load
     out["idle_load"] = []
     for count in worker_counts if servers else ():

@@ -60,6 +60,10 @@ def table(result: dict[str, Any]) -> str:
     if "proxyless" in result:
         lines += _proxyless_table(result["proxyless"])
     lines += _registry_watch_table(result["registry_watch"])
+    if result.get("heartbeats"):
+        from bench import heartbeats
+
+        lines += heartbeats.table(result["heartbeats"])
     if result.get("idle"):
         lines += _idle_table(result["idle"])
     lines += _fleet_table([*result["fleet"], *([result["storm"]] if "storm" in result else [])])

@@ -13,7 +13,12 @@ range read ~7 ms; change streams p99 1.9 s, so not used):
   tombstones older than ``TOMBSTONE_RETENTION`` and expired leases itself (the emulator enforces
   no row deletion policy);
 - a full reconcile runs periodically, after any error, and whenever the resume point is older
-  than the tombstone retention; a restart starts with one.
+  than the tombstone retention; a restart starts with one;
+- the indexes are hash-sharded (migration 6: one range per shard, all in one request); each
+  full read first learns which layout the schema has (``reads.read_layout``), so a watch that
+  was reading the plain indexes when the migration dropped them fails once, and its next full
+  read (the watch's retry) moves to the sharded ones. No change is lost: the full read is a
+  snapshot of everything.
 
 Owns ``Follower`` and the retention/reconcile periods. Reads only through ``reads.Reader``; never
 imports ``google.cloud.spanner``, ``google.api_core`` or ``grpc`` itself (only modules inside
@@ -29,11 +34,11 @@ from collections.abc import Callable
 
 from control_plane.registry.model import RegistryState, Replica, Server, edit_replicas
 from control_plane.registry.spanner.reads import (
-    REPLICA_FIELDS,
-    SERVER_FIELDS,
+    PLAIN,
+    Layout,
     Reader,
-    TableRead,
     read_full_state,
+    read_layout,
     to_replica,
     to_server,
 )
@@ -65,8 +70,10 @@ class Follower:
         self.since: dt.datetime | None = None
         self.full_at = 0.0
         self.committed_at = 0.0
+        self.layout: Layout = PLAIN
 
     def full(self) -> RegistryState:
+        self.layout = read_layout(self._reader)
         state, read_at = read_full_state(self._reader, self._next_revision)
         self.servers = {s.name: s for s in state.servers}
         self.by_server = dict(state.replicas_by_server)
@@ -88,11 +95,9 @@ class Follower:
             return state if (self.servers, self.by_server) != before else None
         read_at, (server_rows, replica_rows, tombstones) = self._reader.read(
             [
-                TableRead("Servers", SERVER_FIELDS, "ServersByUpdatedAt", self.since),
-                TableRead("Replicas", REPLICA_FIELDS, "ReplicasByUpdatedAt", self.since),
-                TableRead(
-                    "Tombstones", ("Kind", "Key", "DeletedAt"), "TombstonesByDeletedAt", self.since
-                ),
+                self.layout.changed_servers(self.since),
+                self.layout.changed_replicas(self.since),
+                self.layout.tombstones_after(self.since),
             ]
         )
         self.since = read_at

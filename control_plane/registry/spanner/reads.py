@@ -3,7 +3,8 @@
 Owns the Read/ExecuteSql requests sent straight over the client's gRPC channel with a hard
 deadline each (``Reader``, ``TableRead``), the decoding of their result sets, the timestamp
 conversions, the column lists of the ``Servers`` and ``Replicas`` tables and the rows -> model
-conversions (``to_server``, ``to_replica``, ``read_full_state``).
+conversions (``to_server``, ``to_replica``, ``read_full_state``), and the index layout the
+schema has (``Layout``: the hash-sharded indexes of migration 6, or the plain ones before it).
 
 May import ``google.api_core``, ``google.cloud.spanner_v1`` and ``grpc`` (only modules inside
 ``registry/spanner`` may). Imports nothing else from this package (``store`` and ``follow``
@@ -92,30 +93,24 @@ def to_replica(row: Sequence[Any]) -> Replica:
 @dataclass(frozen=True, slots=True)
 class TableRead:
     """A read by key range through the Read API: the emulator seeks for these, while its SQL
-    scans the whole table or index (~3 us a row: 30 ms at 10,000 replicas per query)."""
+    scans the whole table or index (~3 us a row: 30 ms at 10,000 replicas per query).
+
+    ``shards`` > 0: the index is keyed by (shard, time) with shards 0 .. shards-1, and the read
+    is one request of one range per shard (the same time bounds in each)."""
 
     table: str
     columns: tuple[str, ...]
     index: str = ""
     after: dt.datetime | None = None  # keys strictly after this first index key
     until: dt.datetime | None = None  # keys up to and including this first index key
+    shards: int = 0
 
     def request(self, session: str, selector: Any) -> Any:
-        if self.until is not None:
-            end = struct_pb2.ListValue(values=[struct_pb2.Value(string_value=_rfc3339(self.until))])
-            key_set = _KeySetPb(
-                ranges=[_KeyRangePb(start_closed=struct_pb2.ListValue(), end_closed=end)]
-            )
-        elif self.after is None:
+        if self.until is None and self.after is None:
             key_set = _KeySetPb(all_=True)
         else:
-            start = struct_pb2.ListValue(
-                values=[struct_pb2.Value(string_value=_rfc3339(self.after))]
-            )
-            # An empty closed end is the prefix every key has: "to the end of the index".
-            key_set = _KeySetPb(
-                ranges=[_KeyRangePb(start_open=start, end_closed=struct_pb2.ListValue())]
-            )
+            prefixes = [[str(s)] for s in range(self.shards)] if self.shards else [[]]
+            key_set = _KeySetPb(ranges=[self._range(prefix) for prefix in prefixes])
         return _ReadRequestPb(
             session=session,
             transaction=selector,
@@ -125,9 +120,141 @@ class TableRead:
             key_set=key_set,
         )
 
+    def _range(self, prefix: list[str]) -> Any:
+        """The range of keys starting with ``prefix`` (INT64 key parts travel as text) whose next
+        part is after ``after`` or up to ``until``. An empty closed end is the prefix every key
+        has: "to the end of the index" (or of the shard)."""
+        head = [struct_pb2.Value(string_value=p) for p in prefix]
+        if self.until is not None:
+            end = [*head, struct_pb2.Value(string_value=_rfc3339(self.until))]
+            return _KeyRangePb(
+                start_closed=struct_pb2.ListValue(values=head),
+                end_closed=struct_pb2.ListValue(values=end),
+            )
+        assert self.after is not None
+        start = [*head, struct_pb2.Value(string_value=_rfc3339(self.after))]
+        return _KeyRangePb(
+            start_open=struct_pb2.ListValue(values=start),
+            end_closed=struct_pb2.ListValue(values=head),
+        )
 
-# One query for ``Reader.read``: a ``TableRead``, or SQL with optional TIMESTAMP parameters.
-Query = tuple[str, dict[str, dt.datetime] | None] | TableRead
+
+@dataclass(frozen=True, slots=True)
+class TablePages:
+    """A whole table by primary key, ``page`` rows a Read call, each call resuming after the last
+    key of the one before (``columns`` start with the ``keys`` key columns, all STRING), all in
+    the read's one transaction. Spanner's unary Read returns at most 10 MiB and the client takes
+    at most 4 MiB a message: 100,000 replica rows are ~15 MB, so a full read comes in pages."""
+
+    table: str
+    columns: tuple[str, ...]
+    keys: int
+    page: int
+    prefix: tuple[str, ...] = ()  # only the keys that start with these parts
+
+    def request(self, session: str, selector: Any, after: list[Any] | None) -> Any:
+        prefix = struct_pb2.ListValue(
+            values=[struct_pb2.Value(string_value=v) for v in self.prefix]
+        )
+        if after is None:
+            key_set = (
+                _KeySetPb(ranges=[_KeyRangePb(start_closed=prefix, end_closed=prefix)])
+                if self.prefix
+                else _KeySetPb(all_=True)
+            )
+        else:
+            start = struct_pb2.ListValue(
+                values=[struct_pb2.Value(string_value=str(v)) for v in after]
+            )
+            # An empty closed end is the prefix every key has: "to the end of the table".
+            key_set = _KeySetPb(ranges=[_KeyRangePb(start_open=start, end_closed=prefix)])
+        return _ReadRequestPb(
+            session=session,
+            transaction=selector,
+            table=self.table,
+            columns=list(self.columns),
+            key_set=key_set,
+            limit=self.page,
+        )
+
+
+# Rows a page, each page under the client's 4 MiB: a replica row is at most ~750 bytes (bounded
+# columns); a server row holds a spec of up to 64 KiB (rows.MAX_JSON_BYTES) and its hostnames.
+SERVER_PAGE = 40
+REPLICA_PAGE = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Which indexes the watch and the lease sweep read, and how many shards each has (0: the
+    plain time-keyed index of migrations 1-5). Migration 6 builds the sharded ones, then drops
+    the plain ones; ``read_layout`` says which a database has."""
+
+    servers: str
+    replicas: str
+    tombstones: str
+    leases: str
+    shards: int
+    lease_shards: int
+
+    def changed_servers(self, after: dt.datetime) -> TableRead:
+        return TableRead("Servers", SERVER_FIELDS, self.servers, after, shards=self.shards)
+
+    def changed_replicas(self, after: dt.datetime) -> TableRead:
+        return TableRead("Replicas", REPLICA_FIELDS, self.replicas, after, shards=self.shards)
+
+    def tombstones_after(self, after: dt.datetime) -> TableRead:
+        columns = ("Kind", "Key", "DeletedAt")
+        return TableRead("Tombstones", columns, self.tombstones, after, shards=self.shards)
+
+    def tombstones_until(self, until: dt.datetime) -> TableRead:
+        columns = ("Kind", "Key")
+        return TableRead("Tombstones", columns, self.tombstones, until=until, shards=self.shards)
+
+    def leases_until(self, until: dt.datetime) -> TableRead:
+        columns = ("ServerName", "Id")
+        return TableRead("Replicas", columns, self.leases, until=until, shards=self.lease_shards)
+
+
+PLAIN = Layout(
+    servers="ServersByUpdatedAt",
+    replicas="ReplicasByUpdatedAt",
+    tombstones="TombstonesByDeletedAt",
+    leases="ReplicasByLease",
+    shards=0,
+    lease_shards=0,
+)
+# The shard counts are those of migration 6's generated columns (0006_sharded_indexes.sql).
+SHARDED = Layout(
+    servers="ServersByShardUpdatedAt",
+    replicas="ReplicasByShardUpdatedAt",
+    tombstones="TombstonesByShardDeletedAt",
+    leases="ReplicasByShardLease",
+    shards=16,
+    lease_shards=256,
+)
+_SHARDED_INDEXES = (SHARDED.servers, SHARDED.replicas, SHARDED.tombstones, SHARDED.leases)
+
+
+def read_layout(reader: Reader) -> Layout:
+    """``SHARDED`` once all its indexes are readable (built: ``READ_WRITE``), else ``PLAIN``.
+    Its own read-only transaction: a schema query stays out of the data reads."""
+    names = ", ".join(f"'{name}'" for name in _SHARDED_INDEXES)
+    _, (found,) = reader.read(
+        [
+            (
+                "SELECT INDEX_NAME FROM INFORMATION_SCHEMA.INDEXES WHERE TABLE_SCHEMA = ''"
+                f" AND INDEX_STATE = 'READ_WRITE' AND INDEX_NAME IN ({names})",
+                None,
+            )
+        ]
+    )
+    return SHARDED if len(found) == len(_SHARDED_INDEXES) else PLAIN
+
+
+# One query for ``Reader.read``: a ``TableRead``, a ``TablePages``, or SQL with optional
+# TIMESTAMP parameters.
+Query = tuple[str, dict[str, dt.datetime] | None] | TableRead | TablePages
 
 
 # Raw protobuf classes: the proto-plus wrappers cost more CPU than the RPC itself.
@@ -211,23 +338,37 @@ class Reader:
         )
         read_at: dt.datetime | None = None
         results: list[list[list[Any]]] = []
+
+        def call(rpc: Any, request: Any) -> list[list[Any]]:
+            nonlocal read_at, selector
+            result = rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
+            if read_at is None:
+                transaction = result.metadata.transaction
+                read_at = DatetimeWithNanoseconds.from_timestamp_pb(transaction.read_timestamp)
+                selector = _SelectorPb(id=transaction.id)
+            return _decode(result)
+
         try:
             for query in queries:
                 if isinstance(query, TableRead):
-                    request = query.request(session, selector)
-                    result = read_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
+                    results.append(call(read_rpc, query.request(session, selector)))
+                elif isinstance(query, TablePages):
+                    rows: list[list[Any]] = []
+                    after: list[Any] | None = None
+                    while True:
+                        page = call(read_rpc, query.request(session, selector, after))
+                        rows += page
+                        if len(page) < query.page:
+                            break
+                        after = page[-1][: query.keys]
+                    results.append(rows)
                 else:
                     sql, params = query
                     request = _ExecuteSqlRequestPb(session=session, transaction=selector, sql=sql)
                     for key, value in (params or {}).items():
                         request.params.fields[key].string_value = _rfc3339(value)
                         request.param_types[key].code = TypeCode.TIMESTAMP
-                    result = sql_rpc(request, timeout=READ_TIMEOUT, metadata=metadata)
-                if read_at is None:
-                    transaction = result.metadata.transaction
-                    read_at = DatetimeWithNanoseconds.from_timestamp_pb(transaction.read_timestamp)
-                    selector = _SelectorPb(id=transaction.id)
-                results.append(_decode(result))
+                    results.append(call(sql_rpc, request))
         except grpc.RpcError as exc:
             error = gexc.from_grpc_error(exc)
             if isinstance(error, gexc.NotFound):
@@ -244,7 +385,10 @@ def read_full_state(
     """Every server and replica at one strong read timestamp, which is returned with them.
     ``next_revision`` is called once the rows are in, for the state's revision."""
     read_at, (servers_rows, replica_rows) = reader.read(
-        [TableRead("Servers", SERVER_FIELDS), TableRead("Replicas", REPLICA_FIELDS)]
+        [
+            TablePages("Servers", SERVER_FIELDS, keys=1, page=SERVER_PAGE),
+            TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE),
+        ]
     )
     servers = [to_server(r) for r in servers_rows]
     replicas = [to_replica(r) for r in replica_rows]

@@ -12,6 +12,8 @@ May import ``google.cloud.spanner`` and ``google.api_core`` (only modules inside
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -29,6 +31,8 @@ if not hasattr(operations_pb2, "OperationsStub"):  # pragma: no cover - an insta
     )
 
 RPC_TIMEOUT = 10.0
+# How long ``init`` keeps sending a migration that Spanner refuses for a concurrent change.
+CONCURRENT_CHANGE_PATIENCE = 60.0
 
 
 def init(
@@ -86,7 +90,7 @@ def init(
     for migration in migrations.load("spanner"):
         if migration.version in applied:
             continue
-        database.update_ddl(list(migration.statements)).result(RPC_TIMEOUT * 12)
+        _update_ddl(database, migration.statements)
 
         def record(
             tx: Any, version: int = migration.version, description: str = migration.description
@@ -100,6 +104,22 @@ def init(
         database.run_in_transaction(record)
         changed.append(f"applied migration {migration.version}: {migration.description}")
     return changed
+
+
+def _update_ddl(database: Any, statements: tuple[str, ...]) -> None:
+    """Apply one migration's statements, again while Spanner refuses them for a concurrent
+    change: the emulator refuses any schema change while a read-write transaction runs, so a
+    registry in use (heartbeats, writers) refuses most attempts. Every migration's statements
+    are idempotent from migration 6 on, so a batch refused halfway is simply sent again."""
+    deadline = time.monotonic() + CONCURRENT_CHANGE_PATIENCE
+    while True:
+        try:
+            database.update_ddl(list(statements)).result(RPC_TIMEOUT * 12)
+            return
+        except (gexc.FailedPrecondition, gexc.InvalidArgument, gexc.Aborted) as exc:
+            if "concurrent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.05))
 
 
 def applied_migrations(database: Any) -> set[int]:

@@ -42,12 +42,14 @@ from control_plane.registry.spanner import schema
 from control_plane.registry.spanner.connection import Connection
 from control_plane.registry.spanner.follow import TOMBSTONE_RETENTION, Follower
 from control_plane.registry.spanner.reads import (
-    REPLICA_COLUMNS,
     REPLICA_FIELDS,
-    SERVER_COLUMNS,
+    REPLICA_PAGE,
     SERVER_FIELDS,
-    TableRead,
+    SERVER_PAGE,
+    Layout,
+    TablePages,
     read_full_state,
+    read_layout,
     to_replica,
     to_server,
     ts,
@@ -71,6 +73,7 @@ class SpannerRegistry:
         self._reader = self._conn.reader
         self._revision = 0
         self._lock = threading.Lock()
+        self._sweep_layout: Layout | None = None
 
     @property
     def database(self) -> Any:
@@ -193,8 +196,9 @@ class SpannerRegistry:
 
     def list_servers(self) -> list[Server]:
         def read() -> list[Server]:
+            # In pages by primary key (ServerName order): one query could exceed a message.
             _, (rows,) = self._reader.read(
-                [(f"SELECT {SERVER_COLUMNS} FROM Servers ORDER BY ServerName", None)]
+                [TablePages("Servers", SERVER_FIELDS, keys=1, page=SERVER_PAGE)]
             )
             return [to_server(r) for r in rows]
 
@@ -314,18 +318,22 @@ class SpannerRegistry:
         # Look first in a read-only snapshot (cheap, no lock): the emulator runs one read-write
         # transaction at a time, and most ticks find nothing to do. On the sweep's own session:
         # the watch polls on the other one meanwhile.
+        # The index layout is learnt once, and again after any failed look (migration 6 drops
+        # the plain indexes: that look fails, and its retry reads the sharded ones).
         def look() -> tuple[list[list[Any]], list[list[Any]]]:
-            _, (expired, old) = self._conn.sweep_reader.read(
-                [
-                    TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease", until=ts(now)),
-                    TableRead(
-                        "Tombstones",
-                        ("Kind", "Key"),
-                        "TombstonesByDeletedAt",
-                        until=ts(now - TOMBSTONE_RETENTION),
-                    ),
-                ]
-            )
+            if self._sweep_layout is None:
+                self._sweep_layout = read_layout(self._conn.sweep_reader)
+            layout = self._sweep_layout
+            try:
+                _, (expired, old) = self._conn.sweep_reader.read(
+                    [
+                        layout.leases_until(ts(now)),
+                        layout.tombstones_until(ts(now - TOMBSTONE_RETENTION)),
+                    ]
+                )
+            except Exception:
+                self._sweep_layout = None
+                raise
             return expired, old
 
         expired, old = self._conn.call("look for expired leases", look)
@@ -361,10 +369,11 @@ class SpannerRegistry:
 
     def list_replicas(self, server: str | None = None) -> list[Replica]:
         def read() -> list[Replica]:
-            _, (rows,) = self._reader.read(
-                [(f"SELECT {REPLICA_COLUMNS} FROM Replicas ORDER BY Id", None)]
-            )
-            return [to_replica(r) for r in rows if server is None or r[0] == server]
+            # In pages by primary key, only ``server``'s rows when it is given.
+            prefix = () if server is None else (server,)
+            pages = TablePages("Replicas", REPLICA_FIELDS, keys=2, page=REPLICA_PAGE, prefix=prefix)
+            _, (rows,) = self._reader.read([pages])
+            return sorted((to_replica(r) for r in rows), key=lambda r: r.id)
 
         return self._conn.call("list replicas", read)
 

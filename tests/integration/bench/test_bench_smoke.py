@@ -64,6 +64,13 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     [fleet_load] = result["fleet_load"]
     assert [step["step_visible_ms"]["n"] for step in fleet_load["load_step"]] == [2]
     assert "Fleet-wide load through the registry" in rendered
+    beats = result["heartbeats"]
+    assert beats["replicas"] == SMOKE.heartbeats[0]
+    assert beats["converged"]
+    assert beats["quiet"]["missed"] == beats["churn"]["missed"] == 0
+    assert beats["churn"]["heartbeats_per_s"] > 0
+    assert beats["churn"]["extra_states"] == 0  # a heartbeat causes no routing work
+    assert "The registry at scale, Spanner EMULATOR figures" in rendered
     assert all("p99" not in row["ratio"] for row in sizes)
     assert "file rename" not in rendered
     assert result["fleet"][0]["storm_errors"] == 0

@@ -47,8 +47,8 @@ def test_reads_from_several_threads_keep_their_own_transaction(spanner_url: str)
     assert isinstance(registry, SpannerRegistry)
     reader = Reader(lambda: registry.database)
     queries = [
-        TableRead("Replicas", ("ServerName", "Id"), "ReplicasByLease"),
-        TableRead("Tombstones", ("Kind", "Key"), "TombstonesByDeletedAt"),
+        TableRead("Replicas", ("ServerName", "Id"), "ReplicasByShardLease"),
+        TableRead("Tombstones", ("Kind", "Key"), "TombstonesByShardDeletedAt"),
         TableRead("Servers", ("ServerName",)),
     ]
 

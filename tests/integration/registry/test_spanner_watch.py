@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from control_plane.reconcile import Reconciler
 from control_plane.registry import RegistryError, open_registry
 from control_plane.registry.model import RegistryState
-from control_plane.registry.spanner import SpannerRegistry
+from control_plane.registry.spanner import SpannerRegistry, reads, store
 from control_plane.registry.spanner.follow import Follower
 from control_plane.xds.cache import SnapshotCache
 from harness.spanner_emulator import Emulator
@@ -152,3 +154,35 @@ async def test_an_unreachable_spanner_is_retried_with_backoff_from_0_1_to_5_seco
             registry.close()
         emulator.stop()
         os.environ["SPANNER_EMULATOR_HOST"] = env_before
+
+
+def test_a_full_read_comes_in_pages_and_misses_no_row(
+    spanner_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spanner's unary Read returns at most 10 MiB (the client takes 4 MiB): 100,000 replica rows
+    are ~15 MB, so the full read (and the lists) page by primary key. Pages of 2 servers (4
+    servers: the last page is empty) and 3 replicas (11 over 4 servers: the last is short)."""
+    for module in (reads, store):
+        monkeypatch.setattr(module, "SERVER_PAGE", 2)
+        monkeypatch.setattr(module, "REPLICA_PAGE", 3)
+    registry = _spanner(spanner_url)
+    try:
+        for name in ("a", "b", "c", "d"):
+            registry.create_server(name=name, hostnames=[f"{name}.local"], protocol="http")
+        for i in range(11):
+            registry.register_replica(
+                server="abcd"[i % 4], address=f"127.0.0.1:{9000 + i}", region="us-west"
+            )
+        state = registry.read_state()
+        assert [s.name for s in state.servers] == ["a", "b", "c", "d"]
+        assert [s.name for s in registry.list_servers()] == ["a", "b", "c", "d"]
+        listed = registry.list_replicas()
+        assert len(listed) == 11
+        assert sorted(state.replicas, key=lambda r: r.id) == listed
+        assert [r.id for r in registry.list_replicas("b")] == sorted(
+            r.id for r in listed if r.server == "b"
+        )
+        follower = Follower(registry._reader, registry._next_revision)
+        assert follower.full().replicas == state.replicas
+    finally:
+        registry.close()
