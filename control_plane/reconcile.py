@@ -21,6 +21,12 @@ import structlog
 
 from control_plane import metrics
 from control_plane.pipeline import Pipeline, Step
+from control_plane.registry.cleanup import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    CLEANUP_INTERVAL,
+    run_cleanup,
+)
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry, RegistryState
 from control_plane.routing import Problem, RoutingTable
@@ -28,10 +34,6 @@ from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
 
 log = structlog.get_logger("routeplane.reconcile")
-
-BACKOFF_INITIAL = 0.1
-BACKOFF_MAX = 5.0
-CLEANUP_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
@@ -212,25 +214,3 @@ class Reconciler:
                     cause=snapshot.cause,
                 )
         self.health.ready = True
-
-
-async def run_cleanup(
-    registry: Registry,
-    *,
-    clock: Callable[[], float] = time.time,
-    interval: float = CLEANUP_INTERVAL,
-) -> None:
-    """Remove replicas whose lease expired, every ``interval``, until cancelled.
-
-    Every control-plane replica may run this (under ``serve --workers``, the host's watcher);
-    the deletes are idempotent transactions.
-    """
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            removed = await asyncio.to_thread(registry.remove_expired, now=clock())
-        except RegistryError as exc:
-            log.warning("lease_cleanup_failed", error=str(exc))
-            continue
-        if removed:
-            log.info("replicas_expired", replicas=removed)

@@ -32,9 +32,9 @@ from prometheus_client import REGISTRY, generate_latest
 
 from control_plane import logs, metrics
 from control_plane.group.handoff import Publisher, encode
-from control_plane.group.worker import ORPHAN_CHECK_SECONDS, ask_for_parent_death_signal
-from control_plane.reconcile import BACKOFF_INITIAL, BACKOFF_MAX, run_cleanup
+from control_plane.group.orphan import ORPHAN_CHECK_SECONDS, ask_for_parent_death_signal
 from control_plane.registry import open_registry
+from control_plane.registry.cleanup import BACKOFF_INITIAL, BACKOFF_MAX, run_cleanup
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -28,26 +26,14 @@ from control_plane.app import ServeConfig, serve, tune_gc
 from control_plane.group.client import Workers
 from control_plane.group.csds import merged
 from control_plane.group.follow import WatcherFeed
+from control_plane.group.orphan import ORPHAN_CHECK_SECONDS, ask_for_parent_death_signal
 
 log = structlog.get_logger("routeplane.workers")
 
-ORPHAN_CHECK_SECONDS = 1.0  # where the kernel cannot tell a worker its supervisor died
 # An orphaned worker drains like on SIGTERM, but exits this long after it knew, drained or not:
 # its group is gone, and the next supervisor needs the xDS port.
 ORPHAN_EXIT_SECONDS = 0.8
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_SETTINGS_BYTES = 1 << 20
-
-
-def ask_for_parent_death_signal() -> bool:
-    """Have the kernel send SIGUSR1 when the supervisor dies (Linux); whether it will."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 async def _worker(
