@@ -462,11 +462,12 @@ def table(result: dict[str, Any]) -> list[str]:
         "and against 2 in the same run, 100 servers / 1,000 replicas; one change: commit -> the "
         "last stream has written its ACK; CPU: the whole process group's, less its idle rate; "
         f"{'; '.join(fleets)}. The fleet runs on the same cores as the server: its own CPU per "
-        f"change is the last column. 2 workers / 1: {ratios}",
+        "change is the second last column; memory: the group's resident set after the changes. "
+        f"2 workers / 1: {ratios}",
         f"| fleet | workers | streams (per worker) | storm | errors | one change, N = {changes}: "
         f"p50 / {last} ms | "
-        "CPU per stream per push | idle CPU | simulated fleet's CPU per change |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "CPU per stream per push | idle CPU | simulated fleet's CPU per change | group memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fanout"]:
         spread = ", ".join(str(v) for _, v in sorted(row["streams_per_worker"].items()))

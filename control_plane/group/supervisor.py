@@ -1,19 +1,23 @@
-"""``serve --workers N``: the supervisor of N worker processes serving one xDS port.
+"""``serve --workers N``: the supervisor of N worker processes serving one xDS port, and of
+the host's one registry watcher.
 
-Each worker (``group/worker.py``) is a whole control plane (``app.serve``): its own registry
-watch, pipeline and cache, exactly like an HA replica (versions are content hashes, so workers
-agree on them), binding the xDS port with ``SO_REUSEPORT`` so the kernel spreads new connections
-over the workers, and its admin API on a loopback port of its own, never the public one. Its
-identifier is the group's with ``/wN`` appended, so a proxy can tell which worker serves it.
+Each worker (``group/worker.py``) is a whole control plane (``app.serve``): its own pipeline and
+cache, like an HA replica (versions are content hashes, so workers agree on them), fed by the
+registry watcher (``group/watcher.py``: one watch of the registry for the host, handed to every
+worker; restarted by ``WatcherKeeper`` whenever it exits, never stopping the group), binding
+the xDS port with ``SO_REUSEPORT`` so the kernel spreads new connections over the workers, and
+its admin API on a loopback port of its own, never the public one. Its identifier is the
+group's with ``/wN`` appended, so a proxy can tell which worker serves it.
 
 The supervisor (``supervise``, the ``serve`` the user started) checks that the xDS port is free,
-starts the workers (``python -m control_plane.group.worker``, the settings as JSON on stdin so a
-token never shows in ``ps``), serves the public admin address with every worker's view
-aggregated (``group/admin.py``, and the group's CSDS from ``group/csds.py``), and on
-SIGTERM/SIGINT stops them all: SIGTERM to each, SIGKILL to any still running ``grace_seconds`` +
-``STOP_MARGIN`` later. A worker that exits on its own stops the group with exit code 1 (no
-restart: a crash loop stays visible and the process manager that started ``serve`` restarts the
-whole group, with its own backoff).
+starts the watcher and the workers (``python -m control_plane.group.worker``, the settings as
+JSON on stdin so a token never shows in ``ps``), serves the public admin address with every
+worker's view aggregated (``group/admin.py``, and the group's CSDS from ``group/csds.py``, the
+watcher's metrics beside the workers'), and on SIGTERM/SIGINT stops them all: SIGTERM to each
+worker, SIGKILL to any still running ``grace_seconds`` + ``STOP_MARGIN`` later, then the
+watcher. A worker that exits on its own stops the group with exit code 1 (no restart: a crash
+loop stays visible and the process manager that started ``serve`` restarts the whole group,
+with its own backoff).
 
 The wiring of processes only; it imports ``app`` and the rest of ``group/``, nothing of the CLI.
 """
