@@ -26,6 +26,7 @@ Imports the registry's model only.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import struct
@@ -110,6 +111,13 @@ def delta_message(
         was = old.get(name)
         if was is rows or was == rows:
             continue
+        if was is not None and len(was) == len(rows) and all(
+            r.id == o.id for r, o in zip(rows, was, strict=True)
+        ):  # the same replicas (a state or weight moved): compare them in place
+            changed = tuple(r for r, o in zip(rows, was, strict=True) if r is not o and r != o)
+            if changed:
+                replicas[name] = changed
+            continue
         left = {replica.id: replica for replica in was or ()}
         changed = tuple(r for r in rows if left.pop(r.id, None) != r)
         if changed:
@@ -134,26 +142,41 @@ def delta_message(
 
 
 def apply(base: RegistryState, message: Message) -> RegistryState:
-    """``base`` after the delta ``message`` (the state the watcher had when it sent it)."""
-    servers = {server.name: server for server in base.servers}
-    for name in message.gone_servers:
-        servers.pop(name, None)
-    servers.update((server.name, server) for server in message.servers)
+    """``base`` after the delta ``message`` (the state the watcher had when it sent it): what
+    it does not touch is ``base``'s own tuples (a replica change re-sorts no server list)."""
+    servers = base.servers
+    if message.servers or message.gone_servers:
+        by_name = {server.name: server for server in base.servers}
+        for name in message.gone_servers:
+            by_name.pop(name, None)
+        by_name.update((server.name, server) for server in message.servers)
+        servers = tuple(sorted(by_name.values(), key=lambda s: s.name))
     by_server = dict(base.replicas_by_server)
     for name in message.gone_keys:
         by_server.pop(name, None)
     for name in {*message.replicas, *message.gone_replicas}:
-        rows = {replica.id: replica for replica in by_server.get(name, ())}
-        for replica_id in message.gone_replicas.get(name, ()):
-            rows.pop(replica_id, None)
-        rows.update((replica.id, replica) for replica in message.replicas.get(name, ()))
-        by_server[name] = tuple(sorted(rows.values(), key=lambda r: r.id))
+        # Sorted by id: each changed replica goes in its place (a copy, a binary search).
+        rows = list(by_server.get(name, ()))
+        gone = set(message.gone_replicas.get(name, ()))
+        if gone:
+            rows = [replica for replica in rows if replica.id not in gone]
+        for replica in message.replicas.get(name, ()):
+            at = bisect.bisect_left(rows, replica.id, key=_replica_id)
+            if at < len(rows) and rows[at].id == replica.id:
+                rows[at] = replica
+            else:
+                rows.insert(at, replica)
+        by_server[name] = tuple(rows)
     return RegistryState(
-        servers=tuple(sorted(servers.values(), key=lambda s: s.name)),
+        servers=servers,
         replicas_by_server=by_server,
         revision=message.revision,
         committed_at=message.committed_at,
     )
+
+
+def _replica_id(replica: Replica) -> str:
+    return replica.id
 
 
 def state_of(message: Message) -> RegistryState:
