@@ -111,8 +111,10 @@ def delta_message(
         was = old.get(name)
         if was is rows or was == rows:
             continue
-        if was is not None and len(was) == len(rows) and all(
-            r.id == o.id for r, o in zip(rows, was, strict=True)
+        if (
+            was is not None
+            and len(was) == len(rows)
+            and all(r.id == o.id for r, o in zip(rows, was, strict=True))
         ):  # the same replicas (a state or weight moved): compare them in place
             changed = tuple(r for r, o in zip(rows, was, strict=True) if r is not o and r != o)
             if changed:
