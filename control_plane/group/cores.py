@@ -2,12 +2,12 @@
 per core this process may use, a container's CPU limit included, when that is at least
 ``GROUP_FROM_CORES``; else one process).
 
-Measured on a 2-core VM with 10 Envoys on the same cores (``bench/workers_default.py``): a
-group of 2 workers took 2.2x one process's time from commit to the last Envoy, 1.4x its CPU
-per change and 3.4x its memory; with 1,000 simulated streams and nothing else on the host
-(``bench/workers.py``) it was 0.82x at the median, for 1.1x the CPU and 2.4x the memory. Below
-4 cores the default is the one process; a group pays for itself when its workers each have a
-core to spare (README, "The default").
+Measured on a 2-core VM, one worker per core (2) against one: with 10 Envoys on the same cores
+(``bench/workers_default.py``) a group was not reliably faster (0.69-1.08x the commit -> last
+Envoy p50 over three runs), cost 1.2-1.5x the CPU per change and 3.1x the memory; with 1,000
+simulated streams and nothing else on the host (``bench/workers.py``) it was 0.82x at the
+median, for 1.1x the CPU and 2.4x the memory. Below 4 cores the default is the one process;
+a group pays for itself when its workers each have a core to spare (README, "The default").
 """
 
 from __future__ import annotations
