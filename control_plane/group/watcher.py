@@ -81,6 +81,12 @@ class Watcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
+    def close(self) -> None:
+        """Disconnect every follower (they reconnect to the next watcher)."""
+        for writer in list(self._followers):
+            writer.close()
+        self._followers.clear()
+
     def _send(self, frame: bytes) -> None:
         for writer in list(self._followers):
             behind = writer.transport.get_write_buffer_size()
@@ -159,6 +165,7 @@ async def _main(settings: dict[str, object]) -> None:
             for task in running:
                 task.cancel()
         server.close()
+        watcher.close()
     finally:
         await asyncio.to_thread(registry.close)
     log.info("watcher_stopped", pid=os.getpid())
