@@ -99,11 +99,14 @@ def delta_message(
 ) -> Message:
     """What changed from ``previous`` to ``state``, by value (a tuple the watch reused is
     skipped without looking inside it)."""
-    before = {server.name: server for server in previous.servers}
+    before: dict[str, Server] = {}
     servers = []
-    for server in state.servers:
-        if before.pop(server.name, None) != server:
-            servers.append(server)
+    if state.servers is not previous.servers:
+        before = {server.name: server for server in previous.servers}
+        for server in state.servers:
+            old_server = before.pop(server.name, None)
+            if old_server is not server and old_server != server:
+                servers.append(server)
     replicas: dict[str, tuple[Replica, ...]] = {}
     gone_replicas: dict[str, tuple[str, ...]] = {}
     old = previous.replicas_by_server
