@@ -76,6 +76,9 @@ class Plan:
     # serve --workers, 1 against 2 (bench/workers.py): streams, changes, idle registries.
     workers: tuple[int, int, tuple[str, ...]] = (1000, 20, ("sqlite", "spanner"))
     workers_idle_seconds: float = 10.0
+    # --workers default: one worker per core against one, with Envoys on the same cores
+    # (bench/workers_default.py): replicas in the one server, Envoys, changes.
+    workers_default: tuple[int, int, int] = (1000, 10, 20)
     # The autoscaling rule's scale_down_window (bench/autoscale.py), hours.
     autoscale_hours: float = 24.0
     # The load view's idle cost (bench/idle_load.py): servers with autoscaling (0: none), the
@@ -142,6 +145,7 @@ QUICK = Plan(
     idle_seconds=5.0,
     workers=(100, 5, ("sqlite",)),
     workers_idle_seconds=5.0,
+    workers_default=(1000, 4, 5),
     propagation_sizes=(10, 1000),
     propagation_size_tries=5,
     autoscale_hours=1.0,
@@ -175,6 +179,7 @@ SMOKE = Plan(
     keda_tries=2,
     workers=(5, 2, ()),
     workers_idle_seconds=0.5,
+    workers_default=(20, 1, 2),
     propagation_sizes=(10,),
     propagation_size_tries=2,
     autoscale_hours=0.05,
@@ -362,6 +367,14 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         idle_registries=idle,
         workdir=path,
         idle_seconds=plan.workers_idle_seconds,
+    )
+    from bench import workers_default
+
+    path = workdir / "workers-default"
+    path.mkdir()
+    replicas, envoys, changes = plan.workers_default
+    out["workers_default"] = workers_default.run(
+        replicas=replicas, envoys=envoys, changes=changes, workdir=path
     )
     path = workdir / "dataplane"
     path.mkdir()

@@ -71,6 +71,10 @@ def table(result: dict[str, Any]) -> str:
         from bench import workers as workers_bench
 
         lines += workers_bench.table(result["workers"])
+    if "workers_default" in result:
+        from bench import workers_default
+
+        lines += workers_default.table(result["workers_default"])
     lines += _dataplane_table(result["dataplane"])
     return "\n".join(lines) + "\n"
 

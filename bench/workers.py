@@ -10,10 +10,11 @@
   clients and helpers, not a copy), which spends about as much CPU per push as the server. Without
   a C compiler the Python one stands in, and the table says so. Either runs on the same machine
   as the server; its own CPU per change is reported.
-- Idle: with nothing changing and no stream, the group's CPU and the registry's load: every
-  worker polls the registry's revision once per poll interval (reads per second by design:
-  workers / interval; on SQLite with inotify the poll is a safety net every 100 ms), and on
-  the Spanner emulator the emulator's own CPU is measured.
+- Idle: with nothing changing and no stream, the group's CPU and the registry's load: the
+  host's one watch (a lone process's own, or a group's watcher process feeding its workers)
+  polls the registry's revision once per poll interval (reads per second by design: 1 /
+  interval whatever the workers; on SQLite with inotify the poll is a safety net every 100
+  ms), and on the Spanner emulator the emulator's own CPU is measured.
 
 ``python -m bench.workers --streams 1000 --fleet c python --idle sqlite spanner``.
 """
@@ -86,6 +87,7 @@ def fanout_row(
     idle_rate: float,
     fleet_cpu: float,
     changes: int,
+    rss_mb: float,
 ) -> dict[str, Any]:
     return {
         "fleet": fleet,
@@ -100,6 +102,8 @@ def fanout_row(
         # The fleet's own CPU per change: on a machine with as many cores as processes
         # busy, the simulator and the workers each have a core; here they share.
         "fleet_cpu_ms_per_change": round(fleet_cpu / changes * 1000, 1),
+        # The group's resident memory (supervisor, watcher, workers) after the changes.
+        "group_rss_mb": rss_mb,
     }
 
 
@@ -159,6 +163,7 @@ def fanout_c(
                 cpu_total += max(0.0, group_cpu(pids) - cpu_before - idle_rate * window)
             stats = sim.stats()
             fleet_cpu = stats["cpu_s"] - fleet_cpu
+            rss_mb = group_rss_mb(pids)
         return fanout_row(
             fleet="c",
             workers=workers,
@@ -172,10 +177,15 @@ def fanout_c(
             idle_rate=idle_rate,
             fleet_cpu=fleet_cpu,
             changes=changes,
+            rss_mb=rss_mb,
         )
     finally:
         registry.close()
         cp.stop()
+
+
+def group_rss_mb(pids: list[int]) -> float:
+    return round(sum(proc_rss(pid) for pid in pids) / 2**20, 1)
 
 
 async def fanout_python(
@@ -224,6 +234,7 @@ async def fanout_python(
             window = time.perf_counter() - window_started
             cpu_total += max(0.0, group_cpu(pids) - cpu_before - idle_rate * window)
         client_cpu = time.process_time() - client_cpu
+        rss_mb = group_rss_mb(pids)
         return fanout_row(
             fleet="python",
             workers=workers,
@@ -236,6 +247,7 @@ async def fanout_python(
             idle_rate=idle_rate,
             fleet_cpu=client_cpu,
             changes=changes,
+            rss_mb=rss_mb,
         )
     finally:
         stop.set()
@@ -247,7 +259,9 @@ async def fanout_python(
 
 
 def registry_polls(admin: str) -> float:
-    """Every worker's count of its registry watch's looks at the store (/metrics)."""
+    """The host's count of its registry watch's looks at the store (/metrics: a lone
+    process's, or a group's watcher's and its workers', which follow the watcher and never
+    look themselves)."""
     _, text = http_get(f"http://{admin}/metrics")
     return sum(
         float(line.rpartition(" ")[2])
@@ -306,11 +320,11 @@ def idle(*, workers: int, registry_kind: str, seconds: float, workdir: Path) -> 
             "registry": registry_kind,
             "seconds": round(elapsed, 1),
             "group_cpu_percent": round((group_cpu(pids) - cpu) / elapsed * 100, 2),
-            # Counted: the watches' own count of their looks at the store, over the window;
-            # and by design: workers / the watch's poll interval.
+            # Counted: the watch's own count of its looks at the store, over the window; and
+            # by design: one watch per host, 1 / its poll interval, whatever the workers.
             "registry_polls_per_s": round(polls / elapsed, 1),
-            "registry_polls_per_s_computed": round(workers / interval),
-            "group_rss_mb": round(sum(proc_rss(pid) for pid in pids) / 2**20, 1),
+            "registry_polls_per_s_computed": round(1 / interval),
+            "group_rss_mb": group_rss_mb(pids),
         }
         if emulator_pid:
             row["emulator_cpu_percent"] = round(
@@ -414,9 +428,9 @@ def projection(result: dict[str, Any]) -> list[str]:
         f"measured here): one change's push work to {streams:,} streams is {work_ms:.0f} ms of "
         f"CPU ({one['cpu_us_per_stream_per_push']} us per stream, the 1-worker row), split by "
         f"the kernel over the workers' connections: {cells}, plus the part every worker repeats "
-        "(the registry read and pipeline step, under 1 ms at 1,000 replicas in the pipeline "
-        "table). The 1-worker p50 above is below its CPU figure: the server still reads ACKs "
-        "after the last one is written.",
+        "(its copy of the watcher's change and the pipeline step, under 1 ms at 1,000 replicas "
+        "in the pipeline table). The 1-worker p50 above is below its CPU figure: the server "
+        "still reads ACKs after the last one is written.",
     ]
 
 
@@ -448,11 +462,12 @@ def table(result: dict[str, Any]) -> list[str]:
         "and against 2 in the same run, 100 servers / 1,000 replicas; one change: commit -> the "
         "last stream has written its ACK; CPU: the whole process group's, less its idle rate; "
         f"{'; '.join(fleets)}. The fleet runs on the same cores as the server: its own CPU per "
-        f"change is the last column. 2 workers / 1: {ratios}",
+        "change is the second last column; memory: the group's resident set after the changes. "
+        f"2 workers / 1: {ratios}",
         f"| fleet | workers | streams (per worker) | storm | errors | one change, N = {changes}: "
         f"p50 / {last} ms | "
-        "CPU per stream per push | idle CPU | simulated fleet's CPU per change |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "CPU per stream per push | idle CPU | simulated fleet's CPU per change | group memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["fanout"]:
         spread = ", ".join(str(v) for _, v in sorted(row["streams_per_worker"].items()))
@@ -461,20 +476,22 @@ def table(result: dict[str, Any]) -> list[str]:
             f"{row['storm_s']} s | {row['storm_errors']} | "
             f"{row['fanout_ms']['p50']} / {tail(row['fanout_ms'])} | "
             f"{row['cpu_us_per_stream_per_push']} us | {row['idle_cpu_percent']}% | "
-            f"{row['fleet_cpu_ms_per_change']} ms |"
+            f"{row['fleet_cpu_ms_per_change']} ms | {row.get('group_rss_mb', '-')} MB |"
         )
     lines += projection(result)
     if result["idle"]:
         window = result["idle"][0].get("seconds", "-")
         lines += [
             "",
-            "Idle, 1,000 replicas, no stream: every worker watches the registry itself. CPU: "
+            "Idle, 1,000 replicas, no stream: one registry watch per host (with 2 workers, the "
+            "group's watcher process, which hands each change to the workers). CPU: "
             "every thread of the group (and of the emulator's processes) from the scheduler's "
             f"nanosecond account, over a {window} s window (N = 1 window per row); registry "
-            "polls/s: counted, the watches' own count of their looks at the store "
-            "(routeplane_registry_watch_polls_total) over the window, and by design (workers / "
-            "the watch's poll interval at rest: SQLite woken by inotify polls every 100 ms, "
-            "Spanner every 10 ms); memory: the group's resident set",
+            "polls/s: counted, the watch's own count of its looks at the store "
+            "(routeplane_registry_watch_polls_total, every process of the group) over the "
+            "window, and by design (1 / the watch's poll interval at rest, whatever the "
+            "workers: SQLite woken by inotify polls every 100 ms, Spanner every 10 ms); "
+            "memory: the group's resident set",
             "| registry | workers | group CPU | registry polls/s: counted / by design | group "
             "memory | emulator CPU |",
             "| --- | --- | --- | --- | --- | --- |",

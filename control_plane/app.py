@@ -34,7 +34,7 @@ from control_plane.fleet.records import PROBLEM_KIND
 from control_plane.keda.service import MAX_REQUEST_BYTES, KedaScaler, add_to
 from control_plane.load.server import LoadService
 from control_plane.reconcile import Reconciler
-from control_plane.registry import open_registry
+from control_plane.registry import RegistryState, open_registry
 from control_plane.rollout.driver import (
     PROBLEM_KIND as ROLLOUT_PROBLEM,
 )
@@ -274,6 +274,7 @@ async def serve(
     csds_answer: Callable[[XdsServer], csds.Answer] = csds.own,
     notices: bool = True,
     drive_rollouts: bool = True,
+    states: Callable[[], AsyncIterator[RegistryState]] | None = None,
 ) -> None:
     """Validate ``config``, then open everything under one exit stack: whatever fails or is
     refused on the way closes what was already opened. A worker of ``serve --workers``
@@ -289,7 +290,9 @@ async def serve(
         cache = SnapshotCache(
             max_groups=config.max_node_groups, max_groups_per_fleet=config.max_groups_per_fleet
         )
-        reconciler = Reconciler(registry=registry, cache=cache, poll_interval=config.poll_interval)
+        reconciler = Reconciler(
+            registry=registry, cache=cache, poll_interval=config.poll_interval, states=states
+        )
         identifier = config.control_plane_id or f"routeplane/{socket.gethostname()}/{os.getpid()}"
         xds = XdsServer(
             cache=cache,
@@ -414,7 +417,7 @@ async def serve(
         async with asyncio.TaskGroup() as tasks:
             workers = [
                 tasks.create_task(reconciler.run()),
-                tasks.create_task(reconciler.run_cleanup()),
+                *([tasks.create_task(reconciler.run_cleanup())] if states is None else []),
                 tasks.create_task(load.run()),
                 tasks.create_task(fleet.run()),
                 *([tasks.create_task(rollouts.run())] if drive_rollouts else []),

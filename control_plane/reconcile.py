@@ -14,13 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from control_plane import metrics
 from control_plane.pipeline import Pipeline, Step
+from control_plane.registry.cleanup import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    CLEANUP_INTERVAL,
+    run_cleanup,
+)
 from control_plane.registry.errors import RegistryError
 from control_plane.registry.model import Registry, RegistryState
 from control_plane.routing import Problem, RoutingTable
@@ -28,10 +34,6 @@ from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.nodes import NodeGroup
 
 log = structlog.get_logger("routeplane.reconcile")
-
-BACKOFF_INITIAL = 0.1
-BACKOFF_MAX = 5.0
-CLEANUP_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
@@ -65,8 +67,12 @@ class Reconciler:
         poll_interval: float | None = None,
         cleanup_interval: float = CLEANUP_INTERVAL,
         on_pass: Callable[[PassReport], None] | None = None,
+        states: Callable[[], AsyncIterator[RegistryState]] | None = None,
     ) -> None:
+        """``states``: where registry states come from, when not ``registry.watch`` (a worker
+        of ``serve --workers`` follows its host's watcher, ``group/follow.py``)."""
         self.registry = registry
+        self._states = states
         self.cache = cache
         self.clock = clock
         self.poll_interval = poll_interval or registry.default_poll_interval
@@ -98,7 +104,12 @@ class Reconciler:
         backoff = BACKOFF_INITIAL
         while True:
             try:
-                async for state in self.registry.watch(poll_interval=self.poll_interval):
+                source = (
+                    self._states()
+                    if self._states is not None
+                    else self.registry.watch(poll_interval=self.poll_interval)
+                )
+                async for state in source:
                     if self.health.degraded:
                         log.info("registry_recovered")
                     self.health.degraded = False
@@ -140,19 +151,8 @@ class Reconciler:
         metrics.DEGRADED.set(1)
 
     async def run_cleanup(self) -> None:
-        """Remove replicas whose lease expired, every ``cleanup_interval``, until cancelled.
-
-        Every control-plane replica may run this; the deletes are idempotent transactions.
-        """
-        while True:
-            await asyncio.sleep(self.cleanup_interval)
-            try:
-                removed = await asyncio.to_thread(self.registry.remove_expired, now=self.clock())
-            except RegistryError as exc:
-                log.warning("lease_cleanup_failed", error=str(exc))
-                continue
-            if removed:
-                log.info("replicas_expired", replicas=removed)
+        """Remove replicas whose lease expired, every ``cleanup_interval``, until cancelled."""
+        await run_cleanup(self.registry, clock=self.clock, interval=self.cleanup_interval)
 
     def apply(self, state: RegistryState) -> Step | None:
         """One pass over ``state`` for the wanted groups. Never raises: a failed pass keeps

@@ -128,9 +128,10 @@ def check_numbers(values: dict[str, float | int | None]) -> None:
     type=int,
     default=0,
     show_default=True,
-    help="Processes serving the one xDS port (SO_REUSEPORT), each watching the registry, "
-    "under a supervisor that serves the admin address for all; 0: one per core this process "
-    "may use (CPU affinity and a container's CPU limit); 1: one process, no supervisor.",
+    help="Processes serving the one xDS port (SO_REUSEPORT), under a supervisor that serves "
+    "the admin address for all and runs one registry watcher for the host, which hands every "
+    "change to them; 0: one per core this process may use (CPU affinity and a container's CPU "
+    "limit) when that is 4 or more, else 1; 1: one process, no supervisor.",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(

@@ -362,9 +362,10 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             return False, "; ".join(reasons)
         return True, f"ready ({len(self.workers)} workers)"
 
-    async def metrics(self) -> bytes:
+    async def metrics(self, *, more: Sequence[tuple[str, str]] = ()) -> bytes:
         """Every worker's exposition, and ``routeplane_worker_up`` (0: that worker's series
-        are missing from this scrape)."""
+        are missing from this scrape); ``more``: other processes' (label, exposition), e.g.
+        the host's registry watcher's."""
         answers = await asyncio.gather(
             *(self.client.get(address, "/metrics") for address in self.workers),
             return_exceptions=True,
@@ -376,7 +377,7 @@ class AggregateService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             # A worker's load families are its share: the group's come from the sums.
             body = body.split(LOAD_FAMILIES_START, 1)[0]
             texts.append((str(index), (body.decode() if up else "") + UP % int(up)))
-        return merge_metrics(texts) + self._exposition.render()
+        return merge_metrics([*texts, *more]) + self._exposition.render()
 
     # Calls to the workers.
 

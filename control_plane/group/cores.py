@@ -1,7 +1,13 @@
 """Core counting for ``serve --workers``: how many workers a group runs (``--workers 0``: one
-per core this process may use, a container's CPU limit included).
+per core this process may use, a container's CPU limit included, when that is at least
+``GROUP_FROM_CORES``; else one process).
 
-Reads ``/proc`` and the cgroup tree; imports nothing of the product but ``app.ConfigError``.
+Measured on a 2-core VM, one worker per core (2) against one: with 10 Envoys on the same cores
+(``bench/workers_default.py``) a group was not reliably faster (0.69-1.08x the commit -> last
+Envoy p50 over three runs), cost 1.2-1.5x the CPU per change and 3.1x the memory; with 1,000
+simulated streams and nothing else on the host (``bench/workers.py``) it was 0.82x at the
+median, for 1.1x the CPU and 2.4x the memory. Below 4 cores the default is the one process;
+a group pays for itself when its workers each have a core to spare (README, "The default").
 """
 
 from __future__ import annotations
@@ -14,16 +20,22 @@ from pathlib import Path
 from control_plane.app import ConfigError
 
 MAX_WORKERS = 256
+# ``--workers 0`` runs one worker per core from this many cores up, and one process below.
+GROUP_FROM_CORES = 4
 
 
 def worker_count(workers: int, *, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """``--workers`` -> the processes to run (0: one per available core); ConfigError naming
-    the flag and value when out of range."""
+    """``--workers`` -> the processes to run (0: one per available core from
+    ``GROUP_FROM_CORES`` cores up, else 1); ConfigError naming the flag and value when out of
+    range."""
     if not 0 <= workers <= MAX_WORKERS:
-        raise ConfigError(
-            f"invalid --workers {workers!r}: expected 0 (one per core) to {MAX_WORKERS}"
-        )
-    return workers or available_cores(cgroup_root)
+        raise ConfigError(f"invalid --workers {workers!r}: expected 0 (automatic) to {MAX_WORKERS}")
+    return workers or auto_workers(available_cores(cgroup_root))
+
+
+def auto_workers(cores: int) -> int:
+    """What ``--workers 0`` runs on ``cores`` available cores."""
+    return cores if cores >= GROUP_FROM_CORES else 1
 
 
 def available_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:

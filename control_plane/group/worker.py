@@ -1,19 +1,19 @@
 """A worker of ``serve --workers``: ``python -m control_plane.group.worker``, started by the
 supervisor (``group/supervisor.py``) with its settings as JSON on stdin.
 
-It runs ``app.serve`` sharing the xDS port with its siblings (``SO_REUSEPORT``) and hands it the
-group's CSDS answer (``group/csds.py``): a CSDS call on the xDS port reaches one worker, which
-answers for the whole group, asking its siblings on their loopback admin ports. A worker whose
-supervisor disappeared (SIGKILL) stops itself within ``ORPHAN_EXIT_SECONDS``: on Linux the kernel
-tells it at once (``PR_SET_PDEATHSIG``), elsewhere it asks every ``ORPHAN_CHECK_SECONDS``.
+It runs ``app.serve`` sharing the xDS port with its siblings (``SO_REUSEPORT``), following its
+host's registry watcher (``group/watcher.py``, on the Unix socket its settings name) rather
+than the registry itself, and hands it the group's CSDS answer (``group/csds.py``): a CSDS
+call on the xDS port reaches one worker, which answers for the whole group, asking its
+siblings on their loopback admin ports. A worker whose supervisor disappeared (SIGKILL) stops
+itself within ``ORPHAN_EXIT_SECONDS``: on Linux the kernel tells it at once
+(``PR_SET_PDEATHSIG``), elsewhere it asks every ``ORPHAN_CHECK_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -25,29 +25,20 @@ from control_plane import logs
 from control_plane.app import ServeConfig, serve, tune_gc
 from control_plane.group.client import Workers
 from control_plane.group.csds import merged
+from control_plane.group.follow import WatcherFeed
+from control_plane.group.orphan import ORPHAN_CHECK_SECONDS, ask_for_parent_death_signal
 
 log = structlog.get_logger("routeplane.workers")
 
-ORPHAN_CHECK_SECONDS = 1.0  # where the kernel cannot tell a worker its supervisor died
 # An orphaned worker drains like on SIGTERM, but exits this long after it knew, drained or not:
 # its group is gone, and the next supervisor needs the xDS port.
 ORPHAN_EXIT_SECONDS = 0.8
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_SETTINGS_BYTES = 1 << 20
 
 
-def _ask_for_parent_death_signal() -> bool:
-    """Have the kernel send SIGUSR1 when the supervisor dies (Linux); whether it will."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-async def _worker(config: ServeConfig, *, siblings: list[str], parent: int) -> None:
+async def _worker(
+    config: ServeConfig, *, siblings: list[str], parent: int, registry_watcher: str | None
+) -> None:
     loop = asyncio.get_running_loop()
     gone = False
 
@@ -78,6 +69,8 @@ async def _worker(config: ServeConfig, *, siblings: list[str], parent: int) -> N
             csds_answer=lambda xds: merged(xds, others),
             notices=False,
             drive_rollouts=False,  # the supervisor drives them, from the group's load
+            # The host's one registry watch (group/watcher.py), when the group runs one.
+            states=WatcherFeed(registry_watcher).states if registry_watcher else None,
         )
     finally:
         watcher.cancel()
@@ -100,9 +93,17 @@ def main() -> None:
     logs.configure(level=settings["log_level"], json=settings["log_json"])
     config = ServeConfig(**settings["config"])
     tune_gc()
-    _ask_for_parent_death_signal()
+    ask_for_parent_death_signal()
     siblings = [str(address) for address in settings["siblings"]]
-    asyncio.run(_worker(config, siblings=siblings, parent=settings["parent"]))
+    watcher = settings.get("watcher")
+    asyncio.run(
+        _worker(
+            config,
+            siblings=siblings,
+            parent=settings["parent"],
+            registry_watcher=str(watcher) if watcher else None,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def problems(admin: str) -> list[dict[str, Any]]:
 def test_hostile_records_are_ignored_and_reported_and_never_poison_the_sums(
     tmp_path: Path, registry_url: str, started: list[Any]
 ) -> None:
-    a = serve(tmp_path, registry_url)
+    a = serve(tmp_path, registry_url, "--workers", "2")  # each worker counts: see below
     started.append(a)
     a.wait_ready()
     five = LoadTotals(
@@ -243,7 +243,7 @@ def test_hostile_records_are_ignored_and_reported_and_never_poison_the_sums(
         "huge": "totals",
         "no-interval": "interval",
     }
-    # Counted once per record by each worker (``serve`` runs one per core): worker 0's.
+    # Counted once per record by each worker: worker 0's.
     ignored = {
         reason: metric_sum(
             a.admin, "routeplane_fleet_load_records_ignored_total", reason=reason, worker="0"

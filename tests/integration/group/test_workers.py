@@ -268,9 +268,19 @@ def test_the_admin_address_shows_the_whole_group(group: ControlPlane) -> None:
         b.close()
 
 
-def worker_pids(cp: ControlPlane) -> list[int]:
+def children_running(cp: ControlPlane, module: bytes) -> list[int]:
+    """The supervisor's children running ``python -m module``."""
     children = Path(f"/proc/{cp.pid}/task/{cp.pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+    found = []
+    for pid in children:
+        with contextlib.suppress(OSError):
+            if module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                found.append(int(pid))
+    return found
+
+
+def worker_pids(cp: ControlPlane) -> list[int]:
+    return children_running(cp, b"control_plane.group.worker")
 
 
 def alive(pid: int) -> bool:
@@ -285,6 +295,9 @@ def alive(pid: int) -> bool:
 def test_sigterm_to_the_supervisor_stops_every_worker(group: ControlPlane) -> None:
     pids = worker_pids(group)
     assert len(pids) == 2
+    watcher = children_running(group, b"control_plane.group.watcher")
+    assert len(watcher) == 1  # the host's one registry watch
+    pids += watcher
     held = session_on(group.xds, "edge-held")
     assert group.process is not None
     group.process.send_signal(signal.SIGTERM)
@@ -330,7 +343,7 @@ def test_a_taken_xds_port_is_refused_before_any_worker_starts(
 
 
 def test_workers_stop_themselves_when_the_supervisor_is_killed(group: ControlPlane) -> None:
-    pids = worker_pids(group)
+    pids = worker_pids(group) + children_running(group, b"control_plane.group.watcher")
     held = session_on(group.xds, "edge-held")  # a stream that would keep a drain going
     assert group.process is not None
     group.process.kill()  # SIGKILL: no chance to stop anyone

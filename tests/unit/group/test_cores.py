@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from control_plane.group.cores import available_cores, worker_count
+import pytest
+
+from control_plane.group.cores import auto_workers, available_cores, worker_count
 
 
 def limited(root: Path, cores: float) -> Path:
@@ -37,6 +39,15 @@ def test_no_limit_means_every_core_of_the_affinity(tmp_path: Path) -> None:
     assert available_cores(tmp_path / "missing") == len(os.sched_getaffinity(0))
 
 
-def test_workers_0_is_one_per_available_core() -> None:
-    assert worker_count(0) == available_cores()
+def test_workers_0_follows_the_available_cores() -> None:
+    assert worker_count(0) == auto_workers(available_cores())
     assert worker_count(3) == 3
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers"), [(1, 1), (2, 1), (3, 1), (4, 4), (8, 8), (64, 64)], ids=str
+)
+def test_workers_0_runs_one_process_below_4_cores_and_one_per_core_from_4(
+    cores: int, workers: int
+) -> None:
+    assert auto_workers(cores) == workers
