@@ -517,6 +517,7 @@ class LoadService:
             kept = self._totals.get(name)
             if kept is not None and kept.ready_replicas:
                 self._totals[name] = replace(kept, ready_replicas=())
+                changed.add(name)  # a worker's supervisor is sent them
         left = self._scaling_down - self._servers.keys()  # servers gone from the table
         if left:
             down = set(self._scaling_down) if down is None else down

@@ -62,7 +62,8 @@ def test_candidates_wait_for_the_replica_load_they_are_named_from() -> None:
     clock[0] += 0.5
     take()
     [total, *_] = service.tick()
-    assert total.desired_replicas == 1 and total.ready_replicas == 2
+    assert total.desired_replicas == 1
+    assert total.ready_replicas == 2
     assert total.scale_down_candidates == ()  # withheld: "a" would be named, from no load
     assert service.catalog().granular
     assert service.catalog().per_replica == frozenset({"default_echo"})
