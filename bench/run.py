@@ -48,6 +48,18 @@ class Plan:
     load: tuple[int, int, int] = (200, 100, 20)  # proxies, clusters, tries
     # Load reports through a real `serve --workers 1`: proxies, clusters, window (s).
     load_fleet: tuple[int, int, float] = (100, 100, 10.0)
+    # The LRS fleet against the bare grpc.aio LRS floor (bench/lrs_fleet.py): (proxies,
+    # clusters, autoscaling rule) rows, the CPU window (s) and the report interval (s).
+    lrs_fleet: tuple[tuple[int, int, str], ...] = (
+        (100, 10, "up"),
+        (100, 100, "up"),
+        (1000, 10, "up"),
+        (1000, 100, "up"),
+        (1000, 100, "one-down"),
+        (1000, 100, "down"),
+    )
+    lrs_fleet_seconds: float = 5.0
+    lrs_fleet_interval: float = 1.0
     cold_start_tries: int = 20
     # KEDA external-push (bench/keda.py): cold start through Envoy -> StreamIsActive true, as
     # many tries through the KEDA replica's own Envoy and through the other replica's.
@@ -55,8 +67,9 @@ class Plan:
     # One server of N replicas, one replica changed, 1 and 10 node groups.
     one_server: tuple[int, ...] = (10, 100, 1000, 10_000)
     # The same change in a whole `serve` process behind one Envoy (bench/change_cost.py): one
-    # server of each size, each worker count (0: serve's default group), changes a row.
-    change_cost: tuple[tuple[int, ...], tuple[int, ...], int] = ((1000, 10_000), (1, 0), 100)
+    # server of each size, each worker count (2: a group; 0 is the default, one process below
+    # 4 cores), changes a row.
+    change_cost: tuple[tuple[int, ...], tuple[int, ...], int] = ((1000, 10_000), (1, 2), 100)
     # Each registry at 10 replicas (the baseline: idle should not grow with the registry) and
     # at 10,000.
     idle: tuple[tuple[str, int], ...] = (
@@ -140,7 +153,9 @@ QUICK = Plan(
     2,
     pipeline_changes=50,
     load_fleet=(50, 100, 5.0),
-    change_cost=((1000,), (1, 0), 50),
+    change_cost=((1000,), (1, 2), 50),
+    lrs_fleet=((100, 100, "up"), (1000, 100, "up")),
+    lrs_fleet_seconds=3.0,
     idle=(("sqlite", 1000),),
     idle_seconds=5.0,
     workers=(100, 5, ("sqlite",)),
@@ -173,6 +188,10 @@ SMOKE = Plan(
     one_server=(10,),
     change_cost=((20,), (1,), 4),
     load_fleet=(5, 5, 1.0),
+    # One tiny row, reports every 0.2 s, so that the run takes a few seconds.
+    lrs_fleet=((5, 5, "up"),),
+    lrs_fleet_seconds=0.4,
+    lrs_fleet_interval=0.2,
     idle=(("sqlite", 20),),
     idle_seconds=0.5,
     cold_start_tries=2,
@@ -227,6 +246,7 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
         idle_load,
         keda,
         load,
+        lrs_fleet,
         orca,
         pipeline,
         propagation,
@@ -256,6 +276,15 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
     out["load"] = load.run(
         proxies=proxies, clusters=clusters, tries=tries, workdir=path, fleet=plan.load_fleet
     )
+    if plan.lrs_fleet:
+        path = workdir / "lrs-fleet"
+        path.mkdir()
+        out["lrs_fleet"] = lrs_fleet.run(
+            sizes=plan.lrs_fleet,
+            seconds=plan.lrs_fleet_seconds,
+            interval=plan.lrs_fleet_interval,
+            workdir=path,
+        )
     out["propagation"] = []
     for ads in ("delta", "sotw"):
         path = workdir / f"prop-{ads}"

@@ -36,6 +36,10 @@ def table(result: dict[str, Any]) -> str:
         lines += autoscale.table(result["autoscale_windows"])
     if "load" in result:
         lines += _load_tables(result["load"])
+    if result.get("lrs_fleet"):
+        from bench import lrs_fleet
+
+        lines += lrs_fleet.table(result["lrs_fleet"])
     lines += _propagation_table(result["propagation"], result.get("cold_start"))
     if result.get("propagation_by_size"):
         from bench import propagation

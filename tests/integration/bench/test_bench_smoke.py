@@ -71,6 +71,12 @@ def test_every_benchmark_runs_and_renders(tmp_path: Path) -> None:
     assert beats["churn"]["heartbeats_per_s"] > 0
     assert beats["churn"]["extra_states"] == 0  # a heartbeat causes no routing work
     assert "The registry at scale, Spanner EMULATOR figures" in rendered
+    # The LRS fleet (issue 29): both servers heard every stream, routeplane took reports.
+    [lrs] = result["lrs_fleet"]["rows"]
+    assert lrs["routeplane"]["proxy_errors"] == lrs["floor"]["proxy_errors"] == 0
+    assert lrs["routeplane"]["reports_taken"] > 0
+    assert lrs["floor"]["reports_sent"] > 0
+    assert "Load reports from a fleet, end to end" in rendered
     assert all("p99" not in row["ratio"] for row in sizes)
     assert "file rename" not in rendered
     assert result["fleet"][0]["storm_errors"] == 0
