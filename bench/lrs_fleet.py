@@ -428,7 +428,9 @@ def run_routeplane(
     seconds: float,
     autoscaling: str,
     interval: float = INTERVAL,
+    code: Path | None = None,
 ) -> dict[str, Any]:
+    """``code``: another checkout's control plane (``--before``), else this one's."""
     cp = ControlPlane.create(
         workdir,
         extra=[
@@ -440,6 +442,15 @@ def run_routeplane(
             "100000",
         ],
     )
+    if code is not None:
+        cp.argv = [
+            "env",  # execs Python: the process measured is the control plane's own
+            f"PYTHONPATH={code}",
+            sys.executable,
+            "-c",
+            "from control_plane.cli import main; main()",
+            *cp.argv[1:],
+        ]
     load_registry(cp.registry, clusters=clusters, autoscaling=autoscaling)
     cp.start()
     try:
@@ -480,6 +491,7 @@ def run(
     seconds: float = 5.0,
     interval: float = INTERVAL,
     workdir: Path | None = None,
+    before: Path | None = None,
 ) -> dict[str, Any]:
     """Each (proxies, clusters, autoscaling rule) into routeplane, then into the floor, every
     stream reporting each ``interval`` (``serve``'s default: 1 s)."""
@@ -497,6 +509,18 @@ def run(
                 autoscaling=rule,
                 interval=interval,
             )
+            earlier = None
+            if before is not None:
+                (path / "before").mkdir()
+                earlier = run_routeplane(
+                    path / "before",
+                    proxies=proxies,
+                    clusters=clusters,
+                    seconds=seconds,
+                    autoscaling=rule,
+                    interval=interval,
+                    code=before,
+                )
             # The floor is asked for what routeplane asked for: the same bytes to parse.
             granular = mine["granular_streams"] > 0
             floor = run_floor(
@@ -518,10 +542,13 @@ def run(
                     "ratio": round(mine["core_less_idle"] / max(floor["core_less_idle"], 1e-4), 2),
                 }
             )
+            if earlier is not None:
+                rows[-1]["before"] = earlier
     return {
         "interval_s": interval,
         "replicas_per_server": REPLICAS_PER_SERVER,
         "envoy": json.loads(FIXTURE.read_text())["envoy"],
+        "before": str(before) if before is not None else None,
         "rows": rows,
     }
 
@@ -556,15 +583,25 @@ def table(result: dict[str, Any]) -> list[str]:
         "reports sent / taken | routeplane | floor | ratio | fleet generator |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if result.get("before"):
+        lines[2] = lines[2].replace(" | ratio |", " | ratio | before (another checkout) |")
+        lines[3] += " --- |"
     for row in result["rows"]:
         mine, floor = row["routeplane"], row["floor"]
+        earlier = row.get("before")
+        extra = ""
+        if earlier is not None:
+            extra = (
+                f" {earlier['core_less_idle']:.1%}, {earlier['reports_sent']:,} sent / "
+                f"{earlier['reports_taken']:,.0f} taken |"
+            )
         lines.append(
             f"| {row['proxies']:,} x {row['clusters']} | {_RULE_NAMES[row['autoscaling']]} | "
             f"{row['report_bytes']:,} | "
             f"{'yes' if row['endpoint_granularity'] else 'no'} | "
             f"{mine['reports_sent']:,} / {mine['reports_taken']:,.0f} | "
             f"{mine['core_less_idle']:.1%} | {floor['core_less_idle']:.1%} | "
-            f"{row['ratio']}x | {mine['generator_core']:.0%} |"
+            f"{row['ratio']}x |{extra} {mine['generator_core']:.0%} |"
         )
     return lines
 
@@ -581,6 +618,9 @@ def main() -> None:
     parser.add_argument("--floor", metavar="LISTEN", help=argparse.SUPPRESS)
     parser.add_argument("--granular", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, default=INTERVAL)
+    parser.add_argument(
+        "--before", metavar="DIR", help="also run another checkout's control plane (before)"
+    )
     args = parser.parse_args()
     if args.floor:
         floor_main(args.floor, args.granular, args.interval)
@@ -589,7 +629,12 @@ def main() -> None:
     for size in args.sizes:
         proxies, clusters, *rule = size.lower().split("x")
         sizes.append((int(proxies), int(clusters), rule[0] if rule else "up"))
-    result = run(sizes=tuple(sizes), seconds=args.seconds, interval=args.interval)
+    result = run(
+        sizes=tuple(sizes),
+        seconds=args.seconds,
+        interval=args.interval,
+        before=Path(args.before).resolve() if args.before else None,
+    )
     print(json.dumps(result, indent=2))
     print("\n".join(table(result)))
 
