@@ -447,6 +447,7 @@ def run_routeplane(
             "env",  # execs Python: the process measured is the control plane's own
             f"PYTHONPATH={code}",
             sys.executable,
+            "-P",  # not the working directory's checkout first: ``code``'s
             "-c",
             "from control_plane.cli import main; main()",
             *cp.argv[1:],
