@@ -168,9 +168,12 @@ def test_each_replicas_in_flight_requests_and_errors_and_their_sums_by_revision(
         seen: list[dict[str, Any]] = []
 
         def known() -> dict[str, Any] | None:
-            [total] = [
+            totals = [
                 r for r in load_rows(cp.admin) if r["server"] == "echo" and r["region"] == "*"
             ]
+            if not totals:
+                return None  # no report from the Envoy yet
+            [total] = totals
             seen.append(total)
             by_id = {r["replica"]: r for r in total["replicas"]}
             a_row, b_row, c_row = (by_id.get(ids[n]) for n in ("a", "b", "c"))
