@@ -11,14 +11,17 @@ through ``take_remote``: the rows are this process's own totals merged with them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import replace
 
 import grpc
 import structlog
 
 from control_plane import metrics
+from control_plane.load.autoscale import raw_desired
 from control_plane.load.intake import ReportIntake
 from control_plane.load.quiet import ChangeLog
 from control_plane.load.reports import Catalog, Load, LoadBook
@@ -35,7 +38,7 @@ from control_plane.load.totals import (
     millionths,
     recommend,
 )
-from control_plane.registry.spec import view_metric
+from control_plane.registry.spec import Autoscaling, view_metric
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.clusters import cluster_name, cluster_revisions
@@ -52,6 +55,7 @@ MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from p
 # each: a few MB at most).
 MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
+WARM_INTERVALS = 2.5  # report intervals before a server's newly read replica load is in
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
@@ -70,6 +74,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
     endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     idle: set[str] = set()  # no ready replica: a reported drop there is a cold start
     metrics_of: dict[str, str] = {}  # cluster -> the utilization metric its rule names
+    per_replica: set[str] = set()  # clusters whose endpoint entries are read
     for server in table.servers:
         # One cluster per revision of a server with a traffic split (issue 26): each one's
         # reports are the server's. A drop is a cold start only while the server has no ready
@@ -79,6 +84,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
             server.spec.regions
         )
         metric = view_metric(server.spec)  # the rule's, else the balancing's
+        replicas_read = needs_replicas(server)
         for revision in cluster_revisions(server):
             name = cluster_name(server, revision)
             mine = endpoints_of(server, revision)
@@ -87,6 +93,8 @@ def catalog_of(table: RoutingTable) -> Catalog:
             endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in mine}
             if metric:
                 metrics_of[name] = metric
+            if replicas_read:
+                per_replica.add(name)
             if server_idle:
                 idle.add(name)
     return Catalog(
@@ -96,7 +104,39 @@ def catalog_of(table: RoutingTable) -> Catalog:
         idle=frozenset(idle),
         own=frozenset({names.XDS_CLUSTER}),
         metrics=metrics_of,
+        per_replica=frozenset(per_replica),
     )
+
+
+def needs_replicas(server: RoutedServer) -> bool:
+    """Whether the load view always reads ``server``'s load per replica (proxies report it
+    per endpoint only while some server's is read): for a utilization target or a metric in
+    its autoscaling rule, its utilization balancing (the rows' utilization) or its revisions
+    (load by revision, the rollout judge). A concurrency rule reads them only while it is
+    scaling down (``scaling_down``: its candidates are the idlest replicas). Parsing endpoint
+    entries is most of a report's cost at fleet scale (``bench/lrs_fleet.py``)."""
+    spec = server.spec
+    rule = spec.autoscaling
+    return (
+        (rule is not None and (rule.target_utilization > 0 or bool(rule.metric)))
+        or spec.utilization is not None
+        or any(e.revision for e in server.endpoints)
+    )
+
+
+def scaling_down(rows: Iterable[LoadRow], rule: Autoscaling) -> bool:
+    """Whether a server's rows under a concurrency ``rule`` name scale-down candidates, or
+    will once the scale-down window has passed: a recommendation below the ready replicas, or
+    a load that alone asks for fewer (``raw_desired``)."""
+    for row in rows:
+        if row.desired_replicas is None:
+            continue
+        ready = row.ready_replicas
+        if row.desired_replicas < ready:
+            return True
+        if raw_desired(row.in_flight, rule, utilization=row.utilization, ready=ready) < ready:
+            return True
+    return False
 
 
 class LoadService:
@@ -111,15 +151,32 @@ class LoadService:
         clock: Callable[[], float] = time.monotonic,
         admit: Callable[[], bool] = lambda: True,
         xds_nodes: Callable[[], Iterable[tuple[str, str]]] = tuple,
+        warm_intervals: float = WARM_INTERVALS,
     ) -> None:
         self.interval = interval
+        self._warm = warm_intervals * interval
         self.book = LoadBook()
         self._table = table
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
-        self._catalog = Catalog(
-            servers={}, regions={}, endpoints={}, own=frozenset({names.XDS_CLUSTER})
+        self._base_catalog = Catalog(
+            servers={},
+            regions={},
+            endpoints={},
+            own=frozenset({names.XDS_CLUSTER}),
+            per_replica=frozenset(),
         )
+        self._catalog: Catalog | None = self._base_catalog
+        self._clusters_of: dict[str, list[str]] = {}  # server -> its cluster names
+        # Servers under a concurrency rule that are scaling down (``scaling_down``) as of the
+        # last tick: their endpoint entries are read too, for their candidates.
+        self._scaling_down: frozenset[str] = frozenset()
+        # Those of them whose replicas' load was not read before they began to: when they
+        # began. Their candidates are withheld for ``WARM_INTERVALS`` report intervals, until
+        # the proxies' reports carry it (asked again at a stream's next report, sent with its
+        # next one).
+        self._warming: dict[str, float] = {}
+        self._withheld: set[str] = set()  # those whose candidates (and ready ids) are withheld
         self._history = History()
         # The view, per server: its totals and its rows; the table they follow (compared by
         # identity: a new table is a new routing state), its servers by name, their order,
@@ -337,9 +394,23 @@ class LoadService:
                 del self._pending_cold[(prefix, proxy)]
 
     def catalog(self) -> Catalog:
+        """What the routing table serves, as reports name it; endpoint entries are read for
+        the servers that always need them (``needs_replicas``) and those scaling down."""
         table = self._table()
         if table is not None and table is not self._catalog_for:
-            self._catalog, self._catalog_for = catalog_of(table), table
+            self._base_catalog, self._catalog_for = catalog_of(table), table
+            self._clusters_of = {}
+            for cluster, server in self._base_catalog.servers.items():
+                self._clusters_of.setdefault(server, []).append(cluster)
+            self._catalog = None
+        if self._catalog is None:
+            base = self._base_catalog
+            extra = [c for s in self._scaling_down for c in self._clusters_of.get(s, ())]
+            self._catalog = (
+                dataclasses.replace(base, per_replica=base.per_replica | frozenset(extra))
+                if extra and base.per_replica is not None
+                else base
+            )
         return self._catalog
 
     def tick(self) -> list[LoadRow]:
@@ -364,7 +435,13 @@ class LoadService:
         loaded = set(reported)
         # The fleet's totals: only the servers whose remote totals moved (a recommendation
         # still moving stays in ``_active``).
-        touch = self._active | loaded | self._remote_moved
+        # Servers whose wait for their replicas' load is over: their totals name ready ids
+        # again from this tick.
+        ready_now = {n for n, since in self._warming.items() if now - since >= self._warm}
+        for name in ready_now:
+            del self._warming[name]
+            self._withheld.discard(name)
+        touch = self._active | loaded | self._remote_moved | ready_now
         self._remote_moved = set()
         gone: set[str] = set()
         order = self._order
@@ -383,6 +460,8 @@ class LoadService:
             if server is None:
                 continue
             mine = self._server_totals(server, totals, reported.get(name, set()), now)
+            if name in self._withheld and mine.ready_replicas:
+                mine = replace(mine, ready_replicas=())  # as withheld below
             before = self._totals.get(name)
             if mine != before:
                 self._totals[name] = mine
@@ -397,12 +476,58 @@ class LoadService:
             self._history,
             now=now,
         )
+        down: set[str] | None = None
+        withheld: list[str] = []
         for name, answer in recommended.items():
             if answer.moving:
                 active.add(name)
-            if answer.rows != self._by_server.get(name):
-                self._by_server[name] = answer.rows
+            rows = answer.rows
+            rule = self._specs[name].autoscaling if name in self._specs else None
+            now_down = rule is not None and scaling_down(rows, rule)
+            if now_down != (name in self._scaling_down):
+                down = set(self._scaling_down) if down is None else down
+                down ^= {name}
+                self._warming.pop(name, None)
+                self._withheld.discard(name)
+                server = self._servers.get(name)
+                if now_down and server is not None and not needs_replicas(server):
+                    self._warming[name] = now  # its replicas' load is asked for from now
+            since = self._warming.get(name)
+            if since is not None:
+                if now - since < self._warm:
+                    active.add(name)  # looked at again when the wait is over
+                    if name in self._withheld or any(r.scale_down_candidates for r in rows):
+                        # Never named from load not read yet: none until it has come.
+                        withheld.append(name)
+                        rows = tuple(
+                            replace(row, scale_down_candidates=())
+                            if row.scale_down_candidates
+                            else row
+                            for row in rows
+                        )
+                else:
+                    del self._warming[name]
+                    self._withheld.discard(name)
+            if rows != self._by_server.get(name):
+                self._by_server[name] = rows
                 changed.add(name)
+        for name in withheld:
+            # Nor by a supervisor from these totals (it names candidates from ready ids).
+            self._withheld.add(name)
+            kept = self._totals.get(name)
+            if kept is not None and kept.ready_replicas:
+                self._totals[name] = replace(kept, ready_replicas=())
+                changed.add(name)  # a worker's supervisor is sent them
+        left = self._scaling_down - self._servers.keys()  # servers gone from the table
+        if left:
+            down = set(self._scaling_down) if down is None else down
+            down -= left
+            for name in left:
+                self._warming.pop(name, None)
+                self._withheld.discard(name)
+        if down is not None:
+            self._scaling_down = frozenset(down)
+            self._catalog = None  # made again, with these servers' endpoint entries read
         self._active = active
         if changed or order != self._order:
             self._log.add(frozenset(changed))
@@ -623,4 +748,4 @@ def _name(totals: ServerTotals) -> str:
     return totals.server
 
 
-__all__ = ["LoadService", "catalog_of", "spec_of"]
+__all__ = ["LoadService", "catalog_of", "needs_replicas", "scaling_down", "spec_of"]
