@@ -301,6 +301,7 @@ class ReportIntake:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_REPORT_ENTRIES:,} locality and endpoint stats in one report",
             )
+        read_from = self._clock()  # read with the catalog of then
         draft = Draft(self._catalog())
         cost = 0.0
         for begin, end in itertools.pairwise(cuts):
@@ -309,7 +310,7 @@ class ReportIntake:
                 await asyncio.sleep(0)  # let the loop answer between slices
                 started = time.perf_counter()
             draft.add(cluster_stats[begin:end])
-        self._commit(node_id, draft, stream)
+        self._commit(node_id, draft, stream, read_from=read_from)
         cost += time.perf_counter() - started
         self._budget.spend(cost)
         metrics.LOAD_REPORT_SECONDS.observe(cost)
@@ -325,10 +326,17 @@ class ReportIntake:
         self._commit(node_id, draft, stream)
         metrics.LOAD_REPORT_SECONDS.observe(time.perf_counter() - started)
 
-    def _commit(self, node_id: str, draft: Draft, stream: int) -> None:
+    def _commit(
+        self, node_id: str, draft: Draft, stream: int, *, read_from: float | None = None
+    ) -> None:
         events = self.book.cold_start_events
         ignored = self.book.commit(
-            draft, node_id=node_id, stream=stream, now=self._clock(), asked_interval=self.interval
+            draft,
+            node_id=node_id,
+            stream=stream,
+            now=self._clock(),
+            asked_interval=self.interval,
+            read_from=read_from,
         )
         if self.book.cold_start_events != events:
             self._on_cold_start()

@@ -161,6 +161,10 @@ class Draft:
         self.utilization: dict[tuple[str, str], list[float]] = {}
         self.dropped: dict[str, int] = {}  # server -> drops
         self.idle_dropped: dict[str, int] = {}  # the same, for servers with no ready replica
+        # A locality whose endpoint entries are read had load and none: the report was sent
+        # per locality (before its proxy read an ask for endpoint entries), so its replicas'
+        # load is not in it. (Envoy lists every endpoint with load when asked to.)
+        self.coarse = False
 
     def add(self, cluster_stats: Iterable[object]) -> None:
         """Read ``cluster_stats`` (``ClusterStats`` messages). The hot path of load reporting:
@@ -212,7 +216,11 @@ class Draft:
                     counts[2] += errors
                 if not read_points:
                     continue
-                for point in locality.upstream_endpoint_stats:
+                points = locality.upstream_endpoint_stats
+                if not points:
+                    self.coarse = True
+                    continue
+                for point in points:
                     point_in_flight = point.total_requests_in_progress
                     point_issued = point.total_issued_requests
                     point_errors = point.total_error_requests
@@ -430,6 +438,11 @@ class LoadBook:
         self.cold_starts: dict[str, int] = {}
         self.cold_start_events = 0  # moves with every cold start noted
         self.last_cold_start: dict[str, float] = {}
+        # Per stream whose report in force carries the endpoint entries of every locality with
+        # load it read them for (``Draft.coarse``): when its reading began (its catalog was the
+        # one of then). A server whose replicas' load starts to be read waits for every
+        # stream's report read after that (``lagging``).
+        self._granular: dict[int, float] = {}
 
     def record(
         self,
@@ -442,18 +455,32 @@ class LoadBook:
         catalog: Catalog,
     ) -> Ignored:
         """Take one LoadStatsRequest's ``cluster_stats`` from ``stream`` (which said it is
-        ``node_id``); returns what this report had ignored or clipped."""
+        ``node_id``), read with ``catalog`` at ``now``; returns what this report had ignored or
+        clipped."""
         draft = Draft(catalog)
         draft.add(cluster_stats)
         return self.commit(
-            draft, node_id=node_id, stream=stream, now=now, asked_interval=asked_interval
+            draft,
+            node_id=node_id,
+            stream=stream,
+            now=now,
+            asked_interval=asked_interval,
+            read_from=now,
         )
 
     def commit(
-        self, draft: Draft, *, node_id: str, stream: int, now: float, asked_interval: float
+        self,
+        draft: Draft,
+        *,
+        node_id: str,
+        stream: int,
+        now: float,
+        asked_interval: float,
+        read_from: float | None = None,
     ) -> Ignored:
         """Bound ``draft`` and make it ``stream``'s report in force; returns what it had
-        ignored or clipped."""
+        ignored or clipped. ``read_from``: when its reading began (its catalog was the one of
+        then; None: not known)."""
         report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
         for server, count in cold.items():
             # A count made back from a rate (drops / interval * interval) may be a hair under
@@ -463,6 +490,10 @@ class LoadBook:
                 self.note_cold_start(server, now=now, count=whole)
         previous = self._streams.get(stream)
         self._streams[stream] = report
+        if read_from is not None and not draft.coarse:
+            self._granular[stream] = read_from
+        else:
+            self._granular.pop(stream, None)
         if previous is None:
             self._apply(report, sign=1.0)
         else:
@@ -487,8 +518,16 @@ class LoadBook:
         report = self._streams.get(stream)
         return report.at if report is not None else None
 
+    def lagging(self, since: float) -> int:
+        """How many streams' reports in force were read at or before ``since``, or lack
+        endpoint entries (0: every stream's replica load, as the catalog of after ``since``
+        reads it, is in)."""
+        granular = self._granular
+        return sum(1 for stream in self._streams if granular.get(stream, since) <= since)
+
     def forget(self, stream: int) -> None:
         """``stream`` ended: its report stops counting."""
+        self._granular.pop(stream, None)
         report = self._streams.pop(stream, None)
         if report is not None:
             self._apply(report, sign=-1.0)
@@ -503,6 +542,7 @@ class LoadBook:
         nodes = []
         for stream in gone:
             report = self._streams.pop(stream)
+            self._granular.pop(stream, None)
             self._apply(report, sign=-1.0)
             nodes.append(report.node_id)
         return nodes

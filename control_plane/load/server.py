@@ -55,7 +55,10 @@ MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from p
 # each: a few MB at most).
 MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
-WARM_INTERVALS = 2.5  # report intervals before a server's newly read replica load is in
+# Report intervals a server's candidates wait at most for its newly read replica load (it is
+# in once every stream's report read with its endpoint entries has come; a stream whose reports
+# are shed or late is not waited for past this).
+WARM_INTERVALS = 10.0
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
@@ -172,11 +175,11 @@ class LoadService:
         # last tick: their endpoint entries are read too, for their candidates.
         self._scaling_down: frozenset[str] = frozenset()
         # Those of them whose replicas' load was not read before they began to: when they
-        # began. Their candidates are withheld for ``WARM_INTERVALS`` report intervals, until
-        # the proxies' reports carry it (asked again at a stream's next report, sent with its
-        # next one).
+        # began. Their candidates are withheld (``ServerTotals.withheld``: a supervisor's or
+        # another control plane's sum withholds them too) until every stream's report read
+        # with their endpoint entries is in (``LoadBook.lagging``: asked again at a stream's
+        # next report, sent with its next one), or ``WARM_INTERVALS`` have passed.
         self._warming: dict[str, float] = {}
-        self._withheld: set[str] = set()  # those whose candidates (and ready ids) are withheld
         self._history = History()
         # The view, per server: its totals and its rows; the table they follow (compared by
         # identity: a new table is a new routing state), its servers by name, their order,
@@ -435,12 +438,9 @@ class LoadService:
         loaded = set(reported)
         # The fleet's totals: only the servers whose remote totals moved (a recommendation
         # still moving stays in ``_active``).
-        # Servers whose wait for their replicas' load is over: their totals name ready ids
+        # Servers whose wait for their replicas' load is over: their candidates are named
         # again from this tick.
-        ready_now = {n for n, since in self._warming.items() if now - since >= self._warm}
-        for name in ready_now:
-            del self._warming[name]
-            self._withheld.discard(name)
+        ready_now = self._warmed(now)
         touch = self._active | loaded | self._remote_moved | ready_now
         self._remote_moved = set()
         gone: set[str] = set()
@@ -455,13 +455,14 @@ class LoadService:
         active: set[str] = set(loaded)
         changed = gone
         touched = []
+        reading = self.catalog().per_replica  # as of the last tick
         for name in touch:
             server = self._servers.get(name)
             if server is None:
                 continue
             mine = self._server_totals(server, totals, reported.get(name, set()), now)
-            if name in self._withheld and mine.ready_replicas:
-                mine = replace(mine, ready_replicas=())  # as withheld below
+            if self._withholds(name, name in loaded, reading):
+                mine = replace(mine, withheld=True)
             before = self._totals.get(name)
             if mine != before:
                 self._totals[name] = mine
@@ -477,7 +478,6 @@ class LoadService:
             now=now,
         )
         down: set[str] | None = None
-        withheld: list[str] = []
         for name, answer in recommended.items():
             if answer.moving:
                 active.add(name)
@@ -487,44 +487,43 @@ class LoadService:
             if now_down != (name in self._scaling_down):
                 down = set(self._scaling_down) if down is None else down
                 down ^= {name}
-                self._warming.pop(name, None)
-                self._withheld.discard(name)
                 server = self._servers.get(name)
-                if now_down and server is not None and not needs_replicas(server):
+                # Waited for only where some stream reports here (none: no load to come).
+                warm = (
+                    now_down
+                    and self._warm > 0
+                    and self.book.proxies > 0
+                    and server is not None
+                    and not needs_replicas(server)
+                )
+                if warm:
                     self._warming[name] = now  # its replicas' load is asked for from now
-            since = self._warming.get(name)
-            if since is not None:
-                if now - since < self._warm:
-                    active.add(name)  # looked at again when the wait is over
-                    if name in self._withheld or any(r.scale_down_candidates for r in rows):
-                        # Never named from load not read yet: none until it has come.
-                        withheld.append(name)
-                        rows = tuple(
-                            replace(row, scale_down_candidates=())
-                            if row.scale_down_candidates
-                            else row
-                            for row in rows
-                        )
+                    # Never named from load not read yet: none until it has come.
+                    rows = tuple(
+                        replace(row, scale_down_candidates=()) if row.scale_down_candidates else row
+                        for row in rows
+                    )
                 else:
-                    del self._warming[name]
-                    self._withheld.discard(name)
+                    self._warming.pop(name, None)
+                # No longer scaling down: its load here is not read per replica from now.
+                unread = (
+                    not now_down
+                    and self._warm > 0
+                    and name in loaded
+                    and self._base_reads(name) is False
+                )
+                self._withhold(name, warm or unread, changed)
+            if name in self._warming:
+                active.add(name)  # looked at every tick until the wait is over
             if rows != self._by_server.get(name):
                 self._by_server[name] = rows
                 changed.add(name)
-        for name in withheld:
-            # Nor by a supervisor from these totals (it names candidates from ready ids).
-            self._withheld.add(name)
-            kept = self._totals.get(name)
-            if kept is not None and kept.ready_replicas:
-                self._totals[name] = replace(kept, ready_replicas=())
-                changed.add(name)  # a worker's supervisor is sent them
         left = self._scaling_down - self._servers.keys()  # servers gone from the table
         if left:
             down = set(self._scaling_down) if down is None else down
             down -= left
             for name in left:
                 self._warming.pop(name, None)
-                self._withheld.discard(name)
         if down is not None:
             self._scaling_down = frozenset(down)
             self._catalog = None  # made again, with these servers' endpoint entries read
@@ -533,6 +532,63 @@ class LoadService:
             self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return self.rows
+
+    def _warmed(self, now: float) -> set[str]:
+        """The servers whose wait for their replicas' load ends ``now``: every stream's report
+        read with their endpoint entries is in, or ``WARM_INTERVALS`` have passed (logged
+        with the streams still lagging)."""
+        done = set()
+        for name, since in self._warming.items():
+            lagging = self.book.lagging(since)
+            if not lagging:
+                done.add(name)
+                log.info("load_replicas_in", server=name, waited=round(now - since, 3))
+            elif now - since >= self._warm:
+                done.add(name)
+                log.warning(
+                    "load_replicas_late",
+                    server=name,
+                    lagging_streams=lagging,
+                    waited=round(now - since, 3),
+                )
+        for name in done:
+            del self._warming[name]
+        return done
+
+    def _withholds(self, name: str, loaded: bool, reading: frozenset[str] | None) -> bool:
+        """Whether ``name``'s totals withhold its scale-down candidates (``ServerTotals``):
+        while its replicas' load is coming (``_warming``), and while it has load here
+        (``loaded``) that is not read per replica (a concurrency rule not scaling down here;
+        ``reading``: the clusters read per replica). A sum of parts names candidates from
+        every part's ready ids: it must not while one part's share of the load is not per
+        replica (the parts' routing tables differ for a moment, so one may scale down first;
+        a part that has no load lacks nothing)."""
+        if name in self._warming:
+            return True
+        if not loaded or reading is None or self._warm <= 0:  # 0: never withheld (tests)
+            return False
+        spec = self._specs.get(name)
+        if spec is None or spec.autoscaling is None:
+            return False  # no candidates to withhold
+        return not any(c in reading for c in self._clusters_of.get(name, ()))
+
+    def _base_reads(self, name: str) -> bool | None:
+        """Whether ``name``'s replicas' load is always read (``needs_replicas``; None: no
+        rule, nothing to withhold)."""
+        spec = self._specs.get(name)
+        if spec is None or spec.autoscaling is None:
+            return None
+        per_replica = self._base_catalog.per_replica
+        clusters = self._clusters_of.get(name, ())
+        return per_replica is None or any(c in per_replica for c in clusters)
+
+    def _withhold(self, name: str, withheld: bool, changed: set[str]) -> None:
+        """Mark ``name``'s totals as withholding candidates (or no longer), for whoever sums
+        them (a worker's supervisor is sent them)."""
+        kept = self._totals.get(name)
+        if kept is not None and kept.withheld != withheld:
+            self._totals[name] = replace(kept, withheld=withheld)
+            changed.add(name)
 
     def _take_table(self, table: RoutingTable | None) -> tuple[set[str], set[str]]:
         """A new routing table: the servers that are new or differ, to be recomputed, and

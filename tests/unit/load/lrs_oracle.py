@@ -22,7 +22,14 @@ class OldBook(LoadBook):
     """``LoadBook`` whose ``commit`` is the one before issue 29."""
 
     def commit(
-        self, draft: Draft, *, node_id: str, stream: int, now: float, asked_interval: float
+        self,
+        draft: Draft,
+        *,
+        node_id: str,
+        stream: int,
+        now: float,
+        asked_interval: float,
+        read_from: float | None = None,  # when endpoint entries were read (not the oracle's)
     ) -> Ignored:
         report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
         for server, count in cold.items():
