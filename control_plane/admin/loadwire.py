@@ -131,6 +131,8 @@ def totals_message(
         item = message.servers.add(server=server.server, cold_starts=server.cold_starts)
         if server.woken_at != NEVER:
             item.woken_at = server.woken_at
+        if server.withheld:
+            item.candidates_withheld = True
         for region in server.regions:
             item.regions.add(
                 region=region.region,
@@ -254,6 +256,7 @@ def totals_from(message: Any, ready_before: Mapping[str, ServerTotals] | None = 
             cold_starts=item.cold_starts,
             woken_at=woken_at if not math.isnan(woken_at) else NEVER,
             revisions=revision_pairs,
+            withheld=item.candidates_withheld,
         )
         have_server = servers.get(server.server)
         servers[server.server] = server if have_server is None else have_server.merge(server)

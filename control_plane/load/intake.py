@@ -2,13 +2,15 @@
 port: the intake of the load view (``load.server``).
 
 Each proxy opens one stream; routeplane answers its first request by asking for every cluster
-(``send_all_clusters``) at ``--load-report-interval``, per endpoint, and takes each report into
+(``send_all_clusters``) at ``--load-report-interval`` and takes each report into
 the :class:`~control_plane.load.reports.LoadBook`, as that stream's report. A stream is let in
 by the xDS streams' admission, up to ``MAX_LOAD_STREAMS``; under mTLS the same node
 authorization as xDS applies, and a node id this process serves over xDS reports only as that
 node's cluster. A malformed request ends that stream with INVALID_ARGUMENT, a report past a
-bound (the first one too) with RESOURCE_EXHAUSTED. Reports arrive as bytes and are parsed only
-when taken: one at a time, at most one per half interval per stream, within ``LOOP_SHARE`` of
+bound (the first one too) with RESOURCE_EXHAUSTED. Endpoint entries are asked for only while
+some server reads its replicas (``Catalog.granular``; asked again on the stream when that
+changes). Reports arrive as bytes and are parsed only when taken, without the node Envoy
+repeats in each: one at a time, at most one per half interval per stream, within ``LOOP_SHARE`` of
 the event loop, in slices, so a flood of big reports never freezes the loop or xDS pushes.
 """
 
@@ -159,11 +161,8 @@ class ReportIntake:
         stream = next(self._streams)
         self._live.add(stream)  # counted from here: the streams cap has no window to slip by
         try:
-            response = lrs_pb2.LoadStatsResponse(
-                send_all_clusters=True, report_endpoint_granularity=True
-            )
-            response.load_reporting_interval.FromNanoseconds(int(self.interval * 1e9))
-            yield response
+            granular = self._catalog().granular
+            yield self._response(granular=granular)
             log.info("load_reporter_connected", node_id=node_id, interval=self.interval)
             # The first report is taken as every other: every bound applies to it.
             refusal = await self._report(node_id, first, stream)
@@ -174,6 +173,11 @@ class ReportIntake:
                     del message
                     if refusal is not None:
                         break
+                    # A server that reads replicas came or went: asked again, with or
+                    # without endpoint entries (Envoy sends its next report that way).
+                    if self._catalog().granular != granular:
+                        granular = not granular
+                        yield self._response(granular=granular)
             if refusal is not None:
                 self._refuse(context, *refusal)
         finally:
@@ -181,6 +185,15 @@ class ReportIntake:
             self._before.pop(stream, None)
             self.book.forget(stream)
             log.info("load_reporter_disconnected", node_id=node_id)
+
+    def _response(self, *, granular: bool) -> Any:
+        """Every cluster, at the interval; per endpoint only if some server reads replicas
+        (``Catalog.granular``): endpoint entries are most of a report's bytes and parsing."""
+        response = lrs_pb2.LoadStatsResponse(
+            send_all_clusters=True, report_endpoint_granularity=granular
+        )
+        response.load_reporting_interval.FromNanoseconds(int(self.interval * 1e9))
+        return response
 
     def _authorize(self, node: Any, context: grpc.aio.ServicerContext) -> str:
         """Why this node may not report on this stream ("" if it may): under mTLS, the same
@@ -260,7 +273,7 @@ class ReportIntake:
         """Parse (if need be), check and take one report, in slices."""
         started = time.perf_counter()
         if isinstance(message, bytes):
-            parsed = _parse(message)
+            parsed, size = _parse_report(message)
             if parsed is None:
                 return (
                     "malformed",
@@ -268,6 +281,8 @@ class ReportIntake:
                     "a LoadStatsRequest does not parse",
                 )
             message = parsed
+        else:
+            size = message.ByteSize()
         cluster_stats = message.cluster_stats
         if len(cluster_stats) > MAX_CLUSTER_STATS:
             return (
@@ -278,7 +293,7 @@ class ReportIntake:
         if not cluster_stats:
             self._budget.spend(time.perf_counter() - started)
             return None
-        cuts = _slices(cluster_stats)
+        cuts = _slices(cluster_stats, size)
         if cuts is None:
             self._budget.spend(time.perf_counter() - started)
             return (
@@ -286,6 +301,7 @@ class ReportIntake:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_REPORT_ENTRIES:,} locality and endpoint stats in one report",
             )
+        read_from = self._clock()  # read with the catalog of then
         draft = Draft(self._catalog())
         cost = 0.0
         for begin, end in itertools.pairwise(cuts):
@@ -294,7 +310,7 @@ class ReportIntake:
                 await asyncio.sleep(0)  # let the loop answer between slices
                 started = time.perf_counter()
             draft.add(cluster_stats[begin:end])
-        self._commit(node_id, draft, stream)
+        self._commit(node_id, draft, stream, read_from=read_from)
         cost += time.perf_counter() - started
         self._budget.spend(cost)
         metrics.LOAD_REPORT_SECONDS.observe(cost)
@@ -310,10 +326,17 @@ class ReportIntake:
         self._commit(node_id, draft, stream)
         metrics.LOAD_REPORT_SECONDS.observe(time.perf_counter() - started)
 
-    def _commit(self, node_id: str, draft: Draft, stream: int) -> None:
+    def _commit(
+        self, node_id: str, draft: Draft, stream: int, *, read_from: float | None = None
+    ) -> None:
         events = self.book.cold_start_events
         ignored = self.book.commit(
-            draft, node_id=node_id, stream=stream, now=self._clock(), asked_interval=self.interval
+            draft,
+            node_id=node_id,
+            stream=stream,
+            now=self._clock(),
+            asked_interval=self.interval,
+            read_from=read_from,
         )
         if self.book.cold_start_events != events:
             self._on_cold_start()
@@ -325,11 +348,16 @@ class ReportIntake:
             )
 
 
-def _slices(cluster_stats: Any) -> list[int] | None:
-    """Where to cut ``cluster_stats`` so that each slice holds at most ``REPORT_SLICE``
-    clusters and about ``SLICE_ENTRIES`` localities and endpoints (a cluster is never cut);
-    None past ``MAX_REPORT_ENTRIES`` in all. Counting stops at the bound, so a report of
-    millions of empty entries costs the bound, not its size."""
+def _slices(cluster_stats: Any, size: int) -> list[int] | None:
+    """Where to cut ``cluster_stats`` (parsed from ``size`` bytes) so that each slice holds at
+    most ``REPORT_SLICE`` clusters and about ``SLICE_ENTRIES`` localities and endpoints (a
+    cluster is never cut); None past ``MAX_REPORT_ENTRIES`` in all. Counting stops at the
+    bound, so a report of millions of empty entries costs the bound, not its size. An entry
+    takes at least 2 bytes (its tag and length), so a report of at most ``REPORT_SLICE``
+    clusters in under ``2 * SLICE_ENTRIES`` bytes is one slice, within every bound, uncounted
+    (an honest proxy's usual report)."""
+    if len(cluster_stats) <= REPORT_SLICE and size < 2 * SLICE_ENTRIES:
+        return [0, len(cluster_stats)]
     cuts = [0]
     total = in_slice = 0
     for index, stats in enumerate(cluster_stats):
@@ -356,6 +384,44 @@ def _parse(raw: bytes) -> Any:
         return lrs_pb2.LoadStatsRequest.FromString(raw)
     except DecodeError:
         return None
+
+
+def _parse_report(raw: bytes) -> tuple[Any, int]:
+    """A report after the first, its node left unparsed (None if it does not parse), and the
+    bytes parsed. Envoy sends its whole node (~61 KB with every extension listed) in every
+    LoadStatsRequest, first, and only a first request's is read: the leading node fields are
+    skipped by their length prefix, and what follows is parsed as the same message."""
+    start = _after_node(raw)
+    try:
+        body = memoryview(raw)[start:] if start else raw
+        return lrs_pb2.LoadStatsRequest.FromString(body), len(raw) - start
+    except DecodeError:
+        return None, 0
+
+
+NODE_TAG = 0x0A  # field 1 (node), length-delimited
+
+
+def _after_node(raw: bytes) -> int:
+    """Where ``raw`` goes on after its leading node fields (0: none, or a length prefix that
+    does not hold, and the whole message is parsed, and refused, as it is)."""
+    at, size = 0, len(raw)
+    while at < size and raw[at] == NODE_TAG:
+        length = shift = 0
+        index = at + 1
+        while True:
+            if index >= size or shift > 63:
+                return 0
+            byte = raw[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if index + length > size:
+            return 0
+        at = index + length
+    return at
 
 
 class NodeFleets:

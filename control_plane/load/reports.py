@@ -89,6 +89,15 @@ class Catalog:
     # Cluster name -> the ORCA metric read as its replicas' utilization ("" or absent: Envoy's
     # order, ``DEFAULT_METRICS``).
     metrics: Mapping[str, str] = field(default_factory=dict)
+    # The clusters whose endpoint entries are read (per replica load and utilization: those
+    # of servers with an autoscaling rule, utilization balancing or revisions); None: every
+    # cluster's. Another cluster's endpoint entries are skipped unread.
+    per_replica: frozenset[str] | None = None
+
+    @property
+    def granular(self) -> bool:
+        """Whether any cluster's endpoint entries are read (proxies are asked for them)."""
+        return self.per_replica is None or bool(self.per_replica)
 
 
 @dataclass(slots=True)
@@ -152,6 +161,10 @@ class Draft:
         self.utilization: dict[tuple[str, str], list[float]] = {}
         self.dropped: dict[str, int] = {}  # server -> drops
         self.idle_dropped: dict[str, int] = {}  # the same, for servers with no ready replica
+        # A locality whose endpoint entries are read had load and none: the report was sent
+        # per locality (before its proxy read an ask for endpoint entries), so its replicas'
+        # load is not in it. (Envoy lists every endpoint with load when asked to.)
+        self.coarse = False
 
     def add(self, cluster_stats: Iterable[object]) -> None:
         """Read ``cluster_stats`` (``ClusterStats`` messages). The hot path of load reporting:
@@ -161,6 +174,7 @@ class Draft:
         catalog = self.catalog
         servers, all_regions, all_endpoints = catalog.servers, catalog.regions, catalog.endpoints
         localities, replicas = self.localities, self.replicas
+        per_replica = catalog.per_replica
         for stats in cluster_stats:
             name = stats.cluster_service_name or stats.cluster_name  # type: ignore[attr-defined]
             server = servers.get(name)
@@ -168,7 +182,8 @@ class Draft:
                 if name not in catalog.own:
                     ignored.clusters += 1
                 continue
-            interval = _seconds(stats.load_report_interval)  # type: ignore[attr-defined]
+            duration = stats.load_report_interval  # type: ignore[attr-defined]
+            interval = duration.seconds + duration.nanos / 1e9
             if 0 < interval <= MAX_INTERVAL:
                 self.interval = interval
             dropped = stats.total_dropped_requests  # type: ignore[attr-defined]
@@ -177,8 +192,11 @@ class Draft:
                 if name in catalog.idle:
                     self.idle_dropped[server] = self.idle_dropped.get(server, 0) + dropped
             regions = all_regions.get(name, _NO_REGIONS)
-            endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
-            metric = catalog.metrics.get(name, "")
+            # Endpoint entries are read only for a server whose replicas are (its endpoints
+            # and metric looked up once it has one).
+            read_points = per_replica is None or name in per_replica
+            endpoints: Mapping[tuple[str, int], tuple[str, str]] | None = None
+            metric = ""
             for locality in stats.upstream_locality_stats:  # type: ignore[attr-defined]
                 in_flight = locality.total_requests_in_progress
                 issued = locality.total_issued_requests
@@ -196,13 +214,22 @@ class Draft:
                     counts[0] += in_flight
                     counts[1] += issued
                     counts[2] += errors
-                for point in locality.upstream_endpoint_stats:
+                if not read_points:
+                    continue
+                points = locality.upstream_endpoint_stats
+                if not points:
+                    self.coarse = True
+                    continue
+                for point in points:
                     point_in_flight = point.total_requests_in_progress
                     point_issued = point.total_issued_requests
                     point_errors = point.total_error_requests
                     metric_stats = point.load_metric_stats
                     if not (point_in_flight or point_issued or point_errors or metric_stats):
                         continue
+                    if endpoints is None:
+                        endpoints = all_endpoints.get(name, _NO_ENDPOINTS)
+                        metric = catalog.metrics.get(name, "")
                     socket = point.address.socket_address
                     replica = endpoints.get((socket.address, socket.port_value))
                     if replica is None:
@@ -277,40 +304,59 @@ def _bounded(
     interval = min(max(draft.interval or asked_interval, asked_interval / 4), 4 * asked_interval)
     interval = max(interval, 1e-3)
     report = _ProxyReport(node_id=node_id, at=now, interval=interval)
-    clipped = False
     per_second = 1.0 / interval
-    # Rates per server, each within PER_SERVER (scaled: the regions keep their proportions).
-    by_server: dict[str, list[list[float]]] = {}
-    for (server, region), counts in draft.localities.items():
+    # Rates per server, each within PER_SERVER (scaled: the regions keep their proportions),
+    # then all of them within PER_PROXY. Each bound's sums are kept in one pass, in the order
+    # ``_scale`` would add them, and a group is scaled only when they pass it (an honest
+    # report never does): the per-report cost is one pass over its entries.
+    localities = report.localities
+    server_sums: dict[str, list[float]] = {}
+    proxy_sums = [0.0, 0.0, 0.0]
+    for key, counts in draft.localities.items():
         rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second]
-        report.localities[(server, region)] = rates
-        by_server.setdefault(server, []).append(rates)
-    replicas_by_server: dict[str, list[list[float]]] = {}
-    for (server, replica), counts in draft.replicas.items():
+        localities[key] = rates
+        _add_to(server_sums, key[0], rates)
+        proxy_sums[0] += rates[0]
+        proxy_sums[1] += rates[1]
+        proxy_sums[2] += rates[2]
+    replicas = report.replicas
+    replica_sums: dict[str, list[float]] = {}
+    replica_proxy = [0.0, 0.0, 0.0]
+    utilization = draft.utilization
+    for key, counts in draft.replicas.items():
         rates = [float(counts[0]), counts[1] * per_second, counts[2] * per_second, 0.0, 0.0]
-        used = draft.utilization.get((server, replica))
-        if used is not None:
-            rates[3], rates[4] = used[0] * per_second, used[1] * per_second
-        report.replicas[(server, replica)] = rates
-        replicas_by_server.setdefault(server, []).append(rates)
+        if utilization:
+            used = utilization.get(key)
+            if used is not None:
+                rates[3], rates[4] = used[0] * per_second, used[1] * per_second
+        replicas[key] = rates
+        _add_to(replica_sums, key[0], rates)
+        replica_proxy[0] += rates[0]
+        replica_proxy[1] += rates[1]
+        replica_proxy[2] += rates[2]
+    clipped = False
     limits = (PER_SERVER.in_flight, PER_SERVER.requests_per_second, PER_SERVER.errors_per_second)
-    for groups in (by_server, replicas_by_server):
-        for rows in groups.values():
-            clipped |= _scale(rows, limits)
+    scaled = False
+    for sums, entries in ((server_sums, localities), (replica_sums, replicas)):
+        for server, total in sums.items():
+            if _past(total, limits):
+                group = [rates for key, rates in entries.items() if key[0] == server]
+                clipped |= _scale(group, limits)
+                scaled = True
     # Utilization: the requests that carried it within the bound of requests per second,
     # value and weight scaled together (the mean stays).
-    if draft.utilization:
-        for rows in replicas_by_server.values():
+    if utilization:
+        by_server: dict[str, list[list[float]]] = {}
+        for (server, _), rates in replicas.items():
+            by_server.setdefault(server, []).append(rates)
+        for rows in by_server.values():
             clipped |= _scale_pairs(rows, PER_SERVER.requests_per_second)
-        clipped |= _scale_pairs(list(report.replicas.values()), PER_PROXY.requests_per_second)
-    clipped |= _scale(
-        list(report.localities.values()),
-        (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
-    )
-    clipped |= _scale(
-        list(report.replicas.values()),
-        (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second),
-    )
+        clipped |= _scale_pairs(list(replicas.values()), PER_PROXY.requests_per_second)
+    proxy_limits = (PER_PROXY.in_flight, PER_PROXY.requests_per_second, PER_PROXY.errors_per_second)
+    if scaled or _past(proxy_sums, proxy_limits):
+        clipped |= _scale(list(localities.values()), proxy_limits)
+    if scaled or _past(replica_proxy, proxy_limits):
+        clipped |= _scale(list(replicas.values()), proxy_limits)
     total_dropped = 0.0
     for server, count in draft.dropped.items():
         rate = count * per_second
@@ -331,6 +377,20 @@ def _bounded(
     if clipped:
         draft.ignored.clipped += 1
     return report, cold
+
+
+def _add_to(sums: dict[str, list[float]], server: str, rates: list[float]) -> None:
+    have = sums.get(server)
+    if have is None:
+        sums[server] = [rates[0], rates[1], rates[2]]
+    else:
+        have[0] += rates[0]
+        have[1] += rates[1]
+        have[2] += rates[2]
+
+
+def _past(sums: list[float], limits: tuple[float, ...]) -> bool:
+    return sums[0] > limits[0] or sums[1] > limits[1] or sums[2] > limits[2]
 
 
 def _scale(rows: list[list[float]], limits: tuple[float, ...]) -> bool:
@@ -378,6 +438,11 @@ class LoadBook:
         self.cold_starts: dict[str, int] = {}
         self.cold_start_events = 0  # moves with every cold start noted
         self.last_cold_start: dict[str, float] = {}
+        # Per stream whose report in force carries the endpoint entries of every locality with
+        # load it read them for (``Draft.coarse``): when its reading began (its catalog was the
+        # one of then). A server whose replicas' load starts to be read waits for every
+        # stream's report read after that (``lagging``).
+        self._granular: dict[int, float] = {}
 
     def record(
         self,
@@ -390,18 +455,32 @@ class LoadBook:
         catalog: Catalog,
     ) -> Ignored:
         """Take one LoadStatsRequest's ``cluster_stats`` from ``stream`` (which said it is
-        ``node_id``); returns what this report had ignored or clipped."""
+        ``node_id``), read with ``catalog`` at ``now``; returns what this report had ignored or
+        clipped."""
         draft = Draft(catalog)
         draft.add(cluster_stats)
         return self.commit(
-            draft, node_id=node_id, stream=stream, now=now, asked_interval=asked_interval
+            draft,
+            node_id=node_id,
+            stream=stream,
+            now=now,
+            asked_interval=asked_interval,
+            read_from=now,
         )
 
     def commit(
-        self, draft: Draft, *, node_id: str, stream: int, now: float, asked_interval: float
+        self,
+        draft: Draft,
+        *,
+        node_id: str,
+        stream: int,
+        now: float,
+        asked_interval: float,
+        read_from: float | None = None,
     ) -> Ignored:
         """Bound ``draft`` and make it ``stream``'s report in force; returns what it had
-        ignored or clipped."""
+        ignored or clipped. ``read_from``: when its reading began (its catalog was the one of
+        then; None: not known)."""
         report, cold = _bounded(draft, node_id=node_id, now=now, asked_interval=asked_interval)
         for server, count in cold.items():
             # A count made back from a rate (drops / interval * interval) may be a hair under
@@ -410,10 +489,15 @@ class LoadBook:
             if whole >= 1:
                 self.note_cold_start(server, now=now, count=whole)
         previous = self._streams.get(stream)
-        if previous is not None:
-            self._apply(previous, sign=-1.0)
         self._streams[stream] = report
-        self._apply(report, sign=1.0)
+        if read_from is not None and not draft.coarse:
+            self._granular[stream] = read_from
+        else:
+            self._granular.pop(stream, None)
+        if previous is None:
+            self._apply(report, sign=1.0)
+        else:
+            self._replace(previous, report)
         self.ignored.add(draft.ignored)
         return draft.ignored
 
@@ -434,8 +518,16 @@ class LoadBook:
         report = self._streams.get(stream)
         return report.at if report is not None else None
 
+    def lagging(self, since: float) -> int:
+        """How many streams' reports in force were read at or before ``since``, or lack
+        endpoint entries (0: every stream's replica load, as the catalog of after ``since``
+        reads it, is in)."""
+        granular = self._granular
+        return sum(1 for stream in self._streams if granular.get(stream, since) <= since)
+
     def forget(self, stream: int) -> None:
         """``stream`` ended: its report stops counting."""
+        self._granular.pop(stream, None)
         report = self._streams.pop(stream, None)
         if report is not None:
             self._apply(report, sign=-1.0)
@@ -450,6 +542,7 @@ class LoadBook:
         nodes = []
         for stream in gone:
             report = self._streams.pop(stream)
+            self._granular.pop(stream, None)
             self._apply(report, sign=-1.0)
             nodes.append(report.node_id)
         return nodes
@@ -504,6 +597,96 @@ class LoadBook:
                 )
         found.sort()
         return found
+
+    def _replace(self, old: _ProxyReport, new: _ProxyReport) -> None:
+        """A stream's report in force goes from ``old`` to ``new``: the running totals move
+        by the difference, in one pass over each report (a stream's reports mostly name the
+        same keys: each is touched once, not taken away and added again). Totals that only
+        ``old`` fed are dropped once back at zero, as ``_apply`` does."""
+        totals = self._totals
+        emptied: list[tuple[str, str]] = []
+        was = old.localities
+        for key, values in new.localities.items():
+            before = was.get(key)
+            if before is None:
+                d0, d1, d2 = values[0], values[1], values[2]
+            else:
+                d0, d1, d2 = values[0] - before[0], values[1] - before[1], values[2] - before[2]
+            for at in (key, (key[0], "*")):
+                rates = totals.get(at)
+                if rates is None:
+                    rates = totals[at] = [0.0, 0.0, 0.0, 0.0]
+                rates[0] += d0
+                rates[1] += d1
+                rates[2] += d2
+        now = new.localities
+        for key, before in was.items():
+            if key in now:
+                continue
+            for at in (key, (key[0], "*")):
+                rates = totals.get(at)
+                if rates is not None:
+                    rates[0] -= before[0]
+                    rates[1] -= before[1]
+                    rates[2] -= before[2]
+                    emptied.append(at)
+        dropped = old.dropped
+        for server, rate in new.dropped.items():
+            at = (server, "*")
+            rates = totals.get(at)
+            if rates is None:
+                rates = totals[at] = [0.0, 0.0, 0.0, 0.0]
+            rates[3] += rate - dropped.get(server, 0.0)
+        for server, rate in dropped.items():
+            if server not in new.dropped:
+                rates = totals.get((server, "*"))
+                if rates is not None:
+                    rates[3] -= rate
+                    emptied.append((server, "*"))
+        for at in emptied:
+            rates = totals.get(at)
+            if rates is not None and not _some(rates):
+                del totals[at]
+        replicas = self._replicas
+        was = old.replicas
+        for key, values in new.replicas.items():
+            before = was.get(key)
+            mine = replicas.get(key[0])
+            if mine is None:
+                mine = replicas[key[0]] = {}
+            rates = mine.get(key[1])
+            if rates is None:
+                rates = mine[key[1]] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            if before is None:
+                rates[0] += values[0]
+                rates[1] += values[1]
+                rates[2] += values[2]
+                rates[3] += values[3]
+                rates[4] += values[4]
+            else:
+                rates[0] += values[0] - before[0]
+                rates[1] += values[1] - before[1]
+                rates[2] += values[2] - before[2]
+                rates[3] += values[3] - before[3]
+                rates[4] += values[4] - before[4]
+        now = new.replicas
+        for key, before in was.items():
+            if key in now:
+                continue
+            server, replica = key
+            mine = replicas.get(server)
+            rates = mine.get(replica) if mine is not None else None
+            if rates is None:
+                continue
+            rates[0] -= before[0]
+            rates[1] -= before[1]
+            rates[2] -= before[2]
+            rates[3] -= before[3]
+            rates[4] -= before[4]
+            if not _some(rates):
+                del mine[replica]  # type: ignore[union-attr]
+                if not mine:
+                    del replicas[server]
 
     def _apply(self, report: _ProxyReport, *, sign: float) -> None:
         """Add (``sign`` 1) or take away (-1) one report's rates from the running totals."""
@@ -568,9 +751,3 @@ def _load(in_flight: float, issued: float, errors: float, dropped: float) -> Loa
         errors_per_second=max(0.0, round(errors, 6)),
         dropped_per_second=max(0.0, round(dropped, 6)),
     )
-
-
-def _seconds(duration: object) -> float:
-    seconds: int = duration.seconds  # type: ignore[attr-defined]
-    nanos: int = duration.nanos  # type: ignore[attr-defined]
-    return float(seconds) + nanos / 1e9

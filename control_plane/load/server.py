@@ -11,14 +11,17 @@ through ``take_remote``: the rows are this process's own totals merged with them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import replace
 
 import grpc
 import structlog
 
 from control_plane import metrics
+from control_plane.load.autoscale import raw_desired
 from control_plane.load.intake import ReportIntake
 from control_plane.load.quiet import ChangeLog
 from control_plane.load.reports import Catalog, Load, LoadBook
@@ -35,7 +38,7 @@ from control_plane.load.totals import (
     millionths,
     recommend,
 )
-from control_plane.registry.spec import view_metric
+from control_plane.registry.spec import Autoscaling, view_metric
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
 from control_plane.translate.clusters import cluster_name, cluster_revisions
@@ -52,6 +55,10 @@ MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from p
 # each: a few MB at most).
 MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
+# Report intervals a server's candidates wait at most for its newly read replica load (it is
+# in once every stream's report read with its endpoint entries has come; a stream whose reports
+# are shed or late is not waited for past this).
+WARM_INTERVALS = 10.0
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
@@ -70,6 +77,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
     endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
     idle: set[str] = set()  # no ready replica: a reported drop there is a cold start
     metrics_of: dict[str, str] = {}  # cluster -> the utilization metric its rule names
+    per_replica: set[str] = set()  # clusters whose endpoint entries are read
     for server in table.servers:
         # One cluster per revision of a server with a traffic split (issue 26): each one's
         # reports are the server's. A drop is a cold start only while the server has no ready
@@ -79,6 +87,7 @@ def catalog_of(table: RoutingTable) -> Catalog:
             server.spec.regions
         )
         metric = view_metric(server.spec)  # the rule's, else the balancing's
+        replicas_read = needs_replicas(server)
         for revision in cluster_revisions(server):
             name = cluster_name(server, revision)
             mine = endpoints_of(server, revision)
@@ -87,6 +96,8 @@ def catalog_of(table: RoutingTable) -> Catalog:
             endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in mine}
             if metric:
                 metrics_of[name] = metric
+            if replicas_read:
+                per_replica.add(name)
             if server_idle:
                 idle.add(name)
     return Catalog(
@@ -96,7 +107,39 @@ def catalog_of(table: RoutingTable) -> Catalog:
         idle=frozenset(idle),
         own=frozenset({names.XDS_CLUSTER}),
         metrics=metrics_of,
+        per_replica=frozenset(per_replica),
     )
+
+
+def needs_replicas(server: RoutedServer) -> bool:
+    """Whether the load view always reads ``server``'s load per replica (proxies report it
+    per endpoint only while some server's is read): for a utilization target or a metric in
+    its autoscaling rule, its utilization balancing (the rows' utilization) or its revisions
+    (load by revision, the rollout judge). A concurrency rule reads them only while it is
+    scaling down (``scaling_down``: its candidates are the idlest replicas). Parsing endpoint
+    entries is most of a report's cost at fleet scale (``bench/lrs_fleet.py``)."""
+    spec = server.spec
+    rule = spec.autoscaling
+    return (
+        (rule is not None and (rule.target_utilization > 0 or bool(rule.metric)))
+        or spec.utilization is not None
+        or any(e.revision for e in server.endpoints)
+    )
+
+
+def scaling_down(rows: Iterable[LoadRow], rule: Autoscaling) -> bool:
+    """Whether a server's rows under a concurrency ``rule`` name scale-down candidates, or
+    will once the scale-down window has passed: a recommendation below the ready replicas, or
+    a load that alone asks for fewer (``raw_desired``)."""
+    for row in rows:
+        if row.desired_replicas is None:
+            continue
+        ready = row.ready_replicas
+        if row.desired_replicas < ready:
+            return True
+        if raw_desired(row.in_flight, rule, utilization=row.utilization, ready=ready) < ready:
+            return True
+    return False
 
 
 class LoadService:
@@ -111,15 +154,32 @@ class LoadService:
         clock: Callable[[], float] = time.monotonic,
         admit: Callable[[], bool] = lambda: True,
         xds_nodes: Callable[[], Iterable[tuple[str, str]]] = tuple,
+        warm_intervals: float = WARM_INTERVALS,
     ) -> None:
         self.interval = interval
+        self._warm = warm_intervals * interval
         self.book = LoadBook()
         self._table = table
         self._clock = clock
         self._catalog_for: RoutingTable | None = None
-        self._catalog = Catalog(
-            servers={}, regions={}, endpoints={}, own=frozenset({names.XDS_CLUSTER})
+        self._base_catalog = Catalog(
+            servers={},
+            regions={},
+            endpoints={},
+            own=frozenset({names.XDS_CLUSTER}),
+            per_replica=frozenset(),
         )
+        self._catalog: Catalog | None = self._base_catalog
+        self._clusters_of: dict[str, list[str]] = {}  # server -> its cluster names
+        # Servers under a concurrency rule that are scaling down (``scaling_down``) as of the
+        # last tick: their endpoint entries are read too, for their candidates.
+        self._scaling_down: frozenset[str] = frozenset()
+        # Those of them whose replicas' load was not read before they began to: when they
+        # began. Their candidates are withheld (``ServerTotals.withheld``: a supervisor's or
+        # another control plane's sum withholds them too) until every stream's report read
+        # with their endpoint entries is in (``LoadBook.lagging``: asked again at a stream's
+        # next report, sent with its next one), or ``WARM_INTERVALS`` have passed.
+        self._warming: dict[str, float] = {}
         self._history = History()
         # The view, per server: its totals and its rows; the table they follow (compared by
         # identity: a new table is a new routing state), its servers by name, their order,
@@ -337,9 +397,23 @@ class LoadService:
                 del self._pending_cold[(prefix, proxy)]
 
     def catalog(self) -> Catalog:
+        """What the routing table serves, as reports name it; endpoint entries are read for
+        the servers that always need them (``needs_replicas``) and those scaling down."""
         table = self._table()
         if table is not None and table is not self._catalog_for:
-            self._catalog, self._catalog_for = catalog_of(table), table
+            self._base_catalog, self._catalog_for = catalog_of(table), table
+            self._clusters_of = {}
+            for cluster, server in self._base_catalog.servers.items():
+                self._clusters_of.setdefault(server, []).append(cluster)
+            self._catalog = None
+        if self._catalog is None:
+            base = self._base_catalog
+            extra = [c for s in self._scaling_down for c in self._clusters_of.get(s, ())]
+            self._catalog = (
+                dataclasses.replace(base, per_replica=base.per_replica | frozenset(extra))
+                if extra and base.per_replica is not None
+                else base
+            )
         return self._catalog
 
     def tick(self) -> list[LoadRow]:
@@ -364,7 +438,10 @@ class LoadService:
         loaded = set(reported)
         # The fleet's totals: only the servers whose remote totals moved (a recommendation
         # still moving stays in ``_active``).
-        touch = self._active | loaded | self._remote_moved
+        # Servers whose wait for their replicas' load is over: their candidates are named
+        # again from this tick.
+        ready_now = self._warmed(now)
+        touch = self._active | loaded | self._remote_moved | ready_now
         self._remote_moved = set()
         gone: set[str] = set()
         order = self._order
@@ -378,11 +455,14 @@ class LoadService:
         active: set[str] = set(loaded)
         changed = gone
         touched = []
+        reading = self.catalog().per_replica  # as of the last tick
         for name in touch:
             server = self._servers.get(name)
             if server is None:
                 continue
             mine = self._server_totals(server, totals, reported.get(name, set()), now)
+            if self._withholds(name, name in loaded, reading):
+                mine = replace(mine, withheld=True)
             before = self._totals.get(name)
             if mine != before:
                 self._totals[name] = mine
@@ -397,17 +477,118 @@ class LoadService:
             self._history,
             now=now,
         )
+        down: set[str] | None = None
         for name, answer in recommended.items():
             if answer.moving:
                 active.add(name)
-            if answer.rows != self._by_server.get(name):
-                self._by_server[name] = answer.rows
+            rows = answer.rows
+            rule = self._specs[name].autoscaling if name in self._specs else None
+            now_down = rule is not None and scaling_down(rows, rule)
+            if now_down != (name in self._scaling_down):
+                down = set(self._scaling_down) if down is None else down
+                down ^= {name}
+                server = self._servers.get(name)
+                # Waited for only where some stream reports here (none: no load to come).
+                warm = (
+                    now_down
+                    and self._warm > 0
+                    and self.book.proxies > 0
+                    and server is not None
+                    and not needs_replicas(server)
+                )
+                if warm:
+                    self._warming[name] = now  # its replicas' load is asked for from now
+                    # Never named from load not read yet: none until it has come.
+                    rows = tuple(
+                        replace(row, scale_down_candidates=()) if row.scale_down_candidates else row
+                        for row in rows
+                    )
+                else:
+                    self._warming.pop(name, None)
+                # No longer scaling down: its load here is not read per replica from now.
+                unread = (
+                    not now_down
+                    and self._warm > 0
+                    and name in loaded
+                    and self._base_reads(name) is False
+                )
+                self._withhold(name, warm or unread, changed)
+            if name in self._warming:
+                active.add(name)  # looked at every tick until the wait is over
+            if rows != self._by_server.get(name):
+                self._by_server[name] = rows
                 changed.add(name)
+        left = self._scaling_down - self._servers.keys()  # servers gone from the table
+        if left:
+            down = set(self._scaling_down) if down is None else down
+            down -= left
+            for name in left:
+                self._warming.pop(name, None)
+        if down is not None:
+            self._scaling_down = frozenset(down)
+            self._catalog = None  # made again, with these servers' endpoint entries read
         self._active = active
         if changed or order != self._order:
             self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return self.rows
+
+    def _warmed(self, now: float) -> set[str]:
+        """The servers whose wait for their replicas' load ends ``now``: every stream's report
+        read with their endpoint entries is in, or ``WARM_INTERVALS`` have passed (logged
+        with the streams still lagging)."""
+        done = set()
+        for name, since in self._warming.items():
+            lagging = self.book.lagging(since)
+            if not lagging:
+                done.add(name)
+                log.info("load_replicas_in", server=name, waited=round(now - since, 3))
+            elif now - since >= self._warm:
+                done.add(name)
+                log.warning(
+                    "load_replicas_late",
+                    server=name,
+                    lagging_streams=lagging,
+                    waited=round(now - since, 3),
+                )
+        for name in done:
+            del self._warming[name]
+        return done
+
+    def _withholds(self, name: str, loaded: bool, reading: frozenset[str] | None) -> bool:
+        """Whether ``name``'s totals withhold its scale-down candidates (``ServerTotals``):
+        while its replicas' load is coming (``_warming``), and while it has load here
+        (``loaded``) that is not read per replica (a concurrency rule not scaling down here;
+        ``reading``: the clusters read per replica). A sum of parts names candidates from
+        every part's ready ids: it must not while one part's share of the load is not per
+        replica (the parts' routing tables differ for a moment, so one may scale down first;
+        a part that has no load lacks nothing)."""
+        if name in self._warming:
+            return True
+        if not loaded or reading is None or self._warm <= 0:  # 0: never withheld (tests)
+            return False
+        spec = self._specs.get(name)
+        if spec is None or spec.autoscaling is None:
+            return False  # no candidates to withhold
+        return not any(c in reading for c in self._clusters_of.get(name, ()))
+
+    def _base_reads(self, name: str) -> bool | None:
+        """Whether ``name``'s replicas' load is always read (``needs_replicas``; None: no
+        rule, nothing to withhold)."""
+        spec = self._specs.get(name)
+        if spec is None or spec.autoscaling is None:
+            return None
+        per_replica = self._base_catalog.per_replica
+        clusters = self._clusters_of.get(name, ())
+        return per_replica is None or any(c in per_replica for c in clusters)
+
+    def _withhold(self, name: str, withheld: bool, changed: set[str]) -> None:
+        """Mark ``name``'s totals as withholding candidates (or no longer), for whoever sums
+        them (a worker's supervisor is sent them)."""
+        kept = self._totals.get(name)
+        if kept is not None and kept.withheld != withheld:
+            self._totals[name] = replace(kept, withheld=withheld)
+            changed.add(name)
 
     def _take_table(self, table: RoutingTable | None) -> tuple[set[str], set[str]]:
         """A new routing table: the servers that are new or differ, to be recomputed, and
@@ -623,4 +804,4 @@ def _name(totals: ServerTotals) -> str:
     return totals.server
 
 
-__all__ = ["LoadService", "catalog_of", "spec_of"]
+__all__ = ["LoadService", "catalog_of", "needs_replicas", "scaling_down", "spec_of"]

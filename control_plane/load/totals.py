@@ -167,6 +167,9 @@ class ServerTotals:
     # revision), "" included, sorted; then ``ready_replicas`` lists them all too. Empty for a
     # server whose ready replicas carry none.
     revisions: tuple[tuple[str, str], ...] = ()
+    # Its scale-down candidates are not named from these: the load of its replicas is still
+    # coming to some part (``LoadService``: one that began reading it per replica only lately).
+    withheld: bool = False
 
     def merge(self, other: ServerTotals) -> ServerTotals:
         mine = {r.region: r for r in self.regions}
@@ -181,6 +184,7 @@ class ServerTotals:
             cold_starts=self.cold_starts + other.cold_starts,
             woken_at=max(self.woken_at, other.woken_at),
             revisions=_union(self.revisions, other.revisions),
+            withheld=self.withheld or other.withheld,
         )
 
     def region(self, name: str) -> RegionTotals | None:
@@ -519,7 +523,7 @@ def recommend(
                     ready=counts.ready,
                 )
             candidates: tuple[str, ...] = ()
-            if desired is not None and desired < counts.ready:
+            if desired is not None and desired < counts.ready and not server.withheld:
                 candidates = history._candidates_of(server, counts.ready - desired, region, kept)
             mean = used / reporting if reporting else None
             rows.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -52,7 +53,7 @@ def rejected(reason: str) -> float:
     return value or 0.0
 
 
-async def test_the_first_answer_asks_for_every_cluster_per_endpoint_at_the_interval(
+async def test_the_first_answer_asks_for_every_cluster_at_the_interval(
     lrs: tuple[LoadService, Any],
 ) -> None:
     service, stub = lrs
@@ -60,7 +61,9 @@ async def test_the_first_answer_asks_for_every_cluster_per_endpoint_at_the_inter
     await call.write(report("edge-1", in_flight=3))
     answer = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
     assert answer.send_all_clusters
-    assert answer.report_endpoint_granularity
+    # Nothing reads echo's replicas (no autoscaling, utilization balancing or revisions):
+    # no endpoint entries asked for.
+    assert not answer.report_endpoint_granularity
     assert answer.load_reporting_interval.ToNanoseconds() == 1_000_000_000
     await async_wait_until(lambda: service.book.proxies == 1)
     service.tick()
@@ -176,3 +179,37 @@ async def test_streams_past_the_cap_are_refused_and_an_ended_one_frees_its_place
     assert (await asyncio.wait_for(again.read(), timeout=TIMEOUT)).send_all_clusters
     again.cancel()
     calls[1].cancel()
+
+
+async def test_a_stream_is_asked_again_for_endpoint_entries_when_a_server_reads_replicas() -> None:
+    # Issue 29: endpoint entries are asked for only while some server's replicas are read;
+    # when that changes, each stream is asked again after its next report.
+    plain = table(server("echo", endpoint("r1", 8081)))
+    revised = table(server("echo", replace(endpoint("r1", 8081), revision="v1")), revision=2)
+    current = [plain]
+    clock = [1000.0]
+    service = LoadService(table=lambda: current[0], interval=1.0, clock=lambda: clock[0])
+    grpc_server = grpc.aio.server()
+    grpc_server.add_generic_rpc_handlers([service.generic_handler()])
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    await grpc_server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = lrs_pb2_grpc.LoadReportingServiceStub(channel).StreamLoadStats()
+            await call.write(report("edge-1", in_flight=1))
+            first = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+            assert not first.report_endpoint_granularity
+            current[0] = revised  # echo's replicas now carry revisions: read per replica
+            clock[0] += 1.0
+            await call.write(report("edge-1", in_flight=2))
+            again = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+            assert again.report_endpoint_granularity
+            assert again.send_all_clusters
+            current[0] = plain
+            clock[0] += 1.0
+            await call.write(report("edge-1", in_flight=2))
+            back = await asyncio.wait_for(call.read(), timeout=TIMEOUT)
+            assert not back.report_endpoint_granularity
+            call.cancel()
+    finally:
+        await grpc_server.stop(0)

@@ -90,7 +90,14 @@ def test_reported_utilization_shows_per_replica_and_server_and_drives_the_desire
         for name in ("kv-a", "kv-b")
     }
     for name in ("hot", "plain"):
-        registry.put_server(name=name, hostnames=[f"{name}.local"], protocol="http")
+        # Utilization balancing and no autoscaling block: their replicas' load is read (issue
+        # 29: only where something reads it), and no recommendation.
+        registry.put_server(
+            name=name,
+            hostnames=[f"{name}.local"],
+            protocol="http",
+            spec={"load_balancing": {"utilization": {}}},
+        )
         registry.register_replica(server=name, address=replicas[name].address, region="us-west")
     registry.close()
     envoy = Envoy.create(tmp_path, node_id="edge-util", region="us-west", xds=[cp.xds])
