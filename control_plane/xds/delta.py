@@ -418,6 +418,13 @@ class DeltaStream(BaseStream[DeltaState]):
         ):
             # The common push: this stream ACKed everything of the parent snapshot, as the
             # rest of the fleet did; the first such stream computes it, the others reuse it.
+            if not snapshot.changed.get(type_url):
+                # Nothing of this type changed since the parent: nothing to send, and the
+                # state moves on to the snapshot (what ``_compute`` does then, in three
+                # assignments: most pushes change one type of four).
+                state.synced = snapshot.version
+                state.base, state.base_version = snapshot.of_type(type_url), snapshot.version
+                return None
             return self._shared_push(type_url, state, snapshot)
         return self._compute(type_url, state, snapshot)
 

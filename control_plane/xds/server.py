@@ -272,7 +272,7 @@ class XdsServer:
         )
         bound = log.bind(node_id=proxy.node_id, group=group.key, stream_id=proxy.stream_id)
         self.proxies[proxy.stream_id] = proxy
-        wake = asyncio.Event()
+        wake = Wake(self._pushes)
         cancel_watch = self.cache.watch(group, wake.set)
         bound.info(
             "proxy_connected",
@@ -292,20 +292,20 @@ class XdsServer:
             reader = asyncio.create_task(self._read(proxy, requests, wake, bound))
             finished = False
             while not finished:
-                if not proxy.refusal:
-                    await wake.wait()
-                wake.clear()
                 if proxy.refusal:
                     self._refuse(
                         context, "limits", grpc.StatusCode.RESOURCE_EXHAUSTED, proxy.refusal
                     )
                     return
-                # A client that half-closed still gets what its requests asked for.
-                finished = reader.done()
-                if finished and (reader.cancelled() or reader.exception() is not None):
-                    break
-                await self._pushes.acquire()
+                # One wait for both: something to push (a snapshot, a request) and a push slot.
+                await wake.wait()
                 try:
+                    if proxy.refusal:
+                        continue  # refused at the top of the loop, the slot given back
+                    # A client that half-closed still gets what its requests asked for.
+                    finished = reader.done()
+                    if finished and (reader.cancelled() or reader.exception() is not None):
+                        break
                     await self._push(
                         context, protocol.responses(self.cache.get(group)), bound, task
                     )
@@ -384,7 +384,7 @@ class XdsServer:
         self,
         proxy: Proxy,
         requests: AsyncIterator[Any],
-        wake: asyncio.Event,
+        wake: Wake,
         bound: Any,
     ) -> None:
         try:
@@ -395,7 +395,7 @@ class XdsServer:
         finally:
             wake.set()
 
-    def _handle(self, proxy: Proxy, request: Any, wake: asyncio.Event, bound: Any) -> None:
+    def _handle(self, proxy: Proxy, request: Any, wake: Wake, bound: Any) -> None:
         outcome: RequestOutcome = proxy.protocol.on_request(request)
         # Metric labels and log fields take only the types we serve: a client's type_url is
         # not allowed to grow the metric's cardinality.
@@ -475,18 +475,37 @@ class PushSlots:
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
+    def take(self) -> bool:
+        """Take a free slot at once if there is one (and nobody queued before)."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+            return True
+        return False
+
+    def enqueue(self, waiter: asyncio.Future[None]) -> None:
+        """Hand ``waiter`` a slot now if one is free, else when its turn comes; its owner
+        releases the slot (or, cancelled after the handing, gives it back: :meth:`wait_for`)."""
+        if self.take():
+            waiter.set_result(None)
+        else:
+            self._waiters.append(waiter)
+
+    async def wait_for(self, waiter: asyncio.Future[None]) -> None:
+        """Await ``waiter`` (queued by :meth:`enqueue`, now or later); a cancellation after it
+        was handed its slot gives the slot back."""
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot, then cancelled before it could use it
             raise
+
+    async def acquire(self) -> None:
+        if self.take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await self.wait_for(waiter)
 
     def release(self) -> None:
         waiters = self._waiters
@@ -496,6 +515,46 @@ class PushSlots:
                 waiter.set_result(None)
                 return
         self._free += 1
+
+
+class Wake:
+    """A stream's wake-up and its push slot in one wait: :meth:`set` (the cache's notify, the
+    stream's reader) makes the stream due; :meth:`wait` returns once it is due *and* holds one
+    of ``slots``, no longer due, and the caller releases the slot. A due stream queues for a
+    slot at once, from ``set``, so a wave of pushes costs each stream one future and one
+    resumption; an ``asyncio.Event`` then ``PushSlots.acquire`` cost two for every stream
+    queued behind the slots (most of a wave to a thousand streams). A ``set`` while the stream
+    is already due (queued, or handed its slot and not yet running) adds nothing: what it
+    pushes is read after ``wait`` returns, so it sees the newest state, as with an Event."""
+
+    __slots__ = ("_due", "_slots", "_waiter")
+
+    def __init__(self, slots: PushSlots) -> None:
+        self._slots = slots
+        self._due = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if self._due:
+            return
+        self._due = True
+        if self._waiter is not None:
+            self._slots.enqueue(self._waiter)
+
+    async def wait(self) -> None:
+        slots = self._slots
+        if self._due and slots.take():
+            self._due = False
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        if self._due:
+            slots.enqueue(waiter)
+        try:
+            await slots.wait_for(waiter)
+        finally:
+            self._waiter = None
+        self._due = False
 
 
 class _Counts:
