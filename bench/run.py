@@ -415,11 +415,14 @@ def run_plan(plan: Plan, workdir: Path) -> dict[str, Any]:
 
 
 def write_benchmarks_md(result: dict[str, Any], rendered: str) -> None:
+    """The full run's tables between the two markers; what is around them (runs of one bench
+    made by hand, with their commands) stays."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else ""
-    marker = "<!-- results -->"
+    marker, end = "<!-- results -->", "<!-- end of results -->"
     head = text.split(marker)[0] if marker in text else "# Benchmarks\n\n"
-    path.write_text(f"{head}{marker}\n\n{rendered}")
+    tail = text.split(end, 1)[1] if end in text else ""
+    path.write_text(f"{head}{marker}\n\n{rendered.rstrip()}\n\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
