@@ -111,6 +111,7 @@ def publishable(totals: LoadTotals) -> LoadTotals:
                     replicas=server.replicas,
                     cold_starts=server.cold_starts,
                     woken_at=server.woken_at,
+                    withheld=server.withheld,
                 )
             )
     return LoadTotals(
@@ -129,6 +130,7 @@ def encode(totals: LoadTotals, *, wall_offset: float) -> bytes:
                 replicas=s.replicas,
                 cold_starts=s.cold_starts,
                 woken_at=s.woken_at + wall_offset if s.woken_at != NEVER else NEVER,
+                withheld=s.withheld,
             )
             for s in totals.servers
         ),
@@ -294,6 +296,7 @@ def _decode(record: LoadRecord, *, wall_offset: float, now: float) -> Decoded:
                 replicas=_bounded_replicas(replicas, PER_SERVER),
                 cold_starts=min(server.cold_starts, MAX_COLD_STARTS),
                 woken_at=woken - wall_offset if woken != NEVER else NEVER,
+                withheld=server.withheld,
             )
         )
     bounded = LoadTotals(
@@ -412,6 +415,7 @@ def _bounded_all(servers: list[ServerTotals]) -> tuple[ServerTotals, ...]:
             replicas=_bounded_replicas(s.replicas, PER_SERVER, scale),
             cold_starts=s.cold_starts,
             woken_at=s.woken_at,
+            withheld=s.withheld,
         )
         for s in servers
     )

@@ -21,6 +21,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import grpc
@@ -185,6 +186,11 @@ class ReportIntake:
             self._before.pop(stream, None)
             self.book.forget(stream)
             log.info("load_reporter_disconnected", node_id=node_id)
+
+    @property
+    def live(self) -> AbstractSet[int]:
+        """The streams let in and not ended (a view: not to be changed)."""
+        return self._live
 
     def _response(self, *, granular: bool) -> Any:
         """Every cluster, at the interval; per endpoint only if some server reads replicas

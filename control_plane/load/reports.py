@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -518,12 +519,22 @@ class LoadBook:
         report = self._streams.get(stream)
         return report.at if report is not None else None
 
-    def lagging(self, since: float) -> int:
-        """How many streams' reports in force were read at or before ``since``, or lack
-        endpoint entries (0: every stream's replica load, as the catalog of after ``since``
-        reads it, is in)."""
-        granular = self._granular
-        return sum(1 for stream in self._streams if granular.get(stream, since) <= since)
+    def oldest_read(self, live: AbstractSet[int] = frozenset()) -> float:
+        """When the reading of the oldest report in force began, counting a report that lacks
+        endpoint entries (``Draft.coarse``), and a ``live`` stream with none in force yet, as
+        read never (-inf): every stream's replica load, as the catalog of after that time
+        reads it, is in. One pass over the streams, whatever the servers waiting on it."""
+        granular, streams = self._granular, self._streams
+        if any(stream not in streams for stream in live):
+            return -math.inf
+        return min((granular.get(stream, -math.inf) for stream in streams), default=math.inf)
+
+    def lagging(self, since: float, live: AbstractSet[int] = frozenset()) -> int:
+        """How many streams' reports in force (or ``live`` streams with none) were not read
+        after ``since`` with their endpoint entries (for a log line)."""
+        granular, streams = self._granular, self._streams
+        missing = sum(1 for stream in live if stream not in streams)
+        return missing + sum(1 for stream in streams if granular.get(stream, since) <= since)
 
     def forget(self, stream: int) -> None:
         """``stream`` ended: its report stops counting."""

@@ -488,11 +488,12 @@ class LoadService:
                 down = set(self._scaling_down) if down is None else down
                 down ^= {name}
                 server = self._servers.get(name)
-                # Waited for only where some stream reports here (none: no load to come).
+                # Waited for only where some stream reports here, or is connected and has not
+                # yet (none: no load to come).
                 warm = (
                     now_down
                     and self._warm > 0
-                    and self.book.proxies > 0
+                    and bool(self.book.proxies or self.intake.live)
                     and server is not None
                     and not needs_replicas(server)
                 )
@@ -537,20 +538,27 @@ class LoadService:
         """The servers whose wait for their replicas' load ends ``now``: every stream's report
         read with their endpoint entries is in, or ``WARM_INTERVALS`` have passed (logged
         with the streams still lagging)."""
-        done = set()
-        for name, since in self._warming.items():
-            lagging = self.book.lagging(since)
-            if not lagging:
-                done.add(name)
-                log.info("load_replicas_in", server=name, waited=round(now - since, 3))
-            elif now - since >= self._warm:
-                done.add(name)
-                log.warning(
-                    "load_replicas_late",
-                    server=name,
-                    lagging_streams=lagging,
-                    waited=round(now - since, 3),
-                )
+        if not self._warming:
+            return set()
+        live = self.intake.live
+        oldest = self.book.oldest_read(live)
+        done = {name for name, since in self._warming.items() if oldest > since}
+        late = {
+            name
+            for name, since in self._warming.items()
+            if name not in done and now - since >= self._warm
+        }
+        if late:
+            # One line for all of them (a fleet's servers may begin to scale down together).
+            since = min(self._warming[name] for name in late)
+            log.warning(
+                "load_replicas_late",
+                servers=len(late),
+                first=sorted(late)[:5],
+                lagging_streams=self.book.lagging(since, live),
+                waited=round(now - since, 3),
+            )
+        done |= late
         for name in done:
             del self._warming[name]
         return done
@@ -567,16 +575,20 @@ class LoadService:
             return True
         if not loaded or reading is None or self._warm <= 0:  # 0: never withheld (tests)
             return False
-        spec = self._specs.get(name)
-        if spec is None or spec.autoscaling is None:
+        if not self._ruled(name):
             return False  # no candidates to withhold
         return not any(c in reading for c in self._clusters_of.get(name, ()))
+
+    def _ruled(self, name: str) -> bool:
+        """Whether ``name``'s rule recommends (names candidates): a target to scale to."""
+        spec = self._specs.get(name)
+        rule = spec.autoscaling if spec is not None else None
+        return rule is not None and (rule.target_concurrency > 0 or rule.target_utilization > 0)
 
     def _base_reads(self, name: str) -> bool | None:
         """Whether ``name``'s replicas' load is always read (``needs_replicas``; None: no
         rule, nothing to withhold)."""
-        spec = self._specs.get(name)
-        if spec is None or spec.autoscaling is None:
+        if not self._ruled(name):
             return None
         per_replica = self._base_catalog.per_replica
         clusters = self._clusters_of.get(name, ())

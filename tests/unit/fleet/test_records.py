@@ -242,3 +242,21 @@ def test_a_record_rewritten_yet_always_stale_is_a_clock_behind_and_is_reported()
     assert read(NOW - 9.5, NOW + 0.5) == ["behind"]  # it moved: written 10 s behind
     assert read(NOW - 9.5, NOW + 1.0) == ["behind"]  # still within 3 intervals of the move
     assert read(NOW - 9.5, NOW + 4.0) == []  # stopped moving: a stopped publisher
+
+
+def test_withheld_candidates_cross_the_records_and_the_sum_withholds() -> None:
+    """A control plane still waiting for its replicas' load of a server (issue 29) publishes
+    that; the others' sum withholds the server's candidates too, whichever record says so, and
+    through the clipping of a hostile record's claims."""
+    published = publishable(totals(server("a", 3, ready=2, withheld=True), server("b", 1)))
+    assert [s.withheld for s in published.servers] == [True, False]
+    value, problems = summed(
+        record("b", totals(server("a", 3, withheld=True))),
+        record("c", totals(server("a", 1), server("b", 1))),
+    )
+    assert {s.server: s.withheld for s in value.servers} == {"a": True, "b": False}
+    assert problems == []
+    many = [server(f"s{i:03}", PER_SERVER.in_flight, withheld=i == 7) for i in range(100)]
+    value, problems = summed(record("evil", totals(*many)))
+    assert [s.server for s in value.servers if s.withheld] == ["s007"]
+    assert [p.reason for p in problems] == ["clipped"]

@@ -243,3 +243,30 @@ def test_a_group_names_no_candidate_while_one_worker_lags_in_its_routing_table()
     assert step() == ()  # now reading per replica: reports sent before the ask lack it
     assert step() == ()
     assert step(granular=True) == ("b",)
+
+
+def test_a_stream_connected_before_the_ask_that_has_not_reported_yet_is_waited_for() -> None:
+    """The server starts to scale down before any report (startup): a stream already connected
+    was asked for no endpoint entries, so its first report is per locality only; the busy
+    replica is not named from it."""
+    both = table(ruled(server("echo", endpoint("a", 8081), endpoint("b", 8082))))
+    clock = [1000.0]
+    service = LoadService(table=lambda: both, interval=1.0, clock=lambda: clock[0])
+    service.intake._live.add(1)  # connected (the stream's first response already sent)
+    [total, *_] = service.tick()
+    assert (total.ready_replicas, total.desired_replicas) == (2, 1)
+    assert total.scale_down_candidates == ()
+
+    def take(*, granular: bool) -> tuple[str, ...]:
+        clock[0] += 0.5
+        [stats] = report({8081: 3})
+        if not granular:
+            del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
+        service.book.record(
+            "edge", [stats], stream=1, now=clock[0], asked_interval=1.0, catalog=service.catalog()
+        )
+        [total, *_] = service.tick()
+        return total.scale_down_candidates
+
+    assert take(granular=False) == ()  # "a" would be named, from no load per replica
+    assert take(granular=True) == ("b",)
