@@ -21,9 +21,15 @@ import grpc
 import structlog
 
 from control_plane import metrics
-from control_plane.load.autoscale import raw_desired
 from control_plane.load.intake import ReportIntake
 from control_plane.load.quiet import ChangeLog
+from control_plane.load.reading import (
+    WARM_INTERVALS,
+    Warming,
+    catalog_of,
+    needs_replicas,
+    scaling_down,
+)
 from control_plane.load.reports import Catalog, Load, LoadBook
 from control_plane.load.totals import (
     History,
@@ -38,11 +44,8 @@ from control_plane.load.totals import (
     millionths,
     recommend,
 )
-from control_plane.registry.spec import Autoscaling, view_metric
 from control_plane.routing.model import RoutedServer, RoutingTable
 from control_plane.translate import names
-from control_plane.translate.clusters import cluster_name, cluster_revisions
-from control_plane.translate.endpoints import endpoints_of
 from control_plane.xds.resources import CLUSTER as CLUSTER_TYPE
 
 log = structlog.get_logger("routeplane.load")
@@ -55,10 +58,6 @@ MAX_PENDING_COLD = 1000  # distinct (name, proxy) kept waiting (they come from p
 # each: a few MB at most).
 MAX_COLD_PROXIES = 100_000
 COLD_START_COALESCE = 0.05  # seconds: cold starts this close together make one early tick
-# Report intervals a server's candidates wait at most for its newly read replica load (it is
-# in once every stream's report read with its endpoint entries has come; a stream whose reports
-# are shed or late is not waited for past this).
-WARM_INTERVALS = 10.0
 CHANGES_KEPT = 64  # versions whose changed servers are kept for watchers a little behind
 
 
@@ -69,77 +68,6 @@ def spec_of(server: RoutedServer) -> LoadSpec:
         cold_start_mode=server.spec.cold_start.mode,
         autoscaling=server.spec.autoscaling,
     )
-
-
-def catalog_of(table: RoutingTable) -> Catalog:
-    servers: dict[str, str] = {}
-    regions: dict[str, frozenset[str]] = {}
-    endpoints: dict[str, dict[tuple[str, int], tuple[str, str]]] = {}
-    idle: set[str] = set()  # no ready replica: a reported drop there is a cold start
-    metrics_of: dict[str, str] = {}  # cluster -> the utilization metric its rule names
-    per_replica: set[str] = set()  # clusters whose endpoint entries are read
-    for server in table.servers:
-        # One cluster per revision of a server with a traffic split (issue 26): each one's
-        # reports are the server's. A drop is a cold start only while the server has no ready
-        # replica at all (a tag's empty revision drops too, with others serving).
-        server_idle = all(e.draining for e in server.endpoints)
-        server_regions = frozenset(e.region for e in server.endpoints) | frozenset(
-            server.spec.regions
-        )
-        metric = view_metric(server.spec)  # the rule's, else the balancing's
-        replicas_read = needs_replicas(server)
-        for revision in cluster_revisions(server):
-            name = cluster_name(server, revision)
-            mine = endpoints_of(server, revision)
-            servers[name] = server.name
-            regions[name] = server_regions
-            endpoints[name] = {(e.host, e.port): (e.replica_id, e.region) for e in mine}
-            if metric:
-                metrics_of[name] = metric
-            if replicas_read:
-                per_replica.add(name)
-            if server_idle:
-                idle.add(name)
-    return Catalog(
-        servers=servers,
-        regions=regions,
-        endpoints=endpoints,
-        idle=frozenset(idle),
-        own=frozenset({names.XDS_CLUSTER}),
-        metrics=metrics_of,
-        per_replica=frozenset(per_replica),
-    )
-
-
-def needs_replicas(server: RoutedServer) -> bool:
-    """Whether the load view always reads ``server``'s load per replica (proxies report it
-    per endpoint only while some server's is read): for a utilization target or a metric in
-    its autoscaling rule, its utilization balancing (the rows' utilization) or its revisions
-    (load by revision, the rollout judge). A concurrency rule reads them only while it is
-    scaling down (``scaling_down``: its candidates are the idlest replicas). Parsing endpoint
-    entries is most of a report's cost at fleet scale (``bench/lrs_fleet.py``)."""
-    spec = server.spec
-    rule = spec.autoscaling
-    return (
-        (rule is not None and (rule.target_utilization > 0 or bool(rule.metric)))
-        or spec.utilization is not None
-        or any(e.revision for e in server.endpoints)
-    )
-
-
-def scaling_down(rows: Iterable[LoadRow], rule: Autoscaling) -> bool:
-    """Whether a server's rows under a concurrency ``rule`` name scale-down candidates, or
-    will once the scale-down window has passed: a recommendation below the ready replicas, or
-    a load that alone asks for fewer (``raw_desired``)."""
-    for row in rows:
-        if row.desired_replicas is None:
-            continue
-        ready = row.ready_replicas
-        if row.desired_replicas < ready:
-            return True
-        if raw_desired(row.in_flight, rule, utilization=row.utilization, ready=ready) < ready:
-            return True
-    return False
 
 
 class LoadService:
@@ -157,7 +85,6 @@ class LoadService:
         warm_intervals: float = WARM_INTERVALS,
     ) -> None:
         self.interval = interval
-        self._warm = warm_intervals * interval
         self.book = LoadBook()
         self._table = table
         self._clock = clock
@@ -177,9 +104,9 @@ class LoadService:
         # Those of them whose replicas' load was not read before they began to: when they
         # began. Their candidates are withheld (``ServerTotals.withheld``: a supervisor's or
         # another control plane's sum withholds them too) until every stream's report read
-        # with their endpoint entries is in (``LoadBook.lagging``: asked again at a stream's
-        # next report, sent with its next one), or ``WARM_INTERVALS`` have passed.
-        self._warming: dict[str, float] = {}
+        # with their endpoint entries is in (``Warming``: asked again at a stream's next
+        # report, sent with its next one), or ``WARM_INTERVALS`` have passed.
+        self._warming = Warming(warm_intervals * interval)
         self._history = History()
         # The view, per server: its totals and its rows; the table they follow (compared by
         # identity: a new table is a new routing state), its servers by name, their order,
@@ -440,7 +367,7 @@ class LoadService:
         # still moving stays in ``_active``).
         # Servers whose wait for their replicas' load is over: their candidates are named
         # again from this tick.
-        ready_now = self._warmed(now)
+        ready_now = self._warming.ended(now, self.book, self.intake.live)
         touch = self._active | loaded | self._remote_moved | ready_now
         self._remote_moved = set()
         gone: set[str] = set()
@@ -492,24 +419,24 @@ class LoadService:
                 # yet (none: no load to come).
                 warm = (
                     now_down
-                    and self._warm > 0
+                    and self._warming.limit > 0
                     and bool(self.book.proxies or self.intake.live)
                     and server is not None
                     and not needs_replicas(server)
                 )
                 if warm:
-                    self._warming[name] = now  # its replicas' load is asked for from now
+                    self._warming.start(name, now)  # its replicas' load is asked for from now
                     # Never named from load not read yet: none until it has come.
                     rows = tuple(
                         replace(row, scale_down_candidates=()) if row.scale_down_candidates else row
                         for row in rows
                     )
                 else:
-                    self._warming.pop(name, None)
+                    self._warming.stop(name)
                 # No longer scaling down: its load here is not read per replica from now.
                 unread = (
                     not now_down
-                    and self._warm > 0
+                    and self._warming.limit > 0
                     and name in loaded
                     and self._base_reads(name) is False
                 )
@@ -524,7 +451,7 @@ class LoadService:
             down = set(self._scaling_down) if down is None else down
             down -= left
             for name in left:
-                self._warming.pop(name, None)
+                self._warming.stop(name)
         if down is not None:
             self._scaling_down = frozenset(down)
             self._catalog = None  # made again, with these servers' endpoint entries read
@@ -533,35 +460,6 @@ class LoadService:
             self._log.add(frozenset(changed))
         metrics.LOAD_REPORTERS.set(self.book.proxies)
         return self.rows
-
-    def _warmed(self, now: float) -> set[str]:
-        """The servers whose wait for their replicas' load ends ``now``: every stream's report
-        read with their endpoint entries is in, or ``WARM_INTERVALS`` have passed (logged
-        with the streams still lagging)."""
-        if not self._warming:
-            return set()
-        live = self.intake.live
-        oldest = self.book.oldest_read(live)
-        done = {name for name, since in self._warming.items() if oldest > since}
-        late = {
-            name
-            for name, since in self._warming.items()
-            if name not in done and now - since >= self._warm
-        }
-        if late:
-            # One line for all of them (a fleet's servers may begin to scale down together).
-            since = min(self._warming[name] for name in late)
-            log.warning(
-                "load_replicas_late",
-                servers=len(late),
-                first=sorted(late)[:5],
-                lagging_streams=self.book.lagging(since, live),
-                waited=round(now - since, 3),
-            )
-        done |= late
-        for name in done:
-            del self._warming[name]
-        return done
 
     def _withholds(self, name: str, loaded: bool, reading: frozenset[str] | None) -> bool:
         """Whether ``name``'s totals withhold its scale-down candidates (``ServerTotals``):
@@ -573,7 +471,7 @@ class LoadService:
         a part that has no load lacks nothing)."""
         if name in self._warming:
             return True
-        if not loaded or reading is None or self._warm <= 0:  # 0: never withheld (tests)
+        if not loaded or reading is None or self._warming.limit <= 0:  # 0: never (tests)
             return False
         if not self._ruled(name):
             return False  # no candidates to withhold

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from control_plane.load.server import catalog_of
+from control_plane.load.reading import catalog_of
 from control_plane.registry.model import RegistryState, Replica, Server
 from control_plane.routing import to_routing_table
 
