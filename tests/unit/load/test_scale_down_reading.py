@@ -11,7 +11,8 @@ from dataclasses import replace
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import load_report_pb2
 
-from control_plane.load.server import WARM_INTERVALS, LoadService
+from control_plane.load.reading import WARM_INTERVALS
+from control_plane.load.server import LoadService
 from control_plane.registry.spec import Autoscaling
 from control_plane.routing.model import RoutedServer
 from harness.models import endpoint, server, table
@@ -37,6 +38,24 @@ def report(in_flight: dict[int, int]) -> list[object]:
     return [stats]
 
 
+def record(
+    service: LoadService,
+    now: float,
+    in_flight: dict[int, int],
+    *,
+    granular: bool = True,
+    stream: int = 1,
+) -> None:
+    """One report of echo's cluster into ``service``'s book at ``now``; per locality only (as
+    sent before the proxy read an ask for endpoint entries) unless ``granular``."""
+    [stats] = report(in_flight)
+    if not granular:
+        del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
+    service.book.record(
+        "edge", [stats], stream=stream, now=now, asked_interval=1.0, catalog=service.catalog()
+    )
+
+
 def test_candidates_wait_for_the_replica_load_they_are_named_from() -> None:
     one = table(ruled(server("echo", endpoint("a", 8081), endpoint("b", 8082, draining=True))))
     two = table(ruled(server("echo", endpoint("a", 8081), endpoint("b", 8082))), revision=2)
@@ -46,17 +65,8 @@ def test_candidates_wait_for_the_replica_load_they_are_named_from() -> None:
     def take(*, granular: bool = False, stream: int = 1) -> None:
         # "a" (the lower id: first by id alone) has 3 requests in flight; "b" none (stream 2:
         # a proxy with no load of its own for echo). Per locality only, unless ``granular``.
-        [stats] = report({8081: 3} if stream == 1 else {})
-        if not granular:
-            del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
-        service.book.record(
-            "edge",
-            [stats],
-            stream=stream,
-            now=clock[0],
-            asked_interval=1.0,
-            catalog=service.catalog(),
-        )
+        load = {8081: 3} if stream == 1 else {}
+        record(service, clock[0], load, granular=granular, stream=stream)
 
     take()
     take(stream=2)
@@ -94,14 +104,7 @@ def test_candidates_wait_for_the_replica_load_they_are_named_from() -> None:
     assert [r.replica for r in total.replicas] == ["a"]
     assert not service.totals().servers[0].withheld
     # The load grows past what 2 replicas serve: no longer scaling down, no longer read.
-    service.book.record(
-        "edge",
-        report({8081: 9}),
-        stream=1,
-        now=clock[0],
-        asked_interval=1.0,
-        catalog=service.catalog(),
-    )
+    record(service, clock[0], {8081: 9})
     clock[0] += 0.5
     [total, *_] = service.tick()
     assert total.desired_replicas == 3
@@ -119,14 +122,7 @@ def test_a_server_that_always_reads_its_replicas_names_candidates_at_once() -> N
     clock = [1000.0]
     service = LoadService(table=lambda: current[0], interval=1.0, clock=lambda: clock[0])
     assert service.catalog().per_replica == frozenset({"default_echo"})
-    service.book.record(
-        "edge",
-        report({8081: 3}),
-        stream=1,
-        now=clock[0],
-        asked_interval=1.0,
-        catalog=service.catalog(),
-    )
+    record(service, clock[0], {8081: 3})
     [total, *_] = service.tick()
     assert total.desired_replicas == 1
     assert total.scale_down_candidates == ("b",)
@@ -140,16 +136,7 @@ def test_a_stream_that_never_carries_endpoint_entries_is_waited_for_only_so_long
 
     def take() -> None:
         # Per locality only (sent before the proxy read the new ask, every time).
-        [stats] = report({8081: 3})
-        del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
-        service.book.record(
-            "edge",
-            [stats],
-            stream=1,
-            now=clock[0],
-            asked_interval=1.0,
-            catalog=service.catalog(),
-        )
+        record(service, clock[0], {8081: 3}, granular=False)
 
     take()
     service.tick()
@@ -220,12 +207,7 @@ def test_a_group_names_no_candidate_while_one_worker_lags_in_its_routing_table()
 
     def step(*, granular: bool = False) -> tuple[str, ...]:
         clock[0] += 0.5
-        [stats] = report({8081: 3})
-        if not granular:
-            del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
-        loaded.book.record(
-            "edge", [stats], stream=1, now=clock[0], asked_interval=1.0, catalog=loaded.catalog()
-        )
+        record(loaded, clock[0], {8081: 3}, granular=granular)
         for number, (worker, feed) in enumerate(zip((loaded, idle), feeds, strict=True)):
             worker.tick()
             for update in feed.updates():
@@ -259,12 +241,7 @@ def test_a_stream_connected_before_the_ask_that_has_not_reported_yet_is_waited_f
 
     def take(*, granular: bool) -> tuple[str, ...]:
         clock[0] += 0.5
-        [stats] = report({8081: 3})
-        if not granular:
-            del stats.upstream_locality_stats[0].upstream_endpoint_stats[:]
-        service.book.record(
-            "edge", [stats], stream=1, now=clock[0], asked_interval=1.0, catalog=service.catalog()
-        )
+        record(service, clock[0], {8081: 3}, granular=granular)
         [total, *_] = service.tick()
         return total.scale_down_candidates
 
